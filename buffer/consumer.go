@@ -1,0 +1,209 @@
+package buffer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+)
+
+// ConsumerConfig describes how one function's jobs are pulled.
+type ConsumerConfig struct {
+	// Function is the function's name. Required.
+	Function string
+	// MaxInFlight is the most jobs delivered and not yet finished, across
+	// every process pulling this function's jobs: the server enforces it
+	// (MaxAckPending), so it holds globally. Required, at least 1.
+	MaxInFlight int
+	// AckWait is how long a delivered job may stay unfinished before the
+	// server hands it to another puller, which is how the jobs of a crashed
+	// process get run. It must exceed the longest invocation. Required.
+	AckWait time.Duration
+}
+
+// Consumer pulls one function's jobs. It is safe for concurrent use.
+type Consumer struct {
+	q    *Queue
+	cons jetstream.Consumer
+}
+
+// ConsumerName is the durable consumer that dispatches function's jobs.
+func ConsumerName(function string) string { return "sluice-dispatch-" + function }
+
+// Consumer creates or updates the durable consumer for a function's jobs.
+func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
+	if cfg.Function == "" || cfg.MaxInFlight < 1 || cfg.AckWait <= 0 {
+		return nil, fmt.Errorf("buffer: consumer config %+v: function, max in flight and ack wait are required", cfg)
+	}
+	cons, err := q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       ConsumerName(cfg.Function),
+		Description:   "Sluice: dispatch of " + cfg.Function,
+		FilterSubject: Subject(cfg.Function),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxAckPending: cfg.MaxInFlight,
+		// Attempts are counted in the job's state, not by redeliveries.
+		MaxDeliver: -1,
+		// One fetch asks for at most MaxInFlight; leave headroom for a few
+		// concurrent pullers.
+		MaxWaiting: 512,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("buffer: consumer for %s: %w", cfg.Function, err)
+	}
+	return &Consumer{q: q, cons: cons}, nil
+}
+
+// Fetch waits up to maxWait, or until ctx is done, for at most max jobs.
+// It returns what arrived, possibly none.
+func (c *Consumer) Fetch(ctx context.Context, max int, maxWait time.Duration) ([]*Delivery, error) {
+	ctx, cancel := context.WithTimeout(ctx, maxWait)
+	defer cancel()
+	batch, err := c.cons.Fetch(max, jetstream.FetchContext(ctx))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil // waited the whole maxWait, or stopped
+		}
+		return nil, fmt.Errorf("buffer: fetch: %w", err)
+	}
+	var out []*Delivery
+	for msg := range batch.Messages() {
+		out = append(out, newDelivery(c.q, msg))
+	}
+	if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		return out, fmt.Errorf("buffer: fetch: %w", err)
+	}
+	return out, nil
+}
+
+// Delivery is one job handed to a dispatcher. Exactly one of Succeed,
+// Fail, Release or Skip should end it.
+type Delivery struct {
+	q   *Queue
+	msg jetstream.Msg
+	// JobID is the job's ID.
+	JobID string
+	// Function is the function the job is for.
+	Function string
+	// ContentType is the payload's content type.
+	ContentType string
+	// Payload is the job's payload.
+	Payload []byte
+	// CreateTime is when the job was accepted.
+	CreateTime time.Time
+
+	begun bool // Begin was called: Release must put the state back.
+}
+
+func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
+	h := msg.Headers()
+	return &Delivery{
+		q:           q,
+		msg:         msg,
+		JobID:       h.Get(headerJobID),
+		Function:    msg.Subject()[len(SubjectPrefix):],
+		ContentType: h.Get(headerContentTyp),
+		Payload:     msg.Data(),
+		CreateTime:  timeHeader(h, headerCreateTime),
+	}
+}
+
+// seed rebuilds the job's state from its message, for a job whose submit
+// stored the payload but not the state entry.
+func (d *Delivery) seed() *sluicev1.Job {
+	return &sluicev1.Job{
+		Id:          d.JobID,
+		Function:    d.Function,
+		State:       sluicev1.Job_QUEUED,
+		CreateTime:  timestamppb.New(d.CreateTime),
+		ContentType: d.ContentType,
+		PayloadSize: int64(len(d.Payload)),
+	}
+}
+
+// Begin marks the job RUNNING and counts the attempt. It returns
+// [ErrFinished] for a job that already reached a terminal state (a
+// redelivery after a crash, say): call Skip then.
+func (d *Delivery) Begin(ctx context.Context) (*sluicev1.Job, error) {
+	d.begun = true
+	return d.q.update(ctx, d.JobID, d.seed, func(j *sluicev1.Job) error {
+		if Terminal(j.State) {
+			return ErrFinished
+		}
+		j.State = sluicev1.Job_RUNNING
+		j.Attempts++
+		j.StartTime = timestamppb.New(d.q.now())
+		return nil
+	})
+}
+
+// Succeed stores the function's result, marks the job SUCCEEDED and removes
+// it from the queue.
+func (d *Delivery) Succeed(ctx context.Context, result *sluicev1.JobResult) error {
+	return d.finish(ctx, func(j *sluicev1.Job) {
+		j.State = sluicev1.Job_SUCCEEDED
+		j.Result = result
+	})
+}
+
+// Fail marks the job FAILED with the reason (and the function's response,
+// if it sent one) and removes it from the queue.
+func (d *Delivery) Fail(ctx context.Context, reason string, result *sluicev1.JobResult) error {
+	return d.finish(ctx, func(j *sluicev1.Job) {
+		j.State = sluicev1.Job_FAILED
+		j.Error = reason
+		j.Result = result
+	})
+}
+
+func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
+	_, err := d.q.update(ctx, d.JobID, d.seed, func(j *sluicev1.Job) error {
+		if Terminal(j.State) {
+			return ErrFinished
+		}
+		set(j)
+		j.FinishTime = timestamppb.New(d.q.now())
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrFinished) {
+		// The message stays unacknowledged and comes back after AckWait.
+		return err
+	}
+	return d.ack(ctx)
+}
+
+// Release hands an unfinished job back to the queue to run again at once:
+// for work cut short by a shutdown. Its state returns to QUEUED.
+func (d *Delivery) Release(ctx context.Context) error {
+	if d.begun {
+		_, err := d.q.update(ctx, d.JobID, d.seed, func(j *sluicev1.Job) error {
+			if Terminal(j.State) {
+				return ErrFinished
+			}
+			j.State = sluicev1.Job_QUEUED
+			return nil
+		})
+		if err != nil && !errors.Is(err, ErrFinished) {
+			return err
+		}
+	}
+	if err := d.msg.Nak(); err != nil {
+		return fmt.Errorf("buffer: release job %s: %w", d.JobID, err)
+	}
+	return nil
+}
+
+// Skip removes a job that is already finished from the queue.
+func (d *Delivery) Skip(ctx context.Context) error { return d.ack(ctx) }
+
+func (d *Delivery) ack(ctx context.Context) error {
+	if err := d.msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		return fmt.Errorf("buffer: ack job %s: %w", d.JobID, err)
+	}
+	return nil
+}

@@ -1,0 +1,11 @@
+// Package buffer owns everything that touches NATS JetStream: the embedded
+// server, the job stream, the consumers that dispatch pulls from, and the
+// key-value bucket that holds each job's state.
+//
+// A job is two things in JetStream. Its payload is one message on the job
+// stream, subject "sluice.jobs.<function>", which stays until the job is
+// finished and the dispatcher acknowledges it (work-queue retention). Its
+// state is one entry in the "sluice-jobs" key-value bucket, keyed by job ID,
+// holding a [sluicev1.Job] in protobuf form; every change to it is a
+// compare-and-set, so concurrent writers cannot move a job backwards.
+package buffer

@@ -1,0 +1,292 @@
+package buffer
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+)
+
+// Names of the JetStream resources Sluice owns.
+const (
+	// StreamName is the stream that holds queued jobs' payloads.
+	StreamName = "SLUICE_JOBS"
+	// SubjectPrefix starts every job message's subject; the function's name
+	// follows it.
+	SubjectPrefix = "sluice.jobs."
+	// StateBucket is the key-value bucket holding each job's state.
+	StateBucket = "sluice-jobs"
+)
+
+// Headers on a job message.
+const (
+	headerJobID      = "Sluice-Job-Id"
+	headerCreateTime = "Sluice-Create-Time"
+	headerContentTyp = "Content-Type"
+)
+
+// Sentinel errors.
+var (
+	// ErrNotFound: no job has that ID (or its retention has passed).
+	ErrNotFound = errors.New("buffer: job not found")
+	// ErrFull: the job stream is at its configured limit and refuses new
+	// jobs rather than evict accepted ones.
+	ErrFull = errors.New("buffer: queue full")
+	// ErrInvalidID: the string cannot be a job ID.
+	ErrInvalidID = errors.New("buffer: malformed job id")
+	// ErrFinished: the job already reached a terminal state.
+	ErrFinished = errors.New("buffer: job already finished")
+)
+
+// Config sizes the job stream and the state bucket. The zero value is usable.
+type Config struct {
+	// MaxJobs is the most jobs the stream holds at once, across all
+	// functions; past it, submits fail with [ErrFull]. Default 1,000,000.
+	MaxJobs int64
+	// MaxBytes is the most payload bytes the stream holds at once; past
+	// it, submits fail with [ErrFull]. Default 1 GiB.
+	MaxBytes int64
+	// MaxMessageBytes is the largest job message (payload plus headers)
+	// the stream accepts. Default: the server's maximum payload.
+	MaxMessageBytes int32
+	// Replicas is the stream's and bucket's replica count. Default 1.
+	Replicas int
+	// Retention is how long a job's state is kept after its last change.
+	// Default 7 days.
+	Retention time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxJobs == 0 {
+		c.MaxJobs = 1_000_000
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = 1 << 30
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Retention == 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
+}
+
+// Queue is the durable job buffer. It is safe for concurrent use.
+type Queue struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	state  jetstream.KeyValue
+	now    func() time.Time
+}
+
+// Open creates or updates the job stream and the state bucket on the
+// JetStream behind nc, and returns a Queue over them.
+func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
+	cfg.setDefaults()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("buffer: jetstream: %w", err)
+	}
+	maxMsg := cfg.MaxMessageBytes
+	if maxMsg == 0 {
+		maxMsg = int32(nc.MaxPayload())
+	}
+	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "Sluice: queued jobs, one message per job until it finishes",
+		Subjects:    []string{SubjectPrefix + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		// Discard new: a full buffer refuses new jobs, never evicts
+		// accepted ones. No MaxAge for the same reason.
+		Discard:    jetstream.DiscardNew,
+		MaxMsgs:    cfg.MaxJobs,
+		MaxBytes:   cfg.MaxBytes,
+		MaxMsgSize: maxMsg,
+		Replicas:   cfg.Replicas,
+		Duplicates: 10 * time.Minute,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
+	}
+	state, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      StateBucket,
+		Description: "Sluice: job state by job ID",
+		History:     1,
+		TTL:         cfg.Retention,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("buffer: create bucket %s: %w", StateBucket, err)
+	}
+	return &Queue{js: js, stream: stream, state: state, now: time.Now}, nil
+}
+
+// NewJobID returns a random job ID: 128 bits from crypto/rand in base32.
+func NewJobID() string { return rand.Text() }
+
+var jobIDPattern = regexp.MustCompile(`^[A-Z2-7]{26}$`)
+
+// ValidJobID reports whether s has the form of a job ID.
+func ValidJobID(s string) bool { return jobIDPattern.MatchString(s) }
+
+// Subject is the subject that function's jobs are published on.
+func Subject(function string) string { return SubjectPrefix + function }
+
+// Submit stores a job for function and returns it in state QUEUED. It
+// returns only after JetStream has acknowledged the payload and the job's
+// state is written. It returns [ErrFull] when the buffer is at its limit.
+func (q *Queue) Submit(ctx context.Context, function string, payload []byte, contentType string) (*sluicev1.Job, error) {
+	now := q.now().UTC()
+	job := &sluicev1.Job{
+		Id:          NewJobID(),
+		Function:    function,
+		State:       sluicev1.Job_QUEUED,
+		CreateTime:  timestamppb.New(now),
+		ContentType: contentType,
+		PayloadSize: int64(len(payload)),
+	}
+	msg := nats.NewMsg(Subject(function))
+	msg.Data = payload
+	msg.Header.Set(headerJobID, job.Id)
+	msg.Header.Set(headerCreateTime, now.Format(time.RFC3339Nano))
+	if contentType != "" {
+		msg.Header.Set(headerContentTyp, contentType)
+	}
+	// The payload goes first: once it is stored the job will run, and the
+	// dispatcher can rebuild the state entry from the message should we
+	// fail before writing it. The opposite order could leave a QUEUED
+	// entry with nothing behind it.
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.Id)); err != nil {
+		return nil, classifyPublishError(err)
+	}
+	if err := q.create(ctx, job); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			// The dispatcher got there first; its entry is further along.
+			return q.Get(ctx, job.Id)
+		}
+		return nil, err
+	}
+	return job, nil
+}
+
+// classifyPublishError turns the stream's refusal for being at its limits
+// into ErrFull.
+func classifyPublishError(err error) error {
+	var apiErr *jetstream.APIError
+	// 10077 is JSStreamStoreFailedF: with DiscardNew, "maximum messages
+	// exceeded" and "maximum bytes exceeded" come back as this code.
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == 10077 {
+		return fmt.Errorf("%w: %s", ErrFull, apiErr.Description)
+	}
+	return fmt.Errorf("buffer: publish job: %w", err)
+}
+
+// Get returns the job's current state. It returns [ErrInvalidID] for a
+// string that cannot be a job ID and [ErrNotFound] for an unknown job.
+func (q *Queue) Get(ctx context.Context, id string) (*sluicev1.Job, error) {
+	job, _, err := q.get(ctx, id)
+	return job, err
+}
+
+func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, error) {
+	if !ValidJobID(id) {
+		return nil, 0, ErrInvalidID
+	}
+	entry, err := q.state.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("buffer: read job %s: %w", id, err)
+	}
+	job := new(sluicev1.Job)
+	if err := proto.Unmarshal(entry.Value(), job); err != nil {
+		return nil, 0, fmt.Errorf("buffer: decode job %s: %w", id, err)
+	}
+	return job, entry.Revision(), nil
+}
+
+func (q *Queue) create(ctx context.Context, job *sluicev1.Job) error {
+	b, err := proto.Marshal(job)
+	if err != nil {
+		return fmt.Errorf("buffer: encode job: %w", err)
+	}
+	if _, err := q.state.Create(ctx, job.Id, b); err != nil {
+		return fmt.Errorf("buffer: write job %s: %w", job.Id, err)
+	}
+	return nil
+}
+
+// update applies change to the job's stored state with compare-and-set,
+// retrying when another writer got in between. seed builds the job when it
+// has no entry yet; change may return ErrFinished to leave it alone.
+func (q *Queue) update(ctx context.Context, id string, seed func() *sluicev1.Job, change func(*sluicev1.Job) error) (*sluicev1.Job, error) {
+	for {
+		job, rev, err := q.get(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound) && seed != nil:
+			job = seed()
+		case err != nil:
+			return nil, err
+		}
+		if err := change(job); err != nil {
+			return job, err
+		}
+		b, err := proto.Marshal(job)
+		if err != nil {
+			return nil, fmt.Errorf("buffer: encode job: %w", err)
+		}
+		if rev == 0 {
+			_, err = q.state.Create(ctx, id, b)
+		} else {
+			_, err = q.state.Update(ctx, id, b, rev)
+		}
+		if err == nil {
+			return job, nil
+		}
+		if !isConflict(err) {
+			return nil, fmt.Errorf("buffer: write job %s: %w", id, err)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// isConflict reports whether a KV write lost a compare-and-set race.
+func isConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	// 10071 is JSStreamWrongLastSequenceErrF: the revision moved on.
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10071
+}
+
+// Terminal reports whether a job in state s is finished for good.
+func Terminal(s sluicev1.Job_State) bool {
+	switch s {
+	case sluicev1.Job_SUCCEEDED, sluicev1.Job_FAILED, sluicev1.Job_CANCELLED, sluicev1.Job_EXPIRED:
+		return true
+	}
+	return false
+}
+
+func timeHeader(h nats.Header, key string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, h.Get(key))
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}

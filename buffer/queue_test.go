@@ -1,0 +1,155 @@
+package buffer_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+)
+
+func TestSubmitGet(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	job, err := q.Submit(ctx, "resize", []byte(`{"w":10}`), "application/json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !buffer.ValidJobID(job.Id) {
+		t.Errorf("job id %q is not a valid id", job.Id)
+	}
+	got, err := q.Get(ctx, job.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != sluicev1.Job_QUEUED || got.Function != "resize" || got.ContentType != "application/json" || got.PayloadSize != 8 {
+		t.Errorf("Get = %v, want a QUEUED resize job with an 8-byte JSON payload", got)
+	}
+}
+
+func TestGetErrors(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	for _, tc := range []struct {
+		name string
+		id   string
+		want error
+	}{
+		{"empty", "", buffer.ErrInvalidID},
+		{"too short", "ABC", buffer.ErrInvalidID},
+		{"lower case", "abcdefghijklmnopqrstuvwxyz", buffer.ErrInvalidID},
+		{"subject wildcard", "ABCDEFGHIJKLMNOPQRSTUVWXY>", buffer.ErrInvalidID},
+		{"unknown", buffer.NewJobID(), buffer.ErrNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := q.Get(t.Context(), tc.id); !errors.Is(err, tc.want) {
+				t.Errorf("Get(%q) error = %v, want %v", tc.id, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestJobIDsAreUnique(t *testing.T) {
+	seen := make(map[string]bool)
+	for range 10000 {
+		id := buffer.NewJobID()
+		if seen[id] || !buffer.ValidJobID(id) {
+			t.Fatalf("id %q repeated or malformed", id)
+		}
+		seen[id] = true
+	}
+}
+
+func TestFullQueueRefusesAndKeepsAccepted(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{MaxJobs: 2})
+	ctx := t.Context()
+	var ids []string
+	for range 2 {
+		job, err := q.Submit(ctx, "f", []byte("x"), "text/plain")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, job.Id)
+	}
+	if _, err := q.Submit(ctx, "f", []byte("x"), "text/plain"); !errors.Is(err, buffer.ErrFull) {
+		t.Fatalf("third submit error = %v, want ErrFull", err)
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 10, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := c.Fetch(ctx, 10, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 2 || ds[0].JobID != ids[0] || ds[1].JobID != ids[1] {
+		t.Fatalf("fetched %d jobs, want the two accepted ones in order", len(ds))
+	}
+}
+
+func TestDeliveryLifecycle(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	job, err := q.Submit(ctx, "f", []byte("hello"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetchOne := func() *buffer.Delivery {
+		t.Helper()
+		ds, err := c.Fetch(ctx, 1, 2*time.Second)
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("Fetch = %d deliveries, %v; want 1", len(ds), err)
+		}
+		return ds[0]
+	}
+
+	d := fetchOne()
+	if d.JobID != job.Id || string(d.Payload) != "hello" || d.ContentType != "text/plain" || d.Function != "f" {
+		t.Fatalf("delivery = %+v, want the submitted job", d)
+	}
+	running, err := d.Begin(ctx)
+	if err != nil || running.State != sluicev1.Job_RUNNING || running.Attempts != 1 {
+		t.Fatalf("Begin = %v, %v; want RUNNING attempt 1", running, err)
+	}
+	// Handed back: queued again, and delivered again with its attempt kept.
+	if err := d.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := q.Get(ctx, job.Id); got.State != sluicev1.Job_QUEUED {
+		t.Fatalf("after Release state = %v, want QUEUED", got.State)
+	}
+	d = fetchOne()
+	if running, err = d.Begin(ctx); err != nil || running.Attempts != 2 {
+		t.Fatalf("second Begin = %v, %v; want attempt 2", running, err)
+	}
+	result := &sluicev1.JobResult{HttpStatus: 200, ContentType: "text/plain", Body: []byte("HELLO")}
+	if err := d.Succeed(ctx, result); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Get(ctx, job.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != sluicev1.Job_SUCCEEDED || string(got.Result.GetBody()) != "HELLO" || got.FinishTime == nil {
+		t.Fatalf("finished job = %v, want SUCCEEDED with its result", got)
+	}
+	// A finished job cannot be failed or restarted afterwards.
+	if err := d.Fail(ctx, "late", nil); err != nil {
+		t.Fatalf("Fail after Succeed: %v", err)
+	}
+	if _, err := d.Begin(ctx); !errors.Is(err, buffer.ErrFinished) {
+		t.Fatalf("Begin after Succeed error = %v, want ErrFinished", err)
+	}
+	if got, _ := q.Get(ctx, job.Id); got.State != sluicev1.Job_SUCCEEDED {
+		t.Fatalf("state went from SUCCEEDED to %v", got.State)
+	}
+	// The queue is empty: the message was acknowledged.
+	if ds, err := c.Fetch(ctx, 1, 200*time.Millisecond); err != nil || len(ds) != 0 {
+		t.Fatalf("Fetch after finish = %d deliveries, %v; want none", len(ds), err)
+	}
+}
