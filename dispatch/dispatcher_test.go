@@ -1,0 +1,221 @@
+package dispatch_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/fnsim"
+)
+
+// startDispatcher runs a dispatcher for one function until the test ends,
+// and returns a function that stops it and waits for Run to return.
+func startDispatcher(t *testing.T, q *buffer.Queue, fn dispatch.Function, drain time.Duration) (stop func()) {
+	t.Helper()
+	d, err := dispatch.New(dispatch.Config{
+		Source:       q,
+		Functions:    []dispatch.Function{fn},
+		DrainTimeout: drain,
+		FetchWait:    100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func submit(t *testing.T, q *buffer.Queue, function string, n int) []string {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		job, err := q.Submit(t.Context(), function, fmt.Appendf(nil, "job %d", i), "text/plain")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = job.Id
+	}
+	return ids
+}
+
+// waitJob polls until the job reaches a terminal state, or fails the test.
+func waitJob(t *testing.T, q *buffer.Queue, id string, within time.Duration) *sluicev1.Job {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		job, err := q.Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if buffer.Terminal(job.State) {
+			return job
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s still %v after %v", id, job.State, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestConcurrencyNeverExceedsLimit(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	sim := fnsim.New(fnsim.Config{Delay: 30 * time.Millisecond})
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+
+	ids := submit(t, q, "echo", 40)
+	startDispatcher(t, q, dispatch.Function{
+		Name: "echo", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 3, Timeout: 5 * time.Second,
+	}, time.Second)
+
+	for i, id := range ids {
+		job := waitJob(t, q, id, 20*time.Second)
+		if job.State != sluicev1.Job_SUCCEEDED || string(job.Result.GetBody()) != fmt.Sprintf("job %d", i) {
+			t.Fatalf("job %d = %v, want SUCCEEDED echoing its payload", i, job)
+		}
+		if job.Attempts != 1 || job.Result.ContentType != "text/plain" || job.Result.HttpStatus != 200 {
+			t.Errorf("job %d = %v, want one attempt and a 200 text/plain result", i, job)
+		}
+	}
+	if got := sim.Stats().MaxInFlight; got != 3 {
+		t.Errorf("function saw at most %d invocations at once, want exactly the limit of 3", got)
+	}
+}
+
+func TestLimitHoldsAcrossDispatchers(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	sim := fnsim.New(fnsim.Config{Delay: 20 * time.Millisecond})
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+
+	ids := submit(t, q, "echo", 40)
+	fn := dispatch.Function{Name: "echo", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second}
+	// Two dispatchers, as two gateway processes would run: the limit of 2
+	// is held by the server, not doubled.
+	startDispatcher(t, q, fn, time.Second)
+	startDispatcher(t, q, fn, time.Second)
+	for _, id := range ids {
+		waitJob(t, q, id, 20*time.Second)
+	}
+	if got := sim.Stats().MaxInFlight; got > 2 {
+		t.Errorf("function saw %d invocations at once across two dispatchers, want at most 2", got)
+	}
+}
+
+func TestFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		handler    http.HandlerFunc
+		wantError  string
+		wantStatus int32
+	}{
+		{
+			name: "error status",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				http.Error(w, "boom", http.StatusInternalServerError)
+			},
+			wantError:  "function answered HTTP 500",
+			wantStatus: 500,
+		},
+		{
+			name: "hangs past timeout",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body) // then the server notices the caller leave
+				<-r.Context().Done()
+			},
+			wantError: "function did not answer within its timeout of 200ms",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := buffertest.Queue(t, buffer.Config{})
+			srv := httptest.NewServer(tc.handler)
+			defer srv.Close()
+			ids := submit(t, q, "f", 1)
+			startDispatcher(t, q, dispatch.Function{
+				Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 1, Timeout: 200 * time.Millisecond,
+			}, time.Second)
+			job := waitJob(t, q, ids[0], 10*time.Second)
+			if job.State != sluicev1.Job_FAILED || job.Error != tc.wantError || job.Result.GetHttpStatus() != tc.wantStatus {
+				t.Errorf("job = %v, want FAILED with %q and status %d", job, tc.wantError, tc.wantStatus)
+			}
+		})
+	}
+}
+
+func TestUnreachableFunctionFailsWithoutAddress(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close() // nothing listens there now
+	ids := submit(t, q, "f", 1)
+	startDispatcher(t, q, dispatch.Function{
+		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: url}, Concurrency: 1, Timeout: time.Second,
+	}, time.Second)
+	job := waitJob(t, q, ids[0], 10*time.Second)
+	if job.State != sluicev1.Job_FAILED || job.Error != "could not connect to the function" {
+		t.Errorf("job = %v, want FAILED: could not connect", job)
+	}
+	if strings.Contains(job.Error, "127.0.0.1") {
+		t.Errorf("job error %q shows the function's address", job.Error)
+	}
+}
+
+func TestShutdownHandsBackRunningJobs(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	slow := httptest.NewServer(fnsim.New(fnsim.Config{Delay: time.Minute}))
+	defer slow.Close()
+	ids := submit(t, q, "f", 1)
+	stop := startDispatcher(t, q, dispatch.Function{
+		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: slow.URL}, Concurrency: 1, Timeout: 2 * time.Minute,
+	}, 100*time.Millisecond)
+	for {
+		job, err := q.Get(t.Context(), ids[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job.State == sluicev1.Job_RUNNING {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	job, err := q.Get(t.Context(), ids[0])
+	if err != nil || job.State != sluicev1.Job_QUEUED {
+		t.Fatalf("after shutdown job = %v, %v; want QUEUED again", job, err)
+	}
+
+	// The next dispatcher picks it up at once, not after the ack wait.
+	fast := fnsim.New(fnsim.Config{})
+	fastSrv := httptest.NewServer(fast)
+	defer fastSrv.Close()
+	startDispatcher(t, q, dispatch.Function{
+		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fastSrv.URL}, Concurrency: 1, Timeout: 2 * time.Minute,
+	}, time.Second)
+	job = waitJob(t, q, ids[0], 5*time.Second)
+	if job.State != sluicev1.Job_SUCCEEDED || job.Attempts != 2 || fast.JobInvocations(ids[0]) != 1 {
+		t.Errorf("job = %v, want SUCCEEDED on its second attempt", job)
+	}
+}
