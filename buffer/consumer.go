@@ -59,26 +59,28 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 	return &Consumer{q: q, cons: cons}, nil
 }
 
-// Fetch waits up to maxWait, or until ctx is done, for at most max jobs.
-// It returns what arrived, possibly none.
-func (c *Consumer) Fetch(ctx context.Context, max int, maxWait time.Duration) ([]*Delivery, error) {
+// Fetch asks for at most max jobs and calls handle with each as it
+// arrives, until max have come, maxWait has passed or ctx ends. It returns
+// how many it handed over.
+func (c *Consumer) Fetch(ctx context.Context, max int, maxWait time.Duration, handle func(*Delivery)) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, maxWait)
 	defer cancel()
 	batch, err := c.cons.Fetch(max, jetstream.FetchContext(ctx))
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, nil // waited the whole maxWait, or stopped
+			return 0, nil // waited the whole maxWait, or stopped
 		}
-		return nil, fmt.Errorf("buffer: fetch: %w", err)
+		return 0, fmt.Errorf("buffer: fetch: %w", err)
 	}
-	var out []*Delivery
+	n := 0
 	for msg := range batch.Messages() {
-		out = append(out, newDelivery(c.q, msg))
+		n++
+		handle(newDelivery(c.q, msg))
 	}
 	if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoMessages) {
-		return out, fmt.Errorf("buffer: fetch: %w", err)
+		return n, fmt.Errorf("buffer: fetch: %w", err)
 	}
-	return out, nil
+	return n, nil
 }
 
 // Delivery is one job handed to a dispatcher. Exactly one of Succeed,

@@ -79,7 +79,7 @@ func TestFullQueueRefusesAndKeepsAccepted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, err := c.Fetch(ctx, 10, time.Second)
+	ds, err := fetch(t, c, 10, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestDeliveryLifecycle(t *testing.T) {
 	}
 	fetchOne := func() *buffer.Delivery {
 		t.Helper()
-		ds, err := c.Fetch(ctx, 1, 2*time.Second)
+		ds, err := fetch(t, c, 1, 2*time.Second)
 		if err != nil || len(ds) != 1 {
 			t.Fatalf("Fetch = %d deliveries, %v; want 1", len(ds), err)
 		}
@@ -149,7 +149,16 @@ func TestDeliveryLifecycle(t *testing.T) {
 		t.Fatalf("state went from SUCCEEDED to %v", got.State)
 	}
 	// The queue is empty: the message was acknowledged.
-	if ds, err := c.Fetch(ctx, 1, 200*time.Millisecond); err != nil || len(ds) != 0 {
+	if ds, err := fetch(t, c, 1, 200*time.Millisecond); err != nil || len(ds) != 0 {
 		t.Fatalf("Fetch after finish = %d deliveries, %v; want none", len(ds), err)
 	}
+}
+
+func fetch(t *testing.T, c *buffer.Consumer, max int, wait time.Duration) ([]*buffer.Delivery, error) {
+	var ds []*buffer.Delivery
+	n, err := c.Fetch(t.Context(), max, wait, func(d *buffer.Delivery) { ds = append(ds, d) })
+	if n != len(ds) {
+		t.Errorf("Fetch reported %d deliveries, handed over %d", n, len(ds))
+	}
+	return ds, err
 }

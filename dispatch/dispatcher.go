@@ -142,25 +142,24 @@ func (l *functionLoop) run(ctx context.Context) {
 		for free < l.fn.Concurrency && tryAcquire(slots) {
 			free++
 		}
-		deliveries, err := l.cons.Fetch(ctx, free, l.cfg.FetchWait)
-		if err != nil {
-			l.log.WarnContext(ctx, "pull jobs", "err", err)
-			sleep(ctx, time.Second)
-		}
-		for range free - len(deliveries) {
-			<-slots
-		}
-		for _, dv := range deliveries {
+		n, err := l.cons.Fetch(ctx, free, l.cfg.FetchWait, func(dv *buffer.Delivery) {
 			if ctx.Err() != nil {
 				// Pulled as we were stopping: hand it straight back.
 				l.settle(dv.Release, dv)
 				<-slots
-				continue
+				return
 			}
 			inFlight.Go(func() {
 				defer func() { <-slots }()
 				l.handle(invokeCtx, dv)
 			})
+		})
+		for range free - n {
+			<-slots
+		}
+		if err != nil {
+			l.log.WarnContext(ctx, "pull jobs", "err", err)
+			sleep(ctx, time.Second)
 		}
 	}
 }

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the YAML configuration file of `sluice serve`.
+type Config struct {
+	// Functions are the targets jobs may be submitted to.
+	Functions []FunctionConfig `yaml:"functions"`
+	// Buffer sizes the durable job buffer.
+	Buffer BufferConfig `yaml:"buffer"`
+}
+
+// FunctionConfig is one function. Only name and url are required.
+type FunctionConfig struct {
+	// Name: lower-case letters, digits, '-' and '_', at most 64.
+	Name string `yaml:"name"`
+	// URL is where jobs are POSTed (http or https).
+	URL string `yaml:"url"`
+	// Concurrency is the most invocations in flight. Default 10.
+	Concurrency int `yaml:"concurrency"`
+	// Timeout cuts off one invocation. Default 30s, at most 1h.
+	Timeout Duration `yaml:"timeout"`
+	// MaxPayload is the largest payload accepted. Default 1MiB, at most 4MiB.
+	MaxPayload ByteSize `yaml:"max_payload"`
+}
+
+// BufferConfig sizes the job stream. Past either limit submits are refused
+// with 503; accepted jobs are never evicted.
+type BufferConfig struct {
+	// MaxJobs is the most jobs buffered at once. Default 1,000,000.
+	MaxJobs int64 `yaml:"max_jobs"`
+	// MaxBytes is the most payload bytes buffered at once. Default 1GiB.
+	MaxBytes ByteSize `yaml:"max_bytes"`
+}
+
+// Defaults and bounds of the function settings.
+const (
+	defaultConcurrency = 10
+	maxConcurrency     = 10_000
+	defaultTimeout     = 30 * time.Second
+	maxTimeout         = time.Hour
+	defaultMaxPayload  = 1 << 20
+	// maxMaxPayload keeps a job message (payload plus headers) well inside
+	// the embedded server's 8 MiB message limit.
+	maxMaxPayload = 4 << 20
+)
+
+var functionName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
+
+// LoadConfig reads and checks a configuration file.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes YAML (or JSON), rejecting unknown fields, fills in
+// defaults and checks every value. Its errors name the offending field.
+func ParseConfig(b []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var cfg Config
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("functions: none configured; the file is empty")
+		}
+		return nil, err
+	}
+	if err := cfg.setDefaultsAndCheck(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func (c *Config) setDefaultsAndCheck() error {
+	if len(c.Functions) == 0 {
+		return errors.New("functions: none configured; name at least one function with its url")
+	}
+	seen := make(map[string]int)
+	var errs []error
+	for i := range c.Functions {
+		f := &c.Functions[i]
+		field := fmt.Sprintf("functions[%d]", i)
+		if f.Name != "" {
+			field = fmt.Sprintf("functions[%d] (%s)", i, f.Name)
+		}
+		bad := func(name, format string, args ...any) {
+			errs = append(errs, fmt.Errorf("%s.%s: %s", field, name, fmt.Sprintf(format, args...)))
+		}
+		switch {
+		case f.Name == "":
+			bad("name", "missing")
+		case !functionName.MatchString(f.Name):
+			bad("name", "%q is not allowed: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 64", f.Name)
+		default:
+			if j, dup := seen[f.Name]; dup {
+				bad("name", "%q is already the name of functions[%d]", f.Name, j)
+			}
+			seen[f.Name] = i
+		}
+		if f.URL == "" {
+			bad("url", "missing")
+		} else if u, err := url.Parse(f.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("url", "%q is not an absolute http or https URL", f.URL)
+		}
+		if f.Concurrency == 0 {
+			f.Concurrency = defaultConcurrency
+		}
+		if f.Concurrency < 1 || f.Concurrency > maxConcurrency {
+			bad("concurrency", "%d is out of range: 1 to %d", f.Concurrency, maxConcurrency)
+		}
+		if f.Timeout == 0 {
+			f.Timeout = Duration(defaultTimeout)
+		}
+		if f.Timeout < 0 || time.Duration(f.Timeout) > maxTimeout {
+			bad("timeout", "%s is out of range: more than 0 and at most %s", time.Duration(f.Timeout), maxTimeout)
+		}
+		if f.MaxPayload == 0 {
+			f.MaxPayload = defaultMaxPayload
+		}
+		if f.MaxPayload < 1 || f.MaxPayload > maxMaxPayload {
+			bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
+		}
+	}
+	if c.Buffer.MaxJobs < 0 {
+		errs = append(errs, fmt.Errorf("buffer.max_jobs: %d is negative", c.Buffer.MaxJobs))
+	}
+	if c.Buffer.MaxBytes < 0 {
+		errs = append(errs, fmt.Errorf("buffer.max_bytes: %d is negative", c.Buffer.MaxBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// Duration is a time.Duration written as "30s", "1m30s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 500ms, 30s or 2m", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ByteSize is a size written as 1048576, "512KiB", "1MiB" or "1GiB" in YAML.
+type ByteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	mult   int64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
+
+// UnmarshalYAML parses a byte count with an optional binary or decimal unit.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := parseByteSize(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*b = ByteSize(v)
+	return nil
+}
+
+func parseByteSize(s string) (int64, error) {
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range byteUnits {
+		if rest, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size such as 65536, 512KiB or 1MiB", s)
+	}
+	return v * mult, nil
+}

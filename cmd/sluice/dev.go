@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sluicehq/sluice/dispatch/fnsim"
+)
+
+// runDev starts the gateway on an embedded JetStream with the simulated
+// function behind it as "echo", so a newcomer can submit a job at once.
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		o   gatewayOptions
+		lf  logFlags
+		sim fnsimFlags
+	)
+	fs.StringVar(&o.DataDir, "data-dir", "", "where the embedded JetStream stores jobs; empty: a temporary directory removed on exit")
+	registerGatewayFlags(fs, &o)
+	lf.register(fs)
+	sim.register(fs, "fn-")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if o.NATSURL != "" {
+		return errors.New("dev: --nats-url is for sluice serve; dev always runs an embedded JetStream")
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	if o.DataDir == "" {
+		dir, err := os.MkdirTemp("", "sluice-dev-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		o.DataDir = dir
+	}
+
+	fnLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fnSrv := &http.Server{Handler: fnsim.New(sim.config()), ReadHeaderTimeout: 10 * time.Second}
+	cfg := &Config{Functions: []FunctionConfig{{
+		Name:        "echo",
+		URL:         "http://" + fnLn.Addr().String() + "/",
+		Concurrency: max(1, sim.concurrency),
+	}}}
+	if err := cfg.setDefaultsAndCheck(); err != nil {
+		return err
+	}
+	p, err := startGateway(ctx, cfg, o, log)
+	if err != nil {
+		fnLn.Close()
+		return err
+	}
+	fmt.Fprintf(stdout, `Sluice dev: REST on http://%[1]s, gRPC on %[2]s, demo function "echo" (echoes its payload after %[3]s).
+Try:
+  curl -si -X POST http://%[1]s/v1/functions/echo/jobs -H 'Content-Type: application/json' -d '{"hello":"world"}'
+  curl -s http://%[1]s/v1/jobs/JOB_ID/result
+Stop with Ctrl-C.
+`, dialTarget(p.HTTPAddr), dialTarget(p.GRPCAddr), sim.delay)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := fnSrv.Serve(fnLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		// The gateway stops first so in-flight invocations can finish.
+		err := p.Run(gctx)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		fnSrv.Shutdown(shutdownCtx) //nolint:errcheck // best effort at exit
+		return err
+	})
+	return g.Wait()
+}

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/gateway"
+)
+
+// gatewayOptions are the settings of `sluice serve` that come from flags.
+type gatewayOptions struct {
+	HTTPAddr     string
+	GRPCAddr     string
+	NATSURL      string // empty: start an embedded JetStream in DataDir
+	DataDir      string
+	DrainTimeout time.Duration
+}
+
+// gatewayProcess is one running Sluice gateway: ingress servers, the
+// dispatcher, and the JetStream connection (and embedded server) they share.
+type gatewayProcess struct {
+	// HTTPAddr and GRPCAddr are where the servers listen.
+	HTTPAddr, GRPCAddr net.Addr
+
+	log        *slog.Logger
+	opts       gatewayOptions
+	embedded   *buffer.Embedded // nil with an external NATS
+	nc         *nats.Conn
+	httpLn     net.Listener
+	grpcLn     net.Listener
+	httpSrv    *http.Server
+	grpcSrv    *grpc.Server
+	health     interface{ SetServingStatus(string, healthpb.HealthCheckResponse_ServingStatus) }
+	restConn   *grpc.ClientConn
+	dispatcher *dispatch.Dispatcher
+}
+
+// startGateway sets everything up and starts listening; Run serves.
+func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *slog.Logger) (_ *gatewayProcess, err error) {
+	p := &gatewayProcess{log: log, opts: opts}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	if opts.NATSURL == "" {
+		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: opts.DataDir})
+		if err != nil {
+			return nil, err
+		}
+		p.nc, err = p.embedded.Connect()
+	} else {
+		p.nc, err = nats.Connect(opts.NATSURL, nats.Name("sluice"), nats.MaxReconnects(-1))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	if int64(p.nc.MaxPayload()) < maxMaxPayload+64<<10 {
+		for _, f := range cfg.Functions {
+			if int64(f.MaxPayload)+64<<10 > p.nc.MaxPayload() {
+				return nil, fmt.Errorf("functions (%s).max_payload: %d bytes does not fit the NATS server's max_payload of %d with room for headers", f.Name, f.MaxPayload, p.nc.MaxPayload())
+			}
+		}
+	}
+	queue, err := buffer.Open(ctx, p.nc, buffer.Config{MaxJobs: cfg.Buffer.MaxJobs, MaxBytes: int64(cfg.Buffer.MaxBytes)})
+	if err != nil {
+		return nil, err
+	}
+
+	var gwFuncs []gateway.Function
+	var dispFuncs []dispatch.Function
+	for _, f := range cfg.Functions {
+		gwFuncs = append(gwFuncs, gateway.Function{
+			Name: f.Name, Concurrency: f.Concurrency, Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
+		})
+		dispFuncs = append(dispFuncs, dispatch.Function{
+			Name: f.Name, Invoker: &dispatch.HTTPInvoker{URL: f.URL}, Concurrency: f.Concurrency, Timeout: time.Duration(f.Timeout),
+		})
+	}
+	svc, err := gateway.NewService(gateway.Config{Jobs: queue, Functions: gwFuncs, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	p.dispatcher, err = dispatch.New(dispatch.Config{Source: queue, Functions: dispFuncs, Logger: log, DrainTimeout: opts.DrainTimeout})
+	if err != nil {
+		return nil, err
+	}
+
+	if p.grpcLn, err = net.Listen("tcp", opts.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("--grpc-addr: %w", err)
+	}
+	if p.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("--http-addr: %w", err)
+	}
+	p.GRPCAddr, p.HTTPAddr = p.grpcLn.Addr(), p.httpLn.Addr()
+	grpcSrv, hs := gateway.NewGRPCServer(svc, gateway.GRPCConfig{})
+	p.grpcSrv, p.health = grpcSrv, hs
+
+	// REST calls the gRPC server like any client, so whatever gRPC
+	// enforces applies to REST as well.
+	p.restConn, err = grpc.NewClient(dialTarget(p.GRPCAddr),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("connect REST to gRPC: %w", err)
+	}
+	rest, err := gateway.NewRESTHandler(ctx, p.restConn, svc)
+	if err != nil {
+		return nil, err
+	}
+	p.httpSrv = &http.Server{
+		Handler:           rest,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return p, nil
+}
+
+// dialTarget turns a listener's address into one a client can dial: a
+// wildcard host becomes loopback.
+func dialTarget(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+}
+
+// Run serves until ctx ends, then stops taking requests, lets the
+// dispatcher finish or hand back in-flight work, and closes the buffer.
+func (p *gatewayProcess) Run(ctx context.Context) error {
+	defer p.close()
+	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String())
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := p.grpcSrv.Serve(p.grpcLn); err != nil {
+			return fmt.Errorf("grpc server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := p.httpSrv.Serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return p.dispatcher.Run(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		p.log.Info("shutting down: no new requests; in-flight invocations may finish", "drain_timeout", p.opts.DrainTimeout)
+		p.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := p.httpSrv.Shutdown(shutdownCtx); err != nil {
+			p.httpSrv.Close()
+		}
+		stopped := make(chan struct{})
+		go func() { p.grpcSrv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-shutdownCtx.Done():
+			p.grpcSrv.Stop()
+		}
+		return nil
+	})
+	err := g.Wait()
+	p.log.Info("sluice gateway stopped")
+	return err
+}
+
+// close releases whatever startGateway set up, in reverse order.
+func (p *gatewayProcess) close() {
+	if p.restConn != nil {
+		p.restConn.Close()
+	}
+	for _, ln := range []net.Listener{p.httpLn, p.grpcLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	if p.nc != nil {
+		// Drain flushes pending acknowledgements before closing.
+		if err := p.nc.Drain(); err != nil {
+			p.nc.Close()
+		}
+		for !p.nc.IsClosed() {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if p.embedded != nil {
+		p.embedded.Shutdown()
+	}
+}

@@ -1,0 +1,97 @@
+// Command sluice is the Sluice gateway: it buffers jobs for serverless
+// functions in NATS JetStream and dispatches them at a pace the functions
+// can take.
+//
+//	sluice serve --config sluice.yaml   run the gateway
+//	sluice dev                          run it with a demo function, no setup
+//	sluice fnsim                        run the simulated function alone
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `Sluice buffers requests for serverless functions and dispatches them at a pace the functions can take.
+
+Usage:
+  sluice serve --config FILE [flags]   run the gateway
+  sluice dev [flags]                   run the gateway with a demo function "echo"; no setup needed
+  sluice fnsim [flags]                 run the simulated function on its own
+
+Run "sluice COMMAND -h" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "sluice:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// run executes one sluice command until it finishes or ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		return runServe(ctx, rest, stderr)
+	case "dev":
+		return runDev(ctx, rest, stdout, stderr)
+	case "fnsim":
+		return runFnsim(ctx, rest, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+// logFlags are the logging flags every command takes.
+type logFlags struct {
+	format string
+	level  slog.Level
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+	fs.TextVar(&l.level, "log-level", slog.LevelInfo, "least severe level logged: debug, info, warn or error")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: l.level}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is neither text nor json", l.format)
+}
+
+// parseFlags parses args, rejecting stray positional arguments.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"time"
+)
+
+func registerGatewayFlags(fs *flag.FlagSet, o *gatewayOptions) {
+	fs.StringVar(&o.HTTPAddr, "http-addr", ":8080", "REST API listen address")
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
+	fs.StringVar(&o.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded JetStream in --data-dir")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long in-flight invocations may finish before their jobs are handed back")
+}
+
+func runServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		o          gatewayOptions
+		lf         logFlags
+		configFile string
+	)
+	fs.StringVar(&configFile, "config", "", "YAML file naming the functions (required)")
+	fs.StringVar(&o.DataDir, "data-dir", "./sluice-data", "where the embedded JetStream stores jobs")
+	registerGatewayFlags(fs, &o)
+	lf.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if configFile == "" {
+		return errors.New("serve: --config is required: a YAML file naming the functions")
+	}
+	if o.DrainTimeout < 0 {
+		return errors.New("--drain-timeout: must not be negative")
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := LoadConfig(configFile)
+	if err != nil {
+		return err
+	}
+	p, err := startGateway(ctx, cfg, o, log)
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx)
+}

@@ -1,0 +1,141 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sluicehq/sluice/api"
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+)
+
+// NewRESTHandler serves the REST API by calling the gRPC services over
+// conn, plus GET /openapi.json. limits gives each function's payload limit.
+func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service) (http.Handler, error) {
+	marshaler := newPayloadMarshaler()
+	gw := runtime.NewServeMux(
+		// Raw payloads under any content type, JSON included: the submit
+		// route's body is the payload, never a JSON envelope.
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
+		runtime.WithMarshalerOption("application/json", marshaler),
+		runtime.WithForwardResponseOption(forwardResponse),
+		runtime.WithErrorHandler(errorHandler),
+		// gRPC metadata is the gateway's business, not the REST caller's.
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
+	)
+	if err := sluicev1.RegisterJobServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("gateway: register job service: %w", err)
+	}
+	if err := sluicev1.RegisterFunctionServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("gateway: register function service: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(api.OpenAPI) //nolint:errcheck // nothing to do if the client left
+	})
+	mux.Handle("/v1/", limitBody(limits, gw))
+	return mux, nil
+}
+
+// limitBody caps each request body at the payload limit of the function it
+// names, refusing with 413 before reading when Content-Length is already
+// over it.
+func limitBody(limits *Service, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		limit := limits.MaxPayload(functionInPath(r.URL.Path))
+		if r.ContentLength > limit {
+			writeTooLarge(w, r.ContentLength, limit)
+			return
+		}
+		r.Body = &limitedBody{
+			ReadCloser:  http.MaxBytesReader(w, r.Body, limit),
+			limit:       limit,
+			contentType: r.Header.Get("Content-Type"),
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// functionInPath returns F from /v1/functions/F/..., or "".
+func functionInPath(path string) string {
+	rest, ok := strings.CutPrefix(path, "/v1/functions/")
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(rest, "/")
+	return name
+}
+
+func writeTooLarge(w http.ResponseWriter, size, limit int64) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusRequestEntityTooLarge)
+	fmt.Fprintf(w, `{"code":%d,"message":"payload is %d bytes; the limit is %d"}`, codes.InvalidArgument, size, limit)
+}
+
+// forwardResponse gives REST answers what the protos cannot say: 202 and
+// Location for a submit, and the status, type and polling headers of a
+// result.
+func forwardResponse(_ context.Context, w http.ResponseWriter, m proto.Message) error {
+	switch m.ProtoReflect().Descriptor().FullName() {
+	case "sluice.v1.SubmitJobResponse":
+		job := m.(interface{ GetJob() *sluicev1.Job }).GetJob()
+		w.Header().Set("Location", "/v1/jobs/"+job.GetId())
+		w.WriteHeader(http.StatusAccepted)
+	case "sluice.v1.GetJobResultResponse":
+		r := m.(interface {
+			GetJob() *sluicev1.Job
+			GetRetryAfterSeconds() int32
+		})
+		if r.GetJob().GetState() == sluicev1.Job_SUCCEEDED {
+			ct := r.GetJob().GetResult().GetContentType()
+			if ct == "" {
+				ct = "application/octet-stream"
+			}
+			w.Header().Set("Content-Type", ct)
+			return nil
+		}
+		w.Header().Set("Location", "/v1/jobs/"+r.GetJob().GetId())
+		w.Header().Set("Retry-After", strconv.Itoa(int(r.GetRetryAfterSeconds())))
+		w.WriteHeader(http.StatusAccepted)
+	}
+	return nil
+}
+
+// errorHandler adds to grpc-gateway's default: 413 for a payload over its
+// limit, 409 for the result of a job that failed, and Retry-After from a
+// RetryInfo detail.
+func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	st := status.Convert(err)
+	httpStatus := runtime.HTTPStatusFromCode(st.Code())
+	if b, ok := r.Body.(*limitedBody); ok && b.tooLarge {
+		httpStatus = http.StatusRequestEntityTooLarge
+		st = status.Newf(codes.InvalidArgument, "payload exceeds the function's limit of %d bytes", b.limit)
+	}
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			switch d.GetReason() {
+			case ReasonPayloadTooLarge:
+				httpStatus = http.StatusRequestEntityTooLarge
+			case ReasonJobNotSucceeded:
+				httpStatus = http.StatusConflict
+			}
+		case *errdetails.RetryInfo:
+			secs := math.Ceil(d.GetRetryDelay().AsDuration().Seconds())
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(secs))))
+		}
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: httpStatus, Err: st.Err()})
+}

@@ -1,0 +1,276 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+)
+
+// Enqueuer stores jobs and reads their state.
+type Enqueuer interface {
+	// Submit stores a job; it returns buffer.ErrFull when there is no room.
+	Submit(ctx context.Context, function string, payload []byte, contentType string) (*sluicev1.Job, error)
+	// Get returns a job; buffer.ErrInvalidID or buffer.ErrNotFound when it
+	// cannot.
+	Get(ctx context.Context, id string) (*sluicev1.Job, error)
+}
+
+var _ Enqueuer = (*buffer.Queue)(nil)
+
+// Function is a configured function as the gateway sees it.
+type Function struct {
+	// Name is the function's name. Required.
+	Name string
+	// Concurrency is its concurrency limit, for display.
+	Concurrency int
+	// Timeout is its invocation timeout, for display.
+	Timeout time.Duration
+	// MaxPayload is the largest payload a job for it may carry, in bytes.
+	// Zero means [DefaultMaxPayload].
+	MaxPayload int64
+}
+
+// DefaultMaxPayload is a function's payload limit when none is configured.
+const DefaultMaxPayload = 1 << 20
+
+// Config describes the gateway's services.
+type Config struct {
+	// Jobs stores and reads jobs. Required.
+	Jobs Enqueuer
+	// Functions are the functions jobs may be submitted to.
+	Functions []Function
+	// Logger receives the gateway's logs. Nil means slog.Default().
+	Logger *slog.Logger
+	// PollInterval is what a pending job's result tells callers to wait
+	// before asking again (Retry-After). Zero means 1s.
+	PollInterval time.Duration
+}
+
+// Error reasons carried in google.rpc.ErrorInfo details, for callers (and
+// the REST layer) that need more than the status code.
+const (
+	errorDomain = "sluice.dev"
+	// ReasonPayloadTooLarge: the payload exceeds the function's limit (413).
+	ReasonPayloadTooLarge = "PAYLOAD_TOO_LARGE"
+	// ReasonJobNotSucceeded: a result was asked of a job that ended
+	// without one (409).
+	ReasonJobNotSucceeded = "JOB_NOT_SUCCEEDED"
+)
+
+// Service implements sluice.v1's JobService and FunctionService. It is safe
+// for concurrent use.
+type Service struct {
+	sluicev1.UnimplementedJobServiceServer
+	sluicev1.UnimplementedFunctionServiceServer
+
+	jobs      Enqueuer
+	functions map[string]Function
+	log       *slog.Logger
+	poll      time.Duration
+}
+
+var (
+	_ sluicev1.JobServiceServer      = (*Service)(nil)
+	_ sluicev1.FunctionServiceServer = (*Service)(nil)
+)
+
+// NewService checks cfg and returns the service.
+func NewService(cfg Config) (*Service, error) {
+	if cfg.Jobs == nil {
+		return nil, errors.New("gateway: no job store")
+	}
+	s := &Service{
+		jobs:      cfg.Jobs,
+		functions: make(map[string]Function, len(cfg.Functions)),
+		log:       cfg.Logger,
+		poll:      cfg.PollInterval,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.log = s.log.With("component", "gateway")
+	if s.poll == 0 {
+		s.poll = time.Second
+	}
+	for _, f := range cfg.Functions {
+		if f.Name == "" {
+			return nil, errors.New("gateway: a function has no name")
+		}
+		if f.MaxPayload == 0 {
+			f.MaxPayload = DefaultMaxPayload
+		}
+		s.functions[f.Name] = f
+	}
+	return s, nil
+}
+
+// MaxPayload is the payload limit of the named function, or the largest
+// of any function's when the name is not configured.
+func (s *Service) MaxPayload(function string) int64 {
+	if f, ok := s.functions[function]; ok {
+		return f.MaxPayload
+	}
+	var largest int64 = DefaultMaxPayload
+	for _, f := range s.functions {
+		largest = max(largest, f.MaxPayload)
+	}
+	return largest
+}
+
+// SubmitJob stores a job and returns it QUEUED.
+func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest) (*sluicev1.SubmitJobResponse, error) {
+	f, err := s.function(req.GetFunction())
+	if err != nil {
+		return nil, err
+	}
+	payload := req.GetPayload()
+	if size := int64(len(payload.GetData())); size > f.MaxPayload {
+		return nil, withDetails(codes.InvalidArgument,
+			fmt.Sprintf("payload is %d bytes; function %q accepts at most %d", size, f.Name, f.MaxPayload),
+			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadTooLarge})
+	}
+	job, err := s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType())
+	switch {
+	case errors.Is(err, buffer.ErrFull):
+		return nil, withDetails(codes.Unavailable, "the job buffer is full; retry later",
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(5 * time.Second)})
+	case err != nil:
+		return nil, s.internal(ctx, "submit job", err)
+	}
+	return &sluicev1.SubmitJobResponse{Job: job}, nil
+}
+
+// GetJob returns a job's state.
+func (s *Service) GetJob(ctx context.Context, req *sluicev1.GetJobRequest) (*sluicev1.GetJobResponse, error) {
+	job, err := s.getJob(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &sluicev1.GetJobResponse{Job: job}, nil
+}
+
+// GetJobResult returns the result of a job that succeeded, says how long to
+// wait for one that is pending, and fails with FAILED_PRECONDITION for one
+// that ended without success.
+func (s *Service) GetJobResult(ctx context.Context, req *sluicev1.GetJobResultRequest) (*sluicev1.GetJobResultResponse, error) {
+	job, err := s.getJob(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case job.State == sluicev1.Job_SUCCEEDED:
+		r := job.GetResult()
+		return &sluicev1.GetJobResultResponse{
+			Job:  job,
+			Body: newHTTPBody(r.GetContentType(), r.GetBody()),
+		}, nil
+	case buffer.Terminal(job.State):
+		msg := fmt.Sprintf("job %s ended %s without a result", job.Id, job.State)
+		if job.Error != "" {
+			msg += ": " + job.Error
+		}
+		return nil, withDetails(codes.FailedPrecondition, msg+"; GET /v1/jobs/"+job.Id+" has its details",
+			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonJobNotSucceeded})
+	default:
+		return &sluicev1.GetJobResultResponse{
+			Job:               job,
+			RetryAfterSeconds: int32((s.poll + time.Second - 1) / time.Second),
+		}, nil
+	}
+}
+
+// ListFunctions returns every configured function, sorted by name.
+func (s *Service) ListFunctions(context.Context, *sluicev1.ListFunctionsRequest) (*sluicev1.ListFunctionsResponse, error) {
+	out := make([]*sluicev1.Function, 0, len(s.functions))
+	for _, f := range s.functions {
+		out = append(out, describe(f))
+	}
+	slices.SortFunc(out, func(a, b *sluicev1.Function) int { return strings.Compare(a.Name, b.Name) })
+	return &sluicev1.ListFunctionsResponse{Functions: out}, nil
+}
+
+// GetFunction returns one configured function.
+func (s *Service) GetFunction(_ context.Context, req *sluicev1.GetFunctionRequest) (*sluicev1.GetFunctionResponse, error) {
+	f, err := s.function(req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	return &sluicev1.GetFunctionResponse{Function: describe(f)}, nil
+}
+
+func describe(f Function) *sluicev1.Function {
+	return &sluicev1.Function{
+		Name:            f.Name,
+		Concurrency:     int32(f.Concurrency),
+		Timeout:         durationpb.New(f.Timeout),
+		MaxPayloadBytes: f.MaxPayload,
+	}
+}
+
+func (s *Service) function(name string) (Function, error) {
+	if name == "" {
+		return Function{}, status.Error(codes.InvalidArgument, "no function named: give the function's name")
+	}
+	f, ok := s.functions[name]
+	if !ok {
+		return Function{}, status.Errorf(codes.NotFound, "function %q is not configured; GET /v1/functions lists the functions", name)
+	}
+	return f, nil
+}
+
+func (s *Service) getJob(ctx context.Context, id string) (*sluicev1.Job, error) {
+	job, err := s.jobs.Get(ctx, id)
+	switch {
+	case errors.Is(err, buffer.ErrInvalidID):
+		return nil, status.Errorf(codes.InvalidArgument, "job id %q is malformed: a job id is 26 characters from A-Z and 2-7, as SubmitJob returns it", truncate(id, 64))
+	case errors.Is(err, buffer.ErrNotFound):
+		return nil, status.Errorf(codes.NotFound, "job %s not found", id)
+	case err != nil:
+		return nil, s.internal(ctx, "read job", err)
+	}
+	return job, nil
+}
+
+// internal logs err and returns an error that tells the caller nothing
+// about Sluice's insides.
+func (s *Service) internal(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	s.log.ErrorContext(ctx, op, "err", err)
+	return status.Error(codes.Internal, "internal error; the gateway's log has the details")
+}
+
+// withDetails is a status error carrying google.rpc details.
+func withDetails(code codes.Code, msg string, details ...protoadapt.MessageV1) error {
+	st, err := status.New(code, msg).WithDetails(details...)
+	if err != nil {
+		panic(fmt.Sprintf("gateway: status details: %v", err)) // only for a non-proto detail
+	}
+	return st.Err()
+}
+
+func newHTTPBody(contentType string, data []byte) *httpbody.HttpBody {
+	return &httpbody.HttpBody{ContentType: contentType, Data: data}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
