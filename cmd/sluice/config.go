@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"math"
 	"net/url"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -30,7 +30,7 @@ type FunctionConfig struct {
 	// URL is where jobs are POSTed (http or https).
 	URL string `yaml:"url"`
 	// Concurrency is the most invocations in flight. Default 10.
-	Concurrency int `yaml:"concurrency"`
+	Concurrency Count `yaml:"concurrency"`
 	// Timeout cuts off one invocation. Default 30s, at most 1h.
 	Timeout Duration `yaml:"timeout"`
 	// MaxPayload is the largest payload accepted. Default 1MiB, at most 4MiB.
@@ -41,7 +41,7 @@ type FunctionConfig struct {
 // with 503; accepted jobs are never evicted.
 type BufferConfig struct {
 	// MaxJobs is the most jobs buffered at once. Default 1,000,000.
-	MaxJobs int64 `yaml:"max_jobs"`
+	MaxJobs Count `yaml:"max_jobs"`
 	// MaxBytes is the most payload bytes buffered at once. Default 1GiB.
 	MaxBytes ByteSize `yaml:"max_bytes"`
 }
@@ -76,19 +76,81 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig decodes YAML (or JSON), rejecting unknown fields, fills in
 // defaults and checks every value. Its errors name the offending field.
 func ParseConfig(b []byte) (*Config, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, err
+	}
+	if len(doc.Content) == 0 {
+		return nil, errors.New("functions: none configured; the file is empty")
+	}
 	var cfg Config
-	if err := dec.Decode(&cfg); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("functions: none configured; the file is empty")
-		}
+	if err := decodeFields(doc.Content[0], &cfg, ""); err != nil {
 		return nil, err
 	}
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+// decodeFields decodes a YAML mapping into the struct v points to, field by
+// field, so that an error names the field (path.key, list[i].key) rather
+// than only a line. Unknown keys are errors.
+func decodeFields(n *yaml.Node, v any, path string) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("%sline %d: want a mapping of field names to values", prefix(path), n.Line)
+	}
+	rv := reflect.ValueOf(v).Elem()
+	fields := make(map[string]reflect.Value, rv.NumField())
+	var known []string
+	for i := range rv.NumField() {
+		name, _, _ := strings.Cut(rv.Type().Field(i).Tag.Get("yaml"), ",")
+		fields[name] = rv.Field(i)
+		known = append(known, name)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		field, ok := fields[key.Value]
+		if !ok {
+			return fmt.Errorf("%s%s: line %d: unknown field; known fields are %s", prefix(path), key.Value, key.Line, strings.Join(known, ", "))
+		}
+		name := prefix(path) + key.Value
+		var err error
+		switch f := field.Addr().Interface().(type) {
+		case *[]FunctionConfig:
+			err = decodeList(val, f, name)
+		case *BufferConfig:
+			err = decodeFields(val, f, name)
+		default:
+			if err = val.Decode(f); err != nil {
+				err = fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func decodeList[T any](n *yaml.Node, out *[]T, path string) error {
+	if n.Kind != yaml.SequenceNode {
+		return fmt.Errorf("%s: line %d: want a list", path, n.Line)
+	}
+	*out = make([]T, len(n.Content))
+	for i, item := range n.Content {
+		if err := decodeFields(item, &(*out)[i], fmt.Sprintf("%s[%d]", path, i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func prefix(path string) string {
+	if path == "" {
+		return ""
+	}
+	return path + "."
 }
 
 func (c *Config) setDefaultsAndCheck() error {
@@ -125,27 +187,21 @@ func (c *Config) setDefaultsAndCheck() error {
 		if f.Concurrency == 0 {
 			f.Concurrency = defaultConcurrency
 		}
-		if f.Concurrency < 1 || f.Concurrency > maxConcurrency {
+		if f.Concurrency > maxConcurrency {
 			bad("concurrency", "%d is out of range: 1 to %d", f.Concurrency, maxConcurrency)
 		}
 		if f.Timeout == 0 {
 			f.Timeout = Duration(defaultTimeout)
 		}
-		if f.Timeout < 0 || time.Duration(f.Timeout) > maxTimeout {
+		if time.Duration(f.Timeout) > maxTimeout {
 			bad("timeout", "%s is out of range: more than 0 and at most %s", time.Duration(f.Timeout), maxTimeout)
 		}
 		if f.MaxPayload == 0 {
 			f.MaxPayload = defaultMaxPayload
 		}
-		if f.MaxPayload < 1 || f.MaxPayload > maxMaxPayload {
+		if f.MaxPayload > maxMaxPayload {
 			bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
 		}
-	}
-	if c.Buffer.MaxJobs < 0 {
-		errs = append(errs, fmt.Errorf("buffer.max_jobs: %d is negative", c.Buffer.MaxJobs))
-	}
-	if c.Buffer.MaxBytes < 0 {
-		errs = append(errs, fmt.Errorf("buffer.max_bytes: %d is negative", c.Buffer.MaxBytes))
 	}
 	return errors.Join(errs...)
 }
@@ -160,10 +216,27 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 		return err
 	}
 	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration such as 500ms, 30s or 2m", n.Line, s)
+	if err != nil || v <= 0 {
+		return fmt.Errorf("line %d: %q is not a positive duration such as 500ms, 30s or 2m", n.Line, s)
 	}
 	*d = Duration(v)
+	return nil
+}
+
+// Count is a whole number of at least 1. YAML that gives a fraction, a
+// string, zero or a negative number is an error, never a silent default.
+type Count int
+
+// UnmarshalYAML accepts only a positive YAML integer.
+func (c *Count) UnmarshalYAML(n *yaml.Node) error {
+	var v int64
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&v) != nil || v < 1 {
+		return fmt.Errorf("line %d: %q is not a whole number of at least 1", n.Line, n.Value)
+	}
+	if v > math.MaxInt32 {
+		return fmt.Errorf("line %d: %s is too large", n.Line, n.Value)
+	}
+	*c = Count(v)
 	return nil
 }
 
@@ -184,6 +257,9 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	v, err := parseByteSize(s)
 	if err != nil {
 		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	if v == 0 {
+		return fmt.Errorf("line %d: %q: a size must be at least 1 byte", n.Line, s)
 	}
 	*b = ByteSize(v)
 	return nil

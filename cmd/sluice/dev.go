@@ -57,7 +57,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg := &Config{Functions: []FunctionConfig{{
 		Name:        "echo",
 		URL:         "http://" + fnLn.Addr().String() + "/",
-		Concurrency: max(1, sim.concurrency),
+		Concurrency: Count(max(1, sim.concurrency)),
 	}}}
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		return err

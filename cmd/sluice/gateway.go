@@ -35,15 +35,17 @@ type gatewayProcess struct {
 	// HTTPAddr and GRPCAddr are where the servers listen.
 	HTTPAddr, GRPCAddr net.Addr
 
-	log        *slog.Logger
-	opts       gatewayOptions
-	embedded   *buffer.Embedded // nil with an external NATS
-	nc         *nats.Conn
-	httpLn     net.Listener
-	grpcLn     net.Listener
-	httpSrv    *http.Server
-	grpcSrv    *grpc.Server
-	health     interface{ SetServingStatus(string, healthpb.HealthCheckResponse_ServingStatus) }
+	log      *slog.Logger
+	opts     gatewayOptions
+	embedded *buffer.Embedded // nil with an external NATS
+	nc       *nats.Conn
+	httpLn   net.Listener
+	grpcLn   net.Listener
+	httpSrv  *http.Server
+	grpcSrv  *grpc.Server
+	health   interface {
+		SetServingStatus(string, healthpb.HealthCheckResponse_ServingStatus)
+	}
 	restConn   *grpc.ClientConn
 	dispatcher *dispatch.Dispatcher
 }
@@ -75,7 +77,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			}
 		}
 	}
-	queue, err := buffer.Open(ctx, p.nc, buffer.Config{MaxJobs: cfg.Buffer.MaxJobs, MaxBytes: int64(cfg.Buffer.MaxBytes)})
+	queue, err := buffer.Open(ctx, p.nc, buffer.Config{MaxJobs: int64(cfg.Buffer.MaxJobs), MaxBytes: int64(cfg.Buffer.MaxBytes)})
 	if err != nil {
 		return nil, err
 	}
@@ -84,10 +86,10 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	var dispFuncs []dispatch.Function
 	for _, f := range cfg.Functions {
 		gwFuncs = append(gwFuncs, gateway.Function{
-			Name: f.Name, Concurrency: f.Concurrency, Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
+			Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
 		})
 		dispFuncs = append(dispFuncs, dispatch.Function{
-			Name: f.Name, Invoker: &dispatch.HTTPInvoker{URL: f.URL}, Concurrency: f.Concurrency, Timeout: time.Duration(f.Timeout),
+			Name: f.Name, Invoker: &dispatch.HTTPInvoker{URL: f.URL}, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout),
 		})
 	}
 	svc, err := gateway.NewService(gateway.Config{Jobs: queue, Functions: gwFuncs, Logger: log})

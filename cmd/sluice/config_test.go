@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfigDefaults(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+functions:
+  - name: resize
+    url: http://127.0.0.1:9000/resize
+  - name: thumb_2
+    url: https://fn.example/thumb
+    concurrency: 3
+    timeout: 2m
+    max_payload: 256KiB
+buffer:
+  max_jobs: 500
+  max_bytes: 1GiB
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, th := cfg.Functions[0], cfg.Functions[1]
+	if r.Concurrency != defaultConcurrency || time.Duration(r.Timeout) != defaultTimeout || r.MaxPayload != defaultMaxPayload {
+		t.Errorf("resize = %+v, want the defaults", r)
+	}
+	if th.Concurrency != 3 || time.Duration(th.Timeout) != 2*time.Minute || th.MaxPayload != 256<<10 {
+		t.Errorf("thumb_2 = %+v, want concurrency 3, timeout 2m, 256KiB", th)
+	}
+	if cfg.Buffer.MaxJobs != 500 || cfg.Buffer.MaxBytes != 1<<30 {
+		t.Errorf("buffer = %+v", cfg.Buffer)
+	}
+}
+
+func TestParseConfigJSON(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`{"functions": [{"name": "a", "url": "http://x/", "timeout": "5s"}]}`))
+	if err != nil || cfg.Functions[0].Name != "a" || time.Duration(cfg.Functions[0].Timeout) != 5*time.Second {
+		t.Fatalf("JSON config = %+v, %v", cfg, err)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, config, want string
+	}{
+		{"empty", ``, "functions: none configured"},
+		{"no functions", `functions: []`, "functions: none configured"},
+		{"malformed json", `{"functions": [{"name": "a", "url": "http://x/"}`, "did not find expected"},
+		{"unknown field", "functions:\n  - name: a\n    url: http://x/\n    concurency: 3\n", "functions[0].concurency: line 4: unknown field"},
+		{"missing name", "functions:\n  - url: http://x/\n", "functions[0].name: missing"},
+		{"bad name", "functions:\n  - name: Resize\n    url: http://x/\n", `functions[0] (Resize).name: "Resize" is not allowed`},
+		{"name with dot", "functions:\n  - name: a.b\n    url: http://x/\n", `"a.b" is not allowed`},
+		{"duplicate name", "functions:\n  - name: a\n    url: http://x/\n  - name: a\n    url: http://y/\n", `functions[1] (a).name: "a" is already the name of functions[0]`},
+		{"missing url", "functions:\n  - name: a\n", "functions[0] (a).url: missing"},
+		{"relative url", "functions:\n  - name: a\n    url: /x\n", `functions[0] (a).url: "/x" is not an absolute http or https URL`},
+		{"other scheme", "functions:\n  - name: a\n    url: ftp://x/\n", "is not an absolute http or https URL"},
+		{"negative concurrency", "functions:\n  - name: a\n    url: http://x/\n    concurrency: -1\n", `functions[0].concurrency: line 4: "-1" is not a whole number of at least 1`},
+		{"zero concurrency", "functions:\n  - name: a\n    url: http://x/\n    concurrency: 0\n", `"0" is not a whole number of at least 1`},
+		{"fractional concurrency", "functions:\n  - name: a\n    url: http://x/\n    concurrency: 0.5\n", `"0.5" is not a whole number of at least 1`},
+		{"quoted concurrency", "functions:\n  - name: a\n    url: http://x/\n    concurrency: \"3\"\n", `"3" is not a whole number`},
+		{"huge concurrency", "functions:\n  - name: a\n    url: http://x/\n    concurrency: 10001\n", "concurrency: 10001 is out of range: 1 to 10000"},
+		{"bad timeout", "functions:\n  - name: a\n    url: http://x/\n    timeout: soon\n", `functions[0].timeout: line 4: "soon" is not a positive duration`},
+		{"long timeout", "functions:\n  - name: a\n    url: http://x/\n    timeout: 2h\n", "functions[0] (a).timeout: 2h0m0s is out of range"},
+		{"negative timeout", "functions:\n  - name: a\n    url: http://x/\n    timeout: -1s\n", `"-1s" is not a positive duration`},
+		{"payload too big", "functions:\n  - name: a\n    url: http://x/\n    max_payload: 5MiB\n", "functions[0] (a).max_payload: 5242880 bytes is out of range"},
+		{"bad payload size", "functions:\n  - name: a\n    url: http://x/\n    max_payload: lots\n", `"lots" is not a size`},
+		{"negative buffer", "functions:\n  - name: a\n    url: http://x/\nbuffer: {max_jobs: -5}\n", `buffer.max_jobs: line 4: "-5" is not a whole number`},
+		{"zero payload", "functions:\n  - name: a\n    url: http://x/\n    max_payload: 0\n", "a size must be at least 1 byte"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.config))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1024": 1024, "512KiB": 512 << 10, "1MiB": 1 << 20, "2 GiB": 2 << 30, "1MB": 1e6, "7B": 7} {
+		if got, err := parseByteSize(in); err != nil || got != want {
+			t.Errorf("parseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5MiB", "MiB", "1PiB", "99999999999GiB"} {
+		if _, err := parseByteSize(in); err == nil {
+			t.Errorf("parseByteSize(%q) succeeded, want an error", in)
+		}
+	}
+}
+
+func TestServeRejectsBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(path, []byte("functions:\n  - name: a\n    url: http://x/\n    concurrency: 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	err := run(t.Context(), []string{"serve", "--config", path, "--data-dir", dir}, &stderr, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "sluice.yaml") || !strings.Contains(err.Error(), "concurrency") {
+		t.Errorf("serve with a bad config: %v, want an error naming the file and the field", err)
+	}
+	for _, args := range [][]string{{"serve"}, {"serve", "--config", filepath.Join(dir, "missing.yaml")}, {"nonsense"}, {}} {
+		if err := run(t.Context(), args, &stderr, &stderr); err == nil {
+			t.Errorf("run %q succeeded, want an error", args)
+		}
+	}
+}

@@ -1,0 +1,530 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/dispatch/fnsim"
+)
+
+// testGateway is a gateway process on loopback ports for one test.
+type testGateway struct {
+	*gatewayProcess
+	base string // REST base URL
+	stop func()
+}
+
+// startTestGateway runs a gateway with the given functions on an embedded
+// JetStream in dataDir until the test ends or stop is called.
+func startTestGateway(t *testing.T, dataDir string, functions ...FunctionConfig) *testGateway {
+	t.Helper()
+	cfg := &Config{Functions: functions}
+	if err := cfg.setDefaultsAndCheck(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	p, err := startGateway(t.Context(), cfg, gatewayOptions{
+		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: dataDir, DrainTimeout: 100 * time.Millisecond,
+	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	g := &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}
+	var stopped bool
+	g.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("gateway Run: %v", err)
+		}
+	}
+	t.Cleanup(g.stop)
+	return g
+}
+
+func (g *testGateway) grpcConn(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(g.GRPCAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// startFunction serves a simulated function until the test ends.
+func startFunction(t *testing.T, cfg fnsim.Config) (*fnsim.Function, string) {
+	t.Helper()
+	sim := fnsim.New(cfg)
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	return sim, srv.URL
+}
+
+func post(t *testing.T, url, contentType string, body []byte) *http.Response {
+	t.Helper()
+	resp, err := http.Post(url, contentType, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func get(t *testing.T, url string) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, body
+}
+
+// jobJSON is the REST form of a job, as a REST client would decode it.
+type jobJSON struct {
+	ID          string `json:"id"`
+	Function    string `json:"function"`
+	State       string `json:"state"`
+	Attempts    int    `json:"attempts"`
+	CreateTime  string `json:"createTime"`
+	StartTime   string `json:"startTime"`
+	FinishTime  string `json:"finishTime"`
+	Error       string `json:"error"`
+	ContentType string `json:"contentType"`
+	Result      *struct {
+		HTTPStatus  int    `json:"httpStatus"`
+		ContentType string `json:"contentType"`
+		Body        []byte `json:"body"`
+	} `json:"result"`
+}
+
+func decodeJob(t *testing.T, b []byte) jobJSON {
+	t.Helper()
+	var j jobJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		t.Fatalf("decode job %s: %v", b, err)
+	}
+	return j
+}
+
+// waitREST polls GET /v1/jobs/{id} until the job is finished.
+func waitREST(t *testing.T, g *testGateway, id string, within time.Duration) jobJSON {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		resp, body := get(t, g.base+"/v1/jobs/"+id)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET job %s: %d %s", id, resp.StatusCode, body)
+		}
+		j := decodeJob(t, body)
+		switch j.State {
+		case "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED":
+			return j
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s still %s after %v", id, j.State, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestRESTEndToEnd(t *testing.T) {
+	_, fnURL := startFunction(t, fnsim.Config{Delay: 20 * time.Millisecond})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+
+	for _, tc := range []struct {
+		name, contentType string
+		payload           []byte
+	}{
+		{"json", "application/json", []byte(`{"hello": "world", "n": [1, 2]}`)},
+		{"binary", "application/octet-stream", []byte{0, 1, 2, 0xff, 0xfe, '\n'}},
+		{"text", "text/plain; charset=utf-8", []byte("plain words")},
+		{"empty", "application/json", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := post(t, g.base+"/v1/functions/echo/jobs", tc.contentType, tc.payload)
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusAccepted {
+				t.Fatalf("submit: %d %s, want 202", resp.StatusCode, body)
+			}
+			job := decodeJob(t, body)
+			if loc := resp.Header.Get("Location"); loc != "/v1/jobs/"+job.ID {
+				t.Errorf("Location = %q, want /v1/jobs/%s", loc, job.ID)
+			}
+			if job.Function != "echo" || job.State == "" || job.CreateTime == "" || job.ContentType != tc.contentType {
+				t.Errorf("submitted job = %+v", job)
+			}
+
+			done := waitREST(t, g, job.ID, 10*time.Second)
+			if done.State != "SUCCEEDED" || done.Attempts != 1 || done.StartTime == "" || done.FinishTime == "" {
+				t.Errorf("finished job = %+v, want SUCCEEDED after one attempt with times", done)
+			}
+			if done.Result == nil || done.Result.HTTPStatus != 200 || !bytes.Equal(done.Result.Body, tc.payload) {
+				t.Errorf("job result = %+v, want 200 echoing the payload", done.Result)
+			}
+
+			resp, result := get(t, g.base+"/v1/jobs/"+job.ID+"/result")
+			if resp.StatusCode != http.StatusOK || !bytes.Equal(result, tc.payload) || resp.Header.Get("Content-Type") != tc.contentType {
+				t.Errorf("result = %d %q (%s), want 200 %q (%s)",
+					resp.StatusCode, result, resp.Header.Get("Content-Type"), tc.payload, tc.contentType)
+			}
+		})
+	}
+
+	t.Run("functions", func(t *testing.T) {
+		resp, body := get(t, g.base+"/v1/functions")
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"name":"echo"`) {
+			t.Errorf("GET /v1/functions = %d %s", resp.StatusCode, body)
+		}
+	})
+	t.Run("openapi", func(t *testing.T) {
+		resp, body := get(t, g.base+"/openapi.json")
+		var doc struct {
+			Paths map[string]any `json:"paths"`
+		}
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &doc) != nil || doc.Paths["/v1/functions/{function}/jobs"] == nil {
+			t.Errorf("GET /openapi.json = %d, paths %v", resp.StatusCode, doc.Paths)
+		}
+	})
+}
+
+func TestResultWhilePending(t *testing.T) {
+	release := make(chan struct{})
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		w.Write([]byte("done"))
+	}))
+	t.Cleanup(fn.Close)
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "slow", URL: fn.URL})
+	defer close(release)
+
+	resp := post(t, g.base+"/v1/functions/slow/jobs", "text/plain", []byte("x"))
+	id := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
+	res, _ := get(t, g.base+"/v1/jobs/"+id+"/result")
+	if res.StatusCode != http.StatusAccepted || res.Header.Get("Retry-After") != "1" || res.Header.Get("Location") != "/v1/jobs/"+id {
+		t.Errorf("pending result = %d, Retry-After %q, Location %q; want 202, 1, /v1/jobs/%s",
+			res.StatusCode, res.Header.Get("Retry-After"), res.Header.Get("Location"), id)
+	}
+}
+
+func TestGRPCEndToEnd(t *testing.T) {
+	_, fnURL := startFunction(t, fnsim.Config{})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	conn := g.grpcConn(t)
+	jobs := sluicev1.NewJobServiceClient(conn)
+	ctx := t.Context()
+
+	sub, err := jobs.SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+		Function: "echo",
+		Payload:  &httpbody.HttpBody{ContentType: "application/x-protobuf", Data: []byte{8, 150, 1}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := sub.GetJob().GetId()
+	var job *sluicev1.Job
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		r, err := jobs.GetJob(ctx, &sluicev1.GetJobRequest{Id: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job = r.GetJob(); job.State == sluicev1.Job_SUCCEEDED || time.Now().After(deadline) {
+			break
+		}
+	}
+	if job.State != sluicev1.Job_SUCCEEDED || job.Attempts != 1 {
+		t.Fatalf("job = %v, want SUCCEEDED after one attempt", job)
+	}
+	res, err := jobs.GetJobResult(ctx, &sluicev1.GetJobResultRequest{Id: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(res.GetBody().GetData(), []byte{8, 150, 1}) || res.GetBody().GetContentType() != "application/x-protobuf" {
+		t.Errorf("result = %v, want the payload echoed with its type", res.GetBody())
+	}
+
+	fns, err := sluicev1.NewFunctionServiceClient(conn).ListFunctions(ctx, &sluicev1.ListFunctionsRequest{})
+	if err != nil || len(fns.GetFunctions()) != 1 || fns.GetFunctions()[0].GetConcurrency() != defaultConcurrency {
+		t.Errorf("ListFunctions = %v, %v", fns, err)
+	}
+
+	hc, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health = %v, %v; want SERVING", hc, err)
+	}
+
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range rr.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	if got := strings.Join(names, ","); !strings.Contains(got, "sluice.v1.JobService") || !strings.Contains(got, "grpc.health.v1.Health") {
+		t.Errorf("reflection lists %s", got)
+	}
+}
+
+func TestConcurrencyCap(t *testing.T) {
+	sim, fnURL := startFunction(t, fnsim.Config{Delay: 30 * time.Millisecond})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "capped", URL: fnURL, Concurrency: 4})
+	var ids []string
+	for i := range 40 {
+		resp := post(t, g.base+"/v1/functions/capped/jobs", "text/plain", fmt.Appendf(nil, "%d", i))
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("submit %d: %d", i, resp.StatusCode)
+		}
+		ids = append(ids, strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"))
+	}
+	for _, id := range ids {
+		if j := waitREST(t, g, id, 20*time.Second); j.State != "SUCCEEDED" {
+			t.Fatalf("job %s = %+v", id, j)
+		}
+	}
+	st := sim.Stats()
+	if st.MaxInFlight > 4 {
+		t.Errorf("function saw %d invocations at once; the limit is 4", st.MaxInFlight)
+	}
+	if st.MaxInFlight < 4 {
+		t.Errorf("function saw at most %d invocations at once; with a backlog of 40 the limit of 4 should be used", st.MaxInFlight)
+	}
+	if st.Invocations != 40 {
+		t.Errorf("function ran %d invocations, want 40", st.Invocations)
+	}
+}
+
+func TestRestartRunsQueuedJobs(t *testing.T) {
+	dir := t.TempDir()
+	sim, fnURL := startFunction(t, fnsim.Config{Delay: 50 * time.Millisecond})
+	fn := FunctionConfig{Name: "slow", URL: fnURL, Concurrency: 1}
+
+	first := startTestGateway(t, dir, fn)
+	var ids []string
+	for i := range 20 {
+		resp := post(t, first.base+"/v1/functions/slow/jobs", "text/plain", fmt.Appendf(nil, "%d", i))
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("submit %d: %d", i, resp.StatusCode)
+		}
+		ids = append(ids, strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"))
+	}
+	first.stop()
+	ranBefore := sim.Stats().Invocations
+	if ranBefore >= len(ids) {
+		t.Fatalf("all %d jobs ran before the stop; the test needs some still queued", ranBefore)
+	}
+
+	second := startTestGateway(t, dir, fn)
+	for _, id := range ids {
+		if j := waitREST(t, second, id, 20*time.Second); j.State != "SUCCEEDED" {
+			t.Fatalf("after restart job %s = %+v, want SUCCEEDED", id, j)
+		}
+	}
+	for _, id := range ids {
+		if n := sim.JobInvocations(id); n != 1 {
+			t.Errorf("job %s completed %d times, want once", id, n)
+		}
+	}
+	t.Logf("%d of %d jobs ran before the restart, the rest after", ranBefore, len(ids))
+}
+
+func TestBadRequests(t *testing.T) {
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no", http.StatusInternalServerError)
+	}))
+	t.Cleanup(failing.Close)
+	_, fnURL := startFunction(t, fnsim.Config{})
+	g := startTestGateway(t, t.TempDir(),
+		FunctionConfig{Name: "echo", URL: fnURL, MaxPayload: 1024},
+		FunctionConfig{Name: "failing", URL: failing.URL})
+
+	resp := post(t, g.base+"/v1/functions/failing/jobs", "text/plain", []byte("x"))
+	failedID := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
+	waitREST(t, g, failedID, 10*time.Second)
+
+	for _, tc := range []struct {
+		name, method, path string
+		body               io.Reader
+		wantStatus         int
+		wantMessage        string
+	}{
+		{"unknown function", "POST", "/v1/functions/nope/jobs", strings.NewReader("x"), 404, `function \"nope\" is not configured`},
+		{"malformed job id", "GET", "/v1/jobs/not-a-job", nil, 400, `job id \"not-a-job\" is malformed`},
+		{"malformed job id for result", "GET", "/v1/jobs/abc/result", nil, 400, "is malformed"},
+		{"unknown job", "GET", "/v1/jobs/AAAAAAAAAAAAAAAAAAAAAAAAAA", nil, 404, "job AAAAAAAAAAAAAAAAAAAAAAAAAA not found"},
+		{"result of unknown job", "GET", "/v1/jobs/AAAAAAAAAAAAAAAAAAAAAAAAAA/result", nil, 404, "not found"},
+		{"result of failed job", "GET", "/v1/jobs/" + failedID + "/result", nil, 409, "ended FAILED without a result: function answered HTTP 500"},
+		{"payload over limit", "POST", "/v1/functions/echo/jobs", bytes.NewReader(make([]byte, 1025)), 413, "the limit is 1024"},
+		{"chunked payload over limit", "POST", "/v1/functions/echo/jobs", io.LimitReader(zeros{}, 5000), 413, "limit of 1024 bytes"},
+		{"unknown route", "GET", "/v1/nothing", nil, 404, "Not Found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, g.base+tc.path, tc.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.wantStatus || !strings.Contains(string(body), tc.wantMessage) {
+				t.Errorf("%s %s = %d %s; want %d containing %s", tc.method, tc.path, resp.StatusCode, body, tc.wantStatus, tc.wantMessage)
+			}
+		})
+	}
+
+	t.Run("payload exactly at limit", func(t *testing.T) {
+		resp := post(t, g.base+"/v1/functions/echo/jobs", "application/octet-stream", make([]byte, 1024))
+		if resp.StatusCode != http.StatusAccepted {
+			t.Errorf("1024-byte payload: %d, want 202", resp.StatusCode)
+		}
+	})
+
+	t.Run("grpc", func(t *testing.T) {
+		jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+		for _, tc := range []struct {
+			name string
+			call func() error
+			want codes.Code
+		}{
+			{"unknown function", func() error {
+				_, err := jobs.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "nope"})
+				return err
+			}, codes.NotFound},
+			{"no function", func() error {
+				_, err := jobs.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{})
+				return err
+			}, codes.InvalidArgument},
+			{"payload over limit", func() error {
+				_, err := jobs.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "echo", Payload: &httpbody.HttpBody{Data: make([]byte, 1025)}})
+				return err
+			}, codes.InvalidArgument},
+			{"malformed id", func() error {
+				_, err := jobs.GetJob(t.Context(), &sluicev1.GetJobRequest{Id: "x"})
+				return err
+			}, codes.InvalidArgument},
+			{"unknown job", func() error {
+				_, err := jobs.GetJobResult(t.Context(), &sluicev1.GetJobResultRequest{Id: "AAAAAAAAAAAAAAAAAAAAAAAAAA"})
+				return err
+			}, codes.NotFound},
+		} {
+			if got := status.Code(tc.call()); got != tc.want {
+				t.Errorf("%s: code %v, want %v", tc.name, got, tc.want)
+			}
+		}
+	})
+}
+
+// zeros is an endless reader: a body of unknown length, sent chunked.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// syncBuffer is a bytes.Buffer safe to write from one goroutine and read
+// from another.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDev runs `sluice dev` as the README's quickstart does, on free ports,
+// and submits a job to its demo function.
+func TestDev(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"dev", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--fn-delay", "10ms"}, &stdout, &stderr)
+	}()
+	restURL := regexp.MustCompile(`REST on (http://\S+),`)
+	var base string
+	for deadline := time.Now().Add(20 * time.Second); base == ""; time.Sleep(10 * time.Millisecond) {
+		if m := restURL.FindStringSubmatch(stdout.String()); m != nil {
+			base = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("dev printed no REST address; stdout %q, stderr %q", stdout.String(), stderr.String())
+		}
+	}
+	resp := post(t, base+"/v1/functions/echo/jobs", "application/json", []byte(`{"hello":"world"}`))
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit to dev: %d", resp.StatusCode)
+	}
+	loc := resp.Header.Get("Location")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		res, body := get(t, base+loc+"/result")
+		if res.StatusCode == http.StatusOK {
+			if string(body) != `{"hello":"world"}` {
+				t.Errorf("dev echo result = %q", body)
+			}
+			break
+		}
+		if res.StatusCode != http.StatusAccepted || time.Now().After(deadline) {
+			t.Fatalf("dev result: %d %s", res.StatusCode, body)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("dev exited with %v; stderr %s", err, stderr.String())
+	}
+}
