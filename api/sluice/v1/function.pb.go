@@ -7,6 +7,7 @@
 package sluicev1
 
 import (
+	_ "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -276,7 +277,7 @@ var File_sluice_v1_function_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_function_proto_rawDesc = "" +
 	"\n" +
-	"\x18sluice/v1/function.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\"\xb5\x01\n" +
+	"\x18sluice/v1/function.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xb5\x01\n" +
 	"\bFunction\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x03R\x04name\x12%\n" +
 	"\vconcurrency\x18\x02 \x01(\x05B\x03\xe0A\x03R\vconcurrency\x128\n" +
@@ -288,10 +289,16 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"\x12GetFunctionRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"F\n" +
 	"\x13GetFunctionResponse\x12/\n" +
-	"\bfunction\x18\x01 \x01(\v2\x13.sluice.v1.FunctionR\bfunction2\xf2\x01\n" +
-	"\x0fFunctionService\x12i\n" +
-	"\rListFunctions\x12\x1f.sluice.v1.ListFunctionsRequest\x1a .sluice.v1.ListFunctionsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/functions\x12t\n" +
-	"\vGetFunction\x12\x1d.sluice.v1.GetFunctionRequest\x1a\x1e.sluice.v1.GetFunctionResponse\"&\x82\xd3\xe4\x93\x02 b\bfunction\x12\x14/v1/functions/{name}B3Z1github.com/sluicehq/sluice/api/sluice/v1;sluicev1b\x06proto3"
+	"\bfunction\x18\x01 \x01(\v2\x13.sluice.v1.FunctionR\bfunction2\xea\x02\n" +
+	"\x0fFunctionService\x12\xab\x01\n" +
+	"\rListFunctions\x12\x1f.sluice.v1.ListFunctionsRequest\x1a .sluice.v1.ListFunctionsResponse\"W\x92A?J=\n" +
+	"\x03200\x126\n" +
+	"\x0eThe functions.\x12$\n" +
+	"\"\x1a .sluice.v1.ListFunctionsResponse\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/functions\x12\xa8\x01\n" +
+	"\vGetFunction\x12\x1d.sluice.v1.GetFunctionRequest\x1a\x1e.sluice.v1.GetFunctionResponse\"Z\x92A1J/\n" +
+	"\x03200\x12(\n" +
+	"\rThe function.\x12\x17\n" +
+	"\x15\x1a\x13.sluice.v1.Function\x82\xd3\xe4\x93\x02 b\bfunction\x12\x14/v1/functions/{name}B3Z1github.com/sluicehq/sluice/api/sluice/v1;sluicev1b\x06proto3"
 
 var (
 	file_sluice_v1_function_proto_rawDescOnce sync.Once

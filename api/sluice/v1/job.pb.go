@@ -7,6 +7,7 @@
 package sluicev1
 
 import (
+	_ "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	httpbody "google.golang.org/genproto/googleapis/api/httpbody"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
@@ -603,7 +604,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x04\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xdf\x04\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -649,12 +650,30 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x14GetJobResultResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12(\n" +
 	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12.\n" +
-	"\x13retry_after_seconds\x18\x03 \x01(\x05R\x11retryAfterSeconds2\xd9\x02\n" +
+	"\x13retry_after_seconds\x18\x03 \x01(\x05R\x11retryAfterSeconds2\xe6\a\n" +
 	"\n" +
-	"JobService\x12{\n" +
-	"\tSubmitJob\x12\x1b.sluice.v1.SubmitJobRequest\x1a\x1c.sluice.v1.SubmitJobResponse\"3\x82\xd3\xe4\x93\x02-:\apayloadb\x03job\"\x1d/v1/functions/{function}/jobs\x12Y\n" +
-	"\x06GetJob\x12\x18.sluice.v1.GetJobRequest\x1a\x19.sluice.v1.GetJobResponse\"\x1a\x82\xd3\xe4\x93\x02\x14b\x03job\x12\r/v1/jobs/{id}\x12s\n" +
-	"\fGetJobResult\x12\x1e.sluice.v1.GetJobResultRequest\x1a\x1f.sluice.v1.GetJobResultResponse\"\"\x82\xd3\xe4\x93\x02\x1cb\x04body\x12\x14/v1/jobs/{id}/resultB3Z1github.com/sluicehq/sluice/api/sluice/v1;sluicev1b\x06proto3"
+	"JobService\x12\x8b\x03\n" +
+	"\tSubmitJob\x12\x1b.sluice.v1.SubmitJobRequest\x1a\x1c.sluice.v1.SubmitJobResponse\"\xc2\x02\x92A\x8b\x02\x1a\x90\x01The request body is the payload itself, of any Content-Type, sent to the function as it is: not the HttpBody JSON object the schema below names.2\x03*/*Jq\n" +
+	"\x03202\x12j\n" +
+	"/Stored. The body is the job; Location names it.\x12\x12\n" +
+	"\x10\x1a\x0e.sluice.v1.Job\x1a#\n" +
+	"\bLocation\x12\x17\n" +
+	"\r/v1/jobs/{id}\x12\x06string\x82\xd3\xe4\x93\x02-:\apayloadb\x03job\"\x1d/v1/functions/{function}/jobs\x12\x83\x01\n" +
+	"\x06GetJob\x12\x18.sluice.v1.GetJobRequest\x1a\x19.sluice.v1.GetJobResponse\"D\x92A'J%\n" +
+	"\x03200\x12\x1e\n" +
+	"\bThe job.\x12\x12\n" +
+	"\x10\x1a\x0e.sluice.v1.Job\x82\xd3\xe4\x93\x02\x14b\x03job\x12\r/v1/jobs/{id}\x12\xc3\x03\n" +
+	"\fGetJobResult\x12\x1e.sluice.v1.GetJobResultRequest\x1a\x1f.sluice.v1.GetJobResultResponse\"\xf1\x02\x92A\xcb\x02:\x03*/*Jk\n" +
+	"\x03200\x12d\n" +
+	"QThe job succeeded: the function's response body, verbatim, with its Content-Type.\x12\x0f\n" +
+	"\r\x9a\x02\x01\a\xa2\x02\x06binaryJ\x90\x01\n" +
+	"\x03202\x12\x88\x01\n" +
+	"VThe job has not finished. Ask again after Retry-After seconds; Location names the job.\x1a\x14\n" +
+	"\bLocation\x12\b\x12\x06string\x1a\x18\n" +
+	"\vRetry-After\x12\t\x12\aintegerJD\n" +
+	"\x03409\x12=\n" +
+	";The job ended without success; GET /v1/jobs/{id} tells why.\x82\xd3\xe4\x93\x02\x1cb\x04body\x12\x14/v1/jobs/{id}/resultB\xa1\x01\x92Ak\x12i\n" +
+	"\x06Sluice\x12[Buffers jobs for serverless functions and dispatches them at a pace the functions can take.2\x02v1Z1github.com/sluicehq/sluice/api/sluice/v1;sluicev1b\x06proto3"
 
 var (
 	file_sluice_v1_job_proto_rawDescOnce sync.Once
