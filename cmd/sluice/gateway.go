@@ -196,13 +196,18 @@ func (p *gatewayProcess) close() {
 			ln.Close()
 		}
 	}
-	if p.nc != nil {
-		// Drain flushes pending acknowledgements before closing.
+	if p.nc != nil && !p.nc.IsClosed() {
+		// Drain flushes pending acknowledgements before closing; it closes
+		// the connection itself within the connection's drain timeout.
+		closed := make(chan struct{})
+		p.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 		if err := p.nc.Drain(); err != nil {
 			p.nc.Close()
 		}
-		for !p.nc.IsClosed() {
-			time.Sleep(5 * time.Millisecond)
+		select {
+		case <-closed:
+		case <-time.After(35 * time.Second):
+			p.nc.Close()
 		}
 	}
 	if p.embedded != nil {

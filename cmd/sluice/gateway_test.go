@@ -38,7 +38,12 @@ type testGateway struct {
 // JetStream in dataDir until the test ends or stop is called.
 func startTestGateway(t *testing.T, dataDir string, functions ...FunctionConfig) *testGateway {
 	t.Helper()
-	cfg := &Config{Functions: functions}
+	return startTestGatewayConfig(t, dataDir, &Config{Functions: functions})
+}
+
+// startTestGatewayConfig is startTestGateway with a whole config.
+func startTestGatewayConfig(t *testing.T, dataDir string, cfg *Config) *testGateway {
+	t.Helper()
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
@@ -462,6 +467,39 @@ func TestBadRequests(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestFullBufferRefusesWithRetryAfter(t *testing.T) {
+	release := make(chan struct{})
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(fn.Close)
+	g := startTestGatewayConfig(t, t.TempDir(), &Config{
+		Functions: []FunctionConfig{{Name: "stuck", URL: fn.URL, Concurrency: 1}},
+		Buffer:    BufferConfig{MaxJobs: 2},
+	})
+	defer close(release)
+
+	// One job running, one waiting: the buffer holds both until they finish.
+	for i := range 2 {
+		if resp := post(t, g.base+"/v1/functions/stuck/jobs", "text/plain", []byte("x")); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("submit %d: %d, want 202", i, resp.StatusCode)
+		}
+	}
+	resp := post(t, g.base+"/v1/functions/stuck/jobs", "text/plain", []byte("x"))
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "buffer is full") {
+		t.Errorf("third submit = %d, Retry-After %q, %s; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	_, err := sluicev1.NewJobServiceClient(g.grpcConn(t)).SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "stuck"})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("gRPC submit to a full buffer: %v, want UNAVAILABLE", err)
+	}
 }
 
 // zeros is an endless reader: a body of unknown length, sent chunked.
