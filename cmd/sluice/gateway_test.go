@@ -227,19 +227,25 @@ func TestRESTEndToEnd(t *testing.T) {
 	})
 }
 
-func TestResultWhilePending(t *testing.T) {
+// startBlockedFunction serves a function whose invocations wait until the
+// test ends (or the caller gives up).
+func startBlockedFunction(t *testing.T) string {
+	t.Helper()
 	release := make(chan struct{})
 	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		io.Copy(io.Discard, r.Body) // then the server notices the caller leave
 		select {
 		case <-release:
 		case <-r.Context().Done():
 		}
-		w.Write([]byte("done"))
 	}))
 	t.Cleanup(fn.Close)
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "slow", URL: fn.URL})
-	defer close(release)
+	t.Cleanup(func() { close(release) }) // runs before fn.Close
+	return fn.URL
+}
+
+func TestResultWhilePending(t *testing.T) {
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "slow", URL: startBlockedFunction(t)})
 
 	resp := post(t, g.base+"/v1/functions/slow/jobs", "text/plain", []byte("x"))
 	id := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
@@ -470,20 +476,10 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestFullBufferRefusesWithRetryAfter(t *testing.T) {
-	release := make(chan struct{})
-	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(fn.Close)
 	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "stuck", URL: fn.URL, Concurrency: 1}},
+		Functions: []FunctionConfig{{Name: "stuck", URL: startBlockedFunction(t), Concurrency: 1}},
 		Buffer:    BufferConfig{MaxJobs: 2},
 	})
-	defer close(release)
 
 	// One job running, one waiting: the buffer holds both until they finish.
 	for i := range 2 {
