@@ -82,7 +82,7 @@ func waitJob(t *testing.T, q *buffer.Queue, id string, within time.Duration) *sl
 
 func TestConcurrencyNeverExceedsLimit(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{})
-	sim := fnsim.New(fnsim.Config{Delay: 30 * time.Millisecond})
+	sim := fnsim.New(fnsim.Config{Duration: 30 * time.Millisecond})
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
 
@@ -100,14 +100,14 @@ func TestConcurrencyNeverExceedsLimit(t *testing.T) {
 			t.Errorf("job %d = %v, want one attempt and a 200 text/plain result", i, job)
 		}
 	}
-	if got := sim.Stats().MaxInFlight; got != 3 {
+	if got := sim.Stats().MaxConcurrent; got != 3 {
 		t.Errorf("function saw at most %d invocations at once, want exactly the limit of 3", got)
 	}
 }
 
 func TestLimitHoldsAcrossDispatchers(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{})
-	sim := fnsim.New(fnsim.Config{Delay: 20 * time.Millisecond})
+	sim := fnsim.New(fnsim.Config{Duration: 20 * time.Millisecond})
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
 
@@ -120,7 +120,7 @@ func TestLimitHoldsAcrossDispatchers(t *testing.T) {
 	for _, id := range ids {
 		waitJob(t, q, id, 20*time.Second)
 	}
-	if got := sim.Stats().MaxInFlight; got > 2 {
+	if got := sim.Stats().MaxConcurrent; got > 2 {
 		t.Errorf("function saw %d invocations at once across two dispatchers, want at most 2", got)
 	}
 }
@@ -185,7 +185,7 @@ func TestUnreachableFunctionFailsWithoutAddress(t *testing.T) {
 
 func TestShutdownHandsBackRunningJobs(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{})
-	slow := httptest.NewServer(fnsim.New(fnsim.Config{Delay: time.Minute}))
+	slow := httptest.NewServer(fnsim.New(fnsim.Config{Duration: time.Minute}))
 	defer slow.Close()
 	ids := submit(t, q, "f", 1)
 	stop := startDispatcher(t, q, dispatch.Function{

@@ -53,11 +53,15 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	fnSrv := &http.Server{Handler: fnsim.New(sim.config()), ReadHeaderTimeout: 10 * time.Second}
+	if err := sim.check("fn-"); err != nil {
+		fnLn.Close()
+		return err
+	}
+	fnSrv := &http.Server{Handler: fnsim.New(sim.cfg), ReadHeaderTimeout: 10 * time.Second}
 	cfg := &Config{Functions: []FunctionConfig{{
 		Name:        "echo",
 		URL:         "http://" + fnLn.Addr().String() + "/",
-		Concurrency: Count(max(1, sim.concurrency)),
+		Concurrency: Count(max(1, sim.cfg.Concurrency)),
 	}}}
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		return err
@@ -72,7 +76,7 @@ Try:
   curl -si -X POST http://%[1]s/v1/functions/echo/jobs -H 'Content-Type: application/json' -d '{"hello":"world"}'
   curl -s http://%[1]s/v1/jobs/JOB_ID/result
 Stop with Ctrl-C.
-`, dialTarget(p.HTTPAddr), dialTarget(p.GRPCAddr), sim.delay)
+`, dialTarget(p.HTTPAddr), dialTarget(p.GRPCAddr), sim.cfg.Duration)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

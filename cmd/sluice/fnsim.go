@@ -12,19 +12,34 @@ import (
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
-// fnsimFlags configure the simulated function.
+// fnsimFlags configure the simulated platform.
 type fnsimFlags struct {
-	delay       time.Duration
-	concurrency int
+	cfg fnsim.Config
 }
 
 func (f *fnsimFlags) register(fs *flag.FlagSet, prefix string) {
-	fs.DurationVar(&f.delay, prefix+"delay", 100*time.Millisecond, "how long the simulated function takes per invocation")
-	fs.IntVar(&f.concurrency, prefix+"concurrency", 5, "invocations the simulated function serves at once; more get 429")
+	c := &f.cfg
+	fs.IntVar(&c.Concurrency, prefix+"concurrency", 5, "most invocations in flight (environments); more get 429; 0: no limit")
+	fs.IntVar(&c.InitialBurst, prefix+"initial", 0, "environments that may start at once; 0: the concurrency limit (no ramp)")
+	fs.IntVar(&c.ScalePerMinute, prefix+"per-minute", 0, "environments added per minute once the initial ones are all busy; 0: no ramp")
+	fs.DurationVar(&c.ColdStart, prefix+"cold-start", 0, "start-up time of a new environment")
+	fs.DurationVar(&c.IdleReap, prefix+"idle-reap", 0, "an environment idle this long is torn down; 0: never")
+	fs.DurationVar(&c.Duration, prefix+"duration", 100*time.Millisecond, "handler run time per invocation")
+	fs.DurationVar(&c.Jitter, prefix+"jitter", 0, "spread the handler run time uniformly over ±this")
+	fs.Float64Var(&c.ErrorRate, prefix+"error-rate", 0, "fraction of invocations answered 500, 0 to 1")
 }
 
-func (f *fnsimFlags) config() fnsim.Config {
-	return fnsim.Config{Delay: f.delay, Concurrency: f.concurrency}
+func (f *fnsimFlags) check(prefix string) error {
+	c := f.cfg
+	switch {
+	case c.Concurrency < 0 || c.InitialBurst < 0 || c.ScalePerMinute < 0:
+		return errors.New("--" + prefix + "concurrency, --" + prefix + "initial and --" + prefix + "per-minute must not be negative")
+	case c.ColdStart < 0 || c.IdleReap < 0 || c.Duration < 0 || c.Jitter < 0:
+		return errors.New("--" + prefix + "cold-start, --" + prefix + "idle-reap, --" + prefix + "duration and --" + prefix + "jitter must not be negative")
+	case c.ErrorRate < 0 || c.ErrorRate > 1:
+		return errors.New("--" + prefix + "error-rate must be between 0 and 1")
+	}
+	return nil
 }
 
 func runFnsim(ctx context.Context, args []string, stderr io.Writer) error {
@@ -41,8 +56,8 @@ func runFnsim(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if sim.concurrency < 0 || sim.delay < 0 {
-		return errors.New("fnsim: --concurrency and --delay must not be negative")
+	if err := sim.check(""); err != nil {
+		return err
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
@@ -52,8 +67,9 @@ func runFnsim(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: fnsim.New(sim.config()), ReadHeaderTimeout: 10 * time.Second}
-	log.Info("simulated function serving", "addr", ln.Addr().String(), "delay", sim.delay, "concurrency", sim.concurrency)
+	srv := &http.Server{Handler: fnsim.New(sim.cfg), ReadHeaderTimeout: 10 * time.Second}
+	log.Info("simulated function serving; GET /stats for its counts", "addr", ln.Addr().String(),
+		"concurrency", sim.cfg.Concurrency, "duration", sim.cfg.Duration, "cold_start", sim.cfg.ColdStart)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the shutdown goroutine if Serve fails first
 	go func() {

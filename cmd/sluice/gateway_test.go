@@ -168,7 +168,7 @@ func waitREST(t *testing.T, g *testGateway, id string, within time.Duration) job
 }
 
 func TestRESTEndToEnd(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{Delay: 20 * time.Millisecond})
+	_, fnURL := startFunction(t, fnsim.Config{Duration: 20 * time.Millisecond})
 	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
 
 	for _, tc := range []struct {
@@ -325,7 +325,7 @@ func TestGRPCEndToEnd(t *testing.T) {
 }
 
 func TestConcurrencyCap(t *testing.T) {
-	sim, fnURL := startFunction(t, fnsim.Config{Delay: 30 * time.Millisecond})
+	sim, fnURL := startFunction(t, fnsim.Config{Duration: 30 * time.Millisecond})
 	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "capped", URL: fnURL, Concurrency: 4})
 	var ids []string
 	for i := range 40 {
@@ -341,11 +341,11 @@ func TestConcurrencyCap(t *testing.T) {
 		}
 	}
 	st := sim.Stats()
-	if st.MaxInFlight > 4 {
-		t.Errorf("function saw %d invocations at once; the limit is 4", st.MaxInFlight)
+	if st.MaxConcurrent > 4 {
+		t.Errorf("function saw %d invocations at once; the limit is 4", st.MaxConcurrent)
 	}
-	if st.MaxInFlight < 4 {
-		t.Errorf("function saw at most %d invocations at once; with a backlog of 40 the limit of 4 should be used", st.MaxInFlight)
+	if st.MaxConcurrent < 4 {
+		t.Errorf("function saw at most %d invocations at once; with a backlog of 40 the limit of 4 should be used", st.MaxConcurrent)
 	}
 	if st.Invocations != 40 {
 		t.Errorf("function ran %d invocations, want 40", st.Invocations)
@@ -354,7 +354,7 @@ func TestConcurrencyCap(t *testing.T) {
 
 func TestRestartRunsQueuedJobs(t *testing.T) {
 	dir := t.TempDir()
-	sim, fnURL := startFunction(t, fnsim.Config{Delay: 50 * time.Millisecond})
+	sim, fnURL := startFunction(t, fnsim.Config{Duration: 50 * time.Millisecond})
 	fn := FunctionConfig{Name: "slow", URL: fnURL, Concurrency: 1}
 
 	first := startTestGateway(t, dir, fn)
@@ -529,7 +529,7 @@ func TestDev(t *testing.T) {
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"dev", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--fn-delay", "10ms"}, &stdout, &stderr)
+		done <- run(ctx, []string{"dev", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--fn-duration", "10ms"}, &stdout, &stderr)
 	}()
 	restURL := regexp.MustCompile(`REST on (http://\S+),`)
 	var base string
