@@ -89,13 +89,13 @@ type Stats struct {
 type Function struct {
 	cfg Config
 
-	mu       sync.Mutex
-	stats    Stats
-	idle     []time.Time // idle environments, by when each went idle
-	busy     int         // environments serving a request
-	scaling  time.Time   // when the environments first were all busy; zero while not scaling
-	base     int         // environments allowed when scaling started
-	jobs     map[string]int
+	mu      sync.Mutex
+	stats   Stats
+	idle    []time.Time // idle environments, by when each went idle
+	busy    int         // environments serving a request
+	scaling time.Time   // when the environments first were all busy; zero while not scaling
+	base    int         // environments allowed when scaling started
+	jobs    map[string]int
 }
 
 var _ http.Handler = (*Function)(nil)
