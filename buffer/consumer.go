@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,6 +31,10 @@ type ConsumerConfig struct {
 type Consumer struct {
 	q    *Queue
 	cons jetstream.Consumer
+	cfg  ConsumerConfig
+
+	mu          sync.Mutex
+	maxInFlight int // last MaxAckPending written, 0 if unknown
 }
 
 // ConsumerName is the durable consumer that dispatches function's jobs.
@@ -40,23 +45,28 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 	if cfg.Function == "" || cfg.MaxInFlight < 1 || cfg.AckWait <= 0 {
 		return nil, fmt.Errorf("buffer: consumer config %+v: function, max in flight and ack wait are required", cfg)
 	}
-	cons, err := q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       ConsumerName(cfg.Function),
-		Description:   "Sluice: dispatch of " + cfg.Function,
-		FilterSubject: Subject(cfg.Function),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       cfg.AckWait,
-		MaxAckPending: cfg.MaxInFlight,
-		// Attempts are counted in the job's state, not by redeliveries.
-		MaxDeliver: -1,
-		// One fetch asks for at most MaxInFlight; leave headroom for a few
-		// concurrent pullers.
-		MaxWaiting: 512,
-	})
+	c := &Consumer{q: q, cfg: cfg}
+	cons, err := q.stream.CreateOrUpdateConsumer(ctx, c.jsConfig(cfg.MaxInFlight))
 	if err != nil {
 		return nil, fmt.Errorf("buffer: consumer for %s: %w", cfg.Function, err)
 	}
-	return &Consumer{q: q, cons: cons}, nil
+	c.cons, c.maxInFlight = cons, cfg.MaxInFlight
+	return c, nil
+}
+
+func (c *Consumer) jsConfig(maxInFlight int) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName(c.cfg.Function),
+		Description:   "Sluice: dispatch of " + c.cfg.Function,
+		FilterSubject: Subject(c.cfg.Function),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.cfg.AckWait,
+		MaxAckPending: maxInFlight,
+		// Attempts are counted in the job's state, not by redeliveries.
+		MaxDeliver: -1,
+		// Each process keeps a pull or two open; leave headroom for many.
+		MaxWaiting: 512,
+	}
 }
 
 // Fetch asks for at most max jobs and calls handle with each as it
@@ -196,6 +206,31 @@ func (d *Delivery) Release(ctx context.Context) error {
 	}
 	if err := d.msg.Nak(); err != nil {
 		return fmt.Errorf("buffer: release job %s: %w", d.JobID, err)
+	}
+	return nil
+}
+
+// Throttled hands a job back after the platform refused it for capacity
+// (429, or 503 with Retry-After): the attempt Begin counted is taken back,
+// since a throttle is not a failure, and the job is delivered again after
+// delay at the earliest.
+func (d *Delivery) Throttled(ctx context.Context, delay time.Duration) error {
+	_, err := d.q.update(ctx, d.JobID, d.seed, func(j *sluicev1.Job) error {
+		if Terminal(j.State) {
+			return ErrFinished
+		}
+		j.State = sluicev1.Job_QUEUED
+		if d.begun && j.Attempts > 0 {
+			j.Attempts--
+		}
+		j.Throttles++
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrFinished) {
+		return err
+	}
+	if err := d.msg.NakWithDelay(delay); err != nil {
+		return fmt.Errorf("buffer: hand back throttled job %s: %w", d.JobID, err)
 	}
 	return nil
 }

@@ -82,10 +82,11 @@ func (c *Config) setDefaults() {
 
 // Queue is the durable job buffer. It is safe for concurrent use.
 type Queue struct {
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	state  jetstream.KeyValue
-	now    func() time.Time
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	state    jetstream.KeyValue
+	pacingKV jetstream.KeyValue
+	now      func() time.Time
 }
 
 // Open creates or updates the job stream and the state bucket on the
@@ -129,7 +130,17 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", StateBucket, err)
 	}
-	return &Queue{js: js, stream: stream, state: state, now: time.Now}, nil
+	pacing, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      PacingBucket,
+		Description: "Sluice: dispatch window by function",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
+	}
+	return &Queue{js: js, stream: stream, state: state, pacingKV: pacing, now: time.Now}, nil
 }
 
 // NewJobID returns a random job ID: 128 bits from crypto/rand in base32.

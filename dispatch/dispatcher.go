@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
@@ -26,11 +29,21 @@ type Function struct {
 	Concurrency int
 	// Timeout cuts off one invocation. Required.
 	Timeout time.Duration
+	// Pacing matches the dispatch window to the platform's scaling.
+	Pacing Pacing
+	// RatePerSecond, if positive, caps invocation starts per second in
+	// each gateway process, with bursts of up to RateBurst (default 1).
+	RatePerSecond float64
+	// RateBurst is the rate limiter's burst.
+	RateBurst int
 }
 
-// Source hands out the consumers that jobs are pulled from.
+// Source hands out the consumers that jobs are pulled from, and keeps each
+// function's dispatch window where every gateway process shares it.
 type Source interface {
 	Consumer(ctx context.Context, cfg buffer.ConsumerConfig) (*buffer.Consumer, error)
+	Pacing(ctx context.Context, function string) (buffer.Pacing, error)
+	UpdatePacing(ctx context.Context, function string, change func(*buffer.Pacing) bool) (buffer.Pacing, error)
 }
 
 var _ Source = (*buffer.Queue)(nil)
@@ -50,6 +63,11 @@ type Config struct {
 	// FetchWait is how long one pull waits for jobs. Zero means 1s; it also
 	// bounds how long Run takes to notice its context ended.
 	FetchWait time.Duration
+	// PaceEvery is how often each process re-reads the load and moves the
+	// shared window. Zero means 200ms.
+	PaceEvery time.Duration
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
 }
 
 // Dispatcher invokes functions with their queued jobs.
@@ -63,10 +81,21 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.Source == nil {
 		return nil, errors.New("dispatch: no source")
 	}
-	for _, f := range cfg.Functions {
+	for i := range cfg.Functions {
+		f := &cfg.Functions[i]
 		if f.Name == "" || f.Invoker == nil || f.Concurrency < 1 || f.Timeout <= 0 {
 			return nil, fmt.Errorf("dispatch: function %q needs a name, an invoker, concurrency ≥ 1 and a timeout", f.Name)
 		}
+		if f.Pacing.Initial < 0 || f.Pacing.PerMinute < 0 || f.RatePerSecond < 0 || f.RateBurst < 0 {
+			return nil, fmt.Errorf("dispatch: function %q: pacing values must not be negative", f.Name)
+		}
+		f.Pacing.setDefaults(f.Concurrency)
+	}
+	if cfg.PaceEvery == 0 {
+		cfg.PaceEvery = 200 * time.Millisecond
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -86,9 +115,19 @@ func New(cfg Config) (*Dispatcher, error) {
 func (d *Dispatcher) Run(ctx context.Context) error {
 	loops := make([]*functionLoop, 0, len(d.cfg.Functions))
 	for _, f := range d.cfg.Functions {
+		// Start from the window the processes already share, if any, so
+		// that joining them does not reset it.
+		shared, err := d.cfg.Source.Pacing(ctx, f.Name)
+		if err != nil {
+			return err
+		}
+		window := f.Pacing.Initial
+		if shared.Window >= 1 {
+			window = min(f.Concurrency, int(shared.Window))
+		}
 		cons, err := d.cfg.Source.Consumer(ctx, buffer.ConsumerConfig{
 			Function:    f.Name,
-			MaxInFlight: f.Concurrency,
+			MaxInFlight: window,
 			// Past AckWait the server redelivers; leave room for the
 			// bookkeeping after a full-length invocation.
 			AckWait: f.Timeout + 30*time.Second,
@@ -96,27 +135,39 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		loops = append(loops, &functionLoop{
+		l := &functionLoop{
 			fn:   f,
 			cons: cons,
+			src:  d.cfg.Source,
 			cfg:  &d.cfg,
 			log:  d.log.With("function", f.Name),
-		})
+		}
+		if f.RatePerSecond > 0 {
+			l.limiter = rate.NewLimiter(rate.Limit(f.RatePerSecond), max(1, f.RateBurst))
+		}
+		l.pacing.Store(&shared)
+		loops = append(loops, l)
 	}
 	var g errgroup.Group
 	for _, l := range loops {
-		g.Go(func() error { l.run(ctx); return nil })
+		paceCtx, stopPacing := context.WithCancel(ctx)
+		g.Go(func() error { l.pace(paceCtx); return nil })
+		g.Go(func() error { defer stopPacing(); l.run(ctx); return nil })
 	}
 	return g.Wait()
 }
 
-// functionLoop pulls and invokes one function's jobs. Its fields are set
-// before run starts and not changed after.
+// functionLoop pulls and invokes one function's jobs, and paces them. Its
+// fields are set before run starts and not changed after, but for pacing.
 type functionLoop struct {
-	fn   Function
-	cons *buffer.Consumer
-	cfg  *Config
-	log  *slog.Logger
+	fn      Function
+	cons    *buffer.Consumer
+	src     Source
+	cfg     *Config
+	log     *slog.Logger
+	limiter *rate.Limiter // nil without a rate limit
+
+	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
 }
 
 func (l *functionLoop) run(ctx context.Context) {
@@ -130,6 +181,10 @@ func (l *functionLoop) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			l.drain(&inFlight, cutOff)
 			return
+		}
+		if pause := buffer.PauseDelay(*l.pacing.Load(), l.cfg.Now()); pause > 0 {
+			sleep(ctx, pause)
+			continue
 		}
 		// Pull only as many jobs as there are free slots, and at least one.
 		select {
@@ -181,6 +236,12 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 // handle runs one attempt at one job and records its outcome.
 func (l *functionLoop) handle(ctx context.Context, dv *buffer.Delivery) {
 	log := l.log.With("job_id", dv.JobID)
+	if l.limiter != nil {
+		if err := l.limiter.Wait(ctx); err != nil {
+			l.settle(dv.Release, dv)
+			return
+		}
+	}
 	beginCtx, cancelBegin := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	job, err := dv.Begin(beginCtx)
 	cancelBegin()
@@ -215,6 +276,10 @@ func (l *functionLoop) handle(ctx context.Context, dv *buffer.Delivery) {
 		l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, nil) }, dv)
 		return
 	}
+	if retryAfter, throttled := throttleOf(resp, l.cfg.Now()); throttled {
+		l.throttled(dv, retryAfter, resp.Status)
+		return
+	}
 	result := &sluicev1.JobResult{HttpStatus: int32(resp.Status), ContentType: resp.ContentType, Body: resp.Body}
 	if resp.Status >= 200 && resp.Status < 300 {
 		log.Debug("invocation succeeded", "attempt", job.Attempts, "status", resp.Status)
@@ -224,6 +289,84 @@ func (l *functionLoop) handle(ctx context.Context, dv *buffer.Delivery) {
 	log.Warn("function answered with an error", "attempt", job.Attempts, "status", resp.Status)
 	reason := fmt.Sprintf("function answered HTTP %d", resp.Status)
 	l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, result) }, dv)
+}
+
+// throttleOf tells whether the platform refused an invocation for capacity
+// (429, or 503 with Retry-After) and how long it asked us to wait.
+func throttleOf(resp *Response, now time.Time) (time.Duration, bool) {
+	retryAfter, given := parseRetryAfter(resp.RetryAfter, now)
+	switch {
+	case resp.Status == http.StatusTooManyRequests:
+		if !given {
+			retryAfter = time.Second
+		}
+		return retryAfter, true
+	case resp.Status == http.StatusServiceUnavailable && given:
+		return retryAfter, true
+	}
+	return 0, false
+}
+
+// throttled shrinks the shared window, pauses the function and hands the
+// job back without counting the attempt.
+func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, status int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now := l.cfg.Now()
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, retryAfter, now)
+	})
+	if err != nil {
+		l.log.Error("shrink window after throttle", "err", err)
+	} else {
+		l.pacing.Store(&p)
+		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil {
+			l.log.Error("shrink window after throttle", "err", err)
+		}
+	}
+	l.log.Info("throttled by the platform; job handed back, attempt not counted",
+		"job_id", dv.JobID, "status", status, "retry_after", retryAfter, "window", p.Window)
+	delay := max(buffer.PauseDelay(p, now), 50*time.Millisecond)
+	l.settle(func(ctx context.Context) error { return dv.Throttled(ctx, delay) }, dv)
+}
+
+// pace moves the shared window every PaceEvery for the load it sees, and
+// makes the consumer's server-enforced cap follow it. The cached cap is
+// forgotten now and then, since another process may have written it.
+func (l *functionLoop) pace(ctx context.Context) {
+	tick := time.NewTicker(l.cfg.PaceEvery)
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if n%10 == 0 {
+			l.cons.RefreshMaxInFlight()
+		}
+		load, err := l.cons.Load(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				l.log.Warn("read load", "err", err)
+			}
+			continue
+		}
+		now := l.cfg.Now()
+		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now)
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				l.log.Warn("move window", "err", err)
+			}
+			continue
+		}
+		l.pacing.Store(&p)
+		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
+			l.log.Warn("apply window", "err", err)
+		}
+	}
 }
 
 // settle runs one of a delivery's closing steps. If it fails, the job's

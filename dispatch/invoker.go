@@ -32,6 +32,8 @@ type Response struct {
 	ContentType string
 	// Body is the response body.
 	Body []byte
+	// RetryAfter is the response's Retry-After header, if any.
+	RetryAfter string
 }
 
 // Invoker calls a function. Invoke returns a Response for any answer the
@@ -102,5 +104,10 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 	if int64(len(body)) > limit {
 		return nil, fmt.Errorf("%w: more than %d bytes", ErrResponseTooLarge, limit)
 	}
-	return &Response{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: body}, nil
+	return &Response{
+		Status:      resp.StatusCode,
+		ContentType: resp.Header.Get("Content-Type"),
+		Body:        body,
+		RetryAfter:  resp.Header.Get("Retry-After"),
+	}, nil
 }

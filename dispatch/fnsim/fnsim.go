@@ -5,7 +5,7 @@
 //   - a concurrency limit on environments, above which requests get 429;
 //   - a scaling rate: InitialBurst environments may exist at once; from the
 //     moment they are all busy, ScalePerMinute more are allowed per minute
-//     for as long as the function stays busy (AWS Lambda's burst-then-ramp);
+//     until nothing has run for a second (AWS Lambda's burst-then-ramp);
 //   - cold starts: a new environment spends ColdStart before its first
 //     invocation;
 //   - idle reaping: an environment idle for IdleReap is torn down, so a later
@@ -85,17 +85,22 @@ type Stats struct {
 	Environments int `json:"environments"`
 }
 
+// scalingStopsAfter is how long no environment may be busy before the
+// platform stops scaling; a gap between invocations does not stop it.
+const scalingStopsAfter = time.Second
+
 // Function is the simulated platform. It is safe for concurrent use.
 type Function struct {
 	cfg Config
 
-	mu      sync.Mutex
-	stats   Stats
-	idle    []time.Time // idle environments, by when each went idle
-	busy    int         // environments serving a request
-	scaling time.Time   // when the environments first were all busy; zero while not scaling
-	base    int         // environments allowed when scaling started
-	jobs    map[string]int
+	mu        sync.Mutex
+	stats     Stats
+	idle      []time.Time // idle environments, by when each went idle
+	busy      int         // environments serving a request
+	scaling   time.Time   // when the environments first were all busy; zero while not scaling
+	base      int         // environments allowed when scaling started
+	idleSince time.Time   // when the last busy environment went idle
+	jobs      map[string]int
 }
 
 var _ http.Handler = (*Function)(nil)
@@ -205,6 +210,9 @@ func (f *Function) acquire(warmup bool) (cold, ok bool) {
 	defer f.mu.Unlock()
 	now := f.cfg.Now()
 	f.reap(now)
+	if f.busy == 0 && !f.scaling.IsZero() && now.Sub(f.idleSince) >= scalingStopsAfter {
+		f.scaling = time.Time{} // nothing ran for a while: scaling stops
+	}
 	switch {
 	case len(f.idle) > 0:
 		f.idle = f.idle[:len(f.idle)-1] // the most recently used: warmest
@@ -246,7 +254,7 @@ func (f *Function) release() {
 	defer f.mu.Unlock()
 	f.busy--
 	if f.busy == 0 {
-		f.scaling = time.Time{} // not busy: scaling stops
+		f.idleSince = f.cfg.Now()
 	}
 	f.stats.InFlight--
 	f.idle = append(f.idle, f.cfg.Now())

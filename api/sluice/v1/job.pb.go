@@ -119,7 +119,10 @@ type Job struct {
 	// The payload's content type.
 	ContentType string `protobuf:"bytes,10,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// The payload's size in bytes.
-	PayloadSize   int64 `protobuf:"varint,11,opt,name=payload_size,json=payloadSize,proto3" json:"payload_size,omitempty"`
+	PayloadSize int64 `protobuf:"varint,11,opt,name=payload_size,json=payloadSize,proto3" json:"payload_size,omitempty"`
+	// How many times the platform refused the job for capacity (429, or 503
+	// with Retry-After). Throttles are not attempts: they never fail a job.
+	Throttles     int32 `protobuf:"varint,12,opt,name=throttles,proto3" json:"throttles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -227,6 +230,13 @@ func (x *Job) GetContentType() string {
 func (x *Job) GetPayloadSize() int64 {
 	if x != nil {
 		return x.PayloadSize
+	}
+	return 0
+}
+
+func (x *Job) GetThrottles() int32 {
+	if x != nil {
+		return x.Throttles
 	}
 	return 0
 }
@@ -604,7 +614,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xdf\x04\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x82\x05\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -620,7 +630,8 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x05error\x18\t \x01(\tB\x03\xe0A\x03R\x05error\x12&\n" +
 	"\fcontent_type\x18\n" +
 	" \x01(\tB\x03\xe0A\x03R\vcontentType\x12&\n" +
-	"\fpayload_size\x18\v \x01(\x03B\x03\xe0A\x03R\vpayloadSize\"n\n" +
+	"\fpayload_size\x18\v \x01(\x03B\x03\xe0A\x03R\vpayloadSize\x12!\n" +
+	"\tthrottles\x18\f \x01(\x05B\x03\xe0A\x03R\tthrottles\"n\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +

@@ -1,0 +1,167 @@
+package buffer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// PacingBucket is the key-value bucket holding each function's dispatch
+// window, keyed by function name, shared by every gateway process.
+const PacingBucket = "sluice-pacing"
+
+// Pacing is one function's dispatch window as every gateway process sees
+// it. The dispatcher owns its meaning; buffer only stores it, changing it by
+// compare-and-set so that concurrent processes make one ramp, not several.
+type Pacing struct {
+	// Window is how many invocations may be in flight, across processes.
+	Window float64 `json:"window"`
+	// Ceiling is the limit learned from throttles; 0 while none is known.
+	Ceiling int `json:"ceiling,omitempty"`
+	// RampStart is when the current ramp began; zero while not ramping.
+	RampStart time.Time `json:"ramp_start,omitzero"`
+	// RampBase is the window the current ramp began from.
+	RampBase float64 `json:"ramp_base,omitempty"`
+	// PausedUntil: no invocation starts before it (the platform's
+	// Retry-After).
+	PausedUntil time.Time `json:"paused_until,omitzero"`
+	// LastThrottle is when the window last shrank for a throttle.
+	LastThrottle time.Time `json:"last_throttle,omitzero"`
+	// LastProbe is when the window last tried one above the ceiling.
+	LastProbe time.Time `json:"last_probe,omitzero"`
+	// LastActive is when the function last had work queued or in flight.
+	LastActive time.Time `json:"last_active,omitzero"`
+	// Reason says, for people, why the window is where it is.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Pacing returns the function's shared window; the zero Pacing if none has
+// been written yet.
+func (q *Queue) Pacing(ctx context.Context, function string) (Pacing, error) {
+	p, _, err := q.pacing(ctx, function)
+	return p, err
+}
+
+func (q *Queue) pacing(ctx context.Context, function string) (Pacing, uint64, error) {
+	var p Pacing
+	entry, err := q.pacingKV.Get(ctx, function)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return p, 0, nil
+	}
+	if err != nil {
+		return p, 0, fmt.Errorf("buffer: read pacing of %s: %w", function, err)
+	}
+	if err := json.Unmarshal(entry.Value(), &p); err != nil {
+		return p, 0, fmt.Errorf("buffer: decode pacing of %s: %w", function, err)
+	}
+	return p, entry.Revision(), nil
+}
+
+// UpdatePacing applies change to the function's shared window with
+// compare-and-set, retrying when another process changed it in between.
+// change reports whether it changed anything; if not, nothing is written.
+func (q *Queue) UpdatePacing(ctx context.Context, function string, change func(*Pacing) bool) (Pacing, error) {
+	for {
+		p, rev, err := q.pacing(ctx, function)
+		if err != nil {
+			return p, err
+		}
+		if !change(&p) {
+			return p, nil
+		}
+		b, err := json.Marshal(p)
+		if err != nil {
+			return p, fmt.Errorf("buffer: encode pacing: %w", err)
+		}
+		if rev == 0 {
+			_, err = q.pacingKV.Create(ctx, function, b)
+		} else {
+			_, err = q.pacingKV.Update(ctx, function, b, rev)
+		}
+		if err == nil {
+			return p, nil
+		}
+		if !isConflict(err) {
+			return p, fmt.Errorf("buffer: write pacing of %s: %w", function, err)
+		}
+		if ctx.Err() != nil {
+			return p, ctx.Err()
+		}
+	}
+}
+
+// Load is how much work one function has right now, across processes.
+type Load struct {
+	// Backlog is the number of jobs waiting to be delivered.
+	Backlog int
+	// InFlight is the number delivered and not yet finished.
+	InFlight int
+	// MaxInFlight is the server-enforced cap on InFlight now.
+	MaxInFlight int
+}
+
+// Load reads the function's backlog and in-flight count from its consumer.
+func (c *Consumer) Load(ctx context.Context) (Load, error) {
+	info, err := c.cons.Info(ctx)
+	if err != nil {
+		return Load{}, fmt.Errorf("buffer: consumer info of %s: %w", c.cfg.Function, err)
+	}
+	return Load{
+		Backlog:     int(info.NumPending),
+		InFlight:    info.NumAckPending,
+		MaxInFlight: info.Config.MaxAckPending,
+	}, nil
+}
+
+// FunctionLoad reads a function's load without a Consumer of one's own, for
+// status pages. It returns [ErrNotFound] before the function's consumer
+// exists.
+func (q *Queue) FunctionLoad(ctx context.Context, function string) (Load, error) {
+	cons, err := q.stream.Consumer(ctx, ConsumerName(function))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return Load{}, ErrNotFound
+	}
+	if err != nil {
+		return Load{}, fmt.Errorf("buffer: consumer of %s: %w", function, err)
+	}
+	return (&Consumer{q: q, cons: cons, cfg: ConsumerConfig{Function: function}}).Load(ctx)
+}
+
+// SetMaxInFlight changes the server-enforced cap on jobs in flight. The
+// server applies it to every process pulling this function's jobs at once;
+// lowering it below the current count stops new deliveries until enough
+// finish, and takes nothing back.
+func (c *Consumer) SetMaxInFlight(ctx context.Context, n int) error {
+	if n < 1 {
+		n = 1
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.maxInFlight == n {
+		return nil
+	}
+	cfg := c.jsConfig(n)
+	if _, err := c.q.stream.UpdateConsumer(ctx, cfg); err != nil {
+		return fmt.Errorf("buffer: set max in flight of %s to %d: %w", c.cfg.Function, n, err)
+	}
+	c.maxInFlight = n
+	return nil
+}
+
+// RefreshMaxInFlight forgets the cached cap, so the next SetMaxInFlight
+// writes even an unchanged value: another process may have changed it.
+func (c *Consumer) RefreshMaxInFlight() {
+	c.mu.Lock()
+	c.maxInFlight = 0
+	c.mu.Unlock()
+}
+
+// PauseDelay is how long a throttled job waits before it is delivered
+// again, at least: until the function's pause ends.
+func PauseDelay(p Pacing, now time.Time) time.Duration {
+	return max(0, p.PausedUntil.Sub(now))
+}
