@@ -37,6 +37,12 @@ type Pacing struct {
 	LastActive time.Time `json:"last_active,omitzero"`
 	// Reason says, for people, why the window is where it is.
 	Reason string `json:"reason,omitempty"`
+	// LastWarm is when keep-warm pings were last sent, by any process.
+	LastWarm time.Time `json:"last_warm,omitzero"`
+	// ColdStarts and WarmStarts count invocations by whether they met a
+	// new environment, across processes.
+	ColdStarts int64 `json:"cold_starts,omitempty"`
+	WarmStarts int64 `json:"warm_starts,omitempty"`
 }
 
 // Pacing returns the function's shared window; the zero Pacing if none has

@@ -36,6 +36,18 @@ type Function struct {
 	RatePerSecond float64
 	// RateBurst is the rate limiter's burst.
 	RateBurst int
+	// KeepWarm holds environments warm while the function is idle.
+	KeepWarm KeepWarm
+}
+
+// KeepWarm sends keep-warm pings (Sluice-Warmup: 1, never a job): while the
+// function has no work, every Every, Instances concurrent pings, so the
+// platform keeps that many environments. One process sends each round.
+type KeepWarm struct {
+	// Instances is how many environments to hold warm. Zero turns it off.
+	Instances int
+	// Every is the time between rounds. Required with Instances.
+	Every time.Duration
 }
 
 // Source hands out the consumers that jobs are pulled from, and keeps each
@@ -85,6 +97,9 @@ func New(cfg Config) (*Dispatcher, error) {
 		f := &cfg.Functions[i]
 		if f.Name == "" || f.Invoker == nil || f.Concurrency < 1 || f.Timeout <= 0 {
 			return nil, fmt.Errorf("dispatch: function %q needs a name, an invoker, concurrency ≥ 1 and a timeout", f.Name)
+		}
+		if f.KeepWarm.Instances > 0 && f.KeepWarm.Every <= 0 {
+			return nil, fmt.Errorf("dispatch: function %q: keep-warm needs an interval", f.Name)
 		}
 		if f.Pacing.Initial < 0 || f.Pacing.PerMinute < 0 || f.RatePerSecond < 0 || f.RateBurst < 0 {
 			return nil, fmt.Errorf("dispatch: function %q: pacing values must not be negative", f.Name)
@@ -152,6 +167,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	for _, l := range loops {
 		paceCtx, stopPacing := context.WithCancel(ctx)
 		g.Go(func() error { l.pace(paceCtx); return nil })
+		if l.fn.KeepWarm.Instances > 0 {
+			g.Go(func() error { l.keepWarm(paceCtx); return nil })
+		}
 		g.Go(func() error { defer stopPacing(); l.run(ctx); return nil })
 	}
 	return g.Wait()
@@ -166,6 +184,7 @@ type functionLoop struct {
 	cfg     *Config
 	log     *slog.Logger
 	limiter *rate.Limiter // nil without a rate limit
+	cold    coldStarts
 
 	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
 }
@@ -257,6 +276,7 @@ func (l *functionLoop) handle(ctx context.Context, dv *buffer.Delivery) {
 	}
 	invokeCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
 	defer cancel()
+	started := time.Now()
 	resp, err := l.fn.Invoker.Invoke(invokeCtx, &Invocation{
 		JobID:       dv.JobID,
 		Function:    l.fn.Name,
@@ -279,6 +299,9 @@ func (l *functionLoop) handle(ctx context.Context, dv *buffer.Delivery) {
 	if retryAfter, throttled := throttleOf(resp, l.cfg.Now()); throttled {
 		l.throttled(dv, retryAfter, resp.Status)
 		return
+	}
+	if l.cold.observe(time.Since(started), resp.ColdStart) {
+		log.Debug("cold start", "attempt", job.Attempts, "took", time.Since(started))
 	}
 	result := &sluicev1.JobResult{HttpStatus: int32(resp.Status), ContentType: resp.ContentType, Body: resp.Body}
 	if resp.Status >= 200 && resp.Status < 300 {
@@ -353,10 +376,14 @@ func (l *functionLoop) pace(ctx context.Context) {
 			continue
 		}
 		now := l.cfg.Now()
+		cold, warm := l.cold.take()
 		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
-			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now)
+			p.ColdStarts += cold
+			p.WarmStarts += warm
+			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0
 		})
 		if err != nil {
+			l.cold.giveBack(cold, warm)
 			if ctx.Err() == nil {
 				l.log.Warn("move window", "err", err)
 			}
@@ -366,6 +393,49 @@ func (l *functionLoop) pace(ctx context.Context) {
 		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
 			l.log.Warn("apply window", "err", err)
 		}
+	}
+}
+
+// keepWarm sends a round of keep-warm pings every KeepWarm.Every while the
+// function has no work. Processes claim each round in the shared pacing
+// state, so only one of them sends it.
+func (l *functionLoop) keepWarm(ctx context.Context) {
+	kw := l.fn.KeepWarm
+	tick := time.NewTicker(kw.Every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		load, err := l.cons.Load(ctx)
+		if err != nil || load.Backlog > 0 || load.InFlight > 0 {
+			continue // busy: real work keeps it warm
+		}
+		now := l.cfg.Now()
+		claimed := false
+		if _, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+			claimed = now.Sub(p.LastWarm) >= kw.Every*9/10
+			if claimed {
+				p.LastWarm = now
+			}
+			return claimed
+		}); err != nil || !claimed {
+			continue
+		}
+		var wg sync.WaitGroup
+		for range kw.Instances {
+			wg.Go(func() {
+				pingCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
+				defer cancel()
+				if _, err := l.fn.Invoker.Invoke(pingCtx, &Invocation{Function: l.fn.Name, Warmup: true}); err != nil && ctx.Err() == nil {
+					l.log.Debug("keep-warm ping failed", "err", err)
+				}
+			})
+		}
+		wg.Wait()
+		l.log.Debug("keep-warm round sent", "instances", kw.Instances)
 	}
 }
 

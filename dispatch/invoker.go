@@ -22,6 +22,9 @@ type Invocation struct {
 	ContentType string
 	// Payload is passed to the function verbatim.
 	Payload []byte
+	// Warmup marks a keep-warm ping: no job, no payload, header
+	// Sluice-Warmup: 1.
+	Warmup bool
 }
 
 // Response is what a function answered.
@@ -34,6 +37,9 @@ type Response struct {
 	Body []byte
 	// RetryAfter is the response's Retry-After header, if any.
 	RetryAfter string
+	// ColdStart is what the platform said about the environment: true for a
+	// new one, false for a warm one, nil when it said nothing.
+	ColdStart *bool
 }
 
 // Invoker calls a function. Invoke returns a Response for any answer the
@@ -47,7 +53,13 @@ type Invoker interface {
 const (
 	HeaderJobID   = "Sluice-Job-Id"
 	HeaderAttempt = "Sluice-Attempt"
+	// HeaderWarmup marks a keep-warm ping, which carries no job.
+	HeaderWarmup = "Sluice-Warmup"
 )
+
+// coldStartHeaders are response headers in which a platform says whether
+// an invocation met a new environment ("true"/"false").
+var coldStartHeaders = []string{"Fnsim-Cold-Start", "X-Cold-Start"}
 
 // ErrResponseTooLarge: the function's response exceeded the invoker's limit.
 var ErrResponseTooLarge = errors.New("dispatch: function response too large")
@@ -82,8 +94,12 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 	if inv.ContentType != "" {
 		req.Header.Set("Content-Type", inv.ContentType)
 	}
-	req.Header.Set(HeaderJobID, inv.JobID)
-	req.Header.Set(HeaderAttempt, strconv.Itoa(inv.Attempt))
+	if inv.Warmup {
+		req.Header.Set(HeaderWarmup, "1")
+	} else {
+		req.Header.Set(HeaderJobID, inv.JobID)
+		req.Header.Set(HeaderAttempt, strconv.Itoa(inv.Attempt))
+	}
 	client := h.Client
 	if client == nil {
 		client = defaultClient
@@ -104,10 +120,17 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 	if int64(len(body)) > limit {
 		return nil, fmt.Errorf("%w: more than %d bytes", ErrResponseTooLarge, limit)
 	}
-	return &Response{
+	out := &Response{
 		Status:      resp.StatusCode,
 		ContentType: resp.Header.Get("Content-Type"),
 		Body:        body,
 		RetryAfter:  resp.Header.Get("Retry-After"),
-	}, nil
+	}
+	for _, h := range coldStartHeaders {
+		if v, err := strconv.ParseBool(resp.Header.Get(h)); err == nil {
+			out.ColdStart = &v
+			break
+		}
+	}
+	return out, nil
 }

@@ -15,7 +15,7 @@ import (
 
 // runBurst submits n jobs, dispatches them with each fn (one dispatcher
 // per entry, as separate gateway processes would), and waits for all.
-func runBurst(t *testing.T, n int, fns ...dispatch.Function) []*sluicev1.Job {
+func runBurst(t *testing.T, n int, fns ...dispatch.Function) (*buffer.Queue, []*sluicev1.Job) {
 	t.Helper()
 	q := buffertest.Queue(t, buffer.Config{})
 	ids := submit(t, q, fns[0].Name, n)
@@ -35,7 +35,7 @@ func runBurst(t *testing.T, n int, fns ...dispatch.Function) []*sluicev1.Job {
 	for i, id := range ids {
 		jobs[i] = waitJob(t, q, id, time.Minute)
 	}
-	return jobs
+	return q, jobs
 }
 
 func countStates(jobs []*sluicev1.Job) (succeeded, throttles int) {
@@ -57,7 +57,7 @@ func TestPacedBurstMatchedLimits(t *testing.T) {
 	})
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
-	jobs := runBurst(t, 300, dispatch.Function{
+	q, jobs := runBurst(t, 300, dispatch.Function{
 		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 10, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Initial: 2, PerMinute: 600},
 	})
@@ -67,6 +67,10 @@ func TestPacedBurstMatchedLimits(t *testing.T) {
 	}
 	if st.Throttled != 0 {
 		t.Errorf("platform throttled %d requests; matched pacing should cause none", st.Throttled)
+	}
+	time.Sleep(200 * time.Millisecond) // the counts are shared every PaceEvery
+	if p, err := q.Pacing(t.Context(), "f"); err != nil || p.ColdStarts != int64(st.ColdStarts) || p.WarmStarts != int64(st.Invocations-st.ColdStarts) {
+		t.Errorf("shared counts: %d cold, %d warm (%v); the platform saw %d cold starts in %d invocations", p.ColdStarts, p.WarmStarts, err, st.ColdStarts, st.Invocations)
 	}
 	if st.MaxConcurrent > 10 || st.MaxConcurrent < 8 {
 		t.Errorf("max concurrent %d; want the ramp to reach near the limit of 10 and never pass it", st.MaxConcurrent)
@@ -80,7 +84,7 @@ func TestPacedBurstUnknownLimit(t *testing.T) {
 	sim := fnsim.New(fnsim.Config{Concurrency: 8, Duration: 20 * time.Millisecond})
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
-	jobs := runBurst(t, 600, dispatch.Function{
+	_, jobs := runBurst(t, 600, dispatch.Function{
 		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 20, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Initial: 4, PerMinute: 600, Adaptive: true},
 	})
@@ -112,11 +116,36 @@ func TestPacedWindowIsGlobal(t *testing.T) {
 		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 5, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Initial: 2, PerMinute: 1200},
 	}
-	jobs := runBurst(t, 300, fn, fn, fn)
+	_, jobs := runBurst(t, 300, fn, fn, fn)
 	if ok, _ := countStates(jobs); ok != len(jobs) {
 		t.Errorf("%d of %d jobs succeeded", ok, len(jobs))
 	}
 	if st := sim.Stats(); st.MaxConcurrent > 5 {
 		t.Errorf("three dispatchers put %d invocations in flight at once; the limit is 5", st.MaxConcurrent)
+	}
+}
+
+func TestKeepWarmHoldsInstancesWhileIdle(t *testing.T) {
+	sim := fnsim.New(fnsim.Config{Concurrency: 10, IdleReap: 300 * time.Millisecond})
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+	q := buffertest.Queue(t, buffer.Config{})
+	fn := dispatch.Function{
+		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 10, Timeout: time.Second,
+		KeepWarm: dispatch.KeepWarm{Instances: 3, Every: 100 * time.Millisecond},
+	}
+	// Two processes: each round is sent by one of them.
+	startDispatcher(t, q, fn, time.Second)
+	startDispatcher(t, q, fn, time.Second)
+	time.Sleep(time.Second)
+	st := sim.Stats()
+	if st.Environments != 3 || st.Invocations != 0 {
+		t.Errorf("after a second idle: %d environments, %d invocations; want 3 held warm, none run", st.Environments, st.Invocations)
+	}
+	if rounds := st.Warmups / 3; rounds < 5 || rounds > 11 {
+		t.Errorf("%d pings in a second at one round of 3 per 100ms; want 5 to 11 rounds, not one per process", st.Warmups)
+	}
+	if st.ColdStarts != 3 {
+		t.Errorf("%d cold starts; want the 3 environments started once and kept", st.ColdStarts)
 	}
 }

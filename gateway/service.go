@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
@@ -31,6 +32,17 @@ type Enqueuer interface {
 
 var _ Enqueuer = (*buffer.Queue)(nil)
 
+// Dispatch reads the dispatch state every gateway process shares.
+type Dispatch interface {
+	// Pacing returns a function's shared window.
+	Pacing(ctx context.Context, function string) (buffer.Pacing, error)
+	// FunctionLoad returns its backlog and in-flight count;
+	// buffer.ErrNotFound before dispatch has started for it.
+	FunctionLoad(ctx context.Context, function string) (buffer.Load, error)
+}
+
+var _ Dispatch = (*buffer.Queue)(nil)
+
 // Function is a configured function as the gateway sees it.
 type Function struct {
 	// Name is the function's name. Required.
@@ -42,6 +54,11 @@ type Function struct {
 	// MaxPayload is the largest payload a job for it may carry, in bytes.
 	// Zero means [DefaultMaxPayload].
 	MaxPayload int64
+	// InitialWindow, ScalingPerMinute and Adaptive describe its pacing,
+	// for display.
+	InitialWindow    int
+	ScalingPerMinute int
+	Adaptive         bool
 }
 
 // DefaultMaxPayload is a function's payload limit when none is configured.
@@ -51,6 +68,9 @@ const DefaultMaxPayload = 1 << 20
 type Config struct {
 	// Jobs stores and reads jobs. Required.
 	Jobs Enqueuer
+	// Dispatch reads functions' dispatch state. Nil leaves it out of
+	// GetFunction.
+	Dispatch Dispatch
 	// Functions are the functions jobs may be submitted to.
 	Functions []Function
 	// Logger receives the gateway's logs. Nil means slog.Default().
@@ -78,6 +98,7 @@ type Service struct {
 	sluicev1.UnimplementedFunctionServiceServer
 
 	jobs      Enqueuer
+	dispatch  Dispatch
 	functions map[string]Function
 	log       *slog.Logger
 	poll      time.Duration
@@ -95,6 +116,7 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	s := &Service{
 		jobs:      cfg.Jobs,
+		dispatch:  cfg.Dispatch,
 		functions: make(map[string]Function, len(cfg.Functions)),
 		log:       cfg.Logger,
 		poll:      cfg.PollInterval,
@@ -203,21 +225,61 @@ func (s *Service) ListFunctions(context.Context, *sluicev1.ListFunctionsRequest)
 	return &sluicev1.ListFunctionsResponse{Functions: out}, nil
 }
 
-// GetFunction returns one configured function.
-func (s *Service) GetFunction(_ context.Context, req *sluicev1.GetFunctionRequest) (*sluicev1.GetFunctionResponse, error) {
+// GetFunction returns one configured function with its live dispatch
+// state: window, in flight, backlog and why the window is where it is.
+func (s *Service) GetFunction(ctx context.Context, req *sluicev1.GetFunctionRequest) (*sluicev1.GetFunctionResponse, error) {
 	f, err := s.function(req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	return &sluicev1.GetFunctionResponse{Function: describe(f)}, nil
+	out := describe(f)
+	if s.dispatch != nil {
+		if out.Status, err = s.status(ctx, f); err != nil {
+			return nil, s.internal(ctx, "read function status", err)
+		}
+	}
+	return &sluicev1.GetFunctionResponse{Function: out}, nil
+}
+
+func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionStatus, error) {
+	p, err := s.dispatch.Pacing(ctx, f.Name)
+	if err != nil {
+		return nil, err
+	}
+	load, err := s.dispatch.FunctionLoad(ctx, f.Name)
+	if err != nil && !errors.Is(err, buffer.ErrNotFound) {
+		return nil, err
+	}
+	st := &sluicev1.FunctionStatus{
+		Window:       int32(p.Window),
+		InFlight:     int32(load.InFlight),
+		Backlog:      int64(load.Backlog),
+		Reason:       p.Reason,
+		LearnedLimit: int32(p.Ceiling),
+		ColdStarts:   p.ColdStarts,
+		WarmStarts:   p.WarmStarts,
+	}
+	if st.Window == 0 {
+		st.Window = int32(load.MaxInFlight)
+	}
+	if p.PausedUntil.After(time.Now()) {
+		st.PausedUntil = timestamppb.New(p.PausedUntil)
+	}
+	if st.Reason == "" {
+		st.Reason = "not dispatching yet"
+	}
+	return st, nil
 }
 
 func describe(f Function) *sluicev1.Function {
 	return &sluicev1.Function{
-		Name:            f.Name,
-		Concurrency:     int32(f.Concurrency),
-		Timeout:         durationpb.New(f.Timeout),
-		MaxPayloadBytes: f.MaxPayload,
+		Name:             f.Name,
+		Concurrency:      int32(f.Concurrency),
+		Timeout:          durationpb.New(f.Timeout),
+		MaxPayloadBytes:  f.MaxPayload,
+		InitialWindow:    int32(f.InitialWindow),
+		ScalingPerMinute: int32(f.ScalingPerMinute),
+		Adaptive:         f.Adaptive,
 	}
 }
 

@@ -35,6 +35,42 @@ type FunctionConfig struct {
 	Timeout Duration `yaml:"timeout"`
 	// MaxPayload is the largest payload accepted. Default 1MiB, at most 4MiB.
 	MaxPayload ByteSize `yaml:"max_payload"`
+	// Scaling is how fast the platform adds environments. Without it the
+	// window starts at concurrency.
+	Scaling *ScalingConfig `yaml:"scaling"`
+	// Rate caps invocation starts per second, in each gateway process.
+	Rate *RateConfig `yaml:"rate"`
+	// KeepWarm holds environments warm while the function is idle.
+	KeepWarm *KeepWarmConfig `yaml:"keep_warm"`
+	// IdleReap is how long the platform keeps an idle environment. Default 10m.
+	IdleReap Duration `yaml:"idle_reap"`
+	// Adaptive learns the real limit from throttles. Default true.
+	Adaptive *bool `yaml:"adaptive"`
+}
+
+// ScalingConfig is the platform's scaling model.
+type ScalingConfig struct {
+	// Initial is how many environments are ready at once. Default: the
+	// function's concurrency.
+	Initial Count `yaml:"initial"`
+	// PerMinute is how many more the platform adds per minute. Required.
+	PerMinute Count `yaml:"per_minute"`
+}
+
+// RateConfig caps invocation starts.
+type RateConfig struct {
+	// PerSecond is the most starts per second. Required.
+	PerSecond float64 `yaml:"per_second"`
+	// Burst is how many may start at once. Default 1.
+	Burst Count `yaml:"burst"`
+}
+
+// KeepWarmConfig holds environments warm while the function is idle.
+type KeepWarmConfig struct {
+	// Instances is how many environments to hold warm. Required.
+	Instances Count `yaml:"instances"`
+	// Every is how often to ping them. Default 4m; keep it under idle_reap.
+	Every Duration `yaml:"every"`
 }
 
 // BufferConfig sizes the job stream. Past either limit submits are refused
@@ -53,6 +89,10 @@ const (
 	defaultTimeout     = 30 * time.Second
 	maxTimeout         = time.Hour
 	defaultMaxPayload  = 1 << 20
+	defaultIdleReap    = 10 * time.Minute
+	// defaultKeepWarmEvery stays under the idle time after which common
+	// platforms reap environments (5 to 15 minutes).
+	defaultKeepWarmEvery = 4 * time.Minute
 	// maxMaxPayload keeps a job message (payload plus headers) well inside
 	// the embedded server's 8 MiB message limit.
 	maxMaxPayload = 4 << 20
@@ -94,8 +134,8 @@ func ParseConfig(b []byte) (*Config, error) {
 }
 
 // decodeFields decodes a YAML mapping into the struct v points to, field by
-// field, so that an error names the field (path.key, list[i].key) rather
-// than only a line. Unknown keys are errors.
+// field and recursively, so that an error names the field (a.b, list[i].c)
+// rather than only a line. Unknown keys are errors at every level.
 func decodeFields(n *yaml.Node, v any, path string) error {
 	if n.Kind != yaml.MappingNode {
 		return fmt.Errorf("%sline %d: want a mapping of field names to values", prefix(path), n.Line)
@@ -114,34 +154,40 @@ func decodeFields(n *yaml.Node, v any, path string) error {
 		if !ok {
 			return fmt.Errorf("%s%s: line %d: unknown field; known fields are %s", prefix(path), key.Value, key.Line, strings.Join(known, ", "))
 		}
-		name := prefix(path) + key.Value
-		var err error
-		switch f := field.Addr().Interface().(type) {
-		case *[]FunctionConfig:
-			err = decodeList(val, f, name)
-		case *BufferConfig:
-			err = decodeFields(val, f, name)
-		default:
-			if err = val.Decode(f); err != nil {
-				err = fmt.Errorf("%s: %w", name, err)
-			}
-		}
-		if err != nil {
+		if err := decodeValue(val, field, prefix(path)+key.Value); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func decodeList[T any](n *yaml.Node, out *[]T, path string) error {
-	if n.Kind != yaml.SequenceNode {
-		return fmt.Errorf("%s: line %d: want a list", path, n.Line)
-	}
-	*out = make([]T, len(n.Content))
-	for i, item := range n.Content {
-		if err := decodeFields(item, &(*out)[i], fmt.Sprintf("%s[%d]", path, i)); err != nil {
-			return err
+var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+
+// decodeValue decodes one value: structs and lists of structs field by
+// field, everything else (scalars and the types with their own
+// UnmarshalYAML) as yaml decodes it.
+func decodeValue(n *yaml.Node, field reflect.Value, path string) error {
+	switch {
+	case reflect.PointerTo(field.Type()).Implements(unmarshalerType):
+	case field.Kind() == reflect.Struct:
+		return decodeFields(n, field.Addr().Interface(), path)
+	case field.Kind() == reflect.Pointer && field.Type().Elem().Kind() == reflect.Struct:
+		field.Set(reflect.New(field.Type().Elem()))
+		return decodeFields(n, field.Interface(), path)
+	case field.Kind() == reflect.Slice && field.Type().Elem().Kind() == reflect.Struct:
+		if n.Kind != yaml.SequenceNode {
+			return fmt.Errorf("%s: line %d: want a list", path, n.Line)
 		}
+		field.Set(reflect.MakeSlice(field.Type(), len(n.Content), len(n.Content)))
+		for i, item := range n.Content {
+			if err := decodeFields(item, field.Index(i).Addr().Interface(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := n.Decode(field.Addr().Interface()); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
 }
@@ -201,6 +247,42 @@ func (c *Config) setDefaultsAndCheck() error {
 		}
 		if f.MaxPayload > maxMaxPayload {
 			bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
+		}
+		if f.IdleReap == 0 {
+			f.IdleReap = Duration(defaultIdleReap)
+		}
+		if f.Adaptive == nil {
+			adaptive := true
+			f.Adaptive = &adaptive
+		}
+		if sc := f.Scaling; sc != nil {
+			if sc.PerMinute == 0 {
+				bad("scaling.per_minute", "missing: how many environments the platform adds per minute")
+			}
+			if sc.Initial == 0 || sc.Initial > f.Concurrency {
+				sc.Initial = f.Concurrency
+			}
+		}
+		if r := f.Rate; r != nil {
+			if r.PerSecond <= 0 || math.IsInf(r.PerSecond, 0) || math.IsNaN(r.PerSecond) {
+				bad("rate.per_second", "%v is not a positive number", r.PerSecond)
+			}
+			if r.Burst == 0 {
+				r.Burst = 1
+			}
+		}
+		if kw := f.KeepWarm; kw != nil {
+			if kw.Instances == 0 {
+				bad("keep_warm.instances", "missing: how many environments to hold warm")
+			} else if kw.Instances > f.Concurrency {
+				bad("keep_warm.instances", "%d is more than the function's concurrency of %d", kw.Instances, f.Concurrency)
+			}
+			if kw.Every == 0 {
+				kw.Every = Duration(defaultKeepWarmEvery)
+			}
+			if kw.Every >= f.IdleReap {
+				bad("keep_warm.every", "%s is not shorter than idle_reap (%s): the environments would be reaped between pings", time.Duration(kw.Every), time.Duration(f.IdleReap))
+			}
 		}
 	}
 	return errors.Join(errs...)

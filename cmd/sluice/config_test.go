@@ -112,3 +112,44 @@ func TestServeRejectsBadConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestParseConfigPacing(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+functions:
+  - name: paced
+    url: http://x/
+    concurrency: 50
+    scaling: {initial: 10, per_minute: 600}
+    rate: {per_second: 200, burst: 20}
+    keep_warm: {instances: 2, every: 4m}
+    idle_reap: 10m
+    adaptive: false
+  - name: plain
+    url: http://x/
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	paced, plain := dispatchFunction(cfg.Functions[0]), dispatchFunction(cfg.Functions[1])
+	if paced.Pacing.Initial != 10 || paced.Pacing.PerMinute != 600 || paced.Pacing.Adaptive || paced.Pacing.IdleReap != 10*time.Minute ||
+		paced.RatePerSecond != 200 || paced.RateBurst != 20 || paced.KeepWarm.Instances != 2 || paced.KeepWarm.Every != 4*time.Minute {
+		t.Errorf("paced = %+v", paced)
+	}
+	if plain.Pacing.Initial != defaultConcurrency || plain.Pacing.PerMinute != 0 || !plain.Pacing.Adaptive || plain.KeepWarm.Instances != 0 || plain.RatePerSecond != 0 {
+		t.Errorf("plain = %+v, want the window at concurrency, adaptive, no keep-warm, no rate", plain)
+	}
+	for _, tc := range []struct{ name, config, want string }{
+		{"scaling without rate", "functions:\n  - name: a\n    url: http://x/\n    scaling: {initial: 5}\n", "functions[0] (a).scaling.per_minute: missing"},
+		{"unknown nested field", "functions:\n  - name: a\n    url: http://x/\n    scaling: {initial: 5, per_min: 3}\n", "functions[0].scaling.per_min: line 4: unknown field"},
+		{"zero rate", "functions:\n  - name: a\n    url: http://x/\n    rate: {per_second: 0}\n", "rate.per_second: 0 is not a positive number"},
+		{"keep warm above concurrency", "functions:\n  - name: a\n    url: http://x/\n    concurrency: 2\n    keep_warm: {instances: 3}\n", "keep_warm.instances: 3 is more than the function's concurrency of 2"},
+		{"keep warm slower than reap", "functions:\n  - name: a\n    url: http://x/\n    keep_warm: {instances: 1, every: 20m}\n", "keep_warm.every: 20m0s is not shorter than idle_reap (10m0s)"},
+		{"adaptive not a bool", "functions:\n  - name: a\n    url: http://x/\n    adaptive: maybe\n", "functions[0].adaptive"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseConfig([]byte(tc.config)); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}

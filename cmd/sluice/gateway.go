@@ -85,14 +85,14 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	var gwFuncs []gateway.Function
 	var dispFuncs []dispatch.Function
 	for _, f := range cfg.Functions {
+		df := dispatchFunction(f)
 		gwFuncs = append(gwFuncs, gateway.Function{
 			Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
+			InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
 		})
-		dispFuncs = append(dispFuncs, dispatch.Function{
-			Name: f.Name, Invoker: &dispatch.HTTPInvoker{URL: f.URL}, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout),
-		})
+		dispFuncs = append(dispFuncs, df)
 	}
-	svc, err := gateway.NewService(gateway.Config{Jobs: queue, Functions: gwFuncs, Logger: log})
+	svc, err := gateway.NewService(gateway.Config{Jobs: queue, Dispatch: queue, Functions: gwFuncs, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +132,31 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return p, nil
+}
+
+// dispatchFunction is a configured function as dispatch takes it.
+func dispatchFunction(f FunctionConfig) dispatch.Function {
+	df := dispatch.Function{
+		Name:        f.Name,
+		Invoker:     &dispatch.HTTPInvoker{URL: f.URL},
+		Concurrency: int(f.Concurrency),
+		Timeout:     time.Duration(f.Timeout),
+		Pacing: dispatch.Pacing{
+			Initial:  int(f.Concurrency),
+			IdleReap: time.Duration(f.IdleReap),
+			Adaptive: f.Adaptive == nil || *f.Adaptive,
+		},
+	}
+	if sc := f.Scaling; sc != nil {
+		df.Pacing.Initial, df.Pacing.PerMinute = int(sc.Initial), int(sc.PerMinute)
+	}
+	if r := f.Rate; r != nil {
+		df.RatePerSecond, df.RateBurst = r.PerSecond, int(r.Burst)
+	}
+	if kw := f.KeepWarm; kw != nil {
+		df.KeepWarm = dispatch.KeepWarm{Instances: int(kw.Instances), Every: time.Duration(kw.Every)}
+	}
+	return df
 }
 
 // dialTarget turns a listener's address into one a client can dial: a

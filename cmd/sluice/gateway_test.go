@@ -562,3 +562,42 @@ func TestDev(t *testing.T) {
 		t.Errorf("dev exited with %v; stderr %s", err, stderr.String())
 	}
 }
+
+func TestFunctionStatusShowsLiveWindow(t *testing.T) {
+	g := startTestGatewayConfig(t, t.TempDir(), &Config{Functions: []FunctionConfig{{
+		Name: "ramp", URL: startBlockedFunction(t), Concurrency: 10,
+		Scaling: &ScalingConfig{Initial: 2, PerMinute: 60},
+	}}})
+	for range 5 {
+		post(t, g.base+"/v1/functions/ramp/jobs", "text/plain", []byte("x"))
+	}
+	type status struct {
+		Window   int    `json:"window"`
+		InFlight int    `json:"inFlight"`
+		Backlog  string `json:"backlog"`
+		Reason   string `json:"reason"`
+	}
+	var fn struct {
+		InitialWindow    int    `json:"initialWindow"`
+		ScalingPerMinute int    `json:"scalingPerMinute"`
+		Status           status `json:"status"`
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, body := get(t, g.base+"/v1/functions/ramp")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET function: %d %s", resp.StatusCode, body)
+		}
+		if err := json.Unmarshal(body, &fn); err != nil {
+			t.Fatal(err)
+		}
+		if fn.Status.InFlight == 2 && fn.Status.Backlog == "3" && strings.HasPrefix(fn.Status.Reason, "ramping") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status never showed 2 in flight, 3 waiting, ramping: last %s", body)
+		}
+	}
+	if fn.Status.Window != 2 || fn.InitialWindow != 2 || fn.ScalingPerMinute != 60 {
+		t.Errorf("function = %+v; want window 2 of initial 2, ramping at 60/min", fn)
+	}
+}

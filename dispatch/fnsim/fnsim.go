@@ -85,6 +85,9 @@ type Stats struct {
 	Environments int `json:"environments"`
 }
 
+// warmupHold is how long a keep-warm ping occupies its environment.
+const warmupHold = 50 * time.Millisecond
+
 // scalingStopsAfter is how long no environment may be busy before the
 // platform stops scaling; a gap between invocations does not stop it.
 const scalingStopsAfter = time.Second
@@ -148,9 +151,11 @@ func (f *Function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		wait += f.cfg.ColdStart
 	}
 	if warmup {
-		wait = 0
+		// A ping holds its environment briefly, as the handlers of warm-up
+		// tools do, so that concurrent pings land on distinct environments.
+		wait = warmupHold
 		if cold {
-			wait = f.cfg.ColdStart
+			wait += f.cfg.ColdStart
 		}
 	}
 	if !sleep(r, wait) {

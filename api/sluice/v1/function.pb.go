@@ -12,6 +12,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -36,8 +37,16 @@ type Function struct {
 	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// The largest payload a job may carry, in bytes.
 	MaxPayloadBytes int64 `protobuf:"varint,4,opt,name=max_payload_bytes,json=maxPayloadBytes,proto3" json:"max_payload_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Environments the platform has ready at once (the window's start).
+	InitialWindow int32 `protobuf:"varint,5,opt,name=initial_window,json=initialWindow,proto3" json:"initial_window,omitempty"`
+	// Environments the platform adds per minute; 0 when not modelled.
+	ScalingPerMinute int32 `protobuf:"varint,6,opt,name=scaling_per_minute,json=scalingPerMinute,proto3" json:"scaling_per_minute,omitempty"`
+	// Whether the window learns the platform's real limit from throttles.
+	Adaptive bool `protobuf:"varint,7,opt,name=adaptive,proto3" json:"adaptive,omitempty"`
+	// The live dispatch state; set by GetFunction only.
+	Status        *FunctionStatus `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Function) Reset() {
@@ -98,6 +107,144 @@ func (x *Function) GetMaxPayloadBytes() int64 {
 	return 0
 }
 
+func (x *Function) GetInitialWindow() int32 {
+	if x != nil {
+		return x.InitialWindow
+	}
+	return 0
+}
+
+func (x *Function) GetScalingPerMinute() int32 {
+	if x != nil {
+		return x.ScalingPerMinute
+	}
+	return 0
+}
+
+func (x *Function) GetAdaptive() bool {
+	if x != nil {
+		return x.Adaptive
+	}
+	return false
+}
+
+func (x *Function) GetStatus() *FunctionStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// FunctionStatus is a function's dispatch state now, shared by every
+// gateway process.
+type FunctionStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Invocations allowed in flight now, across gateway processes.
+	Window int32 `protobuf:"varint,1,opt,name=window,proto3" json:"window,omitempty"`
+	// Invocations in flight now.
+	InFlight int32 `protobuf:"varint,2,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// Jobs waiting to be dispatched.
+	Backlog int64 `protobuf:"varint,3,opt,name=backlog,proto3" json:"backlog,omitempty"`
+	// Why the window is where it is: starting, ramping, throttled, at its
+	// limit, at the learned limit, idle, waiting.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The limit learned from the platform's throttles; 0 while none is known.
+	LearnedLimit int32 `protobuf:"varint,5,opt,name=learned_limit,json=learnedLimit,proto3" json:"learned_limit,omitempty"`
+	// No invocation starts before this (the platform's Retry-After).
+	PausedUntil *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=paused_until,json=pausedUntil,proto3" json:"paused_until,omitempty"`
+	// Invocations that met a new environment, and those that did not.
+	ColdStarts    int64 `protobuf:"varint,7,opt,name=cold_starts,json=coldStarts,proto3" json:"cold_starts,omitempty"`
+	WarmStarts    int64 `protobuf:"varint,8,opt,name=warm_starts,json=warmStarts,proto3" json:"warm_starts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FunctionStatus) Reset() {
+	*x = FunctionStatus{}
+	mi := &file_sluice_v1_function_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FunctionStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FunctionStatus) ProtoMessage() {}
+
+func (x *FunctionStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_function_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FunctionStatus.ProtoReflect.Descriptor instead.
+func (*FunctionStatus) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FunctionStatus) GetWindow() int32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetInFlight() int32 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetBacklog() int64 {
+	if x != nil {
+		return x.Backlog
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *FunctionStatus) GetLearnedLimit() int32 {
+	if x != nil {
+		return x.LearnedLimit
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetPausedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PausedUntil
+	}
+	return nil
+}
+
+func (x *FunctionStatus) GetColdStarts() int64 {
+	if x != nil {
+		return x.ColdStarts
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetWarmStarts() int64 {
+	if x != nil {
+		return x.WarmStarts
+	}
+	return 0
+}
+
 // ListFunctionsRequest takes no parameters.
 type ListFunctionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -107,7 +254,7 @@ type ListFunctionsRequest struct {
 
 func (x *ListFunctionsRequest) Reset() {
 	*x = ListFunctionsRequest{}
-	mi := &file_sluice_v1_function_proto_msgTypes[1]
+	mi := &file_sluice_v1_function_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -119,7 +266,7 @@ func (x *ListFunctionsRequest) String() string {
 func (*ListFunctionsRequest) ProtoMessage() {}
 
 func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[1]
+	mi := &file_sluice_v1_function_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -132,7 +279,7 @@ func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsRequest.ProtoReflect.Descriptor instead.
 func (*ListFunctionsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{1}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{2}
 }
 
 // ListFunctionsResponse lists the configured functions by name.
@@ -146,7 +293,7 @@ type ListFunctionsResponse struct {
 
 func (x *ListFunctionsResponse) Reset() {
 	*x = ListFunctionsResponse{}
-	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	mi := &file_sluice_v1_function_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -158,7 +305,7 @@ func (x *ListFunctionsResponse) String() string {
 func (*ListFunctionsResponse) ProtoMessage() {}
 
 func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	mi := &file_sluice_v1_function_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -171,7 +318,7 @@ func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsResponse.ProtoReflect.Descriptor instead.
 func (*ListFunctionsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{2}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListFunctionsResponse) GetFunctions() []*Function {
@@ -192,7 +339,7 @@ type GetFunctionRequest struct {
 
 func (x *GetFunctionRequest) Reset() {
 	*x = GetFunctionRequest{}
-	mi := &file_sluice_v1_function_proto_msgTypes[3]
+	mi := &file_sluice_v1_function_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +351,7 @@ func (x *GetFunctionRequest) String() string {
 func (*GetFunctionRequest) ProtoMessage() {}
 
 func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[3]
+	mi := &file_sluice_v1_function_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +364,7 @@ func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFunctionRequest.ProtoReflect.Descriptor instead.
 func (*GetFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{3}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetFunctionRequest) GetName() string {
@@ -238,7 +385,7 @@ type GetFunctionResponse struct {
 
 func (x *GetFunctionResponse) Reset() {
 	*x = GetFunctionResponse{}
-	mi := &file_sluice_v1_function_proto_msgTypes[4]
+	mi := &file_sluice_v1_function_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +397,7 @@ func (x *GetFunctionResponse) String() string {
 func (*GetFunctionResponse) ProtoMessage() {}
 
 func (x *GetFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[4]
+	mi := &file_sluice_v1_function_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +410,7 @@ func (x *GetFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFunctionResponse.ProtoReflect.Descriptor instead.
 func (*GetFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{4}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetFunctionResponse) GetFunction() *Function {
@@ -277,12 +424,27 @@ var File_sluice_v1_function_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_function_proto_rawDesc = "" +
 	"\n" +
-	"\x18sluice/v1/function.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xb5\x01\n" +
+	"\x18sluice/v1/function.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xed\x02\n" +
 	"\bFunction\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x03R\x04name\x12%\n" +
 	"\vconcurrency\x18\x02 \x01(\x05B\x03\xe0A\x03R\vconcurrency\x128\n" +
 	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x03\xe0A\x03R\atimeout\x12/\n" +
-	"\x11max_payload_bytes\x18\x04 \x01(\x03B\x03\xe0A\x03R\x0fmaxPayloadBytes\"\x16\n" +
+	"\x11max_payload_bytes\x18\x04 \x01(\x03B\x03\xe0A\x03R\x0fmaxPayloadBytes\x12*\n" +
+	"\x0einitial_window\x18\x05 \x01(\x05B\x03\xe0A\x03R\rinitialWindow\x121\n" +
+	"\x12scaling_per_minute\x18\x06 \x01(\x05B\x03\xe0A\x03R\x10scalingPerMinute\x12\x1f\n" +
+	"\badaptive\x18\a \x01(\bB\x03\xe0A\x03R\badaptive\x126\n" +
+	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\x9d\x02\n" +
+	"\x0eFunctionStatus\x12\x16\n" +
+	"\x06window\x18\x01 \x01(\x05R\x06window\x12\x1b\n" +
+	"\tin_flight\x18\x02 \x01(\x05R\binFlight\x12\x18\n" +
+	"\abacklog\x18\x03 \x01(\x03R\abacklog\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12#\n" +
+	"\rlearned_limit\x18\x05 \x01(\x05R\flearnedLimit\x12=\n" +
+	"\fpaused_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vpausedUntil\x12\x1f\n" +
+	"\vcold_starts\x18\a \x01(\x03R\n" +
+	"coldStarts\x12\x1f\n" +
+	"\vwarm_starts\x18\b \x01(\x03R\n" +
+	"warmStarts\"\x16\n" +
 	"\x14ListFunctionsRequest\"J\n" +
 	"\x15ListFunctionsResponse\x121\n" +
 	"\tfunctions\x18\x01 \x03(\v2\x13.sluice.v1.FunctionR\tfunctions\"-\n" +
@@ -312,28 +474,32 @@ func file_sluice_v1_function_proto_rawDescGZIP() []byte {
 	return file_sluice_v1_function_proto_rawDescData
 }
 
-var file_sluice_v1_function_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_sluice_v1_function_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_sluice_v1_function_proto_goTypes = []any{
 	(*Function)(nil),              // 0: sluice.v1.Function
-	(*ListFunctionsRequest)(nil),  // 1: sluice.v1.ListFunctionsRequest
-	(*ListFunctionsResponse)(nil), // 2: sluice.v1.ListFunctionsResponse
-	(*GetFunctionRequest)(nil),    // 3: sluice.v1.GetFunctionRequest
-	(*GetFunctionResponse)(nil),   // 4: sluice.v1.GetFunctionResponse
-	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
+	(*FunctionStatus)(nil),        // 1: sluice.v1.FunctionStatus
+	(*ListFunctionsRequest)(nil),  // 2: sluice.v1.ListFunctionsRequest
+	(*ListFunctionsResponse)(nil), // 3: sluice.v1.ListFunctionsResponse
+	(*GetFunctionRequest)(nil),    // 4: sluice.v1.GetFunctionRequest
+	(*GetFunctionResponse)(nil),   // 5: sluice.v1.GetFunctionResponse
+	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_sluice_v1_function_proto_depIdxs = []int32{
-	5, // 0: sluice.v1.Function.timeout:type_name -> google.protobuf.Duration
-	0, // 1: sluice.v1.ListFunctionsResponse.functions:type_name -> sluice.v1.Function
-	0, // 2: sluice.v1.GetFunctionResponse.function:type_name -> sluice.v1.Function
-	1, // 3: sluice.v1.FunctionService.ListFunctions:input_type -> sluice.v1.ListFunctionsRequest
-	3, // 4: sluice.v1.FunctionService.GetFunction:input_type -> sluice.v1.GetFunctionRequest
-	2, // 5: sluice.v1.FunctionService.ListFunctions:output_type -> sluice.v1.ListFunctionsResponse
-	4, // 6: sluice.v1.FunctionService.GetFunction:output_type -> sluice.v1.GetFunctionResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	6, // 0: sluice.v1.Function.timeout:type_name -> google.protobuf.Duration
+	1, // 1: sluice.v1.Function.status:type_name -> sluice.v1.FunctionStatus
+	7, // 2: sluice.v1.FunctionStatus.paused_until:type_name -> google.protobuf.Timestamp
+	0, // 3: sluice.v1.ListFunctionsResponse.functions:type_name -> sluice.v1.Function
+	0, // 4: sluice.v1.GetFunctionResponse.function:type_name -> sluice.v1.Function
+	2, // 5: sluice.v1.FunctionService.ListFunctions:input_type -> sluice.v1.ListFunctionsRequest
+	4, // 6: sluice.v1.FunctionService.GetFunction:input_type -> sluice.v1.GetFunctionRequest
+	3, // 7: sluice.v1.FunctionService.ListFunctions:output_type -> sluice.v1.ListFunctionsResponse
+	5, // 8: sluice.v1.FunctionService.GetFunction:output_type -> sluice.v1.GetFunctionResponse
+	7, // [7:9] is the sub-list for method output_type
+	5, // [5:7] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_function_proto_init() }
@@ -347,7 +513,7 @@ func file_sluice_v1_function_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_function_proto_rawDesc), len(file_sluice_v1_function_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
