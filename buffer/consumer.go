@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
@@ -93,6 +94,50 @@ func (c *Consumer) Fetch(ctx context.Context, max int, maxWait time.Duration, ha
 	return n, nil
 }
 
+// Consume pulls continuously, keeping up to maxBuffered jobs requested
+// ahead, and calls handle with each job as it arrives, until ctx ends. The
+// server still delivers no more than MaxInFlight unfinished jobs, so a
+// finished job's place is refilled without a pull round trip. Jobs that
+// arrive after ctx ended are handed straight back. It returns nil once ctx
+// has ended, or the error that stopped it.
+func (c *Consumer) Consume(ctx context.Context, maxBuffered int, handle func(*Delivery)) error {
+	it, err := c.cons.Messages(jetstream.PullMaxMessages(max(maxBuffered, 1)))
+	if err != nil {
+		return fmt.Errorf("buffer: consume %s: %w", c.cfg.Function, err)
+	}
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-stopped:
+		}
+		it.Drain() // buffered jobs are still returned by Next, then it closes
+	}()
+	for {
+		msg, err := it.Next()
+		switch {
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("buffer: consume %s: %w", c.cfg.Function, err)
+		case err != nil:
+			if ctx.Err() != nil {
+				return nil
+			}
+			// Missed heartbeats and the like: the iterator carries on.
+			continue
+		}
+		d := newDelivery(c.q, msg)
+		if ctx.Err() != nil {
+			d.msg.Nak() //nolint:errcheck // at worst it returns after AckWait
+			continue
+		}
+		handle(d)
+	}
+}
+
 // Delivery is one job handed to a dispatcher. Exactly one of Succeed,
 // Fail, Release or Skip should end it.
 type Delivery struct {
@@ -109,7 +154,8 @@ type Delivery struct {
 	// CreateTime is when the job was accepted.
 	CreateTime time.Time
 
-	begun bool // Begin was called: Release must put the state back.
+	begun bool      // Begin was called: Release must put the state back.
+	last  *snapshot // the job's state as this delivery last read or wrote it
 }
 
 func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
@@ -138,12 +184,45 @@ func (d *Delivery) seed() *sluicev1.Job {
 	}
 }
 
+// change writes a change to the job's state, starting from what this
+// delivery last read or wrote, and remembers the result.
+func (d *Delivery) change(ctx context.Context, change func(*sluicev1.Job) error) (*sluicev1.Job, error) {
+	snap, err := d.q.update(ctx, d.JobID, d.last, d.seed, change)
+	if snap != nil {
+		d.last = snap
+	}
+	if snap == nil {
+		return nil, err
+	}
+	return proto.CloneOf(snap.job), err
+}
+
+// Prepare reads the job's state before an attempt, without writing: the
+// returned job is as it stands (its Attempts not yet counting this one).
+// It returns [ErrFinished] for a job that already reached a terminal state
+// (a redelivery after a crash, say): call Skip then. Begin may then run
+// concurrently with the invocation, off its critical path.
+func (d *Delivery) Prepare(ctx context.Context) (*sluicev1.Job, error) {
+	job, rev, err := d.q.get(ctx, d.JobID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		job, rev = d.seed(), 0
+	case err != nil:
+		return nil, err
+	}
+	d.last = &snapshot{job: job, rev: rev}
+	if Terminal(job.State) {
+		return nil, ErrFinished
+	}
+	return proto.CloneOf(job), nil
+}
+
 // Begin marks the job RUNNING and counts the attempt. It returns
-// [ErrFinished] for a job that already reached a terminal state (a
-// redelivery after a crash, say): call Skip then.
+// [ErrFinished] for a job that already reached a terminal state: call Skip
+// then.
 func (d *Delivery) Begin(ctx context.Context) (*sluicev1.Job, error) {
 	d.begun = true
-	return d.q.update(ctx, d.JobID, d.seed, func(j *sluicev1.Job) error {
+	return d.change(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
 			return ErrFinished
 		}
@@ -174,7 +253,7 @@ func (d *Delivery) Fail(ctx context.Context, reason string, result *sluicev1.Job
 }
 
 func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
-	_, err := d.q.update(ctx, d.JobID, d.seed, func(j *sluicev1.Job) error {
+	_, err := d.change(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
 			return ErrFinished
 		}
@@ -186,14 +265,14 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 		// The message stays unacknowledged and comes back after AckWait.
 		return err
 	}
-	return d.ack(ctx)
+	return d.ack()
 }
 
 // Release hands an unfinished job back to the queue to run again at once:
 // for work cut short by a shutdown. Its state returns to QUEUED.
 func (d *Delivery) Release(ctx context.Context) error {
 	if d.begun {
-		_, err := d.q.update(ctx, d.JobID, d.seed, func(j *sluicev1.Job) error {
+		_, err := d.change(ctx, func(j *sluicev1.Job) error {
 			if Terminal(j.State) {
 				return ErrFinished
 			}
@@ -215,7 +294,7 @@ func (d *Delivery) Release(ctx context.Context) error {
 // since a throttle is not a failure, and the job is delivered again after
 // delay at the earliest.
 func (d *Delivery) Throttled(ctx context.Context, delay time.Duration) error {
-	_, err := d.q.update(ctx, d.JobID, d.seed, func(j *sluicev1.Job) error {
+	_, err := d.change(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
 			return ErrFinished
 		}
@@ -235,11 +314,23 @@ func (d *Delivery) Throttled(ctx context.Context, delay time.Duration) error {
 	return nil
 }
 
-// Skip removes a job that is already finished from the queue.
-func (d *Delivery) Skip(ctx context.Context) error { return d.ack(ctx) }
+// Defer hands a job back untouched, to be delivered again after delay at
+// the earliest: for a job that cannot start yet.
+func (d *Delivery) Defer(delay time.Duration) error {
+	if err := d.msg.NakWithDelay(delay); err != nil {
+		return fmt.Errorf("buffer: defer job %s: %w", d.JobID, err)
+	}
+	return nil
+}
 
-func (d *Delivery) ack(ctx context.Context) error {
-	if err := d.msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+// Skip removes a job that is already finished from the queue.
+func (d *Delivery) Skip(context.Context) error { return d.ack() }
+
+// ack removes the job's message. It does not wait for the server's
+// confirmation: a lost ack only brings the finished job back, and Prepare
+// then reports ErrFinished.
+func (d *Delivery) ack() error {
+	if err := d.msg.Ack(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 		return fmt.Errorf("buffer: ack job %s: %w", d.JobID, err)
 	}
 	return nil

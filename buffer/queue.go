@@ -239,12 +239,30 @@ func (q *Queue) create(ctx context.Context, job *sluicev1.Job) error {
 	return nil
 }
 
+// snapshot is a job's state as last read or written, with its revision,
+// so that the next change can be written without reading it again.
+type snapshot struct {
+	job *sluicev1.Job
+	rev uint64 // 0: no entry yet
+}
+
 // update applies change to the job's stored state with compare-and-set,
-// retrying when another writer got in between. seed builds the job when it
-// has no entry yet; change may return ErrFinished to leave it alone.
-func (q *Queue) update(ctx context.Context, id string, seed func() *sluicev1.Job, change func(*sluicev1.Job) error) (*sluicev1.Job, error) {
+// retrying when another writer got in between. It starts from the snapshot
+// from if given (saving a read), else reads; seed builds the job when it has
+// no entry yet. change may return ErrFinished to leave it alone.
+func (q *Queue) update(ctx context.Context, id string, from *snapshot, seed func() *sluicev1.Job, change func(*sluicev1.Job) error) (*snapshot, error) {
 	for {
-		job, rev, err := q.get(ctx, id)
+		var (
+			job *sluicev1.Job
+			rev uint64
+			err error
+		)
+		if from != nil {
+			job, rev = proto.CloneOf(from.job), from.rev
+			from = nil
+		} else {
+			job, rev, err = q.get(ctx, id)
+		}
 		switch {
 		case errors.Is(err, ErrNotFound) && seed != nil:
 			job = seed()
@@ -252,19 +270,20 @@ func (q *Queue) update(ctx context.Context, id string, seed func() *sluicev1.Job
 			return nil, err
 		}
 		if err := change(job); err != nil {
-			return job, err
+			return &snapshot{job: job, rev: rev}, err
 		}
 		b, err := proto.Marshal(job)
 		if err != nil {
 			return nil, fmt.Errorf("buffer: encode job: %w", err)
 		}
+		var newRev uint64
 		if rev == 0 {
-			_, err = q.state.Create(ctx, id, b)
+			newRev, err = q.state.Create(ctx, id, b)
 		} else {
-			_, err = q.state.Update(ctx, id, b, rev)
+			newRev, err = q.state.Update(ctx, id, b, rev)
 		}
 		if err == nil {
-			return job, nil
+			return &snapshot{job: job, rev: newRev}, nil
 		}
 		if !isConflict(err) {
 			return nil, fmt.Errorf("buffer: write job %s: %w", id, err)

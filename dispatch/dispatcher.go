@@ -72,11 +72,8 @@ type Config struct {
 	// context ends; those still running then are cut off and their jobs
 	// handed back to the queue. Zero means 30s.
 	DrainTimeout time.Duration
-	// FetchWait is how long one pull waits for jobs. Zero means 1s; it also
-	// bounds how long Run takes to notice its context ended.
-	FetchWait time.Duration
 	// PaceEvery is how often each process re-reads the load and moves the
-	// shared window. Zero means 200ms.
+	// shared window. Zero means 100ms.
 	PaceEvery time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
@@ -107,7 +104,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		f.Pacing.setDefaults(f.Concurrency)
 	}
 	if cfg.PaceEvery == 0 {
-		cfg.PaceEvery = 200 * time.Millisecond
+		cfg.PaceEvery = 100 * time.Millisecond
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -117,9 +114,6 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 30 * time.Second
-	}
-	if cfg.FetchWait == 0 {
-		cfg.FetchWait = time.Second
 	}
 	return &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatch")}, nil
 }
@@ -196,46 +190,27 @@ func (l *functionLoop) run(ctx context.Context) {
 	defer cutOff()
 	var inFlight sync.WaitGroup
 
-	for {
-		if ctx.Err() != nil {
-			l.drain(&inFlight, cutOff)
-			return
-		}
-		if pause := buffer.PauseDelay(*l.pacing.Load(), l.cfg.Now()); pause > 0 {
-			sleep(ctx, pause)
-			continue
-		}
-		// Pull only as many jobs as there are free slots, and at least one.
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			l.drain(&inFlight, cutOff)
-			return
-		}
-		free := 1
-		for free < l.fn.Concurrency && tryAcquire(slots) {
-			free++
-		}
-		n, err := l.cons.Fetch(ctx, free, l.cfg.FetchWait, func(dv *buffer.Delivery) {
-			if ctx.Err() != nil {
-				// Pulled as we were stopping: hand it straight back.
+	for ctx.Err() == nil {
+		err := l.cons.Consume(ctx, l.fn.Concurrency, func(dv *buffer.Delivery) {
+			// The window (MaxAckPending) keeps deliveries within the slots;
+			// this only guards the configured limit in this process.
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
 				l.settle(dv.Release, dv)
-				<-slots
 				return
 			}
 			inFlight.Go(func() {
 				defer func() { <-slots }()
-				l.handle(invokeCtx, dv)
+				l.handle(ctx, invokeCtx, dv)
 			})
 		})
-		for range free - n {
-			<-slots
-		}
 		if err != nil {
 			l.log.WarnContext(ctx, "pull jobs", "err", err)
 			sleep(ctx, time.Second)
 		}
 	}
+	l.drain(&inFlight, cutOff)
 }
 
 // drain waits for in-flight invocations, cutting them off after
@@ -252,47 +227,76 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 	}
 }
 
-// handle runs one attempt at one job and records its outcome.
-func (l *functionLoop) handle(ctx context.Context, dv *buffer.Delivery) {
+// handle runs one attempt at one job and records its outcome. runCtx ends
+// when dispatch stops; ctx, later, when in-flight work is cut off.
+func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) {
 	log := l.log.With("job_id", dv.JobID)
+	// While the platform asked us to wait, hold the job (its place in the
+	// window with it) until the pause ends; a long pause hands it back.
+	if pause := buffer.PauseDelay(*l.pacing.Load(), l.cfg.Now()); pause > 0 {
+		if pause > l.fn.Timeout/2 {
+			l.settle(func(context.Context) error { return dv.Defer(pause) }, dv)
+			return
+		}
+		if sleep(runCtx, pause); runCtx.Err() != nil {
+			l.settle(dv.Release, dv)
+			return
+		}
+	}
 	if l.limiter != nil {
 		if err := l.limiter.Wait(ctx); err != nil {
 			l.settle(dv.Release, dv)
 			return
 		}
 	}
-	beginCtx, cancelBegin := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	job, err := dv.Begin(beginCtx)
-	cancelBegin()
+	bookCtx, cancelBook := context.WithTimeout(context.WithoutCancel(ctx), l.fn.Timeout+10*time.Second)
+	defer cancelBook()
+	job, err := dv.Prepare(bookCtx)
 	switch {
 	case errors.Is(err, buffer.ErrFinished):
 		// Redelivered after it finished (a crash before the ack, say).
 		l.settle(dv.Skip, dv)
 		return
 	case err != nil:
-		log.Error("mark job running", "err", err)
+		log.Error("read job", "err", err)
 		l.settle(dv.Release, dv)
 		return
 	}
+	attempt := job.Attempts + 1
+	// Marking the job RUNNING is one fsync'd write; it runs beside the
+	// invocation instead of before it, and is joined before the outcome is
+	// written.
+	began := make(chan error, 1)
+	go func() {
+		_, err := dv.Begin(bookCtx)
+		began <- err
+	}()
 	invokeCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
 	defer cancel()
 	started := time.Now()
 	resp, err := l.fn.Invoker.Invoke(invokeCtx, &Invocation{
 		JobID:       dv.JobID,
 		Function:    l.fn.Name,
-		Attempt:     int(job.Attempts),
+		Attempt:     int(attempt),
 		ContentType: dv.ContentType,
 		Payload:     dv.Payload,
 	})
+	switch beginErr := <-began; {
+	case errors.Is(beginErr, buffer.ErrFinished):
+		l.settle(dv.Skip, dv) // finished elsewhere meanwhile
+		return
+	case beginErr != nil:
+		log.Error("mark job running", "err", beginErr) // the outcome write retries from a fresh read
+	}
 	if ctx.Err() != nil {
 		// Cut off by shutdown, not by the function: run it again later.
-		log.Info("invocation cut off by shutdown; job handed back", "attempt", job.Attempts)
+		log.Info("invocation cut off by shutdown; job handed back", "attempt", attempt)
 		l.settle(dv.Release, dv)
 		return
 	}
 	if err != nil {
 		reason := describeInvokeError(err, l.fn.Timeout)
-		log.Warn("invocation failed", "attempt", job.Attempts, "reason", reason, "err", err)
+		log.Warn("invocation failed", "attempt", attempt, "reason", reason, "err", err)
 		l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, nil) }, dv)
 		return
 	}
@@ -301,15 +305,15 @@ func (l *functionLoop) handle(ctx context.Context, dv *buffer.Delivery) {
 		return
 	}
 	if l.cold.observe(time.Since(started), resp.ColdStart) {
-		log.Debug("cold start", "attempt", job.Attempts, "took", time.Since(started))
+		log.Debug("cold start", "attempt", attempt, "took", time.Since(started))
 	}
 	result := &sluicev1.JobResult{HttpStatus: int32(resp.Status), ContentType: resp.ContentType, Body: resp.Body}
 	if resp.Status >= 200 && resp.Status < 300 {
-		log.Debug("invocation succeeded", "attempt", job.Attempts, "status", resp.Status)
+		log.Debug("invocation succeeded", "attempt", attempt, "status", resp.Status)
 		l.settle(func(ctx context.Context) error { return dv.Succeed(ctx, result) }, dv)
 		return
 	}
-	log.Warn("function answered with an error", "attempt", job.Attempts, "status", resp.Status)
+	log.Warn("function answered with an error", "attempt", attempt, "status", resp.Status)
 	reason := fmt.Sprintf("function answered HTTP %d", resp.Status)
 	l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, result) }, dv)
 }
@@ -467,15 +471,6 @@ func describeInvokeError(err error, timeout time.Duration) string {
 		return "could not connect to the function"
 	}
 	return "connection to the function failed"
-}
-
-func tryAcquire(slots chan struct{}) bool {
-	select {
-	case slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -25,7 +25,6 @@ func startDispatcher(t *testing.T, q *buffer.Queue, fn dispatch.Function, drain 
 		Source:       q,
 		Functions:    []dispatch.Function{fn},
 		DrainTimeout: drain,
-		FetchWait:    100 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -21,7 +21,7 @@ func runBurst(t *testing.T, n int, fns ...dispatch.Function) (*buffer.Queue, []*
 	ids := submit(t, q, fns[0].Name, n)
 	for _, fn := range fns {
 		d, err := dispatch.New(dispatch.Config{
-			Source: q, Functions: []dispatch.Function{fn}, FetchWait: 100 * time.Millisecond, PaceEvery: 50 * time.Millisecond,
+			Source: q, Functions: []dispatch.Function{fn}, PaceEvery: 50 * time.Millisecond,
 		})
 		if err != nil {
 			t.Fatal(err)

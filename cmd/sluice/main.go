@@ -24,7 +24,8 @@ const usage = `Sluice buffers requests for serverless functions and dispatches t
 Usage:
   sluice serve --config FILE [flags]   run the gateway
   sluice dev [flags]                   run the gateway with a demo function "echo"; no setup needed
-  sluice fnsim [flags]                 run the simulated function on its own
+  sluice fnsim [flags]                 run the simulated serverless platform on its own
+  sluice bench burst [flags]           measure a burst through Sluice against the same burst sent directly
 
 Run "sluice COMMAND -h" for a command's flags.
 `
@@ -54,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDev(ctx, rest, stdout, stderr)
 	case "fnsim":
 		return runFnsim(ctx, rest, stderr)
+	case "bench":
+		return runBench(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,444 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/fnsim"
+)
+
+// runBench runs one of the benchmarks.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "burst" {
+		return errors.New("bench: name a benchmark: burst")
+	}
+	return runBenchBurst(ctx, args[1:], stdout, stderr)
+}
+
+// burstFlags configure `sluice bench burst`.
+type burstFlags struct {
+	jobs, submitters, payload, gateways, retries int
+	concurrency, initial, perMinute, fnConcurrency int
+	handler, coldStart                             time.Duration
+	adaptive, direct                               bool
+}
+
+// runBenchBurst submits a burst of jobs through Sluice to a simulated
+// platform and, in the same run, the same burst straight at a fresh one the
+// way a typical client does, and compares both with the ideal drain time.
+func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench burst", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var b burstFlags
+	fs.IntVar(&b.jobs, "jobs", 10_000, "jobs in the burst")
+	fs.IntVar(&b.concurrency, "concurrency", 50, "Sluice's configured concurrency for the function")
+	fs.IntVar(&b.fnConcurrency, "fn-concurrency", 0, "the platform's real concurrency limit; 0: the same as --concurrency")
+	fs.IntVar(&b.initial, "initial", 10, "environments ready at once (Sluice's scaling.initial and the platform's)")
+	fs.IntVar(&b.perMinute, "per-minute", 600, "environments added per minute (Sluice's scaling.per_minute and the platform's)")
+	fs.DurationVar(&b.handler, "duration", 100*time.Millisecond, "handler run time per invocation")
+	fs.DurationVar(&b.coldStart, "cold-start", 500*time.Millisecond, "start-up time of a new environment")
+	fs.BoolVar(&b.adaptive, "adaptive", true, "Sluice learns the real limit from throttles")
+	fs.IntVar(&b.gateways, "gateways", 1, "gateway processes sharing one NATS")
+	fs.IntVar(&b.submitters, "submitters", 64, "concurrent submitting clients")
+	fs.IntVar(&b.payload, "payload", 256, "payload size in bytes")
+	fs.BoolVar(&b.direct, "direct", true, "also drive the burst straight at a fresh platform, as a typical client does")
+	fs.IntVar(&b.retries, "direct-retries", 3, "retries of the direct client, with exponential backoff")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if b.jobs < 1 || b.concurrency < 1 || b.initial < 1 || b.gateways < 1 || b.submitters < 1 || b.perMinute < 0 || b.fnConcurrency < 0 || b.payload < 0 {
+		return errors.New("bench burst: counts must be positive")
+	}
+	if b.fnConcurrency == 0 {
+		b.fnConcurrency = b.concurrency
+	}
+	dir, err := os.MkdirTemp("", "sluice-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	raiseFileLimit()
+
+	platform := []string{
+		"--concurrency", strconv.Itoa(b.fnConcurrency), "--initial", strconv.Itoa(b.initial),
+		"--per-minute", strconv.Itoa(b.perMinute), "--cold-start", b.coldStart.String(), "--duration", b.handler.String(),
+	}
+	model := rampModel{
+		limit: min(b.concurrency, b.fnConcurrency), initial: b.initial, perMinute: b.perMinute,
+		handler: b.handler, coldStart: b.coldStart,
+	}
+	fmt.Fprintf(stdout, "burst of %d jobs, %d-byte payloads; platform: concurrency %d, initial %d, +%d/min, handler %s, cold start %s\n",
+		b.jobs, b.payload, b.fnConcurrency, b.initial, b.perMinute, b.handler, b.coldStart)
+	fmt.Fprintf(stdout, "sluice: %d gateway process(es), concurrency %d, adaptive %v, embedded JetStream with fsync before ack\n\n",
+		b.gateways, b.concurrency, b.adaptive)
+
+	sl, err := benchSluice(ctx, b, dir, platform, stderr)
+	if err != nil {
+		return fmt.Errorf("sluice run: %w", err)
+	}
+	var direct *burstResult
+	if b.direct {
+		if direct, err = benchDirect(ctx, b, platform, stderr); err != nil {
+			return fmt.Errorf("direct run: %w", err)
+		}
+	}
+	ideal := idealDrain(model, b.jobs)
+
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "\tsluice\tdirect\t")
+	row := func(name string, f func(*burstResult) string) {
+		d := "-"
+		if direct != nil {
+			d = f(direct)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", name, f(sl), d)
+	}
+	row("completed", func(r *burstResult) string { return strconv.Itoa(r.completed) })
+	row("failed", func(r *burstResult) string { return strconv.Itoa(r.failed) })
+	row("lost", func(r *burstResult) string { return strconv.Itoa(r.lost) })
+	row("throttled responses", func(r *burstResult) string { return strconv.Itoa(r.stats.Throttled) })
+	row("cold starts", func(r *burstResult) string { return strconv.Itoa(r.stats.ColdStarts) })
+	row("max concurrent", func(r *burstResult) string { return strconv.Itoa(r.stats.MaxConcurrent) })
+	row("time to drain", func(r *burstResult) string { return r.drain.Round(10 * time.Millisecond).String() })
+	tw.Flush()
+	fmt.Fprintf(stdout, "\nsubmits: %d accepted in %s (%.0f/s)\n", sl.completed+sl.failed+sl.lost, sl.submit.Round(10*time.Millisecond),
+		float64(b.jobs)/sl.submit.Seconds())
+	fmt.Fprintf(stdout, "ideal drain at concurrency %d (ramp model): %s\n", model.limit, ideal.Round(10*time.Millisecond))
+	fmt.Fprintf(stdout, "sluice drain / ideal: %.3f\n", sl.drain.Seconds()/ideal.Seconds())
+	if sl.stats.Invocations > 0 {
+		fmt.Fprintf(stdout, "sluice throttled / invocations: %.2f%%\n", 100*float64(sl.stats.Throttled)/float64(sl.stats.Invocations+sl.stats.Throttled))
+	}
+	return nil
+}
+
+// burstResult is what one run saw.
+type burstResult struct {
+	completed, failed, lost int
+	submit, drain           time.Duration
+	stats                   fnsim.Stats
+}
+
+// benchSluice runs the burst through Sluice: gateway processes on one
+// embedded NATS, the platform in a process of its own.
+func benchSluice(ctx context.Context, b burstFlags, dir string, platform []string, stderr io.Writer) (*burstResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var children sync.WaitGroup
+	defer children.Wait() // after cancel has stopped them
+	defer cancel()
+
+	fnAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	if err := startChild(ctx, &children, stderr, append([]string{"fnsim", "--addr", fnAddr, "--log-level", "warn"}, platform...)...); err != nil {
+		return nil, err
+	}
+	nats, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats"), Listen: true})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		// The gateways stop before the NATS they use.
+		cancel()
+		children.Wait()
+		nats.Shutdown()
+	}()
+	config := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(config, fmt.Appendf(nil, `functions:
+  - name: burst
+    url: http://%s/
+    concurrency: %d
+    timeout: 30s
+    scaling: {initial: %d, per_minute: %d}
+    adaptive: %v
+`, fnAddr, b.concurrency, b.initial, max(b.perMinute, 1), b.adaptive), 0o600); err != nil {
+		return nil, err
+	}
+	var gateways []string
+	for i := range b.gateways {
+		httpAddr, err1 := freeAddr()
+		grpcAddr, err2 := freeAddr()
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, err
+		}
+		if err := startChild(ctx, &children, stderr, "serve", "--config", config, "--nats-url", nats.ClientURL(),
+			"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn", "--data-dir", filepath.Join(dir, fmt.Sprint("gw", i))); err != nil {
+			return nil, err
+		}
+		gateways = append(gateways, "http://"+httpAddr)
+	}
+	for _, u := range append([]string{"http://" + fnAddr + "/stats"}, prefixAll(gateways, "/v1/functions")...) {
+		if err := waitHTTP(ctx, u, 30*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	nc, err := nats.Connect()
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	queue, err := buffer.Open(ctx, nc, buffer.Config{})
+	if err != nil {
+		return nil, err
+	}
+
+	// Submit as fast as Sluice accepts, honouring its Retry-After.
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: b.submitters}, Timeout: 30 * time.Second}
+	payload := bytes.Repeat([]byte("x"), b.payload)
+	ids := make([]string, b.jobs)
+	var next atomic.Int64
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	for range b.submitters {
+		g.Go(func() error {
+			for i := int(next.Add(1) - 1); i < b.jobs; i = int(next.Add(1) - 1) {
+				id, err := submitOnce(gctx, client, gateways[i%len(gateways)], payload)
+				if err != nil {
+					return err
+				}
+				ids[i] = id
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	res := &burstResult{submit: time.Since(start)}
+
+	// Wait, cheaply, until the platform has run as many invocations as there
+	// are jobs, then read every job's state (again while any is unfinished).
+	for {
+		st, err := fnStats(ctx, "http://"+fnAddr+"/stats")
+		if err != nil {
+			return nil, err
+		}
+		if st.Invocations >= b.jobs {
+			break
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	pending := ids
+	for len(pending) > 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		var still []string
+		for _, id := range pending {
+			job, err := queue.Get(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			if !buffer.Terminal(job.State) {
+				still = append(still, id)
+				continue
+			}
+			if job.State.String() == "SUCCEEDED" {
+				res.completed++
+			} else {
+				res.failed++
+			}
+			res.drain = max(res.drain, job.FinishTime.AsTime().Sub(start))
+		}
+		pending = still
+		if len(pending) > 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	res.stats, err = fnStats(ctx, "http://"+fnAddr+"/stats")
+	return res, err
+}
+
+func submitOnce(ctx context.Context, client *http.Client, gateway string, payload []byte) (string, error) {
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, gateway+"/v1/functions/burst/jobs", bytes.NewReader(payload))
+		if err != nil {
+			return "", err
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err := client.Do(req)
+		if err != nil {
+			return "", err
+		}
+		io.Copy(io.Discard, resp.Body) //nolint:errcheck // only the headers matter
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusAccepted:
+			return strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"), nil
+		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+			secs, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+			sleep := time.Duration(max(secs, 1)) * time.Second
+			select {
+			case <-time.After(sleep):
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+		default:
+			return "", fmt.Errorf("submit: %s", resp.Status)
+		}
+	}
+}
+
+// benchDirect sends the whole burst at once straight at a fresh platform,
+// as a client without Sluice does: every request at once, retried on 429s
+// and errors with exponential backoff and full jitter.
+func benchDirect(ctx context.Context, b burstFlags, platform []string, stderr io.Writer) (*burstResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var children sync.WaitGroup
+	defer children.Wait() // after cancel has stopped them
+	defer cancel()
+	fnAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	if err := startChild(ctx, &children, stderr, append([]string{"fnsim", "--addr", fnAddr, "--log-level", "warn"}, platform...)...); err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, "http://"+fnAddr+"/stats", 30*time.Second); err != nil {
+		return nil, err
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100}, Timeout: 30 * time.Second}
+	payload := bytes.Repeat([]byte("x"), b.payload)
+	var completed, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range b.jobs {
+		wg.Go(func() {
+			for attempt := 0; ; attempt++ {
+				req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+fnAddr+"/", bytes.NewReader(payload))
+				if err != nil {
+					failed.Add(1)
+					return
+				}
+				resp, err := client.Do(req)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body) //nolint:errcheck // only the status matters
+					resp.Body.Close()
+					if resp.StatusCode/100 == 2 {
+						completed.Add(1)
+						return
+					}
+				}
+				if attempt == b.retries || ctx.Err() != nil {
+					failed.Add(1)
+					return
+				}
+				backoff := 100 * time.Millisecond << attempt
+				time.Sleep(rand.N(backoff) + time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	res := &burstResult{completed: int(completed.Load()), failed: int(failed.Load()), drain: time.Since(start)}
+	res.stats, err = fnStats(ctx, "http://"+fnAddr+"/stats")
+	return res, err
+}
+
+// startChild runs this binary with args until ctx ends, then stops it with
+// SIGTERM; wg tracks it.
+func startChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, self, args...)
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", args[0], err)
+	}
+	wg.Go(func() { cmd.Wait() }) //nolint:errcheck // stopped on purpose
+	return nil
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func prefixAll(bases []string, suffix string) []string {
+	out := make([]string, len(bases))
+	for i, b := range bases {
+		out[i] = b + suffix
+	}
+	return out
+}
+
+// waitHTTP polls url until it answers 200.
+func waitHTTP(ctx context.Context, url string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer within %s", url, within)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func fnStats(ctx context.Context, url string) (fnsim.Stats, error) {
+	var st fnsim.Stats
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// raiseFileLimit lifts the open-file limit to its hard maximum: the direct
+// client opens a connection per request.
+func raiseFileLimit() {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) //nolint:errcheck // best effort
+	}
+}
