@@ -38,7 +38,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // burstFlags configure `sluice bench burst`.
 type burstFlags struct {
-	jobs, submitters, payload, gateways, retries int
+	jobs, submitters, payload, gateways, retries   int
 	concurrency, initial, perMinute, fnConcurrency int
 	handler, coldStart                             time.Duration
 	adaptive, direct                               bool
