@@ -23,7 +23,13 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -42,6 +48,7 @@ type burstFlags struct {
 	concurrency, initial, perMinute, fnConcurrency int
 	handler, coldStart                             time.Duration
 	adaptive, direct                               bool
+	protocol                                       string
 }
 
 // runBenchBurst submits a burst of jobs through Sluice to a simulated
@@ -61,6 +68,7 @@ func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.BoolVar(&b.adaptive, "adaptive", true, "Sluice learns the real limit from throttles")
 	fs.IntVar(&b.gateways, "gateways", 1, "gateway processes sharing one NATS")
 	fs.IntVar(&b.submitters, "submitters", 64, "concurrent submitting clients")
+	fs.StringVar(&b.protocol, "protocol", "grpc", "how clients submit: grpc or rest")
 	fs.IntVar(&b.payload, "payload", 256, "payload size in bytes")
 	fs.BoolVar(&b.direct, "direct", true, "also drive the burst straight at a fresh platform, as a typical client does")
 	fs.IntVar(&b.retries, "direct-retries", 3, "retries of the direct client, with exponential backoff")
@@ -72,6 +80,9 @@ func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	if b.fnConcurrency == 0 {
 		b.fnConcurrency = b.concurrency
+	}
+	if b.protocol != "grpc" && b.protocol != "rest" {
+		return fmt.Errorf("bench burst: --protocol %q is neither grpc nor rest", b.protocol)
 	}
 	dir, err := os.MkdirTemp("", "sluice-bench-")
 	if err != nil {
@@ -90,8 +101,8 @@ func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stdout, "burst of %d jobs, %d-byte payloads; platform: concurrency %d, initial %d, +%d/min, handler %s, cold start %s\n",
 		b.jobs, b.payload, b.fnConcurrency, b.initial, b.perMinute, b.handler, b.coldStart)
-	fmt.Fprintf(stdout, "sluice: %d gateway process(es), concurrency %d, adaptive %v, embedded JetStream with fsync before ack\n\n",
-		b.gateways, b.concurrency, b.adaptive)
+	fmt.Fprintf(stdout, "sluice: %d gateway process(es), concurrency %d, adaptive %v, submits over %s, embedded JetStream with fsync before ack\n\n",
+		b.gateways, b.concurrency, b.adaptive, b.protocol)
 
 	sl, err := benchSluice(ctx, b, dir, platform, stderr)
 	if err != nil {
@@ -175,7 +186,7 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 `, fnAddr, b.concurrency, b.initial, max(b.perMinute, 1), b.adaptive), 0o600); err != nil {
 		return nil, err
 	}
-	var gateways []string
+	var gateways, grpcAddrs []string
 	for i := range b.gateways {
 		httpAddr, err1 := freeAddr()
 		grpcAddr, err2 := freeAddr()
@@ -187,6 +198,7 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 			return nil, err
 		}
 		gateways = append(gateways, "http://"+httpAddr)
+		grpcAddrs = append(grpcAddrs, grpcAddr)
 	}
 	for _, u := range append([]string{"http://" + fnAddr + "/stats"}, prefixAll(gateways, "/v1/functions")...) {
 		if err := waitHTTP(ctx, u, 30*time.Second); err != nil {
@@ -205,6 +217,15 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 
 	// Submit as fast as Sluice accepts, honouring its Retry-After.
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: b.submitters}, Timeout: 30 * time.Second}
+	var grpcClients []sluicev1.JobServiceClient
+	for _, addr := range grpcAddrs {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		grpcClients = append(grpcClients, sluicev1.NewJobServiceClient(conn))
+	}
 	payload := bytes.Repeat([]byte("x"), b.payload)
 	ids := make([]string, b.jobs)
 	var next atomic.Int64
@@ -213,7 +234,13 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 	for range b.submitters {
 		g.Go(func() error {
 			for i := int(next.Add(1) - 1); i < b.jobs; i = int(next.Add(1) - 1) {
-				id, err := submitOnce(gctx, client, gateways[i%len(gateways)], payload)
+				var id string
+				var err error
+				if b.protocol == "grpc" {
+					id, err = submitGRPC(gctx, grpcClients[i%len(grpcClients)], payload)
+				} else {
+					id, err = submitOnce(gctx, client, gateways[i%len(gateways)], payload)
+				}
 				if err != nil {
 					return err
 				}
@@ -300,6 +327,29 @@ func submitOnce(ctx context.Context, client *http.Client, gateway string, payloa
 			}
 		default:
 			return "", fmt.Errorf("submit: %s", resp.Status)
+		}
+	}
+}
+
+// submitGRPC submits one job over gRPC, waiting out RESOURCE_EXHAUSTED and
+// UNAVAILABLE.
+func submitGRPC(ctx context.Context, client sluicev1.JobServiceClient, payload []byte) (string, error) {
+	for {
+		resp, err := client.SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+			Function: "burst",
+			Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: payload},
+		})
+		switch status.Code(err) {
+		case codes.OK:
+			return resp.GetJob().GetId(), nil
+		case codes.ResourceExhausted, codes.Unavailable:
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+		default:
+			return "", err
 		}
 	}
 }
