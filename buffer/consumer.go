@@ -154,8 +154,9 @@ type Delivery struct {
 	// CreateTime is when the job was accepted.
 	CreateTime time.Time
 
-	begun bool      // Begin was called: Release must put the state back.
-	last  *snapshot // the job's state as this delivery last read or wrote it
+	begun     bool      // Begin was called: Release must put the state back.
+	last      *snapshot // the job's state as this delivery last read or wrote it
+	invokedAt time.Time // when the attempt started, if Begin did not record it
 }
 
 func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
@@ -217,6 +218,17 @@ func (d *Delivery) Prepare(ctx context.Context) (*sluicev1.Job, error) {
 	return proto.CloneOf(job), nil
 }
 
+// Redelivered reports whether the job's message was delivered before: after
+// a crash, a throttle or a hand-back.
+func (d *Delivery) Redelivered() bool {
+	md, err := d.msg.Metadata()
+	return err != nil || md.NumDelivered > 1
+}
+
+// Invoked records when the attempt started. Succeed and Fail count an
+// attempt that Begin did not, with this start time.
+func (d *Delivery) Invoked(at time.Time) { d.invokedAt = at }
+
 // Begin marks the job RUNNING and counts the attempt. It returns
 // [ErrFinished] for a job that already reached a terminal state: call Skip
 // then.
@@ -256,6 +268,13 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 	_, err := d.change(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
 			return ErrFinished
+		}
+		if !d.begun {
+			// An attempt quick enough that Begin never wrote it.
+			j.Attempts++
+			if !d.invokedAt.IsZero() {
+				j.StartTime = timestamppb.New(d.invokedAt)
+			}
 		}
 		set(j)
 		j.FinishTime = timestamppb.New(d.q.now())

@@ -162,3 +162,39 @@ func fetch(t *testing.T, c *buffer.Consumer, max int, wait time.Duration) ([]*bu
 	}
 	return ds, err
 }
+
+func TestQuickAttemptCountedWithoutBegin(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	job, err := q.Submit(ctx, "f", []byte("x"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := fetch(t, c, 1, 2*time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+	d := ds[0]
+	if d.Redelivered() {
+		t.Error("a first delivery says it is a redelivery")
+	}
+	if _, err := d.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	d.Invoked(started)
+	if err := d.Succeed(ctx, &sluicev1.JobResult{HttpStatus: 200}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Get(ctx, job.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != sluicev1.Job_SUCCEEDED || got.Attempts != 1 || !got.StartTime.AsTime().Equal(started) {
+		t.Errorf("job = %v, want SUCCEEDED with one attempt started at %v", got, started)
+	}
+}

@@ -75,6 +75,13 @@ type Config struct {
 	// PaceEvery is how often each process re-reads the load and moves the
 	// shared window. Zero means 100ms.
 	PaceEvery time.Duration
+	// RunningAfter is how long a first attempt runs before its job is
+	// marked RUNNING. An attempt that ends sooner goes from QUEUED to its
+	// outcome in one write, which spares the store an fsync per job; a
+	// redelivered job is marked RUNNING at once, so that an attempt cut
+	// short by a crash is counted from the second delivery on. Zero means
+	// 250ms.
+	RunningAfter time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 }
@@ -105,6 +112,9 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	if cfg.PaceEvery == 0 {
 		cfg.PaceEvery = 100 * time.Millisecond
+	}
+	if cfg.RunningAfter == 0 {
+		cfg.RunningAfter = 250 * time.Millisecond
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -263,17 +273,34 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		return
 	}
 	attempt := job.Attempts + 1
-	// Marking the job RUNNING is one fsync'd write; it runs beside the
-	// invocation instead of before it, and is joined before the outcome is
-	// written.
-	began := make(chan error, 1)
-	go func() {
-		_, err := dv.Begin(bookCtx)
-		began <- err
-	}()
+	// Marking the job RUNNING is one fsync'd write. It runs beside the
+	// invocation, not before it, and only once the invocation has run for
+	// RunningAfter (at once for a redelivery); it is joined before the
+	// outcome is written.
+	var (
+		beginOnce    sync.Once
+		beginStarted bool
+		began        = make(chan error, 1)
+	)
+	startBegin := func() {
+		beginOnce.Do(func() {
+			beginStarted = true
+			go func() {
+				_, err := dv.Begin(bookCtx)
+				began <- err
+			}()
+		})
+	}
+	if dv.Redelivered() {
+		startBegin()
+	} else {
+		timer := time.AfterFunc(l.cfg.RunningAfter, startBegin)
+		defer timer.Stop()
+	}
 	invokeCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
 	defer cancel()
 	started := time.Now()
+	dv.Invoked(started)
 	resp, err := l.fn.Invoker.Invoke(invokeCtx, &Invocation{
 		JobID:       dv.JobID,
 		Function:    l.fn.Name,
@@ -281,12 +308,15 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		ContentType: dv.ContentType,
 		Payload:     dv.Payload,
 	})
-	switch beginErr := <-began; {
-	case errors.Is(beginErr, buffer.ErrFinished):
-		l.settle(dv.Skip, dv) // finished elsewhere meanwhile
-		return
-	case beginErr != nil:
-		log.Error("mark job running", "err", beginErr) // the outcome write retries from a fresh read
+	beginOnce.Do(func() {}) // too late to start it now
+	if beginStarted {
+		switch beginErr := <-began; {
+		case errors.Is(beginErr, buffer.ErrFinished):
+			l.settle(dv.Skip, dv) // finished elsewhere meanwhile
+			return
+		case beginErr != nil:
+			log.Error("mark job running", "err", beginErr) // the outcome write retries from a fresh read
+		}
 	}
 	if ctx.Err() != nil {
 		// Cut off by shutdown, not by the function: run it again later.
