@@ -1,7 +1,6 @@
 package dispatch_test
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -23,16 +22,7 @@ func runBurst(t *testing.T, n int, fns ...dispatch.Function) (*buffer.Queue, []*
 	q := buffertest.Queue(t, buffer.Config{})
 	ids := submit(t, q, fns[0].Name, n)
 	for _, fn := range fns {
-		d, err := dispatch.New(dispatch.Config{
-			Source: q, Functions: []dispatch.Function{fn}, PaceEvery: 50 * time.Millisecond,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- d.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
+		startDispatcher(t, q, fn, time.Second)
 	}
 	jobs := make([]*sluicev1.Job, len(ids))
 	for i, id := range ids {

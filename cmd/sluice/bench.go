@@ -158,11 +158,8 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 	defer children.Wait() // after cancel has stopped them
 	defer cancel()
 
-	fnAddr, err := freeAddr()
+	fnAddr, err := startPlatform(ctx, &children, stderr, platform)
 	if err != nil {
-		return nil, err
-	}
-	if err := startChild(ctx, &children, stderr, append([]string{"fnsim", "--addr", fnAddr, "--log-level", "warn"}, platform...)...); err != nil {
 		return nil, err
 	}
 	nats, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats"), Listen: true})
@@ -200,8 +197,8 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 		gateways = append(gateways, "http://"+httpAddr)
 		grpcAddrs = append(grpcAddrs, grpcAddr)
 	}
-	for _, u := range append([]string{"http://" + fnAddr + "/stats"}, prefixAll(gateways, "/v1/functions")...) {
-		if err := waitHTTP(ctx, u, 30*time.Second); err != nil {
+	for _, gw := range gateways {
+		if err := waitHTTP(ctx, gw+"/v1/functions", 30*time.Second); err != nil {
 			return nil, err
 		}
 	}
@@ -362,14 +359,8 @@ func benchDirect(ctx context.Context, b burstFlags, platform []string, stderr io
 	var children sync.WaitGroup
 	defer children.Wait() // after cancel has stopped them
 	defer cancel()
-	fnAddr, err := freeAddr()
+	fnAddr, err := startPlatform(ctx, &children, stderr, platform)
 	if err != nil {
-		return nil, err
-	}
-	if err := startChild(ctx, &children, stderr, append([]string{"fnsim", "--addr", fnAddr, "--log-level", "warn"}, platform...)...); err != nil {
-		return nil, err
-	}
-	if err := waitHTTP(ctx, "http://"+fnAddr+"/stats", 30*time.Second); err != nil {
 		return nil, err
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100}, Timeout: 30 * time.Second}
@@ -436,12 +427,17 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func prefixAll(bases []string, suffix string) []string {
-	out := make([]string, len(bases))
-	for i, b := range bases {
-		out[i] = b + suffix
+// startPlatform runs a simulated platform in a child process and returns
+// its address once it answers.
+func startPlatform(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, flags []string) (string, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return "", err
 	}
-	return out
+	if err := startChild(ctx, wg, stderr, append([]string{"fnsim", "--addr", addr, "--log-level", "warn"}, flags...)...); err != nil {
+		return "", err
+	}
+	return addr, waitHTTP(ctx, "http://"+addr+"/stats", 30*time.Second)
 }
 
 // waitHTTP polls url until it answers 200.
