@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,7 +60,7 @@ func (c *Consumer) jsConfig(maxInFlight int) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       ConsumerName(c.cfg.Function),
 		Description:   "Sluice: dispatch of " + c.cfg.Function,
-		FilterSubject: Subject(c.cfg.Function),
+		FilterSubject: functionSubjects(c.cfg.Function),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.cfg.AckWait,
 		MaxAckPending: maxInFlight,
@@ -161,19 +162,20 @@ type Delivery struct {
 
 func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
 	h := msg.Headers()
+	function, _, _ := strings.Cut(msg.Subject()[len(SubjectPrefix):], ".")
 	return &Delivery{
 		q:           q,
 		msg:         msg,
 		JobID:       h.Get(headerJobID),
-		Function:    msg.Subject()[len(SubjectPrefix):],
+		Function:    function,
 		ContentType: h.Get(headerContentTyp),
 		Payload:     msg.Data(),
 		CreateTime:  timeHeader(h, headerCreateTime),
 	}
 }
 
-// seed rebuilds the job's state from its message, for a job whose submit
-// stored the payload but not the state entry.
+// seed is the job's state as its message gives it: the state entry is first
+// written when dispatch starts the job.
 func (d *Delivery) seed() *sluicev1.Job {
 	return &sluicev1.Job{
 		Id:          d.JobID,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -151,8 +152,16 @@ var jobIDPattern = regexp.MustCompile(`^[A-Z2-7]{26}$`)
 // ValidJobID reports whether s has the form of a job ID.
 func ValidJobID(s string) bool { return jobIDPattern.MatchString(s) }
 
-// Subject is the subject that function's jobs are published on.
-func Subject(function string) string { return SubjectPrefix + function }
+// Subject is the subject a job's message is published on: one per job, so
+// that a queued job can be read by its ID alone.
+func Subject(function, id string) string { return SubjectPrefix + function + "." + id }
+
+// functionSubjects matches every job message of function.
+func functionSubjects(function string) string { return SubjectPrefix + function + ".*" }
+
+// jobSubjects matches the message of the job with that (valid) ID,
+// whatever its function.
+func jobSubjects(id string) string { return SubjectPrefix + "*." + id }
 
 // Submit stores a job for function and returns it in state QUEUED. It
 // returns only after JetStream has acknowledged the payload and the job's
@@ -167,26 +176,18 @@ func (q *Queue) Submit(ctx context.Context, function string, payload []byte, con
 		ContentType: contentType,
 		PayloadSize: int64(len(payload)),
 	}
-	msg := nats.NewMsg(Subject(function))
+	msg := nats.NewMsg(Subject(function, job.Id))
 	msg.Data = payload
 	msg.Header.Set(headerJobID, job.Id)
 	msg.Header.Set(headerCreateTime, now.Format(time.RFC3339Nano))
 	if contentType != "" {
 		msg.Header.Set(headerContentTyp, contentType)
 	}
-	// The payload goes first: once it is stored the job will run, and the
-	// dispatcher can rebuild the state entry from the message should we
-	// fail before writing it. The opposite order could leave a QUEUED
-	// entry with nothing behind it.
+	// The message is the whole of a queued job: its state entry is first
+	// written when dispatch starts it, so a submit costs one fsync'd write.
+	// Get reads a queued job from the message.
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.Id)); err != nil {
 		return nil, classifyPublishError(err)
-	}
-	if err := q.create(ctx, job); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			// The dispatcher got there first; its entry is further along.
-			return q.Get(ctx, job.Id)
-		}
-		return nil, err
 	}
 	return job, nil
 }
@@ -205,9 +206,39 @@ func classifyPublishError(err error) error {
 
 // Get returns the job's current state. It returns [ErrInvalidID] for a
 // string that cannot be a job ID and [ErrNotFound] for an unknown job.
+//
+// A job has a state entry once dispatch has started it; before that it is
+// QUEUED and only its message exists. Dispatch writes the entry before it
+// removes the message, so one of the two is always there: if neither is
+// seen, the entry is read once more, as the message may have gone between
+// the two reads.
 func (q *Queue) Get(ctx context.Context, id string) (*sluicev1.Job, error) {
 	job, _, err := q.get(ctx, id)
+	if !errors.Is(err, ErrNotFound) {
+		return job, err
+	}
+	msg, err := q.stream.GetLastMsgForSubject(ctx, jobSubjects(id))
+	switch {
+	case err == nil:
+		return queuedJob(msg), nil
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil, fmt.Errorf("buffer: read job %s: %w", id, err)
+	}
+	job, _, err = q.get(ctx, id)
 	return job, err
+}
+
+// queuedJob is the state of a job that only has its message.
+func queuedJob(msg *jetstream.RawStreamMsg) *sluicev1.Job {
+	function, _, _ := strings.Cut(msg.Subject[len(SubjectPrefix):], ".")
+	return &sluicev1.Job{
+		Id:          msg.Header.Get(headerJobID),
+		Function:    function,
+		State:       sluicev1.Job_QUEUED,
+		CreateTime:  timestamppb.New(timeHeader(msg.Header, headerCreateTime)),
+		ContentType: msg.Header.Get(headerContentTyp),
+		PayloadSize: int64(len(msg.Data)),
+	}
 }
 
 func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, error) {
@@ -226,17 +257,6 @@ func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, erro
 		return nil, 0, fmt.Errorf("buffer: decode job %s: %w", id, err)
 	}
 	return job, entry.Revision(), nil
-}
-
-func (q *Queue) create(ctx context.Context, job *sluicev1.Job) error {
-	b, err := proto.Marshal(job)
-	if err != nil {
-		return fmt.Errorf("buffer: encode job: %w", err)
-	}
-	if _, err := q.state.Create(ctx, job.Id, b); err != nil {
-		return fmt.Errorf("buffer: write job %s: %w", job.Id, err)
-	}
-	return nil
 }
 
 // snapshot is a job's state as last read or written, with its revision,
