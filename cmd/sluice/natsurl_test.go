@@ -34,7 +34,7 @@ func TestExternalNATS(t *testing.T) {
 	}
 	g := &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}
 	done := make(chan error, 1)
-	ctx, cancel := contextWithCancel(t)
+	ctx, cancel := context.WithCancel(context.Background())
 	go func() { done <- p.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
@@ -45,8 +45,4 @@ func TestExternalNATS(t *testing.T) {
 	if j := waitREST(t, g, strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"), 10*time.Second); j.State != "SUCCEEDED" {
 		t.Fatalf("job = %+v", j)
 	}
-}
-
-func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
-	return context.WithCancel(context.Background())
 }
