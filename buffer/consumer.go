@@ -271,13 +271,7 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 		if Terminal(j.State) {
 			return ErrFinished
 		}
-		if !d.begun {
-			// An attempt quick enough that Begin never wrote it.
-			j.Attempts++
-			if !d.invokedAt.IsZero() {
-				j.StartTime = timestamppb.New(d.invokedAt)
-			}
-		}
+		d.countQuickAttempt(j)
 		set(j)
 		j.FinishTime = timestamppb.New(d.q.now())
 		return nil
@@ -287,6 +281,51 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 		return err
 	}
 	return d.ack()
+}
+
+// countQuickAttempt counts an attempt that was invoked but ended before
+// Begin wrote it.
+func (d *Delivery) countQuickAttempt(j *sluicev1.Job) {
+	if d.begun || d.invokedAt.IsZero() {
+		return
+	}
+	j.Attempts++
+	j.StartTime = timestamppb.New(d.invokedAt)
+}
+
+// Expire ends a job that ran out of time as EXPIRED with the reason and
+// removes it from the queue.
+func (d *Delivery) Expire(ctx context.Context, reason string) error {
+	return d.finish(ctx, func(j *sluicev1.Job) {
+		j.State = sluicev1.Job_EXPIRED
+		j.Error = reason
+	})
+}
+
+// Retry hands a job whose attempt failed back to the queue, to be
+// delivered again after delay at the earliest. The attempt counts; the
+// job is QUEUED again with the attempt's error (and response, if any).
+func (d *Delivery) Retry(ctx context.Context, reason string, result *sluicev1.JobResult, delay time.Duration) error {
+	_, err := d.change(ctx, func(j *sluicev1.Job) error {
+		if Terminal(j.State) {
+			return ErrFinished
+		}
+		d.countQuickAttempt(j)
+		j.State = sluicev1.Job_QUEUED
+		j.Error = reason
+		j.Result = result
+		return nil
+	})
+	if errors.Is(err, ErrFinished) {
+		return d.ack()
+	}
+	if err != nil {
+		return err
+	}
+	if err := d.msg.NakWithDelay(delay); err != nil {
+		return fmt.Errorf("buffer: retry job %s: %w", d.JobID, err)
+	}
+	return nil
 }
 
 // Release hands an unfinished job back to the queue to run again at once:

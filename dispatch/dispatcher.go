@@ -38,6 +38,11 @@ type Function struct {
 	RateBurst int
 	// KeepWarm holds environments warm while the function is idle.
 	KeepWarm KeepWarm
+	// Retry says which failed attempts are tried again, and when.
+	Retry RetryPolicy
+	// MaxAge ends a job not finished this long after it was accepted as
+	// EXPIRED, throttles and retries included. Zero means no limit.
+	MaxAge time.Duration
 }
 
 // KeepWarm sends keep-warm pings (Sluice-Warmup: 1, never a job): while the
@@ -108,7 +113,11 @@ func New(cfg Config) (*Dispatcher, error) {
 		if f.Pacing.Initial < 0 || f.Pacing.PerMinute < 0 || f.RatePerSecond < 0 || f.RateBurst < 0 {
 			return nil, fmt.Errorf("dispatch: function %q: pacing values must not be negative", f.Name)
 		}
+		if f.Retry.MaxAttempts < 0 || f.Retry.InitialBackoff < 0 || f.Retry.MaxBackoff < 0 || f.Retry.Multiplier < 0 || f.MaxAge < 0 {
+			return nil, fmt.Errorf("dispatch: function %q: retry values and max age must not be negative", f.Name)
+		}
 		f.Pacing.setDefaults(f.Concurrency)
+		f.Retry.setDefaults()
 	}
 	if cfg.PaceEvery == 0 {
 		cfg.PaceEvery = 100 * time.Millisecond
@@ -272,6 +281,12 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		l.settle(dv.Release, dv)
 		return
 	}
+	if age := l.cfg.Now().Sub(job.GetCreateTime().AsTime()); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
+		reason := fmt.Sprintf("not finished within its max age of %s", l.fn.MaxAge)
+		log.Warn("job expired", "age", age, "attempts", job.Attempts)
+		l.settle(func(ctx context.Context) error { return dv.Expire(ctx, reason) }, dv)
+		return
+	}
 	attempt := job.Attempts + 1
 	// Marking the job RUNNING is one fsync'd write. It runs beside the
 	// invocation, not before it, and only once the invocation has run for
@@ -327,7 +342,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	if err != nil {
 		reason := describeInvokeError(err, l.fn.Timeout)
 		log.Warn("invocation failed", "attempt", attempt, "reason", reason, "err", err)
-		l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, nil) }, dv)
+		l.failed(dv, int(attempt), reason, nil, retryableError(err), 0)
 		return
 	}
 	if retryAfter, throttled := throttleOf(resp, l.cfg.Now()); throttled {
@@ -345,7 +360,23 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	}
 	log.Warn("function answered with an error", "attempt", attempt, "status", resp.Status)
 	reason := fmt.Sprintf("function answered HTTP %d", resp.Status)
-	l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, result) }, dv)
+	retryAfter, _ := parseRetryAfter(resp.RetryAfter, l.cfg.Now())
+	l.failed(dv, int(attempt), reason, result, retryableStatus(resp.Status), retryAfter)
+}
+
+// failed retries a failed attempt after its backoff if the failure may pass
+// and attempts remain, and otherwise fails the job.
+func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, result *sluicev1.JobResult, retryable bool, retryAfter time.Duration) {
+	if !retryable || attempt >= l.fn.Retry.MaxAttempts {
+		if retryable && l.fn.Retry.MaxAttempts > 1 {
+			reason += fmt.Sprintf(" (attempt %d of %d)", attempt, l.fn.Retry.MaxAttempts)
+		}
+		l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, result) }, dv)
+		return
+	}
+	delay := l.fn.Retry.delay(attempt, retryAfter)
+	l.log.Info("attempt failed; retrying", "job_id", dv.JobID, "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
+	l.settle(func(ctx context.Context) error { return dv.Retry(ctx, reason, result, delay) }, dv)
 }
 
 // throttleOf tells whether the platform refused an invocation for capacity

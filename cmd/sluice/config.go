@@ -46,6 +46,28 @@ type FunctionConfig struct {
 	IdleReap Duration `yaml:"idle_reap"`
 	// Adaptive learns the real limit from throttles. Default true.
 	Adaptive *bool `yaml:"adaptive"`
+	// Retry says which failed attempts are tried again, and when.
+	Retry RetryConfig `yaml:"retry"`
+	// MaxAge ends a job not finished this long after it was accepted as
+	// EXPIRED. Default 6h.
+	MaxAge Duration `yaml:"max_age"`
+}
+
+// RetryConfig is a function's retry policy. Retried: 5xx but 501, 408,
+// timeouts and connection failures; other answers fail the job at once.
+type RetryConfig struct {
+	// MaxAttempts is the most attempts per job, throttles not counted.
+	// Default 5.
+	MaxAttempts Count `yaml:"max_attempts"`
+	// InitialBackoff is the wait before the second attempt. Default 1s.
+	InitialBackoff Duration `yaml:"initial_backoff"`
+	// MaxBackoff caps the wait between attempts. Default 5m.
+	MaxBackoff Duration `yaml:"max_backoff"`
+	// Multiplier grows the wait after each attempt. Default 2.
+	Multiplier float64 `yaml:"multiplier"`
+	// Jitter is "full" (wait a random time up to the backoff; default) or
+	// "none".
+	Jitter string `yaml:"jitter"`
 }
 
 // ScalingConfig is the platform's scaling model.
@@ -90,6 +112,8 @@ const (
 	maxTimeout         = time.Hour
 	defaultMaxPayload  = 1 << 20
 	defaultIdleReap    = 10 * time.Minute
+	defaultMaxAge      = 6 * time.Hour
+	defaultMaxAttempts = 5
 	// defaultKeepWarmEvery stays under the idle time after which common
 	// platforms reap environments (5 to 15 minutes).
 	defaultKeepWarmEvery = 4 * time.Minute
@@ -250,6 +274,35 @@ func (c *Config) setDefaultsAndCheck() error {
 		}
 		if f.IdleReap == 0 {
 			f.IdleReap = Duration(defaultIdleReap)
+		}
+		if f.MaxAge == 0 {
+			f.MaxAge = Duration(defaultMaxAge)
+		}
+		r := &f.Retry
+		if r.MaxAttempts == 0 {
+			r.MaxAttempts = defaultMaxAttempts
+		}
+		if r.InitialBackoff == 0 {
+			r.InitialBackoff = Duration(time.Second)
+		}
+		if r.MaxBackoff == 0 {
+			r.MaxBackoff = Duration(5 * time.Minute)
+		}
+		if r.MaxBackoff < r.InitialBackoff {
+			bad("retry.max_backoff", "%s is shorter than initial_backoff (%s)", time.Duration(r.MaxBackoff), time.Duration(r.InitialBackoff))
+		}
+		if r.Multiplier == 0 {
+			r.Multiplier = 2
+		}
+		if r.Multiplier < 1 || math.IsInf(r.Multiplier, 0) || math.IsNaN(r.Multiplier) {
+			bad("retry.multiplier", "%v is not a number of at least 1", r.Multiplier)
+		}
+		switch r.Jitter {
+		case "":
+			r.Jitter = "full"
+		case "full", "none":
+		default:
+			bad("retry.jitter", "%q is neither full nor none", r.Jitter)
 		}
 		if f.Adaptive == nil {
 			adaptive := true

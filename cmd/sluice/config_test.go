@@ -124,6 +124,8 @@ functions:
     keep_warm: {instances: 2, every: 4m}
     idle_reap: 10m
     adaptive: false
+    retry: {max_attempts: 3, initial_backoff: 2s, max_backoff: 1m, multiplier: 3, jitter: none}
+    max_age: 1h
   - name: plain
     url: http://x/
 `))
@@ -132,8 +134,14 @@ functions:
 	}
 	paced, plain := dispatchFunction(cfg.Functions[0]), dispatchFunction(cfg.Functions[1])
 	if paced.Pacing.Initial != 10 || paced.Pacing.PerMinute != 600 || paced.Pacing.Adaptive || paced.Pacing.IdleReap != 10*time.Minute ||
-		paced.RatePerSecond != 200 || paced.RateBurst != 20 || paced.KeepWarm.Instances != 2 || paced.KeepWarm.Every != 4*time.Minute {
+		paced.RatePerSecond != 200 || paced.RateBurst != 20 || paced.KeepWarm.Instances != 2 || paced.KeepWarm.Every != 4*time.Minute ||
+		paced.Retry.MaxAttempts != 3 || paced.Retry.InitialBackoff != 2*time.Second || paced.Retry.MaxBackoff != time.Minute ||
+		paced.Retry.Multiplier != 3 || !paced.Retry.NoJitter || paced.MaxAge != time.Hour {
 		t.Errorf("paced = %+v", paced)
+	}
+	if plain.Retry.MaxAttempts != 5 || plain.Retry.InitialBackoff != time.Second || plain.Retry.MaxBackoff != 5*time.Minute ||
+		plain.Retry.Multiplier != 2 || plain.Retry.NoJitter || plain.MaxAge != 6*time.Hour {
+		t.Errorf("plain retry = %+v, max age %v; want the defaults 5, 1s, 5m, 2, full jitter, 6h", plain.Retry, plain.MaxAge)
 	}
 	if plain.Pacing.Initial != defaultConcurrency || plain.Pacing.PerMinute != 0 || !plain.Pacing.Adaptive || plain.KeepWarm.Instances != 0 || plain.RatePerSecond != 0 {
 		t.Errorf("plain = %+v, want the window at concurrency, adaptive, no keep-warm, no rate", plain)
@@ -144,6 +152,10 @@ functions:
 		{"zero rate", "functions:\n  - name: a\n    url: http://x/\n    rate: {per_second: 0}\n", "rate.per_second: 0 is not a positive number"},
 		{"keep warm above concurrency", "functions:\n  - name: a\n    url: http://x/\n    concurrency: 2\n    keep_warm: {instances: 3}\n", "keep_warm.instances: 3 is more than the function's concurrency of 2"},
 		{"keep warm slower than reap", "functions:\n  - name: a\n    url: http://x/\n    keep_warm: {instances: 1, every: 20m}\n", "keep_warm.every: 20m0s is not shorter than idle_reap (10m0s)"},
+		{"retry jitter", "functions:\n  - name: a\n    url: http://x/\n    retry: {jitter: some}\n", `retry.jitter: "some" is neither full nor none`},
+		{"retry multiplier", "functions:\n  - name: a\n    url: http://x/\n    retry: {multiplier: 0.5}\n", "retry.multiplier: 0.5 is not a number of at least 1"},
+		{"retry backoffs", "functions:\n  - name: a\n    url: http://x/\n    retry: {initial_backoff: 10m, max_backoff: 1m}\n", "retry.max_backoff: 1m0s is shorter than initial_backoff (10m0s)"},
+		{"retry attempts", "functions:\n  - name: a\n    url: http://x/\n    retry: {max_attempts: 0}\n", "functions[0].retry.max_attempts: line 4"},
 		{"adaptive not a bool", "functions:\n  - name: a\n    url: http://x/\n    adaptive: maybe\n", "functions[0].adaptive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

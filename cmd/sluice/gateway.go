@@ -156,6 +156,14 @@ func dispatchFunction(f FunctionConfig) dispatch.Function {
 	if kw := f.KeepWarm; kw != nil {
 		df.KeepWarm = dispatch.KeepWarm{Instances: int(kw.Instances), Every: time.Duration(kw.Every)}
 	}
+	df.Retry = dispatch.RetryPolicy{
+		MaxAttempts:    int(f.Retry.MaxAttempts),
+		InitialBackoff: time.Duration(f.Retry.InitialBackoff),
+		MaxBackoff:     time.Duration(f.Retry.MaxBackoff),
+		Multiplier:     f.Retry.Multiplier,
+		NoJitter:       f.Retry.Jitter == "none",
+	}
+	df.MaxAge = time.Duration(f.MaxAge)
 	return df
 }
 

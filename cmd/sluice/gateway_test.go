@@ -394,7 +394,7 @@ func TestBadRequests(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
 	g := startTestGateway(t, t.TempDir(),
 		FunctionConfig{Name: "echo", URL: fnURL, MaxPayload: 1024},
-		FunctionConfig{Name: "failing", URL: failing.URL})
+		FunctionConfig{Name: "failing", URL: failing.URL, Retry: RetryConfig{MaxAttempts: 1}})
 
 	resp := post(t, g.base+"/v1/functions/failing/jobs", "text/plain", []byte("x"))
 	failedID := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
