@@ -228,6 +228,51 @@ func (q *Queue) Get(ctx context.Context, id string) (*sluicev1.Job, error) {
 	return job, err
 }
 
+// Cancel ends a job that has not finished as CANCELLED and returns it.
+// Dispatch finds a cancelled job's message cancelled when it is delivered
+// and removes it without invoking anything; for a job already running, the
+// attempt in flight is not stopped, but its outcome is discarded and no
+// other is made. It returns [ErrInvalidID], [ErrNotFound], or [ErrFinished]
+// with the job as it ended.
+func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
+	if !ValidJobID(id) {
+		return nil, ErrInvalidID
+	}
+	// A job without a state entry is only its message: the entry is
+	// created from it, as dispatch would.
+	var seed func() *sluicev1.Job
+	if _, _, err := q.get(ctx, id); errors.Is(err, ErrNotFound) {
+		msg, err := q.stream.GetLastMsgForSubject(ctx, jobSubjects(id))
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			// Gone between the two reads, or never there: the update
+			// reads the entry again and reports ErrNotFound if it is
+			// not there either.
+		case err != nil:
+			return nil, fmt.Errorf("buffer: read job %s: %w", id, err)
+		default:
+			seed = func() *sluicev1.Job { return queuedJob(msg) }
+		}
+	}
+	snap, err := q.update(ctx, id, nil, seed, func(j *sluicev1.Job) error {
+		if Terminal(j.State) {
+			return ErrFinished
+		}
+		if j.State == sluicev1.Job_RUNNING {
+			j.Error = "cancelled while running: the attempt in flight was not stopped, its outcome is discarded and no other is made"
+		} else {
+			j.Error = "cancelled before it ran"
+		}
+		j.State = sluicev1.Job_CANCELLED
+		j.FinishTime = timestamppb.New(q.now())
+		return nil
+	})
+	if snap == nil {
+		return nil, err
+	}
+	return snap.job, err
+}
+
 // queuedJob is the state of a job that only has its message.
 func queuedJob(msg *jetstream.RawStreamMsg) *sluicev1.Job {
 	function, _, _ := strings.Cut(msg.Subject[len(SubjectPrefix):], ".")

@@ -198,3 +198,40 @@ func TestQuickAttemptCountedWithoutBegin(t *testing.T) {
 		t.Errorf("job = %v, want SUCCEEDED with one attempt started at %v", got, started)
 	}
 }
+
+func TestCancel(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	queued, err := q.Submit(ctx, "f", []byte("a"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Cancel(ctx, queued.Id)
+	if err != nil || got.State != sluicev1.Job_CANCELLED || got.Error != "cancelled before it ran" || got.FinishTime == nil {
+		t.Fatalf("Cancel(queued) = %v, %v; want CANCELLED before it ran", got, err)
+	}
+	if again, err := q.Cancel(ctx, queued.Id); !errors.Is(err, buffer.ErrFinished) || again.GetState() != sluicev1.Job_CANCELLED {
+		t.Errorf("second Cancel = %v, %v; want ErrFinished with the cancelled job", again, err)
+	}
+	for _, tc := range []struct {
+		id   string
+		want error
+	}{{"nope", buffer.ErrInvalidID}, {buffer.NewJobID(), buffer.ErrNotFound}} {
+		if _, err := q.Cancel(ctx, tc.id); !errors.Is(err, tc.want) {
+			t.Errorf("Cancel(%q) error = %v, want %v", tc.id, err, tc.want)
+		}
+	}
+
+	// The dispatcher finds the cancelled job and removes it uninvoked.
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := fetch(t, c, 1, 2*time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+	if _, err := ds[0].Prepare(ctx); !errors.Is(err, buffer.ErrFinished) {
+		t.Errorf("Prepare of a cancelled job: %v, want ErrFinished", err)
+	}
+}

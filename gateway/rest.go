@@ -114,8 +114,8 @@ func forwardResponse(_ context.Context, w http.ResponseWriter, m proto.Message) 
 }
 
 // errorHandler adds to grpc-gateway's default: 413 for a payload over its
-// limit, 409 for the result of a job that failed, and Retry-After from a
-// RetryInfo detail.
+// limit, 409 for the result of a job that failed or the cancel of a finished
+// one, and Retry-After from a RetryInfo detail.
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	st := status.Convert(err)
 	httpStatus := runtime.HTTPStatusFromCode(st.Code())
@@ -129,7 +129,7 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 			switch d.GetReason() {
 			case ReasonPayloadTooLarge:
 				httpStatus = http.StatusRequestEntityTooLarge
-			case ReasonJobNotSucceeded:
+			case ReasonJobNotSucceeded, ReasonJobFinished:
 				httpStatus = http.StatusConflict
 			}
 		case *errdetails.RetryInfo:

@@ -28,6 +28,9 @@ type Enqueuer interface {
 	// Get returns a job; buffer.ErrInvalidID or buffer.ErrNotFound when it
 	// cannot.
 	Get(ctx context.Context, id string) (*sluicev1.Job, error)
+	// Cancel ends an unfinished job as CANCELLED; buffer.ErrFinished (with
+	// the job) for one that already ended.
+	Cancel(ctx context.Context, id string) (*sluicev1.Job, error)
 }
 
 var _ Enqueuer = (*buffer.Queue)(nil)
@@ -89,6 +92,8 @@ const (
 	// ReasonJobNotSucceeded: a result was asked of a job that ended
 	// without one (409).
 	ReasonJobNotSucceeded = "JOB_NOT_SUCCEEDED"
+	// ReasonJobFinished: a finished job was asked to change (409).
+	ReasonJobFinished = "JOB_FINISHED"
 )
 
 // Service implements sluice.v1's JobService and FunctionService. It is safe
@@ -215,6 +220,20 @@ func (s *Service) GetJobResult(ctx context.Context, req *sluicev1.GetJobResultRe
 	}
 }
 
+// CancelJob ends an unfinished job as CANCELLED.
+func (s *Service) CancelJob(ctx context.Context, req *sluicev1.CancelJobRequest) (*sluicev1.CancelJobResponse, error) {
+	job, err := s.jobs.Cancel(ctx, req.GetId())
+	switch {
+	case errors.Is(err, buffer.ErrFinished):
+		return nil, withDetails(codes.FailedPrecondition,
+			fmt.Sprintf("job %s already ended %s; only an unfinished job can be cancelled", req.GetId(), job.GetState()),
+			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonJobFinished})
+	case err != nil:
+		return nil, s.jobError(ctx, req.GetId(), err)
+	}
+	return &sluicev1.CancelJobResponse{Job: job}, nil
+}
+
 // ListFunctions returns every configured function, sorted by name.
 func (s *Service) ListFunctions(context.Context, *sluicev1.ListFunctionsRequest) (*sluicev1.ListFunctionsResponse, error) {
 	out := make([]*sluicev1.Function, 0, len(s.functions))
@@ -296,15 +315,21 @@ func (s *Service) function(name string) (Function, error) {
 
 func (s *Service) getJob(ctx context.Context, id string) (*sluicev1.Job, error) {
 	job, err := s.jobs.Get(ctx, id)
-	switch {
-	case errors.Is(err, buffer.ErrInvalidID):
-		return nil, status.Errorf(codes.InvalidArgument, "job id %q is malformed: a job id is 26 characters from A-Z and 2-7, as SubmitJob returns it", truncate(id, 64))
-	case errors.Is(err, buffer.ErrNotFound):
-		return nil, status.Errorf(codes.NotFound, "job %s not found", id)
-	case err != nil:
-		return nil, s.internal(ctx, "read job", err)
+	if err != nil {
+		return nil, s.jobError(ctx, id, err)
 	}
 	return job, nil
+}
+
+// jobError translates buffer's errors about one job.
+func (s *Service) jobError(ctx context.Context, id string, err error) error {
+	switch {
+	case errors.Is(err, buffer.ErrInvalidID):
+		return status.Errorf(codes.InvalidArgument, "job id %q is malformed: a job id is 26 characters from A-Z and 2-7, as SubmitJob returns it", truncate(id, 64))
+	case errors.Is(err, buffer.ErrNotFound):
+		return status.Errorf(codes.NotFound, "job %s not found", id)
+	}
+	return s.internal(ctx, "job "+id, err)
 }
 
 // internal logs err and returns an error that tells the caller nothing

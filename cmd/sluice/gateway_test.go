@@ -571,16 +571,10 @@ func TestFunctionStatusShowsLiveWindow(t *testing.T) {
 	for range 5 {
 		post(t, g.base+"/v1/functions/ramp/jobs", "text/plain", []byte("x"))
 	}
-	type status struct {
-		Window   int    `json:"window"`
-		InFlight int    `json:"inFlight"`
-		Backlog  string `json:"backlog"`
-		Reason   string `json:"reason"`
-	}
 	var fn struct {
-		InitialWindow    int    `json:"initialWindow"`
-		ScalingPerMinute int    `json:"scalingPerMinute"`
-		Status           status `json:"status"`
+		InitialWindow    int        `json:"initialWindow"`
+		ScalingPerMinute int        `json:"scalingPerMinute"`
+		Status           liveStatus `json:"status"`
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		resp, body := get(t, g.base+"/v1/functions/ramp")
@@ -600,4 +594,96 @@ func TestFunctionStatusShowsLiveWindow(t *testing.T) {
 	if fn.Status.Window != 2 || fn.InitialWindow != 2 || fn.ScalingPerMinute != 60 {
 		t.Errorf("function = %+v; want window 2 of initial 2, ramping at 60/min", fn)
 	}
+}
+
+func TestCancel(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	invoked := map[string]int{}
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		invoked[r.Header.Get("Sluice-Job-Id")]++
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(fn.Close)
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "one", URL: fn.URL, Concurrency: 1})
+	submitID := func() string {
+		resp := post(t, g.base+"/v1/functions/one/jobs", "text/plain", []byte("x"))
+		return strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
+	}
+	cancel := func(id string) (int, string) {
+		resp := post(t, g.base+"/v1/jobs/"+id+":cancel", "application/json", nil)
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	running, queued := submitID(), submitID()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := invoked[running]
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first job never started")
+		}
+	}
+
+	if code, body := cancel(queued); code != http.StatusOK || !strings.Contains(body, `"state":"CANCELLED"`) || !strings.Contains(body, "cancelled before it ran") {
+		t.Errorf("cancel queued job: %d %s", code, body)
+	}
+	if code, body := cancel(running); code != http.StatusOK || !strings.Contains(body, `"state":"CANCELLED"`) {
+		t.Errorf("cancel running job: %d %s", code, body)
+	}
+	if code, body := cancel(queued); code != http.StatusConflict || !strings.Contains(body, "already ended CANCELLED") {
+		t.Errorf("cancel a cancelled job: %d %s; want 409", code, body)
+	}
+	if code, _ := cancel("AAAAAAAAAAAAAAAAAAAAAAAAAA"); code != http.StatusNotFound {
+		t.Errorf("cancel unknown job: %d; want 404", code)
+	}
+
+	// The running attempt ends; its outcome is discarded, and the
+	// cancelled queued job is removed without being invoked.
+	close(release)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st := fnStatusOf(t, g, "one")
+		if st.InFlight == 0 && st.Backlog == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue never emptied: %+v", st)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if invoked[queued] != 0 {
+		t.Errorf("the job cancelled before it ran was invoked %d times", invoked[queued])
+	}
+	if j := waitREST(t, g, running, time.Second); j.State != "CANCELLED" {
+		t.Errorf("the job cancelled while running ended %s", j.State)
+	}
+}
+
+type liveStatus struct {
+	Window   int    `json:"window"`
+	InFlight int    `json:"inFlight"`
+	Backlog  string `json:"backlog"`
+	Reason   string `json:"reason"`
+}
+
+func fnStatusOf(t *testing.T, g *testGateway, name string) liveStatus {
+	t.Helper()
+	resp, body := get(t, g.base+"/v1/functions/"+name)
+	var fn struct {
+		Status liveStatus `json:"status"`
+	}
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &fn) != nil {
+		t.Fatalf("GET function: %d %s", resp.StatusCode, body)
+	}
+	return fn.Status
 }

@@ -610,6 +610,98 @@ func (x *GetJobResultResponse) GetRetryAfterSeconds() int32 {
 	return 0
 }
 
+// CancelJobRequest names a job.
+type CancelJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job's ID, as SubmitJob returned it.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobRequest) Reset() {
+	*x = CancelJobRequest{}
+	mi := &file_sluice_v1_job_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobRequest) ProtoMessage() {}
+
+func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_job_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
+func (*CancelJobRequest) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CancelJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// CancelJobResponse holds the cancelled job.
+type CancelJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job, CANCELLED.
+	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobResponse) Reset() {
+	*x = CancelJobResponse{}
+	mi := &file_sluice_v1_job_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobResponse) ProtoMessage() {}
+
+func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_job_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
+func (*CancelJobResponse) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CancelJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
@@ -661,7 +753,11 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x14GetJobResultResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12(\n" +
 	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12.\n" +
-	"\x13retry_after_seconds\x18\x03 \x01(\x05R\x11retryAfterSeconds2\xe6\a\n" +
+	"\x13retry_after_seconds\x18\x03 \x01(\x05R\x11retryAfterSeconds\"'\n" +
+	"\x10CancelJobRequest\x12\x13\n" +
+	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"5\n" +
+	"\x11CancelJobResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job2\xb7\t\n" +
 	"\n" +
 	"JobService\x12\x8b\x03\n" +
 	"\tSubmitJob\x12\x1b.sluice.v1.SubmitJobRequest\x1a\x1c.sluice.v1.SubmitJobResponse\"\xc2\x02\x92A\x8b\x02\x1a\x90\x01The request body is the payload itself, of any Content-Type, sent to the function as it is: not the HttpBody JSON object the schema below names.2\x03*/*Jq\n" +
@@ -683,7 +779,13 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\bLocation\x12\b\x12\x06string\x1a\x18\n" +
 	"\vRetry-After\x12\t\x12\aintegerJD\n" +
 	"\x03409\x12=\n" +
-	";The job ended without success; GET /v1/jobs/{id} tells why.\x82\xd3\xe4\x93\x02\x1cb\x04body\x12\x14/v1/jobs/{id}/resultB\xa1\x01\x92Ak\x12i\n" +
+	";The job ended without success; GET /v1/jobs/{id} tells why.\x82\xd3\xe4\x93\x02\x1cb\x04body\x12\x14/v1/jobs/{id}/result\x12\xce\x01\n" +
+	"\tCancelJob\x12\x1b.sluice.v1.CancelJobRequest\x1a\x1c.sluice.v1.CancelJobResponse\"\x85\x01\x92A^J4\n" +
+	"\x03200\x12-\n" +
+	"\x17The job, now CANCELLED.\x12\x12\n" +
+	"\x10\x1a\x0e.sluice.v1.JobJ&\n" +
+	"\x03409\x12\x1f\n" +
+	"\x1dThe job had already finished.\x82\xd3\xe4\x93\x02\x1e:\x01*b\x03job\"\x14/v1/jobs/{id}:cancelB\xa1\x01\x92Ak\x12i\n" +
 	"\x06Sluice\x12[Buffers jobs for serverless functions and dispatches them at a pace the functions can take.2\x02v1Z1github.com/sluicehq/sluice/api/sluice/v1;sluicev1b\x06proto3"
 
 var (
@@ -699,7 +801,7 @@ func file_sluice_v1_job_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_sluice_v1_job_proto_goTypes = []any{
 	(Job_State)(0),                // 0: sluice.v1.Job.State
 	(*Job)(nil),                   // 1: sluice.v1.Job
@@ -710,31 +812,36 @@ var file_sluice_v1_job_proto_goTypes = []any{
 	(*GetJobResponse)(nil),        // 6: sluice.v1.GetJobResponse
 	(*GetJobResultRequest)(nil),   // 7: sluice.v1.GetJobResultRequest
 	(*GetJobResultResponse)(nil),  // 8: sluice.v1.GetJobResultResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*httpbody.HttpBody)(nil),     // 10: google.api.HttpBody
+	(*CancelJobRequest)(nil),      // 9: sluice.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 10: sluice.v1.CancelJobResponse
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*httpbody.HttpBody)(nil),     // 12: google.api.HttpBody
 }
 var file_sluice_v1_job_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Job.state:type_name -> sluice.v1.Job.State
-	9,  // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	9,  // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
-	9,  // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
+	11, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	11, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
+	11, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
 	2,  // 4: sluice.v1.Job.result:type_name -> sluice.v1.JobResult
-	10, // 5: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
+	12, // 5: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
 	1,  // 6: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
 	1,  // 7: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
 	1,  // 8: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
-	10, // 9: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
-	3,  // 10: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
-	5,  // 11: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
-	7,  // 12: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
-	4,  // 13: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
-	6,  // 14: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
-	8,  // 15: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	12, // 9: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
+	1,  // 10: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
+	3,  // 11: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
+	5,  // 12: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
+	7,  // 13: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
+	9,  // 14: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
+	4,  // 15: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
+	6,  // 16: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
+	8,  // 17: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
+	10, // 18: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
+	15, // [15:19] is the sub-list for method output_type
+	11, // [11:15] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_job_proto_init() }
@@ -748,7 +855,7 @@ func file_sluice_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_job_proto_rawDesc), len(file_sluice_v1_job_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	JobService_SubmitJob_FullMethodName    = "/sluice.v1.JobService/SubmitJob"
 	JobService_GetJob_FullMethodName       = "/sluice.v1.JobService/GetJob"
 	JobService_GetJobResult_FullMethodName = "/sluice.v1.JobService/GetJobResult"
+	JobService_CancelJob_FullMethodName    = "/sluice.v1.JobService/CancelJob"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -44,6 +45,11 @@ type JobServiceClient interface {
 	// Over REST it is the response body verbatim with its Content-Type; while
 	// the job is pending the answer is 202 with Retry-After and Location.
 	GetJobResult(ctx context.Context, in *GetJobResultRequest, opts ...grpc.CallOption) (*GetJobResultResponse, error)
+	// CancelJob ends a job that has not finished as CANCELLED. A queued job
+	// never runs; for a running one the attempt in flight is not stopped, but
+	// its outcome is discarded and no further attempt is made. A job that has
+	// already finished cannot be cancelled (FAILED_PRECONDITION, 409).
+	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
 }
 
 type jobServiceClient struct {
@@ -84,6 +90,16 @@ func (c *jobServiceClient) GetJobResult(ctx context.Context, in *GetJobResultReq
 	return out, nil
 }
 
+func (c *jobServiceClient) CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelJobResponse)
+	err := c.cc.Invoke(ctx, JobService_CancelJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -104,6 +120,11 @@ type JobServiceServer interface {
 	// Over REST it is the response body verbatim with its Content-Type; while
 	// the job is pending the answer is 202 with Retry-After and Location.
 	GetJobResult(context.Context, *GetJobResultRequest) (*GetJobResultResponse, error)
+	// CancelJob ends a job that has not finished as CANCELLED. A queued job
+	// never runs; for a running one the attempt in flight is not stopped, but
+	// its outcome is discarded and no further attempt is made. A job that has
+	// already finished cannot be cancelled (FAILED_PRECONDITION, 409).
+	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -122,6 +143,9 @@ func (UnimplementedJobServiceServer) GetJob(context.Context, *GetJobRequest) (*G
 }
 func (UnimplementedJobServiceServer) GetJobResult(context.Context, *GetJobResultRequest) (*GetJobResultResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetJobResult not implemented")
+}
+func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -198,6 +222,24 @@ func _JobService_GetJobResult_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_CancelJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).CancelJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_CancelJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).CancelJob(ctx, req.(*CancelJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -216,6 +258,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetJobResult",
 			Handler:    _JobService_GetJobResult_Handler,
+		},
+		{
+			MethodName: "CancelJob",
+			Handler:    _JobService_CancelJob_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
