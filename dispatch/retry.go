@@ -43,8 +43,10 @@ func (r *RetryPolicy) setDefaults() {
 }
 
 // Backoff is the ceiling of the wait after the given failed attempt
-// (counted from 1): InitialBackoff × Multiplier^(attempt-1), capped.
-func (r *RetryPolicy) Backoff(attempt int) time.Duration {
+// (counted from 1): InitialBackoff × Multiplier^(attempt-1), capped at
+// MaxBackoff; zero fields take their defaults.
+func (r RetryPolicy) Backoff(attempt int) time.Duration {
+	r.setDefaults()
 	d := float64(r.InitialBackoff) * math.Pow(r.Multiplier, float64(max(attempt-1, 0)))
 	if d >= float64(r.MaxBackoff) || math.IsInf(d, 0) || math.IsNaN(d) {
 		return r.MaxBackoff
@@ -54,7 +56,7 @@ func (r *RetryPolicy) Backoff(attempt int) time.Duration {
 
 // delay is the wait after the given failed attempt: the backoff, jittered,
 // and never shorter than the function's own Retry-After.
-func (r *RetryPolicy) delay(attempt int, retryAfter time.Duration) time.Duration {
+func (r RetryPolicy) delay(attempt int, retryAfter time.Duration) time.Duration {
 	d := r.Backoff(attempt)
 	if !r.NoJitter && d > 0 {
 		d = rand.N(d + 1)
