@@ -3,6 +3,8 @@ package buffer
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -26,6 +28,8 @@ const (
 	SubjectPrefix = "sluice.jobs."
 	// StateBucket is the key-value bucket holding each job's state.
 	StateBucket = "sluice-jobs"
+	// IdempotencyBucket maps a function's idempotency keys to job IDs.
+	IdempotencyBucket = "sluice-idempotency"
 )
 
 // Headers on a job message.
@@ -64,6 +68,9 @@ type Config struct {
 	// Retention is how long a job's state is kept after its last change.
 	// Default 7 days.
 	Retention time.Duration
+	// IdempotencyWindow is how long an idempotency key keeps returning the
+	// job it first created. Default 24h.
+	IdempotencyWindow time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -79,6 +86,9 @@ func (c *Config) setDefaults() {
 	if c.Retention == 0 {
 		c.Retention = 7 * 24 * time.Hour
 	}
+	if c.IdempotencyWindow == 0 {
+		c.IdempotencyWindow = 24 * time.Hour
+	}
 }
 
 // Queue is the durable job buffer. It is safe for concurrent use.
@@ -87,6 +97,7 @@ type Queue struct {
 	stream   jetstream.Stream
 	state    jetstream.KeyValue
 	pacingKV jetstream.KeyValue
+	idemKV   jetstream.KeyValue
 	now      func() time.Time
 }
 
@@ -141,7 +152,18 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
 	}
-	return &Queue{js: js, stream: stream, state: state, pacingKV: pacing, now: time.Now}, nil
+	idem, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      IdempotencyBucket,
+		Description: "Sluice: job ID by function and idempotency key",
+		History:     1,
+		TTL:         cfg.IdempotencyWindow,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("buffer: create bucket %s: %w", IdempotencyBucket, err)
+	}
+	return &Queue{js: js, stream: stream, state: state, pacingKV: pacing, idemKV: idem, now: time.Now}, nil
 }
 
 // NewJobID returns a random job ID: 128 bits from crypto/rand in base32.
@@ -164,12 +186,85 @@ func functionSubjects(function string) string { return SubjectPrefix + function 
 func jobSubjects(id string) string { return SubjectPrefix + "*." + id }
 
 // Submit stores a job for function and returns it in state QUEUED. It
-// returns only after JetStream has acknowledged the payload and the job's
-// state is written. It returns [ErrFull] when the buffer is at its limit.
+// returns only after JetStream has acknowledged the job's message, flushed
+// to disk. It returns [ErrFull] when the buffer is at its limit.
 func (q *Queue) Submit(ctx context.Context, function string, payload []byte, contentType string) (*sluicev1.Job, error) {
+	return q.publish(ctx, function, NewJobID(), payload, contentType)
+}
+
+// SubmitOnce is Submit with an idempotency key: the first submit of key
+// for function within the idempotency window creates the job; every other
+// returns that job (created false), also when they arrive at once or
+// through other gateway processes. If the first submit failed, a later one
+// creates the job.
+func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string) (job *sluicev1.Job, created bool, err error) {
+	k := idempotencyKey(function, key)
+	for {
+		id := NewJobID()
+		rev, err := q.idemKV.Create(ctx, k, []byte(id))
+		if err == nil {
+			job, err := q.publish(ctx, function, id, payload, contentType)
+			if err != nil {
+				// Let a retry of this submit create the job.
+				q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
+				return nil, false, err
+			}
+			return job, true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, false, fmt.Errorf("buffer: claim idempotency key: %w", err)
+		}
+		entry, err := q.idemKV.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // released meanwhile: claim it again
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("buffer: read idempotency key: %w", err)
+		}
+		job, err := q.awaitStored(ctx, string(entry.Value()))
+		if err == nil {
+			return job, false, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return nil, false, err
+		}
+		// The first submit claimed the key and never stored its job (it
+		// crashed in between): take the key over.
+		if err := q.idemKV.Delete(ctx, k, jetstream.LastRevision(entry.Revision())); err != nil && !isConflict(err) {
+			return nil, false, fmt.Errorf("buffer: release idempotency key: %w", err)
+		}
+	}
+}
+
+// awaitStored waits, briefly, for the job that another submit of the same
+// idempotency key is storing right now.
+func (q *Queue) awaitStored(ctx context.Context, id string) (*sluicev1.Job, error) {
+	const patience, step = 5 * time.Second, 10 * time.Millisecond
+	for deadline := time.Now().Add(patience); ; {
+		job, err := q.Get(ctx, id)
+		if !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
+			return job, err
+		}
+		select {
+		case <-time.After(step):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// idempotencyKey is the bucket key for a function's idempotency key: a
+// digest, so that any string the client chose is a valid key.
+func idempotencyKey(function, key string) string {
+	sum := sha256.Sum256([]byte(function + "\x00" + key))
+	return hex.EncodeToString(sum[:])
+}
+
+// publish stores a new job's message and returns the job, QUEUED.
+func (q *Queue) publish(ctx context.Context, function, id string, payload []byte, contentType string) (*sluicev1.Job, error) {
 	now := q.now().UTC()
 	job := &sluicev1.Job{
-		Id:          NewJobID(),
+		Id:          id,
 		Function:    function,
 		State:       sluicev1.Job_QUEUED,
 		CreateTime:  timestamppb.New(now),

@@ -2,6 +2,8 @@ package buffer_test
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -233,5 +235,61 @@ func TestCancel(t *testing.T) {
 	}
 	if _, err := ds[0].Prepare(ctx); !errors.Is(err, buffer.ErrFinished) {
 		t.Errorf("Prepare of a cancelled job: %v, want ErrFinished", err)
+	}
+}
+
+func TestSubmitOnceAcrossProcesses(t *testing.T) {
+	srv := buffertest.Start(t, "")
+	ctx := t.Context()
+	// Two queues on two connections, as two gateway processes have.
+	var queues []*buffer.Queue
+	for range 2 {
+		q, err := buffer.Open(ctx, srv.Connect(t), buffer.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		queues = append(queues, q)
+	}
+	const submits, keys = 1000, 100
+	ids := make([]string, submits)
+	created := make([]bool, submits)
+	var wg sync.WaitGroup
+	for i := range submits {
+		wg.Go(func() {
+			job, c, err := queues[i%2].SubmitOnce(ctx, "f", fmt.Sprint("key-", i%keys), []byte("x"), "text/plain")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i], created[i] = job.Id, c
+		})
+	}
+	wg.Wait()
+	byKey := map[int]string{}
+	distinct := map[string]bool{}
+	nCreated := 0
+	for i, id := range ids {
+		if prev, ok := byKey[i%keys]; ok && prev != id {
+			t.Fatalf("key-%d gave jobs %s and %s", i%keys, prev, id)
+		}
+		byKey[i%keys] = id
+		distinct[id] = true
+		if created[i] {
+			nCreated++
+		}
+	}
+	if len(distinct) != keys || nCreated != keys {
+		t.Errorf("%d submits with %d keys made %d jobs (%d reported created), want %d", submits, keys, len(distinct), nCreated, keys)
+	}
+	c, err := queues[0].Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if load, err := c.Load(ctx); err != nil || load.Backlog != keys {
+		t.Errorf("queue holds %d jobs (%v), want %d", load.Backlog, err, keys)
+	}
+	// Another function's key space is its own.
+	if job, c, err := queues[0].SubmitOnce(ctx, "g", "key-1", []byte("x"), "text/plain"); err != nil || !c || job.Id == byKey[1] {
+		t.Errorf("same key for another function: %v, created %v, %v; want a new job", job, c, err)
 	}
 }

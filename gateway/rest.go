@@ -30,6 +30,7 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 		runtime.WithMarshalerOption("application/json", marshaler),
 		runtime.WithForwardResponseOption(forwardResponse),
 		runtime.WithErrorHandler(errorHandler),
+		runtime.WithIncomingHeaderMatcher(incomingHeader),
 		// gRPC metadata is the gateway's business, not the REST caller's.
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
@@ -47,6 +48,15 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 	})
 	mux.Handle("/v1/", limitBody(limits, gw))
 	return mux, nil
+}
+
+// incomingHeader passes REST headers the services read on as gRPC
+// metadata: Idempotency-Key, besides grpc-gateway's defaults.
+func incomingHeader(key string) (string, bool) {
+	if http.CanonicalHeaderKey(key) == "Idempotency-Key" {
+		return MetadataIdempotencyKey, true
+	}
+	return runtime.DefaultHeaderMatcher(key)
 }
 
 // limitBody caps each request body at the payload limit of the function it
@@ -90,8 +100,14 @@ func writeTooLarge(w http.ResponseWriter, size, limit int64) {
 func forwardResponse(_ context.Context, w http.ResponseWriter, m proto.Message) error {
 	switch m.ProtoReflect().Descriptor().FullName() {
 	case "sluice.v1.SubmitJobResponse":
-		job := m.(interface{ GetJob() *sluicev1.Job }).GetJob()
-		w.Header().Set("Location", "/v1/jobs/"+job.GetId())
+		r := m.(interface {
+			GetJob() *sluicev1.Job
+			GetReplayed() bool
+		})
+		if r.GetReplayed() {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		w.Header().Set("Location", "/v1/jobs/"+r.GetJob().GetId())
 		w.WriteHeader(http.StatusAccepted)
 	case "sluice.v1.GetJobResultResponse":
 		r := m.(interface {

@@ -8,10 +8,12 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -28,6 +30,9 @@ type Enqueuer interface {
 	// Get returns a job; buffer.ErrInvalidID or buffer.ErrNotFound when it
 	// cannot.
 	Get(ctx context.Context, id string) (*sluicev1.Job, error)
+	// SubmitOnce stores a job unless the idempotency key already made one,
+	// which it then returns (created false).
+	SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string) (*sluicev1.Job, bool, error)
 	// Cancel ends an unfinished job as CANCELLED; buffer.ErrFinished (with
 	// the job) for one that already ended.
 	Cancel(ctx context.Context, id string) (*sluicev1.Job, error)
@@ -170,7 +175,19 @@ func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest)
 			fmt.Sprintf("payload is %d bytes; function %q accepts at most %d", size, f.Name, f.MaxPayload),
 			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadTooLarge})
 	}
-	job, err := s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType())
+	key, err := idempotencyKey(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	var job *sluicev1.Job
+	replayed := false
+	if key == "" {
+		job, err = s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType())
+	} else {
+		var created bool
+		job, created, err = s.jobs.SubmitOnce(ctx, f.Name, key, payload.GetData(), payload.GetContentType())
+		replayed = !created
+	}
 	switch {
 	case errors.Is(err, buffer.ErrFull):
 		return nil, withDetails(codes.Unavailable, "the job buffer is full; retry later",
@@ -178,7 +195,27 @@ func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest)
 	case err != nil:
 		return nil, s.internal(ctx, "submit job", err)
 	}
-	return &sluicev1.SubmitJobResponse{Job: job}, nil
+	return &sluicev1.SubmitJobResponse{Job: job, Replayed: replayed}, nil
+}
+
+// MetadataIdempotencyKey carries a REST caller's Idempotency-Key header.
+const MetadataIdempotencyKey = "idempotency-key"
+
+// idempotencyKey is the request's idempotency key, from its field or, for
+// REST callers, the Idempotency-Key header; "" when there is none.
+func idempotencyKey(ctx context.Context, req *sluicev1.SubmitJobRequest) (string, error) {
+	key := req.GetIdempotencyKey()
+	if key == "" {
+		if md, ok := metadata.FromIncomingContext(ctx); ok {
+			if v := md.Get(MetadataIdempotencyKey); len(v) > 0 {
+				key = v[0]
+			}
+		}
+	}
+	if len(key) > 255 || strings.IndexFunc(key, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return "", status.Error(codes.InvalidArgument, "idempotency key must be at most 255 printable characters")
+	}
+	return key, nil
 }
 
 // GetJob returns a job's state.

@@ -2,13 +2,19 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -44,5 +50,80 @@ func TestExternalNATS(t *testing.T) {
 	}
 	if j := waitREST(t, g, strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"), 10*time.Second); j.State != "SUCCEEDED" {
 		t.Fatalf("job = %+v", j)
+	}
+}
+
+// TestIdempotencyAcrossGateways submits the same keys at once through two
+// gateway processes sharing one NATS, over REST and gRPC.
+func TestIdempotencyAcrossGateways(t *testing.T) {
+	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	fnURL := startBlockedFunction(t) // jobs stay put: only the submits matter
+	var gateways []*testGateway
+	for range 2 {
+		cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: fnURL, Concurrency: 1}}}
+		if err := cfg.setDefaultsAndCheck(); err != nil {
+			t.Fatal(err)
+		}
+		p, err := startGateway(t.Context(), cfg, gatewayOptions{
+			HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: srv.ClientURL(), DrainTimeout: 100 * time.Millisecond,
+		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		gateways = append(gateways, &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()})
+	}
+
+	const submits, keys = 200, 20
+	locations := make([]string, submits)
+	replayed := make([]bool, submits)
+	var wg sync.WaitGroup
+	for i := range submits {
+		wg.Go(func() {
+			req, _ := http.NewRequest(http.MethodPost, gateways[i%2].base+"/v1/functions/f/jobs", strings.NewReader("x"))
+			req.Header.Set("Idempotency-Key", fmt.Sprint("order-", i%keys))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusAccepted {
+				t.Errorf("submit %d: %d", i, resp.StatusCode)
+			}
+			locations[i], replayed[i] = resp.Header.Get("Location"), resp.Header.Get("Idempotent-Replayed") == "true"
+		})
+	}
+	wg.Wait()
+	jobs := map[string]bool{}
+	fresh := 0
+	for i, loc := range locations {
+		jobs[loc] = true
+		if loc != locations[i%keys] {
+			t.Fatalf("order-%d gave %s and %s", i%keys, locations[i%keys], loc)
+		}
+		if !replayed[i] {
+			fresh++
+		}
+	}
+	if len(jobs) != keys || fresh != keys {
+		t.Errorf("%d submits with %d keys through two gateways made %d jobs, %d not marked replayed; want %d", submits, keys, len(jobs), fresh, keys)
+	}
+
+	// The gRPC field means the same, and the key space is per function.
+	client := sluicev1.NewJobServiceClient(gateways[1].grpcConn(t))
+	resp, err := client.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "f", IdempotencyKey: "order-3"})
+	if err != nil || "/v1/jobs/"+resp.GetJob().GetId() != locations[3] || !resp.GetReplayed() {
+		t.Errorf("gRPC submit with order-3 = %v, %v; want the job at %s, replayed", resp, err, locations[3])
+	}
+	if _, err := client.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "f", IdempotencyKey: "bad\x00key"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a key with a control character: %v, want INVALID_ARGUMENT", err)
 	}
 }

@@ -311,9 +311,14 @@ type SubmitJobRequest struct {
 	// The function's configured name.
 	Function string `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
 	// The payload, passed to the function verbatim with its content type.
-	Payload       *httpbody.HttpBody `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Payload *httpbody.HttpBody `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	// Makes the submit idempotent: a repeat of the same key for the same
+	// function within the idempotency window (24h by default) returns the
+	// job the first one created instead of creating another. Over REST, the
+	// Idempotency-Key header. At most 255 printable characters.
+	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SubmitJobRequest) Reset() {
@@ -360,11 +365,21 @@ func (x *SubmitJobRequest) GetPayload() *httpbody.HttpBody {
 	return nil
 }
 
+func (x *SubmitJobRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 // SubmitJobResponse holds the stored job.
 type SubmitJobResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The job, QUEUED or further along.
-	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Job *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// True when an idempotency key returned an existing job. Over REST, the
+	// Idempotent-Replayed: true header.
+	Replayed      bool `protobuf:"varint,2,opt,name=replayed,proto3" json:"replayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -404,6 +419,13 @@ func (x *SubmitJobResponse) GetJob() *Job {
 		return x.Job
 	}
 	return nil
+}
+
+func (x *SubmitJobResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
 }
 
 // GetJobRequest names a job.
@@ -738,12 +760,14 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\vhttp_status\x18\x01 \x01(\x05R\n" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x12\n" +
-	"\x04body\x18\x03 \x01(\fR\x04body\"c\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\"\x8c\x01\n" +
 	"\x10SubmitJobRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12.\n" +
-	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\"5\n" +
+	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\x12'\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"Q\n" +
 	"\x11SubmitJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"$\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12\x1a\n" +
+	"\breplayed\x18\x02 \x01(\bR\breplayed\"$\n" +
 	"\rGetJobRequest\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"2\n" +
 	"\x0eGetJobResponse\x12 \n" +
