@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/sluicehq/sluice/api"
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
 )
 
 // NewRESTHandler serves the REST API by calling the gRPC services over
@@ -78,13 +80,15 @@ func limitBody(limits *Service, next http.Handler) http.Handler {
 	})
 }
 
-// functionInPath returns F from /v1/functions/F/..., or "".
+// functionInPath returns F from /v1/functions/F/... or /v1/functions/F:verb,
+// or "".
 func functionInPath(path string) string {
 	rest, ok := strings.CutPrefix(path, "/v1/functions/")
 	if !ok {
 		return ""
 	}
 	name, _, _ := strings.Cut(rest, "/")
+	name, _, _ = strings.Cut(name, ":")
 	return name
 }
 
@@ -125,6 +129,30 @@ func forwardResponse(_ context.Context, w http.ResponseWriter, m proto.Message) 
 		w.Header().Set("Location", "/v1/jobs/"+r.GetJob().GetId())
 		w.Header().Set("Retry-After", strconv.Itoa(int(r.GetRetryAfterSeconds())))
 		w.WriteHeader(http.StatusAccepted)
+	case "sluice.v1.InvokeFunctionResponse":
+		r := m.(interface {
+			GetJob() *sluicev1.Job
+			GetBody() *httpbody.HttpBody
+			GetRetryAfterSeconds() int32
+		})
+		job := r.GetJob()
+		if !buffer.Terminal(job.GetState()) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Location", "/v1/jobs/"+job.GetId())
+			w.Header().Set("Retry-After", strconv.Itoa(int(r.GetRetryAfterSeconds())))
+			w.WriteHeader(http.StatusAccepted)
+			return nil
+		}
+		// The function's own answer, as if it had been called directly.
+		ct := r.GetBody().GetContentType()
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		w.Header().Set("Content-Type", ct)
+		w.Header().Set("Location", "/v1/jobs/"+job.GetId())
+		if code := int(job.GetResult().GetHttpStatus()); code >= 200 && code <= 599 && code != http.StatusOK {
+			w.WriteHeader(code)
+		}
 	}
 	return nil
 }

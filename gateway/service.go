@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -79,6 +81,9 @@ type Config struct {
 	// Dispatch reads functions' dispatch state. Nil leaves it out of
 	// GetFunction.
 	Dispatch Dispatch
+	// Watcher reports job state changes, for requests that wait for a job
+	// to finish. Nil makes every wait answer at once.
+	Watcher Watcher
 	// Functions are the functions jobs may be submitted to.
 	Functions []Function
 	// Logger receives the gateway's logs. Nil means slog.Default().
@@ -109,6 +114,9 @@ type Service struct {
 
 	jobs      Enqueuer
 	dispatch  Dispatch
+	watcher   Watcher
+	waiters   waiters
+	watching  atomic.Bool
 	functions map[string]Function
 	log       *slog.Logger
 	poll      time.Duration
@@ -127,6 +135,7 @@ func NewService(cfg Config) (*Service, error) {
 	s := &Service{
 		jobs:      cfg.Jobs,
 		dispatch:  cfg.Dispatch,
+		watcher:   cfg.Watcher,
 		functions: make(map[string]Function, len(cfg.Functions)),
 		log:       cfg.Logger,
 		poll:      cfg.PollInterval,
@@ -165,19 +174,62 @@ func (s *Service) MaxPayload(function string) int64 {
 
 // SubmitJob stores a job and returns it QUEUED.
 func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest) (*sluicev1.SubmitJobResponse, error) {
-	f, err := s.function(req.GetFunction())
+	job, replayed, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey())
 	if err != nil {
 		return nil, err
 	}
-	payload := req.GetPayload()
+	return &sluicev1.SubmitJobResponse{Job: job, Replayed: replayed}, nil
+}
+
+// DefaultInvokeWait is how long InvokeFunction waits when not told.
+const DefaultInvokeWait = 10 * time.Second
+
+// InvokeFunction submits a job and waits for it to finish, for callers that
+// want an answer now when there is capacity and a job handle when not.
+func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFunctionRequest) (*sluicev1.InvokeFunctionResponse, error) {
+	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey())
+	if err != nil {
+		return nil, err
+	}
+	wait := DefaultInvokeWait
+	if req.GetWait() != nil {
+		wait = req.GetWait().AsDuration()
+	}
+	if job, err = s.waitFinished(ctx, job.Id, wait); err != nil {
+		return nil, err
+	}
+	switch r := job.GetResult(); {
+	case r != nil && buffer.Terminal(job.State):
+		return &sluicev1.InvokeFunctionResponse{Job: job, Body: newHTTPBody(r.GetContentType(), r.GetBody())}, nil
+	case buffer.Terminal(job.State):
+		return nil, s.notSucceeded(job)
+	}
+	// Pending: REST callers get the job in the body, as from a submit.
+	b, err := protojson.Marshal(job)
+	if err != nil {
+		return nil, s.internal(ctx, "encode job", err)
+	}
+	return &sluicev1.InvokeFunctionResponse{
+		Job:               job,
+		Body:              newHTTPBody("application/json", b),
+		RetryAfterSeconds: s.pollSeconds(),
+	}, nil
+}
+
+// submit stores a job, once per idempotency key when one is given (in the
+// request, or for REST callers the Idempotency-Key header).
+func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key string) (*sluicev1.Job, bool, error) {
+	f, err := s.function(function)
+	if err != nil {
+		return nil, false, err
+	}
 	if size := int64(len(payload.GetData())); size > f.MaxPayload {
-		return nil, withDetails(codes.InvalidArgument,
+		return nil, false, withDetails(codes.InvalidArgument,
 			fmt.Sprintf("payload is %d bytes; function %q accepts at most %d", size, f.Name, f.MaxPayload),
 			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadTooLarge})
 	}
-	key, err := idempotencyKey(ctx, req)
-	if err != nil {
-		return nil, err
+	if key, err = idempotencyKey(ctx, key); err != nil {
+		return nil, false, err
 	}
 	var job *sluicev1.Job
 	replayed := false
@@ -190,21 +242,20 @@ func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest)
 	}
 	switch {
 	case errors.Is(err, buffer.ErrFull):
-		return nil, withDetails(codes.Unavailable, "the job buffer is full; retry later",
+		return nil, false, withDetails(codes.Unavailable, "the job buffer is full; retry later",
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(5 * time.Second)})
 	case err != nil:
-		return nil, s.internal(ctx, "submit job", err)
+		return nil, false, s.internal(ctx, "submit job", err)
 	}
-	return &sluicev1.SubmitJobResponse{Job: job, Replayed: replayed}, nil
+	return job, replayed, nil
 }
 
 // MetadataIdempotencyKey carries a REST caller's Idempotency-Key header.
 const MetadataIdempotencyKey = "idempotency-key"
 
-// idempotencyKey is the request's idempotency key, from its field or, for
-// REST callers, the Idempotency-Key header; "" when there is none.
-func idempotencyKey(ctx context.Context, req *sluicev1.SubmitJobRequest) (string, error) {
-	key := req.GetIdempotencyKey()
+// idempotencyKey is the request's idempotency key: key, or for REST
+// callers the Idempotency-Key header; "" when there is none.
+func idempotencyKey(ctx context.Context, key string) (string, error) {
 	if key == "" {
 		if md, ok := metadata.FromIncomingContext(ctx); ok {
 			if v := md.Get(MetadataIdempotencyKey); len(v) > 0 {
@@ -218,9 +269,9 @@ func idempotencyKey(ctx context.Context, req *sluicev1.SubmitJobRequest) (string
 	return key, nil
 }
 
-// GetJob returns a job's state.
+// GetJob returns a job's state, once it finished if asked to wait.
 func (s *Service) GetJob(ctx context.Context, req *sluicev1.GetJobRequest) (*sluicev1.GetJobResponse, error) {
-	job, err := s.getJob(ctx, req.GetId())
+	job, err := s.waitFinished(ctx, req.GetId(), req.GetWait().AsDuration())
 	if err != nil {
 		return nil, err
 	}
@@ -243,19 +294,24 @@ func (s *Service) GetJobResult(ctx context.Context, req *sluicev1.GetJobResultRe
 			Body: newHTTPBody(r.GetContentType(), r.GetBody()),
 		}, nil
 	case buffer.Terminal(job.State):
-		msg := fmt.Sprintf("job %s ended %s without a result", job.Id, job.State)
-		if job.Error != "" {
-			msg += ": " + job.Error
-		}
-		return nil, withDetails(codes.FailedPrecondition, msg+"; GET /v1/jobs/"+job.Id+" has its details",
-			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonJobNotSucceeded})
+		return nil, s.notSucceeded(job)
 	default:
-		return &sluicev1.GetJobResultResponse{
-			Job:               job,
-			RetryAfterSeconds: int32((s.poll + time.Second - 1) / time.Second),
-		}, nil
+		return &sluicev1.GetJobResultResponse{Job: job, RetryAfterSeconds: s.pollSeconds()}, nil
 	}
 }
+
+// notSucceeded is the error for a job that ended without a result to give.
+func (s *Service) notSucceeded(job *sluicev1.Job) error {
+	msg := fmt.Sprintf("job %s ended %s without a result", job.Id, job.State)
+	if job.Error != "" {
+		msg += ": " + job.Error
+	}
+	return withDetails(codes.FailedPrecondition, msg+"; GET /v1/jobs/"+job.Id+" has its details",
+		&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonJobNotSucceeded})
+}
+
+// pollSeconds is the Retry-After for a pending job, in whole seconds.
+func (s *Service) pollSeconds() int32 { return int32((s.poll + time.Second - 1) / time.Second) }
 
 // CancelJob ends an unfinished job as CANCELLED.
 func (s *Service) CancelJob(ctx context.Context, req *sluicev1.CancelJobRequest) (*sluicev1.CancelJobResponse, error) {

@@ -48,6 +48,7 @@ type gatewayProcess struct {
 	}
 	restConn   *grpc.ClientConn
 	dispatcher *dispatch.Dispatcher
+	svc        *gateway.Service
 }
 
 // startGateway sets everything up and starts listening; Run serves.
@@ -92,10 +93,11 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		})
 		dispFuncs = append(dispFuncs, df)
 	}
-	svc, err := gateway.NewService(gateway.Config{Jobs: queue, Dispatch: queue, Functions: gwFuncs, Logger: log})
+	svc, err := gateway.NewService(gateway.Config{Jobs: queue, Dispatch: queue, Watcher: queue, Functions: gwFuncs, Logger: log})
 	if err != nil {
 		return nil, err
 	}
+	p.svc = svc
 	p.dispatcher, err = dispatch.New(dispatch.Config{Source: queue, Functions: dispFuncs, Logger: log, DrainTimeout: opts.DrainTimeout})
 	if err != nil {
 		return nil, err
@@ -183,6 +185,9 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 	defer p.close()
 	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String())
 	g, gctx := errgroup.WithContext(ctx)
+	if err := p.svc.Watch(gctx); err != nil {
+		return err
+	}
 	g.Go(func() error {
 		if err := p.grpcSrv.Serve(p.grpcLn); err != nil {
 			return fmt.Errorf("grpc server: %w", err)

@@ -687,3 +687,71 @@ func fnStatusOf(t *testing.T, g *testGateway, name string) liveStatus {
 	}
 	return fn.Status
 }
+
+func TestInvokeAndWait(t *testing.T) {
+	_, fastURL := startFunction(t, fnsim.Config{Duration: 300 * time.Millisecond})
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		io.WriteString(w, "bad order")
+	}))
+	t.Cleanup(failing.Close)
+	g := startTestGateway(t, t.TempDir(),
+		FunctionConfig{Name: "fast", URL: fastURL},
+		FunctionConfig{Name: "stuck", URL: startBlockedFunction(t)},
+		FunctionConfig{Name: "failing", URL: failing.URL})
+
+	t.Run("invoke answers with the function's response when it is in time", func(t *testing.T) {
+		resp := post(t, g.base+"/v1/functions/fast:invoke?wait=10s", "application/json", []byte(`{"n":1}`))
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || string(body) != `{"n":1}` || resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("invoke = %d %q (%s), want 200 with the echo", resp.StatusCode, body, resp.Header.Get("Content-Type"))
+		}
+	})
+	t.Run("invoke passes on the function's error answer", func(t *testing.T) {
+		resp := post(t, g.base+"/v1/functions/failing:invoke", "text/plain", []byte("x"))
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusUnprocessableEntity || string(body) != "bad order" {
+			t.Errorf("invoke = %d %q, want the function's 422", resp.StatusCode, body)
+		}
+	})
+	t.Run("invoke answers 202 with the job when it is not", func(t *testing.T) {
+		resp := post(t, g.base+"/v1/functions/stuck:invoke?wait=200ms", "text/plain", []byte("x"))
+		body, _ := io.ReadAll(resp.Body)
+		job := decodeJob(t, body)
+		if resp.StatusCode != http.StatusAccepted || resp.Header.Get("Location") != "/v1/jobs/"+job.ID || resp.Header.Get("Retry-After") == "" || job.State == "" {
+			t.Errorf("slow invoke = %d %s, Location %q", resp.StatusCode, body, resp.Header.Get("Location"))
+		}
+	})
+	t.Run("get waits for the job to finish", func(t *testing.T) {
+		resp := post(t, g.base+"/v1/functions/fast/jobs", "text/plain", []byte("x"))
+		loc := resp.Header.Get("Location")
+		start := time.Now()
+		res, body := get(t, g.base+loc+"?wait=30s")
+		if j := decodeJob(t, body); res.StatusCode != http.StatusOK || j.State != "SUCCEEDED" {
+			t.Errorf("GET ?wait=30s = %d %s, want the finished job", res.StatusCode, body)
+		}
+		if took := time.Since(start); took > 20*time.Second {
+			t.Errorf("GET ?wait took %v for a 300ms job", took)
+		}
+	})
+	t.Run("get answers with the state at the timeout", func(t *testing.T) {
+		resp := post(t, g.base+"/v1/functions/stuck/jobs", "text/plain", []byte("x"))
+		start := time.Now()
+		res, body := get(t, g.base+resp.Header.Get("Location")+"?wait=300ms")
+		if j := decodeJob(t, body); res.StatusCode != http.StatusOK || (j.State != "QUEUED" && j.State != "RUNNING") {
+			t.Errorf("GET ?wait=300ms = %d %s, want the unfinished job", res.StatusCode, body)
+		}
+		if took := time.Since(start); took < 300*time.Millisecond {
+			t.Errorf("GET ?wait=300ms answered after %v", took)
+		}
+	})
+	t.Run("grpc", func(t *testing.T) {
+		resp, err := sluicev1.NewJobServiceClient(g.grpcConn(t)).InvokeFunction(t.Context(), &sluicev1.InvokeFunctionRequest{
+			Function: "fast", Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte("hi")},
+		})
+		if err != nil || resp.GetJob().GetState() != sluicev1.Job_SUCCEEDED || string(resp.GetBody().GetData()) != "hi" {
+			t.Errorf("gRPC invoke = %v, %v", resp, err)
+		}
+	})
+}

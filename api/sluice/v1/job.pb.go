@@ -12,6 +12,7 @@ import (
 	httpbody "google.golang.org/genproto/googleapis/api/httpbody"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -432,7 +433,10 @@ func (x *SubmitJobResponse) GetReplayed() bool {
 type GetJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The job's ID, as SubmitJob returned it.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Wait up to this long (at most 60s) for the job to finish before
+	// answering; the answer comes as soon as it does. Over REST, ?wait=30s.
+	Wait          *durationpb.Duration `protobuf:"bytes,2,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -472,6 +476,13 @@ func (x *GetJobRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *GetJobRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
 }
 
 // GetJobResponse holds the job.
@@ -724,11 +735,152 @@ func (x *CancelJobResponse) GetJob() *Job {
 	return nil
 }
 
+// InvokeFunctionRequest carries one payload and how long to wait.
+type InvokeFunctionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The function's configured name.
+	Function string `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
+	// The payload, passed to the function verbatim with its content type.
+	Payload *httpbody.HttpBody `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	// How long to wait for the job to finish: default 10s, at most 60s.
+	// Over REST, ?wait=10s.
+	Wait *durationpb.Duration `protobuf:"bytes,3,opt,name=wait,proto3" json:"wait,omitempty"`
+	// As in SubmitJobRequest; over REST the Idempotency-Key header.
+	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *InvokeFunctionRequest) Reset() {
+	*x = InvokeFunctionRequest{}
+	mi := &file_sluice_v1_job_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InvokeFunctionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InvokeFunctionRequest) ProtoMessage() {}
+
+func (x *InvokeFunctionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_job_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InvokeFunctionRequest.ProtoReflect.Descriptor instead.
+func (*InvokeFunctionRequest) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *InvokeFunctionRequest) GetFunction() string {
+	if x != nil {
+		return x.Function
+	}
+	return ""
+}
+
+func (x *InvokeFunctionRequest) GetPayload() *httpbody.HttpBody {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *InvokeFunctionRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
+func (x *InvokeFunctionRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+// InvokeFunctionResponse holds the job and, once it finished with a
+// response, that response.
+type InvokeFunctionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job.
+	Job *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// For a finished job with a response: the function's body and content
+	// type (the job's result holds its status). For a pending job over REST:
+	// the job as JSON.
+	Body *httpbody.HttpBody `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	// For a pending job: how long to wait before asking for it again.
+	RetryAfterSeconds int32 `protobuf:"varint,3,opt,name=retry_after_seconds,json=retryAfterSeconds,proto3" json:"retry_after_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *InvokeFunctionResponse) Reset() {
+	*x = InvokeFunctionResponse{}
+	mi := &file_sluice_v1_job_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InvokeFunctionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InvokeFunctionResponse) ProtoMessage() {}
+
+func (x *InvokeFunctionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_job_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InvokeFunctionResponse.ProtoReflect.Descriptor instead.
+func (*InvokeFunctionResponse) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *InvokeFunctionResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *InvokeFunctionResponse) GetBody() *httpbody.HttpBody {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *InvokeFunctionResponse) GetRetryAfterSeconds() int32 {
+	if x != nil {
+		return x.RetryAfterSeconds
+	}
+	return 0
+}
+
 var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x82\x05\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x82\x05\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -767,9 +919,10 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"Q\n" +
 	"\x11SubmitJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12\x1a\n" +
-	"\breplayed\x18\x02 \x01(\bR\breplayed\"$\n" +
+	"\breplayed\x18\x02 \x01(\bR\breplayed\"S\n" +
 	"\rGetJobRequest\x12\x13\n" +
-	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"2\n" +
+	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\x12-\n" +
+	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"2\n" +
 	"\x0eGetJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"*\n" +
 	"\x13GetJobResultRequest\x12\x13\n" +
@@ -781,7 +934,16 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x10CancelJobRequest\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"5\n" +
 	"\x11CancelJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job2\xb7\t\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"\xc0\x01\n" +
+	"\x15InvokeFunctionRequest\x12\x1f\n" +
+	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12.\n" +
+	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\x12-\n" +
+	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12'\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\"\x94\x01\n" +
+	"\x16InvokeFunctionResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12(\n" +
+	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12.\n" +
+	"\x13retry_after_seconds\x18\x03 \x01(\x05R\x11retryAfterSeconds2\x9f\r\n" +
 	"\n" +
 	"JobService\x12\x8b\x03\n" +
 	"\tSubmitJob\x12\x1b.sluice.v1.SubmitJobRequest\x1a\x1c.sluice.v1.SubmitJobResponse\"\xc2\x02\x92A\x8b\x02\x1a\x90\x01The request body is the payload itself, of any Content-Type, sent to the function as it is: not the HttpBody JSON object the schema below names.2\x03*/*Jq\n" +
@@ -809,7 +971,14 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x17The job, now CANCELLED.\x12\x12\n" +
 	"\x10\x1a\x0e.sluice.v1.JobJ&\n" +
 	"\x03409\x12\x1f\n" +
-	"\x1dThe job had already finished.\x82\xd3\xe4\x93\x02\x1e:\x01*b\x03job\"\x14/v1/jobs/{id}:cancelB\xa1\x01\x92Ak\x12i\n" +
+	"\x1dThe job had already finished.\x82\xd3\xe4\x93\x02\x1e:\x01*b\x03job\"\x14/v1/jobs/{id}:cancel\x12\xe5\x03\n" +
+	"\x0eInvokeFunction\x12 .sluice.v1.InvokeFunctionRequest\x1a!.sluice.v1.InvokeFunctionResponse\"\x8d\x03\x92A\xd3\x02\x1a[The request body is the payload itself, of any Content-Type, sent to the function as it is.2\x03*/*:\x03*/*Jp\n" +
+	"\x03200\x12i\n" +
+	"VThe job finished: the function's response, verbatim, with its status and Content-Type.\x12\x0f\n" +
+	"\r\x9a\x02\x01\a\xa2\x02\x06binaryJx\n" +
+	"\x03202\x12q\n" +
+	"[Not finished within wait: the job as JSON; Location names it, Retry-After says when to ask.\x12\x12\n" +
+	"\x10\x1a\x0e.sluice.v1.Job\x82\xd3\xe4\x93\x020:\apayloadb\x04body\"\x1f/v1/functions/{function}:invokeB\xa1\x01\x92Ak\x12i\n" +
 	"\x06Sluice\x12[Buffers jobs for serverless functions and dispatches them at a pace the functions can take.2\x02v1Z1github.com/sluicehq/sluice/api/sluice/v1;sluicev1b\x06proto3"
 
 var (
@@ -825,47 +994,57 @@ func file_sluice_v1_job_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_sluice_v1_job_proto_goTypes = []any{
-	(Job_State)(0),                // 0: sluice.v1.Job.State
-	(*Job)(nil),                   // 1: sluice.v1.Job
-	(*JobResult)(nil),             // 2: sluice.v1.JobResult
-	(*SubmitJobRequest)(nil),      // 3: sluice.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),     // 4: sluice.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),         // 5: sluice.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 6: sluice.v1.GetJobResponse
-	(*GetJobResultRequest)(nil),   // 7: sluice.v1.GetJobResultRequest
-	(*GetJobResultResponse)(nil),  // 8: sluice.v1.GetJobResultResponse
-	(*CancelJobRequest)(nil),      // 9: sluice.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 10: sluice.v1.CancelJobResponse
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*httpbody.HttpBody)(nil),     // 12: google.api.HttpBody
+	(Job_State)(0),                 // 0: sluice.v1.Job.State
+	(*Job)(nil),                    // 1: sluice.v1.Job
+	(*JobResult)(nil),              // 2: sluice.v1.JobResult
+	(*SubmitJobRequest)(nil),       // 3: sluice.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),      // 4: sluice.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),          // 5: sluice.v1.GetJobRequest
+	(*GetJobResponse)(nil),         // 6: sluice.v1.GetJobResponse
+	(*GetJobResultRequest)(nil),    // 7: sluice.v1.GetJobResultRequest
+	(*GetJobResultResponse)(nil),   // 8: sluice.v1.GetJobResultResponse
+	(*CancelJobRequest)(nil),       // 9: sluice.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),      // 10: sluice.v1.CancelJobResponse
+	(*InvokeFunctionRequest)(nil),  // 11: sluice.v1.InvokeFunctionRequest
+	(*InvokeFunctionResponse)(nil), // 12: sluice.v1.InvokeFunctionResponse
+	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
+	(*httpbody.HttpBody)(nil),      // 14: google.api.HttpBody
+	(*durationpb.Duration)(nil),    // 15: google.protobuf.Duration
 }
 var file_sluice_v1_job_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Job.state:type_name -> sluice.v1.Job.State
-	11, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	11, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
-	11, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
+	13, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	13, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
+	13, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
 	2,  // 4: sluice.v1.Job.result:type_name -> sluice.v1.JobResult
-	12, // 5: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
+	14, // 5: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
 	1,  // 6: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
-	1,  // 7: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
-	1,  // 8: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
-	12, // 9: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
-	1,  // 10: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
-	3,  // 11: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
-	5,  // 12: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
-	7,  // 13: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
-	9,  // 14: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
-	4,  // 15: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
-	6,  // 16: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
-	8,  // 17: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
-	10, // 18: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	15, // 7: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
+	1,  // 8: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
+	1,  // 9: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
+	14, // 10: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
+	1,  // 11: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
+	14, // 12: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
+	15, // 13: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
+	1,  // 14: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
+	14, // 15: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
+	3,  // 16: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
+	5,  // 17: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
+	7,  // 18: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
+	9,  // 19: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
+	11, // 20: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
+	4,  // 21: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
+	6,  // 22: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
+	8,  // 23: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
+	10, // 24: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
+	12, // 25: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
+	21, // [21:26] is the sub-list for method output_type
+	16, // [16:21] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_job_proto_init() }
@@ -879,7 +1058,7 @@ func file_sluice_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_job_proto_rawDesc), len(file_sluice_v1_job_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

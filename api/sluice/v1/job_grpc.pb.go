@@ -19,10 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	JobService_SubmitJob_FullMethodName    = "/sluice.v1.JobService/SubmitJob"
-	JobService_GetJob_FullMethodName       = "/sluice.v1.JobService/GetJob"
-	JobService_GetJobResult_FullMethodName = "/sluice.v1.JobService/GetJobResult"
-	JobService_CancelJob_FullMethodName    = "/sluice.v1.JobService/CancelJob"
+	JobService_SubmitJob_FullMethodName      = "/sluice.v1.JobService/SubmitJob"
+	JobService_GetJob_FullMethodName         = "/sluice.v1.JobService/GetJob"
+	JobService_GetJobResult_FullMethodName   = "/sluice.v1.JobService/GetJobResult"
+	JobService_CancelJob_FullMethodName      = "/sluice.v1.JobService/CancelJob"
+	JobService_InvokeFunction_FullMethodName = "/sluice.v1.JobService/InvokeFunction"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -50,6 +51,12 @@ type JobServiceClient interface {
 	// its outcome is discarded and no further attempt is made. A job that has
 	// already finished cannot be cancelled (FAILED_PRECONDITION, 409).
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
+	// InvokeFunction is for front API traffic: it submits a job and waits up
+	// to wait (default 10s, at most 60s) for it to finish. Over REST a job that
+	// finished with a response answers with that response directly: the
+	// function's status, content type and body; one still pending answers 202
+	// with Location, Retry-After and the job as JSON.
+	InvokeFunction(ctx context.Context, in *InvokeFunctionRequest, opts ...grpc.CallOption) (*InvokeFunctionResponse, error)
 }
 
 type jobServiceClient struct {
@@ -100,6 +107,16 @@ func (c *jobServiceClient) CancelJob(ctx context.Context, in *CancelJobRequest, 
 	return out, nil
 }
 
+func (c *jobServiceClient) InvokeFunction(ctx context.Context, in *InvokeFunctionRequest, opts ...grpc.CallOption) (*InvokeFunctionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InvokeFunctionResponse)
+	err := c.cc.Invoke(ctx, JobService_InvokeFunction_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -125,6 +142,12 @@ type JobServiceServer interface {
 	// its outcome is discarded and no further attempt is made. A job that has
 	// already finished cannot be cancelled (FAILED_PRECONDITION, 409).
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
+	// InvokeFunction is for front API traffic: it submits a job and waits up
+	// to wait (default 10s, at most 60s) for it to finish. Over REST a job that
+	// finished with a response answers with that response directly: the
+	// function's status, content type and body; one still pending answers 202
+	// with Location, Retry-After and the job as JSON.
+	InvokeFunction(context.Context, *InvokeFunctionRequest) (*InvokeFunctionResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -146,6 +169,9 @@ func (UnimplementedJobServiceServer) GetJobResult(context.Context, *GetJobResult
 }
 func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
+}
+func (UnimplementedJobServiceServer) InvokeFunction(context.Context, *InvokeFunctionRequest) (*InvokeFunctionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method InvokeFunction not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -240,6 +266,24 @@ func _JobService_CancelJob_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_InvokeFunction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InvokeFunctionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).InvokeFunction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_InvokeFunction_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).InvokeFunction(ctx, req.(*InvokeFunctionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -262,6 +306,10 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelJob",
 			Handler:    _JobService_CancelJob_Handler,
+		},
+		{
+			MethodName: "InvokeFunction",
+			Handler:    _JobService_InvokeFunction_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
