@@ -155,9 +155,10 @@ type Delivery struct {
 	// CreateTime is when the job was accepted.
 	CreateTime time.Time
 
-	begun     bool      // Begin was called: Release must put the state back.
-	last      *snapshot // the job's state as this delivery last read or wrote it
-	invokedAt time.Time // when the attempt started, if Begin did not record it
+	begun     bool              // Begin was called: Release must put the state back.
+	last      *snapshot         // the job's state as this delivery last read or wrote it
+	invokedAt time.Time         // when the attempt started, if Begin did not record it
+	record    *sluicev1.Attempt // added to the job's history by the closing write
 }
 
 func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
@@ -227,6 +228,24 @@ func (d *Delivery) Redelivered() bool {
 	return err != nil || md.NumDelivered > 1
 }
 
+// maxHistory bounds a job's history, so that its state stays small.
+const maxHistory = 20
+
+// Record keeps the account of this delivery's invocation; the write that
+// closes the delivery (Succeed, Fail, Retry or Throttled) adds it to the
+// job's history.
+func (d *Delivery) Record(a *sluicev1.Attempt) { d.record = a }
+
+func (d *Delivery) addRecord(j *sluicev1.Job) {
+	if d.record == nil {
+		return
+	}
+	j.History = append(j.History, d.record)
+	if n := len(j.History); n > maxHistory {
+		j.History = j.History[n-maxHistory:]
+	}
+}
+
 // Invoked records when the attempt started. Succeed and Fail count an
 // attempt that Begin did not, with this start time.
 func (d *Delivery) Invoked(at time.Time) { d.invokedAt = at }
@@ -272,6 +291,7 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 			return ErrFinished
 		}
 		d.countQuickAttempt(j)
+		d.addRecord(j)
 		set(j)
 		j.FinishTime = timestamppb.New(d.q.now())
 		return nil
@@ -311,6 +331,7 @@ func (d *Delivery) Retry(ctx context.Context, reason string, result *sluicev1.Jo
 			return ErrFinished
 		}
 		d.countQuickAttempt(j)
+		d.addRecord(j)
 		j.State = sluicev1.Job_QUEUED
 		j.Error = reason
 		j.Result = result
@@ -363,6 +384,7 @@ func (d *Delivery) Throttled(ctx context.Context, delay time.Duration) error {
 			j.Attempts--
 		}
 		j.Throttles++
+		d.addRecord(j)
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrFinished) {

@@ -113,7 +113,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if maxMsg == 0 {
 		maxMsg = int32(nc.MaxPayload())
 	}
-	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	stream, err := ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Sluice: queued jobs, one message per job until it finishes",
 		Subjects:    []string{SubjectPrefix + ">"},
@@ -131,7 +131,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
 	}
-	state, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	state, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      StateBucket,
 		Description: "Sluice: job state by job ID",
 		History:     1,
@@ -142,7 +142,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", StateBucket, err)
 	}
-	pacing, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	pacing, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      PacingBucket,
 		Description: "Sluice: dispatch window by function",
 		History:     1,
@@ -152,7 +152,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
 	}
-	idem, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	idem, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      IdempotencyBucket,
 		Description: "Sluice: job ID by function and idempotency key",
 		History:     1,

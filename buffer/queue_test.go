@@ -293,3 +293,27 @@ func TestSubmitOnceAcrossProcesses(t *testing.T) {
 		t.Errorf("same key for another function: %v, created %v, %v; want a new job", job, c, err)
 	}
 }
+
+func TestOpenUpdatesChangedLimits(t *testing.T) {
+	srv := buffertest.Start(t, "")
+	ctx := t.Context()
+	open := func(cfg buffer.Config) *buffer.Queue {
+		q, err := buffer.Open(ctx, srv.Connect(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q
+	}
+	q := open(buffer.Config{MaxJobs: 1})
+	if _, err := q.Submit(ctx, "f", nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Submit(ctx, "f", nil, ""); !errors.Is(err, buffer.ErrFull) {
+		t.Fatalf("second submit at MaxJobs 1: %v, want ErrFull", err)
+	}
+	open(buffer.Config{MaxJobs: 1}) // the same settings: nothing to change
+	q = open(buffer.Config{MaxJobs: 2})
+	if _, err := q.Submit(ctx, "f", nil, ""); err != nil {
+		t.Errorf("submit after raising MaxJobs to 2: %v", err)
+	}
+}

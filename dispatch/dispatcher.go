@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
@@ -339,27 +341,40 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		l.settle(dv.Release, dv)
 		return
 	}
+	took := time.Since(started)
+	rec := &sluicev1.Attempt{
+		Number:    attempt,
+		StartTime: timestamppb.New(started),
+		Duration:  durationpb.New(took),
+		Outcome:   sluicev1.Attempt_FAILED,
+	}
+	dv.Record(rec)
 	if err != nil {
 		reason := describeInvokeError(err, l.fn.Timeout)
+		rec.Error = reason
 		log.Warn("invocation failed", "attempt", attempt, "reason", reason, "err", err)
 		l.failed(dv, int(attempt), reason, nil, retryableError(err), 0)
 		return
 	}
+	rec.HttpStatus = int32(resp.Status)
 	if retryAfter, throttled := throttleOf(resp, l.cfg.Now()); throttled {
+		rec.Outcome = sluicev1.Attempt_THROTTLED
 		l.throttled(dv, retryAfter, resp.Status)
 		return
 	}
-	if l.cold.observe(time.Since(started), resp.ColdStart) {
-		log.Debug("cold start", "attempt", attempt, "took", time.Since(started))
+	if rec.ColdStart = l.cold.observe(took, resp.ColdStart); rec.ColdStart {
+		log.Debug("cold start", "attempt", attempt, "took", took)
 	}
 	result := &sluicev1.JobResult{HttpStatus: int32(resp.Status), ContentType: resp.ContentType, Body: resp.Body}
 	if resp.Status >= 200 && resp.Status < 300 {
+		rec.Outcome = sluicev1.Attempt_SUCCEEDED
 		log.Debug("invocation succeeded", "attempt", attempt, "status", resp.Status)
 		l.settle(func(ctx context.Context) error { return dv.Succeed(ctx, result) }, dv)
 		return
 	}
 	log.Warn("function answered with an error", "attempt", attempt, "status", resp.Status)
 	reason := fmt.Sprintf("function answered HTTP %d", resp.Status)
+	rec.Error = reason
 	retryAfter, _ := parseRetryAfter(resp.RetryAfter, l.cfg.Now())
 	l.failed(dv, int(attempt), reason, result, retryableStatus(resp.Status), retryAfter)
 }

@@ -94,6 +94,17 @@ func TestPacedBurstUnknownLimit(t *testing.T) {
 	if throttles != st.Throttled {
 		t.Errorf("jobs record %d throttles, the platform %d", throttles, st.Throttled)
 	}
+	for _, j := range jobs {
+		var inHistory int32
+		for _, a := range j.History {
+			if a.Outcome == sluicev1.Attempt_THROTTLED {
+				inHistory++
+			}
+		}
+		if inHistory != j.Throttles || j.History[len(j.History)-1].Outcome != sluicev1.Attempt_SUCCEEDED {
+			t.Fatalf("job %s: %d throttles, history %v", j.Id, j.Throttles, j.History)
+		}
+	}
 	if limit := st.Invocations * 5 / 100; st.Throttled > limit {
 		t.Errorf("platform throttled %d of %d invocations; want at most 5%%", st.Throttled, st.Invocations)
 	}

@@ -69,6 +69,18 @@ func TestRetryThenSucceed(t *testing.T) {
 	if len(at) != 3 || attempts[0] != "1" || attempts[1] != "2" || attempts[2] != "3" {
 		t.Fatalf("function saw attempts %v, want 1, 2, 3", attempts)
 	}
+	wantHistory := []struct {
+		status  int32
+		outcome sluicev1.Attempt_Outcome
+	}{{500, sluicev1.Attempt_FAILED}, {502, sluicev1.Attempt_FAILED}, {200, sluicev1.Attempt_SUCCEEDED}}
+	if len(job.History) != len(wantHistory) {
+		t.Fatalf("history = %v, want 3 attempts", job.History)
+	}
+	for i, w := range wantHistory {
+		if a := job.History[i]; a.Number != int32(i+1) || a.HttpStatus != w.status || a.Outcome != w.outcome || a.StartTime == nil || a.Duration == nil {
+			t.Errorf("history[%d] = %v, want attempt %d answered %d, %v", i, a, i+1, w.status, w.outcome)
+		}
+	}
 	for i := 1; i < len(at); i++ {
 		// Full jitter: anywhere from 0 to the backoff, plus dispatch time.
 		ceiling := retry.Backoff(i) + 300*time.Millisecond

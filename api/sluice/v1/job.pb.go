@@ -95,6 +95,63 @@ func (Job_State) EnumDescriptor() ([]byte, []int) {
 	return file_sluice_v1_job_proto_rawDescGZIP(), []int{0, 0}
 }
 
+// Outcome is how an invocation ended.
+type Attempt_Outcome int32
+
+const (
+	// Never set on a stored attempt.
+	Attempt_OUTCOME_UNSPECIFIED Attempt_Outcome = 0
+	// The function answered 2xx.
+	Attempt_SUCCEEDED Attempt_Outcome = 1
+	// The function answered with an error, or did not answer.
+	Attempt_FAILED Attempt_Outcome = 2
+	// The platform refused it for capacity; not counted as an attempt.
+	Attempt_THROTTLED Attempt_Outcome = 3
+)
+
+// Enum value maps for Attempt_Outcome.
+var (
+	Attempt_Outcome_name = map[int32]string{
+		0: "OUTCOME_UNSPECIFIED",
+		1: "SUCCEEDED",
+		2: "FAILED",
+		3: "THROTTLED",
+	}
+	Attempt_Outcome_value = map[string]int32{
+		"OUTCOME_UNSPECIFIED": 0,
+		"SUCCEEDED":           1,
+		"FAILED":              2,
+		"THROTTLED":           3,
+	}
+)
+
+func (x Attempt_Outcome) Enum() *Attempt_Outcome {
+	p := new(Attempt_Outcome)
+	*p = x
+	return p
+}
+
+func (x Attempt_Outcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Attempt_Outcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_sluice_v1_job_proto_enumTypes[1].Descriptor()
+}
+
+func (Attempt_Outcome) Type() protoreflect.EnumType {
+	return &file_sluice_v1_job_proto_enumTypes[1]
+}
+
+func (x Attempt_Outcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Attempt_Outcome.Descriptor instead.
+func (Attempt_Outcome) EnumDescriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{1, 0}
+}
+
 // Job is one unit of work for one function: its payload was stored before
 // the job's ID was handed out, and it ends in exactly one terminal state.
 type Job struct {
@@ -123,7 +180,10 @@ type Job struct {
 	PayloadSize int64 `protobuf:"varint,11,opt,name=payload_size,json=payloadSize,proto3" json:"payload_size,omitempty"`
 	// How many times the platform refused the job for capacity (429, or 503
 	// with Retry-After). Throttles are not attempts: they never fail a job.
-	Throttles     int32 `protobuf:"varint,12,opt,name=throttles,proto3" json:"throttles,omitempty"`
+	Throttles int32 `protobuf:"varint,12,opt,name=throttles,proto3" json:"throttles,omitempty"`
+	// The latest invocations of the job (at most 20), oldest first: attempts
+	// and the throttles between them.
+	History       []*Attempt `protobuf:"bytes,13,rep,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -242,6 +302,114 @@ func (x *Job) GetThrottles() int32 {
 	return 0
 }
 
+func (x *Job) GetHistory() []*Attempt {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+// Attempt is one invocation of a job and how it went.
+type Attempt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The attempt's number, from 1; a throttle carries the number of the
+	// attempt it was going to be.
+	Number int32 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	// When the invocation started.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// How long it took.
+	Duration *durationpb.Duration `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
+	// How it ended.
+	Outcome Attempt_Outcome `protobuf:"varint,4,opt,name=outcome,proto3,enum=sluice.v1.Attempt_Outcome" json:"outcome,omitempty"`
+	// The HTTP status the function answered with; 0 when it did not answer.
+	HttpStatus int32 `protobuf:"varint,5,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
+	// Whether it met a new environment (a cold start).
+	ColdStart bool `protobuf:"varint,6,opt,name=cold_start,json=coldStart,proto3" json:"cold_start,omitempty"`
+	// Why it failed, for a failed attempt.
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attempt) Reset() {
+	*x = Attempt{}
+	mi := &file_sluice_v1_job_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attempt) ProtoMessage() {}
+
+func (x *Attempt) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_job_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
+func (*Attempt) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Attempt) GetNumber() int32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Attempt) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *Attempt) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *Attempt) GetOutcome() Attempt_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return Attempt_OUTCOME_UNSPECIFIED
+}
+
+func (x *Attempt) GetHttpStatus() int32 {
+	if x != nil {
+		return x.HttpStatus
+	}
+	return 0
+}
+
+func (x *Attempt) GetColdStart() bool {
+	if x != nil {
+		return x.ColdStart
+	}
+	return false
+}
+
+func (x *Attempt) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // JobResult is what the function answered.
 type JobResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -257,7 +425,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_sluice_v1_job_proto_msgTypes[1]
+	mi := &file_sluice_v1_job_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +437,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[1]
+	mi := &file_sluice_v1_job_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +450,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{1}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *JobResult) GetHttpStatus() int32 {
@@ -324,7 +492,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_sluice_v1_job_proto_msgTypes[2]
+	mi := &file_sluice_v1_job_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +504,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[2]
+	mi := &file_sluice_v1_job_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +517,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{2}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SubmitJobRequest) GetFunction() string {
@@ -387,7 +555,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_sluice_v1_job_proto_msgTypes[3]
+	mi := &file_sluice_v1_job_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +567,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[3]
+	mi := &file_sluice_v1_job_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +580,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{3}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubmitJobResponse) GetJob() *Job {
@@ -443,7 +611,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_sluice_v1_job_proto_msgTypes[4]
+	mi := &file_sluice_v1_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +623,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[4]
+	mi := &file_sluice_v1_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +636,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{4}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -496,7 +664,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_sluice_v1_job_proto_msgTypes[5]
+	mi := &file_sluice_v1_job_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +676,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[5]
+	mi := &file_sluice_v1_job_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +689,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{5}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -542,7 +710,7 @@ type GetJobResultRequest struct {
 
 func (x *GetJobResultRequest) Reset() {
 	*x = GetJobResultRequest{}
-	mi := &file_sluice_v1_job_proto_msgTypes[6]
+	mi := &file_sluice_v1_job_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +722,7 @@ func (x *GetJobResultRequest) String() string {
 func (*GetJobResultRequest) ProtoMessage() {}
 
 func (x *GetJobResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[6]
+	mi := &file_sluice_v1_job_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +735,7 @@ func (x *GetJobResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResultRequest.ProtoReflect.Descriptor instead.
 func (*GetJobResultRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{6}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetJobResultRequest) GetId() string {
@@ -594,7 +762,7 @@ type GetJobResultResponse struct {
 
 func (x *GetJobResultResponse) Reset() {
 	*x = GetJobResultResponse{}
-	mi := &file_sluice_v1_job_proto_msgTypes[7]
+	mi := &file_sluice_v1_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +774,7 @@ func (x *GetJobResultResponse) String() string {
 func (*GetJobResultResponse) ProtoMessage() {}
 
 func (x *GetJobResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[7]
+	mi := &file_sluice_v1_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +787,7 @@ func (x *GetJobResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResultResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResultResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{7}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetJobResultResponse) GetJob() *Job {
@@ -654,7 +822,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_sluice_v1_job_proto_msgTypes[8]
+	mi := &file_sluice_v1_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +834,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[8]
+	mi := &file_sluice_v1_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +847,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{8}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelJobRequest) GetId() string {
@@ -700,7 +868,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_sluice_v1_job_proto_msgTypes[9]
+	mi := &file_sluice_v1_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +880,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[9]
+	mi := &file_sluice_v1_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +893,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{9}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -753,7 +921,7 @@ type InvokeFunctionRequest struct {
 
 func (x *InvokeFunctionRequest) Reset() {
 	*x = InvokeFunctionRequest{}
-	mi := &file_sluice_v1_job_proto_msgTypes[10]
+	mi := &file_sluice_v1_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +933,7 @@ func (x *InvokeFunctionRequest) String() string {
 func (*InvokeFunctionRequest) ProtoMessage() {}
 
 func (x *InvokeFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[10]
+	mi := &file_sluice_v1_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +946,7 @@ func (x *InvokeFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeFunctionRequest.ProtoReflect.Descriptor instead.
 func (*InvokeFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{10}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InvokeFunctionRequest) GetFunction() string {
@@ -827,7 +995,7 @@ type InvokeFunctionResponse struct {
 
 func (x *InvokeFunctionResponse) Reset() {
 	*x = InvokeFunctionResponse{}
-	mi := &file_sluice_v1_job_proto_msgTypes[11]
+	mi := &file_sluice_v1_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1007,7 @@ func (x *InvokeFunctionResponse) String() string {
 func (*InvokeFunctionResponse) ProtoMessage() {}
 
 func (x *InvokeFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_job_proto_msgTypes[11]
+	mi := &file_sluice_v1_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1020,7 @@ func (x *InvokeFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeFunctionResponse.ProtoReflect.Descriptor instead.
 func (*InvokeFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_job_proto_rawDescGZIP(), []int{11}
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *InvokeFunctionResponse) GetJob() *Job {
@@ -880,7 +1048,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x82\x05\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xb5\x05\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -897,7 +1065,8 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\fcontent_type\x18\n" +
 	" \x01(\tB\x03\xe0A\x03R\vcontentType\x12&\n" +
 	"\fpayload_size\x18\v \x01(\x03B\x03\xe0A\x03R\vpayloadSize\x12!\n" +
-	"\tthrottles\x18\f \x01(\x05B\x03\xe0A\x03R\tthrottles\"n\n" +
+	"\tthrottles\x18\f \x01(\x05B\x03\xe0A\x03R\tthrottles\x121\n" +
+	"\ahistory\x18\r \x03(\v2\x12.sluice.v1.AttemptB\x03\xe0A\x03R\ahistory\"n\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -907,7 +1076,24 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
 	"\x06FAILED\x10\x04\x12\r\n" +
 	"\tCANCELLED\x10\x05\x12\v\n" +
-	"\aEXPIRED\x10\x06\"c\n" +
+	"\aEXPIRED\x10\x06\"\xed\x02\n" +
+	"\aAttempt\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x05R\x06number\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x124\n" +
+	"\aoutcome\x18\x04 \x01(\x0e2\x1a.sluice.v1.Attempt.OutcomeR\aoutcome\x12\x1f\n" +
+	"\vhttp_status\x18\x05 \x01(\x05R\n" +
+	"httpStatus\x12\x1d\n" +
+	"\n" +
+	"cold_start\x18\x06 \x01(\bR\tcoldStart\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"L\n" +
+	"\aOutcome\x12\x17\n" +
+	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tSUCCEEDED\x10\x01\x12\n" +
+	"\n" +
+	"\x06FAILED\x10\x02\x12\r\n" +
+	"\tTHROTTLED\x10\x03\"c\n" +
 	"\tJobResult\x12\x1f\n" +
 	"\vhttp_status\x18\x01 \x01(\x05R\n" +
 	"httpStatus\x12!\n" +
@@ -993,58 +1179,64 @@ func file_sluice_v1_job_proto_rawDescGZIP() []byte {
 	return file_sluice_v1_job_proto_rawDescData
 }
 
-var file_sluice_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_sluice_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_sluice_v1_job_proto_goTypes = []any{
 	(Job_State)(0),                 // 0: sluice.v1.Job.State
-	(*Job)(nil),                    // 1: sluice.v1.Job
-	(*JobResult)(nil),              // 2: sluice.v1.JobResult
-	(*SubmitJobRequest)(nil),       // 3: sluice.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),      // 4: sluice.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),          // 5: sluice.v1.GetJobRequest
-	(*GetJobResponse)(nil),         // 6: sluice.v1.GetJobResponse
-	(*GetJobResultRequest)(nil),    // 7: sluice.v1.GetJobResultRequest
-	(*GetJobResultResponse)(nil),   // 8: sluice.v1.GetJobResultResponse
-	(*CancelJobRequest)(nil),       // 9: sluice.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),      // 10: sluice.v1.CancelJobResponse
-	(*InvokeFunctionRequest)(nil),  // 11: sluice.v1.InvokeFunctionRequest
-	(*InvokeFunctionResponse)(nil), // 12: sluice.v1.InvokeFunctionResponse
-	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
-	(*httpbody.HttpBody)(nil),      // 14: google.api.HttpBody
-	(*durationpb.Duration)(nil),    // 15: google.protobuf.Duration
+	(Attempt_Outcome)(0),           // 1: sluice.v1.Attempt.Outcome
+	(*Job)(nil),                    // 2: sluice.v1.Job
+	(*Attempt)(nil),                // 3: sluice.v1.Attempt
+	(*JobResult)(nil),              // 4: sluice.v1.JobResult
+	(*SubmitJobRequest)(nil),       // 5: sluice.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),      // 6: sluice.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),          // 7: sluice.v1.GetJobRequest
+	(*GetJobResponse)(nil),         // 8: sluice.v1.GetJobResponse
+	(*GetJobResultRequest)(nil),    // 9: sluice.v1.GetJobResultRequest
+	(*GetJobResultResponse)(nil),   // 10: sluice.v1.GetJobResultResponse
+	(*CancelJobRequest)(nil),       // 11: sluice.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),      // 12: sluice.v1.CancelJobResponse
+	(*InvokeFunctionRequest)(nil),  // 13: sluice.v1.InvokeFunctionRequest
+	(*InvokeFunctionResponse)(nil), // 14: sluice.v1.InvokeFunctionResponse
+	(*timestamppb.Timestamp)(nil),  // 15: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 16: google.protobuf.Duration
+	(*httpbody.HttpBody)(nil),      // 17: google.api.HttpBody
 }
 var file_sluice_v1_job_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Job.state:type_name -> sluice.v1.Job.State
-	13, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	13, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
-	13, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
-	2,  // 4: sluice.v1.Job.result:type_name -> sluice.v1.JobResult
-	14, // 5: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
-	1,  // 6: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
-	15, // 7: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
-	1,  // 8: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
-	1,  // 9: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
-	14, // 10: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
-	1,  // 11: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
-	14, // 12: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
-	15, // 13: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
-	1,  // 14: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
-	14, // 15: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
-	3,  // 16: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
-	5,  // 17: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
-	7,  // 18: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
-	9,  // 19: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
-	11, // 20: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
-	4,  // 21: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
-	6,  // 22: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
-	8,  // 23: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
-	10, // 24: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
-	12, // 25: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
-	21, // [21:26] is the sub-list for method output_type
-	16, // [16:21] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	15, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
+	15, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
+	4,  // 4: sluice.v1.Job.result:type_name -> sluice.v1.JobResult
+	3,  // 5: sluice.v1.Job.history:type_name -> sluice.v1.Attempt
+	15, // 6: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	16, // 7: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
+	1,  // 8: sluice.v1.Attempt.outcome:type_name -> sluice.v1.Attempt.Outcome
+	17, // 9: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
+	2,  // 10: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
+	16, // 11: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
+	2,  // 12: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
+	2,  // 13: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
+	17, // 14: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
+	2,  // 15: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
+	17, // 16: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
+	16, // 17: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
+	2,  // 18: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
+	17, // 19: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
+	5,  // 20: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
+	7,  // 21: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
+	9,  // 22: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
+	11, // 23: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
+	13, // 24: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
+	6,  // 25: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
+	8,  // 26: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
+	10, // 27: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
+	12, // 28: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
+	14, // 29: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
+	25, // [25:30] is the sub-list for method output_type
+	20, // [20:25] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_job_proto_init() }
@@ -1057,8 +1249,8 @@ func file_sluice_v1_job_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_job_proto_rawDesc), len(file_sluice_v1_job_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   12,
+			NumEnums:      2,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,64 @@
+package buffer
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Creating or updating a stream that already has the wanted configuration
+// is not free: nats-server 2.15 rewrites the store's configuration, which
+// races (under the race detector) with consumers being created on it by
+// another gateway process starting at the same moment. So the resources are
+// created when missing and updated only when their settings differ.
+
+// ensureStream creates the stream, or updates it if its settings differ.
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			s, err = js.Stream(ctx, cfg.Name) // another process made it just now
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if have := s.CachedInfo().Config; sameStream(have, cfg) {
+		return s, nil
+	}
+	return js.UpdateStream(ctx, cfg)
+}
+
+// sameStream compares the settings Sluice chooses.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
+		have.Storage == want.Storage && have.Discard == want.Discard && have.MaxMsgs == want.MaxMsgs &&
+		have.MaxBytes == want.MaxBytes && have.MaxMsgSize == want.MaxMsgSize && have.Replicas == want.Replicas &&
+		have.Duplicates == want.Duplicates && have.Description == want.Description
+}
+
+// ensureKeyValue creates the bucket, or updates it if its settings differ.
+func ensureKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, cfg.Bucket)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if st.TTL() == cfg.TTL && st.History() == int64(cfg.History) && st.BackingStore() == "JetStream" &&
+		st.Config().Replicas == cfg.Replicas && st.Config().Description == cfg.Description {
+		return kv, nil
+	}
+	return js.UpdateKeyValue(ctx, cfg)
+}
