@@ -90,17 +90,25 @@ func TestFullQueueRefusesAndKeepsAccepted(t *testing.T) {
 	}
 }
 
+// submitOne submits one job for function "f" and returns it with a
+// consumer of f's jobs.
+func submitOne(t *testing.T, q *buffer.Queue, payload string) (*sluicev1.Job, *buffer.Consumer) {
+	t.Helper()
+	job, err := q.Submit(t.Context(), "f", []byte(payload), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := q.Consumer(t.Context(), buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return job, c
+}
+
 func TestDeliveryLifecycle(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{})
 	ctx := t.Context()
-	job, err := q.Submit(ctx, "f", []byte("hello"), "text/plain")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
+	job, c := submitOne(t, q, "hello")
 	fetchOne := func() *buffer.Delivery {
 		t.Helper()
 		ds, err := fetch(t, c, 1, 2*time.Second)
@@ -168,14 +176,7 @@ func fetch(t *testing.T, c *buffer.Consumer, max int, wait time.Duration) ([]*bu
 func TestQuickAttemptCountedWithoutBegin(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{})
 	ctx := t.Context()
-	job, err := q.Submit(ctx, "f", []byte("x"), "text/plain")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
+	job, c := submitOne(t, q, "x")
 	ds, err := fetch(t, c, 1, 2*time.Second)
 	if err != nil || len(ds) != 1 {
 		t.Fatalf("fetch: %d, %v", len(ds), err)
