@@ -308,19 +308,26 @@ func classifyPublishError(err error) error {
 // seen, the entry is read once more, as the message may have gone between
 // the two reads.
 func (q *Queue) Get(ctx context.Context, id string) (*sluicev1.Job, error) {
-	job, _, err := q.get(ctx, id)
+	job, _, err := q.GetRevision(ctx, id)
+	return job, err
+}
+
+// GetRevision is Get, with the revision of the job's state entry: 0 for a
+// job that has none yet. A later change of the job has a higher revision
+// (see [Queue.WatchJobs]).
+func (q *Queue) GetRevision(ctx context.Context, id string) (*sluicev1.Job, uint64, error) {
+	job, rev, err := q.get(ctx, id)
 	if !errors.Is(err, ErrNotFound) {
-		return job, err
+		return job, rev, err
 	}
 	msg, err := q.stream.GetLastMsgForSubject(ctx, jobSubjects(id))
 	switch {
 	case err == nil:
-		return queuedJob(msg), nil
+		return queuedJob(msg), 0, nil
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
-		return nil, fmt.Errorf("buffer: read job %s: %w", id, err)
+		return nil, 0, fmt.Errorf("buffer: read job %s: %w", id, err)
 	}
-	job, _, err = q.get(ctx, id)
-	return job, err
+	return q.get(ctx, id)
 }
 
 // Cancel ends a job that has not finished as CANCELLED and returns it.

@@ -11,10 +11,10 @@ import (
 )
 
 // WatchJobs calls changed with every job state written from now on, by any
-// process, until ctx ends. One watcher serves a whole gateway process, so
+// process, with its revision, until ctx ends. One watcher serves a whole gateway process, so
 // waiting for jobs costs no polling. It returns once the watch is in place;
 // the watch runs in a goroutine that ends with ctx.
-func (q *Queue) WatchJobs(ctx context.Context, changed func(*sluicev1.Job)) error {
+func (q *Queue) WatchJobs(ctx context.Context, changed func(job *sluicev1.Job, rev uint64)) error {
 	w, err := q.state.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
 	if err != nil {
 		return fmt.Errorf("buffer: watch jobs: %w", err)
@@ -34,7 +34,7 @@ func (q *Queue) WatchJobs(ctx context.Context, changed func(*sluicev1.Job)) erro
 				}
 				job := new(sluicev1.Job)
 				if proto.Unmarshal(entry.Value(), job) == nil {
-					changed(job)
+					changed(job, entry.Revision())
 				}
 			}
 		}

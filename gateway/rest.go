@@ -102,6 +102,9 @@ func writeTooLarge(w http.ResponseWriter, size, limit int64) {
 // Location for a submit, and the status, type and polling headers of a
 // result.
 func forwardResponse(_ context.Context, w http.ResponseWriter, m proto.Message) error {
+	if m == nil {
+		return nil // the start of a stream
+	}
 	switch m.ProtoReflect().Descriptor().FullName() {
 	case "sluice.v1.SubmitJobResponse":
 		r := m.(interface {

@@ -32,6 +32,9 @@ type Enqueuer interface {
 	// Get returns a job; buffer.ErrInvalidID or buffer.ErrNotFound when it
 	// cannot.
 	Get(ctx context.Context, id string) (*sluicev1.Job, error)
+	// GetRevision is Get with the revision of the job's state (0 before
+	// it has one), to order it against watched changes.
+	GetRevision(ctx context.Context, id string) (*sluicev1.Job, uint64, error)
 	// SubmitOnce stores a job unless the idempotency key already made one,
 	// which it then returns (created false).
 	SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string) (*sluicev1.Job, bool, error)

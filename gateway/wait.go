@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
@@ -13,9 +14,15 @@ import (
 
 // Watcher reports every job state written, by any process.
 type Watcher interface {
-	// WatchJobs calls changed with each job state written from now on,
-	// until ctx ends.
-	WatchJobs(ctx context.Context, changed func(*sluicev1.Job)) error
+	// WatchJobs calls changed with each job state written from now on, and
+	// its revision, until ctx ends.
+	WatchJobs(ctx context.Context, changed func(job *sluicev1.Job, rev uint64)) error
+}
+
+// change is one new state of a job and its revision.
+type change struct {
+	job *sluicev1.Job
+	rev uint64
 }
 
 var _ Watcher = (*buffer.Queue)(nil)
@@ -28,18 +35,20 @@ const MaxWait = 60 * time.Second
 // not a poll. It is safe for concurrent use.
 type waiters struct {
 	mu   sync.Mutex
-	byID map[string]map[chan *sluicev1.Job]struct{}
+	byID map[string]map[chan change]struct{}
 }
 
-func (w *waiters) add(id string) (<-chan *sluicev1.Job, func()) {
-	ch := make(chan *sluicev1.Job, 1)
+// add registers a waiter for the job's changes, keeping up to keep of
+// them; a waiter that falls further behind loses the oldest.
+func (w *waiters) add(id string, keep int) (<-chan change, func()) {
+	ch := make(chan change, keep)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.byID == nil {
-		w.byID = make(map[string]map[chan *sluicev1.Job]struct{})
+		w.byID = make(map[string]map[chan change]struct{})
 	}
 	if w.byID[id] == nil {
-		w.byID[id] = make(map[chan *sluicev1.Job]struct{})
+		w.byID[id] = make(map[chan change]struct{})
 	}
 	w.byID[id][ch] = struct{}{}
 	return ch, func() {
@@ -52,17 +61,24 @@ func (w *waiters) add(id string) (<-chan *sluicev1.Job, func()) {
 	}
 }
 
-// notify hands a job's new state to whoever waits for it; a waiter that
-// has not taken the previous one gets the newer in its place.
-func (w *waiters) notify(job *sluicev1.Job) {
+// notify hands a job's new state to whoever waits for it, dropping a
+// waiter's oldest unread change when it has no room.
+func (w *waiters) notify(job *sluicev1.Job, rev uint64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for ch := range w.byID[job.GetId()] {
-		select {
-		case <-ch:
-		default:
+		for {
+			select {
+			case ch <- change{job, rev}:
+			default:
+				select {
+				case <-ch:
+				default:
+				}
+				continue
+			}
+			break
 		}
-		ch <- job
 	}
 }
 
@@ -87,7 +103,7 @@ func (s *Service) waitFinished(ctx context.Context, id string, d time.Duration) 
 		return s.getJob(ctx, id)
 	}
 	// Listen before reading, so that a change in between is not missed.
-	changes, stop := s.waiters.add(id)
+	changes, stop := s.waiters.add(id, 1)
 	defer stop()
 	job, err := s.getJob(ctx, id)
 	if err != nil || buffer.Terminal(job.State) {
@@ -97,14 +113,49 @@ func (s *Service) waitFinished(ctx context.Context, id string, d time.Duration) 
 	defer timer.Stop()
 	for {
 		select {
-		case j := <-changes:
-			if buffer.Terminal(j.State) {
-				return j, nil
+		case c := <-changes:
+			if buffer.Terminal(c.job.State) {
+				return c.job, nil
 			}
 		case <-timer.C:
 			return s.getJob(ctx, id)
 		case <-ctx.Done():
 			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+// WatchJob streams the job's state now and at every change until it
+// finishes.
+func (s *Service) WatchJob(req *sluicev1.WatchJobRequest, stream sluicev1.JobService_WatchJobServer) error {
+	ctx := stream.Context()
+	if !s.watching.Load() {
+		return status.Error(codes.Unavailable, "watching jobs is not available on this gateway")
+	}
+	changes, stop := s.waiters.add(req.GetId(), 16)
+	defer stop()
+	job, sent, err := s.jobs.GetRevision(ctx, req.GetId())
+	if err != nil {
+		return s.jobError(ctx, req.GetId(), err)
+	}
+	for {
+		if err := stream.Send(&sluicev1.WatchJobResponse{Job: job}); err != nil {
+			return err
+		}
+		if buffer.Terminal(job.State) {
+			return nil
+		}
+		// Changes from before the state just sent may still be queued:
+		// only a later revision moves the watcher on.
+		for next := false; !next; {
+			select {
+			case c := <-changes:
+				if c.rev > sent {
+					job, sent, next = c.job, c.rev, true
+				}
+			case <-ctx.Done():
+				return status.FromContextError(ctx.Err()).Err()
+			}
 		}
 	}
 }

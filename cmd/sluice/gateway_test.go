@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -752,6 +754,62 @@ func TestInvokeAndWait(t *testing.T) {
 		})
 		if err != nil || resp.GetJob().GetState() != sluicev1.Job_SUCCEEDED || string(resp.GetBody().GetData()) != "hi" {
 			t.Errorf("gRPC invoke = %v, %v", resp, err)
+		}
+	})
+}
+
+func TestWatchJob(t *testing.T) {
+	var calls atomic.Int32
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if calls.Add(1)%2 == 1 {
+			http.Error(w, "once more", http.StatusInternalServerError)
+			return
+		}
+		io.WriteString(w, "done")
+	}))
+	t.Cleanup(flaky.Close)
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{
+		Name: "flaky", URL: flaky.URL,
+		Retry: RetryConfig{InitialBackoff: Duration(200 * time.Millisecond), Jitter: "none"},
+	})
+
+	t.Run("grpc", func(t *testing.T) {
+		client := sluicev1.NewJobServiceClient(g.grpcConn(t))
+		sub, err := client.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "flaky"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream, err := client.WatchJob(t.Context(), &sluicev1.WatchJobRequest{Id: sub.GetJob().GetId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var states []string
+		var last *sluicev1.Job
+		for {
+			resp, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if last != nil && resp.GetJob().GetAttempts() < last.GetAttempts() {
+				t.Errorf("attempts went back from %d to %d", last.GetAttempts(), resp.GetJob().GetAttempts())
+			}
+			last = resp.GetJob()
+			states = append(states, last.GetState().String())
+		}
+		if len(states) < 3 || states[len(states)-1] != "SUCCEEDED" || last.GetAttempts() != 2 {
+			t.Errorf("watched %v ending with %d attempts; want the retry seen and SUCCEEDED after 2", states, last.GetAttempts())
+		}
+	})
+	t.Run("rest", func(t *testing.T) {
+		resp := post(t, g.base+"/v1/functions/flaky/jobs", "text/plain", []byte("x"))
+		res, body := get(t, g.base+resp.Header.Get("Location")+":watch")
+		lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+		if res.StatusCode != http.StatusOK || len(lines) < 2 || !strings.Contains(lines[len(lines)-1], `"state":"SUCCEEDED"`) {
+			t.Errorf("REST watch = %d, %d lines, last %s", res.StatusCode, len(lines), lines[len(lines)-1])
 		}
 	})
 }

@@ -1044,6 +1044,98 @@ func (x *InvokeFunctionResponse) GetRetryAfterSeconds() int32 {
 	return 0
 }
 
+// WatchJobRequest names a job.
+type WatchJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job's ID, as SubmitJob returned it.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobRequest) Reset() {
+	*x = WatchJobRequest{}
+	mi := &file_sluice_v1_job_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobRequest) ProtoMessage() {}
+
+func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_job_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobRequest) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// WatchJobResponse is one state of the job.
+type WatchJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job as it stands.
+	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobResponse) Reset() {
+	*x = WatchJobResponse{}
+	mi := &file_sluice_v1_job_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobResponse) ProtoMessage() {}
+
+func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_job_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobResponse) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
@@ -1129,7 +1221,11 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x16InvokeFunctionResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12(\n" +
 	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12.\n" +
-	"\x13retry_after_seconds\x18\x03 \x01(\x05R\x11retryAfterSeconds2\x9f\r\n" +
+	"\x13retry_after_seconds\x18\x03 \x01(\x05R\x11retryAfterSeconds\"&\n" +
+	"\x0fWatchJobRequest\x12\x13\n" +
+	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"4\n" +
+	"\x10WatchJobResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job2\x83\x0e\n" +
 	"\n" +
 	"JobService\x12\x8b\x03\n" +
 	"\tSubmitJob\x12\x1b.sluice.v1.SubmitJobRequest\x1a\x1c.sluice.v1.SubmitJobResponse\"\xc2\x02\x92A\x8b\x02\x1a\x90\x01The request body is the payload itself, of any Content-Type, sent to the function as it is: not the HttpBody JSON object the schema below names.2\x03*/*Jq\n" +
@@ -1164,7 +1260,8 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\r\x9a\x02\x01\a\xa2\x02\x06binaryJx\n" +
 	"\x03202\x12q\n" +
 	"[Not finished within wait: the job as JSON; Location names it, Retry-After says when to ask.\x12\x12\n" +
-	"\x10\x1a\x0e.sluice.v1.Job\x82\xd3\xe4\x93\x020:\apayloadb\x04body\"\x1f/v1/functions/{function}:invokeB\xa1\x01\x92Ak\x12i\n" +
+	"\x10\x1a\x0e.sluice.v1.Job\x82\xd3\xe4\x93\x020:\apayloadb\x04body\"\x1f/v1/functions/{function}:invoke\x12b\n" +
+	"\bWatchJob\x12\x1a.sluice.v1.WatchJobRequest\x1a\x1b.sluice.v1.WatchJobResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/jobs/{id}:watch0\x01B\xa1\x01\x92Ak\x12i\n" +
 	"\x06Sluice\x12[Buffers jobs for serverless functions and dispatches them at a pace the functions can take.2\x02v1Z1github.com/sluicehq/sluice/api/sluice/v1;sluicev1b\x06proto3"
 
 var (
@@ -1180,7 +1277,7 @@ func file_sluice_v1_job_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_sluice_v1_job_proto_goTypes = []any{
 	(Job_State)(0),                 // 0: sluice.v1.Job.State
 	(Attempt_Outcome)(0),           // 1: sluice.v1.Attempt.Outcome
@@ -1197,46 +1294,51 @@ var file_sluice_v1_job_proto_goTypes = []any{
 	(*CancelJobResponse)(nil),      // 12: sluice.v1.CancelJobResponse
 	(*InvokeFunctionRequest)(nil),  // 13: sluice.v1.InvokeFunctionRequest
 	(*InvokeFunctionResponse)(nil), // 14: sluice.v1.InvokeFunctionResponse
-	(*timestamppb.Timestamp)(nil),  // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 16: google.protobuf.Duration
-	(*httpbody.HttpBody)(nil),      // 17: google.api.HttpBody
+	(*WatchJobRequest)(nil),        // 15: sluice.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),       // 16: sluice.v1.WatchJobResponse
+	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
+	(*httpbody.HttpBody)(nil),      // 19: google.api.HttpBody
 }
 var file_sluice_v1_job_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Job.state:type_name -> sluice.v1.Job.State
-	15, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	15, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
-	15, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
+	17, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	17, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
+	17, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
 	4,  // 4: sluice.v1.Job.result:type_name -> sluice.v1.JobResult
 	3,  // 5: sluice.v1.Job.history:type_name -> sluice.v1.Attempt
-	15, // 6: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	16, // 7: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
+	17, // 6: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	18, // 7: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
 	1,  // 8: sluice.v1.Attempt.outcome:type_name -> sluice.v1.Attempt.Outcome
-	17, // 9: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
+	19, // 9: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
 	2,  // 10: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
-	16, // 11: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
+	18, // 11: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
 	2,  // 12: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
 	2,  // 13: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
-	17, // 14: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
+	19, // 14: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
 	2,  // 15: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
-	17, // 16: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
-	16, // 17: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
+	19, // 16: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
+	18, // 17: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
 	2,  // 18: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
-	17, // 19: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
-	5,  // 20: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
-	7,  // 21: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
-	9,  // 22: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
-	11, // 23: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
-	13, // 24: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
-	6,  // 25: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
-	8,  // 26: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
-	10, // 27: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
-	12, // 28: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
-	14, // 29: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
-	25, // [25:30] is the sub-list for method output_type
-	20, // [20:25] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	19, // 19: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
+	2,  // 20: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
+	5,  // 21: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
+	7,  // 22: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
+	9,  // 23: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
+	11, // 24: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
+	13, // 25: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
+	15, // 26: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
+	6,  // 27: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
+	8,  // 28: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
+	10, // 29: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
+	12, // 30: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
+	14, // 31: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
+	16, // 32: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
+	27, // [27:33] is the sub-list for method output_type
+	21, // [21:27] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_job_proto_init() }
@@ -1250,7 +1352,7 @@ func file_sluice_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_job_proto_rawDesc), len(file_sluice_v1_job_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

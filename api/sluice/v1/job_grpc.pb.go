@@ -24,6 +24,7 @@ const (
 	JobService_GetJobResult_FullMethodName   = "/sluice.v1.JobService/GetJobResult"
 	JobService_CancelJob_FullMethodName      = "/sluice.v1.JobService/CancelJob"
 	JobService_InvokeFunction_FullMethodName = "/sluice.v1.JobService/InvokeFunction"
+	JobService_WatchJob_FullMethodName       = "/sluice.v1.JobService/WatchJob"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -57,6 +58,10 @@ type JobServiceClient interface {
 	// function's status, content type and body; one still pending answers 202
 	// with Location, Retry-After and the job as JSON.
 	InvokeFunction(ctx context.Context, in *InvokeFunctionRequest, opts ...grpc.CallOption) (*InvokeFunctionResponse, error)
+	// WatchJob streams the job's state: as it is now, then every change,
+	// until it finishes (the last message holds the terminal state) or the
+	// caller goes away. Over REST, newline-delimited JSON.
+	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error)
 }
 
 type jobServiceClient struct {
@@ -117,6 +122,25 @@ func (c *jobServiceClient) InvokeFunction(ctx context.Context, in *InvokeFunctio
 	return out, nil
 }
 
+func (c *jobServiceClient) WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[0], JobService_WatchJob_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchJobRequest, WatchJobResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_WatchJobClient = grpc.ServerStreamingClient[WatchJobResponse]
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -148,6 +172,10 @@ type JobServiceServer interface {
 	// function's status, content type and body; one still pending answers 202
 	// with Location, Retry-After and the job as JSON.
 	InvokeFunction(context.Context, *InvokeFunctionRequest) (*InvokeFunctionResponse, error)
+	// WatchJob streams the job's state: as it is now, then every change,
+	// until it finishes (the last message holds the terminal state) or the
+	// caller goes away. Over REST, newline-delimited JSON.
+	WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -172,6 +200,9 @@ func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobReques
 }
 func (UnimplementedJobServiceServer) InvokeFunction(context.Context, *InvokeFunctionRequest) (*InvokeFunctionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method InvokeFunction not implemented")
+}
+func (UnimplementedJobServiceServer) WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchJob not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -284,6 +315,17 @@ func _JobService_InvokeFunction_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_WatchJob_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchJobRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobServiceServer).WatchJob(m, &grpc.GenericServerStream[WatchJobRequest, WatchJobResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_WatchJobServer = grpc.ServerStreamingServer[WatchJobResponse]
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -312,6 +354,12 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _JobService_InvokeFunction_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchJob",
+			Handler:       _JobService_WatchJob_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "sluice/v1/job.proto",
 }
