@@ -160,7 +160,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			MaxInFlight: window,
 			// Past AckWait the server redelivers; leave room for the
 			// bookkeeping after a full-length invocation.
-			AckWait: f.Timeout + 30*time.Second,
+			AckWait: f.Timeout + 15*time.Second,
 		})
 		if err != nil {
 			return err

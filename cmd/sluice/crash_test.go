@@ -32,7 +32,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	t.Cleanup(fn.Close)
 	dir := t.TempDir()
 	config := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(config, fmt.Appendf(nil, "functions:\n  - name: f\n    url: %s\n    concurrency: 20\n", fn.URL), 0o600); err != nil {
+	if err := os.WriteFile(config, fmt.Appendf(nil, "functions:\n  - name: f\n    url: %s\n    concurrency: 20\n    timeout: 1s\n", fn.URL), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	httpAddr, err1 := freeAddr()
