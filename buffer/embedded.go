@@ -20,8 +20,8 @@ type EmbeddedConfig struct {
 	// Listen makes the server accept TCP clients on 127.0.0.1 on a random
 	// port; by default it accepts only in-process connections.
 	Listen bool
-	// NoSyncAlways turns off the fsync before each acknowledgement. Only
-	// for benchmarks that want to measure its cost: with it, an OS crash
+	// NoSyncAlways turns off the fsync before each acknowledgement: the
+	// server then flushes every two minutes, and an OS crash or power loss
 	// can lose acknowledged jobs.
 	NoSyncAlways bool
 }

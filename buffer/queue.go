@@ -66,7 +66,7 @@ type Config struct {
 	// Replicas is the stream's and bucket's replica count. Default 1.
 	Replicas int
 	// Retention is how long a job's state is kept after its last change.
-	// Default 7 days.
+	// Default 24h.
 	Retention time.Duration
 	// IdempotencyWindow is how long an idempotency key keeps returning the
 	// job it first created. Default 24h.
@@ -84,7 +84,7 @@ func (c *Config) setDefaults() {
 		c.Replicas = 1
 	}
 	if c.Retention == 0 {
-		c.Retention = 7 * 24 * time.Hour
+		c.Retention = 24 * time.Hour
 	}
 	if c.IdempotencyWindow == 0 {
 		c.IdempotencyWindow = 24 * time.Hour

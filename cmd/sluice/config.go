@@ -102,6 +102,17 @@ type BufferConfig struct {
 	MaxJobs Count `yaml:"max_jobs"`
 	// MaxBytes is the most payload bytes buffered at once. Default 1GiB.
 	MaxBytes ByteSize `yaml:"max_bytes"`
+	// Durability is "always" (default): the embedded JetStream flushes to
+	// disk before acknowledging each write; or "interval": it flushes every
+	// two minutes, faster, but an OS crash or power loss can lose accepted
+	// jobs. With --nats-url the NATS server's own sync_interval decides.
+	Durability string `yaml:"durability"`
+	// JobRetention is how long a job's state is kept after its last change,
+	// so after it finished. Default 24h; longer than every max_age.
+	JobRetention Duration `yaml:"job_retention"`
+	// IdempotencyWindow is how long an Idempotency-Key returns the job it
+	// first created. Default 24h.
+	IdempotencyWindow Duration `yaml:"idempotency_window"`
 }
 
 // Defaults and bounds of the function settings.
@@ -336,6 +347,27 @@ func (c *Config) setDefaultsAndCheck() error {
 			if kw.Every >= f.IdleReap {
 				bad("keep_warm.every", "%s is not shorter than idle_reap (%s): the environments would be reaped between pings", time.Duration(kw.Every), time.Duration(f.IdleReap))
 			}
+		}
+	}
+	b := &c.Buffer
+	switch b.Durability {
+	case "":
+		b.Durability = "always"
+	case "always", "interval":
+	default:
+		errs = append(errs, fmt.Errorf("buffer.durability: %q is neither always nor interval", b.Durability))
+	}
+	if b.JobRetention == 0 {
+		b.JobRetention = Duration(24 * time.Hour)
+	}
+	if b.IdempotencyWindow == 0 {
+		b.IdempotencyWindow = Duration(24 * time.Hour)
+	}
+	for i, f := range c.Functions {
+		// An unfinished job's state must outlive it.
+		if f.MaxAge >= b.JobRetention {
+			errs = append(errs, fmt.Errorf("buffer.job_retention: %s is not longer than functions[%d] (%s).max_age (%s)",
+				time.Duration(b.JobRetention), i, f.Name, time.Duration(f.MaxAge)))
 		}
 	}
 	return errors.Join(errs...)

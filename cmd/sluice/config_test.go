@@ -33,8 +33,16 @@ buffer:
 	if th.Concurrency != 3 || time.Duration(th.Timeout) != 2*time.Minute || th.MaxPayload != 256<<10 {
 		t.Errorf("thumb_2 = %+v, want concurrency 3, timeout 2m, 256KiB", th)
 	}
-	if cfg.Buffer.MaxJobs != 500 || cfg.Buffer.MaxBytes != 1<<30 {
+	if cfg.Buffer.MaxJobs != 500 || cfg.Buffer.MaxBytes != 1<<30 || cfg.Buffer.Durability != "always" ||
+		time.Duration(cfg.Buffer.JobRetention) != 24*time.Hour || time.Duration(cfg.Buffer.IdempotencyWindow) != 24*time.Hour {
 		t.Errorf("buffer = %+v", cfg.Buffer)
+	}
+}
+
+func TestParseConfigDurabilityInterval(t *testing.T) {
+	cfg, err := ParseConfig([]byte("functions:\n  - name: a\n    url: http://x/\nbuffer: {durability: interval, job_retention: 72h}\n"))
+	if err != nil || cfg.Buffer.Durability != "interval" || time.Duration(cfg.Buffer.JobRetention) != 72*time.Hour {
+		t.Errorf("config = %+v, %v", cfg, err)
 	}
 }
 
@@ -156,6 +164,8 @@ functions:
 		{"retry multiplier", "functions:\n  - name: a\n    url: http://x/\n    retry: {multiplier: 0.5}\n", "retry.multiplier: 0.5 is not a number of at least 1"},
 		{"retry backoffs", "functions:\n  - name: a\n    url: http://x/\n    retry: {initial_backoff: 10m, max_backoff: 1m}\n", "retry.max_backoff: 1m0s is shorter than initial_backoff (10m0s)"},
 		{"retry attempts", "functions:\n  - name: a\n    url: http://x/\n    retry: {max_attempts: 0}\n", "functions[0].retry.max_attempts: line 4"},
+		{"durability", "functions:\n  - name: a\n    url: http://x/\nbuffer: {durability: sometimes}\n", `buffer.durability: "sometimes" is neither always nor interval`},
+		{"retention under max age", "functions:\n  - name: a\n    url: http://x/\n    max_age: 48h\n", "buffer.job_retention: 24h0m0s is not longer than functions[0] (a).max_age (48h0m0s)"},
 		{"adaptive not a bool", "functions:\n  - name: a\n    url: http://x/\n    adaptive: maybe\n", "functions[0].adaptive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -60,7 +60,10 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		}
 	}()
 	if opts.NATSURL == "" {
-		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: opts.DataDir})
+		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
+			StoreDir:     opts.DataDir,
+			NoSyncAlways: cfg.Buffer.Durability == "interval",
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -78,7 +81,15 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			}
 		}
 	}
-	queue, err := buffer.Open(ctx, p.nc, buffer.Config{MaxJobs: int64(cfg.Buffer.MaxJobs), MaxBytes: int64(cfg.Buffer.MaxBytes)})
+	if cfg.Buffer.Durability == "interval" {
+		log.Warn("buffer.durability is interval: an OS crash or power loss can lose accepted jobs")
+	}
+	queue, err := buffer.Open(ctx, p.nc, buffer.Config{
+		MaxJobs:           int64(cfg.Buffer.MaxJobs),
+		MaxBytes:          int64(cfg.Buffer.MaxBytes),
+		Retention:         time.Duration(cfg.Buffer.JobRetention),
+		IdempotencyWindow: time.Duration(cfg.Buffer.IdempotencyWindow),
+	})
 	if err != nil {
 		return nil, err
 	}
