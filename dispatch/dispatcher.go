@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -538,7 +539,7 @@ func describeInvokeError(err error, timeout time.Duration) string {
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Sprintf("function did not answer within its timeout of %s", timeout)
 	case errors.Is(err, ErrResponseTooLarge):
-		return err.Error()[len("dispatch: "):]
+		return strings.TrimPrefix(err.Error(), "dispatch: ")
 	case errors.As(err, &netErr) && netErr.Timeout():
 		return fmt.Sprintf("function did not answer within its timeout of %s", timeout)
 	}

@@ -100,7 +100,7 @@ func writeTooLarge(w http.ResponseWriter, size, limit int64) {
 
 // forwardResponse gives REST answers what the protos cannot say: 202 and
 // Location for a submit, and the status, type and polling headers of a
-// result.
+// result or an invocation.
 func forwardResponse(_ context.Context, w http.ResponseWriter, m proto.Message) error {
 	if m == nil {
 		return nil // the start of a stream
@@ -114,24 +114,17 @@ func forwardResponse(_ context.Context, w http.ResponseWriter, m proto.Message) 
 		if r.GetReplayed() {
 			w.Header().Set("Idempotent-Replayed", "true")
 		}
-		w.Header().Set("Location", "/v1/jobs/"+r.GetJob().GetId())
-		w.WriteHeader(http.StatusAccepted)
+		accepted(w, r.GetJob().GetId(), 0)
 	case "sluice.v1.GetJobResultResponse":
 		r := m.(interface {
 			GetJob() *sluicev1.Job
 			GetRetryAfterSeconds() int32
 		})
-		if r.GetJob().GetState() == sluicev1.Job_SUCCEEDED {
-			ct := r.GetJob().GetResult().GetContentType()
-			if ct == "" {
-				ct = "application/octet-stream"
-			}
-			w.Header().Set("Content-Type", ct)
+		if r.GetJob().GetState() != sluicev1.Job_SUCCEEDED {
+			accepted(w, r.GetJob().GetId(), r.GetRetryAfterSeconds())
 			return nil
 		}
-		w.Header().Set("Location", "/v1/jobs/"+r.GetJob().GetId())
-		w.Header().Set("Retry-After", strconv.Itoa(int(r.GetRetryAfterSeconds())))
-		w.WriteHeader(http.StatusAccepted)
+		w.Header().Set("Content-Type", bodyType(r.GetJob().GetResult().GetContentType()))
 	case "sluice.v1.InvokeFunctionResponse":
 		r := m.(interface {
 			GetJob() *sluicev1.Job
@@ -141,23 +134,36 @@ func forwardResponse(_ context.Context, w http.ResponseWriter, m proto.Message) 
 		job := r.GetJob()
 		if !buffer.Terminal(job.GetState()) {
 			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Location", "/v1/jobs/"+job.GetId())
-			w.Header().Set("Retry-After", strconv.Itoa(int(r.GetRetryAfterSeconds())))
-			w.WriteHeader(http.StatusAccepted)
+			accepted(w, job.GetId(), r.GetRetryAfterSeconds())
 			return nil
 		}
 		// The function's own answer, as if it had been called directly.
-		ct := r.GetBody().GetContentType()
-		if ct == "" {
-			ct = "application/octet-stream"
-		}
-		w.Header().Set("Content-Type", ct)
+		w.Header().Set("Content-Type", bodyType(r.GetBody().GetContentType()))
 		w.Header().Set("Location", "/v1/jobs/"+job.GetId())
 		if code := int(job.GetResult().GetHttpStatus()); code >= 200 && code <= 599 && code != http.StatusOK {
 			w.WriteHeader(code)
 		}
 	}
 	return nil
+}
+
+// accepted answers 202 with the job's Location and, if positive, when to
+// ask again.
+func accepted(w http.ResponseWriter, id string, retryAfterSeconds int32) {
+	w.Header().Set("Location", "/v1/jobs/"+id)
+	if retryAfterSeconds > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(retryAfterSeconds)))
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// bodyType is a function response's content type, which it may not have
+// said.
+func bodyType(contentType string) string {
+	if contentType == "" {
+		return "application/octet-stream"
+	}
+	return contentType
 }
 
 // errorHandler adds to grpc-gateway's default: 413 for a payload over its

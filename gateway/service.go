@@ -121,6 +121,7 @@ type Service struct {
 	waiters   waiters
 	watching  atomic.Bool
 	functions map[string]Function
+	largest   int64 // the largest payload limit of any function
 	log       *slog.Logger
 	poll      time.Duration
 }
@@ -158,6 +159,7 @@ func NewService(cfg Config) (*Service, error) {
 			f.MaxPayload = DefaultMaxPayload
 		}
 		s.functions[f.Name] = f
+		s.largest = max(s.largest, f.MaxPayload)
 	}
 	return s, nil
 }
@@ -168,11 +170,7 @@ func (s *Service) MaxPayload(function string) int64 {
 	if f, ok := s.functions[function]; ok {
 		return f.MaxPayload
 	}
-	var largest int64 = DefaultMaxPayload
-	for _, f := range s.functions {
-		largest = max(largest, f.MaxPayload)
-	}
-	return largest
+	return max(s.largest, DefaultMaxPayload)
 }
 
 // SubmitJob stores a job and returns it QUEUED.

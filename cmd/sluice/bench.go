@@ -236,7 +236,7 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 				if b.protocol == "grpc" {
 					id, err = submitGRPC(gctx, grpcClients[i%len(grpcClients)], payload)
 				} else {
-					id, err = submitOnce(gctx, client, gateways[i%len(gateways)], payload)
+					id, err = submitREST(gctx, client, gateways[i%len(gateways)], payload)
 				}
 				if err != nil {
 					return err
@@ -298,7 +298,8 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 	return res, err
 }
 
-func submitOnce(ctx context.Context, client *http.Client, gateway string, payload []byte) (string, error) {
+// submitREST submits one job over REST, waiting out 429 and 503.
+func submitREST(ctx context.Context, client *http.Client, gateway string, payload []byte) (string, error) {
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, gateway+"/v1/functions/burst/jobs", bytes.NewReader(payload))
 		if err != nil {

@@ -74,11 +74,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS: %w", err)
 	}
-	if int64(p.nc.MaxPayload()) < maxMaxPayload+64<<10 {
-		for _, f := range cfg.Functions {
-			if int64(f.MaxPayload)+64<<10 > p.nc.MaxPayload() {
-				return nil, fmt.Errorf("functions (%s).max_payload: %d bytes does not fit the NATS server's max_payload of %d with room for headers", f.Name, f.MaxPayload, p.nc.MaxPayload())
-			}
+	for _, f := range cfg.Functions {
+		if int64(f.MaxPayload)+64<<10 > p.nc.MaxPayload() {
+			return nil, fmt.Errorf("functions (%s).max_payload: %d bytes does not fit the NATS server's max_payload of %d with room for headers", f.Name, f.MaxPayload, p.nc.MaxPayload())
 		}
 	}
 	if cfg.Buffer.Durability == "interval" {
