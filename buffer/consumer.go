@@ -102,9 +102,21 @@ func (c *Consumer) Fetch(ctx context.Context, max int, maxWait time.Duration, ha
 // arrive after ctx ended are handed straight back. It returns nil once ctx
 // has ended, or the error that stopped it.
 func (c *Consumer) Consume(ctx context.Context, maxBuffered int, handle func(*Delivery)) error {
-	it, err := c.cons.Messages(jetstream.PullMaxMessages(max(maxBuffered, 1)))
+	err := consume(ctx, c.cons, maxBuffered, func(msg jetstream.Msg) { handle(newDelivery(c.q, msg)) })
 	if err != nil {
 		return fmt.Errorf("buffer: consume %s: %w", c.cfg.Function, err)
+	}
+	return nil
+}
+
+// consume pulls from cons continuously, keeping up to maxBuffered messages
+// requested ahead, and calls handle with each, until ctx ends. Messages
+// that arrive after ctx ended are handed straight back. It returns nil once
+// ctx has ended, or the error that stopped it.
+func consume(ctx context.Context, cons jetstream.Consumer, maxBuffered int, handle func(jetstream.Msg)) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(max(maxBuffered, 1)))
+	if err != nil {
+		return err
 	}
 	stopped := make(chan struct{})
 	defer close(stopped)
@@ -113,7 +125,7 @@ func (c *Consumer) Consume(ctx context.Context, maxBuffered int, handle func(*De
 		case <-ctx.Done():
 		case <-stopped:
 		}
-		it.Drain() // buffered jobs are still returned by Next, then it closes
+		it.Drain() // buffered messages are still returned by Next, then it closes
 	}()
 	for {
 		msg, err := it.Next()
@@ -122,7 +134,7 @@ func (c *Consumer) Consume(ctx context.Context, maxBuffered int, handle func(*De
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("buffer: consume %s: %w", c.cfg.Function, err)
+			return err
 		case err != nil:
 			if ctx.Err() != nil {
 				return nil
@@ -130,12 +142,11 @@ func (c *Consumer) Consume(ctx context.Context, maxBuffered int, handle func(*De
 			// Missed heartbeats and the like: the iterator carries on.
 			continue
 		}
-		d := newDelivery(c.q, msg)
 		if ctx.Err() != nil {
-			d.msg.Nak() //nolint:errcheck // at worst it returns after AckWait
+			msg.Nak() //nolint:errcheck // at worst it returns after AckWait
 			continue
 		}
-		handle(d)
+		handle(msg)
 	}
 }
 
@@ -154,6 +165,8 @@ type Delivery struct {
 	Payload []byte
 	// CreateTime is when the job was accepted.
 	CreateTime time.Time
+	// CallbackURL is where the finished job is POSTed; "" for none.
+	CallbackURL string
 
 	begun     bool              // Begin was called: Release must put the state back.
 	last      *snapshot         // the job's state as this delivery last read or wrote it
@@ -172,6 +185,7 @@ func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
 		ContentType: h.Get(headerContentTyp),
 		Payload:     msg.Data(),
 		CreateTime:  timeHeader(h, headerCreateTime),
+		CallbackURL: h.Get(headerCallbackURL),
 	}
 }
 
@@ -185,6 +199,7 @@ func (d *Delivery) seed() *sluicev1.Job {
 		CreateTime:  timestamppb.New(d.CreateTime),
 		ContentType: d.ContentType,
 		PayloadSize: int64(len(d.Payload)),
+		CallbackUrl: d.CallbackURL,
 	}
 }
 
@@ -276,7 +291,8 @@ func (d *Delivery) Succeed(ctx context.Context, result *sluicev1.JobResult) erro
 }
 
 // Fail marks the job FAILED with the reason (and the function's response,
-// if it sent one) and removes it from the queue.
+// if it sent one), moves it to the dead letters and removes it from the
+// queue.
 func (d *Delivery) Fail(ctx context.Context, reason string, result *sluicev1.JobResult) error {
 	return d.finish(ctx, func(j *sluicev1.Job) {
 		j.State = sluicev1.Job_FAILED
@@ -294,11 +310,26 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 		d.addRecord(j)
 		set(j)
 		j.FinishTime = timestamppb.New(d.q.now())
+		if deadLettered(j.State) {
+			j.DeadLetterTime = j.FinishTime
+		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrFinished) {
 		// The message stays unacknowledged and comes back after AckWait.
 		return err
+	}
+	return d.settleFinished(ctx, err == nil)
+}
+
+// settleFinished makes sure of what the finished job leads to (its dead
+// letter, its callback) and then removes its message. written says whether
+// this delivery wrote the terminal state.
+func (d *Delivery) settleFinished(ctx context.Context, written bool) error {
+	if d.last != nil && Terminal(d.last.job.State) {
+		if err := d.q.afterFinish(ctx, d.last.job, d.Payload, written); err != nil {
+			return err // the message comes back after AckWait, and this is tried again
+		}
 	}
 	return d.ack()
 }
@@ -313,8 +344,8 @@ func (d *Delivery) countQuickAttempt(j *sluicev1.Job) {
 	j.StartTime = timestamppb.New(d.invokedAt)
 }
 
-// Expire ends a job that ran out of time as EXPIRED with the reason and
-// removes it from the queue.
+// Expire ends a job that ran out of time as EXPIRED with the reason, moves
+// it to the dead letters and removes it from the queue.
 func (d *Delivery) Expire(ctx context.Context, reason string) error {
 	return d.finish(ctx, func(j *sluicev1.Job) {
 		j.State = sluicev1.Job_EXPIRED
@@ -338,7 +369,7 @@ func (d *Delivery) Retry(ctx context.Context, reason string, result *sluicev1.Jo
 		return nil
 	})
 	if errors.Is(err, ErrFinished) {
-		return d.ack()
+		return d.settleFinished(ctx, false)
 	}
 	if err != nil {
 		return err
@@ -375,6 +406,18 @@ func (d *Delivery) Release(ctx context.Context) error {
 // since a throttle is not a failure, and the job is delivered again after
 // delay at the earliest.
 func (d *Delivery) Throttled(ctx context.Context, delay time.Duration) error {
+	return d.uncounted(ctx, delay, true)
+}
+
+// ProbeFailed hands a job back whose attempt was a circuit breaker's probe
+// and failed: that the function is still down is no fault of the job's, so
+// the attempt is not counted. It is delivered again after delay at the
+// earliest.
+func (d *Delivery) ProbeFailed(ctx context.Context, delay time.Duration) error {
+	return d.uncounted(ctx, delay, false)
+}
+
+func (d *Delivery) uncounted(ctx context.Context, delay time.Duration, throttle bool) error {
 	_, err := d.change(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
 			return ErrFinished
@@ -383,15 +426,20 @@ func (d *Delivery) Throttled(ctx context.Context, delay time.Duration) error {
 		if d.begun && j.Attempts > 0 {
 			j.Attempts--
 		}
-		j.Throttles++
+		if throttle {
+			j.Throttles++
+		}
 		d.addRecord(j)
 		return nil
 	})
-	if err != nil && !errors.Is(err, ErrFinished) {
+	if errors.Is(err, ErrFinished) {
+		return d.settleFinished(ctx, false)
+	}
+	if err != nil {
 		return err
 	}
 	if err := d.msg.NakWithDelay(delay); err != nil {
-		return fmt.Errorf("buffer: hand back throttled job %s: %w", d.JobID, err)
+		return fmt.Errorf("buffer: hand back job %s: %w", d.JobID, err)
 	}
 	return nil
 }
@@ -405,8 +453,9 @@ func (d *Delivery) Defer(delay time.Duration) error {
 	return nil
 }
 
-// Skip removes a job that is already finished from the queue.
-func (d *Delivery) Skip(context.Context) error { return d.ack() }
+// Skip removes a job that is already finished from the queue, once what
+// its finish leads to (dead letter, callback) is surely stored.
+func (d *Delivery) Skip(ctx context.Context) error { return d.settleFinished(ctx, false) }
 
 // ack removes the job's message. It does not wait for the server's
 // confirmation: a lost ack only brings the finished job back, and Prepare

@@ -37,7 +37,7 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
 		have.Storage == want.Storage && have.Discard == want.Discard && have.MaxMsgs == want.MaxMsgs &&
 		have.MaxBytes == want.MaxBytes && have.MaxMsgSize == want.MaxMsgSize && have.Replicas == want.Replicas &&
-		have.Duplicates == want.Duplicates && have.Description == want.Description
+		have.Duplicates == want.Duplicates && have.Description == want.Description && have.MaxAge == want.MaxAge
 }
 
 // ensureKeyValue creates the bucket, or updates it if its settings differ.

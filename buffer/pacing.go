@@ -43,6 +43,33 @@ type Pacing struct {
 	// new environment, across processes.
 	ColdStarts int64 `json:"cold_starts,omitempty"`
 	WarmStarts int64 `json:"warm_starts,omitempty"`
+	// Circuit is the function's circuit breaker.
+	Circuit Circuit `json:"circuit,omitzero"`
+}
+
+// Circuit states, as Pacing stores them; the zero value is closed.
+const (
+	CircuitClosed   = ""
+	CircuitOpen     = "open"
+	CircuitHalfOpen = "half_open"
+)
+
+// Circuit is a function's circuit breaker as every gateway process sees
+// it. The dispatcher owns its meaning.
+type Circuit struct {
+	// State is CircuitClosed, CircuitOpen or CircuitHalfOpen.
+	State string `json:"state,omitempty"`
+	// Until is, while open, when a probe may go; while half-open, when
+	// the probe's claim lapses (its process may have died).
+	Until time.Time `json:"until,omitzero"`
+	// Cooldown is how long the circuit stays open this time.
+	Cooldown time.Duration `json:"cooldown,omitempty"`
+	// Changed is when it last changed state.
+	Changed time.Time `json:"changed,omitzero"`
+	// Reason says, for people, why it is in this state.
+	Reason string `json:"reason,omitempty"`
+	// Opens counts how often it opened.
+	Opens int64 `json:"opens,omitempty"`
 }
 
 // Pacing returns the function's shared window; the zero Pacing if none has

@@ -34,9 +34,10 @@ const (
 
 // Headers on a job message.
 const (
-	headerJobID      = "Sluice-Job-Id"
-	headerCreateTime = "Sluice-Create-Time"
-	headerContentTyp = "Content-Type"
+	headerJobID       = "Sluice-Job-Id"
+	headerCreateTime  = "Sluice-Create-Time"
+	headerContentTyp  = "Content-Type"
+	headerCallbackURL = "Sluice-Callback-Url"
 )
 
 // Sentinel errors.
@@ -71,6 +72,9 @@ type Config struct {
 	// IdempotencyWindow is how long an idempotency key keeps returning the
 	// job it first created. Default 24h.
 	IdempotencyWindow time.Duration
+	// DeadLetterRetention is how long a dead letter is kept unless it is
+	// redriven or discarded first. Default 7 days.
+	DeadLetterRetention time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -89,16 +93,21 @@ func (c *Config) setDefaults() {
 	if c.IdempotencyWindow == 0 {
 		c.IdempotencyWindow = 24 * time.Hour
 	}
+	if c.DeadLetterRetention == 0 {
+		c.DeadLetterRetention = 7 * 24 * time.Hour
+	}
 }
 
 // Queue is the durable job buffer. It is safe for concurrent use.
 type Queue struct {
-	js       jetstream.JetStream
-	stream   jetstream.Stream
-	state    jetstream.KeyValue
-	pacingKV jetstream.KeyValue
-	idemKV   jetstream.KeyValue
-	now      func() time.Time
+	js        jetstream.JetStream
+	stream    jetstream.Stream
+	dead      jetstream.Stream
+	callbacks jetstream.Stream
+	state     jetstream.KeyValue
+	pacingKV  jetstream.KeyValue
+	idemKV    jetstream.KeyValue
+	now       func() time.Time
 }
 
 // Open creates or updates the job stream and the state bucket on the
@@ -163,7 +172,18 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", IdempotencyBucket, err)
 	}
-	return &Queue{js: js, stream: stream, state: state, pacingKV: pacing, idemKV: idem, now: time.Now}, nil
+	dead, err := ensureStream(ctx, js, deadLetterStreamConfig(cfg, maxMsg))
+	if err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", DeadLetterStream, err)
+	}
+	callbacks, err := ensureStream(ctx, js, callbackStreamConfig(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", CallbackStream, err)
+	}
+	return &Queue{
+		js: js, stream: stream, dead: dead, callbacks: callbacks,
+		state: state, pacingKV: pacing, idemKV: idem, now: time.Now,
+	}, nil
 }
 
 // NewJobID returns a random job ID: 128 bits from crypto/rand in base32.
@@ -188,8 +208,8 @@ func jobSubjects(id string) string { return SubjectPrefix + "*." + id }
 // Submit stores a job for function and returns it in state QUEUED. It
 // returns only after JetStream has acknowledged the job's message, flushed
 // to disk. It returns [ErrFull] when the buffer is at its limit.
-func (q *Queue) Submit(ctx context.Context, function string, payload []byte, contentType string) (*sluicev1.Job, error) {
-	return q.publish(ctx, function, NewJobID(), payload, contentType)
+func (q *Queue) Submit(ctx context.Context, function string, payload []byte, contentType string, opts ...SubmitOption) (*sluicev1.Job, error) {
+	return q.publish(ctx, function, NewJobID(), payload, contentType, applySubmitOptions(opts))
 }
 
 // SubmitOnce is Submit with an idempotency key: the first submit of key
@@ -197,13 +217,14 @@ func (q *Queue) Submit(ctx context.Context, function string, payload []byte, con
 // returns that job (created false), also when they arrive at once or
 // through other gateway processes. If the first submit failed, a later one
 // creates the job.
-func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string) (job *sluicev1.Job, created bool, err error) {
+func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string, opts ...SubmitOption) (job *sluicev1.Job, created bool, err error) {
 	k := idempotencyKey(function, key)
+	o := applySubmitOptions(opts)
 	for {
 		id := NewJobID()
 		rev, err := q.idemKV.Create(ctx, k, []byte(id))
 		if err == nil {
-			job, err := q.publish(ctx, function, id, payload, contentType)
+			job, err := q.publish(ctx, function, id, payload, contentType, o)
 			if err != nil {
 				// Let a retry of this submit create the job.
 				q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
@@ -261,30 +282,60 @@ func idempotencyKey(function, key string) string {
 }
 
 // publish stores a new job's message and returns the job, QUEUED.
-func (q *Queue) publish(ctx context.Context, function, id string, payload []byte, contentType string) (*sluicev1.Job, error) {
-	now := q.now().UTC()
+func (q *Queue) publish(ctx context.Context, function, id string, payload []byte, contentType string, o submitOptions) (*sluicev1.Job, error) {
 	job := &sluicev1.Job{
 		Id:          id,
 		Function:    function,
 		State:       sluicev1.Job_QUEUED,
-		CreateTime:  timestamppb.New(now),
+		CreateTime:  timestamppb.New(q.now().UTC()),
 		ContentType: contentType,
 		PayloadSize: int64(len(payload)),
-	}
-	msg := nats.NewMsg(Subject(function, job.Id))
-	msg.Data = payload
-	msg.Header.Set(headerJobID, job.Id)
-	msg.Header.Set(headerCreateTime, now.Format(time.RFC3339Nano))
-	if contentType != "" {
-		msg.Header.Set(headerContentTyp, contentType)
+		CallbackUrl: o.callbackURL,
 	}
 	// The message is the whole of a queued job: its state entry is first
 	// written when dispatch starts it, so a submit costs one fsync'd write.
 	// Get reads a queued job from the message.
-	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.Id)); err != nil {
+	if _, err := q.js.PublishMsg(ctx, jobMsg(job, payload), jetstream.WithMsgID(job.Id)); err != nil {
 		return nil, classifyPublishError(err)
 	}
 	return job, nil
+}
+
+// jobMsg is the message that holds a queued job: its payload, and in
+// headers what its state is seeded from.
+func jobMsg(job *sluicev1.Job, payload []byte) *nats.Msg {
+	msg := nats.NewMsg(Subject(job.Function, job.Id))
+	msg.Data = payload
+	msg.Header.Set(headerJobID, job.Id)
+	msg.Header.Set(headerCreateTime, job.GetCreateTime().AsTime().Format(time.RFC3339Nano))
+	if job.ContentType != "" {
+		msg.Header.Set(headerContentTyp, job.ContentType)
+	}
+	if job.CallbackUrl != "" {
+		msg.Header.Set(headerCallbackURL, job.CallbackUrl)
+	}
+	return msg
+}
+
+// SubmitOption sets something optional about a submitted job.
+type SubmitOption func(*submitOptions)
+
+type submitOptions struct {
+	callbackURL string
+}
+
+// WithCallback has the finished job POSTed to url. The URL is taken as it
+// is: checking it is the caller's business.
+func WithCallback(url string) SubmitOption {
+	return func(o *submitOptions) { o.callbackURL = url }
+}
+
+func applySubmitOptions(opts []SubmitOption) submitOptions {
+	var o submitOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
 }
 
 // classifyPublishError turns the stream's refusal for being at its limits
@@ -327,7 +378,12 @@ func (q *Queue) GetRevision(ctx context.Context, id string) (*sluicev1.Job, uint
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return nil, 0, fmt.Errorf("buffer: read job %s: %w", id, err)
 	}
-	return q.get(ctx, id)
+	job, rev, err = q.get(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		// A dead letter outlives its job's state entry.
+		job, err = q.deadLetterJob(ctx, id)
+	}
+	return job, rev, err
 }
 
 // Cancel ends a job that has not finished as CANCELLED and returns it.
@@ -372,6 +428,13 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 	if snap == nil {
 		return nil, err
 	}
+	if err == nil {
+		// Dispatch publishes it too when it finds the job cancelled; this
+		// is for a running job, whose delivery may be long gone.
+		if err := q.afterFinish(ctx, snap.job, nil, true); err != nil {
+			return nil, err
+		}
+	}
 	return snap.job, err
 }
 
@@ -385,6 +448,7 @@ func queuedJob(msg *jetstream.RawStreamMsg) *sluicev1.Job {
 		CreateTime:  timestamppb.New(timeHeader(msg.Header, headerCreateTime)),
 		ContentType: msg.Header.Get(headerContentTyp),
 		PayloadSize: int64(len(msg.Data)),
+		CallbackUrl: msg.Header.Get(headerCallbackURL),
 	}
 }
 

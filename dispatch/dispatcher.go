@@ -43,9 +43,13 @@ type Function struct {
 	KeepWarm KeepWarm
 	// Retry says which failed attempts are tried again, and when.
 	Retry RetryPolicy
-	// MaxAge ends a job not finished this long after it was accepted as
-	// EXPIRED, throttles and retries included. Zero means no limit.
+	// MaxAge ends a job not finished this long after it was accepted (or
+	// last redriven) as EXPIRED, throttles and retries included. Zero means
+	// no limit.
 	MaxAge time.Duration
+	// Circuit says when dispatch to the function pauses because most
+	// attempts fail.
+	Circuit CircuitPolicy
 }
 
 // KeepWarm sends keep-warm pings (Sluice-Warmup: 1, never a job): while the
@@ -119,8 +123,12 @@ func New(cfg Config) (*Dispatcher, error) {
 		if f.Retry.MaxAttempts < 0 || f.Retry.InitialBackoff < 0 || f.Retry.MaxBackoff < 0 || f.Retry.Multiplier < 0 || f.MaxAge < 0 {
 			return nil, fmt.Errorf("dispatch: function %q: retry values and max age must not be negative", f.Name)
 		}
+		if f.Circuit.FailureRatio < 0 || f.Circuit.FailureRatio > 1 || f.Circuit.MinAttempts < 0 || f.Circuit.Window < 0 || f.Circuit.Cooldown < 0 || f.Circuit.MaxCooldown < 0 {
+			return nil, fmt.Errorf("dispatch: function %q: circuit breaker values must not be negative, and its failure ratio at most 1", f.Name)
+		}
 		f.Pacing.setDefaults(f.Concurrency)
 		f.Retry.setDefaults()
+		f.Circuit.setDefaults()
 	}
 	if cfg.PaceEvery == 0 {
 		cfg.PaceEvery = 100 * time.Millisecond
@@ -201,6 +209,7 @@ type functionLoop struct {
 	log     *slog.Logger
 	limiter *rate.Limiter // nil without a rate limit
 	cold    coldStarts
+	recent  outcomes // for the circuit breaker
 
 	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
 }
@@ -284,11 +293,18 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		l.settle(dv.Release, dv)
 		return
 	}
-	if age := l.cfg.Now().Sub(job.GetCreateTime().AsTime()); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
+	if age := l.cfg.Now().Sub(queuedSince(job)); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
 		reason := fmt.Sprintf("not finished within its max age of %s", l.fn.MaxAge)
 		log.Warn("job expired", "age", age, "attempts", job.Attempts)
 		l.settle(func(ctx context.Context) error { return dv.Expire(ctx, reason) }, dv)
 		return
+	}
+	probe := false
+	if !l.fn.Circuit.Disabled {
+		var ok bool
+		if probe, ok = l.admit(runCtx, dv); !ok {
+			return
+		}
 	}
 	attempt := job.Attempts + 1
 	// Marking the job RUNNING is one fsync'd write. It runs beside the
@@ -354,13 +370,24 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		reason := describeInvokeError(err, l.fn.Timeout)
 		rec.Error = reason
 		log.Warn("invocation failed", "attempt", attempt, "reason", reason, "err", err)
+		if l.judge(probe, retryableError(err), reason) {
+			l.probeFailed(dv, rec)
+			return
+		}
 		l.failed(dv, int(attempt), reason, nil, retryableError(err), 0)
 		return
 	}
 	rec.HttpStatus = int32(resp.Status)
 	if retryAfter, throttled := throttleOf(resp, l.cfg.Now()); throttled {
 		rec.Outcome = sluicev1.Attempt_THROTTLED
+		l.judge(probe, false, "") // a busy function is not a broken one
 		l.throttled(dv, retryAfter, resp.Status)
+		return
+	}
+	failedStatus := (resp.Status < 200 || resp.Status >= 300) && retryableStatus(resp.Status)
+	if l.judge(probe, failedStatus, fmt.Sprintf("function answered HTTP %d", resp.Status)) {
+		rec.Error = fmt.Sprintf("function answered HTTP %d", resp.Status)
+		l.probeFailed(dv, rec)
 		return
 	}
 	if rec.ColdStart = l.cold.observe(took, resp.ColdStart); rec.ColdStart {
@@ -393,6 +420,15 @@ func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, r
 	delay := l.fn.Retry.delay(attempt, retryAfter)
 	l.log.Info("attempt failed; retrying", "job_id", dv.JobID, "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
 	l.settle(func(ctx context.Context) error { return dv.Retry(ctx, reason, result, delay) }, dv)
+}
+
+// queuedSince is when the job's max age started counting: when it was
+// accepted, or last redriven.
+func queuedSince(job *sluicev1.Job) time.Time {
+	if t := job.GetRedriveTime(); t != nil {
+		return t.AsTime()
+	}
+	return job.GetCreateTime().AsTime()
 }
 
 // throttleOf tells whether the platform refused an invocation for capacity

@@ -28,7 +28,7 @@ import (
 // Enqueuer stores jobs and reads their state.
 type Enqueuer interface {
 	// Submit stores a job; it returns buffer.ErrFull when there is no room.
-	Submit(ctx context.Context, function string, payload []byte, contentType string) (*sluicev1.Job, error)
+	Submit(ctx context.Context, function string, payload []byte, contentType string, opts ...buffer.SubmitOption) (*sluicev1.Job, error)
 	// Get returns a job; buffer.ErrInvalidID or buffer.ErrNotFound when it
 	// cannot.
 	Get(ctx context.Context, id string) (*sluicev1.Job, error)
@@ -37,7 +37,7 @@ type Enqueuer interface {
 	GetRevision(ctx context.Context, id string) (*sluicev1.Job, uint64, error)
 	// SubmitOnce stores a job unless the idempotency key already made one,
 	// which it then returns (created false).
-	SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string) (*sluicev1.Job, bool, error)
+	SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string, opts ...buffer.SubmitOption) (*sluicev1.Job, bool, error)
 	// Cancel ends an unfinished job as CANCELLED; buffer.ErrFinished (with
 	// the job) for one that already ended.
 	Cancel(ctx context.Context, id string) (*sluicev1.Job, error)

@@ -25,6 +25,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// State is whether jobs are dispatched.
+type Circuit_State int32
+
+const (
+	// Never set.
+	Circuit_STATE_UNSPECIFIED Circuit_State = 0
+	// Jobs are dispatched.
+	Circuit_CLOSED Circuit_State = 1
+	// Most recent attempts failed: nothing is dispatched until open_until.
+	Circuit_OPEN Circuit_State = 2
+	// One probe job is being tried; its outcome closes or reopens the
+	// circuit.
+	Circuit_HALF_OPEN Circuit_State = 3
+)
+
+// Enum value maps for Circuit_State.
+var (
+	Circuit_State_name = map[int32]string{
+		0: "STATE_UNSPECIFIED",
+		1: "CLOSED",
+		2: "OPEN",
+		3: "HALF_OPEN",
+	}
+	Circuit_State_value = map[string]int32{
+		"STATE_UNSPECIFIED": 0,
+		"CLOSED":            1,
+		"OPEN":              2,
+		"HALF_OPEN":         3,
+	}
+)
+
+func (x Circuit_State) Enum() *Circuit_State {
+	p := new(Circuit_State)
+	*p = x
+	return p
+}
+
+func (x Circuit_State) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Circuit_State) Descriptor() protoreflect.EnumDescriptor {
+	return file_sluice_v1_function_proto_enumTypes[0].Descriptor()
+}
+
+func (Circuit_State) Type() protoreflect.EnumType {
+	return &file_sluice_v1_function_proto_enumTypes[0]
+}
+
+func (x Circuit_State) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Circuit_State.Descriptor instead.
+func (Circuit_State) EnumDescriptor() ([]byte, []int) {
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{2, 0}
+}
+
 // Function is a configured target that jobs are dispatched to. Its target
 // address is not shown: it may carry credentials.
 type Function struct {
@@ -153,8 +211,12 @@ type FunctionStatus struct {
 	// No invocation starts before this (the platform's Retry-After).
 	PausedUntil *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=paused_until,json=pausedUntil,proto3" json:"paused_until,omitempty"`
 	// Invocations that met a new environment, and those that did not.
-	ColdStarts    int64 `protobuf:"varint,7,opt,name=cold_starts,json=coldStarts,proto3" json:"cold_starts,omitempty"`
-	WarmStarts    int64 `protobuf:"varint,8,opt,name=warm_starts,json=warmStarts,proto3" json:"warm_starts,omitempty"`
+	ColdStarts int64 `protobuf:"varint,7,opt,name=cold_starts,json=coldStarts,proto3" json:"cold_starts,omitempty"`
+	WarmStarts int64 `protobuf:"varint,8,opt,name=warm_starts,json=warmStarts,proto3" json:"warm_starts,omitempty"`
+	// The function's circuit breaker.
+	Circuit *Circuit `protobuf:"bytes,9,opt,name=circuit,proto3" json:"circuit,omitempty"`
+	// Jobs in the function's dead letters.
+	DeadLetters   int64 `protobuf:"varint,10,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -245,6 +307,103 @@ func (x *FunctionStatus) GetWarmStarts() int64 {
 	return 0
 }
 
+func (x *FunctionStatus) GetCircuit() *Circuit {
+	if x != nil {
+		return x.Circuit
+	}
+	return nil
+}
+
+func (x *FunctionStatus) GetDeadLetters() int64 {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return 0
+}
+
+// Circuit is a function's circuit breaker: while most recent attempts fail,
+// dispatch pauses, and queued jobs wait without spending attempts.
+type Circuit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether jobs are dispatched now.
+	State Circuit_State `protobuf:"varint,1,opt,name=state,proto3,enum=sluice.v1.Circuit_State" json:"state,omitempty"`
+	// For an open circuit: when the probe is let through.
+	OpenUntil *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=open_until,json=openUntil,proto3" json:"open_until,omitempty"`
+	// How long the circuit stays open the next time it opens, or stays now.
+	Cooldown *durationpb.Duration `protobuf:"bytes,3,opt,name=cooldown,proto3" json:"cooldown,omitempty"`
+	// Why it is in this state, for people.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it last changed state.
+	ChangeTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=change_time,json=changeTime,proto3" json:"change_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Circuit) Reset() {
+	*x = Circuit{}
+	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Circuit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Circuit) ProtoMessage() {}
+
+func (x *Circuit) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Circuit.ProtoReflect.Descriptor instead.
+func (*Circuit) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Circuit) GetState() Circuit_State {
+	if x != nil {
+		return x.State
+	}
+	return Circuit_STATE_UNSPECIFIED
+}
+
+func (x *Circuit) GetOpenUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OpenUntil
+	}
+	return nil
+}
+
+func (x *Circuit) GetCooldown() *durationpb.Duration {
+	if x != nil {
+		return x.Cooldown
+	}
+	return nil
+}
+
+func (x *Circuit) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Circuit) GetChangeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ChangeTime
+	}
+	return nil
+}
+
 // ListFunctionsRequest takes no parameters.
 type ListFunctionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -254,7 +413,7 @@ type ListFunctionsRequest struct {
 
 func (x *ListFunctionsRequest) Reset() {
 	*x = ListFunctionsRequest{}
-	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	mi := &file_sluice_v1_function_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -266,7 +425,7 @@ func (x *ListFunctionsRequest) String() string {
 func (*ListFunctionsRequest) ProtoMessage() {}
 
 func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	mi := &file_sluice_v1_function_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -279,7 +438,7 @@ func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsRequest.ProtoReflect.Descriptor instead.
 func (*ListFunctionsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{2}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{3}
 }
 
 // ListFunctionsResponse lists the configured functions by name.
@@ -293,7 +452,7 @@ type ListFunctionsResponse struct {
 
 func (x *ListFunctionsResponse) Reset() {
 	*x = ListFunctionsResponse{}
-	mi := &file_sluice_v1_function_proto_msgTypes[3]
+	mi := &file_sluice_v1_function_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -305,7 +464,7 @@ func (x *ListFunctionsResponse) String() string {
 func (*ListFunctionsResponse) ProtoMessage() {}
 
 func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[3]
+	mi := &file_sluice_v1_function_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -318,7 +477,7 @@ func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsResponse.ProtoReflect.Descriptor instead.
 func (*ListFunctionsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{3}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListFunctionsResponse) GetFunctions() []*Function {
@@ -339,7 +498,7 @@ type GetFunctionRequest struct {
 
 func (x *GetFunctionRequest) Reset() {
 	*x = GetFunctionRequest{}
-	mi := &file_sluice_v1_function_proto_msgTypes[4]
+	mi := &file_sluice_v1_function_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -351,7 +510,7 @@ func (x *GetFunctionRequest) String() string {
 func (*GetFunctionRequest) ProtoMessage() {}
 
 func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[4]
+	mi := &file_sluice_v1_function_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -364,7 +523,7 @@ func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFunctionRequest.ProtoReflect.Descriptor instead.
 func (*GetFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{4}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetFunctionRequest) GetName() string {
@@ -385,7 +544,7 @@ type GetFunctionResponse struct {
 
 func (x *GetFunctionResponse) Reset() {
 	*x = GetFunctionResponse{}
-	mi := &file_sluice_v1_function_proto_msgTypes[5]
+	mi := &file_sluice_v1_function_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +556,7 @@ func (x *GetFunctionResponse) String() string {
 func (*GetFunctionResponse) ProtoMessage() {}
 
 func (x *GetFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[5]
+	mi := &file_sluice_v1_function_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +569,7 @@ func (x *GetFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFunctionResponse.ProtoReflect.Descriptor instead.
 func (*GetFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{5}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetFunctionResponse) GetFunction() *Function {
@@ -433,7 +592,7 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"\x0einitial_window\x18\x05 \x01(\x05B\x03\xe0A\x03R\rinitialWindow\x121\n" +
 	"\x12scaling_per_minute\x18\x06 \x01(\x05B\x03\xe0A\x03R\x10scalingPerMinute\x12\x1f\n" +
 	"\badaptive\x18\a \x01(\bB\x03\xe0A\x03R\badaptive\x126\n" +
-	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\x9d\x02\n" +
+	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\xee\x02\n" +
 	"\x0eFunctionStatus\x12\x16\n" +
 	"\x06window\x18\x01 \x01(\x05R\x06window\x12\x1b\n" +
 	"\tin_flight\x18\x02 \x01(\x05R\binFlight\x12\x18\n" +
@@ -444,7 +603,24 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"\vcold_starts\x18\a \x01(\x03R\n" +
 	"coldStarts\x12\x1f\n" +
 	"\vwarm_starts\x18\b \x01(\x03R\n" +
-	"warmStarts\"\x16\n" +
+	"warmStarts\x12,\n" +
+	"\acircuit\x18\t \x01(\v2\x12.sluice.v1.CircuitR\acircuit\x12!\n" +
+	"\fdead_letters\x18\n" +
+	" \x01(\x03R\vdeadLetters\"\xc5\x02\n" +
+	"\aCircuit\x12.\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x18.sluice.v1.Circuit.StateR\x05state\x129\n" +
+	"\n" +
+	"open_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\topenUntil\x125\n" +
+	"\bcooldown\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bcooldown\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12;\n" +
+	"\vchange_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"changeTime\"C\n" +
+	"\x05State\x12\x15\n" +
+	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06CLOSED\x10\x01\x12\b\n" +
+	"\x04OPEN\x10\x02\x12\r\n" +
+	"\tHALF_OPEN\x10\x03\"\x16\n" +
 	"\x14ListFunctionsRequest\"J\n" +
 	"\x15ListFunctionsResponse\x121\n" +
 	"\tfunctions\x18\x01 \x03(\v2\x13.sluice.v1.FunctionR\tfunctions\"-\n" +
@@ -474,32 +650,40 @@ func file_sluice_v1_function_proto_rawDescGZIP() []byte {
 	return file_sluice_v1_function_proto_rawDescData
 }
 
-var file_sluice_v1_function_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_sluice_v1_function_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_sluice_v1_function_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_sluice_v1_function_proto_goTypes = []any{
-	(*Function)(nil),              // 0: sluice.v1.Function
-	(*FunctionStatus)(nil),        // 1: sluice.v1.FunctionStatus
-	(*ListFunctionsRequest)(nil),  // 2: sluice.v1.ListFunctionsRequest
-	(*ListFunctionsResponse)(nil), // 3: sluice.v1.ListFunctionsResponse
-	(*GetFunctionRequest)(nil),    // 4: sluice.v1.GetFunctionRequest
-	(*GetFunctionResponse)(nil),   // 5: sluice.v1.GetFunctionResponse
-	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(Circuit_State)(0),            // 0: sluice.v1.Circuit.State
+	(*Function)(nil),              // 1: sluice.v1.Function
+	(*FunctionStatus)(nil),        // 2: sluice.v1.FunctionStatus
+	(*Circuit)(nil),               // 3: sluice.v1.Circuit
+	(*ListFunctionsRequest)(nil),  // 4: sluice.v1.ListFunctionsRequest
+	(*ListFunctionsResponse)(nil), // 5: sluice.v1.ListFunctionsResponse
+	(*GetFunctionRequest)(nil),    // 6: sluice.v1.GetFunctionRequest
+	(*GetFunctionResponse)(nil),   // 7: sluice.v1.GetFunctionResponse
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_sluice_v1_function_proto_depIdxs = []int32{
-	6, // 0: sluice.v1.Function.timeout:type_name -> google.protobuf.Duration
-	1, // 1: sluice.v1.Function.status:type_name -> sluice.v1.FunctionStatus
-	7, // 2: sluice.v1.FunctionStatus.paused_until:type_name -> google.protobuf.Timestamp
-	0, // 3: sluice.v1.ListFunctionsResponse.functions:type_name -> sluice.v1.Function
-	0, // 4: sluice.v1.GetFunctionResponse.function:type_name -> sluice.v1.Function
-	2, // 5: sluice.v1.FunctionService.ListFunctions:input_type -> sluice.v1.ListFunctionsRequest
-	4, // 6: sluice.v1.FunctionService.GetFunction:input_type -> sluice.v1.GetFunctionRequest
-	3, // 7: sluice.v1.FunctionService.ListFunctions:output_type -> sluice.v1.ListFunctionsResponse
-	5, // 8: sluice.v1.FunctionService.GetFunction:output_type -> sluice.v1.GetFunctionResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	8,  // 0: sluice.v1.Function.timeout:type_name -> google.protobuf.Duration
+	2,  // 1: sluice.v1.Function.status:type_name -> sluice.v1.FunctionStatus
+	9,  // 2: sluice.v1.FunctionStatus.paused_until:type_name -> google.protobuf.Timestamp
+	3,  // 3: sluice.v1.FunctionStatus.circuit:type_name -> sluice.v1.Circuit
+	0,  // 4: sluice.v1.Circuit.state:type_name -> sluice.v1.Circuit.State
+	9,  // 5: sluice.v1.Circuit.open_until:type_name -> google.protobuf.Timestamp
+	8,  // 6: sluice.v1.Circuit.cooldown:type_name -> google.protobuf.Duration
+	9,  // 7: sluice.v1.Circuit.change_time:type_name -> google.protobuf.Timestamp
+	1,  // 8: sluice.v1.ListFunctionsResponse.functions:type_name -> sluice.v1.Function
+	1,  // 9: sluice.v1.GetFunctionResponse.function:type_name -> sluice.v1.Function
+	4,  // 10: sluice.v1.FunctionService.ListFunctions:input_type -> sluice.v1.ListFunctionsRequest
+	6,  // 11: sluice.v1.FunctionService.GetFunction:input_type -> sluice.v1.GetFunctionRequest
+	5,  // 12: sluice.v1.FunctionService.ListFunctions:output_type -> sluice.v1.ListFunctionsResponse
+	7,  // 13: sluice.v1.FunctionService.GetFunction:output_type -> sluice.v1.GetFunctionResponse
+	12, // [12:14] is the sub-list for method output_type
+	10, // [10:12] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_function_proto_init() }
@@ -512,13 +696,14 @@ func file_sluice_v1_function_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_function_proto_rawDesc), len(file_sluice_v1_function_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   6,
+			NumEnums:      1,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_sluice_v1_function_proto_goTypes,
 		DependencyIndexes: file_sluice_v1_function_proto_depIdxs,
+		EnumInfos:         file_sluice_v1_function_proto_enumTypes,
 		MessageInfos:      file_sluice_v1_function_proto_msgTypes,
 	}.Build()
 	File_sluice_v1_function_proto = out.File

@@ -26,7 +26,8 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// State is where a job is in its life. It never goes backwards.
+// State is where a job is in its life. It never goes backwards, but for
+// a redrive, which queues a dead-lettered job again.
 type Job_State int32
 
 const (
@@ -38,11 +39,14 @@ const (
 	Job_RUNNING Job_State = 2
 	// The function answered 2xx; the result is stored.
 	Job_SUCCEEDED Job_State = 3
-	// The function failed the job; see error.
+	// The function failed the job (it answered an error that is not worth
+	// retrying, or every attempt failed); see error. The job is in its
+	// function's dead letters.
 	Job_FAILED Job_State = 4
 	// Cancelled before it finished.
 	Job_CANCELLED Job_State = 5
-	// Not finished before its maximum age.
+	// Not finished before its maximum age. The job is in its function's
+	// dead letters.
 	Job_EXPIRED Job_State = 6
 )
 
@@ -107,6 +111,9 @@ const (
 	Attempt_FAILED Attempt_Outcome = 2
 	// The platform refused it for capacity; not counted as an attempt.
 	Attempt_THROTTLED Attempt_Outcome = 3
+	// Not an invocation: the job was redriven from the dead letters, with a
+	// fresh attempt budget.
+	Attempt_REDRIVEN Attempt_Outcome = 4
 )
 
 // Enum value maps for Attempt_Outcome.
@@ -116,12 +123,14 @@ var (
 		1: "SUCCEEDED",
 		2: "FAILED",
 		3: "THROTTLED",
+		4: "REDRIVEN",
 	}
 	Attempt_Outcome_value = map[string]int32{
 		"OUTCOME_UNSPECIFIED": 0,
 		"SUCCEEDED":           1,
 		"FAILED":              2,
 		"THROTTLED":           3,
+		"REDRIVEN":            4,
 	}
 )
 
@@ -153,7 +162,8 @@ func (Attempt_Outcome) EnumDescriptor() ([]byte, []int) {
 }
 
 // Job is one unit of work for one function: its payload was stored before
-// the job's ID was handed out, and it ends in exactly one terminal state.
+// the job's ID was handed out, and it ends in exactly one terminal state
+// (which only a redrive from the dead letters undoes).
 type Job struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Random, unguessable identifier (128 bits, base32).
@@ -183,7 +193,18 @@ type Job struct {
 	Throttles int32 `protobuf:"varint,12,opt,name=throttles,proto3" json:"throttles,omitempty"`
 	// The latest invocations of the job (at most 20), oldest first: attempts
 	// and the throttles between them.
-	History       []*Attempt `protobuf:"bytes,13,rep,name=history,proto3" json:"history,omitempty"`
+	History []*Attempt `protobuf:"bytes,13,rep,name=history,proto3" json:"history,omitempty"`
+	// When the job was moved to its function's dead letters (it FAILED or
+	// EXPIRED); unset while it is not there: never was, redriven or
+	// discarded.
+	DeadLetterTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=dead_letter_time,json=deadLetterTime,proto3" json:"dead_letter_time,omitempty"`
+	// How many times the job was redriven from the dead letters. Each redrive
+	// gives it a fresh attempt budget.
+	Redrives int32 `protobuf:"varint,15,opt,name=redrives,proto3" json:"redrives,omitempty"`
+	// Where the finished job is POSTed, if the submit gave a callback URL.
+	CallbackUrl string `protobuf:"bytes,16,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
+	// When the job was last redriven; its max age counts from then.
+	RedriveTime   *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=redrive_time,json=redriveTime,proto3" json:"redrive_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -305,6 +326,34 @@ func (x *Job) GetThrottles() int32 {
 func (x *Job) GetHistory() []*Attempt {
 	if x != nil {
 		return x.History
+	}
+	return nil
+}
+
+func (x *Job) GetDeadLetterTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeadLetterTime
+	}
+	return nil
+}
+
+func (x *Job) GetRedrives() int32 {
+	if x != nil {
+		return x.Redrives
+	}
+	return 0
+}
+
+func (x *Job) GetCallbackUrl() string {
+	if x != nil {
+		return x.CallbackUrl
+	}
+	return ""
+}
+
+func (x *Job) GetRedriveTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RedriveTime
 	}
 	return nil
 }
@@ -486,8 +535,12 @@ type SubmitJobRequest struct {
 	// job the first one created instead of creating another. Over REST, the
 	// Idempotency-Key header. At most 255 printable characters.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Where to POST the job, as JSON, once it finished: an http or https URL
+	// the gateway's callback policy lets it reach. Signed the Standard
+	// Webhooks way. Over REST, the Sluice-Callback-Url header.
+	CallbackUrl   string `protobuf:"bytes,4,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitJobRequest) Reset() {
@@ -537,6 +590,13 @@ func (x *SubmitJobRequest) GetPayload() *httpbody.HttpBody {
 func (x *SubmitJobRequest) GetIdempotencyKey() string {
 	if x != nil {
 		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *SubmitJobRequest) GetCallbackUrl() string {
+	if x != nil {
+		return x.CallbackUrl
 	}
 	return ""
 }
@@ -915,8 +975,10 @@ type InvokeFunctionRequest struct {
 	Wait *durationpb.Duration `protobuf:"bytes,3,opt,name=wait,proto3" json:"wait,omitempty"`
 	// As in SubmitJobRequest; over REST the Idempotency-Key header.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// As in SubmitJobRequest; over REST the Sluice-Callback-Url header.
+	CallbackUrl   string `protobuf:"bytes,5,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InvokeFunctionRequest) Reset() {
@@ -973,6 +1035,13 @@ func (x *InvokeFunctionRequest) GetWait() *durationpb.Duration {
 func (x *InvokeFunctionRequest) GetIdempotencyKey() string {
 	if x != nil {
 		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *InvokeFunctionRequest) GetCallbackUrl() string {
+	if x != nil {
+		return x.CallbackUrl
 	}
 	return ""
 }
@@ -1140,7 +1209,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xb5\x05\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x8d\a\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -1158,7 +1227,11 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	" \x01(\tB\x03\xe0A\x03R\vcontentType\x12&\n" +
 	"\fpayload_size\x18\v \x01(\x03B\x03\xe0A\x03R\vpayloadSize\x12!\n" +
 	"\tthrottles\x18\f \x01(\x05B\x03\xe0A\x03R\tthrottles\x121\n" +
-	"\ahistory\x18\r \x03(\v2\x12.sluice.v1.AttemptB\x03\xe0A\x03R\ahistory\"n\n" +
+	"\ahistory\x18\r \x03(\v2\x12.sluice.v1.AttemptB\x03\xe0A\x03R\ahistory\x12I\n" +
+	"\x10dead_letter_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x0edeadLetterTime\x12\x1f\n" +
+	"\bredrives\x18\x0f \x01(\x05B\x03\xe0A\x03R\bredrives\x12&\n" +
+	"\fcallback_url\x18\x10 \x01(\tB\x03\xe0A\x03R\vcallbackUrl\x12B\n" +
+	"\fredrive_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\vredriveTime\"n\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -1168,7 +1241,7 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
 	"\x06FAILED\x10\x04\x12\r\n" +
 	"\tCANCELLED\x10\x05\x12\v\n" +
-	"\aEXPIRED\x10\x06\"\xed\x02\n" +
+	"\aEXPIRED\x10\x06\"\xfb\x02\n" +
 	"\aAttempt\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x05R\x06number\x129\n" +
 	"\n" +
@@ -1179,22 +1252,24 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"httpStatus\x12\x1d\n" +
 	"\n" +
 	"cold_start\x18\x06 \x01(\bR\tcoldStart\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"L\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"Z\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tSUCCEEDED\x10\x01\x12\n" +
 	"\n" +
 	"\x06FAILED\x10\x02\x12\r\n" +
-	"\tTHROTTLED\x10\x03\"c\n" +
+	"\tTHROTTLED\x10\x03\x12\f\n" +
+	"\bREDRIVEN\x10\x04\"c\n" +
 	"\tJobResult\x12\x1f\n" +
 	"\vhttp_status\x18\x01 \x01(\x05R\n" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x12\n" +
-	"\x04body\x18\x03 \x01(\fR\x04body\"\x8c\x01\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\"\xaf\x01\n" +
 	"\x10SubmitJobRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12.\n" +
 	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\x12'\n" +
-	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"Q\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12!\n" +
+	"\fcallback_url\x18\x04 \x01(\tR\vcallbackUrl\"Q\n" +
 	"\x11SubmitJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12\x1a\n" +
 	"\breplayed\x18\x02 \x01(\bR\breplayed\"S\n" +
@@ -1212,12 +1287,13 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x10CancelJobRequest\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"5\n" +
 	"\x11CancelJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"\xc0\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"\xe3\x01\n" +
 	"\x15InvokeFunctionRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12.\n" +
 	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\x12-\n" +
 	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12'\n" +
-	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\"\x94\x01\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12!\n" +
+	"\fcallback_url\x18\x05 \x01(\tR\vcallbackUrl\"\x94\x01\n" +
 	"\x16InvokeFunctionResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12(\n" +
 	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12.\n" +
@@ -1307,38 +1383,40 @@ var file_sluice_v1_job_proto_depIdxs = []int32{
 	17, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
 	4,  // 4: sluice.v1.Job.result:type_name -> sluice.v1.JobResult
 	3,  // 5: sluice.v1.Job.history:type_name -> sluice.v1.Attempt
-	17, // 6: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	18, // 7: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
-	1,  // 8: sluice.v1.Attempt.outcome:type_name -> sluice.v1.Attempt.Outcome
-	19, // 9: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
-	2,  // 10: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
-	18, // 11: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
-	2,  // 12: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
-	2,  // 13: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
-	19, // 14: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
-	2,  // 15: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
-	19, // 16: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
-	18, // 17: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
-	2,  // 18: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
-	19, // 19: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
-	2,  // 20: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
-	5,  // 21: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
-	7,  // 22: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
-	9,  // 23: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
-	11, // 24: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
-	13, // 25: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
-	15, // 26: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
-	6,  // 27: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
-	8,  // 28: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
-	10, // 29: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
-	12, // 30: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
-	14, // 31: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
-	16, // 32: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
-	27, // [27:33] is the sub-list for method output_type
-	21, // [21:27] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	17, // 6: sluice.v1.Job.dead_letter_time:type_name -> google.protobuf.Timestamp
+	17, // 7: sluice.v1.Job.redrive_time:type_name -> google.protobuf.Timestamp
+	17, // 8: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	18, // 9: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
+	1,  // 10: sluice.v1.Attempt.outcome:type_name -> sluice.v1.Attempt.Outcome
+	19, // 11: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
+	2,  // 12: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
+	18, // 13: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
+	2,  // 14: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
+	2,  // 15: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
+	19, // 16: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
+	2,  // 17: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
+	19, // 18: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
+	18, // 19: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
+	2,  // 20: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
+	19, // 21: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
+	2,  // 22: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
+	5,  // 23: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
+	7,  // 24: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
+	9,  // 25: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
+	11, // 26: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
+	13, // 27: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
+	15, // 28: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
+	6,  // 29: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
+	8,  // 30: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
+	10, // 31: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
+	12, // 32: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
+	14, // 33: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
+	16, // 34: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
+	29, // [29:35] is the sub-list for method output_type
+	23, // [23:29] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_job_proto_init() }

@@ -1,0 +1,175 @@
+package buffer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+)
+
+// Callbacks waiting to be delivered are kept in a work-queue stream, one
+// message per finished job (per redrive), so that a callback survives the
+// gateway that published it and is retried until it is delivered.
+const (
+	// CallbackStream holds callbacks not yet delivered.
+	CallbackStream = "SLUICE_CALLBACKS"
+	// CallbackPrefix starts every callback's subject; the function's name
+	// and the job's ID follow it.
+	CallbackPrefix = "sluice.callbacks."
+	// CallbackConsumerName is the durable consumer that delivers callbacks.
+	CallbackConsumerName = "sluice-callbacks"
+
+	headerWebhookID = "Sluice-Webhook-Id"
+)
+
+// maxCallbackResultBytes bounds the function's response carried in a
+// callback; a larger one is left out (result_omitted), and the receiver
+// reads it with GET /v1/jobs/{id}/result.
+const maxCallbackResultBytes = 256 << 10
+
+func callbackStreamConfig(cfg Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        CallbackStream,
+		Description: "Sluice: callbacks of finished jobs not yet delivered",
+		Subjects:    []string{CallbackPrefix + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardNew,
+		// A callback not delivered within the job retention is of no use:
+		// the job it names is gone.
+		MaxAge:     cfg.Retention,
+		MaxMsgs:    cfg.MaxJobs,
+		MaxBytes:   cfg.MaxBytes,
+		Replicas:   cfg.Replicas,
+		Duplicates: 10 * time.Minute,
+	}
+}
+
+// CallbackEvent is the JSON body a callback receiver gets, in the shape
+// Standard Webhooks recommends: a type, a timestamp and the data.
+type CallbackEvent struct {
+	// Type is "job." and the job's terminal state in lower case, e.g.
+	// "job.succeeded".
+	Type string `json:"type"`
+	// Timestamp is when the job finished.
+	Timestamp time.Time `json:"timestamp"`
+	// Data is the job, as GET /v1/jobs/{id} shows it.
+	Data json.RawMessage `json:"data"`
+	// ResultOmitted says the function's response body was too large to
+	// carry; GET /v1/jobs/{id}/result has it.
+	ResultOmitted bool `json:"result_omitted,omitempty"`
+}
+
+// WebhookID is the webhook-id of a job's callback: the same on every retry
+// of it, so that receivers can deduplicate, and new for each redrive.
+func WebhookID(job *sluicev1.Job) string {
+	return "msg_" + job.Id + "_" + strconv.Itoa(int(job.Redrives))
+}
+
+// publishCallback stores a finished job's callback to be delivered. The
+// message ID makes it once per job and redrive, however often a finish is
+// seen again within the stream's duplicate window.
+func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
+	event := CallbackEvent{
+		Type:      "job." + strings.ToLower(job.State.String()),
+		Timestamp: job.GetFinishTime().AsTime(),
+	}
+	data := job
+	if r := job.GetResult(); len(r.GetBody()) > maxCallbackResultBytes {
+		data = proto.CloneOf(job)
+		data.Result.Body = nil
+		event.ResultOmitted = true
+	}
+	var err error
+	if event.Data, err = protojson.Marshal(data); err != nil {
+		return fmt.Errorf("buffer: encode callback of %s: %w", job.Id, err)
+	}
+	body, err := json.Marshal(event)
+	if err != nil {
+		return fmt.Errorf("buffer: encode callback of %s: %w", job.Id, err)
+	}
+	id := WebhookID(job)
+	msg := nats.NewMsg(CallbackPrefix + job.Function + "." + job.Id)
+	msg.Data = body
+	msg.Header.Set(headerCallbackURL, job.CallbackUrl)
+	msg.Header.Set(headerWebhookID, id)
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+		return fmt.Errorf("buffer: store callback of %s: %w", job.Id, classifyPublishError(err))
+	}
+	return nil
+}
+
+// Callback is one callback to deliver. Exactly one of Done, Retry or Drop
+// should end it.
+type Callback struct {
+	msg jetstream.Msg
+	// URL is where to POST it.
+	URL string
+	// WebhookID is its webhook-id, the same on every attempt.
+	WebhookID string
+	// Body is the JSON to POST: a [CallbackEvent].
+	Body []byte
+	// Attempt counts deliveries of it, from 1.
+	Attempt int
+	// Stored is when it was stored, which bounds its retries.
+	Stored time.Time
+}
+
+// Done removes a delivered callback.
+func (c *Callback) Done() error { return ackErr(c.msg.Ack(), "ack callback") }
+
+// Retry hands the callback back to be tried again after delay.
+func (c *Callback) Retry(delay time.Duration) error {
+	return ackErr(c.msg.NakWithDelay(delay), "retry callback")
+}
+
+// Drop gives up on the callback for good.
+func (c *Callback) Drop() error { return ackErr(c.msg.Term(), "drop callback") }
+
+func ackErr(err error, op string) error {
+	if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		return fmt.Errorf("buffer: %s: %w", op, err)
+	}
+	return nil
+}
+
+// ConsumeCallbacks delivers stored callbacks to handle as they come, at
+// most maxInFlight unfinished at once across every gateway process, until
+// ctx ends. A callback handle leaves unfinished comes back after ackWait.
+func (q *Queue) ConsumeCallbacks(ctx context.Context, maxInFlight int, ackWait time.Duration, handle func(*Callback)) error {
+	cons, err := q.callbacks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       CallbackConsumerName,
+		Description:   "Sluice: callback delivery",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxAckPending: maxInFlight,
+		MaxDeliver:    -1,
+		MaxWaiting:    512,
+	})
+	if err != nil {
+		return fmt.Errorf("buffer: callback consumer: %w", err)
+	}
+	return consume(ctx, cons, maxInFlight, func(msg jetstream.Msg) {
+		cb := &Callback{
+			msg:       msg,
+			URL:       msg.Headers().Get(headerCallbackURL),
+			WebhookID: msg.Headers().Get(headerWebhookID),
+			Body:      msg.Data(),
+			Attempt:   1,
+		}
+		if md, err := msg.Metadata(); err == nil {
+			cb.Attempt, cb.Stored = int(md.NumDelivered), md.Timestamp
+		}
+		handle(cb)
+	})
+}

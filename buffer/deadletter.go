@@ -1,0 +1,347 @@
+package buffer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+)
+
+// Dead letters are kept in their own stream, one message per job: a
+// sluicev1.DeadLetter holding the job as it ended and its payload, so that a
+// redrive needs nothing else, even once the job's state entry has expired.
+const (
+	// DeadLetterStream holds the jobs that FAILED or EXPIRED.
+	DeadLetterStream = "SLUICE_DEAD_LETTERS"
+	// DeadLetterPrefix starts every dead letter's subject; the function's
+	// name and the job's ID follow it.
+	DeadLetterPrefix = "sluice.dead."
+)
+
+// maxDeadResultBytes bounds the function's response kept in a dead letter;
+// the job's state keeps all of it until its retention passes.
+const maxDeadResultBytes = 64 << 10
+
+func deadLetterStreamConfig(cfg Config, maxMsg int32) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        DeadLetterStream,
+		Description: "Sluice: jobs that failed or expired, kept for inspection and redrive",
+		Subjects:    []string{DeadLetterPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		// Discard new, as for jobs: when full, dead-lettering fails and the
+		// job stays in the work queue rather than an older dead letter
+		// being dropped.
+		Discard:    jetstream.DiscardNew,
+		MaxAge:     cfg.DeadLetterRetention,
+		MaxMsgs:    cfg.MaxJobs,
+		MaxBytes:   cfg.MaxBytes,
+		MaxMsgSize: maxMsg,
+		Replicas:   cfg.Replicas,
+		Duplicates: 10 * time.Minute,
+	}
+}
+
+// DeadLetterSubject is the subject of a job's dead letter.
+func DeadLetterSubject(function, id string) string { return DeadLetterPrefix + function + "." + id }
+
+func functionDeadLetters(function string) string { return DeadLetterPrefix + function + ".*" }
+
+// deadLettered reports whether a job that ended in state s goes to the dead
+// letters.
+func deadLettered(s sluicev1.Job_State) bool {
+	return s == sluicev1.Job_FAILED || s == sluicev1.Job_EXPIRED
+}
+
+// afterFinish makes sure of what a finished job leads to: its dead letter,
+// if it FAILED or EXPIRED, and its callback, if it has one. written says
+// whether the caller has just written the job's terminal state (so neither
+// can exist yet); otherwise this is a redelivery after a crash or a lost
+// ack, and a dead letter is published only if missing.
+func (q *Queue) afterFinish(ctx context.Context, job *sluicev1.Job, payload []byte, written bool) error {
+	if job.GetDeadLetterTime() != nil {
+		exists := false
+		if !written {
+			_, err := q.dead.GetLastMsgForSubject(ctx, DeadLetterSubject(job.Function, job.Id))
+			switch {
+			case err == nil:
+				exists = true
+			case !errors.Is(err, jetstream.ErrMsgNotFound):
+				return fmt.Errorf("buffer: read dead letter %s: %w", job.Id, err)
+			}
+		}
+		if !exists {
+			if err := q.publishDeadLetter(ctx, job, payload); err != nil {
+				return err
+			}
+		}
+	}
+	if job.GetCallbackUrl() != "" {
+		return q.publishCallback(ctx, job)
+	}
+	return nil
+}
+
+func (q *Queue) publishDeadLetter(ctx context.Context, job *sluicev1.Job, payload []byte) error {
+	kept := proto.CloneOf(job)
+	if r := kept.GetResult(); len(r.GetBody()) > maxDeadResultBytes {
+		r.Body = r.Body[:maxDeadResultBytes]
+	}
+	b, err := proto.Marshal(&sluicev1.DeadLetter{
+		Job:            kept,
+		Reason:         job.Error,
+		DeadLetterTime: job.DeadLetterTime,
+		Payload:        payload,
+	})
+	if err != nil {
+		return fmt.Errorf("buffer: encode dead letter: %w", err)
+	}
+	msg := nats.NewMsg(DeadLetterSubject(job.Function, job.Id))
+	msg.Data = b
+	msgID := job.Id + ".dead." + strconv.Itoa(int(job.Redrives))
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
+		return fmt.Errorf("buffer: dead-letter job %s: %w", job.Id, classifyPublishError(err))
+	}
+	return nil
+}
+
+func decodeDeadLetter(msg *jetstream.RawStreamMsg) (*sluicev1.DeadLetter, error) {
+	dl := new(sluicev1.DeadLetter)
+	if err := proto.Unmarshal(msg.Data, dl); err != nil {
+		return nil, fmt.Errorf("buffer: decode dead letter %s: %w", msg.Subject, err)
+	}
+	if dl.Job == nil {
+		return nil, fmt.Errorf("buffer: dead letter %s holds no job", msg.Subject)
+	}
+	return dl, nil
+}
+
+// DeadLetterPage is one page of a function's dead letters.
+type DeadLetterPage struct {
+	// Letters are the dead letters, oldest first.
+	Letters []*sluicev1.DeadLetter
+	// Next is where the next page starts; 0 on the last page.
+	Next uint64
+}
+
+// DeadLetters returns up to limit of the function's dead letters, oldest
+// first, starting at position from (0 for the first page; a page's Next
+// for the one after). Payloads are left out unless withPayload.
+func (q *Queue) DeadLetters(ctx context.Context, function string, from uint64, limit int, withPayload bool) (DeadLetterPage, error) {
+	var page DeadLetterPage
+	seq := max(from, 1)
+	for {
+		msg, err := q.dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(functionDeadLetters(function)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return page, nil
+		}
+		if err != nil {
+			return page, fmt.Errorf("buffer: read dead letters of %s: %w", function, err)
+		}
+		if len(page.Letters) == limit {
+			page.Next = msg.Sequence // there is more
+			return page, nil
+		}
+		dl, err := decodeDeadLetter(msg)
+		if err != nil {
+			return page, err
+		}
+		if !withPayload {
+			dl.Payload = nil
+		}
+		page.Letters = append(page.Letters, dl)
+		seq = msg.Sequence + 1
+	}
+}
+
+// DeadLetterCount is how many dead letters the function has.
+func (q *Queue) DeadLetterCount(ctx context.Context, function string) (int64, error) {
+	info, err := q.dead.Info(ctx, jetstream.WithSubjectFilter(functionDeadLetters(function)))
+	if err != nil {
+		return 0, fmt.Errorf("buffer: count dead letters of %s: %w", function, err)
+	}
+	var n int64
+	for _, c := range info.State.Subjects {
+		n += int64(c)
+	}
+	return n, nil
+}
+
+// Redrive queues dead-lettered jobs of function again: those with the given
+// IDs, or every one when ids is empty. Each keeps its ID and gets a fresh
+// attempt budget; its history records the redrive, and its max age counts
+// from it. It returns the jobs queued again, and the IDs that are not among
+// the function's dead letters.
+//
+// A dead letter whose job has meanwhile finished otherwise (a dead letter
+// left behind by a crash) is discarded, and its job returned as it stands.
+func (q *Queue) Redrive(ctx context.Context, function string, ids []string) (jobs []*sluicev1.Job, notFound []string, err error) {
+	var msgs []*jetstream.RawStreamMsg
+	if len(ids) == 0 {
+		for seq := uint64(1); ; {
+			msg, err := q.dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(functionDeadLetters(function)))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return jobs, nil, fmt.Errorf("buffer: read dead letters of %s: %w", function, err)
+			}
+			msgs = append(msgs, msg)
+			seq = msg.Sequence + 1
+		}
+	}
+	for _, id := range ids {
+		msg, err := q.deadLetterMsg(ctx, function, id)
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidID) {
+			notFound = append(notFound, id)
+			continue
+		}
+		if err != nil {
+			return jobs, notFound, err
+		}
+		msgs = append(msgs, msg)
+	}
+	for _, msg := range msgs {
+		job, err := q.redriveOne(ctx, msg)
+		if err != nil {
+			return jobs, notFound, err
+		}
+		jobs = append(jobs, job)
+	}
+	return jobs, notFound, nil
+}
+
+func (q *Queue) deadLetterMsg(ctx context.Context, function, id string) (*jetstream.RawStreamMsg, error) {
+	if !ValidJobID(id) {
+		return nil, ErrInvalidID
+	}
+	msg, err := q.dead.GetLastMsgForSubject(ctx, DeadLetterSubject(function, id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("buffer: read dead letter %s: %w", id, err)
+	}
+	return msg, nil
+}
+
+// errStaleDeadLetter: the dead letter's job is no longer dead-lettered.
+var errStaleDeadLetter = errors.New("buffer: dead letter is stale")
+
+// redriveOne queues one dead letter's job again. The state is written
+// first, then the job's message, then the dead letter is removed: a crash
+// in between leaves the dead letter in place, and redriving it again
+// finishes the work.
+func (q *Queue) redriveOne(ctx context.Context, msg *jetstream.RawStreamMsg) (*sluicev1.Job, error) {
+	dl, err := decodeDeadLetter(msg)
+	if err != nil {
+		return nil, err
+	}
+	id, now := dl.Job.Id, timestamppb.New(q.now())
+	snap, err := q.update(ctx, id, nil, func() *sluicev1.Job { return proto.CloneOf(dl.Job) }, func(j *sluicev1.Job) error {
+		switch {
+		case j.State == sluicev1.Job_QUEUED && j.Redrives > dl.Job.Redrives:
+			return ErrFinished // redriven before, and the message may be missing: publish it
+		case !deadLettered(j.State):
+			return errStaleDeadLetter
+		}
+		j.State = sluicev1.Job_QUEUED
+		j.Attempts = 0
+		j.Redrives++
+		j.RedriveTime = now
+		j.Error, j.Result, j.StartTime, j.FinishTime, j.DeadLetterTime = "", nil, nil, nil, nil
+		j.History = append(j.History, &sluicev1.Attempt{Number: 0, StartTime: now, Outcome: sluicev1.Attempt_REDRIVEN})
+		if n := len(j.History); n > maxHistory {
+			j.History = j.History[n-maxHistory:]
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errStaleDeadLetter):
+		if err := q.dead.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, fmt.Errorf("buffer: discard stale dead letter %s: %w", id, err)
+		}
+		return snap.job, nil
+	case err != nil && !errors.Is(err, ErrFinished):
+		return nil, err
+	}
+	job := snap.job
+	if err := q.requeue(ctx, job, dl.Payload); err != nil {
+		return nil, err
+	}
+	if err := q.dead.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, fmt.Errorf("buffer: remove redriven dead letter %s: %w", id, err)
+	}
+	return proto.CloneOf(job), nil
+}
+
+// requeue publishes a redriven job's message, unless it is already there.
+func (q *Queue) requeue(ctx context.Context, job *sluicev1.Job, payload []byte) error {
+	_, err := q.stream.GetLastMsgForSubject(ctx, Subject(job.Function, job.Id))
+	switch {
+	case err == nil:
+		return nil
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return fmt.Errorf("buffer: read job %s: %w", job.Id, err)
+	}
+	msg := jobMsg(job, payload)
+	msgID := job.Id + ".redrive." + strconv.Itoa(int(job.Redrives))
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
+		return classifyPublishError(err)
+	}
+	return nil
+}
+
+// DeleteDeadLetter discards the job's dead letter for good; the job's state
+// stays as it ended, no longer dead-lettered. It returns [ErrNotFound] when
+// the function has no dead letter for that ID.
+func (q *Queue) DeleteDeadLetter(ctx context.Context, function, id string) error {
+	msg, err := q.deadLetterMsg(ctx, function, id)
+	if err != nil {
+		return err
+	}
+	// The state first: a redelivered message of the job finds it no longer
+	// dead-lettered and does not publish the dead letter again.
+	_, err = q.update(ctx, id, nil, nil, func(j *sluicev1.Job) error {
+		if j.DeadLetterTime == nil {
+			return ErrFinished // nothing to change
+		}
+		j.DeadLetterTime = nil
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrFinished) && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if err := q.dead.DeleteMsg(ctx, msg.Sequence); err != nil {
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return ErrNotFound // discarded meanwhile by another caller
+		}
+		return fmt.Errorf("buffer: discard dead letter %s: %w", id, err)
+	}
+	return nil
+}
+
+// deadLetterJob is the job as its dead letter keeps it, for a job whose
+// state entry has expired: [ErrNotFound] if there is none.
+func (q *Queue) deadLetterJob(ctx context.Context, id string) (*sluicev1.Job, error) {
+	msg, err := q.dead.GetLastMsgForSubject(ctx, DeadLetterPrefix+"*."+id)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("buffer: read dead letter %s: %w", id, err)
+	}
+	dl, err := decodeDeadLetter(msg)
+	if err != nil {
+		return nil, err
+	}
+	return dl.Job, nil
+}
