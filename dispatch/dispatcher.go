@@ -158,7 +158,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		// that joining them does not reset it.
 		shared, err := d.cfg.Source.Pacing(ctx, f.Name)
 		if err != nil {
-			return err
+			return stoppedOr(ctx, err)
 		}
 		window := f.Pacing.Initial
 		if shared.Window >= 1 {
@@ -172,7 +172,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			AckWait: f.Timeout + 15*time.Second,
 		})
 		if err != nil {
-			return err
+			return stoppedOr(ctx, err)
 		}
 		l := &functionLoop{
 			fn:   f,
@@ -197,6 +197,15 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		g.Go(func() error { defer stopPacing(); l.run(ctx); return nil })
 	}
 	return g.Wait()
+}
+
+// stoppedOr is nil when ctx ended (a stop during setup is no failure), and
+// err otherwise.
+func stoppedOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 // functionLoop pulls and invokes one function's jobs, and paces them. Its

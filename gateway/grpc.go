@@ -36,6 +36,7 @@ func NewGRPCServer(svc *Service, cfg GRPCConfig, opts ...grpc.ServerOption) (*gr
 	srv := grpc.NewServer(opts...)
 	sluicev1.RegisterJobServiceServer(srv, svc)
 	sluicev1.RegisterFunctionServiceServer(srv, svc)
+	sluicev1.RegisterDeadLetterServiceServer(srv, svc)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)

@@ -43,6 +43,9 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 	if err := sluicev1.RegisterFunctionServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("gateway: register function service: %w", err)
 	}
+	if err := sluicev1.RegisterDeadLetterServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("gateway: register dead-letter service: %w", err)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -53,10 +56,14 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 }
 
 // incomingHeader passes REST headers the services read on as gRPC
-// metadata: Idempotency-Key, besides grpc-gateway's defaults.
+// metadata: Idempotency-Key and Sluice-Callback-Url, besides
+// grpc-gateway's defaults.
 func incomingHeader(key string) (string, bool) {
-	if http.CanonicalHeaderKey(key) == "Idempotency-Key" {
+	switch http.CanonicalHeaderKey(key) {
+	case "Idempotency-Key":
 		return MetadataIdempotencyKey, true
+	case "Sluice-Callback-Url":
+		return MetadataCallbackURL, true
 	}
 	return runtime.DefaultHeaderMatcher(key)
 }

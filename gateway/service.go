@@ -56,6 +56,28 @@ type Dispatch interface {
 
 var _ Dispatch = (*buffer.Queue)(nil)
 
+// DeadLetters reads and works a function's dead letters.
+type DeadLetters interface {
+	// DeadLetters returns a page of them, oldest first, from position
+	// from (0 for the first).
+	DeadLetters(ctx context.Context, function string, from uint64, limit int, withPayload bool) (buffer.DeadLetterPage, error)
+	// DeadLetterCount is how many the function has.
+	DeadLetterCount(ctx context.Context, function string) (int64, error)
+	// Redrive queues them again: those named, or all when ids is empty.
+	Redrive(ctx context.Context, function string, ids []string) ([]*sluicev1.Job, []string, error)
+	// DeleteDeadLetter discards one; buffer.ErrNotFound if there is none.
+	DeleteDeadLetter(ctx context.Context, function, id string) error
+}
+
+var _ DeadLetters = (*buffer.Queue)(nil)
+
+// CallbackPolicy decides which callback URLs a submit may give.
+type CallbackPolicy interface {
+	// CheckURL returns an error, fit to show the caller, for a URL that
+	// callbacks may not go to.
+	CheckURL(url string) error
+}
+
 // Function is a configured function as the gateway sees it.
 type Function struct {
 	// Name is the function's name. Required.
@@ -87,6 +109,11 @@ type Config struct {
 	// Watcher reports job state changes, for requests that wait for a job
 	// to finish. Nil makes every wait answer at once.
 	Watcher Watcher
+	// DeadLetters serves DeadLetterService. Nil leaves it unimplemented.
+	DeadLetters DeadLetters
+	// Callbacks checks callback URLs. Nil refuses every submit that asks
+	// for a callback: the gateway has no way to deliver it.
+	Callbacks CallbackPolicy
 	// Functions are the functions jobs may be submitted to.
 	Functions []Function
 	// Logger receives the gateway's logs. Nil means slog.Default().
@@ -114,9 +141,12 @@ const (
 type Service struct {
 	sluicev1.UnimplementedJobServiceServer
 	sluicev1.UnimplementedFunctionServiceServer
+	sluicev1.UnimplementedDeadLetterServiceServer
 
 	jobs      Enqueuer
 	dispatch  Dispatch
+	dead      DeadLetters
+	callbacks CallbackPolicy
 	watcher   Watcher
 	waiters   waiters
 	watching  atomic.Bool
@@ -127,8 +157,9 @@ type Service struct {
 }
 
 var (
-	_ sluicev1.JobServiceServer      = (*Service)(nil)
-	_ sluicev1.FunctionServiceServer = (*Service)(nil)
+	_ sluicev1.JobServiceServer        = (*Service)(nil)
+	_ sluicev1.FunctionServiceServer   = (*Service)(nil)
+	_ sluicev1.DeadLetterServiceServer = (*Service)(nil)
 )
 
 // NewService checks cfg and returns the service.
@@ -139,6 +170,8 @@ func NewService(cfg Config) (*Service, error) {
 	s := &Service{
 		jobs:      cfg.Jobs,
 		dispatch:  cfg.Dispatch,
+		dead:      cfg.DeadLetters,
+		callbacks: cfg.Callbacks,
 		watcher:   cfg.Watcher,
 		functions: make(map[string]Function, len(cfg.Functions)),
 		log:       cfg.Logger,
@@ -175,7 +208,7 @@ func (s *Service) MaxPayload(function string) int64 {
 
 // SubmitJob stores a job and returns it QUEUED.
 func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest) (*sluicev1.SubmitJobResponse, error) {
-	job, replayed, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey())
+	job, replayed, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl())
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +221,7 @@ const DefaultInvokeWait = 10 * time.Second
 // InvokeFunction submits a job and waits for it to finish, for callers that
 // want an answer now when there is capacity and a job handle when not.
 func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFunctionRequest) (*sluicev1.InvokeFunctionResponse, error) {
-	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey())
+	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl())
 	if err != nil {
 		return nil, err
 	}
@@ -218,8 +251,9 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 }
 
 // submit stores a job, once per idempotency key when one is given (in the
-// request, or for REST callers the Idempotency-Key header).
-func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key string) (*sluicev1.Job, bool, error) {
+// request, or for REST callers the Idempotency-Key header), with its
+// callback URL if one is given (likewise, or Sluice-Callback-Url).
+func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string) (*sluicev1.Job, bool, error) {
 	f, err := s.function(function)
 	if err != nil {
 		return nil, false, err
@@ -232,13 +266,23 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 	if key, err = idempotencyKey(ctx, key); err != nil {
 		return nil, false, err
 	}
+	var opts []buffer.SubmitOption
+	if callbackURL = fromMetadata(ctx, callbackURL, MetadataCallbackURL); callbackURL != "" {
+		if s.callbacks == nil {
+			return nil, false, status.Error(codes.InvalidArgument, "this gateway delivers no callbacks: it has no callback signing secret configured")
+		}
+		if err := s.callbacks.CheckURL(callbackURL); err != nil {
+			return nil, false, status.Errorf(codes.InvalidArgument, "callback URL refused: %v", err)
+		}
+		opts = append(opts, buffer.WithCallback(callbackURL))
+	}
 	var job *sluicev1.Job
 	replayed := false
 	if key == "" {
-		job, err = s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType())
+		job, err = s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType(), opts...)
 	} else {
 		var created bool
-		job, created, err = s.jobs.SubmitOnce(ctx, f.Name, key, payload.GetData(), payload.GetContentType())
+		job, created, err = s.jobs.SubmitOnce(ctx, f.Name, key, payload.GetData(), payload.GetContentType(), opts...)
 		replayed = !created
 	}
 	switch {
@@ -251,19 +295,32 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 	return job, replayed, nil
 }
 
-// MetadataIdempotencyKey carries a REST caller's Idempotency-Key header.
-const MetadataIdempotencyKey = "idempotency-key"
+// Metadata keys that carry REST callers' headers.
+const (
+	// MetadataIdempotencyKey carries the Idempotency-Key header.
+	MetadataIdempotencyKey = "idempotency-key"
+	// MetadataCallbackURL carries the Sluice-Callback-Url header.
+	MetadataCallbackURL = "sluice-callback-url"
+)
+
+// fromMetadata is value, or when it is empty the request metadata's first
+// value under key.
+func fromMetadata(ctx context.Context, value, key string) string {
+	if value != "" {
+		return value
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(key); len(v) > 0 {
+			return v[0]
+		}
+	}
+	return ""
+}
 
 // idempotencyKey is the request's idempotency key: key, or for REST
 // callers the Idempotency-Key header; "" when there is none.
 func idempotencyKey(ctx context.Context, key string) (string, error) {
-	if key == "" {
-		if md, ok := metadata.FromIncomingContext(ctx); ok {
-			if v := md.Get(MetadataIdempotencyKey); len(v) > 0 {
-				key = v[0]
-			}
-		}
-	}
+	key = fromMetadata(ctx, key, MetadataIdempotencyKey)
 	if len(key) > 255 || strings.IndexFunc(key, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
 		return "", status.Error(codes.InvalidArgument, "idempotency key must be at most 255 printable characters")
 	}
@@ -381,7 +438,31 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 	if st.Reason == "" {
 		st.Reason = "not dispatching yet"
 	}
+	st.Circuit = describeCircuit(p.Circuit)
+	if s.dead != nil {
+		if st.DeadLetters, err = s.dead.DeadLetterCount(ctx, f.Name); err != nil {
+			return nil, err
+		}
+	}
 	return st, nil
+}
+
+func describeCircuit(c buffer.Circuit) *sluicev1.Circuit {
+	out := &sluicev1.Circuit{State: sluicev1.Circuit_CLOSED, Reason: c.Reason}
+	switch c.State {
+	case buffer.CircuitOpen:
+		out.State = sluicev1.Circuit_OPEN
+		out.OpenUntil = timestamppb.New(c.Until)
+	case buffer.CircuitHalfOpen:
+		out.State = sluicev1.Circuit_HALF_OPEN
+	}
+	if c.Cooldown > 0 {
+		out.Cooldown = durationpb.New(c.Cooldown)
+	}
+	if !c.Changed.IsZero() {
+		out.ChangeTime = timestamppb.New(c.Changed)
+	}
+	return out
 }
 
 func describe(f Function) *sluicev1.Function {

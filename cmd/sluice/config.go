@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/sluicehq/sluice/callback"
 )
 
 // Config is the YAML configuration file of `sluice serve`.
@@ -21,6 +23,32 @@ type Config struct {
 	Functions []FunctionConfig `yaml:"functions"`
 	// Buffer sizes the durable job buffer.
 	Buffer BufferConfig `yaml:"buffer"`
+	// Callbacks says how finished jobs are POSTed to callback URLs.
+	Callbacks CallbacksConfig `yaml:"callbacks"`
+}
+
+// CallbacksConfig is callback delivery. Without secrets, submits that ask
+// for a callback are refused.
+type CallbacksConfig struct {
+	// Secrets sign callbacks the Standard Webhooks way: "whsec_" and the
+	// key in base64. Every one signs; to rotate, add the new secret, let
+	// receivers learn it, then remove the old.
+	Secrets []string `yaml:"secrets"`
+	// AllowCIDRs lets callbacks reach addresses that are otherwise refused
+	// (loopback, private, link-local, metadata), e.g. 10.1.0.0/16.
+	AllowCIDRs []string `yaml:"allow_cidrs"`
+	// Timeout cuts off one delivery attempt. Default 10s.
+	Timeout Duration `yaml:"timeout"`
+	// MaxAttempts is the most delivery attempts per callback. Default 10.
+	MaxAttempts Count `yaml:"max_attempts"`
+	// InitialBackoff is the wait before the second attempt, doubling
+	// after each. Default 1s.
+	InitialBackoff Duration `yaml:"initial_backoff"`
+	// MaxBackoff caps the wait between attempts. Default 5m.
+	MaxBackoff Duration `yaml:"max_backoff"`
+	// Concurrency is the most deliveries in flight, across gateway
+	// processes. Default 32.
+	Concurrency Count `yaml:"concurrency"`
 }
 
 // FunctionConfig is one function. Only name and url are required.
@@ -51,6 +79,27 @@ type FunctionConfig struct {
 	// MaxAge ends a job not finished this long after it was accepted as
 	// EXPIRED. Default 6h.
 	MaxAge Duration `yaml:"max_age"`
+	// CircuitBreaker pauses dispatch while most attempts fail.
+	CircuitBreaker CircuitBreakerConfig `yaml:"circuit_breaker"`
+}
+
+// CircuitBreakerConfig is a function's circuit breaker. While it is open,
+// queued jobs wait without spending attempts; after the cooldown one probe
+// job goes through, and its failure doubles the cooldown.
+type CircuitBreakerConfig struct {
+	// Enabled turns it on or off. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// FailureRatio opens it when at least this share of recent attempts
+	// failed. Default 0.5; more than 0, at most 1.
+	FailureRatio float64 `yaml:"failure_ratio"`
+	// MinAttempts is how many recent attempts it takes to judge. Default 10.
+	MinAttempts Count `yaml:"min_attempts"`
+	// Window is how far back recent goes. Default 30s.
+	Window Duration `yaml:"window"`
+	// Cooldown is how long it first stays open. Default 5s.
+	Cooldown Duration `yaml:"cooldown"`
+	// MaxCooldown caps the doubling cooldown. Default 5m.
+	MaxCooldown Duration `yaml:"max_cooldown"`
 }
 
 // RetryConfig is a function's retry policy. Retried: 5xx but 501, 408,
@@ -113,6 +162,9 @@ type BufferConfig struct {
 	// IdempotencyWindow is how long an Idempotency-Key returns the job it
 	// first created. Default 24h.
 	IdempotencyWindow Duration `yaml:"idempotency_window"`
+	// DeadLetterRetention is how long a dead letter is kept unless it is
+	// redriven or discarded first. Default 168h (7 days).
+	DeadLetterRetention Duration `yaml:"dead_letter_retention"`
 }
 
 // Defaults and bounds of the function settings.
@@ -319,6 +371,32 @@ func (c *Config) setDefaultsAndCheck() error {
 			adaptive := true
 			f.Adaptive = &adaptive
 		}
+		cb := &f.CircuitBreaker
+		if cb.Enabled == nil {
+			enabled := true
+			cb.Enabled = &enabled
+		}
+		if cb.FailureRatio == 0 {
+			cb.FailureRatio = 0.5
+		}
+		if cb.FailureRatio < 0 || cb.FailureRatio > 1 || math.IsNaN(cb.FailureRatio) {
+			bad("circuit_breaker.failure_ratio", "%v is out of range: more than 0, at most 1", cb.FailureRatio)
+		}
+		if cb.MinAttempts == 0 {
+			cb.MinAttempts = 10
+		}
+		if cb.Window == 0 {
+			cb.Window = Duration(30 * time.Second)
+		}
+		if cb.Cooldown == 0 {
+			cb.Cooldown = Duration(5 * time.Second)
+		}
+		if cb.MaxCooldown == 0 {
+			cb.MaxCooldown = Duration(5 * time.Minute)
+		}
+		if cb.MaxCooldown < cb.Cooldown {
+			bad("circuit_breaker.max_cooldown", "%s is shorter than cooldown (%s)", time.Duration(cb.MaxCooldown), time.Duration(cb.Cooldown))
+		}
 		if sc := f.Scaling; sc != nil {
 			if sc.PerMinute == 0 {
 				bad("scaling.per_minute", "missing: how many environments the platform adds per minute")
@@ -363,12 +441,47 @@ func (c *Config) setDefaultsAndCheck() error {
 	if b.IdempotencyWindow == 0 {
 		b.IdempotencyWindow = Duration(24 * time.Hour)
 	}
+	if b.DeadLetterRetention == 0 {
+		b.DeadLetterRetention = Duration(7 * 24 * time.Hour)
+	}
+	errs = append(errs, c.Callbacks.setDefaultsAndCheck())
 	for i, f := range c.Functions {
 		// An unfinished job's state must outlive it.
 		if f.MaxAge >= b.JobRetention {
 			errs = append(errs, fmt.Errorf("buffer.job_retention: %s is not longer than functions[%d] (%s).max_age (%s)",
 				time.Duration(b.JobRetention), i, f.Name, time.Duration(f.MaxAge)))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+func (cb *CallbacksConfig) setDefaultsAndCheck() error {
+	var errs []error
+	if _, err := callback.NewGuard(cb.AllowCIDRs); err != nil {
+		errs = append(errs, fmt.Errorf("callbacks.allow_cidrs: %w", err))
+	}
+	if len(cb.Secrets) > 0 {
+		if _, err := callback.NewSigner(cb.Secrets); err != nil {
+			errs = append(errs, fmt.Errorf("callbacks.secrets: %w", err))
+		}
+	}
+	if cb.Timeout == 0 {
+		cb.Timeout = Duration(10 * time.Second)
+	}
+	if cb.MaxAttempts == 0 {
+		cb.MaxAttempts = 10
+	}
+	if cb.InitialBackoff == 0 {
+		cb.InitialBackoff = Duration(time.Second)
+	}
+	if cb.MaxBackoff == 0 {
+		cb.MaxBackoff = Duration(5 * time.Minute)
+	}
+	if cb.MaxBackoff < cb.InitialBackoff {
+		errs = append(errs, fmt.Errorf("callbacks.max_backoff: %s is shorter than initial_backoff (%s)", time.Duration(cb.MaxBackoff), time.Duration(cb.InitialBackoff)))
+	}
+	if cb.Concurrency == 0 {
+		cb.Concurrency = 32
 	}
 	return errors.Join(errs...)
 }

@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -48,6 +49,7 @@ type gatewayProcess struct {
 	}
 	restConn   *grpc.ClientConn
 	dispatcher *dispatch.Dispatcher
+	callbacks  *dispatch.CallbackDeliverer // nil without callback secrets
 	svc        *gateway.Service
 }
 
@@ -83,13 +85,37 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		log.Warn("buffer.durability is interval: an OS crash or power loss can lose accepted jobs")
 	}
 	queue, err := buffer.Open(ctx, p.nc, buffer.Config{
-		MaxJobs:           int64(cfg.Buffer.MaxJobs),
-		MaxBytes:          int64(cfg.Buffer.MaxBytes),
-		Retention:         time.Duration(cfg.Buffer.JobRetention),
-		IdempotencyWindow: time.Duration(cfg.Buffer.IdempotencyWindow),
+		MaxJobs:             int64(cfg.Buffer.MaxJobs),
+		MaxBytes:            int64(cfg.Buffer.MaxBytes),
+		Retention:           time.Duration(cfg.Buffer.JobRetention),
+		IdempotencyWindow:   time.Duration(cfg.Buffer.IdempotencyWindow),
+		DeadLetterRetention: time.Duration(cfg.Buffer.DeadLetterRetention),
 	})
 	if err != nil {
 		return nil, err
+	}
+	var policy gateway.CallbackPolicy
+	if cb := cfg.Callbacks; len(cb.Secrets) > 0 {
+		guard, signer, err := callbackParts(cb)
+		if err != nil {
+			return nil, err
+		}
+		policy = guard
+		p.callbacks, err = dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
+			Source:  queue,
+			Sender:  &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Signer: signer},
+			Timeout: time.Duration(cb.Timeout),
+			Retry: dispatch.RetryPolicy{
+				MaxAttempts:    int(cb.MaxAttempts),
+				InitialBackoff: time.Duration(cb.InitialBackoff),
+				MaxBackoff:     time.Duration(cb.MaxBackoff),
+			},
+			Concurrency: int(cb.Concurrency),
+			Logger:      log,
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 
 	var gwFuncs []gateway.Function
@@ -102,7 +128,10 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		})
 		dispFuncs = append(dispFuncs, df)
 	}
-	svc, err := gateway.NewService(gateway.Config{Jobs: queue, Dispatch: queue, Watcher: queue, Functions: gwFuncs, Logger: log})
+	svc, err := gateway.NewService(gateway.Config{
+		Jobs: queue, Dispatch: queue, Watcher: queue, DeadLetters: queue, Callbacks: policy,
+		Functions: gwFuncs, Logger: log,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +204,29 @@ func dispatchFunction(f FunctionConfig) dispatch.Function {
 		NoJitter:       f.Retry.Jitter == "none",
 	}
 	df.MaxAge = time.Duration(f.MaxAge)
+	cb := f.CircuitBreaker
+	df.Circuit = dispatch.CircuitPolicy{
+		Disabled:     cb.Enabled != nil && !*cb.Enabled,
+		FailureRatio: cb.FailureRatio,
+		MinAttempts:  int(cb.MinAttempts),
+		Window:       time.Duration(cb.Window),
+		Cooldown:     time.Duration(cb.Cooldown),
+		MaxCooldown:  time.Duration(cb.MaxCooldown),
+	}
 	return df
+}
+
+// callbackParts builds what checks callback URLs and what signs callbacks.
+func callbackParts(cb CallbacksConfig) (*callback.Guard, *callback.Signer, error) {
+	guard, err := callback.NewGuard(cb.AllowCIDRs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("callbacks.allow_cidrs: %w", err)
+	}
+	signer, err := callback.NewSigner(cb.Secrets)
+	if err != nil {
+		return nil, nil, fmt.Errorf("callbacks.secrets: %w", err)
+	}
+	return guard, signer, nil
 }
 
 // dialTarget turns a listener's address into one a client can dial: a
@@ -210,6 +261,9 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return p.dispatcher.Run(gctx) })
+	if p.callbacks != nil {
+		g.Go(func() error { return p.callbacks.Run(gctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		p.log.Info("shutting down: no new requests; in-flight invocations may finish", "drain_timeout", p.opts.DrainTimeout)

@@ -672,10 +672,15 @@ func TestCancel(t *testing.T) {
 }
 
 type liveStatus struct {
-	Window   int    `json:"window"`
-	InFlight int    `json:"inFlight"`
-	Backlog  string `json:"backlog"`
-	Reason   string `json:"reason"`
+	Window      int    `json:"window"`
+	InFlight    int    `json:"inFlight"`
+	Backlog     string `json:"backlog"`
+	Reason      string `json:"reason"`
+	DeadLetters string `json:"deadLetters"`
+	Circuit     struct {
+		State  string `json:"state"`
+		Reason string `json:"reason"`
+	} `json:"circuit"`
 }
 
 func fnStatusOf(t *testing.T, g *testGateway, name string) liveStatus {

@@ -1,0 +1,124 @@
+package dispatch_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/dispatch"
+)
+
+var testSecret = "whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{3}, 32))
+
+// hook answers callbacks by a script of statuses (the last from then on),
+// recording each webhook-id and whether its signature held.
+type hook struct {
+	script []int
+
+	mu       sync.Mutex
+	ids      []string
+	verified []bool
+	types    []string
+}
+
+func (h *hook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	var event buffer.CallbackEvent
+	json.Unmarshal(body, &event) //nolint:errcheck // an empty type fails the test
+	h.mu.Lock()
+	n := len(h.ids)
+	h.ids = append(h.ids, r.Header.Get("webhook-id"))
+	h.verified = append(h.verified, callback.Verify(testSecret, r.Header, body, time.Minute, time.Now()) == nil)
+	h.types = append(h.types, event.Type)
+	h.mu.Unlock()
+	w.WriteHeader(h.script[min(n, len(h.script)-1)])
+}
+
+func (h *hook) seen() ([]string, []bool, []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.ids...), append([]bool(nil), h.verified...), append([]string(nil), h.types...)
+}
+
+// runCallbacks finishes one job with a callback to h, delivers callbacks
+// until want calls arrived (or 10s), and waits a little for any extra one.
+func runCallbacks(t *testing.T, h *hook, want int) []string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) }))
+	defer fn.Close()
+	q := buffertest.Queue(t, buffer.Config{})
+	job, err := q.Submit(t.Context(), "f", []byte("x"), "text/plain", buffer.WithCallback(srv.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}, time.Second)
+	guard, err := callback.NewGuard([]string{"127.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := callback.NewSigner([]string{testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
+		Source:  q,
+		Sender:  &callback.Sender{Client: guard.Client(time.Second), Signer: signer},
+		Timeout: time.Second,
+		Retry:   dispatch.RetryPolicy{MaxAttempts: 4, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if ids, _, _ := h.seen(); len(ids) >= want || time.Now().After(deadline) {
+			break
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // room for a call too many
+	ids, verified, types := h.seen()
+	for i := range ids {
+		if ids[i] != buffer.WebhookID(job) || !verified[i] || types[i] != "job.succeeded" {
+			t.Errorf("call %d: webhook-id %s, signature valid %v, type %q; want %s, valid, job.succeeded", i, ids[i], verified[i], types[i], buffer.WebhookID(job))
+		}
+	}
+	return ids
+}
+
+func TestCallbackRetriedUntilDelivered(t *testing.T) {
+	if ids := runCallbacks(t, &hook{script: []int{500, 503, 200}}, 3); len(ids) != 3 {
+		t.Errorf("receiver was called %d times; want 2 failures, then the delivery, then nothing", len(ids))
+	}
+}
+
+func TestCallbackGivesUpAfterMaxAttempts(t *testing.T) {
+	if ids := runCallbacks(t, &hook{script: []int{500}}, 4); len(ids) != 4 {
+		t.Errorf("receiver was called %d times; want exactly max_attempts (4)", len(ids))
+	}
+}
+
+func TestCallbackNotRetriedWhenRefused(t *testing.T) {
+	if ids := runCallbacks(t, &hook{script: []int{410, 200}}, 1); len(ids) != 1 {
+		t.Errorf("receiver was called %d times; a 4xx is final", len(ids))
+	}
+}
