@@ -46,6 +46,41 @@ func TestParseConfigDurabilityInterval(t *testing.T) {
 	}
 }
 
+func TestParseConfigLifecycle(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+functions:
+  - name: a
+    url: http://x/
+  - name: b
+    url: http://y/
+    circuit_breaker: {enabled: false}
+  - name: c
+    url: http://z/
+    circuit_breaker: {failure_ratio: 0.8, min_attempts: 20, window: 1m, cooldown: 2s, max_cooldown: 1m}
+callbacks:
+  secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]
+  allow_cidrs: [10.1.0.0/16]
+buffer: {dead_letter_retention: 720h}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := dispatchFunction(cfg.Functions[0]).Circuit, dispatchFunction(cfg.Functions[1]).Circuit, dispatchFunction(cfg.Functions[2]).Circuit
+	if a.Disabled || a.FailureRatio != 0.5 || a.MinAttempts != 10 || a.Window != 30*time.Second || a.Cooldown != 5*time.Second || a.MaxCooldown != 5*time.Minute {
+		t.Errorf("default circuit breaker = %+v", a)
+	}
+	if !b.Disabled {
+		t.Errorf("circuit_breaker.enabled: false gave %+v", b)
+	}
+	if c.FailureRatio != 0.8 || c.MinAttempts != 20 || c.Window != time.Minute || c.Cooldown != 2*time.Second || c.MaxCooldown != time.Minute {
+		t.Errorf("configured circuit breaker = %+v", c)
+	}
+	cb := cfg.Callbacks
+	if time.Duration(cb.Timeout) != 10*time.Second || cb.MaxAttempts != 10 || cb.Concurrency != 32 || time.Duration(cfg.Buffer.DeadLetterRetention) != 720*time.Hour {
+		t.Errorf("callbacks = %+v, dead letter retention %v", cb, time.Duration(cfg.Buffer.DeadLetterRetention))
+	}
+}
+
 func TestParseConfigJSON(t *testing.T) {
 	cfg, err := ParseConfig([]byte(`{"functions": [{"name": "a", "url": "http://x/", "timeout": "5s"}]}`))
 	if err != nil || cfg.Functions[0].Name != "a" || time.Duration(cfg.Functions[0].Timeout) != 5*time.Second {
@@ -80,6 +115,14 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad payload size", "functions:\n  - name: a\n    url: http://x/\n    max_payload: lots\n", `"lots" is not a size`},
 		{"negative buffer", "functions:\n  - name: a\n    url: http://x/\nbuffer: {max_jobs: -5}\n", `buffer.max_jobs: line 4: "-5" is not a whole number`},
 		{"zero payload", "functions:\n  - name: a\n    url: http://x/\n    max_payload: 0\n", "a size must be at least 1 byte"},
+		{"failure ratio over 1", "functions:\n  - name: a\n    url: http://x/\n    circuit_breaker: {failure_ratio: 1.5}\n", "circuit_breaker.failure_ratio: 1.5 is out of range"},
+		{"negative failure ratio", "functions:\n  - name: a\n    url: http://x/\n    circuit_breaker: {failure_ratio: -0.1}\n", "circuit_breaker.failure_ratio: -0.1 is out of range"},
+		{"cooldown over its cap", "functions:\n  - name: a\n    url: http://x/\n    circuit_breaker: {cooldown: 10m}\n", "circuit_breaker.max_cooldown: 5m0s is shorter than cooldown"},
+		{"unknown circuit field", "functions:\n  - name: a\n    url: http://x/\n    circuit_breaker: {ratio: 1}\n", "circuit_breaker.ratio: line 4: unknown field"},
+		{"secret without prefix", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {secrets: [c2VjcmV0]}\n", "callbacks.secrets:"},
+		{"short secret", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {secrets: [whsec_c2VjcmV0]}\n", "callbacks.secrets:"},
+		{"bad cidr", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {allow_cidrs: [10.0.0.0/33]}\n", "callbacks.allow_cidrs:"},
+		{"callback backoff", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {initial_backoff: 10m}\n", "callbacks.max_backoff: 5m0s is shorter than initial_backoff"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(tc.config))
