@@ -27,6 +27,7 @@ func (f *fnsimFlags) register(fs *flag.FlagSet, prefix string) {
 	fs.DurationVar(&c.Duration, prefix+"duration", 100*time.Millisecond, "handler run time per invocation")
 	fs.DurationVar(&c.Jitter, prefix+"jitter", 0, "spread the handler run time uniformly over ±this")
 	fs.Float64Var(&c.ErrorRate, prefix+"error-rate", 0, "fraction of invocations answered 500, 0 to 1")
+	fs.DurationVar(&c.DownFor, prefix+"down-for", 0, "an outage: answer every invocation 503 (no Retry-After) for this long after starting")
 }
 
 func (f *fnsimFlags) check(prefix string) error {
@@ -34,8 +35,8 @@ func (f *fnsimFlags) check(prefix string) error {
 	switch {
 	case c.Concurrency < 0 || c.InitialBurst < 0 || c.ScalePerMinute < 0:
 		return errors.New("--" + prefix + "concurrency, --" + prefix + "initial and --" + prefix + "per-minute must not be negative")
-	case c.ColdStart < 0 || c.IdleReap < 0 || c.Duration < 0 || c.Jitter < 0:
-		return errors.New("--" + prefix + "cold-start, --" + prefix + "idle-reap, --" + prefix + "duration and --" + prefix + "jitter must not be negative")
+	case c.ColdStart < 0 || c.IdleReap < 0 || c.Duration < 0 || c.Jitter < 0 || c.DownFor < 0:
+		return errors.New("--" + prefix + "cold-start, --" + prefix + "idle-reap, --" + prefix + "duration, --" + prefix + "jitter and --" + prefix + "down-for must not be negative")
 	case c.ErrorRate < 0 || c.ErrorRate > 1:
 		return errors.New("--" + prefix + "error-rate must be between 0 and 1")
 	}

@@ -9,7 +9,9 @@
 //   - cold starts: a new environment spends ColdStart before its first
 //     invocation;
 //   - idle reaping: an environment idle for IdleReap is torn down, so a later
-//     burst meets cold starts and the scaling limit again.
+//     burst meets cold starts and the scaling limit again;
+//   - an outage: for its first DownFor it answers every invocation 503
+//     without Retry-After, as a broken deployment behind a load balancer.
 //
 // A request above the current capacity is answered 429 with Retry-After,
 // as AWS Lambda answers TooManyRequestsException. Every response carries
@@ -61,6 +63,9 @@ type Config struct {
 	RetryAfter time.Duration
 	// MaxPayload bounds the request body it reads. Zero means 8 MiB.
 	MaxPayload int64
+	// DownFor answers every invocation 503 (no Retry-After: a failure, not
+	// a throttle) until this long after New.
+	DownFor time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 }
@@ -73,6 +78,8 @@ type Stats struct {
 	Errors int `json:"errors"`
 	// Throttled counts requests answered 429.
 	Throttled int `json:"throttled"`
+	// Unavailable counts invocations answered 503 during DownFor.
+	Unavailable int `json:"unavailable"`
 	// ColdStarts counts environments started.
 	ColdStarts int `json:"cold_starts"`
 	// Warmups counts keep-warm pings.
@@ -94,7 +101,8 @@ const scalingStopsAfter = time.Second
 
 // Function is the simulated platform. It is safe for concurrent use.
 type Function struct {
-	cfg Config
+	cfg     Config
+	started time.Time
 
 	mu        sync.Mutex
 	stats     Stats
@@ -122,7 +130,7 @@ func New(cfg Config) *Function {
 	if cfg.Concurrency > 0 && (cfg.InitialBurst == 0 || cfg.InitialBurst > cfg.Concurrency) {
 		cfg.InitialBurst = cfg.Concurrency
 	}
-	return &Function{cfg: cfg, jobs: make(map[string]int)}
+	return &Function{cfg: cfg, started: cfg.Now(), jobs: make(map[string]int)}
 }
 
 // ServeHTTP serves GET /stats with the Stats as JSON, and treats any other
@@ -131,6 +139,13 @@ func (f *Function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet && r.URL.Path == "/stats" {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(f.Stats()) //nolint:errcheck // the caller may have gone
+		return
+	}
+	if f.cfg.DownFor > 0 && f.cfg.Now().Sub(f.started) < f.cfg.DownFor {
+		f.mu.Lock()
+		f.stats.Unavailable++
+		f.mu.Unlock()
+		http.Error(w, "simulated outage", http.StatusServiceUnavailable)
 		return
 	}
 	warmup := r.Header.Get(HeaderWarmup) == "1"

@@ -161,3 +161,22 @@ func TestErrorRate(t *testing.T) {
 		t.Errorf("with error rate 1: %d, stats %+v; want 500", resp.StatusCode, f.Stats())
 	}
 }
+
+func TestDownFor(t *testing.T) {
+	f, clock := newAt(Config{DownFor: time.Minute})
+	call := func() int {
+		rec := httptest.NewRecorder()
+		f.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/", strings.NewReader("x")))
+		return rec.Code
+	}
+	if code := call(); code != http.StatusServiceUnavailable {
+		t.Errorf("during the outage: %d, want 503", code)
+	}
+	clock.advance(time.Minute)
+	if code := call(); code != http.StatusOK {
+		t.Errorf("after the outage: %d, want 200", code)
+	}
+	if s := f.Stats(); s.Unavailable != 1 || s.Invocations != 1 {
+		t.Errorf("stats = %+v; want 1 unavailable, 1 invocation", s)
+	}
+}
