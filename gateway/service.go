@@ -439,6 +439,12 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		st.Reason = "not dispatching yet"
 	}
 	st.Circuit = describeCircuit(p.Circuit)
+	switch p.Circuit.State {
+	case buffer.CircuitOpen:
+		st.Reason = "paused: circuit open (" + p.Circuit.Reason + ")"
+	case buffer.CircuitHalfOpen:
+		st.Reason = "paused: circuit half-open, one probe job let through"
+	}
 	if s.dead != nil {
 		if st.DeadLetters, err = s.dead.DeadLetterCount(ctx, f.Name); err != nil {
 			return nil, err

@@ -284,3 +284,40 @@ func TestCallbacksRefusedWithoutSecretOrToLoopback(t *testing.T) {
 		}
 	}
 }
+
+func TestCircuitStateInFunctionStatus(t *testing.T) {
+	fn := &failing{}
+	fn.status.Store(502)
+	srv := httptest.NewServer(fn)
+	defer srv.Close()
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{
+		Name: "f", URL: srv.URL, Concurrency: 2, Timeout: Duration(time.Second),
+		Retry:          RetryConfig{MaxAttempts: 5, InitialBackoff: Duration(10 * time.Millisecond), MaxBackoff: Duration(20 * time.Millisecond)},
+		CircuitBreaker: CircuitBreakerConfig{MinAttempts: 4, Cooldown: Duration(time.Minute)},
+	})
+	for range 6 {
+		post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := fnStatusOf(t, g, "f")
+		if st.Circuit.State == "OPEN" {
+			if !strings.HasPrefix(st.Reason, "paused: circuit open") || !strings.Contains(st.Circuit.Reason, "of the last") {
+				t.Errorf("status = %+v; want it to say dispatch is paused, and why", st)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("circuit never opened: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	calls := fn.calls.Load()
+	time.Sleep(300 * time.Millisecond)
+	if extra := fn.calls.Load() - calls; extra > 2 {
+		t.Errorf("%d calls while the circuit was open; at most the 2 already in flight may finish", extra)
+	}
+	if st := fnStatusOf(t, g, "f"); st.DeadLetters != "0" {
+		t.Errorf("dead letters = %s while the circuit held the jobs; want 0", st.DeadLetters)
+	}
+}
