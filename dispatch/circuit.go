@@ -158,8 +158,9 @@ func circuitWait(c buffer.Circuit, now time.Time) (time.Duration, bool) {
 // is closed; as the probe once the cooldown has passed and this process
 // claims it; otherwise it holds the job until it may go, or hands it back
 // for later, spending no attempt. It reports whether the job may be invoked
-// now, and whether as the probe.
-func (l *functionLoop) admit(runCtx context.Context, dv *buffer.Delivery) (probe, ok bool) {
+// now, and whether as the probe. A job handed back comes again no later
+// than expiresIn, so that it expires on time.
+func (l *functionLoop) admit(runCtx context.Context, dv *buffer.Delivery, expiresIn time.Duration) (probe, ok bool) {
 	for {
 		now := l.cfg.Now()
 		c := l.pacing.Load().Circuit
@@ -188,6 +189,7 @@ func (l *functionLoop) admit(runCtx context.Context, dv *buffer.Delivery) (probe
 		}
 		wait, _ := circuitWait(c, now)
 		if wait > l.fn.Timeout/2 {
+			wait = max(min(wait, expiresIn+10*time.Millisecond), 10*time.Millisecond)
 			l.settle(func(context.Context) error { return dv.Defer(wait) }, dv)
 			return false, false
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -310,8 +311,12 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	}
 	probe := false
 	if !l.fn.Circuit.Disabled {
+		expiresIn := time.Duration(math.MaxInt64)
+		if l.fn.MaxAge > 0 {
+			expiresIn = l.fn.MaxAge - l.cfg.Now().Sub(queuedSince(job))
+		}
 		var ok bool
-		if probe, ok = l.admit(runCtx, dv); !ok {
+		if probe, ok = l.admit(runCtx, dv, expiresIn); !ok {
 			return
 		}
 	}
