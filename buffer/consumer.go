@@ -167,6 +167,8 @@ type Delivery struct {
 	CreateTime time.Time
 	// CallbackURL is where the finished job is POSTed; "" for none.
 	CallbackURL string
+	// Tenant is the tenant the job belongs to; "" without tenants.
+	Tenant string
 
 	begun     bool              // Begin was called: Release must put the state back.
 	last      *snapshot         // the job's state as this delivery last read or wrote it
@@ -186,6 +188,7 @@ func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
 		Payload:     msg.Data(),
 		CreateTime:  timeHeader(h, headerCreateTime),
 		CallbackURL: h.Get(headerCallbackURL),
+		Tenant:      h.Get(headerTenant),
 	}
 }
 
@@ -200,6 +203,7 @@ func (d *Delivery) seed() *sluicev1.Job {
 		ContentType: d.ContentType,
 		PayloadSize: int64(len(d.Payload)),
 		CallbackUrl: d.CallbackURL,
+		Tenant:      d.Tenant,
 	}
 }
 

@@ -132,10 +132,11 @@ type DeadLetterPage struct {
 	Next uint64
 }
 
-// DeadLetters returns up to limit of the function's dead letters, oldest
-// first, starting at position from (0 for the first page; a page's Next
-// for the one after). Payloads are left out unless withPayload.
-func (q *Queue) DeadLetters(ctx context.Context, function string, from uint64, limit int, withPayload bool) (DeadLetterPage, error) {
+// DeadLetters returns up to limit of the function's dead letters of jobs
+// of tenant, oldest first, starting at position from (0 for the first page;
+// a page's Next for the one after). Payloads are left out unless
+// withPayload.
+func (q *Queue) DeadLetters(ctx context.Context, function, tenant string, from uint64, limit int, withPayload bool) (DeadLetterPage, error) {
 	var page DeadLetterPage
 	seq := max(from, 1)
 	for {
@@ -146,23 +147,27 @@ func (q *Queue) DeadLetters(ctx context.Context, function string, from uint64, l
 		if err != nil {
 			return page, fmt.Errorf("buffer: read dead letters of %s: %w", function, err)
 		}
-		if len(page.Letters) == limit {
-			page.Next = msg.Sequence // there is more
-			return page, nil
-		}
 		dl, err := decodeDeadLetter(msg)
 		if err != nil {
 			return page, err
+		}
+		seq = msg.Sequence + 1
+		if dl.Job.Tenant != tenant {
+			continue
+		}
+		if len(page.Letters) == limit {
+			page.Next = msg.Sequence // there is more
+			return page, nil
 		}
 		if !withPayload {
 			dl.Payload = nil
 		}
 		page.Letters = append(page.Letters, dl)
-		seq = msg.Sequence + 1
 	}
 }
 
-// DeadLetterCount is how many dead letters the function has.
+// DeadLetterCount is how many dead letters the function has, of every
+// tenant.
 func (q *Queue) DeadLetterCount(ctx context.Context, function string) (int64, error) {
 	info, err := q.dead.Info(ctx, jetstream.WithSubjectFilter(functionDeadLetters(function)))
 	if err != nil {
@@ -175,15 +180,15 @@ func (q *Queue) DeadLetterCount(ctx context.Context, function string) (int64, er
 	return n, nil
 }
 
-// Redrive queues dead-lettered jobs of function again: those with the given
-// IDs, or every one when ids is empty. Each keeps its ID and gets a fresh
+// Redrive queues dead-lettered jobs of function and tenant again: those
+// with the given IDs, or every one when ids is empty. Each keeps its ID and gets a fresh
 // attempt budget; its history records the redrive, and its max age counts
 // from it. It returns the jobs queued again, and the IDs that are not among
 // the function's dead letters.
 //
 // A dead letter whose job has meanwhile finished otherwise (a dead letter
 // left behind by a crash) is discarded, and its job returned as it stands.
-func (q *Queue) Redrive(ctx context.Context, function string, ids []string) (jobs []*sluicev1.Job, notFound []string, err error) {
+func (q *Queue) Redrive(ctx context.Context, function, tenant string, ids []string) (jobs []*sluicev1.Job, notFound []string, err error) {
 	var msgs []*jetstream.RawStreamMsg
 	if len(ids) == 0 {
 		for seq := uint64(1); ; {
@@ -199,7 +204,7 @@ func (q *Queue) Redrive(ctx context.Context, function string, ids []string) (job
 		}
 	}
 	for _, id := range ids {
-		msg, err := q.deadLetterMsg(ctx, function, id)
+		msg, err := q.deadLetterMsg(ctx, function, tenant, id)
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidID) {
 			notFound = append(notFound, id)
 			continue
@@ -210,6 +215,9 @@ func (q *Queue) Redrive(ctx context.Context, function string, ids []string) (job
 		msgs = append(msgs, msg)
 	}
 	for _, msg := range msgs {
+		if len(ids) == 0 && !ofTenant(msg, tenant) {
+			continue
+		}
 		job, err := q.redriveOne(ctx, msg)
 		if err != nil {
 			return jobs, notFound, err
@@ -219,7 +227,9 @@ func (q *Queue) Redrive(ctx context.Context, function string, ids []string) (job
 	return jobs, notFound, nil
 }
 
-func (q *Queue) deadLetterMsg(ctx context.Context, function, id string) (*jetstream.RawStreamMsg, error) {
+// deadLetterMsg is the dead letter of the job, if it is the tenant's:
+// another tenant's is [ErrNotFound], as if it were not there.
+func (q *Queue) deadLetterMsg(ctx context.Context, function, tenant, id string) (*jetstream.RawStreamMsg, error) {
 	if !ValidJobID(id) {
 		return nil, ErrInvalidID
 	}
@@ -230,7 +240,16 @@ func (q *Queue) deadLetterMsg(ctx context.Context, function, id string) (*jetstr
 	if err != nil {
 		return nil, fmt.Errorf("buffer: read dead letter %s: %w", id, err)
 	}
+	if !ofTenant(msg, tenant) {
+		return nil, ErrNotFound
+	}
 	return msg, nil
+}
+
+// ofTenant reports whether a dead letter's job is the tenant's.
+func ofTenant(msg *jetstream.RawStreamMsg, tenant string) bool {
+	dl, err := decodeDeadLetter(msg)
+	return err == nil && dl.Job.Tenant == tenant
 }
 
 // errStaleDeadLetter: the dead letter's job is no longer dead-lettered.
@@ -302,9 +321,9 @@ func (q *Queue) requeue(ctx context.Context, job *sluicev1.Job, payload []byte) 
 
 // DeleteDeadLetter discards the job's dead letter for good; the job's state
 // stays as it ended, no longer dead-lettered. It returns [ErrNotFound] when
-// the function has no dead letter for that ID.
-func (q *Queue) DeleteDeadLetter(ctx context.Context, function, id string) error {
-	msg, err := q.deadLetterMsg(ctx, function, id)
+// the function has no dead letter for that ID of the tenant's.
+func (q *Queue) DeleteDeadLetter(ctx context.Context, function, tenant, id string) error {
+	msg, err := q.deadLetterMsg(ctx, function, tenant, id)
 	if err != nil {
 		return err
 	}

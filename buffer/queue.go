@@ -38,6 +38,7 @@ const (
 	headerCreateTime  = "Sluice-Create-Time"
 	headerContentTyp  = "Content-Type"
 	headerCallbackURL = "Sluice-Callback-Url"
+	headerTenant      = "Sluice-Tenant"
 )
 
 // Sentinel errors.
@@ -291,6 +292,7 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 		ContentType: contentType,
 		PayloadSize: int64(len(payload)),
 		CallbackUrl: o.callbackURL,
+		Tenant:      o.tenant,
 	}
 	// The message is the whole of a queued job: its state entry is first
 	// written when dispatch starts it, so a submit costs one fsync'd write.
@@ -314,6 +316,9 @@ func jobMsg(job *sluicev1.Job, payload []byte) *nats.Msg {
 	if job.CallbackUrl != "" {
 		msg.Header.Set(headerCallbackURL, job.CallbackUrl)
 	}
+	if job.Tenant != "" {
+		msg.Header.Set(headerTenant, job.Tenant)
+	}
 	return msg
 }
 
@@ -322,6 +327,12 @@ type SubmitOption func(*submitOptions)
 
 type submitOptions struct {
 	callbackURL string
+	tenant      string
+}
+
+// WithTenant makes the job the tenant's.
+func WithTenant(tenant string) SubmitOption {
+	return func(o *submitOptions) { o.tenant = tenant }
 }
 
 // WithCallback has the finished job POSTed to url. The URL is taken as it
@@ -449,6 +460,7 @@ func queuedJob(msg *jetstream.RawStreamMsg) *sluicev1.Job {
 		ContentType: msg.Header.Get(headerContentTyp),
 		PayloadSize: int64(len(msg.Data)),
 		CallbackUrl: msg.Header.Get(headerCallbackURL),
+		Tenant:      msg.Header.Get(headerTenant),
 	}
 }
 

@@ -61,23 +61,23 @@ func TestExhaustedJobIsDeadLetteredAndRedriveRunsItAgain(t *testing.T) {
 			t.Errorf("dead letter %d = %v; want one of the jobs, its reason, 3 attempts and no payload unasked", i, dl)
 		}
 	}
-	paged, err := q.DeadLetters(t.Context(), "f", 0, 2, true)
+	paged, err := q.DeadLetters(t.Context(), "f", "", 0, 2, true)
 	if err != nil || len(paged.Letters) != 2 || paged.Next == 0 || string(paged.Letters[0].Payload) != payloadOf[paged.Letters[0].Job.Id] {
 		t.Fatalf("first page of 2 = %+v, %v; want 2 with payloads and a next page", paged, err)
 	}
-	if rest, err := q.DeadLetters(t.Context(), "f", paged.Next, 2, false); err != nil || len(rest.Letters) != 1 || rest.Next != 0 {
+	if rest, err := q.DeadLetters(t.Context(), "f", "", paged.Next, 2, false); err != nil || len(rest.Letters) != 1 || rest.Next != 0 {
 		t.Fatalf("second page = %+v, %v; want the last one", rest, err)
 	}
 
 	// Discard one, fix the function, redrive the rest.
-	if err := q.DeleteDeadLetter(t.Context(), "f", ids[2]); err != nil {
+	if err := q.DeleteDeadLetter(t.Context(), "f", "", ids[2]); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.DeleteDeadLetter(t.Context(), "f", ids[2]); err != buffer.ErrNotFound {
+	if err := q.DeleteDeadLetter(t.Context(), "f", "", ids[2]); err != buffer.ErrNotFound {
 		t.Errorf("second delete: %v, want ErrNotFound", err)
 	}
 	fn.status.Store(200)
-	jobs, notFound, err := q.Redrive(t.Context(), "f", []string{ids[0], ids[1], ids[2]})
+	jobs, notFound, err := q.Redrive(t.Context(), "f", "", []string{ids[0], ids[1], ids[2]})
 	if err != nil || len(jobs) != 2 || len(notFound) != 1 || notFound[0] != ids[2] {
 		t.Fatalf("Redrive = %v, not found %v, %v; want 2 redriven and the discarded one not found", jobs, notFound, err)
 	}
@@ -129,7 +129,7 @@ func waitDeadLetters(t *testing.T, q *buffer.Queue, function string, n int) buff
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		page, err := q.DeadLetters(t.Context(), function, 0, 100, false)
+		page, err := q.DeadLetters(t.Context(), function, "", 0, 100, false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,7 +24,7 @@ const (
 
 // ListDeadLetters returns a page of a function's dead letters.
 func (s *Service) ListDeadLetters(ctx context.Context, req *sluicev1.ListDeadLettersRequest) (*sluicev1.ListDeadLettersResponse, error) {
-	f, err := s.deadLetterFunction(req.GetFunction())
+	f, err := s.deadLetterFunction(ctx, req.GetFunction())
 	if err != nil {
 		return nil, err
 	}
@@ -39,15 +39,17 @@ func (s *Service) ListDeadLetters(ctx context.Context, req *sluicev1.ListDeadLet
 	if err != nil {
 		return nil, err
 	}
-	page, err := s.dead.DeadLetters(ctx, f.Name, from, size, req.GetIncludePayload())
+	page, err := s.dead.DeadLetters(ctx, f.Name, tenantName(ctx), from, size, req.GetIncludePayload())
 	if err != nil {
 		return nil, s.internal(ctx, "list dead letters", err)
 	}
-	total, err := s.dead.DeadLetterCount(ctx, f.Name)
-	if err != nil {
-		return nil, s.internal(ctx, "count dead letters", err)
+	out := &sluicev1.ListDeadLettersResponse{DeadLetters: page.Letters}
+	if tenantOf(ctx) == nil {
+		// The count is of all tenants': only an open gateway may tell it.
+		if out.Total, err = s.dead.DeadLetterCount(ctx, f.Name); err != nil {
+			return nil, s.internal(ctx, "count dead letters", err)
+		}
 	}
-	out := &sluicev1.ListDeadLettersResponse{DeadLetters: page.Letters, Total: total}
 	if page.Next != 0 {
 		out.NextPageToken = encodePageToken(f.Name, page.Next)
 	}
@@ -56,7 +58,7 @@ func (s *Service) ListDeadLetters(ctx context.Context, req *sluicev1.ListDeadLet
 
 // RedriveDeadLetters queues dead-lettered jobs again.
 func (s *Service) RedriveDeadLetters(ctx context.Context, req *sluicev1.RedriveDeadLettersRequest) (*sluicev1.RedriveDeadLettersResponse, error) {
-	f, err := s.deadLetterFunction(req.GetFunction())
+	f, err := s.deadLetterFunction(ctx, req.GetFunction())
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +70,7 @@ func (s *Service) RedriveDeadLetters(ctx context.Context, req *sluicev1.RedriveD
 			return nil, s.jobError(ctx, id, buffer.ErrInvalidID)
 		}
 	}
-	jobs, notFound, err := s.dead.Redrive(ctx, f.Name, req.GetIds())
+	jobs, notFound, err := s.dead.Redrive(ctx, f.Name, tenantName(ctx), req.GetIds())
 	if err != nil {
 		return nil, s.internal(ctx, "redrive dead letters", err)
 	}
@@ -78,11 +80,11 @@ func (s *Service) RedriveDeadLetters(ctx context.Context, req *sluicev1.RedriveD
 
 // DeleteDeadLetter discards one dead letter.
 func (s *Service) DeleteDeadLetter(ctx context.Context, req *sluicev1.DeleteDeadLetterRequest) (*sluicev1.DeleteDeadLetterResponse, error) {
-	f, err := s.deadLetterFunction(req.GetFunction())
+	f, err := s.deadLetterFunction(ctx, req.GetFunction())
 	if err != nil {
 		return nil, err
 	}
-	switch err := s.dead.DeleteDeadLetter(ctx, f.Name, req.GetId()); {
+	switch err := s.dead.DeleteDeadLetter(ctx, f.Name, tenantName(ctx), req.GetId()); {
 	case errors.Is(err, buffer.ErrNotFound):
 		return nil, status.Errorf(codes.NotFound, "function %q has no dead letter %s", f.Name, req.GetId())
 	case err != nil:
@@ -92,11 +94,11 @@ func (s *Service) DeleteDeadLetter(ctx context.Context, req *sluicev1.DeleteDead
 	return &sluicev1.DeleteDeadLetterResponse{}, nil
 }
 
-func (s *Service) deadLetterFunction(name string) (Function, error) {
+func (s *Service) deadLetterFunction(ctx context.Context, name string) (Function, error) {
 	if s.dead == nil {
 		return Function{}, status.Error(codes.Unimplemented, "this gateway keeps no dead letters")
 	}
-	return s.function(name)
+	return s.functionFor(ctx, name)
 }
 
 // A page token is the stream position the page starts at, tied to its

@@ -30,6 +30,8 @@ func NewGRPCServer(svc *Service, cfg GRPCConfig, opts ...grpc.ServerOption) (*gr
 		cfg.MaxConcurrentStreams = 1000
 	}
 	opts = append([]grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(svc.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(svc.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 	}, opts...)

@@ -183,6 +183,11 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		httpStatus = http.StatusRequestEntityTooLarge
 		st = status.Newf(codes.InvalidArgument, "payload exceeds the function's limit of %d bytes", b.limit)
 	}
+	if st.Code() == codes.Unauthenticated {
+		// grpc-gateway would put the message there; RFC 6750 wants the
+		// scheme.
+		w = bearerChallenge{w}
+	}
 	for _, d := range st.Details() {
 		switch d := d.(type) {
 		case *errdetails.ErrorInfo:
@@ -198,4 +203,14 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		}
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: httpStatus, Err: st.Err()})
+}
+
+// bearerChallenge answers 401 with a Bearer challenge in WWW-Authenticate.
+type bearerChallenge struct{ http.ResponseWriter }
+
+func (b bearerChallenge) WriteHeader(code int) {
+	if code == http.StatusUnauthorized {
+		b.Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
+	}
+	b.ResponseWriter.WriteHeader(code)
 }

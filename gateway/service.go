@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -58,15 +59,17 @@ var _ Dispatch = (*buffer.Queue)(nil)
 
 // DeadLetters reads and works a function's dead letters.
 type DeadLetters interface {
-	// DeadLetters returns a page of them, oldest first, from position
-	// from (0 for the first).
-	DeadLetters(ctx context.Context, function string, from uint64, limit int, withPayload bool) (buffer.DeadLetterPage, error)
-	// DeadLetterCount is how many the function has.
+	// DeadLetters returns a page of the tenant's, oldest first, from
+	// position from (0 for the first).
+	DeadLetters(ctx context.Context, function, tenant string, from uint64, limit int, withPayload bool) (buffer.DeadLetterPage, error)
+	// DeadLetterCount is how many the function has, of all tenants.
 	DeadLetterCount(ctx context.Context, function string) (int64, error)
-	// Redrive queues them again: those named, or all when ids is empty.
-	Redrive(ctx context.Context, function string, ids []string) ([]*sluicev1.Job, []string, error)
-	// DeleteDeadLetter discards one; buffer.ErrNotFound if there is none.
-	DeleteDeadLetter(ctx context.Context, function, id string) error
+	// Redrive queues the tenant's again: those named, or all when ids is
+	// empty.
+	Redrive(ctx context.Context, function, tenant string, ids []string) ([]*sluicev1.Job, []string, error)
+	// DeleteDeadLetter discards one of the tenant's; buffer.ErrNotFound if
+	// there is none.
+	DeleteDeadLetter(ctx context.Context, function, tenant, id string) error
 }
 
 var _ DeadLetters = (*buffer.Queue)(nil)
@@ -94,6 +97,12 @@ type Function struct {
 	InitialWindow    int
 	ScalingPerMinute int
 	Adaptive         bool
+	// MaxAge is how long a job may wait and run; a submit that could not
+	// start within it, at the rate the function drains, is refused. Zero
+	// means no limit.
+	MaxAge time.Duration
+	// Ingress limits the submits to it.
+	Ingress Ingress
 }
 
 // DefaultMaxPayload is a function's payload limit when none is configured.
@@ -116,6 +125,9 @@ type Config struct {
 	Callbacks CallbackPolicy
 	// Functions are the functions jobs may be submitted to.
 	Functions []Function
+	// Tenants are the clients, by API key. Without any, the gateway runs
+	// open: no key is asked for, and every job belongs to tenant "".
+	Tenants []Tenant
 	// Logger receives the gateway's logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// PollInterval is what a pending job's result tells callers to wait
@@ -152,8 +164,12 @@ type Service struct {
 	watching  atomic.Bool
 	functions map[string]Function
 	largest   int64 // the largest payload limit of any function
-	log       *slog.Logger
-	poll      time.Duration
+	// tenantsByKey finds a tenant by its API key's digest; empty without
+	// tenants.
+	tenantsByKey map[[32]byte]*Tenant
+	admission    *admission
+	log          *slog.Logger
+	poll         time.Duration
 }
 
 var (
@@ -161,6 +177,9 @@ var (
 	_ sluicev1.FunctionServiceServer   = (*Service)(nil)
 	_ sluicev1.DeadLetterServiceServer = (*Service)(nil)
 )
+
+// Tenants reports whether the gateway asks for API keys.
+func (s *Service) Tenants() bool { return len(s.tenantsByKey) > 0 }
 
 // NewService checks cfg and returns the service.
 func NewService(cfg Config) (*Service, error) {
@@ -184,6 +203,7 @@ func NewService(cfg Config) (*Service, error) {
 	if s.poll == 0 {
 		s.poll = time.Second
 	}
+	s.admission = &admission{fnLimiters: map[string]*rate.Limiter{}, tenantLimiters: map[string]*rate.Limiter{}}
 	for _, f := range cfg.Functions {
 		if f.Name == "" {
 			return nil, errors.New("gateway: a function has no name")
@@ -193,6 +213,30 @@ func NewService(cfg Config) (*Service, error) {
 		}
 		s.functions[f.Name] = f
 		s.largest = max(s.largest, f.MaxPayload)
+		if l := f.Ingress.limiter(); l != nil {
+			s.admission.fnLimiters[f.Name] = l
+		}
+	}
+	s.tenantsByKey = make(map[[32]byte]*Tenant)
+	for i := range cfg.Tenants {
+		t := &cfg.Tenants[i]
+		if t.Name == "" || len(t.KeyHashes) == 0 {
+			return nil, fmt.Errorf("gateway: tenant %q needs a name and an API key", t.Name)
+		}
+		for _, fn := range t.Functions {
+			if _, ok := s.functions[fn]; !ok {
+				return nil, fmt.Errorf("gateway: tenant %q may use function %q, which is not configured", t.Name, fn)
+			}
+		}
+		for _, h := range t.KeyHashes {
+			if other, dup := s.tenantsByKey[h]; dup {
+				return nil, fmt.Errorf("gateway: tenants %q and %q share an API key", other.Name, t.Name)
+			}
+			s.tenantsByKey[h] = t
+		}
+		if l := t.Ingress.limiter(); l != nil {
+			s.admission.tenantLimiters[t.Name] = l
+		}
 	}
 	return s, nil
 }
@@ -254,7 +298,7 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 // request, or for REST callers the Idempotency-Key header), with its
 // callback URL if one is given (likewise, or Sluice-Callback-Url).
 func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string) (*sluicev1.Job, bool, error) {
-	f, err := s.function(function)
+	f, err := s.functionFor(ctx, function)
 	if err != nil {
 		return nil, false, err
 	}
@@ -266,7 +310,8 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 	if key, err = idempotencyKey(ctx, key); err != nil {
 		return nil, false, err
 	}
-	var opts []buffer.SubmitOption
+	tenant := tenantName(ctx)
+	opts := []buffer.SubmitOption{buffer.WithTenant(tenant)}
 	if callbackURL = fromMetadata(ctx, callbackURL, MetadataCallbackURL); callbackURL != "" {
 		if s.callbacks == nil {
 			return nil, false, status.Error(codes.InvalidArgument, "this gateway delivers no callbacks: it has no callback signing secret configured")
@@ -276,21 +321,39 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		}
 		opts = append(opts, buffer.WithCallback(callbackURL))
 	}
+	start, err := s.admit(ctx, f)
+	if err != nil {
+		return nil, false, err
+	}
 	var job *sluicev1.Job
 	replayed := false
 	if key == "" {
 		job, err = s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType(), opts...)
 	} else {
+		// Keys are the tenant's own: another tenant's same key is another
+		// job.
 		var created bool
-		job, created, err = s.jobs.SubmitOnce(ctx, f.Name, key, payload.GetData(), payload.GetContentType(), opts...)
+		job, created, err = s.jobs.SubmitOnce(ctx, f.Name, tenant+"\x00"+key, payload.GetData(), payload.GetContentType(), opts...)
 		replayed = !created
 	}
 	switch {
 	case errors.Is(err, buffer.ErrFull):
+		retry := s.admission.retryAfterFor(f.Name, 1, time.Now())
 		return nil, false, withDetails(codes.Unavailable, "the job buffer is full; retry later",
-			&errdetails.RetryInfo{RetryDelay: durationpb.New(5 * time.Second)})
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(min(max(retry, minRetryAfter), maxRetryAfter))})
 	case err != nil:
 		return nil, false, s.internal(ctx, "submit job", err)
+	}
+	if job.Tenant != tenant {
+		// An idempotency key cannot reach another tenant's job (it is part
+		// of the key), so this is not expected; answer as for a new key.
+		return nil, false, s.internal(ctx, "submit job", fmt.Errorf("idempotent submit returned a job of tenant %q", job.Tenant))
+	}
+	if !replayed {
+		s.admission.tenantQueued.accepted(job.Id, tenant)
+		if !start.IsZero() {
+			job.EstimatedStartTime = timestamppb.New(start)
+		}
 	}
 	return job, replayed, nil
 }
@@ -373,6 +436,9 @@ func (s *Service) pollSeconds() int32 { return int32((s.poll + time.Second - 1) 
 
 // CancelJob ends an unfinished job as CANCELLED.
 func (s *Service) CancelJob(ctx context.Context, req *sluicev1.CancelJobRequest) (*sluicev1.CancelJobResponse, error) {
+	if _, err := s.getJob(ctx, req.GetId()); err != nil {
+		return nil, err // not found, or another tenant's
+	}
 	job, err := s.jobs.Cancel(ctx, req.GetId())
 	switch {
 	case errors.Is(err, buffer.ErrFinished):
@@ -386,10 +452,12 @@ func (s *Service) CancelJob(ctx context.Context, req *sluicev1.CancelJobRequest)
 }
 
 // ListFunctions returns every configured function, sorted by name.
-func (s *Service) ListFunctions(context.Context, *sluicev1.ListFunctionsRequest) (*sluicev1.ListFunctionsResponse, error) {
+func (s *Service) ListFunctions(ctx context.Context, _ *sluicev1.ListFunctionsRequest) (*sluicev1.ListFunctionsResponse, error) {
 	out := make([]*sluicev1.Function, 0, len(s.functions))
 	for _, f := range s.functions {
-		out = append(out, describe(f))
+		if mayUse(ctx, f.Name) {
+			out = append(out, describe(f))
+		}
 	}
 	slices.SortFunc(out, func(a, b *sluicev1.Function) int { return strings.Compare(a.Name, b.Name) })
 	return &sluicev1.ListFunctionsResponse{Functions: out}, nil
@@ -398,7 +466,7 @@ func (s *Service) ListFunctions(context.Context, *sluicev1.ListFunctionsRequest)
 // GetFunction returns one configured function with its live dispatch
 // state: window, in flight, backlog and why the window is where it is.
 func (s *Service) GetFunction(ctx context.Context, req *sluicev1.GetFunctionRequest) (*sluicev1.GetFunctionResponse, error) {
-	f, err := s.function(req.GetName())
+	f, err := s.functionFor(ctx, req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -445,7 +513,7 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 	case buffer.CircuitHalfOpen:
 		st.Reason = "paused: circuit half-open, one probe job let through"
 	}
-	if s.dead != nil {
+	if s.dead != nil && tenantOf(ctx) == nil { // a count of all tenants' dead letters
 		if st.DeadLetters, err = s.dead.DeadLetterCount(ctx, f.Name); err != nil {
 			return nil, err
 		}
@@ -483,19 +551,26 @@ func describe(f Function) *sluicev1.Function {
 	}
 }
 
-func (s *Service) function(name string) (Function, error) {
+// functionFor is the named function, if the request's tenant may use it: a
+// function it may not use is, to it, not configured.
+func (s *Service) functionFor(ctx context.Context, name string) (Function, error) {
 	if name == "" {
 		return Function{}, status.Error(codes.InvalidArgument, "no function named: give the function's name")
 	}
 	f, ok := s.functions[name]
-	if !ok {
+	if !ok || !mayUse(ctx, name) {
 		return Function{}, status.Errorf(codes.NotFound, "function %q is not configured; GET /v1/functions lists the functions", name)
 	}
 	return f, nil
 }
 
+// getJob returns the job, if it is the request's tenant's: another
+// tenant's job is, to it, not found.
 func (s *Service) getJob(ctx context.Context, id string) (*sluicev1.Job, error) {
 	job, err := s.jobs.Get(ctx, id)
+	if err == nil && job.GetTenant() != tenantName(ctx) {
+		err = buffer.ErrNotFound
+	}
 	if err != nil {
 		return nil, s.jobError(ctx, id, err)
 	}

@@ -88,7 +88,11 @@ func (s *Service) Watch(ctx context.Context) error {
 	if s.watcher == nil {
 		return nil
 	}
-	if err := s.watcher.WatchJobs(ctx, s.waiters.notify); err != nil {
+	changed := func(job *sluicev1.Job, rev uint64) {
+		s.admission.observe(job)
+		s.waiters.notify(job, rev)
+	}
+	if err := s.watcher.WatchJobs(ctx, changed); err != nil {
 		return err
 	}
 	s.watching.Store(true)
@@ -135,6 +139,9 @@ func (s *Service) WatchJob(req *sluicev1.WatchJobRequest, stream sluicev1.JobSer
 	changes, stop := s.waiters.add(req.GetId(), 16)
 	defer stop()
 	job, sent, err := s.jobs.GetRevision(ctx, req.GetId())
+	if err == nil && job.GetTenant() != tenantName(ctx) {
+		err = buffer.ErrNotFound // another tenant's
+	}
 	if err != nil {
 		return s.jobError(ctx, req.GetId(), err)
 	}

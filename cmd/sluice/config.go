@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/gateway"
 )
 
 // Config is the YAML configuration file of `sluice serve`.
@@ -25,6 +26,33 @@ type Config struct {
 	Buffer BufferConfig `yaml:"buffer"`
 	// Callbacks says how finished jobs are POSTed to callback URLs.
 	Callbacks CallbacksConfig `yaml:"callbacks"`
+	// Tenants are the clients, by API key. Without any, the gateway runs
+	// open: anyone may submit and read any job.
+	Tenants []TenantConfig `yaml:"tenants"`
+}
+
+// TenantConfig is one client of the gateway.
+type TenantConfig struct {
+	// Name: lower-case letters, digits, '-' and '_', at most 64. Required.
+	Name string `yaml:"name"`
+	// APIKeys are "sha256:<hex>" digests of its keys, as `sluice hash-key`
+	// prints them. At least one; several allow rotation.
+	APIKeys []string `yaml:"api_keys"`
+	// Functions, if given, are the only functions it may use.
+	Functions []string `yaml:"functions"`
+	// Ingress limits its submits.
+	Ingress *IngressConfig `yaml:"ingress"`
+}
+
+// IngressConfig limits submits, to a function or from a tenant.
+type IngressConfig struct {
+	// PerSecond is the most submits per second, in each gateway process.
+	PerSecond float64 `yaml:"per_second"`
+	// Burst is how many may come at once. Default: per_second rounded up.
+	Burst Count `yaml:"burst"`
+	// MaxQueued is the most jobs waiting or running: for a function,
+	// across gateway processes; for a tenant, in each process.
+	MaxQueued Count `yaml:"max_queued"`
 }
 
 // CallbacksConfig is callback delivery. Without secrets, submits that ask
@@ -81,6 +109,8 @@ type FunctionConfig struct {
 	MaxAge Duration `yaml:"max_age"`
 	// CircuitBreaker pauses dispatch while most attempts fail.
 	CircuitBreaker CircuitBreakerConfig `yaml:"circuit_breaker"`
+	// Ingress limits the submits to it.
+	Ingress *IngressConfig `yaml:"ingress"`
 }
 
 // CircuitBreakerConfig is a function's circuit breaker. While it is open,
@@ -405,6 +435,11 @@ func (c *Config) setDefaultsAndCheck() error {
 				sc.Initial = f.Concurrency
 			}
 		}
+		if in := f.Ingress; in != nil {
+			if err := in.check(); err != nil {
+				bad("ingress.per_second", "%v", err)
+			}
+		}
 		if r := f.Rate; r != nil {
 			if r.PerSecond <= 0 || math.IsInf(r.PerSecond, 0) || math.IsNaN(r.PerSecond) {
 				bad("rate.per_second", "%v is not a positive number", r.PerSecond)
@@ -444,12 +479,76 @@ func (c *Config) setDefaultsAndCheck() error {
 	if b.DeadLetterRetention == 0 {
 		b.DeadLetterRetention = Duration(7 * 24 * time.Hour)
 	}
-	errs = append(errs, c.Callbacks.setDefaultsAndCheck())
+	errs = append(errs, c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen))
 	for i, f := range c.Functions {
 		// An unfinished job's state must outlive it.
 		if f.MaxAge >= b.JobRetention {
 			errs = append(errs, fmt.Errorf("buffer.job_retention: %s is not longer than functions[%d] (%s).max_age (%s)",
 				time.Duration(b.JobRetention), i, f.Name, time.Duration(f.MaxAge)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (in *IngressConfig) check() error {
+	if in.PerSecond < 0 || math.IsInf(in.PerSecond, 0) || math.IsNaN(in.PerSecond) {
+		return fmt.Errorf("%v is not a number of at least 0", in.PerSecond)
+	}
+	if in.PerSecond == 0 && in.Burst > 0 {
+		return errors.New("burst is set without per_second")
+	}
+	return nil
+}
+
+// checkTenants checks the tenants against each other and the functions
+// (by name, to their index).
+func (c *Config) checkTenants(functions map[string]int) error {
+	var errs []error
+	names := make(map[string]int)
+	keys := make(map[string]string)
+	for i, t := range c.Tenants {
+		field := fmt.Sprintf("tenants[%d]", i)
+		if t.Name != "" {
+			field = fmt.Sprintf("tenants[%d] (%s)", i, t.Name)
+		}
+		bad := func(name, format string, args ...any) {
+			errs = append(errs, fmt.Errorf("%s.%s: %s", field, name, fmt.Sprintf(format, args...)))
+		}
+		switch {
+		case t.Name == "":
+			bad("name", "missing")
+		case !functionName.MatchString(t.Name):
+			bad("name", "%q is not allowed: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 64", t.Name)
+		default:
+			if j, dup := names[t.Name]; dup {
+				bad("name", "%q is already the name of tenants[%d]", t.Name, j)
+			}
+			names[t.Name] = i
+		}
+		if len(t.APIKeys) == 0 {
+			bad("api_keys", "missing: at least one key digest, as `sluice hash-key KEY` prints it")
+		}
+		for j, k := range t.APIKeys {
+			if _, err := gateway.ParseKeyHash(k); err != nil {
+				bad(fmt.Sprintf("api_keys[%d]", j), "%v", err)
+			} else if other, dup := keys[k]; dup {
+				bad(fmt.Sprintf("api_keys[%d]", j), "the same key is already tenant %q's", other)
+			} else {
+				keys[k] = t.Name
+			}
+		}
+		if t.Functions != nil && len(t.Functions) == 0 {
+			bad("functions", "empty: leave it out to allow every function")
+		}
+		for j, fn := range t.Functions {
+			if _, ok := functions[fn]; !ok {
+				bad(fmt.Sprintf("functions[%d]", j), "%q is not a configured function", fn)
+			}
+		}
+		if in := t.Ingress; in != nil {
+			if err := in.check(); err != nil {
+				bad("ingress.per_second", "%v", err)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -81,6 +81,19 @@ buffer: {dead_letter_retention: 720h}
 	}
 }
 
+func TestHashKey(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"hash-key", "test-key-0123456789"}, &out, &out); err != nil || out.String() != "sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d\n" {
+		t.Errorf("hash-key = %q, %v", out.String(), err)
+	}
+	if err := runHashKey(nil, strings.NewReader("test-key-0123456789\n"), &out); err != nil || !strings.HasSuffix(out.String(), "394d\n") {
+		t.Errorf("hash-key from stdin = %q, %v", out.String(), err)
+	}
+	if err := runHashKey([]string{"short"}, nil, &out); err == nil {
+		t.Error("hash-key took a 5-character key")
+	}
+}
+
 func TestParseConfigJSON(t *testing.T) {
 	cfg, err := ParseConfig([]byte(`{"functions": [{"name": "a", "url": "http://x/", "timeout": "5s"}]}`))
 	if err != nil || cfg.Functions[0].Name != "a" || time.Duration(cfg.Functions[0].Timeout) != 5*time.Second {
@@ -122,6 +135,15 @@ func TestParseConfigErrors(t *testing.T) {
 		{"secret without prefix", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {secrets: [c2VjcmV0]}\n", "callbacks.secrets:"},
 		{"short secret", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {secrets: [whsec_c2VjcmV0]}\n", "callbacks.secrets:"},
 		{"bad cidr", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {allow_cidrs: [10.0.0.0/33]}\n", "callbacks.allow_cidrs:"},
+		{"tenant without keys", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n", "tenants[0] (acme).api_keys: missing"},
+		{"tenant key not hashed", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [my-secret-key]\n", "tenants[0] (acme).api_keys[0]: \"my-secret-key\" is not sha256:<64 hex digits>"},
+		{"tenant key twice", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n  - name: bolt\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n", `tenants[1] (bolt).api_keys[0]: the same key is already tenant "acme"'s`},
+		{"tenant unknown function", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n    functions: [b]\n", `tenants[0] (acme).functions[0]: "b" is not a configured function`},
+		{"tenant empty functions", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n    functions: []\n", "tenants[0] (acme).functions: empty"},
+		{"duplicate tenant", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n  - name: acme\n    api_keys: [sha256:1b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n", `tenants[1] (acme).name: "acme" is already the name of tenants[0]`},
+		{"negative ingress", "functions:\n  - name: a\n    url: http://x/\n    ingress: {per_second: -1}\n", "functions[0] (a).ingress.per_second: -1 is not a number of at least 0"},
+		{"ingress burst alone", "functions:\n  - name: a\n    url: http://x/\n    ingress: {burst: 5}\n", "burst is set without per_second"},
+		{"zero max queued", "functions:\n  - name: a\n    url: http://x/\n    ingress: {max_queued: 0}\n", `"0" is not a whole number of at least 1`},
 		{"callback backoff", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {initial_backoff: 10m}\n", "callbacks.max_backoff: 5m0s is shorter than initial_backoff"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

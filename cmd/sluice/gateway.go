@@ -125,12 +125,20 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		gwFuncs = append(gwFuncs, gateway.Function{
 			Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
 			InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
+			MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.gateway(),
 		})
 		dispFuncs = append(dispFuncs, df)
 	}
+	tenants, err := gatewayTenants(cfg.Tenants)
+	if err != nil {
+		return nil, err
+	}
+	if len(tenants) == 0 {
+		log.Warn("no tenants configured: the API is open, no API key is asked for, and every caller can read every job")
+	}
 	svc, err := gateway.NewService(gateway.Config{
 		Jobs: queue, Dispatch: queue, Watcher: queue, DeadLetters: queue, Callbacks: policy,
-		Functions: gwFuncs, Logger: log,
+		Functions: gwFuncs, Tenants: tenants, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -214,6 +222,31 @@ func dispatchFunction(f FunctionConfig) dispatch.Function {
 		MaxCooldown:  time.Duration(cb.MaxCooldown),
 	}
 	return df
+}
+
+// gateway is the limit as the gateway takes it; the zero Ingress for nil.
+func (in *IngressConfig) gateway() gateway.Ingress {
+	if in == nil {
+		return gateway.Ingress{}
+	}
+	return gateway.Ingress{PerSecond: in.PerSecond, Burst: int(in.Burst), MaxQueued: int64(in.MaxQueued)}
+}
+
+// gatewayTenants are the configured tenants as the gateway takes them.
+func gatewayTenants(tenants []TenantConfig) ([]gateway.Tenant, error) {
+	var out []gateway.Tenant
+	for _, t := range tenants {
+		gt := gateway.Tenant{Name: t.Name, Functions: t.Functions, Ingress: t.Ingress.gateway()}
+		for _, k := range t.APIKeys {
+			h, err := gateway.ParseKeyHash(k)
+			if err != nil {
+				return nil, fmt.Errorf("tenants (%s).api_keys: %w", t.Name, err)
+			}
+			gt.KeyHashes = append(gt.KeyHashes, h)
+		}
+		out = append(out, gt)
+	}
+	return out, nil
 }
 
 // callbackParts builds what checks callback URLs and what signs callbacks.

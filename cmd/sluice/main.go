@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -16,7 +17,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/sluicehq/sluice/gateway"
 )
 
 const usage = `Sluice buffers requests for serverless functions and dispatches them at a pace the functions can take.
@@ -26,6 +30,7 @@ Usage:
   sluice dev [flags]                   run the gateway with a demo function "echo"; no setup needed
   sluice fnsim [flags]                 run the simulated serverless platform on its own
   sluice bench burst [flags]           measure a burst through Sluice against the same burst sent directly
+  sluice hash-key [KEY]                print the digest of an API key, for a tenant's api_keys (KEY from stdin if not given)
 
 Run "sluice COMMAND -h" for a command's flags.
 `
@@ -57,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runFnsim(ctx, rest, stderr)
 	case "bench":
 		return runBench(ctx, rest, stdout, stderr)
+	case "hash-key":
+		return runHashKey(rest, os.Stdin, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -96,5 +103,28 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
 	}
+	return nil
+}
+
+// runHashKey prints the digest of an API key, the form a tenant's api_keys
+// take. Reading the key from stdin keeps it out of shell history.
+func runHashKey(args []string, stdin io.Reader, stdout io.Writer) error {
+	var key string
+	switch len(args) {
+	case 0:
+		line, err := bufio.NewReader(io.LimitReader(stdin, 4096)).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("hash-key: read the key from stdin: %w", err)
+		}
+		key = strings.TrimRight(line, "\r\n")
+	case 1:
+		key = args[0]
+	default:
+		return errors.New("hash-key: give one key, or none to read it from stdin")
+	}
+	if len(key) < 16 {
+		return errors.New("hash-key: a key must be at least 16 characters; use a random one, e.g. `openssl rand -base64 32`")
+	}
+	fmt.Fprintln(stdout, gateway.HashKey(key))
 	return nil
 }

@@ -204,9 +204,16 @@ type Job struct {
 	// Where the finished job is POSTed, if the submit gave a callback URL.
 	CallbackUrl string `protobuf:"bytes,16,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
 	// When the job was last redriven; its max age counts from then.
-	RedriveTime   *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=redrive_time,json=redriveTime,proto3" json:"redrive_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RedriveTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=redrive_time,json=redriveTime,proto3" json:"redrive_time,omitempty"`
+	// The tenant the job belongs to, from the API key that submitted it;
+	// empty when the gateway runs without tenants. Only that tenant sees it.
+	Tenant string `protobuf:"bytes,18,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// When the job is expected to start, from the function's backlog and how
+	// fast it drains; set on the job a submit returns, when the gateway has
+	// seen the function drain.
+	EstimatedStartTime *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=estimated_start_time,json=estimatedStartTime,proto3" json:"estimated_start_time,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -354,6 +361,20 @@ func (x *Job) GetCallbackUrl() string {
 func (x *Job) GetRedriveTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.RedriveTime
+	}
+	return nil
+}
+
+func (x *Job) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Job) GetEstimatedStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EstimatedStartTime
 	}
 	return nil
 }
@@ -1209,7 +1230,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x8d\a\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xfd\a\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -1231,7 +1252,9 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x10dead_letter_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x0edeadLetterTime\x12\x1f\n" +
 	"\bredrives\x18\x0f \x01(\x05B\x03\xe0A\x03R\bredrives\x12&\n" +
 	"\fcallback_url\x18\x10 \x01(\tB\x03\xe0A\x03R\vcallbackUrl\x12B\n" +
-	"\fredrive_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\vredriveTime\"n\n" +
+	"\fredrive_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\vredriveTime\x12\x1b\n" +
+	"\x06tenant\x18\x12 \x01(\tB\x03\xe0A\x03R\x06tenant\x12Q\n" +
+	"\x14estimated_start_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x12estimatedStartTime\"n\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -1385,38 +1408,39 @@ var file_sluice_v1_job_proto_depIdxs = []int32{
 	3,  // 5: sluice.v1.Job.history:type_name -> sluice.v1.Attempt
 	17, // 6: sluice.v1.Job.dead_letter_time:type_name -> google.protobuf.Timestamp
 	17, // 7: sluice.v1.Job.redrive_time:type_name -> google.protobuf.Timestamp
-	17, // 8: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	18, // 9: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
-	1,  // 10: sluice.v1.Attempt.outcome:type_name -> sluice.v1.Attempt.Outcome
-	19, // 11: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
-	2,  // 12: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
-	18, // 13: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
-	2,  // 14: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
-	2,  // 15: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
-	19, // 16: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
-	2,  // 17: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
-	19, // 18: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
-	18, // 19: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
-	2,  // 20: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
-	19, // 21: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
-	2,  // 22: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
-	5,  // 23: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
-	7,  // 24: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
-	9,  // 25: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
-	11, // 26: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
-	13, // 27: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
-	15, // 28: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
-	6,  // 29: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
-	8,  // 30: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
-	10, // 31: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
-	12, // 32: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
-	14, // 33: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
-	16, // 34: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
-	29, // [29:35] is the sub-list for method output_type
-	23, // [23:29] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	17, // 8: sluice.v1.Job.estimated_start_time:type_name -> google.protobuf.Timestamp
+	17, // 9: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	18, // 10: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
+	1,  // 11: sluice.v1.Attempt.outcome:type_name -> sluice.v1.Attempt.Outcome
+	19, // 12: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
+	2,  // 13: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
+	18, // 14: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
+	2,  // 15: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
+	2,  // 16: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
+	19, // 17: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
+	2,  // 18: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
+	19, // 19: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
+	18, // 20: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
+	2,  // 21: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
+	19, // 22: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
+	2,  // 23: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
+	5,  // 24: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
+	7,  // 25: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
+	9,  // 26: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
+	11, // 27: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
+	13, // 28: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
+	15, // 29: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
+	6,  // 30: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
+	8,  // 31: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
+	10, // 32: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
+	12, // 33: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
+	14, // 34: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
+	16, // 35: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
+	30, // [30:36] is the sub-list for method output_type
+	24, // [24:30] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_job_proto_init() }
