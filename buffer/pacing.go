@@ -45,6 +45,28 @@ type Pacing struct {
 	WarmStarts int64 `json:"warm_starts,omitempty"`
 	// Circuit is the function's circuit breaker.
 	Circuit Circuit `json:"circuit,omitzero"`
+	// Counts are running totals of what dispatch did, across processes.
+	Counts Counts `json:"counts,omitzero"`
+}
+
+// Counts are a function's running totals, across processes.
+type Counts struct {
+	// Succeeded counts jobs that succeeded.
+	Succeeded int64 `json:"succeeded,omitempty"`
+	// DeadLettered counts jobs that failed or expired.
+	DeadLettered int64 `json:"dead_lettered,omitempty"`
+	// Retries counts failed attempts that were retried.
+	Retries int64 `json:"retries,omitempty"`
+	// Throttles counts throttles received.
+	Throttles int64 `json:"throttles,omitempty"`
+}
+
+// Add adds o to c.
+func (c *Counts) Add(o Counts) {
+	c.Succeeded += o.Succeeded
+	c.DeadLettered += o.DeadLettered
+	c.Retries += o.Retries
+	c.Throttles += o.Throttles
 }
 
 // Circuit states, as Pacing stores them; the zero value is closed.

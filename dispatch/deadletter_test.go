@@ -123,6 +123,19 @@ func TestThrottlesNeverDeadLetter(t *testing.T) {
 	if n, err := q.DeadLetterCount(t.Context(), "f"); err != nil || n != 0 {
 		t.Errorf("dead letters = %d, %v; want none", n, err)
 	}
+	// The shared totals count every throttle (they are shared every 100ms).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		p, err := q.Pacing(t.Context(), "f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Counts.Throttles >= 10 && p.Counts.Succeeded == 2 && p.Counts.DeadLettered == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("totals = %+v; want at least 10 throttles, 2 succeeded, none dead-lettered", p.Counts)
+		}
+	}
 }
 
 func waitDeadLetters(t *testing.T, q *buffer.Queue, function string, n int) buffer.DeadLetterPage {

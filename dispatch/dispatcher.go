@@ -220,6 +220,7 @@ type functionLoop struct {
 	limiter *rate.Limiter // nil without a rate limit
 	cold    coldStarts
 	recent  outcomes // for the circuit breaker
+	counts  tally
 
 	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
 }
@@ -305,6 +306,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	}
 	if age := l.cfg.Now().Sub(queuedSince(job)); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
 		reason := fmt.Sprintf("not finished within its max age of %s", l.fn.MaxAge)
+		l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
 		log.Warn("job expired", "age", age, "attempts", job.Attempts)
 		l.settle(func(ctx context.Context) error { return dv.Expire(ctx, reason) }, dv)
 		return
@@ -410,6 +412,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	result := &sluicev1.JobResult{HttpStatus: int32(resp.Status), ContentType: resp.ContentType, Body: resp.Body}
 	if resp.Status >= 200 && resp.Status < 300 {
 		rec.Outcome = sluicev1.Attempt_SUCCEEDED
+		l.counts.add(func(c *buffer.Counts) { c.Succeeded++ })
 		log.Debug("invocation succeeded", "attempt", attempt, "status", resp.Status)
 		l.settle(func(ctx context.Context) error { return dv.Succeed(ctx, result) }, dv)
 		return
@@ -425,6 +428,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 // and attempts remain, and otherwise fails the job.
 func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, result *sluicev1.JobResult, retryable bool, retryAfter time.Duration) {
 	if !retryable || attempt >= l.fn.Retry.MaxAttempts {
+		l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
 		if retryable && l.fn.Retry.MaxAttempts > 1 {
 			reason += fmt.Sprintf(" (attempt %d of %d)", attempt, l.fn.Retry.MaxAttempts)
 		}
@@ -432,6 +436,7 @@ func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, r
 		return
 	}
 	delay := l.fn.Retry.delay(attempt, retryAfter)
+	l.counts.add(func(c *buffer.Counts) { c.Retries++ })
 	l.log.Info("attempt failed; retrying", "job_id", dv.JobID, "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
 	l.settle(func(ctx context.Context) error { return dv.Retry(ctx, reason, result, delay) }, dv)
 }
@@ -466,6 +471,7 @@ func throttleOf(resp *Response, now time.Time) (time.Duration, bool) {
 func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, status int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	l.counts.add(func(c *buffer.Counts) { c.Throttles++ })
 	now := l.cfg.Now()
 	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, retryAfter, now)
@@ -508,13 +514,16 @@ func (l *functionLoop) pace(ctx context.Context) {
 		}
 		now := l.cfg.Now()
 		cold, warm := l.cold.take()
+		counts := l.counts.take()
 		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 			p.ColdStarts += cold
 			p.WarmStarts += warm
-			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0
+			p.Counts.Add(counts)
+			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{}
 		})
 		if err != nil {
 			l.cold.giveBack(cold, warm)
+			l.counts.giveBack(counts)
 			if ctx.Err() == nil {
 				l.log.Warn("move window", "err", err)
 			}

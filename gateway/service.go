@@ -496,6 +496,10 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		LearnedLimit: int32(p.Ceiling),
 		ColdStarts:   p.ColdStarts,
 		WarmStarts:   p.WarmStarts,
+		Succeeded:    p.Counts.Succeeded,
+		DeadLettered: p.Counts.DeadLettered,
+		Retries:      p.Counts.Retries,
+		Throttles:    p.Counts.Throttles,
 	}
 	if st.Window == 0 {
 		st.Window = int32(load.MaxInFlight)

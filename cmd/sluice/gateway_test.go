@@ -672,12 +672,16 @@ func TestCancel(t *testing.T) {
 }
 
 type liveStatus struct {
-	Window      int    `json:"window"`
-	InFlight    int    `json:"inFlight"`
-	Backlog     string `json:"backlog"`
-	Reason      string `json:"reason"`
-	DeadLetters string `json:"deadLetters"`
-	Circuit     struct {
+	Window       int    `json:"window"`
+	InFlight     int    `json:"inFlight"`
+	Backlog      string `json:"backlog"`
+	Reason       string `json:"reason"`
+	DeadLetters  string `json:"deadLetters"`
+	Succeeded    string `json:"succeeded"`
+	DeadLettered string `json:"deadLettered"`
+	Retries      string `json:"retries"`
+	Throttles    string `json:"throttles"`
+	Circuit      struct {
 		State  string `json:"state"`
 		Reason string `json:"reason"`
 	} `json:"circuit"`

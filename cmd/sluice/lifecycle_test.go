@@ -158,6 +158,17 @@ func TestDeadLettersOverREST(t *testing.T) {
 	if st := fnStatusOf(t, g, "f"); st.DeadLetters != "" && st.DeadLetters != "0" {
 		t.Errorf("function status shows %s dead letters; want none", st.DeadLetters)
 	}
+	// The running totals: 3 jobs dead-lettered after 2 retries each, then
+	// 2 of them redriven and succeeded. They are shared every 100ms.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st := fnStatusOf(t, g, "f")
+		if st.Succeeded == "2" && st.DeadLettered == "3" && st.Retries == "6" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("totals = succeeded %s, dead-lettered %s, retries %s; want 2, 3, 6", st.Succeeded, st.DeadLettered, st.Retries)
+		}
+	}
 }
 
 // receiver is a callback endpoint that checks signatures as a receiver

@@ -216,7 +216,14 @@ type FunctionStatus struct {
 	// The function's circuit breaker.
 	Circuit *Circuit `protobuf:"bytes,9,opt,name=circuit,proto3" json:"circuit,omitempty"`
 	// Jobs in the function's dead letters.
-	DeadLetters   int64 `protobuf:"varint,10,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	DeadLetters int64 `protobuf:"varint,10,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// Running totals, across gateway processes, since the function was
+	// first dispatched to: jobs that succeeded, jobs that went to the dead
+	// letters, attempts retried, and throttles received.
+	Succeeded     int64 `protobuf:"varint,11,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	DeadLettered  int64 `protobuf:"varint,12,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"`
+	Retries       int64 `protobuf:"varint,13,opt,name=retries,proto3" json:"retries,omitempty"`
+	Throttles     int64 `protobuf:"varint,14,opt,name=throttles,proto3" json:"throttles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -317,6 +324,34 @@ func (x *FunctionStatus) GetCircuit() *Circuit {
 func (x *FunctionStatus) GetDeadLetters() int64 {
 	if x != nil {
 		return x.DeadLetters
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetSucceeded() int64 {
+	if x != nil {
+		return x.Succeeded
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetDeadLettered() int64 {
+	if x != nil {
+		return x.DeadLettered
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetRetries() int64 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetThrottles() int64 {
+	if x != nil {
+		return x.Throttles
 	}
 	return 0
 }
@@ -592,7 +627,7 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"\x0einitial_window\x18\x05 \x01(\x05B\x03\xe0A\x03R\rinitialWindow\x121\n" +
 	"\x12scaling_per_minute\x18\x06 \x01(\x05B\x03\xe0A\x03R\x10scalingPerMinute\x12\x1f\n" +
 	"\badaptive\x18\a \x01(\bB\x03\xe0A\x03R\badaptive\x126\n" +
-	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\xee\x02\n" +
+	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\xe9\x03\n" +
 	"\x0eFunctionStatus\x12\x16\n" +
 	"\x06window\x18\x01 \x01(\x05R\x06window\x12\x1b\n" +
 	"\tin_flight\x18\x02 \x01(\x05R\binFlight\x12\x18\n" +
@@ -606,7 +641,11 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"warmStarts\x12,\n" +
 	"\acircuit\x18\t \x01(\v2\x12.sluice.v1.CircuitR\acircuit\x12!\n" +
 	"\fdead_letters\x18\n" +
-	" \x01(\x03R\vdeadLetters\"\xc5\x02\n" +
+	" \x01(\x03R\vdeadLetters\x12\x1c\n" +
+	"\tsucceeded\x18\v \x01(\x03R\tsucceeded\x12#\n" +
+	"\rdead_lettered\x18\f \x01(\x03R\fdeadLettered\x12\x18\n" +
+	"\aretries\x18\r \x01(\x03R\aretries\x12\x1c\n" +
+	"\tthrottles\x18\x0e \x01(\x03R\tthrottles\"\xc5\x02\n" +
 	"\aCircuit\x12.\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x18.sluice.v1.Circuit.StateR\x05state\x129\n" +
 	"\n" +
