@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -192,6 +193,12 @@ func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
 	}
 }
 
+// TraceContext is ctx carrying the trace of the submit that stored the job,
+// so that dispatch spans join it.
+func (d *Delivery) TraceContext(ctx context.Context) context.Context {
+	return propagation.TraceContext{}.Extract(ctx, propagation.HeaderCarrier(d.msg.Headers()))
+}
+
 // seed is the job's state as its message gives it: the state entry is first
 // written when dispatch starts the job.
 func (d *Delivery) seed() *sluicev1.Job {
@@ -249,6 +256,9 @@ func (d *Delivery) Redelivered() bool {
 
 // maxHistory bounds a job's history, so that its state stays small.
 const maxHistory = 20
+
+// Recorded is the account Record kept; nil if none.
+func (d *Delivery) Recorded() *sluicev1.Attempt { return d.record }
 
 // Record keeps the account of this delivery's invocation; the write that
 // closes the delivery (Succeed, Fail, Retry or Throttled) adds it to the

@@ -172,6 +172,19 @@ func (c *Consumer) Load(ctx context.Context) (Load, error) {
 	}, nil
 }
 
+// Oldest is when the oldest job of the function still in the queue
+// (waiting or running) was stored; [ErrNotFound] when there is none.
+func (c *Consumer) Oldest(ctx context.Context) (time.Time, error) {
+	msg, err := c.q.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(functionSubjects(c.cfg.Function)))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return time.Time{}, ErrNotFound
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("buffer: oldest job of %s: %w", c.cfg.Function, err)
+	}
+	return msg.Time, nil
+}
+
 // FunctionLoad reads a function's load without a Consumer of one's own, for
 // status pages. It returns [ErrNotFound] before the function's consumer
 // exists.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -297,7 +298,10 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 	// The message is the whole of a queued job: its state entry is first
 	// written when dispatch starts it, so a submit costs one fsync'd write.
 	// Get reads a queued job from the message.
-	if _, err := q.js.PublishMsg(ctx, jobMsg(job, payload), jetstream.WithMsgID(job.Id)); err != nil {
+	msg := jobMsg(job, payload)
+	// The submit's trace goes on in dispatch, from the message.
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(msg.Header))
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.Id)); err != nil {
 		return nil, classifyPublishError(err)
 	}
 	return job, nil

@@ -13,6 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -97,12 +101,18 @@ type Config struct {
 	RunningAfter time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+	// TracerProvider makes the span of each attempt, in the trace of the
+	// submit. Nil means the global one.
+	TracerProvider trace.TracerProvider
+	// MeterProvider takes dispatch's metrics. Nil means the global one.
+	MeterProvider metric.MeterProvider
 }
 
 // Dispatcher invokes functions with their queued jobs.
 type Dispatcher struct {
 	cfg Config
 	log *slog.Logger
+	tel *telemetry
 }
 
 // New checks cfg and returns a Dispatcher.
@@ -146,7 +156,17 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 30 * time.Second
 	}
-	return &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatch")}, nil
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
+	}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = otel.GetMeterProvider()
+	}
+	tel, err := newTelemetry(cfg.TracerProvider, cfg.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: metrics: %w", err)
+	}
+	return &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatch"), tel: tel}, nil
 }
 
 // Run dispatches until ctx ends, then lets in-flight invocations finish for
@@ -181,12 +201,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			src:  d.cfg.Source,
 			cfg:  &d.cfg,
 			log:  d.log.With("function", f.Name),
+			tel:  d.tel,
 		}
 		if f.RatePerSecond > 0 {
 			l.limiter = rate.NewLimiter(rate.Limit(f.RatePerSecond), max(1, f.RateBurst))
 		}
 		l.pacing.Store(&shared)
 		loops = append(loops, l)
+	}
+	if err := registerGauges(d.cfg.MeterProvider, loops); err != nil {
+		return fmt.Errorf("dispatch: metrics: %w", err)
 	}
 	var g errgroup.Group
 	for _, l := range loops {
@@ -221,6 +245,8 @@ type functionLoop struct {
 	cold    coldStarts
 	recent  outcomes // for the circuit breaker
 	counts  tally
+	tel     *telemetry
+	gauges  gauges
 
 	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
 }
@@ -307,6 +333,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	if age := l.cfg.Now().Sub(queuedSince(job)); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
 		reason := fmt.Sprintf("not finished within its max age of %s", l.fn.MaxAge)
 		l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
+		l.tel.deadLettered.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name), attrReason.String("expired")))
 		log.Warn("job expired", "age", age, "attempts", job.Attempts)
 		l.settle(func(ctx context.Context) error { return dv.Expire(ctx, reason) }, dv)
 		return
@@ -347,10 +374,20 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		timer := time.AfterFunc(l.cfg.RunningAfter, startBegin)
 		defer timer.Stop()
 	}
-	invokeCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
+	// The attempt's span continues the submit's trace; the invoker passes
+	// it on to the function as traceparent.
+	spanCtx, span := l.tel.tracer.Start(dv.TraceContext(ctx), "invoke "+l.fn.Name,
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attrFunction.String(l.fn.Name), attrJobID.String(dv.JobID), attrAttempt.Int(int(attempt))))
+	defer span.End()
+	invokeCtx, cancel := context.WithTimeout(spanCtx, l.fn.Timeout)
 	defer cancel()
 	started := time.Now()
 	dv.Invoked(started)
+	fnAttr := attrFunction.String(l.fn.Name)
+	if job.Attempts == 0 && job.Throttles == 0 {
+		l.tel.queueWait.Record(ctx, started.Sub(queuedSince(job)).Seconds(), metric.WithAttributes(fnAttr))
+	}
 	resp, err := l.fn.Invoker.Invoke(invokeCtx, &Invocation{
 		JobID:       dv.JobID,
 		Function:    l.fn.Name,
@@ -375,6 +412,29 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		return
 	}
 	took := time.Since(started)
+	defer func() { // once the outcome is known: the span's and the metrics'
+		rec := dv.Recorded()
+		if rec == nil {
+			return
+		}
+		outcome := outcomeFailed
+		switch rec.Outcome {
+		case sluicev1.Attempt_SUCCEEDED:
+			outcome = outcomeSucceeded
+			span.SetStatus(codes.Ok, "")
+		case sluicev1.Attempt_THROTTLED:
+			outcome = outcomeThrottled
+		default:
+			span.SetStatus(codes.Error, rec.Error)
+		}
+		span.SetAttributes(attrOutcome.String(outcome), attrStatus.Int(int(rec.HttpStatus)), attrCold.Bool(rec.ColdStart))
+		attrs := metric.WithAttributes(fnAttr, attrOutcome.String(outcome))
+		l.tel.invocations.Add(ctx, 1, attrs)
+		l.tel.duration.Record(ctx, took.Seconds(), attrs)
+		if rec.ColdStart {
+			l.tel.coldStarts.Add(ctx, 1, metric.WithAttributes(fnAttr))
+		}
+	}()
 	rec := &sluicev1.Attempt{
 		Number:    attempt,
 		StartTime: timestamppb.New(started),
@@ -429,6 +489,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, result *sluicev1.JobResult, retryable bool, retryAfter time.Duration) {
 	if !retryable || attempt >= l.fn.Retry.MaxAttempts {
 		l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
+		l.tel.deadLettered.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name), attrReason.String("failed")))
 		if retryable && l.fn.Retry.MaxAttempts > 1 {
 			reason += fmt.Sprintf(" (attempt %d of %d)", attempt, l.fn.Retry.MaxAttempts)
 		}
@@ -437,6 +498,7 @@ func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, r
 	}
 	delay := l.fn.Retry.delay(attempt, retryAfter)
 	l.counts.add(func(c *buffer.Counts) { c.Retries++ })
+	l.tel.retries.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
 	l.log.Info("attempt failed; retrying", "job_id", dv.JobID, "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
 	l.settle(func(ctx context.Context) error { return dv.Retry(ctx, reason, result, delay) }, dv)
 }
@@ -472,6 +534,7 @@ func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	l.counts.add(func(c *buffer.Counts) { c.Throttles++ })
+	l.tel.throttles.Add(ctx, 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
 	now := l.cfg.Now()
 	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, retryAfter, now)
@@ -532,6 +595,16 @@ func (l *functionLoop) pace(ctx context.Context) {
 		l.pacing.Store(&p)
 		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
 			l.log.Warn("apply window", "err", err)
+		}
+		l.gauges.backlog.Store(int64(load.Backlog))
+		l.gauges.inFlight.Store(int64(load.InFlight))
+		l.gauges.window.Store(int64(p.Window))
+		if n%10 == 0 {
+			if since, err := l.cons.Oldest(ctx); err == nil {
+				l.gauges.oldestAge.Store(int64(max(0, now.Sub(since))))
+			} else if errors.Is(err, buffer.ErrNotFound) {
+				l.gauges.oldestAge.Store(0)
+			}
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // Invocation is one attempt at one job.
@@ -94,6 +96,8 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 	if inv.ContentType != "" {
 		req.Header.Set("Content-Type", inv.ContentType)
 	}
+	// W3C traceparent: the function's own spans join the job's trace.
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	if inv.Warmup {
 		req.Header.Set(HeaderWarmup, "1")
 	} else {

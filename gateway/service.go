@@ -11,6 +11,11 @@ import (
 	"time"
 	"unicode"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -128,6 +133,11 @@ type Config struct {
 	// Tenants are the clients, by API key. Without any, the gateway runs
 	// open: no key is asked for, and every job belongs to tenant "".
 	Tenants []Tenant
+	// TracerProvider makes the span of each submit; the job's message
+	// carries its context to dispatch. Nil means the global one.
+	TracerProvider trace.TracerProvider
+	// MeterProvider takes the gateway's metrics. Nil means the global one.
+	MeterProvider metric.MeterProvider
 	// Logger receives the gateway's logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// PollInterval is what a pending job's result tells callers to wait
@@ -168,6 +178,8 @@ type Service struct {
 	// tenants.
 	tenantsByKey map[[32]byte]*Tenant
 	admission    *admission
+	tracer       trace.Tracer
+	submitted    metric.Int64Counter
 	log          *slog.Logger
 	poll         time.Duration
 }
@@ -204,6 +216,19 @@ func NewService(cfg Config) (*Service, error) {
 		s.poll = time.Second
 	}
 	s.admission = &admission{fnLimiters: map[string]*rate.Limiter{}, tenantLimiters: map[string]*rate.Limiter{}}
+	tp, mp := cfg.TracerProvider, cfg.MeterProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	s.tracer = tp.Tracer(instrumentation)
+	var err error
+	if s.submitted, err = mp.Meter(instrumentation).Int64Counter("sluice.jobs.submitted", metric.WithUnit("{job}"),
+		metric.WithDescription("Submits, by function and outcome: accepted, replayed (idempotency key), refused (limits, full buffer), invalid, error.")); err != nil {
+		return nil, fmt.Errorf("gateway: metrics: %w", err)
+	}
 	for _, f := range cfg.Functions {
 		if f.Name == "" {
 			return nil, errors.New("gateway: a function has no name")
@@ -297,7 +322,23 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 // submit stores a job, once per idempotency key when one is given (in the
 // request, or for REST callers the Idempotency-Key header), with its
 // callback URL if one is given (likewise, or Sluice-Callback-Url).
-func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string) (*sluicev1.Job, bool, error) {
+func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string) (job *sluicev1.Job, replayed bool, err error) {
+	ctx, span := s.tracer.Start(ctx, "submit "+function, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("sluice.function", function)))
+	defer func() {
+		outcome := submitOutcome(err, replayed)
+		span.SetAttributes(attribute.String("sluice.outcome", outcome))
+		if job != nil {
+			span.SetAttributes(attribute.String("sluice.job.id", job.Id))
+		}
+		if err != nil {
+			span.SetStatus(otelcodes.Error, status.Convert(err).Message())
+		}
+		span.End()
+		if _, known := s.functions[function]; known { // no attribute values from unknown names
+			s.submitted.Add(ctx, 1, metric.WithAttributes(attribute.String("sluice.function", function), attribute.String("sluice.outcome", outcome)))
+		}
+	}()
 	f, err := s.functionFor(ctx, function)
 	if err != nil {
 		return nil, false, err
@@ -325,8 +366,6 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 	if err != nil {
 		return nil, false, err
 	}
-	var job *sluicev1.Job
-	replayed := false
 	if key == "" {
 		job, err = s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType(), opts...)
 	} else {
@@ -356,6 +395,25 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		}
 	}
 	return job, replayed, nil
+}
+
+// instrumentation is the name the gateway's tracer and meter go by.
+const instrumentation = "github.com/sluicehq/sluice/gateway"
+
+// submitOutcome names how a submit ended, for its span and metric.
+func submitOutcome(err error, replayed bool) string {
+	switch status.Code(err) {
+	case codes.OK:
+		if replayed {
+			return "replayed"
+		}
+		return "accepted"
+	case codes.ResourceExhausted, codes.Unavailable:
+		return "refused"
+	case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition:
+		return "invalid"
+	}
+	return "error"
 }
 
 // Metadata keys that carry REST callers' headers.

@@ -1,0 +1,133 @@
+package dispatch
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// instrumentation is the name dispatch's tracer and meter go by.
+const instrumentation = "github.com/sluicehq/sluice/dispatch"
+
+// Attribute keys on dispatch's spans and metrics.
+const (
+	attrFunction = attribute.Key("sluice.function")
+	attrOutcome  = attribute.Key("sluice.outcome")
+	attrJobID    = attribute.Key("sluice.job.id")
+	attrAttempt  = attribute.Key("sluice.attempt")
+	attrReason   = attribute.Key("sluice.reason")
+	attrCold     = attribute.Key("sluice.cold_start")
+	attrStatus   = attribute.Key("http.response.status_code")
+)
+
+// Outcomes of an invocation, as metrics and spans name them.
+const (
+	outcomeSucceeded = "succeeded"
+	outcomeFailed    = "failed"
+	outcomeThrottled = "throttled"
+)
+
+// telemetry holds dispatch's tracer and instruments. Its zero value is not
+// usable; newTelemetry makes one.
+type telemetry struct {
+	tracer trace.Tracer
+
+	invocations  metric.Int64Counter
+	duration     metric.Float64Histogram
+	queueWait    metric.Float64Histogram
+	throttles    metric.Int64Counter
+	coldStarts   metric.Int64Counter
+	retries      metric.Int64Counter
+	deadLettered metric.Int64Counter
+}
+
+func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider) (*telemetry, error) {
+	m := mp.Meter(instrumentation)
+	t := &telemetry{tracer: tp.Tracer(instrumentation)}
+	var err error
+	must := func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	t.invocations, err = m.Int64Counter("sluice.invocations", metric.WithUnit("{invocation}"),
+		metric.WithDescription("Invocations of functions, by outcome: succeeded, failed, throttled."))
+	var e error
+	t.duration, e = m.Float64Histogram("sluice.invocation.duration", metric.WithUnit("s"),
+		metric.WithDescription("How long invocations took, by outcome."),
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+	must(e)
+	t.queueWait, e = m.Float64Histogram("sluice.queue.wait", metric.WithUnit("s"),
+		metric.WithDescription("How long jobs waited from submit (or redrive) to their first attempt."),
+		metric.WithExplicitBucketBoundaries(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600))
+	must(e)
+	t.throttles, e = m.Int64Counter("sluice.throttles", metric.WithUnit("{throttle}"),
+		metric.WithDescription("Throttles received from the platform: 429, or 503 with Retry-After."))
+	must(e)
+	t.coldStarts, e = m.Int64Counter("sluice.cold_starts", metric.WithUnit("{invocation}"),
+		metric.WithDescription("Invocations that met a new environment."))
+	must(e)
+	t.retries, e = m.Int64Counter("sluice.retries", metric.WithUnit("{attempt}"),
+		metric.WithDescription("Failed attempts that will be tried again."))
+	must(e)
+	t.deadLettered, e = m.Int64Counter("sluice.dead_letters", metric.WithUnit("{job}"),
+		metric.WithDescription("Jobs moved to the dead letters, by reason: failed or expired."))
+	must(e)
+	return t, err
+}
+
+// gauges are a function's dispatch state as the pace loop last read it,
+// for the observable gauges.
+type gauges struct {
+	backlog   atomic.Int64
+	inFlight  atomic.Int64
+	window    atomic.Int64
+	oldestAge atomic.Int64 // nanoseconds; 0 when nothing is queued
+}
+
+// registerGauges reports every function's queue depth, oldest job age,
+// in-flight count, window and limit when metrics are collected.
+func registerGauges(mp metric.MeterProvider, loops []*functionLoop) error {
+	m := mp.Meter(instrumentation)
+	depth, err := m.Int64ObservableGauge("sluice.queue.depth", metric.WithUnit("{job}"),
+		metric.WithDescription("Jobs waiting to be dispatched."))
+	if err != nil {
+		return err
+	}
+	oldest, err := m.Float64ObservableGauge("sluice.queue.oldest_age", metric.WithUnit("s"),
+		metric.WithDescription("Age of the oldest job not yet finished."))
+	if err != nil {
+		return err
+	}
+	inFlight, err := m.Int64ObservableGauge("sluice.dispatch.in_flight", metric.WithUnit("{invocation}"),
+		metric.WithDescription("Invocations in flight, across gateway processes."))
+	if err != nil {
+		return err
+	}
+	window, err := m.Int64ObservableGauge("sluice.dispatch.window", metric.WithUnit("{invocation}"),
+		metric.WithDescription("Invocations allowed in flight now: the paced window."))
+	if err != nil {
+		return err
+	}
+	limit, err := m.Int64ObservableGauge("sluice.dispatch.limit", metric.WithUnit("{invocation}"),
+		metric.WithDescription("The function's configured concurrency limit."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for _, l := range loops {
+			fn := metric.WithAttributes(attrFunction.String(l.fn.Name))
+			o.ObserveInt64(depth, l.gauges.backlog.Load(), fn)
+			o.ObserveFloat64(oldest, time.Duration(l.gauges.oldestAge.Load()).Seconds(), fn)
+			o.ObserveInt64(inFlight, l.gauges.inFlight.Load(), fn)
+			o.ObserveInt64(window, l.gauges.window.Load(), fn)
+			o.ObserveInt64(limit, int64(l.fn.Concurrency), fn)
+		}
+		return nil
+	}, depth, oldest, inFlight, window, limit)
+	return err
+}

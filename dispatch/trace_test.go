@@ -1,0 +1,78 @@
+package dispatch_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/dispatch"
+)
+
+// A job submitted inside a span is invoked in a span of the same trace, and
+// the function gets that trace as traceparent.
+func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
+	var (
+		mu          sync.Mutex
+		traceparent string
+	)
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		traceparent = r.Header.Get("traceparent")
+		mu.Unlock()
+	}))
+	defer fn.Close()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	q := buffertest.Queue(t, buffer.Config{})
+
+	ctx, submit := tp.Tracer("test").Start(t.Context(), "submit")
+	job, err := q.Submit(ctx, "f", []byte("x"), "text/plain")
+	submit.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := dispatch.New(dispatch.Config{
+		Source:         q,
+		Functions:      []dispatch.Function{{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}},
+		TracerProvider: tp,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(runCtx) }()
+	waitJob(t, q, job.Id, 10*time.Second)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	want := submit.SpanContext().TraceID()
+	var attempt sdktrace.ReadOnlySpan
+	for _, s := range spans.Ended() {
+		if s.Name() == "invoke f" {
+			attempt = s
+		}
+	}
+	if attempt == nil {
+		t.Fatalf("no attempt span among %d ended spans", len(spans.Ended()))
+	}
+	if attempt.SpanContext().TraceID() != want || attempt.Parent().SpanID() != submit.SpanContext().SpanID() || attempt.SpanKind() != trace.SpanKindClient {
+		t.Errorf("attempt span in trace %s under %s; want trace %s under the submit span %s", attempt.SpanContext().TraceID(), attempt.Parent().SpanID(), want, submit.SpanContext().SpanID())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if wantHeader := "00-" + want.String() + "-" + attempt.SpanContext().SpanID().String() + "-01"; traceparent != wantHeader {
+		t.Errorf("function got traceparent %q, want %q", traceparent, wantHeader)
+	}
+}
