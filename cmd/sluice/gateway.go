@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
@@ -43,10 +45,17 @@ type gatewayProcess struct {
 	httpLn   net.Listener
 	grpcLn   net.Listener
 	httpSrv  *http.Server
-	grpcSrv  *grpc.Server
+	grpcSrv  *grpc.Server // the public gRPC server, on grpcLn
 	health   interface {
 		SetServingStatus(string, healthpb.HealthCheckResponse_ServingStatus)
 	}
+	// REST calls the gRPC services through restConn, a client of restSrv:
+	// the same services with the same server options as grpcSrv, served
+	// in memory on restLn, so whatever gRPC enforces applies to REST too
+	// while grpcSrv's transport security (TLS, client certificates) does
+	// not stand in REST's way.
+	restLn     *bufconn.Listener
+	restSrv    *grpc.Server
 	restConn   *grpc.ClientConn
 	dispatcher *dispatch.Dispatcher
 	callbacks  *dispatch.CallbackDeliverer // nil without callback secrets
@@ -148,12 +157,18 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		return nil, fmt.Errorf("--http-addr: %w", err)
 	}
 	p.GRPCAddr, p.HTTPAddr = p.grpcLn.Addr(), p.httpLn.Addr()
-	grpcSrv, hs := gateway.NewGRPCServer(svc, gateway.GRPCConfig{})
+	// Both gRPC servers take the same configuration and options; only
+	// the public one adds transport credentials.
+	grpcCfg := gateway.GRPCConfig{}
+	var grpcOpts []grpc.ServerOption
+	grpcSrv, hs := gateway.NewGRPCServer(svc, grpcCfg, grpcOpts...)
 	p.grpcSrv, p.health = grpcSrv, hs
-
-	// REST calls the gRPC server like any client, so whatever gRPC
-	// enforces applies to REST as well.
-	p.restConn, err = grpc.NewClient(dialTarget(p.GRPCAddr),
+	// restSrv's health service is reachable only by REST, which does not
+	// expose it; the public one reports draining.
+	p.restSrv, _ = gateway.NewGRPCServer(svc, grpcCfg, grpcOpts...)
+	p.restLn = bufconn.Listen(restBufferSize)
+	p.restConn, err = grpc.NewClient("passthrough:///sluice-rest",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return p.restLn.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
@@ -173,6 +188,10 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	}
 	return p, nil
 }
+
+// restBufferSize is the buffer, in each direction, of the in-memory
+// connection from REST to its gRPC server.
+const restBufferSize = 1 << 20
 
 // dispatchFunction is a configured function as dispatch takes it.
 func dispatchFunction(f FunctionConfig) dispatch.Function {
@@ -249,8 +268,14 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 		return err
 	}
 	g.Go(func() error {
-		if err := p.grpcSrv.Serve(p.grpcLn); err != nil {
+		if err := p.grpcSrv.Serve(p.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := p.restSrv.Serve(p.restLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc server for REST: %w", err)
 		}
 		return nil
 	})
@@ -273,18 +298,31 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 		if err := p.httpSrv.Shutdown(shutdownCtx); err != nil {
 			p.httpSrv.Close()
 		}
-		stopped := make(chan struct{})
-		go func() { p.grpcSrv.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-shutdownCtx.Done():
-			p.grpcSrv.Stop()
-		}
+		stopGRPC(shutdownCtx, p.grpcSrv, p.restSrv)
 		return nil
 	})
 	err := g.Wait()
 	p.log.Info("sluice gateway stopped")
 	return err
+}
+
+// stopGRPC stops the servers gracefully, all at once, and stops them hard
+// if ctx ends first. It returns when every server has stopped.
+func stopGRPC(ctx context.Context, servers ...*grpc.Server) {
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		wg.Go(func() {
+			stopped := make(chan struct{})
+			go func() { srv.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				srv.Stop()
+				<-stopped
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // close releases whatever startGateway set up, in reverse order.
@@ -296,6 +334,9 @@ func (p *gatewayProcess) close() {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if p.restLn != nil {
+		p.restLn.Close()
 	}
 	if p.nc != nil && !p.nc.IsClosed() {
 		// Drain flushes pending acknowledgements before closing; it closes
