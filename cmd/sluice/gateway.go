@@ -2,17 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
@@ -30,6 +33,13 @@ type gatewayOptions struct {
 	NATSURL      string // empty: start an embedded JetStream in DataDir
 	DataDir      string
 	DrainTimeout time.Duration
+	// TLSCert and TLSKey name PEM files, the certificate (chain) and key
+	// both listeners serve TLS with. Empty: plaintext.
+	TLSCert, TLSKey string
+	// TLSClientCA names a PEM bundle of CA certificates. With it both
+	// listeners require client certificates signed by one of them
+	// (mutual TLS). It needs TLSCert and TLSKey.
+	TLSClientCA string
 }
 
 // gatewayProcess is one running Sluice gateway: ingress servers, the
@@ -40,6 +50,7 @@ type gatewayProcess struct {
 
 	log      *slog.Logger
 	opts     gatewayOptions
+	tls      *tls.Config      // both listeners'; nil: plaintext
 	embedded *buffer.Embedded // nil with an external NATS
 	nc       *nats.Conn
 	httpLn   net.Listener
@@ -70,6 +81,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			p.close()
 		}
 	}()
+	if p.tls, err = serverTLSConfig(opts.TLSCert, opts.TLSKey, opts.TLSClientCA); err != nil {
+		return nil, err
+	}
 	if opts.NATSURL == "" {
 		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
 			StoreDir:     opts.DataDir,
@@ -161,7 +175,11 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	// the public one adds transport credentials.
 	grpcCfg := gateway.GRPCConfig{}
 	var grpcOpts []grpc.ServerOption
-	grpcSrv, hs := gateway.NewGRPCServer(svc, grpcCfg, grpcOpts...)
+	publicOpts := grpcOpts
+	if p.tls != nil {
+		publicOpts = append(slices.Clip(grpcOpts), grpc.Creds(credentials.NewTLS(p.tls)))
+	}
+	grpcSrv, hs := gateway.NewGRPCServer(svc, grpcCfg, publicOpts...)
 	p.grpcSrv, p.health = grpcSrv, hs
 	// restSrv's health service is reachable only by REST, which does not
 	// expose it; the public one reports draining.
@@ -185,6 +203,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         p.tls.Clone(), // its own: Serve adds to NextProtos
 	}
 	return p, nil
 }
@@ -262,7 +281,7 @@ func dialTarget(a net.Addr) string {
 // dispatcher finish or hand back in-flight work, and closes the buffer.
 func (p *gatewayProcess) Run(ctx context.Context) error {
 	defer p.close()
-	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String())
+	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String(), "tls", p.tlsMode())
 	g, gctx := errgroup.WithContext(ctx)
 	if err := p.svc.Watch(gctx); err != nil {
 		return err
@@ -280,7 +299,12 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error {
-		if err := p.httpSrv.Serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := p.httpSrv.Serve
+		if p.tls != nil {
+			// The certificate is in TLSConfig; ServeTLS adds HTTP/2.
+			serve = func(ln net.Listener) error { return p.httpSrv.ServeTLS(ln, "", "") }
+		}
+		if err := serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
@@ -304,6 +328,26 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 	err := g.Wait()
 	p.log.Info("sluice gateway stopped")
 	return err
+}
+
+// tlsMode describes the listeners' transport security: "off", "on", or
+// "mutual" when clients must present certificates.
+func (p *gatewayProcess) tlsMode() string {
+	switch c := p.tls; {
+	case c == nil:
+		return "off"
+	case c.ClientAuth == tls.RequireAndVerifyClientCert:
+		return "mutual"
+	}
+	return "on"
+}
+
+// restScheme is the scheme of REST URLs: http or https.
+func (p *gatewayProcess) restScheme() string {
+	if p.tls != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // stopGRPC stops the servers gracefully, all at once, and stops them hard

@@ -47,6 +47,14 @@ func startTestGateway(t *testing.T, dataDir string, functions ...FunctionConfig)
 // startTestGatewayConfig is startTestGateway with a whole config.
 func startTestGatewayConfig(t *testing.T, dataDir string, cfg *Config) *testGateway {
 	t.Helper()
+	return startTestGatewayOptions(t, dataDir, cfg, gatewayOptions{})
+}
+
+// startTestGatewayOptions is startTestGatewayConfig with options, such as
+// TLS files; the addresses, data directory and drain timeout are the
+// test's.
+func startTestGatewayOptions(t *testing.T, dataDir string, cfg *Config, opts gatewayOptions) *testGateway {
+	t.Helper()
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
@@ -54,16 +62,15 @@ func startTestGatewayConfig(t *testing.T, dataDir string, cfg *Config) *testGate
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	p, err := startGateway(t.Context(), cfg, gatewayOptions{
-		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: dataDir, DrainTimeout: 100 * time.Millisecond,
-	}, log)
+	opts.HTTPAddr, opts.GRPCAddr, opts.DataDir, opts.DrainTimeout = "127.0.0.1:0", "127.0.0.1:0", dataDir, 100*time.Millisecond
+	p, err := startGateway(t.Context(), cfg, opts, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	g := &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}
+	g := &testGateway{gatewayProcess: p, base: p.restScheme() + "://" + p.HTTPAddr.String()}
 	var stopped bool
 	g.stop = func() {
 		if stopped {
