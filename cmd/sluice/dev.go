@@ -71,12 +71,19 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fnLn.Close()
 		return err
 	}
-	fmt.Fprintf(stdout, `Sluice dev: REST on http://%[1]s, gRPC on %[2]s, demo function "echo" (echoes its payload after %[3]s).
+	var curlTLS string // what curl needs for the listener's TLS
+	switch p.tlsMode() {
+	case "on":
+		curlTLS = " --cacert CA.pem"
+	case "mutual":
+		curlTLS = " --cacert CA.pem --cert CLIENT.pem --key CLIENT-KEY.pem"
+	}
+	fmt.Fprintf(stdout, `Sluice dev: REST on %[5]s://%[1]s, gRPC on %[2]s, demo function "echo" (echoes its payload after %[3]s).
 Try:
-  curl -si -X POST http://%[1]s/v1/functions/echo/jobs -H 'Content-Type: application/json' -d '{"hello":"world"}'
-  curl -s http://%[1]s/v1/jobs/JOB_ID/result
+  curl%[4]s -si -X POST %[5]s://%[1]s/v1/functions/echo/jobs -H 'Content-Type: application/json' -d '{"hello":"world"}'
+  curl%[4]s -s %[5]s://%[1]s/v1/jobs/JOB_ID/result
 Stop with Ctrl-C.
-`, dialTarget(p.HTTPAddr), dialTarget(p.GRPCAddr), sim.cfg.Duration)
+`, dialTarget(p.HTTPAddr), dialTarget(p.GRPCAddr), sim.cfg.Duration, curlTLS, p.restScheme())
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -2,18 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
@@ -28,6 +33,13 @@ type gatewayOptions struct {
 	NATSURL      string // empty: start an embedded JetStream in DataDir
 	DataDir      string
 	DrainTimeout time.Duration
+	// TLSCert and TLSKey name PEM files, the certificate (chain) and key
+	// both listeners serve TLS with. Empty: plaintext.
+	TLSCert, TLSKey string
+	// TLSClientCA names a PEM bundle of CA certificates. With it both
+	// listeners require client certificates signed by one of them
+	// (mutual TLS). It needs TLSCert and TLSKey.
+	TLSClientCA string
 }
 
 // gatewayProcess is one running Sluice gateway: ingress servers, the
@@ -38,15 +50,23 @@ type gatewayProcess struct {
 
 	log      *slog.Logger
 	opts     gatewayOptions
+	tls      *tls.Config      // both listeners'; nil: plaintext
 	embedded *buffer.Embedded // nil with an external NATS
 	nc       *nats.Conn
 	httpLn   net.Listener
 	grpcLn   net.Listener
 	httpSrv  *http.Server
-	grpcSrv  *grpc.Server
+	grpcSrv  *grpc.Server // the public gRPC server, on grpcLn
 	health   interface {
 		SetServingStatus(string, healthpb.HealthCheckResponse_ServingStatus)
 	}
+	// REST calls the gRPC services through restConn, a client of restSrv:
+	// the same services with the same server options as grpcSrv, served
+	// in memory on restLn, so whatever gRPC enforces applies to REST too
+	// while grpcSrv's transport security (TLS, client certificates) does
+	// not stand in REST's way.
+	restLn     *bufconn.Listener
+	restSrv    *grpc.Server
 	restConn   *grpc.ClientConn
 	dispatcher *dispatch.Dispatcher
 	callbacks  *dispatch.CallbackDeliverer // nil without callback secrets
@@ -61,6 +81,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			p.close()
 		}
 	}()
+	if p.tls, err = serverTLSConfig(opts.TLSCert, opts.TLSKey, opts.TLSClientCA); err != nil {
+		return nil, err
+	}
 	if opts.NATSURL == "" {
 		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
 			StoreDir:     opts.DataDir,
@@ -156,12 +179,22 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		return nil, fmt.Errorf("--http-addr: %w", err)
 	}
 	p.GRPCAddr, p.HTTPAddr = p.grpcLn.Addr(), p.httpLn.Addr()
-	grpcSrv, hs := gateway.NewGRPCServer(svc, gateway.GRPCConfig{})
+	// Both gRPC servers take the same configuration and options; only
+	// the public one adds transport credentials.
+	grpcCfg := gateway.GRPCConfig{}
+	var grpcOpts []grpc.ServerOption
+	publicOpts := grpcOpts
+	if p.tls != nil {
+		publicOpts = append(slices.Clip(grpcOpts), grpc.Creds(credentials.NewTLS(p.tls)))
+	}
+	grpcSrv, hs := gateway.NewGRPCServer(svc, grpcCfg, publicOpts...)
 	p.grpcSrv, p.health = grpcSrv, hs
-
-	// REST calls the gRPC server like any client, so whatever gRPC
-	// enforces applies to REST as well.
-	p.restConn, err = grpc.NewClient(dialTarget(p.GRPCAddr),
+	// restSrv's health service is reachable only by REST, which does not
+	// expose it; the public one reports draining.
+	p.restSrv, _ = gateway.NewGRPCServer(svc, grpcCfg, grpcOpts...)
+	p.restLn = bufconn.Listen(restBufferSize)
+	p.restConn, err = grpc.NewClient("passthrough:///sluice-rest",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return p.restLn.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
@@ -178,9 +211,14 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         p.tls.Clone(), // its own: Serve adds to NextProtos
 	}
 	return p, nil
 }
+
+// restBufferSize is the buffer, in each direction, of the in-memory
+// connection from REST to its gRPC server.
+const restBufferSize = 1 << 20
 
 // dispatchFunction is a configured function as dispatch takes it.
 func dispatchFunction(f FunctionConfig) dispatch.Function {
@@ -276,19 +314,30 @@ func dialTarget(a net.Addr) string {
 // dispatcher finish or hand back in-flight work, and closes the buffer.
 func (p *gatewayProcess) Run(ctx context.Context) error {
 	defer p.close()
-	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String())
+	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String(), "tls", p.tlsMode())
 	g, gctx := errgroup.WithContext(ctx)
 	if err := p.svc.Watch(gctx); err != nil {
 		return err
 	}
 	g.Go(func() error {
-		if err := p.grpcSrv.Serve(p.grpcLn); err != nil {
+		if err := p.grpcSrv.Serve(p.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := p.httpSrv.Serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := p.restSrv.Serve(p.restLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc server for REST: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		serve := p.httpSrv.Serve
+		if p.tls != nil {
+			// The certificate is in TLSConfig; ServeTLS adds HTTP/2.
+			serve = func(ln net.Listener) error { return p.httpSrv.ServeTLS(ln, "", "") }
+		}
+		if err := serve(p.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
@@ -306,18 +355,51 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 		if err := p.httpSrv.Shutdown(shutdownCtx); err != nil {
 			p.httpSrv.Close()
 		}
-		stopped := make(chan struct{})
-		go func() { p.grpcSrv.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-shutdownCtx.Done():
-			p.grpcSrv.Stop()
-		}
+		stopGRPC(shutdownCtx, p.grpcSrv, p.restSrv)
 		return nil
 	})
 	err := g.Wait()
 	p.log.Info("sluice gateway stopped")
 	return err
+}
+
+// tlsMode describes the listeners' transport security: "off", "on", or
+// "mutual" when clients must present certificates.
+func (p *gatewayProcess) tlsMode() string {
+	switch c := p.tls; {
+	case c == nil:
+		return "off"
+	case c.ClientAuth == tls.RequireAndVerifyClientCert:
+		return "mutual"
+	}
+	return "on"
+}
+
+// restScheme is the scheme of REST URLs: http or https.
+func (p *gatewayProcess) restScheme() string {
+	if p.tls != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// stopGRPC stops the servers gracefully, all at once, and stops them hard
+// if ctx ends first. It returns when every server has stopped.
+func stopGRPC(ctx context.Context, servers ...*grpc.Server) {
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		wg.Go(func() {
+			stopped := make(chan struct{})
+			go func() { srv.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				srv.Stop()
+				<-stopped
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // close releases whatever startGateway set up, in reverse order.
@@ -329,6 +411,9 @@ func (p *gatewayProcess) close() {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if p.restLn != nil {
+		p.restLn.Close()
 	}
 	if p.nc != nil && !p.nc.IsClosed() {
 		// Drain flushes pending acknowledgements before closing; it closes

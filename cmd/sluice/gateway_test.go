@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +47,14 @@ func startTestGateway(t *testing.T, dataDir string, functions ...FunctionConfig)
 // startTestGatewayConfig is startTestGateway with a whole config.
 func startTestGatewayConfig(t *testing.T, dataDir string, cfg *Config) *testGateway {
 	t.Helper()
+	return startTestGatewayOptions(t, dataDir, cfg, gatewayOptions{})
+}
+
+// startTestGatewayOptions is startTestGatewayConfig with options, such as
+// TLS files; the addresses, data directory and drain timeout are the
+// test's.
+func startTestGatewayOptions(t *testing.T, dataDir string, cfg *Config, opts gatewayOptions) *testGateway {
+	t.Helper()
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
@@ -53,16 +62,15 @@ func startTestGatewayConfig(t *testing.T, dataDir string, cfg *Config) *testGate
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	p, err := startGateway(t.Context(), cfg, gatewayOptions{
-		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: dataDir, DrainTimeout: 100 * time.Millisecond,
-	}, log)
+	opts.HTTPAddr, opts.GRPCAddr, opts.DataDir, opts.DrainTimeout = "127.0.0.1:0", "127.0.0.1:0", dataDir, 100*time.Millisecond
+	p, err := startGateway(t.Context(), cfg, opts, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	g := &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}
+	g := &testGateway{gatewayProcess: p, base: p.restScheme() + "://" + p.HTTPAddr.String()}
 	var stopped bool
 	g.stop = func() {
 		if stopped {
@@ -821,4 +829,83 @@ func TestWatchJob(t *testing.T) {
 			t.Errorf("REST watch = %d, %d lines, last %s", res.StatusCode, len(lines), lines[len(lines)-1])
 		}
 	})
+}
+
+// TestStopLeavesNoGRPCGoroutines checks that stopping a gateway stops
+// both gRPC servers, the public one and the in-memory one REST calls, and
+// closes REST's client connection: no gRPC goroutine is left once Run
+// returns.
+func TestStopLeavesNoGRPCGoroutines(t *testing.T) {
+	_, fnURL := startFunction(t, fnsim.Config{})
+	cfg := &Config{Functions: []FunctionConfig{{Name: "echo", URL: fnURL}}}
+	if err := cfg.setDefaultsAndCheck(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := startGateway(t.Context(), cfg, gatewayOptions{
+		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir(), DrainTimeout: 100 * time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+
+	if resp := post(t, "http://"+p.HTTPAddr.String()+"/v1/functions/echo/jobs", "text/plain", []byte("x")); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("REST submit: %d, want 202", resp.StatusCode)
+	}
+	conn, err := grpc.NewClient(p.GRPCAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := sluicev1.NewFunctionServiceClient(conn).ListFunctions(t.Context(), &sluicev1.ListFunctionsRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if grpcGoroutines() == "" {
+		t.Fatal("found no gRPC goroutine while serving; the check below would prove nothing")
+	}
+	conn.Close()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("gateway Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("gateway Run did not return 30s after its context ended; gRPC goroutines:\n%s", grpcGoroutines())
+	}
+	var left string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if left = grpcGoroutines(); left == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+	}
+	t.Errorf("after the gateway stopped, gRPC goroutines are left:\n%s", left)
+}
+
+// grpcGoroutines returns the stacks of goroutines of gRPC (servers,
+// clients, transports) or of in-memory (bufconn) connections. A test's own
+// gRPC clients must be closed first.
+func grpcGoroutines() string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var found []string
+	for stack := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(stack, "google.golang.org/grpc") {
+			found = append(found, stack)
+		}
+	}
+	return strings.Join(found, "\n\n")
 }

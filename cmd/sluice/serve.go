@@ -13,6 +13,9 @@ func registerGatewayFlags(fs *flag.FlagSet, o *gatewayOptions) {
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
 	fs.StringVar(&o.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded JetStream in --data-dir")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long in-flight invocations may finish before their jobs are handed back")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM `file` with the certificate (chain) both listeners serve TLS with; needs --tls-key")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM `file` with the private key of --tls-cert")
+	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM `file` of CA certificates; clients of both listeners must present a certificate they signed (mutual TLS)")
 }
 
 func runServe(ctx context.Context, args []string, stderr io.Writer) error {
