@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/gateway"
+)
+
+// Tests of what the ingress refuses, and what refusing costs: payload
+// limits over REST (with and without Content-Length) and gRPC, the memory a
+// refused body takes, the HTTP server's timeouts and header limit, gRPC
+// keepalive enforcement, and a fuzz test of the REST submit path.
+
+const mib = 1 << 20
+
+// jobsPublished is how many job messages the gateway's buffer has ever
+// stored: the job stream's last sequence number. A refused submit must
+// leave it as it was.
+func jobsPublished(t testing.TB, g *testGateway) uint64 {
+	t.Helper()
+	js, err := jetstream.New(g.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(t.Context(), buffer.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// restError is the body of a REST error answer.
+type restError struct {
+	Code    *int    `json:"code"`
+	Message *string `json:"message"`
+}
+
+// decodeRESTError checks that body is a JSON error with a code and a
+// message, and returns the message.
+func decodeRESTError(t testing.TB, contentType string, body []byte) string {
+	t.Helper()
+	var e restError
+	if err := json.Unmarshal(body, &e); err != nil || e.Code == nil || e.Message == nil {
+		t.Errorf("error body %q (Content-Type %q) is not JSON with code and message", body, contentType)
+		return ""
+	}
+	if contentType != "application/json" {
+		t.Errorf("error Content-Type = %q, want application/json", contentType)
+	}
+	return *e.Message
+}
+
+// submitBody POSTs body to function's jobs; size < 0 sends it chunked,
+// without a Content-Length.
+func submitBody(t testing.TB, g *testGateway, function string, body io.Reader, size int64) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), "POST", g.base+"/v1/functions/"+function+"/jobs", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.ContentLength = size
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// TestRESTPayloadLimit submits bodies at and just over the default 1 MiB
+// limit, with Content-Length and chunked: those over it get 413 with a JSON
+// error and store no job.
+func TestRESTPayloadLimit(t *testing.T) {
+	sim, fnURL := startFunction(t, fnsim.Config{})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+
+	for _, tc := range []struct {
+		name    string
+		size    int64
+		chunked bool
+		want    int
+	}{
+		{"exactly 1 MiB", mib, false, http.StatusAccepted},
+		{"exactly 1 MiB chunked", mib, true, http.StatusAccepted},
+		{"1 MiB + 1 with Content-Length", mib + 1, false, http.StatusRequestEntityTooLarge},
+		{"1 MiB + 1 chunked", mib + 1, true, http.StatusRequestEntityTooLarge},
+		{"2 MiB chunked", 2 * mib, true, http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := jobsPublished(t, g)
+			length := tc.size
+			// An io.LimitReader is of unknown length to net/http;
+			// ContentLength -1 says so, and the body goes chunked.
+			var body io.Reader = io.LimitReader(zeros{}, tc.size)
+			if tc.chunked {
+				length = -1
+			} else {
+				body = bytes.NewReader(make([]byte, tc.size))
+			}
+			code, header, b := submitBody(t, g, "echo", body, length)
+			if code != tc.want {
+				t.Fatalf("status %d %.200s; want %d", code, b, tc.want)
+			}
+			stored := jobsPublished(t, g) - before
+			if code == http.StatusAccepted {
+				if stored != 1 {
+					t.Errorf("accepted, and %d jobs stored; want 1", stored)
+				}
+				return
+			}
+			if stored != 0 {
+				t.Errorf("refused, yet %d jobs stored", stored)
+			}
+			if msg := decodeRESTError(t, header.Get("Content-Type"), b); !strings.Contains(msg, "1048576") {
+				t.Errorf("message %q does not name the limit of 1048576 bytes", msg)
+			}
+		})
+	}
+
+	// The two accepted jobs run; nothing else does.
+	for deadline := time.Now().Add(10 * time.Second); sim.Stats().Invocations < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the accepted jobs never ran: %+v", sim.Stats())
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st := fnStatusOf(t, g, "echo"); st.Backlog == "0" && st.InFlight == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backlog never emptied: %+v", fnStatusOf(t, g, "echo"))
+		}
+	}
+	if n := sim.Stats().Invocations; n != 2 {
+		t.Errorf("%d invocations after 2 accepted and 3 refused submits; want 2", n)
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// heapPeak samples HeapInuse every few milliseconds until stop is called,
+// which returns the highest sample.
+func heapPeak() (stop func() uint64) {
+	done := make(chan struct{})
+	result := make(chan uint64)
+	go func() {
+		var peak uint64
+		var m runtime.MemStats
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+			select {
+			case <-done:
+				result <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() uint64 { close(done); return <-result }
+}
+
+// TestRefusedBodyIsNotBuffered sends 64 MiB chunked bodies to a function
+// that accepts 1 MiB, two one after the other and six at once, and checks
+// that the gateway (in this process) refuses each with 413 having read and
+// held about the limit, not the body: the heap's peak and all that was
+// allocated meanwhile stay far below what the clients offered.
+func TestRefusedBodyIsNotBuffered(t *testing.T) {
+	_, fnURL := startFunction(t, fnsim.Config{})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	const bodySize, sequential, concurrent = 64 * mib, 2, 6
+	const requests = sequential + concurrent
+	before := jobsPublished(t, g)
+
+	var written atomic.Int64 // what the clients got onto the wire
+	send := func() {
+		// zeros allocates nothing: the client holds no body either.
+		body := countingReader{io.LimitReader(zeros{}, bodySize), &written}
+		req, err := http.NewRequestWithContext(t.Context(), "POST", g.base+"/v1/functions/echo/jobs", body)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		req.ContentLength = -1
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Errorf("64 MiB chunked submit: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("64 MiB chunked submit: %d %.200s; want 413", resp.StatusCode, b)
+		}
+	}
+
+	runtime.GC()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	stopSampling := heapPeak()
+	for range sequential {
+		send()
+	}
+	var wg sync.WaitGroup
+	for range concurrent {
+		wg.Go(send)
+	}
+	wg.Wait()
+	peak := stopSampling()
+	runtime.ReadMemStats(&m1)
+
+	offered := int64(requests * bodySize)
+	growth := int64(peak) - int64(m0.HeapInuse)
+	allocated := int64(m1.TotalAlloc - m0.TotalAlloc)
+	t.Logf("%d refused chunked bodies of %d MiB: %.1f MiB offered, %.1f MiB written by the clients; "+
+		"heap in use %.1f MiB before, peak %.1f MiB (growth %.1f MiB); %.1f MiB allocated in all (%.1f MiB a request), %d GCs",
+		requests, bodySize/mib, float64(offered)/mib, float64(written.Load())/mib,
+		float64(m0.HeapInuse)/mib, float64(peak)/mib, float64(growth)/mib,
+		float64(allocated)/mib, float64(allocated)/requests/mib, m1.NumGC-m0.NumGC)
+	if n := jobsPublished(t, g) - before; n != 0 {
+		t.Errorf("%d jobs stored from refused bodies", n)
+	}
+	// Reading up to the limit into a growing slice costs about twice the
+	// limit; a gateway that took in whole bodies would spend hundreds.
+	if allocated > requests*8*mib {
+		t.Errorf("%.1f MiB allocated serving %d refused bodies; want under 8 MiB each", float64(allocated)/mib, requests)
+	}
+	if growth > bodySize/2 {
+		t.Errorf("heap grew by %.1f MiB at its peak; want far below one %d MiB body", float64(growth)/mib, bodySize/mib)
+	}
+}
+
+// TestGRPCPayloadLimit submits payloads just over the limit, which the
+// service refuses with INVALID_ARGUMENT and PAYLOAD_TOO_LARGE, and over the
+// largest message the server receives, which gRPC refuses with
+// RESOURCE_EXHAUSTED. Neither stores a job.
+func TestGRPCPayloadLimit(t *testing.T) {
+	_, fnURL := startFunction(t, fnsim.Config{})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+	// The server's default MaxRecvMsgSize: the largest limit and 64 KiB.
+	const maxMsg = mib + 64<<10
+
+	for _, tc := range []struct {
+		name       string
+		size       int
+		wantCode   codes.Code
+		wantReason string
+	}{
+		{"exactly 1 MiB", mib, codes.OK, ""},
+		{"1 MiB + 1", mib + 1, codes.InvalidArgument, gateway.ReasonPayloadTooLarge},
+		{"a message just under the max", maxMsg - 64, codes.InvalidArgument, gateway.ReasonPayloadTooLarge},
+		{"a message over the max", maxMsg + 1, codes.ResourceExhausted, ""},
+		{"16 MiB", 16 * mib, codes.ResourceExhausted, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := jobsPublished(t, g)
+			_, err := jobs.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{
+				Function: "echo",
+				Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: make([]byte, tc.size)},
+			})
+			st := status.Convert(err)
+			if st.Code() != tc.wantCode {
+				t.Fatalf("SubmitJob with %d bytes: %v; want %v", tc.size, err, tc.wantCode)
+			}
+			var reason string
+			for _, d := range st.Details() {
+				if info, ok := d.(*errdetails.ErrorInfo); ok {
+					reason = info.GetReason()
+				}
+			}
+			if reason != tc.wantReason {
+				t.Errorf("ErrorInfo reason %q; want %q (%v)", reason, tc.wantReason, err)
+			}
+			want := uint64(0)
+			if tc.wantCode == codes.OK {
+				want = 1
+			}
+			if n := jobsPublished(t, g) - before; n != want {
+				t.Errorf("%d jobs stored; want %d", n, want)
+			}
+			t.Logf("%d bytes: %v", tc.size, st.Message())
+		})
+	}
+}
