@@ -246,6 +246,9 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String())
 	g, gctx := errgroup.WithContext(ctx)
 	if err := p.svc.Watch(gctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it began to serve
+		}
 		return err
 	}
 	g.Go(func() error {
