@@ -28,7 +28,15 @@ type gatewayOptions struct {
 	NATSURL      string // empty: start an embedded JetStream in DataDir
 	DataDir      string
 	DrainTimeout time.Duration
+	// ReadHeaderTimeout is how long a REST client may take to send a
+	// request's headers before the connection is closed: the guard against
+	// clients that trickle them in to hold connections open (slowloris).
+	// Zero means 10s.
+	ReadHeaderTimeout time.Duration
 }
+
+// defaultReadHeaderTimeout is gatewayOptions.ReadHeaderTimeout's default.
+const defaultReadHeaderTimeout = 10 * time.Second
 
 // gatewayProcess is one running Sluice gateway: ingress servers, the
 // dispatcher, and the JetStream connection (and embedded server) they share.
@@ -163,9 +171,13 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if err != nil {
 		return nil, err
 	}
+	readHeaderTimeout := opts.ReadHeaderTimeout
+	if readHeaderTimeout == 0 {
+		readHeaderTimeout = defaultReadHeaderTimeout
+	}
 	p.httpSrv = &http.Server{
 		Handler:           rest,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,

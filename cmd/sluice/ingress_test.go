@@ -2,8 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -320,5 +325,126 @@ func TestGRPCPayloadLimit(t *testing.T) {
 			}
 			t.Logf("%d bytes: %v", tc.size, st.Message())
 		})
+	}
+}
+
+// runGateway runs a gateway with opts (on loopback ports and an embedded
+// JetStream in a temporary directory) until the test ends.
+func runGateway(t *testing.T, cfg *Config, opts gatewayOptions) *gatewayProcess {
+	t.Helper()
+	if err := cfg.setDefaultsAndCheck(); err != nil {
+		t.Fatal(err)
+	}
+	opts.HTTPAddr, opts.GRPCAddr, opts.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
+	p, err := startGateway(t.Context(), cfg, opts, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("gateway Run: %v", err)
+		}
+	})
+	return p
+}
+
+// TestHTTPServerLimits checks the REST server's timeouts and header limit
+// as configured, and two of them at work: a client that trickles in its
+// headers is cut off after ReadHeaderTimeout, and one whose headers exceed
+// MaxHeaderBytes gets 431.
+func TestHTTPServerLimits(t *testing.T) {
+	const readHeaderTimeout = 300 * time.Millisecond
+	p := runGateway(t, &Config{Functions: []FunctionConfig{{Name: "echo", URL: "http://127.0.0.1:1"}}},
+		gatewayOptions{ReadHeaderTimeout: readHeaderTimeout})
+	base := "http://" + p.HTTPAddr.String()
+
+	t.Run("configured", func(t *testing.T) {
+		d := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"}).httpSrv
+		if d.ReadHeaderTimeout != defaultReadHeaderTimeout || d.ReadTimeout <= 0 || d.IdleTimeout <= 0 || d.MaxHeaderBytes != 64<<10 {
+			t.Errorf("by default ReadHeaderTimeout %v, ReadTimeout %v, IdleTimeout %v, MaxHeaderBytes %d; want %v, set, set, 64 KiB",
+				d.ReadHeaderTimeout, d.ReadTimeout, d.IdleTimeout, d.MaxHeaderBytes, defaultReadHeaderTimeout)
+		}
+		if p.httpSrv.ReadHeaderTimeout != readHeaderTimeout {
+			t.Errorf("ReadHeaderTimeout %v; want the option's %v", p.httpSrv.ReadHeaderTimeout, readHeaderTimeout)
+		}
+	})
+
+	t.Run("slow headers", func(t *testing.T) {
+		conn, err := net.Dial("tcp", p.HTTPAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		start := time.Now()
+		// A header line every 50ms: each arrives in time, but all of them
+		// take 5s.
+		stopTrickle := make(chan struct{})
+		defer close(stopTrickle)
+		go func() {
+			if _, err := io.WriteString(conn, "GET /v1/functions HTTP/1.1\r\nHost: sluice\r\n"); err != nil {
+				return
+			}
+			for i := range 100 {
+				select {
+				case <-stopTrickle:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				if _, err := fmt.Fprintf(conn, "X-Slow-%d: x\r\n", i); err != nil {
+					return
+				}
+			}
+			io.WriteString(conn, "\r\n") //nolint:errcheck // the read below reports what happened
+		}()
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := conn.Read(make([]byte, 1024))
+		elapsed := time.Since(start)
+		var ne net.Error
+		if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("after %v: read %d bytes, %v; want the server to close the connection without answering", elapsed, n, err)
+		}
+		if elapsed < readHeaderTimeout*8/10 || elapsed > 3*time.Second {
+			t.Errorf("connection closed after %v; want about ReadHeaderTimeout, %v", elapsed, readHeaderTimeout)
+		}
+		t.Logf("headers trickled in every 50ms: connection closed after %v (%v)", elapsed.Round(time.Millisecond), err)
+	})
+
+	t.Run("prompt headers", func(t *testing.T) {
+		resp, body := get(t, base+"/v1/functions")
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET /v1/functions: %d %s", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("headers over MaxHeaderBytes", func(t *testing.T) {
+		req, err := http.NewRequestWithContext(t.Context(), "GET", base+"/v1/functions", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-Big", strings.Repeat("x", 80<<10))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("80 KiB header: %d; want 431", resp.StatusCode)
+		}
+	})
+}
+
+func TestReadHeaderTimeoutFlag(t *testing.T) {
+	for _, args := range [][]string{
+		{"serve", "--config", "sluice.yaml", "--read-header-timeout", "0s"},
+		{"dev", "--read-header-timeout", "-1s"},
+	} {
+		err := run(t.Context(), args, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--read-header-timeout: must be positive") {
+			t.Errorf("%q: %v; want an error naming --read-header-timeout", args, err)
+		}
 	}
 }

@@ -13,6 +13,18 @@ func registerGatewayFlags(fs *flag.FlagSet, o *gatewayOptions) {
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
 	fs.StringVar(&o.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded JetStream in --data-dir")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long in-flight invocations may finish before their jobs are handed back")
+	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", defaultReadHeaderTimeout, "how long a REST client may take to send a request's headers before the connection is closed")
+}
+
+// checkGatewayFlags checks the flags registerGatewayFlags registers.
+func checkGatewayFlags(o gatewayOptions) error {
+	if o.DrainTimeout < 0 {
+		return errors.New("--drain-timeout: must not be negative")
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		return errors.New("--read-header-timeout: must be positive")
+	}
+	return nil
 }
 
 func runServe(ctx context.Context, args []string, stderr io.Writer) error {
@@ -33,8 +45,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if configFile == "" {
 		return errors.New("serve: --config is required: a YAML file naming the functions")
 	}
-	if o.DrainTimeout < 0 {
-		return errors.New("--drain-timeout: must not be negative")
+	if err := checkGatewayFlags(o); err != nil {
+		return err
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
