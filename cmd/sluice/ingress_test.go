@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/net/http2"
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -447,4 +448,161 @@ func TestReadHeaderTimeoutFlag(t *testing.T) {
 			t.Errorf("%q: %v; want an error naming --read-header-timeout", args, err)
 		}
 	}
+}
+
+// h2Conn is a raw HTTP/2 connection to a gRPC server, for sending what no
+// gRPC client sends: pings at any pace.
+type h2Conn struct {
+	mu     sync.Mutex // serializes writes
+	fr     *http2.Framer
+	frames chan h2Frame // what the server sends, but SETTINGS; closed at EOF
+}
+
+// h2Frame is what a test needs of a frame the server sent.
+type h2Frame struct {
+	Type      http2.FrameType
+	Ack       bool
+	GoAwayErr http2.ErrCode
+	Debug     string
+}
+
+func dialH2(t *testing.T, addr string) *h2Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	c := &h2Conn{fr: http2.NewFramer(conn, conn), frames: make(chan h2Frame, 64)}
+	if err := c.write(func(fr *http2.Framer) error { return fr.WriteSettings() }); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // owns reading, until the connection closes
+		defer close(c.frames)
+		for {
+			f, err := c.fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			h := h2Frame{Type: f.Header().Type, Ack: f.Header().Flags.Has(http2.FlagPingAck)}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					c.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() }) //nolint:errcheck // a broken connection shows in the reads
+				}
+				continue
+			case *http2.GoAwayFrame:
+				h.GoAwayErr, h.Debug = f.ErrCode, string(f.DebugData())
+			}
+			c.frames <- h
+		}
+	}()
+	return c
+}
+
+func (c *h2Conn) write(w func(*http2.Framer) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return w(c.fr)
+}
+
+func (c *h2Conn) ping(t *testing.T) {
+	t.Helper()
+	if err := c.write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{'s', 'l', 'u', 'i', 'c', 'e'}) }); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+}
+
+// next returns the next frame of type typ within d; ok is false if none
+// came.
+func (c *h2Conn) next(typ http2.FrameType, d time.Duration) (f h2Frame, ok bool) {
+	timeout := time.After(d)
+	for {
+		select {
+		case f, open := <-c.frames:
+			if !open {
+				return h2Frame{}, false
+			}
+			if f.Type == typ {
+				return f, true
+			}
+		case <-timeout:
+			return h2Frame{}, false
+		}
+	}
+}
+
+// noJobs is an Enqueuer for a gateway.Service that serves no job calls.
+type noJobs struct{ gateway.Enqueuer }
+
+// TestGRPCKeepalive checks the gRPC server's keepalive settings with pings
+// no gRPC client would send: too frequent ones close the connection, ones at
+// the permitted pace do not even without calls in progress, an idle
+// connection is closed after MaxConnectionIdle, and the server pings a
+// quiet client after KeepaliveTime.
+func TestGRPCKeepalive(t *testing.T) {
+	svc, err := gateway.NewService(gateway.Config{Jobs: noJobs{}, Functions: []gateway.Function{{Name: "echo"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(t *testing.T, cfg gateway.GRPCConfig) string {
+		srv, _ := gateway.NewGRPCServer(svc, cfg)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(ln) //nolint:errcheck // Stop ends it
+		t.Cleanup(srv.Stop)
+		return ln.Addr().String()
+	}
+
+	t.Run("pings too often, by default", func(t *testing.T) {
+		t.Parallel()
+		c := dialH2(t, serve(t, gateway.GRPCConfig{}))
+		for range 6 {
+			c.ping(t)
+		}
+		f, ok := c.next(http2.FrameGoAway, 5*time.Second)
+		if !ok || f.GoAwayErr != http2.ErrCodeEnhanceYourCalm || f.Debug != "too_many_pings" {
+			t.Errorf("six pings at once: GOAWAY %v (%v %q); want ENHANCE_YOUR_CALM too_many_pings", ok, f.GoAwayErr, f.Debug)
+		}
+	})
+
+	t.Run("pings at the permitted pace without calls", func(t *testing.T) {
+		t.Parallel()
+		c := dialH2(t, serve(t, gateway.GRPCConfig{KeepaliveMinTime: 100 * time.Millisecond}))
+		for i := range 6 {
+			if i > 0 {
+				time.Sleep(150 * time.Millisecond)
+			}
+			c.ping(t)
+			if f, ok := c.next(http2.FramePing, 5*time.Second); !ok || !f.Ack {
+				t.Fatalf("ping %d at 150ms intervals (MinTime 100ms): no ACK; the connection closed", i+1)
+			}
+		}
+		if f, ok := c.next(http2.FrameGoAway, 200*time.Millisecond); ok {
+			t.Errorf("pings at the permitted pace: GOAWAY %v %q", f.GoAwayErr, f.Debug)
+		}
+	})
+
+	t.Run("idle connection", func(t *testing.T) {
+		t.Parallel()
+		start := time.Now()
+		c := dialH2(t, serve(t, gateway.GRPCConfig{MaxConnectionIdle: 200 * time.Millisecond}))
+		f, ok := c.next(http2.FrameGoAway, 5*time.Second)
+		if !ok || f.GoAwayErr != http2.ErrCodeNo || f.Debug != "max_idle" {
+			t.Errorf("idle connection: GOAWAY %v (%v %q) after %v; want NO_ERROR max_idle after about 200ms", ok, f.GoAwayErr, f.Debug, time.Since(start))
+		}
+	})
+
+	t.Run("server pings a quiet client", func(t *testing.T) {
+		t.Parallel()
+		c := dialH2(t, serve(t, gateway.GRPCConfig{KeepaliveTime: time.Second}))
+		if f, ok := c.next(http2.FramePing, 5*time.Second); !ok || f.Ack {
+			t.Errorf("no ping from the server within 5s with KeepaliveTime 1s")
+		}
+	})
 }
