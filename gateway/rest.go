@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -32,6 +33,7 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 		runtime.WithMarshalerOption("application/json", marshaler),
 		runtime.WithForwardResponseOption(forwardResponse),
 		runtime.WithErrorHandler(errorHandler),
+		runtime.WithRoutingErrorHandler(routingErrorHandler),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
 		// gRPC metadata is the gateway's business, not the REST caller's.
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
@@ -173,12 +175,30 @@ func bodyType(contentType string) string {
 	return contentType
 }
 
+// routingErrorHandler answers a request for a known path with a method it
+// does not take 405, where grpc-gateway's default says 501 (its status,
+// UNIMPLEMENTED, stays in the body).
+func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus != http.StatusMethodNotAllowed {
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+		return
+	}
+	errorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{
+		HTTPStatus: httpStatus,
+		Err:        status.Errorf(codes.Unimplemented, "%s is not allowed on %s", r.Method, r.URL.Path),
+	})
+}
+
 // errorHandler adds to grpc-gateway's default: 413 for a payload over its
 // limit, 409 for the result of a job that failed or the cancel of a finished
-// one, and Retry-After from a RetryInfo detail.
+// one, and Retry-After from a RetryInfo detail. It keeps the HTTP status of
+// a runtime.HTTPStatusError.
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	st := status.Convert(err)
 	httpStatus := runtime.HTTPStatusFromCode(st.Code())
+	if he, ok := errors.AsType[*runtime.HTTPStatusError](err); ok {
+		st, httpStatus = status.Convert(he.Err), he.HTTPStatus
+	}
 	if b, ok := r.Body.(*limitedBody); ok && b.tooLarge {
 		httpStatus = http.StatusRequestEntityTooLarge
 		st = status.Newf(codes.InvalidArgument, "payload exceeds the function's limit of %d bytes", b.limit)

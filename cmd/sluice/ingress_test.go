@@ -606,3 +606,44 @@ func TestGRPCKeepalive(t *testing.T) {
 		}
 	})
 }
+
+// TestRESTRefusals covers refusals the fuzz test found wanting: each gets a
+// 4xx JSON error and stores no job.
+func TestRESTRefusals(t *testing.T) {
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"})
+	for _, tc := range []struct {
+		name, method, path string
+		header             http.Header
+		want               int
+		wantMessage        string
+	}{
+		// grpc-gateway's default answers 501 (UNIMPLEMENTED).
+		{"known path, wrong method", "POST", "/v1/functions/echo", nil, http.StatusMethodNotAllowed, "POST is not allowed on /v1/functions/echo"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := jobsPublished(t, g)
+			req, err := http.NewRequestWithContext(t.Context(), tc.method, g.base+tc.path, strings.NewReader("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.header {
+				req.Header[k] = v
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.want {
+				t.Errorf("%s %s: %d %s; want %d", tc.method, tc.path, resp.StatusCode, b, tc.want)
+			}
+			if msg := decodeRESTError(t, resp.Header.Get("Content-Type"), b); !strings.Contains(msg, tc.wantMessage) {
+				t.Errorf("message %q; want it to contain %q", msg, tc.wantMessage)
+			}
+			if n := jobsPublished(t, g) - before; n != 0 {
+				t.Errorf("%d jobs stored", n)
+			}
+		})
+	}
+}
