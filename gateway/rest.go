@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -53,7 +54,7 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(api.OpenAPI) //nolint:errcheck // nothing to do if the client left
 	})
-	mux.Handle("/v1/", limitBody(limits, gw))
+	mux.Handle("/v1/", limitBody(limits, metadataHeaders(gw)))
 	return mux, nil
 }
 
@@ -68,6 +69,26 @@ func incomingHeader(key string) (string, bool) {
 		return MetadataCallbackURL, true
 	}
 	return runtime.DefaultHeaderMatcher(key)
+}
+
+// metadataHeaders refuses with 400 a request whose Idempotency-Key or
+// Sluice-Callback-Url is not printable ASCII. Those headers reach the
+// services as gRPC metadata, which cannot carry anything else, and
+// grpc-gateway would drop them without a word: a submit would run without
+// the idempotency or the callback it asked for.
+func metadataHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, name := range []string{"Idempotency-Key", "Sluice-Callback-Url"} {
+			for _, v := range r.Header.Values(name) {
+				if strings.IndexFunc(v, func(c rune) bool { return c < ' ' || c > '~' }) >= 0 {
+					writeError(w, http.StatusBadRequest, codes.InvalidArgument,
+						name+" must be printable ASCII (a URL in its percent-encoded, punycode form)")
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // limitBody caps each request body at the payload limit of the function it
@@ -102,9 +123,19 @@ func functionInPath(path string) string {
 }
 
 func writeTooLarge(w http.ResponseWriter, size, limit int64) {
+	writeError(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument, fmt.Sprintf("payload is %d bytes; the limit is %d", size, limit))
+}
+
+// writeError answers as grpc-gateway does for an error of code, with
+// httpStatus.
+func writeError(w http.ResponseWriter, httpStatus int, code codes.Code, message string) {
+	b, _ := json.Marshal(struct { //nolint:errchkjson // a string and a number always encode
+		Code    codes.Code `json:"code"`
+		Message string     `json:"message"`
+	}{code, message})
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusRequestEntityTooLarge)
-	fmt.Fprintf(w, `{"code":%d,"message":"payload is %d bytes; the limit is %d"}`, codes.InvalidArgument, size, limit)
+	w.WriteHeader(httpStatus)
+	w.Write(b) //nolint:errcheck // nothing to do if the client left
 }
 
 // forwardResponse gives REST answers what the protos cannot say: 202 and

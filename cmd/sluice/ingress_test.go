@@ -619,6 +619,11 @@ func TestRESTRefusals(t *testing.T) {
 	}{
 		// grpc-gateway's default answers 501 (UNIMPLEMENTED).
 		{"known path, wrong method", "POST", "/v1/functions/echo", nil, http.StatusMethodNotAllowed, "POST is not allowed on /v1/functions/echo"},
+		// gRPC metadata carries printable ASCII only; grpc-gateway drops
+		// anything else and the submit would run without it.
+		{"unicode Idempotency-Key", "POST", "/v1/functions/echo/jobs", http.Header{"Idempotency-Key": {"ключ"}}, http.StatusBadRequest, "Idempotency-Key must be printable ASCII"},
+		{"Idempotency-Key with a tab", "POST", "/v1/functions/echo/jobs", http.Header{"Idempotency-Key": {"a\tb"}}, http.StatusBadRequest, "Idempotency-Key must be printable ASCII"},
+		{"unicode Sluice-Callback-Url", "POST", "/v1/functions/echo/jobs", http.Header{"Sluice-Callback-Url": {"https://exämple.com/cb"}}, http.StatusBadRequest, "Sluice-Callback-Url must be printable ASCII"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := jobsPublished(t, g)
