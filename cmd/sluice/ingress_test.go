@@ -10,6 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -651,4 +654,173 @@ func TestRESTRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// headerValue is s with the bytes no HTTP client may send in a header value
+// (controls but tab) replaced by '?'.
+func headerValue(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
+
+var locationPattern = regexp.MustCompile(`^/v1/jobs/[A-Z2-7]{26}$`)
+
+// FuzzSubmitREST submits whatever the fuzzer makes of a function name,
+// payload, Content-Type, Idempotency-Key and query string to
+// POST /v1/functions/{name}/jobs, with or without Content-Length, and
+// checks that the gateway answers sensibly: never a 5xx but 503 (nor a
+// dropped connection, which is how net/http shows a handler's panic); a 202
+// names a job that GET then finds, and that the same submit with the same
+// idempotency key returns again; a 4xx is a JSON error with a code and a
+// message.
+func FuzzSubmitREST(f *testing.F) {
+	for _, seed := range []struct {
+		function    string
+		body        []byte
+		contentType string
+		key         string
+		query       string
+		chunked     bool
+	}{
+		{"echo", []byte(`{"hello": "world"}`), "application/json", "", "", false},
+		{"echo", []byte{0, 1, 2, 0xff, 0xfe, '\n'}, "application/octet-stream", "key-1", "", true},
+		{"echo", nil, "", "", "", false},
+		{"echo", []byte("{not json"), "application/json; charset=utf-8", "", "", false},
+		{"echo", []byte("a=b&c=d"), "application/x-www-form-urlencoded", "", "", false},
+		{"echo", []byte("--x\r\n\r\n--x--"), "multipart/form-data; boundary=x", "", "", true},
+		{"echo", []byte("text"), "text/plain; charset=ünïcödé", "ключ-идемпотентности", "", false},
+		{"echo", []byte("x"), ";;;=", "\x01\x02", "", false},
+		{"echo", []byte("x"), "", strings.Repeat("k", 256), "", false},
+		{"echo", []byte("x"), "", " padded key ", "", false},
+		{"echo", []byte("x"), "text/plain", "ключ", "", false},
+		{"echo", []byte("x"), "text/plain", "a\tb", "", false},
+		{"echo", bytes.Repeat([]byte("s"), mib+1), "application/octet-stream", "", "", false},
+		{"echo", bytes.Repeat([]byte("c"), mib+1), "application/octet-stream", "", "", true},
+		{"small", bytes.Repeat([]byte("s"), 65), "text/plain", "", "", false},
+		{"small", bytes.Repeat([]byte("c"), 65), "text/plain", "", "", true},
+		{"small", bytes.Repeat([]byte("s"), 64), "text/plain", "", "", true},
+		{"echo", []byte("x"), "text/plain", "", "idempotency_key=from-query", false},
+		{"echo", []byte("x"), "text/plain", "", "callback_url=http://example.com/cb", false},
+		{"echo", []byte("x"), "text/plain", "", "payload.data=AAAA&function=small", false},
+		{"echo", []byte("x"), "text/plain", "", "%zz&a=b&a=c", false},
+		{"../x", []byte("x"), "text/plain", "", "", false},
+		{"../../openapi.json", []byte("x"), "text/plain", "", "", false},
+		{"%00", []byte("x"), "text/plain", "", "", false},
+		{"%65cho", []byte("x"), "text/plain", "", "", false},
+		{"echo%2Fjobs", []byte("x"), "text/plain", "", "", false},
+		{"echo:invoke", []byte("x"), "text/plain", "", "", false},
+		{"ECHO", []byte("x"), "text/plain", "", "", false},
+		{"ключ", []byte("x"), "text/plain", "", "", false},
+		{"", []byte("x"), "text/plain", "", "", false},
+		{"a b", []byte("x"), "text/plain", "", "", false},
+		{"echo?x=1#frag", []byte("x"), "text/plain", "", "", false},
+		{strings.Repeat("e", 300), []byte("x"), "text/plain", "", "", false},
+	} {
+		f.Add(seed.function, seed.body, seed.contentType, seed.key, seed.query, seed.chunked)
+	}
+
+	sim := fnsim.New(fnsim.Config{})
+	fn := httptest.NewServer(sim)
+	f.Cleanup(fn.Close)
+	g := startTestGatewayConfig(f, f.TempDir(), &Config{
+		Functions: []FunctionConfig{
+			{Name: "echo", URL: fn.URL},
+			{Name: "small", URL: fn.URL, MaxPayload: 64},
+		},
+		// Fuzzing makes many jobs; no need to fsync each.
+		Buffer: BufferConfig{Durability: "interval"},
+	})
+	client := &http.Client{
+		Timeout: 30 * time.Second,
+		// A path that cleans to another gets a redirect: that is the answer.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+
+	f.Fuzz(func(t *testing.T, function string, body []byte, contentType, key, query string, chunked bool) {
+		target := g.base + "/v1/functions/" + function + "/jobs"
+		if query != "" {
+			target += "?" + query
+		}
+		if _, err := url.Parse(target); err != nil {
+			// Not a URL a client could send: send the same with the name
+			// and query escaped.
+			target = g.base + "/v1/functions/" + url.PathEscape(function) + "/jobs"
+			if query != "" {
+				target += "?" + url.QueryEscape(query)
+			}
+		}
+		contentType, key = headerValue(contentType), headerValue(key)
+		submit := func() (*http.Response, []byte) {
+			var r io.Reader = bytes.NewReader(body)
+			if chunked {
+				r = io.MultiReader(r) // of unknown length
+			}
+			req, err := http.NewRequestWithContext(t.Context(), "POST", target, r)
+			if err != nil {
+				t.Fatalf("request to %q: %v", target, err)
+			}
+			if chunked {
+				req.ContentLength = -1
+			}
+			if contentType != "" {
+				req.Header.Set("Content-Type", contentType)
+			}
+			if key != "" {
+				req.Header.Set("Idempotency-Key", key)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatalf("POST %q (Content-Type %q, Idempotency-Key %q, %d bytes, chunked %v): %v",
+					target, contentType, key, len(body), chunked, err)
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatalf("POST %q: reading the answer: %v", target, err)
+			}
+			return resp, b
+		}
+
+		resp, b := submit()
+		switch code := resp.StatusCode; {
+		case code == http.StatusAccepted:
+			loc := resp.Header.Get("Location")
+			if !locationPattern.MatchString(loc) {
+				t.Fatalf("POST %q: 202 with Location %q", target, loc)
+			}
+			job := decodeJob(t, b)
+			if "/v1/jobs/"+job.ID != loc || (job.Function != "echo" && job.Function != "small") {
+				t.Fatalf("POST %q: 202 with Location %q and job %+v", target, loc, job)
+			}
+			got, gb := get(t, g.base+loc)
+			if got.StatusCode != http.StatusOK || decodeJob(t, gb).ID != job.ID {
+				t.Fatalf("GET %s after 202: %d %s", loc, got.StatusCode, gb)
+			}
+			if strings.Trim(key, " \t") != "" {
+				again, ab := submit()
+				if again.StatusCode != http.StatusAccepted || again.Header.Get("Location") != loc || again.Header.Get("Idempotent-Replayed") != "true" {
+					t.Fatalf("POST %q with Idempotency-Key %q again: %d, Location %q, Idempotent-Replayed %q, %s; want 202 replaying %s",
+						target, key, again.StatusCode, again.Header.Get("Location"), again.Header.Get("Idempotent-Replayed"), ab, loc)
+				}
+			}
+		case code == http.StatusMovedPermanently || code == http.StatusTemporaryRedirect || code == http.StatusPermanentRedirect:
+			if resp.Header.Get("Location") == "" {
+				t.Fatalf("POST %q: %d without Location", target, code)
+			}
+		case code >= 400 && code < 500:
+			var e restError
+			if err := json.Unmarshal(b, &e); err != nil || e.Code == nil || e.Message == nil {
+				t.Fatalf("POST %q: %d with %q, not a JSON error with code and message", target, code, b)
+			}
+		case code == http.StatusServiceUnavailable:
+		default:
+			t.Fatalf("POST %q (Content-Type %q, Idempotency-Key %q, %d bytes, chunked %v): %d %s",
+				target, contentType, key, len(body), chunked, code, b)
+		}
+	})
 }
