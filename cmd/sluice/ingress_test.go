@@ -746,7 +746,10 @@ func FuzzSubmitREST(f *testing.F) {
 		if query != "" {
 			target += "?" + query
 		}
-		if _, err := url.Parse(target); err != nil {
+		// net/http escapes a space in the path but sends the query as it
+		// is: a space there would break the request line, which the HTTP
+		// server refuses before Sluice sees it.
+		if _, err := url.Parse(target); err != nil || strings.Contains(query, " ") {
 			// Not a URL a client could send: send the same with the name
 			// and query escaped.
 			target = g.base + "/v1/functions/" + url.PathEscape(function) + "/jobs"
