@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/httpbody"
@@ -54,7 +56,7 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(api.OpenAPI) //nolint:errcheck // nothing to do if the client left
 	})
-	mux.Handle("/v1/", limitBody(limits, metadataHeaders(gw)))
+	mux.Handle("/v1/", limitBody(limits, requireUTF8(metadataHeaders(gw))))
 	return mux, nil
 }
 
@@ -69,6 +71,29 @@ func incomingHeader(key string) (string, bool) {
 		return MetadataCallbackURL, true
 	}
 	return runtime.DefaultHeaderMatcher(key)
+}
+
+// requireUTF8 refuses with 400 a request whose path, query string or
+// Content-Type is not valid UTF-8 once unescaped. They become protobuf
+// strings on the way to the gRPC services, which cannot carry anything
+// else: the call would fail to marshal, an internal error.
+func requireUTF8(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var what string
+		// An unescapable query string gets grpc-gateway's own 400.
+		switch q, err := url.QueryUnescape(r.URL.RawQuery); {
+		case !utf8.ValidString(r.URL.Path):
+			what = "the path"
+		case err == nil && !utf8.ValidString(q):
+			what = "the query string"
+		case !utf8.ValidString(r.Header.Get("Content-Type")):
+			what = "Content-Type"
+		default:
+			next.ServeHTTP(w, r)
+			return
+		}
+		writeError(w, http.StatusBadRequest, codes.InvalidArgument, what+" is not valid UTF-8")
+	})
 }
 
 // metadataHeaders refuses with 400 a request whose Idempotency-Key or

@@ -627,6 +627,12 @@ func TestRESTRefusals(t *testing.T) {
 		{"unicode Idempotency-Key", "POST", "/v1/functions/echo/jobs", http.Header{"Idempotency-Key": {"ключ"}}, http.StatusBadRequest, "Idempotency-Key must be printable ASCII"},
 		{"Idempotency-Key with a tab", "POST", "/v1/functions/echo/jobs", http.Header{"Idempotency-Key": {"a\tb"}}, http.StatusBadRequest, "Idempotency-Key must be printable ASCII"},
 		{"unicode Sluice-Callback-Url", "POST", "/v1/functions/echo/jobs", http.Header{"Sluice-Callback-Url": {"https://exämple.com/cb"}}, http.StatusBadRequest, "Sluice-Callback-Url must be printable ASCII"},
+		// Strings the gRPC services get must be UTF-8, or the call fails to
+		// marshal: 500.
+		{"function name not UTF-8", "POST", "/v1/functions/%C9/jobs", nil, http.StatusBadRequest, "the path is not valid UTF-8"},
+		{"job id not UTF-8", "GET", "/v1/jobs/%FF", nil, http.StatusBadRequest, "the path is not valid UTF-8"},
+		{"query not UTF-8", "POST", "/v1/functions/echo/jobs?idempotency_key=%FF", nil, http.StatusBadRequest, "the query string is not valid UTF-8"},
+		{"Content-Type not UTF-8", "POST", "/v1/functions/echo/jobs", http.Header{"Content-Type": {"text/plain; x=\"\xff\""}}, http.StatusBadRequest, "Content-Type is not valid UTF-8"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := jobsPublished(t, g)
