@@ -2,11 +2,15 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/httpbody"
@@ -32,6 +36,7 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 		runtime.WithMarshalerOption("application/json", marshaler),
 		runtime.WithForwardResponseOption(forwardResponse),
 		runtime.WithErrorHandler(errorHandler),
+		runtime.WithRoutingErrorHandler(routingErrorHandler),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
 		// gRPC metadata is the gateway's business, not the REST caller's.
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
@@ -51,7 +56,7 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(api.OpenAPI) //nolint:errcheck // nothing to do if the client left
 	})
-	mux.Handle("/v1/", limitBody(limits, gw))
+	mux.Handle("/v1/", limitBody(limits, requireUTF8(metadataHeaders(gw))))
 	return mux, nil
 }
 
@@ -66,6 +71,49 @@ func incomingHeader(key string) (string, bool) {
 		return MetadataCallbackURL, true
 	}
 	return runtime.DefaultHeaderMatcher(key)
+}
+
+// requireUTF8 refuses with 400 a request whose path, query string or
+// Content-Type is not valid UTF-8 once unescaped. They become protobuf
+// strings on the way to the gRPC services, which cannot carry anything
+// else: the call would fail to marshal, an internal error.
+func requireUTF8(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var what string
+		// An unescapable query string gets grpc-gateway's own 400.
+		switch q, err := url.QueryUnescape(r.URL.RawQuery); {
+		case !utf8.ValidString(r.URL.Path):
+			what = "the path"
+		case err == nil && !utf8.ValidString(q):
+			what = "the query string"
+		case !utf8.ValidString(r.Header.Get("Content-Type")):
+			what = "Content-Type"
+		default:
+			next.ServeHTTP(w, r)
+			return
+		}
+		writeError(w, http.StatusBadRequest, codes.InvalidArgument, what+" is not valid UTF-8")
+	})
+}
+
+// metadataHeaders refuses with 400 a request whose Idempotency-Key or
+// Sluice-Callback-Url is not printable ASCII. Those headers reach the
+// services as gRPC metadata, which cannot carry anything else, and
+// grpc-gateway would drop them without a word: a submit would run without
+// the idempotency or the callback it asked for.
+func metadataHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, name := range []string{"Idempotency-Key", "Sluice-Callback-Url"} {
+			for _, v := range r.Header.Values(name) {
+				if strings.IndexFunc(v, func(c rune) bool { return c < ' ' || c > '~' }) >= 0 {
+					writeError(w, http.StatusBadRequest, codes.InvalidArgument,
+						name+" must be printable ASCII (a URL in its percent-encoded, punycode form)")
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // limitBody caps each request body at the payload limit of the function it
@@ -100,9 +148,19 @@ func functionInPath(path string) string {
 }
 
 func writeTooLarge(w http.ResponseWriter, size, limit int64) {
+	writeError(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument, fmt.Sprintf("payload is %d bytes; the limit is %d", size, limit))
+}
+
+// writeError answers as grpc-gateway does for an error of code, with
+// httpStatus.
+func writeError(w http.ResponseWriter, httpStatus int, code codes.Code, message string) {
+	b, _ := json.Marshal(struct { //nolint:errchkjson // a string and a number always encode
+		Code    codes.Code `json:"code"`
+		Message string     `json:"message"`
+	}{code, message})
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusRequestEntityTooLarge)
-	fmt.Fprintf(w, `{"code":%d,"message":"payload is %d bytes; the limit is %d"}`, codes.InvalidArgument, size, limit)
+	w.WriteHeader(httpStatus)
+	w.Write(b) //nolint:errcheck // nothing to do if the client left
 }
 
 // forwardResponse gives REST answers what the protos cannot say: 202 and
@@ -173,12 +231,30 @@ func bodyType(contentType string) string {
 	return contentType
 }
 
+// routingErrorHandler answers a request for a known path with a method it
+// does not take 405, where grpc-gateway's default says 501 (its status,
+// UNIMPLEMENTED, stays in the body).
+func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	if httpStatus != http.StatusMethodNotAllowed {
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+		return
+	}
+	errorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{
+		HTTPStatus: httpStatus,
+		Err:        status.Errorf(codes.Unimplemented, "%s is not allowed on %s", r.Method, r.URL.Path),
+	})
+}
+
 // errorHandler adds to grpc-gateway's default: 413 for a payload over its
 // limit, 409 for the result of a job that failed or the cancel of a finished
-// one, and Retry-After from a RetryInfo detail.
+// one, and Retry-After from a RetryInfo detail. It keeps the HTTP status of
+// a runtime.HTTPStatusError.
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	st := status.Convert(err)
 	httpStatus := runtime.HTTPStatusFromCode(st.Code())
+	if he, ok := errors.AsType[*runtime.HTTPStatusError](err); ok {
+		st, httpStatus = status.Convert(he.Err), he.HTTPStatus
+	}
 	if b, ok := r.Body.(*limitedBody); ok && b.tooLarge {
 		httpStatus = http.StatusRequestEntityTooLarge
 		st = status.Newf(codes.InvalidArgument, "payload exceeds the function's limit of %d bytes", b.limit)

@@ -36,6 +36,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if o.NATSURL != "" {
 		return errors.New("dev: --nats-url is for sluice serve; dev always runs an embedded JetStream")
 	}
+	if err := checkGatewayFlags(o); err != nil {
+		return err
+	}
 	log, err := lf.logger(stderr)
 	if err != nil {
 		return err

@@ -40,7 +40,15 @@ type gatewayOptions struct {
 	// listeners require client certificates signed by one of them
 	// (mutual TLS). It needs TLSCert and TLSKey.
 	TLSClientCA string
+	// ReadHeaderTimeout is how long a REST client may take to send a
+	// request's headers before the connection is closed: the guard against
+	// clients that trickle them in to hold connections open (slowloris).
+	// Zero means 10s.
+	ReadHeaderTimeout time.Duration
 }
+
+// defaultReadHeaderTimeout is gatewayOptions.ReadHeaderTimeout's default.
+const defaultReadHeaderTimeout = 10 * time.Second
 
 // gatewayProcess is one running Sluice gateway: ingress servers, the
 // dispatcher, and the JetStream connection (and embedded server) they share.
@@ -204,9 +212,13 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if err != nil {
 		return nil, err
 	}
+	readHeaderTimeout := opts.ReadHeaderTimeout
+	if readHeaderTimeout == 0 {
+		readHeaderTimeout = defaultReadHeaderTimeout
+	}
 	p.httpSrv = &http.Server{
 		Handler:           rest,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -317,6 +329,9 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String(), "tls", p.tlsMode())
 	g, gctx := errgroup.WithContext(ctx)
 	if err := p.svc.Watch(gctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it began to serve
+		}
 		return err
 	}
 	g.Go(func() error {

@@ -39,13 +39,13 @@ type testGateway struct {
 
 // startTestGateway runs a gateway with the given functions on an embedded
 // JetStream in dataDir until the test ends or stop is called.
-func startTestGateway(t *testing.T, dataDir string, functions ...FunctionConfig) *testGateway {
+func startTestGateway(t testing.TB, dataDir string, functions ...FunctionConfig) *testGateway {
 	t.Helper()
 	return startTestGatewayConfig(t, dataDir, &Config{Functions: functions})
 }
 
 // startTestGatewayConfig is startTestGateway with a whole config.
-func startTestGatewayConfig(t *testing.T, dataDir string, cfg *Config) *testGateway {
+func startTestGatewayConfig(t testing.TB, dataDir string, cfg *Config) *testGateway {
 	t.Helper()
 	return startTestGatewayOptions(t, dataDir, cfg, gatewayOptions{})
 }
@@ -53,7 +53,7 @@ func startTestGatewayConfig(t *testing.T, dataDir string, cfg *Config) *testGate
 // startTestGatewayOptions is startTestGatewayConfig with options, such as
 // TLS files; the addresses, data directory and drain timeout are the
 // test's.
-func startTestGatewayOptions(t *testing.T, dataDir string, cfg *Config, opts gatewayOptions) *testGateway {
+func startTestGatewayOptions(t testing.TB, dataDir string, cfg *Config, opts gatewayOptions) *testGateway {
 	t.Helper()
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		t.Fatal(err)

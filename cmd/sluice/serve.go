@@ -16,6 +16,18 @@ func registerGatewayFlags(fs *flag.FlagSet, o *gatewayOptions) {
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM `file` with the certificate (chain) both listeners serve TLS with; needs --tls-key")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM `file` with the private key of --tls-cert")
 	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM `file` of CA certificates; clients of both listeners must present a certificate they signed (mutual TLS)")
+	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", defaultReadHeaderTimeout, "how long a REST client may take to send a request's headers before the connection is closed")
+}
+
+// checkGatewayFlags checks the flags registerGatewayFlags registers.
+func checkGatewayFlags(o gatewayOptions) error {
+	if o.DrainTimeout < 0 {
+		return errors.New("--drain-timeout: must not be negative")
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		return errors.New("--read-header-timeout: must be positive")
+	}
+	return nil
 }
 
 func runServe(ctx context.Context, args []string, stderr io.Writer) error {
@@ -36,8 +48,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if configFile == "" {
 		return errors.New("serve: --config is required: a YAML file naming the functions")
 	}
-	if o.DrainTimeout < 0 {
-		return errors.New("--drain-timeout: must not be negative")
+	if err := checkGatewayFlags(o); err != nil {
+		return err
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
