@@ -72,6 +72,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	fmt.Fprintf(stdout, `Sluice dev: REST on http://%[1]s, gRPC on %[2]s, demo function "echo" (echoes its payload after %[3]s).
+Dashboard: http://%[1]s/
 Try:
   curl -si -X POST http://%[1]s/v1/functions/echo/jobs -H 'Content-Type: application/json' -d '{"hello":"world"}'
   curl -s http://%[1]s/v1/jobs/JOB_ID/result
