@@ -7,4 +7,7 @@
 // once, here: buffer's sentinels become gRPC codes, which grpc-gateway turns
 // into HTTP statuses, with google.rpc.ErrorInfo and RetryInfo details where
 // a code alone does not say enough (413, Retry-After).
+//
+// The REST handler also serves the [Dashboard] at /: a page embedded in the
+// binary that shows what the REST API says, live, to whoever may read it.
 package gateway

@@ -26,7 +26,8 @@ import (
 )
 
 // NewRESTHandler serves the REST API by calling the gRPC services over
-// conn, plus GET /openapi.json. limits gives each function's payload limit.
+// conn, plus GET /openapi.json and the [Dashboard] at GET /. limits gives
+// each function's payload limit.
 func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service) (http.Handler, error) {
 	marshaler := newPayloadMarshaler()
 	gw := runtime.NewServeMux(
@@ -57,6 +58,9 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 		w.Write(api.OpenAPI) //nolint:errcheck // nothing to do if the client left
 	})
 	mux.Handle("/v1/", limitBody(limits, requireUTF8(metadataHeaders(gw))))
+	dashboard := NewDashboard()
+	mux.Handle("GET /{$}", dashboard)
+	mux.Handle("GET /dashboard/", dashboard)
 	return mux, nil
 }
 

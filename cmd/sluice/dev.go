@@ -82,6 +82,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		curlTLS = " --cacert CA.pem --cert CLIENT.pem --key CLIENT-KEY.pem"
 	}
 	fmt.Fprintf(stdout, `Sluice dev: REST on %[5]s://%[1]s, gRPC on %[2]s, demo function "echo" (echoes its payload after %[3]s).
+Dashboard: %[5]s://%[1]s/
 Try:
   curl%[4]s -si -X POST %[5]s://%[1]s/v1/functions/echo/jobs -H 'Content-Type: application/json' -d '{"hello":"world"}'
   curl%[4]s -s %[5]s://%[1]s/v1/jobs/JOB_ID/result
