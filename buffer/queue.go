@@ -567,3 +567,17 @@ func timeHeader(h nats.Header, key string) time.Time {
 	}
 	return t
 }
+
+// Ready reports whether JetStream answers and Sluice's streams are in
+// place: nil when the queue can take and hand out jobs.
+func (q *Queue) Ready(ctx context.Context) error {
+	for _, s := range []jetstream.Stream{q.stream, q.dead, q.callbacks} {
+		if _, err := s.Info(ctx); err != nil {
+			return fmt.Errorf("buffer: stream %s: %w", s.CachedInfo().Config.Name, err)
+		}
+	}
+	if _, err := q.state.Status(ctx); err != nil {
+		return fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
+	}
+	return nil
+}

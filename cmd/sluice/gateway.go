@@ -5,14 +5,20 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -45,6 +51,13 @@ type gatewayOptions struct {
 	// clients that trickle them in to hold connections open (slowloris).
 	// Zero means 10s.
 	ReadHeaderTimeout time.Duration
+	// ShutdownDelay is how long, on shutdown, the gateway keeps serving
+	// after /readyz and the gRPC health turn not-ready, so that load
+	// balancers stop sending before the servers stop taking requests.
+	ShutdownDelay time.Duration
+	// TracerProvider, if set, takes the spans instead of one configured
+	// from the OTEL_* environment (tests set it).
+	TracerProvider trace.TracerProvider
 }
 
 // defaultReadHeaderTimeout is gatewayOptions.ReadHeaderTimeout's default.
@@ -79,6 +92,9 @@ type gatewayProcess struct {
 	dispatcher *dispatch.Dispatcher
 	callbacks  *dispatch.CallbackDeliverer // nil without callback secrets
 	svc        *gateway.Service
+	queue      *buffer.Queue
+	tel        *telemetry
+	ready      atomic.Bool // /readyz: serving, not shutting down
 }
 
 // startGateway sets everything up and starts listening; Run serves.
@@ -107,6 +123,10 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS: %w", err)
 	}
+	if p.tel, err = newTelemetry(ctx, opts.TracerProvider); err != nil {
+		return nil, err
+	}
+	tp, mp := p.tel.tracer, p.tel.meter
 	for _, f := range cfg.Functions {
 		if int64(f.MaxPayload)+64<<10 > p.nc.MaxPayload() {
 			return nil, fmt.Errorf("functions (%s).max_payload: %d bytes does not fit the NATS server's max_payload of %d with room for headers", f.Name, f.MaxPayload, p.nc.MaxPayload())
@@ -170,12 +190,17 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	svc, err := gateway.NewService(gateway.Config{
 		Jobs: queue, Dispatch: queue, Watcher: queue, DeadLetters: queue, Callbacks: policy,
 		Functions: gwFuncs, Tenants: tenants, Logger: log,
+		TracerProvider: tp, MeterProvider: mp,
 	})
 	if err != nil {
 		return nil, err
 	}
 	p.svc = svc
-	p.dispatcher, err = dispatch.New(dispatch.Config{Source: queue, Functions: dispFuncs, Logger: log, DrainTimeout: opts.DrainTimeout})
+	p.queue = queue
+	p.dispatcher, err = dispatch.New(dispatch.Config{
+		Source: queue, Functions: dispFuncs, Logger: log, DrainTimeout: opts.DrainTimeout,
+		TracerProvider: tp, MeterProvider: mp,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +215,11 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	// Both gRPC servers take the same configuration and options; only
 	// the public one adds transport credentials.
 	grpcCfg := gateway.GRPCConfig{}
-	var grpcOpts []grpc.ServerOption
+	otelOpts := []otelgrpc.Option{
+		otelgrpc.WithTracerProvider(tp), otelgrpc.WithMeterProvider(mp),
+		otelgrpc.WithPropagators(propagation.TraceContext{}),
+	}
+	grpcOpts := []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...))}
 	publicOpts := grpcOpts
 	if p.tls != nil {
 		publicOpts = append(slices.Clip(grpcOpts), grpc.Creds(credentials.NewTLS(p.tls)))
@@ -204,6 +233,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	p.restConn, err = grpc.NewClient("passthrough:///sluice-rest",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return p.restLn.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("connect REST to gRPC: %w", err)
@@ -216,8 +246,15 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if readHeaderTimeout == 0 {
 		readHeaderTimeout = defaultReadHeaderTimeout
 	}
+	top := http.NewServeMux()
+	top.Handle("GET /metrics", p.tel.metrics)
+	top.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }) //nolint:errcheck // the prober may have gone
+	top.HandleFunc("GET /readyz", p.readyz)
+	top.Handle("/", otelhttp.NewHandler(rest, "sluice.rest",
+		otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(mp),
+		otelhttp.WithPropagators(propagation.TraceContext{})))
 	p.httpSrv = &http.Server{
-		Handler:           rest,
+		Handler:           top,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -226,6 +263,28 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		TLSConfig:         p.tls.Clone(), // its own: Serve adds to NextProtos
 	}
 	return p, nil
+}
+
+// readyz answers 200 while the gateway takes work: not shutting down,
+// JetStream reachable and Sluice's streams in place; 503 with the reason
+// otherwise.
+func (p *gatewayProcess) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var err error
+	switch {
+	case !p.ready.Load():
+		err = errors.New("not serving: starting or shutting down")
+	case !p.nc.IsConnected():
+		err = errors.New("not connected to NATS")
+	default:
+		err = p.queue.Ready(ctx)
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ready\n") //nolint:errcheck // the prober may have gone
 }
 
 // restBufferSize is the buffer, in each direction, of the in-memory
@@ -361,10 +420,18 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 	if p.callbacks != nil {
 		g.Go(func() error { return p.callbacks.Run(gctx) })
 	}
+	p.ready.Store(true)
 	g.Go(func() error {
 		<-gctx.Done()
-		p.log.Info("shutting down: no new requests; in-flight invocations may finish", "drain_timeout", p.opts.DrainTimeout)
+		// Not ready first, so that load balancers stop sending; then the
+		// delay they need to notice; then no new requests.
+		p.ready.Store(false)
 		p.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		if d := p.opts.ShutdownDelay; d > 0 {
+			p.log.Info("shutting down: not ready; still serving for the shutdown delay", "shutdown_delay", d)
+			time.Sleep(d)
+		}
+		p.log.Info("shutting down: no new requests; in-flight invocations may finish", "drain_timeout", p.opts.DrainTimeout)
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := p.httpSrv.Shutdown(shutdownCtx); err != nil {
@@ -419,6 +486,11 @@ func stopGRPC(ctx context.Context, servers ...*grpc.Server) {
 
 // close releases whatever startGateway set up, in reverse order.
 func (p *gatewayProcess) close() {
+	if p.tel != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		p.tel.shutdown(ctx) //nolint:errcheck // best effort: flush spans not yet exported
+		cancel()
+	}
 	if p.restConn != nil {
 		p.restConn.Close()
 	}

@@ -16,6 +16,7 @@ func registerGatewayFlags(fs *flag.FlagSet, o *gatewayOptions) {
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM `file` with the certificate (chain) both listeners serve TLS with; needs --tls-key")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM `file` with the private key of --tls-cert")
 	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM `file` of CA certificates; clients of both listeners must present a certificate they signed (mutual TLS)")
+	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 0, "on SIGINT/SIGTERM, how long to keep serving after /readyz and gRPC health turn not-ready (let load balancers notice), before refusing new requests")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", defaultReadHeaderTimeout, "how long a REST client may take to send a request's headers before the connection is closed")
 }
 
@@ -23,6 +24,9 @@ func registerGatewayFlags(fs *flag.FlagSet, o *gatewayOptions) {
 func checkGatewayFlags(o gatewayOptions) error {
 	if o.DrainTimeout < 0 {
 		return errors.New("--drain-timeout: must not be negative")
+	}
+	if o.ShutdownDelay < 0 {
+		return errors.New("--shutdown-delay: must not be negative")
 	}
 	if o.ReadHeaderTimeout <= 0 {
 		return errors.New("--read-header-timeout: must be positive")

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// telemetry is one gateway process's OpenTelemetry: its tracer provider
+// (exporting over OTLP when the standard OTEL_* variables ask for it,
+// nothing otherwise) and its meter provider, read by Prometheus at
+// /metrics.
+type telemetry struct {
+	tracer  trace.TracerProvider
+	meter   metric.MeterProvider
+	metrics http.Handler
+	// shutdown flushes what is still buffered for export.
+	shutdown func(context.Context) error
+}
+
+// newTelemetry sets up the providers. tp, when not nil, is the tracer
+// provider to use instead of one from the environment (tests pass one).
+func newTelemetry(ctx context.Context, tp trace.TracerProvider) (*telemetry, error) {
+	res, err := resource.New(ctx,
+		resource.WithAttributes(attribute.String("service.name", "sluice")),
+		resource.WithFromEnv(), // OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+		resource.WithTelemetrySDK())
+	if err != nil {
+		return nil, fmt.Errorf("telemetry resource: %w", err)
+	}
+	// A registry of its own per process, not Prometheus' global one: tests
+	// run several gateways in one process.
+	reg := prometheus.NewRegistry()
+	exporter, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		return nil, fmt.Errorf("prometheus exporter: %w", err)
+	}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter), sdkmetric.WithResource(res))
+	t := &telemetry{
+		tracer:   tp,
+		meter:    mp,
+		metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		shutdown: mp.Shutdown,
+	}
+	if tp != nil {
+		return t, nil
+	}
+	spans, err := otlpFromEnv(ctx)
+	if err != nil || spans == nil {
+		t.tracer = noop.NewTracerProvider()
+		return t, err
+	}
+	sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(spans), sdktrace.WithResource(res))
+	t.tracer = sdk
+	t.shutdown = func(ctx context.Context) error { return errors.Join(sdk.Shutdown(ctx), mp.Shutdown(ctx)) }
+	return t, nil
+}
+
+// otlpFromEnv is the OTLP span exporter the standard environment asks
+// for: OTEL_TRACES_EXPORTER=otlp, or an OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT;
+// over gRPC when OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL is grpc, else
+// http/protobuf. Nil when none is asked for (or OTEL_TRACES_EXPORTER=none).
+// The exporters read the rest of OTEL_EXPORTER_OTLP_* themselves.
+func otlpFromEnv(ctx context.Context) (sdktrace.SpanExporter, error) {
+	switch os.Getenv("OTEL_TRACES_EXPORTER") {
+	case "none":
+		return nil, nil
+	case "", "otlp":
+	default:
+		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: only otlp and none are supported", os.Getenv("OTEL_TRACES_EXPORTER"))
+	}
+	if os.Getenv("OTEL_TRACES_EXPORTER") == "" && os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" {
+		return nil, nil
+	}
+	protocol := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+	if protocol == "" {
+		protocol = os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	}
+	var (
+		exp sdktrace.SpanExporter
+		err error
+	)
+	switch protocol {
+	case "grpc":
+		exp, err = otlptracegrpc.New(ctx)
+	case "", "http/protobuf":
+		exp, err = otlptracehttp.New(ctx)
+	default:
+		return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: use grpc or http/protobuf", protocol)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("OTLP trace exporter: %w", err)
+	}
+	return exp, nil
+}

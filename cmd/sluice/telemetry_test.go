@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/sluicehq/sluice/dispatch/fnsim"
+)
+
+// One job followed from the REST submit, through gRPC and the queue, to
+// the function: one trace.
+func TestOneTraceAcrossGatewayAndFunction(t *testing.T) {
+	var (
+		mu          sync.Mutex
+		traceparent string
+	)
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		traceparent = r.Header.Get("traceparent")
+		mu.Unlock()
+	}))
+	defer fn.Close()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	g := startTestGatewayOptions(t, t.TempDir(), &Config{Functions: []FunctionConfig{{Name: "f", URL: fn.URL}}},
+		gatewayOptions{TracerProvider: tp})
+	resp := post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	var job jobJSON
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit: %d", resp.StatusCode)
+	}
+	job = decodeJobBody(t, resp)
+	if j := waitREST(t, g, job.ID, 10*time.Second); j.State != "SUCCEEDED" {
+		t.Fatalf("job ended %s", j.State)
+	}
+
+	byName := map[string]sdktrace.ReadOnlySpan{}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		for _, s := range spans.Ended() {
+			byName[s.Name()] = s
+		}
+		if byName["invoke f"] != nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	rest, submit, invoke := byName["POST /v1/"], byName["submit f"], byName["invoke f"]
+	rpc := byName["sluice.v1.JobService/SubmitJob"]
+	if rest == nil || submit == nil || invoke == nil || rpc == nil {
+		names := make([]string, 0, len(byName))
+		for n := range byName {
+			names = append(names, n)
+		}
+		t.Fatalf("spans %v; want the REST request, the RPC, the submit and the attempt", names)
+	}
+	id := rest.SpanContext().TraceID()
+	for _, s := range []sdktrace.ReadOnlySpan{rpc, submit, invoke} {
+		if s.SpanContext().TraceID() != id {
+			t.Errorf("span %q is in trace %s; want the REST request's %s", s.Name(), s.SpanContext().TraceID(), id)
+		}
+	}
+	if invoke.Parent().SpanID() != submit.SpanContext().SpanID() {
+		t.Errorf("the attempt's parent is %s; want the submit span %s", invoke.Parent().SpanID(), submit.SpanContext().SpanID())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.HasPrefix(traceparent, "00-"+id.String()+"-"+invoke.SpanContext().SpanID().String()) {
+		t.Errorf("function got traceparent %q; want trace %s under the attempt span", traceparent, id)
+	}
+}
+
+func decodeJobBody(t *testing.T, resp *http.Response) jobJSON {
+	t.Helper()
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	return decodeJob(t, b.Bytes())
+}
+
+// scrape reads /metrics into sample name{labels} → value.
+func scrape(t *testing.T, g *testGateway) map[string]float64 {
+	t.Helper()
+	resp, body := get(t, g.base+"/metrics")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %d", resp.StatusCode)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// sample is the value of the sample whose name starts with name and whose
+// labels include sluice_function=fn and the given ones, summed over the
+// rest.
+func sample(samples map[string]float64, name, fn string, labels ...string) (float64, bool) {
+	sum, found := 0.0, false
+	for k, v := range samples {
+		match := strings.HasPrefix(k, name+"{") && strings.Contains(k, `sluice_function="`+fn+`"`)
+		for _, l := range labels {
+			match = match && strings.Contains(k, l)
+		}
+		if match {
+			sum, found = sum+v, true
+		}
+	}
+	return sum, found
+}
+
+// During a burst against a platform with a lower limit than configured,
+// /metrics shows the window moving, and throttles and cold starts counted
+// as the platform counts them.
+func TestMetricsDuringBurst(t *testing.T) {
+	sim, fnURL := startFunction(t, fnsim.Config{Concurrency: 6, InitialBurst: 2, ScalePerMinute: 240, ColdStart: 50 * time.Millisecond, Duration: 40 * time.Millisecond})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{
+		Name: "f", URL: fnURL, Concurrency: 10,
+		Scaling: &ScalingConfig{Initial: 2, PerMinute: 600},
+	})
+	for range 150 {
+		post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	}
+	windows := map[float64]bool{}
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		m := scrape(t, g)
+		if w, ok := sample(m, "sluice_dispatch_window", "f"); ok {
+			windows[w] = true
+		}
+		if depth, _ := sample(m, "sluice_queue_depth", "f"); depth == 0 && sim.Stats().Invocations >= 150 {
+			break
+		}
+	}
+	if len(windows) < 2 {
+		t.Errorf("the window took the values %v during the burst; want it to move", windows)
+	}
+	// Counters are exported as they happen: once the burst is done, they
+	// must equal what the platform saw.
+	st := sim.Stats()
+	m := scrape(t, g)
+	throttles, _ := sample(m, "sluice_throttles_total", "f")
+	cold, _ := sample(m, "sluice_cold_starts_total", "f")
+	succeeded, _ := sample(m, "sluice_invocations_total", "f", `sluice_outcome="succeeded"`)
+	limit, _ := sample(m, "sluice_dispatch_limit", "f")
+	t.Logf("fnsim: %+v; metrics: throttles %v, cold starts %v, succeeded %v, window values %v", st, throttles, cold, succeeded, windows)
+	if int(throttles) != st.Throttled || st.Throttled == 0 {
+		t.Errorf("sluice_throttles_total = %v; fnsim throttled %d (want equal, and some)", throttles, st.Throttled)
+	}
+	if int(cold) != st.ColdStarts || st.ColdStarts == 0 {
+		t.Errorf("sluice_cold_starts_total = %v; fnsim started %d environments (want equal, and some)", cold, st.ColdStarts)
+	}
+	if int(succeeded) != st.Invocations || limit != 10 {
+		t.Errorf("succeeded invocations %v (fnsim ran %d), limit %v (want 10)", succeeded, st.Invocations, limit)
+	}
+	for _, name := range []string{"sluice_jobs_submitted_total", "sluice_invocation_duration_seconds_bucket", "sluice_queue_wait_seconds_bucket", "sluice_queue_oldest_age_seconds", "sluice_dispatch_in_flight"} {
+		if _, ok := sample(m, name, "f"); !ok {
+			t.Errorf("no %s for function f in /metrics", name)
+		}
+	}
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	_, fnURL := startFunction(t, fnsim.Config{})
+	g := startTestGatewayOptions(t, t.TempDir(), &Config{Functions: []FunctionConfig{{Name: "f", URL: fnURL}}},
+		gatewayOptions{ShutdownDelay: 500 * time.Millisecond})
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if resp, body := get(t, g.base+path); resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: %d %s", path, resp.StatusCode, body)
+		}
+	}
+	stopped := make(chan struct{})
+	go func() { g.stop(); close(stopped) }()
+	// During the shutdown delay: not ready, but still serving.
+	time.Sleep(150 * time.Millisecond)
+	if resp, body := get(t, g.base+"/readyz"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while shutting down: %d %s; want 503", resp.StatusCode, body)
+	}
+	if resp, _ := get(t, g.base+"/healthz"); resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz during the shutdown delay: %d; want 200", resp.StatusCode)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the gateway did not stop")
+	}
+	if _, err := http.Get(g.base + "/healthz"); err == nil {
+		t.Error("the gateway still answers after stopping")
+	}
+}
