@@ -365,7 +365,11 @@ func TestConcurrencyCap(t *testing.T) {
 func TestRestartRunsQueuedJobs(t *testing.T) {
 	dir := t.TempDir()
 	sim, fnURL := startFunction(t, fnsim.Config{Duration: 50 * time.Millisecond})
-	fn := FunctionConfig{Name: "slow", URL: fnURL, Concurrency: 1}
+	// A job delivered to the first gateway just as it stopped, and never
+	// handed back, returns after the ack wait: the timeout plus 15s. A 1s
+	// timeout keeps that inside the wait below (with the 30s default it
+	// failed about one run in 50).
+	fn := FunctionConfig{Name: "slow", URL: fnURL, Concurrency: 1, Timeout: Duration(time.Second)}
 
 	first := startTestGateway(t, dir, fn)
 	var ids []string
@@ -384,7 +388,7 @@ func TestRestartRunsQueuedJobs(t *testing.T) {
 
 	second := startTestGateway(t, dir, fn)
 	for _, id := range ids {
-		if j := waitREST(t, second, id, 20*time.Second); j.State != "SUCCEEDED" {
+		if j := waitREST(t, second, id, 30*time.Second); j.State != "SUCCEEDED" {
 			t.Fatalf("after restart job %s = %+v, want SUCCEEDED", id, j)
 		}
 	}
