@@ -8,9 +8,6 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
@@ -65,14 +62,6 @@ type admission struct {
 	drain          drainMeter
 	loads          sync.Map // function → *cachedLoad
 	tenantQueued   tenantCounts
-}
-
-// overLimit is the error for a submit refused by a limit: 429 with
-// Retry-After over REST, RESOURCE_EXHAUSTED with RetryInfo over gRPC.
-func overLimit(retryAfter time.Duration, format string, args ...any) error {
-	retryAfter = min(max(retryAfter, minRetryAfter), maxRetryAfter)
-	return withDetails(codes.ResourceExhausted, fmt.Sprintf(format, args...)+fmt.Sprintf("; retry after %s", retryAfter.Round(time.Second)),
-		&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)})
 }
 
 // takeTokens takes one token from each limiter, or none: when any of them

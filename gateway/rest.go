@@ -14,7 +14,6 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/httpbody"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -268,19 +267,12 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		// scheme.
 		w = bearerChallenge{w}
 	}
-	for _, d := range st.Details() {
-		switch d := d.(type) {
-		case *errdetails.ErrorInfo:
-			switch d.GetReason() {
-			case ReasonPayloadTooLarge:
-				httpStatus = http.StatusRequestEntityTooLarge
-			case ReasonJobNotSucceeded, ReasonJobFinished:
-				httpStatus = http.StatusConflict
-			}
-		case *errdetails.RetryInfo:
-			secs := math.Ceil(d.GetRetryDelay().AsDuration().Seconds())
-			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(secs))))
-		}
+	code, retryAfter := httpStatusOf(st)
+	if code != 0 {
+		httpStatus = code
+	}
+	if retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retryAfter.Seconds()))))
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: httpStatus, Err: st.Err()})
 }

@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -144,19 +143,6 @@ type Config struct {
 	// before asking again (Retry-After). Zero means 1s.
 	PollInterval time.Duration
 }
-
-// Error reasons carried in google.rpc.ErrorInfo details, for callers (and
-// the REST layer) that need more than the status code.
-const (
-	errorDomain = "sluice.dev"
-	// ReasonPayloadTooLarge: the payload exceeds the function's limit (413).
-	ReasonPayloadTooLarge = "PAYLOAD_TOO_LARGE"
-	// ReasonJobNotSucceeded: a result was asked of a job that ended
-	// without one (409).
-	ReasonJobNotSucceeded = "JOB_NOT_SUCCEEDED"
-	// ReasonJobFinished: a finished job was asked to change (409).
-	ReasonJobFinished = "JOB_FINISHED"
-)
 
 // Service implements sluice.v1's JobService and FunctionService. It is safe
 // for concurrent use.
@@ -479,16 +465,6 @@ func (s *Service) GetJobResult(ctx context.Context, req *sluicev1.GetJobResultRe
 	}
 }
 
-// notSucceeded is the error for a job that ended without a result to give.
-func (s *Service) notSucceeded(job *sluicev1.Job) error {
-	msg := fmt.Sprintf("job %s ended %s without a result", job.Id, job.State)
-	if job.Error != "" {
-		msg += ": " + job.Error
-	}
-	return withDetails(codes.FailedPrecondition, msg+"; GET /v1/jobs/"+job.Id+" has its details",
-		&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonJobNotSucceeded})
-}
-
 // pollSeconds is the Retry-After for a pending job, in whole seconds.
 func (s *Service) pollSeconds() int32 { return int32((s.poll + time.Second - 1) / time.Second) }
 
@@ -637,36 +613,6 @@ func (s *Service) getJob(ctx context.Context, id string) (*sluicev1.Job, error) 
 		return nil, s.jobError(ctx, id, err)
 	}
 	return job, nil
-}
-
-// jobError translates buffer's errors about one job.
-func (s *Service) jobError(ctx context.Context, id string, err error) error {
-	switch {
-	case errors.Is(err, buffer.ErrInvalidID):
-		return status.Errorf(codes.InvalidArgument, "job id %q is malformed: a job id is 26 characters from A-Z and 2-7, as SubmitJob returns it", truncate(id, 64))
-	case errors.Is(err, buffer.ErrNotFound):
-		return status.Errorf(codes.NotFound, "job %s not found", id)
-	}
-	return s.internal(ctx, "job "+id, err)
-}
-
-// internal logs err and returns an error that tells the caller nothing
-// about Sluice's insides.
-func (s *Service) internal(ctx context.Context, op string, err error) error {
-	if ctx.Err() != nil {
-		return status.FromContextError(ctx.Err()).Err()
-	}
-	s.log.ErrorContext(ctx, op, "err", err)
-	return status.Error(codes.Internal, "internal error; the gateway's log has the details")
-}
-
-// withDetails is a status error carrying google.rpc details.
-func withDetails(code codes.Code, msg string, details ...protoadapt.MessageV1) error {
-	st, err := status.New(code, msg).WithDetails(details...)
-	if err != nil {
-		panic(fmt.Sprintf("gateway: status details: %v", err)) // only for a non-proto detail
-	}
-	return st.Err()
 }
 
 func newHTTPBody(contentType string, data []byte) *httpbody.HttpBody {
