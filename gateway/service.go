@@ -440,6 +440,7 @@ func (s *Service) GetJob(ctx context.Context, req *sluicev1.GetJobRequest) (*slu
 	if err != nil {
 		return nil, err
 	}
+	s.explainWait(ctx, job)
 	return &sluicev1.GetJobResponse{Job: job}, nil
 }
 

@@ -283,6 +283,23 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 	if len(ids) != 3 {
 		t.Errorf("%d jobs accepted with max_queued 3", len(ids))
 	}
+	// A queued job says what holds it: the one slot is taken.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, _, body := call(t, http.MethodGet, g.base+"/v1/jobs/"+ids[2], "", "")
+		var job struct {
+			State         string `json:"state"`
+			WaitingReason string `json:"waitingReason"`
+		}
+		if err := json.Unmarshal(body, &job); err != nil {
+			t.Fatal(err)
+		}
+		if job.State == "QUEUED" && strings.Contains(job.WaitingReason, "concurrency window full: 1 of 1 in flight") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queued job = %s; want it to say the window of 1 is full", body)
+		}
+	}
 	close(release)
 	for _, id := range ids {
 		if j := waitREST(t, g, id, 20*time.Second); j.State != "SUCCEEDED" {

@@ -209,11 +209,16 @@ type Job struct {
 	// empty when the gateway runs without tenants. Only that tenant sees it.
 	Tenant string `protobuf:"bytes,18,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// When the job is expected to start, from the function's backlog and how
-	// fast it drains; set on the job a submit returns, when the gateway has
-	// seen the function drain.
+	// fast it drains; set on the job a submit returns and on a QUEUED job
+	// GetJob returns, when the gateway has seen the function drain.
 	EstimatedStartTime *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=estimated_start_time,json=estimatedStartTime,proto3" json:"estimated_start_time,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// For a QUEUED job, what holds it: the circuit breaker, the platform's
+	// Retry-After, the backoff before a retry, the scaling ramp, a full
+	// concurrency window. Set by GetJob, which also sets
+	// estimated_start_time when the function's drain rate is known.
+	WaitingReason string `protobuf:"bytes,20,opt,name=waiting_reason,json=waitingReason,proto3" json:"waiting_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -377,6 +382,13 @@ func (x *Job) GetEstimatedStartTime() *timestamppb.Timestamp {
 		return x.EstimatedStartTime
 	}
 	return nil
+}
+
+func (x *Job) GetWaitingReason() string {
+	if x != nil {
+		return x.WaitingReason
+	}
+	return ""
 }
 
 // Attempt is one invocation of a job and how it went.
@@ -1230,7 +1242,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xfd\a\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xa9\b\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -1254,7 +1266,8 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\fcallback_url\x18\x10 \x01(\tB\x03\xe0A\x03R\vcallbackUrl\x12B\n" +
 	"\fredrive_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\vredriveTime\x12\x1b\n" +
 	"\x06tenant\x18\x12 \x01(\tB\x03\xe0A\x03R\x06tenant\x12Q\n" +
-	"\x14estimated_start_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x12estimatedStartTime\"n\n" +
+	"\x14estimated_start_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x12estimatedStartTime\x12*\n" +
+	"\x0ewaiting_reason\x18\x14 \x01(\tB\x03\xe0A\x03R\rwaitingReason\"n\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +

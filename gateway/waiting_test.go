@@ -1,0 +1,36 @@
+package gateway
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+)
+
+func TestWaitingReason(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	queued := &sluicev1.Job{State: sluicev1.Job_QUEUED}
+	retrying := &sluicev1.Job{State: sluicev1.Job_QUEUED, Attempts: 2, Error: "function answered HTTP 500"}
+	for _, tc := range []struct {
+		name string
+		job  *sluicev1.Job
+		p    buffer.Pacing
+		load buffer.Load
+		want string
+	}{
+		{"circuit open", retrying, buffer.Pacing{Window: 5, Circuit: buffer.Circuit{State: buffer.CircuitOpen, Until: now.Add(time.Minute), Reason: "9 of the last 10 attempts failed"}}, buffer.Load{}, "circuit breaker open until 2026-11-27T12:01:00Z"},
+		{"half open", queued, buffer.Pacing{Window: 5, Circuit: buffer.Circuit{State: buffer.CircuitHalfOpen}}, buffer.Load{}, "half-open"},
+		{"retry-after", queued, buffer.Pacing{Window: 5, PausedUntil: now.Add(3 * time.Second)}, buffer.Load{InFlight: 5}, "Retry-After) until 2026-11-27T12:00:03Z"},
+		{"backoff", retrying, buffer.Pacing{Window: 5}, buffer.Load{InFlight: 1}, "backoff before retrying: attempt 2 failed (function answered HTTP 500)"},
+		{"ramp", queued, buffer.Pacing{Window: 4, RampStart: now.Add(-time.Second)}, buffer.Load{InFlight: 4}, "scaling ramp: 4 in flight, the window of 4 is growing toward the limit of 10"},
+		{"learned limit", queued, buffer.Pacing{Window: 6, Ceiling: 7}, buffer.Load{InFlight: 6}, "below the learned limit of 7"},
+		{"window full", queued, buffer.Pacing{Window: 10}, buffer.Load{InFlight: 10}, "concurrency window full: 10 of 10 in flight"},
+		{"room", queued, buffer.Pacing{Window: 10}, buffer.Load{InFlight: 3}, "next in line"},
+	} {
+		if got := waitingReason(tc.job, tc.p, tc.load, 10, now); !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want it to contain %q", tc.name, got, tc.want)
+		}
+	}
+}
