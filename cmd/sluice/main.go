@@ -30,6 +30,11 @@ Usage:
   sluice dev [flags]                   run the gateway with a demo function "echo"; no setup needed
   sluice fnsim [flags]                 run the simulated serverless platform on its own
   sluice bench burst [flags]           measure a burst through Sluice against the same burst sent directly
+  sluice submit FUNCTION [--data TEXT|@FILE|-] [--wait 10s] [--idempotency-key K] [--count N]
+  sluice get JOB_ID | wait JOB_ID | cancel JOB_ID
+  sluice dlq list FUNCTION | dlq redrive FUNCTION [JOB_ID ...]
+  sluice functions                     the functions with live stats
+                                       (client commands: --server, --api-key or SLUICE_API_KEY, --tls*, --json)
   sluice hash-key [KEY]                print the digest of an API key, for a tenant's api_keys (KEY from stdin if not given)
 
 Run "sluice COMMAND -h" for a command's flags.
@@ -64,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBench(ctx, rest, stdout, stderr)
 	case "hash-key":
 		return runHashKey(rest, os.Stdin, stdout)
+	case "submit", "get", "wait", "cancel", "dlq", "functions":
+		return runClient(ctx, cmd, rest, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
