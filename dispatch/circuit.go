@@ -181,7 +181,7 @@ func (l *functionLoop) admit(runCtx context.Context, dv *buffer.Delivery, expire
 			}
 			switch {
 			case claimed:
-				l.log.Info("circuit half-open: letting one probe job through", "job_id", dv.JobID)
+				l.jobLog(dv).Info("circuit half-open: letting one probe job through")
 				return true, true
 			case err == nil && c.State == buffer.CircuitClosed:
 				return false, true

@@ -298,7 +298,7 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 // handle runs one attempt at one job and records its outcome. runCtx ends
 // when dispatch stops; ctx, later, when in-flight work is cut off.
 func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) {
-	log := l.log.With("job_id", dv.JobID)
+	log := l.jobLog(dv)
 	// While the platform asked us to wait, hold the job (its place in the
 	// window with it) until the pause ends; a long pause hands it back.
 	if pause := buffer.PauseDelay(*l.pacing.Load(), l.cfg.Now()); pause > 0 {
@@ -499,8 +499,23 @@ func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, r
 	delay := l.fn.Retry.delay(attempt, retryAfter)
 	l.counts.add(func(c *buffer.Counts) { c.Retries++ })
 	l.tel.retries.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
-	l.log.Info("attempt failed; retrying", "job_id", dv.JobID, "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
+	l.jobLog(dv).Info("attempt failed; retrying", "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
 	l.settle(func(ctx context.Context) error { return dv.Retry(ctx, reason, result, delay) }, dv)
+}
+
+// jobLog is the function's logger for lines about one job: with its ID and
+// the ID of the trace its submit began (never its payload).
+func (l *functionLoop) jobLog(dv *buffer.Delivery) *slog.Logger {
+	return l.log.With("job_id", dv.JobID, "trace_id", traceID(dv))
+}
+
+// traceID is the trace the job's submit began; "" when it carried none.
+func traceID(dv *buffer.Delivery) string {
+	sc := trace.SpanContextFromContext(dv.TraceContext(context.Background()))
+	if !sc.HasTraceID() {
+		return ""
+	}
+	return sc.TraceID().String()
 }
 
 // queuedSince is when the job's max age started counting: when it was
@@ -548,7 +563,7 @@ func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, 
 		}
 	}
 	l.log.Info("throttled by the platform; job handed back, attempt not counted",
-		"job_id", dv.JobID, "status", status, "retry_after", retryAfter, "window", p.Window)
+		"job_id", dv.JobID, "trace_id", traceID(dv), "status", status, "retry_after", retryAfter, "window", p.Window)
 	delay := max(buffer.PauseDelay(p, now), 50*time.Millisecond)
 	l.settle(func(ctx context.Context) error { return dv.Throttled(ctx, delay) }, dv)
 }
@@ -659,7 +674,7 @@ func (l *functionLoop) settle(step func(context.Context) error, dv *buffer.Deliv
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := step(ctx); err != nil {
-		l.log.Error("record job outcome; it will be delivered again", "job_id", dv.JobID, "err", err)
+		l.jobLog(dv).Error("record job outcome; it will be delivered again", "err", err)
 	}
 }
 

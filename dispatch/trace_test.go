@@ -1,9 +1,12 @@
 package dispatch_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +33,7 @@ func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer fn.Close()
+	var logs lockedBuffer
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	q := buffertest.Queue(t, buffer.Config{})
@@ -44,6 +48,7 @@ func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
 		Source:         q,
 		Functions:      []dispatch.Function{{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}},
 		TracerProvider: tp,
+		Logger:         slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -70,9 +75,37 @@ func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
 	if attempt.SpanContext().TraceID() != want || attempt.Parent().SpanID() != submit.SpanContext().SpanID() || attempt.SpanKind() != trace.SpanKindClient {
 		t.Errorf("attempt span in trace %s under %s; want trace %s under the submit span %s", attempt.SpanContext().TraceID(), attempt.Parent().SpanID(), want, submit.SpanContext().SpanID())
 	}
+	// Lines about the job carry its ID and its trace's, and no payload.
+	line := ""
+	for l := range strings.Lines(logs.String()) {
+		if strings.Contains(l, "invocation succeeded") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, `"job_id":"`+job.Id+`"`) || !strings.Contains(line, `"trace_id":"`+want.String()+`"`) {
+		t.Errorf("log line about the job = %q; want its job_id and trace_id", line)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if wantHeader := "00-" + want.String() + "-" + attempt.SpanContext().SpanID().String() + "-01"; traceparent != wantHeader {
 		t.Errorf("function got traceparent %q, want %q", traceparent, wantHeader)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
