@@ -371,7 +371,7 @@ func (d *Delivery) Expire(ctx context.Context, reason string) error {
 // delivered again after delay at the earliest. The attempt counts; the
 // job is QUEUED again with the attempt's error (and response, if any).
 func (d *Delivery) Retry(ctx context.Context, reason string, result *sluicev1.JobResult, delay time.Duration) error {
-	_, err := d.change(ctx, func(j *sluicev1.Job) error {
+	return d.handBack(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
 			return ErrFinished
 		}
@@ -381,17 +381,7 @@ func (d *Delivery) Retry(ctx context.Context, reason string, result *sluicev1.Jo
 		j.Error = reason
 		j.Result = result
 		return nil
-	})
-	if errors.Is(err, ErrFinished) {
-		return d.settleFinished(ctx, false)
-	}
-	if err != nil {
-		return err
-	}
-	if err := d.msg.NakWithDelay(delay); err != nil {
-		return fmt.Errorf("buffer: retry job %s: %w", d.JobID, err)
-	}
-	return nil
+	}, delay)
 }
 
 // Release hands an unfinished job back to the queue to run again at once:
@@ -432,7 +422,7 @@ func (d *Delivery) ProbeFailed(ctx context.Context, delay time.Duration) error {
 }
 
 func (d *Delivery) uncounted(ctx context.Context, delay time.Duration, throttle bool) error {
-	_, err := d.change(ctx, func(j *sluicev1.Job) error {
+	return d.handBack(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
 			return ErrFinished
 		}
@@ -445,7 +435,14 @@ func (d *Delivery) uncounted(ctx context.Context, delay time.Duration, throttle 
 		}
 		d.addRecord(j)
 		return nil
-	})
+	}, delay)
+}
+
+// handBack writes change to the job's state and hands its message back, to
+// be delivered again after delay at the earliest; a job found finished
+// meanwhile is settled instead.
+func (d *Delivery) handBack(ctx context.Context, change func(*sluicev1.Job) error, delay time.Duration) error {
+	_, err := d.change(ctx, change)
 	if errors.Is(err, ErrFinished) {
 		return d.settleFinished(ctx, false)
 	}

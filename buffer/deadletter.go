@@ -138,31 +138,45 @@ type DeadLetterPage struct {
 // withPayload.
 func (q *Queue) DeadLetters(ctx context.Context, function, tenant string, from uint64, limit int, withPayload bool) (DeadLetterPage, error) {
 	var page DeadLetterPage
-	seq := max(from, 1)
-	for {
+	err := q.eachDeadLetter(ctx, function, tenant, from, func(sl storedLetter) bool {
+		if len(page.Letters) == limit {
+			page.Next = sl.seq // there is more
+			return false
+		}
+		if !withPayload {
+			sl.Payload = nil
+		}
+		page.Letters = append(page.Letters, sl.DeadLetter)
+		return true
+	})
+	return page, err
+}
+
+// storedLetter is a dead letter, decoded, and its place in the stream.
+type storedLetter struct {
+	*sluicev1.DeadLetter
+	seq uint64
+}
+
+// eachDeadLetter calls f with the function's dead letters of jobs of
+// tenant, oldest first, from stream position from, until f returns false.
+func (q *Queue) eachDeadLetter(ctx context.Context, function, tenant string, from uint64, f func(storedLetter) bool) error {
+	for seq := max(from, 1); ; {
 		msg, err := q.dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(functionDeadLetters(function)))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return page, nil
+			return nil
 		}
 		if err != nil {
-			return page, fmt.Errorf("buffer: read dead letters of %s: %w", function, err)
+			return fmt.Errorf("buffer: read dead letters of %s: %w", function, err)
 		}
 		dl, err := decodeDeadLetter(msg)
 		if err != nil {
-			return page, err
+			return err
 		}
 		seq = msg.Sequence + 1
-		if dl.Job.Tenant != tenant {
-			continue
+		if dl.Job.Tenant == tenant && !f(storedLetter{dl, msg.Sequence}) {
+			return nil
 		}
-		if len(page.Letters) == limit {
-			page.Next = msg.Sequence // there is more
-			return page, nil
-		}
-		if !withPayload {
-			dl.Payload = nil
-		}
-		page.Letters = append(page.Letters, dl)
 	}
 }
 
@@ -189,22 +203,18 @@ func (q *Queue) DeadLetterCount(ctx context.Context, function string) (int64, er
 // A dead letter whose job has meanwhile finished otherwise (a dead letter
 // left behind by a crash) is discarded, and its job returned as it stands.
 func (q *Queue) Redrive(ctx context.Context, function, tenant string, ids []string) (jobs []*sluicev1.Job, notFound []string, err error) {
-	var msgs []*jetstream.RawStreamMsg
+	var letters []storedLetter
 	if len(ids) == 0 {
-		for seq := uint64(1); ; {
-			msg, err := q.dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(functionDeadLetters(function)))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				break
-			}
-			if err != nil {
-				return jobs, nil, fmt.Errorf("buffer: read dead letters of %s: %w", function, err)
-			}
-			msgs = append(msgs, msg)
-			seq = msg.Sequence + 1
+		err := q.eachDeadLetter(ctx, function, tenant, 0, func(sl storedLetter) bool {
+			letters = append(letters, sl)
+			return true
+		})
+		if err != nil {
+			return nil, nil, err
 		}
 	}
 	for _, id := range ids {
-		msg, err := q.deadLetterMsg(ctx, function, tenant, id)
+		sl, err := q.deadLetter(ctx, function, tenant, id)
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidID) {
 			notFound = append(notFound, id)
 			continue
@@ -212,13 +222,10 @@ func (q *Queue) Redrive(ctx context.Context, function, tenant string, ids []stri
 		if err != nil {
 			return jobs, notFound, err
 		}
-		msgs = append(msgs, msg)
+		letters = append(letters, sl)
 	}
-	for _, msg := range msgs {
-		if len(ids) == 0 && !ofTenant(msg, tenant) {
-			continue
-		}
-		job, err := q.redriveOne(ctx, msg)
+	for _, sl := range letters {
+		job, err := q.redriveOne(ctx, sl)
 		if err != nil {
 			return jobs, notFound, err
 		}
@@ -227,29 +234,27 @@ func (q *Queue) Redrive(ctx context.Context, function, tenant string, ids []stri
 	return jobs, notFound, nil
 }
 
-// deadLetterMsg is the dead letter of the job, if it is the tenant's:
+// deadLetter is the dead letter of the job, if it is the tenant's:
 // another tenant's is [ErrNotFound], as if it were not there.
-func (q *Queue) deadLetterMsg(ctx context.Context, function, tenant, id string) (*jetstream.RawStreamMsg, error) {
+func (q *Queue) deadLetter(ctx context.Context, function, tenant, id string) (storedLetter, error) {
 	if !ValidJobID(id) {
-		return nil, ErrInvalidID
+		return storedLetter{}, ErrInvalidID
 	}
 	msg, err := q.dead.GetLastMsgForSubject(ctx, DeadLetterSubject(function, id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, ErrNotFound
+		return storedLetter{}, ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("buffer: read dead letter %s: %w", id, err)
+		return storedLetter{}, fmt.Errorf("buffer: read dead letter %s: %w", id, err)
 	}
-	if !ofTenant(msg, tenant) {
-		return nil, ErrNotFound
-	}
-	return msg, nil
-}
-
-// ofTenant reports whether a dead letter's job is the tenant's.
-func ofTenant(msg *jetstream.RawStreamMsg, tenant string) bool {
 	dl, err := decodeDeadLetter(msg)
-	return err == nil && dl.Job.Tenant == tenant
+	if err != nil {
+		return storedLetter{}, err
+	}
+	if dl.Job.Tenant != tenant {
+		return storedLetter{}, ErrNotFound
+	}
+	return storedLetter{dl, msg.Sequence}, nil
 }
 
 // errStaleDeadLetter: the dead letter's job is no longer dead-lettered.
@@ -259,11 +264,7 @@ var errStaleDeadLetter = errors.New("buffer: dead letter is stale")
 // first, then the job's message, then the dead letter is removed: a crash
 // in between leaves the dead letter in place, and redriving it again
 // finishes the work.
-func (q *Queue) redriveOne(ctx context.Context, msg *jetstream.RawStreamMsg) (*sluicev1.Job, error) {
-	dl, err := decodeDeadLetter(msg)
-	if err != nil {
-		return nil, err
-	}
+func (q *Queue) redriveOne(ctx context.Context, dl storedLetter) (*sluicev1.Job, error) {
 	id, now := dl.Job.Id, timestamppb.New(q.now())
 	snap, err := q.update(ctx, id, nil, func() *sluicev1.Job { return proto.CloneOf(dl.Job) }, func(j *sluicev1.Job) error {
 		switch {
@@ -285,7 +286,7 @@ func (q *Queue) redriveOne(ctx context.Context, msg *jetstream.RawStreamMsg) (*s
 	})
 	switch {
 	case errors.Is(err, errStaleDeadLetter):
-		if err := q.dead.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		if err := q.dead.DeleteMsg(ctx, dl.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil, fmt.Errorf("buffer: discard stale dead letter %s: %w", id, err)
 		}
 		return snap.job, nil
@@ -296,7 +297,7 @@ func (q *Queue) redriveOne(ctx context.Context, msg *jetstream.RawStreamMsg) (*s
 	if err := q.requeue(ctx, job, dl.Payload); err != nil {
 		return nil, err
 	}
-	if err := q.dead.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := q.dead.DeleteMsg(ctx, dl.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("buffer: remove redriven dead letter %s: %w", id, err)
 	}
 	return proto.CloneOf(job), nil
@@ -323,7 +324,7 @@ func (q *Queue) requeue(ctx context.Context, job *sluicev1.Job, payload []byte) 
 // stays as it ended, no longer dead-lettered. It returns [ErrNotFound] when
 // the function has no dead letter for that ID of the tenant's.
 func (q *Queue) DeleteDeadLetter(ctx context.Context, function, tenant, id string) error {
-	msg, err := q.deadLetterMsg(ctx, function, tenant, id)
+	sl, err := q.deadLetter(ctx, function, tenant, id)
 	if err != nil {
 		return err
 	}
@@ -339,7 +340,7 @@ func (q *Queue) DeleteDeadLetter(ctx context.Context, function, tenant, id strin
 	if err != nil && !errors.Is(err, ErrFinished) && !errors.Is(err, ErrNotFound) {
 		return err
 	}
-	if err := q.dead.DeleteMsg(ctx, msg.Sequence); err != nil {
+	if err := q.dead.DeleteMsg(ctx, sl.seq); err != nil {
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return ErrNotFound // discarded meanwhile by another caller
 		}

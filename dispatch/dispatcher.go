@@ -332,8 +332,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	}
 	if age := l.cfg.Now().Sub(queuedSince(job)); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
 		reason := fmt.Sprintf("not finished within its max age of %s", l.fn.MaxAge)
-		l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
-		l.tel.deadLettered.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name), attrReason.String("expired")))
+		l.countDeadLettered("expired")
 		log.Warn("job expired", "age", age, "attempts", job.Attempts)
 		l.settle(func(ctx context.Context) error { return dv.Expire(ctx, reason) }, dv)
 		return
@@ -488,8 +487,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 // and attempts remain, and otherwise fails the job.
 func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, result *sluicev1.JobResult, retryable bool, retryAfter time.Duration) {
 	if !retryable || attempt >= l.fn.Retry.MaxAttempts {
-		l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
-		l.tel.deadLettered.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name), attrReason.String("failed")))
+		l.countDeadLettered("failed")
 		if retryable && l.fn.Retry.MaxAttempts > 1 {
 			reason += fmt.Sprintf(" (attempt %d of %d)", attempt, l.fn.Retry.MaxAttempts)
 		}
@@ -497,8 +495,7 @@ func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, r
 		return
 	}
 	delay := l.fn.Retry.delay(attempt, retryAfter)
-	l.counts.add(func(c *buffer.Counts) { c.Retries++ })
-	l.tel.retries.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
+	l.countRetry()
 	l.jobLog(dv).Info("attempt failed; retrying", "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
 	l.settle(func(ctx context.Context) error { return dv.Retry(ctx, reason, result, delay) }, dv)
 }
@@ -548,8 +545,7 @@ func throttleOf(resp *Response, now time.Time) (time.Duration, bool) {
 func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, status int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	l.counts.add(func(c *buffer.Counts) { c.Throttles++ })
-	l.tel.throttles.Add(ctx, 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
+	l.countThrottle()
 	now := l.cfg.Now()
 	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, retryAfter, now)

@@ -8,6 +8,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/buffer"
 )
 
 // instrumentation is the name dispatch's tracer and meter go by.
@@ -78,6 +80,29 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider) (*telemetry,
 		metric.WithDescription("Jobs moved to the dead letters, by reason: failed or expired."))
 	must(e)
 	return t, err
+}
+
+// Each outcome below is counted twice over, on purpose: in the totals every
+// process shares (the API's function status) and in this process's
+// metrics.
+
+// countDeadLettered counts a job sent to the dead letters, for reason
+// "failed" or "expired".
+func (l *functionLoop) countDeadLettered(reason string) {
+	l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
+	l.tel.deadLettered.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name), attrReason.String(reason)))
+}
+
+// countRetry counts a failed attempt that will be retried.
+func (l *functionLoop) countRetry() {
+	l.counts.add(func(c *buffer.Counts) { c.Retries++ })
+	l.tel.retries.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
+}
+
+// countThrottle counts a throttle received from the platform.
+func (l *functionLoop) countThrottle() {
+	l.counts.add(func(c *buffer.Counts) { c.Throttles++ })
+	l.tel.throttles.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
 }
 
 // gauges are a function's dispatch state as the pace loop last read it,

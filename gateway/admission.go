@@ -105,17 +105,11 @@ type cachedLoad struct {
 // plus those admitted since) and counts one more, if queued is below
 // limit (0: no limit); ok false when it is not.
 func (a *admission) reserve(ctx context.Context, d Dispatch, function string, limit int64, now time.Time) (load buffer.Load, queued int64, ok bool, err error) {
-	v, _ := a.loads.LoadOrStore(function, new(cachedLoad))
-	c := v.(*cachedLoad)
+	c := a.cachedLoad(function)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now.Sub(c.at) > loadTTL {
-		c.load, c.err = d.FunctionLoad(ctx, function)
-		c.at, c.added = now, 0
-	}
-	if c.err != nil {
-		c.at = time.Time{} // ask again next time: dispatch may be starting up
-		return c.load, 0, true, c.err
+	if err := c.refresh(ctx, d, function, now); err != nil {
+		return c.load, 0, true, err
 	}
 	queued = int64(c.load.Backlog + c.load.InFlight + c.added)
 	if limit > 0 && queued >= limit {
@@ -123,6 +117,37 @@ func (a *admission) reserve(ctx context.Context, d Dispatch, function string, li
 	}
 	c.added++
 	return c.load, queued, true, nil
+}
+
+// load returns the function's load, read at most loadTTL ago, its backlog
+// counting the jobs this process admitted since.
+func (a *admission) load(ctx context.Context, d Dispatch, function string, now time.Time) (buffer.Load, error) {
+	c := a.cachedLoad(function)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.refresh(ctx, d, function, now); err != nil {
+		return buffer.Load{}, err
+	}
+	load := c.load
+	load.Backlog += c.added
+	return load, nil
+}
+
+func (a *admission) cachedLoad(function string) *cachedLoad {
+	v, _ := a.loads.LoadOrStore(function, new(cachedLoad))
+	return v.(*cachedLoad)
+}
+
+// refresh reads the load again once it is loadTTL old. c.mu is held.
+func (c *cachedLoad) refresh(ctx context.Context, d Dispatch, function string, now time.Time) error {
+	if now.Sub(c.at) > loadTTL {
+		c.load, c.err = d.FunctionLoad(ctx, function)
+		c.at, c.added = now, 0
+	}
+	if c.err != nil {
+		c.at = time.Time{} // ask again next time: dispatch may be starting up
+	}
+	return c.err
 }
 
 // retryAfterFor is how long until n jobs of the function have drained, at

@@ -23,12 +23,14 @@ func (s *Service) explainWait(ctx context.Context, job *sluicev1.Job) {
 	if err != nil {
 		return
 	}
-	load, err := s.dispatch.FunctionLoad(ctx, job.Function)
+	now := time.Now()
+	// Pollers ask often: the load is the one admission keeps, not a fresh
+	// read per request.
+	load, err := s.admission.load(ctx, s.dispatch, job.Function, now)
 	if err != nil {
 		job.WaitingReason = "dispatch has not started for the function yet"
 		return
 	}
-	now := time.Now()
 	job.WaitingReason = waitingReason(job, p, load, s.functions[job.Function].Concurrency, now)
 	if r := s.admission.drain.rate(job.Function, now); r > 0 {
 		ahead := max(load.Backlog-1, 0) // it is among the backlog itself

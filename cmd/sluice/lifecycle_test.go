@@ -28,25 +28,6 @@ func (f *failing) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	w.WriteHeader(int(f.status.Load()))
 }
 
-func do(t *testing.T, method, url, body string) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, b
-}
-
 type deadLettersJSON struct {
 	DeadLetters []struct {
 		Job struct {
@@ -120,22 +101,22 @@ func TestDeadLettersOverREST(t *testing.T) {
 	}
 
 	// Discard one; discarding it again is 404.
-	if resp, body := do(t, http.MethodDelete, g.base+"/v1/functions/f/deadletters/"+ids[2], ""); resp.StatusCode != http.StatusOK {
-		t.Fatalf("delete: %d %s", resp.StatusCode, body)
+	if code, _, body := call(t, http.MethodDelete, g.base+"/v1/functions/f/deadletters/"+ids[2], "", ""); code != http.StatusOK {
+		t.Fatalf("delete: %d %s", code, body)
 	}
-	if resp, _ := do(t, http.MethodDelete, g.base+"/v1/functions/f/deadletters/"+ids[2], ""); resp.StatusCode != http.StatusNotFound {
-		t.Errorf("second delete: %d, want 404", resp.StatusCode)
+	if code, _, _ := call(t, http.MethodDelete, g.base+"/v1/functions/f/deadletters/"+ids[2], "", ""); code != http.StatusNotFound {
+		t.Errorf("second delete: %d, want 404", code)
 	}
 
 	// Fix the function and redrive all that are left.
 	fn.status.Store(200)
 	calls := fn.calls.Load()
-	resp, body = do(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", `{}`)
+	code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", "", `{}`)
 	var redriven struct {
 		Jobs []jobJSON `json:"jobs"`
 	}
-	if err := json.Unmarshal(body, &redriven); err != nil || resp.StatusCode != http.StatusOK || len(redriven.Jobs) != 2 {
-		t.Fatalf("redrive: %d %s; want the 2 left", resp.StatusCode, body)
+	if err := json.Unmarshal(body, &redriven); err != nil || code != http.StatusOK || len(redriven.Jobs) != 2 {
+		t.Fatalf("redrive: %d %s; want the 2 left", code, body)
 	}
 	for _, id := range ids[:2] {
 		job := waitREST(t, g, id, 20*time.Second)
@@ -149,11 +130,11 @@ func TestDeadLettersOverREST(t *testing.T) {
 	if got := fn.calls.Load() - calls; got != 2 {
 		t.Errorf("the function ran %d times after the redrive; want once per redriven job", got)
 	}
-	if resp, body := do(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", `{"ids":["`+ids[2]+`"]}`); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), ids[2]) {
-		t.Errorf("redrive of a discarded one: %d %s; want it among notFoundIds", resp.StatusCode, body)
+	if code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", "", `{"ids":["`+ids[2]+`"]}`); code != http.StatusOK || !strings.Contains(string(body), ids[2]) {
+		t.Errorf("redrive of a discarded one: %d %s; want it among notFoundIds", code, body)
 	}
-	if resp, _ := do(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", `{"ids":["nope"]}`); resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("redrive of a malformed ID: %d, want 400", resp.StatusCode)
+	if code, _, _ := call(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", "", `{"ids":["nope"]}`); code != http.StatusBadRequest {
+		t.Errorf("redrive of a malformed ID: %d, want 400", code)
 	}
 	if st := fnStatusOf(t, g, "f"); st.DeadLetters != "" && st.DeadLetters != "0" {
 		t.Errorf("function status shows %s dead letters; want none", st.DeadLetters)
