@@ -37,7 +37,8 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
 		have.Storage == want.Storage && have.Discard == want.Discard && have.MaxMsgs == want.MaxMsgs &&
 		have.MaxBytes == want.MaxBytes && have.MaxMsgSize == want.MaxMsgSize && have.Replicas == want.Replicas &&
-		have.Duplicates == want.Duplicates && have.Description == want.Description && have.MaxAge == want.MaxAge
+		have.Duplicates == want.Duplicates && have.Description == want.Description && have.MaxAge == want.MaxAge &&
+		have.AllowAtomicPublish == want.AllowAtomicPublish
 }
 
 // ensureKeyValue creates the bucket, or updates it if its settings differ.

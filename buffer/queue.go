@@ -77,6 +77,8 @@ type Config struct {
 	// DeadLetterRetention is how long a dead letter is kept unless it is
 	// redriven or discarded first. Default 7 days.
 	DeadLetterRetention time.Duration
+	// Batch tunes group commit of submits.
+	Batch BatchConfig
 }
 
 func (c *Config) setDefaults() {
@@ -109,6 +111,7 @@ type Queue struct {
 	state     jetstream.KeyValue
 	pacingKV  jetstream.KeyValue
 	idemKV    jetstream.KeyValue
+	batcher   *batcher
 	now       func() time.Time
 }
 
@@ -138,6 +141,8 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		MaxMsgSize: maxMsg,
 		Replicas:   cfg.Replicas,
 		Duplicates: 10 * time.Minute,
+		// Group commit stores concurrent submits as atomic batches.
+		AllowAtomicPublish: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
@@ -185,6 +190,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	return &Queue{
 		js: js, stream: stream, dead: dead, callbacks: callbacks,
 		state: state, pacingKV: pacing, idemKV: idem, now: time.Now,
+		batcher: newBatcher(nc, cfg.Batch),
 	}, nil
 }
 
@@ -299,9 +305,10 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 	// written when dispatch starts it, so a submit costs one fsync'd write.
 	// Get reads a queued job from the message.
 	msg := jobMsg(job, payload)
+	msg.Header.Set(jetstream.MsgIDHeader, job.Id)
 	// The submit's trace goes on in dispatch, from the message.
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(msg.Header))
-	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.Id)); err != nil {
+	if err := q.batcher.publish(ctx, msg); err != nil {
 		return nil, classifyPublishError(err)
 	}
 	return job, nil

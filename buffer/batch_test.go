@@ -1,0 +1,113 @@
+package buffer_test
+
+import (
+	"bytes"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+)
+
+// submitAll submits n jobs at once and returns the IDs acknowledged and the
+// errors of the others.
+func submitAll(t *testing.T, q *buffer.Queue, payloads [][]byte) (ids []string, errs []error) {
+	t.Helper()
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for _, p := range payloads {
+		wg.Go(func() {
+			job, err := q.Submit(t.Context(), "resize", p, "application/octet-stream")
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			ids = append(ids, job.Id)
+		})
+	}
+	wg.Wait()
+	return ids, errs
+}
+
+func payloads(n, size int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = bytes.Repeat([]byte{'x'}, size)
+	}
+	return out
+}
+
+// assertStored checks that every acknowledged job can be read back.
+func assertStored(t *testing.T, q *buffer.Queue, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := q.Get(t.Context(), id); err != nil {
+			t.Errorf("acknowledged job %s: %v", id, err)
+		}
+	}
+}
+
+func TestConcurrentSubmitsAreGroupCommitted(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ids, errs := submitAll(t, q, payloads(500, 1024))
+	if len(errs) > 0 {
+		t.Fatalf("%d submits failed, first: %v", len(errs), errs[0])
+	}
+	assertStored(t, q, ids)
+	st := q.BatchStats()
+	t.Logf("500 concurrent submits: %d batches holding %d jobs, the rest alone", st.Batches, st.Messages)
+	if st.Batches == 0 || st.Messages < 250 {
+		t.Errorf("stats %+v: want most of 500 concurrent submits stored in batches", st)
+	}
+}
+
+func TestLoneSubmitIsNotDelayed(t *testing.T) {
+	// Linger 0: a submit with nothing in flight goes at once and alone.
+	q := buffertest.Queue(t, buffer.Config{})
+	for range 5 {
+		if _, err := q.Submit(t.Context(), "resize", []byte("x"), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := q.BatchStats(); st.Batches != 0 {
+		t.Errorf("stats %+v: sequential submits should not be batched", st)
+	}
+}
+
+func TestBatchRefusalFailsOnlyTheSubmitsThatCannotBeStored(t *testing.T) {
+	// A linger long enough that every submit lands in one batch.
+	q := buffertest.Queue(t, buffer.Config{MaxMessageBytes: 4096, Batch: buffer.BatchConfig{Linger: 200 * time.Millisecond, MaxInFlight: 1}})
+	in := payloads(20, 100)
+	in[7] = bytes.Repeat([]byte{'x'}, 8192) // larger than the stream takes
+	ids, errs := submitAll(t, q, in)
+	if len(ids) != 19 || len(errs) != 1 {
+		t.Fatalf("%d stored, errors %v: want 19 stored and the oversized one refused", len(ids), errs)
+	}
+	if !bytes.Contains([]byte(errs[0].Error()), []byte("maximum")) {
+		t.Errorf("error %q does not say the message was too large", errs[0])
+	}
+	assertStored(t, q, ids)
+	if st := q.BatchStats(); st.Fallbacks != 1 {
+		t.Errorf("stats %+v: want the one refused batch retried job by job", st)
+	}
+}
+
+func TestFullBufferAcknowledgesOnlyWhatItStored(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{MaxJobs: 30, Batch: buffer.BatchConfig{Linger: 50 * time.Millisecond, MaxInFlight: 1}})
+	ids, errs := submitAll(t, q, payloads(100, 64))
+	if len(ids) != 30 || len(errs) != 70 {
+		t.Fatalf("%d acknowledged, %d refused: want 30 and 70", len(ids), len(errs))
+	}
+	for _, err := range errs {
+		if !errors.Is(err, buffer.ErrFull) {
+			t.Fatalf("refusal %v is not ErrFull", err)
+		}
+	}
+	assertStored(t, q, ids)
+}
