@@ -55,6 +55,9 @@ type Function struct {
 	// Circuit says when dispatch to the function pauses because most
 	// attempts fail.
 	Circuit CircuitPolicy
+	// Paused stops dispatch in this process: its jobs are accepted and
+	// kept, none is invoked, no keep-warm ping is sent.
+	Paused bool
 }
 
 // KeepWarm sends keep-warm pings (Sluice-Warmup: 1, never a job): while the
@@ -214,6 +217,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	var g errgroup.Group
 	for _, l := range loops {
+		if l.fn.Paused {
+			l.log.Info("dispatch paused by configuration; jobs are kept until it resumes")
+			continue
+		}
 		paceCtx, stopPacing := context.WithCancel(ctx)
 		g.Go(func() error { l.pace(paceCtx); return nil })
 		if l.fn.KeepWarm.Instances > 0 {

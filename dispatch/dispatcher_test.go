@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,5 +217,33 @@ func TestShutdownHandsBackRunningJobs(t *testing.T) {
 	job = waitJob(t, q, ids[0], 5*time.Second)
 	if job.State != sluicev1.Job_SUCCEEDED || job.Attempts != 2 || fast.JobInvocations(ids[0]) != 1 {
 		t.Errorf("job = %v, want SUCCEEDED on its second attempt", job)
+	}
+}
+
+func TestPausedFunctionKeepsItsJobs(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
+	defer srv.Close()
+	fn := dispatch.Function{Name: "resize", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 4, Timeout: time.Second,
+		Pacing: dispatch.Pacing{Initial: 4}, KeepWarm: dispatch.KeepWarm{Instances: 1, Every: 10 * time.Millisecond}, Paused: true}
+	ids := submit(t, q, "resize", 3)
+	stop := startDispatcher(t, q, fn, time.Second)
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	if n := calls.Load(); n != 0 {
+		t.Errorf("paused function was called %d times", n)
+	}
+	for _, id := range ids {
+		if job, err := q.Get(t.Context(), id); err != nil || job.State != sluicev1.Job_QUEUED {
+			t.Errorf("job %s = %v, %v: want QUEUED", id, job.GetState(), err)
+		}
+	}
+	fn.Paused = false
+	startDispatcher(t, q, fn, time.Second)
+	for _, id := range ids {
+		if job := waitJob(t, q, id, 10*time.Second); job.State != sluicev1.Job_SUCCEEDED {
+			t.Errorf("after resuming, job %s ended %v", id, job.State)
+		}
 	}
 }

@@ -109,6 +109,9 @@ type FunctionConfig struct {
 	MaxAge Duration `yaml:"max_age"`
 	// CircuitBreaker pauses dispatch while most attempts fail.
 	CircuitBreaker CircuitBreakerConfig `yaml:"circuit_breaker"`
+	// Paused accepts and keeps the function's jobs but dispatches none,
+	// for maintenance of the function or a backlog built on purpose.
+	Paused bool `yaml:"paused"`
 	// Ingress limits the submits to it.
 	Ingress *IngressConfig `yaml:"ingress"`
 }

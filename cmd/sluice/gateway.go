@@ -321,6 +321,7 @@ func dispatchFunction(f FunctionConfig) dispatch.Function {
 		NoJitter:       f.Retry.Jitter == "none",
 	}
 	df.MaxAge = time.Duration(f.MaxAge)
+	df.Paused = f.Paused
 	cb := f.CircuitBreaker
 	df.Circuit = dispatch.CircuitPolicy{
 		Disabled:     cb.Enabled != nil && !*cb.Enabled,
