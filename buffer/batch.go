@@ -61,8 +61,8 @@ func (c *BatchConfig) setDefaults() {
 }
 
 // ErrCommitUnknown: a batch's commit was not answered in time, so whether
-// its jobs were stored is unknown. They were not acknowledged.
-var ErrCommitUnknown = errors.New("buffer: no answer to the batch commit; its jobs may or may not be stored")
+// its writes were stored is unknown. They were not acknowledged.
+var ErrCommitUnknown = errors.New("buffer: no answer to the batch commit; its writes may or may not be stored")
 
 // batcher coalesces concurrent publishes into atomic batches. Its flusher
 // goroutine runs only while publishes wait and exits when none do; each
@@ -82,8 +82,15 @@ type batcher struct {
 
 type pendingPublish struct {
 	msg       *nats.Msg
-	done      chan error // buffered: the flusher never blocks on it
+	done      chan published // buffered: the flusher never blocks on it
 	abandoned atomic.Bool
+}
+
+// published is the outcome of one message's publish: its stream sequence,
+// or why it was not stored.
+type published struct {
+	seq uint64
+	err error
 }
 
 // batchStats counts what group commit did, for benchmarks and tests.
@@ -97,10 +104,12 @@ func newBatcher(nc *nats.Conn, cfg BatchConfig) *batcher {
 }
 
 // publish stores msg, in a batch with whatever else is waiting, and returns
-// once it is stored (nil) or surely not stored (the reason). ctx bounds the
-// wait: a publish abandoned after its batch was sent may still be stored.
-func (b *batcher) publish(ctx context.Context, msg *nats.Msg) error {
-	p := &pendingPublish{msg: msg, done: make(chan error, 1)}
+// once it is stored (with its stream sequence) or surely not stored (the
+// reason). ctx bounds the wait: a publish abandoned after its batch was
+// sent may still be stored. All messages given to one batcher must go to
+// one stream.
+func (b *batcher) publish(ctx context.Context, msg *nats.Msg) (uint64, error) {
+	p := &pendingPublish{msg: msg, done: make(chan published, 1)}
 	b.mu.Lock()
 	b.waiting = append(b.waiting, p)
 	if !b.flushing {
@@ -109,11 +118,11 @@ func (b *batcher) publish(ctx context.Context, msg *nats.Msg) error {
 	}
 	b.mu.Unlock()
 	select {
-	case err := <-p.done:
-		return err
+	case r := <-p.done:
+		return r.seq, r.err
 	case <-ctx.Done():
 		p.abandoned.Store(true)
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 }
 
@@ -160,35 +169,43 @@ func (b *batcher) commit(batch []*pendingPublish) {
 		batch[0].done <- b.publishOne(ctx, batch[0].msg)
 		return
 	}
-	err := b.publishAtomic(ctx, batch)
+	last, err := b.publishAtomic(ctx, batch)
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
 		// Refused as a whole, so nothing of it is stored: one message's
-		// fault (too large, say, or a full stream it alone would not fit)
-		// must not fail the others, so each is tried on its own.
+		// fault (too large, say, a full stream it alone would not fit, or
+		// a compare-and-set it alone lost) must not fail the others, so
+		// each is tried on its own.
 		b.stats.fallbacks.Add(1)
 		for _, p := range batch {
 			p.done <- b.publishOne(ctx, p.msg)
 		}
 		return
 	}
-	for _, p := range batch {
-		p.done <- err
+	for i, p := range batch {
+		if err != nil {
+			p.done <- published{err: err}
+			continue
+		}
+		// An atomic batch is stored in one piece, in order.
+		p.done <- published{seq: last - uint64(len(batch)-1-i)}
 	}
 }
 
 // publishOne stores one message the ordinary way.
-func (b *batcher) publishOne(ctx context.Context, msg *nats.Msg) error {
+func (b *batcher) publishOne(ctx context.Context, msg *nats.Msg) published {
 	resp, err := b.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
-		return requestError(err)
+		return published{err: requestError(err)}
 	}
-	return pubAckError(resp.Data)
+	seq, err := pubAck(resp.Data)
+	return published{seq: seq, err: err}
 }
 
 // publishAtomic stores batch as one atomic batch: every message but the
-// last is published without waiting, and the last commits the lot.
-func (b *batcher) publishAtomic(ctx context.Context, batch []*pendingPublish) error {
+// last is published without waiting, and the last commits the lot. It
+// returns the last message's stream sequence.
+func (b *batcher) publishAtomic(ctx context.Context, batch []*pendingPublish) (uint64, error) {
 	id := nuid.Next()
 	for i, p := range batch {
 		m := *p.msg
@@ -200,22 +217,24 @@ func (b *batcher) publishAtomic(ctx context.Context, batch []*pendingPublish) er
 		m.Header.Set(headerBatchSeq, strconv.Itoa(i+1))
 		if i < len(batch)-1 {
 			if err := b.nc.PublishMsg(&m); err != nil {
-				return fmt.Errorf("buffer: publish batch: %w", err)
+				return 0, fmt.Errorf("buffer: publish batch: %w", err)
 			}
 			continue
 		}
 		m.Header.Set(headerBatchCommit, "1")
 		resp, err := b.nc.RequestMsgWithContext(ctx, &m)
 		if err != nil {
-			return requestError(err)
+			return 0, requestError(err)
 		}
-		if err := pubAckError(resp.Data); err != nil {
-			return err
+		seq, err := pubAck(resp.Data)
+		if err != nil {
+			return 0, err
 		}
+		b.stats.batches.Add(1)
+		b.stats.messages.Add(int64(len(batch)))
+		return seq, nil
 	}
-	b.stats.batches.Add(1)
-	b.stats.messages.Add(int64(len(batch)))
-	return nil
+	return 0, errors.New("buffer: empty batch")
 }
 
 // requestError names a commit that was never answered.
@@ -224,43 +243,48 @@ func requestError(err error) error {
 		return ErrCommitUnknown
 	}
 	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("buffer: publish job: %w", jetstream.ErrNoStreamResponse)
+		return fmt.Errorf("buffer: publish: %w", jetstream.ErrNoStreamResponse)
 	}
-	return fmt.Errorf("buffer: publish job: %w", err)
+	return fmt.Errorf("buffer: publish: %w", err)
 }
 
-// pubAckError reads JetStream's answer to a publish: nil for an ack, the
-// API error for a refusal.
-func pubAckError(data []byte) error {
+// pubAck reads JetStream's answer to a publish: the stored message's
+// sequence, or the API error of a refusal.
+func pubAck(data []byte) (uint64, error) {
 	var ack struct {
 		Stream string              `json:"stream"`
+		Seq    uint64              `json:"seq"`
 		Error  *jetstream.APIError `json:"error"`
 	}
 	if err := json.Unmarshal(data, &ack); err != nil {
-		return fmt.Errorf("buffer: publish job: malformed answer %q: %w", data, err)
+		return 0, fmt.Errorf("buffer: publish: malformed answer %q: %w", data, err)
 	}
 	if ack.Error != nil {
-		return ack.Error
+		return 0, ack.Error
 	}
 	if ack.Stream == "" {
-		return fmt.Errorf("buffer: publish job: unexpected answer %q", data)
+		return 0, fmt.Errorf("buffer: publish: unexpected answer %q", data)
 	}
-	return nil
+	return ack.Seq, nil
 }
 
 // BatchStats counts what group commit has done since the queue opened.
 type BatchStats struct {
 	// Batches is how many atomic batches were stored.
 	Batches int64
-	// Messages is how many jobs those batches held.
+	// Messages is how many writes those batches held.
 	Messages int64
 	// Fallbacks is how many batches were refused as a whole and had their
-	// jobs published one at a time.
+	// writes made one at a time.
 	Fallbacks int64
 }
 
-// BatchStats reports what group commit has done.
-func (q *Queue) BatchStats() BatchStats {
-	s := &q.batcher.stats
+func (s *batchStats) snapshot() BatchStats {
 	return BatchStats{Batches: s.batches.Load(), Messages: s.messages.Load(), Fallbacks: s.fallbacks.Load()}
+}
+
+// BatchStats reports what group commit has done with submitted jobs'
+// messages (jobs) and with job state entries (states).
+func (q *Queue) BatchStats() (jobs, states BatchStats) {
+	return q.batcher.stats.snapshot(), q.stateBat.stats.snapshot()
 }

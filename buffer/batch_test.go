@@ -60,7 +60,7 @@ func TestConcurrentSubmitsAreGroupCommitted(t *testing.T) {
 		t.Fatalf("%d submits failed, first: %v", len(errs), errs[0])
 	}
 	assertStored(t, q, ids)
-	st := q.BatchStats()
+	st, _ := q.BatchStats()
 	t.Logf("500 concurrent submits: %d batches holding %d jobs, the rest alone", st.Batches, st.Messages)
 	if st.Batches == 0 || st.Messages < 250 {
 		t.Errorf("stats %+v: want most of 500 concurrent submits stored in batches", st)
@@ -75,7 +75,7 @@ func TestLoneSubmitIsNotDelayed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st := q.BatchStats(); st.Batches != 0 {
+	if st, _ := q.BatchStats(); st.Batches != 0 {
 		t.Errorf("stats %+v: sequential submits should not be batched", st)
 	}
 }
@@ -93,7 +93,7 @@ func TestBatchRefusalFailsOnlyTheSubmitsThatCannotBeStored(t *testing.T) {
 		t.Errorf("error %q does not say the message was too large", errs[0])
 	}
 	assertStored(t, q, ids)
-	if st := q.BatchStats(); st.Fallbacks != 1 {
+	if st, _ := q.BatchStats(); st.Fallbacks != 1 {
 		t.Errorf("stats %+v: want the one refused batch retried job by job", st)
 	}
 }
@@ -110,4 +110,53 @@ func TestFullBufferAcknowledgesOnlyWhatItStored(t *testing.T) {
 		}
 	}
 	assertStored(t, q, ids)
+}
+
+func TestStateWritesAreGroupCommittedAndRacesStillLose(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{Batch: buffer.BatchConfig{Linger: 50 * time.Millisecond, MaxInFlight: 1}})
+	ids, errs := submitAll(t, q, payloads(50, 16))
+	if len(errs) > 0 {
+		t.Fatal(errs[0])
+	}
+	cancelAll := func(ids []string) (cancelled, already int) {
+		var (
+			wg sync.WaitGroup
+			mu sync.Mutex
+		)
+		for _, id := range ids {
+			wg.Go(func() {
+				_, err := q.Cancel(t.Context(), id)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					cancelled++
+				case errors.Is(err, buffer.ErrFinished):
+					already++
+				default:
+					t.Errorf("cancel %s: %v", id, err)
+				}
+			})
+		}
+		wg.Wait()
+		return cancelled, already
+	}
+	if cancelled, already := cancelAll(ids[1:]); cancelled != 49 || already != 0 {
+		t.Errorf("49 cancels: %d cancelled, %d found finished", cancelled, already)
+	}
+	_, st := q.BatchStats()
+	t.Logf("49 concurrent cancels: %d state batches holding %d writes", st.Batches, st.Messages)
+	if st.Batches == 0 || st.Fallbacks != 0 {
+		t.Errorf("state stats %+v: want concurrent state writes batched, none refused", st)
+	}
+	// Two cancels of one job in one batch: they race, the batch is
+	// refused as a whole, each write is tried alone, and one wins.
+	if cancelled, already := cancelAll([]string{ids[0], ids[0]}); cancelled != 1 || already != 1 {
+		t.Errorf("two cancels of one job: %d cancelled, %d found finished; want 1 and 1", cancelled, already)
+	}
+	for _, id := range ids {
+		if job, err := q.Get(t.Context(), id); err != nil || job.State.String() != "CANCELLED" {
+			t.Errorf("job %s: %v, %v", id, job.GetState(), err)
+		}
+	}
 }

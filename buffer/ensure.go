@@ -63,3 +63,19 @@ func ensureKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.K
 	}
 	return js.UpdateKeyValue(ctx, cfg)
 }
+
+// allowAtomicPublish turns on atomic batch publishing on a stream made by
+// other means (a key-value bucket's), if it is not on already.
+func allowAtomicPublish(ctx context.Context, js jetstream.JetStream, name string) error {
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return err
+	}
+	cfg := s.CachedInfo().Config
+	if cfg.AllowAtomicPublish {
+		return nil
+	}
+	cfg.AllowAtomicPublish = true
+	_, err = js.UpdateStream(ctx, cfg)
+	return err
+}

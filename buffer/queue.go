@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -111,7 +112,8 @@ type Queue struct {
 	state     jetstream.KeyValue
 	pacingKV  jetstream.KeyValue
 	idemKV    jetstream.KeyValue
-	batcher   *batcher
+	batcher   *batcher // job messages
+	stateBat  *batcher // job state entries
 	now       func() time.Time
 }
 
@@ -158,6 +160,10 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", StateBucket, err)
 	}
+	// State writes are group-committed too.
+	if err := allowAtomicPublish(ctx, js, "KV_"+StateBucket); err != nil {
+		return nil, fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
+	}
 	pacing, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      PacingBucket,
 		Description: "Sluice: dispatch window by function",
@@ -190,7 +196,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	return &Queue{
 		js: js, stream: stream, dead: dead, callbacks: callbacks,
 		state: state, pacingKV: pacing, idemKV: idem, now: time.Now,
-		batcher: newBatcher(nc, cfg.Batch),
+		batcher: newBatcher(nc, cfg.Batch), stateBat: newBatcher(nc, cfg.Batch),
 	}, nil
 }
 
@@ -308,7 +314,7 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 	msg.Header.Set(jetstream.MsgIDHeader, job.Id)
 	// The submit's trace goes on in dispatch, from the message.
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(msg.Header))
-	if err := q.batcher.publish(ctx, msg); err != nil {
+	if _, err := q.batcher.publish(ctx, msg); err != nil {
 		return nil, classifyPublishError(err)
 	}
 	return job, nil
@@ -530,12 +536,7 @@ func (q *Queue) update(ctx context.Context, id string, from *snapshot, seed func
 		if err != nil {
 			return nil, fmt.Errorf("buffer: encode job: %w", err)
 		}
-		var newRev uint64
-		if rev == 0 {
-			newRev, err = q.state.Create(ctx, id, b)
-		} else {
-			newRev, err = q.state.Update(ctx, id, b, rev)
-		}
+		newRev, err := q.putState(ctx, id, b, rev)
 		if err == nil {
 			return &snapshot{job: job, rev: newRev}, nil
 		}
@@ -546,6 +547,21 @@ func (q *Queue) update(ctx context.Context, id string, from *snapshot, seed func
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// stateSubject is the subject of a job's state entry in the state
+// bucket's stream.
+func stateSubject(id string) string { return "$KV." + StateBucket + "." + id }
+
+// putState writes a job's state entry if its revision is still rev (0: it
+// has none yet), coalesced with concurrent writes into atomic batches, and
+// returns the entry's new revision. A lost race is an error isConflict
+// recognises.
+func (q *Queue) putState(ctx context.Context, id string, value []byte, rev uint64) (uint64, error) {
+	msg := nats.NewMsg(stateSubject(id))
+	msg.Data = value
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	return q.stateBat.publish(ctx, msg)
 }
 
 // isConflict reports whether a KV write lost a compare-and-set race.
