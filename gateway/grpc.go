@@ -62,6 +62,10 @@ func NewGRPCServer(svc *Service, cfg GRPCConfig, opts ...grpc.ServerOption) (*gr
 		grpc.ChainStreamInterceptor(svc.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		// Submits wait for a group commit, so many handlers are running at
+		// once; reused workers keep the stacks they grew, where a goroutine
+		// per call grows (copies) its stack on every call.
+		grpc.NumStreamWorkers(256),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             cfg.KeepaliveMinTime,
 			PermitWithoutStream: true,

@@ -166,8 +166,12 @@ type Service struct {
 	admission    *admission
 	tracer       trace.Tracer
 	submitted    metric.Int64Counter
-	log          *slog.Logger
-	poll         time.Duration
+	// submitAttrs are the submit counter's attribute sets by function and
+	// outcome, built once: a set built per call costs a hash and
+	// allocations on every submit.
+	submitAttrs map[string]map[string]metric.AddOption
+	log         *slog.Logger
+	poll        time.Duration
 }
 
 var (
@@ -215,6 +219,7 @@ func NewService(cfg Config) (*Service, error) {
 		metric.WithDescription("Submits, by function and outcome: accepted, replayed (idempotency key), refused (limits, full buffer), invalid, error.")); err != nil {
 		return nil, fmt.Errorf("gateway: metrics: %w", err)
 	}
+	s.submitAttrs = make(map[string]map[string]metric.AddOption, len(cfg.Functions))
 	for _, f := range cfg.Functions {
 		if f.Name == "" {
 			return nil, errors.New("gateway: a function has no name")
@@ -223,6 +228,7 @@ func NewService(cfg Config) (*Service, error) {
 			f.MaxPayload = DefaultMaxPayload
 		}
 		s.functions[f.Name] = f
+		s.submitAttrs[f.Name] = submitAttributeSets(f.Name)
 		s.largest = max(s.largest, f.MaxPayload)
 		if l := f.Ingress.limiter(); l != nil {
 			s.admission.fnLimiters[f.Name] = l
@@ -313,16 +319,18 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		trace.WithAttributes(attribute.String("sluice.function", function)))
 	defer func() {
 		outcome := submitOutcome(err, replayed)
-		span.SetAttributes(attribute.String("sluice.outcome", outcome))
-		if job != nil {
-			span.SetAttributes(attribute.String("sluice.job.id", job.Id))
-		}
-		if err != nil {
-			span.SetStatus(otelcodes.Error, status.Convert(err).Message())
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("sluice.outcome", outcome))
+			if job != nil {
+				span.SetAttributes(attribute.String("sluice.job.id", job.Id))
+			}
+			if err != nil {
+				span.SetStatus(otelcodes.Error, status.Convert(err).Message())
+			}
 		}
 		span.End()
-		if _, known := s.functions[function]; known { // no attribute values from unknown names
-			s.submitted.Add(ctx, 1, metric.WithAttributes(attribute.String("sluice.function", function), attribute.String("sluice.outcome", outcome)))
+		if attrs, known := s.submitAttrs[function]; known { // no attribute values from unknown names
+			s.submitted.Add(ctx, 1, attrs[outcome])
 		}
 	}()
 	f, err := s.functionFor(ctx, function)
@@ -387,6 +395,19 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 const instrumentation = "github.com/sluicehq/sluice/gateway"
 
 // submitOutcome names how a submit ended, for its span and metric.
+// submitOutcomes are the values submitOutcome returns.
+var submitOutcomes = []string{"accepted", "replayed", "refused", "invalid", "error"}
+
+// submitAttributeSets builds the submit counter's attributes for function,
+// one set per outcome.
+func submitAttributeSets(function string) map[string]metric.AddOption {
+	sets := make(map[string]metric.AddOption, len(submitOutcomes))
+	for _, o := range submitOutcomes {
+		sets[o] = metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.function", function), attribute.String("sluice.outcome", o)))
+	}
+	return sets
+}
+
 func submitOutcome(err error, replayed bool) string {
 	switch status.Code(err) {
 	case codes.OK:
@@ -416,10 +437,9 @@ func fromMetadata(ctx context.Context, value, key string) string {
 	if value != "" {
 		return value
 	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(key); len(v) > 0 {
-			return v[0]
-		}
+	// Not FromIncomingContext: that copies all the metadata on each call.
+	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
+		return v[0]
 	}
 	return ""
 }

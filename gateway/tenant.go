@@ -92,8 +92,7 @@ func (s *Service) authenticate(ctx context.Context, fullMethod string) (context.
 	if len(s.tenantsByKey) == 0 || unauthenticated(fullMethod) {
 		return ctx, nil
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	values := md.Get("authorization")
+	values := metadata.ValueFromIncomingContext(ctx, "authorization")
 	if len(values) == 0 {
 		return nil, status.Error(codes.Unauthenticated, "missing API key: send Authorization: Bearer <key>")
 	}
