@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,10 @@ type gatewayOptions struct {
 	// after /readyz and the gRPC health turn not-ready, so that load
 	// balancers stop sending before the servers stop taking requests.
 	ShutdownDelay time.Duration
+	// DebugAddr, if set, is where Go's profiler is served, apart from the
+	// API: profiles reveal internals and cost CPU, so never on a public
+	// port.
+	DebugAddr string
 	// TracerProvider, if set, takes the spans instead of one configured
 	// from the OTEL_* environment (tests set it).
 	TracerProvider trace.TracerProvider
@@ -418,6 +423,9 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return p.dispatcher.Run(gctx) })
+	if p.opts.DebugAddr != "" {
+		g.Go(func() error { return serveDebug(gctx, p.opts.DebugAddr, p.log) })
+	}
 	if p.callbacks != nil {
 		g.Go(func() error { return p.callbacks.Run(gctx) })
 	}
@@ -520,4 +528,24 @@ func (p *gatewayProcess) close() {
 	if p.embedded != nil {
 		p.embedded.Shutdown()
 	}
+}
+
+// serveDebug serves net/http/pprof on addr until ctx ends.
+func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: defaultReadHeaderTimeout}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	log.Info("profiler serving", "debug_addr", addr)
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("debug server: %w", err)
+	}
+	return nil
 }

@@ -17,6 +17,7 @@ func registerGatewayFlags(fs *flag.FlagSet, o *gatewayOptions) {
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM `file` with the private key of --tls-cert")
 	fs.StringVar(&o.TLSClientCA, "tls-client-ca", "", "PEM `file` of CA certificates; clients of both listeners must present a certificate they signed (mutual TLS)")
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 0, "on SIGINT/SIGTERM, how long to keep serving after /readyz and gRPC health turn not-ready (let load balancers notice), before refusing new requests")
+	fs.StringVar(&o.DebugAddr, "debug-addr", "", "if set, serve Go's profiler (net/http/pprof) on this address; keep it private (loopback)")
 	fs.DurationVar(&o.ReadHeaderTimeout, "read-header-timeout", defaultReadHeaderTimeout, "how long a REST client may take to send a request's headers before the connection is closed")
 }
 
