@@ -36,10 +36,16 @@ import (
 
 // runBench runs one of the benchmarks.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "burst" {
-		return errors.New("bench: name a benchmark: burst")
+	benches := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"burst":   runBenchBurst,
+		"ingress": runBenchIngress,
 	}
-	return runBenchBurst(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 {
+		if run, ok := benches[args[0]]; ok {
+			return run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	return errors.New("bench: name a benchmark: burst, ingress, pipeline, invoke or queued")
 }
 
 // burstFlags configure `sluice bench burst`.
@@ -234,9 +240,9 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 				var id string
 				var err error
 				if b.protocol == "grpc" {
-					id, err = submitGRPC(gctx, grpcClients[i%len(grpcClients)], payload)
+					id, err = submitGRPC(gctx, grpcClients[i%len(grpcClients)], "burst", payload)
 				} else {
-					id, err = submitREST(gctx, client, gateways[i%len(gateways)], payload)
+					id, err = submitREST(gctx, client, gateways[i%len(gateways)], "burst", payload)
 				}
 				if err != nil {
 					return err
@@ -299,9 +305,9 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 }
 
 // submitREST submits one job over REST, waiting out 429 and 503.
-func submitREST(ctx context.Context, client *http.Client, gateway string, payload []byte) (string, error) {
+func submitREST(ctx context.Context, client *http.Client, gateway, function string, payload []byte) (string, error) {
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, gateway+"/v1/functions/burst/jobs", bytes.NewReader(payload))
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, gateway+"/v1/functions/"+function+"/jobs", bytes.NewReader(payload))
 		if err != nil {
 			return "", err
 		}
@@ -331,10 +337,10 @@ func submitREST(ctx context.Context, client *http.Client, gateway string, payloa
 
 // submitGRPC submits one job over gRPC, waiting out RESOURCE_EXHAUSTED and
 // UNAVAILABLE.
-func submitGRPC(ctx context.Context, client sluicev1.JobServiceClient, payload []byte) (string, error) {
+func submitGRPC(ctx context.Context, client sluicev1.JobServiceClient, function string, payload []byte) (string, error) {
 	for {
 		resp, err := client.SubmitJob(ctx, &sluicev1.SubmitJobRequest{
-			Function: "burst",
+			Function: function,
 			Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: payload},
 		})
 		switch status.Code(err) {
@@ -404,19 +410,25 @@ func benchDirect(ctx context.Context, b burstFlags, platform []string, stderr io
 // startChild runs this binary with args until ctx ends, then stops it with
 // SIGTERM; wg tracks it.
 func startChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) error {
+	_, err := startChildCmd(ctx, wg, stderr, args...)
+	return err
+}
+
+// startChildCmd is startChild, returning the running command.
+func startChildCmd(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, self, args...)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", args[0], err)
+		return nil, fmt.Errorf("start %s: %w", args[0], err)
 	}
 	wg.Go(func() { cmd.Wait() }) //nolint:errcheck // stopped on purpose
-	return nil
+	return cmd, nil
 }
 
 func freeAddr() (string, error) {

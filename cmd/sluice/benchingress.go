@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/genproto/googleapis/api/httpbody"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+)
+
+// ingressFlags configure `sluice bench ingress`.
+type ingressFlags struct {
+	concurrency, payload int
+	duration, warmup     time.Duration
+	natsURL, durability  string
+	debugAddr            string
+	minRatio, restRatio  float64
+	maxP99               time.Duration
+}
+
+// benchPath is one way in that a benchmark measures.
+type benchPath struct {
+	name    string
+	clients int
+	op      func(ctx context.Context, worker int) error
+}
+
+// benchFunction is the function the ingress benchmarks submit to: paused,
+// so that what is measured is ingress alone.
+const benchFunction = "bench"
+
+// runBenchIngress measures durable submits over gRPC and REST against
+// JetStream's own one-message-per-publish rate, in the same run.
+func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench ingress", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var b ingressFlags
+	fs.IntVar(&b.concurrency, "concurrency", 200, "concurrent submitting clients")
+	fs.IntVar(&b.payload, "payload", 1024, "payload size in bytes")
+	fs.DurationVar(&b.duration, "duration", 10*time.Second, "how long each path is measured")
+	fs.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured load before each path")
+	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
+	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
+	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
+	fs.Float64Var(&b.minRatio, "min-ratio", 0, "fail unless gRPC ingress is at least this multiple of the baseline")
+	fs.Float64Var(&b.restRatio, "min-rest-ratio", 0, "fail unless REST ingress is at least this multiple of gRPC's")
+	fs.DurationVar(&b.maxP99, "max-p99", 0, "fail if gRPC ingress p99 latency exceeds this (0: no limit)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if b.concurrency < 1 || b.payload < 1 || b.duration <= 0 {
+		return errors.New("bench ingress: --concurrency, --payload and --duration must be positive")
+	}
+	if b.durability != "always" && b.durability != "interval" {
+		return fmt.Errorf("bench ingress: --durability %q is neither always nor interval", b.durability)
+	}
+	dir, err := os.MkdirTemp("", "sluice-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	raiseFileLimit()
+	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, config: fmt.Sprintf(`functions:
+  - name: %s
+    url: http://127.0.0.1:9/
+    paused: true
+    max_payload: %d
+buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s}
+`, benchFunction, max(b.payload, 1024), b.durability)}, stderr)
+	if err != nil {
+		return err
+	}
+	defer stack.Close()
+
+	where := "embedded JetStream, fsync before every ack"
+	if b.durability == "interval" {
+		where = "embedded JetStream, fsync every 2 minutes"
+	}
+	if b.natsURL != "" {
+		where = "JetStream at " + b.natsURL + " (its own sync_interval)"
+	}
+	fmt.Fprintf(stdout, "ingress: %d concurrent clients, %d-byte payloads, %s per path after %s warm-up; %s\n\n",
+		b.concurrency, b.payload, b.duration, b.warmup, where)
+
+	payload := bytes.Repeat([]byte("x"), b.payload)
+	baseline, err := baselinePublish(ctx, stack, b, payload)
+	if err != nil {
+		return fmt.Errorf("baseline: %w", err)
+	}
+	grpcClients, closeGRPC, err := stack.GRPCClients(4)
+	if err != nil {
+		return err
+	}
+	defer closeGRPC()
+	grpcSubmit := func(ctx context.Context, w int) error {
+		_, err := grpcClients[w%len(grpcClients)].SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+			Function: benchFunction,
+			Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: payload},
+		})
+		return err
+	}
+	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: b.concurrency, DisableCompression: true}, Timeout: 30 * time.Second}
+	defer httpClient.CloseIdleConnections()
+	restSubmit := func(ctx context.Context, _ int) error {
+		return postJob(ctx, httpClient, stack.HTTP+"/v1/functions/"+benchFunction+"/jobs", payload)
+	}
+	paths := []benchPath{
+		{"sluice gRPC", b.concurrency, grpcSubmit},
+		{"sluice REST", b.concurrency, restSubmit},
+		{"sluice gRPC, one client", 1, grpcSubmit},
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "path\tclients\tsubmits\tper second\tp50 ms\tp99 ms\tp99.9 ms\tvs baseline\tgateway CPU µs/submit\t")
+	row := func(name string, clients int, r *loadResult, cpu string) {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.2f\t%s\t\n", name, clients, r.ops, r.perSecond(),
+			ms(r.quantile(0.5)), ms(r.quantile(0.99)), ms(r.quantile(0.999)), r.perSecond()/baseline.perSecond(), cpu)
+	}
+	row("JetStream, one message per publish", b.concurrency, baseline, "-")
+	results := map[string]*loadResult{}
+	for _, p := range paths {
+		if err := purgeJobs(ctx, stack.JS); err != nil {
+			return err
+		}
+		if _, err := runLoad(ctx, p.clients, b.warmup, p.op); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		cpu0, err := stack.GatewayCPU()
+		if err != nil {
+			return err
+		}
+		r, err := runLoad(ctx, p.clients, b.duration, p.op)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		cpu1, err := stack.GatewayCPU()
+		if err != nil {
+			return err
+		}
+		results[p.name] = r
+		row(p.name, p.clients, r, strconv.FormatFloat(float64((cpu1-cpu0).Microseconds())/float64(r.ops), 'f', 1, 64))
+	}
+	tw.Flush()
+	grpcR, restR := results["sluice gRPC"], results["sluice REST"]
+	ratio := grpcR.perSecond() / baseline.perSecond()
+	fmt.Fprintf(stdout, "\ngRPC / baseline: %.2f   REST / gRPC: %.2f   one client's p50: %s ms\n",
+		ratio, restR.perSecond()/grpcR.perSecond(), ms(results["sluice gRPC, one client"].quantile(0.5)))
+	var fails []string
+	if b.minRatio > 0 && ratio < b.minRatio {
+		fails = append(fails, fmt.Sprintf("gRPC / baseline %.2f is below the floor of %.2f", ratio, b.minRatio))
+	}
+	if b.restRatio > 0 && restR.perSecond()/grpcR.perSecond() < b.restRatio {
+		fails = append(fails, fmt.Sprintf("REST / gRPC %.2f is below the floor of %.2f", restR.perSecond()/grpcR.perSecond(), b.restRatio))
+	}
+	if p99 := grpcR.quantile(0.99); b.maxP99 > 0 && p99 > b.maxP99 {
+		fails = append(fails, fmt.Sprintf("gRPC p99 %s is above the ceiling of %s", p99, b.maxP99))
+	}
+	if len(fails) > 0 {
+		return errors.New("bench ingress: " + strings.Join(fails, "; "))
+	}
+	return nil
+}
+
+// baselinePublish publishes the payload straight to a stream of its own on
+// the same JetStream, one message per publish, each waiting for its ack:
+// what a client storing its own jobs would get.
+func baselinePublish(ctx context.Context, stack *benchStack, b ingressFlags, payload []byte) (*loadResult, error) {
+	const name = "SLUICE_BENCH_BASELINE"
+	stream, err := stack.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: name, Subjects: []string{"sluice-bench.baseline.>"}, Storage: jetstream.FileStorage,
+		Retention: jetstream.WorkQueuePolicy, Duplicates: 10 * time.Minute,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer stack.JS.DeleteStream(context.WithoutCancel(ctx), name) //nolint:errcheck // scratch
+	publish := func(ctx context.Context, w int) error {
+		id := buffer.NewJobID()
+		msg := nats.NewMsg("sluice-bench.baseline." + id)
+		msg.Data = payload
+		msg.Header.Set("Sluice-Job-Id", id)
+		msg.Header.Set("Content-Type", "application/octet-stream")
+		_, err := stack.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+		return err
+	}
+	if _, err := runLoad(ctx, b.concurrency, b.warmup, publish); err != nil {
+		return nil, err
+	}
+	if err := stream.Purge(ctx); err != nil {
+		return nil, err
+	}
+	return runLoad(ctx, b.concurrency, b.duration, publish)
+}
+
+// purgeJobs empties the job stream, so that each path starts alike.
+func purgeJobs(ctx context.Context, js jetstream.JetStream) error {
+	s, err := js.Stream(ctx, buffer.StreamName)
+	if err != nil {
+		return err
+	}
+	return s.Purge(ctx)
+}
+
+// postJob submits one job over REST and wants 202.
+func postJob(ctx context.Context, client *http.Client, url string, payload []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(payload))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body) //nolint:errcheck // only the status matters
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("submit: %s", resp.Status)
+	}
+	return nil
+}

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+)
+
+// benchStack is what the ingress, pipeline, invoke and queued benchmarks
+// measure: a JetStream (embedded in the benchmark's process, or the one at
+// --nats-url) and one gateway process of its own that uses it, so that the
+// gateway's CPU and memory are its own.
+type benchStack struct {
+	// HTTP is the gateway's REST base URL; GRPCAddr its gRPC address.
+	HTTP, GRPCAddr string
+	// Gateway is the gateway's process.
+	Gateway *exec.Cmd
+	// NC is the benchmark's own connection to the JetStream; JS over it.
+	NC *nats.Conn
+	JS jetstream.JetStream
+
+	embedded *buffer.Embedded // nil with --nats-url
+	cancel   context.CancelFunc
+	children sync.WaitGroup
+}
+
+// stackOptions say what a benchStack runs.
+type stackOptions struct {
+	dir        string // scratch directory, removed by the caller
+	natsURL    string // "": embedded
+	durability string // always or interval, for the embedded server
+	config     string // the gateway's YAML
+	debugAddr  string // the gateway's --debug-addr, for profiling it
+}
+
+// startBenchStack starts the JetStream and the gateway, and returns once
+// the gateway answers.
+func startBenchStack(ctx context.Context, o stackOptions, stderr io.Writer) (_ *benchStack, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &benchStack{cancel: cancel}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	natsURL := o.natsURL
+	if natsURL == "" {
+		s.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
+			StoreDir: filepath.Join(o.dir, "nats"), Listen: true, NoSyncAlways: o.durability == "interval",
+		})
+		if err != nil {
+			return nil, err
+		}
+		natsURL = s.embedded.ClientURL()
+	}
+	if s.NC, err = nats.Connect(natsURL, nats.Name("sluice-bench")); err != nil {
+		return nil, err
+	}
+	if s.JS, err = jetstream.New(s.NC); err != nil {
+		return nil, err
+	}
+	config := filepath.Join(o.dir, "sluice.yaml")
+	if err := os.WriteFile(config, []byte(o.config), 0o600); err != nil {
+		return nil, err
+	}
+	httpAddr, err1 := freeAddr()
+	grpcAddr, err2 := freeAddr()
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, err
+	}
+	args := []string{"serve", "--config", config, "--nats-url", natsURL,
+		"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn", "--data-dir", filepath.Join(o.dir, "gw")}
+	if o.debugAddr != "" {
+		args = append(args, "--debug-addr", o.debugAddr)
+	}
+	s.Gateway, err = startChildCmd(ctx, &s.children, stderr, args...)
+	if err != nil {
+		return nil, err
+	}
+	s.HTTP, s.GRPCAddr = "http://"+httpAddr, grpcAddr
+	return s, waitHTTP(ctx, s.HTTP+"/readyz", 30*time.Second)
+}
+
+// Close stops the gateway, then the JetStream.
+func (s *benchStack) Close() {
+	s.cancel()
+	s.children.Wait()
+	if s.NC != nil {
+		s.NC.Close()
+	}
+	if s.embedded != nil {
+		s.embedded.Shutdown()
+	}
+}
+
+// GRPCClients opens n connections to the gateway: one HTTP/2 connection
+// carries every stream on one reader goroutine at each end, so a load of
+// many concurrent calls is spread over a few.
+func (s *benchStack) GRPCClients(n int) ([]sluicev1.JobServiceClient, func(), error) {
+	var conns []*grpc.ClientConn
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	var clients []sluicev1.JobServiceClient
+	for range n {
+		conn, err := grpc.NewClient(s.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		conns = append(conns, conn)
+		clients = append(clients, sluicev1.NewJobServiceClient(conn))
+	}
+	return clients, closeAll, nil
+}
+
+// GatewayRSS is the gateway process's resident memory, from /proc.
+func (s *benchStack) GatewayRSS() (int64, error) { return processRSS(s.Gateway.Process.Pid) }
+
+// GatewayCPU is the CPU time the gateway process has used so far.
+func (s *benchStack) GatewayCPU() (time.Duration, error) { return processCPU(s.Gateway.Process.Pid) }
+
+// processCPU reads a process's user plus system CPU time (Linux).
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: count from after it.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	fields := strings.Fields(rest)
+	if !ok || len(fields) < 13 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	// utime and stime, fields 14 and 15 of stat, in USER_HZ ticks (100/s).
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// processRSS reads a process's resident set size (Linux).
+func processRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
+}
+
+// loadResult is what a closed-loop load measured.
+type loadResult struct {
+	ops     int
+	elapsed time.Duration
+	lat     []time.Duration // sorted
+}
+
+func (r *loadResult) perSecond() float64 { return float64(r.ops) / r.elapsed.Seconds() }
+
+// quantile is the q-quantile of the latencies (nearest rank).
+func (r *loadResult) quantile(q float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	i := min(len(r.lat)-1, int(q*float64(len(r.lat))))
+	return r.lat[i]
+}
+
+// runLoad calls op from workers goroutines, each calling again as soon as
+// its last call returned, for d, and measures every call. The first error
+// stops it: a benchmark that loses work has no figure worth printing.
+func runLoad(ctx context.Context, workers int, d time.Duration, op func(ctx context.Context, worker int) error) (*loadResult, error) {
+	lats := make([][]time.Duration, workers)
+	g, gctx := errgroup.WithContext(ctx)
+	start := time.Now()
+	deadline := start.Add(d)
+	for w := range workers {
+		g.Go(func() error {
+			l := make([]time.Duration, 0, 1024)
+			for t0 := time.Now(); t0.Before(deadline); t0 = time.Now() {
+				if err := op(gctx, w); err != nil {
+					return err
+				}
+				l = append(l, time.Since(t0))
+			}
+			lats[w] = l
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	r := &loadResult{elapsed: time.Since(start), lat: slices.Concat(lats...)}
+	r.ops = len(r.lat)
+	slices.Sort(r.lat)
+	return r, nil
+}
+
+// ms formats a latency in milliseconds.
+func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 2, 64) }
