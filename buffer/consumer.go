@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +39,9 @@ type Consumer struct {
 
 	mu          sync.Mutex
 	maxInFlight int // last MaxAckPending written, 0 if unknown
+
+	ackFloor  atomic.Uint64 // the consumer's ack floor as Load last read it
+	removedTo atomic.Uint64 // RemoveFinished has purged up to here
 }
 
 // ConsumerName is the durable consumer that dispatches function's jobs.

@@ -304,12 +304,14 @@ func (q *Queue) redriveOne(ctx context.Context, dl storedLetter) (*sluicev1.Job,
 }
 
 // requeue publishes a redriven job's message, unless it is already there.
+// An earlier message of the job may be there too, finished and not yet
+// removed: the message of this redrive carries its number.
 func (q *Queue) requeue(ctx context.Context, job *sluicev1.Job, payload []byte) error {
-	_, err := q.stream.GetLastMsgForSubject(ctx, Subject(job.Function, job.Id))
+	last, err := q.stream.GetLastMsgForSubject(ctx, Subject(job.Function, job.Id))
 	switch {
-	case err == nil:
+	case err == nil && last.Header.Get(headerRedrives) == strconv.Itoa(int(job.Redrives)):
 		return nil
-	case !errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil && !errors.Is(err, jetstream.ErrMsgNotFound):
 		return fmt.Errorf("buffer: read job %s: %w", job.Id, err)
 	}
 	msg := jobMsg(job, payload)

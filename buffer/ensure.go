@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -78,4 +79,29 @@ func allowAtomicPublish(ctx context.Context, js jetstream.JetStream, name string
 	cfg.AllowAtomicPublish = true
 	_, err = js.UpdateStream(ctx, cfg)
 	return err
+}
+
+// migrateWorkQueue deletes a job stream made by an earlier Sluice with
+// work-queue retention, which cannot be changed in place, if it is empty;
+// Open then creates it anew (and dispatch its consumers). A non-empty one
+// is an error: its jobs must drain first.
+func migrateWorkQueue(ctx context.Context, js jetstream.JetStream) error {
+	s, err := js.Stream(ctx, StreamName)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("buffer: stream %s: %w", StreamName, err)
+	}
+	info := s.CachedInfo()
+	if info.Config.Retention != jetstream.WorkQueuePolicy {
+		return nil
+	}
+	if info.State.Msgs > 0 {
+		return fmt.Errorf("buffer: stream %s has work-queue retention, from an earlier Sluice, and %d jobs in it: run that version until they are done, then start this one (it recreates the stream)", StreamName, info.State.Msgs)
+	}
+	if err := js.DeleteStream(ctx, StreamName); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("buffer: recreate stream %s with limits retention: %w", StreamName, err)
+	}
+	return nil
 }

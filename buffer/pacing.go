@@ -165,6 +165,7 @@ func (c *Consumer) Load(ctx context.Context) (Load, error) {
 	if err != nil {
 		return Load{}, fmt.Errorf("buffer: consumer info of %s: %w", c.cfg.Function, err)
 	}
+	c.ackFloor.Store(info.AckFloor.Stream)
 	return Load{
 		Backlog:     int(info.NumPending),
 		InFlight:    info.NumAckPending,
@@ -175,7 +176,13 @@ func (c *Consumer) Load(ctx context.Context) (Load, error) {
 // Oldest is when the oldest job of the function still in the queue
 // (waiting or running) was stored; [ErrNotFound] when there is none.
 func (c *Consumer) Oldest(ctx context.Context) (time.Time, error) {
-	msg, err := c.q.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(functionSubjects(c.cfg.Function)))
+	info, err := c.cons.Info(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("buffer: consumer info of %s: %w", c.cfg.Function, err)
+	}
+	// Every job at or below the ack floor is finished; the one after it
+	// is the oldest that is not.
+	msg, err := c.q.stream.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(functionSubjects(c.cfg.Function)))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return time.Time{}, ErrNotFound
 	}
@@ -197,6 +204,22 @@ func (q *Queue) FunctionLoad(ctx context.Context, function string) (Load, error)
 		return Load{}, fmt.Errorf("buffer: consumer of %s: %w", function, err)
 	}
 	return (&Consumer{q: q, cons: cons, cfg: ConsumerConfig{Function: function}}).Load(ctx)
+}
+
+// RemoveFinished removes the messages of the function's finished jobs, up
+// to the ack floor Load last read (every job at or below it is finished),
+// in one purge: one fsync for all of them, where a work queue spends one per
+// job. Finished jobs above the floor wait for a later call.
+func (c *Consumer) RemoveFinished(ctx context.Context) error {
+	floor := c.ackFloor.Load()
+	if floor <= c.removedTo.Load() {
+		return nil
+	}
+	if err := c.q.stream.Purge(ctx, jetstream.WithPurgeSubject(functionSubjects(c.cfg.Function)), jetstream.WithPurgeSequence(floor+1)); err != nil {
+		return fmt.Errorf("buffer: remove finished jobs of %s: %w", c.cfg.Function, err)
+	}
+	c.removedTo.Store(floor)
+	return nil
 }
 
 // SetMaxInFlight changes the server-enforced cap on jobs in flight. The

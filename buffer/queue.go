@@ -41,6 +41,8 @@ const (
 	headerContentTyp  = "Content-Type"
 	headerCallbackURL = "Sluice-Callback-Url"
 	headerTenant      = "Sluice-Tenant"
+	// headerRedrives is on a redriven job's message: which redrive it is.
+	headerRedrives = "Sluice-Redrives"
 )
 
 // Sentinel errors.
@@ -129,12 +131,19 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if maxMsg == 0 {
 		maxMsg = int32(nc.MaxPayload())
 	}
+	if err := migrateWorkQueue(ctx, js); err != nil {
+		return nil, err
+	}
 	stream, err := ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Sluice: queued jobs, one message per job until it finishes",
 		Subjects:    []string{SubjectPrefix + ">"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
+		// Limits, not work-queue, retention: a work queue removes each
+		// acknowledged message on its own, one fsync'd tombstone per job.
+		// Dispatch removes finished jobs' messages in batches instead
+		// (Consumer.RemoveFinished), one fsync for many.
+		Retention: jetstream.LimitsPolicy,
+		Storage:   jetstream.FileStorage,
 		// Discard new: a full buffer refuses new jobs, never evicts
 		// accepted ones. No MaxAge for the same reason.
 		Discard:    jetstream.DiscardNew,
@@ -335,6 +344,9 @@ func jobMsg(job *sluicev1.Job, payload []byte) *nats.Msg {
 	}
 	if job.Tenant != "" {
 		msg.Header.Set(headerTenant, job.Tenant)
+	}
+	if job.Redrives > 0 {
+		msg.Header.Set(headerRedrives, strconv.Itoa(int(job.Redrives)))
 	}
 	return msg
 }

@@ -199,12 +199,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			return stoppedOr(ctx, err)
 		}
 		l := &functionLoop{
-			fn:   f,
-			cons: cons,
-			src:  d.cfg.Source,
-			cfg:  &d.cfg,
-			log:  d.log.With("function", f.Name),
-			tel:  d.tel,
+			fn:    f,
+			cons:  cons,
+			src:   d.cfg.Source,
+			cfg:   &d.cfg,
+			log:   d.log.With("function", f.Name),
+			tel:   d.tel,
+			attrs: newLoopAttrs(f.Name),
 		}
 		if f.RatePerSecond > 0 {
 			l.limiter = rate.NewLimiter(rate.Limit(f.RatePerSecond), max(1, f.RateBurst))
@@ -249,6 +250,7 @@ type functionLoop struct {
 	cfg     *Config
 	log     *slog.Logger
 	limiter *rate.Limiter // nil without a rate limit
+	attrs   loopAttrs
 	cold    coldStarts
 	recent  outcomes // for the circuit breaker
 	counts  tally
@@ -305,7 +307,8 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 // handle runs one attempt at one job and records its outcome. runCtx ends
 // when dispatch stops; ctx, later, when in-flight work is cut off.
 func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) {
-	log := l.jobLog(dv)
+	// Built on first use: most attempts log nothing.
+	log := l.lazyJobLog(dv)
 	// While the platform asked us to wait, hold the job (its place in the
 	// window with it) until the pause ends; a long pause hands it back.
 	if pause := buffer.PauseDelay(*l.pacing.Load(), l.cfg.Now()); pause > 0 {
@@ -333,14 +336,14 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		l.settle(dv.Skip, dv)
 		return
 	case err != nil:
-		log.Error("read job", "err", err)
+		log().Error("read job", "err", err)
 		l.settle(dv.Release, dv)
 		return
 	}
 	if age := l.cfg.Now().Sub(queuedSince(job)); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
 		reason := fmt.Sprintf("not finished within its max age of %s", l.fn.MaxAge)
 		l.countDeadLettered("expired")
-		log.Warn("job expired", "age", age, "attempts", job.Attempts)
+		log().Warn("job expired", "age", age, "attempts", job.Attempts)
 		l.settle(func(ctx context.Context) error { return dv.Expire(ctx, reason) }, dv)
 		return
 	}
@@ -390,9 +393,8 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	defer cancel()
 	started := time.Now()
 	dv.Invoked(started)
-	fnAttr := attrFunction.String(l.fn.Name)
 	if job.Attempts == 0 && job.Throttles == 0 {
-		l.tel.queueWait.Record(ctx, started.Sub(queuedSince(job)).Seconds(), metric.WithAttributes(fnAttr))
+		l.tel.queueWait.Record(ctx, started.Sub(queuedSince(job)).Seconds(), l.attrs.fn)
 	}
 	resp, err := l.fn.Invoker.Invoke(invokeCtx, &Invocation{
 		JobID:       dv.JobID,
@@ -408,12 +410,12 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 			l.settle(dv.Skip, dv) // finished elsewhere meanwhile
 			return
 		case beginErr != nil:
-			log.Error("mark job running", "err", beginErr) // the outcome write retries from a fresh read
+			log().Error("mark job running", "err", beginErr) // the outcome write retries from a fresh read
 		}
 	}
 	if ctx.Err() != nil {
 		// Cut off by shutdown, not by the function: run it again later.
-		log.Info("invocation cut off by shutdown; job handed back", "attempt", attempt)
+		log().Info("invocation cut off by shutdown; job handed back", "attempt", attempt)
 		l.settle(dv.Release, dv)
 		return
 	}
@@ -433,12 +435,14 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		default:
 			span.SetStatus(codes.Error, rec.Error)
 		}
-		span.SetAttributes(attrOutcome.String(outcome), attrStatus.Int(int(rec.HttpStatus)), attrCold.Bool(rec.ColdStart))
-		attrs := metric.WithAttributes(fnAttr, attrOutcome.String(outcome))
+		if span.IsRecording() {
+			span.SetAttributes(attrOutcome.String(outcome), attrStatus.Int(int(rec.HttpStatus)), attrCold.Bool(rec.ColdStart))
+		}
+		attrs := l.attrs.outcome[outcome]
 		l.tel.invocations.Add(ctx, 1, attrs)
 		l.tel.duration.Record(ctx, took.Seconds(), attrs)
 		if rec.ColdStart {
-			l.tel.coldStarts.Add(ctx, 1, metric.WithAttributes(fnAttr))
+			l.tel.coldStarts.Add(ctx, 1, l.attrs.fn)
 		}
 	}()
 	rec := &sluicev1.Attempt{
@@ -451,7 +455,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	if err != nil {
 		reason := describeInvokeError(err, l.fn.Timeout)
 		rec.Error = reason
-		log.Warn("invocation failed", "attempt", attempt, "reason", reason, "err", err)
+		log().Warn("invocation failed", "attempt", attempt, "reason", reason, "err", err)
 		if l.judge(probe, retryableError(err), reason) {
 			l.probeFailed(dv, rec)
 			return
@@ -473,17 +477,21 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		return
 	}
 	if rec.ColdStart = l.cold.observe(took, resp.ColdStart); rec.ColdStart {
-		log.Debug("cold start", "attempt", attempt, "took", took)
+		if l.log.Enabled(ctx, slog.LevelDebug) {
+			log().Debug("cold start", "attempt", attempt, "took", took)
+		}
 	}
 	result := &sluicev1.JobResult{HttpStatus: int32(resp.Status), ContentType: resp.ContentType, Body: resp.Body}
 	if resp.Status >= 200 && resp.Status < 300 {
 		rec.Outcome = sluicev1.Attempt_SUCCEEDED
 		l.counts.add(func(c *buffer.Counts) { c.Succeeded++ })
-		log.Debug("invocation succeeded", "attempt", attempt, "status", resp.Status)
+		if l.log.Enabled(ctx, slog.LevelDebug) {
+			log().Debug("invocation succeeded", "attempt", attempt, "status", resp.Status)
+		}
 		l.settle(func(ctx context.Context) error { return dv.Succeed(ctx, result) }, dv)
 		return
 	}
-	log.Warn("function answered with an error", "attempt", attempt, "status", resp.Status)
+	log().Warn("function answered with an error", "attempt", attempt, "status", resp.Status)
 	reason := fmt.Sprintf("function answered HTTP %d", resp.Status)
 	rec.Error = reason
 	retryAfter, _ := parseRetryAfter(resp.RetryAfter, l.cfg.Now())
@@ -511,6 +519,18 @@ func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, r
 // the ID of the trace its submit began (never its payload).
 func (l *functionLoop) jobLog(dv *buffer.Delivery) *slog.Logger {
 	return l.log.With("job_id", dv.JobID, "trace_id", traceID(dv))
+}
+
+// lazyJobLog is jobLog, built on its first call. Not safe for concurrent
+// use: one attempt's goroutine owns it.
+func (l *functionLoop) lazyJobLog(dv *buffer.Delivery) func() *slog.Logger {
+	var lg *slog.Logger
+	return func() *slog.Logger {
+		if lg == nil {
+			lg = l.jobLog(dv)
+		}
+		return lg
+	}
 }
 
 // traceID is the trace the job's submit began; "" when it carried none.
@@ -613,6 +633,9 @@ func (l *functionLoop) pace(ctx context.Context) {
 		l.pacing.Store(&p)
 		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
 			l.log.Warn("apply window", "err", err)
+		}
+		if err := l.cons.RemoveFinished(ctx); err != nil && ctx.Err() == nil {
+			l.log.Warn("remove finished jobs", "err", err)
 		}
 		l.gauges.backlog.Store(int64(load.Backlog))
 		l.gauges.inFlight.Store(int64(load.InFlight))

@@ -1,0 +1,134 @@
+package buffer_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+)
+
+func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	s, err := js.Stream(t.Context(), buffer.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func TestFinishedJobsAreRemovedUpToTheAckFloor(t *testing.T) {
+	srv := buffertest.Start(t, "")
+	nc := srv.Connect(t)
+	js, _ := jetstream.New(nc)
+	q, err := buffer.Open(t.Context(), nc, buffer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for range 10 {
+		if _, err := q.Submit(ctx, "f", []byte("x"), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 10, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := fetch(t, c, 10, 5*time.Second)
+	if err != nil || len(ds) != 10 {
+		t.Fatalf("fetched %d, %v", len(ds), err)
+	}
+	// Finish all but the third: the ack floor stops below it.
+	for i, d := range ds {
+		if i == 2 {
+			continue
+		}
+		if err := d.Succeed(ctx, &sluicev1.JobResult{HttpStatus: 200}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removeFinished := func() {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			// Acks are not waited for: the floor moves a moment later.
+			if _, err := c.Load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.RemoveFinished(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if streamMsgs(t, js) <= 8 || time.Now().After(deadline) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	removeFinished()
+	// The two below the unfinished one are gone; it and the seven after it
+	// (finished, above the floor) stay.
+	if n := streamMsgs(t, js); n != 8 {
+		t.Errorf("after removing up to the floor: %d messages, want 8", n)
+	}
+	if job, err := q.Get(ctx, ds[2].JobID); err != nil || job.State != sluicev1.Job_QUEUED {
+		t.Errorf("unfinished job: %v, %v", job.GetState(), err)
+	}
+	if err := ds[2].Succeed(ctx, &sluicev1.JobResult{HttpStatus: 200}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for streamMsgs(t, js) != 0 && time.Now().Before(deadline) {
+		if _, err := c.Load(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.RemoveFinished(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := streamMsgs(t, js); n != 0 {
+		t.Errorf("all finished: %d messages left, want 0", n)
+	}
+	for _, d := range ds {
+		if job, err := q.Get(ctx, d.JobID); err != nil || job.State != sluicev1.Job_SUCCEEDED {
+			t.Errorf("job %s: %v, %v", d.JobID, job.GetState(), err)
+		}
+	}
+}
+
+func TestWorkQueueStreamFromAnEarlierVersion(t *testing.T) {
+	srv := buffertest.Start(t, "")
+	nc := srv.Connect(t)
+	js, _ := jetstream.New(nc)
+	old := jetstream.StreamConfig{Name: buffer.StreamName, Subjects: []string{buffer.SubjectPrefix + ">"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage}
+	if _, err := js.CreateStream(t.Context(), old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(t.Context(), buffer.Subject("f", buffer.NewJobID()), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := buffer.Open(t.Context(), nc, buffer.Config{})
+	if err == nil || !strings.Contains(err.Error(), "work-queue retention") {
+		t.Fatalf("Open over a non-empty work queue: %v; want an error saying to drain it", err)
+	}
+	s, _ := js.Stream(t.Context(), buffer.StreamName)
+	if err := s.Purge(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := buffer.Open(t.Context(), nc, buffer.Config{}); err != nil {
+		t.Fatalf("Open over an empty work queue: %v", err)
+	}
+	s, _ = js.Stream(t.Context(), buffer.StreamName)
+	if r := s.CachedInfo().Config.Retention; r != jetstream.LimitsPolicy {
+		t.Errorf("retention after Open: %v, want limits", r)
+	}
+}
