@@ -82,6 +82,24 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider) (*telemetry,
 	return t, err
 }
 
+// loopAttrs are a function's metric attribute sets, built once: a set
+// built per measurement costs a hash and allocations on every invocation.
+type loopAttrs struct {
+	fn      metric.MeasurementOption
+	outcome map[string]metric.MeasurementOption // with the function, by outcome
+}
+
+func newLoopAttrs(function string) loopAttrs {
+	a := loopAttrs{
+		fn:      metric.WithAttributeSet(attribute.NewSet(attrFunction.String(function))),
+		outcome: make(map[string]metric.MeasurementOption),
+	}
+	for _, o := range []string{outcomeSucceeded, outcomeFailed, outcomeThrottled} {
+		a.outcome[o] = metric.WithAttributeSet(attribute.NewSet(attrFunction.String(function), attrOutcome.String(o)))
+	}
+	return a
+}
+
 // Each outcome below is counted twice over, on purpose: in the totals every
 // process shares (the API's function status) and in this process's
 // metrics.
@@ -90,19 +108,19 @@ func newTelemetry(tp trace.TracerProvider, mp metric.MeterProvider) (*telemetry,
 // "failed" or "expired".
 func (l *functionLoop) countDeadLettered(reason string) {
 	l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
-	l.tel.deadLettered.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name), attrReason.String(reason)))
+	l.tel.deadLettered.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name), attrReason.String(reason))) // rare: built per call
 }
 
 // countRetry counts a failed attempt that will be retried.
 func (l *functionLoop) countRetry() {
 	l.counts.add(func(c *buffer.Counts) { c.Retries++ })
-	l.tel.retries.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
+	l.tel.retries.Add(context.Background(), 1, l.attrs.fn)
 }
 
 // countThrottle counts a throttle received from the platform.
 func (l *functionLoop) countThrottle() {
 	l.counts.add(func(c *buffer.Counts) { c.Throttles++ })
-	l.tel.throttles.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name)))
+	l.tel.throttles.Add(context.Background(), 1, l.attrs.fn)
 }
 
 // gauges are a function's dispatch state as the pace loop last read it,
@@ -145,7 +163,7 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop) error {
 	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for _, l := range loops {
-			fn := metric.WithAttributes(attrFunction.String(l.fn.Name))
+			fn := l.attrs.fn
 			o.ObserveInt64(depth, l.gauges.backlog.Load(), fn)
 			o.ObserveFloat64(oldest, time.Duration(l.gauges.oldestAge.Load()).Seconds(), fn)
 			o.ObserveInt64(inFlight, l.gauges.inFlight.Load(), fn)
