@@ -37,8 +37,9 @@ import (
 // runBench runs one of the benchmarks.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	benches := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"burst":   runBenchBurst,
-		"ingress": runBenchIngress,
+		"burst":    runBenchBurst,
+		"ingress":  runBenchIngress,
+		"pipeline": runBenchPipeline,
 	}
 	if len(args) > 0 {
 		if run, ok := benches[args[0]]; ok {

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/genproto/googleapis/api/httpbody"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+)
+
+// pipelineFlags configure `sluice bench pipeline`.
+type pipelineFlags struct {
+	submitters, payload, fnConcurrency, maxBacklog int
+	duration, warmup                               time.Duration
+	natsURL, durability, debugAddr                 string
+	minPerSecond                                   float64
+}
+
+// runBenchPipeline measures jobs completed per second end to end: submitted
+// over gRPC, buffered, dispatched to an instant function on a simulated
+// platform, and their results stored; with the backlog held under a bound,
+// so that what is measured is a rate the pipeline sustains.
+func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench pipeline", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var b pipelineFlags
+	fs.IntVar(&b.submitters, "concurrency", 200, "concurrent submitting clients")
+	fs.IntVar(&b.payload, "payload", 1024, "payload size in bytes")
+	fs.IntVar(&b.fnConcurrency, "fn-concurrency", 256, "the function's concurrency limit, Sluice's and the platform's")
+	fs.IntVar(&b.maxBacklog, "max-backlog", 20_000, "submitters pause while more jobs than this are unfinished")
+	fs.DurationVar(&b.duration, "duration", 60*time.Second, "how long the measured run lasts")
+	fs.DurationVar(&b.warmup, "warmup", 5*time.Second, "unmeasured run before it")
+	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
+	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
+	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
+	fs.Float64Var(&b.minPerSecond, "min-per-second", 0, "fail unless at least this many jobs complete per second")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if b.submitters < 1 || b.payload < 1 || b.fnConcurrency < 1 || b.maxBacklog < 1 || b.duration <= 0 {
+		return errors.New("bench pipeline: counts and --duration must be positive")
+	}
+	dir, err := os.MkdirTemp("", "sluice-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	raiseFileLimit()
+
+	platformCtx, stopPlatform := context.WithCancel(ctx)
+	var platform sync.WaitGroup
+	defer platform.Wait()
+	defer stopPlatform()
+	fnAddr, err := startPlatform(platformCtx, &platform, stderr, []string{"--concurrency", strconv.Itoa(b.fnConcurrency),
+		"--duration", "0s", "--cold-start", "0s"})
+	if err != nil {
+		return err
+	}
+	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, config: fmt.Sprintf(`functions:
+  - name: %s
+    url: http://%s/
+    concurrency: %d
+    timeout: 30s
+    max_payload: %d
+buffer: {max_jobs: 10000000, max_bytes: 16GiB, durability: %s}
+`, benchFunction, fnAddr, b.fnConcurrency, max(b.payload, 1024), b.durability)}, stderr)
+	if err != nil {
+		return err
+	}
+	defer stack.Close()
+	fmt.Fprintf(stdout, "pipeline: %d gRPC clients submit %d-byte jobs to an instant function (concurrency %d) while fewer than %d are unfinished; %s measured after %s\n\n",
+		b.submitters, b.payload, b.fnConcurrency, b.maxBacklog, b.duration, b.warmup)
+
+	jobs, err := stack.JS.Stream(ctx, buffer.StreamName)
+	if err != nil {
+		return err
+	}
+	states, err := stack.JS.Stream(ctx, "KV_"+buffer.StateBucket)
+	if err != nil {
+		return err
+	}
+	clients, closeClients, err := stack.GRPCClients(4)
+	if err != nil {
+		return err
+	}
+	defer closeClients()
+
+	// The backlog is what the function's consumer has not had acknowledged:
+	// a job's message is acknowledged only after its outcome is stored.
+	cons, err := jobs.Consumer(ctx, buffer.ConsumerName(benchFunction))
+	if err != nil {
+		return err
+	}
+	unfinished := func(ctx context.Context) (int64, error) {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return int64(info.NumPending) + int64(info.NumAckPending), nil
+	}
+	var backlog, submitted, maxBacklog atomic.Int64
+	var measuring atomic.Bool
+	g, gctx := errgroup.WithContext(ctx)
+	stopSampling := make(chan struct{})
+	g.Go(func() error {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			n, err := unfinished(gctx)
+			if err != nil {
+				return err
+			}
+			backlog.Store(n)
+			if measuring.Load() && n > maxBacklog.Load() {
+				maxBacklog.Store(n) // only this goroutine writes it
+			}
+			select {
+			case <-tick.C:
+			case <-stopSampling:
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+	})
+	payload := bytes.Repeat([]byte("x"), b.payload)
+	end := time.Now().Add(b.warmup + b.duration)
+	var ids sync.Map // a sample of submitted job IDs, checked at the end
+	submitters, sctx := errgroup.WithContext(gctx)
+	for w := range b.submitters {
+		submitters.Go(func() error {
+			for n := 0; time.Now().Before(end); n++ {
+				if backlog.Load()+int64(b.submitters) > int64(b.maxBacklog) {
+					time.Sleep(5 * time.Millisecond)
+					continue
+				}
+				resp, err := clients[w%len(clients)].SubmitJob(sctx, &sluicev1.SubmitJobRequest{
+					Function: benchFunction,
+					Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: payload},
+				})
+				if err != nil {
+					return err
+				}
+				submitted.Add(1)
+				if n%100 == 0 {
+					ids.Store(resp.GetJob().GetId(), true)
+				}
+			}
+			return nil
+		})
+	}
+	type mark struct {
+		at                 time.Time
+		submitted, backlog int64
+		jobSeq, stateSeq   uint64
+		gatewayCPU         time.Duration
+		gatewayRSS         int64
+	}
+	take := func() (mark, error) {
+		ji, err1 := jobs.Info(gctx)
+		si, err2 := states.Info(gctx)
+		cpu, err3 := stack.GatewayCPU()
+		rss, err4 := stack.GatewayRSS()
+		n, err5 := unfinished(gctx)
+		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+			return mark{}, err
+		}
+		return mark{at: time.Now(), submitted: submitted.Load(), backlog: n,
+			jobSeq: ji.State.LastSeq, stateSeq: si.State.LastSeq, gatewayCPU: cpu, gatewayRSS: rss}, nil
+	}
+	var start, stop mark
+	g.Go(func() error {
+		defer close(stopSampling)
+		if err := sleepCtx(gctx, b.warmup); err != nil {
+			return err
+		}
+		var err error
+		if start, err = take(); err != nil {
+			return err
+		}
+		measuring.Store(true)
+		if err := sleepCtx(gctx, b.duration); err != nil {
+			return err
+		}
+		measuring.Store(false)
+		if stop, err = take(); err != nil {
+			return err
+		}
+		return submitters.Wait()
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	elapsed := stop.at.Sub(start.at)
+	completed := (stop.submitted - start.submitted) - (stop.backlog - start.backlog)
+	perSecond := float64(completed) / elapsed.Seconds()
+	fmt.Fprintf(stdout, "completed: %d jobs in %s: %.0f jobs/s end to end (submitted %.0f/s)\n", completed, elapsed.Round(time.Millisecond),
+		perSecond, float64(stop.submitted-start.submitted)/elapsed.Seconds())
+	fmt.Fprintf(stdout, "backlog: %d at the start, %d at the end, at most %d (bound %d)\n", start.backlog, stop.backlog, maxBacklog.Load(), b.maxBacklog)
+	if completed > 0 {
+		fmt.Fprintf(stdout, "writes per job: %.2f job messages per job submitted, %.2f state entries per job completed\n",
+			float64(stop.jobSeq-start.jobSeq)/float64(stop.submitted-start.submitted), float64(stop.stateSeq-start.stateSeq)/float64(completed))
+		fmt.Fprintf(stdout, "gateway: %.1f µs CPU per job, RSS %.0f MiB at the end\n",
+			float64((stop.gatewayCPU-start.gatewayCPU).Microseconds())/float64(completed), float64(stop.gatewayRSS)/(1<<20))
+	}
+
+	// Every job must finish, and finish well: wait for the backlog to
+	// drain, then read a sample of the jobs.
+	if err := waitDrained(ctx, unfinished, 2*time.Minute); err != nil {
+		return err
+	}
+	queue, err := buffer.Open(ctx, stack.NC, buffer.Config{MaxJobs: 10_000_000, MaxBytes: 16 << 30})
+	if err != nil {
+		return err
+	}
+	checked, bad := 0, 0
+	var checkErr error
+	ids.Range(func(k, _ any) bool {
+		job, err := queue.Get(ctx, k.(string))
+		if err != nil {
+			checkErr = err
+			return false
+		}
+		checked++
+		if job.State != sluicev1.Job_SUCCEEDED {
+			bad++
+		}
+		return true
+	})
+	if checkErr != nil {
+		return checkErr
+	}
+	fmt.Fprintf(stdout, "drained; %d sampled jobs read back: %d SUCCEEDED, %d not\n", checked, checked-bad, bad)
+	var fails []error
+	if bad > 0 {
+		fails = append(fails, fmt.Errorf("%d sampled jobs did not succeed", bad))
+	}
+	if b.minPerSecond > 0 && perSecond < b.minPerSecond {
+		fails = append(fails, fmt.Errorf("%.0f jobs/s is below the floor of %.0f", perSecond, b.minPerSecond))
+	}
+	if err := errors.Join(fails...); err != nil {
+		return fmt.Errorf("bench pipeline: %w", err)
+	}
+	return nil
+}
+
+// waitDrained waits until no job is unfinished.
+func waitDrained(ctx context.Context, unfinished func(context.Context) (int64, error), within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		n, err := unfinished(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d jobs still unfinished %s after the load stopped", n, within)
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// sleepCtx sleeps for d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
