@@ -19,6 +19,7 @@ package lambdatest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -195,6 +196,10 @@ func findEmulator() (string, error) {
 	}
 	out, err := goCommand("tool", "-n", "aws-lambda-rie").Output()
 	if err != nil {
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) && len(exitErr.Stderr) > 0 {
+			err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(exitErr.Stderr))
+		}
 		return "", fmt.Errorf("no aws-lambda-rie on $PATH or in $SLUICE_LAMBDA_RIE, and `go tool -n aws-lambda-rie` failed: %v", err)
 	}
 	return strings.TrimSpace(string(out)), nil
