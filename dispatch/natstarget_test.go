@@ -44,6 +44,10 @@ func startResizeService(t *testing.T) *NATSInvoker {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { svc.Stop() })
+	// The service's subscription reaches the server before any request.
+	if err := svcConn.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	return &NATSInvoker{Conn: callConn, Subject: "svc.resize"}
 }
 

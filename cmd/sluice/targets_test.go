@@ -278,6 +278,9 @@ func TestNATSTargetEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { svc.Stop() })
+		if err := svcConn.Flush(); err != nil { // subscribed before any request
+			t.Fatal(err)
+		}
 	}
 	addService("resize", "svc.resize")
 
