@@ -466,13 +466,14 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	rec.HttpStatus = int32(resp.Status)
 	if retryAfter, throttled := throttleOf(resp, l.cfg.Now()); throttled {
 		rec.Outcome = sluicev1.Attempt_THROTTLED
+		rec.Error = resp.Error    // the platform's words, if it had any
 		l.judge(probe, false, "") // a busy function is not a broken one
-		l.throttled(dv, retryAfter, resp.Status)
+		l.throttled(dv, retryAfter, resp)
 		return
 	}
 	failedStatus := (resp.Status < 200 || resp.Status >= 300) && retryableStatus(resp.Status)
-	if l.judge(probe, failedStatus, fmt.Sprintf("function answered HTTP %d", resp.Status)) {
-		rec.Error = fmt.Sprintf("function answered HTTP %d", resp.Status)
+	if l.judge(probe, failedStatus, answerReason(resp)) {
+		rec.Error = answerReason(resp)
 		l.probeFailed(dv, rec)
 		return
 	}
@@ -491,8 +492,8 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		l.settle(func(ctx context.Context) error { return dv.Succeed(ctx, result) }, dv)
 		return
 	}
-	log().Warn("function answered with an error", "attempt", attempt, "status", resp.Status)
-	reason := fmt.Sprintf("function answered HTTP %d", resp.Status)
+	reason := answerReason(resp)
+	log().Warn("function answered with an error", "attempt", attempt, "status", resp.Status, "reason", reason)
 	rec.Error = reason
 	retryAfter, _ := parseRetryAfter(resp.RetryAfter, l.cfg.Now())
 	l.failed(dv, int(attempt), reason, result, retryableStatus(resp.Status), retryAfter)
@@ -551,6 +552,15 @@ func queuedSince(job *sluicev1.Job) time.Time {
 	return job.GetCreateTime().AsTime()
 }
 
+// answerReason says why an answer that was no success failed, for the
+// attempt's error field.
+func answerReason(resp *Response) string {
+	if resp.Error != "" {
+		return resp.Error
+	}
+	return fmt.Sprintf("function answered HTTP %d", resp.Status)
+}
+
 // throttleOf tells whether the platform refused an invocation for capacity
 // (429, or 503 with Retry-After) and how long it asked us to wait.
 func throttleOf(resp *Response, now time.Time) (time.Duration, bool) {
@@ -569,7 +579,7 @@ func throttleOf(resp *Response, now time.Time) (time.Duration, bool) {
 
 // throttled shrinks the shared window, pauses the function and hands the
 // job back without counting the attempt.
-func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, status int) {
+func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, resp *Response) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	l.countThrottle()
@@ -586,7 +596,7 @@ func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, 
 		}
 	}
 	l.log.Info("throttled by the platform; job handed back, attempt not counted",
-		"job_id", dv.JobID, "trace_id", traceID(dv), "status", status, "retry_after", retryAfter, "window", p.Window)
+		"job_id", dv.JobID, "trace_id", traceID(dv), "status", resp.Status, "reason", resp.Error, "retry_after", retryAfter, "window", p.Window)
 	delay := max(buffer.PauseDelay(p, now), 50*time.Millisecond)
 	l.settle(func(ctx context.Context) error { return dv.Throttled(ctx, delay) }, dv)
 }

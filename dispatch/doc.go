@@ -8,4 +8,11 @@
 // lost. The function's concurrency limit is enforced twice: locally by a
 // slot semaphore, and globally by the consumer's MaxAckPending, which the
 // JetStream server applies across every gateway process.
+//
+// Three invokers reach functions: [HTTPInvoker] POSTs to a URL,
+// [LambdaInvoker] calls the AWS Lambda Invoke API and [NATSInvoker] sends a
+// NATS request to a service. Each maps its platform's answers onto a
+// [Response] (a throttle as 429, a function error as a failing status with
+// the platform's words in Response.Error, a cold start as
+// Response.ColdStart), so the loop judges them all alike.
 package dispatch

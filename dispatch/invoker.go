@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -29,9 +30,13 @@ type Invocation struct {
 	Warmup bool
 }
 
-// Response is what a function answered.
+// Response is what a function answered. Invokers for platforms other than
+// HTTP map their answers onto HTTP statuses, which the dispatcher reads:
+// 2xx succeeded; 429, or 503 with RetryAfter, is a throttle (the pacing
+// window shrinks and the attempt is not counted); any other status is a
+// failed attempt, retried if it is 5xx but 501, or 408.
 type Response struct {
-	// Status is the HTTP status code.
+	// Status is the HTTP status code, or the platform's answer as one.
 	Status int
 	// ContentType is the response's content type.
 	ContentType string
@@ -42,6 +47,12 @@ type Response struct {
 	// ColdStart is what the platform said about the environment: true for a
 	// new one, false for a warm one, nil when it said nothing.
 	ColdStart *bool
+	// Error, if set, says in the platform's words why the invocation did
+	// not succeed ("Lambda function error (Unhandled: TypeError)"), for the
+	// attempt's and the job's error field; empty means "function answered
+	// HTTP <Status>". It reaches clients: no addresses, keys or account
+	// numbers.
+	Error string
 }
 
 // Invoker calls a function. Invoke returns a Response for any answer the
@@ -77,6 +88,9 @@ type HTTPInvoker struct {
 	// MaxResponseBytes bounds the response body kept as the job's result.
 	// Zero means 1 MiB.
 	MaxResponseBytes int64
+	// Header is sent with every request (an API key, say). The payload's
+	// Content-Type, traceparent and the Sluice headers take precedence.
+	Header http.Header
 }
 
 var _ Invoker = (*HTTPInvoker)(nil)
@@ -92,6 +106,9 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(inv.Payload))
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: build request: %w", err)
+	}
+	for k, vs := range h.Header {
+		req.Header[k] = slices.Clone(vs)
 	}
 	if inv.ContentType != "" {
 		req.Header.Set("Content-Type", inv.ContentType)
@@ -113,16 +130,13 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 		return nil, err
 	}
 	defer resp.Body.Close()
-	limit := h.MaxResponseBytes
-	if limit == 0 {
-		limit = 1 << 20
-	}
+	limit := responseLimit(h.MaxResponseBytes)
 	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: read response: %w", err)
 	}
-	if int64(len(body)) > limit {
-		return nil, fmt.Errorf("%w: more than %d bytes", ErrResponseTooLarge, limit)
+	if err := checkResponseSize(len(body), limit); err != nil {
+		return nil, err
 	}
 	out := &Response{
 		Status:      resp.StatusCode,
@@ -137,4 +151,23 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 		}
 	}
 	return out, nil
+}
+
+// defaultMaxResponseBytes is the invokers' MaxResponseBytes default.
+const defaultMaxResponseBytes = 1 << 20
+
+// responseLimit is a MaxResponseBytes setting with its default applied.
+func responseLimit(setting int64) int64 {
+	if setting <= 0 {
+		return defaultMaxResponseBytes
+	}
+	return setting
+}
+
+// checkResponseSize returns ErrResponseTooLarge for a body over limit.
+func checkResponseSize(size int, limit int64) error {
+	if int64(size) > limit {
+		return fmt.Errorf("%w: more than %d bytes", ErrResponseTooLarge, limit)
+	}
+	return nil
 }

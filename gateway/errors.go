@@ -30,6 +30,8 @@ const (
 	errorDomain = "sluice.dev"
 	// ReasonPayloadTooLarge: the payload exceeds the function's limit (413).
 	ReasonPayloadTooLarge = "PAYLOAD_TOO_LARGE"
+	// ReasonPayloadNotJSON: the function takes only JSON payloads (400).
+	ReasonPayloadNotJSON = "PAYLOAD_NOT_JSON"
 	// ReasonJobNotSucceeded: a result was asked of a job that ended
 	// without one (409).
 	ReasonJobNotSucceeded = "JOB_NOT_SUCCEEDED"

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,6 +97,9 @@ type Function struct {
 	// MaxPayload is the largest payload a job for it may carry, in bytes.
 	// Zero means [DefaultMaxPayload].
 	MaxPayload int64
+	// JSONPayload refuses payloads that are not JSON (an empty one
+	// passes), for targets that take only JSON, such as AWS Lambda.
+	JSONPayload bool
 	// InitialWindow, ScalingPerMinute and Adaptive describe its pacing,
 	// for display.
 	InitialWindow    int
@@ -341,6 +345,11 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		return nil, false, withDetails(codes.InvalidArgument,
 			fmt.Sprintf("payload is %d bytes; function %q accepts at most %d", size, f.Name, f.MaxPayload),
 			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadTooLarge})
+	}
+	if data := payload.GetData(); f.JSONPayload && len(data) > 0 && !json.Valid(data) {
+		return nil, false, withDetails(codes.InvalidArgument,
+			fmt.Sprintf("function %q takes only JSON payloads, and this one is not valid JSON", f.Name),
+			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadNotJSON})
 	}
 	if key, err = idempotencyKey(ctx, key); err != nil {
 		return nil, false, err

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"net/url"
 	"os"
 	"reflect"
@@ -11,10 +12,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -79,13 +83,20 @@ type CallbacksConfig struct {
 	Concurrency Count `yaml:"concurrency"`
 }
 
-// FunctionConfig is one function. Only name and url are required.
+// FunctionConfig is one function. Only name and its target (url, or
+// target) are required.
 type FunctionConfig struct {
 	// Name: lower-case letters, digits, '-' and '_', at most 64.
 	Name string `yaml:"name"`
-	// URL is where jobs are POSTed (http or https).
+	// URL is where jobs are POSTed (http or https): short for
+	// target: {http: {url: …}}.
 	URL string `yaml:"url"`
-	// Concurrency is the most invocations in flight. Default 10.
+	// Target is where jobs go: exactly one of http, lambda or nats. Give it
+	// or url, not both. After checking it is always set, url or not.
+	Target *TargetConfig `yaml:"target"`
+	// Concurrency is the most invocations in flight. Default 10; for a
+	// Lambda target without it, the function's reserved concurrency if it
+	// has one.
 	Concurrency Count `yaml:"concurrency"`
 	// Timeout cuts off one invocation. Default 30s, at most 1h.
 	Timeout Duration `yaml:"timeout"`
@@ -114,6 +125,57 @@ type FunctionConfig struct {
 	Paused bool `yaml:"paused"`
 	// Ingress limits the submits to it.
 	Ingress *IngressConfig `yaml:"ingress"`
+
+	concurrencyGiven bool // Concurrency was configured, not defaulted
+}
+
+// TargetConfig is where a function's jobs go. Exactly one field is set.
+type TargetConfig struct {
+	// HTTP POSTs each job's payload to a URL.
+	HTTP *HTTPTargetConfig `yaml:"http"`
+	// Lambda invokes an AWS Lambda function synchronously.
+	Lambda *LambdaTargetConfig `yaml:"lambda"`
+	// NATS sends each job as a request to a NATS service.
+	NATS *NATSTargetConfig `yaml:"nats"`
+}
+
+// HTTPTargetConfig is a function behind an HTTP endpoint.
+type HTTPTargetConfig struct {
+	// URL is where jobs are POSTed (http or https). Required.
+	URL string `yaml:"url"`
+	// Headers are sent with every invocation (an API key, say). Sluice's
+	// own headers and traceparent cannot be set here; Content-Type applies
+	// only to payloads submitted without one.
+	Headers map[string]string `yaml:"headers"`
+}
+
+// LambdaTargetConfig is an AWS Lambda function, invoked with the Invoke
+// API (RequestResponse). Credentials come from the AWS SDK's default
+// chain: environment, shared config and credentials files, web identity,
+// container and instance roles. Lambda takes JSON payloads only, so
+// submits of anything else are refused, as are payloads over Lambda's 6 MB.
+type LambdaTargetConfig struct {
+	// Function is the function's name, ARN or partial ARN. Required.
+	Function string `yaml:"function"`
+	// Qualifier is a version or alias. Default: $LATEST, or what the ARN
+	// names.
+	Qualifier string `yaml:"qualifier"`
+	// Region is the function's AWS region. Default: the region in the
+	// function's ARN, else the AWS configuration's (AWS_REGION, the shared
+	// config file).
+	Region string `yaml:"region"`
+	// Endpoint overrides the Lambda API endpoint, for emulators and tests.
+	Endpoint string `yaml:"endpoint"`
+}
+
+// NATSTargetConfig is a service answering requests on a NATS subject (a
+// nats.go micro service, say), reached through the gateway's own NATS
+// connection, so it needs `sluice serve --nats-url`. The request-reply
+// timeout is the function's timeout.
+type NATSTargetConfig struct {
+	// Subject is the service's subject. Required; no wildcards, not under
+	// Sluice's own "sluice." or the system's "$" and "_INBOX.".
+	Subject string `yaml:"subject"`
 }
 
 // CircuitBreakerConfig is a function's circuit breaker. While it is open,
@@ -264,6 +326,9 @@ func decodeFields(n *yaml.Node, v any, path string) error {
 	fields := make(map[string]reflect.Value, rv.NumField())
 	var known []string
 	for i := range rv.NumField() {
+		if !rv.Type().Field(i).IsExported() {
+			continue
+		}
 		name, _, _ := strings.Cut(rv.Type().Field(i).Tag.Get("yaml"), ",")
 		fields[name] = rv.Field(i)
 		known = append(known, name)
@@ -345,11 +410,8 @@ func (c *Config) setDefaultsAndCheck() error {
 			}
 			seen[f.Name] = i
 		}
-		if f.URL == "" {
-			bad("url", "missing")
-		} else if u, err := url.Parse(f.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("url", "%q is not an absolute http or https URL", f.URL)
-		}
+		f.checkTarget(bad)
+		f.concurrencyGiven = f.Concurrency != 0
 		if f.Concurrency == 0 {
 			f.Concurrency = defaultConcurrency
 		}
@@ -367,6 +429,8 @@ func (c *Config) setDefaultsAndCheck() error {
 		}
 		if f.MaxPayload > maxMaxPayload {
 			bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
+		} else if f.Target != nil && f.Target.Lambda != nil && f.MaxPayload > dispatch.LambdaMaxPayload {
+			bad("max_payload", "%d bytes is more than a synchronous Lambda invocation takes (%d)", f.MaxPayload, dispatch.LambdaMaxPayload)
 		}
 		if f.IdleReap == 0 {
 			f.IdleReap = Duration(defaultIdleReap)
@@ -491,6 +555,126 @@ func (c *Config) setDefaultsAndCheck() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Lambda's names for functions and qualifiers (the Invoke API's patterns).
+var (
+	lambdaFunction  = regexp.MustCompile(`^(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:)?(\d{12}:)?(function:)?([a-zA-Z0-9-_.]+)(:(\$LATEST|[a-zA-Z0-9-_]+))?$`)
+	lambdaQualifier = regexp.MustCompile(`^[a-zA-Z0-9$_-]{1,128}$`)
+	awsRegion       = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d+$`)
+)
+
+// reservedSubjects start subjects a NATS target may not use: Sluice's own,
+// the system's and the default reply inboxes.
+var reservedSubjects = []string{"sluice.", "$", "_INBOX."}
+
+// checkTarget checks the function's target, whichever way it is given,
+// and sets Target from url.
+func (f *FunctionConfig) checkTarget(bad func(name, format string, args ...any)) {
+	t := f.Target
+	switch {
+	case t == nil && f.URL == "":
+		bad("url", "missing: give url, or target with one of http, lambda or nats")
+		return
+	case t == nil:
+		if err := checkHTTPURL(f.URL); err != nil {
+			bad("url", "%v", err)
+		}
+		f.Target = &TargetConfig{HTTP: &HTTPTargetConfig{URL: f.URL}}
+		return
+	case f.URL != "":
+		bad("target", "given beside url: give one or the other (url is short for target: {http: {url: …}})")
+		return
+	}
+	var kinds []string
+	if t.HTTP != nil {
+		kinds = append(kinds, "http")
+	}
+	if t.Lambda != nil {
+		kinds = append(kinds, "lambda")
+	}
+	if t.NATS != nil {
+		kinds = append(kinds, "nats")
+	}
+	switch {
+	case len(kinds) == 0:
+		bad("target", "empty: give one of http, lambda or nats")
+		return
+	case len(kinds) > 1:
+		bad("target", "has %s: give exactly one of http, lambda or nats", strings.Join(kinds, " and "))
+		return
+	}
+	switch {
+	case t.HTTP != nil:
+		if t.HTTP.URL == "" {
+			bad("target.http.url", "missing")
+		} else if err := checkHTTPURL(t.HTTP.URL); err != nil {
+			bad("target.http.url", "%v", err)
+		}
+		for k, v := range t.HTTP.Headers {
+			switch canonical := http.CanonicalHeaderKey(k); {
+			case !httpguts.ValidHeaderFieldName(k):
+				bad("target.http.headers", "%q is not a valid header name", k)
+			case !httpguts.ValidHeaderFieldValue(v):
+				bad("target.http.headers", "%s: the value is not a valid header value", k)
+			case strings.HasPrefix(canonical, "Sluice-") || canonical == "Traceparent" || canonical == "Tracestate" ||
+				canonical == "Content-Length" || canonical == "Host" || canonical == "Transfer-Encoding":
+				bad("target.http.headers", "%s is set by Sluice, not by configuration", k)
+			}
+		}
+	case t.Lambda != nil:
+		l := t.Lambda
+		switch {
+		case l.Function == "":
+			bad("target.lambda.function", "missing: the function's name or ARN")
+		case len(l.Function) > 170 || !lambdaFunction.MatchString(l.Function):
+			bad("target.lambda.function", "%q is not a Lambda function name, ARN or partial ARN", l.Function)
+		}
+		if l.Qualifier != "" && !lambdaQualifier.MatchString(l.Qualifier) {
+			bad("target.lambda.qualifier", "%q is not a version or alias name", l.Qualifier)
+		}
+		if l.Region != "" && !awsRegion.MatchString(l.Region) {
+			bad("target.lambda.region", "%q is not an AWS region such as eu-west-1", l.Region)
+		}
+		if l.Endpoint != "" {
+			if err := checkHTTPURL(l.Endpoint); err != nil {
+				bad("target.lambda.endpoint", "%v", err)
+			}
+		}
+	case t.NATS != nil:
+		subj := t.NATS.Subject
+		if subj == "" {
+			bad("target.nats.subject", "missing")
+			break
+		}
+		if !validSubject(subj) {
+			bad("target.nats.subject", "%q is not a NATS subject without wildcards (tokens of printable characters joined by dots)", subj)
+		}
+		for _, p := range reservedSubjects {
+			if strings.HasPrefix(subj, p) {
+				bad("target.nats.subject", "%q is under %q, which is not for functions", subj, p)
+			}
+		}
+	}
+}
+
+// checkHTTPURL checks an absolute http or https URL.
+func checkHTTPURL(s string) error {
+	if u, err := url.Parse(s); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an absolute http or https URL", s)
+	}
+	return nil
+}
+
+// validSubject reports whether s is a NATS subject a message can be
+// published to: non-empty tokens without whitespace or wildcards.
+func validSubject(s string) bool {
+	for tok := range strings.SplitSeq(s, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f || unicode.IsSpace(r) }) {
+			return false
+		}
+	}
+	return true
 }
 
 func (in *IngressConfig) check() error {

@@ -145,6 +145,26 @@ func TestParseConfigErrors(t *testing.T) {
 		{"ingress burst alone", "functions:\n  - name: a\n    url: http://x/\n    ingress: {burst: 5}\n", "burst is set without per_second"},
 		{"zero max queued", "functions:\n  - name: a\n    url: http://x/\n    ingress: {max_queued: 0}\n", `"0" is not a whole number of at least 1`},
 		{"callback backoff", "functions:\n  - name: a\n    url: http://x/\ncallbacks: {initial_backoff: 10m}\n", "callbacks.max_backoff: 5m0s is shorter than initial_backoff"},
+		{"target beside url", "functions:\n  - name: a\n    url: http://x/\n    target: {http: {url: http://y/}}\n", "functions[0] (a).target: given beside url"},
+		{"empty target", "functions:\n  - name: a\n    target: {}\n", "functions[0] (a).target: empty: give one of http, lambda or nats"},
+		{"two targets", "functions:\n  - name: a\n    target: {http: {url: http://y/}, nats: {subject: svc.a}}\n", "functions[0] (a).target: has http and nats: give exactly one"},
+		{"unknown target", "functions:\n  - name: a\n    target: {grpc: {url: http://y/}}\n", "functions[0].target.grpc: line 3: unknown field; known fields are http, lambda, nats"},
+		{"http target without url", "functions:\n  - name: a\n    target: {http: {headers: {X-Key: k}}}\n", "functions[0] (a).target.http.url: missing"},
+		{"http target bad url", "functions:\n  - name: a\n    target: {http: {url: x}}\n", `functions[0] (a).target.http.url: "x" is not an absolute http or https URL`},
+		{"http target bad header", "functions:\n  - name: a\n    target: {http: {url: http://y/, headers: {\"X Key\": k}}}\n", `functions[0] (a).target.http.headers: "X Key" is not a valid header name`},
+		{"http target sluice header", "functions:\n  - name: a\n    target: {http: {url: http://y/, headers: {sluice-job-id: k}}}\n", "functions[0] (a).target.http.headers: sluice-job-id is set by Sluice"},
+		{"lambda without function", "functions:\n  - name: a\n    target: {lambda: {region: eu-west-1}}\n", "functions[0] (a).target.lambda.function: missing"},
+		{"lambda bad function", "functions:\n  - name: a\n    target: {lambda: {function: \"my fn\"}}\n", `functions[0] (a).target.lambda.function: "my fn" is not a Lambda function name`},
+		{"lambda bad qualifier", "functions:\n  - name: a\n    target: {lambda: {function: f, qualifier: \"v 1\"}}\n", `target.lambda.qualifier: "v 1" is not a version or alias name`},
+		{"lambda bad region", "functions:\n  - name: a\n    target: {lambda: {function: f, region: Ireland}}\n", `target.lambda.region: "Ireland" is not an AWS region`},
+		{"lambda bad endpoint", "functions:\n  - name: a\n    target: {lambda: {function: f, endpoint: localhost:8080}}\n", `target.lambda.endpoint: "localhost:8080" is not an absolute http or https URL`},
+		{"lambda unknown field", "functions:\n  - name: a\n    target: {lambda: {function: f, alias: live}}\n", "functions[0].target.lambda.alias: line 3: unknown field; known fields are function, qualifier, region, endpoint"},
+		{"nats without subject", "functions:\n  - name: a\n    target: {nats: {}}\n", "functions[0] (a).target.nats.subject: missing"},
+		{"nats wildcard", "functions:\n  - name: a\n    target: {nats: {subject: svc.*}}\n", `functions[0] (a).target.nats.subject: "svc.*" is not a NATS subject without wildcards`},
+		{"nats empty token", "functions:\n  - name: a\n    target: {nats: {subject: svc..a}}\n", `"svc..a" is not a NATS subject`},
+		{"nats sluice subject", "functions:\n  - name: a\n    target: {nats: {subject: sluice.jobs.a}}\n", `functions[0] (a).target.nats.subject: "sluice.jobs.a" is under "sluice."`},
+		{"nats system subject", "functions:\n  - name: a\n    target: {nats: {subject: $JS.API.INFO}}\n", `is under "$"`},
+		{"nats timeout", "functions:\n  - name: a\n    target: {nats: {subject: svc.a, timeout: 5s}}\n", "functions[0].target.nats.timeout: line 3: unknown field"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(tc.config))
@@ -152,6 +172,57 @@ func TestParseConfigErrors(t *testing.T) {
 				t.Errorf("error = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestParseConfigTargets: each target kind, and url as the http one's
+// shorthand.
+func TestParseConfigTargets(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+functions:
+  - name: short
+    url: https://fn.example.com/short
+  - name: web
+    target: {http: {url: "https://fn.example.com/web", headers: {X-Api-Key: k-1, Content-Type: application/json}}}
+  - name: thumbs
+    target: {lambda: {function: "arn:aws:lambda:eu-west-1:123456789012:function:thumbs", qualifier: live, region: eu-west-1, endpoint: "http://127.0.0.1:9000"}}
+    concurrency: 5
+  - name: plain
+    target: {lambda: {function: thumbs}}
+  - name: resize
+    target: {nats: {subject: svc.resize}}
+    timeout: 5s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := cfg.Functions
+	if h := fs[0].Target.HTTP; h == nil || h.URL != "https://fn.example.com/short" || fs[0].Target.Lambda != nil {
+		t.Errorf("url: target = %+v, want http with the url", fs[0].Target)
+	}
+	if inv := httpInvoker(fs[0]); inv.URL != "https://fn.example.com/short" || inv.Header != nil {
+		t.Errorf("url: invoker = %+v", inv)
+	}
+	if inv := httpInvoker(fs[1]); inv.URL != "https://fn.example.com/web" || inv.Header.Get("X-Api-Key") != "k-1" || inv.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("http target: invoker = %+v", inv)
+	}
+	if l := fs[2].Target.Lambda; l == nil || l.Function != "arn:aws:lambda:eu-west-1:123456789012:function:thumbs" || l.Qualifier != "live" || l.Region != "eu-west-1" ||
+		l.Endpoint != "http://127.0.0.1:9000" || !fs[2].concurrencyGiven || fs[2].Concurrency != 5 {
+		t.Errorf("lambda target = %+v, concurrency %d (given %v)", l, fs[2].Concurrency, fs[2].concurrencyGiven)
+	}
+	if fs[3].concurrencyGiven || fs[3].Concurrency != defaultConcurrency {
+		t.Errorf("lambda target without concurrency: %d (given %v); want the default, not given", fs[3].Concurrency, fs[3].concurrencyGiven)
+	}
+	if n := fs[4].Target.NATS; n == nil || n.Subject != "svc.resize" || time.Duration(fs[4].Timeout) != 5*time.Second {
+		t.Errorf("nats target = %+v", n)
+	}
+	// A function's setting that follows its concurrency follows the
+	// reserved concurrency, without touching the parsed configuration.
+	f := FunctionConfig{Concurrency: 10, Scaling: &ScalingConfig{Initial: 10, PerMinute: 60}, KeepWarm: &KeepWarmConfig{Instances: 8}}
+	g := f
+	setConcurrency(&g, 4)
+	if g.Concurrency != 4 || g.Scaling.Initial != 4 || g.KeepWarm.Instances != 4 || f.Scaling.Initial != 10 || f.KeepWarm.Instances != 8 {
+		t.Errorf("setConcurrency: %+v %+v %+v; original %+v %+v", g, g.Scaling, g.KeepWarm, f.Scaling, f.KeepWarm)
 	}
 }
 

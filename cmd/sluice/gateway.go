@@ -174,12 +174,21 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		}
 	}
 
+	// The targets may settle a function's concurrency (a Lambda function's
+	// reserved concurrency): from here on, functions is the configuration.
+	functions := slices.Clone(cfg.Functions)
+	invokers, err := setUpTargets(ctx, functions, p.nc, opts.NATSURL != "", log)
+	if err != nil {
+		return nil, err
+	}
 	var gwFuncs []gateway.Function
 	var dispFuncs []dispatch.Function
-	for _, f := range cfg.Functions {
+	for i, f := range functions {
 		df := dispatchFunction(f)
+		df.Invoker = invokers[i]
 		gwFuncs = append(gwFuncs, gateway.Function{
 			Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
+			JSONPayload:   f.Target != nil && f.Target.Lambda != nil,
 			InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
 			MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.gateway(),
 		})
@@ -296,11 +305,11 @@ func (p *gatewayProcess) readyz(w http.ResponseWriter, r *http.Request) {
 // connection from REST to its gRPC server.
 const restBufferSize = 1 << 20
 
-// dispatchFunction is a configured function as dispatch takes it.
+// dispatchFunction is a configured function as dispatch takes it, but for
+// its invoker, which setUpTargets makes.
 func dispatchFunction(f FunctionConfig) dispatch.Function {
 	df := dispatch.Function{
 		Name:        f.Name,
-		Invoker:     &dispatch.HTTPInvoker{URL: f.URL},
 		Concurrency: int(f.Concurrency),
 		Timeout:     time.Duration(f.Timeout),
 		Pacing: dispatch.Pacing{
