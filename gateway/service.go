@@ -392,7 +392,12 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		return nil, false, s.internal(ctx, "submit job", fmt.Errorf("idempotent submit returned a job of tenant %q", job.Tenant))
 	}
 	if !replayed {
-		s.admission.tenantQueued.accepted(job.Id, tenant)
+		// Counted only for a tenant with a limit: the count's memory is
+		// then bounded by the limit, and no other tenant's queued jobs
+		// cost the gateway anything.
+		if t := tenantOf(ctx); t != nil && t.Ingress.MaxQueued > 0 {
+			s.admission.tenantQueued.accepted(job.Id, tenant)
+		}
 		if !start.IsZero() {
 			job.EstimatedStartTime = timestamppb.New(start)
 		}
