@@ -40,6 +40,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"burst":    runBenchBurst,
 		"ingress":  runBenchIngress,
 		"pipeline": runBenchPipeline,
+		"invoke":   runBenchInvoke,
+		"queued":   runBenchQueued,
+		// The JetStream the others start, in a process of its own.
+		"jetstream": runBenchJetStream,
 	}
 	if len(args) > 0 {
 		if run, ok := benches[args[0]]; ok {

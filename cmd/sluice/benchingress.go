@@ -216,19 +216,5 @@ func purgeJobs(ctx context.Context, js jetstream.JetStream) error {
 
 // postJob submits one job over REST and wants 202.
 func postJob(ctx context.Context, client *http.Client, url string, payload []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(payload))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, resp.Body) //nolint:errcheck // only the status matters
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("submit: %s", resp.Status)
-	}
-	return nil
+	return postWant(ctx, client, url, payload, http.StatusAccepted)
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,10 +39,13 @@ type benchStack struct {
 	// NC is the benchmark's own connection to the JetStream; JS over it.
 	NC *nats.Conn
 	JS jetstream.JetStream
+	// NATS is the JetStream's process; nil with --nats-url.
+	NATS *exec.Cmd
 
-	embedded *buffer.Embedded // nil with --nats-url
-	cancel   context.CancelFunc
-	children sync.WaitGroup
+	cancel       context.CancelFunc
+	stopNATS     context.CancelFunc
+	children     sync.WaitGroup // the gateway
+	natsChildren sync.WaitGroup // the JetStream, stopped after the gateway
 }
 
 // stackOptions say what a benchStack runs.
@@ -62,14 +68,12 @@ func startBenchStack(ctx context.Context, o stackOptions, stderr io.Writer) (_ *
 		}
 	}()
 	natsURL := o.natsURL
+	natsCtx, stopNATS := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopNATS = stopNATS
 	if natsURL == "" {
-		s.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
-			StoreDir: filepath.Join(o.dir, "nats"), Listen: true, NoSyncAlways: o.durability == "interval",
-		})
-		if err != nil {
+		if natsURL, s.NATS, err = startJetStreamProcess(natsCtx, &s.natsChildren, filepath.Join(o.dir, "nats"), o.durability, stderr); err != nil {
 			return nil, err
 		}
-		natsURL = s.embedded.ClientURL()
 	}
 	if s.NC, err = nats.Connect(natsURL, nats.Name("sluice-bench")); err != nil {
 		return nil, err
@@ -106,9 +110,65 @@ func (s *benchStack) Close() {
 	if s.NC != nil {
 		s.NC.Close()
 	}
-	if s.embedded != nil {
-		s.embedded.Shutdown()
+	s.stopNATS()
+	s.natsChildren.Wait()
+}
+
+// NATSRSS is the JetStream process's resident memory; 0 with --nats-url.
+func (s *benchStack) NATSRSS() (int64, error) {
+	if s.NATS == nil {
+		return 0, nil
 	}
+	return processRSS(s.NATS.Process.Pid)
+}
+
+// startJetStreamProcess runs `sluice bench jetstream` storing into dir and
+// returns its client URL once it listens: the benchmarks' JetStream runs in
+// a process of its own, so that its CPU, memory and pauses are not charged
+// to the gateway or to the load generator.
+func startJetStreamProcess(ctx context.Context, wg *sync.WaitGroup, dir, durability string, stderr io.Writer) (string, *exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.CommandContext(ctx, self, "bench", "jetstream", "--store-dir", dir, "--durability", durability)
+	cmd.Stderr = stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("start jetstream: %w", err)
+	}
+	wg.Go(func() { cmd.Wait() }) //nolint:errcheck // stopped on purpose
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		return "", nil, fmt.Errorf("jetstream process: no address: %w", err)
+	}
+	go io.Copy(io.Discard, out) //nolint:errcheck // ends when the process does
+	return strings.TrimSpace(line), cmd, nil
+}
+
+// runBenchJetStream runs an embedded JetStream listening on loopback,
+// prints its URL and serves until stopped: the benchmarks' JetStream.
+func runBenchJetStream(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench jetstream", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("store-dir", "", "where JetStream stores (required)")
+	durability := fs.String("durability", "always", "always (fsync before ack) or interval")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	e, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: *dir, Listen: true, NoSyncAlways: *durability == "interval"})
+	if err != nil {
+		return err
+	}
+	defer e.Shutdown()
+	fmt.Fprintln(stdout, e.ClientURL())
+	<-ctx.Done()
+	return nil
 }
 
 // GRPCClients opens n connections to the gateway: one HTTP/2 connection
