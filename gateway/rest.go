@@ -27,7 +27,7 @@ import (
 // NewRESTHandler serves the REST API by calling the gRPC services over
 // conn, plus GET /openapi.json and the [Dashboard] at GET /. limits gives
 // each function's payload limit.
-func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service) (http.Handler, error) {
+func NewRESTHandler(ctx context.Context, conn grpc.ClientConnInterface, limits *Service) (http.Handler, error) {
 	marshaler := newPayloadMarshaler()
 	gw := runtime.NewServeMux(
 		// Raw payloads under any content type, JSON included: the submit
@@ -42,13 +42,13 @@ func NewRESTHandler(ctx context.Context, conn *grpc.ClientConn, limits *Service)
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 	)
-	if err := sluicev1.RegisterJobServiceHandler(ctx, gw, conn); err != nil {
+	if err := sluicev1.RegisterJobServiceHandlerClient(ctx, gw, sluicev1.NewJobServiceClient(conn)); err != nil {
 		return nil, fmt.Errorf("gateway: register job service: %w", err)
 	}
-	if err := sluicev1.RegisterFunctionServiceHandler(ctx, gw, conn); err != nil {
+	if err := sluicev1.RegisterFunctionServiceHandlerClient(ctx, gw, sluicev1.NewFunctionServiceClient(conn)); err != nil {
 		return nil, fmt.Errorf("gateway: register function service: %w", err)
 	}
-	if err := sluicev1.RegisterDeadLetterServiceHandler(ctx, gw, conn); err != nil {
+	if err := sluicev1.RegisterDeadLetterServiceHandlerClient(ctx, gw, sluicev1.NewDeadLetterServiceClient(conn)); err != nil {
 		return nil, fmt.Errorf("gateway: register dead-letter service: %w", err)
 	}
 	mux := http.NewServeMux()

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -97,7 +96,7 @@ buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s}
 		b.concurrency, b.payload, b.duration, b.warmup, where)
 
 	payload := bytes.Repeat([]byte("x"), b.payload)
-	baseline, err := baselinePublish(ctx, stack, b, payload)
+	baseline, baselineCPU, err := baselinePublish(ctx, stack, b, payload)
 	if err != nil {
 		return fmt.Errorf("baseline: %w", err)
 	}
@@ -124,12 +123,12 @@ buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s}
 		{"sluice gRPC, one client", 1, grpcSubmit},
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\tclients\tsubmits\tper second\tp50 ms\tp99 ms\tp99.9 ms\tvs baseline\tgateway CPU µs/submit\t")
+	fmt.Fprintln(tw, "path\tclients\tsubmits\tper second\tp50 ms\tp99 ms\tp99.9 ms\tvs baseline\tCPU µs/submit: gateway / JetStream / client\t")
 	row := func(name string, clients int, r *loadResult, cpu string) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.2f\t%s\t\n", name, clients, r.ops, r.perSecond(),
 			ms(r.quantile(0.5)), ms(r.quantile(0.99)), ms(r.quantile(0.999)), r.perSecond()/baseline.perSecond(), cpu)
 	}
-	row("JetStream, one message per publish", b.concurrency, baseline, "-")
+	row("JetStream, one message per publish", b.concurrency, baseline, baselineCPU)
 	results := map[string]*loadResult{}
 	for _, p := range paths {
 		if err := purgeJobs(ctx, stack.JS); err != nil {
@@ -138,7 +137,7 @@ buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s}
 		if _, err := runLoad(ctx, p.clients, b.warmup, p.op); err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
-		cpu0, err := stack.GatewayCPU()
+		cpu0, err := stack.CPU()
 		if err != nil {
 			return err
 		}
@@ -146,12 +145,12 @@ buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s}
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
-		cpu1, err := stack.GatewayCPU()
+		cpu1, err := stack.CPU()
 		if err != nil {
 			return err
 		}
 		results[p.name] = r
-		row(p.name, p.clients, r, strconv.FormatFloat(float64((cpu1-cpu0).Microseconds())/float64(r.ops), 'f', 1, 64))
+		row(p.name, p.clients, r, perOp(cpu0, cpu1, r.ops))
 	}
 	tw.Flush()
 	grpcR, restR := results["sluice gRPC"], results["sluice REST"]
@@ -177,14 +176,14 @@ buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s}
 // baselinePublish publishes the payload straight to a stream of its own on
 // the same JetStream, one message per publish, each waiting for its ack:
 // what a client storing its own jobs would get.
-func baselinePublish(ctx context.Context, stack *benchStack, b ingressFlags, payload []byte) (*loadResult, error) {
+func baselinePublish(ctx context.Context, stack *benchStack, b ingressFlags, payload []byte) (*loadResult, string, error) {
 	const name = "SLUICE_BENCH_BASELINE"
 	stream, err := stack.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: name, Subjects: []string{"sluice-bench.baseline.>"}, Storage: jetstream.FileStorage,
 		Retention: jetstream.WorkQueuePolicy, Duplicates: 10 * time.Minute,
 	})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer stack.JS.DeleteStream(context.WithoutCancel(ctx), name) //nolint:errcheck // scratch
 	publish := func(ctx context.Context, w int) error {
@@ -197,12 +196,21 @@ func baselinePublish(ctx context.Context, stack *benchStack, b ingressFlags, pay
 		return err
 	}
 	if _, err := runLoad(ctx, b.concurrency, b.warmup, publish); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if err := stream.Purge(ctx); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return runLoad(ctx, b.concurrency, b.duration, publish)
+	cpu0, err := stack.CPU()
+	if err != nil {
+		return nil, "", err
+	}
+	r, err := runLoad(ctx, b.concurrency, b.duration, publish)
+	if err != nil {
+		return nil, "", err
+	}
+	cpu1, err := stack.CPU()
+	return r, perOp(cpu0, cpu1, r.ops), err
 }
 
 // purgeJobs empties the job stream, so that each path starts alike.

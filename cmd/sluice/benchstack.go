@@ -200,6 +200,31 @@ func (s *benchStack) GatewayRSS() (int64, error) { return processRSS(s.Gateway.P
 // GatewayCPU is the CPU time the gateway process has used so far.
 func (s *benchStack) GatewayCPU() (time.Duration, error) { return processCPU(s.Gateway.Process.Pid) }
 
+// cpuTimes are the CPU times used so far by the gateway, the JetStream
+// process (0 with --nats-url) and this process (the load generator).
+type cpuTimes struct{ gateway, nats, self time.Duration }
+
+// CPU reads the three processes' CPU times.
+func (s *benchStack) CPU() (cpuTimes, error) {
+	var t cpuTimes
+	var err1, err2, err3 error
+	t.gateway, err1 = processCPU(s.Gateway.Process.Pid)
+	if s.NATS != nil {
+		t.nats, err2 = processCPU(s.NATS.Process.Pid)
+	}
+	t.self, err3 = processCPU(os.Getpid())
+	return t, errors.Join(err1, err2, err3)
+}
+
+// perOp formats the CPU used between two readings per operation, in µs:
+// gateway / JetStream / load generator.
+func perOp(from, to cpuTimes, ops int) string {
+	us := func(d time.Duration) string {
+		return strconv.FormatFloat(float64(d.Microseconds())/float64(max(ops, 1)), 'f', 0, 64)
+	}
+	return us(to.gateway-from.gateway) + " / " + us(to.nats-from.nats) + " / " + us(to.self-from.self)
+}
+
 // processCPU reads a process's user plus system CPU time (Linux).
 func processCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -252,7 +252,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if err != nil {
 		return nil, fmt.Errorf("connect REST to gRPC: %w", err)
 	}
-	rest, err := gateway.NewRESTHandler(ctx, p.restConn, svc)
+	// Unary calls run in process; only streams cross the in-memory
+	// connection.
+	rest, err := gateway.NewRESTHandler(ctx, gateway.NewInProcessConn(svc, p.restConn), svc)
 	if err != nil {
 		return nil, err
 	}
