@@ -69,6 +69,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		return err
 	}
+	tuneGC()
 	p, err := startGateway(ctx, cfg, o, log)
 	if err != nil {
 		fnLn.Close()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"os"
+	"runtime/debug"
 	"time"
 )
 
@@ -64,9 +66,25 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tuneGC()
 	p, err := startGateway(ctx, cfg, o, log)
 	if err != nil {
 		return err
 	}
 	return p.Run(ctx)
+}
+
+// defaultGCPercent is the gateway's GOGC when the environment sets none.
+// Its live heap is small (tens of MiB) and nearly all it allocates is
+// per-request garbage, so Go's default of 100 collects every few MiB: a
+// quarter of a busy gateway's CPU. At 400 the collector runs a quarter as
+// often, for a few tens of MiB more resident memory (measured in the
+// README's benchmarks).
+const defaultGCPercent = 400
+
+// tuneGC sets defaultGCPercent unless GOGC says otherwise.
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 }
