@@ -29,6 +29,7 @@ type ingressFlags struct {
 	debugAddr            string
 	minRatio, restRatio  float64
 	maxP99               time.Duration
+	maxBatch, inFlight   int
 }
 
 // benchPath is one way in that a benchmark measures.
@@ -55,6 +56,8 @@ func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Write
 	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
 	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
 	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
+	fs.IntVar(&b.maxBatch, "max-batch", 200, "the gateway's buffer.group_commit.max_batch")
+	fs.IntVar(&b.inFlight, "batches-in-flight", 2, "the gateway's buffer.group_commit.in_flight")
 	fs.Float64Var(&b.minRatio, "min-ratio", 0, "fail unless gRPC ingress is at least this multiple of the baseline")
 	fs.Float64Var(&b.restRatio, "min-rest-ratio", 0, "fail unless REST ingress is at least this multiple of gRPC's")
 	fs.DurationVar(&b.maxP99, "max-p99", 0, "fail if gRPC ingress p99 latency exceeds this (0: no limit)")
@@ -78,8 +81,8 @@ func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Write
     url: http://127.0.0.1:9/
     paused: true
     max_payload: %d
-buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s}
-`, benchFunction, max(b.payload, 1024), b.durability)}, stderr)
+buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
+`, benchFunction, max(b.payload, 1024), b.durability, b.maxBatch, b.inFlight)}, stderr)
 	if err != nil {
 		return err
 	}

@@ -260,6 +260,22 @@ type BufferConfig struct {
 	// DeadLetterRetention is how long a dead letter is kept unless it is
 	// redriven or discarded first. Default 168h (7 days).
 	DeadLetterRetention Duration `yaml:"dead_letter_retention"`
+	// GroupCommit tunes how concurrent writes are stored together.
+	GroupCommit GroupCommitConfig `yaml:"group_commit"`
+}
+
+// GroupCommitConfig tunes group commit: concurrent submits (and job state
+// writes) stored as JetStream atomic batches, one fsync per batch.
+type GroupCommitConfig struct {
+	// MaxBatch is the most writes in one batch; 1 turns group commit off.
+	// Default 200, at most 1000 (the server's limit).
+	MaxBatch Count `yaml:"max_batch"`
+	// InFlight is how many batches may be committing at once. Default 2.
+	InFlight Count `yaml:"in_flight"`
+	// Linger is how long a batch waits for more writes once a commit slot
+	// is free. Default 0: batches grow only while others commit, so a lone
+	// submit waits for nothing.
+	Linger Duration `yaml:"linger"`
 }
 
 // Defaults and bounds of the function settings.
@@ -545,6 +561,20 @@ func (c *Config) setDefaultsAndCheck() error {
 	}
 	if b.DeadLetterRetention == 0 {
 		b.DeadLetterRetention = Duration(7 * 24 * time.Hour)
+	}
+	gc := &b.GroupCommit
+	if gc.MaxBatch == 0 {
+		gc.MaxBatch = 200
+	} else if gc.MaxBatch > 1000 {
+		errs = append(errs, fmt.Errorf("buffer.group_commit.max_batch: %d is more than the server's limit of 1000", gc.MaxBatch))
+	}
+	if gc.InFlight == 0 {
+		gc.InFlight = 2
+	} else if gc.InFlight > 64 {
+		errs = append(errs, fmt.Errorf("buffer.group_commit.in_flight: %d is more than 64", gc.InFlight))
+	}
+	if gc.Linger < 0 || time.Duration(gc.Linger) > time.Second {
+		errs = append(errs, fmt.Errorf("buffer.group_commit.linger: %s is out of range: 0 to 1s", time.Duration(gc.Linger)))
 	}
 	errs = append(errs, c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen))
 	for i, f := range c.Functions {

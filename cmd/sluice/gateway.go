@@ -146,6 +146,11 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		Retention:           time.Duration(cfg.Buffer.JobRetention),
 		IdempotencyWindow:   time.Duration(cfg.Buffer.IdempotencyWindow),
 		DeadLetterRetention: time.Duration(cfg.Buffer.DeadLetterRetention),
+		Batch: buffer.BatchConfig{
+			MaxBatch:    int(cfg.Buffer.GroupCommit.MaxBatch),
+			MaxInFlight: int(cfg.Buffer.GroupCommit.InFlight),
+			Linger:      time.Duration(cfg.Buffer.GroupCommit.Linger),
+		},
 	})
 	if err != nil {
 		return nil, err
