@@ -24,7 +24,7 @@ import (
 type pipelineFlags struct {
 	submitters, payload, fnConcurrency, maxBacklog int
 	duration, warmup                               time.Duration
-	natsURL, durability, debugAddr                 string
+	natsURL, durability, debugAddr, natsDebugAddr  string
 	minPerSecond                                   float64
 }
 
@@ -45,6 +45,7 @@ func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
 	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
 	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
+	fs.StringVar(&b.natsDebugAddr, "nats-debug-addr", "", "serve the JetStream process's profiler here")
 	fs.Float64Var(&b.minPerSecond, "min-per-second", 0, "fail unless at least this many jobs complete per second")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -68,7 +69,7 @@ func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, config: fmt.Sprintf(`functions:
+	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, natsDebugAddr: b.natsDebugAddr, config: fmt.Sprintf(`functions:
   - name: %s
     url: http://%s/
     concurrency: %d
@@ -165,20 +166,22 @@ buffer: {max_jobs: 10000000, max_bytes: 16GiB, durability: %s}
 		at                 time.Time
 		submitted, backlog int64
 		jobSeq, stateSeq   uint64
-		gatewayCPU         time.Duration
+		cpu                cpuTimes
+		batches            batchCounts
 		gatewayRSS         int64
 	}
 	take := func() (mark, error) {
 		ji, err1 := jobs.Info(gctx)
 		si, err2 := states.Info(gctx)
-		cpu, err3 := stack.GatewayCPU()
+		cpu, err3 := stack.CPU()
 		rss, err4 := stack.GatewayRSS()
 		n, err5 := unfinished(gctx)
-		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+		bc, err6 := stack.BatchCounts(gctx)
+		if err := errors.Join(err1, err2, err3, err4, err5, err6); err != nil {
 			return mark{}, err
 		}
 		return mark{at: time.Now(), submitted: submitted.Load(), backlog: n,
-			jobSeq: ji.State.LastSeq, stateSeq: si.State.LastSeq, gatewayCPU: cpu, gatewayRSS: rss}, nil
+			jobSeq: ji.State.LastSeq, stateSeq: si.State.LastSeq, cpu: cpu, gatewayRSS: rss, batches: bc}, nil
 	}
 	var start, stop mark
 	g.Go(func() error {
@@ -212,8 +215,10 @@ buffer: {max_jobs: 10000000, max_bytes: 16GiB, durability: %s}
 	if completed > 0 {
 		fmt.Fprintf(stdout, "writes per job: %.2f job messages per job submitted, %.2f state entries per job completed\n",
 			float64(stop.jobSeq-start.jobSeq)/float64(stop.submitted-start.submitted), float64(stop.stateSeq-start.stateSeq)/float64(completed))
-		fmt.Fprintf(stdout, "gateway: %.1f µs CPU per job, RSS %.0f MiB at the end\n",
-			float64((stop.gatewayCPU-start.gatewayCPU).Microseconds())/float64(completed), float64(stop.gatewayRSS)/(1<<20))
+		fmt.Fprintf(stdout, "group commit: %s submits per batch, %s state writes per batch (mean)\n",
+			meanBatch(start.batches, stop.batches, "jobs"), meanBatch(start.batches, stop.batches, "states"))
+		fmt.Fprintf(stdout, "CPU µs per job: gateway / JetStream / clients %s; gateway RSS %.0f MiB at the end\n",
+			perOp(start.cpu, stop.cpu, int(completed)), float64(stop.gatewayRSS)/(1<<20))
 	}
 
 	// Every job must finish, and finish well: wait for the backlog to

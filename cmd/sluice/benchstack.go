@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +57,8 @@ type stackOptions struct {
 	durability string // always or interval, for the embedded server
 	config     string // the gateway's YAML
 	debugAddr  string // the gateway's --debug-addr, for profiling it
+	// natsDebugAddr, if set, serves the JetStream process's profiler.
+	natsDebugAddr string
 }
 
 // startBenchStack starts the JetStream and the gateway, and returns once
@@ -71,7 +75,7 @@ func startBenchStack(ctx context.Context, o stackOptions, stderr io.Writer) (_ *
 	natsCtx, stopNATS := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopNATS = stopNATS
 	if natsURL == "" {
-		if natsURL, s.NATS, err = startJetStreamProcess(natsCtx, &s.natsChildren, filepath.Join(o.dir, "nats"), o.durability, stderr); err != nil {
+		if natsURL, s.NATS, err = startJetStreamProcess(natsCtx, &s.natsChildren, filepath.Join(o.dir, "nats"), o.durability, o.natsDebugAddr, stderr); err != nil {
 			return nil, err
 		}
 	}
@@ -126,12 +130,12 @@ func (s *benchStack) NATSRSS() (int64, error) {
 // returns its client URL once it listens: the benchmarks' JetStream runs in
 // a process of its own, so that its CPU, memory and pauses are not charged
 // to the gateway or to the load generator.
-func startJetStreamProcess(ctx context.Context, wg *sync.WaitGroup, dir, durability string, stderr io.Writer) (string, *exec.Cmd, error) {
+func startJetStreamProcess(ctx context.Context, wg *sync.WaitGroup, dir, durability, debugAddr string, stderr io.Writer) (string, *exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", nil, err
 	}
-	cmd := exec.CommandContext(ctx, self, "bench", "jetstream", "--store-dir", dir, "--durability", durability)
+	cmd := exec.CommandContext(ctx, self, "bench", "jetstream", "--store-dir", dir, "--durability", durability, "--debug-addr", debugAddr)
 	cmd.Stderr = stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
@@ -158,6 +162,7 @@ func runBenchJetStream(ctx context.Context, args []string, stdout, stderr io.Wri
 	fs.SetOutput(stderr)
 	dir := fs.String("store-dir", "", "where JetStream stores (required)")
 	durability := fs.String("durability", "always", "always (fsync before ack) or interval")
+	debugAddr := fs.String("debug-addr", "", "serve Go's profiler here")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -167,6 +172,9 @@ func runBenchJetStream(ctx context.Context, args []string, stdout, stderr io.Wri
 	}
 	defer e.Shutdown()
 	fmt.Fprintln(stdout, e.ClientURL())
+	if *debugAddr != "" {
+		return serveDebug(ctx, *debugAddr, slog.New(slog.NewTextHandler(stderr, nil)))
+	}
 	<-ctx.Done()
 	return nil
 }
@@ -311,3 +319,62 @@ func runLoad(ctx context.Context, workers int, d time.Duration, op func(ctx cont
 
 // ms formats a latency in milliseconds.
 func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 2, 64) }
+
+// batchCounts are group commit's counters as the gateway's /metrics shows
+// them, by kind (jobs, states).
+type batchCounts map[string]struct{ batches, writes float64 }
+
+// BatchCounts scrapes the gateway's group commit counters.
+func (s *benchStack) BatchCounts(ctx context.Context) (batchCounts, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.HTTP+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out := batchCounts{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		var field *float64
+		c := struct{ batches, writes float64 }{}
+		kind := ""
+		for _, k := range []string{"jobs", "states"} {
+			if strings.Contains(line, `sluice_kind="`+k+`"`) {
+				kind = k
+			}
+		}
+		if kind == "" {
+			continue
+		}
+		c = out[kind]
+		switch {
+		case strings.HasPrefix(line, "sluice_buffer_batches_total{"):
+			field = &c.batches
+		case strings.HasPrefix(line, "sluice_buffer_batched_writes_total{"):
+			field = &c.writes
+		default:
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("/metrics: %q: %w", line, err)
+		}
+		*field = v
+		out[kind] = c
+	}
+	return out, sc.Err()
+}
+
+// meanBatch formats the mean batch size between two scrapes.
+func meanBatch(from, to batchCounts, kind string) string {
+	b, w := to[kind].batches-from[kind].batches, to[kind].writes-from[kind].writes
+	if b == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(w/b, 'f', 1, 64)
+}

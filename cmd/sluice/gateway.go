@@ -155,6 +155,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if err != nil {
 		return nil, err
 	}
+	if err := registerBatchMetrics(mp, queue); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	var policy gateway.CallbackPolicy
 	if cb := cfg.Callbacks; len(cb.Secrets) > 0 {
 		guard, signer, err := callbackParts(cb)

@@ -19,6 +19,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/sluicehq/sluice/buffer"
 )
 
 // telemetry is one gateway process's OpenTelemetry: its tracer provider
@@ -107,4 +109,40 @@ func otlpFromEnv(ctx context.Context) (sdktrace.SpanExporter, error) {
 		return nil, fmt.Errorf("OTLP trace exporter: %w", err)
 	}
 	return exp, nil
+}
+
+// registerBatchMetrics reports group commit's counts: how many atomic
+// batches were stored and how many writes they held, for submitted jobs
+// and for job state changes; their ratio is the mean batch size.
+func registerBatchMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
+	m := mp.Meter("github.com/sluicehq/sluice/buffer")
+	batches, err := m.Int64ObservableCounter("sluice.buffer.batches", metric.WithUnit("{batch}"),
+		metric.WithDescription("Atomic batches stored by group commit, by kind: jobs (submits) or states (job state changes)."))
+	if err != nil {
+		return err
+	}
+	writes, err := m.Int64ObservableCounter("sluice.buffer.batched_writes", metric.WithUnit("{write}"),
+		metric.WithDescription("Writes stored in those batches, by kind."))
+	if err != nil {
+		return err
+	}
+	refused, err := m.Int64ObservableCounter("sluice.buffer.batch_fallbacks", metric.WithUnit("{batch}"),
+		metric.WithDescription("Batches refused as a whole and retried write by write, by kind."))
+	if err != nil {
+		return err
+	}
+	kinds := []metric.ObserveOption{
+		metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.kind", "jobs"))),
+		metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.kind", "states"))),
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		jobs, states := queue.BatchStats()
+		for i, st := range []buffer.BatchStats{jobs, states} {
+			o.ObserveInt64(batches, st.Batches, kinds[i])
+			o.ObserveInt64(writes, st.Messages, kinds[i])
+			o.ObserveInt64(refused, st.Fallbacks, kinds[i])
+		}
+		return nil
+	}, batches, writes, refused)
+	return err
 }
