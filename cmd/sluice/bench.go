@@ -45,9 +45,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// The JetStream the others start, in a process of its own.
 		"jetstream": runBenchJetStream,
 	}
-	// The load generator, and the JetStream process standing in for the
-	// gateway's embedded one, collect garbage as the gateway does.
-	tuneGC()
+	// The load generator collects garbage as a gateway does; the JetStream
+	// process (bench jetstream) as an embedded JetStream does.
+	tuneGC(len(args) > 0 && args[0] == "jetstream")
 	if len(args) > 0 {
 		if run, ok := benches[args[0]]; ok {
 			return run(ctx, args[1:], stdout, stderr)

@@ -69,7 +69,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := cfg.setDefaultsAndCheck(); err != nil {
 		return err
 	}
-	tuneGC()
+	tuneGC(true)
 	p, err := startGateway(ctx, cfg, o, log)
 	if err != nil {
 		fnLn.Close()

@@ -66,7 +66,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tuneGC()
+	tuneGC(o.NATSURL == "")
 	p, err := startGateway(ctx, cfg, o, log)
 	if err != nil {
 		return err
@@ -74,17 +74,20 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	return p.Run(ctx)
 }
 
-// defaultGCPercent is the gateway's GOGC when the environment sets none.
-// Its live heap is small (tens of MiB) and nearly all it allocates is
-// per-request garbage, so Go's default of 100 collects every few MiB: a
-// quarter of a busy gateway's CPU. At 400 the collector runs a quarter as
-// often, for a few tens of MiB more resident memory (measured in the
-// README's benchmarks).
+// defaultGCPercent is the gateway's GOGC when the environment sets none
+// and JetStream runs elsewhere (--nats-url). The gateway's own live heap is
+// small (tens of MiB) and nearly all it allocates is per-request garbage,
+// so Go's default of 100 collects every few MiB: a quarter of a busy
+// gateway's CPU. At 400 the collector runs a quarter as often, for a few
+// tens of MiB more resident memory. An embedded JetStream's heap grows with
+// the queue (hundreds of MiB for a million jobs), and five times that is
+// too much to trade: with it, Go's default stays.
 const defaultGCPercent = 400
 
-// tuneGC sets defaultGCPercent unless GOGC says otherwise.
-func tuneGC() {
-	if os.Getenv("GOGC") == "" {
+// tuneGC sets defaultGCPercent unless GOGC says otherwise or the process
+// embeds JetStream.
+func tuneGC(embedsJetStream bool) {
+	if os.Getenv("GOGC") == "" && !embedsJetStream {
 		debug.SetGCPercent(defaultGCPercent)
 	}
 }
