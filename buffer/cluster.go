@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -50,4 +51,27 @@ func checkBucketDurability(ctx context.Context, js jetstream.JetStream, cfg jets
 		return err
 	}
 	return checkDurability(s.CachedInfo().Config, jetstream.StreamConfig{Replicas: cfg.Replicas, Storage: cfg.Storage})
+}
+
+// Unavailable reports whether err, from a Queue method, means JetStream
+// could not be reached or had no leader to answer (a node down, a leader
+// election, a network cut) rather than that the request was wrong: the
+// caller may try again shortly. A write that failed so may or may not have
+// been stored.
+func Unavailable(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, ErrCommitUnknown), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, nats.ErrJetStreamNotEnabled):
+		return true
+	case errors.As(err, &apiErr):
+		// 503: JetStream system temporarily unavailable, no quorum.
+		return apiErr.Code == 503
+	}
+	return false
 }

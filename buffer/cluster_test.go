@@ -1,10 +1,13 @@
 package buffer_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/buffer"
@@ -96,6 +99,27 @@ func TestOpenKeepsMatchingStreams(t *testing.T) {
 	for range 2 {
 		if _, err := buffer.Open(t.Context(), s.Connect(t), buffer.Config{}); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+func TestUnavailable(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{buffer.ErrFull, false},
+		{buffer.ErrNotFound, false},
+		{fmt.Errorf("buffer: publish: %w", nats.ErrTimeout), true},
+		{fmt.Errorf("buffer: publish: %w", jetstream.ErrNoStreamResponse), true},
+		{fmt.Errorf("buffer: write: %w", context.DeadlineExceeded), true},
+		{buffer.ErrCommitUnknown, true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10008}, true},
+		{&jetstream.APIError{Code: 400, ErrorCode: 10071}, false},
+	} {
+		if got := buffer.Unavailable(tc.err); got != tc.want {
+			t.Errorf("Unavailable(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
 // The fault runs of issue #8: each starts a three-node JetStream cluster
@@ -142,4 +145,31 @@ func TestClusterReplicasChecks(t *testing.T) {
 		t.Errorf("the refused gateway changed %s to %d replicas", buffer.StreamName, r)
 	}
 
+}
+
+// TestSubmitRefusedWhileNATSDown checks that a submit JetStream cannot
+// take, because NATS is gone, is refused with 503 and Retry-After, not 500.
+func TestSubmitRefusedWhileNATSDown(t *testing.T) {
+	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fnURL := startFunction(t, fnsim.Config{})
+	cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: fnURL}}}
+	g := startTestGatewayLogs(t, cfg, gatewayOptions{NATSURL: srv.ClientURL()}, io.Discard)
+	// One job done: the dispatcher is past its start-up. (A gateway that
+	// loses NATS while its dispatcher starts exits, after 5s.)
+	resp := post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	if j := waitREST(t, g, strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"), 10*time.Second); j.State != "SUCCEEDED" {
+		t.Fatalf("job = %+v", j)
+	}
+	srv.Shutdown()
+	start := time.Now()
+	resp = post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	t.Logf("refused after %s: %d %s", time.Since(start).Round(time.Millisecond), resp.StatusCode, body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("submit with NATS down: %d, Retry-After %q: %s; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
 }

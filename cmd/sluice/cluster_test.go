@@ -540,9 +540,12 @@ func startClusterStack(tb testing.TB, gateways, proxied int) *clusterStack {
 		for i, g := range s.gateways {
 			g.kill()
 			g.conn.Close()
-			if tb.Failed() {
+			if tb.Failed() || os.Getenv("SLUICE_FAULTS_LOGS") != "" {
 				b, _ := os.ReadFile(g.log)
 				lines := strings.Split(string(b), "\n")
+				if !tb.Failed() {
+					lines = slices.DeleteFunc(lines, func(l string) bool { return !strings.Contains(l, "level=ERROR") })
+				}
 				tb.Logf("gateway %d, last lines of its log:\n%s", i, strings.Join(lines[max(0, len(lines)-30):], "\n"))
 			}
 		}
@@ -567,9 +570,13 @@ type workload struct {
 	keyDiffer int // keys that gave two different job IDs
 }
 
+// submitTimeout is the workload's deadline on each submit, as a client
+// would set one.
+const submitTimeout = 3 * time.Second
+
 // submitOnce makes one attempt through gateway gw.
 func (w *workload) submitOnce(ctx context.Context, gw int, key string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, submitTimeout)
 	defer cancel()
 	resp, err := w.s.gateways[gw].client.SubmitJob(ctx, &sluicev1.SubmitJobRequest{Function: "f", IdempotencyKey: key})
 	if err != nil {
