@@ -560,6 +560,7 @@ type workload struct {
 	s          *clusterStack
 	submitters int
 	start      time.Time
+	faultDone  atomic.Bool // until then the burst goes on past its size
 
 	mu        sync.Mutex
 	acked     []string
@@ -620,7 +621,7 @@ func (w *workload) run(ctx context.Context, jobs int) {
 	n := len(w.s.gateways)
 	for range w.submitters {
 		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < jobs && ctx.Err() == nil; i = int(next.Add(1) - 1) {
+			for i := int(next.Add(1) - 1); (i < jobs || !w.faultDone.Load()) && ctx.Err() == nil; i = int(next.Add(1) - 1) {
 				if i%10 != 9 {
 					if id := w.submit(ctx, i%n, ""); id != "" {
 						w.mu.Lock()
@@ -781,7 +782,8 @@ func (w *workload) getJob(ctx context.Context, id string) (*sluicev1.Job, error)
 }
 
 // runFault runs a burst of jobs on s, calls fault once a third of them are
-// acknowledged and the function is busy, and reports.
+// acknowledged and the function is busy, and reports. The burst goes on
+// until the fault is over, if it lasts longer.
 func runFault(tb testing.TB, s *clusterStack, name string, jobs int, fault func()) faultReport {
 	tb.Helper()
 	w := &workload{s: s, submitters: 12, refused: map[string]int{}}
@@ -797,6 +799,7 @@ func runFault(tb testing.TB, s *clusterStack, name string, jobs int, fault func(
 		}
 	}
 	fault()
+	w.faultDone.Store(true)
 	<-done
 	r := w.settle(ctx, name, 3*time.Minute)
 	fmt.Fprintln(faultOut, r)
