@@ -486,10 +486,31 @@ type clusterStack struct {
 // replicas, R3; the first proxied gateways reach NATS through cut proxies.
 func startClusterStack(tb testing.TB, gateways, proxied int) *clusterStack {
 	tb.Helper()
+	return startClusterStackWith(tb, clusterStackOptions{gateways: gateways, proxied: proxied})
+}
+
+// clusterStackOptions vary a clusterStack.
+type clusterStackOptions struct {
+	gateways, proxied int
+	limit             int  // the function's concurrency; 0: clusterLimit
+	instant           bool // the function returns at once
+	paused            bool // the function is paused: nothing is dispatched
+}
+
+func startClusterStackWith(tb testing.TB, o clusterStackOptions) *clusterStack {
+	tb.Helper()
+	gateways, proxied := o.gateways, o.proxied
+	if o.limit == 0 {
+		o.limit = clusterLimit
+	}
 	s := &clusterStack{tb: tb, nats: startTestCluster(tb)}
 	// No concurrency limit on the platform: what it sees in flight is what
 	// Sluice let through, and is checked against Sluice's limit.
-	s.sim = fnsim.New(fnsim.Config{Duration: 20 * time.Millisecond, Jitter: 10 * time.Millisecond})
+	sc := fnsim.Config{Duration: 20 * time.Millisecond, Jitter: 10 * time.Millisecond}
+	if o.instant {
+		sc = fnsim.Config{}
+	}
+	s.sim = fnsim.New(sc)
 	fn := httptest.NewServer(s.sim)
 	tb.Cleanup(fn.Close)
 	dir := tb.TempDir()
@@ -500,7 +521,8 @@ func startClusterStack(tb testing.TB, gateways, proxied int) *clusterStack {
     concurrency: %d
     timeout: 1s
     adaptive: false
-`, fn.URL, clusterLimit), 0o600); err != nil {
+    paused: %v
+`, fn.URL, o.limit, o.paused), 0o600); err != nil {
 		tb.Fatal(err)
 	}
 	for i := range gateways {
