@@ -2,10 +2,13 @@ package buffer_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -122,4 +125,51 @@ func TestUnavailable(t *testing.T) {
 			t.Errorf("Unavailable(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
+}
+
+// TestSubmitOnceTakesOverAbandonedClaim: a submit that claimed an
+// idempotency key and then failed to store its job (a leader election cut
+// it short) leaves the key claimed. Retries with deadlines shorter than the
+// claim patience must still take it over once the claim is old enough,
+// rather than each wait out its own deadline for a job that will not come.
+// Found by TestClusterFaultKillStreamLeader with SLUICE_FAULTS=long.
+func TestSubmitOnceTakesOverAbandonedClaim(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out the claim patience")
+	}
+	s := buffertest.Start(t, "")
+	nc := s.Connect(t)
+	q, err := buffer.Open(t.Context(), nc, buffer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	idem, err := js.KeyValue(t.Context(), buffer.IdempotencyBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The claim an interrupted submit of key k leaves: a job ID never stored.
+	sum := sha256.Sum256([]byte("f\x00k"))
+	if _, err := idem.Create(t.Context(), hex.EncodeToString(sum[:]), []byte(buffer.NewJobID())); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		job, created, err := q.SubmitOnce(ctx, "f", "k", nil, "")
+		cancel()
+		if err == nil {
+			if !created {
+				t.Errorf("SubmitOnce took the key over but says it did not create job %s", job.Id)
+			}
+			break
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatal(err)
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("retries with 2s deadlines never took the abandoned key over")
+		}
+	}
+	t.Logf("key taken over after %s", time.Since(start).Round(time.Millisecond))
 }

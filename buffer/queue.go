@@ -265,7 +265,7 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 		if err != nil {
 			return nil, false, fmt.Errorf("buffer: read idempotency key: %w", err)
 		}
-		job, err := q.awaitStored(ctx, string(entry.Value()))
+		job, err := q.awaitStored(ctx, string(entry.Value()), entry.Created())
 		if err == nil {
 			return job, false, nil
 		}
@@ -280,11 +280,17 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 	}
 }
 
+// claimPatience is how long after claiming an idempotency key a submit
+// may still store its job; past it, a claim without a job is abandoned.
+const claimPatience = 15 * time.Second
+
 // awaitStored waits, briefly, for the job that another submit of the same
-// idempotency key is storing right now.
-func (q *Queue) awaitStored(ctx context.Context, id string) (*sluicev1.Job, error) {
-	const patience, step = 5 * time.Second, 10 * time.Millisecond
-	for deadline := time.Now().Add(patience); ; {
+// idempotency key, which claimed it at claimed, is storing right now. The
+// wait is counted from the claim, not from now: a retry whose deadline is
+// shorter than the patience must still get to take an abandoned key over.
+func (q *Queue) awaitStored(ctx context.Context, id string, claimed time.Time) (*sluicev1.Job, error) {
+	const step = 10 * time.Millisecond
+	for deadline := claimed.Add(claimPatience); ; {
 		job, err := q.Get(ctx, id)
 		if !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
 			return job, err
