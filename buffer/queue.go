@@ -255,7 +255,7 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 			}
 			return job, true, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
+		if !isConflict(err) {
 			return nil, false, fmt.Errorf("buffer: claim idempotency key: %w", err)
 		}
 		entry, err := q.idemKV.Get(ctx, k)
@@ -589,7 +589,9 @@ func isConflict(err error) bool {
 	}
 	var apiErr *jetstream.APIError
 	// 10071 is JSStreamWrongLastSequenceErrF: the revision moved on.
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10071
+	// 10164, JSStreamWrongLastSequenceConstantErr, is what the server
+	// answers instead around a leader change (seen in the fault runs).
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10071 || apiErr.ErrorCode == 10164)
 }
 
 // Terminal reports whether a job in state s is finished for good.
