@@ -249,8 +249,15 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 		if err == nil {
 			job, err := q.publish(ctx, function, id, payload, contentType, o)
 			if err != nil {
-				// Let a retry of this submit create the job.
-				q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
+				if !Unavailable(err) {
+					// Not stored: let a retry of this submit create the job.
+					q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
+				}
+				// Otherwise the job may have been stored all the same (no
+				// answer in a leader election): keep the claim, so that a
+				// retry returns that job if it was, and takes the key over
+				// after claimPatience if it was not. Releasing it here gave
+				// two jobs for one key in a rolling restart of NATS.
 				return nil, false, err
 			}
 			return job, true, nil
