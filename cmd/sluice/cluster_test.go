@@ -662,6 +662,7 @@ func (w *workload) run(ctx context.Context, jobs int) {
 				w.keyed++
 				if a != b && a != "" && b != "" {
 					w.keyDiffer++
+					w.s.tb.Logf("idempotency key %s gave jobs %s (gateway %d) and %s (gateway %d)", key, a, i%n, b, (i+1)%n)
 				}
 				if a != "" {
 					w.acked = append(w.acked, a)
