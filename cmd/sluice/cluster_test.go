@@ -128,6 +128,7 @@ func (n *natsNode) start(tb testing.TB) {
 	}
 	b, _ := json.Marshal(n.cfg)
 	cmd := exec.Command(self)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphans if the test dies
 	cmd.Env = append(os.Environ(), envNATSNode+"="+string(b))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -430,6 +431,7 @@ func (g *clusterGateway) start(tb testing.TB) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(self, g.args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphans if the test dies
 	cmd.Env = append(os.Environ(), "SLUICE_TEST_AS_MAIN=1")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
