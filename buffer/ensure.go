@@ -16,6 +16,8 @@ import (
 // created when missing and updated only when their settings differ.
 
 // ensureStream creates the stream, or updates it if its settings differ.
+// It returns [ErrDurability], changing nothing, if the stream exists with
+// a replica count or durability that contradicts cfg.
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	s, err := js.Stream(ctx, cfg.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -25,6 +27,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		}
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := checkDurability(s.CachedInfo().Config, cfg); err != nil {
 		return nil, err
 	}
 	if have := s.CachedInfo().Config; sameStream(have, cfg) {
@@ -43,6 +48,8 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 }
 
 // ensureKeyValue creates the bucket, or updates it if its settings differ.
+// It returns [ErrDurability], changing nothing, if the bucket exists with
+// a replica count or durability that contradicts cfg.
 func ensureKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -52,6 +59,9 @@ func ensureKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.K
 		}
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := checkBucketDurability(ctx, js, cfg); err != nil {
 		return nil, err
 	}
 	st, err := kv.Status(ctx)

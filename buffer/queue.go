@@ -249,13 +249,20 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 		if err == nil {
 			job, err := q.publish(ctx, function, id, payload, contentType, o)
 			if err != nil {
-				// Let a retry of this submit create the job.
-				q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
+				if !Unavailable(err) {
+					// Not stored: let a retry of this submit create the job.
+					q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
+				}
+				// Otherwise the job may have been stored all the same (no
+				// answer in a leader election): keep the claim, so that a
+				// retry returns that job if it was, and takes the key over
+				// after claimPatience if it was not. Releasing it here gave
+				// two jobs for one key in a rolling restart of NATS.
 				return nil, false, err
 			}
 			return job, true, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
+		if !isConflict(err) {
 			return nil, false, fmt.Errorf("buffer: claim idempotency key: %w", err)
 		}
 		entry, err := q.idemKV.Get(ctx, k)
@@ -265,7 +272,7 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 		if err != nil {
 			return nil, false, fmt.Errorf("buffer: read idempotency key: %w", err)
 		}
-		job, err := q.awaitStored(ctx, string(entry.Value()))
+		job, err := q.awaitStored(ctx, string(entry.Value()), entry.Created())
 		if err == nil {
 			return job, false, nil
 		}
@@ -280,11 +287,17 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 	}
 }
 
+// claimPatience is how long after claiming an idempotency key a submit
+// may still store its job; past it, a claim without a job is abandoned.
+const claimPatience = 15 * time.Second
+
 // awaitStored waits, briefly, for the job that another submit of the same
-// idempotency key is storing right now.
-func (q *Queue) awaitStored(ctx context.Context, id string) (*sluicev1.Job, error) {
-	const patience, step = 5 * time.Second, 10 * time.Millisecond
-	for deadline := time.Now().Add(patience); ; {
+// idempotency key, which claimed it at claimed, is storing right now. The
+// wait is counted from the claim, not from now: a retry whose deadline is
+// shorter than the patience must still get to take an abandoned key over.
+func (q *Queue) awaitStored(ctx context.Context, id string, claimed time.Time) (*sluicev1.Job, error) {
+	const step = 10 * time.Millisecond
+	for deadline := claimed.Add(claimPatience); ; {
 		job, err := q.Get(ctx, id)
 		if !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
 			return job, err
@@ -586,7 +599,9 @@ func isConflict(err error) bool {
 	}
 	var apiErr *jetstream.APIError
 	// 10071 is JSStreamWrongLastSequenceErrF: the revision moved on.
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10071
+	// 10164, JSStreamWrongLastSequenceConstantErr, is what the server
+	// answers instead around a leader change (seen in the fault runs).
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10071 || apiErr.ErrorCode == 10164)
 }
 
 // Terminal reports whether a job in state s is finished for good.

@@ -383,6 +383,13 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		retry := s.admission.retryAfterFor(f.Name, 1, time.Now())
 		return nil, false, withDetails(codes.Unavailable, "the job buffer is full; retry later",
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(min(max(retry, minRetryAfter), maxRetryAfter))})
+	case err != nil && ctx.Err() == nil && buffer.Unavailable(err):
+		// A leader election or a lost connection: say so, and when to try
+		// again. The job may or may not have been stored; a retry with the
+		// same idempotency key gives the same job either way.
+		s.log.WarnContext(ctx, "submit refused: JetStream unavailable", "err", err)
+		return nil, false, withDetails(codes.Unavailable, "the job buffer is unavailable for a moment; retry later",
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(minRetryAfter)})
 	case err != nil:
 		return nil, false, s.internal(ctx, "submit job", err)
 	}

@@ -22,9 +22,8 @@ import (
 // pass exists.
 
 // pendingFlags are flags the deployment files already pass that `sluice
-// serve` does not have yet. --replicas comes with cluster mode (#8 item 1);
-// remove it from here when it lands.
-var pendingFlags = map[string]bool{"replicas": true}
+// serve` does not have yet.
+var pendingFlags = map[string]bool{}
 
 // commandFlags returns the flags `sluice <command> -h` lists.
 func commandFlags(t *testing.T, command string) map[string]bool {

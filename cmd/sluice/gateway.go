@@ -35,9 +35,12 @@ import (
 
 // gatewayOptions are the settings of `sluice serve` that come from flags.
 type gatewayOptions struct {
-	HTTPAddr     string
-	GRPCAddr     string
-	NATSURL      string // empty: start an embedded JetStream in DataDir
+	HTTPAddr string
+	GRPCAddr string
+	NATSURL  string // empty: start an embedded JetStream in DataDir
+	// Replicas is the replica count of Sluice's streams and buckets.
+	// Zero means 1.
+	Replicas     int
 	DataDir      string
 	DrainTimeout time.Duration
 	// TLSCert and TLSKey name PEM files, the certificate (chain) and key
@@ -140,7 +143,13 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if cfg.Buffer.Durability == "interval" {
 		log.Warn("buffer.durability is interval: an OS crash or power loss can lose accepted jobs")
 	}
+	replicas := max(opts.Replicas, 1)
+	if replicas == 1 && opts.NATSURL != "" && p.nc.ConnectedClusterName() != "" {
+		log.Warn("NATS is a cluster but --replicas is 1: every job is kept on one node's disk, and losing that node loses them; run with --replicas=3",
+			"nats_cluster", p.nc.ConnectedClusterName(), "nats_server", p.nc.ConnectedServerName())
+	}
 	queue, err := buffer.Open(ctx, p.nc, buffer.Config{
+		Replicas:            replicas,
 		MaxJobs:             int64(cfg.Buffer.MaxJobs),
 		MaxBytes:            int64(cfg.Buffer.MaxBytes),
 		Retention:           time.Duration(cfg.Buffer.JobRetention),
@@ -152,6 +161,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			Linger:      time.Duration(cfg.Buffer.GroupCommit.Linger),
 		},
 	})
+	if errors.Is(err, buffer.ErrDurability) {
+		return nil, fmt.Errorf("--replicas=%d: %w", replicas, err)
+	}
 	if err != nil {
 		return nil, err
 	}

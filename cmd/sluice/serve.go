@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"runtime/debug"
@@ -48,8 +49,12 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&configFile, "config", "", "YAML file naming the functions (required)")
 	fs.StringVar(&o.DataDir, "data-dir", "./sluice-data", "where the embedded JetStream stores jobs")
 	registerGatewayFlags(fs, &o)
+	fs.IntVar(&o.Replicas, "replicas", 1, "replica count of Sluice's JetStream streams and buckets: 3 on a three-node NATS cluster, 1 embedded; every gateway must agree, and an existing stream with another count stops start-up")
 	lf.register(fs)
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := checkReplicas(o); err != nil {
 		return err
 	}
 	if configFile == "" {
@@ -90,4 +95,15 @@ func tuneGC(embedsJetStream bool) {
 	if os.Getenv("GOGC") == "" && !embedsJetStream {
 		debug.SetGCPercent(defaultGCPercent)
 	}
+}
+
+// checkReplicas checks --replicas against --nats-url.
+func checkReplicas(o gatewayOptions) error {
+	if o.Replicas < 1 || o.Replicas > 5 {
+		return errors.New("--replicas: must be between 1 and 5 (JetStream's limit); 3 for a three-node NATS cluster")
+	}
+	if o.Replicas > 1 && o.NATSURL == "" {
+		return fmt.Errorf("--replicas=%d needs --nats-url naming a NATS cluster; the embedded JetStream is one server and keeps one copy", o.Replicas)
+	}
+	return nil
 }
