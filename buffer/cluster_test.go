@@ -150,7 +150,8 @@ func TestSubmitOnceTakesOverAbandonedClaim(t *testing.T) {
 	}
 	// The claim an interrupted submit of key k leaves: a job ID never stored.
 	sum := sha256.Sum256([]byte("f\x00k"))
-	if _, err := idem.Create(t.Context(), hex.EncodeToString(sum[:]), []byte(buffer.NewJobID())); err != nil {
+	claimed := buffer.NewJobID()
+	if _, err := idem.Create(t.Context(), hex.EncodeToString(sum[:]), []byte(claimed)); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
@@ -162,6 +163,9 @@ func TestSubmitOnceTakesOverAbandonedClaim(t *testing.T) {
 			if !created {
 				t.Errorf("SubmitOnce took the key over but says it did not create job %s", job.Id)
 			}
+			if job.Id != claimed {
+				t.Errorf("the key was taken over with job %s; want the claimed ID %s, so that the key has one job", job.Id, claimed)
+			}
 			break
 		}
 		if !errors.Is(err, context.DeadlineExceeded) {
@@ -172,4 +176,19 @@ func TestSubmitOnceTakesOverAbandonedClaim(t *testing.T) {
 		}
 	}
 	t.Logf("key taken over after %s", time.Since(start).Round(time.Millisecond))
+	// The interrupted submit's publish lands late: the duplicate window
+	// keeps it out, and the key still has one job with one message.
+	late := nats.NewMsg(buffer.Subject("f", claimed))
+	late.Header.Set(jetstream.MsgIDHeader, claimed)
+	ack, err := js.PublishMsg(t.Context(), late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ack.Duplicate {
+		t.Errorf("a late publish of job %s was stored again", claimed)
+	}
+	job, created, err := q.SubmitOnce(t.Context(), "f", "k", nil, "")
+	if err != nil || created || job.Id != claimed {
+		t.Errorf("SubmitOnce after the takeover: %v, created %v, %v; want job %s", job.GetId(), created, err, claimed)
+	}
 }

@@ -232,7 +232,7 @@ func jobSubjects(id string) string { return SubjectPrefix + "*." + id }
 // returns only after JetStream has acknowledged the job's message, flushed
 // to disk. It returns [ErrFull] when the buffer is at its limit.
 func (q *Queue) Submit(ctx context.Context, function string, payload []byte, contentType string, opts ...SubmitOption) (*sluicev1.Job, error) {
-	return q.publish(ctx, function, NewJobID(), payload, contentType, applySubmitOptions(opts))
+	return q.publish(ctx, function, NewJobID(), payload, contentType, applySubmitOptions(opts), false)
 }
 
 // SubmitOnce is Submit with an idempotency key: the first submit of key
@@ -247,17 +247,19 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 		id := NewJobID()
 		rev, err := q.idemKV.Create(ctx, k, []byte(id))
 		if err == nil {
-			job, err := q.publish(ctx, function, id, payload, contentType, o)
+			job, err := q.publish(ctx, function, id, payload, contentType, o, true)
 			if err != nil {
-				if !Unavailable(err) {
-					// Not stored: let a retry of this submit create the job.
+				if refused(err) {
+					// Surely not stored: let a retry of this submit create
+					// the job at once.
 					q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
 				}
-				// Otherwise the job may have been stored all the same (no
-				// answer in a leader election): keep the claim, so that a
-				// retry returns that job if it was, and takes the key over
-				// after claimPatience if it was not. Releasing it here gave
-				// two jobs for one key in a rolling restart of NATS.
+				// Otherwise (no answer in a leader election, the caller
+				// gone while its batch was in flight) the job may be stored
+				// all the same: keep the claim, so that a retry returns that
+				// job if it was, and stores it under the same ID after
+				// claimPatience if it was not. Releasing it gave two jobs for
+				// one key in a rolling restart of NATS.
 				return nil, false, err
 			}
 			return job, true, nil
@@ -279,12 +281,28 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 		if !errors.Is(err, ErrNotFound) {
 			return nil, false, err
 		}
-		// The first submit claimed the key and never stored its job (it
-		// crashed in between): take the key over.
-		if err := q.idemKV.Delete(ctx, k, jetstream.LastRevision(entry.Revision())); err != nil && !isConflict(err) {
-			return nil, false, fmt.Errorf("buffer: release idempotency key: %w", err)
+		// The first submit claimed the key and has not stored its job
+		// within claimPatience: it crashed, or its publish is stuck. Store
+		// the job under the claimed ID: the key keeps its one job ID
+		// whatever happens, and should the stuck publish land after all,
+		// JetStream's duplicate window (keyed by the job ID) drops one of
+		// the two messages. (Releasing the key and claiming it anew gave two
+		// jobs for one key when a stuck publish landed late, in a rolling
+		// restart of NATS.)
+		job, err = q.publish(ctx, function, string(entry.Value()), payload, contentType, o, true)
+		if err != nil {
+			return nil, false, err
 		}
+		return job, true, nil
 	}
+}
+
+// refused reports whether a publish error means the message was surely
+// not stored: JetStream answered with a refusal (a full buffer among them),
+// as opposed to no answer, or none waited for.
+func refused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, ErrFull) || (errors.As(err, &apiErr) && apiErr.Code != 503)
 }
 
 // claimPatience is how long after claiming an idempotency key a submit
@@ -318,7 +336,10 @@ func idempotencyKey(function, key string) string {
 }
 
 // publish stores a new job's message and returns the job, QUEUED.
-func (q *Queue) publish(ctx context.Context, function, id string, payload []byte, contentType string, o submitOptions) (*sluicev1.Job, error) {
+// With dedupe, the message carries the job ID as its Nats-Msg-Id, so that
+// a second publish of the job within the stream's duplicate window stores
+// nothing.
+func (q *Queue) publish(ctx context.Context, function, id string, payload []byte, contentType string, o submitOptions, dedupe bool) (*sluicev1.Job, error) {
 	job := &sluicev1.Job{
 		Id:          id,
 		Function:    function,
@@ -332,11 +353,15 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 	// The message is the whole of a queued job: its state entry is first
 	// written when dispatch starts it, so a submit costs one fsync'd write.
 	// Get reads a queued job from the message.
-	// No Nats-Msg-Id: a submit is published once (the batcher never sends
-	// a message again), so there is nothing to deduplicate, and the
-	// server's duplicate window would keep every job ID of the last ten
-	// minutes in memory (a million IDs at 1,700 submits a second).
+	// A plain submit has no Nats-Msg-Id: it is published once (the
+	// batcher never sends a message again), so there is nothing to
+	// deduplicate, and the server's duplicate window would keep every job
+	// ID of the last ten minutes in memory. Idempotent submits, which may
+	// publish one job twice (see SubmitOnce), carry one.
 	msg := jobMsg(job, payload)
+	if dedupe {
+		msg.Header.Set(jetstream.MsgIDHeader, id)
+	}
 	// The submit's trace goes on in dispatch, from the message.
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(msg.Header))
 	if _, err := q.batcher.publish(ctx, msg); err != nil {
