@@ -29,6 +29,12 @@ type ConsumerConfig struct {
 	// server hands it to another puller, which is how the jobs of a crashed
 	// process get run. It must exceed the longest invocation. Required.
 	AckWait time.Duration
+	// Pooled hands the cap to a pool's leader: a consumer that exists is
+	// bound as it stands, its MaxAckPending untouched (writing MaxInFlight
+	// over it could raise a cap the leader lowered to lend slots to another
+	// function); a new one is created paused, delivering nothing until the
+	// leader's first SetPooledCap. MaxInFlight is then ignored.
+	Pooled bool
 }
 
 // Consumer pulls one function's jobs. It is safe for concurrent use.
@@ -53,12 +59,46 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 		return nil, fmt.Errorf("buffer: consumer config %+v: function, max in flight and ack wait are required", cfg)
 	}
 	c := &Consumer{q: q, cfg: cfg}
+	if cfg.Pooled {
+		return c, c.bindPooled(ctx)
+	}
 	cons, err := q.stream.CreateOrUpdateConsumer(ctx, c.jsConfig(cfg.MaxInFlight))
 	if err != nil {
 		return nil, fmt.Errorf("buffer: consumer for %s: %w", cfg.Function, err)
 	}
 	c.cons, c.maxInFlight = cons, cfg.MaxInFlight
 	return c, nil
+}
+
+// pausedUntil is when a new pooled consumer would resume by itself: never,
+// in practice; the pool's leader resumes it.
+var pausedUntil = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// bindPooled binds to the function's consumer without changing its cap, or
+// creates it paused with a cap of 1.
+func (c *Consumer) bindPooled(ctx context.Context) error {
+	for range 3 {
+		cons, err := c.q.stream.Consumer(ctx, ConsumerName(c.cfg.Function))
+		if err == nil {
+			c.cons = cons
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("buffer: consumer for %s: %w", c.cfg.Function, err)
+		}
+		cfg := c.jsConfig(1)
+		cfg.PauseUntil = &pausedUntil
+		cons, err = c.q.stream.CreateConsumer(ctx, cfg)
+		if err == nil {
+			c.cons = cons
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrConsumerExists) {
+			return fmt.Errorf("buffer: consumer for %s: %w", c.cfg.Function, err)
+		}
+		// Another process created it meanwhile: bind to that one.
+	}
+	return fmt.Errorf("buffer: consumer for %s: created and removed concurrently", c.cfg.Function)
 }
 
 func (c *Consumer) jsConfig(maxInFlight int) jetstream.ConsumerConfig {

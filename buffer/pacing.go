@@ -157,6 +157,9 @@ type Load struct {
 	InFlight int
 	// MaxInFlight is the server-enforced cap on InFlight now.
 	MaxInFlight int
+	// Paused: the server delivers nothing now (a pooled consumer its
+	// pool's leader has not resumed yet).
+	Paused bool
 }
 
 // Load reads the function's backlog and in-flight count from its consumer.
@@ -170,6 +173,7 @@ func (c *Consumer) Load(ctx context.Context) (Load, error) {
 		Backlog:     int(info.NumPending),
 		InFlight:    info.NumAckPending,
 		MaxInFlight: info.Config.MaxAckPending,
+		Paused:      info.Paused,
 	}, nil
 }
 
@@ -237,6 +241,23 @@ func (c *Consumer) SetMaxInFlight(ctx context.Context, n int) error {
 	}
 	cfg := c.jsConfig(n)
 	if _, err := c.q.stream.UpdateConsumer(ctx, cfg); err != nil {
+		return fmt.Errorf("buffer: set max in flight of %s to %d: %w", c.cfg.Function, n, err)
+	}
+	c.maxInFlight = n
+	return nil
+}
+
+// SetPooledCap sets the cap of a pooled consumer and resumes it if it was
+// created paused. Only the pool's leader calls it, with load just read: it
+// writes only when the server's cap (or pause) differs.
+func (c *Consumer) SetPooledCap(ctx context.Context, n int, load Load) error {
+	n = max(n, 1)
+	if load.MaxInFlight == n && !load.Paused {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, err := c.q.stream.UpdateConsumer(ctx, c.jsConfig(n)); err != nil {
 		return fmt.Errorf("buffer: set max in flight of %s to %d: %w", c.cfg.Function, n, err)
 	}
 	c.maxInFlight = n
