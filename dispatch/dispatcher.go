@@ -58,6 +58,12 @@ type Function struct {
 	// Paused stops dispatch in this process: its jobs are accepted and
 	// kept, none is invoked, no keep-warm ping is sent.
 	Paused bool
+	// Pool names the [Pool] in Config.Pools whose capacity the function
+	// shares; "" for none.
+	Pool string
+	// Reserved is the function's guaranteed share of its pool while it has
+	// work. Zero means none: it runs on what the others leave.
+	Reserved int
 }
 
 // KeepWarm sends keep-warm pings (Sluice-Warmup: 1, never a job): while the
@@ -76,6 +82,8 @@ type Source interface {
 	Consumer(ctx context.Context, cfg buffer.ConsumerConfig) (*buffer.Consumer, error)
 	Pacing(ctx context.Context, function string) (buffer.Pacing, error)
 	UpdatePacing(ctx context.Context, function string, change func(*buffer.Pacing) bool) (buffer.Pacing, error)
+	Pool(ctx context.Context, pool string) (buffer.Pool, error)
+	UpdatePool(ctx context.Context, pool string, change func(*buffer.Pool) bool) (buffer.Pool, error)
 }
 
 var _ Source = (*buffer.Queue)(nil)
@@ -86,6 +94,8 @@ type Config struct {
 	Source Source
 	// Functions are the targets. Each gets its own loop.
 	Functions []Function
+	// Pools are concurrency limits shared by several functions.
+	Pools []Pool
 	// Logger receives the dispatcher's logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// DrainTimeout is how long in-flight invocations may run on after Run's
@@ -144,6 +154,9 @@ func New(cfg Config) (*Dispatcher, error) {
 		f.Retry.setDefaults()
 		f.Circuit.setDefaults()
 	}
+	if err := checkPools(cfg.Pools, cfg.Functions); err != nil {
+		return nil, err
+	}
 	if cfg.PaceEvery == 0 {
 		cfg.PaceEvery = 100 * time.Millisecond
 	}
@@ -194,6 +207,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			// Past AckWait the server redelivers; leave room for the
 			// bookkeeping after a full-length invocation.
 			AckWait: f.Timeout + 15*time.Second,
+			// A pool's leader sets a pooled function's cap.
+			Pooled: f.Pool != "",
 		})
 		if err != nil {
 			return stoppedOr(ctx, err)
@@ -213,10 +228,26 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		l.pacing.Store(&shared)
 		loops = append(loops, l)
 	}
-	if err := registerGauges(d.cfg.MeterProvider, loops); err != nil {
+	id := processID()
+	pools := make([]*poolLoop, 0, len(d.cfg.Pools))
+	for _, p := range d.cfg.Pools {
+		var members []*functionLoop
+		for _, l := range loops {
+			if l.fn.Pool == p.Name {
+				members = append(members, l)
+			}
+		}
+		if len(members) > 0 {
+			pools = append(pools, newPoolLoop(p, members, &d.cfg, d.log, id))
+		}
+	}
+	if err := registerGauges(d.cfg.MeterProvider, loops, pools); err != nil {
 		return fmt.Errorf("dispatch: metrics: %w", err)
 	}
 	var g errgroup.Group
+	for _, pl := range pools {
+		g.Go(func() error { pl.run(ctx); return nil })
+	}
 	for _, l := range loops {
 		if l.fn.Paused {
 			l.log.Info("dispatch paused by configuration; jobs are kept until it resumes")
@@ -256,6 +287,7 @@ type functionLoop struct {
 	counts  tally
 	tel     *telemetry
 	gauges  gauges
+	pool    *poolLoop // nil outside a pool
 
 	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
 }
@@ -587,9 +619,15 @@ func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, 
 	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, retryAfter, now)
 	})
-	if err != nil {
+	switch {
+	case err != nil:
 		l.log.Error("shrink window after throttle", "err", err)
-	} else {
+	case l.pool != nil:
+		// The pool's leader alone sets a pooled function's cap; it follows
+		// the window at its next round.
+		l.pacing.Store(&p)
+		l.pool.throttled(ctx, now)
+	default:
 		l.pacing.Store(&p)
 		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil {
 			l.log.Error("shrink window after throttle", "err", err)
@@ -613,7 +651,7 @@ func (l *functionLoop) pace(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if n%10 == 0 {
+		if n%10 == 0 && l.pool == nil {
 			l.cons.RefreshMaxInFlight()
 		}
 		load, err := l.cons.Load(ctx)
@@ -641,8 +679,10 @@ func (l *functionLoop) pace(ctx context.Context) {
 			continue
 		}
 		l.pacing.Store(&p)
-		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
-			l.log.Warn("apply window", "err", err)
+		if l.pool == nil { // a pool's leader caps pooled functions
+			if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
+				l.log.Warn("apply window", "err", err)
+			}
 		}
 		if err := l.cons.RemoveFinished(ctx); err != nil && ctx.Err() == nil {
 			l.log.Warn("remove finished jobs", "err", err)
