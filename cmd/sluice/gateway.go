@@ -199,6 +199,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			JSONPayload:   f.Target != nil && f.Target.Lambda != nil,
 			InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
 			MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.gateway(),
+			Pool: f.Pool, PoolConcurrency: poolConcurrency(cfg.Pools, f.Pool),
 		})
 		dispFuncs = append(dispFuncs, df)
 	}
@@ -220,7 +221,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	p.svc = svc
 	p.queue = queue
 	p.dispatcher, err = dispatch.New(dispatch.Config{
-		Source: queue, Functions: dispFuncs, Logger: log, DrainTimeout: opts.DrainTimeout,
+		Source: queue, Functions: dispFuncs, Pools: dispatchPools(cfg.Pools), Logger: log, DrainTimeout: opts.DrainTimeout,
 		TracerProvider: tp, MeterProvider: mp,
 	})
 	if err != nil {
@@ -346,6 +347,7 @@ func dispatchFunction(f FunctionConfig) dispatch.Function {
 	}
 	df.MaxAge = time.Duration(f.MaxAge)
 	df.Paused = f.Paused
+	df.Pool, df.Reserved = f.Pool, int(f.Reserved)
 	cb := f.CircuitBreaker
 	df.Circuit = dispatch.CircuitPolicy{
 		Disabled:     cb.Enabled != nil && !*cb.Enabled,
@@ -567,4 +569,24 @@ func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
 		return fmt.Errorf("debug server: %w", err)
 	}
 	return nil
+}
+
+// dispatchPools are the configured pools as dispatch takes them.
+func dispatchPools(pools []PoolConfig) []dispatch.Pool {
+	out := make([]dispatch.Pool, 0, len(pools))
+	for _, p := range pools {
+		out = append(out, dispatch.Pool{Name: p.Name, Concurrency: int(p.Concurrency)})
+	}
+	return out
+}
+
+// poolConcurrency is the configured concurrency of the named pool; 0 for
+// none.
+func poolConcurrency(pools []PoolConfig, name string) int {
+	for _, p := range pools {
+		if p.Name == name {
+			return int(p.Concurrency)
+		}
+	}
+	return 0
 }
