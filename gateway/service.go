@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -58,6 +59,8 @@ type Dispatch interface {
 	// FunctionLoad returns its backlog and in-flight count;
 	// buffer.ErrNotFound before dispatch has started for it.
 	FunctionLoad(ctx context.Context, function string) (buffer.Load, error)
+	// Pool returns a concurrency pool's shared state.
+	Pool(ctx context.Context, pool string) (buffer.Pool, error)
 }
 
 var _ Dispatch = (*buffer.Queue)(nil)
@@ -111,6 +114,10 @@ type Function struct {
 	MaxAge time.Duration
 	// Ingress limits the submits to it.
 	Ingress Ingress
+	// Pool names the concurrency pool it shares with other functions, and
+	// PoolConcurrency is that pool's configured limit; for display.
+	Pool            string
+	PoolConcurrency int
 }
 
 // DefaultMaxPayload is a function's payload limit when none is configured.
@@ -586,12 +593,41 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 	case buffer.CircuitHalfOpen:
 		st.Reason = "paused: circuit half-open, one probe job let through"
 	}
+	if f.Pool != "" {
+		pool, err := s.dispatch.Pool(ctx, f.Pool)
+		if err != nil {
+			return nil, err
+		}
+		st.Pool = describePool(f, pool)
+	}
 	if s.dead != nil && tenantOf(ctx) == nil { // a count of all tenants' dead letters
 		if st.DeadLetters, err = s.dead.DeadLetterCount(ctx, f.Name); err != nil {
 			return nil, err
 		}
 	}
 	return st, nil
+}
+
+// describePool is f's share of its pool and the pool's state.
+func describePool(f Function, p buffer.Pool) *sluicev1.PoolShare {
+	me := p.Members[f.Name]
+	out := &sluicev1.PoolShare{
+		Name: f.Pool, Limit: int32(p.Limit), Concurrency: int32(f.PoolConcurrency),
+		Reserved: int32(me.Reserved), Granted: int32(me.Granted), Cap: int32(me.Cap),
+		Borrowed: int32(me.Borrowed()), Lent: int32(me.Lent()),
+	}
+	if out.Limit == 0 {
+		out.Limit = out.Concurrency // no leader has written it yet
+	}
+	names := slices.Sorted(maps.Keys(p.Members))
+	for _, name := range names {
+		m := p.Members[name]
+		out.PoolInFlight += int32(m.InFlight)
+		out.Members = append(out.Members, &sluicev1.PoolMember{
+			Function: name, Reserved: int32(m.Reserved), Granted: int32(m.Granted), InFlight: int32(m.InFlight), Backlog: int64(m.Backlog),
+		})
+	}
+	return out
 }
 
 func describeCircuit(c buffer.Circuit) *sluicev1.Circuit {
