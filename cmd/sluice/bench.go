@@ -42,6 +42,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"pipeline": runBenchPipeline,
 		"invoke":   runBenchInvoke,
 		"queued":   runBenchQueued,
+		"pools":    runBenchPools,
 		// The JetStream the others start, in a process of its own.
 		"jetstream": runBenchJetStream,
 	}
@@ -50,7 +51,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return run(ctx, args[1:], stdout, stderr)
 		}
 	}
-	return errors.New("bench: name a benchmark: burst, ingress, pipeline, invoke or queued")
+	return errors.New("bench: name a benchmark: burst, ingress, pipeline, invoke, queued or pools")
 }
 
 // burstFlags configure `sluice bench burst`.
