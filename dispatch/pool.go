@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -14,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 )
 
@@ -69,6 +71,10 @@ type poolLoop struct {
 	log     *slog.Logger
 	id      string // this process, as the lease names it
 	attrs   metric.MeasurementOption
+	// implicit: the pool of one fair function outside any pool, whose
+	// limit is its window.
+	implicit bool
+	round    int // rounds run; owned by run's goroutine
 
 	seen atomic.Pointer[buffer.Pool] // the pool's state as last read or written
 }
@@ -122,22 +128,36 @@ func (pl *poolLoop) step(ctx context.Context) error {
 		pl.seen.Store(&st)
 		return nil
 	}
-	loads := make([]buffer.Load, len(pl.members))
+	// Every consumer of the pool: one per function, or one per lane of a
+	// fair function.
+	var units []*laneUnit
+	var loads []buffer.Load
+	memberLoads := make([]buffer.Load, len(pl.members))
 	for i, m := range pl.members {
-		if loads[i], err = m.cons.Load(ctx); err != nil {
-			return err
+		for _, u := range m.lanes {
+			load, err := u.cons.Load(ctx)
+			if err != nil {
+				return err
+			}
+			units, loads = append(units, u), append(loads, load)
+			memberLoads[i].InFlight += load.InFlight
+			memberLoads[i].Backlog += load.Backlog
+			memberLoads[i].MaxInFlight += capOf(load)
 		}
 	}
+	pl.refreshWaiting(ctx, units, loads, now)
 	shares := make([]share, len(pl.members))
+	implicitLimit := 0
 	for i, m := range pl.members {
 		window := int(math.Floor(m.pacing.Load().Window))
 		if window < 1 {
 			window = m.fn.Pacing.Initial
 		}
+		implicitLimit = max(1, window)
 		if now.Before(m.pacing.Load().PausedUntil) || m.fn.Paused {
 			window = 1 // throttled or paused: hold one slot, lend the rest
 		}
-		shares[i] = share{reserved: pl.reserve[i], want: min(window, loads[i].InFlight+loads[i].Backlog)}
+		shares[i] = share{reserved: pl.reserve[i], want: min(window, memberLoads[i].InFlight+memberLoads[i].Backlog)}
 	}
 	var grants []int
 	lost := false
@@ -148,13 +168,17 @@ func (pl *poolLoop) step(ctx context.Context) error {
 		}
 		lost = false
 		p.Leader, p.LeaseUntil = pl.id, now.Add(poolLease)
-		pl.recover(p, now)
+		if pl.implicit {
+			p.Limit = float64(implicitLimit) // one fair function: its window
+		} else {
+			pl.recover(p, now)
+		}
 		grants = allocate(int(p.Limit), shares)
 		p.Members = make(map[string]buffer.PoolMember, len(pl.members))
 		for i, m := range pl.members {
 			p.Members[m.fn.Name] = buffer.PoolMember{
-				Reserved: pl.reserve[i], Granted: grants[i], Cap: capOf(loads[i]),
-				InFlight: loads[i].InFlight, Backlog: loads[i].Backlog,
+				Reserved: pl.reserve[i], Granted: grants[i], Cap: memberLoads[i].MaxInFlight,
+				InFlight: memberLoads[i].InFlight, Backlog: memberLoads[i].Backlog,
 			}
 		}
 		p.Updated = now
@@ -167,15 +191,54 @@ func (pl *poolLoop) step(ctx context.Context) error {
 	if lost {
 		return nil
 	}
-	caps := pl.apply(ctx, int(st.Limit), grants, loads)
-	// Record the caps now enforced, for the status pages.
+	// Each function's share goes to its lanes.
+	var unitGrants []int
+	k := 0
 	for i, m := range pl.members {
+		n := len(m.lanes)
+		unitGrants = append(unitGrants, m.splitLanes(grants[i], loads[k:k+n], now)...)
+		k += n
+	}
+	caps := pl.apply(ctx, int(st.Limit), units, unitGrants, loads)
+	// Record the caps now enforced, for the status pages.
+	k = 0
+	for _, m := range pl.members {
+		sum := 0
+		for range m.lanes {
+			sum += caps[k]
+			k++
+		}
 		mm := st.Members[m.fn.Name]
-		mm.Cap = caps[i]
+		mm.Cap = sum
 		st.Members[m.fn.Name] = mm
 	}
 	pl.seen.Store(&st)
 	return nil
+}
+
+// refreshWaiting reads, every tenth round, since when the oldest job of
+// each lane with a backlog has waited, for the aging of priorities.
+func (pl *poolLoop) refreshWaiting(ctx context.Context, units []*laneUnit, loads []buffer.Load, now time.Time) {
+	pl.round++
+	for i, u := range units {
+		if u.lane == nil || u.lane.Priority == sluicev1.Priority_HIGH {
+			continue
+		}
+		if loads[i].Backlog == 0 {
+			u.waitingSince.Store(0)
+			continue
+		}
+		if pl.round%10 != 1 && u.waitingSince.Load() != 0 {
+			continue
+		}
+		since, err := u.cons.WaitingSince(ctx)
+		switch {
+		case err == nil:
+			u.waitingSince.Store(since.UnixNano())
+		case errors.Is(err, buffer.ErrNotFound):
+			u.waitingSince.Store(0)
+		}
+	}
 }
 
 // recover moves the limit back toward the configured concurrency after
@@ -200,36 +263,36 @@ func capOf(l buffer.Load) int {
 	return l.MaxInFlight
 }
 
-// apply moves the members' caps toward grants without the pool's count
+// apply moves the consumers' caps toward grants without the pool's count
 // (the sum of max(cap, in flight)) ever exceeding limit: lowering first,
 // then raising by what is free. loads are as read before grants were
 // computed; they can only overstate the count. It returns the caps now set.
-func (pl *poolLoop) apply(ctx context.Context, limit int, grants []int, loads []buffer.Load) []int {
-	caps := make([]int, len(pl.members))
-	for i := range pl.members {
+func (pl *poolLoop) apply(ctx context.Context, limit int, units []*laneUnit, grants []int, loads []buffer.Load) []int {
+	caps := make([]int, len(units))
+	for i, u := range units {
 		caps[i] = capOf(loads[i])
 		if grants[i] < caps[i] {
-			if err := pl.members[i].cons.SetPooledCap(ctx, grants[i], loads[i]); err != nil {
-				pl.log.Warn("lower cap", "function", pl.members[i].fn.Name, "err", err)
+			if err := u.cons.SetPooledCap(ctx, grants[i], loads[i]); err != nil {
+				pl.log.Warn("lower cap", "consumer", u.name, "err", err)
 				continue
 			}
 			caps[i] = grants[i]
 		}
 	}
 	used := 0
-	for i := range pl.members {
+	for i := range units {
 		used += max(caps[i], loads[i].InFlight)
 	}
 	free := limit - used
-	// Raise those furthest below their reserved share first.
-	order := make([]int, 0, len(pl.members))
-	for i := range pl.members {
+	// Raise those furthest below their share first.
+	order := make([]int, 0, len(units))
+	for i := range units {
 		if grants[i] > caps[i] {
 			order = append(order, i)
 		}
 	}
 	slices.SortStableFunc(order, func(a, b int) int {
-		return (caps[a] - min(pl.reserve[a], grants[a])) - (caps[b] - min(pl.reserve[b], grants[b]))
+		return (caps[a] - grants[a]) - (caps[b] - grants[b])
 	})
 	for _, i := range order {
 		if free <= 0 {
@@ -240,8 +303,8 @@ func (pl *poolLoop) apply(ctx context.Context, limit int, grants []int, loads []
 		if next <= caps[i] || next < 1 {
 			continue
 		}
-		if err := pl.members[i].cons.SetPooledCap(ctx, next, loads[i]); err != nil {
-			pl.log.Warn("raise cap", "function", pl.members[i].fn.Name, "err", err)
+		if err := units[i].cons.SetPooledCap(ctx, next, loads[i]); err != nil {
+			pl.log.Warn("raise cap", "consumer", units[i].name, "err", err)
 			continue // counted as raised: it may have been applied
 		}
 		free -= max(next, loads[i].InFlight) - occupied

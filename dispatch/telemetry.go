@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -182,6 +183,7 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poo
 // registerPoolGauges reports each pool's state as this process last saw it
 // (the leader's view, shared through the pool's entry).
 func registerPoolGauges(m metric.Meter, pools []*poolLoop) error {
+	pools = slices.DeleteFunc(slices.Clone(pools), func(pl *poolLoop) bool { return pl.implicit })
 	if len(pools) == 0 {
 		return nil
 	}
