@@ -280,7 +280,7 @@ func (s *Service) MaxPayload(function string) int64 {
 
 // SubmitJob stores a job and returns it QUEUED.
 func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest) (*sluicev1.SubmitJobResponse, error) {
-	job, replayed, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl())
+	job, replayed, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl(), req.GetPriority())
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +293,7 @@ const DefaultInvokeWait = 10 * time.Second
 // InvokeFunction submits a job and waits for it to finish, for callers that
 // want an answer now when there is capacity and a job handle when not.
 func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFunctionRequest) (*sluicev1.InvokeFunctionResponse, error) {
-	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl())
+	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl(), sluicev1.Priority_PRIORITY_UNSPECIFIED)
 	if err != nil {
 		return nil, err
 	}
@@ -324,8 +324,9 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 
 // submit stores a job, once per idempotency key when one is given (in the
 // request, or for REST callers the Idempotency-Key header), with its
-// callback URL if one is given (likewise, or Sluice-Callback-Url).
-func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string) (job *sluicev1.Job, replayed bool, err error) {
+// callback URL if one is given (likewise, or Sluice-Callback-Url), and
+// its priority (likewise, or Sluice-Priority).
+func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string, priority sluicev1.Priority) (job *sluicev1.Job, replayed bool, err error) {
 	ctx, span := s.tracer.Start(ctx, "submit "+function, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("sluice.function", function)))
 	defer func() {
@@ -363,6 +364,17 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 	}
 	tenant := tenantName(ctx)
 	opts := []buffer.SubmitOption{buffer.WithTenant(tenant)}
+	if _, known := sluicev1.Priority_name[int32(priority)]; !known {
+		return nil, false, status.Errorf(codes.InvalidArgument, "priority %d is none of HIGH, NORMAL or LOW", priority)
+	}
+	if priority == sluicev1.Priority_PRIORITY_UNSPECIFIED {
+		p, ok := buffer.ParsePriority(fromMetadata(ctx, "", MetadataPriority))
+		if !ok {
+			return nil, false, status.Error(codes.InvalidArgument, "Sluice-Priority must be high, normal or low")
+		}
+		priority = p
+	}
+	opts = append(opts, buffer.WithPriority(priority))
 	if callbackURL = fromMetadata(ctx, callbackURL, MetadataCallbackURL); callbackURL != "" {
 		if s.callbacks == nil {
 			return nil, false, status.Error(codes.InvalidArgument, "this gateway delivers no callbacks: it has no callback signing secret configured")
@@ -450,6 +462,8 @@ const (
 	MetadataIdempotencyKey = "idempotency-key"
 	// MetadataCallbackURL carries the Sluice-Callback-Url header.
 	MetadataCallbackURL = "sluice-callback-url"
+	// MetadataPriority carries the Sluice-Priority header.
+	MetadataPriority = "sluice-priority"
 )
 
 // fromMetadata is value, or when it is empty the request metadata's first

@@ -57,6 +57,9 @@ type TenantConfig struct {
 	APIKeys []string `yaml:"api_keys"`
 	// Functions, if given, are the only functions it may use.
 	Functions []string `yaml:"functions"`
+	// Weight is its share of a fair function's window against the other
+	// tenants with work for it. Default 1.
+	Weight Count `yaml:"weight"`
 	// Ingress limits its submits.
 	Ingress *IngressConfig `yaml:"ingress"`
 }
@@ -145,6 +148,15 @@ type FunctionConfig struct {
 	// has work; unused, it is lent to the pool's busy functions. Default 0,
 	// at most the function's concurrency; needs pool.
 	Reserved Count `yaml:"reserved"`
+	// Fairness dispatches the function's jobs fairly: tenants with work
+	// share its window by weight (tenants[].weight), and within a tenant's
+	// part higher priorities (Sluice-Priority) go first. Default false:
+	// jobs run in the order they came.
+	Fairness bool `yaml:"fairness"`
+	// PriorityAging: with fairness, a job that waited this long counts
+	// one priority higher, and again after each further period, so a low
+	// one never starves. Default 1m.
+	PriorityAging Duration `yaml:"priority_aging"`
 
 	concurrencyGiven bool // Concurrency was configured, not defaulted
 }

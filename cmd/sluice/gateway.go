@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
@@ -193,6 +194,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	var dispFuncs []dispatch.Function
 	for i, f := range functions {
 		df := dispatchFunction(f)
+		if f.Fairness {
+			df.Lanes = fairLanes(f, cfg.Tenants)
+		}
 		df.Invoker = invokers[i]
 		gwFuncs = append(gwFuncs, gateway.Function{
 			Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
@@ -221,7 +225,8 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	p.svc = svc
 	p.queue = queue
 	p.dispatcher, err = dispatch.New(dispatch.Config{
-		Source: queue, Functions: dispFuncs, Pools: dispatchPools(cfg.Pools), Logger: log, DrainTimeout: opts.DrainTimeout,
+		Source: queue, Functions: dispFuncs, Pools: dispatchPools(cfg.Pools), TenantWeights: tenantWeights(cfg.Tenants),
+		Logger: log, DrainTimeout: opts.DrainTimeout,
 		TracerProvider: tp, MeterProvider: mp,
 	})
 	if err != nil {
@@ -348,6 +353,7 @@ func dispatchFunction(f FunctionConfig) dispatch.Function {
 	df.MaxAge = time.Duration(f.MaxAge)
 	df.Paused = f.Paused
 	df.Pool, df.Reserved = f.Pool, int(f.Reserved)
+	df.PriorityAging = time.Duration(f.PriorityAging)
 	cb := f.CircuitBreaker
 	df.Circuit = dispatch.CircuitPolicy{
 		Disabled:     cb.Enabled != nil && !*cb.Enabled,
@@ -589,4 +595,33 @@ func poolConcurrency(pools []PoolConfig, name string) int {
 		}
 	}
 	return 0
+}
+
+// tenantWeights are the tenants' weights for fair functions, by name.
+func tenantWeights(tenants []TenantConfig) map[string]int {
+	out := make(map[string]int, len(tenants))
+	for _, t := range tenants {
+		if t.Weight > 0 {
+			out[t.Name] = int(t.Weight)
+		}
+	}
+	return out
+}
+
+// fairLanes are the lanes of a fair function: one per priority for each
+// tenant that may use it, and for jobs without a tenant.
+func fairLanes(f FunctionConfig, tenants []TenantConfig) []buffer.Lane {
+	names := []string{""}
+	for _, t := range tenants {
+		if t.Functions == nil || slices.Contains(t.Functions, f.Name) {
+			names = append(names, t.Name)
+		}
+	}
+	var out []buffer.Lane
+	for _, n := range names {
+		for _, p := range []sluicev1.Priority{sluicev1.Priority_HIGH, sluicev1.Priority_NORMAL, sluicev1.Priority_LOW} {
+			out = append(out, buffer.Lane{Tenant: n, Priority: p})
+		}
+	}
+	return out
 }
