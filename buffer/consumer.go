@@ -54,7 +54,7 @@ type Consumer struct {
 	// serverOffset is the server's clock less this process's, as Load last
 	// saw it (a time.Duration).
 	serverOffset atomicDuration
-	removedTo atomic.Uint64 // RemoveFinished has purged up to here
+	removedTo    atomic.Uint64 // RemoveFinished has purged up to here
 }
 
 // ConsumerName is the durable consumer that dispatches function's jobs.
