@@ -27,7 +27,7 @@ import (
 // poolsFlags configure `sluice bench pools`.
 type poolsFlags struct {
 	pool, reserved, concurrency, gateways, big, small, submitters int
-	handler, sample                                               time.Duration
+	handler, jitter, sample                                       time.Duration
 }
 
 // poolCounter counts the invocations in flight on the simulated platform,
@@ -64,7 +64,8 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.IntVar(&b.small, "small", 2000, "jobs for each of the two others (beta, gamma)")
 	fs.IntVar(&b.submitters, "submitters", 32, "concurrent submitting clients")
 	fs.DurationVar(&b.handler, "duration", 100*time.Millisecond, "handler run time per invocation")
-	fs.DurationVar(&b.sample, "sample", 10*time.Millisecond, "how often the platform is sampled")
+	fs.DurationVar(&b.jitter, "jitter", 50*time.Millisecond, "handler run time spread: ± this much")
+	fs.DurationVar(&b.sample, "sample", 10*time.Millisecond, "how often the platform is sampled (and JetStream every 4th time)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -90,7 +91,7 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 	sims := map[string]*fnsim.Function{}
 	mux := http.NewServeMux()
 	for _, n := range names {
-		sims[n] = fnsim.New(fnsim.Config{Duration: b.handler})
+		sims[n] = fnsim.New(fnsim.Config{Duration: b.handler, Jitter: b.jitter})
 		mux.Handle("/"+n, counter.wrap(sims[n]))
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -135,6 +136,15 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return err
 		}
 		grpcAddrs = append(grpcAddrs, grpcAddr)
+	}
+	nc, err := nats.Connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	buf, err := buffer.Open(ctx, nc, buffer.Config{})
+	if err != nil {
+		return err
 	}
 	var clients []sluicev1.JobServiceClient
 	for _, addr := range grpcAddrs {
@@ -183,9 +193,12 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 		maxAlone, maxTotal     int
 		allUp                  time.Duration
 		othersDone             time.Duration
+		below                  = map[string]int{}
+		held                   = map[string]int{}
+		heldTotal              int
 	)
 	for _, n := range names {
-		minShared[n] = 1 << 30
+		minShared[n], held[n] = 1<<30, 1<<30
 	}
 	tick := time.NewTicker(b.sample)
 	defer tick.Stop()
@@ -223,6 +236,21 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 			shared++
 			for _, n := range names {
 				minShared[n], maxShared[n] = min(minShared[n], in[n]), max(maxShared[n], in[n])
+				if in[n] < b.reserved {
+					below[n]++
+				}
+			}
+			if samples%4 == 0 {
+				total := 0
+				for _, n := range names {
+					load, err := buf.FunctionLoad(ctx, n)
+					if err != nil {
+						return err
+					}
+					held[n] = min(held[n], load.InFlight)
+					total += load.InFlight
+				}
+				heldTotal = max(heldTotal, total)
 			}
 		}
 		if ran["beta"] >= jobs["beta"] && ran["gamma"] >= jobs["gamma"] && in["beta"]+in["gamma"] == 0 {
@@ -241,8 +269,10 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 		allUp.Round(time.Millisecond), othersDone.Round(time.Millisecond), drain.Round(time.Millisecond))
 	fmt.Fprintf(stdout, "samples: %d (%d while all three had backlogs, %d with alpha alone)\n", samples, shared, alone)
 	for _, n := range names {
-		fmt.Fprintf(stdout, "  %-5s in flight while all had backlogs: min %d, max %d\n", n, minShared[n], maxShared[n])
+		fmt.Fprintf(stdout, "  %-5s running at the platform while all had backlogs: min %d, max %d; below %d in %d of %d samples (%.1f%%); in flight as JetStream counts it: min %d\n",
+			n, minShared[n], maxShared[n], b.reserved, below[n], shared, 100*float64(below[n])/float64(max(shared, 1)), held[n])
 	}
+	fmt.Fprintf(stdout, "  pool in flight as JetStream counts it: max %d\n", heldTotal)
 	fmt.Fprintf(stdout, "  alpha in flight alone: max %d (its own cap %d)\n", maxAlone, b.concurrency)
 	fmt.Fprintf(stdout, "pool in flight: max %d at a sample, %d at any instant (limit %d)\n", maxTotal, counter.maxTotal.Load(), b.pool)
 	for _, n := range names {
@@ -251,9 +281,12 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	var errs []error
 	for _, n := range names {
-		if minShared[n] < b.reserved {
-			errs = append(errs, fmt.Errorf("%s fell to %d in flight while all had backlogs, below its reserved %d", n, minShared[n], b.reserved))
+		if held[n] < b.reserved {
+			errs = append(errs, fmt.Errorf("%s fell to %d in flight while all had backlogs, below its reserved %d", n, held[n], b.reserved))
 		}
+	}
+	if heldTotal > b.pool {
+		errs = append(errs, fmt.Errorf("JetStream counted %d in flight in the pool, above its limit of %d", heldTotal, b.pool))
 	}
 	if got := counter.maxTotal.Load(); got > int64(b.pool) {
 		errs = append(errs, fmt.Errorf("the pool had %d in flight at once, above its limit of %d", got, b.pool))
