@@ -73,6 +73,14 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 	if err != nil {
 		return nil, fmt.Errorf("buffer: consumer for %s: %w", cfg.Function, err)
 	}
+	if cons.CachedInfo().Paused {
+		// Left paused by a pool's leader (the function was pooled or fair
+		// before): an update keeps a pause, so lift it. The pulls to come
+		// wake its delivery.
+		if _, err := q.js.ResumeConsumer(ctx, StreamName, c.name()); err != nil {
+			return nil, fmt.Errorf("buffer: resume consumer for %s: %w", cfg.Function, err)
+		}
+	}
 	c.cons, c.maxInFlight = cons, cfg.MaxInFlight
 	return c, nil
 }

@@ -71,3 +71,46 @@ func TestParsePriority(t *testing.T) {
 		t.Error("ParsePriority(urgent) is ok")
 	}
 }
+
+// TestPooledConsumerLifecycle: a pooled consumer starts paused and
+// delivers nothing until its cap is set; a function taken out of its pool
+// gets its consumer back unpaused.
+func TestPooledConsumerLifecycle(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	if _, err := q.Submit(ctx, "f", []byte("x"), "text/plain"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 5, AckWait: time.Minute, Pooled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	load, err := c.Load(ctx)
+	if err != nil || !load.Paused || load.Backlog != 1 {
+		t.Fatalf("new pooled consumer: load %+v, %v; want paused with the job waiting", load, err)
+	}
+	if ds, err := fetch(t, c, 1, 300*time.Millisecond); err != nil || len(ds) != 0 {
+		t.Fatalf("paused consumer delivered %d, %v", len(ds), err)
+	}
+	if err := c.SetPooledCap(ctx, 2, load); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // it resumes a moment later
+	if load, err = c.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 2 {
+		t.Fatalf("after SetPooledCap(2): %+v, %v", load, err)
+	}
+	if err := c.SetPooledCap(ctx, 0, load); err != nil {
+		t.Fatal(err)
+	}
+	// Out of the pool: the consumer is made as configured, and resumed.
+	c2, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 3, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if load, err = c2.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 3 {
+		t.Fatalf("unpooled again: %+v, %v; want resumed with a cap of 3", load, err)
+	}
+	if ds, err := fetch(t, c2, 1, 2*time.Second); err != nil || len(ds) != 1 {
+		t.Fatalf("unpooled consumer delivered %d, %v; want the job", len(ds), err)
+	}
+}
