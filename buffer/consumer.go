@@ -85,14 +85,18 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 	return c, nil
 }
 
+// pooledMark ends the description of a consumer a pool's leader keeps.
+const pooledMark = " (pooled)"
+
 // reconfigure brings a bound pooled consumer's filter and ack wait up to
 // date (after a change of configuration: fair dispatch turned on, a longer
-// timeout). It pauses the consumer as it does so, which only ever lowers
+// timeout), and takes over one that was not pooled before, whose cap no
+// leader has counted yet. It pauses the consumer as it does so, which only ever lowers
 // what it may deliver, whatever the leader set meanwhile; the leader
 // resumes it at its next round.
 func (c *Consumer) reconfigure(ctx context.Context) error {
 	have := c.cons.CachedInfo().Config
-	if have.FilterSubject == c.filter() && have.AckWait == c.cfg.AckWait {
+	if have.FilterSubject == c.filter() && have.AckWait == c.cfg.AckWait && strings.HasSuffix(have.Description, pooledMark) {
 		return nil
 	}
 	if _, err := c.q.js.PauseConsumer(ctx, StreamName, c.name(), pausedUntil); err != nil {
@@ -156,9 +160,14 @@ func (c *Consumer) filter() string {
 }
 
 func (c *Consumer) jsConfig(maxInFlight int) jetstream.ConsumerConfig {
+	desc := "Sluice: dispatch of " + c.cfg.Function
+	if c.cfg.Pooled {
+		// Marks a consumer whose cap a pool's leader keeps.
+		desc += pooledMark
+	}
 	return jetstream.ConsumerConfig{
 		Durable:       c.name(),
-		Description:   "Sluice: dispatch of " + c.cfg.Function,
+		Description:   desc,
 		FilterSubject: c.filter(),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.cfg.AckWait,

@@ -114,3 +114,34 @@ func TestPooledConsumerLifecycle(t *testing.T) {
 		t.Fatalf("unpooled consumer delivered %d, %v; want the job", len(ds), err)
 	}
 }
+
+// TestFunctionJoiningAPoolIsPausedUntilItsLeaderCounts: a function's consumer
+// made before it joined a pool (its cap its window) is paused when a pooled
+// process binds to it, so it delivers nothing the pool's leader has not
+// counted.
+func TestFunctionJoiningAPoolIsPausedUntilItsLeaderCounts(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	if _, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 50, AckWait: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 50, AckWait: time.Minute, Pooled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if load, err := c.Load(ctx); err != nil || !load.Paused {
+		t.Fatalf("joined a pool: %+v, %v; want paused", load, err)
+	}
+	// Bound again by another process: left as the leader set it.
+	if err := c.SetPooledCap(ctx, 4, buffer.Load{MaxInFlight: 50, Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	c2, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 50, AckWait: time.Minute, Pooled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if load, err := c2.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 4 {
+		t.Fatalf("bound again: %+v, %v; want the leader's cap of 4, running", load, err)
+	}
+}
