@@ -314,8 +314,8 @@ func (pl *poolLoop) apply(ctx context.Context, limit int, units []*laneUnit, gra
 }
 
 // throttled shrinks the pool's limit after a member was throttled: to 90%
-// of what was in flight, once per poolShrinkEvery, never below one slot
-// per member.
+// of what was in flight (by half at most), once per poolShrinkEvery, never
+// below one slot per member.
 func (pl *poolLoop) throttled(ctx context.Context, now time.Time) {
 	st, err := pl.src.UpdatePool(ctx, pl.pool.Name, func(p *buffer.Pool) bool {
 		if now.Sub(p.LastThrottle) < poolShrinkEvery {
@@ -328,7 +328,9 @@ func (pl *poolLoop) throttled(ctx context.Context, now time.Time) {
 		if p.Limit <= 0 {
 			p.Limit = float64(pl.pool.Concurrency)
 		}
-		p.Limit = max(float64(len(pl.members)), math.Floor(min(p.Limit, float64(inFlight))*0.9))
+		// To 90% of what ran, but by half at most: the view of what ran
+		// is the leader's last, and may have caught a pause.
+		p.Limit = max(float64(len(pl.members)), math.Floor(min(p.Limit, max(float64(inFlight), p.Limit/2))*0.9))
 		p.LastThrottle = now
 		return true
 	})

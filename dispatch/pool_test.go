@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,9 +12,11 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
 // poolPlatform counts invocations in flight per function and in all,
@@ -252,5 +255,51 @@ func TestPoolReservedShareComesBack(t *testing.T) {
 	}
 	if got := plat.maxTotal.Load(); got > 20 {
 		t.Errorf("pool had %d in flight at once, want at most 20", got)
+	}
+}
+
+// TestThrottlesShrinkThePool: a platform that takes fewer than the pool
+// allows throttles, and the pool's limit shrinks; every job still succeeds.
+func TestThrottlesShrinkThePool(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	sim := fnsim.New(fnsim.Config{Concurrency: 8, Duration: 50 * time.Millisecond, RetryAfter: time.Second})
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+	ids := submitMany(t, q, "tight", 300)
+	startPooled(t, q, []dispatch.Function{{
+		Name: "tight", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 30, Timeout: 5 * time.Second,
+		Pacing: dispatch.Pacing{Adaptive: true}, Pool: "account", Reserved: 5,
+	}}, []dispatch.Pool{{Name: "account", Concurrency: 30}})
+	lowest := 30.0
+	deadline := time.Now().Add(30 * time.Second)
+	for _, id := range ids {
+		for {
+			p, err := q.Pool(t.Context(), "account")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Limit > 0 {
+				lowest = min(lowest, p.Limit)
+			}
+			job, err := q.Get(t.Context(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if buffer.Terminal(job.State) {
+				if job.State != sluicev1.Job_SUCCEEDED {
+					t.Fatalf("job %s ended %v", id, job.State)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("job %s still %v", id, job.State)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	st := sim.Stats()
+	t.Logf("pool limit fell to %.0f of 30; platform: %d throttled, max concurrent %d", lowest, st.Throttled, st.MaxConcurrent)
+	if st.Throttled == 0 || lowest >= 30 {
+		t.Errorf("throttles %d, lowest pool limit %.0f: want throttles to shrink the pool", st.Throttled, lowest)
 	}
 }
