@@ -29,6 +29,15 @@ type ConsumerConfig struct {
 	// server hands it to another puller, which is how the jobs of a crashed
 	// process get run. It must exceed the longest invocation. Required.
 	AckWait time.Duration
+	// Pooled hands the cap to a pool's leader: a consumer that exists is
+	// bound as it stands, its MaxAckPending untouched (writing MaxInFlight
+	// over it could raise a cap the leader lowered to lend slots to another
+	// function); a new one is created paused, delivering nothing until the
+	// leader's first SetPooledCap. MaxInFlight is then ignored.
+	Pooled bool
+	// Lane, if set, pulls only that lane of the function's jobs, for
+	// fair dispatch; nil pulls all of them in the order they came.
+	Lane *Lane
 }
 
 // Consumer pulls one function's jobs. It is safe for concurrent use.
@@ -41,7 +50,11 @@ type Consumer struct {
 	maxInFlight int // last MaxAckPending written, 0 if unknown
 
 	ackFloor  atomic.Uint64 // the consumer's ack floor as Load last read it
-	removedTo atomic.Uint64 // RemoveFinished has purged up to here
+	delivered atomic.Uint64 // the last stream sequence it delivered, likewise
+	// serverOffset is the server's clock less this process's, as Load last
+	// saw it (a time.Duration).
+	serverOffset atomicDuration
+	removedTo    atomic.Uint64 // RemoveFinished has purged up to here
 }
 
 // ConsumerName is the durable consumer that dispatches function's jobs.
@@ -53,19 +66,109 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 		return nil, fmt.Errorf("buffer: consumer config %+v: function, max in flight and ack wait are required", cfg)
 	}
 	c := &Consumer{q: q, cfg: cfg}
+	if cfg.Pooled {
+		return c, c.bindPooled(ctx)
+	}
 	cons, err := q.stream.CreateOrUpdateConsumer(ctx, c.jsConfig(cfg.MaxInFlight))
 	if err != nil {
 		return nil, fmt.Errorf("buffer: consumer for %s: %w", cfg.Function, err)
+	}
+	if cons.CachedInfo().Paused {
+		// Left paused by a pool's leader (the function was pooled or fair
+		// before): an update keeps a pause, so lift it. The pulls to come
+		// wake its delivery.
+		if _, err := q.js.ResumeConsumer(ctx, StreamName, c.name()); err != nil {
+			return nil, fmt.Errorf("buffer: resume consumer for %s: %w", cfg.Function, err)
+		}
 	}
 	c.cons, c.maxInFlight = cons, cfg.MaxInFlight
 	return c, nil
 }
 
+// pooledMark ends the description of a consumer a pool's leader keeps.
+const pooledMark = " (pooled)"
+
+// reconfigure brings a bound pooled consumer's filter and ack wait up to
+// date (after a change of configuration: fair dispatch turned on, a longer
+// timeout), and takes over one that was not pooled before, whose cap no
+// leader has counted yet. It pauses the consumer as it does so, which only ever lowers
+// what it may deliver, whatever the leader set meanwhile; the leader
+// resumes it at its next round.
+func (c *Consumer) reconfigure(ctx context.Context) error {
+	have := c.cons.CachedInfo().Config
+	if have.FilterSubject == c.filter() && have.AckWait == c.cfg.AckWait && strings.HasSuffix(have.Description, pooledMark) {
+		return nil
+	}
+	if _, err := c.q.js.PauseConsumer(ctx, StreamName, c.name(), pausedUntil); err != nil {
+		return fmt.Errorf("buffer: pause consumer for %s: %w", c.cfg.Function, err)
+	}
+	cfg := c.jsConfig(max(1, have.MaxAckPending))
+	cfg.PauseUntil = &pausedUntil
+	cons, err := c.q.stream.UpdateConsumer(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("buffer: reconfigure consumer for %s: %w", c.cfg.Function, err)
+	}
+	c.cons = cons
+	return nil
+}
+
+// pausedUntil is when a new pooled consumer would resume by itself: never,
+// in practice; the pool's leader resumes it.
+var pausedUntil = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// bindPooled binds to the function's consumer without changing its cap, or
+// creates it paused with a cap of 1.
+func (c *Consumer) bindPooled(ctx context.Context) error {
+	for range 3 {
+		cons, err := c.q.stream.Consumer(ctx, c.name())
+		if err == nil {
+			c.cons = cons
+			return c.reconfigure(ctx)
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("buffer: consumer for %s: %w", c.cfg.Function, err)
+		}
+		cfg := c.jsConfig(1)
+		cfg.PauseUntil = &pausedUntil
+		cons, err = c.q.stream.CreateConsumer(ctx, cfg)
+		if err == nil {
+			c.cons = cons
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrConsumerExists) {
+			return fmt.Errorf("buffer: consumer for %s: %w", c.cfg.Function, err)
+		}
+		// Another process created it meanwhile: bind to that one.
+	}
+	return fmt.Errorf("buffer: consumer for %s: created and removed concurrently", c.cfg.Function)
+}
+
+// name is the consumer's durable name.
+func (c *Consumer) name() string {
+	if c.cfg.Lane != nil {
+		return laneConsumerName(c.cfg.Function, *c.cfg.Lane)
+	}
+	return ConsumerName(c.cfg.Function)
+}
+
+// filter matches the job messages the consumer pulls.
+func (c *Consumer) filter() string {
+	if c.cfg.Lane != nil {
+		return laneSubjects(c.cfg.Function, *c.cfg.Lane)
+	}
+	return functionSubjects(c.cfg.Function)
+}
+
 func (c *Consumer) jsConfig(maxInFlight int) jetstream.ConsumerConfig {
+	desc := "Sluice: dispatch of " + c.cfg.Function
+	if c.cfg.Pooled {
+		// Marks a consumer whose cap a pool's leader keeps.
+		desc += pooledMark
+	}
 	return jetstream.ConsumerConfig{
-		Durable:       ConsumerName(c.cfg.Function),
-		Description:   "Sluice: dispatch of " + c.cfg.Function,
-		FilterSubject: functionSubjects(c.cfg.Function),
+		Durable:       c.name(),
+		Description:   desc,
+		FilterSubject: c.filter(),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.cfg.AckWait,
 		MaxAckPending: maxInFlight,
@@ -107,7 +210,13 @@ func (c *Consumer) Fetch(ctx context.Context, max int, maxWait time.Duration, ha
 // arrive after ctx ended are handed straight back. It returns nil once ctx
 // has ended, or the error that stopped it.
 func (c *Consumer) Consume(ctx context.Context, maxBuffered int, handle func(*Delivery)) error {
-	err := consume(ctx, c.cons, maxBuffered, func(msg jetstream.Msg) { handle(newDelivery(c.q, msg)) })
+	var opts []jetstream.PullMessagesOpt
+	if c.cfg.Pooled {
+		// A resumed consumer may need a fresh pull to wake it: see
+		// SetPooledCap.
+		opts = append(opts, jetstream.PullExpiry(time.Second))
+	}
+	err := consume(ctx, c.cons, maxBuffered, func(msg jetstream.Msg) { handle(newDelivery(c.q, msg)) }, opts...)
 	if err != nil {
 		return fmt.Errorf("buffer: consume %s: %w", c.cfg.Function, err)
 	}
@@ -118,8 +227,8 @@ func (c *Consumer) Consume(ctx context.Context, maxBuffered int, handle func(*De
 // requested ahead, and calls handle with each, until ctx ends. Messages
 // that arrive after ctx ended are handed straight back. It returns nil once
 // ctx has ended, or the error that stopped it.
-func consume(ctx context.Context, cons jetstream.Consumer, maxBuffered int, handle func(jetstream.Msg)) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(max(maxBuffered, 1)))
+func consume(ctx context.Context, cons jetstream.Consumer, maxBuffered int, handle func(jetstream.Msg), opts ...jetstream.PullMessagesOpt) error {
+	it, err := cons.Messages(append([]jetstream.PullMessagesOpt{jetstream.PullMaxMessages(max(maxBuffered, 1))}, opts...)...)
 	if err != nil {
 		return err
 	}
@@ -174,6 +283,8 @@ type Delivery struct {
 	CallbackURL string
 	// Tenant is the tenant the job belongs to; "" without tenants.
 	Tenant string
+	// Priority is the job's priority; unset for normal.
+	Priority sluicev1.Priority
 
 	begun     bool              // Begin was called: Release must put the state back.
 	last      *snapshot         // the job's state as this delivery last read or wrote it
@@ -194,6 +305,7 @@ func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
 		CreateTime:  timeHeader(h, headerCreateTime),
 		CallbackURL: h.Get(headerCallbackURL),
 		Tenant:      h.Get(headerTenant),
+		Priority:    headerPriorityOf(h),
 	}
 }
 
@@ -215,6 +327,7 @@ func (d *Delivery) seed() *sluicev1.Job {
 		PayloadSize: int64(len(d.Payload)),
 		CallbackUrl: d.CallbackURL,
 		Tenant:      d.Tenant,
+		Priority:    d.Priority,
 	}
 }
 
@@ -481,3 +594,9 @@ func (d *Delivery) ack() error {
 	}
 	return nil
 }
+
+// atomicDuration is a time.Duration safe for concurrent use.
+type atomicDuration struct{ v atomic.Int64 }
+
+func (d *atomicDuration) Load() time.Duration   { return time.Duration(d.v.Load()) }
+func (d *atomicDuration) Store(v time.Duration) { d.v.Store(int64(v)) }

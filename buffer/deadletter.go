@@ -307,7 +307,7 @@ func (q *Queue) redriveOne(ctx context.Context, dl storedLetter) (*sluicev1.Job,
 // An earlier message of the job may be there too, finished and not yet
 // removed: the message of this redrive carries its number.
 func (q *Queue) requeue(ctx context.Context, job *sluicev1.Job, payload []byte) error {
-	last, err := q.stream.GetLastMsgForSubject(ctx, Subject(job.Function, job.Id))
+	last, err := q.stream.GetLastMsgForSubject(ctx, jobSubject(job.Function, LaneOf(job), job.Id))
 	switch {
 	case err == nil && last.Header.Get(headerRedrives) == strconv.Itoa(int(job.Redrives)):
 		return nil

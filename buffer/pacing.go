@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -157,6 +158,9 @@ type Load struct {
 	InFlight int
 	// MaxInFlight is the server-enforced cap on InFlight now.
 	MaxInFlight int
+	// Paused: the server delivers nothing now (a pooled consumer its
+	// pool's leader has not resumed yet).
+	Paused bool
 }
 
 // Load reads the function's backlog and in-flight count from its consumer.
@@ -166,10 +170,15 @@ func (c *Consumer) Load(ctx context.Context) (Load, error) {
 		return Load{}, fmt.Errorf("buffer: consumer info of %s: %w", c.cfg.Function, err)
 	}
 	c.ackFloor.Store(info.AckFloor.Stream)
+	c.delivered.Store(info.Delivered.Stream)
+	if !info.TimeStamp.IsZero() {
+		c.serverOffset.Store(time.Until(info.TimeStamp))
+	}
 	return Load{
 		Backlog:     int(info.NumPending),
 		InFlight:    info.NumAckPending,
 		MaxInFlight: info.Config.MaxAckPending,
+		Paused:      info.Paused,
 	}, nil
 }
 
@@ -182,7 +191,7 @@ func (c *Consumer) Oldest(ctx context.Context) (time.Time, error) {
 	}
 	// Every job at or below the ack floor is finished; the one after it
 	// is the oldest that is not.
-	msg, err := c.q.stream.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(functionSubjects(c.cfg.Function)))
+	msg, err := c.q.stream.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(c.filter()))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return time.Time{}, ErrNotFound
 	}
@@ -192,9 +201,22 @@ func (c *Consumer) Oldest(ctx context.Context) (time.Time, error) {
 	return msg.Time, nil
 }
 
+// WaitingSince is when the oldest job the consumer has not delivered yet
+// was stored, as of the last Load; [ErrNotFound] when none waits.
+func (c *Consumer) WaitingSince(ctx context.Context) (time.Time, error) {
+	msg, err := c.q.stream.GetMsg(ctx, c.delivered.Load()+1, jetstream.WithGetMsgSubject(c.filter()))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return time.Time{}, ErrNotFound
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("buffer: oldest waiting job of %s: %w", c.cfg.Function, err)
+	}
+	return msg.Time, nil
+}
+
 // FunctionLoad reads a function's load without a Consumer of one's own, for
-// status pages. It returns [ErrNotFound] before the function's consumer
-// exists.
+// status pages: of all its lanes, for a fair function. It returns
+// [ErrNotFound] before the function's consumer exists.
 func (q *Queue) FunctionLoad(ctx context.Context, function string) (Load, error) {
 	cons, err := q.stream.Consumer(ctx, ConsumerName(function))
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -203,7 +225,33 @@ func (q *Queue) FunctionLoad(ctx context.Context, function string) (Load, error)
 	if err != nil {
 		return Load{}, fmt.Errorf("buffer: consumer of %s: %w", function, err)
 	}
-	return (&Consumer{q: q, cons: cons, cfg: ConsumerConfig{Function: function}}).Load(ctx)
+	load, err := (&Consumer{q: q, cons: cons, cfg: ConsumerConfig{Function: function}}).Load(ctx)
+	if err != nil || cons.CachedInfo().Config.FilterSubject == functionSubjects(function) {
+		return load, err
+	}
+	// A fair function: add its other lanes.
+	names := q.stream.ConsumerNames(ctx)
+	prefix := ConsumerName(function) + "~"
+	for name := range names.Name() {
+		if !strings.HasPrefix(name, prefix) {
+			continue
+		}
+		lc, err := q.stream.Consumer(ctx, name)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		l, err := (&Consumer{q: q, cons: lc, cfg: ConsumerConfig{Function: function}}).Load(ctx)
+		if err != nil {
+			return Load{}, err
+		}
+		load.Backlog += l.Backlog
+		load.InFlight += l.InFlight
+		load.MaxInFlight += l.MaxInFlight
+	}
+	if err := names.Err(); err != nil {
+		return Load{}, fmt.Errorf("buffer: lanes of %s: %w", function, err)
+	}
+	return load, nil
 }
 
 // RemoveFinished removes the messages of the function's finished jobs, up
@@ -215,7 +263,7 @@ func (c *Consumer) RemoveFinished(ctx context.Context) error {
 	if floor <= c.removedTo.Load() {
 		return nil
 	}
-	if err := c.q.stream.Purge(ctx, jetstream.WithPurgeSubject(functionSubjects(c.cfg.Function)), jetstream.WithPurgeSequence(floor+1)); err != nil {
+	if err := c.q.stream.Purge(ctx, jetstream.WithPurgeSubject(c.filter()), jetstream.WithPurgeSequence(floor+1)); err != nil {
 		return fmt.Errorf("buffer: remove finished jobs of %s: %w", c.cfg.Function, err)
 	}
 	c.removedTo.Store(floor)
@@ -242,6 +290,50 @@ func (c *Consumer) SetMaxInFlight(ctx context.Context, n int) error {
 	c.maxInFlight = n
 	return nil
 }
+
+// SetPooledCap sets the cap of a pooled consumer and resumes it if it was
+// created paused. Only the pool's leader calls it, with load just read: it
+// writes only when the server's cap (or pause) differs.
+//
+// A cap of 0 pauses the consumer: it delivers nothing more, and what it
+// delivered still counts in its load until finished.
+func (c *Consumer) SetPooledCap(ctx context.Context, n int, load Load) error {
+	switch {
+	case n <= 0 && load.Paused, n > 0 && load.MaxInFlight == n && !load.Paused:
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n <= 0 {
+		if _, err := c.q.js.PauseConsumer(ctx, StreamName, c.name(), pausedUntil); err != nil {
+			return fmt.Errorf("buffer: pause %s: %w", c.name(), err)
+		}
+		return nil
+	}
+	// The cap first (an update keeps a pause), then the pause lifted:
+	// never more than n delivered.
+	if load.MaxInFlight != n {
+		if _, err := c.q.stream.UpdateConsumer(ctx, c.jsConfig(n)); err != nil {
+			return fmt.Errorf("buffer: set max in flight of %s to %d: %w", c.name(), n, err)
+		}
+		c.maxInFlight = n
+	}
+	if load.Paused {
+		// A pause lifted by the API leaves the server's delivery loop
+		// asleep until something else wakes it; a pause that ends by
+		// itself wakes it. So it is made to end a moment from now by the
+		// server's clock. (Should that moment have passed already, the
+		// pullers' next pull, within a second, wakes it.)
+		until := time.Now().Add(c.serverOffset.Load() + resumeIn)
+		if _, err := c.q.js.PauseConsumer(ctx, StreamName, c.name(), until); err != nil {
+			return fmt.Errorf("buffer: resume %s: %w", c.name(), err)
+		}
+	}
+	return nil
+}
+
+// resumeIn is how soon a paused consumer resumes, by the server's clock.
+const resumeIn = 20 * time.Millisecond
 
 // RefreshMaxInFlight forgets the cached cap, so the next SetMaxInFlight
 // writes even an unchanged value: another process may have changed it.

@@ -221,12 +221,27 @@ func ValidJobID(s string) bool { return jobIDPattern.MatchString(s) }
 // that a queued job can be read by its ID alone.
 func Subject(function, id string) string { return SubjectPrefix + function + "." + id }
 
-// functionSubjects matches every job message of function.
-func functionSubjects(function string) string { return SubjectPrefix + function + ".*" }
+// functionSubjects matches every job message of function, in every lane.
+func functionSubjects(function string) string { return SubjectPrefix + function + ".>" }
 
-// jobSubjects matches the message of the job with that (valid) ID,
-// whatever its function.
-func jobSubjects(id string) string { return SubjectPrefix + "*." + id }
+// jobSubjects match the message of the job with that (valid) ID, whatever
+// its function: in the default lane, and in any other.
+func jobSubjects(id string) []string {
+	return []string{SubjectPrefix + "*." + id, SubjectPrefix + "*.*." + id}
+}
+
+// queuedMsg reads the message of the job with that (valid) ID;
+// jetstream.ErrMsgNotFound when there is none.
+func (q *Queue) queuedMsg(ctx context.Context, id string) (*jetstream.RawStreamMsg, error) {
+	var err error
+	for _, subj := range jobSubjects(id) {
+		var msg *jetstream.RawStreamMsg
+		if msg, err = q.stream.GetLastMsgForSubject(ctx, subj); !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return msg, err
+		}
+	}
+	return nil, err
+}
 
 // Submit stores a job for function and returns it in state QUEUED. It
 // returns only after JetStream has acknowledged the job's message, flushed
@@ -349,6 +364,7 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 		PayloadSize: int64(len(payload)),
 		CallbackUrl: o.callbackURL,
 		Tenant:      o.tenant,
+		Priority:    o.priority,
 	}
 	// The message is the whole of a queued job: its state entry is first
 	// written when dispatch starts it, so a submit costs one fsync'd write.
@@ -373,7 +389,7 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 // jobMsg is the message that holds a queued job: its payload, and in
 // headers what its state is seeded from.
 func jobMsg(job *sluicev1.Job, payload []byte) *nats.Msg {
-	msg := nats.NewMsg(Subject(job.Function, job.Id))
+	msg := nats.NewMsg(jobSubject(job.Function, LaneOf(job), job.Id))
 	msg.Data = payload
 	msg.Header.Set(headerJobID, job.Id)
 	msg.Header.Set(headerCreateTime, job.GetCreateTime().AsTime().Format(time.RFC3339Nano))
@@ -385,6 +401,9 @@ func jobMsg(job *sluicev1.Job, payload []byte) *nats.Msg {
 	}
 	if job.Tenant != "" {
 		msg.Header.Set(headerTenant, job.Tenant)
+	}
+	if p := normal(job.Priority); p != sluicev1.Priority_NORMAL {
+		msg.Header.Set(headerPriority, PriorityName(p))
 	}
 	if job.Redrives > 0 {
 		msg.Header.Set(headerRedrives, strconv.Itoa(int(job.Redrives)))
@@ -398,6 +417,18 @@ type SubmitOption func(*submitOptions)
 type submitOptions struct {
 	callbackURL string
 	tenant      string
+	priority    sluicev1.Priority
+}
+
+// WithPriority gives the job a priority within its tenant's share of a
+// fair function (one with lanes); others run their jobs in the order
+// they came whatever their priority.
+func WithPriority(p sluicev1.Priority) SubmitOption {
+	return func(o *submitOptions) {
+		if p != sluicev1.Priority_NORMAL {
+			o.priority = p
+		}
+	}
 }
 
 // WithTenant makes the job the tenant's.
@@ -452,7 +483,7 @@ func (q *Queue) GetRevision(ctx context.Context, id string) (*sluicev1.Job, uint
 	if !errors.Is(err, ErrNotFound) {
 		return job, rev, err
 	}
-	msg, err := q.stream.GetLastMsgForSubject(ctx, jobSubjects(id))
+	msg, err := q.queuedMsg(ctx, id)
 	switch {
 	case err == nil:
 		return queuedJob(msg), 0, nil
@@ -481,7 +512,7 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 	// created from it, as dispatch would.
 	var seed func() *sluicev1.Job
 	if _, _, err := q.get(ctx, id); errors.Is(err, ErrNotFound) {
-		msg, err := q.stream.GetLastMsgForSubject(ctx, jobSubjects(id))
+		msg, err := q.queuedMsg(ctx, id)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			// Gone between the two reads, or never there: the update
@@ -531,7 +562,16 @@ func queuedJob(msg *jetstream.RawStreamMsg) *sluicev1.Job {
 		PayloadSize: int64(len(msg.Data)),
 		CallbackUrl: msg.Header.Get(headerCallbackURL),
 		Tenant:      msg.Header.Get(headerTenant),
+		Priority:    headerPriorityOf(msg.Header),
 	}
+}
+
+// headerPriorityOf reads a job message's priority; unset for normal.
+func headerPriorityOf(h nats.Header) sluicev1.Priority {
+	if p, ok := ParsePriority(h.Get(headerPriority)); ok && p != sluicev1.Priority_NORMAL {
+		return p
+	}
+	return sluicev1.Priority_PRIORITY_UNSPECIFIED
 }
 
 func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, error) {

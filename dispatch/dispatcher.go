@@ -58,6 +58,23 @@ type Function struct {
 	// Paused stops dispatch in this process: its jobs are accepted and
 	// kept, none is invoked, no keep-warm ping is sent.
 	Paused bool
+	// Pool names the [Pool] in Config.Pools whose capacity the function
+	// shares; "" for none.
+	Pool string
+	// Reserved is the function's guaranteed share of its pool while it has
+	// work. Zero means none: it runs on what the others leave.
+	Reserved int
+	// Lanes, if any, make dispatch fair: each lane (tenant and priority)
+	// has a consumer of its own, first in first out within it; tenants
+	// with work share the function's window by their weights
+	// (Config.TenantWeights) and, within a tenant's part, higher priorities
+	// go first. The default lane (no tenant, normal) is always among them.
+	// Without lanes jobs run in the order they came.
+	Lanes []buffer.Lane
+	// PriorityAging: a fair function's job that waited this long counts one
+	// priority higher, and again after each further period, so a low one
+	// never starves. Zero means DefaultPriorityAging (1m).
+	PriorityAging time.Duration
 }
 
 // KeepWarm sends keep-warm pings (Sluice-Warmup: 1, never a job): while the
@@ -76,6 +93,8 @@ type Source interface {
 	Consumer(ctx context.Context, cfg buffer.ConsumerConfig) (*buffer.Consumer, error)
 	Pacing(ctx context.Context, function string) (buffer.Pacing, error)
 	UpdatePacing(ctx context.Context, function string, change func(*buffer.Pacing) bool) (buffer.Pacing, error)
+	Pool(ctx context.Context, pool string) (buffer.Pool, error)
+	UpdatePool(ctx context.Context, pool string, change func(*buffer.Pool) bool) (buffer.Pool, error)
 }
 
 var _ Source = (*buffer.Queue)(nil)
@@ -86,6 +105,11 @@ type Config struct {
 	Source Source
 	// Functions are the targets. Each gets its own loop.
 	Functions []Function
+	// Pools are concurrency limits shared by several functions.
+	Pools []Pool
+	// TenantWeights weigh tenants' shares of fair functions, by tenant
+	// name. A tenant not named weighs 1.
+	TenantWeights map[string]int
 	// Logger receives the dispatcher's logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// DrainTimeout is how long in-flight invocations may run on after Run's
@@ -144,6 +168,9 @@ func New(cfg Config) (*Dispatcher, error) {
 		f.Retry.setDefaults()
 		f.Circuit.setDefaults()
 	}
+	if err := checkPools(cfg.Pools, cfg.Functions); err != nil {
+		return nil, err
+	}
 	if cfg.PaceEvery == 0 {
 		cfg.PaceEvery = 100 * time.Millisecond
 	}
@@ -188,19 +215,39 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		if shared.Window >= 1 {
 			window = min(f.Concurrency, int(shared.Window))
 		}
-		cons, err := d.cfg.Source.Consumer(ctx, buffer.ConsumerConfig{
-			Function:    f.Name,
-			MaxInFlight: window,
-			// Past AckWait the server redelivers; leave room for the
-			// bookkeeping after a full-length invocation.
-			AckWait: f.Timeout + 15*time.Second,
-		})
-		if err != nil {
-			return stoppedOr(ctx, err)
+		lanes := []*buffer.Lane{nil}
+		if len(f.Lanes) > 0 {
+			lanes = fairLanes(f.Lanes)
+		}
+		var units []*laneUnit
+		for _, lane := range lanes {
+			cons, err := d.cfg.Source.Consumer(ctx, buffer.ConsumerConfig{
+				Function:    f.Name,
+				MaxInFlight: window,
+				// Past AckWait the server redelivers; leave room for the
+				// bookkeeping after a full-length invocation.
+				AckWait: f.Timeout + 15*time.Second,
+				// A pool's leader sets the cap of a pooled or fair
+				// function's consumers.
+				Pooled: f.Pool != "" || lane != nil,
+				Lane:   lane,
+			})
+			if err != nil {
+				return stoppedOr(ctx, err)
+			}
+			u := &laneUnit{name: f.Name, cons: cons, lane: lane, weight: 1}
+			if lane != nil {
+				u.name = f.Name + "/" + lane.Tenant + "/" + buffer.PriorityName(lane.Priority)
+				if w, ok := d.cfg.TenantWeights[lane.Tenant]; ok && w > 0 {
+					u.weight = w
+				}
+			}
+			units = append(units, u)
 		}
 		l := &functionLoop{
 			fn:    f,
-			cons:  cons,
+			cons:  units[0].cons,
+			lanes: units,
 			src:   d.cfg.Source,
 			cfg:   &d.cfg,
 			log:   d.log.With("function", f.Name),
@@ -213,10 +260,35 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		l.pacing.Store(&shared)
 		loops = append(loops, l)
 	}
-	if err := registerGauges(d.cfg.MeterProvider, loops); err != nil {
+	id := processID()
+	pools := make([]*poolLoop, 0, len(d.cfg.Pools))
+	for _, p := range d.cfg.Pools {
+		var members []*functionLoop
+		for _, l := range loops {
+			if l.fn.Pool == p.Name {
+				members = append(members, l)
+			}
+		}
+		if len(members) > 0 {
+			pools = append(pools, newPoolLoop(p, members, &d.cfg, d.log, id))
+		}
+	}
+	// A fair function outside any pool shares its window between its lanes
+	// the same way: as the only member of a pool of its own.
+	for _, l := range loops {
+		if l.fn.Pool == "" && l.lanes[0].lane != nil {
+			pl := newPoolLoop(Pool{Name: "_fn." + l.fn.Name, Concurrency: l.fn.Concurrency}, []*functionLoop{l}, &d.cfg, d.log, id)
+			pl.implicit = true
+			pools = append(pools, pl)
+		}
+	}
+	if err := registerGauges(d.cfg.MeterProvider, loops, pools); err != nil {
 		return fmt.Errorf("dispatch: metrics: %w", err)
 	}
 	var g errgroup.Group
+	for _, pl := range pools {
+		g.Go(func() error { pl.run(ctx); return nil })
+	}
 	for _, l := range loops {
 		if l.fn.Paused {
 			l.log.Info("dispatch paused by configuration; jobs are kept until it resumes")
@@ -256,6 +328,8 @@ type functionLoop struct {
 	counts  tally
 	tel     *telemetry
 	gauges  gauges
+	pool    *poolLoop // nil outside a pool, unless fair
+	lanes   []*laneUnit
 
 	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
 }
@@ -267,26 +341,33 @@ func (l *functionLoop) run(ctx context.Context) {
 	defer cutOff()
 	var inFlight sync.WaitGroup
 
-	for ctx.Err() == nil {
-		err := l.cons.Consume(ctx, l.fn.Concurrency, func(dv *buffer.Delivery) {
-			// The window (MaxAckPending) keeps deliveries within the slots;
-			// this only guards the configured limit in this process.
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				l.settle(dv.Release, dv)
-				return
+	var pullers sync.WaitGroup
+	for _, u := range l.lanes {
+		pullers.Go(func() {
+			for ctx.Err() == nil {
+				err := u.cons.Consume(ctx, l.fn.Concurrency, func(dv *buffer.Delivery) {
+					// The window (MaxAckPending) keeps deliveries within the
+					// slots; this only guards the configured limit in this
+					// process.
+					select {
+					case slots <- struct{}{}:
+					case <-ctx.Done():
+						l.settle(dv.Release, dv)
+						return
+					}
+					inFlight.Go(func() {
+						defer func() { <-slots }()
+						l.handle(ctx, invokeCtx, dv)
+					})
+				})
+				if err != nil {
+					l.log.WarnContext(ctx, "pull jobs", "consumer", u.name, "err", err)
+					sleep(ctx, time.Second)
+				}
 			}
-			inFlight.Go(func() {
-				defer func() { <-slots }()
-				l.handle(ctx, invokeCtx, dv)
-			})
 		})
-		if err != nil {
-			l.log.WarnContext(ctx, "pull jobs", "err", err)
-			sleep(ctx, time.Second)
-		}
 	}
+	pullers.Wait()
 	l.drain(&inFlight, cutOff)
 }
 
@@ -587,9 +668,17 @@ func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, 
 	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, retryAfter, now)
 	})
-	if err != nil {
+	switch {
+	case err != nil:
 		l.log.Error("shrink window after throttle", "err", err)
-	} else {
+	case l.pool != nil:
+		// The pool's leader alone sets a pooled function's cap; it follows
+		// the window at its next round.
+		l.pacing.Store(&p)
+		if !l.pool.implicit {
+			l.pool.throttled(ctx, now)
+		}
+	default:
 		l.pacing.Store(&p)
 		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil {
 			l.log.Error("shrink window after throttle", "err", err)
@@ -613,10 +702,10 @@ func (l *functionLoop) pace(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if n%10 == 0 {
+		if n%10 == 0 && l.pool == nil {
 			l.cons.RefreshMaxInFlight()
 		}
-		load, err := l.cons.Load(ctx)
+		load, err := l.load(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				l.log.Warn("read load", "err", err)
@@ -641,17 +730,19 @@ func (l *functionLoop) pace(ctx context.Context) {
 			continue
 		}
 		l.pacing.Store(&p)
-		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
-			l.log.Warn("apply window", "err", err)
+		if l.pool == nil { // a pool's leader caps pooled functions
+			if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
+				l.log.Warn("apply window", "err", err)
+			}
 		}
-		if err := l.cons.RemoveFinished(ctx); err != nil && ctx.Err() == nil {
+		if err := l.removeFinished(ctx); err != nil && ctx.Err() == nil {
 			l.log.Warn("remove finished jobs", "err", err)
 		}
 		l.gauges.backlog.Store(int64(load.Backlog))
 		l.gauges.inFlight.Store(int64(load.InFlight))
 		l.gauges.window.Store(int64(p.Window))
 		if n%10 == 0 {
-			if since, err := l.cons.Oldest(ctx); err == nil {
+			if since, err := l.oldest(ctx); err == nil {
 				l.gauges.oldestAge.Store(int64(max(0, now.Sub(since))))
 			} else if errors.Is(err, buffer.ErrNotFound) {
 				l.gauges.oldestAge.Store(0)
@@ -673,7 +764,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		load, err := l.cons.Load(ctx)
+		load, err := l.load(ctx)
 		if err != nil || load.Backlog > 0 || load.InFlight > 0 {
 			continue // busy: real work keeps it warm
 		}
@@ -740,4 +831,19 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+}
+
+// fairLanes are a fair function's lanes, each once, the default lane first.
+func fairLanes(lanes []buffer.Lane) []*buffer.Lane {
+	out := []*buffer.Lane{{}}
+	seen := map[string]bool{}
+	for _, l := range lanes {
+		key := l.Tenant + "~" + buffer.PriorityName(l.Priority)
+		if l.Default() || seen[key] {
+			continue
+		}
+		seen[key] = true
+		out = append(out, &l)
+	}
+	return out
 }

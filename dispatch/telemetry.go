@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +19,7 @@ const instrumentation = "github.com/sluicehq/sluice/dispatch"
 // Attribute keys on dispatch's spans and metrics.
 const (
 	attrFunction = attribute.Key("sluice.function")
+	attrPool     = attribute.Key("sluice.pool")
 	attrOutcome  = attribute.Key("sluice.outcome")
 	attrJobID    = attribute.Key("sluice.job.id")
 	attrAttempt  = attribute.Key("sluice.attempt")
@@ -134,7 +136,7 @@ type gauges struct {
 
 // registerGauges reports every function's queue depth, oldest job age,
 // in-flight count, window and limit when metrics are collected.
-func registerGauges(mp metric.MeterProvider, loops []*functionLoop) error {
+func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poolLoop) error {
 	m := mp.Meter(instrumentation)
 	depth, err := m.Int64ObservableGauge("sluice.queue.depth", metric.WithUnit("{job}"),
 		metric.WithDescription("Jobs waiting to be dispatched."))
@@ -161,6 +163,9 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop) error {
 	if err != nil {
 		return err
 	}
+	if err := registerPoolGauges(m, pools); err != nil {
+		return err
+	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for _, l := range loops {
 			fn := l.attrs.fn
@@ -172,5 +177,59 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop) error {
 		}
 		return nil
 	}, depth, oldest, inFlight, window, limit)
+	return err
+}
+
+// registerPoolGauges reports each pool's state as this process last saw it
+// (the leader's view, shared through the pool's entry).
+func registerPoolGauges(m metric.Meter, pools []*poolLoop) error {
+	pools = slices.DeleteFunc(slices.Clone(pools), func(pl *poolLoop) bool { return pl.implicit })
+	if len(pools) == 0 {
+		return nil
+	}
+	limit, err := m.Int64ObservableGauge("sluice.pool.limit", metric.WithUnit("{invocation}"),
+		metric.WithDescription("Invocations a pool allows in flight now, across its functions and gateway processes."))
+	if err != nil {
+		return err
+	}
+	gauge := func(name, desc string) (metric.Int64ObservableGauge, error) {
+		return m.Int64ObservableGauge(name, metric.WithUnit("{invocation}"), metric.WithDescription(desc))
+	}
+	inFlight, err := gauge("sluice.pool.in_flight", "A pooled function's invocations in flight.")
+	if err != nil {
+		return err
+	}
+	granted, err := gauge("sluice.pool.granted", "A pooled function's share of its pool now: the cap the leader aims at.")
+	if err != nil {
+		return err
+	}
+	reserved, err := gauge("sluice.pool.reserved", "A pooled function's reserved share.")
+	if err != nil {
+		return err
+	}
+	borrowed, err := gauge("sluice.pool.borrowed", "A pooled function's invocations in flight above its reserved share.")
+	if err != nil {
+		return err
+	}
+	lent, err := gauge("sluice.pool.lent", "A pooled function's reserved slots it does not use, free for the others.")
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for _, pl := range pools {
+			st := pl.seen.Load()
+			o.ObserveInt64(limit, int64(st.Limit), pl.attrs)
+			for _, l := range pl.members {
+				mm := st.Members[l.fn.Name]
+				attrs := metric.WithAttributes(attrPool.String(pl.pool.Name), attrFunction.String(l.fn.Name))
+				o.ObserveInt64(inFlight, int64(mm.InFlight), attrs)
+				o.ObserveInt64(granted, int64(mm.Granted), attrs)
+				o.ObserveInt64(reserved, int64(mm.Reserved), attrs)
+				o.ObserveInt64(borrowed, int64(mm.Borrowed()), attrs)
+				o.ObserveInt64(lent, int64(mm.Lent()), attrs)
+			}
+		}
+		return nil
+	}, limit, inFlight, granted, reserved, borrowed, lent)
 	return err
 }

@@ -72,6 +72,8 @@ func incomingHeader(key string) (string, bool) {
 		return MetadataIdempotencyKey, true
 	case "Sluice-Callback-Url":
 		return MetadataCallbackURL, true
+	case "Sluice-Priority":
+		return MetadataPriority, true
 	}
 	return runtime.DefaultHeaderMatcher(key)
 }
@@ -106,7 +108,7 @@ func requireUTF8(next http.Handler) http.Handler {
 // the idempotency or the callback it asked for.
 func metadataHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, name := range []string{"Idempotency-Key", "Sluice-Callback-Url"} {
+		for _, name := range []string{"Idempotency-Key", "Sluice-Callback-Url", "Sluice-Priority"} {
 			for _, v := range r.Header.Values(name) {
 				if strings.IndexFunc(v, func(c rune) bool { return c < ' ' || c > '~' }) >= 0 {
 					writeError(w, http.StatusBadRequest, codes.InvalidArgument,

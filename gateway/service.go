@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -58,6 +59,8 @@ type Dispatch interface {
 	// FunctionLoad returns its backlog and in-flight count;
 	// buffer.ErrNotFound before dispatch has started for it.
 	FunctionLoad(ctx context.Context, function string) (buffer.Load, error)
+	// Pool returns a concurrency pool's shared state.
+	Pool(ctx context.Context, pool string) (buffer.Pool, error)
 }
 
 var _ Dispatch = (*buffer.Queue)(nil)
@@ -111,6 +114,10 @@ type Function struct {
 	MaxAge time.Duration
 	// Ingress limits the submits to it.
 	Ingress Ingress
+	// Pool names the concurrency pool it shares with other functions, and
+	// PoolConcurrency is that pool's configured limit; for display.
+	Pool            string
+	PoolConcurrency int
 }
 
 // DefaultMaxPayload is a function's payload limit when none is configured.
@@ -273,7 +280,7 @@ func (s *Service) MaxPayload(function string) int64 {
 
 // SubmitJob stores a job and returns it QUEUED.
 func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest) (*sluicev1.SubmitJobResponse, error) {
-	job, replayed, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl())
+	job, replayed, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl(), req.GetPriority())
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +293,7 @@ const DefaultInvokeWait = 10 * time.Second
 // InvokeFunction submits a job and waits for it to finish, for callers that
 // want an answer now when there is capacity and a job handle when not.
 func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFunctionRequest) (*sluicev1.InvokeFunctionResponse, error) {
-	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl())
+	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl(), sluicev1.Priority_PRIORITY_UNSPECIFIED)
 	if err != nil {
 		return nil, err
 	}
@@ -317,8 +324,9 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 
 // submit stores a job, once per idempotency key when one is given (in the
 // request, or for REST callers the Idempotency-Key header), with its
-// callback URL if one is given (likewise, or Sluice-Callback-Url).
-func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string) (job *sluicev1.Job, replayed bool, err error) {
+// callback URL if one is given (likewise, or Sluice-Callback-Url), and
+// its priority (likewise, or Sluice-Priority).
+func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string, priority sluicev1.Priority) (job *sluicev1.Job, replayed bool, err error) {
 	ctx, span := s.tracer.Start(ctx, "submit "+function, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("sluice.function", function)))
 	defer func() {
@@ -356,6 +364,17 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 	}
 	tenant := tenantName(ctx)
 	opts := []buffer.SubmitOption{buffer.WithTenant(tenant)}
+	if _, known := sluicev1.Priority_name[int32(priority)]; !known {
+		return nil, false, status.Errorf(codes.InvalidArgument, "priority %d is none of HIGH, NORMAL or LOW", priority)
+	}
+	if priority == sluicev1.Priority_PRIORITY_UNSPECIFIED {
+		p, ok := buffer.ParsePriority(fromMetadata(ctx, "", MetadataPriority))
+		if !ok {
+			return nil, false, status.Error(codes.InvalidArgument, "Sluice-Priority must be high, normal or low")
+		}
+		priority = p
+	}
+	opts = append(opts, buffer.WithPriority(priority))
 	if callbackURL = fromMetadata(ctx, callbackURL, MetadataCallbackURL); callbackURL != "" {
 		if s.callbacks == nil {
 			return nil, false, status.Error(codes.InvalidArgument, "this gateway delivers no callbacks: it has no callback signing secret configured")
@@ -450,6 +469,8 @@ const (
 	MetadataIdempotencyKey = "idempotency-key"
 	// MetadataCallbackURL carries the Sluice-Callback-Url header.
 	MetadataCallbackURL = "sluice-callback-url"
+	// MetadataPriority carries the Sluice-Priority header.
+	MetadataPriority = "sluice-priority"
 )
 
 // fromMetadata is value, or when it is empty the request metadata's first
@@ -593,12 +614,41 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 	case buffer.CircuitHalfOpen:
 		st.Reason = "paused: circuit half-open, one probe job let through"
 	}
+	if f.Pool != "" {
+		pool, err := s.dispatch.Pool(ctx, f.Pool)
+		if err != nil {
+			return nil, err
+		}
+		st.Pool = describePool(f, pool)
+	}
 	if s.dead != nil && tenantOf(ctx) == nil { // a count of all tenants' dead letters
 		if st.DeadLetters, err = s.dead.DeadLetterCount(ctx, f.Name); err != nil {
 			return nil, err
 		}
 	}
 	return st, nil
+}
+
+// describePool is f's share of its pool and the pool's state.
+func describePool(f Function, p buffer.Pool) *sluicev1.PoolShare {
+	me := p.Members[f.Name]
+	out := &sluicev1.PoolShare{
+		Name: f.Pool, Limit: int32(p.Limit), Concurrency: int32(f.PoolConcurrency),
+		Reserved: int32(me.Reserved), Granted: int32(me.Granted), Cap: int32(me.Cap),
+		Borrowed: int32(me.Borrowed()), Lent: int32(me.Lent()),
+	}
+	if out.Limit == 0 {
+		out.Limit = out.Concurrency // no leader has written it yet
+	}
+	names := slices.Sorted(maps.Keys(p.Members))
+	for _, name := range names {
+		m := p.Members[name]
+		out.PoolInFlight += int32(m.InFlight)
+		out.Members = append(out.Members, &sluicev1.PoolMember{
+			Function: name, Reserved: int32(m.Reserved), Granted: int32(m.Granted), InFlight: int32(m.InFlight), Backlog: int64(m.Backlog),
+		})
+	}
+	return out
 }
 
 func describeCircuit(c buffer.Circuit) *sluicev1.Circuit {

@@ -42,6 +42,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"pipeline": runBenchPipeline,
 		"invoke":   runBenchInvoke,
 		"queued":   runBenchQueued,
+		"pools":    runBenchPools,
+		"fairness": runBenchFairness,
 		// The JetStream the others start, in a process of its own.
 		"jetstream": runBenchJetStream,
 	}
@@ -53,7 +55,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return run(ctx, args[1:], stdout, stderr)
 		}
 	}
-	return errors.New("bench: name a benchmark: burst, ingress, pipeline, invoke or queued")
+	return errors.New("bench: name a benchmark: burst, ingress, pipeline, invoke, queued, pools or fairness")
 }
 
 // burstFlags configure `sluice bench burst`.

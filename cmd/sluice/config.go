@@ -33,6 +33,19 @@ type Config struct {
 	// Tenants are the clients, by API key. Without any, the gateway runs
 	// open: anyone may submit and read any job.
 	Tenants []TenantConfig `yaml:"tenants"`
+	// Pools are concurrency limits shared by several functions: an
+	// account's regional limit, a database's connections.
+	Pools []PoolConfig `yaml:"pools"`
+}
+
+// PoolConfig is a concurrency limit that functions share by naming it.
+type PoolConfig struct {
+	// Name: lower-case letters, digits, '-' and '_', at most 64. Required.
+	Name string `yaml:"name"`
+	// Concurrency is the pool's total in flight, across all its functions
+	// and all gateway processes. Required; at least the sum of its
+	// functions' reserved shares and at least one slot per function.
+	Concurrency Count `yaml:"concurrency"`
 }
 
 // TenantConfig is one client of the gateway.
@@ -44,6 +57,9 @@ type TenantConfig struct {
 	APIKeys []string `yaml:"api_keys"`
 	// Functions, if given, are the only functions it may use.
 	Functions []string `yaml:"functions"`
+	// Weight is its share of a fair function's window against the other
+	// tenants with work for it. Default 1.
+	Weight Count `yaml:"weight"`
 	// Ingress limits its submits.
 	Ingress *IngressConfig `yaml:"ingress"`
 }
@@ -125,6 +141,22 @@ type FunctionConfig struct {
 	Paused bool `yaml:"paused"`
 	// Ingress limits the submits to it.
 	Ingress *IngressConfig `yaml:"ingress"`
+	// Pool names the pool (in pools) whose capacity the function shares,
+	// besides its own concurrency.
+	Pool string `yaml:"pool"`
+	// Reserved is the function's guaranteed share of its pool while it
+	// has work; unused, it is lent to the pool's busy functions. Default 0,
+	// at most the function's concurrency; needs pool.
+	Reserved Count `yaml:"reserved"`
+	// Fairness dispatches the function's jobs fairly: tenants with work
+	// share its window by weight (tenants[].weight), and within a tenant's
+	// part higher priorities (Sluice-Priority) go first. Default false:
+	// jobs run in the order they came.
+	Fairness bool `yaml:"fairness"`
+	// PriorityAging: with fairness, a job that waited this long counts
+	// one priority higher, and again after each further period, so a low
+	// one never starves. Default 1m.
+	PriorityAging Duration `yaml:"priority_aging"`
 
 	concurrencyGiven bool // Concurrency was configured, not defaulted
 }
@@ -576,7 +608,7 @@ func (c *Config) setDefaultsAndCheck() error {
 	if gc.Linger < 0 || time.Duration(gc.Linger) > time.Second {
 		errs = append(errs, fmt.Errorf("buffer.group_commit.linger: %s is out of range: 0 to 1s", time.Duration(gc.Linger)))
 	}
-	errs = append(errs, c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen))
+	errs = append(errs, c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen), c.checkPools())
 	for i, f := range c.Functions {
 		// An unfinished job's state must outlive it.
 		if f.MaxAge >= b.JobRetention {
@@ -874,4 +906,65 @@ func parseByteSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size such as 65536, 512KiB or 1MiB", s)
 	}
 	return v * mult, nil
+}
+
+// checkPools checks the pools and the functions that name them.
+func (c *Config) checkPools() error {
+	var errs []error
+	byName := make(map[string]int)
+	for i, p := range c.Pools {
+		field := fmt.Sprintf("pools[%d]", i)
+		if p.Name != "" {
+			field = fmt.Sprintf("pools[%d] (%s)", i, p.Name)
+		}
+		switch {
+		case p.Name == "":
+			errs = append(errs, fmt.Errorf("%s.name: missing", field))
+		case !functionName.MatchString(p.Name):
+			errs = append(errs, fmt.Errorf("%s.name: %q is not allowed: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 64", field, p.Name))
+		default:
+			if j, dup := byName[p.Name]; dup {
+				errs = append(errs, fmt.Errorf("%s.name: %q is already the name of pools[%d]", field, p.Name, j))
+			} else {
+				byName[p.Name] = i
+			}
+		}
+		if p.Concurrency == 0 {
+			errs = append(errs, fmt.Errorf("%s.concurrency: missing: the pool's total in flight", field))
+		} else if p.Concurrency > maxConcurrency {
+			errs = append(errs, fmt.Errorf("%s.concurrency: %d is out of range: 1 to %d", field, p.Concurrency, maxConcurrency))
+		}
+	}
+	members := make([]int, len(c.Pools))
+	reserved := make([]int, len(c.Pools))
+	for i, f := range c.Functions {
+		field := fmt.Sprintf("functions[%d] (%s)", i, f.Name)
+		if f.Pool == "" {
+			if f.Reserved > 0 {
+				errs = append(errs, fmt.Errorf("%s.reserved: set without pool: a reserved share is a share of a pool", field))
+			}
+			continue
+		}
+		j, ok := byName[f.Pool]
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s.pool: %q is not a configured pool", field, f.Pool))
+			continue
+		}
+		if f.Reserved > f.Concurrency {
+			errs = append(errs, fmt.Errorf("%s.reserved: %d is more than the function's concurrency of %d", field, f.Reserved, f.Concurrency))
+		}
+		members[j]++
+		reserved[j] += int(f.Reserved)
+	}
+	for i, p := range c.Pools {
+		if p.Concurrency == 0 {
+			continue
+		}
+		if reserved[i] > int(p.Concurrency) {
+			errs = append(errs, fmt.Errorf("pools[%d] (%s).concurrency: %d is less than its functions reserve (%d)", i, p.Name, p.Concurrency, reserved[i]))
+		} else if members[i] > int(p.Concurrency) {
+			errs = append(errs, fmt.Errorf("pools[%d] (%s).concurrency: %d is less than its %d functions: each holds one slot at least", i, p.Name, p.Concurrency, members[i]))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -217,6 +217,15 @@ type fnState struct {
 			State     string `json:"state"`
 			OpenUntil string `json:"openUntil"`
 		} `json:"circuit"`
+		Pool struct {
+			Name         string `json:"name"`
+			Limit        int    `json:"limit"`
+			PoolInFlight int    `json:"poolInFlight"`
+			Reserved     int    `json:"reserved"`
+			Granted      int    `json:"granted"`
+			Borrowed     int    `json:"borrowed"`
+			Lent         int    `json:"lent"`
+		} `json:"pool"`
 	} `json:"status"`
 }
 
@@ -327,12 +336,12 @@ func TestDashboard(t *testing.T) {
 		// A window that starts at 2 and grows by one every 2s: under a
 		// steady 50 jobs/s it stays full, with a backlog, and below its
 		// limit of 6.
-		{Name: "echo", URL: echoURL, Concurrency: 6, Scaling: &ScalingConfig{Initial: 2, PerMinute: 30}},
+		{Name: "echo", URL: echoURL, Concurrency: 6, Scaling: &ScalingConfig{Initial: 2, PerMinute: 30}, Pool: "shared", Reserved: 3},
 		// Fails every job at once; its circuit opens after two failures
 		// and stays open well past the test.
-		{Name: "broken", URL: brokenURL, Concurrency: 2, Retry: RetryConfig{MaxAttempts: 1},
+		{Name: "broken", URL: brokenURL, Concurrency: 2, Retry: RetryConfig{MaxAttempts: 1}, Pool: "shared", Reserved: 1,
 			CircuitBreaker: CircuitBreakerConfig{MinAttempts: 2, Cooldown: Duration(3 * time.Minute), MaxCooldown: Duration(5 * time.Minute)}},
-	}})
+	}, Pools: []PoolConfig{{Name: "shared", Concurrency: 10}}})
 	site := delayList(t, g.base, 300*time.Millisecond)
 
 	// broken: two jobs fail and are dead-lettered, opening the circuit; a
@@ -462,6 +471,13 @@ func TestDashboard(t *testing.T) {
 				"circuit":      circuit,
 				"reason":       reason,
 				"paused":       paused,
+				"poolName":     st.Pool.Name,
+				"poolLimit":    grouped(int64(st.Pool.Limit)),
+				"poolInFlight": grouped(int64(st.Pool.PoolInFlight)),
+				"poolGranted":  grouped(int64(st.Pool.Granted)),
+				"poolReserved": grouped(int64(st.Pool.Reserved)),
+				"poolBorrowed": grouped(int64(st.Pool.Borrowed)),
+				"poolLent":     grouped(int64(st.Pool.Lent)),
 			} {
 				if got, ok := p.figures[name][field]; !ok || got != want {
 					t.Errorf("%s %s = %q on the page, want %q as the API says", name, field, got, want)
@@ -471,6 +487,11 @@ func TestDashboard(t *testing.T) {
 				t.Errorf("%s has no circuit badge", name)
 			} else if s, _ := attr(badge, "data-state"); s != st.Circuit.State {
 				t.Errorf("%s circuit badge data-state = %q, want %q", name, s, st.Circuit.State)
+			}
+		}
+		for _, name := range []string{"echo", "broken"} {
+			if p.elements[name]["pool"] == nil || want[name].Status.Pool.Name != "shared" || want[name].Status.Pool.Limit != 10 {
+				t.Errorf("%s: pool %+v, want shown, shared, limit 10", name, want[name].Status.Pool)
 			}
 		}
 		// What the setup made sure of, lest the comparison above pass on zeros.

@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
@@ -205,12 +206,16 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	var dispFuncs []dispatch.Function
 	for i, f := range functions {
 		df := dispatchFunction(f)
+		if f.Fairness {
+			df.Lanes = fairLanes(f, cfg.Tenants)
+		}
 		df.Invoker = invokers[i]
 		gwFuncs = append(gwFuncs, gateway.Function{
 			Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
 			JSONPayload:   f.Target != nil && f.Target.Lambda != nil,
 			InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
 			MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.gateway(),
+			Pool: f.Pool, PoolConcurrency: poolConcurrency(cfg.Pools, f.Pool),
 		})
 		dispFuncs = append(dispFuncs, df)
 	}
@@ -232,7 +237,8 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	p.svc = svc
 	p.queue = queue
 	p.dispatcher, err = dispatch.New(dispatch.Config{
-		Source: queue, Functions: dispFuncs, Logger: log, DrainTimeout: opts.DrainTimeout,
+		Source: queue, Functions: dispFuncs, Pools: dispatchPools(cfg.Pools), TenantWeights: tenantWeights(cfg.Tenants),
+		Logger: log, DrainTimeout: opts.DrainTimeout,
 		TracerProvider: tp, MeterProvider: mp,
 	})
 	if err != nil {
@@ -358,6 +364,8 @@ func dispatchFunction(f FunctionConfig) dispatch.Function {
 	}
 	df.MaxAge = time.Duration(f.MaxAge)
 	df.Paused = f.Paused
+	df.Pool, df.Reserved = f.Pool, int(f.Reserved)
+	df.PriorityAging = time.Duration(f.PriorityAging)
 	cb := f.CircuitBreaker
 	df.Circuit = dispatch.CircuitPolicy{
 		Disabled:     cb.Enabled != nil && !*cb.Enabled,
@@ -579,4 +587,53 @@ func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
 		return fmt.Errorf("debug server: %w", err)
 	}
 	return nil
+}
+
+// dispatchPools are the configured pools as dispatch takes them.
+func dispatchPools(pools []PoolConfig) []dispatch.Pool {
+	out := make([]dispatch.Pool, 0, len(pools))
+	for _, p := range pools {
+		out = append(out, dispatch.Pool{Name: p.Name, Concurrency: int(p.Concurrency)})
+	}
+	return out
+}
+
+// poolConcurrency is the configured concurrency of the named pool; 0 for
+// none.
+func poolConcurrency(pools []PoolConfig, name string) int {
+	for _, p := range pools {
+		if p.Name == name {
+			return int(p.Concurrency)
+		}
+	}
+	return 0
+}
+
+// tenantWeights are the tenants' weights for fair functions, by name.
+func tenantWeights(tenants []TenantConfig) map[string]int {
+	out := make(map[string]int, len(tenants))
+	for _, t := range tenants {
+		if t.Weight > 0 {
+			out[t.Name] = int(t.Weight)
+		}
+	}
+	return out
+}
+
+// fairLanes are the lanes of a fair function: one per priority for each
+// tenant that may use it, and for jobs without a tenant.
+func fairLanes(f FunctionConfig, tenants []TenantConfig) []buffer.Lane {
+	names := []string{""}
+	for _, t := range tenants {
+		if t.Functions == nil || slices.Contains(t.Functions, f.Name) {
+			names = append(names, t.Name)
+		}
+	}
+	var out []buffer.Lane
+	for _, n := range names {
+		for _, p := range []sluicev1.Priority{sluicev1.Priority_HIGH, sluicev1.Priority_NORMAL, sluicev1.Priority_LOW} {
+			out = append(out, buffer.Lane{Tenant: n, Priority: p})
+		}
+	}
+	return out
 }

@@ -208,6 +208,20 @@
     x.bar.querySelector('.bar-inflight').style.width = share(inFlight);
     x.bar.setAttribute('aria-label', `${inFlight} in flight, window ${win}, limit ${limit}`);
 
+    const pool = s.pool;
+    x.pool.hidden = !pool;
+    if (pool) {
+      set(x.poolName, pool.name);
+      set(x.poolInFlight, count.format(num(pool.poolInFlight)));
+      set(x.poolLimit, count.format(num(pool.limit)));
+      set(x.poolGranted, count.format(num(pool.granted)));
+      set(x.poolReserved, count.format(num(pool.reserved)));
+      set(x.poolBorrowed, count.format(num(pool.borrowed)));
+      set(x.poolLent, count.format(num(pool.lent)));
+      x.pool.title = (pool.members || []).map((m) =>
+        `${m.function}: ${num(m.inFlight)} in flight, share ${num(m.granted)}, reserved ${num(m.reserved)}`).join('\n');
+    }
+
     set(x.backlog, count.format(backlog));
     set(x.throughput, throughput === null ? '—' : rate.format(throughput));
     set(x.succeeded, count.format(succeeded));

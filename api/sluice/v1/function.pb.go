@@ -80,7 +80,7 @@ func (x Circuit_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Circuit_State.Descriptor instead.
 func (Circuit_State) EnumDescriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{2, 0}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{4, 0}
 }
 
 // Function is a configured target that jobs are dispatched to. Its target
@@ -220,10 +220,13 @@ type FunctionStatus struct {
 	// Running totals, across gateway processes, since the function was
 	// first dispatched to: jobs that succeeded, jobs that went to the dead
 	// letters, attempts retried, and throttles received.
-	Succeeded     int64 `protobuf:"varint,11,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
-	DeadLettered  int64 `protobuf:"varint,12,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"`
-	Retries       int64 `protobuf:"varint,13,opt,name=retries,proto3" json:"retries,omitempty"`
-	Throttles     int64 `protobuf:"varint,14,opt,name=throttles,proto3" json:"throttles,omitempty"`
+	Succeeded    int64 `protobuf:"varint,11,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	DeadLettered int64 `protobuf:"varint,12,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"`
+	Retries      int64 `protobuf:"varint,13,opt,name=retries,proto3" json:"retries,omitempty"`
+	Throttles    int64 `protobuf:"varint,14,opt,name=throttles,proto3" json:"throttles,omitempty"`
+	// The concurrency pool the function shares with others; unset outside
+	// a pool.
+	Pool          *PoolShare `protobuf:"bytes,15,opt,name=pool,proto3" json:"pool,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -356,6 +359,224 @@ func (x *FunctionStatus) GetThrottles() int64 {
 	return 0
 }
 
+func (x *FunctionStatus) GetPool() *PoolShare {
+	if x != nil {
+		return x.Pool
+	}
+	return nil
+}
+
+// PoolShare is a function's part of a concurrency pool that several
+// functions share, and the pool's state, as the pool's leader last saw it.
+type PoolShare struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pool's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Invocations the pool allows in flight now, across its functions and
+	// gateway processes: its configured concurrency, less what throttles
+	// took off.
+	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The pool's configured concurrency.
+	Concurrency int32 `protobuf:"varint,3,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
+	// Invocations in flight now across the whole pool.
+	PoolInFlight int32 `protobuf:"varint,4,opt,name=pool_in_flight,json=poolInFlight,proto3" json:"pool_in_flight,omitempty"`
+	// This function's reserved share: guaranteed while it has work.
+	Reserved int32 `protobuf:"varint,5,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	// This function's share now: the cap the pool's leader aims at.
+	Granted int32 `protobuf:"varint,6,opt,name=granted,proto3" json:"granted,omitempty"`
+	// The cap the server enforces now; below granted while other functions
+	// still hand slots back.
+	Cap int32 `protobuf:"varint,7,opt,name=cap,proto3" json:"cap,omitempty"`
+	// This function's invocations in flight above its reserved share.
+	Borrowed int32 `protobuf:"varint,8,opt,name=borrowed,proto3" json:"borrowed,omitempty"`
+	// This function's reserved slots it does not use, free for the others.
+	Lent int32 `protobuf:"varint,9,opt,name=lent,proto3" json:"lent,omitempty"`
+	// Every function of the pool, with its share.
+	Members       []*PoolMember `protobuf:"bytes,10,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolShare) Reset() {
+	*x = PoolShare{}
+	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolShare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolShare) ProtoMessage() {}
+
+func (x *PoolShare) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolShare.ProtoReflect.Descriptor instead.
+func (*PoolShare) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PoolShare) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PoolShare) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *PoolShare) GetConcurrency() int32 {
+	if x != nil {
+		return x.Concurrency
+	}
+	return 0
+}
+
+func (x *PoolShare) GetPoolInFlight() int32 {
+	if x != nil {
+		return x.PoolInFlight
+	}
+	return 0
+}
+
+func (x *PoolShare) GetReserved() int32 {
+	if x != nil {
+		return x.Reserved
+	}
+	return 0
+}
+
+func (x *PoolShare) GetGranted() int32 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *PoolShare) GetCap() int32 {
+	if x != nil {
+		return x.Cap
+	}
+	return 0
+}
+
+func (x *PoolShare) GetBorrowed() int32 {
+	if x != nil {
+		return x.Borrowed
+	}
+	return 0
+}
+
+func (x *PoolShare) GetLent() int32 {
+	if x != nil {
+		return x.Lent
+	}
+	return 0
+}
+
+func (x *PoolShare) GetMembers() []*PoolMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// PoolMember is one function's share of a pool.
+type PoolMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The function's name.
+	Function string `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
+	// Its reserved share, its share now, and its invocations in flight.
+	Reserved int32 `protobuf:"varint,2,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	Granted  int32 `protobuf:"varint,3,opt,name=granted,proto3" json:"granted,omitempty"`
+	InFlight int32 `protobuf:"varint,4,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// Its jobs waiting.
+	Backlog       int64 `protobuf:"varint,5,opt,name=backlog,proto3" json:"backlog,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolMember) Reset() {
+	*x = PoolMember{}
+	mi := &file_sluice_v1_function_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolMember) ProtoMessage() {}
+
+func (x *PoolMember) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_function_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolMember.ProtoReflect.Descriptor instead.
+func (*PoolMember) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PoolMember) GetFunction() string {
+	if x != nil {
+		return x.Function
+	}
+	return ""
+}
+
+func (x *PoolMember) GetReserved() int32 {
+	if x != nil {
+		return x.Reserved
+	}
+	return 0
+}
+
+func (x *PoolMember) GetGranted() int32 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *PoolMember) GetInFlight() int32 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *PoolMember) GetBacklog() int64 {
+	if x != nil {
+		return x.Backlog
+	}
+	return 0
+}
+
 // Circuit is a function's circuit breaker: while most recent attempts fail,
 // dispatch pauses, and queued jobs wait without spending attempts.
 type Circuit struct {
@@ -376,7 +597,7 @@ type Circuit struct {
 
 func (x *Circuit) Reset() {
 	*x = Circuit{}
-	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	mi := &file_sluice_v1_function_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +609,7 @@ func (x *Circuit) String() string {
 func (*Circuit) ProtoMessage() {}
 
 func (x *Circuit) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[2]
+	mi := &file_sluice_v1_function_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +622,7 @@ func (x *Circuit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Circuit.ProtoReflect.Descriptor instead.
 func (*Circuit) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{2}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Circuit) GetState() Circuit_State {
@@ -448,7 +669,7 @@ type ListFunctionsRequest struct {
 
 func (x *ListFunctionsRequest) Reset() {
 	*x = ListFunctionsRequest{}
-	mi := &file_sluice_v1_function_proto_msgTypes[3]
+	mi := &file_sluice_v1_function_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +681,7 @@ func (x *ListFunctionsRequest) String() string {
 func (*ListFunctionsRequest) ProtoMessage() {}
 
 func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[3]
+	mi := &file_sluice_v1_function_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +694,7 @@ func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsRequest.ProtoReflect.Descriptor instead.
 func (*ListFunctionsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{3}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{5}
 }
 
 // ListFunctionsResponse lists the configured functions by name.
@@ -487,7 +708,7 @@ type ListFunctionsResponse struct {
 
 func (x *ListFunctionsResponse) Reset() {
 	*x = ListFunctionsResponse{}
-	mi := &file_sluice_v1_function_proto_msgTypes[4]
+	mi := &file_sluice_v1_function_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +720,7 @@ func (x *ListFunctionsResponse) String() string {
 func (*ListFunctionsResponse) ProtoMessage() {}
 
 func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[4]
+	mi := &file_sluice_v1_function_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +733,7 @@ func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsResponse.ProtoReflect.Descriptor instead.
 func (*ListFunctionsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{4}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListFunctionsResponse) GetFunctions() []*Function {
@@ -533,7 +754,7 @@ type GetFunctionRequest struct {
 
 func (x *GetFunctionRequest) Reset() {
 	*x = GetFunctionRequest{}
-	mi := &file_sluice_v1_function_proto_msgTypes[5]
+	mi := &file_sluice_v1_function_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +766,7 @@ func (x *GetFunctionRequest) String() string {
 func (*GetFunctionRequest) ProtoMessage() {}
 
 func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[5]
+	mi := &file_sluice_v1_function_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +779,7 @@ func (x *GetFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFunctionRequest.ProtoReflect.Descriptor instead.
 func (*GetFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{5}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetFunctionRequest) GetName() string {
@@ -579,7 +800,7 @@ type GetFunctionResponse struct {
 
 func (x *GetFunctionResponse) Reset() {
 	*x = GetFunctionResponse{}
-	mi := &file_sluice_v1_function_proto_msgTypes[6]
+	mi := &file_sluice_v1_function_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +812,7 @@ func (x *GetFunctionResponse) String() string {
 func (*GetFunctionResponse) ProtoMessage() {}
 
 func (x *GetFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_function_proto_msgTypes[6]
+	mi := &file_sluice_v1_function_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +825,7 @@ func (x *GetFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFunctionResponse.ProtoReflect.Descriptor instead.
 func (*GetFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_function_proto_rawDescGZIP(), []int{6}
+	return file_sluice_v1_function_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetFunctionResponse) GetFunction() *Function {
@@ -627,7 +848,7 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"\x0einitial_window\x18\x05 \x01(\x05B\x03\xe0A\x03R\rinitialWindow\x121\n" +
 	"\x12scaling_per_minute\x18\x06 \x01(\x05B\x03\xe0A\x03R\x10scalingPerMinute\x12\x1f\n" +
 	"\badaptive\x18\a \x01(\bB\x03\xe0A\x03R\badaptive\x126\n" +
-	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\xe9\x03\n" +
+	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\x93\x04\n" +
 	"\x0eFunctionStatus\x12\x16\n" +
 	"\x06window\x18\x01 \x01(\x05R\x06window\x12\x1b\n" +
 	"\tin_flight\x18\x02 \x01(\x05R\binFlight\x12\x18\n" +
@@ -645,7 +866,27 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"\tsucceeded\x18\v \x01(\x03R\tsucceeded\x12#\n" +
 	"\rdead_lettered\x18\f \x01(\x03R\fdeadLettered\x12\x18\n" +
 	"\aretries\x18\r \x01(\x03R\aretries\x12\x1c\n" +
-	"\tthrottles\x18\x0e \x01(\x03R\tthrottles\"\xc5\x02\n" +
+	"\tthrottles\x18\x0e \x01(\x03R\tthrottles\x12(\n" +
+	"\x04pool\x18\x0f \x01(\v2\x14.sluice.v1.PoolShareR\x04pool\"\xa6\x02\n" +
+	"\tPoolShare\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12 \n" +
+	"\vconcurrency\x18\x03 \x01(\x05R\vconcurrency\x12$\n" +
+	"\x0epool_in_flight\x18\x04 \x01(\x05R\fpoolInFlight\x12\x1a\n" +
+	"\breserved\x18\x05 \x01(\x05R\breserved\x12\x18\n" +
+	"\agranted\x18\x06 \x01(\x05R\agranted\x12\x10\n" +
+	"\x03cap\x18\a \x01(\x05R\x03cap\x12\x1a\n" +
+	"\bborrowed\x18\b \x01(\x05R\bborrowed\x12\x12\n" +
+	"\x04lent\x18\t \x01(\x05R\x04lent\x12/\n" +
+	"\amembers\x18\n" +
+	" \x03(\v2\x15.sluice.v1.PoolMemberR\amembers\"\x95\x01\n" +
+	"\n" +
+	"PoolMember\x12\x1a\n" +
+	"\bfunction\x18\x01 \x01(\tR\bfunction\x12\x1a\n" +
+	"\breserved\x18\x02 \x01(\x05R\breserved\x12\x18\n" +
+	"\agranted\x18\x03 \x01(\x05R\agranted\x12\x1b\n" +
+	"\tin_flight\x18\x04 \x01(\x05R\binFlight\x12\x18\n" +
+	"\abacklog\x18\x05 \x01(\x03R\abacklog\"\xc5\x02\n" +
 	"\aCircuit\x12.\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x18.sluice.v1.Circuit.StateR\x05state\x129\n" +
 	"\n" +
@@ -690,39 +931,43 @@ func file_sluice_v1_function_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_v1_function_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sluice_v1_function_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_sluice_v1_function_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_sluice_v1_function_proto_goTypes = []any{
 	(Circuit_State)(0),            // 0: sluice.v1.Circuit.State
 	(*Function)(nil),              // 1: sluice.v1.Function
 	(*FunctionStatus)(nil),        // 2: sluice.v1.FunctionStatus
-	(*Circuit)(nil),               // 3: sluice.v1.Circuit
-	(*ListFunctionsRequest)(nil),  // 4: sluice.v1.ListFunctionsRequest
-	(*ListFunctionsResponse)(nil), // 5: sluice.v1.ListFunctionsResponse
-	(*GetFunctionRequest)(nil),    // 6: sluice.v1.GetFunctionRequest
-	(*GetFunctionResponse)(nil),   // 7: sluice.v1.GetFunctionResponse
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*PoolShare)(nil),             // 3: sluice.v1.PoolShare
+	(*PoolMember)(nil),            // 4: sluice.v1.PoolMember
+	(*Circuit)(nil),               // 5: sluice.v1.Circuit
+	(*ListFunctionsRequest)(nil),  // 6: sluice.v1.ListFunctionsRequest
+	(*ListFunctionsResponse)(nil), // 7: sluice.v1.ListFunctionsResponse
+	(*GetFunctionRequest)(nil),    // 8: sluice.v1.GetFunctionRequest
+	(*GetFunctionResponse)(nil),   // 9: sluice.v1.GetFunctionResponse
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_sluice_v1_function_proto_depIdxs = []int32{
-	8,  // 0: sluice.v1.Function.timeout:type_name -> google.protobuf.Duration
+	10, // 0: sluice.v1.Function.timeout:type_name -> google.protobuf.Duration
 	2,  // 1: sluice.v1.Function.status:type_name -> sluice.v1.FunctionStatus
-	9,  // 2: sluice.v1.FunctionStatus.paused_until:type_name -> google.protobuf.Timestamp
-	3,  // 3: sluice.v1.FunctionStatus.circuit:type_name -> sluice.v1.Circuit
-	0,  // 4: sluice.v1.Circuit.state:type_name -> sluice.v1.Circuit.State
-	9,  // 5: sluice.v1.Circuit.open_until:type_name -> google.protobuf.Timestamp
-	8,  // 6: sluice.v1.Circuit.cooldown:type_name -> google.protobuf.Duration
-	9,  // 7: sluice.v1.Circuit.change_time:type_name -> google.protobuf.Timestamp
-	1,  // 8: sluice.v1.ListFunctionsResponse.functions:type_name -> sluice.v1.Function
-	1,  // 9: sluice.v1.GetFunctionResponse.function:type_name -> sluice.v1.Function
-	4,  // 10: sluice.v1.FunctionService.ListFunctions:input_type -> sluice.v1.ListFunctionsRequest
-	6,  // 11: sluice.v1.FunctionService.GetFunction:input_type -> sluice.v1.GetFunctionRequest
-	5,  // 12: sluice.v1.FunctionService.ListFunctions:output_type -> sluice.v1.ListFunctionsResponse
-	7,  // 13: sluice.v1.FunctionService.GetFunction:output_type -> sluice.v1.GetFunctionResponse
-	12, // [12:14] is the sub-list for method output_type
-	10, // [10:12] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	11, // 2: sluice.v1.FunctionStatus.paused_until:type_name -> google.protobuf.Timestamp
+	5,  // 3: sluice.v1.FunctionStatus.circuit:type_name -> sluice.v1.Circuit
+	3,  // 4: sluice.v1.FunctionStatus.pool:type_name -> sluice.v1.PoolShare
+	4,  // 5: sluice.v1.PoolShare.members:type_name -> sluice.v1.PoolMember
+	0,  // 6: sluice.v1.Circuit.state:type_name -> sluice.v1.Circuit.State
+	11, // 7: sluice.v1.Circuit.open_until:type_name -> google.protobuf.Timestamp
+	10, // 8: sluice.v1.Circuit.cooldown:type_name -> google.protobuf.Duration
+	11, // 9: sluice.v1.Circuit.change_time:type_name -> google.protobuf.Timestamp
+	1,  // 10: sluice.v1.ListFunctionsResponse.functions:type_name -> sluice.v1.Function
+	1,  // 11: sluice.v1.GetFunctionResponse.function:type_name -> sluice.v1.Function
+	6,  // 12: sluice.v1.FunctionService.ListFunctions:input_type -> sluice.v1.ListFunctionsRequest
+	8,  // 13: sluice.v1.FunctionService.GetFunction:input_type -> sluice.v1.GetFunctionRequest
+	7,  // 14: sluice.v1.FunctionService.ListFunctions:output_type -> sluice.v1.ListFunctionsResponse
+	9,  // 15: sluice.v1.FunctionService.GetFunction:output_type -> sluice.v1.GetFunctionResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_function_proto_init() }
@@ -736,7 +981,7 @@ func file_sluice_v1_function_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_function_proto_rawDesc), len(file_sluice_v1_function_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

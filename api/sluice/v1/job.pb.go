@@ -26,6 +26,66 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Priority orders a tenant's jobs for a function that dispatches fairly
+// (fairness: true): higher first, first in first out within one. A job
+// that waited past the function's aging period counts one priority higher
+// per period, so a low one never starves.
+type Priority int32
+
+const (
+	// Not given: NORMAL.
+	Priority_PRIORITY_UNSPECIFIED Priority = 0
+	// Before NORMAL and LOW.
+	Priority_HIGH Priority = 1
+	// The default.
+	Priority_NORMAL Priority = 2
+	// After HIGH and NORMAL.
+	Priority_LOW Priority = 3
+)
+
+// Enum value maps for Priority.
+var (
+	Priority_name = map[int32]string{
+		0: "PRIORITY_UNSPECIFIED",
+		1: "HIGH",
+		2: "NORMAL",
+		3: "LOW",
+	}
+	Priority_value = map[string]int32{
+		"PRIORITY_UNSPECIFIED": 0,
+		"HIGH":                 1,
+		"NORMAL":               2,
+		"LOW":                  3,
+	}
+)
+
+func (x Priority) Enum() *Priority {
+	p := new(Priority)
+	*p = x
+	return p
+}
+
+func (x Priority) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Priority) Descriptor() protoreflect.EnumDescriptor {
+	return file_sluice_v1_job_proto_enumTypes[0].Descriptor()
+}
+
+func (Priority) Type() protoreflect.EnumType {
+	return &file_sluice_v1_job_proto_enumTypes[0]
+}
+
+func (x Priority) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Priority.Descriptor instead.
+func (Priority) EnumDescriptor() ([]byte, []int) {
+	return file_sluice_v1_job_proto_rawDescGZIP(), []int{0}
+}
+
 // State is where a job is in its life. It never goes backwards, but for
 // a redrive, which queues a dead-lettered job again.
 type Job_State int32
@@ -83,11 +143,11 @@ func (x Job_State) String() string {
 }
 
 func (Job_State) Descriptor() protoreflect.EnumDescriptor {
-	return file_sluice_v1_job_proto_enumTypes[0].Descriptor()
+	return file_sluice_v1_job_proto_enumTypes[1].Descriptor()
 }
 
 func (Job_State) Type() protoreflect.EnumType {
-	return &file_sluice_v1_job_proto_enumTypes[0]
+	return &file_sluice_v1_job_proto_enumTypes[1]
 }
 
 func (x Job_State) Number() protoreflect.EnumNumber {
@@ -145,11 +205,11 @@ func (x Attempt_Outcome) String() string {
 }
 
 func (Attempt_Outcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_sluice_v1_job_proto_enumTypes[1].Descriptor()
+	return file_sluice_v1_job_proto_enumTypes[2].Descriptor()
 }
 
 func (Attempt_Outcome) Type() protoreflect.EnumType {
-	return &file_sluice_v1_job_proto_enumTypes[1]
+	return &file_sluice_v1_job_proto_enumTypes[2]
 }
 
 func (x Attempt_Outcome) Number() protoreflect.EnumNumber {
@@ -217,6 +277,8 @@ type Job struct {
 	// concurrency window. Set by GetJob, which also sets
 	// estimated_start_time when the function's drain rate is known.
 	WaitingReason string `protobuf:"bytes,20,opt,name=waiting_reason,json=waitingReason,proto3" json:"waiting_reason,omitempty"`
+	// The job's priority within its tenant's share of the function.
+	Priority      Priority `protobuf:"varint,21,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -389,6 +451,13 @@ func (x *Job) GetWaitingReason() string {
 		return x.WaitingReason
 	}
 	return ""
+}
+
+func (x *Job) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
 }
 
 // Attempt is one invocation of a job and how it went.
@@ -571,7 +640,10 @@ type SubmitJobRequest struct {
 	// Where to POST the job, as JSON, once it finished: an http or https URL
 	// the gateway's callback policy lets it reach. Signed the Standard
 	// Webhooks way. Over REST, the Sluice-Callback-Url header.
-	CallbackUrl   string `protobuf:"bytes,4,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
+	CallbackUrl string `protobuf:"bytes,4,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
+	// The job's priority within the tenant's share of the function. Over
+	// REST, the Sluice-Priority header: high, normal or low.
+	Priority      Priority `protobuf:"varint,5,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -632,6 +704,13 @@ func (x *SubmitJobRequest) GetCallbackUrl() string {
 		return x.CallbackUrl
 	}
 	return ""
+}
+
+func (x *SubmitJobRequest) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
 }
 
 // SubmitJobResponse holds the stored job.
@@ -1242,7 +1321,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xa9\b\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xdf\b\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -1267,7 +1346,8 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\fredrive_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\vredriveTime\x12\x1b\n" +
 	"\x06tenant\x18\x12 \x01(\tB\x03\xe0A\x03R\x06tenant\x12Q\n" +
 	"\x14estimated_start_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x12estimatedStartTime\x12*\n" +
-	"\x0ewaiting_reason\x18\x14 \x01(\tB\x03\xe0A\x03R\rwaitingReason\"n\n" +
+	"\x0ewaiting_reason\x18\x14 \x01(\tB\x03\xe0A\x03R\rwaitingReason\x124\n" +
+	"\bpriority\x18\x15 \x01(\x0e2\x13.sluice.v1.PriorityB\x03\xe0A\x03R\bpriority\"n\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -1300,12 +1380,13 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\vhttp_status\x18\x01 \x01(\x05R\n" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x12\n" +
-	"\x04body\x18\x03 \x01(\fR\x04body\"\xaf\x01\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\"\xe0\x01\n" +
 	"\x10SubmitJobRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12.\n" +
 	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12!\n" +
-	"\fcallback_url\x18\x04 \x01(\tR\vcallbackUrl\"Q\n" +
+	"\fcallback_url\x18\x04 \x01(\tR\vcallbackUrl\x12/\n" +
+	"\bpriority\x18\x05 \x01(\x0e2\x13.sluice.v1.PriorityR\bpriority\"Q\n" +
 	"\x11SubmitJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12\x1a\n" +
 	"\breplayed\x18\x02 \x01(\bR\breplayed\"S\n" +
@@ -1337,7 +1418,13 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x0fWatchJobRequest\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"4\n" +
 	"\x10WatchJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job2\x83\x0e\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job*C\n" +
+	"\bPriority\x12\x18\n" +
+	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\b\n" +
+	"\x04HIGH\x10\x01\x12\n" +
+	"\n" +
+	"\x06NORMAL\x10\x02\x12\a\n" +
+	"\x03LOW\x10\x032\x83\x0e\n" +
 	"\n" +
 	"JobService\x12\x8b\x03\n" +
 	"\tSubmitJob\x12\x1b.sluice.v1.SubmitJobRequest\x1a\x1c.sluice.v1.SubmitJobResponse\"\xc2\x02\x92A\x8b\x02\x1a\x90\x01The request body is the payload itself, of any Content-Type, sent to the function as it is: not the HttpBody JSON object the schema below names.2\x03*/*Jq\n" +
@@ -1388,72 +1475,75 @@ func file_sluice_v1_job_proto_rawDescGZIP() []byte {
 	return file_sluice_v1_job_proto_rawDescData
 }
 
-var file_sluice_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_sluice_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_sluice_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_sluice_v1_job_proto_goTypes = []any{
-	(Job_State)(0),                 // 0: sluice.v1.Job.State
-	(Attempt_Outcome)(0),           // 1: sluice.v1.Attempt.Outcome
-	(*Job)(nil),                    // 2: sluice.v1.Job
-	(*Attempt)(nil),                // 3: sluice.v1.Attempt
-	(*JobResult)(nil),              // 4: sluice.v1.JobResult
-	(*SubmitJobRequest)(nil),       // 5: sluice.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),      // 6: sluice.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),          // 7: sluice.v1.GetJobRequest
-	(*GetJobResponse)(nil),         // 8: sluice.v1.GetJobResponse
-	(*GetJobResultRequest)(nil),    // 9: sluice.v1.GetJobResultRequest
-	(*GetJobResultResponse)(nil),   // 10: sluice.v1.GetJobResultResponse
-	(*CancelJobRequest)(nil),       // 11: sluice.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),      // 12: sluice.v1.CancelJobResponse
-	(*InvokeFunctionRequest)(nil),  // 13: sluice.v1.InvokeFunctionRequest
-	(*InvokeFunctionResponse)(nil), // 14: sluice.v1.InvokeFunctionResponse
-	(*WatchJobRequest)(nil),        // 15: sluice.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),       // 16: sluice.v1.WatchJobResponse
-	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
-	(*httpbody.HttpBody)(nil),      // 19: google.api.HttpBody
+	(Priority)(0),                  // 0: sluice.v1.Priority
+	(Job_State)(0),                 // 1: sluice.v1.Job.State
+	(Attempt_Outcome)(0),           // 2: sluice.v1.Attempt.Outcome
+	(*Job)(nil),                    // 3: sluice.v1.Job
+	(*Attempt)(nil),                // 4: sluice.v1.Attempt
+	(*JobResult)(nil),              // 5: sluice.v1.JobResult
+	(*SubmitJobRequest)(nil),       // 6: sluice.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),      // 7: sluice.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),          // 8: sluice.v1.GetJobRequest
+	(*GetJobResponse)(nil),         // 9: sluice.v1.GetJobResponse
+	(*GetJobResultRequest)(nil),    // 10: sluice.v1.GetJobResultRequest
+	(*GetJobResultResponse)(nil),   // 11: sluice.v1.GetJobResultResponse
+	(*CancelJobRequest)(nil),       // 12: sluice.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),      // 13: sluice.v1.CancelJobResponse
+	(*InvokeFunctionRequest)(nil),  // 14: sluice.v1.InvokeFunctionRequest
+	(*InvokeFunctionResponse)(nil), // 15: sluice.v1.InvokeFunctionResponse
+	(*WatchJobRequest)(nil),        // 16: sluice.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),       // 17: sluice.v1.WatchJobResponse
+	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 19: google.protobuf.Duration
+	(*httpbody.HttpBody)(nil),      // 20: google.api.HttpBody
 }
 var file_sluice_v1_job_proto_depIdxs = []int32{
-	0,  // 0: sluice.v1.Job.state:type_name -> sluice.v1.Job.State
-	17, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	17, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
-	17, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
-	4,  // 4: sluice.v1.Job.result:type_name -> sluice.v1.JobResult
-	3,  // 5: sluice.v1.Job.history:type_name -> sluice.v1.Attempt
-	17, // 6: sluice.v1.Job.dead_letter_time:type_name -> google.protobuf.Timestamp
-	17, // 7: sluice.v1.Job.redrive_time:type_name -> google.protobuf.Timestamp
-	17, // 8: sluice.v1.Job.estimated_start_time:type_name -> google.protobuf.Timestamp
-	17, // 9: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	18, // 10: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
-	1,  // 11: sluice.v1.Attempt.outcome:type_name -> sluice.v1.Attempt.Outcome
-	19, // 12: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
-	2,  // 13: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
-	18, // 14: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
-	2,  // 15: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
-	2,  // 16: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
-	19, // 17: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
-	2,  // 18: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
-	19, // 19: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
-	18, // 20: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
-	2,  // 21: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
-	19, // 22: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
-	2,  // 23: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
-	5,  // 24: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
-	7,  // 25: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
-	9,  // 26: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
-	11, // 27: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
-	13, // 28: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
-	15, // 29: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
-	6,  // 30: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
-	8,  // 31: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
-	10, // 32: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
-	12, // 33: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
-	14, // 34: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
-	16, // 35: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
-	30, // [30:36] is the sub-list for method output_type
-	24, // [24:30] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	1,  // 0: sluice.v1.Job.state:type_name -> sluice.v1.Job.State
+	18, // 1: sluice.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	18, // 2: sluice.v1.Job.start_time:type_name -> google.protobuf.Timestamp
+	18, // 3: sluice.v1.Job.finish_time:type_name -> google.protobuf.Timestamp
+	5,  // 4: sluice.v1.Job.result:type_name -> sluice.v1.JobResult
+	4,  // 5: sluice.v1.Job.history:type_name -> sluice.v1.Attempt
+	18, // 6: sluice.v1.Job.dead_letter_time:type_name -> google.protobuf.Timestamp
+	18, // 7: sluice.v1.Job.redrive_time:type_name -> google.protobuf.Timestamp
+	18, // 8: sluice.v1.Job.estimated_start_time:type_name -> google.protobuf.Timestamp
+	0,  // 9: sluice.v1.Job.priority:type_name -> sluice.v1.Priority
+	18, // 10: sluice.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	19, // 11: sluice.v1.Attempt.duration:type_name -> google.protobuf.Duration
+	2,  // 12: sluice.v1.Attempt.outcome:type_name -> sluice.v1.Attempt.Outcome
+	20, // 13: sluice.v1.SubmitJobRequest.payload:type_name -> google.api.HttpBody
+	0,  // 14: sluice.v1.SubmitJobRequest.priority:type_name -> sluice.v1.Priority
+	3,  // 15: sluice.v1.SubmitJobResponse.job:type_name -> sluice.v1.Job
+	19, // 16: sluice.v1.GetJobRequest.wait:type_name -> google.protobuf.Duration
+	3,  // 17: sluice.v1.GetJobResponse.job:type_name -> sluice.v1.Job
+	3,  // 18: sluice.v1.GetJobResultResponse.job:type_name -> sluice.v1.Job
+	20, // 19: sluice.v1.GetJobResultResponse.body:type_name -> google.api.HttpBody
+	3,  // 20: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
+	20, // 21: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
+	19, // 22: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
+	3,  // 23: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
+	20, // 24: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
+	3,  // 25: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
+	6,  // 26: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
+	8,  // 27: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
+	10, // 28: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
+	12, // 29: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
+	14, // 30: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
+	16, // 31: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
+	7,  // 32: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
+	9,  // 33: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
+	11, // 34: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
+	13, // 35: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
+	15, // 36: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
+	17, // 37: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_job_proto_init() }
@@ -1466,7 +1556,7 @@ func file_sluice_v1_job_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_job_proto_rawDesc), len(file_sluice_v1_job_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -1,0 +1,97 @@
+package buffer
+
+import (
+	"strings"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+)
+
+// Lane is where a job waits within its function: its tenant's and
+// priority's. The default lane (no tenant, normal priority) keeps the
+// subject layout of old, sluice.jobs.<function>.<id>; any other lane's
+// jobs are on sluice.jobs.<function>.<lane>.<id>, where <lane> is
+// "<tenant>~<priority>" ("_" for no tenant). A function dispatched in one
+// stream order reads both with one consumer (sluice.jobs.<function>.>); a
+// fair one reads each lane with a consumer of its own.
+type Lane struct {
+	// Tenant is the jobs' tenant; "" for none.
+	Tenant string
+	// Priority is their priority; Unspecified counts as NORMAL.
+	Priority sluicev1.Priority
+}
+
+// headerPriority carries a job's priority on its message: high or low (a
+// normal one has none).
+const headerPriority = "Sluice-Priority"
+
+// LaneOf is the lane of a job.
+func LaneOf(job *sluicev1.Job) Lane {
+	return Lane{Tenant: job.GetTenant(), Priority: job.GetPriority()}
+}
+
+// Default reports whether l is the default lane.
+func (l Lane) Default() bool {
+	return l.Tenant == "" && normal(l.Priority) == sluicev1.Priority_NORMAL
+}
+
+func normal(p sluicev1.Priority) sluicev1.Priority {
+	if p == sluicev1.Priority_PRIORITY_UNSPECIFIED {
+		return sluicev1.Priority_NORMAL
+	}
+	return p
+}
+
+// PriorityName is a priority as the Sluice-Priority header spells it.
+func PriorityName(p sluicev1.Priority) string { return strings.ToLower(normal(p).String()) }
+
+// ParsePriority reads a Sluice-Priority header: high, normal or low
+// (any case); "" is normal. ok is false for anything else.
+func ParsePriority(s string) (p sluicev1.Priority, ok bool) {
+	switch strings.ToLower(s) {
+	case "", "normal":
+		return sluicev1.Priority_NORMAL, true
+	case "high":
+		return sluicev1.Priority_HIGH, true
+	case "low":
+		return sluicev1.Priority_LOW, true
+	}
+	return sluicev1.Priority_PRIORITY_UNSPECIFIED, false
+}
+
+// token is the lane's subject token; "" for the default lane.
+func (l Lane) token() string {
+	if l.Default() {
+		return ""
+	}
+	t := l.Tenant
+	if t == "" {
+		t = "_"
+	}
+	return t + "~" + PriorityName(l.Priority)
+}
+
+// jobSubject is the subject of the job's message in lane l.
+func jobSubject(function string, l Lane, id string) string {
+	if tok := l.token(); tok != "" {
+		return SubjectPrefix + function + "." + tok + "." + id
+	}
+	return SubjectPrefix + function + "." + id
+}
+
+// laneSubjects matches every job message in one lane of function.
+func laneSubjects(function string, l Lane) string {
+	if tok := l.token(); tok != "" {
+		return SubjectPrefix + function + "." + tok + ".*"
+	}
+	return SubjectPrefix + function + ".*"
+}
+
+// laneConsumerName is the durable consumer of one lane of a fair function;
+// the default lane's is the function's own, [ConsumerName].
+func laneConsumerName(function string, l Lane) string {
+	tok := l.token()
+	if tok == "" {
+		return ConsumerName(function)
+	}
+	return ConsumerName(function) + "~" + tok // no function name holds a tilde
+}

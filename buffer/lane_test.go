@@ -1,0 +1,147 @@
+package buffer_test
+
+import (
+	"testing"
+	"time"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+)
+
+// TestLanes: a job with a tenant or a priority is read by its ID and
+// cancelled like any other; a function's own consumer pulls every lane in
+// the order the jobs came, a lane's consumer only its lane.
+func TestLanes(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	plain, err := q.Submit(ctx, "f", []byte("plain"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	high, err := q.Submit(ctx, "f", []byte("high"), "text/plain", buffer.WithTenant("acme"), buffer.WithPriority(sluicev1.Priority_HIGH))
+	if err != nil {
+		t.Fatal(err)
+	}
+	low, err := q.Submit(ctx, "f", []byte("low"), "text/plain", buffer.WithPriority(sluicev1.Priority_LOW))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Get(ctx, high.Id)
+	if err != nil || got.State != sluicev1.Job_QUEUED || got.Tenant != "acme" || got.Priority != sluicev1.Priority_HIGH || got.Function != "f" {
+		t.Fatalf("Get(high) = %v, %v; want QUEUED, acme's, HIGH, for f", got, err)
+	}
+
+	// One lane's consumer.
+	lane := buffer.Lane{Tenant: "acme", Priority: sluicev1.Priority_HIGH}
+	lc, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 5, AckWait: time.Minute, Lane: &lane})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := fetch(t, lc, 5, 500*time.Millisecond)
+	if err != nil || len(ds) != 1 || ds[0].JobID != high.Id || ds[0].Priority != sluicev1.Priority_HIGH || ds[0].Function != "f" {
+		t.Fatalf("lane fetch = %d deliveries, %v; want the high job alone", len(ds), err)
+	}
+
+	// The function's own consumer: all three, as they came.
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 5, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err = fetch(t, c, 5, 500*time.Millisecond)
+	if err != nil || len(ds) != 3 || ds[0].JobID != plain.Id || ds[1].JobID != high.Id || ds[2].JobID != low.Id {
+		t.Fatalf("function fetch = %d deliveries, %v; want all three in order", len(ds), err)
+	}
+
+	cancelled, err := q.Cancel(ctx, low.Id)
+	if err != nil || cancelled.State != sluicev1.Job_CANCELLED || cancelled.Priority != sluicev1.Priority_LOW {
+		t.Fatalf("Cancel(low) = %v, %v", cancelled, err)
+	}
+}
+
+func TestParsePriority(t *testing.T) {
+	for in, want := range map[string]sluicev1.Priority{
+		"": sluicev1.Priority_NORMAL, "normal": sluicev1.Priority_NORMAL, "HIGH": sluicev1.Priority_HIGH, "low": sluicev1.Priority_LOW,
+	} {
+		if got, ok := buffer.ParsePriority(in); !ok || got != want {
+			t.Errorf("ParsePriority(%q) = %v, %v; want %v", in, got, ok, want)
+		}
+	}
+	if _, ok := buffer.ParsePriority("urgent"); ok {
+		t.Error("ParsePriority(urgent) is ok")
+	}
+}
+
+// TestPooledConsumerLifecycle: a pooled consumer starts paused and
+// delivers nothing until its cap is set; a function taken out of its pool
+// gets its consumer back unpaused.
+func TestPooledConsumerLifecycle(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	if _, err := q.Submit(ctx, "f", []byte("x"), "text/plain"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 5, AckWait: time.Minute, Pooled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	load, err := c.Load(ctx)
+	if err != nil || !load.Paused || load.Backlog != 1 {
+		t.Fatalf("new pooled consumer: load %+v, %v; want paused with the job waiting", load, err)
+	}
+	if ds, err := fetch(t, c, 1, 300*time.Millisecond); err != nil || len(ds) != 0 {
+		t.Fatalf("paused consumer delivered %d, %v", len(ds), err)
+	}
+	if err := c.SetPooledCap(ctx, 2, load); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // it resumes a moment later
+	if load, err = c.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 2 {
+		t.Fatalf("after SetPooledCap(2): %+v, %v", load, err)
+	}
+	if err := c.SetPooledCap(ctx, 0, load); err != nil {
+		t.Fatal(err)
+	}
+	// Out of the pool: the consumer is made as configured, and resumed.
+	c2, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 3, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if load, err = c2.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 3 {
+		t.Fatalf("unpooled again: %+v, %v; want resumed with a cap of 3", load, err)
+	}
+	if ds, err := fetch(t, c2, 1, 2*time.Second); err != nil || len(ds) != 1 {
+		t.Fatalf("unpooled consumer delivered %d, %v; want the job", len(ds), err)
+	}
+}
+
+// TestFunctionJoiningAPoolIsPausedUntilItsLeaderCounts: a function's consumer
+// made before it joined a pool (its cap its window) is paused when a pooled
+// process binds to it, so it delivers nothing the pool's leader has not
+// counted.
+func TestFunctionJoiningAPoolIsPausedUntilItsLeaderCounts(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	if _, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 50, AckWait: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 50, AckWait: time.Minute, Pooled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if load, err := c.Load(ctx); err != nil || !load.Paused {
+		t.Fatalf("joined a pool: %+v, %v; want paused", load, err)
+	}
+	// Bound again by another process: left as the leader set it.
+	if err := c.SetPooledCap(ctx, 4, buffer.Load{MaxInFlight: 50, Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	c2, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 50, AckWait: time.Minute, Pooled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if load, err := c2.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 4 {
+		t.Fatalf("bound again: %+v, %v; want the leader's cap of 4, running", load, err)
+	}
+}
