@@ -55,6 +55,7 @@ type Consumer struct {
 	// saw it (a time.Duration).
 	serverOffset atomicDuration
 	removedTo    atomic.Uint64 // RemoveFinished has purged up to here
+	removedAt    atomic.Int64  // when RemoveFinished last purged, Unix nanoseconds
 }
 
 // ConsumerName is the durable consumer that dispatches function's jobs.

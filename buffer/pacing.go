@@ -263,12 +263,26 @@ func (c *Consumer) RemoveFinished(ctx context.Context) error {
 	if floor <= c.removedTo.Load() {
 		return nil
 	}
+	// Each purge costs the server a pass and an fsync: batch them, a
+	// thousand finished jobs or a second's worth at least.
+	now := time.Now().UnixNano()
+	if floor-c.removedTo.Load() < removeBatch && time.Duration(now-c.removedAt.Load()) < removeEvery {
+		return nil
+	}
+	c.removedAt.Store(now)
 	if err := c.q.stream.Purge(ctx, jetstream.WithPurgeSubject(c.filter()), jetstream.WithPurgeSequence(floor+1)); err != nil {
 		return fmt.Errorf("buffer: remove finished jobs of %s: %w", c.cfg.Function, err)
 	}
 	c.removedTo.Store(floor)
 	return nil
 }
+
+// RemoveFinished purges when this many finished jobs wait to be removed,
+// or removeEvery has passed since the last purge.
+const (
+	removeBatch = 1000
+	removeEvery = time.Second
+)
 
 // SetMaxInFlight changes the server-enforced cap on jobs in flight. The
 // server applies it to every process pulling this function's jobs at once;
