@@ -127,7 +127,11 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		}
 		p.nc, err = p.embedded.Connect()
 	} else {
-		p.nc, err = nats.Connect(opts.NATSURL, nats.Name("sluice"), nats.MaxReconnects(-1))
+		// A connection cut silently (no RST) is noticed by missed pings:
+		// with the client's defaults (every 2 minutes, 2 missed) a gateway
+		// could wait four minutes before moving to another server.
+		p.nc, err = nats.Connect(opts.NATSURL, nats.Name("sluice"), nats.MaxReconnects(-1),
+			nats.PingInterval(natsPingInterval), nats.MaxPingsOutstanding(natsMaxPingsOut))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS: %w", err)
@@ -328,6 +332,13 @@ func (p *gatewayProcess) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	io.WriteString(w, "ready\n") //nolint:errcheck // the prober may have gone
 }
+
+// How often the gateway pings NATS, and how many unanswered pings make it
+// reconnect: a silent cut is noticed within about half a minute.
+const (
+	natsPingInterval = 10 * time.Second
+	natsMaxPingsOut  = 3
+)
 
 // restBufferSize is the buffer, in each direction, of the in-memory
 // connection from REST to its gRPC server.
