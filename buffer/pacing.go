@@ -103,49 +103,63 @@ func (q *Queue) Pacing(ctx context.Context, function string) (Pacing, error) {
 }
 
 func (q *Queue) pacing(ctx context.Context, function string) (Pacing, uint64, error) {
-	var p Pacing
-	entry, err := q.pacingKV.Get(ctx, function)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return p, 0, nil
-	}
-	if err != nil {
-		return p, 0, fmt.Errorf("buffer: read pacing of %s: %w", function, err)
-	}
-	if err := json.Unmarshal(entry.Value(), &p); err != nil {
-		return p, 0, fmt.Errorf("buffer: decode pacing of %s: %w", function, err)
-	}
-	return p, entry.Revision(), nil
+	return readDoc[Pacing](ctx, q.pacingKV, function, "pacing of "+function)
 }
 
 // UpdatePacing applies change to the function's shared window with
 // compare-and-set, retrying when another process changed it in between.
 // change reports whether it changed anything; if not, nothing is written.
 func (q *Queue) UpdatePacing(ctx context.Context, function string, change func(*Pacing) bool) (Pacing, error) {
+	return updateDoc(ctx, q.pacingKV, function, "pacing of "+function, change)
+}
+
+// readDoc reads the JSON document under key; the zero value and revision
+// 0 when there is none. what names it in errors.
+func readDoc[T any](ctx context.Context, kv jetstream.KeyValue, key, what string) (T, uint64, error) {
+	var v T
+	entry, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return v, 0, nil
+	}
+	if err != nil {
+		return v, 0, fmt.Errorf("buffer: read %s: %w", what, err)
+	}
+	if err := json.Unmarshal(entry.Value(), &v); err != nil {
+		return v, 0, fmt.Errorf("buffer: decode %s: %w", what, err)
+	}
+	return v, entry.Revision(), nil
+}
+
+// updateDoc applies change to the JSON document under key with
+// compare-and-set, retrying on a fresh read when another process changed
+// it in between. change reports whether it changed anything; if not,
+// nothing is written.
+func updateDoc[T any](ctx context.Context, kv jetstream.KeyValue, key, what string, change func(*T) bool) (T, error) {
 	for {
-		p, rev, err := q.pacing(ctx, function)
+		v, rev, err := readDoc[T](ctx, kv, key, what)
 		if err != nil {
-			return p, err
+			return v, err
 		}
-		if !change(&p) {
-			return p, nil
+		if !change(&v) {
+			return v, nil
 		}
-		b, err := json.Marshal(p)
+		b, err := json.Marshal(v)
 		if err != nil {
-			return p, fmt.Errorf("buffer: encode pacing: %w", err)
+			return v, fmt.Errorf("buffer: encode %s: %w", what, err)
 		}
 		if rev == 0 {
-			_, err = q.pacingKV.Create(ctx, function, b)
+			_, err = kv.Create(ctx, key, b)
 		} else {
-			_, err = q.pacingKV.Update(ctx, function, b, rev)
+			_, err = kv.Update(ctx, key, b, rev)
 		}
 		if err == nil {
-			return p, nil
+			return v, nil
 		}
 		if !isConflict(err) {
-			return p, fmt.Errorf("buffer: write pacing of %s: %w", function, err)
+			return v, fmt.Errorf("buffer: write %s: %w", what, err)
 		}
 		if ctx.Err() != nil {
-			return p, ctx.Err()
+			return v, ctx.Err()
 		}
 	}
 }

@@ -2,12 +2,7 @@ package buffer
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Pool is a concurrency pool shared by several functions as every gateway
@@ -58,18 +53,7 @@ func (q *Queue) Pool(ctx context.Context, pool string) (Pool, error) {
 }
 
 func (q *Queue) pool(ctx context.Context, pool string) (Pool, uint64, error) {
-	var p Pool
-	entry, err := q.pacingKV.Get(ctx, PoolKey(pool))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return p, 0, nil
-	}
-	if err != nil {
-		return p, 0, fmt.Errorf("buffer: read pool %s: %w", pool, err)
-	}
-	if err := json.Unmarshal(entry.Value(), &p); err != nil {
-		return p, 0, fmt.Errorf("buffer: decode pool %s: %w", pool, err)
-	}
-	return p, entry.Revision(), nil
+	return readDoc[Pool](ctx, q.pacingKV, PoolKey(pool), "pool "+pool)
 }
 
 // UpdatePool applies change to a pool's shared state with compare-and-set,
@@ -77,33 +61,7 @@ func (q *Queue) pool(ctx context.Context, pool string) (Pool, uint64, error) {
 // whether it changed anything; if not, nothing is written. It is called
 // again after each conflict, on a fresh read.
 func (q *Queue) UpdatePool(ctx context.Context, pool string, change func(*Pool) bool) (Pool, error) {
-	for {
-		p, rev, err := q.pool(ctx, pool)
-		if err != nil {
-			return p, err
-		}
-		if !change(&p) {
-			return p, nil
-		}
-		b, err := json.Marshal(p)
-		if err != nil {
-			return p, fmt.Errorf("buffer: encode pool: %w", err)
-		}
-		if rev == 0 {
-			_, err = q.pacingKV.Create(ctx, PoolKey(pool), b)
-		} else {
-			_, err = q.pacingKV.Update(ctx, PoolKey(pool), b, rev)
-		}
-		if err == nil {
-			return p, nil
-		}
-		if !isConflict(err) {
-			return p, fmt.Errorf("buffer: write pool %s: %w", pool, err)
-		}
-		if ctx.Err() != nil {
-			return p, ctx.Err()
-		}
-	}
+	return updateDoc(ctx, q.pacingKV, PoolKey(pool), "pool "+pool, change)
 }
 
 // Borrowed is how many of the member's jobs in flight run above its
