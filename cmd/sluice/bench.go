@@ -100,12 +100,11 @@ func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if b.protocol != "grpc" && b.protocol != "rest" {
 		return fmt.Errorf("bench burst: --protocol %q is neither grpc nor rest", b.protocol)
 	}
-	dir, err := os.MkdirTemp("", "sluice-bench-")
+	dir, removeDir, err := benchScratch()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	raiseFileLimit()
+	defer removeDir()
 
 	platform := []string{
 		"--concurrency", strconv.Itoa(b.fnConcurrency), "--initial", strconv.Itoa(b.initial),
@@ -510,4 +509,26 @@ func raiseFileLimit() {
 		lim.Cur = lim.Max
 		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) //nolint:errcheck // best effort
 	}
+}
+
+// benchScratch makes a benchmark's scratch directory, and lifts the
+// open-file limit, which load generators with many connections need.
+func benchScratch() (dir string, remove func(), err error) {
+	dir, err = os.MkdirTemp("", "sluice-bench-")
+	if err != nil {
+		return "", nil, err
+	}
+	raiseFileLimit()
+	return dir, func() { os.RemoveAll(dir) }, nil
+}
+
+// serveLoopback serves h on a fresh loopback port until stop is called.
+func serveLoopback(h http.Handler) (ln net.Listener, stop func(), err error) {
+	ln, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln) //nolint:errcheck // ends when stop closes it
+	return ln, func() { srv.Close() }, nil
 }

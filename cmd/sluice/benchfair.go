@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -52,12 +51,11 @@ func runBenchFairness(ctx context.Context, args []string, stdout, stderr io.Writ
 	if backlog < 2 || few < 1 || high < 1 || concurrency < 2 || gateways < 1 || submitters < 1 {
 		return errors.New("bench fairness: counts must be positive")
 	}
-	dir, err := os.MkdirTemp("", "sluice-bench-")
+	dir, removeDir, err := benchScratch()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	raiseFileLimit()
+	defer removeDir()
 	ctx, cancel := context.WithCancel(ctx)
 	var children sync.WaitGroup
 	defer children.Wait()
@@ -90,13 +88,11 @@ func runBenchFairness(ctx context.Context, args []string, stdout, stderr io.Writ
 		defer mu.Unlock()
 		return started[group], done[group]
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, stopServing, err := serveLoopback(mux)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln) //nolint:errcheck // closed below
-	defer srv.Close()
+	defer stopServing()
 
 	nats, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats"), Listen: true})
 	if err != nil {

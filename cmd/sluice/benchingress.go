@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -70,12 +69,11 @@ func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Write
 	if b.durability != "always" && b.durability != "interval" {
 		return fmt.Errorf("bench ingress: --durability %q is neither always nor interval", b.durability)
 	}
-	dir, err := os.MkdirTemp("", "sluice-bench-")
+	dir, removeDir, err := benchScratch()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	raiseFileLimit()
+	defer removeDir()
 	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, config: fmt.Sprintf(`functions:
   - name: %s
     url: http://127.0.0.1:9/

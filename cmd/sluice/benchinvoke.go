@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -43,11 +42,11 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 	if b.clients < 1 || b.payload < 1 || b.duration <= 0 {
 		return errors.New("bench invoke: --concurrency, --payload and --duration must be positive")
 	}
-	dir, err := os.MkdirTemp("", "sluice-bench-")
+	dir, removeDir, err := benchScratch()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer removeDir()
 
 	platformCtx, stopPlatform := context.WithCancel(ctx)
 	var platform sync.WaitGroup

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -53,12 +52,11 @@ func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writ
 	if b.submitters < 1 || b.payload < 1 || b.fnConcurrency < 1 || b.maxBacklog < 1 || b.duration <= 0 {
 		return errors.New("bench pipeline: counts and --duration must be positive")
 	}
-	dir, err := os.MkdirTemp("", "sluice-bench-")
+	dir, removeDir, err := benchScratch()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	raiseFileLimit()
+	defer removeDir()
 
 	platformCtx, stopPlatform := context.WithCancel(ctx)
 	var platform sync.WaitGroup

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -72,12 +71,11 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if b.pool < 3 || b.reserved < 0 || 3*b.reserved > b.pool || b.concurrency < 1 || b.gateways < 1 || b.big < 1 || b.small < 1 || b.submitters < 1 {
 		return errors.New("bench pools: counts must be positive, the pool at least 3 and at least three reserved shares")
 	}
-	dir, err := os.MkdirTemp("", "sluice-bench-")
+	dir, removeDir, err := benchScratch()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	raiseFileLimit()
+	defer removeDir()
 	ctx, cancel := context.WithCancel(ctx)
 	var children sync.WaitGroup
 	defer children.Wait()
@@ -94,13 +92,11 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 		sims[n] = fnsim.New(fnsim.Config{Duration: b.handler, Jitter: b.jitter})
 		mux.Handle("/"+n, counter.wrap(sims[n]))
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, stopServing, err := serveLoopback(mux)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln) //nolint:errcheck // closed below
-	defer srv.Close()
+	defer stopServing()
 
 	nats, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats"), Listen: true})
 	if err != nil {

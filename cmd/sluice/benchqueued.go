@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
@@ -53,12 +52,11 @@ func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer
 	if b.jobs < 1 || b.payload < 1 || b.submitters < 1 || b.sample < 1 || b.readFor <= 0 {
 		return errors.New("bench queued: counts and --read-for must be positive")
 	}
-	dir, err := os.MkdirTemp("", "sluice-bench-")
+	dir, removeDir, err := benchScratch()
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	raiseFileLimit()
+	defer removeDir()
 	maxBytes := int64(b.jobs+b.sample) * int64(b.payload+512) * 2
 	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, config: fmt.Sprintf(`functions:
   - name: %s
