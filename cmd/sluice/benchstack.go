@@ -205,9 +205,6 @@ func (s *benchStack) GRPCClients(n int) ([]sluicev1.JobServiceClient, func(), er
 // GatewayRSS is the gateway process's resident memory, from /proc.
 func (s *benchStack) GatewayRSS() (int64, error) { return processRSS(s.Gateway.Process.Pid) }
 
-// GatewayCPU is the CPU time the gateway process has used so far.
-func (s *benchStack) GatewayCPU() (time.Duration, error) { return processCPU(s.Gateway.Process.Pid) }
-
 // cpuTimes are the CPU times used so far by the gateway, the JetStream
 // process (0 with --nats-url) and this process (the load generator).
 type cpuTimes struct{ gateway, nats, self time.Duration }
