@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -112,6 +111,7 @@ type Queue struct {
 	dead      jetstream.Stream
 	callbacks jetstream.Stream
 	state     jetstream.KeyValue
+	stateLog  jetstream.Stream // the state bucket's stream, read directly
 	pacingKV  jetstream.KeyValue
 	idemKV    jetstream.KeyValue
 	batcher   *batcher // job messages
@@ -173,6 +173,10 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err := allowAtomicPublish(ctx, js, "KV_"+StateBucket); err != nil {
 		return nil, fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
 	}
+	stateLog, err := js.Stream(ctx, "KV_"+StateBucket)
+	if err != nil {
+		return nil, fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
+	}
 	pacing, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      PacingBucket,
 		Description: "Sluice: dispatch window by function",
@@ -204,7 +208,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	}
 	return &Queue{
 		js: js, stream: stream, dead: dead, callbacks: callbacks,
-		state: state, pacingKV: pacing, idemKV: idem, now: time.Now,
+		state: state, stateLog: stateLog, pacingKV: pacing, idemKV: idem, now: time.Now,
 		batcher: newBatcher(nc, cfg.Batch), stateBat: newBatcher(nc, cfg.Batch),
 	}, nil
 }
@@ -212,10 +216,20 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 // NewJobID returns a random job ID: 128 bits from crypto/rand in base32.
 func NewJobID() string { return rand.Text() }
 
-var jobIDPattern = regexp.MustCompile(`^[A-Z2-7]{26}$`)
-
-// ValidJobID reports whether s has the form of a job ID.
-func ValidJobID(s string) bool { return jobIDPattern.MatchString(s) }
+// ValidJobID reports whether s has the form of a job ID: 26 characters of
+// base32's alphabet (A–Z, 2–7), as [NewJobID] makes them. Checked on every
+// read and every delivery, so by hand rather than by regular expression.
+func ValidJobID(s string) bool {
+	if len(s) != 26 {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; (c < 'A' || c > 'Z') && (c < '2' || c > '7') {
+			return false
+		}
+	}
+	return true
+}
 
 // Subject is the subject a job's message is published on: one per job, so
 // that a queued job can be read by its ID alone.
@@ -578,18 +592,38 @@ func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, erro
 	if !ValidJobID(id) {
 		return nil, 0, ErrInvalidID
 	}
-	entry, err := q.state.Get(ctx, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	// The entry's last message, read straight from the bucket's stream:
+	// what KeyValue.Get does, without checking the key again by regular
+	// expression (ValidJobID did), which cost a twentieth of dispatch's CPU.
+	msg, err := q.stateLog.GetLastMsgForSubject(ctx, stateSubject(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && deletedEntry(msg.Header) {
 		return nil, 0, ErrNotFound
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("buffer: read job %s: %w", id, err)
 	}
 	job := new(sluicev1.Job)
-	if err := proto.Unmarshal(entry.Value(), job); err != nil {
+	if err := proto.Unmarshal(msg.Data, job); err != nil {
 		return nil, 0, fmt.Errorf("buffer: decode job %s: %w", id, err)
 	}
-	return job, entry.Revision(), nil
+	return job, msg.Sequence, nil
+}
+
+// deletedEntry reports whether a bucket message's headers mark its key
+// deleted or purged (by an operation, or by JetStream's TTL markers), as
+// KeyValue.Get reads them.
+func deletedEntry(h nats.Header) bool {
+	if len(h) == 0 {
+		return false
+	}
+	if op := h.Get("KV-Operation"); op != "" {
+		return op == "DEL" || op == "PURGE"
+	}
+	switch h.Get(jetstream.MarkerReasonHeader) {
+	case "MaxAge", "Purge", "Remove":
+		return true
+	}
+	return false
 }
 
 // snapshot is a job's state as last read or written, with its revision,

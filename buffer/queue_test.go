@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
@@ -49,6 +52,50 @@ func TestGetErrors(t *testing.T) {
 				t.Errorf("Get(%q) error = %v, want %v", tc.id, err, tc.want)
 			}
 		})
+	}
+}
+
+// A job's state is read straight from the bucket's stream; an entry deleted
+// or purged there reads as no entry, as through KeyValue.Get.
+func TestGetSeesDeletedStateAsMissing(t *testing.T) {
+	s := buffertest.Start(t, "")
+	nc := s.Connect(t)
+	ctx := t.Context()
+	q, err := buffer.Open(ctx, nc, buffer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, buffer.StateBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, remove := range []func(string) error{
+		func(id string) error { return kv.Delete(ctx, id) },
+		func(id string) error { return kv.Purge(ctx, id) },
+	} {
+		id := buffer.NewJobID()
+		b, err := proto.Marshal(&sluicev1.Job{Id: id, Function: "f", State: sluicev1.Job_SUCCEEDED})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev, err := kv.Put(ctx, id, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		job, gotRev, err := q.GetRevision(ctx, id)
+		if err != nil || job.State != sluicev1.Job_SUCCEEDED || gotRev != rev {
+			t.Fatalf("GetRevision(%s) = %v, %d, %v; want SUCCEEDED at revision %d", id, job, gotRev, err, rev)
+		}
+		if err := remove(id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := q.Get(ctx, id); !errors.Is(err, buffer.ErrNotFound) {
+			t.Errorf("Get(%s) after its entry was removed: error %v, want ErrNotFound", id, err)
+		}
 	}
 }
 
