@@ -55,7 +55,8 @@ func checkBucketDurability(ctx context.Context, js jetstream.JetStream, cfg jets
 
 // Unavailable reports whether err, from a Queue method, means JetStream
 // could not be reached or had no leader to answer (a node down, a leader
-// election, a network cut) rather than that the request was wrong: the
+// election, a network cut, this process draining its connection as it
+// stops) rather than that the request was wrong: the
 // caller may try again shortly. A write that failed so may or may not have
 // been stored.
 func Unavailable(err error) bool {
@@ -67,6 +68,8 @@ func Unavailable(err error) bool {
 		errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
 		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrDrainTimeout),
+		errors.Is(err, nats.ErrStaleConnection),
 		errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, nats.ErrJetStreamNotEnabled):
 		return true
 	case errors.As(err, &apiErr):

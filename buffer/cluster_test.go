@@ -118,6 +118,8 @@ func TestUnavailable(t *testing.T) {
 		{fmt.Errorf("buffer: publish: %w", jetstream.ErrNoStreamResponse), true},
 		{fmt.Errorf("buffer: write: %w", context.DeadlineExceeded), true},
 		{buffer.ErrCommitUnknown, true},
+		{fmt.Errorf("buffer: read job: %w", nats.ErrConnectionDraining), true},
+		{fmt.Errorf("buffer: read job: %w", nats.ErrConnectionClosed), true},
 		{&jetstream.APIError{Code: 503, ErrorCode: 10008}, true},
 		{&jetstream.APIError{Code: 400, ErrorCode: 10071}, false},
 	} {

@@ -61,13 +61,26 @@ func (s *Service) jobError(ctx context.Context, id string, err error) error {
 }
 
 // internal logs err and returns an error that tells the caller nothing
-// about Sluice's insides.
+// about Sluice's insides: UNAVAILABLE with when to try again when JetStream
+// could not answer for a moment (a leader election, a lost connection, this
+// gateway draining its connection as it stops), INTERNAL otherwise.
 func (s *Service) internal(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()
 	}
+	if buffer.Unavailable(err) {
+		s.log.WarnContext(ctx, op+": JetStream unavailable", "err", err)
+		return unavailable()
+	}
 	s.log.ErrorContext(ctx, op, "err", err)
 	return status.Error(codes.Internal, "internal error; the gateway's log has the details")
+}
+
+// unavailable is the error for a request JetStream could not answer for a
+// moment: UNAVAILABLE (503 over REST), to be retried after minRetryAfter.
+func unavailable() error {
+	return withDetails(codes.Unavailable, "the job buffer is unavailable for a moment; retry later",
+		&errdetails.RetryInfo{RetryDelay: durationpb.New(minRetryAfter)})
 }
 
 // withDetails is a status error carrying google.rpc details.

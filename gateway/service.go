@@ -407,8 +407,7 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		// again. The job may or may not have been stored; a retry with the
 		// same idempotency key gives the same job either way.
 		s.log.WarnContext(ctx, "submit refused: JetStream unavailable", "err", err)
-		return nil, false, withDetails(codes.Unavailable, "the job buffer is unavailable for a moment; retry later",
-			&errdetails.RetryInfo{RetryDelay: durationpb.New(minRetryAfter)})
+		return nil, false, unavailable()
 	case err != nil:
 		return nil, false, s.internal(ctx, "submit job", err)
 	}
