@@ -25,6 +25,7 @@ type pipelineFlags struct {
 	duration, warmup                               time.Duration
 	natsURL, durability, debugAddr, natsDebugAddr  string
 	minPerSecond                                   float64
+	maxBatch, inFlight                             int
 }
 
 // runBenchPipeline measures jobs completed per second end to end: submitted
@@ -45,6 +46,8 @@ func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
 	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
 	fs.StringVar(&b.natsDebugAddr, "nats-debug-addr", "", "serve the JetStream process's profiler here")
+	fs.IntVar(&b.maxBatch, "max-batch", 200, "the gateway's buffer.group_commit.max_batch")
+	fs.IntVar(&b.inFlight, "batches-in-flight", 2, "the gateway's buffer.group_commit.in_flight")
 	fs.Float64Var(&b.minPerSecond, "min-per-second", 0, "fail unless at least this many jobs complete per second")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -73,8 +76,8 @@ func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writ
     concurrency: %d
     timeout: 30s
     max_payload: %d
-buffer: {max_jobs: 10000000, max_bytes: 16GiB, durability: %s}
-`, benchFunction, fnAddr, b.fnConcurrency, max(b.payload, 1024), b.durability)}, stderr)
+buffer: {max_jobs: 10000000, max_bytes: 16GiB, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
+`, benchFunction, fnAddr, b.fnConcurrency, max(b.payload, 1024), b.durability, b.maxBatch, b.inFlight)}, stderr)
 	if err != nil {
 		return err
 	}
