@@ -293,7 +293,7 @@ const DefaultInvokeWait = 10 * time.Second
 // InvokeFunction submits a job and waits for it to finish, for callers that
 // want an answer now when there is capacity and a job handle when not.
 func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFunctionRequest) (*sluicev1.InvokeFunctionResponse, error) {
-	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl(), sluicev1.Priority_PRIORITY_UNSPECIFIED)
+	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl(), req.GetPriority())
 	if err != nil {
 		return nil, err
 	}

@@ -777,6 +777,21 @@ func TestInvokeAndWait(t *testing.T) {
 			t.Errorf("gRPC invoke = %v, %v", resp, err)
 		}
 	})
+	t.Run("grpc with a priority", func(t *testing.T) {
+		client := sluicev1.NewJobServiceClient(g.grpcConn(t))
+		resp, err := client.InvokeFunction(t.Context(), &sluicev1.InvokeFunctionRequest{
+			Function: "fast", Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte("hi")}, Priority: sluicev1.Priority_HIGH,
+		})
+		if err != nil || resp.GetJob().GetPriority() != sluicev1.Priority_HIGH || resp.GetJob().GetState() != sluicev1.Job_SUCCEEDED {
+			t.Errorf("gRPC invoke with HIGH priority = %v, %v", resp, err)
+		}
+		_, err = client.InvokeFunction(t.Context(), &sluicev1.InvokeFunctionRequest{
+			Function: "fast", Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte("hi")}, Priority: 42,
+		})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("gRPC invoke with priority 42: %v, want InvalidArgument", err)
+		}
+	})
 }
 
 func TestWatchJob(t *testing.T) {

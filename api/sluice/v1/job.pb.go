@@ -1088,7 +1088,9 @@ type InvokeFunctionRequest struct {
 	// As in SubmitJobRequest; over REST the Idempotency-Key header.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// As in SubmitJobRequest; over REST the Sluice-Callback-Url header.
-	CallbackUrl   string `protobuf:"bytes,5,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
+	CallbackUrl string `protobuf:"bytes,5,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
+	// As in SubmitJobRequest; over REST the Sluice-Priority header.
+	Priority      Priority `protobuf:"varint,6,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1156,6 +1158,13 @@ func (x *InvokeFunctionRequest) GetCallbackUrl() string {
 		return x.CallbackUrl
 	}
 	return ""
+}
+
+func (x *InvokeFunctionRequest) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
 }
 
 // InvokeFunctionResponse holds the job and, once it finished with a
@@ -1404,13 +1413,14 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x10CancelJobRequest\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"5\n" +
 	"\x11CancelJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"\xe3\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"\x94\x02\n" +
 	"\x15InvokeFunctionRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12.\n" +
 	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\x12-\n" +
 	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12!\n" +
-	"\fcallback_url\x18\x05 \x01(\tR\vcallbackUrl\"\x94\x01\n" +
+	"\fcallback_url\x18\x05 \x01(\tR\vcallbackUrl\x12/\n" +
+	"\bpriority\x18\x06 \x01(\x0e2\x13.sluice.v1.PriorityR\bpriority\"\x94\x01\n" +
 	"\x16InvokeFunctionResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12(\n" +
 	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12.\n" +
@@ -1524,26 +1534,27 @@ var file_sluice_v1_job_proto_depIdxs = []int32{
 	3,  // 20: sluice.v1.CancelJobResponse.job:type_name -> sluice.v1.Job
 	20, // 21: sluice.v1.InvokeFunctionRequest.payload:type_name -> google.api.HttpBody
 	19, // 22: sluice.v1.InvokeFunctionRequest.wait:type_name -> google.protobuf.Duration
-	3,  // 23: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
-	20, // 24: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
-	3,  // 25: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
-	6,  // 26: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
-	8,  // 27: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
-	10, // 28: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
-	12, // 29: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
-	14, // 30: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
-	16, // 31: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
-	7,  // 32: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
-	9,  // 33: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
-	11, // 34: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
-	13, // 35: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
-	15, // 36: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
-	17, // 37: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
-	32, // [32:38] is the sub-list for method output_type
-	26, // [26:32] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	0,  // 23: sluice.v1.InvokeFunctionRequest.priority:type_name -> sluice.v1.Priority
+	3,  // 24: sluice.v1.InvokeFunctionResponse.job:type_name -> sluice.v1.Job
+	20, // 25: sluice.v1.InvokeFunctionResponse.body:type_name -> google.api.HttpBody
+	3,  // 26: sluice.v1.WatchJobResponse.job:type_name -> sluice.v1.Job
+	6,  // 27: sluice.v1.JobService.SubmitJob:input_type -> sluice.v1.SubmitJobRequest
+	8,  // 28: sluice.v1.JobService.GetJob:input_type -> sluice.v1.GetJobRequest
+	10, // 29: sluice.v1.JobService.GetJobResult:input_type -> sluice.v1.GetJobResultRequest
+	12, // 30: sluice.v1.JobService.CancelJob:input_type -> sluice.v1.CancelJobRequest
+	14, // 31: sluice.v1.JobService.InvokeFunction:input_type -> sluice.v1.InvokeFunctionRequest
+	16, // 32: sluice.v1.JobService.WatchJob:input_type -> sluice.v1.WatchJobRequest
+	7,  // 33: sluice.v1.JobService.SubmitJob:output_type -> sluice.v1.SubmitJobResponse
+	9,  // 34: sluice.v1.JobService.GetJob:output_type -> sluice.v1.GetJobResponse
+	11, // 35: sluice.v1.JobService.GetJobResult:output_type -> sluice.v1.GetJobResultResponse
+	13, // 36: sluice.v1.JobService.CancelJob:output_type -> sluice.v1.CancelJobResponse
+	15, // 37: sluice.v1.JobService.InvokeFunction:output_type -> sluice.v1.InvokeFunctionResponse
+	17, // 38: sluice.v1.JobService.WatchJob:output_type -> sluice.v1.WatchJobResponse
+	33, // [33:39] is the sub-list for method output_type
+	27, // [27:33] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_job_proto_init() }
