@@ -84,7 +84,7 @@ func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Write
     url: http://127.0.0.1:9/
     paused: true
     max_payload: %d
-buffer: {max_jobs: 100000000, max_bytes: 16GiB, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
+buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
 `, benchFunction, max(b.payload, 1024), b.durability, b.maxBatch, b.inFlight)}, stderr)
 	if err != nil {
 		return err
