@@ -218,22 +218,7 @@ func baselinePublish(ctx context.Context, stack *benchStack, b ingressFlags, pay
 		_, err := stack.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
 		return err
 	}
-	if _, err := runLoad(ctx, b.concurrency, b.warmup, publish); err != nil {
-		return nil, "", err
-	}
-	if err := stream.Purge(ctx); err != nil {
-		return nil, "", err
-	}
-	cpu0, err := stack.CPU()
-	if err != nil {
-		return nil, "", err
-	}
-	r, err := runLoad(ctx, b.concurrency, b.duration, publish)
-	if err != nil {
-		return nil, "", err
-	}
-	cpu1, err := stack.CPU()
-	return r, perOp(cpu0, cpu1, r.ops), err
+	return measureStream(ctx, stack, stream, b, b.concurrency, 1, publish)
 }
 
 // batchCeiling publishes the payload straight to a stream of its own as
@@ -289,7 +274,14 @@ func batchCeiling(ctx context.Context, stack *benchStack, b ingressFlags, payloa
 		return nil
 	}
 	const inFlight = 2
-	if _, err := runLoad(ctx, inFlight, b.warmup, publish); err != nil {
+	return measureStream(ctx, stack, stream, b, inFlight, n, publish)
+}
+
+// measureStream runs op from workers goroutines for b.warmup, empties the
+// stream, and runs it again for b.duration: what that measured, with the
+// CPU spent per message stored (opMessages to an op).
+func measureStream(ctx context.Context, stack *benchStack, stream jetstream.Stream, b ingressFlags, workers, opMessages int, op func(context.Context, int) error) (*loadResult, string, error) {
+	if _, err := runLoad(ctx, workers, b.warmup, op); err != nil {
 		return nil, "", err
 	}
 	if err := stream.Purge(ctx); err != nil {
@@ -299,12 +291,12 @@ func batchCeiling(ctx context.Context, stack *benchStack, b ingressFlags, payloa
 	if err != nil {
 		return nil, "", err
 	}
-	r, err := runLoad(ctx, inFlight, b.duration, publish)
+	r, err := runLoad(ctx, workers, b.duration, op)
 	if err != nil {
 		return nil, "", err
 	}
 	cpu1, err := stack.CPU()
-	return r, perOp(cpu0, cpu1, r.ops*n), err
+	return r, perOp(cpu0, cpu1, r.ops*opMessages), err
 }
 
 // purgeJobs empties the job stream, so that each path starts alike.
