@@ -28,6 +28,14 @@ type pipelineFlags struct {
 	maxBatch, inFlight                             int
 }
 
+// The pipeline's buffer: far more than it holds (its backlog is bounded),
+// and small enough that JetStream can reserve it on a machine's free disk
+// three times over (jobs, dead letters, callbacks).
+const (
+	pipelineMaxJobs  = 10_000_000
+	pipelineMaxBytes = 4 << 30
+)
+
 // runBenchPipeline measures jobs completed per second end to end: submitted
 // over gRPC, buffered, dispatched to an instant function on a simulated
 // platform, and their results stored; with the backlog held under a bound,
@@ -76,8 +84,8 @@ func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writ
     concurrency: %d
     timeout: 30s
     max_payload: %d
-buffer: {max_jobs: 10000000, max_bytes: 16GiB, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
-`, benchFunction, fnAddr, b.fnConcurrency, max(b.payload, 1024), b.durability, b.maxBatch, b.inFlight)}, stderr)
+buffer: {max_jobs: %d, max_bytes: %d, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
+`, benchFunction, fnAddr, b.fnConcurrency, max(b.payload, 1024), pipelineMaxJobs, pipelineMaxBytes, b.durability, b.maxBatch, b.inFlight)}, stderr)
 	if err != nil {
 		return err
 	}
@@ -227,7 +235,7 @@ buffer: {max_jobs: 10000000, max_bytes: 16GiB, durability: %s, group_commit: {ma
 	if err := waitDrained(ctx, unfinished, 2*time.Minute); err != nil {
 		return err
 	}
-	queue, err := buffer.Open(ctx, stack.NC, buffer.Config{MaxJobs: 10_000_000, MaxBytes: 16 << 30})
+	queue, err := buffer.Open(ctx, stack.NC, buffer.Config{MaxJobs: pipelineMaxJobs, MaxBytes: pipelineMaxBytes})
 	if err != nil {
 		return err
 	}
