@@ -8,6 +8,8 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 )
 
 // payloadMarshaler is JSON for every message except google.api.HttpBody,
@@ -35,10 +37,16 @@ func (m *payloadMarshaler) ContentType(v any) string {
 	return m.JSONPb.ContentType(v)
 }
 
-// Marshal writes an HttpBody's bytes as they are.
+// Marshal writes an HttpBody's bytes as they are, and a queued job without
+// reflection (appendQueuedJobJSON).
 func (m *payloadMarshaler) Marshal(v any) ([]byte, error) {
-	if b, ok := v.(*httpbody.HttpBody); ok {
-		return b.GetData(), nil
+	switch v := v.(type) {
+	case *httpbody.HttpBody:
+		return v.GetData(), nil
+	case *sluicev1.Job:
+		if b, ok := appendQueuedJobJSON(make([]byte, 0, 512), v); ok {
+			return b, nil
+		}
 	}
 	return m.JSONPb.Marshal(v)
 }
