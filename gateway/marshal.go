@@ -12,6 +12,18 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 )
 
+// jsonOptions are the REST API's: every field, zero or not, so that a
+// job's JSON has the same fields whatever its state.
+var jsonOptions = protojson.MarshalOptions{EmitDefaultValues: true}
+
+// jobJSON is the job as the REST API writes it.
+func jobJSON(job *sluicev1.Job) ([]byte, error) {
+	if b, ok := appendQueuedJobJSON(make([]byte, 0, 512), job); ok {
+		return b, nil
+	}
+	return jsonOptions.Marshal(job)
+}
+
 // payloadMarshaler is JSON for every message except google.api.HttpBody,
 // which travels raw in both directions: a submitted payload is the request
 // body verbatim, and a job's result is the response body verbatim, each
@@ -24,7 +36,7 @@ var _ runtime.Marshaler = (*payloadMarshaler)(nil)
 
 func newPayloadMarshaler() *payloadMarshaler {
 	return &payloadMarshaler{runtime.JSONPb{
-		MarshalOptions:   protojson.MarshalOptions{EmitDefaultValues: true},
+		MarshalOptions:   jsonOptions,
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 	}}
 }
@@ -44,9 +56,7 @@ func (m *payloadMarshaler) Marshal(v any) ([]byte, error) {
 	case *httpbody.HttpBody:
 		return v.GetData(), nil
 	case *sluicev1.Job:
-		if b, ok := appendQueuedJobJSON(make([]byte, 0, 512), v); ok {
-			return b, nil
-		}
+		return jobJSON(v)
 	}
 	return m.JSONPb.Marshal(v)
 }

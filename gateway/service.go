@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -311,7 +310,7 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 		return nil, s.notSucceeded(job)
 	}
 	// Pending: REST callers get the job in the body, as from a submit.
-	b, err := protojson.Marshal(job)
+	b, err := jobJSON(job)
 	if err != nil {
 		return nil, s.internal(ctx, "encode job", err)
 	}

@@ -745,6 +745,11 @@ func TestInvokeAndWait(t *testing.T) {
 		if resp.StatusCode != http.StatusAccepted || resp.Header.Get("Location") != "/v1/jobs/"+job.ID || resp.Header.Get("Retry-After") == "" || job.State == "" {
 			t.Errorf("slow invoke = %d %s, Location %q", resp.StatusCode, body, resp.Header.Get("Location"))
 		}
+		// The same JSON as a submit's 202: every field, zero or not.
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(body, &fields); err != nil || fields["attempts"] == nil || fields["history"] == nil || fields["tenant"] == nil {
+			t.Errorf("slow invoke's body %s lacks the zero fields a submit's has (%v)", body, err)
+		}
 	})
 	t.Run("get waits for the job to finish", func(t *testing.T) {
 		resp := post(t, g.base+"/v1/functions/fast/jobs", "text/plain", []byte("x"))
