@@ -53,6 +53,10 @@ func checkBucketDurability(ctx context.Context, js jetstream.JetStream, cfg jets
 	return checkDurability(s.CachedInfo().Config, jetstream.StreamConfig{Replicas: cfg.Replicas, Storage: cfg.Storage})
 }
 
+// errCodeDuplicateInProcess is JetStream's JSStreamDuplicateMessageConflict:
+// "duplicate message id is in process".
+const errCodeDuplicateInProcess = 10158
+
 // Unavailable reports whether err, from a Queue method, means JetStream
 // could not be reached or had no leader to answer (a node down, a leader
 // election, a network cut, this process draining its connection as it
@@ -74,7 +78,10 @@ func Unavailable(err error) bool {
 		return true
 	case errors.As(err, &apiErr):
 		// 503: JetStream system temporarily unavailable, no quorum.
-		return apiErr.Code == 503
+		// 10158: a publish with the same message ID is still being
+		// replicated (an idempotent submit taken over during a leader
+		// change); asked again shortly, JetStream answers with that one.
+		return apiErr.Code == 503 || apiErr.ErrorCode == errCodeDuplicateInProcess
 	}
 	return false
 }

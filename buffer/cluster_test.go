@@ -122,6 +122,8 @@ func TestUnavailable(t *testing.T) {
 		{fmt.Errorf("buffer: read job: %w", nats.ErrConnectionClosed), true},
 		{&jetstream.APIError{Code: 503, ErrorCode: 10008}, true},
 		{&jetstream.APIError{Code: 400, ErrorCode: 10071}, false},
+		{fmt.Errorf("buffer: publish job: %w", &jetstream.APIError{Code: 409, ErrorCode: 10158}), true},
+		{&jetstream.APIError{Code: 409, ErrorCode: 10164}, false},
 	} {
 		if got := buffer.Unavailable(tc.err); got != tc.want {
 			t.Errorf("Unavailable(%v) = %v, want %v", tc.err, got, tc.want)
