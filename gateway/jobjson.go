@@ -44,11 +44,7 @@ func appendQueuedJobJSON(b []byte, j *sluicev1.Job) ([]byte, bool) {
 	b = append(b, state...)
 	b = append(b, `","attempts":`...)
 	b = strconv.AppendInt(b, int64(j.Attempts), 10)
-	if created != "" {
-		b = append(b, `,"createTime":"`...)
-		b = append(b, created...)
-		b = append(b, '"')
-	}
+	b = appendTimestampField(b, "createTime", created)
 	b = append(b, `,"error":`...)
 	b = appendJSONString(b, j.Error)
 	b = append(b, `,"contentType":`...)
@@ -63,16 +59,25 @@ func appendQueuedJobJSON(b []byte, j *sluicev1.Job) ([]byte, bool) {
 	b = appendJSONString(b, j.CallbackUrl)
 	b = append(b, `,"tenant":`...)
 	b = appendJSONString(b, j.Tenant)
-	if estimated != "" {
-		b = append(b, `,"estimatedStartTime":"`...)
-		b = append(b, estimated...)
-		b = append(b, '"')
-	}
+	b = appendTimestampField(b, "estimatedStartTime", estimated)
 	b = append(b, `,"waitingReason":`...)
 	b = appendJSONString(b, j.WaitingReason)
 	b = append(b, `,"priority":"`...)
 	b = append(b, priority...)
 	return append(b, `"}`...), true
+}
+
+// appendTimestampField appends `,"name":"ts"`, or nothing for an unset
+// timestamp (ts ""), which protojson leaves out.
+func appendTimestampField(b []byte, name, ts string) []byte {
+	if ts == "" {
+		return b
+	}
+	b = append(b, `,"`...)
+	b = append(b, name...)
+	b = append(b, `":"`...)
+	b = append(b, ts...)
+	return append(b, '"')
 }
 
 // timestampJSON is t as protojson writes a Timestamp: RFC 3339 in UTC with
