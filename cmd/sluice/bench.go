@@ -462,6 +462,19 @@ func startPlatform(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, fl
 	return addr, waitHTTP(ctx, "http://"+addr+"/stats", 30*time.Second)
 }
 
+// startOwnPlatform is startPlatform for a command whose platform lives on
+// its own: stop ends it and waits for it to exit.
+func startOwnPlatform(ctx context.Context, stderr io.Writer, flags []string) (addr string, stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	stop = func() { cancel(); wg.Wait() }
+	if addr, err = startPlatform(ctx, &wg, stderr, flags); err != nil {
+		stop()
+		return "", nil, err
+	}
+	return addr, stop, nil
+}
+
 // waitHTTP polls url until it answers 200.
 func waitHTTP(ctx context.Context, url string, within time.Duration) error {
 	deadline := time.Now().Add(within)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync"
 	"text/tabwriter"
 	"time"
 )
@@ -48,14 +47,11 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer removeDir()
 
-	platformCtx, stopPlatform := context.WithCancel(ctx)
-	var platform sync.WaitGroup
-	defer platform.Wait()
-	defer stopPlatform()
-	fnAddr, err := startPlatform(platformCtx, &platform, stderr, []string{"--concurrency", "0", "--duration", "0s", "--cold-start", "0s"})
+	fnAddr, stopPlatform, err := startOwnPlatform(ctx, stderr, []string{"--concurrency", "0", "--duration", "0s", "--cold-start", "0s"})
 	if err != nil {
 		return err
 	}
+	defer stopPlatform()
 	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, config: fmt.Sprintf(`functions:
   - name: %s
     url: http://%s/

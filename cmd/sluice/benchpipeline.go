@@ -69,15 +69,12 @@ func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	defer removeDir()
 
-	platformCtx, stopPlatform := context.WithCancel(ctx)
-	var platform sync.WaitGroup
-	defer platform.Wait()
-	defer stopPlatform()
-	fnAddr, err := startPlatform(platformCtx, &platform, stderr, []string{"--concurrency", strconv.Itoa(b.fnConcurrency),
+	fnAddr, stopPlatform, err := startOwnPlatform(ctx, stderr, []string{"--concurrency", strconv.Itoa(b.fnConcurrency),
 		"--duration", "0s", "--cold-start", "0s"})
 	if err != nil {
 		return err
 	}
+	defer stopPlatform()
 	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, natsDebugAddr: b.natsDebugAddr, config: fmt.Sprintf(`functions:
   - name: %s
     url: http://%s/
