@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -113,8 +115,9 @@ func runTestNATSNode(js string) int {
 
 // natsNode is one node of a testCluster.
 type natsNode struct {
-	cfg natsNodeConfig
-	cmd *exec.Cmd // nil while stopped
+	cfg    natsNodeConfig
+	cmd    *exec.Cmd     // nil while stopped
+	exited chan struct{} // closed when cmd has exited
 }
 
 // URL is the node's client URL.
@@ -134,14 +137,29 @@ func (n *natsNode) start(tb testing.TB) {
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	n.cmd = cmd
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }() //nolint:errcheck // exits are seen through exited
+	n.cmd, n.exited = cmd, exited
+}
+
+// dead reports whether the node was started and has exited since.
+func (n *natsNode) dead() bool {
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // kill stops the node with SIGKILL.
 func (n *natsNode) kill() {
 	if n.cmd != nil {
 		n.cmd.Process.Kill() //nolint:errcheck // it may have gone
-		n.cmd.Wait()         //nolint:errcheck // killed
+		<-n.exited
 		n.cmd = nil
 	}
 }
@@ -150,13 +168,11 @@ func (n *natsNode) kill() {
 func (n *natsNode) stop() {
 	if n.cmd != nil {
 		n.cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck // it may have gone
-		done := make(chan struct{})
-		go func() { n.cmd.Wait(); close(done) }() //nolint:errcheck // stopped
 		select {
-		case <-done:
+		case <-n.exited:
 		case <-time.After(30 * time.Second):
 			n.cmd.Process.Kill() //nolint:errcheck // it may have gone
-			<-done
+			<-n.exited
 		}
 		n.cmd = nil
 	}
@@ -181,42 +197,101 @@ type testCluster struct {
 	nodes []*natsNode
 }
 
-// startTestCluster starts three nodes and waits until all are healthy.
+// startTestCluster starts three nodes and waits until all are healthy. A
+// node that cannot bind its ports (another process took one between the
+// harness choosing it and the node binding it) exits at once; the cluster is
+// then started again on other ports.
 func startTestCluster(tb testing.TB) *testCluster {
 	tb.Helper()
-	c := &testCluster{tb: tb, dir: tb.TempDir()}
-	var routes []string
-	for i := range 3 {
-		var ports [3]int
-		for j := range ports {
-			addr, err := freeAddr()
-			if err != nil {
-				tb.Fatal(err)
-			}
-			_, p, _ := net.SplitHostPort(addr)
-			fmt.Sscan(p, &ports[j])
-		}
-		n := &natsNode{cfg: natsNodeConfig{
-			Name: fmt.Sprintf("n%d", i+1), Port: ports[0], ClusterPort: ports[1], MonitorPort: ports[2],
-			StoreDir: filepath.Join(c.dir, fmt.Sprintf("n%d", i+1), "jetstream"),
-		}}
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[1]))
-		c.nodes = append(c.nodes, n)
-	}
-	for _, n := range c.nodes {
-		n.cfg.Routes = routes
-		n.start(tb)
-	}
+	c := &testCluster{tb: tb}
 	tb.Cleanup(func() {
-		for _, n := range c.nodes {
-			n.kill()
-		}
+		c.killAll()
 		if tb.Failed() {
 			c.dumpLogs()
 		}
 	})
-	c.waitHealthy(60 * time.Second)
-	return c
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		c.dir = tb.TempDir()
+		c.nodes = nil
+		var routes []string
+		for i := range 3 {
+			n := &natsNode{cfg: natsNodeConfig{
+				Name: fmt.Sprintf("n%d", i+1), Port: stablePort(tb), ClusterPort: stablePort(tb), MonitorPort: stablePort(tb),
+				StoreDir: filepath.Join(c.dir, fmt.Sprintf("n%d", i+1), "jetstream"),
+			}}
+			routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", n.cfg.ClusterPort))
+			c.nodes = append(c.nodes, n)
+		}
+		for _, n := range c.nodes {
+			n.cfg.Routes = routes
+			n.start(tb)
+		}
+		err := c.awaitHealthy(60 * time.Second)
+		if err == nil {
+			return c
+		}
+		if !errors.Is(err, errNodeExited) || attempt == attempts {
+			tb.Fatal(err)
+		}
+		tb.Logf("starting the NATS cluster again on other ports: %v", err)
+		c.dumpLogs()
+		c.killAll()
+	}
+}
+
+// killAll kills every running node.
+func (c *testCluster) killAll() {
+	for _, n := range c.nodes {
+		n.kill()
+	}
+}
+
+// usedStablePorts are the ports stablePort handed out in this process, so
+// that a restarted cluster does not get a port a killed one still holds.
+var usedStablePorts sync.Map
+
+// stableAddr is "127.0.0.1:" and a stablePort.
+func stableAddr(tb testing.TB) string {
+	tb.Helper()
+	return fmt.Sprintf("127.0.0.1:%d", stablePort(tb))
+}
+
+// stablePort returns a free loopback port for a process that a test restarts
+// on the same port (a NATS node, a gateway), chosen below the kernel's
+// ephemeral range: a port from that range may, while the process is down,
+// become the local end of any outgoing connection on the machine (go test
+// runs other packages' tests alongside).
+func stablePort(tb testing.TB) int {
+	tb.Helper()
+	low := 32768 // Linux's default start of the ephemeral range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &low)
+	}
+	const first = 10000
+	if low-first < 1000 {
+		addr, err := freeAddr() // no room below the range: take the kernel's choice
+		if err != nil {
+			tb.Fatal(err)
+		}
+		_, p, _ := net.SplitHostPort(addr)
+		port, _ := strconv.Atoi(p)
+		return port
+	}
+	for range 1000 {
+		port := first + rand.IntN(low-first)
+		if _, taken := usedStablePorts.LoadOrStore(port, true); taken {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port
+	}
+	tb.Fatalf("no free port in [%d, %d)", first, low)
+	return 0
 }
 
 // URLs is every node's client URL, comma-separated, as --nats-url takes them.
@@ -228,22 +303,36 @@ func (c *testCluster) URLs() string {
 	return strings.Join(urls, ",")
 }
 
+// errNodeExited is awaitHealthy's error when a started node has exited.
+var errNodeExited = errors.New("NATS node exited")
+
 // waitHealthy waits until every running node is healthy.
 func (c *testCluster) waitHealthy(within time.Duration) {
 	c.tb.Helper()
+	if err := c.awaitHealthy(within); err != nil {
+		c.tb.Fatal(err)
+	}
+}
+
+// awaitHealthy waits until every running node is healthy, and fails at once
+// if one of them has exited.
+func (c *testCluster) awaitHealthy(within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
 		ok := true
 		for _, n := range c.nodes {
+			if n.dead() {
+				return fmt.Errorf("%w: %s", errNodeExited, n.cfg.Name)
+			}
 			if n.cmd != nil && !n.healthy(context.Background()) {
 				ok = false
 			}
 		}
 		if ok {
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			c.tb.Fatalf("NATS cluster not healthy within %s", within)
+			return fmt.Errorf("NATS cluster not healthy within %s", within)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

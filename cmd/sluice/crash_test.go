@@ -35,11 +35,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	if err := os.WriteFile(config, fmt.Appendf(nil, "functions:\n  - name: f\n    url: %s\n    concurrency: 20\n    timeout: 1s\n", fn.URL), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	httpAddr, err1 := freeAddr()
-	grpcAddr, err2 := freeAddr()
-	if err1 != nil || err2 != nil {
-		t.Fatal(err1, err2)
-	}
+	httpAddr, grpcAddr := stableAddr(t), stableAddr(t) // the gateway restarts on them
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
