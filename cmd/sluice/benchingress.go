@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -17,9 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
-	"google.golang.org/genproto/googleapis/api/httpbody"
 
-	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 )
 
@@ -111,26 +108,18 @@ buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {ma
 	if err != nil {
 		return fmt.Errorf("atomic batch ceiling: %w", err)
 	}
-	grpcClients, closeGRPC, err := stack.GRPCClients(4)
+	sub, err := stack.Submitters(ctx, 4, b.concurrency, payload)
 	if err != nil {
 		return err
 	}
-	defer closeGRPC()
+	defer sub.Close()
 	grpcSubmit := func(ctx context.Context, w int) error {
-		_, err := grpcClients[w%len(grpcClients)].SubmitJob(ctx, &sluicev1.SubmitJobRequest{
-			Function: benchFunction,
-			Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: payload},
-		})
+		_, err := sub.GRPC(ctx, w)
 		return err
-	}
-	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: b.concurrency, DisableCompression: true}, Timeout: 30 * time.Second}
-	defer httpClient.CloseIdleConnections()
-	restSubmit := func(ctx context.Context, _ int) error {
-		return postJob(ctx, httpClient, stack.HTTP+"/v1/functions/"+benchFunction+"/jobs", payload)
 	}
 	paths := []benchPath{
 		{"sluice gRPC", b.concurrency, grpcSubmit},
-		{"sluice REST", b.concurrency, restSubmit},
+		{"sluice REST", b.concurrency, sub.REST},
 		{"sluice gRPC, one client", 1, grpcSubmit},
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -306,9 +295,4 @@ func purgeJobs(ctx context.Context, js jetstream.JetStream) error {
 		return err
 	}
 	return s.Purge(ctx)
-}
-
-// postJob submits one job over REST and wants 202.
-func postJob(ctx context.Context, client *http.Client, url string, payload []byte) error {
-	return postWant(ctx, client, url, payload, http.StatusAccepted)
 }

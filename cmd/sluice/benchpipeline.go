@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/genproto/googleapis/api/httpbody"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
@@ -98,11 +97,12 @@ buffer: {max_jobs: %d, max_bytes: %d, durability: %s, group_commit: {max_batch: 
 	if err != nil {
 		return err
 	}
-	clients, closeClients, err := stack.GRPCClients(4)
+	payload := bytes.Repeat([]byte("x"), b.payload)
+	sub, err := stack.Submitters(ctx, 4, 0, payload)
 	if err != nil {
 		return err
 	}
-	defer closeClients()
+	defer sub.Close()
 
 	// The backlog is what the function's consumer has not had acknowledged:
 	// a job's message is acknowledged only after its outcome is stored.
@@ -142,7 +142,6 @@ buffer: {max_jobs: %d, max_bytes: %d, durability: %s, group_commit: {max_batch: 
 			}
 		}
 	})
-	payload := bytes.Repeat([]byte("x"), b.payload)
 	end := time.Now().Add(b.warmup + b.duration)
 	var ids sync.Map // a sample of submitted job IDs, checked at the end
 	submitters, sctx := errgroup.WithContext(gctx)
@@ -153,16 +152,13 @@ buffer: {max_jobs: %d, max_bytes: %d, durability: %s, group_commit: {max_batch: 
 					time.Sleep(5 * time.Millisecond)
 					continue
 				}
-				resp, err := clients[w%len(clients)].SubmitJob(sctx, &sluicev1.SubmitJobRequest{
-					Function: benchFunction,
-					Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: payload},
-				})
+				job, err := sub.GRPC(sctx, w)
 				if err != nil {
 					return err
 				}
 				submitted.Add(1)
 				if n%100 == 0 {
-					ids.Store(resp.GetJob().GetId(), true)
+					ids.Store(job.GetId(), true)
 				}
 			}
 			return nil

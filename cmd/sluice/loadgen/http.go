@@ -1,0 +1,121 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// HTTPConn is one keep-alive HTTP/1.1 connection that sends one request at
+// a time. It is not safe for concurrent use: a benchmark gives each of its
+// clients a connection of its own. net/http's client spends two goroutines
+// and their hand-offs per connection; HTTPConn writes and reads from the
+// calling goroutine.
+type HTTPConn struct {
+	addr string
+	conn net.Conn
+	br   *bufio.Reader
+	req  []byte // the request being written
+}
+
+// DialHTTP connects to an HTTP server at addr ("host:port").
+func DialHTTP(ctx context.Context, addr string) (*HTTPConn, error) {
+	c := &HTTPConn{addr: addr}
+	if err := c.dial(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *HTTPConn) dial(ctx context.Context) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", c.addr)
+	if err != nil {
+		return err
+	}
+	c.conn, c.br = conn, bufio.NewReaderSize(conn, 16<<10)
+	return nil
+}
+
+// Close closes the connection.
+func (c *HTTPConn) Close() error {
+	if c.conn == nil {
+		return nil
+	}
+	return c.conn.Close()
+}
+
+// Post sends body to path with the given content type and header pairs
+// (name, value), and returns the answer's status code and body. After an
+// error the connection is closed, and the next Post dials a new one.
+func (c *HTTPConn) Post(ctx context.Context, path, contentType string, body []byte, header ...string) (int, []byte, error) {
+	if len(header)%2 != 0 {
+		return 0, nil, errors.New("loadgen: header comes in name, value pairs")
+	}
+	if c.conn == nil {
+		if err := c.dial(ctx); err != nil {
+			return 0, nil, err
+		}
+	}
+	dl, _ := ctx.Deadline()                                                        // zero: none
+	c.conn.SetDeadline(dl)                                                         //nolint:errcheck // a closed connection fails the write below
+	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck // likewise
+	defer stop()
+
+	c.req = append(c.req[:0], "POST "...)
+	c.req = append(c.req, path...)
+	c.req = append(c.req, " HTTP/1.1\r\nHost: "...)
+	c.req = append(c.req, c.addr...)
+	c.req = append(c.req, "\r\nContent-Type: "...)
+	c.req = append(c.req, contentType...)
+	c.req = append(c.req, "\r\nContent-Length: "...)
+	c.req = strconv.AppendInt(c.req, int64(len(body)), 10)
+	for i := 0; i < len(header); i += 2 {
+		c.req = append(c.req, "\r\n"...)
+		c.req = append(c.req, header[i]...)
+		c.req = append(c.req, ": "...)
+		c.req = append(c.req, header[i+1]...)
+	}
+	c.req = append(c.req, "\r\n\r\n"...)
+	c.req = append(c.req, body...)
+	if _, err := c.conn.Write(c.req); err != nil {
+		c.drop()
+		return 0, nil, c.ctxErr(ctx, err)
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		c.drop()
+		return 0, nil, c.ctxErr(ctx, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		c.drop()
+		return 0, nil, c.ctxErr(ctx, err)
+	}
+	if resp.Close {
+		c.drop()
+	}
+	return resp.StatusCode, b, nil
+}
+
+// drop forgets a connection that cannot carry another request; the next
+// Post dials again.
+func (c *HTTPConn) drop() {
+	c.conn.Close()
+	c.conn = nil
+}
+
+// ctxErr prefers ctx's error to the I/O error its cancellation caused.
+func (c *HTTPConn) ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("loadgen: %s: %w", c.addr, err)
+}
