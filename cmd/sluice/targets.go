@@ -96,7 +96,9 @@ func newLambdaClient(ctx context.Context, l *LambdaTargetConfig) (*lambda.Client
 			o.BaseEndpoint = aws.String(l.Endpoint)
 		}
 		o.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
-			t.MaxIdleConnsPerHost = 256
+			// Every Lambda function of a region shares its endpoint.
+			t.MaxIdleConnsPerHost = dispatch.MaxIdleConnsPerHost
+			t.IdleConnTimeout = dispatch.IdleConnTimeout
 		})
 	}), nil
 }
