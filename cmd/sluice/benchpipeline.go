@@ -45,7 +45,7 @@ func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writ
 	var b pipelineFlags
 	fs.IntVar(&b.submitters, "concurrency", 200, "concurrent submitting clients")
 	fs.IntVar(&b.payload, "payload", 1024, "payload size in bytes")
-	fs.IntVar(&b.fnConcurrency, "fn-concurrency", 256, "the function's concurrency limit, Sluice's and the platform's")
+	fs.IntVar(&b.fnConcurrency, "fn-concurrency", 1000, "the function's concurrency limit, Sluice's and the platform's (1,000: a Lambda account's default)")
 	fs.IntVar(&b.maxBacklog, "max-backlog", 20_000, "submitters pause while more jobs than this are unfinished")
 	fs.DurationVar(&b.duration, "duration", 60*time.Second, "how long the measured run lasts")
 	fs.DurationVar(&b.warmup, "warmup", 5*time.Second, "unmeasured run before it")
