@@ -123,7 +123,7 @@ buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {ma
 		{"sluice gRPC, one client", 1, grpcSubmit},
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\tclients\tsubmits\tper second\tp50 ms\tp99 ms\tp99.9 ms\tvs baseline\tCPU µs/submit: gateway / JetStream / client\tmean batch\t")
+	fmt.Fprintln(tw, "path\tclients\tsubmits\tper second\tp50 ms\tp99 ms\tp99.9 ms\tvs baseline\tCPU µs/submit: gateway / JetStream / client\tmachine: busy, µs/submit\tmean batch\t")
 	row := func(name string, clients int, r *loadResult, cpu, batch string) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.2f\t%s\t%s\t\n", name, clients, r.ops, r.perSecond(),
 			ms(r.quantile(0.5)), ms(r.quantile(0.99)), ms(r.quantile(0.999)), r.perSecond()/baseline.perSecond(), cpu, batch)
@@ -161,7 +161,7 @@ buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {ma
 			return err
 		}
 		results[p.name] = r
-		row(p.name, p.clients, r, perOp(cpu0, cpu1, r.ops), meanBatch(batches0, batches1, "jobs"))
+		row(p.name, p.clients, r, cpuColumns(cpu0, cpu1, r.ops), meanBatch(batches0, batches1, "jobs"))
 	}
 	tw.Flush()
 	grpcR, restR := results["sluice gRPC"], results["sluice REST"]
@@ -266,6 +266,12 @@ func batchCeiling(ctx context.Context, stack *benchStack, b ingressFlags, payloa
 	return measureStream(ctx, stack, stream, b, inFlight, n, publish)
 }
 
+// cpuColumns are a row's two CPU columns: the three processes' CPU per
+// operation, and the whole machine's load.
+func cpuColumns(from, to cpuTimes, ops int) string {
+	return perOp(from, to, ops) + "\t" + machineLoad(from, to, ops)
+}
+
 // measureStream runs op from workers goroutines for b.warmup, empties the
 // stream, and runs it again for b.duration: what that measured, with the
 // CPU spent per message stored (opMessages to an op).
@@ -285,7 +291,7 @@ func measureStream(ctx context.Context, stack *benchStack, stream jetstream.Stre
 		return nil, "", err
 	}
 	cpu1, err := stack.CPU()
-	return r, perOp(cpu0, cpu1, r.ops*opMessages), err
+	return r, cpuColumns(cpu0, cpu1, r.ops*opMessages), err
 }
 
 // purgeJobs empties the job stream, so that each path starts alike.

@@ -219,8 +219,8 @@ buffer: {max_jobs: %d, max_bytes: %d, durability: %s, group_commit: {max_batch: 
 			float64(stop.jobSeq-start.jobSeq)/float64(stop.submitted-start.submitted), float64(stop.stateSeq-start.stateSeq)/float64(completed))
 		fmt.Fprintf(stdout, "group commit: %s submits per batch, %s state writes per batch (mean)\n",
 			meanBatch(start.batches, stop.batches, "jobs"), meanBatch(start.batches, stop.batches, "states"))
-		fmt.Fprintf(stdout, "CPU µs per job: gateway / JetStream / clients %s; gateway RSS %.0f MiB at the end\n",
-			perOp(start.cpu, stop.cpu, int(completed)), float64(stop.gatewayRSS)/(1<<20))
+		fmt.Fprintf(stdout, "CPU µs per job: gateway / JetStream / clients %s; the machine (every process, the platform's too): %s per job; gateway RSS %.0f MiB at the end\n",
+			perOp(start.cpu, stop.cpu, int(completed)), machineLoad(start.cpu, stop.cpu, int(completed)), float64(stop.gatewayRSS)/(1<<20))
 	}
 
 	// Every job must finish, and finish well: wait for the backlog to

@@ -277,19 +277,59 @@ func (sub *submitters) Close() {
 func (s *benchStack) GatewayRSS() (int64, error) { return processRSS(s.Gateway.Process.Pid) }
 
 // cpuTimes are the CPU times used so far by the gateway, the JetStream
-// process (0 with --nats-url) and this process (the load generator).
-type cpuTimes struct{ gateway, nats, self time.Duration }
+// process (0 with --nats-url) and this process (the load generator), and
+// by the whole machine: busy (every process, a simulated platform's too,
+// and the kernel's network work) and in all (busy and idle, every core).
+type cpuTimes struct{ gateway, nats, self, machineBusy, machineAll time.Duration }
 
-// CPU reads the three processes' CPU times.
+// CPU reads the three processes' CPU times and the machine's.
 func (s *benchStack) CPU() (cpuTimes, error) {
 	var t cpuTimes
-	var err1, err2, err3 error
+	var err1, err2, err3, err4 error
 	t.gateway, err1 = processCPU(s.Gateway.Process.Pid)
 	if s.NATS != nil {
 		t.nats, err2 = processCPU(s.NATS.Process.Pid)
 	}
 	t.self, err3 = processCPU(os.Getpid())
-	return t, errors.Join(err1, err2, err3)
+	t.machineBusy, t.machineAll, err4 = machineCPU()
+	return t, errors.Join(err1, err2, err3, err4)
+}
+
+// machineCPU reads the machine's busy and total CPU time, summed over its
+// cores, from /proc/stat (Linux).
+func machineCPU() (busy, all time.Duration, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 9 || fields[0] != "cpu" {
+		return 0, 0, errors.New("malformed /proc/stat")
+	}
+	// user nice system idle iowait irq softirq steal, in USER_HZ ticks.
+	var ticks [8]int64
+	for i := range ticks {
+		if ticks[i], err = strconv.ParseInt(fields[i+1], 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+	}
+	idle := ticks[3] + ticks[4]
+	var sum int64
+	for _, t := range ticks {
+		sum += t
+	}
+	return time.Duration(sum-idle) * 10 * time.Millisecond, time.Duration(sum) * 10 * time.Millisecond, nil
+}
+
+// machineLoad formats the machine's CPU between two readings: how busy its
+// cores were, and its busy CPU time per operation in µs.
+func machineLoad(from, to cpuTimes, ops int) string {
+	busy, all := to.machineBusy-from.machineBusy, to.machineAll-from.machineAll
+	if all <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%, %d µs", 100*float64(busy)/float64(all), busy.Microseconds()/int64(max(ops, 1)))
 }
 
 // perOp formats the CPU used between two readings per operation, in µs:
