@@ -170,6 +170,11 @@ func (c *GRPCConn) Invoke(ctx context.Context, method string, req, resp proto.Me
 		return status.FromContextError(ctx.Err()).Err()
 	}
 	if cl.err != nil {
+		// The server ends a call at the deadline it was sent, which is
+		// this one's or later: by then the caller's has passed.
+		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+			return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+		}
 		return cl.err
 	}
 	if !cl.gotCode {

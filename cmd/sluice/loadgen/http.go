@@ -63,10 +63,18 @@ func (c *HTTPConn) Post(ctx context.Context, path, contentType string, body []by
 			return 0, nil, err
 		}
 	}
-	dl, _ := ctx.Deadline()                                                        // zero: none
-	c.conn.SetDeadline(dl)                                                         //nolint:errcheck // a closed connection fails the write below
-	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck // likewise
-	defer stop()
+	conn := c.conn
+	dl, _ := ctx.Deadline() // zero: none
+	conn.SetDeadline(dl)    //nolint:errcheck // a closed connection fails the write below
+	// ctx's end interrupts the request by putting the deadline in the past.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck // likewise
+	defer func() {
+		// If ctx ended, that deadline may land at any moment, even on the
+		// next request: the connection is spent.
+		if !stop() && c.conn == conn {
+			c.drop()
+		}
+	}()
 
 	c.req = append(c.req[:0], "POST "...)
 	c.req = append(c.req, path...)
@@ -112,10 +120,15 @@ func (c *HTTPConn) drop() {
 	c.conn = nil
 }
 
-// ctxErr prefers ctx's error to the I/O error its cancellation caused.
+// ctxErr prefers ctx's error to the I/O error its end caused: the
+// connection's deadline is ctx's, and may fire a moment before ctx's own
+// timer.
 func (c *HTTPConn) ctxErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
 	}
 	return fmt.Errorf("loadgen: %s: %w", c.addr, err)
 }
