@@ -59,8 +59,17 @@ func TestClientCommands(t *testing.T) {
 		t.Fatalf("submit to broken = %q, %v", out, err)
 	}
 	dead := strings.Fields(out)[0]
-	if out, err := sluice("dlq", "list", "broken"); err != nil || !strings.Contains(out, dead) || !strings.Contains(out, "function answered HTTP 400") {
-		t.Errorf("dlq list = %q, %v; want the failed job and its reason", out, err)
+	// A job is written FAILED first, then copied to the dead letters: the
+	// list may lag its state by a moment.
+	var list string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		list, err = sluice("dlq", "list", "broken")
+		if err != nil || strings.Contains(list, dead) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || !strings.Contains(list, dead) || !strings.Contains(list, "function answered HTTP 400") {
+		t.Errorf("dlq list = %q, %v; want the failed job and its reason", list, err)
 	}
 	if out, err := sluice("dlq", "redrive", "broken", dead); err != nil || !strings.HasPrefix(out, "1 redriven") {
 		t.Errorf("dlq redrive = %q, %v", out, err)
