@@ -38,9 +38,6 @@ const (
 	recvWindowRefill = 1 << 29
 )
 
-// errClosed is a call's error once the connection has gone.
-var errClosed = errors.New("loadgen: connection closed")
-
 // GRPCConn is one HTTP/2 connection carrying unary gRPC calls. It is safe
 // for concurrent use.
 type GRPCConn struct {
@@ -114,19 +111,19 @@ func DialGRPC(ctx context.Context, addr string, md ...string) (*GRPCConn, error)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = 1 << 20
 	c.henc = hpack.NewEncoder(headerWriter{c})
-	if _, err := c.bw.WriteString(http2.ClientPreface); err == nil {
-		err = c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: recvWindow},
-			http2.Setting{ID: http2.SettingEnablePush, Val: 0})
-		if err == nil {
-			err = c.fr.WriteWindowUpdate(0, recvWindow-65535)
-		}
-		if err == nil {
-			err = c.bw.Flush()
-		}
-		if err != nil {
-			conn.Close()
-			return nil, err
-		}
+	// The preface, our settings, and the connection's window opened wide.
+	c.bw.WriteString(http2.ClientPreface) //nolint:errcheck // buffered: Flush reports
+	err = c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: recvWindow},
+		http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	if err == nil {
+		err = c.fr.WriteWindowUpdate(0, recvWindow-65535)
+	}
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
 	}
 	go c.readLoop()
 	return c, nil
