@@ -40,7 +40,7 @@ func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&b.payload, "payload", 1024, "payload size in bytes")
 	fs.IntVar(&b.submitters, "concurrency", 200, "concurrent submitting clients")
 	fs.IntVar(&b.sample, "sample", 1000, "jobs whose reads are timed")
-	fs.DurationVar(&b.readFor, "read-for", 5*time.Second, "how long GetJob is timed, empty and full")
+	fs.DurationVar(&b.readFor, "read-for", 20*time.Second, "how long GetJob is timed, empty and full")
 	fs.DurationVar(&b.readWarmup, "read-warmup", time.Second, "unmeasured GetJob reads before each timed run")
 	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
 	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
