@@ -423,6 +423,30 @@ func startChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args 
 	return err
 }
 
+// startReplicas starts n gateways (sluice serve) with one config on one
+// JetStream, each with a data directory of its own under dir, and returns
+// their gRPC addresses once each is ready. They stop with ctx; children
+// tracks them.
+func startReplicas(ctx context.Context, children *sync.WaitGroup, stderr io.Writer, dir, config, natsURL string, n int) ([]string, error) {
+	var grpcAddrs []string
+	for i := range n {
+		httpAddr, err1 := freeAddr()
+		grpcAddr, err2 := freeAddr()
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, err
+		}
+		if err := startChild(ctx, children, stderr, "serve", "--config", config, "--nats-url", natsURL,
+			"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn", "--data-dir", filepath.Join(dir, fmt.Sprint("gw", i))); err != nil {
+			return nil, err
+		}
+		if err := waitHTTP(ctx, "http://"+httpAddr+"/readyz", 30*time.Second); err != nil {
+			return nil, err
+		}
+		grpcAddrs = append(grpcAddrs, grpcAddr)
+	}
+	return grpcAddrs, nil
+}
+
 // startChildCmd is startChild, returning the running command.
 func startChildCmd(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) (*exec.Cmd, error) {
 	self, err := os.Executable()

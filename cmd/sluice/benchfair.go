@@ -119,21 +119,13 @@ tenants:
 `, ln.Addr(), concurrency, gateway.HashKey(keyA), gateway.HashKey(keyB)), 0o600); err != nil {
 		return err
 	}
+	grpcAddrs, err := startReplicas(ctx, &children, stderr, dir, config, nats.ClientURL(), gateways)
+	if err != nil {
+		return err
+	}
 	var clients []sluicev1.JobServiceClient
-	for i := range gateways {
-		httpAddr, err1 := freeAddr()
-		grpcAddr, err2 := freeAddr()
-		if err := errors.Join(err1, err2); err != nil {
-			return err
-		}
-		if err := startChild(ctx, &children, stderr, "serve", "--config", config, "--nats-url", nats.ClientURL(),
-			"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn", "--data-dir", filepath.Join(dir, fmt.Sprint("gw", i))); err != nil {
-			return err
-		}
-		if err := waitHTTP(ctx, "http://"+httpAddr+"/healthz", 30*time.Second); err != nil {
-			return err
-		}
-		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	for _, addr := range grpcAddrs {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return err
 		}

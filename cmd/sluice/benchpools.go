@@ -117,21 +117,9 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := os.WriteFile(config, []byte(cfg.String()), 0o600); err != nil {
 		return err
 	}
-	var grpcAddrs []string
-	for i := range b.gateways {
-		httpAddr, err1 := freeAddr()
-		grpcAddr, err2 := freeAddr()
-		if err := errors.Join(err1, err2); err != nil {
-			return err
-		}
-		if err := startChild(ctx, &children, stderr, "serve", "--config", config, "--nats-url", nats.ClientURL(),
-			"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn", "--data-dir", filepath.Join(dir, fmt.Sprint("gw", i))); err != nil {
-			return err
-		}
-		if err := waitHTTP(ctx, "http://"+httpAddr+"/v1/functions", 30*time.Second); err != nil {
-			return err
-		}
-		grpcAddrs = append(grpcAddrs, grpcAddr)
+	grpcAddrs, err := startReplicas(ctx, &children, stderr, dir, config, nats.ClientURL(), b.gateways)
+	if err != nil {
+		return err
 	}
 	nc, err := nats.Connect()
 	if err != nil {
