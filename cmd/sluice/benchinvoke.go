@@ -18,6 +18,8 @@ type invokeFlags struct {
 	duration, warmup    time.Duration
 	natsURL, durability string
 	maxOverhead         time.Duration
+	debugAddr           string // the gateway's profiler
+	natsDebugAddr       string // the JetStream process's
 }
 
 // runBenchInvoke measures what Sluice adds to a call: the same payload sent
@@ -34,6 +36,8 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured calls before each path")
 	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
 	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
+	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
+	fs.StringVar(&b.natsDebugAddr, "nats-debug-addr", "", "serve the JetStream process's profiler here")
 	fs.DurationVar(&b.maxOverhead, "max-overhead", 0, "fail if Sluice's p50 exceeds the direct p50 by more than this (0: no limit)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -52,7 +56,7 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer stopPlatform()
-	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, config: fmt.Sprintf(`functions:
+	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, natsDebugAddr: b.natsDebugAddr, config: fmt.Sprintf(`functions:
   - name: %s
     url: http://%s/
     concurrency: %d

@@ -24,6 +24,7 @@ type queuedFlags struct {
 	jobs, payload, submitters, sample int
 	readFor, readWarmup               time.Duration
 	natsURL, durability, debugAddr    string
+	natsDebugAddr                     string
 	maxRSS                            int64
 	maxGetRatio                       float64
 }
@@ -45,6 +46,7 @@ func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
 	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
 	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
+	fs.StringVar(&b.natsDebugAddr, "nats-debug-addr", "", "serve the JetStream process's profiler here")
 	fs.Int64Var(&b.maxRSS, "max-rss-mib", 0, "fail if the gateway's RSS exceeds this many MiB (0: no limit)")
 	fs.Float64Var(&b.maxGetRatio, "max-get-ratio", 0, "fail if GetJob p99 full / empty exceeds this (0: no limit)")
 	if err := parseFlags(fs, args); err != nil {
@@ -59,7 +61,7 @@ func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer removeDir()
 	maxBytes := int64(b.jobs+b.sample) * int64(b.payload+512) * 2
-	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, config: fmt.Sprintf(`functions:
+	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, natsDebugAddr: b.natsDebugAddr, config: fmt.Sprintf(`functions:
   - name: %s
     url: http://127.0.0.1:9/
     paused: true
