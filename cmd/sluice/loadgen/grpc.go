@@ -334,32 +334,29 @@ func (c *GRPCConn) cancel(id uint32, cl *call) {
 }
 
 // forget removes a call from those in flight; false if it was not.
-func (c *GRPCConn) forget(id uint32) bool {
+func (c *GRPCConn) forget(id uint32) bool { return c.take(id) != nil }
+
+// finish ends a call: it is answered, or err says why not.
+func (c *GRPCConn) finish(id uint32, err error) {
+	if cl := c.take(id); cl != nil {
+		cl.err = err
+		close(cl.done)
+	}
+}
+
+// take removes the call on a stream from those in flight, freeing its
+// stream, and returns it; nil if there was none.
+func (c *GRPCConn) take(id uint32) *call {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.calls[id]; !ok {
-		return false
+	cl, ok := c.calls[id]
+	if !ok {
+		return nil
 	}
 	delete(c.calls, id)
 	c.active--
 	c.cond.Broadcast()
-	return true
-}
-
-// finish ends a call: it is answered, or err says why not.
-func (c *GRPCConn) finish(id uint32, err error) {
-	c.mu.Lock()
-	cl, ok := c.calls[id]
-	if ok {
-		delete(c.calls, id)
-		c.active--
-		c.cond.Broadcast()
-	}
-	c.mu.Unlock()
-	if ok {
-		cl.err = err
-		close(cl.done)
-	}
+	return cl
 }
 
 // lookup is the call on a stream, nil if none.
@@ -404,15 +401,13 @@ func (c *GRPCConn) read() error {
 					c.finish(f.StreamID, status.Errorf(codes.Unavailable, "loadgen: HTTP status %s", s))
 					continue
 				}
-				if v := f.Fields; v != nil {
-					for _, hf := range v {
-						switch hf.Name {
-						case "grpc-status":
-							n, _ := strconv.Atoi(hf.Value)
-							cl.code, cl.gotCode = codes.Code(n), true
-						case "grpc-message":
-							cl.message = hf.Value
-						}
+				for _, hf := range f.Fields {
+					switch hf.Name {
+					case "grpc-status":
+						n, _ := strconv.Atoi(hf.Value)
+						cl.code, cl.gotCode = codes.Code(n), true
+					case "grpc-message":
+						cl.message = hf.Value
 					}
 				}
 				if f.StreamEnded() {

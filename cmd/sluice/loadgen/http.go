@@ -93,19 +93,16 @@ func (c *HTTPConn) Post(ctx context.Context, path, contentType string, body []by
 	c.req = append(c.req, "\r\n\r\n"...)
 	c.req = append(c.req, body...)
 	if _, err := c.conn.Write(c.req); err != nil {
-		c.drop()
-		return 0, nil, c.ctxErr(ctx, err)
+		return 0, nil, c.fail(ctx, err)
 	}
 	resp, err := http.ReadResponse(c.br, nil)
 	if err != nil {
-		c.drop()
-		return 0, nil, c.ctxErr(ctx, err)
+		return 0, nil, c.fail(ctx, err)
 	}
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		c.drop()
-		return 0, nil, c.ctxErr(ctx, err)
+		return 0, nil, c.fail(ctx, err)
 	}
 	if resp.Close {
 		c.drop()
@@ -120,10 +117,12 @@ func (c *HTTPConn) drop() {
 	c.conn = nil
 }
 
-// ctxErr prefers ctx's error to the I/O error its end caused: the
+// fail drops the connection after an I/O error and says why the request
+// failed, preferring ctx's error to the I/O error its end caused: the
 // connection's deadline is ctx's, and may fire a moment before ctx's own
 // timer.
-func (c *HTTPConn) ctxErr(ctx context.Context, err error) error {
+func (c *HTTPConn) fail(ctx context.Context, err error) error {
+	c.drop()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
