@@ -201,13 +201,16 @@ func New(cfg Config) (*Dispatcher, error) {
 
 // Run dispatches until ctx ends, then lets in-flight invocations finish for
 // up to DrainTimeout, hands back what is still running, and returns nil.
-// It returns an error early only if a function's consumer cannot be set up.
+// It returns an error early only if a function's consumer cannot be set up;
+// JetStream unavailable for a while (see waitOutUnavailable) is waited out.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	loops := make([]*functionLoop, 0, len(d.cfg.Functions))
 	for _, f := range d.cfg.Functions {
 		// Start from the window the processes already share, if any, so
 		// that joining them does not reset it.
-		shared, err := d.cfg.Source.Pacing(ctx, f.Name)
+		shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (buffer.Pacing, error) {
+			return d.cfg.Source.Pacing(ctx, f.Name)
+		})
 		if err != nil {
 			return stoppedOr(ctx, err)
 		}
@@ -221,16 +224,18 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		var units []*laneUnit
 		for _, lane := range lanes {
-			cons, err := d.cfg.Source.Consumer(ctx, buffer.ConsumerConfig{
-				Function:    f.Name,
-				MaxInFlight: window,
-				// Past AckWait the server redelivers; leave room for the
-				// bookkeeping after a full-length invocation.
-				AckWait: f.Timeout + 15*time.Second,
-				// A pool's leader sets the cap of a pooled or fair
-				// function's consumers.
-				Pooled: f.Pool != "" || lane != nil,
-				Lane:   lane,
+			cons, err := waitOutUnavailable(ctx, d.log, "set up the consumer of "+f.Name, func() (*buffer.Consumer, error) {
+				return d.cfg.Source.Consumer(ctx, buffer.ConsumerConfig{
+					Function:    f.Name,
+					MaxInFlight: window,
+					// Past AckWait the server redelivers; leave room for the
+					// bookkeeping after a full-length invocation.
+					AckWait: f.Timeout + 15*time.Second,
+					// A pool's leader sets the cap of a pooled or fair
+					// function's consumers.
+					Pooled: f.Pool != "" || lane != nil,
+					Lane:   lane,
+				})
 			})
 			if err != nil {
 				return stoppedOr(ctx, err)
@@ -306,6 +311,32 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 // stoppedOr is nil when ctx ended (a stop during setup is no failure), and
 // err otherwise.
+// setupRetryMax caps the wait between attempts of waitOutUnavailable.
+const setupRetryMax = 2 * time.Second
+
+// waitOutUnavailable runs step until it succeeds, fails in a way waiting
+// will not mend, or ctx ends. JetStream without a leader or out of reach
+// ([buffer.Unavailable]: no responders, a timeout, a 503) is waited out,
+// with a warning each time, so that a gateway started during a NATS leader
+// election or rolling restart starts dispatching when it ends instead of
+// exiting.
+func waitOutUnavailable[T any](ctx context.Context, log *slog.Logger, what string, step func() (T, error)) (T, error) {
+	wait := 100 * time.Millisecond
+	for {
+		v, err := step()
+		if err == nil || !buffer.Unavailable(err) || ctx.Err() != nil {
+			return v, err
+		}
+		log.WarnContext(ctx, "JetStream unavailable; trying again", "step", what, "err", err, "in", wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return v, err
+		}
+		wait = min(2*wait, setupRetryMax)
+	}
+}
+
 func stoppedOr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return nil
