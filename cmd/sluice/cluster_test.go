@@ -616,6 +616,22 @@ func startClusterStackWith(tb testing.TB, o clusterStackOptions) *clusterStack {
 `, fn.URL, o.limit, o.paused), 0o600); err != nil {
 		tb.Fatal(err)
 	}
+	// Registered first, so that a gateway that fails to start is killed and
+	// its client closed all the same.
+	tb.Cleanup(func() {
+		for i, g := range s.gateways {
+			g.kill()
+			g.conn.Close()
+			if tb.Failed() || os.Getenv("SLUICE_FAULTS_LOGS") != "" {
+				b, _ := os.ReadFile(g.log)
+				lines := strings.Split(string(b), "\n")
+				if !tb.Failed() {
+					lines = slices.DeleteFunc(lines, func(l string) bool { return !strings.Contains(l, "level=ERROR") })
+				}
+				tb.Logf("gateway %d, last lines of its log:\n%s", i, strings.Join(lines[max(0, len(lines)-30):], "\n"))
+			}
+		}
+	})
 	for i := range gateways {
 		httpAddr, err1 := freeAddr()
 		grpcAddr, err2 := freeAddr()
@@ -644,25 +660,11 @@ func startClusterStackWith(tb testing.TB, o clusterStackOptions) *clusterStack {
 			tb.Fatal(err)
 		}
 		g.conn, g.client = conn, sluicev1.NewJobServiceClient(conn)
-		// The first creates the streams; the others find them.
-		g.start(tb)
 		s.gateways = append(s.gateways, g)
 		s.proxies = append(s.proxies, proxies)
+		// The first creates the streams; the others find them.
+		g.start(tb)
 	}
-	tb.Cleanup(func() {
-		for i, g := range s.gateways {
-			g.kill()
-			g.conn.Close()
-			if tb.Failed() || os.Getenv("SLUICE_FAULTS_LOGS") != "" {
-				b, _ := os.ReadFile(g.log)
-				lines := strings.Split(string(b), "\n")
-				if !tb.Failed() {
-					lines = slices.DeleteFunc(lines, func(l string) bool { return !strings.Contains(l, "level=ERROR") })
-				}
-				tb.Logf("gateway %d, last lines of its log:\n%s", i, strings.Join(lines[max(0, len(lines)-30):], "\n"))
-			}
-		}
-	})
 	return s
 }
 
