@@ -287,10 +287,11 @@ type Delivery struct {
 	// Priority is the job's priority; unset for normal.
 	Priority sluicev1.Priority
 
-	begun     bool              // Begin was called: Release must put the state back.
-	last      *snapshot         // the job's state as this delivery last read or wrote it
-	invokedAt time.Time         // when the attempt started, if Begin did not record it
-	record    *sluicev1.Attempt // added to the job's history by the closing write
+	begun     bool                // Begin was called: Release must put the state back.
+	last      *snapshot           // the job's state as this delivery last read or wrote it
+	invokedAt time.Time           // when the attempt started, if Begin did not record it
+	record    *sluicev1.Attempt   // added to the job's history by the closing write
+	throttled []*sluicev1.Attempt // throttles held in process, added by the closing write
 }
 
 func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
@@ -383,11 +384,27 @@ func (d *Delivery) Recorded() *sluicev1.Attempt { return d.record }
 // job's history.
 func (d *Delivery) Record(a *sluicev1.Attempt) { d.record = a }
 
-func (d *Delivery) addRecord(j *sluicev1.Job) {
-	if d.record == nil {
-		return
+// NoteThrottled keeps the account Record kept as a throttle that this
+// process holds the job through, to try it again itself: the closing write
+// adds it to the job's history and counts it, with no write of its own.
+// A throttle is no attempt. Call it only before Begin.
+func (d *Delivery) NoteThrottled() {
+	if d.record != nil {
+		d.throttled = append(d.throttled, d.record)
+		d.record = nil
 	}
-	j.History = append(j.History, d.record)
+}
+
+// Begun says whether Begin was called: the job's state says RUNNING and
+// counts the attempt.
+func (d *Delivery) Begun() bool { return d.begun }
+
+func (d *Delivery) addRecord(j *sluicev1.Job) {
+	j.Throttles += int32(len(d.throttled))
+	j.History = append(j.History, d.throttled...)
+	if d.record != nil {
+		j.History = append(j.History, d.record)
+	}
 	if n := len(j.History); n > maxHistory {
 		j.History = j.History[n-maxHistory:]
 	}

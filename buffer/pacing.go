@@ -21,8 +21,38 @@ const PacingBucket = "sluice-pacing"
 type Pacing struct {
 	// Window is how many invocations may be in flight, across processes.
 	Window float64 `json:"window"`
-	// Ceiling is the limit learned from throttles; 0 while none is known.
+	// Ceiling is the concurrency limit learned from throttles: how many
+	// invocations were in flight, across processes, when the platform
+	// refused one; 0 while none is known.
 	Ceiling int `json:"ceiling,omitempty"`
+	// CeilingBase is the ceiling as the last concurrency throttle left it;
+	// growth above it is earned by time without throttles (see ProbeAfter).
+	CeilingBase int `json:"ceiling_base,omitempty"`
+	// LearnedRate is the rate of invocation starts per second, across
+	// processes, that the platform took when it throttled while fewer than
+	// the learned limit were in flight: it limits requests per second, not
+	// in flight. 0 while none is known.
+	LearnedRate float64 `json:"learned_rate,omitempty"`
+	// RateBase is the learned rate as the last rate throttle left it.
+	RateBase float64 `json:"rate_base,omitempty"`
+	// LastRateThrottle is when the learned rate last fell for a throttle.
+	LastRateThrottle time.Time `json:"last_rate_throttle,omitzero"`
+	// ProbeAfter is how long after a throttle the window (or rate) may
+	// start to grow again: long enough that probing costs few throttles.
+	ProbeAfter time.Duration `json:"probe_after,omitempty"`
+	// LastGrow and LastRateGrow are when the ceiling and the learned rate
+	// last grew.
+	LastGrow     time.Time `json:"last_grow,omitzero"`
+	LastRateGrow time.Time `json:"last_rate_grow,omitzero"`
+	// Took is a typical invocation's duration, as dispatch last measured
+	// it when throttled: growth steps wait this long for the step before
+	// to show.
+	Took time.Duration `json:"took,omitempty"`
+	// Procs is what each gateway process dispatching the function last
+	// reported of itself, by process ID: the platform's in-flight count and
+	// start rate are their sums. A pointer, so that Pacing stays
+	// comparable.
+	Procs *ProcLoads `json:"procs,omitempty"`
 	// RampStart is when the current ramp began; zero while not ramping.
 	RampStart time.Time `json:"ramp_start,omitzero"`
 	// RampBase is the window the current ramp began from.
@@ -48,6 +78,50 @@ type Pacing struct {
 	Circuit Circuit `json:"circuit,omitzero"`
 	// Counts are running totals of what dispatch did, across processes.
 	Counts Counts `json:"counts,omitzero"`
+}
+
+// ProcLoads are the gateway processes' reports, by process ID.
+type ProcLoads map[string]ProcLoad
+
+// ProcLoad is one gateway process's share of a function's dispatch, as it
+// last reported it.
+type ProcLoad struct {
+	// Invoking is the number of invocations it has in flight at the
+	// platform.
+	Invoking int `json:"invoking"`
+	// Starts is the rate of invocations per second it started, of those
+	// the platform took, over the last second.
+	Starts float64 `json:"starts"`
+	// Held is the number of jobs it holds back after a throttle, each
+	// keeping its place among the jobs delivered: the consumer's cap is
+	// the window plus these, so that they do not shrink the window.
+	Held int `json:"held,omitempty"`
+	// At is when it reported.
+	At time.Time `json:"at"`
+}
+
+// Scalars is p without Procs, for comparing what a change did to the rest.
+func (p Pacing) Scalars() Pacing {
+	p.Procs = nil
+	return p
+}
+
+// Others sums the reports of every process but self that reported since
+// then; procs is how many those are.
+func (p *Pacing) Others(self string, since time.Time) (o ProcLoad, procs int) {
+	if p.Procs == nil {
+		return o, 0
+	}
+	for id, r := range *p.Procs {
+		if id == self || r.At.Before(since) {
+			continue
+		}
+		o.Invoking += r.Invoking
+		o.Starts += r.Starts
+		o.Held += r.Held
+		procs++
+	}
+	return o, procs
 }
 
 // Counts are a function's running totals, across processes.

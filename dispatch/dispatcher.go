@@ -5,24 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
-	"net"
-	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 )
 
@@ -39,10 +31,12 @@ type Function struct {
 	Timeout time.Duration
 	// Pacing matches the dispatch window to the platform's scaling.
 	Pacing Pacing
-	// RatePerSecond, if positive, caps invocation starts per second in
-	// each gateway process, with bursts of up to RateBurst (default 1).
+	// RatePerSecond, if positive, caps invocation starts per second
+	// across every gateway process together, with bursts of up to
+	// RateBurst (default 1): each process keeps to its share, the rate
+	// divided by the processes dispatching the function.
 	RatePerSecond float64
-	// RateBurst is the rate limiter's burst.
+	// RateBurst is the rate limiter's burst, across processes.
 	RateBurst int
 	// KeepWarm holds environments warm while the function is idle.
 	KeepWarm KeepWarm
@@ -205,6 +199,7 @@ func New(cfg Config) (*Dispatcher, error) {
 // JetStream unavailable for a while (see waitOutUnavailable) is waited out.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	loops := make([]*functionLoop, 0, len(d.cfg.Functions))
+	id := processID()
 	for _, f := range d.cfg.Functions {
 		// Start from the window the processes already share, if any, so
 		// that joining them does not reset it.
@@ -259,13 +254,12 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			tel:   d.tel,
 			attrs: newLoopAttrs(f.Name),
 		}
-		if f.RatePerSecond > 0 {
-			l.limiter = rate.NewLimiter(rate.Limit(f.RatePerSecond), max(1, f.RateBurst))
-		}
-		l.pacing.Store(&shared)
+		l.id = id
+		l.inv = newInvocations(window, f.Concurrency)
+		l.limiter = rate.NewLimiter(rate.Inf, 1)
+		l.storePacing(&shared)
 		loops = append(loops, l)
 	}
-	id := processID()
 	pools := make([]*poolLoop, 0, len(d.cfg.Pools))
 	for _, p := range d.cfg.Pools {
 		var members []*functionLoop
@@ -352,7 +346,10 @@ type functionLoop struct {
 	src     Source
 	cfg     *Config
 	log     *slog.Logger
-	limiter *rate.Limiter // nil without a rate limit
+	limiter *rate.Limiter // this process's share of the start rate; Inf for none
+	id      string        // this process, in the shared pacing state
+	inv     *invocations  // in flight here, and the evidence throttles are judged by
+	held    atomic.Int64  // jobs held back after a throttle
 	attrs   loopAttrs
 	cold    coldStarts
 	recent  outcomes // for the circuit breaker
@@ -416,311 +413,6 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 	}
 }
 
-// handle runs one attempt at one job and records its outcome. runCtx ends
-// when dispatch stops; ctx, later, when in-flight work is cut off.
-func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) {
-	// Built on first use: most attempts log nothing.
-	log := l.lazyJobLog(dv)
-	// While the platform asked us to wait, hold the job (its place in the
-	// window with it) until the pause ends; a long pause hands it back.
-	if pause := buffer.PauseDelay(*l.pacing.Load(), l.cfg.Now()); pause > 0 {
-		if pause > l.fn.Timeout/2 {
-			l.settle(func(context.Context) error { return dv.Defer(pause) }, dv)
-			return
-		}
-		if sleep(runCtx, pause); runCtx.Err() != nil {
-			l.settle(dv.Release, dv)
-			return
-		}
-	}
-	if l.limiter != nil {
-		if err := l.limiter.Wait(ctx); err != nil {
-			l.settle(dv.Release, dv)
-			return
-		}
-	}
-	bookCtx, cancelBook := context.WithTimeout(context.WithoutCancel(ctx), l.fn.Timeout+10*time.Second)
-	defer cancelBook()
-	job, err := dv.Prepare(bookCtx)
-	switch {
-	case errors.Is(err, buffer.ErrFinished):
-		// Redelivered after it finished (a crash before the ack, say).
-		l.settle(dv.Skip, dv)
-		return
-	case err != nil:
-		log().Error("read job", "err", err)
-		l.settle(dv.Release, dv)
-		return
-	}
-	if age := l.cfg.Now().Sub(queuedSince(job)); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
-		reason := fmt.Sprintf("not finished within its max age of %s", l.fn.MaxAge)
-		l.countDeadLettered("expired")
-		log().Warn("job expired", "age", age, "attempts", job.Attempts)
-		l.settle(func(ctx context.Context) error { return dv.Expire(ctx, reason) }, dv)
-		return
-	}
-	probe := false
-	if !l.fn.Circuit.Disabled {
-		expiresIn := time.Duration(math.MaxInt64)
-		if l.fn.MaxAge > 0 {
-			expiresIn = l.fn.MaxAge - l.cfg.Now().Sub(queuedSince(job))
-		}
-		var ok bool
-		if probe, ok = l.admit(runCtx, dv, expiresIn); !ok {
-			return
-		}
-	}
-	attempt := job.Attempts + 1
-	// Marking the job RUNNING is one fsync'd write. It runs beside the
-	// invocation, not before it, and only once the invocation has run for
-	// RunningAfter (at once for a redelivery); it is joined before the
-	// outcome is written.
-	var (
-		beginOnce    sync.Once
-		beginStarted bool
-		began        = make(chan error, 1)
-	)
-	startBegin := func() {
-		beginOnce.Do(func() {
-			beginStarted = true
-			go func() {
-				_, err := dv.Begin(bookCtx)
-				began <- err
-			}()
-		})
-	}
-	if dv.Redelivered() {
-		startBegin()
-	} else {
-		timer := time.AfterFunc(l.cfg.RunningAfter, startBegin)
-		defer timer.Stop()
-	}
-	// The attempt's span continues the submit's trace; the invoker passes
-	// it on to the function as traceparent.
-	spanCtx, span := l.tel.tracer.Start(dv.TraceContext(ctx), "invoke "+l.fn.Name,
-		trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attrFunction.String(l.fn.Name), attrJobID.String(dv.JobID), attrAttempt.Int(int(attempt))))
-	defer span.End()
-	invokeCtx, cancel := context.WithTimeout(spanCtx, l.fn.Timeout)
-	defer cancel()
-	started := time.Now()
-	dv.Invoked(started)
-	if job.Attempts == 0 && job.Throttles == 0 {
-		l.tel.queueWait.Record(ctx, started.Sub(queuedSince(job)).Seconds(), l.attrs.fn)
-	}
-	resp, err := l.fn.Invoker.Invoke(invokeCtx, &Invocation{
-		JobID:       dv.JobID,
-		Function:    l.fn.Name,
-		Attempt:     int(attempt),
-		ContentType: dv.ContentType,
-		Payload:     dv.Payload,
-	})
-	beginOnce.Do(func() {}) // too late to start it now
-	if beginStarted {
-		switch beginErr := <-began; {
-		case errors.Is(beginErr, buffer.ErrFinished):
-			l.settle(dv.Skip, dv) // finished elsewhere meanwhile
-			return
-		case beginErr != nil:
-			log().Error("mark job running", "err", beginErr) // the outcome write retries from a fresh read
-		}
-	}
-	if ctx.Err() != nil {
-		// Cut off by shutdown, not by the function: run it again later.
-		log().Info("invocation cut off by shutdown; job handed back", "attempt", attempt)
-		l.settle(dv.Release, dv)
-		return
-	}
-	took := time.Since(started)
-	defer func() { // once the outcome is known: the span's and the metrics'
-		rec := dv.Recorded()
-		if rec == nil {
-			return
-		}
-		outcome := outcomeFailed
-		switch rec.Outcome {
-		case sluicev1.Attempt_SUCCEEDED:
-			outcome = outcomeSucceeded
-			span.SetStatus(codes.Ok, "")
-		case sluicev1.Attempt_THROTTLED:
-			outcome = outcomeThrottled
-		default:
-			span.SetStatus(codes.Error, rec.Error)
-		}
-		if span.IsRecording() {
-			span.SetAttributes(attrOutcome.String(outcome), attrStatus.Int(int(rec.HttpStatus)), attrCold.Bool(rec.ColdStart))
-		}
-		attrs := l.attrs.outcome[outcome]
-		l.tel.invocations.Add(ctx, 1, attrs)
-		l.tel.duration.Record(ctx, took.Seconds(), attrs)
-		if rec.ColdStart {
-			l.tel.coldStarts.Add(ctx, 1, l.attrs.fn)
-		}
-	}()
-	rec := &sluicev1.Attempt{
-		Number:    attempt,
-		StartTime: timestamppb.New(started),
-		Duration:  durationpb.New(took),
-		Outcome:   sluicev1.Attempt_FAILED,
-	}
-	dv.Record(rec)
-	if err != nil {
-		reason := describeInvokeError(err, l.fn.Timeout)
-		rec.Error = reason
-		log().Warn("invocation failed", "attempt", attempt, "reason", reason, "err", err)
-		if l.judge(probe, retryableError(err), reason) {
-			l.probeFailed(dv, rec)
-			return
-		}
-		l.failed(dv, int(attempt), reason, nil, retryableError(err), 0)
-		return
-	}
-	rec.HttpStatus = int32(resp.Status)
-	if retryAfter, throttled := throttleOf(resp, l.cfg.Now()); throttled {
-		rec.Outcome = sluicev1.Attempt_THROTTLED
-		rec.Error = resp.Error    // the platform's words, if it had any
-		l.judge(probe, false, "") // a busy function is not a broken one
-		l.throttled(dv, retryAfter, resp)
-		return
-	}
-	failedStatus := (resp.Status < 200 || resp.Status >= 300) && retryableStatus(resp.Status)
-	if l.judge(probe, failedStatus, answerReason(resp)) {
-		rec.Error = answerReason(resp)
-		l.probeFailed(dv, rec)
-		return
-	}
-	if rec.ColdStart = l.cold.observe(took, resp.ColdStart); rec.ColdStart {
-		if l.log.Enabled(ctx, slog.LevelDebug) {
-			log().Debug("cold start", "attempt", attempt, "took", took)
-		}
-	}
-	result := &sluicev1.JobResult{HttpStatus: int32(resp.Status), ContentType: resp.ContentType, Body: resp.Body}
-	if resp.Status >= 200 && resp.Status < 300 {
-		rec.Outcome = sluicev1.Attempt_SUCCEEDED
-		l.counts.add(func(c *buffer.Counts) { c.Succeeded++ })
-		if l.log.Enabled(ctx, slog.LevelDebug) {
-			log().Debug("invocation succeeded", "attempt", attempt, "status", resp.Status)
-		}
-		l.settle(func(ctx context.Context) error { return dv.Succeed(ctx, result) }, dv)
-		return
-	}
-	reason := answerReason(resp)
-	log().Warn("function answered with an error", "attempt", attempt, "status", resp.Status, "reason", reason)
-	rec.Error = reason
-	retryAfter, _ := parseRetryAfter(resp.RetryAfter, l.cfg.Now())
-	l.failed(dv, int(attempt), reason, result, retryableStatus(resp.Status), retryAfter)
-}
-
-// failed retries a failed attempt after its backoff if the failure may pass
-// and attempts remain, and otherwise fails the job.
-func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, result *sluicev1.JobResult, retryable bool, retryAfter time.Duration) {
-	if !retryable || attempt >= l.fn.Retry.MaxAttempts {
-		l.countDeadLettered("failed")
-		if retryable && l.fn.Retry.MaxAttempts > 1 {
-			reason += fmt.Sprintf(" (attempt %d of %d)", attempt, l.fn.Retry.MaxAttempts)
-		}
-		l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, result) }, dv)
-		return
-	}
-	delay := l.fn.Retry.delay(attempt, retryAfter)
-	l.countRetry()
-	l.jobLog(dv).Info("attempt failed; retrying", "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
-	l.settle(func(ctx context.Context) error { return dv.Retry(ctx, reason, result, delay) }, dv)
-}
-
-// jobLog is the function's logger for lines about one job: with its ID and
-// the ID of the trace its submit began (never its payload).
-func (l *functionLoop) jobLog(dv *buffer.Delivery) *slog.Logger {
-	return l.log.With("job_id", dv.JobID, "trace_id", traceID(dv))
-}
-
-// lazyJobLog is jobLog, built on its first call. Not safe for concurrent
-// use: one attempt's goroutine owns it.
-func (l *functionLoop) lazyJobLog(dv *buffer.Delivery) func() *slog.Logger {
-	var lg *slog.Logger
-	return func() *slog.Logger {
-		if lg == nil {
-			lg = l.jobLog(dv)
-		}
-		return lg
-	}
-}
-
-// traceID is the trace the job's submit began; "" when it carried none.
-func traceID(dv *buffer.Delivery) string {
-	sc := trace.SpanContextFromContext(dv.TraceContext(context.Background()))
-	if !sc.HasTraceID() {
-		return ""
-	}
-	return sc.TraceID().String()
-}
-
-// queuedSince is when the job's max age started counting: when it was
-// accepted, or last redriven.
-func queuedSince(job *sluicev1.Job) time.Time {
-	if t := job.GetRedriveTime(); t != nil {
-		return t.AsTime()
-	}
-	return job.GetCreateTime().AsTime()
-}
-
-// answerReason says why an answer that was no success failed, for the
-// attempt's error field.
-func answerReason(resp *Response) string {
-	if resp.Error != "" {
-		return resp.Error
-	}
-	return fmt.Sprintf("function answered HTTP %d", resp.Status)
-}
-
-// throttleOf tells whether the platform refused an invocation for capacity
-// (429, or 503 with Retry-After) and how long it asked us to wait.
-func throttleOf(resp *Response, now time.Time) (time.Duration, bool) {
-	retryAfter, given := parseRetryAfter(resp.RetryAfter, now)
-	switch {
-	case resp.Status == http.StatusTooManyRequests:
-		if !given {
-			retryAfter = time.Second
-		}
-		return retryAfter, true
-	case resp.Status == http.StatusServiceUnavailable && given:
-		return retryAfter, true
-	}
-	return 0, false
-}
-
-// throttled shrinks the shared window, pauses the function and hands the
-// job back without counting the attempt.
-func (l *functionLoop) throttled(dv *buffer.Delivery, retryAfter time.Duration, resp *Response) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l.countThrottle()
-	now := l.cfg.Now()
-	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
-		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, retryAfter, now)
-	})
-	switch {
-	case err != nil:
-		l.log.Error("shrink window after throttle", "err", err)
-	case l.pool != nil:
-		// The pool's leader alone sets a pooled function's cap; it follows
-		// the window at its next round.
-		l.pacing.Store(&p)
-		if !l.pool.implicit {
-			l.pool.throttled(ctx, now)
-		}
-	default:
-		l.pacing.Store(&p)
-		if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil {
-			l.log.Error("shrink window after throttle", "err", err)
-		}
-	}
-	l.log.Info("throttled by the platform; job handed back, attempt not counted",
-		"job_id", dv.JobID, "trace_id", traceID(dv), "status", resp.Status, "reason", resp.Error, "retry_after", retryAfter, "window", p.Window)
-	delay := max(buffer.PauseDelay(p, now), 50*time.Millisecond)
-	l.settle(func(ctx context.Context) error { return dv.Throttled(ctx, delay) }, dv)
-}
-
 // pace moves the shared window every PaceEvery for the load it sees, and
 // makes the consumer's server-enforced cap follow it. The cached cap is
 // forgotten now and then, since another process may have written it.
@@ -746,11 +438,13 @@ func (l *functionLoop) pace(ctx context.Context) {
 		now := l.cfg.Now()
 		cold, warm := l.cold.take()
 		counts := l.counts.take()
+		mine := l.report(now)
 		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 			p.ColdStarts += cold
 			p.WarmStarts += warm
 			p.Counts.Add(counts)
-			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{}
+			reported := putReport(p, l.id, mine, now)
+			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{} || reported
 		})
 		if err != nil {
 			l.cold.giveBack(cold, warm)
@@ -760,9 +454,9 @@ func (l *functionLoop) pace(ctx context.Context) {
 			}
 			continue
 		}
-		l.pacing.Store(&p)
+		l.storePacing(&p)
 		if l.pool == nil { // a pool's leader caps pooled functions
-			if err := l.cons.SetMaxInFlight(ctx, int(p.Window)); err != nil && ctx.Err() == nil {
+			if err := l.cons.SetMaxInFlight(ctx, l.consumerCap(&p, now)); err != nil && ctx.Err() == nil {
 				l.log.Warn("apply window", "err", err)
 			}
 		}
@@ -772,6 +466,7 @@ func (l *functionLoop) pace(ctx context.Context) {
 		l.gauges.backlog.Store(int64(load.Backlog))
 		l.gauges.inFlight.Store(int64(load.InFlight))
 		l.gauges.window.Store(int64(p.Window))
+		l.gauges.setLearned(p)
 		if n%10 == 0 {
 			if since, err := l.oldest(ctx); err == nil {
 				l.gauges.oldestAge.Store(int64(max(0, now.Sub(since))))
@@ -823,36 +518,6 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		wg.Wait()
 		l.log.Debug("keep-warm round sent", "instances", kw.Instances)
 	}
-}
-
-// settle runs one of a delivery's closing steps. If it fails, the job's
-// message stays unacknowledged and JetStream delivers it again after its
-// ack wait, so the error is logged, not returned.
-func (l *functionLoop) settle(step func(context.Context) error, dv *buffer.Delivery) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := step(ctx); err != nil {
-		l.jobLog(dv).Error("record job outcome; it will be delivered again", "err", err)
-	}
-}
-
-// describeInvokeError says why an invocation got no answer, in words fit for
-// the job's error field: no addresses, which a caller has no business seeing.
-func describeInvokeError(err error, timeout time.Duration) string {
-	var netErr net.Error
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Sprintf("function did not answer within its timeout of %s", timeout)
-	case errors.Is(err, ErrResponseTooLarge):
-		return strings.TrimPrefix(err.Error(), "dispatch: ")
-	case errors.As(err, &netErr) && netErr.Timeout():
-		return fmt.Sprintf("function did not answer within its timeout of %s", timeout)
-	}
-	var opErr *net.OpError
-	if errors.As(err, &opErr) && opErr.Op == "dial" {
-		return "could not connect to the function"
-	}
-	return "connection to the function failed"
 }
 
 func sleep(ctx context.Context, d time.Duration) {

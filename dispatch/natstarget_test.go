@@ -104,7 +104,7 @@ func TestNATSTargetAnswers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if retryAfter, throttled := throttleOf(resp, time.Now()); !throttled || retryAfter != time.Second || resp.Error == "" {
+		if retryAfter, _, throttled := throttleOf(resp, time.Now()); !throttled || retryAfter != time.Second || resp.Error == "" {
 			t.Errorf("no responders = %+v: throttled %v after %v; want a throttle of 1s", resp, throttled, retryAfter)
 		}
 	})

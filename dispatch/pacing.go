@@ -11,26 +11,44 @@ import (
 
 // Pacing describes how fast a function's platform can take invocations.
 // Every field is optional; the zero value dispatches up to the function's
-// concurrency at once.
+// concurrency at once and, when the platform throttles, learns its real
+// limit.
+//
+// The window (invocations in flight, across every gateway process) is
+// bounded three ways: by the platform's scaling ramp (Initial, PerMinute),
+// by the configured concurrency, and by a ceiling that throttles teach. A
+// throttle tells how many invocations were in flight when the platform
+// refused one; that number bounds its limit at that moment, so the
+// ceiling drops to it at once. After ProbeAfter without throttles (long
+// enough that probing costs about one throttle in a hundred invocations)
+// the ceiling grows again, by 1, 2, 4, … per invocation time while there
+// is a backlog to use it, so a limit that was restored is found within
+// seconds; the ramp still bounds it when PerMinute is set. Throttles that
+// come while clearly fewer invocations are in flight than were recently
+// taken say that the platform limits starts per second, not invocations in
+// flight: dispatch then learns that rate instead and keeps to it.
 type Pacing struct {
 	// Initial is how many invocations may start at once: the environments
 	// the platform has ready. Zero means the function's concurrency.
 	Initial int
 	// PerMinute is how many more environments the platform adds per minute
-	// while all are busy; the window grows no faster. Zero means the window
-	// starts at the concurrency limit.
+	// while all are busy; the window grows no faster, after a throttle too.
+	// Zero means the window starts at the concurrency limit.
 	PerMinute int
 	// IdleReap is how long the platform keeps an idle environment: after the
 	// function has had no work that long, the window falls back to Initial
 	// and a later burst ramps again. Zero means never.
 	IdleReap time.Duration
-	// Adaptive learns the real limit from throttles: the window stops just
-	// under the level that was throttled and probes one above it every
-	// ProbeEvery, instead of halving on each throttle.
+	// Adaptive learns the platform's limits from what it saw when it
+	// throttled: the ceiling drops to the number in flight then, and a
+	// rate limit is learned when throttles come with fewer in flight.
+	// Without it a throttle halves the ceiling and growth comes back one
+	// invocation per invocation time (additive increase): slower to find
+	// a limit, but it assumes nothing about the platform.
 	Adaptive bool
-	// ProbeEvery is how often an adaptive window tries one more than its
-	// learned limit. Zero means 30s.
-	ProbeEvery time.Duration
+	// RetryAfter says what a throttle's Retry-After pauses:
+	// [RetryAfterJob] (the default) or [RetryAfterFunction].
+	RetryAfter RetryAfterScope
 	// MaxPause caps a Retry-After. Zero means 5m.
 	MaxPause time.Duration
 	// RampLag holds growth back this long after the ramp starts, so the
@@ -39,18 +57,57 @@ type Pacing struct {
 	RampLag time.Duration
 }
 
+// RetryAfterScope says what a throttle's Retry-After pauses.
+type RetryAfterScope int
+
+const (
+	// RetryAfterJob holds only the refused job back for the Retry-After;
+	// the function's other jobs go on within the window the throttle
+	// taught, which already keeps them under the platform's limit. Only
+	// when nothing else was in flight (the platform had no room even for
+	// one) does the whole function pause. It is the default: measured with
+	// `sluice bench pacing`, pausing the whole function for every
+	// throttle's Retry-After leaves the platform idle for most of each
+	// second a 429 names, and drains a burst far slower.
+	RetryAfterJob RetryAfterScope = iota
+	// RetryAfterFunction pauses every dispatch to the function for each
+	// throttle's Retry-After: for platforms whose Retry-After is a promise
+	// about the whole function (a maintenance window, say).
+	RetryAfterFunction
+)
+
+// Defaults the controller starts from, where nothing is known yet.
+const (
+	// DefaultMaxPause caps a Retry-After.
+	DefaultMaxPause = 5 * time.Minute
+	// defaultRampLag: see Pacing.RampLag.
+	defaultRampLag = 100 * time.Millisecond
+	// probeShare is the share of invocations probing may cost in
+	// throttles: growth waits for 1/probeShare invocations after a
+	// throttle.
+	probeShare = 0.01
+	// minProbeAfter and maxProbeAfter bound the quiet time before growth.
+	minProbeAfter = 500 * time.Millisecond
+	maxProbeAfter = 10 * time.Second
+	// minGrowEvery is the shortest time between growth steps; a step waits
+	// at least one invocation time, for the step before it to show.
+	minGrowEvery = 100 * time.Millisecond
+	// throttleWithout is the wait after a 429 that names no Retry-After.
+	throttleWithout = time.Second
+	// rateGrowth is the share of the learned rate the first growth step
+	// adds; each later step adds twice the one before.
+	rateGrowth = 0.05
+)
+
 func (p *Pacing) setDefaults(concurrency int) {
 	if p.Initial == 0 || p.Initial > concurrency {
 		p.Initial = concurrency
 	}
-	if p.ProbeEvery == 0 {
-		p.ProbeEvery = 30 * time.Second
-	}
 	if p.MaxPause == 0 {
-		p.MaxPause = 5 * time.Minute
+		p.MaxPause = DefaultMaxPause
 	}
 	if p.RampLag == 0 {
-		p.RampLag = 100 * time.Millisecond
+		p.RampLag = defaultRampLag
 	}
 }
 
@@ -59,15 +116,38 @@ const (
 	ReasonStarting      = "starting: the platform's initial environments"
 	ReasonRamping       = "ramping: growing at the platform's scaling rate"
 	ReasonAtLimit       = "at its limit: the configured concurrency"
-	ReasonAtLearned     = "at the learned limit: the platform throttled above it"
+	ReasonAtLearned     = "at the learned limit: the platform throttled with this many in flight"
+	ReasonProbing       = "probing: growing above the learned limit, no throttle for a while"
+	ReasonBackingOff    = "backing off: halved by a throttle, growing back as invocations succeed"
+	ReasonAtLearnedRate = "at the learned rate: the platform throttled with fewer than the learned limit in flight, so it limits requests per second"
 	ReasonThrottled     = "throttled: paused for the platform's Retry-After"
 	ReasonIdle          = "idle: the platform has reaped its environments"
 	ReasonWaitingDemand = "waiting: no backlog to grow for"
 )
 
-// windowCap is the most the window may reach now.
-func windowCap(p *buffer.Pacing, cfg *Pacing, concurrency int) float64 {
-	if cfg.Adaptive && p.Ceiling > 0 {
+// throttleEvidence is what dispatch saw around one throttle.
+type throttleEvidence struct {
+	// inFlight is how many invocations were in flight at the platform,
+	// across processes, when the refused one was sent (not counting it).
+	inFlight int
+	// takenAbove: an invocation sent shortly before the refused one, with
+	// clearly more in flight, was taken. A concurrency limit would have
+	// refused that one too.
+	takenAbove bool
+	// startRate is how many invocations per second the platform took over
+	// the last second, across processes.
+	startRate float64
+	// took is a typical invocation's duration; zero while unknown.
+	took time.Duration
+	// retryAfter is the throttle's Retry-After (given or not: see given).
+	retryAfter time.Duration
+	given      bool
+}
+
+// windowCap is the most the window may reach now: the concurrency, or the
+// ceiling throttles taught.
+func windowCap(p *buffer.Pacing, concurrency int) float64 {
+	if p.Ceiling > 0 {
 		return float64(min(concurrency, p.Ceiling))
 	}
 	return float64(concurrency)
@@ -77,13 +157,10 @@ func windowCap(p *buffer.Pacing, cfg *Pacing, concurrency int) float64 {
 // function of its inputs, so every process computes the same ramp; it
 // reports whether it changed p.
 func stepWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, load buffer.Load, now time.Time) bool {
-	before := *p
+	before := p.Scalars()
 	if p.Window == 0 {
 		p.Window = float64(cfg.Initial)
 		p.Reason = ReasonStarting
-	}
-	if cfg.PerMinute == 0 {
-		p.Window = windowCap(p, cfg, concurrency)
 	}
 	busy := load.Backlog > 0 || load.InFlight > 0
 	switch {
@@ -95,13 +172,17 @@ func stepWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, load buffer.Load
 		}
 		p.Reason = ReasonIdle
 	}
-	if load.InFlight == 0 && load.Backlog == 0 {
+	if !busy {
 		// The platform stops scaling when nothing runs.
 		p.RampStart, p.RampBase = time.Time{}, 0
 	}
-	limit := windowCap(p, cfg, concurrency)
 	saturated := load.Backlog > 0 && float64(load.InFlight) >= math.Floor(p.Window)
-	if cfg.PerMinute > 0 {
+	growCeiling(p, cfg, concurrency, saturated, now)
+	growRate(p, load.Backlog > 0, now)
+	limit := windowCap(p, concurrency)
+	if cfg.PerMinute == 0 {
+		p.Window = limit
+	} else {
 		if p.RampStart.IsZero() && saturated {
 			p.RampStart, p.RampBase = now, p.Window
 		}
@@ -112,68 +193,192 @@ func stepWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, load buffer.Load
 				p.Window = max(p.Window, min(limit, grown))
 			}
 		}
+		p.Window = min(p.Window, limit)
 	}
-	// Probe one above a learned limit now and then: the platform may have
-	// been given more, or the throttle may have been a passing one.
-	if cfg.Adaptive && p.Ceiling > 0 && p.Ceiling < concurrency && saturated && p.Window >= limit &&
-		now.Sub(later(p.LastThrottle, p.LastProbe)) >= cfg.ProbeEvery {
-		p.Ceiling++
-		p.LastProbe = now
-		limit = windowCap(p, cfg, concurrency)
-		p.Window = limit
-	}
-	p.Window = min(p.Window, limit)
+	p.Window = max(p.Window, 1)
+	p.Reason = reason(p, cfg, concurrency, saturated, busy, now)
+	return p.Scalars() != before
+}
+
+// reason says, for people, why the window is where it is.
+func reason(p *buffer.Pacing, cfg *Pacing, concurrency int, saturated, busy bool, now time.Time) string {
 	switch {
 	case now.Before(p.PausedUntil):
-		p.Reason = ReasonThrottled
+		return ReasonThrottled
 	case p.Reason == ReasonIdle && !busy:
+		return ReasonIdle
+	case p.LearnedRate > 0 && busy:
+		return ReasonAtLearnedRate
 	case p.Window >= float64(concurrency):
-		p.Reason = ReasonAtLimit
-	case p.Window >= limit:
-		p.Reason = ReasonAtLearned
+		return ReasonAtLimit
+	case p.Ceiling > 0 && p.Window >= float64(p.Ceiling) && !cfg.Adaptive:
+		return ReasonBackingOff
+	case p.Ceiling > p.CeilingBase && p.Window >= float64(p.Ceiling):
+		return ReasonProbing
+	case p.Ceiling > 0 && p.Window >= float64(p.Ceiling):
+		return ReasonAtLearned
 	case saturated:
-		p.Reason = ReasonRamping
+		return ReasonRamping
 	case !busy && p.Reason != ReasonStarting:
-		p.Reason = ReasonWaitingDemand
+		return ReasonWaitingDemand
 	}
-	return *p != before
+	return p.Reason
 }
 
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
+// growCeiling raises a ceiling that throttles set, once ProbeAfter has
+// passed without one and while the window is in full use: adaptively by
+// 1, 2, 4, … per step, otherwise by one per step. A ceiling grown back to
+// the concurrency is forgotten.
+func growCeiling(p *buffer.Pacing, cfg *Pacing, concurrency int, saturated bool, now time.Time) {
+	if p.Ceiling == 0 || !saturated || float64(p.Ceiling) > p.Window {
+		return
 	}
-	return b
+	quiet := now.Sub(p.LastThrottle) - p.ProbeAfter
+	if quiet < 0 || now.Sub(p.LastGrow) < growEvery(p) {
+		return
+	}
+	step := 1
+	if cfg.Adaptive {
+		step = max(1, p.Ceiling-p.CeilingBase)
+	}
+	p.Ceiling += step
+	p.LastGrow = now
+	if p.Ceiling >= concurrency {
+		p.Ceiling, p.CeilingBase = 0, 0
+	}
 }
 
-// throttleWindow shrinks the window for a throttle and pauses the function
-// for retryAfter (capped). Throttles close together (one overload seen by
-// several in-flight invocations) shrink it once.
-func throttleWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, retryAfter time.Duration, now time.Time) bool {
-	retryAfter = min(max(retryAfter, 0), cfg.MaxPause)
-	if until := now.Add(retryAfter); until.After(p.PausedUntil) {
-		p.PausedUntil = until
+// growRate raises a learned rate once ProbeAfter has passed without a rate
+// throttle and jobs wait: by 5%, 10%, 20%, … of the rate the throttle
+// left. A rate grown to twice that is forgotten: the limit it stood for
+// is gone, or another limit binds first.
+func growRate(p *buffer.Pacing, backlog bool, now time.Time) {
+	if p.LearnedRate == 0 || !backlog {
+		return
 	}
-	p.Reason = ReasonThrottled
-	if now.Sub(p.LastThrottle) < time.Second {
-		return true
+	if now.Sub(p.LastRateThrottle) < p.ProbeAfter || now.Sub(p.LastRateGrow) < growEvery(p) {
+		return
+	}
+	step := max(rateGrowth*p.RateBase, p.LearnedRate-p.RateBase)
+	p.LearnedRate += step
+	p.LastRateGrow = now
+	if p.LearnedRate >= 2*p.RateBase {
+		p.LearnedRate, p.RateBase = 0, 0
+	}
+}
+
+// growEvery is the time between growth steps: an invocation's duration, so
+// that each step is seen before the next.
+func growEvery(p *buffer.Pacing) time.Duration {
+	return max(p.Took, minGrowEvery)
+}
+
+// probeAfter is how long growth waits after a throttle: about 1/probeShare
+// invocations at this many per second, so that a probe that finds the
+// limit again costs about one throttle in 1/probeShare invocations.
+func probeAfter(perSecond float64) time.Duration {
+	if perSecond <= 0 {
+		return maxProbeAfter
+	}
+	d := time.Duration(float64(time.Second) / (perSecond * probeShare))
+	return min(max(d, minProbeAfter), maxProbeAfter)
+}
+
+// throttleWindow learns from one throttle: it lowers the ceiling to what
+// was in flight (or halves it, without Adaptive), or learns a rate, and
+// pauses the function when the platform had no room even for one (or
+// always, with RetryAfterFunction). It reports whether it changed p.
+func throttleWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, ev throttleEvidence, now time.Time) bool {
+	before := p.Scalars()
+	if ev.took > 0 {
+		p.Took = ev.took
+	}
+	pause := min(max(ev.retryAfter, 0), cfg.MaxPause)
+	if cfg.RetryAfter == RetryAfterFunction || ev.inFlight == 0 {
+		if !ev.given {
+			pause = throttleWithout
+		}
+		if until := now.Add(pause); until.After(p.PausedUntil) {
+			p.PausedUntil = until
+		}
 	}
 	if p.Window == 0 {
 		p.Window = float64(cfg.Initial)
 	}
-	if cfg.Adaptive {
-		// The platform refused at this level: its limit is below it.
-		p.Ceiling = max(1, int(math.Floor(p.Window))-1)
-		p.Window = max(1, math.Floor(float64(p.Ceiling)*0.9))
+	took := growEvery(p)
+	switch {
+	case !cfg.Adaptive:
+		// One overload seen by several invocations at once halves once.
+		if now.Sub(p.LastThrottle) < took {
+			break
+		}
+		p.Ceiling = max(1, int(math.Floor(min(p.Window, windowCap(p, concurrency))/2)))
+		p.CeilingBase = p.Ceiling
+		p.LastThrottle, p.LastGrow = now, now
+		p.ProbeAfter = 0 // growth is earned step by step from here
+	case ev.takenAbove && ev.startRate > 0:
+		// Taken with more in flight a moment ago, refused with fewer now:
+		// not a limit on invocations in flight. Keep to the rate the
+		// platform took; a later throttle of the same kind only lowers it.
+		if p.LearnedRate == 0 || ev.startRate < p.LearnedRate || now.Sub(p.LastRateThrottle) >= took {
+			p.LearnedRate = ev.startRate
+		}
+		p.RateBase = p.LearnedRate
+		p.LastRateThrottle, p.LastRateGrow = now, now
+		p.ProbeAfter = probeAfter(p.LearnedRate)
+	default:
+		// The platform refused with ev.inFlight in flight: its limit is at
+		// most that, now. Throttles of one overload each lower it to what
+		// they saw; it only rises by growth.
+		p.Ceiling = min(max(1, ev.inFlight), int(windowCap(p, concurrency)))
+		p.CeilingBase = p.Ceiling
+		p.LastThrottle, p.LastGrow = now, now
+		perSecond := float64(p.Ceiling) / took.Seconds()
+		p.ProbeAfter = probeAfter(perSecond)
+	}
+	if p.Ceiling > 0 {
+		p.Window = min(p.Window, float64(p.Ceiling))
+		if cfg.PerMinute > 0 {
+			// Growth resumes from here at the scaling rate at most.
+			p.RampStart, p.RampBase = now, p.Window
+		}
+	}
+	p.Window = max(p.Window, 1)
+	if now.Before(p.PausedUntil) {
+		p.Reason = ReasonThrottled
 	} else {
-		p.Window = max(1, math.Floor(p.Window/2))
+		p.Reason = reason(p, cfg, concurrency, false, true, now)
 	}
-	p.LastThrottle = now
-	// Growth resumes from here after the pause, at the scaling rate.
-	if cfg.PerMinute > 0 {
-		p.RampStart, p.RampBase = p.PausedUntil, p.Window
+	return p.Scalars() != before
+}
+
+// startRate is the rate dispatch keeps to now, across processes: the
+// configured one or the learned one, whichever is lower; 0 for none.
+func startRate(configured float64, p *buffer.Pacing) float64 {
+	switch {
+	case p.LearnedRate > 0 && (configured <= 0 || p.LearnedRate < configured):
+		return p.LearnedRate
+	case configured > 0:
+		return configured
 	}
-	return true
+	return 0
+}
+
+// throttleOf tells whether the platform refused an invocation for capacity
+// (429, or 503 with Retry-After), how long it asked us to wait, and
+// whether it said.
+func throttleOf(resp *Response, now time.Time) (wait time.Duration, given, throttled bool) {
+	retryAfter, given := parseRetryAfter(resp.RetryAfter, now)
+	switch {
+	case resp.Status == http.StatusTooManyRequests:
+		if !given {
+			retryAfter = throttleWithout
+		}
+		return retryAfter, given, true
+	case resp.Status == http.StatusServiceUnavailable && given:
+		return retryAfter, true, true
+	}
+	return 0, false, false
 }
 
 // parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date.

@@ -66,40 +66,125 @@ func TestWindowWaitsForSaturationAndDecaysWhenIdle(t *testing.T) {
 	}
 }
 
-func TestThrottleShrinksAndPauses(t *testing.T) {
-	t.Run("adaptive learns the limit and probes above it", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{Initial: 10, PerMinute: 600, Adaptive: true, RampLag: time.Nanosecond})
-		p := buffer.Pacing{Window: 41}
-		throttleWindow(&p, cfg, 100, 2*time.Second, t0)
-		if p.Ceiling != 40 || p.Window != 36 || !p.PausedUntil.Equal(t0.Add(2*time.Second)) {
-			t.Fatalf("after a throttle at 41: %+v, want ceiling 40, window 36, paused 2s", p)
+// saturatedSteps steps the window every d for the given time with a
+// backlog that fills whatever window there is, and returns how long it
+// took the window to reach want (or -1).
+func saturatedSteps(p *buffer.Pacing, cfg *Pacing, concurrency int, from time.Time, d, within time.Duration, want float64) time.Duration {
+	for t := time.Duration(0); t <= within; t += d {
+		stepWindow(p, cfg, concurrency, buffer.Load{Backlog: 1000, InFlight: int(p.Window)}, from.Add(t))
+		if p.Window >= want {
+			return t
 		}
-		// A second 429 from the same overload does not shrink it again.
-		throttleWindow(&p, cfg, 100, time.Second, t0.Add(10*time.Millisecond))
-		if p.Window != 36 {
-			t.Errorf("second throttle of one overload shrank the window to %v", p.Window)
+	}
+	return -1
+}
+
+func TestThrottleTeachesTheLimit(t *testing.T) {
+	ev := func(inFlight int) throttleEvidence {
+		return throttleEvidence{inFlight: inFlight, took: 100 * time.Millisecond, retryAfter: time.Second, given: true}
+	}
+	t.Run("the ceiling drops to what was in flight, at once", func(t *testing.T) {
+		cfg := pacingFor(100, Pacing{Adaptive: true})
+		var p buffer.Pacing
+		stepWindow(&p, cfg, 100, buffer.Load{Backlog: 3000}, t0)
+		if p.Window != 100 {
+			t.Fatalf("first window = %v, want the concurrency", p.Window)
 		}
-		load := buffer.Load{Backlog: 1000, InFlight: 36}
-		stepWindow(&p, cfg, 100, load, t0.Add(time.Second))
-		if p.Window != 36 || p.Reason != ReasonThrottled {
-			t.Errorf("during the pause window = %v (%s), want 36, throttled", p.Window, p.Reason)
+		throttleWindow(&p, cfg, 100, ev(40), t0.Add(time.Millisecond))
+		// Later refusals of the same burst were sent with more in flight.
+		throttleWindow(&p, cfg, 100, ev(73), t0.Add(2*time.Millisecond))
+		if p.Ceiling != 40 || p.Window != 40 {
+			t.Fatalf("after throttles at 40 and 73 in flight: ceiling %d, window %v; want 40, 40", p.Ceiling, p.Window)
 		}
-		load.InFlight = 40
-		stepWindow(&p, cfg, 100, load, t0.Add(5*time.Second))
+		if !p.PausedUntil.IsZero() {
+			t.Errorf("the function paused until %v; only the refused job should wait", p.PausedUntil)
+		}
+		// Without scaling the next step must not put the window back at
+		// the configured concurrency.
+		stepWindow(&p, cfg, 100, buffer.Load{Backlog: 3000, InFlight: 40}, t0.Add(100*time.Millisecond))
 		if p.Window != 40 || p.Reason != ReasonAtLearned {
-			t.Errorf("after the pause window = %v (%s), want back at the learned 40", p.Window, p.Reason)
-		}
-		stepWindow(&p, cfg, 100, load, t0.Add(31*time.Second))
-		if p.Window != 41 || p.Ceiling != 41 {
-			t.Errorf("after 30s without throttles window = %v, ceiling %d; want a probe at 41", p.Window, p.Ceiling)
+			t.Errorf("next step: window %v (%s), want 40 at the learned limit", p.Window, p.Reason)
 		}
 	})
-	t.Run("not adaptive halves", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{Initial: 10, PerMinute: 600})
-		p := buffer.Pacing{Window: 40}
-		throttleWindow(&p, cfg, 100, time.Hour, t0)
-		if p.Window != 20 || p.Ceiling != 0 || !p.PausedUntil.Equal(t0.Add(5*time.Minute)) {
-			t.Errorf("after a throttle: %+v, want window 20 and the pause capped at 5m", p)
+	t.Run("a limit restored is found within seconds", func(t *testing.T) {
+		cfg := pacingFor(100, Pacing{Adaptive: true})
+		p := buffer.Pacing{Window: 50}
+		throttleWindow(&p, cfg, 100, ev(20), t0)
+		if p.ProbeAfter < minProbeAfter || p.ProbeAfter > time.Second {
+			t.Errorf("probe after %v, want between %v and 1s for 20 in flight at 100ms", p.ProbeAfter, minProbeAfter)
+		}
+		took := saturatedSteps(&p, cfg, 100, t0, 100*time.Millisecond, 10*time.Second, 50)
+		if took < 0 || took > 2*time.Second {
+			t.Errorf("window reached 50 after %v, want within 2s", took)
+		}
+	})
+	t.Run("growth never outruns the scaling rate", func(t *testing.T) {
+		cfg := pacingFor(100, Pacing{Adaptive: true, Initial: 100, PerMinute: 600, RampLag: time.Nanosecond})
+		p := buffer.Pacing{Window: 50}
+		throttleWindow(&p, cfg, 100, ev(20), t0)
+		took := saturatedSteps(&p, cfg, 100, t0, 100*time.Millisecond, 10*time.Second, 50)
+		// 600/min is 10 a second: 30 more take at least 3s.
+		if took < 3*time.Second {
+			t.Errorf("window reached 50 after %v; at +10/s it cannot before 3s", took)
+		}
+	})
+	t.Run("not adaptive halves and earns growth back", func(t *testing.T) {
+		cfg := pacingFor(100, Pacing{})
+		p := buffer.Pacing{Window: 100}
+		throttleWindow(&p, cfg, 100, ev(40), t0)
+		throttleWindow(&p, cfg, 100, ev(40), t0.Add(10*time.Millisecond))
+		if p.Window != 50 {
+			t.Fatalf("after one overload window = %v, want halved once to 50", p.Window)
+		}
+		stepWindow(&p, cfg, 100, buffer.Load{Backlog: 3000, InFlight: 50}, t0.Add(100*time.Millisecond))
+		if p.Window > 51 {
+			t.Fatalf("next step: window %v, want it to stay shrunk", p.Window)
+		}
+		saturatedSteps(&p, cfg, 100, t0.Add(200*time.Millisecond), 100*time.Millisecond, time.Second, 100)
+		if p.Window < 55 || p.Window > 62 {
+			t.Errorf("after 1s of success window = %v, want about 60: one more per step", p.Window)
+		}
+	})
+	t.Run("refused with fewer in flight than were just taken: a rate", func(t *testing.T) {
+		cfg := pacingFor(100, Pacing{Adaptive: true})
+		p := buffer.Pacing{Window: 100}
+		e := ev(12)
+		e.takenAbove, e.startRate = true, 200
+		throttleWindow(&p, cfg, 100, e, t0)
+		if p.LearnedRate != 200 || p.Ceiling != 0 || p.Window != 100 {
+			t.Errorf("after a rate throttle: rate %v, ceiling %d, window %v; want 200/s and the window untouched", p.LearnedRate, p.Ceiling, p.Window)
+		}
+		if r := startRate(150, &p); r != 150 {
+			t.Errorf("start rate with 150/s configured = %v, want the lower 150", r)
+		}
+		if p.Reason != ReasonAtLearnedRate {
+			t.Errorf("reason %q, want %q", p.Reason, ReasonAtLearnedRate)
+		}
+		// It grows back once no throttle came for a while, and is
+		// forgotten at twice what was learned.
+		for d := time.Duration(0); d < 20*time.Second && p.LearnedRate > 0; d += 100 * time.Millisecond {
+			stepWindow(&p, cfg, 100, buffer.Load{Backlog: 100, InFlight: 20}, t0.Add(d))
+		}
+		if p.LearnedRate != 0 {
+			t.Errorf("learned rate %v after 20s without throttles, want forgotten", p.LearnedRate)
+		}
+	})
+	t.Run("refused with nothing in flight pauses the function", func(t *testing.T) {
+		cfg := pacingFor(100, Pacing{Adaptive: true})
+		p := buffer.Pacing{Window: 10}
+		throttleWindow(&p, cfg, 100, throttleEvidence{retryAfter: 2 * time.Second, given: true}, t0)
+		if !p.PausedUntil.Equal(t0.Add(2*time.Second)) || p.Window != 1 {
+			t.Errorf("paused until %v, window %v; want 2s and 1", p.PausedUntil, p.Window)
+		}
+	})
+	t.Run("RetryAfterFunction pauses for every throttle, capped", func(t *testing.T) {
+		cfg := pacingFor(100, Pacing{Adaptive: true, RetryAfter: RetryAfterFunction})
+		p := buffer.Pacing{Window: 100}
+		e := ev(40)
+		e.retryAfter = time.Hour
+		throttleWindow(&p, cfg, 100, e, t0)
+		if !p.PausedUntil.Equal(t0.Add(DefaultMaxPause)) {
+			t.Errorf("paused until %v, want the pause capped at %v", p.PausedUntil, DefaultMaxPause)
 		}
 	})
 }
@@ -121,7 +206,7 @@ func TestThrottleOf(t *testing.T) {
 		{"429 with garbage", Response{Status: 429, RetryAfter: "soon"}, true, time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			wait, throttled := throttleOf(&tc.resp, now)
+			wait, _, throttled := throttleOf(&tc.resp, now)
 			if throttled != tc.throttled || wait != tc.wait {
 				t.Errorf("throttleOf = %v, %v; want %v, %v", wait, throttled, tc.wait, tc.throttled)
 			}

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"math"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -132,10 +133,23 @@ type gauges struct {
 	inFlight  atomic.Int64
 	window    atomic.Int64
 	oldestAge atomic.Int64 // nanoseconds; 0 when nothing is queued
+	// learnedLimit and learnedRate are the shared state's learned
+	// concurrency limit and start rate (math.Float64bits); 0 while none
+	// is known.
+	learnedLimit atomic.Int64
+	learnedRate  atomic.Uint64
+}
+
+// setLearned records what p has learned from throttles: its concurrency
+// limit and its start rate.
+func (g *gauges) setLearned(p buffer.Pacing) {
+	g.learnedLimit.Store(int64(p.Ceiling))
+	g.learnedRate.Store(math.Float64bits(p.LearnedRate))
 }
 
 // registerGauges reports every function's queue depth, oldest job age,
-// in-flight count, window and limit when metrics are collected.
+// in-flight count, window, limit, and learned limit and rate when metrics
+// are collected.
 func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poolLoop) error {
 	m := mp.Meter(instrumentation)
 	depth, err := m.Int64ObservableGauge("sluice.queue.depth", metric.WithUnit("{job}"),
@@ -163,6 +177,16 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poo
 	if err != nil {
 		return err
 	}
+	learnedLimit, err := m.Int64ObservableGauge("sluice.dispatch.learned_limit", metric.WithUnit("{invocation}"),
+		metric.WithDescription("The concurrency limit learned from the platform's throttles; 0 while none is known."))
+	if err != nil {
+		return err
+	}
+	learnedRate, err := m.Float64ObservableGauge("sluice.dispatch.learned_rate", metric.WithUnit("{invocation}/s"),
+		metric.WithDescription("Invocation starts per second learned from throttles that came while fewer than the learned limit were in flight; 0 while none is known."))
+	if err != nil {
+		return err
+	}
 	if err := registerPoolGauges(m, pools); err != nil {
 		return err
 	}
@@ -174,9 +198,11 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poo
 			o.ObserveInt64(inFlight, l.gauges.inFlight.Load(), fn)
 			o.ObserveInt64(window, l.gauges.window.Load(), fn)
 			o.ObserveInt64(limit, int64(l.fn.Concurrency), fn)
+			o.ObserveInt64(learnedLimit, l.gauges.learnedLimit.Load(), fn)
+			o.ObserveFloat64(learnedRate, math.Float64frombits(l.gauges.learnedRate.Load()), fn)
 		}
 		return nil
-	}, depth, oldest, inFlight, window, limit)
+	}, depth, oldest, inFlight, window, limit, learnedLimit, learnedRate)
 	return err
 }
 

@@ -117,6 +117,10 @@ type Function struct {
 	// PoolConcurrency is that pool's configured limit; for display.
 	Pool            string
 	PoolConcurrency int
+	// RatePerSecond is its configured cap on invocation starts per
+	// second, for display: GetFunction reports it, or the rate learned
+	// from throttles when that is lower. Zero means no cap.
+	RatePerSecond float64
 }
 
 // DefaultMaxPayload is a function's payload limit when none is configured.
@@ -584,17 +588,19 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		return nil, err
 	}
 	st := &sluicev1.FunctionStatus{
-		Window:       int32(p.Window),
-		InFlight:     int32(load.InFlight),
-		Backlog:      int64(load.Backlog),
-		Reason:       p.Reason,
-		LearnedLimit: int32(p.Ceiling),
-		ColdStarts:   p.ColdStarts,
-		WarmStarts:   p.WarmStarts,
-		Succeeded:    p.Counts.Succeeded,
-		DeadLettered: p.Counts.DeadLettered,
-		Retries:      p.Counts.Retries,
-		Throttles:    p.Counts.Throttles,
+		Window:               int32(p.Window),
+		InFlight:             int32(load.InFlight),
+		Backlog:              int64(load.Backlog),
+		Reason:               p.Reason,
+		LearnedLimit:         int32(p.Ceiling),
+		ColdStarts:           p.ColdStarts,
+		WarmStarts:           p.WarmStarts,
+		Succeeded:            p.Counts.Succeeded,
+		DeadLettered:         p.Counts.DeadLettered,
+		Retries:              p.Counts.Retries,
+		Throttles:            p.Counts.Throttles,
+		LearnedRatePerSecond: p.LearnedRate,
+		RatePerSecond:        paceRate(f.RatePerSecond, p.LearnedRate),
 	}
 	if st.Window == 0 {
 		st.Window = int32(load.MaxInFlight)
@@ -625,6 +631,19 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		}
 	}
 	return st, nil
+}
+
+// paceRate is the start rate dispatch keeps to: the lower of the
+// configured and the learned rate, either 0 when there is none; 0 for no
+// limit.
+func paceRate(configured, learned float64) float64 {
+	switch {
+	case configured <= 0:
+		return max(learned, 0)
+	case learned <= 0:
+		return configured
+	}
+	return min(configured, learned)
 }
 
 // describePool is f's share of its pool and the pool's state.

@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"math"
+	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -31,15 +33,16 @@ func (s *Service) explainWait(ctx context.Context, job *sluicev1.Job) {
 		job.WaitingReason = "dispatch has not started for the function yet"
 		return
 	}
-	job.WaitingReason = waitingReason(job, p, load, s.functions[job.Function].Concurrency, now)
+	job.WaitingReason = waitingReason(job, p, load, s.functions[job.Function], now)
 	if r := s.admission.drain.rate(job.Function, now); r > 0 {
 		ahead := max(load.Backlog-1, 0) // it is among the backlog itself
 		job.EstimatedStartTime = timestamppb.New(now.Add(time.Duration(float64(ahead) / r * float64(time.Second))))
 	}
 }
 
-// waitingReason is what holds a queued job, most binding first.
-func waitingReason(job *sluicev1.Job, p buffer.Pacing, load buffer.Load, limit int, now time.Time) string {
+// waitingReason is what holds a queued job of f, most binding first.
+func waitingReason(job *sluicev1.Job, p buffer.Pacing, load buffer.Load, f Function, now time.Time) string {
+	limit := f.Concurrency
 	window := int(p.Window)
 	if window == 0 {
 		window = load.MaxInFlight
@@ -60,6 +63,19 @@ func waitingReason(job *sluicev1.Job, p buffer.Pacing, load buffer.Load, limit i
 		return fmt.Sprintf("concurrency window full: %d in flight, held at %d below the learned limit of %d the platform throttled at", load.InFlight, window, p.Ceiling)
 	case load.InFlight >= window:
 		return fmt.Sprintf("concurrency window full: %d of %d in flight", load.InFlight, window)
+	case p.LearnedRate > 0 && paceRate(f.RatePerSecond, p.LearnedRate) < p.LearnedRate:
+		return fmt.Sprintf("paced at the configured rate of %s/s, below the learned rate of %s/s", perSecond(f.RatePerSecond), perSecond(p.LearnedRate))
+	case p.LearnedRate > 0:
+		return fmt.Sprintf("paced at the learned rate of %s/s: the platform throttled while fewer than the learned limit were in flight", perSecond(p.LearnedRate))
 	}
 	return fmt.Sprintf("next in line: %d in flight of a window of %d", load.InFlight, window)
+}
+
+// perSecond formats a rate for people, as the dashboard does: whole from
+// 10 up, to a tenth below.
+func perSecond(r float64) string {
+	if r >= 10 {
+		return strconv.FormatFloat(math.Round(r), 'f', 0, 64)
+	}
+	return strconv.FormatFloat(math.Round(r*10)/10, 'f', 1, 64)
 }

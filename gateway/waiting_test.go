@@ -27,10 +27,33 @@ func TestWaitingReason(t *testing.T) {
 		{"ramp", queued, buffer.Pacing{Window: 4, RampStart: now.Add(-time.Second)}, buffer.Load{InFlight: 4}, "scaling ramp: 4 in flight, the window of 4 is growing toward the limit of 10"},
 		{"learned limit", queued, buffer.Pacing{Window: 6, Ceiling: 7}, buffer.Load{InFlight: 6}, "below the learned limit of 7"},
 		{"window full", queued, buffer.Pacing{Window: 10}, buffer.Load{InFlight: 10}, "concurrency window full: 10 of 10 in flight"},
+		{"learned rate", queued, buffer.Pacing{Window: 10, Ceiling: 10, LearnedRate: 182.4}, buffer.Load{InFlight: 3}, "paced at the learned rate of 182/s: the platform throttled while fewer than the learned limit were in flight"},
+		{"slow learned rate", queued, buffer.Pacing{Window: 10, Ceiling: 10, LearnedRate: 2.5}, buffer.Load{InFlight: 3}, "paced at the learned rate of 2.5/s"},
+		{"configured rate below learned", queued, buffer.Pacing{Window: 10, Ceiling: 10, LearnedRate: 400}, buffer.Load{InFlight: 3}, "paced at the configured rate of 200/s, below the learned rate of 400/s"},
+		{"learned rate, window full", queued, buffer.Pacing{Window: 10, LearnedRate: 182}, buffer.Load{InFlight: 10}, "concurrency window full: 10 of 10 in flight"},
 		{"room", queued, buffer.Pacing{Window: 10}, buffer.Load{InFlight: 3}, "next in line"},
 	} {
-		if got := waitingReason(tc.job, tc.p, tc.load, 10, now); !strings.Contains(got, tc.want) {
+		if got := waitingReason(tc.job, tc.p, tc.load, Function{Concurrency: 10, RatePerSecond: 200}, now); !strings.Contains(got, tc.want) {
 			t.Errorf("%s: %q, want it to contain %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+func TestPaceRate(t *testing.T) {
+	for _, tc := range []struct {
+		name                      string
+		configured, learned, want float64
+	}{
+		{"neither", 0, 0, 0},
+		{"configured only", 50, 0, 50},
+		{"learned only", 0, 182.5, 182.5},
+		{"learned lower", 200, 182.5, 182.5},
+		{"configured lower", 50, 182.5, 50},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := paceRate(tc.configured, tc.learned); got != tc.want {
+				t.Errorf("paceRate(%v, %v) = %v, want %v", tc.configured, tc.learned, got, tc.want)
+			}
+		})
 	}
 }

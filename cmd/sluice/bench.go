@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -44,6 +45,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"queued":   runBenchQueued,
 		"pools":    runBenchPools,
 		"fairness": runBenchFairness,
+		"pacing":   runBenchPacing,
 		// The JetStream the others start, in a process of its own.
 		"jetstream": runBenchJetStream,
 	}
@@ -55,7 +57,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return run(ctx, args[1:], stdout, stderr)
 		}
 	}
-	return errors.New("bench: name a benchmark: burst, ingress, pipeline, invoke, queued, pools or fairness")
+	return errors.New("bench: name a benchmark: burst, ingress, pipeline, invoke, queued, pools, fairness or pacing")
 }
 
 // burstFlags configure `sluice bench burst`.
@@ -119,7 +121,19 @@ func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fmt.Fprintf(stdout, "sluice: %d gateway process(es), concurrency %d, adaptive %v, submits over %s, embedded JetStream with fsync before ack\n\n",
 		b.gateways, b.concurrency, b.adaptive, b.protocol)
 
-	sl, err := benchSluice(ctx, b, dir, platform, stderr)
+	sl, err := benchSluice(ctx, sluiceRun{
+		jobs: b.jobs, submitters: b.submitters, payload: b.payload, gateways: b.gateways, protocol: b.protocol,
+		platform: platform, function: "burst",
+		config: func(url string) string {
+			return fmt.Sprintf(`name: burst
+url: %s
+concurrency: %d
+timeout: 30s
+scaling: {initial: %d, per_minute: %d}
+adaptive: %v
+`, url, b.concurrency, b.initial, max(b.perMinute, 1), b.adaptive)
+		},
+	}, dir, stderr)
 	if err != nil {
 		return fmt.Errorf("sluice run: %w", err)
 	}
@@ -163,17 +177,84 @@ type burstResult struct {
 	completed, failed, lost int
 	submit, drain           time.Duration
 	stats                   fnsim.Stats
+	// status is the function's dispatch state as the first gateway
+	// reported it once the burst had drained, if sluiceRun.status asked.
+	status *functionStatus
+}
+
+// sluiceRun is one burst through Sluice, as benchSluice runs it.
+type sluiceRun struct {
+	// jobs in the burst, submitted by submitters concurrent clients over
+	// protocol (grpc or rest), each with payload bytes.
+	jobs, submitters, payload int
+	protocol                  string
+	// gateways is the number of gateway processes sharing one NATS.
+	gateways int
+	// platform is the flags of the simulated platform (sluice fnsim).
+	platform []string
+	// function is the function's name, and config its entry under
+	// functions: in the gateways' YAML, given the platform's URL, unindented.
+	function string
+	config   func(url string) string
+	// status reads the function's dispatch state from the first gateway
+	// once the burst has drained, into burstResult.status.
+	status bool
+	// logLevel is the gateways' log level; "" means warn.
+	logLevel string
+}
+
+// functionStatus is what bench reads of GET /v1/functions/{name}: the
+// function's status, with the REST API's camelCase names.
+type functionStatus struct {
+	Reason       string `json:"reason"`
+	LearnedLimit int    `json:"learnedLimit"`
+	// LearnedRatePerSecond is absent from gateways that do not learn a
+	// rate.
+	LearnedRatePerSecond *float64 `json:"learnedRatePerSecond"`
+}
+
+// getFunctionStatus reads a function's dispatch state from a gateway's
+// REST API (gateway is its base URL).
+func getFunctionStatus(ctx context.Context, gateway, function string) (*functionStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, gateway+"/v1/functions/"+function, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", req.URL, resp.Status)
+	}
+	var fn struct { // the REST API answers with the Function itself
+		Status *functionStatus `json:"status"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&fn); err != nil {
+		return nil, fmt.Errorf("GET %s: %w", req.URL, err)
+	}
+	if fn.Status == nil {
+		return nil, fmt.Errorf("GET %s: no status", req.URL)
+	}
+	return fn.Status, nil
+}
+
+// indent puts each line of text but the first four spaces in, as an
+// entry of the YAML list under functions: needs.
+func indent(text string) string {
+	return strings.ReplaceAll(strings.TrimRight(text, "\n"), "\n", "\n    ") + "\n"
 }
 
 // benchSluice runs the burst through Sluice: gateway processes on one
 // embedded NATS, the platform in a process of its own.
-func benchSluice(ctx context.Context, b burstFlags, dir string, platform []string, stderr io.Writer) (*burstResult, error) {
+func benchSluice(ctx context.Context, b sluiceRun, dir string, stderr io.Writer) (*burstResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var children sync.WaitGroup
 	defer children.Wait() // after cancel has stopped them
 	defer cancel()
 
-	fnAddr, err := startPlatform(ctx, &children, stderr, platform)
+	fnAddr, err := startPlatform(ctx, &children, stderr, b.platform)
 	if err != nil {
 		return nil, err
 	}
@@ -188,14 +269,7 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 		nats.Shutdown()
 	}()
 	config := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(config, fmt.Appendf(nil, `functions:
-  - name: burst
-    url: http://%s/
-    concurrency: %d
-    timeout: 30s
-    scaling: {initial: %d, per_minute: %d}
-    adaptive: %v
-`, fnAddr, b.concurrency, b.initial, max(b.perMinute, 1), b.adaptive), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte("functions:\n  - "+indent(b.config("http://"+fnAddr+"/"))), 0o600); err != nil {
 		return nil, err
 	}
 	var gateways, grpcAddrs []string
@@ -206,7 +280,7 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 			return nil, err
 		}
 		if err := startChild(ctx, &children, stderr, "serve", "--config", config, "--nats-url", nats.ClientURL(),
-			"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn", "--data-dir", filepath.Join(dir, fmt.Sprint("gw", i))); err != nil {
+			"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", cmp.Or(b.logLevel, "warn"), "--data-dir", filepath.Join(dir, fmt.Sprint("gw", i))); err != nil {
 			return nil, err
 		}
 		gateways = append(gateways, "http://"+httpAddr)
@@ -249,9 +323,9 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 				var id string
 				var err error
 				if b.protocol == "grpc" {
-					id, err = submitGRPC(gctx, grpcClients[i%len(grpcClients)], "burst", payload)
+					id, err = submitGRPC(gctx, grpcClients[i%len(grpcClients)], b.function, payload)
 				} else {
-					id, err = submitREST(gctx, client, gateways[i%len(gateways)], "burst", payload)
+					id, err = submitREST(gctx, client, gateways[i%len(gateways)], b.function, payload)
 				}
 				if err != nil {
 					return err
@@ -307,6 +381,11 @@ func benchSluice(ctx context.Context, b burstFlags, dir string, platform []strin
 		pending = still
 		if len(pending) > 0 {
 			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if b.status {
+		if res.status, err = getFunctionStatus(ctx, gateways[0], b.function); err != nil {
+			return nil, err
 		}
 	}
 	res.stats, err = fnStats(ctx, "http://"+fnAddr+"/stats")

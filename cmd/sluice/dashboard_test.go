@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -188,6 +189,15 @@ func grouped(n int64) string {
 	return s
 }
 
+// shownRate is a rate as the page shows it: whole and grouped from 10 up,
+// to a tenth below, rounding halves up as Intl.NumberFormat does.
+func shownRate(r float64) string {
+	if r >= 10 {
+		return grouped(int64(math.Round(r))) + "/s"
+	}
+	return strconv.FormatFloat(math.Round(r*10)/10, 'f', 1, 64) + "/s"
+}
+
 // ungroup parses a figure the page grouped, failing the test if it is not
 // a whole number.
 func ungroup(t *testing.T, what, s string) int64 {
@@ -203,16 +213,17 @@ func ungroup(t *testing.T, what, s string) int64 {
 type fnState struct {
 	Concurrency int `json:"concurrency"`
 	Status      struct {
-		Window       int    `json:"window"`
-		InFlight     int    `json:"inFlight"`
-		Backlog      int64  `json:"backlog,string"`
-		Reason       string `json:"reason"`
-		LearnedLimit int    `json:"learnedLimit"`
-		ColdStarts   int64  `json:"coldStarts,string"`
-		DeadLetters  int64  `json:"deadLetters,string"`
-		Succeeded    int64  `json:"succeeded,string"`
-		Retries      int64  `json:"retries,string"`
-		Throttles    int64  `json:"throttles,string"`
+		Window       int     `json:"window"`
+		InFlight     int     `json:"inFlight"`
+		Backlog      int64   `json:"backlog,string"`
+		Reason       string  `json:"reason"`
+		LearnedLimit int     `json:"learnedLimit"`
+		LearnedRate  float64 `json:"learnedRatePerSecond"`
+		ColdStarts   int64   `json:"coldStarts,string"`
+		DeadLetters  int64   `json:"deadLetters,string"`
+		Succeeded    int64   `json:"succeeded,string"`
+		Retries      int64   `json:"retries,string"`
+		Throttles    int64   `json:"throttles,string"`
 		Circuit      struct {
 			State     string `json:"state"`
 			OpenUntil string `json:"openUntil"`
@@ -443,6 +454,10 @@ func TestDashboard(t *testing.T) {
 			if st.LearnedLimit > 0 {
 				learned = grouped(int64(st.LearnedLimit))
 			}
+			learnedRate := "—"
+			if st.LearnedRate > 0 {
+				learnedRate = shownRate(st.LearnedRate)
+			}
 			reason := st.Reason
 			if reason == "" {
 				reason = "—"
@@ -468,6 +483,7 @@ func TestDashboard(t *testing.T) {
 				"coldStarts":   grouped(st.ColdStarts),
 				"deadLetters":  grouped(st.DeadLetters),
 				"learnedLimit": learned,
+				"learnedRate":  learnedRate,
 				"circuit":      circuit,
 				"reason":       reason,
 				"paused":       paused,

@@ -219,7 +219,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			JSONPayload:   f.Target != nil && f.Target.Lambda != nil,
 			InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
 			MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.gateway(),
-			Pool: f.Pool, PoolConcurrency: poolConcurrency(cfg.Pools, f.Pool),
+			Pool: f.Pool, PoolConcurrency: poolConcurrency(cfg.Pools, f.Pool), RatePerSecond: df.RatePerSecond,
 		})
 		dispFuncs = append(dispFuncs, df)
 	}

@@ -70,6 +70,8 @@
     const n = Number(v ?? 0); // int64 fields arrive as strings
     return Number.isFinite(n) ? n : 0;
   };
+  // A rate per second: whole from 10 up, to a tenth below.
+  const perSecond = (r) => `${r >= 10 ? count.format(Math.round(r)) : rate.format(r)}/s`;
   const pad = (n, w = 2) => String(n).padStart(w, '0');
   function clock(d) {
     return `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`;
@@ -231,6 +233,8 @@
     set(x.coldStarts, count.format(num(s.coldStarts)));
     x.coldStarts.title = `${count.format(num(s.coldStarts))} cold, ${count.format(num(s.warmStarts))} warm`;
     set(x.learnedLimit, num(s.learnedLimit) > 0 ? count.format(num(s.learnedLimit)) : '—');
+    set(x.learnedRate, num(s.learnedRatePerSecond) > 0 ? perSecond(num(s.learnedRatePerSecond)) : '—');
+    x.learnedRate.title = num(s.ratePerSecond) > 0 ? `Starts paced at ${perSecond(num(s.ratePerSecond))} now` : '';
 
     drawFunctionCharts(fn, now);
   }

@@ -226,7 +226,15 @@ type FunctionStatus struct {
 	Throttles    int64 `protobuf:"varint,14,opt,name=throttles,proto3" json:"throttles,omitempty"`
 	// The concurrency pool the function shares with others; unset outside
 	// a pool.
-	Pool          *PoolShare `protobuf:"bytes,15,opt,name=pool,proto3" json:"pool,omitempty"`
+	Pool *PoolShare `protobuf:"bytes,15,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Invocation starts per second learned from the platform's throttles
+	// when it limits requests per second rather than in flight; 0 while none
+	// is known.
+	LearnedRatePerSecond float64 `protobuf:"fixed64,16,opt,name=learned_rate_per_second,json=learnedRatePerSecond,proto3" json:"learned_rate_per_second,omitempty"`
+	// The start rate dispatch keeps to now, across gateway processes: the
+	// configured rate.per_second or the learned rate, whichever is lower; 0
+	// for no limit.
+	RatePerSecond float64 `protobuf:"fixed64,17,opt,name=rate_per_second,json=ratePerSecond,proto3" json:"rate_per_second,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,6 +372,20 @@ func (x *FunctionStatus) GetPool() *PoolShare {
 		return x.Pool
 	}
 	return nil
+}
+
+func (x *FunctionStatus) GetLearnedRatePerSecond() float64 {
+	if x != nil {
+		return x.LearnedRatePerSecond
+	}
+	return 0
+}
+
+func (x *FunctionStatus) GetRatePerSecond() float64 {
+	if x != nil {
+		return x.RatePerSecond
+	}
+	return 0
 }
 
 // PoolShare is a function's part of a concurrency pool that several
@@ -848,7 +870,7 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"\x0einitial_window\x18\x05 \x01(\x05B\x03\xe0A\x03R\rinitialWindow\x121\n" +
 	"\x12scaling_per_minute\x18\x06 \x01(\x05B\x03\xe0A\x03R\x10scalingPerMinute\x12\x1f\n" +
 	"\badaptive\x18\a \x01(\bB\x03\xe0A\x03R\badaptive\x126\n" +
-	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\x93\x04\n" +
+	"\x06status\x18\b \x01(\v2\x19.sluice.v1.FunctionStatusB\x03\xe0A\x03R\x06status\"\xf2\x04\n" +
 	"\x0eFunctionStatus\x12\x16\n" +
 	"\x06window\x18\x01 \x01(\x05R\x06window\x12\x1b\n" +
 	"\tin_flight\x18\x02 \x01(\x05R\binFlight\x12\x18\n" +
@@ -867,7 +889,9 @@ const file_sluice_v1_function_proto_rawDesc = "" +
 	"\rdead_lettered\x18\f \x01(\x03R\fdeadLettered\x12\x18\n" +
 	"\aretries\x18\r \x01(\x03R\aretries\x12\x1c\n" +
 	"\tthrottles\x18\x0e \x01(\x03R\tthrottles\x12(\n" +
-	"\x04pool\x18\x0f \x01(\v2\x14.sluice.v1.PoolShareR\x04pool\"\xa6\x02\n" +
+	"\x04pool\x18\x0f \x01(\v2\x14.sluice.v1.PoolShareR\x04pool\x125\n" +
+	"\x17learned_rate_per_second\x18\x10 \x01(\x01R\x14learnedRatePerSecond\x12&\n" +
+	"\x0frate_per_second\x18\x11 \x01(\x01R\rratePerSecond\"\xa6\x02\n" +
 	"\tPoolShare\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12 \n" +

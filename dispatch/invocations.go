@@ -1,0 +1,309 @@
+package dispatch
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/sluicehq/sluice/buffer"
+)
+
+// invocations tracks one function's invocations in this process: how many
+// are in flight at the platform, which the platform took or refused
+// recently and with how many in flight, and how long they take. It is the
+// evidence a throttle is judged by, and the gate that keeps this process's
+// invocations within the shared window even while jobs held back after a
+// throttle come due. It is safe for concurrent use.
+type invocations struct {
+	mu    sync.Mutex
+	room  int           // the most that may be in flight in this process now
+	inUse int           // in flight now
+	wake  chan struct{} // closed when room may have opened
+	sent  []sentRecord  // recent sends, oldest first
+	first uint64        // sequence number of sent[0]
+	took  time.Duration // typical duration of an invocation the platform took
+	// known is the most in flight the platform has been seen to take, plus
+	// one: sends at or above it explore, spaced by exploreEvery, so that
+	// the first throttle comes back before many more go.
+	known        int
+	exploreEvery time.Duration
+	exploreNext  time.Time
+}
+
+// sentRecord is one invocation as it was sent.
+type sentRecord struct {
+	at      time.Time
+	level   int // in flight across processes when sent, not counting it
+	refused bool
+}
+
+// sendTicket identifies one send until it is done.
+type sendTicket struct {
+	seq   uint64
+	at    time.Time
+	level int
+}
+
+// Bounds of the send history: what takenAbove and startRate look back on.
+const (
+	sentKeep    = 2 * time.Second
+	sentMax     = 1 << 14
+	rateHorizon = time.Second
+	// tookWeight is the weight of each new duration in the running mean.
+	tookWeight = 0.1
+)
+
+// exploreSpread is how long sends take to explore a function's whole
+// concurrency, from nothing known to all of it: the first throttle of a
+// platform whose limit is lower comes back within a few spaced sends.
+const (
+	exploreSpread   = 250 * time.Millisecond
+	maxExploreEvery = time.Millisecond
+)
+
+func newInvocations(room, concurrency int) *invocations {
+	return &invocations{
+		room:         max(1, room),
+		wake:         make(chan struct{}),
+		exploreEvery: min(maxExploreEvery, exploreSpread/time.Duration(max(1, concurrency))),
+	}
+}
+
+// setRoom changes how many may be in flight in this process, waking
+// senders waiting for room.
+func (v *invocations) setRoom(n int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n = max(1, n)
+	if n == v.room {
+		return
+	}
+	grew := n > v.room
+	v.room = n
+	if grew {
+		v.broadcast()
+	}
+}
+
+func (v *invocations) broadcast() {
+	close(v.wake)
+	v.wake = make(chan struct{})
+}
+
+// acquire waits for room in this process and records the send: others is
+// how many other processes have in flight, as they last reported. It
+// returns ctx's error if ctx ends first.
+func (v *invocations) acquire(ctx context.Context, others int, now func() time.Time) (sendTicket, error) {
+	for {
+		v.mu.Lock()
+		if v.inUse < v.room {
+			t := sendTicket{at: now(), level: v.inUse + others}
+			if t.level >= v.known {
+				// Spaced by the real clock: it is about the network.
+				real := time.Now()
+				if wait := v.exploreNext.Sub(real); wait > 0 {
+					v.mu.Unlock()
+					if !sleepCtx(ctx, wait) {
+						return sendTicket{}, ctx.Err()
+					}
+					continue
+				}
+				v.exploreNext = real.Add(v.exploreEvery)
+			}
+			v.inUse++
+			v.trim(t.at)
+			t.seq = v.first + uint64(len(v.sent))
+			v.sent = append(v.sent, sentRecord{at: t.at, level: t.level})
+			v.mu.Unlock()
+			return t, nil
+		}
+		wake := v.wake
+		v.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return sendTicket{}, ctx.Err()
+		}
+	}
+}
+
+// trim drops sends older than sentKeep, and the oldest beyond sentMax.
+func (v *invocations) trim(now time.Time) {
+	cut := 0
+	for cut < len(v.sent) && (now.Sub(v.sent[cut].at) > sentKeep || len(v.sent)-cut >= sentMax) {
+		cut++
+	}
+	if cut > 0 {
+		v.sent = append(v.sent[:0], v.sent[cut:]...)
+		v.first += uint64(cut)
+	}
+}
+
+// done ends a send: refused says the platform throttled it; took is how
+// long a taken one ran.
+func (v *invocations) done(t sendTicket, refused bool, took time.Duration) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.inUse--
+	if refused && t.seq >= v.first && t.seq-v.first < uint64(len(v.sent)) {
+		v.sent[t.seq-v.first].refused = true
+	}
+	if !refused {
+		v.known = max(v.known, t.level+1)
+	}
+	if !refused && took > 0 {
+		if v.took == 0 {
+			v.took = took
+		} else {
+			v.took += time.Duration(tookWeight * float64(took-v.took))
+		}
+	}
+	v.broadcast()
+}
+
+// refusedWith lowers what the platform is known to take after it refused
+// a send with level in flight, and this process's room with it at once,
+// before the shared window follows: others is what the other processes
+// had in flight.
+func (v *invocations) refusedWith(level, others int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.known = min(v.known, level)
+	v.room = max(1, min(v.room, level-others))
+}
+
+// evidence is what this process saw around the refused send t, with the
+// other processes' in-flight count and start rate added.
+func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEvidence {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ev := throttleEvidence{inFlight: t.level, took: v.took}
+	horizon := max(v.took, minGrowEvery)
+	above := t.level + max(2, t.level/5)
+	taken := 0
+	for i := len(v.sent) - 1; i >= 0; i-- {
+		s := v.sent[i]
+		if t.at.Sub(s.at) > rateHorizon {
+			break
+		}
+		if s.refused {
+			continue
+		}
+		taken++
+		if s.at.Before(t.at) && t.at.Sub(s.at) <= horizon && s.level >= above {
+			ev.takenAbove = true
+		}
+	}
+	ev.startRate = float64(taken)/rateHorizon.Seconds() + otherStarts
+	return ev
+}
+
+// report is this process's share, for the others: in flight now, and
+// starts per second the platform took over the last second.
+func (v *invocations) report(now time.Time) (inFlight int, starts float64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	taken := 0
+	for i := len(v.sent) - 1; i >= 0 && now.Sub(v.sent[i].at) <= rateHorizon; i-- {
+		if !v.sent[i].refused {
+			taken++
+		}
+	}
+	return v.inUse, float64(taken) / rateHorizon.Seconds()
+}
+
+// inFlight is how many of this process's invocations are in flight now.
+func (v *invocations) inFlight() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.inUse
+}
+
+// Reports of other processes older than reportFresh are not counted; older
+// than reportStale, they are removed.
+const (
+	reportFresh = time.Second
+	reportStale = 10 * time.Second
+)
+
+// report is this process's share of the function's dispatch now.
+func (l *functionLoop) report(now time.Time) buffer.ProcLoad {
+	inFlight, starts := l.inv.report(now)
+	return buffer.ProcLoad{Invoking: inFlight, Starts: starts, Held: int(l.held.Load()), At: now}
+}
+
+// putReport writes this process's report into the shared state, when it
+// says something new: an idle process that said so already writes
+// nothing. It removes other processes' stale reports on the way and
+// reports whether it changed p.
+func putReport(p *buffer.Pacing, self string, mine buffer.ProcLoad, now time.Time) bool {
+	idle := mine.Invoking == 0 && mine.Held == 0 && mine.Starts == 0
+	var prev buffer.ProcLoad
+	var had bool
+	if p.Procs != nil {
+		prev, had = (*p.Procs)[self]
+	}
+	same := prev.Invoking == mine.Invoking && prev.Held == mine.Held && prev.Starts == mine.Starts
+	if (idle && (!had || same)) || (had && same && now.Sub(prev.At) < reportFresh/2) {
+		return false
+	}
+	procs := buffer.ProcLoads{}
+	if p.Procs != nil {
+		for id, r := range *p.Procs {
+			if now.Sub(r.At) < reportStale {
+				procs[id] = r
+			}
+		}
+	}
+	if idle {
+		delete(procs, self)
+	} else {
+		procs[self] = mine
+	}
+	p.Procs = &procs
+	return true
+}
+
+// storePacing keeps the shared state as last seen, and makes this
+// process's room and start rate follow it: the window less what the other
+// processes have in flight, and the start rate (configured or learned)
+// divided among the processes dispatching.
+func (l *functionLoop) storePacing(p *buffer.Pacing) {
+	l.pacing.Store(p)
+	others, procs := p.Others(l.id, l.cfg.Now().Add(-reportFresh))
+	l.inv.setRoom(int(p.Window) - others.Invoking)
+	limit, burst := rate.Inf, 1
+	if r := startRate(l.fn.RatePerSecond, p); r > 0 {
+		share := float64(procs + 1)
+		limit = rate.Limit(r / share)
+		if r == l.fn.RatePerSecond {
+			burst = max(1, int(float64(l.fn.RateBurst)/share))
+		}
+	}
+	if l.limiter.Limit() != limit || l.limiter.Burst() != burst {
+		l.limiter.SetLimit(limit)
+		l.limiter.SetBurst(burst)
+	}
+}
+
+// consumerCap is the server-enforced cap on the function's jobs delivered
+// and not finished: the window, plus the jobs every process holds back
+// after a throttle, which keep their places without taking the window's.
+func (l *functionLoop) consumerCap(p *buffer.Pacing, now time.Time) int {
+	others, _ := p.Others(l.id, now.Add(-reportFresh))
+	return max(1, int(p.Window)+int(l.held.Load())+others.Held)
+}
+
+// sleepCtx sleeps for d or until ctx ends, and reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,78 @@
+package dispatch
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestInvocationsGateAndEvidence(t *testing.T) {
+	clock := t0
+	now := func() time.Time { return clock }
+	v := newInvocations(3, 3)
+	ctx := context.Background()
+	var taken []sendTicket
+	for range 3 {
+		tk, err := v.acquire(ctx, 0, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		taken = append(taken, tk)
+		clock = clock.Add(time.Millisecond)
+	}
+	if taken[2].level != 2 {
+		t.Errorf("third send saw %d in flight, want 2", taken[2].level)
+	}
+	// No room: a fourth waits until one is done.
+	waitCtx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := v.acquire(waitCtx, 0, now); err == nil {
+		t.Fatal("a fourth send found room in a window of 3")
+	}
+	got := make(chan sendTicket)
+	go func() {
+		tk, _ := v.acquire(ctx, 5, now)
+		got <- tk
+	}()
+	v.done(taken[0], false, 100*time.Millisecond)
+	fourth := <-got
+	if fourth.level != 2+5 {
+		t.Errorf("send with 2 here and 5 elsewhere in flight saw %d", fourth.level)
+	}
+
+	// The fourth is refused with fewer in flight than the third was
+	// taken with a moment ago: a rate, not a concurrency limit, if the
+	// third was clearly above it.
+	ev := v.evidence(fourth, 0)
+	if ev.takenAbove || ev.inFlight != 7 {
+		t.Errorf("evidence %+v: nothing was taken clearly above 7", ev)
+	}
+	v.done(fourth, true, time.Millisecond)
+	v.setRoom(10)
+	lone, _ := v.acquire(ctx, 0, now) // 2 in flight here now
+	ev = v.evidence(lone, 100)
+	if ev.inFlight != 2 || ev.takenAbove {
+		t.Errorf("evidence %+v: want 2 in flight and nothing taken above 2+2", ev)
+	}
+	clock = clock.Add(time.Millisecond)
+	high, _ := v.acquire(ctx, 40, now) // taken with 43 in flight
+	v.done(high, false, 100*time.Millisecond)
+	clock = clock.Add(time.Millisecond)
+	low, _ := v.acquire(ctx, 0, now)
+	ev = v.evidence(low, 100)
+	if !ev.takenAbove {
+		t.Errorf("evidence %+v: a send taken with 43 in flight just before one refused with %d says rate", ev, low.level)
+	}
+	if ev.startRate != 100+6 {
+		t.Errorf("start rate %v, want the 6 taken (or still running) here in the last second plus 100 elsewhere", ev.startRate)
+	}
+	if ev.took != 100*time.Millisecond {
+		t.Errorf("typical duration %v, want 100ms", ev.took)
+	}
+	// A second later the taken send is out of the horizon.
+	clock = clock.Add(2 * time.Second)
+	later, _ := v.acquire(ctx, 0, now)
+	if ev := v.evidence(later, 0); ev.takenAbove || ev.startRate != 1 {
+		t.Errorf("evidence 2s later %+v: want nothing taken above and only itself in the rate", ev)
+	}
+}
