@@ -92,9 +92,10 @@ type ProcLoad struct {
 	// Starts is the rate of invocations per second it started, of those
 	// the platform took, over the last second.
 	Starts float64 `json:"starts"`
-	// Held is the number of jobs it holds back after a throttle, each
-	// keeping its place among the jobs delivered: the consumer's cap is
-	// the window plus these, so that they do not shrink the window.
+	// Held is the number of jobs it has delivered that are not at the
+	// platform (held back after a throttle, or recording their outcome):
+	// the consumer's cap is the window plus these, so that they do not
+	// shrink the window.
 	Held int `json:"held,omitempty"`
 	// At is when it reported.
 	At time.Time `json:"at"`

@@ -80,6 +80,10 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 			return
 		}
 		if !inv.throttled {
+			// Recording the outcome takes a write or two; the job's slot
+			// in the window is free for the next meanwhile.
+			l.aside.Add(1)
+			defer l.aside.Add(-1)
 			l.conclude(ctx, dv, inv, probe, log)
 			return
 		}
@@ -244,8 +248,8 @@ func (l *functionLoop) hold(runCtx context.Context, dv *buffer.Delivery, inv *in
 		return false
 	}
 	dv.NoteThrottled()
-	l.held.Add(1)
-	defer l.held.Add(-1)
+	l.aside.Add(1)
+	defer l.aside.Add(-1)
 	if sleep(runCtx, wait); runCtx.Err() != nil {
 		l.settle(dv.Release, dv)
 		return false

@@ -349,7 +349,7 @@ type functionLoop struct {
 	limiter *rate.Limiter // this process's share of the start rate; Inf for none
 	id      string        // this process, in the shared pacing state
 	inv     *invocations  // in flight here, and the evidence throttles are judged by
-	held    atomic.Int64  // jobs held back after a throttle
+	aside   atomic.Int64  // jobs delivered and not at the platform: held back after a throttle, or recording their outcome
 	attrs   loopAttrs
 	cold    coldStarts
 	recent  outcomes // for the circuit breaker

@@ -182,12 +182,13 @@ func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEviden
 	ev := throttleEvidence{inFlight: t.level, took: v.took}
 	horizon := max(v.took, minGrowEvery)
 	above := t.level + max(2, t.level/5)
-	taken := 0
+	taken, earliest := 0, t.at
 	for i := len(v.sent) - 1; i >= 0; i-- {
 		s := v.sent[i]
 		if t.at.Sub(s.at) > rateHorizon {
 			break
 		}
+		earliest = s.at
 		if s.refused {
 			continue
 		}
@@ -196,7 +197,10 @@ func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEviden
 			ev.takenAbove = true
 		}
 	}
-	ev.startRate = float64(taken)/rateHorizon.Seconds() + otherStarts
+	// Over the last second, or since sending began if that is later: a
+	// burst's first throttle must not read as a slow rate.
+	span := min(rateHorizon, max(t.at.Sub(earliest), minGrowEvery))
+	ev.startRate = float64(taken)/span.Seconds() + otherStarts
 	return ev
 }
 
@@ -231,7 +235,7 @@ const (
 // report is this process's share of the function's dispatch now.
 func (l *functionLoop) report(now time.Time) buffer.ProcLoad {
 	inFlight, starts := l.inv.report(now)
-	return buffer.ProcLoad{Invoking: inFlight, Starts: starts, Held: int(l.held.Load()), At: now}
+	return buffer.ProcLoad{Invoking: inFlight, Starts: starts, Held: int(l.aside.Load()), At: now}
 }
 
 // putReport writes this process's report into the shared state, when it
@@ -289,11 +293,21 @@ func (l *functionLoop) storePacing(p *buffer.Pacing) {
 }
 
 // consumerCap is the server-enforced cap on the function's jobs delivered
-// and not finished: the window, plus the jobs every process holds back
-// after a throttle, which keep their places without taking the window's.
+// and not finished. The configured concurrency is a hard bound, so the cap
+// never exceeds it: jobs in flight at the platform, across every process,
+// are never more. Below it, the window is kept by each process's gate
+// (the window less what the others report in flight), and the cap makes
+// room besides for the jobs every process has aside (held back after a
+// throttle, or recording their outcome), which keep their places without
+// taking the window's. They are rounded up to an eighth of the window, so
+// that the cap, and the consumer with it, is not rewritten for every one.
 func (l *functionLoop) consumerCap(p *buffer.Pacing, now time.Time) int {
 	others, _ := p.Others(l.id, now.Add(-reportFresh))
-	return max(1, int(p.Window)+int(l.held.Load())+others.Held)
+	aside := int(l.aside.Load()) + others.Held
+	if step := max(1, int(p.Window)/8); aside%step != 0 {
+		aside += step - aside%step
+	}
+	return max(1, min(l.fn.Concurrency, int(p.Window)+aside))
 }
 
 // sleepCtx sleeps for d or until ctx ends, and reports whether d passed.

@@ -63,8 +63,10 @@ func TestInvocationsGateAndEvidence(t *testing.T) {
 	if !ev.takenAbove {
 		t.Errorf("evidence %+v: a send taken with 43 in flight just before one refused with %d says rate", ev, low.level)
 	}
-	if ev.startRate != 100+6 {
-		t.Errorf("start rate %v, want the 6 taken (or still running) here in the last second plus 100 elsewhere", ev.startRate)
+	// Six taken (or still running) within a few milliseconds: a rate over
+	// the shortest span counted, a tenth of a second, plus 100 elsewhere.
+	if ev.startRate != 6/minGrowEvery.Seconds()+100 {
+		t.Errorf("start rate %v, want 6 in %v plus 100 elsewhere", ev.startRate, minGrowEvery)
 	}
 	if ev.took != 100*time.Millisecond {
 		t.Errorf("typical duration %v, want 100ms", ev.took)
@@ -72,7 +74,7 @@ func TestInvocationsGateAndEvidence(t *testing.T) {
 	// A second later the taken send is out of the horizon.
 	clock = clock.Add(2 * time.Second)
 	later, _ := v.acquire(ctx, 0, now)
-	if ev := v.evidence(later, 0); ev.takenAbove || ev.startRate != 1 {
+	if ev := v.evidence(later, 0); ev.takenAbove || ev.startRate != 1/minGrowEvery.Seconds() {
 		t.Errorf("evidence 2s later %+v: want nothing taken above and only itself in the rate", ev)
 	}
 }

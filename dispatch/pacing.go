@@ -97,6 +97,10 @@ const (
 	// rateGrowth is the share of the learned rate the first growth step
 	// adds; each later step adds twice the one before.
 	rateGrowth = 0.05
+	// rateMargin is the share of the rate the platform took when it
+	// throttled that dispatch keeps to: a little under, so that starts
+	// bunched by the network do not meet an empty bucket.
+	rateMargin = 0.95
 )
 
 func (p *Pacing) setDefaults(concurrency int) {
@@ -176,9 +180,18 @@ func stepWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, load buffer.Load
 		// The platform stops scaling when nothing runs.
 		p.RampStart, p.RampBase = time.Time{}, 0
 	}
-	saturated := load.Backlog > 0 && float64(load.InFlight) >= math.Floor(p.Window)
+	// In flight means at the platform: the processes' reports say how many
+	// of the jobs delivered are (the others wait for the rate, or record
+	// their outcome).
+	inFlight, starts, reported := load.InFlight, 0.0, p.Procs != nil
+	if reported {
+		all, _ := p.Others("", now.Add(-reportFresh))
+		inFlight, starts = min(inFlight, all.Invoking), all.Starts
+	}
+	saturated := load.Backlog > 0 && float64(inFlight) >= math.Floor(p.Window)
 	growCeiling(p, cfg, concurrency, saturated, now)
-	growRate(p, load.Backlog > 0, now)
+	rateBound := load.Backlog > 0 && (!reported || starts >= p.LearnedRate*0.9)
+	growRate(p, rateBound, now)
 	limit := windowCap(p, concurrency)
 	if cfg.PerMinute == 0 {
 		p.Window = limit
@@ -249,11 +262,11 @@ func growCeiling(p *buffer.Pacing, cfg *Pacing, concurrency int, saturated bool,
 }
 
 // growRate raises a learned rate once ProbeAfter has passed without a rate
-// throttle and jobs wait: by 5%, 10%, 20%, … of the rate the throttle
-// left. A rate grown to twice that is forgotten: the limit it stood for
-// is gone, or another limit binds first.
-func growRate(p *buffer.Pacing, backlog bool, now time.Time) {
-	if p.LearnedRate == 0 || !backlog {
+// throttle while dispatch keeps to it (jobs wait, and start at the rate):
+// by 5%, 10%, 20%, … of the rate the throttle left. A rate grown to twice
+// that is forgotten: the limit it stood for is gone.
+func growRate(p *buffer.Pacing, rateBound bool, now time.Time) {
+	if p.LearnedRate == 0 || !rateBound {
 		return
 	}
 	if now.Sub(p.LastRateThrottle) < p.ProbeAfter || now.Sub(p.LastRateGrow) < growEvery(p) {
@@ -316,12 +329,13 @@ func throttleWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, ev throttleE
 		p.CeilingBase = p.Ceiling
 		p.LastThrottle, p.LastGrow = now, now
 		p.ProbeAfter = 0 // growth is earned step by step from here
-	case ev.takenAbove && ev.startRate > 0:
+	case isRateThrottle(p, concurrency, ev):
 		// Taken with more in flight a moment ago, refused with fewer now:
 		// not a limit on invocations in flight. Keep to the rate the
 		// platform took; a later throttle of the same kind only lowers it.
-		if p.LearnedRate == 0 || ev.startRate < p.LearnedRate || now.Sub(p.LastRateThrottle) >= took {
-			p.LearnedRate = ev.startRate
+		r := ev.startRate * rateMargin
+		if p.LearnedRate == 0 || r < p.LearnedRate || now.Sub(p.LastRateThrottle) >= took {
+			p.LearnedRate = r
 		}
 		p.RateBase = p.LearnedRate
 		p.LastRateThrottle, p.LastRateGrow = now, now
@@ -350,6 +364,21 @@ func throttleWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, ev throttleE
 		p.Reason = reason(p, cfg, concurrency, false, true, now)
 	}
 	return p.Scalars() != before
+}
+
+// isRateThrottle tells a throttle of a rate limit from one of a limit on
+// invocations in flight: an invocation sent a moment before with clearly
+// more in flight was taken, or a rate is known already, dispatch runs at
+// it, and fewer than the window were in flight.
+func isRateThrottle(p *buffer.Pacing, concurrency int, ev throttleEvidence) bool {
+	switch {
+	case ev.startRate <= 0:
+		return false
+	case ev.takenAbove:
+		return true
+	}
+	below := float64(ev.inFlight) < windowCap(p, concurrency)*0.9
+	return p.LearnedRate > 0 && below && ev.startRate >= p.LearnedRate*0.9
 }
 
 // startRate is the rate dispatch keeps to now, across processes: the

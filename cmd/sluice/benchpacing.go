@@ -64,6 +64,7 @@ func pacingRows(handler time.Duration) []pacingRow {
 		{name: "limit-rises", concurrency: 50, platform: fnsim.Config{Concurrency: 20, ColdStart: cold,
 			Schedule: []fnsim.Step{{After: 3 * time.Second, Concurrency: 50}}}},
 		{name: "rate-limit", concurrency: 100, platform: fnsim.Config{Concurrency: 1000, RatePerSecond: 200, ColdStart: cold}},
+		{name: "rate-limit-jitter", concurrency: 100, platform: fnsim.Config{Concurrency: 1000, RatePerSecond: 200, ColdStart: cold, Jitter: handler * 4 / 5}},
 		{name: "jitter", concurrency: 100, platform: jitter},
 		{name: "cold-2s", concurrency: 50, initial: 10, perMinute: 600, platform: ramp2s},
 		{name: "three-gateways", concurrency: threeLimit, rate: threeRate, gateways: 3,
