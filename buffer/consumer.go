@@ -395,6 +395,30 @@ func (d *Delivery) NoteThrottled() {
 	}
 }
 
+// SaveThrottles writes the throttles NoteThrottled kept into the job's
+// state now, for a job held long enough that a reader should see why. It
+// returns [ErrFinished] for a job that finished meanwhile: call Skip then.
+func (d *Delivery) SaveThrottles(ctx context.Context) error {
+	if len(d.throttled) == 0 {
+		return nil
+	}
+	_, err := d.change(ctx, func(j *sluicev1.Job) error {
+		if Terminal(j.State) {
+			return ErrFinished
+		}
+		j.Throttles += int32(len(d.throttled))
+		j.History = append(j.History, d.throttled...)
+		if n := len(j.History); n > maxHistory {
+			j.History = j.History[n-maxHistory:]
+		}
+		return nil
+	})
+	if err == nil {
+		d.throttled = nil
+	}
+	return err
+}
+
 // Begun says whether Begin was called: the job's state says RUNNING and
 // counts the attempt.
 func (d *Delivery) Begun() bool { return d.begun }

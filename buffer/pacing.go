@@ -101,6 +101,10 @@ type ProcLoad struct {
 	At time.Time `json:"at"`
 }
 
+// Idle says the process has nothing of the function's: nothing in flight,
+// nothing aside, no starts in the last second.
+func (r ProcLoad) Idle() bool { return r.Invoking == 0 && r.Held == 0 && r.Starts == 0 }
+
 // Scalars is p without Procs, for comparing what a change did to the rest.
 func (p Pacing) Scalars() Pacing {
 	p.Procs = nil

@@ -32,6 +32,9 @@ const (
 	// Retry-After: it doubles with each throttle of the same job.
 	holdFirst = 50 * time.Millisecond
 	holdMax   = 2 * time.Second
+	// visibleHold: a job held this long has its throttles written at
+	// once, not only with its outcome, so that GET shows why it waits.
+	visibleHold = time.Second
 )
 
 // handle runs one attempt at one job and records its outcome. runCtx ends
@@ -134,11 +137,10 @@ type invocation struct {
 // has been settled already (dispatch stopped, or the job finished
 // elsewhere).
 func (l *functionLoop) invoke(runCtx, ctx, bookCtx context.Context, dv *buffer.Delivery, job *sluicev1.Job, attempt int32, first bool) (*invocation, bool) {
-	if l.limiter != nil {
-		if err := l.limiter.Wait(ctx); err != nil {
-			l.settle(dv.Release, dv)
-			return nil, false
-		}
+	l.announce(runCtx)
+	if err := l.limiter.Wait(runCtx); err != nil {
+		l.settle(dv.Release, dv)
+		return nil, false
 	}
 	others, _ := l.pacing.Load().Others(l.id, l.cfg.Now().Add(-reportFresh))
 	ticket, err := l.inv.acquire(runCtx, others.Invoking, l.cfg.Now)
@@ -248,6 +250,19 @@ func (l *functionLoop) hold(runCtx context.Context, dv *buffer.Delivery, inv *in
 		return false
 	}
 	dv.NoteThrottled()
+	if wait >= visibleHold {
+		// Long enough that whoever reads the job should see why it waits.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), 10*time.Second)
+		err := dv.SaveThrottles(ctx)
+		cancel()
+		switch {
+		case errors.Is(err, buffer.ErrFinished):
+			l.settle(dv.Skip, dv)
+			return false
+		case err != nil:
+			l.jobLog(dv).Warn("record throttles; the outcome's write will", "err", err)
+		}
+	}
 	l.aside.Add(1)
 	defer l.aside.Add(-1)
 	if sleep(runCtx, wait); runCtx.Err() != nil {

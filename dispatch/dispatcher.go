@@ -350,6 +350,9 @@ type functionLoop struct {
 	id      string        // this process, in the shared pacing state
 	inv     *invocations  // in flight here, and the evidence throttles are judged by
 	aside   atomic.Int64  // jobs delivered and not at the platform: held back after a throttle, or recording their outcome
+
+	announceMu sync.Mutex  // one announcement at a time
+	announced  atomic.Bool // this process's report is in the shared state
 	attrs   loopAttrs
 	cold    coldStarts
 	recent  outcomes // for the circuit breaker
@@ -455,6 +458,9 @@ func (l *functionLoop) pace(ctx context.Context) {
 			continue
 		}
 		l.storePacing(&p)
+		if mine.Idle() {
+			l.announced.Store(false) // the report is gone: announce again before the next start
+		}
 		if l.pool == nil { // a pool's leader caps pooled functions
 			if err := l.cons.SetMaxInFlight(ctx, l.consumerCap(&p, now)); err != nil && ctx.Err() == nil {
 				l.log.Warn("apply window", "err", err)

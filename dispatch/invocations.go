@@ -243,7 +243,7 @@ func (l *functionLoop) report(now time.Time) buffer.ProcLoad {
 // nothing. It removes other processes' stale reports on the way and
 // reports whether it changed p.
 func putReport(p *buffer.Pacing, self string, mine buffer.ProcLoad, now time.Time) bool {
-	idle := mine.Invoking == 0 && mine.Held == 0 && mine.Starts == 0
+	idle := mine.Idle()
 	var prev buffer.ProcLoad
 	var had bool
 	if p.Procs != nil {
@@ -268,6 +268,35 @@ func putReport(p *buffer.Pacing, self string, mine buffer.ProcLoad, now time.Tim
 	}
 	p.Procs = &procs
 	return true
+}
+
+// announce writes this process's report into the shared state before its
+// first start after being idle, so that the other processes count it (in
+// the window, and in their share of the rate) from their next step on,
+// and this one counts them from now.
+func (l *functionLoop) announce(ctx context.Context) {
+	if l.announced.Load() {
+		return
+	}
+	l.announceMu.Lock()
+	defer l.announceMu.Unlock()
+	if l.announced.Load() {
+		return
+	}
+	now := l.cfg.Now()
+	mine := l.report(now)
+	mine.Held = max(mine.Held, 1) // the job about to start
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+		return putReport(p, l.id, mine, now)
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("announce this process", "err", err)
+		}
+		return // the next pace step reports it
+	}
+	l.storePacing(&p)
+	l.announced.Store(true)
 }
 
 // storePacing keeps the shared state as last seen, and makes this

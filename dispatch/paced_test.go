@@ -176,3 +176,31 @@ func TestRateLimitSpacesStarts(t *testing.T) {
 		t.Errorf("8 starts at 20/s took %v; want at least 300ms", span)
 	}
 }
+
+// A configured rate holds across gateway processes together: three
+// dispatchers of one function share it, they do not each take it whole.
+func TestRateLimitIsGlobal(t *testing.T) {
+	sim := fnsim.New(fnsim.Config{Duration: 10 * time.Millisecond})
+	srv := httptest.NewServer(sim)
+	defer srv.Close()
+	fn := dispatch.Function{
+		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 20, Timeout: 5 * time.Second,
+		RatePerSecond: 30, RateBurst: 3,
+	}
+	start := time.Now()
+	_, jobs := runBurst(t, 150, fn, fn, fn)
+	took := time.Since(start)
+	if ok, _ := countStates(jobs); ok != len(jobs) {
+		t.Errorf("%d of %d jobs succeeded", ok, len(jobs))
+	}
+	// 150 starts at 30/s take 5s; at 30/s each, under 2s.
+	if took < 4*time.Second {
+		t.Errorf("150 jobs at 30/s across three dispatchers took %v; want about 5s", took)
+	}
+	// A process counts the others from its next step after they announce
+	// themselves (100ms), so the first second may see a few more, and
+	// each process's share of the burst.
+	if st := sim.Stats(); st.MaxStartsPerSecond > 30+3+12 {
+		t.Errorf("three dispatchers started %d invocations in one second; the rate is 30/s across them", st.MaxStartsPerSecond)
+	}
+}

@@ -26,6 +26,7 @@ type pacingRow struct {
 	concurrency        int
 	initial, perMinute int     // scaling: {initial, per_minute}
 	notAdaptive        bool    // adaptive: false
+	pauseFunction      bool    // retry_after: function
 	rate               float64 // rate: {per_second}
 	// gateways is the number of gateway processes; 0 means 1.
 	gateways int
@@ -59,6 +60,9 @@ func pacingRows(handler time.Duration) []pacingRow {
 			platform: fnsim.Config{Concurrency: 40, InitialBurst: 100, ScalePerMinute: 60000, ColdStart: cold}},
 		{name: "lower-limit-no-retry-after", concurrency: 100, platform: noRetryAfter},
 		{name: "lower-limit-not-adaptive", concurrency: 100, notAdaptive: true, platform: lower, exempt: true},
+		// What a Retry-After pauses: the whole function, against the
+		// default (the refused job), on the same platform.
+		{name: "lower-limit-pause-function", concurrency: 100, pauseFunction: true, platform: lower, exempt: true},
 		{name: "limit-drops", concurrency: 50, jobsScale: 4.0 / 3, platform: fnsim.Config{Concurrency: 50, ColdStart: cold,
 			Schedule: []fnsim.Step{{After: 3 * time.Second, Concurrency: 20}, {After: 13 * time.Second, Concurrency: 50}}}},
 		{name: "limit-rises", concurrency: 50, platform: fnsim.Config{Concurrency: 20, ColdStart: cold,
@@ -106,6 +110,9 @@ func (r pacingRow) keys(sep string) string {
 	}
 	if r.notAdaptive {
 		fmt.Fprintf(&b, "adaptive: false%s", sep)
+	}
+	if r.pauseFunction {
+		fmt.Fprintf(&b, "retry_after: function%s", sep)
 	}
 	if r.rate > 0 {
 		fmt.Fprintf(&b, "rate: {per_second: %g}%s", r.rate, sep)

@@ -121,14 +121,22 @@ type FunctionConfig struct {
 	// Scaling is how fast the platform adds environments. Without it the
 	// window starts at concurrency.
 	Scaling *ScalingConfig `yaml:"scaling"`
-	// Rate caps invocation starts per second, in each gateway process.
+	// Rate caps invocation starts per second, across every gateway
+	// process together.
 	Rate *RateConfig `yaml:"rate"`
 	// KeepWarm holds environments warm while the function is idle.
 	KeepWarm *KeepWarmConfig `yaml:"keep_warm"`
 	// IdleReap is how long the platform keeps an idle environment. Default 10m.
 	IdleReap Duration `yaml:"idle_reap"`
-	// Adaptive learns the real limit from throttles. Default true.
+	// Adaptive learns the platform's real limits from throttles: its
+	// concurrency from what was in flight when it refused, and its rate
+	// when it refuses with fewer in flight. Default true; false halves the
+	// window on a throttle and grows it back one step at a time.
 	Adaptive *bool `yaml:"adaptive"`
+	// RetryAfter is what a throttle's Retry-After pauses: "job" (the
+	// refused job only; the others go on within the learned window) or
+	// "function" (every dispatch to the function). Default job.
+	RetryAfter string `yaml:"retry_after"`
 	// Retry says which failed attempts are tried again, and when.
 	Retry RetryConfig `yaml:"retry"`
 	// MaxAge ends a job not finished this long after it was accepted as
@@ -515,6 +523,13 @@ func (c *Config) setDefaultsAndCheck() error {
 		if f.Adaptive == nil {
 			adaptive := true
 			f.Adaptive = &adaptive
+		}
+		switch f.RetryAfter {
+		case "":
+			f.RetryAfter = "job"
+		case "job", "function":
+		default:
+			bad("retry_after", "%q is neither job nor function", f.RetryAfter)
 		}
 		cb := &f.CircuitBreaker
 		if cb.Enabled == nil {

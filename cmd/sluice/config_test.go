@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/dispatch"
 )
 
 func TestParseConfigDefaults(t *testing.T) {
@@ -276,6 +278,7 @@ functions:
     keep_warm: {instances: 2, every: 4m}
     idle_reap: 10m
     adaptive: false
+    retry_after: function
     retry: {max_attempts: 3, initial_backoff: 2s, max_backoff: 1m, multiplier: 3, jitter: none}
     max_age: 1h
   - name: plain
@@ -288,15 +291,16 @@ functions:
 	if paced.Pacing.Initial != 10 || paced.Pacing.PerMinute != 600 || paced.Pacing.Adaptive || paced.Pacing.IdleReap != 10*time.Minute ||
 		paced.RatePerSecond != 200 || paced.RateBurst != 20 || paced.KeepWarm.Instances != 2 || paced.KeepWarm.Every != 4*time.Minute ||
 		paced.Retry.MaxAttempts != 3 || paced.Retry.InitialBackoff != 2*time.Second || paced.Retry.MaxBackoff != time.Minute ||
-		paced.Retry.Multiplier != 3 || !paced.Retry.NoJitter || paced.MaxAge != time.Hour {
+		paced.Retry.Multiplier != 3 || !paced.Retry.NoJitter || paced.MaxAge != time.Hour || paced.Pacing.RetryAfter != dispatch.RetryAfterFunction {
 		t.Errorf("paced = %+v", paced)
 	}
 	if plain.Retry.MaxAttempts != 5 || plain.Retry.InitialBackoff != time.Second || plain.Retry.MaxBackoff != 5*time.Minute ||
 		plain.Retry.Multiplier != 2 || plain.Retry.NoJitter || plain.MaxAge != 6*time.Hour {
 		t.Errorf("plain retry = %+v, max age %v; want the defaults 5, 1s, 5m, 2, full jitter, 6h", plain.Retry, plain.MaxAge)
 	}
-	if plain.Pacing.Initial != defaultConcurrency || plain.Pacing.PerMinute != 0 || !plain.Pacing.Adaptive || plain.KeepWarm.Instances != 0 || plain.RatePerSecond != 0 {
-		t.Errorf("plain = %+v, want the window at concurrency, adaptive, no keep-warm, no rate", plain)
+	if plain.Pacing.Initial != defaultConcurrency || plain.Pacing.PerMinute != 0 || !plain.Pacing.Adaptive || plain.KeepWarm.Instances != 0 || plain.RatePerSecond != 0 ||
+		plain.Pacing.RetryAfter != dispatch.RetryAfterJob {
+		t.Errorf("plain = %+v, want the window at concurrency, adaptive, Retry-After pausing the job, no keep-warm, no rate", plain)
 	}
 	for _, tc := range []struct{ name, config, want string }{
 		{"scaling without rate", "functions:\n  - name: a\n    url: http://x/\n    scaling: {initial: 5}\n", "functions[0] (a).scaling.per_minute: missing"},
@@ -310,6 +314,7 @@ functions:
 		{"retry attempts", "functions:\n  - name: a\n    url: http://x/\n    retry: {max_attempts: 0}\n", "functions[0].retry.max_attempts: line 4"},
 		{"durability", "functions:\n  - name: a\n    url: http://x/\nbuffer: {durability: sometimes}\n", `buffer.durability: "sometimes" is neither always nor interval`},
 		{"retention under max age", "functions:\n  - name: a\n    url: http://x/\n    max_age: 48h\n", "buffer.job_retention: 24h0m0s is not longer than functions[0] (a).max_age (48h0m0s)"},
+		{"retry after scope", "functions:\n  - name: a\n    url: http://x/\n    retry_after: tenant\n", `retry_after: "tenant" is neither job nor function`},
 		{"adaptive not a bool", "functions:\n  - name: a\n    url: http://x/\n    adaptive: maybe\n", "functions[0].adaptive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

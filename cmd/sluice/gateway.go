@@ -357,6 +357,9 @@ func dispatchFunction(f FunctionConfig) dispatch.Function {
 			Adaptive: f.Adaptive == nil || *f.Adaptive,
 		},
 	}
+	if f.RetryAfter == "function" {
+		df.Pacing.RetryAfter = dispatch.RetryAfterFunction
+	}
 	if sc := f.Scaling; sc != nil {
 		df.Pacing.Initial, df.Pacing.PerMinute = int(sc.Initial), int(sc.PerMinute)
 	}
