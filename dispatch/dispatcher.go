@@ -353,14 +353,14 @@ type functionLoop struct {
 
 	announceMu sync.Mutex  // one announcement at a time
 	announced  atomic.Bool // this process's report is in the shared state
-	attrs   loopAttrs
-	cold    coldStarts
-	recent  outcomes // for the circuit breaker
-	counts  tally
-	tel     *telemetry
-	gauges  gauges
-	pool    *poolLoop // nil outside a pool, unless fair
-	lanes   []*laneUnit
+	attrs      loopAttrs
+	cold       coldStarts
+	recent     outcomes // for the circuit breaker
+	counts     tally
+	tel        *telemetry
+	gauges     gauges
+	pool       *poolLoop // nil outside a pool, unless fair
+	lanes      []*laneUnit
 
 	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
 }
