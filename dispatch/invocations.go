@@ -35,7 +35,8 @@ type invocations struct {
 // sentRecord is one invocation as it was sent.
 type sentRecord struct {
 	at      time.Time
-	level   int // in flight across processes when sent, not counting it
+	end     time.Time // zero while in flight
+	level   int       // in flight across processes when sent, not counting it
 	refused bool
 }
 
@@ -147,8 +148,10 @@ func (v *invocations) done(t sendTicket, refused bool, took time.Duration) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.inUse--
-	if refused && t.seq >= v.first && t.seq-v.first < uint64(len(v.sent)) {
-		v.sent[t.seq-v.first].refused = true
+	if t.seq >= v.first && t.seq-v.first < uint64(len(v.sent)) {
+		rec := &v.sent[t.seq-v.first]
+		rec.refused = refused
+		rec.end = t.at.Add(took)
 	}
 	if !refused {
 		v.known = max(v.known, t.level+1)
@@ -179,9 +182,11 @@ func (v *invocations) refusedWith(level, others int) {
 func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEvidence {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	ev := throttleEvidence{inFlight: t.level, took: v.took}
 	horizon := max(v.took, minGrowEvery)
-	above := t.level + max(2, t.level/5)
+	ev := throttleEvidence{inFlight: max(0, t.level-v.refusedInFlight(t.at, horizon)), took: v.took}
+	// Clearly more: a platform counts a slot busy a little after it
+	// answered, and a request may pass another on the way.
+	above := ev.inFlight + max(3, ev.inFlight/2)
 	taken, earliest := 0, t.at
 	for i := len(v.sent) - 1; i >= 0; i-- {
 		s := v.sent[i]
@@ -193,7 +198,8 @@ func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEviden
 			continue
 		}
 		taken++
-		if s.at.Before(t.at) && t.at.Sub(s.at) <= horizon && s.level >= above {
+		if s.at.Before(t.at) && t.at.Sub(s.at) <= horizon && s.level >= above &&
+			s.level-v.refusedInFlight(s.at, horizon) >= above {
 			ev.takenAbove = true
 		}
 	}
@@ -202,6 +208,26 @@ func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEviden
 	span := min(rateHorizon, max(t.at.Sub(earliest), minGrowEvery))
 	ev.startRate = float64(taken)/span.Seconds() + otherStarts
 	return ev
+}
+
+// refusedInFlight counts this process's sends in flight at the instant
+// at that the platform refused: they were counted in flight then, but
+// never were at the platform. It looks back as far as horizon.
+func (v *invocations) refusedInFlight(at time.Time, horizon time.Duration) int {
+	n := 0
+	for i := len(v.sent) - 1; i >= 0; i-- {
+		s := v.sent[i]
+		if !s.at.Before(at) {
+			continue
+		}
+		if at.Sub(s.at) > horizon {
+			break
+		}
+		if s.refused && s.end.After(at) {
+			n++
+		}
+	}
+	return n
 }
 
 // report is this process's share, for the others: in flight now, and
