@@ -216,28 +216,34 @@ type functionStatus struct {
 // getFunctionStatus reads a function's dispatch state from a gateway's
 // REST API (gateway is its base URL).
 func getFunctionStatus(ctx context.Context, gateway, function string) (*functionStatus, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, gateway+"/v1/functions/"+function, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
+	url := gateway + "/v1/functions/" + function
+	resp, err := benchGet(ctx, url)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", req.URL, resp.Status)
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	var fn struct { // the REST API answers with the Function itself
 		Status *functionStatus `json:"status"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&fn); err != nil {
-		return nil, fmt.Errorf("GET %s: %w", req.URL, err)
+		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}
 	if fn.Status == nil {
-		return nil, fmt.Errorf("GET %s: no status", req.URL)
+		return nil, fmt.Errorf("GET %s: no status", url)
 	}
 	return fn.Status, nil
+}
+
+// benchGet GETs url; the caller closes the body.
+func benchGet(ctx context.Context, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	return http.DefaultClient.Do(req)
 }
 
 // indent puts each line of text but the first four spaces in, as an
@@ -605,11 +611,7 @@ func waitHTTP(ctx context.Context, url string, within time.Duration) error {
 
 func fnStats(ctx context.Context, url string) (fnsim.Stats, error) {
 	var st fnsim.Stats
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := benchGet(ctx, url)
 	if err != nil {
 		return st, err
 	}

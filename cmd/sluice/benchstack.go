@@ -434,11 +434,7 @@ type batchCounts map[string]struct{ batches, writes float64 }
 
 // BatchCounts scrapes the gateway's group commit counters.
 func (s *benchStack) BatchCounts(ctx context.Context) (batchCounts, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.HTTP+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := benchGet(ctx, s.HTTP+"/metrics")
 	if err != nil {
 		return nil, err
 	}
