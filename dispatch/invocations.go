@@ -30,7 +30,28 @@ type invocations struct {
 	known        int
 	exploreEvery time.Duration
 	exploreNext  time.Time
+	// throttles are the latest throttles' evidence, oldest first.
+	throttles []throttleSample
 }
+
+// throttleSample is what one throttle saw: in flight, and the start rate.
+type throttleSample struct {
+	at       time.Time
+	inFlight int
+	rate     float64
+}
+
+// What the spread of recent throttles must show to say "rate": enough of
+// them, over long enough, refused at in-flight counts far apart while the
+// start rate stayed put. A concurrency limit refuses at one count, however
+// fast jobs start; a limit that fell moves both.
+const (
+	spreadSamples  = 6
+	spreadKeep     = 10 * time.Second
+	spreadMinSpan  = time.Second
+	spreadInFlight = 1.3
+	spreadRate     = 1.15
+)
 
 // sentRecord is one invocation as it was sent.
 type sentRecord struct {
@@ -207,7 +228,34 @@ func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEviden
 	// burst's first throttle must not read as a slow rate.
 	span := min(rateHorizon, max(t.at.Sub(earliest), minGrowEvery))
 	ev.startRate = float64(taken)/span.Seconds() + otherStarts
+	v.judgeSpread(&ev, t.at)
 	return ev
+}
+
+// judgeSpread adds the throttle to the recent ones and says whether their
+// spread points to a rate limit; if so, ev.inFlightSeen is the most they
+// were refused at.
+func (v *invocations) judgeSpread(ev *throttleEvidence, at time.Time) {
+	cut := 0
+	for cut < len(v.throttles) && at.Sub(v.throttles[cut].at) > spreadKeep {
+		cut++
+	}
+	v.throttles = append(v.throttles[cut:], throttleSample{at: at, inFlight: ev.inFlight, rate: ev.startRate})
+	if n := len(v.throttles); n > 2*spreadSamples {
+		v.throttles = v.throttles[n-2*spreadSamples:]
+	}
+	if len(v.throttles) < spreadSamples || at.Sub(v.throttles[0].at) < spreadMinSpan {
+		return
+	}
+	minC, maxC := v.throttles[0].inFlight, v.throttles[0].inFlight
+	minR, maxR := v.throttles[0].rate, v.throttles[0].rate
+	for _, s := range v.throttles[1:] {
+		minC, maxC = min(minC, s.inFlight), max(maxC, s.inFlight)
+		minR, maxR = min(minR, s.rate), max(maxR, s.rate)
+	}
+	if minC > 0 && minR > 0 && float64(maxC) >= spreadInFlight*float64(minC) && maxR <= spreadRate*minR {
+		ev.spreadSaysRate, ev.inFlightSeen = true, maxC
+	}
 }
 
 // refusedInFlight counts this process's sends in flight at the instant

@@ -78,3 +78,32 @@ func TestInvocationsGateAndEvidence(t *testing.T) {
 		t.Errorf("evidence 2s later %+v: want nothing taken above and only itself in the rate", ev)
 	}
 }
+
+func TestThrottleSpreadTellsRateFromConcurrency(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		inFlight []int
+		rates    []float64
+		rate     bool
+	}{
+		{"refused at counts far apart, one rate: a rate limit", []int{27, 21, 28, 19, 23, 17}, []float64{205, 210, 208, 212, 206, 209}, true},
+		{"refused at one count: a concurrency limit", []int{40, 41, 40, 39, 41, 40}, []float64{400, 395, 402, 398, 401, 399}, false},
+		{"a limit that fell: both move", []int{49, 45, 38, 30, 24, 20}, []float64{480, 420, 350, 280, 230, 200}, false},
+		{"too few to tell", []int{27, 17}, []float64{205, 206}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newInvocations(100, 100)
+			var ev throttleEvidence
+			for i := range tc.inFlight {
+				ev = throttleEvidence{inFlight: tc.inFlight[i], startRate: tc.rates[i]}
+				v.judgeSpread(&ev, t0.Add(time.Duration(i)*300*time.Millisecond))
+			}
+			if ev.spreadSaysRate != tc.rate {
+				t.Errorf("spread says rate: %v, want %v", ev.spreadSaysRate, tc.rate)
+			}
+			if tc.rate && ev.inFlightSeen != 28 {
+				t.Errorf("most in flight seen %d, want 28", ev.inFlightSeen)
+			}
+		})
+	}
+}

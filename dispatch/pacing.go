@@ -138,6 +138,11 @@ type throttleEvidence struct {
 	// clearly more in flight, was taken. A concurrency limit would have
 	// refused that one too.
 	takenAbove bool
+	// spreadSaysRate: recent throttles came at in-flight counts far apart
+	// while the start rate stayed put; inFlightSeen is the most of those
+	// counts.
+	spreadSaysRate bool
+	inFlightSeen   int
 	// startRate is how many invocations per second the platform took over
 	// the last second, across processes.
 	startRate float64
@@ -264,9 +269,18 @@ func growCeiling(p *buffer.Pacing, cfg *Pacing, concurrency int, saturated bool,
 // growRate raises a learned rate once ProbeAfter has passed without a rate
 // throttle while dispatch keeps to it (jobs wait, and start at the rate):
 // by 5%, 10%, 20%, … of the rate the throttle left. A rate grown to twice
-// that is forgotten: the limit it stood for is gone.
+// that is forgotten: the limit it stood for is gone; so is one that has
+// not bound for maxProbeAfter.
 func growRate(p *buffer.Pacing, rateBound bool, now time.Time) {
-	if p.LearnedRate == 0 || !rateBound {
+	if p.LearnedRate == 0 {
+		return
+	}
+	if !rateBound {
+		// A rate that has not bound for a long while says nothing now
+		// (it may have been learned from a limit that moved).
+		if now.Sub(p.LastRateThrottle) >= maxProbeAfter && now.Sub(p.LastRateGrow) >= maxProbeAfter {
+			p.LearnedRate, p.RateBase = 0, 0
+		}
 		return
 	}
 	if now.Sub(p.LastRateThrottle) < p.ProbeAfter || now.Sub(p.LastRateGrow) < growEvery(p) {
@@ -329,7 +343,7 @@ func throttleWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, ev throttleE
 		p.CeilingBase = p.Ceiling
 		p.LastThrottle, p.LastGrow = now, now
 		p.ProbeAfter = 0 // growth is earned step by step from here
-	case isRateThrottle(p, concurrency, ev):
+	case isRateThrottle(ev):
 		// Taken with more in flight a moment ago, refused with fewer now:
 		// not a limit on invocations in flight. Keep to the rate the
 		// platform took; a later throttle of the same kind only lowers it.
@@ -340,6 +354,12 @@ func throttleWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, ev throttleE
 		p.RateBase = p.LearnedRate
 		p.LastRateThrottle, p.LastRateGrow = now, now
 		p.ProbeAfter = probeAfter(p.LearnedRate)
+		if ev.spreadSaysRate && p.Ceiling > 0 {
+			// The rate binds, not the ceiling those throttles lowered:
+			// put it back where the counts they came at cannot reach.
+			p.Ceiling = max(p.Ceiling, min(concurrency, ev.inFlightSeen+max(1, ev.inFlightSeen/4)))
+			p.CeilingBase = p.Ceiling
+		}
 	default:
 		// The platform refused with ev.inFlight in flight: its limit is at
 		// most that, now. Throttles of one overload each lower it to what
@@ -368,17 +388,11 @@ func throttleWindow(p *buffer.Pacing, cfg *Pacing, concurrency int, ev throttleE
 
 // isRateThrottle tells a throttle of a rate limit from one of a limit on
 // invocations in flight: an invocation sent a moment before with clearly
-// more in flight was taken, or a rate is known already, dispatch runs at
-// it, and fewer than the window were in flight.
-func isRateThrottle(p *buffer.Pacing, concurrency int, ev throttleEvidence) bool {
-	switch {
-	case ev.startRate <= 0:
-		return false
-	case ev.takenAbove:
-		return true
-	}
-	below := float64(ev.inFlight) < windowCap(p, concurrency)*0.9
-	return p.LearnedRate > 0 && below && ev.startRate >= p.LearnedRate*0.9
+// more in flight was taken, or recent throttles came at in-flight counts
+// far apart at one start rate. (Fewer in flight than the window alone is
+// no sign: a limit that fell looks the same.)
+func isRateThrottle(ev throttleEvidence) bool {
+	return (ev.takenAbove || ev.spreadSaysRate) && ev.startRate > 0
 }
 
 // startRate is the rate dispatch keeps to now, across processes: the
