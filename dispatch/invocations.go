@@ -386,7 +386,11 @@ func (l *functionLoop) storePacing(p *buffer.Pacing) {
 		share := float64(procs + 1)
 		limit = rate.Limit(r / share)
 		if r == l.fn.RatePerSecond {
+			// A token bucket lets its burst through on top of its rate in
+			// any one second: the processes' bursts together come off the
+			// rate, so that no second sees more starts than configured.
 			burst = max(1, int(float64(l.fn.RateBurst)/share))
+			limit = rate.Limit(max(r/share/2, (r-float64(burst)*share)/share))
 		}
 	}
 	if l.limiter.Limit() != limit || l.limiter.Burst() != burst {
