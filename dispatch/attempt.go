@@ -283,7 +283,7 @@ func (l *functionLoop) learnFromThrottle(inv *invocation) {
 	ev := l.inv.evidence(inv.ticket, others.Starts)
 	ev.retryAfter, ev.given = inv.retryAfter, inv.given
 	if l.fn.Pacing.Adaptive && !ev.takenAbove {
-		l.inv.refusedWith(ev.inFlight, others.Invoking)
+		l.inv.refusedWith(ev.inFlight)
 	}
 	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, ev, now)

@@ -189,13 +189,12 @@ func (v *invocations) done(t sendTicket, refused bool, took time.Duration) {
 
 // refusedWith lowers what the platform is known to take after it refused
 // a send with level in flight, and this process's room with it at once,
-// before the shared window follows: others is what the other processes
-// had in flight.
-func (v *invocations) refusedWith(level, others int) {
+// before the shared window follows.
+func (v *invocations) refusedWith(level int) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.known = min(v.known, level)
-	v.room = max(1, min(v.room, level-others))
+	v.room = max(1, min(v.room, level))
 }
 
 // evidence is what this process saw around the refused send t, with the
@@ -374,13 +373,16 @@ func (l *functionLoop) announce(ctx context.Context) {
 }
 
 // storePacing keeps the shared state as last seen, and makes this
-// process's room and start rate follow it: the window less what the other
-// processes have in flight, and the start rate (configured or learned)
-// divided among the processes dispatching.
+// process's room and start rate follow it: the window (jobs held after a
+// throttle wait for room in it, so they cannot overrun it), and the start
+// rate (configured or learned) divided among the processes dispatching.
+// Across processes the consumer's cap keeps the window, give or take the
+// jobs aside; a room less what the others last reported would be
+// exact only as long as their reports are fresh, and a stale one stalls.
 func (l *functionLoop) storePacing(p *buffer.Pacing) {
 	l.pacing.Store(p)
-	others, procs := p.Others(l.id, l.cfg.Now().Add(-reportFresh))
-	l.inv.setRoom(int(p.Window) - others.Invoking)
+	_, procs := p.Others(l.id, l.cfg.Now().Add(-reportFresh))
+	l.inv.setRoom(int(p.Window))
 	limit, burst := rate.Inf, 1
 	if r := startRate(l.fn.RatePerSecond, p); r > 0 {
 		share := float64(procs + 1)
