@@ -33,11 +33,27 @@ const (
 )
 
 // refusedPrefixes are the forbidden ranges that net/netip has no method for.
+// With the ranges netip names, they are every block IANA's IPv4 and IPv6
+// Special-Purpose Address Registries mark not globally reachable.
 var refusedPrefixes = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),          // "this network" (RFC 1122); Linux dials it as loopback
-	netip.MustParsePrefix("100.64.0.0/10"),      // carrier-grade NAT (RFC 6598)
-	netip.MustParsePrefix("255.255.255.255/32"), // limited broadcast
-	netip.MustParsePrefix("::/96"),              // IPv4-compatible IPv6, deprecated (RFC 4291)
+	netip.MustParsePrefix("0.0.0.0/8"),       // "this network" (RFC 1122); Linux dials it as loopback
+	netip.MustParsePrefix("100.64.0.0/10"),   // carrier-grade NAT (RFC 6598)
+	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments (RFC 6890)
+	netip.MustParsePrefix("192.0.2.0/24"),    // documentation, TEST-NET-1 (RFC 5737)
+	netip.MustParsePrefix("192.88.99.0/24"),  // 6to4 relay anycast, deprecated (RFC 7526)
+	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking (RFC 2544)
+	netip.MustParsePrefix("198.51.100.0/24"), // documentation, TEST-NET-2 (RFC 5737)
+	netip.MustParsePrefix("203.0.113.0/24"),  // documentation, TEST-NET-3 (RFC 5737)
+	netip.MustParsePrefix("240.0.0.0/4"),     // reserved (RFC 1112), and limited broadcast
+	netip.MustParsePrefix("::/96"),           // IPv4-compatible IPv6, deprecated (RFC 4291)
+	netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64 (RFC 8215)
+	netip.MustParsePrefix("100::/64"),        // discard-only (RFC 6666)
+	netip.MustParsePrefix("2001::/23"),       // IETF protocol assignments, Teredo among them (RFC 2928, 4380)
+	netip.MustParsePrefix("2001:db8::/32"),   // documentation (RFC 3849)
+	netip.MustParsePrefix("2002::/16"),       // 6to4, which carries an IPv4 address (RFC 3056)
+	netip.MustParsePrefix("3fff::/20"),       // documentation (RFC 9637)
+	netip.MustParsePrefix("5f00::/16"),       // segment routing SIDs (RFC 9602)
+	netip.MustParsePrefix("fec0::/10"),       // site-local, deprecated (RFC 3879)
 }
 
 // nat64Prefix is the well-known NAT64 prefix (RFC 6052). An address in it
@@ -133,9 +149,11 @@ func shapeProblem(u *url.URL) string {
 // private (RFC 1918, fc00::/7), link-local (169.254.0.0/16, fe80::/10,
 // which covers the cloud metadata address 169.254.169.254), unspecified,
 // multicast, carrier-grade NAT (100.64.0.0/10), limited broadcast,
-// 0.0.0.0/8, the IPv4-mapped, IPv4-compatible and NAT64 (64:ff9b::/96)
-// forms of all these, and the invalid zero Addr, unless ip is inside an
-// allowed CIDR. An IPv6 zone is ignored.
+// 0.0.0.0/8, every other block IANA's special-purpose registries mark not
+// globally reachable (documentation, benchmarking, reserved, 6to4, Teredo,
+// site-local, …), the IPv4-mapped, IPv4-compatible and NAT64
+// (64:ff9b::/96) forms of all these, and the invalid zero Addr, unless ip
+// is inside an allowed CIDR. An IPv6 zone is ignored.
 func (g *Guard) Permitted(ip netip.Addr) bool {
 	if !ip.IsValid() {
 		return false

@@ -164,3 +164,42 @@ func TestClientUsesNoProxy(t *testing.T) {
 		t.Error("CheckRedirect is nil: redirects would be followed")
 	}
 }
+
+// ianaNotGloballyReachable are the blocks of IANA's IPv4 and IPv6
+// Special-Purpose Address Registries whose "Globally Reachable" is False
+// (or N/A), as the registries stood in 2025, with the well-known
+// documentation prefix 3fff::/20 (RFC 9637). A webhook has no business with
+// any of them. (A few narrower entries inside 192.0.0.0/24 and 2001::/23
+// are globally reachable; refusing the whole block costs webhooks nothing.)
+var ianaNotGloballyReachable = []string{
+	"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+	"192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+	"198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+	"::1/128", "::/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001::/32",
+	"2001:2::/48", "2001:db8::/32", "2002::/16", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10",
+}
+
+func TestPermittedRefusesSpecialPurposeBlocks(t *testing.T) {
+	g := mustGuard(t)
+	for _, s := range ianaNotGloballyReachable {
+		p := netip.MustParsePrefix(s)
+		first := p.Addr()
+		// The last address of the block too.
+		b := first.AsSlice()
+		for i := p.Bits(); i < len(b)*8; i++ {
+			b[i/8] |= 1 << (7 - i%8)
+		}
+		last, _ := netip.AddrFromSlice(b)
+		for _, ip := range []netip.Addr{first, last} {
+			if g.Permitted(ip) {
+				t.Errorf("Permitted(%s) = true; it is in %s, which IANA marks not globally reachable", ip, s)
+			}
+		}
+	}
+	// Just outside some of them stays open.
+	for _, s := range []string{"192.0.3.1", "198.20.0.1", "223.255.255.254", "2001:200::1", "2003::1"} {
+		if !g.Permitted(netip.MustParseAddr(s)) {
+			t.Errorf("Permitted(%s) = false, want true: it is globally reachable", s)
+		}
+	}
+}

@@ -295,7 +295,7 @@ type BufferConfig struct {
 	// so after it finished. Default 24h; longer than every max_age.
 	JobRetention Duration `yaml:"job_retention"`
 	// IdempotencyWindow is how long an Idempotency-Key returns the job it
-	// first created. Default 24h.
+	// first created. Default 24h; at most job_retention.
 	IdempotencyWindow Duration `yaml:"idempotency_window"`
 	// DeadLetterRetention is how long a dead letter is kept unless it is
 	// redriven or discarded first. Default 168h (7 days).
@@ -608,6 +608,12 @@ func (c *Config) setDefaultsAndCheck() error {
 	}
 	if b.DeadLetterRetention == 0 {
 		b.DeadLetterRetention = Duration(7 * 24 * time.Hour)
+	}
+	if b.IdempotencyWindow > b.JobRetention {
+		// A repeat that finds its key but not the job's state would run
+		// the job again.
+		errs = append(errs, fmt.Errorf("buffer.idempotency_window: %s is longer than buffer.job_retention (%s): a repeat after the job's state expired would run it again",
+			time.Duration(b.IdempotencyWindow), time.Duration(b.JobRetention)))
 	}
 	gc := &b.GroupCommit
 	if gc.MaxBatch == 0 {

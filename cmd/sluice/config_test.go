@@ -112,6 +112,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"malformed json", `{"functions": [{"name": "a", "url": "http://x/"}`, "did not find expected"},
 		{"unknown field", "functions:\n  - name: a\n    url: http://x/\n    concurency: 3\n", "functions[0].concurency: line 4: unknown field"},
 		{"missing name", "functions:\n  - url: http://x/\n", "functions[0].name: missing"},
+		{"idempotency outlives the state", "functions:\n  - name: a\n    url: http://x/\nbuffer: {idempotency_window: 48h}\n",
+			"buffer.idempotency_window: 48h0m0s is longer than buffer.job_retention (24h0m0s)"},
 		{"bad name", "functions:\n  - name: Resize\n    url: http://x/\n", `functions[0] (Resize).name: "Resize" is not allowed`},
 		{"name with dot", "functions:\n  - name: a.b\n    url: http://x/\n", `"a.b" is not allowed`},
 		{"duplicate name", "functions:\n  - name: a\n    url: http://x/\n  - name: a\n    url: http://y/\n", `functions[1] (a).name: "a" is already the name of functions[0]`},
