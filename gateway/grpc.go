@@ -20,6 +20,10 @@ type GRPCConfig struct {
 	// MaxConcurrentStreams bounds concurrent calls per connection. Zero
 	// means 1000.
 	MaxConcurrentStreams uint32
+	// MaxHeaderListSize bounds a call's headers (metadata), which the
+	// server reads before authentication. Zero means DefaultMaxHeaderBytes,
+	// as REST.
+	MaxHeaderListSize uint32
 
 	// KeepaliveMinTime is how often a client may ping at most, with or
 	// without calls in progress; a client that pings more often has its
@@ -38,12 +42,18 @@ type GRPCConfig struct {
 	KeepaliveTime, KeepaliveTimeout time.Duration
 }
 
+// DefaultMaxHeaderBytes bounds a request's headers, over gRPC and REST.
+const DefaultMaxHeaderBytes = 64 << 10
+
 // NewGRPCServer returns a gRPC server with the Sluice services, the
 // standard health service (reporting SERVING; set it NOT_SERVING with the
 // returned health server when draining) and server reflection.
 func NewGRPCServer(svc *Service, cfg GRPCConfig, opts ...grpc.ServerOption) (*grpc.Server, *health.Server) {
 	if cfg.MaxRecvMsgSize == 0 {
 		cfg.MaxRecvMsgSize = int(svc.MaxPayload("")) + 64<<10
+	}
+	if cfg.MaxHeaderListSize == 0 {
+		cfg.MaxHeaderListSize = DefaultMaxHeaderBytes
 	}
 	if cfg.MaxConcurrentStreams == 0 {
 		cfg.MaxConcurrentStreams = 1000
@@ -62,6 +72,7 @@ func NewGRPCServer(svc *Service, cfg GRPCConfig, opts ...grpc.ServerOption) (*gr
 		grpc.ChainStreamInterceptor(svc.StreamInterceptor()),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(cfg.MaxHeaderListSize),
 		// Submits wait for a group commit, so many handlers are running at
 		// once; reused workers keep the stacks they grew, where a goroutine
 		// per call grows (copies) its stack on every call.

@@ -304,7 +304,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    gateway.DefaultMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         p.tls.Clone(), // its own: Serve adds to NextProtos
 	}

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
@@ -333,6 +334,35 @@ func TestGRPCPayloadLimit(t *testing.T) {
 			t.Logf("%d bytes: %v", tc.size, st.Message())
 		})
 	}
+}
+
+// gRPC headers are bounded as REST's are (64 KiB), before anything reads
+// them: a client cannot make the gateway hold megabytes of metadata per
+// stream ahead of authentication.
+func TestGRPCHeaderLimit(t *testing.T) {
+	_, fnURL := startFunction(t, fnsim.Config{})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+	submit := func(header int) error {
+		ctx := metadata.AppendToOutgoingContext(t.Context(), "x-padding", strings.Repeat("p", header))
+		_, err := jobs.SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+			Function: "echo",
+			Payload:  &httpbody.HttpBody{ContentType: "text/plain", Data: []byte("hi")},
+		})
+		return err
+	}
+	if err := submit(8 << 10); err != nil {
+		t.Fatalf("a submit with 8 KiB of headers: %v", err)
+	}
+	before := jobsPublished(t, g)
+	err := submit(1 << 20)
+	if err == nil {
+		t.Fatal("a submit with 1 MiB of headers was accepted; want it refused")
+	}
+	if n := jobsPublished(t, g) - before; n != 0 {
+		t.Errorf("%d jobs stored from a submit with 1 MiB of headers", n)
+	}
+	t.Logf("1 MiB of headers: %v", err)
 }
 
 // runGateway runs a gateway with opts (on loopback ports and an embedded
