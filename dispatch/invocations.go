@@ -402,21 +402,24 @@ func (l *functionLoop) storePacing(p *buffer.Pacing) {
 }
 
 // consumerCap is the server-enforced cap on the function's jobs delivered
-// and not finished. The configured concurrency is a hard bound, so the cap
-// never exceeds it: jobs in flight at the platform, across every process,
-// are never more. Below it, the window is kept by each process's gate
-// (the window less what the others report in flight), and the cap makes
-// room besides for the jobs every process has aside (held back after a
-// throttle, or recording their outcome), which keep their places without
-// taking the window's. They are rounded up to an eighth of the window, so
-// that the cap, and the consumer with it, is not rewritten for every one.
+// and not finished: the window, never above the configured concurrency.
+// A process dispatching alone makes room besides for its jobs aside (held
+// back after a throttle, or recording their outcome), which keep their
+// places without taking the window's; they are rounded up to an eighth of
+// the window, so that the consumer is not rewritten for every one. With
+// other processes about (any report in the last reportStale) it does not:
+// they would learn of those jobs a report late, and together put more than
+// the window at the platform.
 func (l *functionLoop) consumerCap(p *buffer.Pacing, now time.Time) int {
-	others, _ := p.Others(l.id, now.Add(-reportFresh))
-	aside := int(l.aside.Load()) + others.Held
-	if step := max(1, int(p.Window)/8); aside%step != 0 {
-		aside += step - aside%step
+	window := int(p.Window)
+	if _, others := p.Others(l.id, now.Add(-reportStale)); others == 0 {
+		aside := int(l.aside.Load())
+		if step := max(1, window/8); aside%step != 0 {
+			aside += step - aside%step
+		}
+		window += aside
 	}
-	return max(1, min(l.fn.Concurrency, int(p.Window)+aside))
+	return max(1, min(l.fn.Concurrency, window))
 }
 
 // sleepCtx sleeps for d or until ctx ends, and reports whether d passed.
