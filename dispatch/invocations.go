@@ -291,13 +291,6 @@ func (v *invocations) report(now time.Time) (inFlight int, starts float64) {
 	return v.inUse, float64(taken) / rateHorizon.Seconds()
 }
 
-// inFlight is how many of this process's invocations are in flight now.
-func (v *invocations) inFlight() int {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.inUse
-}
-
 // Reports of other processes older than reportFresh are not counted; older
 // than reportStale, they are removed.
 const (
