@@ -101,6 +101,19 @@ type ProcLoad struct {
 	At time.Time `json:"at"`
 }
 
+// StartRate is the rate of invocation starts dispatch keeps to now,
+// across processes: the configured one or the learned one, whichever is
+// lower, ignoring either while it is 0; 0 for no limit.
+func (p *Pacing) StartRate(configured float64) float64 {
+	switch {
+	case configured <= 0:
+		return max(p.LearnedRate, 0)
+	case p.LearnedRate <= 0:
+		return configured
+	}
+	return min(configured, p.LearnedRate)
+}
+
 // Idle says the process has nothing of the function's: nothing in flight,
 // nothing aside, no starts in the last second.
 func (r ProcLoad) Idle() bool { return r.Invoking == 0 && r.Held == 0 && r.Starts == 0 }

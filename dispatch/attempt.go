@@ -166,7 +166,7 @@ func (l *functionLoop) invoke(runCtx, ctx, bookCtx context.Context, dv *buffer.D
 			}()
 		})
 	}
-	if dv.Redelivered() || dv.Begun() {
+	if dv.Redelivered() {
 		startBegin()
 	} else {
 		timer := time.AfterFunc(l.cfg.RunningAfter, startBegin)

@@ -127,7 +127,7 @@ func (v *invocations) acquire(ctx context.Context, others int, now func() time.T
 				real := time.Now()
 				if wait := v.exploreNext.Sub(real); wait > 0 {
 					v.mu.Unlock()
-					if !sleepCtx(ctx, wait) {
+					if sleep(ctx, wait); ctx.Err() != nil {
 						return sendTicket{}, ctx.Err()
 					}
 					continue
@@ -377,7 +377,7 @@ func (l *functionLoop) storePacing(p *buffer.Pacing) {
 	_, procs := p.Others(l.id, l.cfg.Now().Add(-reportFresh))
 	l.inv.setRoom(int(p.Window))
 	limit, burst := rate.Inf, 1
-	if r := startRate(l.fn.RatePerSecond, p); r > 0 {
+	if r := p.StartRate(l.fn.RatePerSecond); r > 0 {
 		share := float64(procs + 1)
 		limit = rate.Limit(r / share)
 		if r == l.fn.RatePerSecond {
@@ -413,16 +413,4 @@ func (l *functionLoop) consumerCap(p *buffer.Pacing, now time.Time) int {
 		window += aside
 	}
 	return max(1, min(l.fn.Concurrency, window))
-}
-
-// sleepCtx sleeps for d or until ctx ends, and reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

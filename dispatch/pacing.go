@@ -395,18 +395,6 @@ func isRateThrottle(ev throttleEvidence) bool {
 	return (ev.takenAbove || ev.spreadSaysRate) && ev.startRate > 0
 }
 
-// startRate is the rate dispatch keeps to now, across processes: the
-// configured one or the learned one, whichever is lower; 0 for none.
-func startRate(configured float64, p *buffer.Pacing) float64 {
-	switch {
-	case p.LearnedRate > 0 && (configured <= 0 || p.LearnedRate < configured):
-		return p.LearnedRate
-	case configured > 0:
-		return configured
-	}
-	return 0
-}
-
 // throttleOf tells whether the platform refused an invocation for capacity
 // (429, or 503 with Retry-After), how long it asked us to wait, and
 // whether it said.

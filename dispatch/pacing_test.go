@@ -154,7 +154,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 		if p.LearnedRate != 200*rateMargin || p.Ceiling != 0 || p.Window != 100 {
 			t.Errorf("after a rate throttle: rate %v, ceiling %d, window %v; want a little under 200/s and the window untouched", p.LearnedRate, p.Ceiling, p.Window)
 		}
-		if r := startRate(150, &p); r != 150 {
+		if r := p.StartRate(150); r != 150 {
 			t.Errorf("start rate with 150/s configured = %v, want the lower 150", r)
 		}
 		if p.Reason != ReasonAtLearnedRate {

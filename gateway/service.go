@@ -600,7 +600,7 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		Retries:              p.Counts.Retries,
 		Throttles:            p.Counts.Throttles,
 		LearnedRatePerSecond: p.LearnedRate,
-		RatePerSecond:        paceRate(f.RatePerSecond, p.LearnedRate),
+		RatePerSecond:        p.StartRate(f.RatePerSecond),
 	}
 	if st.Window == 0 {
 		st.Window = int32(load.MaxInFlight)
@@ -631,19 +631,6 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		}
 	}
 	return st, nil
-}
-
-// paceRate is the start rate dispatch keeps to: the lower of the
-// configured and the learned rate, either 0 when there is none; 0 for no
-// limit.
-func paceRate(configured, learned float64) float64 {
-	switch {
-	case configured <= 0:
-		return max(learned, 0)
-	case learned <= 0:
-		return configured
-	}
-	return min(configured, learned)
 }
 
 // describePool is f's share of its pool and the pool's state.

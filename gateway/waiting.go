@@ -63,7 +63,7 @@ func waitingReason(job *sluicev1.Job, p buffer.Pacing, load buffer.Load, f Funct
 		return fmt.Sprintf("concurrency window full: %d in flight, held at %d below the learned limit of %d the platform throttled at", load.InFlight, window, p.Ceiling)
 	case load.InFlight >= window:
 		return fmt.Sprintf("concurrency window full: %d of %d in flight", load.InFlight, window)
-	case p.LearnedRate > 0 && paceRate(f.RatePerSecond, p.LearnedRate) < p.LearnedRate:
+	case p.LearnedRate > 0 && p.StartRate(f.RatePerSecond) < p.LearnedRate:
 		return fmt.Sprintf("paced at the configured rate of %s/s, below the learned rate of %s/s", perSecond(f.RatePerSecond), perSecond(p.LearnedRate))
 	case p.LearnedRate > 0:
 		return fmt.Sprintf("paced at the learned rate of %s/s: the platform throttled while fewer than the learned limit were in flight", perSecond(p.LearnedRate))

@@ -51,8 +51,8 @@ func TestPaceRate(t *testing.T) {
 		{"configured lower", 50, 182.5, 50},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := paceRate(tc.configured, tc.learned); got != tc.want {
-				t.Errorf("paceRate(%v, %v) = %v, want %v", tc.configured, tc.learned, got, tc.want)
+			if got := (&buffer.Pacing{LearnedRate: tc.learned}).StartRate(tc.configured); got != tc.want {
+				t.Errorf("StartRate(%v) with %v learned = %v, want %v", tc.configured, tc.learned, got, tc.want)
 			}
 		})
 	}
