@@ -49,7 +49,7 @@ func callbackStreamConfig(cfg Config) jetstream.StreamConfig {
 		// the job it names is gone.
 		MaxAge:     cfg.Retention,
 		MaxMsgs:    cfg.MaxJobs,
-		MaxBytes:   cfg.MaxBytes,
+		MaxBytes:   cfg.Stores.CallbackBytes,
 		Replicas:   cfg.Replicas,
 		Duplicates: 10 * time.Minute,
 	}
@@ -104,7 +104,7 @@ func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
 	msg.Header.Set(headerCallbackURL, job.CallbackUrl)
 	msg.Header.Set(headerWebhookID, id)
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
-		return fmt.Errorf("buffer: store callback of %s: %w", job.Id, classifyPublishError(err))
+		return fullStore(StoreCallbacks, fmt.Errorf("buffer: store callback of %s: %w", job.Id, classifyPublishError(err)))
 	}
 	return nil
 }

@@ -475,19 +475,42 @@ func (d *Delivery) Fail(ctx context.Context, reason string, result *sluicev1.Job
 }
 
 func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
-	_, err := d.change(ctx, func(j *sluicev1.Job) error {
-		if Terminal(j.State) {
-			return ErrFinished
+	write := func(keepResult bool) error {
+		_, err := d.change(ctx, func(j *sluicev1.Job) error {
+			if Terminal(j.State) {
+				return ErrFinished
+			}
+			d.countQuickAttempt(j)
+			d.addRecord(j)
+			set(j)
+			j.FinishTime = timestamppb.New(d.q.now())
+			if deadLettered(j.State) {
+				j.DeadLetterTime = j.FinishTime
+			}
+			if r := j.GetResult(); !keepResult && len(r.GetBody()) > 0 {
+				j.Notice = fmt.Sprintf("the function's response (%d bytes) was not kept: the job-state store was full", len(r.Body))
+				r.Body = nil
+			}
+			return nil
+		})
+		return err
+	}
+	err := write(true)
+	// The function has run: a state store too full for its outcome must
+	// not turn into running it again (which a delivery left to come back
+	// would). Keep the outcome without the response, and failing that
+	// hold the delivery until the store has room (job states expire).
+	for wait := stateFullFirstWait; stateFull(err); wait = min(2*wait, stateFullMaxWait) {
+		if err = write(false); !stateFull(err) {
+			break
 		}
-		d.countQuickAttempt(j)
-		d.addRecord(j)
-		set(j)
-		j.FinishTime = timestamppb.New(d.q.now())
-		if deadLettered(j.State) {
-			j.DeadLetterTime = j.FinishTime
+		d.msg.InProgress() //nolint:errcheck // at worst the job comes back after AckWait
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
 		}
-		return nil
-	})
+	}
 	if err != nil && !errors.Is(err, ErrFinished) {
 		// The message stays unacknowledged and comes back after AckWait.
 		return err
@@ -495,12 +518,32 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 	return d.settleFinished(ctx, err == nil)
 }
 
+// How long a finished job whose state cannot be stored, the store being
+// full, waits between tries.
+const (
+	stateFullFirstWait = 100 * time.Millisecond
+	stateFullMaxWait   = 5 * time.Second
+)
+
+// stateFull says a write was refused for the store being at its limits.
+func stateFull(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFull
+}
+
 // settleFinished makes sure of what the finished job leads to (its dead
 // letter, its callback) and then removes its message. written says whether
 // this delivery wrote the terminal state.
 func (d *Delivery) settleFinished(ctx context.Context, written bool) error {
 	if d.last != nil && Terminal(d.last.job.State) {
-		if err := d.q.afterFinish(ctx, d.last.job, d.Payload, written); err != nil {
+		err := d.q.afterFinish(ctx, d.last.job, d.Payload, written)
+		var full *storeFullError
+		if errors.As(err, &full) {
+			// A full store must not keep the job in its function's
+			// window: park what is pending, and let the job go.
+			err = d.park(ctx, full)
+		}
+		if err != nil {
 			return err // the message comes back after AckWait, and this is tried again
 		}
 	}

@@ -43,7 +43,7 @@ func deadLetterStreamConfig(cfg Config, maxMsg int32) jetstream.StreamConfig {
 		Discard:    jetstream.DiscardNew,
 		MaxAge:     cfg.DeadLetterRetention,
 		MaxMsgs:    cfg.MaxJobs,
-		MaxBytes:   cfg.MaxBytes,
+		MaxBytes:   cfg.Stores.DeadLetterBytes,
 		MaxMsgSize: maxMsg,
 		Replicas:   cfg.Replicas,
 		Duplicates: 10 * time.Minute,
@@ -108,7 +108,7 @@ func (q *Queue) publishDeadLetter(ctx context.Context, job *sluicev1.Job, payloa
 	msg.Data = b
 	msgID := job.Id + ".dead." + strconv.Itoa(int(job.Redrives))
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return fmt.Errorf("buffer: dead-letter job %s: %w", job.Id, classifyPublishError(err))
+		return fullStore(StoreDeadLetters, fmt.Errorf("buffer: dead-letter job %s: %w", job.Id, classifyPublishError(err)))
 	}
 	return nil
 }

@@ -69,7 +69,8 @@ func ensureKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.K
 		return nil, err
 	}
 	if st.TTL() == cfg.TTL && st.History() == int64(cfg.History) && st.BackingStore() == "JetStream" &&
-		st.Config().Replicas == cfg.Replicas && st.Config().Description == cfg.Description {
+		st.Config().Replicas == cfg.Replicas && st.Config().Description == cfg.Description &&
+		st.Config().MaxBytes == cfg.MaxBytes {
 		return kv, nil
 	}
 	return js.UpdateKeyValue(ctx, cfg)

@@ -79,6 +79,10 @@ type Config struct {
 	// DeadLetterRetention is how long a dead letter is kept unless it is
 	// redriven or discarded first. Default 7 days.
 	DeadLetterRetention time.Duration
+	// Stores bounds the other streams and buckets: every one has a size
+	// limit, so that JetStream's storage never fills past what was
+	// reserved for them when they were made.
+	Stores StoreLimits
 	// Batch tunes group commit of submits.
 	Batch BatchConfig
 }
@@ -102,6 +106,7 @@ func (c *Config) setDefaults() {
 	if c.DeadLetterRetention == 0 {
 		c.DeadLetterRetention = 7 * 24 * time.Hour
 	}
+	c.Stores.setDefaults(c.MaxBytes)
 }
 
 // Queue is the durable job buffer. It is safe for concurrent use.
@@ -114,6 +119,9 @@ type Queue struct {
 	stateLog  jetstream.Stream // the state bucket's stream, read directly
 	pacingKV  jetstream.KeyValue
 	idemKV    jetstream.KeyValue
+	idemLog   jetstream.Stream // the idempotency bucket's stream, for its usage
+	limits    StoreLimits
+	gauge     storeGauge
 	batcher   *batcher // job messages
 	stateBat  *batcher // job state entries
 	now       func() time.Time
@@ -123,6 +131,14 @@ type Queue struct {
 // JetStream behind nc, and returns a Queue over them.
 func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	cfg.setDefaults()
+	if err := cfg.Stores.Check(); err != nil {
+		return nil, err
+	}
+	q, err := open(ctx, nc, cfg)
+	return q, explainStorage(err, cfg)
+}
+
+func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("buffer: jetstream: %w", err)
@@ -137,7 +153,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	stream, err := ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Sluice: queued jobs, one message per job until it finishes",
-		Subjects:    []string{SubjectPrefix + ">"},
+		Subjects:    []string{SubjectPrefix + ">", ParkedPrefix + ">"},
 		// Limits, not work-queue, retention: a work queue removes each
 		// acknowledged message on its own, one fsync'd tombstone per job.
 		// Dispatch removes finished jobs' messages in batches instead
@@ -163,6 +179,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		Description: "Sluice: job state by job ID",
 		History:     1,
 		TTL:         cfg.Retention,
+		MaxBytes:    cfg.Stores.StateBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 	})
@@ -181,6 +198,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		Bucket:      PacingBucket,
 		Description: "Sluice: dispatch window by function",
 		History:     1,
+		MaxBytes:    pacingBucketBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 	})
@@ -192,11 +210,16 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		Description: "Sluice: job ID by function and idempotency key",
 		History:     1,
 		TTL:         cfg.IdempotencyWindow,
+		MaxBytes:    cfg.Stores.IdempotencyBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", IdempotencyBucket, err)
+	}
+	idemLog, err := js.Stream(ctx, "KV_"+IdempotencyBucket)
+	if err != nil {
+		return nil, fmt.Errorf("buffer: bucket %s: %w", IdempotencyBucket, err)
 	}
 	dead, err := ensureStream(ctx, js, deadLetterStreamConfig(cfg, maxMsg))
 	if err != nil {
@@ -208,7 +231,8 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	}
 	return &Queue{
 		js: js, stream: stream, dead: dead, callbacks: callbacks,
-		state: state, stateLog: stateLog, pacingKV: pacing, idemKV: idem, now: time.Now,
+		state: state, stateLog: stateLog, pacingKV: pacing, idemKV: idem, idemLog: idemLog,
+		limits: cfg.Stores, now: time.Now,
 		batcher: newBatcher(nc, cfg.Batch), stateBat: newBatcher(nc, cfg.Batch),
 	}, nil
 }
@@ -369,6 +393,9 @@ func idempotencyKey(function, key string) string {
 // a second publish of the job within the stream's duplicate window stores
 // nothing.
 func (q *Queue) publish(ctx context.Context, function, id string, payload []byte, contentType string, o submitOptions, dedupe bool) (*sluicev1.Job, error) {
+	if err := q.Pressure(ctx); err != nil {
+		return nil, err
+	}
 	job := &sluicev1.Job{
 		Id:          id,
 		Function:    function,
@@ -464,13 +491,17 @@ func applySubmitOptions(opts []SubmitOption) submitOptions {
 	return o
 }
 
+// errCodeStoreFull is nats-server's JSStreamStoreFailedF: with DiscardNew,
+// "maximum messages exceeded" and "maximum bytes exceeded" come back as it.
+const errCodeStoreFull jetstream.ErrorCode = 10077
+
 // classifyPublishError turns the stream's refusal for being at its limits
 // into ErrFull.
 func classifyPublishError(err error) error {
 	var apiErr *jetstream.APIError
 	// 10077 is JSStreamStoreFailedF: with DiscardNew, "maximum messages
 	// exceeded" and "maximum bytes exceeded" come back as this code.
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == 10077 {
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFull {
 		return fmt.Errorf("%w: %s", ErrFull, apiErr.Description)
 	}
 	return fmt.Errorf("buffer: publish job: %w", err)
@@ -557,7 +588,10 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 	if err == nil {
 		// Dispatch publishes it too when it finds the job cancelled; this
 		// is for a running job, whose delivery may be long gone.
-		if err := q.afterFinish(ctx, snap.job, nil, true); err != nil {
+		// A full callback store is not the caller's failure: the job is
+		// cancelled, and dispatch, finding it so, parks its callback.
+		var full *storeFullError
+		if err := q.afterFinish(ctx, snap.job, nil, true); err != nil && !errors.As(err, &full) {
 			return nil, err
 		}
 	}

@@ -278,7 +278,15 @@ type Job struct {
 	// estimated_start_time when the function's drain rate is known.
 	WaitingReason string `protobuf:"bytes,20,opt,name=waiting_reason,json=waitingReason,proto3" json:"waiting_reason,omitempty"`
 	// The job's priority within its tenant's share of the function.
-	Priority      Priority `protobuf:"varint,21,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
+	Priority Priority `protobuf:"varint,21,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
+	// For a finished job, what its finish still waits for, e.g. "dead letter:
+	// the dead-letter store is full": the job is done and holds no dispatch
+	// slot, and Sluice stores what is pending once there is room. Empty when
+	// nothing is pending.
+	Pending string `protobuf:"bytes,22,opt,name=pending,proto3" json:"pending,omitempty"`
+	// Anything Sluice could not keep of the job as it finished, e.g. a result
+	// left out because the job-state store was full. Empty when all was kept.
+	Notice        string `protobuf:"bytes,23,opt,name=notice,proto3" json:"notice,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -458,6 +466,20 @@ func (x *Job) GetPriority() Priority {
 		return x.Priority
 	}
 	return Priority_PRIORITY_UNSPECIFIED
+}
+
+func (x *Job) GetPending() string {
+	if x != nil {
+		return x.Pending
+	}
+	return ""
+}
+
+func (x *Job) GetNotice() string {
+	if x != nil {
+		return x.Notice
+	}
+	return ""
 }
 
 // Attempt is one invocation of a job and how it went.
@@ -1330,7 +1352,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xdf\b\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x9b\t\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -1356,7 +1378,9 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x06tenant\x18\x12 \x01(\tB\x03\xe0A\x03R\x06tenant\x12Q\n" +
 	"\x14estimated_start_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x12estimatedStartTime\x12*\n" +
 	"\x0ewaiting_reason\x18\x14 \x01(\tB\x03\xe0A\x03R\rwaitingReason\x124\n" +
-	"\bpriority\x18\x15 \x01(\x0e2\x13.sluice.v1.PriorityB\x03\xe0A\x03R\bpriority\"n\n" +
+	"\bpriority\x18\x15 \x01(\x0e2\x13.sluice.v1.PriorityB\x03\xe0A\x03R\bpriority\x12\x1d\n" +
+	"\apending\x18\x16 \x01(\tB\x03\xe0A\x03R\apending\x12\x1b\n" +
+	"\x06notice\x18\x17 \x01(\tB\x03\xe0A\x03R\x06notice\"n\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
