@@ -85,7 +85,8 @@ func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
 		Timestamp: job.GetFinishTime().AsTime(),
 	}
 	data := job
-	if r := job.GetResult(); len(r.GetBody()) > maxCallbackResultBytes {
+	if r := job.GetResult(); len(r.GetBody()) > maxCallbackResultBytes ||
+		(len(r.GetBody()) > 0 && q.overShare(ctx, q.callbackShares, StoreCallbacks, job.Tenant, job.Function)) {
 		data = proto.CloneOf(job)
 		data.Result.Body = nil
 		event.ResultOmitted = true
@@ -103,9 +104,13 @@ func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
 	msg.Data = body
 	msg.Header.Set(headerCallbackURL, job.CallbackUrl)
 	msg.Header.Set(headerWebhookID, id)
+	if job.Tenant != "" {
+		msg.Header.Set(headerTenant, job.Tenant) // for its share of the store and of deliveries
+	}
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
 		return fullStore(StoreCallbacks, fmt.Errorf("buffer: store callback of %s: %w", job.Id, classifyPublishError(err)))
 	}
+	q.callbackShares.add(job.Tenant, job.Function, len(body))
 	return nil
 }
 

@@ -95,6 +95,14 @@ func (q *Queue) publishDeadLetter(ctx context.Context, job *sluicev1.Job, payloa
 	if r := kept.GetResult(); len(r.GetBody()) > maxDeadResultBytes {
 		r.Body = r.Body[:maxDeadResultBytes]
 	}
+	if len(payload) > 0 && q.overShare(ctx, q.deadShares, StoreDeadLetters, job.Tenant, job.Function) {
+		payload = nil
+		kept.Notice = leanDeadLetter
+		q.update(ctx, job.Id, nil, nil, func(j *sluicev1.Job) error { //nolint:errcheck // the dead letter says it too
+			j.Notice = leanDeadLetter
+			return nil
+		})
+	}
 	b, err := proto.Marshal(&sluicev1.DeadLetter{
 		Job:            kept,
 		Reason:         job.Error,
@@ -106,12 +114,19 @@ func (q *Queue) publishDeadLetter(ctx context.Context, job *sluicev1.Job, payloa
 	}
 	msg := nats.NewMsg(DeadLetterSubject(job.Function, job.Id))
 	msg.Data = b
+	if job.Tenant != "" {
+		msg.Header.Set(headerTenant, job.Tenant) // for the share its tenant holds
+	}
 	msgID := job.Id + ".dead." + strconv.Itoa(int(job.Redrives))
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
 		return fullStore(StoreDeadLetters, fmt.Errorf("buffer: dead-letter job %s: %w", job.Id, classifyPublishError(err)))
 	}
+	q.deadShares.add(job.Tenant, job.Function, len(b))
 	return nil
 }
+
+// leanDeadLetter is what a dead letter kept without its payload says.
+const leanDeadLetter = "the payload was not kept in the dead letter: its tenant or function holds more than its share of the dead-letter store; it cannot be redriven"
 
 func decodeDeadLetter(msg *jetstream.RawStreamMsg) (*sluicev1.DeadLetter, error) {
 	dl := new(sluicev1.DeadLetter)

@@ -122,9 +122,11 @@ type Queue struct {
 	idemLog   jetstream.Stream // the idempotency bucket's stream, for its usage
 	limits    StoreLimits
 	gauge     storeGauge
-	batcher   *batcher // job messages
-	stateBat  *batcher // job state entries
-	now       func() time.Time
+	// deadShares and callbackShares read who holds what of those stores.
+	deadShares, callbackShares *shareGauge
+	batcher                    *batcher // job messages
+	stateBat                   *batcher // job state entries
+	now                        func() time.Time
 }
 
 // Open creates or updates the job stream and the state bucket on the
@@ -233,7 +235,9 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		js: js, stream: stream, dead: dead, callbacks: callbacks,
 		state: state, stateLog: stateLog, pacingKV: pacing, idemKV: idem, idemLog: idemLog,
 		limits: cfg.Stores, now: time.Now,
-		batcher: newBatcher(nc, cfg.Batch), stateBat: newBatcher(nc, cfg.Batch),
+		deadShares:     &shareGauge{stream: dead, prefix: DeadLetterPrefix},
+		callbackShares: &shareGauge{stream: callbacks, prefix: CallbackPrefix},
+		batcher:        newBatcher(nc, cfg.Batch), stateBat: newBatcher(nc, cfg.Batch),
 	}, nil
 }
 

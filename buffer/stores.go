@@ -172,6 +172,29 @@ func (q *Queue) Pressure(ctx context.Context) error {
 	return nil
 }
 
+// storeNearlyFull is the fill from which FullStores names a store: past it
+// a large write may already be refused.
+const storeNearlyFull = 0.95
+
+// FullStores says, one line each, which stores refuse writes or submits
+// now; none when all have room or they cannot be read.
+func (q *Queue) FullStores(ctx context.Context) []string {
+	stores, err := q.Stores(ctx)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, u := range stores {
+		switch fill := u.Fill(); {
+		case (u.Name == StoreState || u.Name == StoreIdempotency) && fill >= q.limits.HighWater:
+			out = append(out, fmt.Sprintf("store %s: %.0f%% full, past its high water mark: submits are refused", u.Name, 100*fill))
+		case fill >= storeNearlyFull:
+			out = append(out, fmt.Sprintf("store %s: %.0f%% full", u.Name, 100*fill))
+		}
+	}
+	return out
+}
+
 // explainStorage adds to JetStream's refusal to reserve a store's room
 // what Sluice asked for in all, and which settings set it.
 func explainStorage(err error, cfg Config) error {

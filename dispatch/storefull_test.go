@@ -24,12 +24,14 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 	fn.status.Store(http.StatusInternalServerError)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
-	// Room for one 30 KiB dead letter, not two.
+	// Room for one 30 KiB dead letter, not two. Each job is another
+	// tenant's, none over its share: the store is simply full.
 	q := buffertest.Queue(t, buffer.Config{Stores: buffer.StoreLimits{DeadLetterBytes: 48 << 10}})
 	payload := bytes.Repeat([]byte("x"), 30<<10)
+	tenants := []string{"t0", "t1", "t2"}
 	var ids []string
-	for range 3 {
-		job, err := q.Submit(t.Context(), "f", payload, "text/plain")
+	for _, tenant := range tenants {
+		job, err := q.Submit(t.Context(), "f", payload, "text/plain", buffer.WithTenant(tenant))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -47,20 +49,17 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 		}
 	}
 	// A job's state says FAILED before its dead letter is stored or parked.
-	var parked []*sluicev1.Job
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		parked = parked[:0]
-		for _, id := range ids {
+	parked := map[string]string{} // job ID: tenant
+	for deadline := time.Now().Add(10 * time.Second); len(parked) != 2; time.Sleep(20 * time.Millisecond) {
+		clear(parked)
+		for i, id := range ids {
 			job, err := q.Get(t.Context(), id)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if job.Pending != "" {
-				parked = append(parked, job)
+				parked[id] = tenants[i]
 			}
-		}
-		if len(parked) == 2 {
-			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d jobs say a dead letter is pending; want the 2 the store had no room for", len(parked))
@@ -70,8 +69,8 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 		t.Fatalf("ParkedCount = %d, %v; want 2", n, err)
 	}
 
-	// Room appears: the parked dead letters are stored and the jobs' notes
-	// cleared.
+	// Room appears: the parked dead letters are stored, one at a time as
+	// there is room, and the jobs' notes cleared.
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- q.RunParked(ctx, slog.New(slog.DiscardHandler)) }()
@@ -81,25 +80,22 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	page, err := q.DeadLetters(t.Context(), "f", "", 0, 10, false)
-	if err != nil || len(page.Letters) != 1 {
-		t.Fatalf("dead letters = %v, %v; want the one that fitted", page.Letters, err)
+	stored := ids[0] // the first to fail found room
+	if _, ok := parked[stored]; ok {
+		t.Fatalf("the first job to fail, %s, is parked; the store had room for it", stored)
 	}
-	waiting := map[string]bool{parked[0].Id: true, parked[1].Id: true}
+	tenantOf := map[string]string{ids[0]: "t0", ids[1]: "t1", ids[2]: "t2"}
 	for range parked {
-		if err := q.DeleteDeadLetter(t.Context(), "f", "", page.Letters[0].Job.Id); err != nil {
+		if err := q.DeleteDeadLetter(t.Context(), "f", tenantOf[stored], stored); err != nil {
 			t.Fatal(err)
 		}
-		page = waitLetters(t, q, "f", 1)
-		if id := page.Letters[0].Job.Id; !waiting[id] {
-			t.Fatalf("dead letter of %s stored; want one of the parked %v", id, waiting)
-		}
-		delete(waiting, page.Letters[0].Job.Id)
+		stored = waitStored(t, q, parked)
+		delete(parked, stored)
 	}
-	for _, j := range parked {
+	for _, id := range ids {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			job, err := q.Get(t.Context(), j.Id)
+			job, err := q.Get(t.Context(), id)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -107,27 +103,112 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("job %s still says %q", j.Id, job.Pending)
+				t.Fatalf("job %s still says %q", id, job.Pending)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }
 
-// waitLetters waits for the function to have exactly n dead letters.
-func waitLetters(t *testing.T, q *buffer.Queue, function string, n int) buffer.DeadLetterPage {
+// waitStored waits for the dead letter of one of the parked jobs (ID:
+// tenant) to be stored, and returns its job's ID.
+func waitStored(t *testing.T, q *buffer.Queue, parked map[string]string) string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for {
-		page, err := q.DeadLetters(t.Context(), function, "", 0, 10, false)
+		for id, tenant := range parked {
+			page, err := q.DeadLetters(t.Context(), "f", tenant, 0, 10, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page.Letters) == 1 && page.Letters[0].Job.Id == id {
+				return id
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("none of the parked dead letters %v stored", parked)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// One tenant's failures must not take the whole dead-letter store: past
+// half full, a tenant over its share has its dead letters kept without
+// their payload, and another tenant's still have theirs. (#19 item 1)
+func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
+	fn := &switchable{}
+	fn.status.Store(http.StatusInternalServerError)
+	srv := httptest.NewServer(fn)
+	defer srv.Close()
+	q := buffertest.Queue(t, buffer.Config{Stores: buffer.StoreLimits{DeadLetterBytes: 300 << 10}})
+	startDispatcher(t, q, dispatch.Function{
+		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
+		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
+		Circuit: dispatch.CircuitPolicy{Disabled: true},
+	}, time.Second)
+	payload := bytes.Repeat([]byte("x"), 30<<10)
+	fail := func(tenant string, n int) []string {
+		var ids []string
+		for range n {
+			job, err := q.Submit(t.Context(), "f", payload, "text/plain", buffer.WithTenant(tenant))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, job.Id)
+		}
+		return ids
+	}
+	// Tenant a alone fills half the store; the reading of how full it is
+	// is renewed each second.
+	fail("a", 5)
+	waitTenantLetters(t, q, "a", 5)
+	time.Sleep(1100 * time.Millisecond)
+	more := fail("a", 3)
+	waitTenantLetters(t, q, "a", 8)
+	b := fail("b", 3)
+	letters := waitTenantLetters(t, q, "b", 3)
+	for _, dl := range letters {
+		if len(dl.Payload) != len(payload) {
+			t.Errorf("tenant b's dead letter of %s has %d payload bytes; want all %d", dl.Job.Id, len(dl.Payload), len(payload))
+		}
+	}
+	lean := 0
+	for _, dl := range waitTenantLetters(t, q, "a", 8) {
+		if len(dl.Payload) == 0 {
+			lean++
+			if dl.Job.Notice == "" {
+				t.Errorf("dead letter of %s has no payload and does not say why", dl.Job.Id)
+			}
+			if job, err := q.Get(t.Context(), dl.Job.Id); err != nil || job.Notice == "" {
+				t.Errorf("job %s = %v, %v; want its state to say its payload was not kept", dl.Job.Id, job, err)
+			}
+		}
+	}
+	if lean < 2 {
+		t.Errorf("%d of tenant a's last %d dead letters kept without payload; want at least 2 (a held half the store alone)", lean, len(more))
+	}
+	for _, id := range append(more, b...) {
+		if job, _ := q.Get(t.Context(), id); job.GetPending() != "" {
+			t.Errorf("job %s is parked (%s); the store had room", id, job.Pending)
+		}
+	}
+}
+
+// waitTenantLetters waits for tenant to have n dead letters of function f,
+// and returns them with their payloads.
+func waitTenantLetters(t *testing.T, q *buffer.Queue, tenant string, n int) []*sluicev1.DeadLetter {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		page, err := q.DeadLetters(t.Context(), "f", tenant, 0, 100, true)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(page.Letters) == n {
-			return page
+			return page.Letters
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d dead letters; want %d", len(page.Letters), n)
+			t.Fatalf("tenant %s has %d dead letters; want %d", tenant, len(page.Letters), n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

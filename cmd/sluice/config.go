@@ -302,6 +302,20 @@ type BufferConfig struct {
 	DeadLetterRetention Duration `yaml:"dead_letter_retention"`
 	// GroupCommit tunes how concurrent writes are stored together.
 	GroupCommit GroupCommitConfig `yaml:"group_commit"`
+	// StateMaxBytes bounds the job-state store (every started job's state
+	// and result, kept for job_retention). Default 1GiB.
+	StateMaxBytes ByteSize `yaml:"state_max_bytes"`
+	// IdempotencyMaxBytes bounds the idempotency-key store. Default 64MiB.
+	IdempotencyMaxBytes ByteSize `yaml:"idempotency_max_bytes"`
+	// DeadLetterMaxBytes bounds the dead letters. Default: max_bytes.
+	DeadLetterMaxBytes ByteSize `yaml:"dead_letter_max_bytes"`
+	// CallbackMaxBytes bounds the callbacks waiting for delivery. Default:
+	// max_bytes.
+	CallbackMaxBytes ByteSize `yaml:"callback_max_bytes"`
+	// HighWater is the fill of the job-state or idempotency store past
+	// which submits are refused with 503, keeping the rest for the
+	// outcomes of accepted jobs. Default 0.9.
+	HighWater float64 `yaml:"high_water"`
 }
 
 // GroupCommitConfig tunes group commit: concurrent submits (and job state
@@ -614,6 +628,9 @@ func (c *Config) setDefaultsAndCheck() error {
 		// the job again.
 		errs = append(errs, fmt.Errorf("buffer.idempotency_window: %s is longer than buffer.job_retention (%s): a repeat after the job's state expired would run it again",
 			time.Duration(b.IdempotencyWindow), time.Duration(b.JobRetention)))
+	}
+	if b.HighWater < 0 || b.HighWater > 1 {
+		errs = append(errs, fmt.Errorf("buffer.high_water: %v is out of range: 0 (the default) to 1", b.HighWater))
 	}
 	gc := &b.GroupCommit
 	if gc.MaxBatch == 0 {

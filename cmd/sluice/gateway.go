@@ -160,6 +160,13 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		Retention:           time.Duration(cfg.Buffer.JobRetention),
 		IdempotencyWindow:   time.Duration(cfg.Buffer.IdempotencyWindow),
 		DeadLetterRetention: time.Duration(cfg.Buffer.DeadLetterRetention),
+		Stores: buffer.StoreLimits{
+			StateBytes:       int64(cfg.Buffer.StateMaxBytes),
+			IdempotencyBytes: int64(cfg.Buffer.IdempotencyMaxBytes),
+			DeadLetterBytes:  int64(cfg.Buffer.DeadLetterMaxBytes),
+			CallbackBytes:    int64(cfg.Buffer.CallbackMaxBytes),
+			HighWater:        cfg.Buffer.HighWater,
+		},
 		Batch: buffer.BatchConfig{
 			MaxBatch:    int(cfg.Buffer.GroupCommit.MaxBatch),
 			MaxInFlight: int(cfg.Buffer.GroupCommit.InFlight),
@@ -173,6 +180,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		return nil, err
 	}
 	if err := registerBatchMetrics(mp, queue); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	if err := registerStoreMetrics(mp, queue); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	var policy gateway.CallbackPolicy
@@ -331,6 +341,12 @@ func (p *gatewayProcess) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	io.WriteString(w, "ready\n") //nolint:errcheck // the prober may have gone
+	// A full store is said, not made a failed probe: the gateway still
+	// serves reads, polls and the jobs it holds, and taking every replica
+	// out of its load balancer would stop those too.
+	for _, full := range p.queue.FullStores(ctx) {
+		io.WriteString(w, full+"\n") //nolint:errcheck // the prober may have gone
+	}
 }
 
 // How often the gateway pings NATS, and how many unanswered pings make it
@@ -476,6 +492,7 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return p.dispatcher.Run(gctx) })
+	g.Go(func() error { return p.queue.RunParked(gctx, p.log) })
 	if p.opts.DebugAddr != "" {
 		g.Go(func() error { return serveDebug(gctx, p.opts.DebugAddr, p.log) })
 	}

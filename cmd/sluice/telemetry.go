@@ -146,3 +146,47 @@ func registerBatchMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
 	}, batches, writes, refused)
 	return err
 }
+
+// registerStoreMetrics exports how full each JetStream store is, and how
+// many finished jobs wait for room in a full one, so that an operator sees
+// a store filling before it refuses work.
+func registerStoreMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
+	m := mp.Meter("github.com/sluicehq/sluice/buffer")
+	used, err := m.Int64ObservableGauge("sluice.store.used", metric.WithUnit("By"),
+		metric.WithDescription("Bytes held by each store: jobs, state, idempotency, dead_letters, callbacks."))
+	if err != nil {
+		return err
+	}
+	limit, err := m.Int64ObservableGauge("sluice.store.limit", metric.WithUnit("By"),
+		metric.WithDescription("Each store's size limit."))
+	if err != nil {
+		return err
+	}
+	fill, err := m.Float64ObservableGauge("sluice.store.fill", metric.WithUnit("1"),
+		metric.WithDescription("Each store's fill, 0 to 1, the larger of bytes and messages against their limits: at 1 the store refuses writes (submits are refused from buffer.high_water on for state and idempotency)."))
+	if err != nil {
+		return err
+	}
+	parked, err := m.Int64ObservableGauge("sluice.store.parked_finishes", metric.WithUnit("{job}"),
+		metric.WithDescription("Finished jobs whose dead letter or callback waits for room in its full store."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		stores, err := queue.Stores(ctx)
+		if err != nil {
+			return nil // JetStream away: no reading, rather than a wrong one
+		}
+		for _, u := range stores {
+			at := metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.store", u.Name)))
+			o.ObserveInt64(used, int64(u.Bytes), at)
+			o.ObserveInt64(limit, u.MaxBytes, at)
+			o.ObserveFloat64(fill, u.Fill(), at)
+		}
+		if n, err := queue.ParkedCount(ctx); err == nil {
+			o.ObserveInt64(parked, int64(n))
+		}
+		return nil
+	}, used, limit, fill, parked)
+	return err
+}
