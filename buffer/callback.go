@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -103,6 +104,9 @@ func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
 	msg.Data = body
 	msg.Header.Set(headerCallbackURL, job.CallbackUrl)
 	msg.Header.Set(headerWebhookID, id)
+	if job.Tenant != "" {
+		msg.Header.Set(headerTenant, job.Tenant)
+	}
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
 		return fmt.Errorf("buffer: store callback of %s: %w", job.Id, classifyPublishError(err))
 	}
@@ -117,6 +121,9 @@ type Callback struct {
 	URL string
 	// WebhookID is its webhook-id, the same on every attempt.
 	WebhookID string
+	// Tenant is the tenant of the job, whose secrets sign it; "" for a
+	// gateway without tenants.
+	Tenant string
 	// Body is the JSON to POST: a [CallbackEvent].
 	Body []byte
 	// Attempt counts deliveries of it, from 1.
@@ -164,12 +171,34 @@ func (q *Queue) ConsumeCallbacks(ctx context.Context, maxInFlight int, ackWait t
 			msg:       msg,
 			URL:       msg.Headers().Get(headerCallbackURL),
 			WebhookID: msg.Headers().Get(headerWebhookID),
+			Tenant:    msg.Headers().Get(headerTenant),
 			Body:      msg.Data(),
 			Attempt:   1,
+		}
+		if cb.Tenant == "" {
+			cb.Tenant = callbackTenant(cb.Body)
 		}
 		if md, err := msg.Metadata(); err == nil {
 			cb.Attempt, cb.Stored = int(md.NumDelivered), md.Timestamp
 		}
 		handle(cb)
 	})
+}
+
+// callbackTenant reads the job's tenant from a callback's body, for
+// callbacks stored before the tenant was kept in a header: signed with the
+// gateway's secrets, they would reach the tenant's receivers unverifiable.
+func callbackTenant(body []byte) string {
+	if !bytes.Contains(body, []byte(`"tenant"`)) {
+		return "" // a gateway without tenants; no need to parse the body
+	}
+	var event struct {
+		Data struct {
+			Tenant string `json:"tenant"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(body, &event) != nil {
+		return ""
+	}
+	return event.Data.Tenant
 }

@@ -63,6 +63,11 @@ type TenantConfig struct {
 	Weight Count `yaml:"weight"`
 	// Ingress limits its submits.
 	Ingress *IngressConfig `yaml:"ingress"`
+	// CallbackSecrets sign its callbacks, in the form of
+	// callbacks.secrets, and rotate the same way. Default: secrets derived
+	// from callbacks.secrets for this tenant alone, which `sluice
+	// callback-secret --tenant NAME` prints.
+	CallbackSecrets []string `yaml:"callback_secrets"`
 }
 
 // IngressConfig limits submits, to a function or from a tenant.
@@ -81,7 +86,9 @@ type IngressConfig struct {
 type CallbacksConfig struct {
 	// Secrets sign callbacks the Standard Webhooks way: "whsec_" and the
 	// key in base64. Every one signs; to rotate, add the new secret, let
-	// receivers learn it, then remove the old.
+	// receivers learn it, then remove the old. They sign as they are only
+	// for a gateway without tenants; each tenant's callbacks are signed
+	// with its callback_secrets or with secrets derived from these.
 	Secrets []string `yaml:"secrets"`
 	// AllowCIDRs lets callbacks reach addresses that are otherwise refused
 	// (loopback, private, link-local, metadata), e.g. 10.1.0.0/16.
@@ -902,8 +909,39 @@ func (c *Config) checkTenants(functions map[string]int) error {
 				bad("ingress.per_second", "%v", err)
 			}
 		}
+		if t.CallbackSecrets != nil && len(t.CallbackSecrets) == 0 {
+			bad("callback_secrets", "empty: leave it out to sign with secrets derived from callbacks.secrets")
+		}
+		if len(t.CallbackSecrets) > 0 && len(c.Callbacks.Secrets) == 0 {
+			bad("callback_secrets", "given without callbacks.secrets, which turn callbacks on")
+		}
+		if len(t.CallbackSecrets) > 0 {
+			if _, err := callback.NewSigner(t.CallbackSecrets); err != nil {
+				bad("callback_secrets", "%v", err)
+			}
+		}
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if _, err := callback.NewSigner(c.Callbacks.Secrets); err != nil {
+		return nil // no callbacks, or bad secrets, which callbacks.secrets reports
+	}
+	_, err := c.callbackKeys() // no key shared by two tenants
+	return err
+}
+
+// callbackKeys returns the secrets that sign each tenant's callbacks.
+func (c *Config) callbackKeys() (*callback.Keyring, error) {
+	tenants := make(map[string][]string, len(c.Tenants))
+	for _, t := range c.Tenants {
+		tenants[t.Name] = t.CallbackSecrets
+	}
+	keys, err := callback.NewKeyring(c.Callbacks.Secrets, tenants)
+	if err != nil {
+		return nil, fmt.Errorf("callbacks.secrets, tenants[].callback_secrets: %w", err)
+	}
+	return keys, nil
 }
 
 func (cb *CallbacksConfig) setDefaultsAndCheck() error {
