@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -105,7 +106,7 @@ func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
 	msg.Header.Set(headerCallbackURL, job.CallbackUrl)
 	msg.Header.Set(headerWebhookID, id)
 	if job.Tenant != "" {
-		msg.Header.Set(headerTenant, job.Tenant) // for its share of the store and of deliveries
+		msg.Header.Set(headerTenant, job.Tenant) // whose secrets sign it; its share of the store and deliveries
 	}
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
 		return fullStore(StoreCallbacks, fmt.Errorf("buffer: store callback of %s: %w", job.Id, classifyPublishError(err)))
@@ -122,6 +123,9 @@ type Callback struct {
 	URL string
 	// WebhookID is its webhook-id, the same on every attempt.
 	WebhookID string
+	// Tenant is the tenant of the job, whose secrets sign it; "" for a
+	// gateway without tenants.
+	Tenant string
 	// Body is the JSON to POST: a [CallbackEvent].
 	Body []byte
 	// Attempt counts deliveries of it, from 1.
@@ -169,12 +173,34 @@ func (q *Queue) ConsumeCallbacks(ctx context.Context, maxInFlight int, ackWait t
 			msg:       msg,
 			URL:       msg.Headers().Get(headerCallbackURL),
 			WebhookID: msg.Headers().Get(headerWebhookID),
+			Tenant:    msg.Headers().Get(headerTenant),
 			Body:      msg.Data(),
 			Attempt:   1,
+		}
+		if cb.Tenant == "" {
+			cb.Tenant = callbackTenant(cb.Body)
 		}
 		if md, err := msg.Metadata(); err == nil {
 			cb.Attempt, cb.Stored = int(md.NumDelivered), md.Timestamp
 		}
 		handle(cb)
 	})
+}
+
+// callbackTenant reads the job's tenant from a callback's body, for
+// callbacks stored before the tenant was kept in a header: signed with the
+// gateway's secrets, they would reach the tenant's receivers unverifiable.
+func callbackTenant(body []byte) string {
+	if !bytes.Contains(body, []byte(`"tenant"`)) {
+		return "" // a gateway without tenants; no need to parse the body
+	}
+	var event struct {
+		Data struct {
+			Tenant string `json:"tenant"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(body, &event) != nil {
+		return ""
+	}
+	return event.Data.Tenant
 }

@@ -5,7 +5,9 @@
 // "id.timestamp.body", sent in the webhook-id, webhook-timestamp and
 // webhook-signature headers, so that a receiver's existing Standard
 // Webhooks library verifies it. [Verify] is the receiver's side, for tests
-// and for receivers written in Go.
+// and for receivers written in Go. A [Keyring] gives each tenant secrets of
+// its own, configured or derived from the gateway's, so that no tenant's
+// receiver can check or forge another's callbacks.
 //
 // A [Guard] decides which addresses a callback may reach. [Guard.CheckURL]
 // refuses a bad URL when the job is submitted; [Guard.Client] refuses a

@@ -17,6 +17,18 @@ func ExampleSigner_Sign() {
 	// Output: v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=
 }
 
+func ExampleKeyring_Secrets() {
+	k, err := callback.NewKeyring([]string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, map[string][]string{"acme": nil})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(k.Secrets("")) // a gateway without tenants: its own secret
+	fmt.Println(k.Secrets("acme"))
+	// Output:
+	// [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]
+	// [whsec_59fJ8MthteMNkSJu7WY3Rma1KIQletGiJ9cqZj7IOYA=]
+}
+
 func ExampleGuard_CheckURL() {
 	g, err := callback.NewGuard([]string{"10.1.0.0/16"})
 	if err != nil {

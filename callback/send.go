@@ -34,23 +34,25 @@ type Sender struct {
 	// other client may follow redirects or reach forbidden addresses.
 	// Nil means a shared client from a zero Guard with a 30-second timeout.
 	Client *http.Client
-	// Signer signs every request. It is required: Send refuses to send
-	// unsigned callbacks.
-	Signer *Signer
+	// Keys sign every request, with the secrets of the job's tenant. It
+	// is required: Send refuses to send unsigned callbacks.
+	Keys *Keyring
 	// UserAgent is the User-Agent header. Empty means "Sluice-Callback/1".
 	UserAgent string
 }
 
 // Send POSTs body (application/json) to url with the Standard Webhooks
-// headers for msgID at time now. It returns nil for a 2xx answer;
+// headers for msgID at time now, signed with the tenant's secrets (see
+// [Keyring]). It returns nil for a 2xx answer;
 // otherwise an [*Error] saying what happened: the status code if an answer
 // came, and whether it is worth retrying. Connection errors, timeouts,
 // cancellation of ctx, 408, 429 and 5xx are retryable; a refused address
 // (wrapping [ErrRefusedAddress]), a URL of the wrong form (wrapping
 // [ErrRefusedURL]), a 3xx (the redirect is not followed), any other 4xx or
-// other status, and a missing Signer or bad msgID are not.
-func (s *Sender) Send(ctx context.Context, url, msgID string, body []byte, now time.Time) error {
-	if s.Signer == nil || len(s.Signer.keys) == 0 {
+// other status, and missing Keys or a bad msgID are not.
+func (s *Sender) Send(ctx context.Context, tenant, url, msgID string, body []byte, now time.Time) error {
+	signer := s.Keys.Signer(tenant)
+	if signer == nil || len(signer.keys) == 0 {
 		return &Error{Err: errors.New("callback: sender has no signing secret")}
 	}
 	if err := checkMsgID(msgID); err != nil {
@@ -65,7 +67,7 @@ func (s *Sender) Send(ctx context.Context, url, msgID string, body []byte, now t
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", cmp.Or(s.UserAgent, defaultUserAgent))
-	s.Signer.Headers(req.Header, msgID, now, body)
+	signer.Headers(req.Header, msgID, now, body)
 
 	client := s.Client
 	if client == nil {

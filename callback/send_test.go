@@ -84,10 +84,10 @@ func TestSenderDeliversSignedJSON(t *testing.T) {
 	rc, srv := newReceiver(t, secretB)
 	s := &callback.Sender{
 		Client: mustGuard(t, "127.0.0.0/8").Client(5 * time.Second),
-		Signer: mustSigner(t, secretA, secretB), // mid-rotation: the receiver knows only B
+		Keys:   mustKeys(t, secretA, secretB), // mid-rotation: the receiver knows only B
 	}
 	body := []byte(`{"id":"job_1","state":"SUCCEEDED"}`)
-	if err := s.Send(context.Background(), srv.URL+"/hook", "msg_job_1", body, time.Now()); err != nil {
+	if err := s.Send(context.Background(), "", srv.URL+"/hook", "msg_job_1", body, time.Now()); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 	rc.mu.Lock()
@@ -110,10 +110,10 @@ func TestSenderUserAgent(t *testing.T) {
 	rc, srv := newReceiver(t, secretA)
 	s := &callback.Sender{
 		Client:    mustGuard(t, "127.0.0.0/8").Client(5 * time.Second),
-		Signer:    mustSigner(t, secretA),
+		Keys:      mustKeys(t, secretA),
 		UserAgent: "Sluice-Test/9",
 	}
-	if err := s.Send(context.Background(), srv.URL, "msg_1", []byte(`{}`), time.Now()); err != nil {
+	if err := s.Send(context.Background(), "", srv.URL, "msg_1", []byte(`{}`), time.Now()); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 	if got := rc.header.Get("User-Agent"); got != "Sluice-Test/9" {
@@ -125,7 +125,7 @@ func TestSenderStatuses(t *testing.T) {
 	rc, srv := newReceiver(t, secretA)
 	s := &callback.Sender{
 		Client: mustGuard(t, "127.0.0.0/8").Client(5 * time.Second),
-		Signer: mustSigner(t, secretA),
+		Keys:   mustKeys(t, secretA),
 	}
 	tests := []struct {
 		status    int
@@ -149,7 +149,7 @@ func TestSenderStatuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strconv.Itoa(tt.status), func(t *testing.T) {
 			url := srv.URL + "/status/" + strconv.Itoa(tt.status)
-			err := s.Send(context.Background(), url, "msg_"+strconv.Itoa(tt.status), []byte(`{"n":1}`), time.Now())
+			err := s.Send(context.Background(), "", url, "msg_"+strconv.Itoa(tt.status), []byte(`{"n":1}`), time.Now())
 			if tt.ok {
 				if err != nil {
 					t.Fatalf("Send = %v, want nil", err)
@@ -172,7 +172,7 @@ func TestSenderStatuses(t *testing.T) {
 func TestSenderTransportErrorsAreRetryable(t *testing.T) {
 	s := &callback.Sender{
 		Client: mustGuard(t, "127.0.0.0/8").Client(5 * time.Second),
-		Signer: mustSigner(t, secretA),
+		Keys:   mustKeys(t, secretA),
 	}
 
 	t.Run("closed port", func(t *testing.T) {
@@ -182,7 +182,7 @@ func TestSenderTransportErrorsAreRetryable(t *testing.T) {
 		}
 		addr := ln.Addr().String()
 		ln.Close()
-		err = s.Send(context.Background(), "http://"+addr+"/", "msg_1", []byte(`{}`), time.Now())
+		err = s.Send(context.Background(), "", "http://"+addr+"/", "msg_1", []byte(`{}`), time.Now())
 		sendErr(t, err, 0, true)
 		if errors.Is(err, callback.ErrRefusedAddress) {
 			t.Errorf("Send = %v, want a connection error, not a refused address", err)
@@ -201,9 +201,9 @@ func TestSenderTransportErrorsAreRetryable(t *testing.T) {
 		t.Cleanup(func() { close(release) })
 		slow := &callback.Sender{
 			Client: mustGuard(t, "127.0.0.0/8").Client(50 * time.Millisecond),
-			Signer: s.Signer,
+			Keys:   s.Keys,
 		}
-		err := slow.Send(context.Background(), srv.URL, "msg_1", []byte(`{}`), time.Now())
+		err := slow.Send(context.Background(), "", srv.URL, "msg_1", []byte(`{}`), time.Now())
 		sendErr(t, err, 0, true)
 	})
 
@@ -211,7 +211,7 @@ func TestSenderTransportErrorsAreRetryable(t *testing.T) {
 		_, srv := newReceiver(t, secretA)
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		err := s.Send(ctx, srv.URL, "msg_1", []byte(`{}`), time.Now())
+		err := s.Send(ctx, "", srv.URL, "msg_1", []byte(`{}`), time.Now())
 		sendErr(t, err, 0, true)
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("Send = %v, want it to wrap context.Canceled", err)
@@ -222,7 +222,7 @@ func TestSenderTransportErrorsAreRetryable(t *testing.T) {
 func TestSenderRefusesBadInputWithoutSending(t *testing.T) {
 	rc, srv := newReceiver(t, secretA)
 	client := mustGuard(t, "127.0.0.0/8").Client(5 * time.Second)
-	signer := mustSigner(t, secretA)
+	keys := mustKeys(t, secretA)
 	tests := []struct {
 		name   string
 		sender *callback.Sender
@@ -230,16 +230,16 @@ func TestSenderRefusesBadInputWithoutSending(t *testing.T) {
 		id     string
 		want   error
 	}{
-		{name: "no signer", sender: &callback.Sender{Client: client}, url: srv.URL, id: "msg_1"},
-		{name: "zero signer", sender: &callback.Sender{Client: client, Signer: &callback.Signer{}}, url: srv.URL, id: "msg_1"},
-		{name: "empty id", sender: &callback.Sender{Client: client, Signer: signer}, url: srv.URL},
-		{name: "id with newline", sender: &callback.Sender{Client: client, Signer: signer}, url: srv.URL, id: "msg_1\r\nX-Evil: 1"},
-		{name: "ftp URL", sender: &callback.Sender{Client: client, Signer: signer}, url: "ftp://" + srv.Listener.Addr().String(), id: "msg_1", want: callback.ErrRefusedURL},
-		{name: "userinfo", sender: &callback.Sender{Client: client, Signer: signer}, url: "http://u:p@" + srv.Listener.Addr().String(), id: "msg_1", want: callback.ErrRefusedURL},
+		{name: "no keys", sender: &callback.Sender{Client: client}, url: srv.URL, id: "msg_1"},
+		{name: "zero keyring", sender: &callback.Sender{Client: client, Keys: &callback.Keyring{}}, url: srv.URL, id: "msg_1"},
+		{name: "empty id", sender: &callback.Sender{Client: client, Keys: keys}, url: srv.URL},
+		{name: "id with newline", sender: &callback.Sender{Client: client, Keys: keys}, url: srv.URL, id: "msg_1\r\nX-Evil: 1"},
+		{name: "ftp URL", sender: &callback.Sender{Client: client, Keys: keys}, url: "ftp://" + srv.Listener.Addr().String(), id: "msg_1", want: callback.ErrRefusedURL},
+		{name: "userinfo", sender: &callback.Sender{Client: client, Keys: keys}, url: "http://u:p@" + srv.Listener.Addr().String(), id: "msg_1", want: callback.ErrRefusedURL},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.sender.Send(context.Background(), tt.url, tt.id, []byte(`{}`), time.Now())
+			err := tt.sender.Send(context.Background(), "", tt.url, tt.id, []byte(`{}`), time.Now())
 			sendErr(t, err, 0, false)
 			if tt.want != nil && !errors.Is(err, tt.want) {
 				t.Errorf("Send = %v, want %v", err, tt.want)
@@ -258,14 +258,14 @@ func TestSenderRefusesBadInputWithoutSending(t *testing.T) {
 func TestConnectTimeCheck(t *testing.T) {
 	rc, srv := newReceiver(t, secretA)
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
-	signer := mustSigner(t, secretA)
+	keys := mustKeys(t, secretA)
 	senders := []struct {
 		name   string
 		sender *callback.Sender
 	}{
-		{"default guard", &callback.Sender{Client: mustGuard(t).Client(5 * time.Second), Signer: signer}},
-		{"other CIDR allowed", &callback.Sender{Client: mustGuard(t, "10.0.0.0/8").Client(5 * time.Second), Signer: signer}},
-		{"nil client", &callback.Sender{Signer: signer}},
+		{"default guard", &callback.Sender{Client: mustGuard(t).Client(5 * time.Second), Keys: keys}},
+		{"other CIDR allowed", &callback.Sender{Client: mustGuard(t, "10.0.0.0/8").Client(5 * time.Second), Keys: keys}},
+		{"nil client", &callback.Sender{Keys: keys}},
 	}
 	urls := []string{
 		srv.URL + "/hook",
@@ -275,7 +275,7 @@ func TestConnectTimeCheck(t *testing.T) {
 	for _, s := range senders {
 		for _, u := range urls {
 			t.Run(s.name+"/"+u, func(t *testing.T) {
-				err := s.sender.Send(context.Background(), u, "msg_1", []byte(`{}`), time.Now())
+				err := s.sender.Send(context.Background(), "", u, "msg_1", []byte(`{}`), time.Now())
 				if !errors.Is(err, callback.ErrRefusedAddress) {
 					t.Fatalf("Send = %v, want ErrRefusedAddress", err)
 				}
@@ -316,7 +316,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	redirector.Start()
 	t.Cleanup(redirector.Close)
 
-	signer := mustSigner(t, secretA)
+	keys := mustKeys(t, secretA)
 	guards := []struct {
 		name  string
 		allow []string
@@ -329,8 +329,8 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	for _, g := range guards {
 		for _, path := range []string{"/to-loopback", "/to-metadata"} {
 			t.Run(g.name+path, func(t *testing.T) {
-				s := &callback.Sender{Client: mustGuard(t, g.allow...).Client(2 * time.Second), Signer: signer}
-				err := s.Send(context.Background(), redirector.URL+path, "msg_1", []byte(`{}`), time.Now())
+				s := &callback.Sender{Client: mustGuard(t, g.allow...).Client(2 * time.Second), Keys: keys}
+				err := s.Send(context.Background(), "", redirector.URL+path, "msg_1", []byte(`{}`), time.Now())
 				e := sendErr(t, err, http.StatusFound, false)
 				if !strings.Contains(e.Error(), "redirect not followed") {
 					t.Errorf("Error() = %q, want it to say the redirect was not followed", e.Error())
@@ -362,9 +362,9 @@ func TestSenderReusesConnections(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close)
 
-	s := &callback.Sender{Client: mustGuard(t, "127.0.0.0/8").Client(5 * time.Second), Signer: mustSigner(t, secretA)}
+	s := &callback.Sender{Client: mustGuard(t, "127.0.0.0/8").Client(5 * time.Second), Keys: mustKeys(t, secretA)}
 	for i := range 3 {
-		err := s.Send(context.Background(), srv.URL, "msg_"+strconv.Itoa(i), []byte(`{}`), time.Now())
+		err := s.Send(context.Background(), "", srv.URL, "msg_"+strconv.Itoa(i), []byte(`{}`), time.Now())
 		sendErr(t, err, http.StatusServiceUnavailable, true)
 	}
 	if n := conns.Load(); n != 1 {

@@ -18,10 +18,10 @@ type CallbackSource interface {
 
 var _ CallbackSource = (*buffer.Queue)(nil)
 
-// CallbackSender delivers one callback; a *callback.Error says whether a
-// failure is worth retrying.
+// CallbackSender delivers one callback, signed with its tenant's secrets;
+// a *callback.Error says whether a failure is worth retrying.
 type CallbackSender interface {
-	Send(ctx context.Context, url, msgID string, body []byte, now time.Time) error
+	Send(ctx context.Context, tenant, url, msgID string, body []byte, now time.Time) error
 }
 
 var _ CallbackSender = (*callback.Sender)(nil)
@@ -111,7 +111,7 @@ func (d *CallbackDeliverer) deliver(ctx context.Context, cb *buffer.Callback) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
 	defer cancel()
 	log := d.log.With("webhook_id", cb.WebhookID, "attempt", cb.Attempt)
-	err := d.cfg.Sender.Send(ctx, cb.URL, cb.WebhookID, cb.Body, d.cfg.Now())
+	err := d.cfg.Sender.Send(ctx, cb.Tenant, cb.URL, cb.WebhookID, cb.Body, d.cfg.Now())
 	if err == nil {
 		log.Debug("callback delivered")
 		d.settle(cb, cb.Done())

@@ -68,13 +68,13 @@ func runCallbacks(t *testing.T, h *hook, want int) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	signer, err := callback.NewSigner([]string{testSecret})
+	keys, err := callback.NewKeyring([]string{testSecret}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d, err := dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
 		Source:  q,
-		Sender:  &callback.Sender{Client: guard.Client(time.Second), Signer: signer},
+		Sender:  &callback.Sender{Client: guard.Client(time.Second), Keys: keys},
 		Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 4, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond},
 	})

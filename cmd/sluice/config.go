@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -62,6 +63,11 @@ type TenantConfig struct {
 	Weight Count `yaml:"weight"`
 	// Ingress limits its submits.
 	Ingress *IngressConfig `yaml:"ingress"`
+	// CallbackSecrets sign its callbacks, in the form of
+	// callbacks.secrets, and rotate the same way. Default: secrets derived
+	// from callbacks.secrets for this tenant alone, which `sluice
+	// callback-secret --tenant NAME` prints.
+	CallbackSecrets []string `yaml:"callback_secrets"`
 }
 
 // IngressConfig limits submits, to a function or from a tenant.
@@ -80,7 +86,9 @@ type IngressConfig struct {
 type CallbacksConfig struct {
 	// Secrets sign callbacks the Standard Webhooks way: "whsec_" and the
 	// key in base64. Every one signs; to rotate, add the new secret, let
-	// receivers learn it, then remove the old.
+	// receivers learn it, then remove the old. They sign as they are only
+	// for a gateway without tenants; each tenant's callbacks are signed
+	// with its callback_secrets or with secrets derived from these.
 	Secrets []string `yaml:"secrets"`
 	// AllowCIDRs lets callbacks reach addresses that are otherwise refused
 	// (loopback, private, link-local, metadata), e.g. 10.1.0.0/16.
@@ -387,10 +395,17 @@ func ParseConfig(b []byte) (*Config, error) {
 
 // decodeFields decodes a YAML mapping into the struct v points to, field by
 // field and recursively, so that an error names the field (a.b, list[i].c)
-// rather than only a line. Unknown keys are errors at every level.
+// rather than only a line. Unknown keys are errors at every level, and so
+// is a key given twice in one mapping. Anchors, aliases and merge keys
+// (<<: *base) work as YAML defines them; see [mappingPairs].
 func decodeFields(n *yaml.Node, v any, path string) error {
-	if n.Kind != yaml.MappingNode {
-		return fmt.Errorf("%sline %d: want a mapping of field names to values", prefix(path), n.Line)
+	m := resolveAlias(n)
+	if m.Kind != yaml.MappingNode {
+		return fmt.Errorf("%s: line %d: want a mapping of field names to values", cmp.Or(path, "the file"), n.Line)
+	}
+	pairs, err := mappingPairs(m, path, make(map[*yaml.Node]bool))
+	if err != nil {
+		return err
 	}
 	rv := reflect.ValueOf(v).Elem()
 	fields := make(map[string]reflect.Value, rv.NumField())
@@ -403,8 +418,8 @@ func decodeFields(n *yaml.Node, v any, path string) error {
 		fields[name] = rv.Field(i)
 		known = append(known, name)
 	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		key, val := n.Content[i], n.Content[i+1]
+	for i := 0; i+1 < len(pairs); i += 2 {
+		key, val := pairs[i], pairs[i+1]
 		field, ok := fields[key.Value]
 		if !ok {
 			return fmt.Errorf("%s%s: line %d: unknown field; known fields are %s", prefix(path), key.Value, key.Line, strings.Join(known, ", "))
@@ -414,6 +429,79 @@ func decodeFields(n *yaml.Node, v any, path string) error {
 		}
 	}
 	return nil
+}
+
+// mappingPairs returns the keys and values (key, value, key, value, …) of
+// mapping n as YAML reads them: its own, and, in place of each merge key
+// (<<), those of the mappings it names (one, or a list) that n does not give
+// itself, an earlier mapping in the list winning over a later one. A key
+// given twice in one mapping is an error naming both lines; visiting holds
+// the mappings being merged, so that one merging itself is an error too.
+func mappingPairs(n *yaml.Node, path string, visiting map[*yaml.Node]bool) ([]*yaml.Node, error) {
+	own := make(map[string]*yaml.Node)
+	merges := false
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key := n.Content[i]
+		if first, dup := own[key.Value]; dup {
+			return nil, fmt.Errorf("%s%s: line %d: given twice (first at line %d)", prefix(path), key.Value, key.Line, first.Line)
+		}
+		own[key.Value] = key
+		merges = merges || isMergeKey(key)
+	}
+	if !merges {
+		return n.Content, nil
+	}
+	visiting[n] = true
+	defer delete(visiting, n)
+	taken := make(map[string]bool)
+	var out []*yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		if !isMergeKey(key) {
+			out = append(out, key, val)
+			continue
+		}
+		sources := []*yaml.Node{val}
+		if v := resolveAlias(val); v.Kind == yaml.SequenceNode {
+			sources = v.Content
+		}
+		for _, src := range sources {
+			m := resolveAlias(src)
+			if m.Kind != yaml.MappingNode {
+				return nil, fmt.Errorf("%s<<: line %d: a merge key takes a mapping or a list of mappings", prefix(path), key.Line)
+			}
+			if visiting[m] {
+				return nil, fmt.Errorf("%s<<: line %d: a merge key includes the mapping it is in", prefix(path), key.Line)
+			}
+			merged, err := mappingPairs(m, path, visiting)
+			if err != nil {
+				return nil, err
+			}
+			for j := 0; j+1 < len(merged); j += 2 {
+				name := merged[j].Value
+				if _, mine := own[name]; mine || taken[name] {
+					continue
+				}
+				taken[name] = true
+				out = append(out, merged[j], merged[j+1])
+			}
+		}
+	}
+	return out, nil
+}
+
+// isMergeKey reports whether key is YAML's merge key: a plain <<.
+func isMergeKey(key *yaml.Node) bool {
+	return key.Kind == yaml.ScalarNode && key.ShortTag() == "!!merge"
+}
+
+// resolveAlias returns the node an alias stands for, and any other node
+// itself.
+func resolveAlias(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
 }
 
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
@@ -430,11 +518,12 @@ func decodeValue(n *yaml.Node, field reflect.Value, path string) error {
 		field.Set(reflect.New(field.Type().Elem()))
 		return decodeFields(n, field.Interface(), path)
 	case field.Kind() == reflect.Slice && field.Type().Elem().Kind() == reflect.Struct:
-		if n.Kind != yaml.SequenceNode {
+		list := resolveAlias(n)
+		if list.Kind != yaml.SequenceNode {
 			return fmt.Errorf("%s: line %d: want a list", path, n.Line)
 		}
-		field.Set(reflect.MakeSlice(field.Type(), len(n.Content), len(n.Content)))
-		for i, item := range n.Content {
+		field.Set(reflect.MakeSlice(field.Type(), len(list.Content), len(list.Content)))
+		for i, item := range list.Content {
 			if err := decodeFields(item, field.Index(i).Addr().Interface(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
 				return err
 			}
@@ -837,8 +926,39 @@ func (c *Config) checkTenants(functions map[string]int) error {
 				bad("ingress.per_second", "%v", err)
 			}
 		}
+		if t.CallbackSecrets != nil && len(t.CallbackSecrets) == 0 {
+			bad("callback_secrets", "empty: leave it out to sign with secrets derived from callbacks.secrets")
+		}
+		if len(t.CallbackSecrets) > 0 && len(c.Callbacks.Secrets) == 0 {
+			bad("callback_secrets", "given without callbacks.secrets, which turn callbacks on")
+		}
+		if len(t.CallbackSecrets) > 0 {
+			if _, err := callback.NewSigner(t.CallbackSecrets); err != nil {
+				bad("callback_secrets", "%v", err)
+			}
+		}
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if _, err := callback.NewSigner(c.Callbacks.Secrets); err != nil {
+		return nil // no callbacks, or bad secrets, which callbacks.secrets reports
+	}
+	_, err := c.callbackKeys() // no key shared by two tenants
+	return err
+}
+
+// callbackKeys returns the secrets that sign each tenant's callbacks.
+func (c *Config) callbackKeys() (*callback.Keyring, error) {
+	tenants := make(map[string][]string, len(c.Tenants))
+	for _, t := range c.Tenants {
+		tenants[t.Name] = t.CallbackSecrets
+	}
+	keys, err := callback.NewKeyring(c.Callbacks.Secrets, tenants)
+	if err != nil {
+		return nil, fmt.Errorf("callbacks.secrets, tenants[].callback_secrets: %w", err)
+	}
+	return keys, nil
 }
 
 func (cb *CallbacksConfig) setDefaultsAndCheck() error {

@@ -187,14 +187,14 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	}
 	var policy gateway.CallbackPolicy
 	if cb := cfg.Callbacks; len(cb.Secrets) > 0 {
-		guard, signer, err := callbackParts(cb)
+		guard, keys, err := callbackParts(cfg)
 		if err != nil {
 			return nil, err
 		}
 		policy = guard
 		p.callbacks, err = dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
 			Source:  queue,
-			Sender:  &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Signer: signer},
+			Sender:  &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys},
 			Timeout: time.Duration(cb.Timeout),
 			Retry: dispatch.RetryPolicy{
 				MaxAttempts:    int(cb.MaxAttempts),
@@ -433,17 +433,18 @@ func gatewayTenants(tenants []TenantConfig) ([]gateway.Tenant, error) {
 	return out, nil
 }
 
-// callbackParts builds what checks callback URLs and what signs callbacks.
-func callbackParts(cb CallbacksConfig) (*callback.Guard, *callback.Signer, error) {
-	guard, err := callback.NewGuard(cb.AllowCIDRs)
+// callbackParts builds what checks callback URLs and what signs callbacks:
+// each tenant's with its own secrets.
+func callbackParts(cfg *Config) (*callback.Guard, *callback.Keyring, error) {
+	guard, err := callback.NewGuard(cfg.Callbacks.AllowCIDRs)
 	if err != nil {
 		return nil, nil, fmt.Errorf("callbacks.allow_cidrs: %w", err)
 	}
-	signer, err := callback.NewSigner(cb.Secrets)
+	keys, err := cfg.callbackKeys()
 	if err != nil {
-		return nil, nil, fmt.Errorf("callbacks.secrets: %w", err)
+		return nil, nil, err
 	}
-	return guard, signer, nil
+	return guard, keys, nil
 }
 
 // dialTarget turns a listener's address into one a client can dial: a

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -36,6 +37,8 @@ Usage:
   sluice functions                     the functions with live stats
                                        (client commands: --server, --api-key or SLUICE_API_KEY, --tls*, --json)
   sluice hash-key [KEY]                print the digest of an API key, for a tenant's api_keys (KEY from stdin if not given)
+  sluice callback-secret --config FILE --tenant NAME
+                                       print the secrets that sign the tenant's callbacks, for its receivers
 
 Run "sluice COMMAND -h" for a command's flags.
 `
@@ -69,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBench(ctx, rest, stdout, stderr)
 	case "hash-key":
 		return runHashKey(rest, os.Stdin, stdout)
+	case "callback-secret":
+		return runCallbackSecret(rest, stdout, stderr)
 	case "submit", "get", "wait", "cancel", "dlq", "functions":
 		return runClient(ctx, cmd, rest, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
@@ -133,5 +138,40 @@ func runHashKey(args []string, stdin io.Reader, stdout io.Writer) error {
 		return errors.New("hash-key: a key must be at least 16 characters; use a random one, e.g. `openssl rand -base64 32`")
 	}
 	fmt.Fprintln(stdout, gateway.HashKey(key))
+	return nil
+}
+
+// runCallbackSecret prints the secrets that sign a tenant's callbacks, one
+// a line in signing order: what the tenant's receivers check signatures
+// with. They are its callback_secrets, or else derived from the gateway's
+// callbacks.secrets, so they follow the gateway's rotation.
+func runCallbackSecret(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("callback-secret", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "the gateway's configuration file (required)")
+	tenant := fs.String("tenant", "", "the tenant's name, as in tenants[].name (required)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *path == "" || *tenant == "" {
+		return errors.New("callback-secret: give --config and --tenant")
+	}
+	cfg, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	if len(cfg.Callbacks.Secrets) == 0 {
+		return errors.New("callback-secret: the config has no callbacks.secrets, so callbacks are off")
+	}
+	if !slices.ContainsFunc(cfg.Tenants, func(t TenantConfig) bool { return t.Name == *tenant }) {
+		return fmt.Errorf("callback-secret: %q is not a tenant in %s", *tenant, *path)
+	}
+	keys, err := cfg.callbackKeys()
+	if err != nil {
+		return err
+	}
+	for _, s := range keys.Secrets(*tenant) {
+		fmt.Fprintln(stdout, s)
+	}
 	return nil
 }
