@@ -152,23 +152,27 @@ func ackErr(err error, op string) error {
 	return nil
 }
 
+// callbackBuffered bounds the callbacks a process pulls ahead of handling.
+const callbackBuffered = 64
+
 // ConsumeCallbacks delivers stored callbacks to handle as they come, at
-// most maxInFlight unfinished at once across every gateway process, until
-// ctx ends. A callback handle leaves unfinished comes back after ackWait.
-func (q *Queue) ConsumeCallbacks(ctx context.Context, maxInFlight int, ackWait time.Duration, handle func(*Callback)) error {
+// most maxPending unfinished at once across every gateway process (those
+// waiting to be retried included), until ctx ends. A callback handle
+// leaves unfinished comes back after ackWait.
+func (q *Queue) ConsumeCallbacks(ctx context.Context, maxPending int, ackWait time.Duration, handle func(*Callback)) error {
 	cons, err := q.callbacks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       CallbackConsumerName,
 		Description:   "Sluice: callback delivery",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
-		MaxAckPending: maxInFlight,
+		MaxAckPending: maxPending,
 		MaxDeliver:    -1,
 		MaxWaiting:    512,
 	})
 	if err != nil {
 		return fmt.Errorf("buffer: callback consumer: %w", err)
 	}
-	return consume(ctx, cons, maxInFlight, func(msg jetstream.Msg) {
+	return consume(ctx, cons, min(maxPending, callbackBuffered), func(msg jetstream.Msg) {
 		cb := &Callback{
 			msg:       msg,
 			URL:       msg.Headers().Get(headerCallbackURL),

@@ -13,7 +13,7 @@ import (
 
 // CallbackSource hands out the stored callbacks of finished jobs.
 type CallbackSource interface {
-	ConsumeCallbacks(ctx context.Context, maxInFlight int, ackWait time.Duration, handle func(*buffer.Callback)) error
+	ConsumeCallbacks(ctx context.Context, maxPending int, ackWait time.Duration, handle func(*buffer.Callback)) error
 }
 
 var _ CallbackSource = (*buffer.Queue)(nil)
@@ -37,9 +37,19 @@ type CallbackConfig struct {
 	// Retry says when a failed delivery is tried again. MaxAttempts zero
 	// means 10; the other fields default as in RetryPolicy.
 	Retry RetryPolicy
-	// Concurrency is the most deliveries in flight, across gateway
-	// processes. Zero means 32.
+	// Concurrency is the most deliveries in flight in this process. Zero
+	// means 32.
 	Concurrency int
+	// TenantConcurrency is the most of one tenant's deliveries in flight in
+	// this process, so that receivers that are slow or never answer cost
+	// their tenant's callbacks, not everyone's. Zero means a quarter of
+	// Concurrency (at least 1).
+	TenantConcurrency int
+	// MaxPending is the most callbacks handed out and not yet finished,
+	// across gateway processes, those waiting for a retry included: many
+	// more than Concurrency, so that callbacks in backoff do not hold up
+	// the others. Zero means 64 × Concurrency.
+	MaxPending int
 	// Logger receives its logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Nil means time.Now.
@@ -50,8 +60,9 @@ type CallbackConfig struct {
 // with backoff, until each is delivered, refused for good, or out of
 // attempts.
 type CallbackDeliverer struct {
-	cfg CallbackConfig
-	log *slog.Logger
+	cfg     CallbackConfig
+	log     *slog.Logger
+	tenants tenantGate
 }
 
 // NewCallbackDeliverer checks cfg and returns a CallbackDeliverer.
@@ -67,7 +78,13 @@ func NewCallbackDeliverer(cfg CallbackConfig) (*CallbackDeliverer, error) {
 	}
 	cfg.Retry.setDefaults()
 	if cfg.Concurrency == 0 {
-		cfg.Concurrency = 32
+		cfg.Concurrency = DefaultCallbackConcurrency
+	}
+	if cfg.TenantConcurrency == 0 {
+		cfg.TenantConcurrency = max(cfg.Concurrency/4, 1)
+	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = 64 * cfg.Concurrency
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -75,8 +92,68 @@ func NewCallbackDeliverer(cfg CallbackConfig) (*CallbackDeliverer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &CallbackDeliverer{cfg: cfg, log: cfg.Logger.With("component", "callbacks")}, nil
+	return &CallbackDeliverer{cfg: cfg, log: cfg.Logger.With("component", "callbacks"),
+		tenants: tenantGate{limit: cfg.TenantConcurrency, inFlight: map[string]int{}, handedBack: map[string]int{}}}, nil
 }
+
+// DefaultCallbackConcurrency is CallbackConfig.Concurrency's default.
+const DefaultCallbackConcurrency = 32
+
+// tenantGate holds each tenant's deliveries in flight in this process to
+// its share, and counts the callbacks it handed back for it, which are no
+// delivery attempts.
+type tenantGate struct {
+	limit      int
+	mu         sync.Mutex
+	inFlight   map[string]int // by tenant
+	handedBack map[string]int // by webhook ID
+}
+
+// maxHandedBack bounds tenantGate.handedBack: a callback handed back may
+// be delivered by another process, and never seen here again.
+const maxHandedBack = 100_000
+
+// enter takes one of tenant's slots, or counts a hand-back of webhookID.
+func (g *tenantGate) enter(tenant, webhookID string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.inFlight[tenant] < g.limit {
+		g.inFlight[tenant]++
+		return true
+	}
+	if len(g.handedBack) >= maxHandedBack {
+		clear(g.handedBack) // at worst some callbacks lose attempts
+	}
+	g.handedBack[webhookID]++
+	return false
+}
+
+func (g *tenantGate) leave(tenant string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.inFlight[tenant]--; g.inFlight[tenant] <= 0 {
+		delete(g.inFlight, tenant)
+	}
+}
+
+// attempt is the delivery attempt a callback's delivery count stands for,
+// less the times this process handed it back.
+func (g *tenantGate) attempt(cb *buffer.Callback) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return max(cb.Attempt-g.handedBack[cb.WebhookID], 1)
+}
+
+// forget drops what the gate knows of a finished callback.
+func (g *tenantGate) forget(webhookID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.handedBack, webhookID)
+}
+
+// handBackDelay is how long a callback whose tenant's share is busy waits
+// before it is offered again.
+const handBackDelay = 500 * time.Millisecond
 
 // Run delivers callbacks until ctx ends, then waits for the deliveries in
 // flight (each bounded by Timeout) and returns nil.
@@ -86,15 +163,23 @@ func (d *CallbackDeliverer) Run(ctx context.Context) error {
 	defer inFlight.Wait()
 	for ctx.Err() == nil {
 		// Past AckWait an unfinished callback goes to another process.
-		err := d.cfg.Source.ConsumeCallbacks(ctx, d.cfg.Concurrency, d.cfg.Timeout+15*time.Second, func(cb *buffer.Callback) {
+		err := d.cfg.Source.ConsumeCallbacks(ctx, d.cfg.MaxPending, d.cfg.Timeout+15*time.Second, func(cb *buffer.Callback) {
+			if !d.tenants.enter(cb.Tenant, cb.WebhookID) {
+				// Its tenant has its share in flight: not this tenant's
+				// turn, and not an attempt.
+				d.settle(cb, cb.Retry(handBackDelay))
+				return
+			}
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
+				d.tenants.leave(cb.Tenant)
 				d.settle(cb, cb.Retry(0))
 				return
 			}
 			inFlight.Go(func() {
 				defer func() { <-slots }()
+				defer d.tenants.leave(cb.Tenant)
 				d.deliver(context.WithoutCancel(ctx), cb)
 			})
 		})
@@ -110,10 +195,12 @@ func (d *CallbackDeliverer) Run(ctx context.Context) error {
 func (d *CallbackDeliverer) deliver(ctx context.Context, cb *buffer.Callback) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
 	defer cancel()
-	log := d.log.With("webhook_id", cb.WebhookID, "attempt", cb.Attempt)
+	attempt := d.tenants.attempt(cb)
+	log := d.log.With("webhook_id", cb.WebhookID, "attempt", attempt)
 	err := d.cfg.Sender.Send(ctx, cb.Tenant, cb.URL, cb.WebhookID, cb.Body, d.cfg.Now())
 	if err == nil {
 		log.Debug("callback delivered")
+		d.tenants.forget(cb.WebhookID)
 		d.settle(cb, cb.Done())
 		return
 	}
@@ -122,12 +209,14 @@ func (d *CallbackDeliverer) deliver(ctx context.Context, cb *buffer.Callback) {
 	switch {
 	case !retryable:
 		log.Warn("callback refused for good; dropped", "err", err)
+		d.tenants.forget(cb.WebhookID)
 		d.settle(cb, cb.Drop())
-	case cb.Attempt >= d.cfg.Retry.MaxAttempts:
+	case attempt >= d.cfg.Retry.MaxAttempts:
 		log.Warn("callback failed on its last attempt; dropped", "err", err, "max_attempts", d.cfg.Retry.MaxAttempts)
+		d.tenants.forget(cb.WebhookID)
 		d.settle(cb, cb.Drop())
 	default:
-		delay := d.cfg.Retry.delay(cb.Attempt, 0)
+		delay := d.cfg.Retry.delay(attempt, 0)
 		log.Info("callback failed; retrying", "err", err, "delay", delay)
 		d.settle(cb, cb.Retry(delay))
 	}

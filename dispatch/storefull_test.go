@@ -12,6 +12,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
 )
 
@@ -211,5 +212,78 @@ func waitTenantLetters(t *testing.T, q *buffer.Queue, tenant string, n int) []*s
 			t.Fatalf("tenant %s has %d dead letters; want %d", tenant, len(page.Letters), n)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// One tenant's receivers that never answer must not hold up another
+// tenant's callbacks: each tenant has a share of the deliveries in
+// flight, and callbacks waiting for a retry hold no delivery. (#19 item 1)
+func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
+	release := make(chan struct{})
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer silent.Close()
+	answered := make(chan string, 100)
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		answered <- r.Header.Get("webhook-id")
+	}))
+	defer good.Close()
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) }))
+	defer fn.Close()
+
+	q := buffertest.Queue(t, buffer.Config{})
+	submitWith := func(tenant, url string, n int) {
+		for range n {
+			if _, err := q.Submit(t.Context(), "f", []byte("x"), "text/plain", buffer.WithTenant(tenant), buffer.WithCallback(url)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	submitWith("noisy", silent.URL, 20)
+	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 4, Timeout: time.Second}, time.Second)
+	guard, err := callback.NewGuard([]string{"127.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := callback.NewKeyring([]string{testSecret}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
+		Source: q,
+		Sender: &callback.Sender{Client: guard.Client(10 * time.Second), Keys: keys},
+		// Each silent attempt takes the whole timeout; every one of the
+		// noisy tenant's is then retried after a backoff.
+		Timeout:     10 * time.Second,
+		Retry:       dispatch.RetryPolicy{MaxAttempts: 10, InitialBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second},
+		Concurrency: 4,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		close(release)
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	// The noisy tenant's callbacks are stored and taken first.
+	time.Sleep(500 * time.Millisecond)
+	submitWith("quiet", good.URL, 5)
+	deadline := time.After(5 * time.Second)
+	for n := range 5 {
+		select {
+		case <-answered:
+		case <-deadline:
+			t.Fatalf("%d of the quiet tenant's 5 callbacks delivered in 5s; the noisy tenant's silent receiver held up the rest", n)
+		}
 	}
 }

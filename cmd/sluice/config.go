@@ -102,9 +102,18 @@ type CallbacksConfig struct {
 	InitialBackoff Duration `yaml:"initial_backoff"`
 	// MaxBackoff caps the wait between attempts. Default 5m.
 	MaxBackoff Duration `yaml:"max_backoff"`
-	// Concurrency is the most deliveries in flight, across gateway
-	// processes. Default 32.
+	// Concurrency is the most deliveries in flight in each gateway
+	// process. Default 32.
 	Concurrency Count `yaml:"concurrency"`
+	// TenantConcurrency is the most of one tenant's deliveries in flight
+	// in each gateway process, so that one tenant's slow or silent
+	// receivers hold up only its own callbacks. Default a quarter of
+	// concurrency, at least 1.
+	TenantConcurrency Count `yaml:"tenant_concurrency"`
+	// MaxPending is the most callbacks handed out and unfinished across
+	// gateway processes, those waiting for a retry included. Default 64 ×
+	// concurrency.
+	MaxPending Count `yaml:"max_pending"`
 }
 
 // FunctionConfig is one function. Only name and its target (url, or
@@ -987,7 +996,10 @@ func (cb *CallbacksConfig) setDefaultsAndCheck() error {
 		errs = append(errs, fmt.Errorf("callbacks.max_backoff: %s is shorter than initial_backoff (%s)", time.Duration(cb.MaxBackoff), time.Duration(cb.InitialBackoff)))
 	}
 	if cb.Concurrency == 0 {
-		cb.Concurrency = 32
+		cb.Concurrency = dispatch.DefaultCallbackConcurrency
+	}
+	if cb.TenantConcurrency > cb.Concurrency {
+		errs = append(errs, fmt.Errorf("callbacks.tenant_concurrency: %d is more than concurrency (%d)", cb.TenantConcurrency, cb.Concurrency))
 	}
 	return errors.Join(errs...)
 }

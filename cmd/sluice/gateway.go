@@ -201,8 +201,10 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 				InitialBackoff: time.Duration(cb.InitialBackoff),
 				MaxBackoff:     time.Duration(cb.MaxBackoff),
 			},
-			Concurrency: int(cb.Concurrency),
-			Logger:      log,
+			Concurrency:       int(cb.Concurrency),
+			TenantConcurrency: int(cb.TenantConcurrency),
+			MaxPending:        int(cb.MaxPending),
+			Logger:            log,
 		})
 		if err != nil {
 			return nil, err
