@@ -488,14 +488,16 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 				j.DeadLetterTime = j.FinishTime
 			}
 			if r := j.GetResult(); !keepResult && len(r.GetBody()) > 0 {
-				j.Notice = fmt.Sprintf("the function's response (%d bytes) was not kept: the job-state store was full", len(r.Body))
+				j.Notice = fmt.Sprintf("the function's response (%d bytes) was not kept: the job-state store was full or past its high water mark", len(r.Body))
 				r.Body = nil
 			}
 			return nil
 		})
 		return err
 	}
-	err := write(true)
+	// Past the state store's high water mark, the room left is for
+	// accepted jobs' outcomes, not for large responses.
+	err := write(!d.q.stateTight(ctx))
 	// The function has run: a state store too full for its outcome must
 	// not turn into running it again (which a delivery left to come back
 	// would). Keep the outcome without the response, and failing that

@@ -20,6 +20,10 @@ type EmbeddedConfig struct {
 	// Listen makes the server accept TCP clients on 127.0.0.1 on a random
 	// port; by default it accepts only in-process connections.
 	Listen bool
+	// MaxStore bounds JetStream's file storage, in bytes. Zero means the
+	// server's default (most of the disk's free space). Sluice's stores
+	// reserve their limits against it when they are made.
+	MaxStore int64
 	// NoSyncAlways turns off the fsync before each acknowledgement: the
 	// server then flushes every two minutes, and an OS crash or power loss
 	// can lose acknowledged jobs.
@@ -41,16 +45,17 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		cfg.MaxPayload = 8 << 20
 	}
 	opts := &server.Options{
-		ServerName: "sluice-embedded",
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		SyncAlways: !cfg.NoSyncAlways,
-		MaxPayload: cfg.MaxPayload,
-		DontListen: !cfg.Listen,
-		Host:       "127.0.0.1",
-		Port:       -1,
-		NoSigs:     true,
-		NoLog:      true,
+		ServerName:        "sluice-embedded",
+		JetStream:         true,
+		StoreDir:          cfg.StoreDir,
+		SyncAlways:        !cfg.NoSyncAlways,
+		MaxPayload:        cfg.MaxPayload,
+		JetStreamMaxStore: cfg.MaxStore, // zero: the server's default
+		DontListen:        !cfg.Listen,
+		Host:              "127.0.0.1",
+		Port:              -1,
+		NoSigs:            true,
+		NoLog:             true,
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

@@ -40,7 +40,7 @@ const (
 	DefaultHighWater        = 0.9
 	// pacingBucketBytes bounds the pacing bucket: one small entry per
 	// function and lane.
-	pacingBucketBytes = 64 << 20
+	pacingBucketBytes = 8 << 20
 )
 
 func (l *StoreLimits) setDefaults(jobBytes int64) {
@@ -175,6 +175,21 @@ func (q *Queue) Pressure(ctx context.Context) error {
 // storeNearlyFull is the fill from which FullStores names a store: past it
 // a large write may already be refused.
 const storeNearlyFull = 0.95
+
+// stateTight says whether the job-state store is past its high water
+// mark: finishing jobs then keep their outcome without the response body.
+func (q *Queue) stateTight(ctx context.Context) bool {
+	stores, err := q.Stores(ctx)
+	if err != nil {
+		return false
+	}
+	for _, u := range stores {
+		if u.Name == StoreState {
+			return u.Fill() >= q.limits.HighWater
+		}
+	}
+	return false
+}
 
 // FullStores says, one line each, which stores refuse writes or submits
 // now; none when all have room or they cannot be read.

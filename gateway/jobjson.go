@@ -25,7 +25,7 @@ func appendQueuedJobJSON(b []byte, j *sluicev1.Job) ([]byte, bool) {
 	case j == nil, !stateKnown, !priorityKnown,
 		j.Result != nil, len(j.History) > 0, j.StartTime != nil, j.FinishTime != nil,
 		j.DeadLetterTime != nil, j.RedriveTime != nil, len(j.ProtoReflect().GetUnknown()) > 0,
-		!utf8.ValidString(j.Id + j.Function + j.Error + j.ContentType + j.CallbackUrl + j.Tenant + j.WaitingReason):
+		!utf8.ValidString(j.Id + j.Function + j.Error + j.ContentType + j.CallbackUrl + j.Tenant + j.WaitingReason + j.Pending + j.Notice):
 		return b, false
 	}
 	created, ok := timestampJSON(j.CreateTime)
@@ -64,7 +64,11 @@ func appendQueuedJobJSON(b []byte, j *sluicev1.Job) ([]byte, bool) {
 	b = appendJSONString(b, j.WaitingReason)
 	b = append(b, `,"priority":"`...)
 	b = append(b, priority...)
-	return append(b, `"}`...), true
+	b = append(b, `","pending":`...)
+	b = appendJSONString(b, j.Pending)
+	b = append(b, `,"notice":`...)
+	b = appendJSONString(b, j.Notice)
+	return append(b, '}'), true
 }
 
 // appendTimestampField appends `,"name":"ts"`, or nothing for an unset

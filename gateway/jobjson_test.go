@@ -115,7 +115,7 @@ func TestQueuedJobJSONKnowsEveryField(t *testing.T) {
 		names = append(names, fields.Get(i).JSONName())
 	}
 	const known = "id function state attempts createTime startTime finishTime result error contentType payloadSize " +
-		"throttles history deadLetterTime redrives callbackUrl redriveTime tenant estimatedStartTime waitingReason priority"
+		"throttles history deadLetterTime redrives callbackUrl redriveTime tenant estimatedStartTime waitingReason priority pending notice"
 	if got := strings.Join(names, " "); got != known {
 		t.Errorf("Job's fields are now\n%s\nappendQueuedJobJSON knows\n%s", got, known)
 	}

@@ -402,8 +402,12 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 	}
 	switch {
 	case errors.Is(err, buffer.ErrFull):
+		msg := "the job buffer is full; retry later"
+		if errors.Is(err, buffer.ErrStoreFull) {
+			msg = "the job stores are full; retry later"
+		}
 		retry := s.admission.retryAfterFor(f.Name, 1, time.Now())
-		return nil, false, withDetails(codes.Unavailable, "the job buffer is full; retry later",
+		return nil, false, withDetails(codes.Unavailable, msg,
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(min(max(retry, minRetryAfter), maxRetryAfter))})
 	case err != nil && ctx.Err() == nil && buffer.Unavailable(err):
 		// A leader election or a lost connection: say so, and when to try

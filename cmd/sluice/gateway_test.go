@@ -139,6 +139,7 @@ type jobJSON struct {
 	StartTime   string `json:"startTime"`
 	FinishTime  string `json:"finishTime"`
 	Error       string `json:"error"`
+	Notice      string `json:"notice"`
 	ContentType string `json:"contentType"`
 	Result      *struct {
 		HTTPStatus  int    `json:"httpStatus"`
