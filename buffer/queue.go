@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -59,6 +60,8 @@ var (
 
 // Config sizes the job stream and the state bucket. The zero value is usable.
 type Config struct {
+	// Logger receives the queue's warnings. Nil means slog.Default().
+	Logger *slog.Logger
 	// MaxJobs is the most jobs the stream holds at once, across all
 	// functions; past it, submits fail with [ErrFull]. Default 1,000,000.
 	MaxJobs int64
@@ -130,9 +133,20 @@ type Queue struct {
 }
 
 // Open creates or updates the job stream and the state bucket on the
-// JetStream behind nc, and returns a Queue over them.
+// JetStream behind nc, and returns a Queue over them. On a NATS server
+// older than 2.12, which stores no atomic batches, writes are published one
+// by one (group commit is off) and a warning is logged.
 func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	cfg.setDefaults()
+	cfg.Batch.log = cfg.Logger
+	if cfg.Batch.log == nil {
+		cfg.Batch.log = slog.Default()
+	}
+	if v := nc.ConnectedServerVersion(); !atomicBatches(v) {
+		cfg.Batch.perMessage = true
+		cfg.Batch.log.Warn("the NATS server stores no atomic batches (it is older than 2.12): writes are published one by one; group commit is off",
+			"nats_server", nc.ConnectedServerName(), "nats_version", v)
+	}
 	if err := cfg.Stores.Check(); err != nil {
 		return nil, err
 	}
@@ -359,7 +373,7 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 // as opposed to no answer, or none waited for.
 func refused(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.Is(err, ErrFull) || (errors.As(err, &apiErr) && apiErr.Code != 503)
+	return errors.Is(err, ErrFull) || errors.Is(err, ErrTooLarge) || (errors.As(err, &apiErr) && apiErr.Code != 503)
 }
 
 // claimPatience is how long after claiming an idempotency key a submit

@@ -340,6 +340,9 @@ func (l *functionLoop) conclude(ctx context.Context, dv *buffer.Delivery, inv *i
 		}
 	}
 	result := &sluicev1.JobResult{HttpStatus: int32(resp.Status), ContentType: resp.ContentType, Body: resp.Body}
+	if len(result.ContentType) > buffer.MaxContentTypeBytes {
+		result.ContentType = "" // kept in the job's state, which has room for no more
+	}
 	if resp.Status >= 200 && resp.Status < 300 {
 		rec.Outcome = sluicev1.Attempt_SUCCEEDED
 		l.counts.add(func(c *buffer.Counts) { c.Succeeded++ })

@@ -247,3 +247,29 @@ func TestPausedFunctionKeepsItsJobs(t *testing.T) {
 		}
 	}
 }
+
+// TestResultContentTypeIsBounded: a response's Content-Type over
+// buffer.MaxContentTypeBytes is not kept with the result (the job's
+// state has no room for more); one at the bound is.
+func TestResultContentTypeIsBounded(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	at := "text/plain; x=" + strings.Repeat("a", buffer.MaxContentTypeBytes-len("text/plain; x="))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		ct := at
+		if string(body) == "job 1" {
+			ct += "a"
+		}
+		w.Header().Set("Content-Type", ct)
+		w.Write(body) //nolint:errcheck
+	}))
+	defer srv.Close()
+	ids := submit(t, q, "f", 2)
+	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second}, time.Second)
+	for i, want := range []string{at, ""} {
+		job := waitJob(t, q, ids[i], 10*time.Second)
+		if job.State != sluicev1.Job_SUCCEEDED || job.Result.GetContentType() != want {
+			t.Errorf("job %d: %v, result content type of %d bytes; want SUCCEEDED with one of %d", i, job.State, len(job.Result.GetContentType()), len(want))
+		}
+	}
+}

@@ -87,7 +87,7 @@ type HTTPInvoker struct {
 	// timeout of its own: the invocation's context bounds each call.
 	Client *http.Client
 	// MaxResponseBytes bounds the response body kept as the job's result.
-	// Zero means 1 MiB.
+	// Zero means [DefaultMaxResponseBytes].
 	MaxResponseBytes int64
 	// Header is sent with every request (an API key, say). The payload's
 	// Content-Type, traceparent and the Sluice headers take precedence.
@@ -166,13 +166,15 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 	return out, nil
 }
 
-// defaultMaxResponseBytes is the invokers' MaxResponseBytes default.
-const defaultMaxResponseBytes = 1 << 20
+// DefaultMaxResponseBytes is the invokers' MaxResponseBytes default: 1 MiB.
+// A larger response fails its job (not retried), with an error saying so.
+// What a job's state can hold may be less (buffer's Queue.MaxResultBytes).
+const DefaultMaxResponseBytes = 1 << 20
 
 // responseLimit is a MaxResponseBytes setting with its default applied.
 func responseLimit(setting int64) int64 {
 	if setting <= 0 {
-		return defaultMaxResponseBytes
+		return DefaultMaxResponseBytes
 	}
 	return setting
 }

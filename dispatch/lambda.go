@@ -71,7 +71,7 @@ type LambdaInvoker struct {
 	// names.
 	Qualifier string
 	// MaxResponseBytes bounds the response kept as the job's result. Zero
-	// means 1 MiB.
+	// means [DefaultMaxResponseBytes].
 	MaxResponseBytes int64
 }
 

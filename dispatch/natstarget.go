@@ -40,7 +40,7 @@ type NATSInvoker struct {
 	// Subject is the service's subject. Required.
 	Subject string
 	// MaxResponseBytes bounds the reply kept as the job's result. Zero
-	// means 1 MiB.
+	// means [DefaultMaxResponseBytes].
 	MaxResponseBytes int64
 }
 

@@ -357,6 +357,9 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 			fmt.Sprintf("payload is %d bytes; function %q accepts at most %d", size, f.Name, f.MaxPayload),
 			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadTooLarge})
 	}
+	if ct := payload.GetContentType(); len(ct) > buffer.MaxContentTypeBytes {
+		return nil, false, status.Errorf(codes.InvalidArgument, "content type is %d bytes; at most %d are accepted", len(ct), buffer.MaxContentTypeBytes)
+	}
 	if data := payload.GetData(); f.JSONPayload && len(data) > 0 && !json.Valid(data) {
 		return nil, false, withDetails(codes.InvalidArgument,
 			fmt.Sprintf("function %q takes only JSON payloads, and this one is not valid JSON", f.Name),

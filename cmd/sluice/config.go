@@ -133,8 +133,15 @@ type FunctionConfig struct {
 	Concurrency Count `yaml:"concurrency"`
 	// Timeout cuts off one invocation. Default 30s, at most 1h.
 	Timeout Duration `yaml:"timeout"`
-	// MaxPayload is the largest payload accepted. Default 1MiB, at most 4MiB.
+	// MaxPayload is the largest payload accepted. Default 1MiB, at most 4MiB,
+	// and at most what the NATS server stores (checked at start-up).
 	MaxPayload ByteSize `yaml:"max_payload"`
+	// MaxResult is the largest function response kept as a job's result; a
+	// larger one fails the job, not retried, with an error saying so.
+	// Default 1MiB (dispatch.DefaultMaxResponseBytes), or what a job's
+	// state can hold on the NATS server if that is less; a larger setting
+	// than that is refused at start-up.
+	MaxResult ByteSize `yaml:"max_result"`
 	// Scaling is how fast the platform adds environments. Without it the
 	// window starts at concurrency.
 	Scaling *ScalingConfig `yaml:"scaling"`

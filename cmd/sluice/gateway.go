@@ -106,6 +106,29 @@ type gatewayProcess struct {
 	ready      atomic.Bool // /readyz: serving, not shutting down
 }
 
+// fitSizes checks that each function's payloads and results fit what the
+// queue stores them in on this NATS server (natsMax is its max_payload),
+// and gives a function without max_result the default, or what fits if
+// that is less.
+func fitSizes(functions []FunctionConfig, queue *buffer.Queue, natsMax int64) error {
+	maxPayload, maxResult := queue.MaxPayloadBytes(), queue.MaxResultBytes()
+	for i := range functions {
+		f := &functions[i]
+		if int64(f.MaxPayload) > maxPayload {
+			return fmt.Errorf("functions (%s).max_payload: %d bytes does not fit the NATS server's max_payload of %d: a job's dead letter holds its payload, the job and up to 64KiB of the function's response, %d bytes besides the payload; at most %d",
+				f.Name, f.MaxPayload, natsMax, buffer.PayloadOverhead, maxPayload)
+		}
+		switch {
+		case f.MaxResult == 0:
+			f.MaxResult = ByteSize(min(dispatch.DefaultMaxResponseBytes, maxResult))
+		case int64(f.MaxResult) > maxResult:
+			return fmt.Errorf("functions (%s).max_result: %d bytes does not fit the NATS server's max_payload of %d: a job's state holds its result and the job; at most %d",
+				f.Name, f.MaxResult, natsMax, maxResult)
+		}
+	}
+	return nil
+}
+
 // startGateway sets everything up and starts listening; Run serves.
 func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *slog.Logger) (_ *gatewayProcess, err error) {
 	p := &gatewayProcess{log: log, opts: opts}
@@ -140,11 +163,6 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		return nil, err
 	}
 	tp, mp := p.tel.tracer, p.tel.meter
-	for _, f := range cfg.Functions {
-		if int64(f.MaxPayload)+64<<10 > p.nc.MaxPayload() {
-			return nil, fmt.Errorf("functions (%s).max_payload: %d bytes does not fit the NATS server's max_payload of %d with room for headers", f.Name, f.MaxPayload, p.nc.MaxPayload())
-		}
-	}
 	if cfg.Buffer.Durability == "interval" {
 		log.Warn("buffer.durability is interval: an OS crash or power loss can lose accepted jobs")
 	}
@@ -154,6 +172,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			"nats_cluster", p.nc.ConnectedClusterName(), "nats_server", p.nc.ConnectedServerName())
 	}
 	queue, err := buffer.Open(ctx, p.nc, buffer.Config{
+		Logger:              log,
 		Replicas:            replicas,
 		MaxJobs:             int64(cfg.Buffer.MaxJobs),
 		MaxBytes:            int64(cfg.Buffer.MaxBytes),
@@ -214,6 +233,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	// The targets may settle a function's concurrency (a Lambda function's
 	// reserved concurrency): from here on, functions is the configuration.
 	functions := slices.Clone(cfg.Functions)
+	if err := fitSizes(functions, queue, p.nc.MaxPayload()); err != nil {
+		return nil, err
+	}
 	invokers, err := setUpTargets(ctx, functions, p.nc, opts.NATSURL != "", log)
 	if err != nil {
 		return nil, err

@@ -42,12 +42,12 @@ func setUpTargets(ctx context.Context, functions []FunctionConfig, nc *nats.Conn
 				return nil, fmt.Errorf("functions (%s).target.lambda: %w", f.Name, err)
 			}
 			lambdaConcurrency(ctx, f, client, log)
-			invokers[i] = &dispatch.LambdaInvoker{Client: client, Function: t.Lambda.Function, Qualifier: t.Lambda.Qualifier}
+			invokers[i] = &dispatch.LambdaInvoker{Client: client, Function: t.Lambda.Function, Qualifier: t.Lambda.Qualifier, MaxResponseBytes: int64(f.MaxResult)}
 		case t.NATS != nil:
 			if !external {
 				return nil, fmt.Errorf("functions (%s).target.nats: needs --nats-url: the embedded NATS server takes no outside connections, so no service could answer on %q", f.Name, t.NATS.Subject)
 			}
-			invokers[i] = &dispatch.NATSInvoker{Conn: nc, Subject: t.NATS.Subject}
+			invokers[i] = &dispatch.NATSInvoker{Conn: nc, Subject: t.NATS.Subject, MaxResponseBytes: int64(f.MaxResult)}
 			log.Info("NATS target", "function", f.Name, "subject", t.NATS.Subject, "timeout", time.Duration(f.Timeout))
 		}
 	}
@@ -58,9 +58,9 @@ func setUpTargets(ctx context.Context, functions []FunctionConfig, nc *nats.Conn
 // and no target (a configuration not yet checked).
 func httpInvoker(f FunctionConfig) *dispatch.HTTPInvoker {
 	if f.Target == nil || f.Target.HTTP == nil {
-		return &dispatch.HTTPInvoker{URL: f.URL}
+		return &dispatch.HTTPInvoker{URL: f.URL, MaxResponseBytes: int64(f.MaxResult)}
 	}
-	inv := &dispatch.HTTPInvoker{URL: f.Target.HTTP.URL}
+	inv := &dispatch.HTTPInvoker{URL: f.Target.HTTP.URL, MaxResponseBytes: int64(f.MaxResult)}
 	if len(f.Target.HTTP.Headers) > 0 {
 		inv.Header = make(http.Header, len(f.Target.HTTP.Headers))
 		for k, v := range f.Target.HTTP.Headers {

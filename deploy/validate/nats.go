@@ -40,9 +40,10 @@ func checkNATSConfig(file string, env map[string]string, cluster bool) []error {
 	if o.StoreDir == "" {
 		bad("jetstream.store_dir: required")
 	}
-	// Sluice's largest max_payload (4MiB) plus 64KiB of headers.
-	if o.MaxPayload < 4<<20+64<<10 {
-		bad("max_payload %d: too small for Sluice's largest max_payload (4MiB) plus headers", o.MaxPayload)
+	// Sluice's largest max_payload (4MiB) plus what its dead letter holds
+	// besides the payload: 96KiB (buffer.PayloadOverhead; another module).
+	if o.MaxPayload < 4<<20+96<<10 {
+		bad("max_payload %d: too small for Sluice's largest max_payload (4MiB) and the 96KiB a dead letter holds besides", o.MaxPayload)
 	}
 	if strings.HasPrefix(o.ServerName, "$") || o.ServerName == "" {
 		bad("server_name: unset (%q)", o.ServerName)

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/fnsim"
+)
+
+// stockMaxPayload is a stock nats-server's max_payload: 1 MB.
+const stockMaxPayload = 1 << 20
+
+// startStockNATS starts a NATS server with a stock max_payload that
+// gateways reach over TCP, as with --nats-url.
+func startStockNATS(t *testing.T) *buffer.Embedded {
+	t.Helper()
+	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true, MaxPayload: stockMaxPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}
+
+// startGatewayOn starts a gateway with cfg against the NATS server at url;
+// it runs until the test ends.
+func startGatewayOn(t *testing.T, url string, cfg *Config) (*testGateway, error) {
+	t.Helper()
+	if err := cfg.setDefaultsAndCheck(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	p, err := startGateway(t.Context(), cfg, gatewayOptions{
+		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: url, DrainTimeout: 100 * time.Millisecond,
+	}, log)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}, nil
+}
+
+// TestOversizedResultFailsOnlyItsJob: on a stock NATS server, a function
+// answers one job of a batch with more than a job's state can hold. The
+// other jobs' outcomes, written in the same batch, are stored once; no job
+// runs twice; the big one ends with its outcome said.
+func TestOversizedResultFailsOnlyItsJob(t *testing.T) {
+	const jobs = 20
+	var (
+		mu    sync.Mutex
+		runs  = map[string]int{}
+		all   = make(chan struct{})
+		count int
+	)
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		payload, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		runs[r.Header.Get(dispatch.HeaderJobID)]++
+		if count++; count == jobs {
+			close(all)
+		}
+		mu.Unlock()
+		// Every job answers at once, so that their outcomes are written
+		// together, in one batch.
+		select {
+		case <-all:
+		case <-time.After(3 * time.Second):
+		}
+		if string(payload) == "big" {
+			w.Write(bytes.Repeat([]byte{'r'}, 1<<20)) //nolint:errcheck
+			return
+		}
+		w.Write(payload) //nolint:errcheck
+	}))
+	t.Cleanup(fn.Close)
+	srv := startStockNATS(t)
+	cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: fn.URL, Concurrency: jobs, MaxPayload: 64 << 10, Timeout: Duration(5 * time.Second)}}}
+	cfg.Buffer.GroupCommit.Linger = Duration(50 * time.Millisecond)
+	g, err := startGatewayOn(t, srv.ClientURL(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ids := make([]string, jobs)
+	for i := range jobs {
+		payload := "small"
+		if i == 0 {
+			payload = "big"
+		}
+		resp := post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte(payload))
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("submit %d: %d", i, resp.StatusCode)
+		}
+		ids[i] = strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
+	}
+	final := make([]jobJSON, jobs)
+	for i, id := range ids {
+		final[i] = waitREST(t, g, id, 20*time.Second)
+	}
+	// Every job's message acknowledged, none delivered twice: none runs
+	// again.
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(t.Context(), buffer.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var pending, redelivered int
+		for info := range stream.ListConsumers(t.Context()).Info() {
+			pending += info.NumAckPending
+			redelivered += info.NumRedelivered
+		}
+		if pending == 0 && redelivered == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d jobs' messages not acknowledged, %d delivered again", pending, redelivered)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, id := range ids {
+		if runs[id] != 1 {
+			t.Errorf("job %d ran %d times, want once", i, runs[id])
+		}
+		j := final[i]
+		if i == 0 {
+			if j.State != "FAILED" || !strings.Contains(j.Error, "function response too large: more than ") {
+				t.Errorf("the job with the big result: %s %q, want FAILED saying the response was too large", j.State, j.Error)
+			}
+			continue
+		}
+		if j.State != "SUCCEEDED" || j.Result == nil || string(j.Result.Body) != "small" {
+			t.Errorf("job %d: %s %q, want SUCCEEDED with its result", i, j.State, j.Error)
+		}
+	}
+}
+
+// TestStartupChecksSizesAgainstNATS: a max_payload whose dead letter (the
+// payload, up to 64 KiB of the response, the job) would not fit the NATS
+// server's max_payload is refused at start-up, and so is a max_result a
+// job's state cannot hold; each is accepted at its limit, and max_result
+// defaults to what fits.
+func TestStartupChecksSizesAgainstNATS(t *testing.T) {
+	srv := startStockNATS(t)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	q, err := buffer.Open(t.Context(), nc, buffer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxPayload, maxResult := q.MaxPayloadBytes(), q.MaxResultBytes()
+	if maxPayload != stockMaxPayload-96<<10 || maxResult >= dispatch.DefaultMaxResponseBytes {
+		t.Fatalf("on a stock server: payloads up to %d, results up to %d; want 1MiB-96KiB, and less than the default result limit", maxPayload, maxResult)
+	}
+	_, fnURL := startFunction(t, fnsim.Config{})
+	for _, tc := range []struct {
+		name                  string
+		maxPayload, maxResult int64
+		wantErr               string
+	}{
+		{"the old limit: max_payload plus 64KiB", stockMaxPayload - 64<<10, 0, fmt.Sprintf("max_payload: %d bytes does not fit the NATS server's max_payload of %d", stockMaxPayload-64<<10, stockMaxPayload)},
+		{"max_payload one over", maxPayload + 1, 0, fmt.Sprintf("at most %d", maxPayload)},
+		{"max_payload at the limit", maxPayload, 0, ""},
+		{"max_result one over", 1024, maxResult + 1, fmt.Sprintf("max_result: %d bytes does not fit the NATS server's max_payload of %d: a job's state holds its result and the job; at most %d", maxResult+1, stockMaxPayload, maxResult)},
+		{"max_result at the limit", 1024, maxResult, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: fnURL, MaxPayload: ByteSize(tc.maxPayload), MaxResult: ByteSize(tc.maxResult)}}}
+			_, err := startGatewayOn(t, srv.ClientURL(), cfg)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("start-up error %v, want one saying %q", err, tc.wantErr)
+			}
+		})
+	}
+	functions := []FunctionConfig{{Name: "f"}}
+	if err := fitSizes(functions, q, stockMaxPayload); err != nil || int64(functions[0].MaxResult) != maxResult {
+		t.Errorf("max_result unset: %d, %v; want the most a job's state holds, %d", functions[0].MaxResult, err, maxResult)
+	}
+}
+
+// TestContentTypeIsBounded: a payload's content type is kept with the job;
+// one over 256 bytes is refused.
+func TestContentTypeIsBounded(t *testing.T) {
+	_, fnURL := startFunction(t, fnsim.Config{})
+	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	at := "text/plain; x=" + strings.Repeat("a", 256-len("text/plain; x="))
+	over := at + "a"
+	for ct, want := range map[string]int{at: http.StatusAccepted, over: http.StatusBadRequest} {
+		if resp := post(t, g.base+"/v1/functions/echo/jobs", ct, []byte("x")); resp.StatusCode != want {
+			t.Errorf("REST content type of %d bytes: %d, want %d", len(ct), resp.StatusCode, want)
+		}
+	}
+	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+	for ct, want := range map[string]codes.Code{at: codes.OK, over: codes.InvalidArgument} {
+		_, err := jobs.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "echo", Payload: &httpbody.HttpBody{ContentType: ct, Data: []byte("x")}})
+		if status.Code(err) != want {
+			t.Errorf("gRPC content type of %d bytes: %v, want %v", len(ct), err, want)
+		}
+	}
+}
