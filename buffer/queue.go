@@ -131,7 +131,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if maxMsg == 0 {
 		maxMsg = int32(nc.MaxPayload())
 	}
-	if err := migrateWorkQueue(ctx, js); err != nil {
+	if err := migrateWorkQueue(ctx, js, cfg.Replicas); err != nil {
 		return nil, err
 	}
 	stream, err := ensureStream(ctx, js, jetstream.StreamConfig{
@@ -157,6 +157,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
+	}
+	if err := finishUpgrade(ctx, js, stream); err != nil {
+		return nil, err
 	}
 	state, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      StateBucket,
