@@ -209,11 +209,16 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", CallbackStream, err)
 	}
-	return &Queue{
+	q := &Queue{
 		js: js, stream: stream, dead: dead, callbacks: callbacks,
 		state: state, stateLog: stateLog, pacingKV: pacing, idemKV: idem, now: time.Now,
 		batcher: newBatcher(nc, cfg.Batch), stateBat: newBatcher(nc, cfg.Batch),
-	}, nil
+	}
+	// Dead letters stored before their subjects named the tenant.
+	if err := q.moveLegacyDeadLetters(ctx, legacyDeadLetters("*")); err != nil {
+		return nil, err
+	}
+	return q, nil
 }
 
 // NewJobID returns a random job ID: 128 bits from crypto/rand in base32.
