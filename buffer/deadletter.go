@@ -193,6 +193,7 @@ func (q *Queue) moveLegacyDeadLetters(ctx context.Context, filter string) error 
 		switch _, err := q.dead.GetLastMsgForSubject(ctx, to); {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			m := nats.NewMsg(to)
+			m.Header = copyHeader(msg.Header) // the letter's own headers
 			m.Data = msg.Data
 			msgID := job.Id + ".dead." + strconv.Itoa(int(job.Redrives)) + ".moved"
 			if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID)); err != nil {
