@@ -253,7 +253,7 @@ type storedLetter struct {
 func (q *Queue) eachDeadLetter(ctx context.Context, function, tenant string, from, until uint64, f func(storedLetter) (bool, error)) error {
 	cursors := []*letterCursor{
 		{filter: tenantDeadLetters(function, tenant)},
-		{filter: legacyDeadLetters(function), legacy: true},
+		{filter: legacyDeadLetters(function)}, // any tenant's: checked below
 	}
 	for _, c := range cursors {
 		if err := c.read(ctx, q.dead, max(from, 1)); err != nil {
@@ -291,7 +291,6 @@ func (q *Queue) eachDeadLetter(ctx context.Context, function, tenant string, fro
 // order.
 type letterCursor struct {
 	filter string
-	legacy bool
 	next   *jetstream.RawStreamMsg // the next letter; nil past the last
 }
 
@@ -366,7 +365,7 @@ type RedrivePage struct {
 // as [Queue.Redrive] does, oldest first, up to limit of them: those at
 // stream position from (0 to start) up to until (0 to start: the stream's
 // last position now, which the page returns). It reads and redrives one
-// letter at a time, holding one payload at most. Call it again with the
+// letter at a time, holding two payloads at most. Call it again with the
 // page's Next and Until while Next is not 0.
 func (q *Queue) RedriveAll(ctx context.Context, function, tenant string, from, until uint64, limit int) (RedrivePage, error) {
 	if until == 0 {
