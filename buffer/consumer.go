@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
@@ -288,6 +290,8 @@ type Delivery struct {
 	Priority sluicev1.Priority
 
 	begun     bool                // Begin was called: Release must put the state back.
+	redrives  int32               // which redrive of the job the message is of: 0 for the submit's
+	stale     bool                // the job was redriven since this message: it is not to run
 	last      *snapshot           // the job's state as this delivery last read or wrote it
 	invokedAt time.Time           // when the attempt started, if Begin did not record it
 	record    *sluicev1.Attempt   // added to the job's history by the closing write
@@ -308,7 +312,18 @@ func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
 		CallbackURL: h.Get(headerCallbackURL),
 		Tenant:      h.Get(headerTenant),
 		Priority:    headerPriorityOf(h),
+		redrives:    headerRedrivesOf(h),
 	}
+}
+
+// headerRedrivesOf reads which redrive a job message is of: 0 for the
+// message its submit stored.
+func headerRedrivesOf(h nats.Header) int32 {
+	n, err := strconv.ParseInt(h.Get(headerRedrives), 10, 32)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return int32(n)
 }
 
 // TraceContext is ctx carrying the trace of the submit that stored the job,
@@ -334,9 +349,16 @@ func (d *Delivery) seed() *sluicev1.Job {
 }
 
 // change writes a change to the job's state, starting from what this
-// delivery last read or wrote, and remembers the result.
+// delivery last read or wrote, and remembers the result. A job redriven
+// since this message was stored is left alone, as finished (see
+// [Delivery.Prepare]).
 func (d *Delivery) change(ctx context.Context, change func(*sluicev1.Job) error) (*sluicev1.Job, error) {
-	snap, err := d.q.update(ctx, d.JobID, d.last, d.seed, change)
+	snap, err := d.q.update(ctx, d.JobID, d.last, d.seed, func(j *sluicev1.Job) error {
+		if d.outdated(j) {
+			return ErrFinished
+		}
+		return change(j)
+	})
 	if snap != nil {
 		d.last = snap
 	}
@@ -349,8 +371,10 @@ func (d *Delivery) change(ctx context.Context, change func(*sluicev1.Job) error)
 // Prepare reads the job's state before an attempt, without writing: the
 // returned job is as it stands (its Attempts not yet counting this one).
 // It returns [ErrFinished] for a job that already reached a terminal state
-// (a redelivery after a crash, say): call Skip then. Begin may then run
-// concurrently with the invocation, off its critical path.
+// (a redelivery after a crash, say), and for a message from before the
+// job's last redrive (its run ended in the dead letters, and the redrive
+// stored a message of its own, which runs it): call Skip then. Begin may
+// then run concurrently with the invocation, off its critical path.
 func (d *Delivery) Prepare(ctx context.Context) (*sluicev1.Job, error) {
 	job, rev, err := d.q.get(ctx, d.JobID)
 	switch {
@@ -360,10 +384,20 @@ func (d *Delivery) Prepare(ctx context.Context) (*sluicev1.Job, error) {
 		return nil, err
 	}
 	d.last = &snapshot{job: job, rev: rev}
-	if Terminal(job.State) {
+	if Terminal(job.State) || d.outdated(job) {
 		return nil, ErrFinished
 	}
 	return proto.CloneOf(job), nil
+}
+
+// outdated reports whether j, the job's state, was redriven since this
+// delivery's message was stored, and remembers it: such a message is only
+// to be removed.
+func (d *Delivery) outdated(j *sluicev1.Job) bool {
+	if j.Redrives > d.redrives {
+		d.stale = true
+	}
+	return d.stale
 }
 
 // Redelivered reports whether the job's message was delivered before: after
@@ -535,8 +569,13 @@ func stateFull(err error) bool {
 
 // settleFinished makes sure of what the finished job leads to (its dead
 // letter, its callback) and then removes its message. written says whether
-// this delivery wrote the terminal state.
+// this delivery wrote the terminal state. A message from before the job's
+// last redrive is only removed: what the job leads to now is its current
+// message's business.
 func (d *Delivery) settleFinished(ctx context.Context, written bool) error {
+	if d.stale {
+		return d.ack()
+	}
 	if d.last != nil && Terminal(d.last.job.State) {
 		err := d.q.afterFinish(ctx, d.last.job, d.Payload, written)
 		var full *storeFullError
@@ -547,6 +586,9 @@ func (d *Delivery) settleFinished(ctx context.Context, written bool) error {
 		}
 		if err != nil {
 			return err // the message comes back after AckWait, and this is tried again
+		}
+		if d.last.job.GetDeadLetterTime() != nil {
+			return d.ackConfirmed(ctx)
 		}
 	}
 	return d.ack()
@@ -678,6 +720,19 @@ func (d *Delivery) Skip(ctx context.Context) error { return d.settleFinished(ctx
 func (d *Delivery) ack() error {
 	if err := d.msg.Ack(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 		return fmt.Errorf("buffer: ack job %s: %w", d.JobID, err)
+	}
+	return nil
+}
+
+// ackConfirmed removes the message of a dead-lettered job and waits for the
+// server to confirm it. A dead-lettered job can be redriven at any moment;
+// should the ack be lost all the same, the message comes back, and Prepare
+// finds it older than the redrive (or the job still dead-lettered) and it
+// is only removed. An unconfirmed ack is an error: the message comes back
+// after AckWait and is settled again.
+func (d *Delivery) ackConfirmed(ctx context.Context) error {
+	if err := d.msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		return fmt.Errorf("buffer: ack dead-lettered job %s: %w", d.JobID, err)
 	}
 	return nil
 }

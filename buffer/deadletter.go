@@ -22,7 +22,8 @@ const (
 	// DeadLetterStream holds the jobs that FAILED or EXPIRED.
 	DeadLetterStream = "SLUICE_DEAD_LETTERS"
 	// DeadLetterPrefix starts every dead letter's subject; the function's
-	// name and the job's ID follow it.
+	// name, the tenant's and the job's ID follow it (see
+	// [DeadLetterSubject]).
 	DeadLetterPrefix = "sluice.dead."
 )
 
@@ -50,10 +51,42 @@ func deadLetterStreamConfig(cfg Config, maxMsg int32) jetstream.StreamConfig {
 	}
 }
 
-// DeadLetterSubject is the subject of a job's dead letter.
-func DeadLetterSubject(function, id string) string { return DeadLetterPrefix + function + "." + id }
+// DeadLetterSubject is the subject of a job's dead letter:
+// sluice.dead.<function>.<tenant>.<id>, "_" standing for no tenant (no
+// tenant's name can be "_"), so that one tenant's dead letters are read
+// without reading another's.
+func DeadLetterSubject(function, tenant, id string) string {
+	return DeadLetterPrefix + function + "." + tenantToken(tenant) + "." + id
+}
 
-func functionDeadLetters(function string) string { return DeadLetterPrefix + function + ".*" }
+func tenantToken(tenant string) string {
+	if tenant == "" {
+		return "_"
+	}
+	return tenant
+}
+
+// tenantDeadLetters matches the tenant's dead letters of function.
+func tenantDeadLetters(function, tenant string) string {
+	return DeadLetterPrefix + function + "." + tenantToken(tenant) + ".*"
+}
+
+// functionDeadLetters matches every dead letter of function, in either
+// subject layout.
+func functionDeadLetters(function string) string { return DeadLetterPrefix + function + ".>" }
+
+// Before, a dead letter's subject named no tenant:
+// sluice.dead.<function>.<id>. Open moves such letters to their subjects
+// of now (moveLegacyDeadLetters); until it has (a letter an older replica
+// stored since, or one a full stream left where it was), they are read
+// where they are.
+func legacyDeadLetterSubject(function, id string) string {
+	return DeadLetterPrefix + function + "." + id
+}
+
+// legacyDeadLetters matches function's dead letters stored without a
+// tenant in their subject; "*" for every function's.
+func legacyDeadLetters(function string) string { return DeadLetterPrefix + function + ".*" }
 
 // deadLettered reports whether a job that ended in state s goes to the dead
 // letters.
@@ -70,7 +103,7 @@ func (q *Queue) afterFinish(ctx context.Context, job *sluicev1.Job, payload []by
 	if job.GetDeadLetterTime() != nil {
 		exists := false
 		if !written {
-			_, err := q.dead.GetLastMsgForSubject(ctx, DeadLetterSubject(job.Function, job.Id))
+			_, err := q.lastDeadLetter(ctx, DeadLetterSubject(job.Function, job.Tenant, job.Id), legacyDeadLetterSubject(job.Function, job.Id))
 			switch {
 			case err == nil:
 				exists = true
@@ -112,7 +145,7 @@ func (q *Queue) publishDeadLetter(ctx context.Context, job *sluicev1.Job, payloa
 	if err != nil {
 		return fmt.Errorf("buffer: encode dead letter: %w", err)
 	}
-	msg := nats.NewMsg(DeadLetterSubject(job.Function, job.Id))
+	msg := nats.NewMsg(DeadLetterSubject(job.Function, job.Tenant, job.Id))
 	msg.Data = b
 	if job.Tenant != "" {
 		msg.Header.Set(headerTenant, job.Tenant) // for the share its tenant holds
@@ -124,6 +157,13 @@ func (q *Queue) publishDeadLetter(ctx context.Context, job *sluicev1.Job, payloa
 	q.deadShares.add(job.Tenant, job.Function, len(b))
 	return nil
 }
+
+// ErrPayloadNotKept: the dead letter was kept without its payload (see
+// leanDeadLetter), so its job cannot be redriven.
+var ErrPayloadNotKept = errors.New("buffer: the dead letter was kept without its payload and cannot be redriven")
+
+// lean says whether a dead letter was kept without its payload.
+func lean(dl *sluicev1.DeadLetter) bool { return dl.GetJob().GetNotice() == leanDeadLetter }
 
 // leanDeadLetter is what a dead letter kept without its payload says.
 const leanDeadLetter = "the payload was not kept in the dead letter: its tenant or function holds more than its share of the dead-letter store; it cannot be redriven"
@@ -139,6 +179,60 @@ func decodeDeadLetter(msg *jetstream.RawStreamMsg) (*sluicev1.DeadLetter, error)
 	return dl, nil
 }
 
+// lastDeadLetter reads the last message on subject, or if there is none
+// on legacy (the subject in the layout of before): jetstream.ErrMsgNotFound
+// when neither has one.
+func (q *Queue) lastDeadLetter(ctx context.Context, subject, legacy string) (*jetstream.RawStreamMsg, error) {
+	msg, err := q.dead.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		msg, err = q.dead.GetLastMsgForSubject(ctx, legacy)
+	}
+	return msg, err
+}
+
+// moveLegacyDeadLetters moves the dead letters stored in the subject layout
+// of before that filter matches to their subjects of now: each is published
+// there (unless it is there already) and then removed. A moved letter goes
+// to the end of the stream, and its retention counts from the move. A full
+// stream stops the move without an error: the letters left are read where
+// they are.
+func (q *Queue) moveLegacyDeadLetters(ctx context.Context, filter string) error {
+	for seq := uint64(1); ; {
+		msg, err := q.dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("buffer: read dead letters: %w", err)
+		}
+		seq = msg.Sequence + 1
+		dl, err := decodeDeadLetter(msg)
+		if err != nil {
+			return err
+		}
+		job := dl.Job
+		to := DeadLetterSubject(job.Function, job.Tenant, job.Id)
+		switch _, err := q.dead.GetLastMsgForSubject(ctx, to); {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			m := nats.NewMsg(to)
+			m.Header = copyHeader(msg.Header) // the letter's own headers
+			m.Data = msg.Data
+			msgID := job.Id + ".dead." + strconv.Itoa(int(job.Redrives)) + ".moved"
+			if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID)); err != nil {
+				if err := classifyPublishError(err); errors.Is(err, ErrFull) {
+					return nil
+				}
+				return fmt.Errorf("buffer: move dead letter %s: %w", job.Id, err)
+			}
+		case err != nil:
+			return fmt.Errorf("buffer: read dead letter %s: %w", job.Id, err)
+		}
+		if err := q.dead.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("buffer: remove moved dead letter %s: %w", job.Id, err)
+		}
+	}
+}
+
 // DeadLetterPage is one page of a function's dead letters.
 type DeadLetterPage struct {
 	// Letters are the dead letters, oldest first.
@@ -150,19 +244,19 @@ type DeadLetterPage struct {
 // DeadLetters returns up to limit of the function's dead letters of jobs
 // of tenant, oldest first, starting at position from (0 for the first page;
 // a page's Next for the one after). Payloads are left out unless
-// withPayload.
+// withPayload. A page reads the tenant's letters only: about limit of them.
 func (q *Queue) DeadLetters(ctx context.Context, function, tenant string, from uint64, limit int, withPayload bool) (DeadLetterPage, error) {
 	var page DeadLetterPage
-	err := q.eachDeadLetter(ctx, function, tenant, from, func(sl storedLetter) bool {
+	err := q.eachDeadLetter(ctx, function, tenant, from, 0, func(sl storedLetter) (bool, error) {
 		if len(page.Letters) == limit {
 			page.Next = sl.seq // there is more
-			return false
+			return false, nil
 		}
 		if !withPayload {
 			sl.Payload = nil
 		}
 		page.Letters = append(page.Letters, sl.DeadLetter)
-		return true
+		return true, nil
 	})
 	return page, err
 }
@@ -174,25 +268,66 @@ type storedLetter struct {
 }
 
 // eachDeadLetter calls f with the function's dead letters of jobs of
-// tenant, oldest first, from stream position from, until f returns false.
-func (q *Queue) eachDeadLetter(ctx context.Context, function, tenant string, from uint64, f func(storedLetter) bool) error {
-	for seq := max(from, 1); ; {
-		msg, err := q.dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(functionDeadLetters(function)))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
+// tenant, oldest first, from stream position from up to until (0: to the
+// end), one at a time, until f returns false or an error. It reads the
+// tenant's letters by their subjects, and those in the subject layout of
+// before (normally none: see moveLegacyDeadLetters) one by one.
+func (q *Queue) eachDeadLetter(ctx context.Context, function, tenant string, from, until uint64, f func(storedLetter) (bool, error)) error {
+	cursors := []*letterCursor{
+		{filter: tenantDeadLetters(function, tenant)},
+		{filter: legacyDeadLetters(function)}, // any tenant's: checked below
+	}
+	for _, c := range cursors {
+		if err := c.read(ctx, q.dead, max(from, 1)); err != nil {
+			return err
+		}
+	}
+	for {
+		var c *letterCursor // the one whose next letter comes first
+		for _, cc := range cursors {
+			if cc.next != nil && (c == nil || cc.next.Sequence < c.next.Sequence) {
+				c = cc
+			}
+		}
+		if c == nil || until > 0 && c.next.Sequence > until {
 			return nil
 		}
-		if err != nil {
-			return fmt.Errorf("buffer: read dead letters of %s: %w", function, err)
-		}
+		msg := c.next
 		dl, err := decodeDeadLetter(msg)
 		if err != nil {
 			return err
 		}
-		seq = msg.Sequence + 1
-		if dl.Job.Tenant == tenant && !f(storedLetter{dl, msg.Sequence}) {
-			return nil
+		if dl.Job.Tenant == tenant {
+			more, err := f(storedLetter{dl, msg.Sequence})
+			if !more || err != nil {
+				return err
+			}
+		}
+		if err := c.read(ctx, q.dead, msg.Sequence+1); err != nil {
+			return err
 		}
 	}
+}
+
+// letterCursor reads the dead letters on one subject filter in stream
+// order.
+type letterCursor struct {
+	filter string
+	next   *jetstream.RawStreamMsg // the next letter; nil past the last
+}
+
+// read reads the first letter at position from or after it.
+func (c *letterCursor) read(ctx context.Context, s jetstream.Stream, from uint64) error {
+	msg, err := s.GetMsg(ctx, from, jetstream.WithGetMsgSubject(c.filter))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		c.next = nil
+		return nil
+	case err != nil:
+		return fmt.Errorf("buffer: read dead letters: %w", err)
+	}
+	c.next = msg
+	return nil
 }
 
 // DeadLetterCount is how many dead letters the function has, of every
@@ -209,8 +344,8 @@ func (q *Queue) DeadLetterCount(ctx context.Context, function string) (int64, er
 	return n, nil
 }
 
-// Redrive queues dead-lettered jobs of function and tenant again: those
-// with the given IDs, or every one when ids is empty. Each keeps its ID and gets a fresh
+// Redrive queues the dead-lettered jobs of function and tenant with the
+// given IDs again, one at a time. Each keeps its ID and gets a fresh
 // attempt budget; its history records the redrive, and its max age counts
 // from it. It returns the jobs queued again, and the IDs that are not among
 // the function's dead letters.
@@ -218,16 +353,6 @@ func (q *Queue) DeadLetterCount(ctx context.Context, function string) (int64, er
 // A dead letter whose job has meanwhile finished otherwise (a dead letter
 // left behind by a crash) is discarded, and its job returned as it stands.
 func (q *Queue) Redrive(ctx context.Context, function, tenant string, ids []string) (jobs []*sluicev1.Job, notFound []string, err error) {
-	var letters []storedLetter
-	if len(ids) == 0 {
-		err := q.eachDeadLetter(ctx, function, tenant, 0, func(sl storedLetter) bool {
-			letters = append(letters, sl)
-			return true
-		})
-		if err != nil {
-			return nil, nil, err
-		}
-	}
 	for _, id := range ids {
 		sl, err := q.deadLetter(ctx, function, tenant, id)
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidID) {
@@ -237,9 +362,9 @@ func (q *Queue) Redrive(ctx context.Context, function, tenant string, ids []stri
 		if err != nil {
 			return jobs, notFound, err
 		}
-		letters = append(letters, sl)
-	}
-	for _, sl := range letters {
+		if lean(sl.DeadLetter) {
+			return jobs, notFound, fmt.Errorf("%w: %s", ErrPayloadNotKept, sl.Job.Id)
+		}
 		job, err := q.redriveOne(ctx, sl)
 		if err != nil {
 			return jobs, notFound, err
@@ -249,13 +374,60 @@ func (q *Queue) Redrive(ctx context.Context, function, tenant string, ids []stri
 	return jobs, notFound, nil
 }
 
+// RedrivePage is what one call of a redrive of all did.
+type RedrivePage struct {
+	// Jobs are the jobs queued again, as [Queue.Redrive] returns them.
+	Jobs []*sluicev1.Job
+	// Next is where the next call goes on; 0 when none are left.
+	Next uint64
+	// Until is the last stream position the redrive covers: the dead
+	// letters there were when it started. Pass it to every call after the
+	// first.
+	Until uint64
+}
+
+// RedriveAll queues the dead-lettered jobs of function and tenant again,
+// as [Queue.Redrive] does, oldest first, up to limit of them: those at
+// stream position from (0 to start) up to until (0 to start: the stream's
+// last position now, which the page returns). It reads and redrives one
+// letter at a time, holding two payloads at most. Call it again with the
+// page's Next and Until while Next is not 0.
+func (q *Queue) RedriveAll(ctx context.Context, function, tenant string, from, until uint64, limit int) (RedrivePage, error) {
+	if until == 0 {
+		info, err := q.dead.Info(ctx)
+		if err != nil {
+			return RedrivePage{}, fmt.Errorf("buffer: dead letters: %w", err)
+		}
+		if until = info.State.LastSeq; until == 0 {
+			return RedrivePage{}, nil // none was ever stored
+		}
+	}
+	page := RedrivePage{Until: until}
+	err := q.eachDeadLetter(ctx, function, tenant, from, until, func(sl storedLetter) (bool, error) {
+		if len(page.Jobs) == limit {
+			page.Next = sl.seq // there is more
+			return false, nil
+		}
+		if lean(sl.DeadLetter) {
+			return true, nil // nothing to run: it stays, to be read and discarded
+		}
+		job, err := q.redriveOne(ctx, sl)
+		if err != nil {
+			return false, err
+		}
+		page.Jobs = append(page.Jobs, job)
+		return true, nil
+	})
+	return page, err
+}
+
 // deadLetter is the dead letter of the job, if it is the tenant's:
 // another tenant's is [ErrNotFound], as if it were not there.
 func (q *Queue) deadLetter(ctx context.Context, function, tenant, id string) (storedLetter, error) {
 	if !ValidJobID(id) {
 		return storedLetter{}, ErrInvalidID
 	}
-	msg, err := q.dead.GetLastMsgForSubject(ctx, DeadLetterSubject(function, id))
+	msg, err := q.lastDeadLetter(ctx, DeadLetterSubject(function, tenant, id), legacyDeadLetterSubject(function, id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return storedLetter{}, ErrNotFound
 	}
@@ -369,7 +541,7 @@ func (q *Queue) DeleteDeadLetter(ctx context.Context, function, tenant, id strin
 // deadLetterJob is the job as its dead letter keeps it, for a job whose
 // state entry has expired: [ErrNotFound] if there is none.
 func (q *Queue) deadLetterJob(ctx context.Context, id string) (*sluicev1.Job, error) {
-	msg, err := q.dead.GetLastMsgForSubject(ctx, DeadLetterPrefix+"*."+id)
+	msg, err := q.lastDeadLetter(ctx, DeadLetterSubject("*", "*", id), legacyDeadLetterSubject("*", id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, ErrNotFound
 	}

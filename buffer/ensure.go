@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -92,11 +95,50 @@ func allowAtomicPublish(ctx context.Context, js jetstream.JetStream, name string
 	return err
 }
 
-// migrateWorkQueue deletes a job stream made by an earlier Sluice with
-// work-queue retention, which cannot be changed in place, if it is empty;
-// Open then creates it anew (and dispatch its consumers). A non-empty one
-// is an error: its jobs must drain first.
-func migrateWorkQueue(ctx context.Context, js jetstream.JetStream) error {
+// An earlier Sluice kept jobs in a stream of the same name with work-queue
+// retention, which cannot be changed in place: the stream has to be
+// replaced, and no job in it, nor one an older replica submits meanwhile,
+// may be lost. So the upgrade
+//
+//  1. seals the old stream: from then on it refuses every new message (an
+//     older replica's submit fails, unacknowledged, and its client may try
+//     again), while older replicas may still finish the jobs in it;
+//  2. copies what it holds into the holding stream [upgradeStream], one
+//     subject per message, so that copying again (another process, or
+//     after a crash) adds nothing;
+//  3. deletes the old stream, and Open creates the new one;
+//  4. moves the copies into the new stream, each unless its job's message
+//     is already there, removing each copy once moved, and then removes
+//     the holding stream.
+//
+// A crash at any point leaves what the next Open finishes. A job finished by
+// an older replica after its copy was taken is delivered once more and,
+// finished, only removed.
+const (
+	// upgradeStream holds the jobs of an earlier Sluice's work-queue stream
+	// while the stream is replaced.
+	upgradeStream = "SLUICE_JOBS_UPGRADE"
+	// upgradePrefix starts the subject of each copy; the old stream's
+	// sequence of the message follows it.
+	upgradePrefix = "sluice.upgrade.jobs."
+	// headerUpgradeSubject keeps a copied message's subject.
+	headerUpgradeSubject = "Sluice-Upgrade-Subject"
+)
+
+// testHookUpgrade, if set, is called at each step of the upgrade.
+var testHookUpgrade func(step string)
+
+func upgradeStep(step string) {
+	if testHookUpgrade != nil {
+		testHookUpgrade(step)
+	}
+}
+
+// migrateWorkQueue takes the job stream of an earlier Sluice, one with
+// work-queue retention, out of the way: sealed, its jobs copied aside,
+// deleted (steps 1 to 3 above). [finishUpgrade] moves the jobs back once the
+// new stream exists.
+func migrateWorkQueue(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	s, err := js.Stream(ctx, StreamName)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil
@@ -104,15 +146,129 @@ func migrateWorkQueue(ctx context.Context, js jetstream.JetStream) error {
 	if err != nil {
 		return fmt.Errorf("buffer: stream %s: %w", StreamName, err)
 	}
-	info := s.CachedInfo()
-	if info.Config.Retention != jetstream.WorkQueuePolicy {
+	cfg := s.CachedInfo().Config
+	if cfg.Retention != jetstream.WorkQueuePolicy {
 		return nil
 	}
-	if info.State.Msgs > 0 {
-		return fmt.Errorf("buffer: stream %s has work-queue retention, from an earlier Sluice, and %d jobs in it: run that version until they are done, then start this one (it recreates the stream)", StreamName, info.State.Msgs)
+	upgradeStep("found")
+	if !cfg.Sealed {
+		cfg.Sealed = true
+		if s, err = js.UpdateStream(ctx, cfg); err != nil {
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				return nil // another process is done with it
+			}
+			return fmt.Errorf("buffer: seal stream %s from an earlier Sluice: %w", StreamName, err)
+		}
 	}
+	upgradeStep("sealed")
+	if s.CachedInfo().State.Msgs > 0 {
+		if err := copyAside(ctx, js, s, replicas); err != nil {
+			return err
+		}
+	}
+	upgradeStep("copied")
 	if err := js.DeleteStream(ctx, StreamName); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("buffer: recreate stream %s with limits retention: %w", StreamName, err)
+	}
+	upgradeStep("deleted")
+	return nil
+}
+
+// copyAside copies every message of the sealed old stream into the
+// holding stream, unless copied already.
+func copyAside(ctx context.Context, js jetstream.JetStream, old jetstream.Stream, replicas int) error {
+	hold, err := ensureStream(ctx, js, jetstream.StreamConfig{
+		Name:        upgradeStream,
+		Description: "Sluice: jobs of an earlier Sluice's stream, while it is replaced",
+		Subjects:    []string{upgradePrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("buffer: create stream %s: %w", upgradeStream, err)
+	}
+	for seq := uint64(1); ; {
+		msg, err := old.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(SubjectPrefix+">"))
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return nil
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			return nil // another process copied it all and deleted it
+		case err != nil:
+			return fmt.Errorf("buffer: read stream %s from an earlier Sluice: %w", StreamName, err)
+		}
+		seq = msg.Sequence + 1
+		subj := upgradePrefix + strconv.FormatUint(msg.Sequence, 10)
+		switch _, err := hold.GetLastMsgForSubject(ctx, subj); {
+		case err == nil:
+			continue // copied before
+		case !errors.Is(err, jetstream.ErrMsgNotFound):
+			return fmt.Errorf("buffer: read stream %s: %w", upgradeStream, err)
+		}
+		cp := nats.NewMsg(subj)
+		cp.Header = copyHeader(msg.Header)
+		cp.Header.Set(headerUpgradeSubject, msg.Subject)
+		cp.Data = msg.Data
+		if _, err := js.PublishMsg(ctx, cp); err != nil {
+			return fmt.Errorf("buffer: copy job to stream %s: %w", upgradeStream, err)
+		}
+	}
+}
+
+// copyHeader is a stored message's headers as a new publish of it may
+// carry them: without the server's own (batch, expectations), but with the
+// message ID, which deduplicates as it did.
+func copyHeader(h nats.Header) nats.Header {
+	out := nats.Header{}
+	for k, v := range h {
+		if strings.HasPrefix(k, "Nats-") && k != jetstream.MsgIDHeader {
+			continue
+		}
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// finishUpgrade moves the jobs an upgrade copied aside into the job stream
+// (step 4 above), if there are any.
+func finishUpgrade(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream) error {
+	hold, err := js.Stream(ctx, upgradeStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("buffer: stream %s: %w", upgradeStream, err)
+	}
+	for {
+		msg, err := hold.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(upgradePrefix+">"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("buffer: read stream %s: %w", upgradeStream, err)
+		}
+		subj := msg.Header.Get(headerUpgradeSubject)
+		switch _, err := stream.GetLastMsgForSubject(ctx, subj); {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			m := nats.NewMsg(subj)
+			m.Header = copyHeader(msg.Header)
+			m.Header.Del(headerUpgradeSubject)
+			m.Data = msg.Data
+			if _, err := js.PublishMsg(ctx, m); err != nil {
+				return fmt.Errorf("buffer: move job back from stream %s: %w", upgradeStream, classifyPublishError(err))
+			}
+		case err != nil:
+			return fmt.Errorf("buffer: read job %s: %w", subj, err)
+		}
+		// Moved, now or before.
+		if err := hold.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("buffer: remove moved job from stream %s: %w", upgradeStream, err)
+		}
+	}
+	upgradeStep("moved")
+	if err := js.DeleteStream(ctx, upgradeStream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("buffer: remove stream %s: %w", upgradeStream, err)
 	}
 	return nil
 }

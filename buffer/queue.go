@@ -163,7 +163,7 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if maxMsg == 0 {
 		maxMsg = int32(nc.MaxPayload())
 	}
-	if err := migrateWorkQueue(ctx, js); err != nil {
+	if err := migrateWorkQueue(ctx, js, cfg.Replicas); err != nil {
 		return nil, err
 	}
 	stream, err := ensureStream(ctx, js, jetstream.StreamConfig{
@@ -189,6 +189,9 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
+	}
+	if err := finishUpgrade(ctx, js, stream); err != nil {
+		return nil, err
 	}
 	state, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      StateBucket,
@@ -245,14 +248,19 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", CallbackStream, err)
 	}
-	return &Queue{
+	q := &Queue{
 		js: js, stream: stream, dead: dead, callbacks: callbacks,
 		state: state, stateLog: stateLog, pacingKV: pacing, idemKV: idem, idemLog: idemLog,
 		limits: cfg.Stores, now: time.Now,
 		deadShares:     &shareGauge{stream: dead, prefix: DeadLetterPrefix},
 		callbackShares: &shareGauge{stream: callbacks, prefix: CallbackPrefix},
 		batcher:        newBatcher(nc, cfg.Batch), stateBat: newBatcher(nc, cfg.Batch),
-	}, nil
+	}
+	// Dead letters stored before their subjects named the tenant.
+	if err := q.moveLegacyDeadLetters(ctx, legacyDeadLetters("*")); err != nil {
+		return nil, err
+	}
+	return q, nil
 }
 
 // NewJobID returns a random job ID: 128 bits from crypto/rand in base32.

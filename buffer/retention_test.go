@@ -1,10 +1,10 @@
 package buffer_test
 
 import (
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
@@ -113,22 +113,22 @@ func TestWorkQueueStreamFromAnEarlierVersion(t *testing.T) {
 	if _, err := js.CreateStream(t.Context(), old); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.Publish(t.Context(), buffer.Subject("f", buffer.NewJobID()), []byte("x")); err != nil {
+	id := buffer.NewJobID()
+	msg := nats.NewMsg(buffer.Subject("f", id))
+	msg.Header.Set("Sluice-Job-Id", id)
+	msg.Data = []byte("x")
+	if _, err := js.PublishMsg(t.Context(), msg); err != nil {
 		t.Fatal(err)
 	}
-	_, err := buffer.Open(t.Context(), nc, buffer.Config{})
-	if err == nil || !strings.Contains(err.Error(), "work-queue retention") {
-		t.Fatalf("Open over a non-empty work queue: %v; want an error saying to drain it", err)
+	q, err := buffer.Open(t.Context(), nc, buffer.Config{})
+	if err != nil {
+		t.Fatalf("Open over a work queue with a job in it: %v", err)
 	}
 	s, _ := js.Stream(t.Context(), buffer.StreamName)
-	if err := s.Purge(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := buffer.Open(t.Context(), nc, buffer.Config{}); err != nil {
-		t.Fatalf("Open over an empty work queue: %v", err)
-	}
-	s, _ = js.Stream(t.Context(), buffer.StreamName)
 	if r := s.CachedInfo().Config.Retention; r != jetstream.LimitsPolicy {
 		t.Errorf("retention after Open: %v, want limits", r)
+	}
+	if job, err := q.Get(t.Context(), id); err != nil || job.State != sluicev1.Job_QUEUED {
+		t.Errorf("the old stream's job after Open: %v, %v; want it QUEUED", job, err)
 	}
 }

@@ -3,6 +3,7 @@ package dispatch_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -187,6 +188,21 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 	}
 	if lean < 2 {
 		t.Errorf("%d of tenant a's last %d dead letters kept without payload; want at least 2 (a held half the store alone)", lean, len(more))
+	}
+	// A letter without its payload cannot run again: a redrive of it says
+	// so, and a redrive of all leaves it.
+	for _, dl := range waitTenantLetters(t, q, "a", 8) {
+		if len(dl.Payload) > 0 {
+			continue
+		}
+		if _, _, err := q.Redrive(t.Context(), "f", "a", []string{dl.Job.Id}); !errors.Is(err, buffer.ErrPayloadNotKept) {
+			t.Errorf("redrive of a dead letter without its payload: %v; want ErrPayloadNotKept", err)
+		}
+		break
+	}
+	page, err := q.RedriveAll(t.Context(), "f", "a", 0, 0, 100)
+	if err != nil || len(page.Jobs) != 8-lean {
+		t.Errorf("redrive of all of tenant a's = %d jobs, %v; want the %d with their payload", len(page.Jobs), err, 8-lean)
 	}
 	for _, id := range append(more, b...) {
 		if job, _ := q.Get(t.Context(), id); job.GetPending() != "" {

@@ -71,9 +71,12 @@ type DeadLetters interface {
 	DeadLetters(ctx context.Context, function, tenant string, from uint64, limit int, withPayload bool) (buffer.DeadLetterPage, error)
 	// DeadLetterCount is how many the function has, of all tenants.
 	DeadLetterCount(ctx context.Context, function string) (int64, error)
-	// Redrive queues the tenant's again: those named, or all when ids is
-	// empty.
+	// Redrive queues the tenant's named ones again; it returns those
+	// queued and the IDs not found.
 	Redrive(ctx context.Context, function, tenant string, ids []string) ([]*sluicev1.Job, []string, error)
+	// RedriveAll queues up to limit of the tenant's again, oldest first,
+	// of those from position from up to until (both 0 to start).
+	RedriveAll(ctx context.Context, function, tenant string, from, until uint64, limit int) (buffer.RedrivePage, error)
 	// DeleteDeadLetter discards one of the tenant's; buffer.ErrNotFound if
 	// there is none.
 	DeleteDeadLetter(ctx context.Context, function, tenant, id string) error

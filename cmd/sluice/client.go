@@ -346,21 +346,34 @@ func waitJob(ctx context.Context, c *clientFlags, jobs sluicev1.JobServiceClient
 
 func deadLetters(ctx context.Context, c *clientFlags, dlq sluicev1.DeadLetterServiceClient, verb, function string, ids []string, stdout io.Writer) error {
 	if verb == "redrive" {
-		r, err := rpc(ctx, c, func(ctx context.Context) (*sluicev1.RedriveDeadLettersResponse, error) {
-			return dlq.RedriveDeadLetters(ctx, &sluicev1.RedriveDeadLettersRequest{Function: function, Ids: ids})
-		})
-		if err != nil {
-			return err
+		// A redrive of all goes a page at a time.
+		redriven := 0
+		for token := ""; ; {
+			r, err := rpc(ctx, c, func(ctx context.Context) (*sluicev1.RedriveDeadLettersResponse, error) {
+				return dlq.RedriveDeadLetters(ctx, &sluicev1.RedriveDeadLettersRequest{Function: function, Ids: ids, PageToken: token})
+			})
+			if err != nil {
+				return err
+			}
+			if c.json {
+				if err := printJSON(stdout, r); err != nil {
+					return err
+				}
+			}
+			redriven += len(r.GetJobs())
+			if token = r.GetNextPageToken(); token != "" {
+				continue
+			}
+			if c.json {
+				return nil
+			}
+			fmt.Fprintf(stdout, "%d redriven", redriven)
+			if n := len(r.GetNotFoundIds()); n > 0 {
+				fmt.Fprintf(stdout, "; not among the dead letters: %s", strings.Join(r.GetNotFoundIds(), " "))
+			}
+			fmt.Fprintln(stdout)
+			return nil
 		}
-		if c.json {
-			return printJSON(stdout, r)
-		}
-		fmt.Fprintf(stdout, "%d redriven", len(r.GetJobs()))
-		if n := len(r.GetNotFoundIds()); n > 0 {
-			fmt.Fprintf(stdout, "; not among the dead letters: %s", strings.Join(r.GetNotFoundIds(), " "))
-		}
-		fmt.Fprintln(stdout)
-		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	if !c.json {

@@ -242,7 +242,10 @@ type RedriveDeadLettersRequest struct {
 	// The function's configured name.
 	Function string `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
 	// The jobs to redrive; empty for all of the function's dead letters.
-	Ids           []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
+	Ids []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
+	// Goes on with a redrive of all: the next_page_token of the call before.
+	// Empty to start one. Not with ids.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -291,13 +294,25 @@ func (x *RedriveDeadLettersRequest) GetIds() []string {
 	return nil
 }
 
+func (x *RedriveDeadLettersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // RedriveDeadLettersResponse says what was queued again.
 type RedriveDeadLettersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The jobs queued again, in their new state.
 	Jobs []*Job `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
 	// Given IDs that are not among the function's dead letters.
-	NotFoundIds   []string `protobuf:"bytes,2,rep,name=not_found_ids,json=notFoundIds,proto3" json:"not_found_ids,omitempty"`
+	NotFoundIds []string `protobuf:"bytes,2,rep,name=not_found_ids,json=notFoundIds,proto3" json:"not_found_ids,omitempty"`
+	// Set when a redrive of all requeued 1,000 jobs and more are left: send
+	// it as page_token to requeue the next ones. A redrive of all covers the
+	// dead letters there were when it started; those stored since (a
+	// redriven job that failed again, say) wait for the next one.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -344,6 +359,13 @@ func (x *RedriveDeadLettersResponse) GetNotFoundIds() []string {
 		return x.NotFoundIds
 	}
 	return nil
+}
+
+func (x *RedriveDeadLettersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // DeleteDeadLetterRequest names one dead letter.
@@ -458,13 +480,16 @@ const file_sluice_v1_deadletter_proto_rawDesc = "" +
 	"\x17ListDeadLettersResponse\x128\n" +
 	"\fdead_letters\x18\x01 \x03(\v2\x15.sluice.v1.DeadLetterR\vdeadLetters\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n" +
-	"\x05total\x18\x03 \x01(\x03R\x05total\"N\n" +
+	"\x05total\x18\x03 \x01(\x03R\x05total\"m\n" +
 	"\x19RedriveDeadLettersRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12\x10\n" +
-	"\x03ids\x18\x02 \x03(\tR\x03ids\"d\n" +
+	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x8c\x01\n" +
 	"\x1aRedriveDeadLettersResponse\x12\"\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0e.sluice.v1.JobR\x04jobs\x12\"\n" +
-	"\rnot_found_ids\x18\x02 \x03(\tR\vnotFoundIds\"O\n" +
+	"\rnot_found_ids\x18\x02 \x03(\tR\vnotFoundIds\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"O\n" +
 	"\x17DeleteDeadLetterRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12\x13\n" +
 	"\x02id\x18\x02 \x01(\tB\x03\xe0A\x02R\x02id\"\x1a\n" +

@@ -35,8 +35,9 @@ type DeadLetterServiceClient interface {
 	// at a time.
 	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error)
 	// RedriveDeadLetters queues dead-lettered jobs again: the given ones, or
-	// with no IDs every one the function has. Each keeps its ID, gets a fresh
-	// attempt budget, and its history shows the redrive.
+	// with no IDs every one the function has, up to 1,000 a call (see
+	// next_page_token). Each keeps its ID, gets a fresh attempt budget, and
+	// its history shows the redrive.
 	RedriveDeadLetters(ctx context.Context, in *RedriveDeadLettersRequest, opts ...grpc.CallOption) (*RedriveDeadLettersResponse, error)
 	// DeleteDeadLetter discards one dead letter for good. The job's state
 	// stays as it ended.
@@ -92,8 +93,9 @@ type DeadLetterServiceServer interface {
 	// at a time.
 	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error)
 	// RedriveDeadLetters queues dead-lettered jobs again: the given ones, or
-	// with no IDs every one the function has. Each keeps its ID, gets a fresh
-	// attempt budget, and its history shows the redrive.
+	// with no IDs every one the function has, up to 1,000 a call (see
+	// next_page_token). Each keeps its ID, gets a fresh attempt budget, and
+	// its history shows the redrive.
 	RedriveDeadLetters(context.Context, *RedriveDeadLettersRequest) (*RedriveDeadLettersResponse, error)
 	// DeleteDeadLetter discards one dead letter for good. The job's state
 	// stays as it ended.
