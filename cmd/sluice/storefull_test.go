@@ -150,6 +150,19 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 	}
 	t.Logf("acme's %d jobs all finished: %d with their result, %d with it left out (the state store past its high water); stores: %s",
 		len(acmeJobs), kept, lean, strings.Join(fills, ", "))
+	_, metrics := get(t, g.base+"/metrics")
+	for _, want := range [][2]string{
+		{"sluice_store_fill_ratio{", `sluice_store="state"} 0.9`}, {"sluice_store_used_bytes{", `sluice_store="state"}`},
+		{"sluice_store_limit_bytes{", `sluice_store="dead_letters"} 6.291456e+06`}, {"sluice_store_parked_finishes{", "} 0"},
+	} {
+		found := false
+		for _, l := range strings.Split(string(metrics), "\n") {
+			found = found || strings.HasPrefix(l, want[0]) && strings.Contains(l, want[1])
+		}
+		if !found {
+			t.Errorf("/metrics has no %s…%s", want[0], want[1])
+		}
+	}
 	_, body := get(t, g.base+"/readyz")
 	t.Logf("/readyz: %s", strings.ReplaceAll(strings.TrimSpace(string(body)), "\n", "; "))
 	if !strings.Contains(string(body), "store state") {
