@@ -105,9 +105,23 @@ func (q *Queue) ParkedCount(ctx context.Context) (uint64, error) {
 }
 
 // RunParked stores the dead letters and callbacks that full stores
-// refused, as room appears, until ctx ends. Every gateway process runs it;
-// they share the work.
+// refused, as room appears, until ctx ends; it returns nil then. Every
+// gateway process runs it; they share the work. JetStream's troubles are
+// logged and waited out.
 func (q *Queue) RunParked(ctx context.Context, log *slog.Logger) error {
+	for ctx.Err() == nil {
+		if err := q.runParked(ctx, log); err != nil && ctx.Err() == nil {
+			log.Warn("parked dead letters and callbacks: will try again", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(parkedFirstRetry):
+			}
+		}
+	}
+	return nil
+}
+
+func (q *Queue) runParked(ctx context.Context, log *slog.Logger) error {
 	cons, err := q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       ParkedConsumerName,
 		Description:   "Sluice: dead letters and callbacks waiting for room",

@@ -64,32 +64,11 @@ func runCallbacks(t *testing.T, h *hook, want int) []string {
 		t.Fatal(err)
 	}
 	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}, time.Second)
-	guard, err := callback.NewGuard([]string{"127.0.0.0/8"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := callback.NewKeyring([]string{testSecret}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
+	startCallbacks(t, dispatch.CallbackConfig{
 		Source:  q,
-		Sender:  &callback.Sender{Client: guard.Client(time.Second), Keys: keys},
 		Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 4, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	}, nil)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if ids, _, _ := h.seen(); len(ids) >= want || time.Now().After(deadline) {
 			break
@@ -121,4 +100,37 @@ func TestCallbackNotRetriedWhenRefused(t *testing.T) {
 	if ids := runCallbacks(t, &hook{script: []int{410, 200}}, 1); len(ids) != 1 {
 		t.Errorf("receiver was called %d times; a 4xx is final", len(ids))
 	}
+}
+
+// startCallbacks delivers callbacks as cfg says, signed with testSecret and
+// allowed to reach loopback, until the test ends; before it waits for the
+// deliverer to stop, it runs beforeStop (if any), to release what
+// deliveries may be waiting on.
+func startCallbacks(t *testing.T, cfg dispatch.CallbackConfig, beforeStop func()) {
+	t.Helper()
+	guard, err := callback.NewGuard([]string{"127.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := callback.NewKeyring([]string{testSecret}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Sender = &callback.Sender{Client: guard.Client(cfg.Timeout), Keys: keys}
+	d, err := dispatch.NewCallbackDeliverer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		if beforeStop != nil {
+			beforeStop()
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 }

@@ -13,7 +13,6 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
-	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
 )
 
@@ -242,7 +241,7 @@ func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	defer silent.Close()
+	t.Cleanup(silent.Close) // after the deliverer stops, which releases its requests
 	answered := make(chan string, 100)
 	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		answered <- r.Header.Get("webhook-id")
@@ -261,36 +260,14 @@ func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
 	}
 	submitWith("noisy", silent.URL, 20)
 	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 4, Timeout: time.Second}, time.Second)
-	guard, err := callback.NewGuard([]string{"127.0.0.0/8"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := callback.NewKeyring([]string{testSecret}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
-		Source: q,
-		Sender: &callback.Sender{Client: guard.Client(10 * time.Second), Keys: keys},
-		// Each silent attempt takes the whole timeout; every one of the
-		// noisy tenant's is then retried after a backoff.
+	// Each silent attempt takes the whole timeout; every one of the noisy
+	// tenant's is then retried after a backoff.
+	startCallbacks(t, dispatch.CallbackConfig{
+		Source:      q,
 		Timeout:     10 * time.Second,
 		Retry:       dispatch.RetryPolicy{MaxAttempts: 10, InitialBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second},
 		Concurrency: 4,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		close(release)
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	}, func() { close(release) })
 	// The noisy tenant's callbacks are stored and taken first.
 	time.Sleep(500 * time.Millisecond)
 	submitWith("quiet", good.URL, 5)

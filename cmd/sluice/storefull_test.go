@@ -2,10 +2,7 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -48,20 +45,8 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 			DeadLetterMaxBytes: 6 << 20, CallbackMaxBytes: 6 << 20,
 		},
 	}
-	if err := cfg.setDefaultsAndCheck(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := startGateway(t.Context(), cfg, gatewayOptions{
-		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: srv.ClientURL(), DrainTimeout: time.Second,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}
-	done := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	g := startTestGatewayOptions(t, t.TempDir(), cfg, gatewayOptions{NATSURL: srv.ClientURL()})
+	p := g.gatewayProcess
 
 	submit := func(key, function string) (code int, id, retryAfter, body string) {
 		code, h, b := call(t, http.MethodPost, g.base+"/v1/functions/"+function+"/jobs", key, `{"n":1}`)
