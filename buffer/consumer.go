@@ -441,10 +441,19 @@ func (d *Delivery) Invoked(at time.Time) { d.invokedAt = at }
 // Begin marks the job RUNNING and counts the attempt. It returns
 // [ErrFinished] for a job that already reached a terminal state: call Skip
 // then.
+//
+// Call it only once the attempt is being sent: a job cancelled as it was
+// taken up is then recorded as cancelled while running (see
+// [Queue.Cancel]), and Begin returns ErrFinished.
 func (d *Delivery) Begin(ctx context.Context) (*sluicev1.Job, error) {
 	d.begun = true
-	return d.change(ctx, func(j *sluicev1.Job) error {
+	var amended bool
+	job, err := d.change(ctx, func(j *sluicev1.Job) error {
+		amended = false
 		if Terminal(j.State) {
+			if amended = amendCancelled(j, d.q.now()); amended {
+				return nil
+			}
 			return ErrFinished
 		}
 		j.State = sluicev1.Job_RUNNING
@@ -452,6 +461,31 @@ func (d *Delivery) Begin(ctx context.Context) (*sluicev1.Job, error) {
 		j.StartTime = timestamppb.New(d.q.now())
 		return nil
 	})
+	if err == nil && amended {
+		return job, ErrFinished
+	}
+	return job, err
+}
+
+// amendCancelled makes a job that a cancel ended as dispatch took it up
+// (cancelledTakenUp, or cancelledBeforeRun when the delivery came between
+// the cancel's look and its write) say what a cancel of a running job
+// says, for an attempt that was sent: counted, started at start, its
+// outcome discarded. It reports whether it changed j.
+func amendCancelled(j *sluicev1.Job, start time.Time) bool {
+	if j.State != sluicev1.Job_CANCELLED || j.Error != cancelledTakenUp && j.Error != cancelledBeforeRun {
+		return false
+	}
+	j.Attempts++
+	j.StartTime = timestamppb.New(start)
+	j.Error = cancelledRunning
+	return true
+}
+
+// amendCancelledAttempt is amendCancelled for the attempt this delivery
+// sent, when Begin did not record it (Begin amends on its own).
+func (d *Delivery) amendCancelledAttempt(j *sluicev1.Job) bool {
+	return !d.begun && !d.invokedAt.IsZero() && amendCancelled(j, d.invokedAt)
 }
 
 // Succeed stores the function's result, marks the job SUCCEEDED and removes
@@ -475,8 +509,13 @@ func (d *Delivery) Fail(ctx context.Context, reason string, result *sluicev1.Job
 }
 
 func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
+	var amended bool
 	_, err := d.change(ctx, func(j *sluicev1.Job) error {
+		amended = false
 		if Terminal(j.State) {
+			if amended = d.amendCancelledAttempt(j); amended {
+				return nil
+			}
 			return ErrFinished
 		}
 		d.countQuickAttempt(j)
@@ -492,7 +531,7 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 		// The message stays unacknowledged and comes back after AckWait.
 		return err
 	}
-	return d.settleFinished(ctx, err == nil)
+	return d.settleFinished(ctx, err == nil && !amended)
 }
 
 // settleFinished makes sure of what the finished job leads to (its dead
@@ -532,6 +571,9 @@ func (d *Delivery) Expire(ctx context.Context, reason string) error {
 func (d *Delivery) Retry(ctx context.Context, reason string, result *sluicev1.JobResult, delay time.Duration) error {
 	return d.handBack(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
+			if d.amendCancelledAttempt(j) {
+				return nil
+			}
 			return ErrFinished
 		}
 		d.countQuickAttempt(j)
@@ -583,6 +625,9 @@ func (d *Delivery) ProbeFailed(ctx context.Context, delay time.Duration) error {
 func (d *Delivery) uncounted(ctx context.Context, delay time.Duration, throttle bool) error {
 	return d.handBack(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
+			if !throttle && d.amendCancelledAttempt(j) {
+				return nil // a probe's attempt was sent: the function ran it
+			}
 			return ErrFinished
 		}
 		j.State = sluicev1.Job_QUEUED
@@ -602,7 +647,9 @@ func (d *Delivery) uncounted(ctx context.Context, delay time.Duration, throttle 
 // meanwhile is settled instead.
 func (d *Delivery) handBack(ctx context.Context, change func(*sluicev1.Job) error, delay time.Duration) error {
 	_, err := d.change(ctx, change)
-	if errors.Is(err, ErrFinished) {
+	if errors.Is(err, ErrFinished) || err == nil && Terminal(d.last.job.State) {
+		// Finished meanwhile (and perhaps amended by change): nothing to
+		// hand back.
 		return d.settleFinished(ctx, false)
 	}
 	if err != nil {
