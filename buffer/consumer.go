@@ -67,6 +67,11 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 		return nil, fmt.Errorf("buffer: consumer config %+v: function, max in flight and ack wait are required", cfg)
 	}
 	c := &Consumer{q: q, cfg: cfg}
+	if cfg.Lane == nil || cfg.Lane.Default() {
+		if err := q.startAfreshIfRelaid(ctx, cfg.Function, c.filter()); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Pooled {
 		return c, c.bindPooled(ctx)
 	}
@@ -84,6 +89,66 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 	}
 	c.cons, c.maxInFlight = cons, cfg.MaxInFlight
 	return c, nil
+}
+
+// startAfreshIfRelaid removes the function's consumers when its own reads
+// another set of subjects than filter: fairness was turned on (filter is
+// its default lane's) or off (filter is all its jobs). JetStream keeps a
+// consumer's place in the stream when its filter changes, so the function's
+// consumer, made fair, would hold on to lane jobs it had delivered (and
+// count them in flight forever, stalling the lanes), and made unfair would
+// never deliver the lane jobs below its place, and would remove them as
+// finished; lane consumers left from an earlier fair time would deliver
+// again jobs the unfair one ran. So each is removed, after its finished jobs (those below
+// its ack floor) are, and the consumers are made anew, delivering every
+// unfinished job once: a job cut off by the restart runs again, as after
+// any restart, and one waiting out a retry's backoff is retried at once.
+// The lanes go first and the function's own consumer last, so that a
+// crash in between leaves the change to be seen again.
+//
+// A process still dispatching with the old setting could have a job in
+// flight that the new consumers deliver again: change fairness with the
+// function's dispatch stopped (every gateway restarted at once).
+func (q *Queue) startAfreshIfRelaid(ctx context.Context, function, filter string) error {
+	own := ConsumerName(function)
+	cons, err := q.stream.Consumer(ctx, own)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("buffer: consumer for %s: %w", function, err)
+	case cons.CachedInfo().Config.FilterSubject == filter:
+		return nil
+	}
+	var names []string
+	lister := q.stream.ConsumerNames(ctx)
+	for name := range lister.Name() {
+		if strings.HasPrefix(name, own+"~") {
+			names = append(names, name)
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return fmt.Errorf("buffer: lanes of %s: %w", function, err)
+	}
+	for _, name := range append(names, own) {
+		c, err := q.stream.Consumer(ctx, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue // another process got here first
+		}
+		if err != nil {
+			return fmt.Errorf("buffer: consumer %s: %w", name, err)
+		}
+		info := c.CachedInfo()
+		if floor := info.AckFloor.Stream; floor > 0 {
+			if err := q.stream.Purge(ctx, jetstream.WithPurgeSubject(info.Config.FilterSubject), jetstream.WithPurgeSequence(floor+1)); err != nil {
+				return fmt.Errorf("buffer: remove finished jobs of %s: %w", name, err)
+			}
+		}
+		if err := q.stream.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("buffer: remove consumer %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // pooledMark ends the description of a consumer a pool's leader keeps.
