@@ -69,6 +69,11 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 		return nil, fmt.Errorf("buffer: consumer config %+v: function, max in flight and ack wait are required", cfg)
 	}
 	c := &Consumer{q: q, cfg: cfg}
+	if cfg.Lane == nil || cfg.Lane.Default() {
+		if err := q.startAfreshIfRelaid(ctx, cfg.Function, c.filter()); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Pooled {
 		return c, c.bindPooled(ctx)
 	}
@@ -86,6 +91,66 @@ func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, er
 	}
 	c.cons, c.maxInFlight = cons, cfg.MaxInFlight
 	return c, nil
+}
+
+// startAfreshIfRelaid removes the function's consumers when its own reads
+// another set of subjects than filter: fairness was turned on (filter is
+// its default lane's) or off (filter is all its jobs). JetStream keeps a
+// consumer's place in the stream when its filter changes, so the function's
+// consumer, made fair, would hold on to lane jobs it had delivered (and
+// count them in flight forever, stalling the lanes), and made unfair would
+// never deliver the lane jobs below its place, and would remove them as
+// finished; lane consumers left from an earlier fair time would deliver
+// again jobs the unfair one ran. So each is removed, after its finished jobs (those below
+// its ack floor) are, and the consumers are made anew, delivering every
+// unfinished job once: a job cut off by the restart runs again, as after
+// any restart, and one waiting out a retry's backoff is retried at once.
+// The lanes go first and the function's own consumer last, so that a
+// crash in between leaves the change to be seen again.
+//
+// A process still dispatching with the old setting could have a job in
+// flight that the new consumers deliver again: change fairness with the
+// function's dispatch stopped (every gateway restarted at once).
+func (q *Queue) startAfreshIfRelaid(ctx context.Context, function, filter string) error {
+	own := ConsumerName(function)
+	cons, err := q.stream.Consumer(ctx, own)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("buffer: consumer for %s: %w", function, err)
+	case cons.CachedInfo().Config.FilterSubject == filter:
+		return nil
+	}
+	var names []string
+	lister := q.stream.ConsumerNames(ctx)
+	for name := range lister.Name() {
+		if strings.HasPrefix(name, own+"~") {
+			names = append(names, name)
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return fmt.Errorf("buffer: lanes of %s: %w", function, err)
+	}
+	for _, name := range append(names, own) {
+		c, err := q.stream.Consumer(ctx, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue // another process got here first
+		}
+		if err != nil {
+			return fmt.Errorf("buffer: consumer %s: %w", name, err)
+		}
+		info := c.CachedInfo()
+		if floor := info.AckFloor.Stream; floor > 0 {
+			if err := q.stream.Purge(ctx, jetstream.WithPurgeSubject(info.Config.FilterSubject), jetstream.WithPurgeSequence(floor+1)); err != nil {
+				return fmt.Errorf("buffer: remove finished jobs of %s: %w", name, err)
+			}
+		}
+		if err := q.stream.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("buffer: remove consumer %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // pooledMark ends the description of a consumer a pool's leader keeps.
@@ -475,10 +540,19 @@ func (d *Delivery) Invoked(at time.Time) { d.invokedAt = at }
 // Begin marks the job RUNNING and counts the attempt. It returns
 // [ErrFinished] for a job that already reached a terminal state: call Skip
 // then.
+//
+// Call it only once the attempt is being sent: a job cancelled as it was
+// taken up is then recorded as cancelled while running (see
+// [Queue.Cancel]), and Begin returns ErrFinished.
 func (d *Delivery) Begin(ctx context.Context) (*sluicev1.Job, error) {
 	d.begun = true
-	return d.change(ctx, func(j *sluicev1.Job) error {
+	var amended bool
+	job, err := d.change(ctx, func(j *sluicev1.Job) error {
+		amended = false
 		if Terminal(j.State) {
+			if amended = amendCancelled(j, d.q.now()); amended {
+				return nil
+			}
 			return ErrFinished
 		}
 		j.State = sluicev1.Job_RUNNING
@@ -486,6 +560,31 @@ func (d *Delivery) Begin(ctx context.Context) (*sluicev1.Job, error) {
 		j.StartTime = timestamppb.New(d.q.now())
 		return nil
 	})
+	if err == nil && amended {
+		return job, ErrFinished
+	}
+	return job, err
+}
+
+// amendCancelled makes a job that a cancel ended as dispatch took it up
+// (cancelledTakenUp, or cancelledBeforeRun when the delivery came between
+// the cancel's look and its write) say what a cancel of a running job
+// says, for an attempt that was sent: counted, started at start, its
+// outcome discarded. It reports whether it changed j.
+func amendCancelled(j *sluicev1.Job, start time.Time) bool {
+	if j.State != sluicev1.Job_CANCELLED || j.Error != cancelledTakenUp && j.Error != cancelledBeforeRun {
+		return false
+	}
+	j.Attempts++
+	j.StartTime = timestamppb.New(start)
+	j.Error = cancelledRunning
+	return true
+}
+
+// amendCancelledAttempt is amendCancelled for the attempt this delivery
+// sent, when Begin did not record it (Begin amends on its own).
+func (d *Delivery) amendCancelledAttempt(j *sluicev1.Job) bool {
+	return !d.begun && !d.invokedAt.IsZero() && amendCancelled(j, d.invokedAt)
 }
 
 // Succeed stores the function's result, marks the job SUCCEEDED and removes
@@ -509,9 +608,14 @@ func (d *Delivery) Fail(ctx context.Context, reason string, result *sluicev1.Job
 }
 
 func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
+	var amended bool
 	write := func(keepResult bool) error {
 		_, err := d.change(ctx, func(j *sluicev1.Job) error {
+			amended = false
 			if Terminal(j.State) {
+				if amended = d.amendCancelledAttempt(j); amended {
+					return nil
+				}
 				return ErrFinished
 			}
 			d.countQuickAttempt(j)
@@ -551,7 +655,7 @@ func (d *Delivery) finish(ctx context.Context, set func(*sluicev1.Job)) error {
 		// The message stays unacknowledged and comes back after AckWait.
 		return err
 	}
-	return d.settleFinished(ctx, err == nil)
+	return d.settleFinished(ctx, err == nil && !amended)
 }
 
 // How long a finished job whose state cannot be stored, the store being
@@ -619,6 +723,9 @@ func (d *Delivery) Expire(ctx context.Context, reason string) error {
 func (d *Delivery) Retry(ctx context.Context, reason string, result *sluicev1.JobResult, delay time.Duration) error {
 	return d.handBack(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
+			if d.amendCancelledAttempt(j) {
+				return nil
+			}
 			return ErrFinished
 		}
 		d.countQuickAttempt(j)
@@ -670,6 +777,9 @@ func (d *Delivery) ProbeFailed(ctx context.Context, delay time.Duration) error {
 func (d *Delivery) uncounted(ctx context.Context, delay time.Duration, throttle bool) error {
 	return d.handBack(ctx, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
+			if !throttle && d.amendCancelledAttempt(j) {
+				return nil // a probe's attempt was sent: the function ran it
+			}
 			return ErrFinished
 		}
 		j.State = sluicev1.Job_QUEUED
@@ -689,7 +799,9 @@ func (d *Delivery) uncounted(ctx context.Context, delay time.Duration, throttle 
 // meanwhile is settled instead.
 func (d *Delivery) handBack(ctx context.Context, change func(*sluicev1.Job) error, delay time.Duration) error {
 	_, err := d.change(ctx, change)
-	if errors.Is(err, ErrFinished) {
+	if errors.Is(err, ErrFinished) || err == nil && Terminal(d.last.job.State) {
+		// Finished meanwhile (and perhaps amended by change): nothing to
+		// hand back.
 		return d.settleFinished(ctx, false)
 	}
 	if err != nil {

@@ -569,12 +569,26 @@ func (q *Queue) GetRevision(ctx context.Context, id string) (*sluicev1.Job, uint
 	return job, rev, err
 }
 
+// What a cancel says of the job, in its error field.
+const (
+	cancelledBeforeRun = "cancelled before it ran"
+	cancelledRunning   = "cancelled while running: the attempt in flight was not stopped, its outcome is discarded and no other is made"
+	// cancelledTakenUp: dispatch had the job, and may have been sending an
+	// attempt that its state did not show yet (a first attempt is marked
+	// RUNNING only after it has run a while). Dispatch, knowing, makes it
+	// cancelledRunning if it had.
+	cancelledTakenUp = "cancelled after dispatch took it up: an attempt it had sent, if any, was not stopped, its outcome is discarded and no other is made"
+)
+
 // Cancel ends a job that has not finished as CANCELLED and returns it.
 // Dispatch finds a cancelled job's message cancelled when it is delivered
 // and removes it without invoking anything; for a job already running, the
 // attempt in flight is not stopped, but its outcome is discarded and no
-// other is made. It returns [ErrInvalidID], [ErrNotFound], or [ErrFinished]
-// with the job as it ended.
+// other is made. A job whose message dispatch holds may have an attempt
+// on its way that its state does not show yet: the cancel says so, and
+// dispatch, once it knows it sent one, records the job as cancelled while
+// running. It returns [ErrInvalidID], [ErrNotFound], or [ErrFinished] with
+// the job as it ended.
 func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 	if !ValidJobID(id) {
 		return nil, ErrInvalidID
@@ -582,8 +596,9 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 	// A job without a state entry is only its message: the entry is
 	// created from it, as dispatch would.
 	var seed func() *sluicev1.Job
-	if _, _, err := q.get(ctx, id); errors.Is(err, ErrNotFound) {
-		msg, err := q.queuedMsg(ctx, id)
+	var msg *jetstream.RawStreamMsg
+	if job, _, err := q.get(ctx, id); errors.Is(err, ErrNotFound) || err == nil && job.State == sluicev1.Job_QUEUED {
+		m, err := q.queuedMsg(ctx, id)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			// Gone between the two reads, or never there: the update
@@ -592,22 +607,41 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 		case err != nil:
 			return nil, fmt.Errorf("buffer: read job %s: %w", id, err)
 		default:
-			seed = func() *sluicev1.Job { return queuedJob(msg) }
+			msg = m
+			if job == nil {
+				seed = func() *sluicev1.Job { return queuedJob(m) }
+			}
 		}
 	}
+	takenUp := msg == nil || q.takenUp(ctx, msg)
 	snap, err := q.update(ctx, id, nil, seed, func(j *sluicev1.Job) error {
 		if Terminal(j.State) {
 			return ErrFinished
 		}
-		if j.State == sluicev1.Job_RUNNING {
-			j.Error = "cancelled while running: the attempt in flight was not stopped, its outcome is discarded and no other is made"
-		} else {
-			j.Error = "cancelled before it ran"
+		switch {
+		case j.State == sluicev1.Job_RUNNING:
+			j.Error = cancelledRunning
+		case takenUp:
+			j.Error = cancelledTakenUp
+		default:
+			j.Error = cancelledBeforeRun
 		}
 		j.State = sluicev1.Job_CANCELLED
 		j.FinishTime = timestamppb.New(q.now())
 		return nil
 	})
+	if err == nil && snap.job.Error == cancelledBeforeRun && q.takenUp(ctx, msg) {
+		// Delivered between the look and the write: dispatch may have
+		// read the job as QUEUED and be invoking it.
+		snap, err = q.update(ctx, id, snap, nil, func(j *sluicev1.Job) error {
+			if j.State != sluicev1.Job_CANCELLED || j.Error != cancelledBeforeRun {
+				return ErrFinished // dispatch said what it knew
+			}
+			j.Error = cancelledTakenUp
+			return nil
+		})
+		err = ignore(err, ErrFinished)
+	}
 	if snap == nil {
 		return nil, err
 	}
@@ -622,6 +656,59 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 		}
 	}
 	return snap.job, err
+}
+
+// takenUp reports whether the job's message msg was delivered to dispatch
+// and is not acknowledged: dispatch holds it, or handed it back to be
+// delivered again, and an attempt of it may be on its way. It asks the
+// consumers that may deliver msg: the function's, and its lane's for a
+// fair function. Where it cannot tell, it says yes.
+func (q *Queue) takenUp(ctx context.Context, msg *jetstream.RawStreamMsg) bool {
+	function, _, _ := strings.Cut(msg.Subject[len(SubjectPrefix):], ".")
+	names := []string{ConsumerName(function)}
+	if lane := (Lane{Tenant: msg.Header.Get(headerTenant), Priority: headerPriorityOf(msg.Header)}); !lane.Default() {
+		names = append(names, laneConsumerName(function, lane))
+	}
+	for _, name := range names {
+		cons, err := q.stream.Consumer(ctx, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return true
+		}
+		info := cons.CachedInfo()
+		if subjectMatches(info.Config.FilterSubject, msg.Subject) &&
+			info.Delivered.Stream >= msg.Sequence && info.AckFloor.Stream < msg.Sequence {
+			return true
+		}
+	}
+	return false
+}
+
+// subjectMatches reports whether a NATS subject matches filter, with its
+// wildcards: * for one token, > for one or more at the end.
+func subjectMatches(filter, subject string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
+	for i, tok := range f {
+		switch {
+		case tok == ">":
+			return len(s) > i
+		case i >= len(s):
+			return false
+		case tok != "*" && tok != s[i]:
+			return false
+		}
+	}
+	return len(f) == len(s)
+}
+
+// ignore is err, or nil if it is target.
+func ignore(err, target error) error {
+	if errors.Is(err, target) {
+		return nil
+	}
+	return err
 }
 
 // queuedJob is the state of a job that only has its message.

@@ -3,6 +3,7 @@ package buffer_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -283,6 +284,77 @@ func TestCancel(t *testing.T) {
 	}
 	if _, err := ds[0].Prepare(ctx); !errors.Is(err, buffer.ErrFinished) {
 		t.Errorf("Prepare of a cancelled job: %v, want ErrFinished", err)
+	}
+}
+
+// A cancel of a job whose message dispatch holds cannot tell whether an
+// attempt is on its way (a first attempt is marked RUNNING only after it
+// has run a while), and says so; dispatch, which knows, then records a
+// sent attempt as a cancel of a running job records it, and one the
+// platform refused, or never sent, as it was.
+func TestCancelOfAJobDispatchHolds(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 10, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		sent    bool // the attempt was sent
+		finish  func(*buffer.Delivery) error
+		running bool // the job ends as cancelled while running
+	}{
+		{"Begin", true, func(d *buffer.Delivery) error {
+			if _, err := d.Begin(ctx); !errors.Is(err, buffer.ErrFinished) {
+				t.Errorf("Begin = %v, want ErrFinished", err)
+			}
+			return d.Skip(ctx)
+		}, true},
+		{"Succeed", true, func(d *buffer.Delivery) error { return d.Succeed(ctx, &sluicev1.JobResult{HttpStatus: 200}) }, true},
+		{"Retry", true, func(d *buffer.Delivery) error { return d.Retry(ctx, "boom", nil, time.Second) }, true},
+		{"Throttled", true, func(d *buffer.Delivery) error {
+			d.Record(&sluicev1.Attempt{Number: 1, Outcome: sluicev1.Attempt_THROTTLED})
+			return d.Throttled(ctx, time.Second)
+		}, false},
+		{"not sent", false, func(d *buffer.Delivery) error { return d.Release(ctx) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			job, err := q.Submit(ctx, "f", []byte("a"), "text/plain")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds, err := fetch(t, c, 1, 2*time.Second)
+			if err != nil || len(ds) != 1 {
+				t.Fatalf("fetch: %d, %v", len(ds), err)
+			}
+			d := ds[0]
+			if _, err := d.Prepare(ctx); err != nil {
+				t.Fatal(err)
+			}
+			started := time.Now()
+			if tc.sent {
+				d.Invoked(started)
+			}
+			got, err := q.Cancel(ctx, job.Id)
+			if err != nil || got.State != sluicev1.Job_CANCELLED || strings.Contains(got.Error, "before it ran") || !strings.Contains(got.Error, "if any") {
+				t.Fatalf("Cancel = %v, %v; want CANCELLED, saying an attempt may have been sent", got, err)
+			}
+			if err := tc.finish(d); err != nil {
+				t.Fatal(err)
+			}
+			got, err = q.Get(ctx, job.Id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.running {
+				if got.State != sluicev1.Job_CANCELLED || got.Attempts != 1 || got.StartTime == nil || got.Result != nil || !strings.HasPrefix(got.Error, "cancelled while running") {
+					t.Errorf("job = %v; want cancelled while running, its attempt counted, its outcome discarded", got)
+				}
+			} else if got.State != sluicev1.Job_CANCELLED || got.Attempts != 0 || !strings.Contains(got.Error, "if any") {
+				t.Errorf("job = %v; want the cancel's own words, no attempt", got)
+			}
+		})
 	}
 }
 

@@ -485,7 +485,10 @@ func (l *functionLoop) pace(ctx context.Context) {
 
 // keepWarm sends a round of keep-warm pings every KeepWarm.Every while the
 // function has no work. Processes claim each round in the shared pacing
-// state, so only one of them sends it.
+// state, so only one of them sends it. Pings take places in the window as
+// invocations do, so that with the jobs that come meanwhile they stay
+// within it: a round sends as many as there is room for then, none if
+// there is none; in a pool, no more than the function's share of it.
 func (l *functionLoop) keepWarm(ctx context.Context) {
 	kw := l.fn.KeepWarm
 	tick := time.NewTicker(kw.Every)
@@ -511,9 +514,24 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		}); err != nil || !claimed {
 			continue
 		}
+		limit := 0
+		if l.pool != nil && !l.pool.implicit {
+			// The function's share of its pool, which its consumers' caps
+			// hold; a fair function's own pool is its window.
+			limit = load.MaxInFlight
+		}
+		n := 0
+		if l.pool == nil || l.pool.implicit || limit > 0 {
+			n = l.inv.startPings(kw.Instances, limit)
+		}
+		if n == 0 {
+			l.log.Debug("keep-warm round skipped: no room in the window")
+			continue
+		}
 		var wg sync.WaitGroup
-		for range kw.Instances {
+		for range n {
 			wg.Go(func() {
+				defer l.inv.pingsDone(1)
 				pingCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
 				defer cancel()
 				if _, err := l.fn.Invoker.Invoke(pingCtx, &Invocation{Function: l.fn.Name, Warmup: true}); err != nil && ctx.Err() == nil {
@@ -522,7 +540,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 			})
 		}
 		wg.Wait()
-		l.log.Debug("keep-warm round sent", "instances", kw.Instances)
+		l.log.Debug("keep-warm round sent", "instances", n)
 	}
 }
 

@@ -19,11 +19,15 @@ import (
 type invocations struct {
 	mu    sync.Mutex
 	room  int           // the most that may be in flight in this process now
-	inUse int           // in flight now
+	inUse int           // in flight now, keep-warm pings included
 	wake  chan struct{} // closed when room may have opened
 	sent  []sentRecord  // recent sends, oldest first
 	first uint64        // sequence number of sent[0]
 	took  time.Duration // typical duration of an invocation the platform took
+	// pings are the keep-warm pings in flight now; while there are any,
+	// nothing starts at or above pingCap (when positive): a pooled
+	// function's share of its pool.
+	pings, pingCap int
 	// known is the most in flight the platform has been seen to take, plus
 	// one: sends at or above it explore, spaced by exploreEvery, so that
 	// the first throttle comes back before many more go.
@@ -120,7 +124,7 @@ func (v *invocations) broadcast() {
 func (v *invocations) acquire(ctx context.Context, others int, now func() time.Time) (sendTicket, error) {
 	for {
 		v.mu.Lock()
-		if v.inUse < v.room {
+		if v.inUse < v.roomNow() {
 			t := sendTicket{at: now(), level: v.inUse + others}
 			if t.level >= v.known {
 				// Spaced by the real clock: it is about the network.
@@ -149,6 +153,50 @@ func (v *invocations) acquire(ctx context.Context, others int, now func() time.T
 			return sendTicket{}, ctx.Err()
 		}
 	}
+}
+
+// roomNow is how many may be in flight now: the room, and while pings are
+// out, their cap. Call it with mu held.
+func (v *invocations) roomNow() int {
+	if v.pings > 0 && v.pingCap > 0 {
+		return min(v.room, v.pingCap)
+	}
+	return v.room
+}
+
+// startPings takes places for up to n keep-warm pings, without waiting:
+// as many as there is room for now, and below limit if positive (a share
+// of a pool, which the function's jobs are then kept below too until the
+// pings end). It returns how many it took; pingsDone gives them back. One
+// round at a time: call it again only after the pings it took are done.
+func (v *invocations) startPings(n, limit int) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	room := v.room
+	if limit > 0 {
+		room = min(room, limit)
+	}
+	n = max(0, min(n, room-v.inUse))
+	if n > 0 {
+		v.inUse += n
+		v.pings += n
+		if limit > 0 {
+			v.pingCap = room
+		}
+	}
+	return n
+}
+
+// pingsDone gives back the places of n keep-warm pings that ended.
+func (v *invocations) pingsDone(n int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.inUse -= n
+	v.pings -= n
+	if v.pings == 0 {
+		v.pingCap = 0
+	}
+	v.broadcast()
 }
 
 // trim drops sends older than sentKeep, and the oldest beyond sentMax.

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -78,13 +80,19 @@ var coldStartHeaders = []string{"Fnsim-Cold-Start", "X-Cold-Start"}
 // ErrResponseTooLarge: the function's response exceeded the invoker's limit.
 var ErrResponseTooLarge = errors.New("dispatch: function response too large")
 
-// HTTPInvoker POSTs the payload to a function URL. It is safe for
-// concurrent use.
+// HTTPInvoker POSTs the payload to a function URL. It follows redirects
+// only within the URL's origin (scheme, host and port), so that the
+// configured Header (often a secret) never goes anywhere else: a redirect
+// to another origin is not followed and is the function's answer, a failed
+// attempt that is not retried (a configuration to fix, not a passing
+// fault), with Error saying why. It is safe for concurrent use.
 type HTTPInvoker struct {
 	// URL is the function's address. Required.
 	URL string
 	// Client sends the requests. Nil means a client with no overall
 	// timeout of its own: the invocation's context bounds each call.
+	// Its CheckRedirect, if any, is asked only about redirects within the
+	// origin.
 	Client *http.Client
 	// MaxResponseBytes bounds the response body kept as the job's result.
 	// Zero means [DefaultMaxResponseBytes].
@@ -107,12 +115,60 @@ const (
 	IdleConnTimeout     = 90 * time.Second
 )
 
-var defaultClient = &http.Client{Transport: &http.Transport{
-	Proxy:               nil,
-	MaxIdleConnsPerHost: MaxIdleConnsPerHost,
-	IdleConnTimeout:     IdleConnTimeout,
-	ForceAttemptHTTP2:   true,
-}}
+var defaultClient = &http.Client{
+	Transport: &http.Transport{
+		Proxy:               nil,
+		MaxIdleConnsPerHost: MaxIdleConnsPerHost,
+		IdleConnTimeout:     IdleConnTimeout,
+		ForceAttemptHTTP2:   true,
+	},
+	CheckRedirect: withinOrigin(nil),
+}
+
+// maxRedirects is how many redirects within its origin an invocation
+// follows, as net/http's default client does.
+const maxRedirects = 10
+
+// withinOrigin is a CheckRedirect that stops at a redirect off the first
+// request's origin, returning it as the answer; within the origin it asks
+// next, or follows up to maxRedirects when next is nil.
+func withinOrigin(next func(*http.Request, []*http.Request) error) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		if !sameOrigin(req.URL, via[0].URL) {
+			return http.ErrUseLastResponse
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= maxRedirects {
+			return fmt.Errorf("dispatch: stopped after %d redirects", maxRedirects)
+		}
+		return nil
+	}
+}
+
+// sameOrigin reports whether a and b have one origin: scheme, host and
+// port, a port not written being the scheme's default.
+func sameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Hostname(), b.Hostname()) && portOf(a) == portOf(b)
+}
+
+func portOf(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "http":
+		return "80"
+	case "https":
+		return "443"
+	}
+	return ""
+}
+
+// redirectedAway is the Error of an answer that redirects off the
+// function's origin. It names no address: it reaches clients.
+const redirectedAway = "function redirected to another origin: not followed, so that the configured headers go nowhere else"
 
 // Invoke POSTs inv's payload with its content type and the Sluice headers.
 func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, error) {
@@ -134,9 +190,11 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 		req.Header.Set(HeaderJobID, inv.JobID)
 		req.Header.Set(HeaderAttempt, strconv.Itoa(inv.Attempt))
 	}
-	client := h.Client
-	if client == nil {
-		client = defaultClient
+	client := defaultClient
+	if h.Client != nil {
+		c := *h.Client
+		c.CheckRedirect = withinOrigin(h.Client.CheckRedirect)
+		client = &c
 	}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -156,6 +214,9 @@ func (h *HTTPInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 		ContentType: resp.Header.Get("Content-Type"),
 		Body:        body,
 		RetryAfter:  resp.Header.Get("Retry-After"),
+	}
+	if loc, err := resp.Location(); err == nil && resp.StatusCode/100 == 3 && !sameOrigin(loc, req.URL) {
+		out.Error = redirectedAway
 	}
 	for _, h := range coldStartHeaders {
 		if v, err := strconv.ParseBool(resp.Header.Get(h)); err == nil {
