@@ -387,9 +387,20 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		}
 		opts = append(opts, buffer.WithCallback(callbackURL))
 	}
-	start, err := s.admit(ctx, f)
+	start, slot, err := s.admit(ctx, f)
 	if err != nil {
 		return nil, false, err
+	}
+	if slot != nil {
+		// The job's place in its tenant's max_queued, taken before it is
+		// stored: kept for a new job, given back otherwise.
+		defer func() {
+			if err == nil && !replayed {
+				s.admission.tenantQueued.accepted(*slot, job.Id)
+			} else {
+				s.admission.tenantQueued.cancel(*slot)
+			}
+		}()
 	}
 	if key == "" {
 		job, err = s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType(), opts...)
@@ -419,16 +430,8 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		// of the key), so this is not expected; answer as for a new key.
 		return nil, false, s.internal(ctx, "submit job", fmt.Errorf("idempotent submit returned a job of tenant %q", job.Tenant))
 	}
-	if !replayed {
-		// Counted only for a tenant with a limit: the count's memory is
-		// then bounded by the limit, and no other tenant's queued jobs
-		// cost the gateway anything.
-		if t := tenantOf(ctx); t != nil && t.Ingress.MaxQueued > 0 {
-			s.admission.tenantQueued.accepted(job.Id, tenant)
-		}
-		if !start.IsZero() {
-			job.EstimatedStartTime = timestamppb.New(start)
-		}
+	if !replayed && !start.IsZero() {
+		job.EstimatedStartTime = timestamppb.New(start)
 	}
 	return job, replayed, nil
 }
