@@ -598,12 +598,15 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		LearnedLimit:         int32(p.Ceiling),
 		ColdStarts:           p.ColdStarts,
 		WarmStarts:           p.WarmStarts,
-		Succeeded:            p.Counts.Succeeded,
-		DeadLettered:         p.Counts.DeadLettered,
-		Retries:              p.Counts.Retries,
 		Throttles:            p.Counts.Throttles,
 		LearnedRatePerSecond: p.LearnedRate,
 		RatePerSecond:        p.StartRate(f.RatePerSecond),
+	}
+	if tenantOf(ctx) == nil {
+		// Counts of every tenant's jobs: a tenant sees none of them. The
+		// window, backlog and throttles, which decide when its own jobs
+		// run, it does see.
+		st.Succeeded, st.DeadLettered, st.Retries = p.Counts.Succeeded, p.Counts.DeadLettered, p.Counts.Retries
 	}
 	if st.Window == 0 {
 		st.Window = int32(load.MaxInFlight)
@@ -626,7 +629,7 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		if err != nil {
 			return nil, err
 		}
-		st.Pool = describePool(f, pool)
+		st.Pool = describePool(ctx, f, pool)
 	}
 	if s.dead != nil && tenantOf(ctx) == nil { // a count of all tenants' dead letters
 		if st.DeadLetters, err = s.dead.DeadLetterCount(ctx, f.Name); err != nil {
@@ -636,8 +639,9 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 	return st, nil
 }
 
-// describePool is f's share of its pool and the pool's state.
-func describePool(f Function, p buffer.Pool) *sluicev1.PoolShare {
+// describePool is f's share of its pool and the pool's state: its total
+// in flight, and the members the request's tenant may use.
+func describePool(ctx context.Context, f Function, p buffer.Pool) *sluicev1.PoolShare {
 	me := p.Members[f.Name]
 	out := &sluicev1.PoolShare{
 		Name: f.Pool, Limit: int32(p.Limit), Concurrency: int32(f.PoolConcurrency),
@@ -651,6 +655,9 @@ func describePool(f Function, p buffer.Pool) *sluicev1.PoolShare {
 	for _, name := range names {
 		m := p.Members[name]
 		out.PoolInFlight += int32(m.InFlight)
+		if !mayUse(ctx, name) {
+			continue // to this tenant, not configured
+		}
 		out.Members = append(out.Members, &sluicev1.PoolMember{
 			Function: name, Reserved: int32(m.Reserved), Granted: int32(m.Granted), InFlight: int32(m.InFlight), Backlog: int64(m.Backlog),
 		})

@@ -298,7 +298,11 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	top.HandleFunc("GET /readyz", p.readyz)
 	top.Handle("/", otelhttp.NewHandler(rest, "sluice.rest",
 		otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(mp),
-		otelhttp.WithPropagators(propagation.TraceContext{})))
+		otelhttp.WithPropagators(propagation.TraceContext{}),
+		// server.address and server.port from the listener, not from the
+		// client's Host header: a label value per Host sent would be a
+		// new series each.
+		otelhttp.WithServerName(p.HTTPAddr.String())))
 	p.httpSrv = &http.Server{
 		Handler:           top,
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -313,21 +317,25 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 
 // readyz answers 200 while the gateway takes work: not shutting down,
 // JetStream reachable and Sluice's streams in place; 503 with the reason
-// otherwise.
+// otherwise, in general words: whoever can reach the port reads it, and
+// the log has the detail.
 func (p *gatewayProcess) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	var err error
+	var reason string
 	switch {
 	case !p.ready.Load():
-		err = errors.New("not serving: starting or shutting down")
+		reason = "not serving: starting or shutting down"
 	case !p.nc.IsConnected():
-		err = errors.New("not connected to NATS")
+		reason = "not connected to NATS"
 	default:
-		err = p.queue.Ready(ctx)
+		if err := p.queue.Ready(ctx); err != nil {
+			p.log.WarnContext(ctx, "not ready", "err", err)
+			reason = "the job buffer is not available; the gateway's log has the details"
+		}
 	}
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	if reason != "" {
+		http.Error(w, reason, http.StatusServiceUnavailable)
 		return
 	}
 	io.WriteString(w, "ready\n") //nolint:errcheck // the prober may have gone
