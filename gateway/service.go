@@ -156,6 +156,9 @@ type Config struct {
 	// PollInterval is what a pending job's result tells callers to wait
 	// before asking again (Retry-After). Zero means 1s.
 	PollInterval time.Duration
+	// Streams bounds the long-lived calls: job watches, and the streams
+	// of methods that need no API key.
+	Streams StreamLimits
 }
 
 // Service implements sluice.v1's JobService and FunctionService. It is safe
@@ -186,6 +189,12 @@ type Service struct {
 	submitAttrs map[string]map[string]metric.AddOption
 	log         *slog.Logger
 	poll        time.Duration
+	streams     StreamLimits
+	watches     streamCounts // job watches open
+	anonymous   streamCounts // streams without an API key open
+	// bridgeToken marks the streams REST opens, which name the HTTP
+	// connection they came on (see connectionOf).
+	bridgeToken string
 }
 
 var (
@@ -211,7 +220,13 @@ func NewService(cfg Config) (*Service, error) {
 		functions: make(map[string]Function, len(cfg.Functions)),
 		log:       cfg.Logger,
 		poll:      cfg.PollInterval,
+		streams:   cfg.Streams,
+		watches:   streamCounts{what: "job watches"},
+		anonymous: streamCounts{what: "streams without an API key"},
+
+		bridgeToken: newBridgeToken(),
 	}
+	s.streams.setDefaults()
 	if s.log == nil {
 		s.log = slog.Default()
 	}

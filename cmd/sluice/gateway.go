@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -234,6 +235,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		Jobs: queue, Dispatch: queue, Watcher: queue, DeadLetters: queue, Callbacks: policy,
 		Functions: gwFuncs, Tenants: tenants, Logger: log,
 		TracerProvider: tp, MeterProvider: mp,
+		Streams: cfg.Streams.gateway(),
 	})
 	if err != nil {
 		return nil, err
@@ -271,8 +273,14 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	grpcSrv, hs := gateway.NewGRPCServer(svc, grpcCfg, publicOpts...)
 	p.grpcSrv, p.health = grpcSrv, hs
 	// restSrv's health service is reachable only by REST, which does not
-	// expose it; the public one reports draining.
-	p.restSrv, _ = gateway.NewGRPCServer(svc, grpcCfg, grpcOpts...)
+	// expose it; the public one reports draining. Every REST stream (a
+	// :watch) crosses the one in-memory connection, whatever HTTP
+	// connection it came on: the service's watch limits bound them, not
+	// a cap per connection, which would make one tenant's watches block
+	// everyone's.
+	restCfg := grpcCfg
+	restCfg.MaxConcurrentStreams = math.MaxUint32
+	p.restSrv, _ = gateway.NewGRPCServer(svc, restCfg, grpcOpts...)
 	p.restLn = bufconn.Listen(restBufferSize)
 	p.restConn, err = grpc.NewClient("passthrough:///sluice-rest",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return p.restLn.DialContext(ctx) }),
