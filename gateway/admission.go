@@ -112,7 +112,8 @@ type cachedLoad struct {
 	// consumer's; before, load is empty and added counts every job this
 	// process admitted.
 	started bool
-	added   int // jobs admitted since load was read
+	added   int   // jobs admitted since load was read
+	failed  error // why the last read failed; nil if it did not
 }
 
 // errLoadUnknown: the function's load could not be read within maxLoadAge.
@@ -165,6 +166,7 @@ func (c *cachedLoad) refresh(ctx context.Context, d Dispatch, function string, n
 	if now.Sub(c.tried) > loadTTL {
 		c.tried = now
 		load, err := d.FunctionLoad(ctx, function)
+		c.failed = err
 		switch {
 		case err == nil:
 			c.load, c.read, c.started, c.added = load, now, true, 0
@@ -174,11 +176,11 @@ func (c *cachedLoad) refresh(ctx context.Context, d Dispatch, function string, n
 			if c.started || c.read.IsZero() {
 				c.load, c.started, c.added = buffer.Load{}, false, 0
 			}
-			c.read = now
+			c.read, c.failed = now, nil
 		}
 	}
 	if now.Sub(c.read) > maxLoadAge {
-		return errLoadUnknown
+		return fmt.Errorf("%w: %w", errLoadUnknown, c.failed)
 	}
 	return nil
 }
