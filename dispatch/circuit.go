@@ -130,8 +130,11 @@ func probeSucceeded(p *buffer.Pacing, now time.Time) bool {
 	return true
 }
 
-// probeFailed reopens the circuit for twice as long as the last time.
-func probeFailed(p *buffer.Pacing, policy *CircuitPolicy, now time.Time, reason string) bool {
+// probeFailed reopens the circuit for twice as long as the last time. Its
+// reason does not say why the probe failed: every tenant that may use the
+// function reads it, and the probe's job, with the function's answer to
+// it, is one tenant's. The process's log has the answer.
+func probeFailed(p *buffer.Pacing, policy *CircuitPolicy, now time.Time) bool {
 	c := &p.Circuit
 	if c.State != buffer.CircuitHalfOpen {
 		return false
@@ -139,7 +142,7 @@ func probeFailed(p *buffer.Pacing, policy *CircuitPolicy, now time.Time, reason 
 	c.Cooldown = min(max(2*c.Cooldown, policy.Cooldown), policy.MaxCooldown)
 	c.State, c.Until, c.Changed = buffer.CircuitOpen, now.Add(c.Cooldown), now
 	c.Opens++
-	c.Reason = "the probe job failed: " + reason
+	c.Reason = "the probe job failed"
 	return true
 }
 
@@ -213,7 +216,7 @@ func (l *functionLoop) judge(probe, failed bool, reason string) (failedProbe boo
 	var change func(*buffer.Pacing) bool
 	switch {
 	case probe && failed:
-		change = func(p *buffer.Pacing) bool { return probeFailed(p, &l.fn.Circuit, now, reason) }
+		change = func(p *buffer.Pacing) bool { return probeFailed(p, &l.fn.Circuit, now) }
 	case probe:
 		change = func(p *buffer.Pacing) bool { return probeSucceeded(p, now) }
 	default:
@@ -232,7 +235,11 @@ func (l *functionLoop) judge(probe, failed bool, reason string) (failedProbe boo
 	}
 	l.pacing.Store(&p)
 	if c := p.Circuit; c.Changed.Equal(now) {
-		l.log.Warn("circuit breaker", "state", stateName(c.State), "reason", c.Reason, "cooldown", c.Cooldown)
+		log := l.log
+		if probe && failed {
+			log = log.With("probe_error", reason)
+		}
+		log.Warn("circuit breaker", "state", stateName(c.State), "reason", c.Reason, "cooldown", c.Cooldown)
 	}
 	return probe && failed
 }

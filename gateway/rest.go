@@ -16,6 +16,7 @@ import (
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -36,8 +37,18 @@ func NewRESTHandler(ctx context.Context, conn grpc.ClientConnInterface, limits *
 		runtime.WithMarshalerOption("application/json", marshaler),
 		runtime.WithForwardResponseOption(forwardResponse),
 		runtime.WithErrorHandler(errorHandler),
+		runtime.WithStreamErrorHandler(streamErrorHandler),
 		runtime.WithRoutingErrorHandler(routingErrorHandler),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
+		// A stream reaches the services over one in-memory connection
+		// whatever HTTP connection it came on: it says which, for the
+		// limits per connection.
+		runtime.WithMetadata(func(_ context.Context, r *http.Request) metadata.MD {
+			if !strings.HasSuffix(r.URL.Path, ":watch") {
+				return nil
+			}
+			return metadata.Pairs(metadataRESTConnection, limits.bridgeToken+" "+r.RemoteAddr)
+		}),
 		// gRPC metadata is the gateway's business, not the REST caller's.
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
@@ -56,7 +67,7 @@ func NewRESTHandler(ctx context.Context, conn grpc.ClientConnInterface, limits *
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(api.OpenAPI) //nolint:errcheck // nothing to do if the client left
 	})
-	mux.Handle("/v1/", limitBody(limits, requireUTF8(metadataHeaders(gw))))
+	mux.Handle("/v1/", limitBody(limits, requireUTF8(metadataHeaders(withStreamWriter(gw)))))
 	dashboard := NewDashboard()
 	mux.Handle("GET /{$}", dashboard)
 	mux.Handle("GET /dashboard/", dashboard)
@@ -277,6 +288,35 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retryAfter.Seconds()))))
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: httpStatus, Err: st.Err()})
+}
+
+// streamWriterKey is the context key of a streaming call's
+// http.ResponseWriter, for streamErrorHandler.
+type streamWriterKey struct{}
+
+// withStreamWriter gives a streaming call's context its ResponseWriter: an
+// error that ends a stream before its first message reaches the REST
+// client through streamErrorHandler, which grpc-gateway gives no writer.
+func withStreamWriter(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ":watch") {
+			r = r.WithContext(context.WithValue(r.Context(), streamWriterKey{}, w))
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// streamErrorHandler adds Retry-After from a RetryInfo detail to the
+// answer of a stream refused before its first message (a watch over its
+// limits: 429), as errorHandler does for other calls.
+func streamErrorHandler(ctx context.Context, err error) *status.Status {
+	st := status.Convert(err)
+	if w, ok := ctx.Value(streamWriterKey{}).(http.ResponseWriter); ok {
+		if _, retryAfter := httpStatusOf(st); retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retryAfter.Seconds()))))
+		}
+	}
+	return st
 }
 
 // bearerChallenge answers 401 with a Bearer challenge in WWW-Authenticate.

@@ -159,6 +159,9 @@ type Config struct {
 	// PollInterval is what a pending job's result tells callers to wait
 	// before asking again (Retry-After). Zero means 1s.
 	PollInterval time.Duration
+	// Streams bounds the long-lived calls: job watches, and the streams
+	// of methods that need no API key.
+	Streams StreamLimits
 }
 
 // Service implements sluice.v1's JobService and FunctionService. It is safe
@@ -189,6 +192,12 @@ type Service struct {
 	submitAttrs map[string]map[string]metric.AddOption
 	log         *slog.Logger
 	poll        time.Duration
+	streams     StreamLimits
+	watches     streamCounts // job watches open
+	anonymous   streamCounts // streams without an API key open
+	// bridgeToken marks the streams REST opens, which name the HTTP
+	// connection they came on (see connectionOf).
+	bridgeToken string
 }
 
 var (
@@ -214,7 +223,13 @@ func NewService(cfg Config) (*Service, error) {
 		functions: make(map[string]Function, len(cfg.Functions)),
 		log:       cfg.Logger,
 		poll:      cfg.PollInterval,
+		streams:   cfg.Streams,
+		watches:   streamCounts{what: "job watches"},
+		anonymous: streamCounts{what: "streams without an API key"},
+
+		bridgeToken: newBridgeToken(),
 	}
+	s.streams.setDefaults()
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -393,9 +408,20 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		}
 		opts = append(opts, buffer.WithCallback(callbackURL))
 	}
-	start, err := s.admit(ctx, f)
+	start, slot, err := s.admit(ctx, f)
 	if err != nil {
 		return nil, false, err
+	}
+	if slot != nil {
+		// The job's place in its tenant's max_queued, taken before it is
+		// stored: kept for a new job, given back otherwise.
+		defer func() {
+			if err == nil && !replayed {
+				s.admission.tenantQueued.accepted(*slot, job.Id)
+			} else {
+				s.admission.tenantQueued.cancel(*slot)
+			}
+		}()
 	}
 	if key == "" {
 		job, err = s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType(), opts...)
@@ -429,16 +455,8 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		// of the key), so this is not expected; answer as for a new key.
 		return nil, false, s.internal(ctx, "submit job", fmt.Errorf("idempotent submit returned a job of tenant %q", job.Tenant))
 	}
-	if !replayed {
-		// Counted only for a tenant with a limit: the count's memory is
-		// then bounded by the limit, and no other tenant's queued jobs
-		// cost the gateway anything.
-		if t := tenantOf(ctx); t != nil && t.Ingress.MaxQueued > 0 {
-			s.admission.tenantQueued.accepted(job.Id, tenant)
-		}
-		if !start.IsZero() {
-			job.EstimatedStartTime = timestamppb.New(start)
-		}
+	if !replayed && !start.IsZero() {
+		job.EstimatedStartTime = timestamppb.New(start)
 	}
 	return job, replayed, nil
 }
@@ -605,12 +623,15 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		LearnedLimit:         int32(p.Ceiling),
 		ColdStarts:           p.ColdStarts,
 		WarmStarts:           p.WarmStarts,
-		Succeeded:            p.Counts.Succeeded,
-		DeadLettered:         p.Counts.DeadLettered,
-		Retries:              p.Counts.Retries,
 		Throttles:            p.Counts.Throttles,
 		LearnedRatePerSecond: p.LearnedRate,
 		RatePerSecond:        p.StartRate(f.RatePerSecond),
+	}
+	if tenantOf(ctx) == nil {
+		// Counts of every tenant's jobs: a tenant sees none of them. The
+		// window, backlog and throttles, which decide when its own jobs
+		// run, it does see.
+		st.Succeeded, st.DeadLettered, st.Retries = p.Counts.Succeeded, p.Counts.DeadLettered, p.Counts.Retries
 	}
 	if st.Window == 0 {
 		st.Window = int32(load.MaxInFlight)
@@ -633,7 +654,7 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 		if err != nil {
 			return nil, err
 		}
-		st.Pool = describePool(f, pool)
+		st.Pool = describePool(ctx, f, pool)
 	}
 	if s.dead != nil && tenantOf(ctx) == nil { // a count of all tenants' dead letters
 		if st.DeadLetters, err = s.dead.DeadLetterCount(ctx, f.Name); err != nil {
@@ -643,8 +664,9 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 	return st, nil
 }
 
-// describePool is f's share of its pool and the pool's state.
-func describePool(f Function, p buffer.Pool) *sluicev1.PoolShare {
+// describePool is f's share of its pool and the pool's state: its total
+// in flight, and the members the request's tenant may use.
+func describePool(ctx context.Context, f Function, p buffer.Pool) *sluicev1.PoolShare {
 	me := p.Members[f.Name]
 	out := &sluicev1.PoolShare{
 		Name: f.Pool, Limit: int32(p.Limit), Concurrency: int32(f.PoolConcurrency),
@@ -658,6 +680,9 @@ func describePool(f Function, p buffer.Pool) *sluicev1.PoolShare {
 	for _, name := range names {
 		m := p.Members[name]
 		out.PoolInFlight += int32(m.InFlight)
+		if !mayUse(ctx, name) {
+			continue // to this tenant, not configured
+		}
 		out.Members = append(out.Members, &sluicev1.PoolMember{
 			Function: name, Reserved: int32(m.Reserved), Granted: int32(m.Granted), InFlight: int32(m.InFlight), Backlog: int64(m.Backlog),
 		})

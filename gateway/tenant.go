@@ -119,9 +119,17 @@ func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
-// StreamInterceptor authenticates streaming calls.
+// StreamInterceptor authenticates streaming calls, and holds those that
+// need no API key (health Watch, reflection) to their [StreamLimits].
 func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if unauthenticated(info.FullMethod) {
+			release, err := s.openUnauthenticated(ss.Context())
+			if err != nil {
+				return err
+			}
+			defer release()
+		}
 		ctx, err := s.authenticate(ss.Context(), info.FullMethod)
 		if err != nil {
 			return err

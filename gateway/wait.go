@@ -136,6 +136,11 @@ func (s *Service) WatchJob(req *sluicev1.WatchJobRequest, stream sluicev1.JobSer
 	if !s.watching.Load() {
 		return status.Error(codes.Unavailable, "watching jobs is not available on this gateway")
 	}
+	release, err := s.openWatch(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	changes, stop := s.waiters.add(req.GetId(), 16)
 	defer stop()
 	job, sent, err := s.jobs.GetRevision(ctx, req.GetId())

@@ -28,8 +28,11 @@ func (s *Service) explainWait(ctx context.Context, job *sluicev1.Job) {
 	now := time.Now()
 	// Pollers ask often: the load is the one admission keeps, not a fresh
 	// read per request.
-	load, err := s.admission.load(ctx, s.dispatch, job.Function, now)
-	if err != nil {
+	load, started, err := s.admission.load(ctx, s.dispatch, job.Function, now)
+	switch {
+	case err != nil:
+		return
+	case !started:
 		job.WaitingReason = "dispatch has not started for the function yet"
 		return
 	}

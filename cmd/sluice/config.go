@@ -37,6 +37,37 @@ type Config struct {
 	// Pools are concurrency limits shared by several functions: an
 	// account's regional limit, a database's connections.
 	Pools []PoolConfig `yaml:"pools"`
+	// Streams bounds the long-lived calls each gateway process holds open.
+	Streams StreamsConfig `yaml:"streams"`
+}
+
+// StreamsConfig bounds the long-lived calls each gateway process holds
+// open; past a limit a call is refused with 429 (RESOURCE_EXHAUSTED) and
+// Retry-After. A field left out takes gateway's default
+// (gateway.StreamLimits).
+type StreamsConfig struct {
+	// Watches is the most job watches (WatchJob, REST :watch) open at
+	// once, of all tenants.
+	Watches Count `yaml:"watches"`
+	// WatchesPerTenant is the most one tenant may have open.
+	WatchesPerTenant Count `yaml:"watches_per_tenant"`
+	// WatchesPerConnection is the most one client connection may have
+	// open (a gRPC connection, or REST's HTTP connection).
+	WatchesPerConnection Count `yaml:"watches_per_connection"`
+	// Unauthenticated is the most streams open at once of the methods
+	// that need no API key: health Watch and server reflection.
+	Unauthenticated Count `yaml:"unauthenticated"`
+	// UnauthenticatedPerConnection is the most of those on one gRPC
+	// connection.
+	UnauthenticatedPerConnection Count `yaml:"unauthenticated_per_connection"`
+}
+
+// gateway is the limits as the gateway takes them; zero takes its default.
+func (c StreamsConfig) gateway() gateway.StreamLimits {
+	return gateway.StreamLimits{
+		Watches: int(c.Watches), WatchesPerTenant: int(c.WatchesPerTenant), WatchesPerConnection: int(c.WatchesPerConnection),
+		Unauthenticated: int(c.Unauthenticated), UnauthenticatedPerConnection: int(c.UnauthenticatedPerConnection),
+	}
 }
 
 // PoolConfig is a concurrency limit that functions share by naming it.

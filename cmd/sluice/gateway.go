@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -268,6 +269,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		Jobs: queue, Dispatch: queue, Watcher: queue, DeadLetters: queue, Callbacks: policy,
 		Functions: gwFuncs, Tenants: tenants, Logger: log,
 		TracerProvider: tp, MeterProvider: mp,
+		Streams: cfg.Streams.gateway(),
 	})
 	if err != nil {
 		return nil, err
@@ -305,8 +307,14 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	grpcSrv, hs := gateway.NewGRPCServer(svc, grpcCfg, publicOpts...)
 	p.grpcSrv, p.health = grpcSrv, hs
 	// restSrv's health service is reachable only by REST, which does not
-	// expose it; the public one reports draining.
-	p.restSrv, _ = gateway.NewGRPCServer(svc, grpcCfg, grpcOpts...)
+	// expose it; the public one reports draining. Every REST stream (a
+	// :watch) crosses the one in-memory connection, whatever HTTP
+	// connection it came on: the service's watch limits bound them, not
+	// a cap per connection, which would make one tenant's watches block
+	// everyone's.
+	restCfg := grpcCfg
+	restCfg.MaxConcurrentStreams = math.MaxUint32
+	p.restSrv, _ = gateway.NewGRPCServer(svc, restCfg, grpcOpts...)
 	p.restLn = bufconn.Listen(restBufferSize)
 	p.restConn, err = grpc.NewClient("passthrough:///sluice-rest",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return p.restLn.DialContext(ctx) }),
@@ -332,7 +340,11 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	top.HandleFunc("GET /readyz", p.readyz)
 	top.Handle("/", otelhttp.NewHandler(rest, "sluice.rest",
 		otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(mp),
-		otelhttp.WithPropagators(propagation.TraceContext{})))
+		otelhttp.WithPropagators(propagation.TraceContext{}),
+		// server.address and server.port from the listener, not from the
+		// client's Host header: a label value per Host sent would be a
+		// new series each.
+		otelhttp.WithServerName(p.HTTPAddr.String())))
 	p.httpSrv = &http.Server{
 		Handler:           top,
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -347,21 +359,25 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 
 // readyz answers 200 while the gateway takes work: not shutting down,
 // JetStream reachable and Sluice's streams in place; 503 with the reason
-// otherwise.
+// otherwise, in general words: whoever can reach the port reads it, and
+// the log has the detail.
 func (p *gatewayProcess) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	var err error
+	var reason string
 	switch {
 	case !p.ready.Load():
-		err = errors.New("not serving: starting or shutting down")
+		reason = "not serving: starting or shutting down"
 	case !p.nc.IsConnected():
-		err = errors.New("not connected to NATS")
+		reason = "not connected to NATS"
 	default:
-		err = p.queue.Ready(ctx)
+		if err := p.queue.Ready(ctx); err != nil {
+			p.log.WarnContext(ctx, "not ready", "err", err)
+			reason = "the job buffer is not available; the gateway's log has the details"
+		}
 	}
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	if reason != "" {
+		http.Error(w, reason, http.StatusServiceUnavailable)
 		return
 	}
 	io.WriteString(w, "ready\n") //nolint:errcheck // the prober may have gone
