@@ -67,13 +67,32 @@ func (o *otherPlatform) stats() (taken, throttled, maxBusy int) {
 // is less than half of it, and that limit then falls and comes back: the
 // limit is found from the throttles and few invocations are refused.
 func TestPacingOnAnotherPlatform(t *testing.T) {
-	runOther(t, &otherPlatform{
-		limit: 12, releaseAfter: 5 * time.Millisecond,
-		minRun: 30 * time.Millisecond, extraRun: 20 * time.Millisecond, throttleLatencyTo: 5 * time.Millisecond,
+	platform := func() *otherPlatform {
+		return &otherPlatform{
+			limit: 12, releaseAfter: 5 * time.Millisecond,
+			minRun: 30 * time.Millisecond, extraRun: 20 * time.Millisecond, throttleLatencyTo: 5 * time.Millisecond,
+		}
+	}
+	// The baseline, measured in the same run (these machines are noisy):
+	// the same platform, its limit told and steady.
+	base := platform()
+	baseSrv := httptest.NewServer(base)
+	start := time.Now()
+	_, jobs := runBurst(t, 200, dispatch.Function{
+		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: baseSrv.URL}, Concurrency: 12, Timeout: 5 * time.Second,
 	})
+	baseline := time.Since(start) * 800 / 200
+	baseSrv.Close()
+	if ok, _ := countStates(jobs); ok != len(jobs) {
+		t.Fatalf("baseline: %d of %d jobs succeeded", ok, len(jobs))
+	}
+	runOther(t, platform(), baseline)
 }
 
-func runOther(t *testing.T, plat *otherPlatform) {
+// runOther runs 800 jobs on plat, whose limit falls to 6 and comes back,
+// and holds the time they take to within 2× baseline, the time 800 take
+// at the platform's limit told and steady.
+func runOther(t *testing.T, plat *otherPlatform, baseline time.Duration) {
 	srv := httptest.NewServer(plat)
 	defer srv.Close()
 	stop := make(chan struct{})
@@ -102,15 +121,18 @@ func runOther(t *testing.T, plat *otherPlatform) {
 	}
 	taken, throttled, maxBusy := plat.stats()
 	share := float64(throttled) / float64(taken+throttled)
-	t.Logf("800 jobs in %v: %d invocations taken, %d throttled (%.1f%%), at most %d busy", took, taken, throttled, 100*share, maxBusy)
+	t.Logf("800 jobs in %v (%.2f× the baseline of %v): %d invocations taken, %d throttled (%.1f%%), at most %d busy",
+		took, float64(took)/float64(baseline), baseline, taken, throttled, 100*share, maxBusy)
 	// 800 jobs of ~55ms (with the release) at 12, then 6 for 1.5s: about
-	// 4.4s at best; measured here about 7s (a slot this platform holds
-	// after answering is one Sluice cannot see). The controller before
-	// this one took 26s and had 15% of its invocations throttled.
+	// 4.4s at best; measured here about 7s, as the baseline (a slot this
+	// platform holds after answering is one Sluice cannot see, limit told
+	// or not). The controller before this one took 26s (over 3× the
+	// baseline) and had 15% of its invocations throttled.
 	if share > 0.05 {
 		t.Errorf("%.1f%% of invocations throttled, want at most 5%%", 100*share)
 	}
-	if took > 12*time.Second {
-		t.Errorf("800 jobs took %v; the ideal is about 4.4s", took)
+	if took > 2*baseline {
+		t.Errorf("800 jobs took %v, %.2f× the %v they take at the platform's limit told and steady; want at most 2×",
+			took, float64(took)/float64(baseline), baseline)
 	}
 }
