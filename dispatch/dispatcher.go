@@ -503,12 +503,16 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		if err != nil || load.Backlog > 0 || load.InFlight > 0 {
 			continue // busy: real work keeps it warm
 		}
+		// A round is claimed until it ends (at most the function's
+		// timeout, should its process die meanwhile), and the next is due
+		// an interval after that: a round slower than the interval must
+		// not overlap the next, sent by another process.
 		now := l.cfg.Now()
 		claimed := false
 		if _, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
 			claimed = now.Sub(p.LastWarm) >= kw.Every*9/10
 			if claimed {
-				p.LastWarm = now
+				p.LastWarm = now.Add(l.fn.Timeout)
 			}
 			return claimed
 		}); err != nil || !claimed {
@@ -526,6 +530,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		}
 		if n == 0 {
 			l.log.Debug("keep-warm round skipped: no room in the window")
+			l.endWarmRound(ctx)
 			continue
 		}
 		var wg sync.WaitGroup
@@ -540,8 +545,19 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 			})
 		}
 		wg.Wait()
+		l.endWarmRound(ctx)
 		l.log.Debug("keep-warm round sent", "instances", n)
 	}
+}
+
+// endWarmRound gives up the claim of a keep-warm round: the next is due an
+// interval from now.
+func (l *functionLoop) endWarmRound(ctx context.Context) {
+	now := l.cfg.Now()
+	l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool { //nolint:errcheck // at worst the claim lapses after the timeout
+		p.LastWarm = now
+		return true
+	})
 }
 
 func sleep(ctx context.Context, d time.Duration) {
