@@ -504,9 +504,10 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 			continue // busy: real work keeps it warm
 		}
 		// A round is claimed until it ends (at most the function's
-		// timeout, should its process die meanwhile), and the next is due
-		// an interval after that: a round slower than the interval must
-		// not overlap the next, sent by another process.
+		// timeout, should its process die meanwhile); the next is due an
+		// interval after this one began, and not before it ended: a round
+		// slower than the interval must not overlap the next, sent by
+		// another process.
 		now := l.cfg.Now()
 		claimed := false
 		if _, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
@@ -530,7 +531,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		}
 		if n == 0 {
 			l.log.Debug("keep-warm round skipped: no room in the window")
-			l.endWarmRound(ctx)
+			l.endWarmRound(ctx, now)
 			continue
 		}
 		var wg sync.WaitGroup
@@ -545,17 +546,16 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 			})
 		}
 		wg.Wait()
-		l.endWarmRound(ctx)
+		l.endWarmRound(ctx, now)
 		l.log.Debug("keep-warm round sent", "instances", n)
 	}
 }
 
-// endWarmRound gives up the claim of a keep-warm round: the next is due an
-// interval from now.
-func (l *functionLoop) endWarmRound(ctx context.Context) {
-	now := l.cfg.Now()
+// endWarmRound gives up the claim of the keep-warm round that began at
+// began: the next is due an interval after that.
+func (l *functionLoop) endWarmRound(ctx context.Context, began time.Time) {
 	l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool { //nolint:errcheck // at worst the claim lapses after the timeout
-		p.LastWarm = now
+		p.LastWarm = began
 		return true
 	})
 }
