@@ -164,8 +164,8 @@ type Config struct {
 	Streams StreamLimits
 }
 
-// Service implements sluice.v1's JobService and FunctionService. It is safe
-// for concurrent use.
+// Service implements sluice.v1's JobService, FunctionService and
+// DeadLetterService. It is safe for concurrent use.
 type Service struct {
 	sluicev1.UnimplementedJobServiceServer
 	sluicev1.UnimplementedFunctionServiceServer
