@@ -154,6 +154,8 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	return q, explainStorage(err, cfg)
 }
 
+// open creates or updates, in turn, the job stream, the buckets and the
+// dead-letter and callback streams, and returns the queue over them.
 func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -166,7 +168,50 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err := migrateWorkQueue(ctx, js, cfg.Replicas); err != nil {
 		return nil, err
 	}
-	stream, err := ensureStream(ctx, js, jetstream.StreamConfig{
+	q := &Queue{js: js, limits: cfg.Stores, now: time.Now}
+	if err := q.openJobStream(ctx, cfg, maxMsg); err != nil {
+		return nil, err
+	}
+	if err := q.openStateBucket(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if q.pacingKV, err = ensureKeyValue(ctx, js, pacingBucketConfig(cfg)); err != nil {
+		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
+	}
+	if err := q.openIdempotencyBucket(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if q.dead, err = ensureStream(ctx, js, deadLetterStreamConfig(cfg, maxMsg)); err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", DeadLetterStream, err)
+	}
+	if q.callbacks, err = ensureStream(ctx, js, callbackStreamConfig(cfg)); err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", CallbackStream, err)
+	}
+	q.deadShares = &shareGauge{stream: q.dead, prefix: DeadLetterPrefix}
+	q.callbackShares = &shareGauge{stream: q.callbacks, prefix: CallbackPrefix}
+	q.batcher, q.stateBat = newBatcher(nc, cfg.Batch), newBatcher(nc, cfg.Batch)
+	// Dead letters stored before their subjects named the tenant.
+	if err := q.moveLegacyDeadLetters(ctx, legacyDeadLetters("*")); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// openJobStream creates or updates the stream of queued jobs and finishes
+// any upgrade of it that an older Sluice left undone.
+func (q *Queue) openJobStream(ctx context.Context, cfg Config, maxMsg int32) error {
+	stream, err := ensureStream(ctx, q.js, jobStreamConfig(cfg, maxMsg))
+	if err != nil {
+		return fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
+	}
+	q.stream = stream
+	return finishUpgrade(ctx, q.js, stream)
+}
+
+// jobStreamConfig is the configuration of the stream of queued jobs;
+// maxMsg bounds one message.
+func jobStreamConfig(cfg Config, maxMsg int32) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Sluice: queued jobs, one message per job until it finishes",
 		Subjects:    []string{SubjectPrefix + ">", ParkedPrefix + ">"},
@@ -186,14 +231,13 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		Duplicates: 10 * time.Minute,
 		// Group commit stores concurrent submits as atomic batches.
 		AllowAtomicPublish: true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
 	}
-	if err := finishUpgrade(ctx, js, stream); err != nil {
-		return nil, err
-	}
-	state, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
+}
+
+// openStateBucket creates or updates the bucket of job state, lets it take
+// atomic batches, and keeps its stream for direct reads.
+func (q *Queue) openStateBucket(ctx context.Context, cfg Config) error {
+	state, err := ensureKeyValue(ctx, q.js, jetstream.KeyValueConfig{
 		Bucket:      StateBucket,
 		Description: "Sluice: job state by job ID",
 		History:     1,
@@ -203,28 +247,37 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		Replicas:    cfg.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("buffer: create bucket %s: %w", StateBucket, err)
+		return fmt.Errorf("buffer: create bucket %s: %w", StateBucket, err)
 	}
 	// State writes are group-committed too.
-	if err := allowAtomicPublish(ctx, js, "KV_"+StateBucket); err != nil {
-		return nil, fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
+	if err := allowAtomicPublish(ctx, q.js, "KV_"+StateBucket); err != nil {
+		return fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
 	}
-	stateLog, err := js.Stream(ctx, "KV_"+StateBucket)
+	stateLog, err := q.js.Stream(ctx, "KV_"+StateBucket)
 	if err != nil {
-		return nil, fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
+		return fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
 	}
-	pacing, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
+	q.state, q.stateLog = state, stateLog
+	return nil
+}
+
+// pacingBucketConfig is the configuration of the bucket of dispatch
+// windows.
+func pacingBucketConfig(cfg Config) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
 		Bucket:      PacingBucket,
 		Description: "Sluice: dispatch window by function",
 		History:     1,
 		MaxBytes:    pacingBucketBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
 	}
-	idem, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
+}
+
+// openIdempotencyBucket creates or updates the bucket of job IDs by
+// idempotency key, and keeps its stream for its usage.
+func (q *Queue) openIdempotencyBucket(ctx context.Context, cfg Config) error {
+	idem, err := ensureKeyValue(ctx, q.js, jetstream.KeyValueConfig{
 		Bucket:      IdempotencyBucket,
 		Description: "Sluice: job ID by function and idempotency key",
 		History:     1,
@@ -234,33 +287,14 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		Replicas:    cfg.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("buffer: create bucket %s: %w", IdempotencyBucket, err)
+		return fmt.Errorf("buffer: create bucket %s: %w", IdempotencyBucket, err)
 	}
-	idemLog, err := js.Stream(ctx, "KV_"+IdempotencyBucket)
+	idemLog, err := q.js.Stream(ctx, "KV_"+IdempotencyBucket)
 	if err != nil {
-		return nil, fmt.Errorf("buffer: bucket %s: %w", IdempotencyBucket, err)
+		return fmt.Errorf("buffer: bucket %s: %w", IdempotencyBucket, err)
 	}
-	dead, err := ensureStream(ctx, js, deadLetterStreamConfig(cfg, maxMsg))
-	if err != nil {
-		return nil, fmt.Errorf("buffer: create stream %s: %w", DeadLetterStream, err)
-	}
-	callbacks, err := ensureStream(ctx, js, callbackStreamConfig(cfg))
-	if err != nil {
-		return nil, fmt.Errorf("buffer: create stream %s: %w", CallbackStream, err)
-	}
-	q := &Queue{
-		js: js, stream: stream, dead: dead, callbacks: callbacks,
-		state: state, stateLog: stateLog, pacingKV: pacing, idemKV: idem, idemLog: idemLog,
-		limits: cfg.Stores, now: time.Now,
-		deadShares:     &shareGauge{stream: dead, prefix: DeadLetterPrefix},
-		callbackShares: &shareGauge{stream: callbacks, prefix: CallbackPrefix},
-		batcher:        newBatcher(nc, cfg.Batch), stateBat: newBatcher(nc, cfg.Batch),
-	}
-	// Dead letters stored before their subjects named the tenant.
-	if err := q.moveLegacyDeadLetters(ctx, legacyDeadLetters("*")); err != nil {
-		return nil, err
-	}
-	return q, nil
+	q.idemKV, q.idemLog = idem, idemLog
+	return nil
 }
 
 // NewJobID returns a random job ID: 128 bits from crypto/rand in base32.

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -198,68 +196,98 @@ func New(cfg Config) (*Dispatcher, error) {
 // It returns an error early only if a function's consumer cannot be set up;
 // JetStream unavailable for a while (see waitOutUnavailable) is waited out.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	loops := make([]*functionLoop, 0, len(d.cfg.Functions))
 	id := processID()
+	loops := make([]*functionLoop, 0, len(d.cfg.Functions))
 	for _, f := range d.cfg.Functions {
-		// Start from the window the processes already share, if any, so
-		// that joining them does not reset it.
-		shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (buffer.Pacing, error) {
-			return d.cfg.Source.Pacing(ctx, f.Name)
-		})
+		l, err := d.newFunctionLoop(ctx, f, id)
 		if err != nil {
 			return stoppedOr(ctx, err)
 		}
-		window := f.Pacing.Initial
-		if shared.Window >= 1 {
-			window = min(f.Concurrency, int(shared.Window))
-		}
-		lanes := []*buffer.Lane{nil}
-		if len(f.Lanes) > 0 {
-			lanes = fairLanes(f.Lanes)
-		}
-		var units []*laneUnit
-		for _, lane := range lanes {
-			cons, err := waitOutUnavailable(ctx, d.log, "set up the consumer of "+f.Name, func() (*buffer.Consumer, error) {
-				return d.cfg.Source.Consumer(ctx, buffer.ConsumerConfig{
-					Function:    f.Name,
-					MaxInFlight: window,
-					// Past AckWait the server redelivers; leave room for the
-					// bookkeeping after a full-length invocation.
-					AckWait: f.Timeout + 15*time.Second,
-					// A pool's leader sets the cap of a pooled or fair
-					// function's consumers.
-					Pooled: f.Pool != "" || lane != nil,
-					Lane:   lane,
-				})
-			})
-			if err != nil {
-				return stoppedOr(ctx, err)
-			}
-			u := &laneUnit{name: f.Name, cons: cons, lane: lane, weight: 1}
-			if lane != nil {
-				u.name = f.Name + "/" + lane.Tenant + "/" + buffer.PriorityName(lane.Priority)
-				if w, ok := d.cfg.TenantWeights[lane.Tenant]; ok && w > 0 {
-					u.weight = w
-				}
-			}
-			units = append(units, u)
-		}
-		l := &functionLoop{
-			fn:    f,
-			cons:  units[0].cons,
-			lanes: units,
-			src:   d.cfg.Source,
-			cfg:   &d.cfg,
-			log:   d.log.With("function", f.Name),
-			tel:   d.tel,
-			attrs: newLoopAttrs(f.Name),
-		}
-		l.id = id
-		l.inv = newInvocations(window, f.Concurrency)
-		l.limiter = rate.NewLimiter(rate.Inf, 1)
-		l.storePacing(&shared)
 		loops = append(loops, l)
 	}
+	pools := d.newPoolLoops(loops, id)
+	if err := registerGauges(d.cfg.MeterProvider, loops, pools); err != nil {
+		return fmt.Errorf("dispatch: metrics: %w", err)
+	}
+	return runLoops(ctx, loops, pools)
+}
+
+// newFunctionLoop sets up f's loop in process id: its consumers, one per
+// lane, and its window.
+func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string) (*functionLoop, error) {
+	// Start from the window the processes already share, if any, so
+	// that joining them does not reset it.
+	shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (buffer.Pacing, error) {
+		return d.cfg.Source.Pacing(ctx, f.Name)
+	})
+	if err != nil {
+		return nil, err
+	}
+	window := f.Pacing.Initial
+	if shared.Window >= 1 {
+		window = min(f.Concurrency, int(shared.Window))
+	}
+	units, err := d.laneUnits(ctx, f, window)
+	if err != nil {
+		return nil, err
+	}
+	l := &functionLoop{
+		fn:    f,
+		cons:  units[0].cons,
+		lanes: units,
+		src:   d.cfg.Source,
+		cfg:   &d.cfg,
+		log:   d.log.With("function", f.Name),
+		tel:   d.tel,
+		attrs: newLoopAttrs(f.Name),
+	}
+	l.id = id
+	l.inv = newInvocations(window, f.Concurrency)
+	l.limiter = rate.NewLimiter(rate.Inf, 1)
+	l.storePacing(&shared)
+	return l, nil
+}
+
+// laneUnits sets up a consumer for each of f's lanes, capped at window to
+// start with: one lane for all its jobs unless f is fair.
+func (d *Dispatcher) laneUnits(ctx context.Context, f Function, window int) ([]*laneUnit, error) {
+	lanes := []*buffer.Lane{nil}
+	if len(f.Lanes) > 0 {
+		lanes = fairLanes(f.Lanes)
+	}
+	var units []*laneUnit
+	for _, lane := range lanes {
+		cons, err := waitOutUnavailable(ctx, d.log, "set up the consumer of "+f.Name, func() (*buffer.Consumer, error) {
+			return d.cfg.Source.Consumer(ctx, buffer.ConsumerConfig{
+				Function:    f.Name,
+				MaxInFlight: window,
+				// Past AckWait the server redelivers; leave room for the
+				// bookkeeping after a full-length invocation.
+				AckWait: f.Timeout + 15*time.Second,
+				// A pool's leader sets the cap of a pooled or fair
+				// function's consumers.
+				Pooled: f.Pool != "" || lane != nil,
+				Lane:   lane,
+			})
+		})
+		if err != nil {
+			return nil, err
+		}
+		u := &laneUnit{name: f.Name, cons: cons, lane: lane, weight: 1}
+		if lane != nil {
+			u.name = f.Name + "/" + lane.Tenant + "/" + buffer.PriorityName(lane.Priority)
+			if w, ok := d.cfg.TenantWeights[lane.Tenant]; ok && w > 0 {
+				u.weight = w
+			}
+		}
+		units = append(units, u)
+	}
+	return units, nil
+}
+
+// newPoolLoops sets up a loop for each configured pool with members among
+// loops, and one for each fair function outside any pool.
+func (d *Dispatcher) newPoolLoops(loops []*functionLoop, id string) []*poolLoop {
 	pools := make([]*poolLoop, 0, len(d.cfg.Pools))
 	for _, p := range d.cfg.Pools {
 		var members []*functionLoop
@@ -281,9 +309,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			pools = append(pools, pl)
 		}
 	}
-	if err := registerGauges(d.cfg.MeterProvider, loops, pools); err != nil {
-		return fmt.Errorf("dispatch: metrics: %w", err)
-	}
+	return pools
+}
+
+// runLoops runs the pools' loops and, for each function not paused, its
+// dispatch, pacing and keep-warm loops, until ctx ends and dispatch has
+// drained.
+func runLoops(ctx context.Context, loops []*functionLoop, pools []*poolLoop) error {
 	var g errgroup.Group
 	for _, pl := range pools {
 		g.Go(func() error { pl.run(ctx); return nil })
@@ -303,8 +335,21 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// stoppedOr is nil when ctx ended (a stop during setup is no failure), and
-// err otherwise.
+// fairLanes are a fair function's lanes, each once, the default lane first.
+func fairLanes(lanes []buffer.Lane) []*buffer.Lane {
+	out := []*buffer.Lane{{}}
+	seen := map[string]bool{}
+	for _, l := range lanes {
+		key := l.Tenant + "~" + buffer.PriorityName(l.Priority)
+		if l.Default() || seen[key] {
+			continue
+		}
+		seen[key] = true
+		out = append(out, &l)
+	}
+	return out
+}
+
 // setupRetryMax caps the wait between attempts of waitOutUnavailable.
 const setupRetryMax = 2 * time.Second
 
@@ -331,255 +376,11 @@ func waitOutUnavailable[T any](ctx context.Context, log *slog.Logger, what strin
 	}
 }
 
+// stoppedOr is nil when ctx ended (a stop during setup is no failure), and
+// err otherwise.
 func stoppedOr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
-}
-
-// functionLoop pulls and invokes one function's jobs, and paces them. Its
-// fields are set before run starts and not changed after, but for pacing.
-type functionLoop struct {
-	fn      Function
-	cons    *buffer.Consumer
-	src     Source
-	cfg     *Config
-	log     *slog.Logger
-	limiter *rate.Limiter // this process's share of the start rate; Inf for none
-	id      string        // this process, in the shared pacing state
-	inv     *invocations  // in flight here, and the evidence throttles are judged by
-	aside   atomic.Int64  // jobs delivered and not at the platform: held back after a throttle, or recording their outcome
-
-	announceMu sync.Mutex  // one announcement at a time
-	announced  atomic.Bool // this process's report is in the shared state
-	attrs      loopAttrs
-	cold       coldStarts
-	recent     outcomes // for the circuit breaker
-	counts     tally
-	tel        *telemetry
-	gauges     gauges
-	pool       *poolLoop // nil outside a pool, unless fair
-	lanes      []*laneUnit
-
-	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
-}
-
-func (l *functionLoop) run(ctx context.Context) {
-	slots := make(chan struct{}, l.fn.Concurrency)
-	// Invocations outlive ctx by up to DrainTimeout; this cancels them.
-	invokeCtx, cutOff := context.WithCancel(context.WithoutCancel(ctx))
-	defer cutOff()
-	var inFlight sync.WaitGroup
-
-	var pullers sync.WaitGroup
-	for _, u := range l.lanes {
-		pullers.Go(func() {
-			for ctx.Err() == nil {
-				err := u.cons.Consume(ctx, l.fn.Concurrency, func(dv *buffer.Delivery) {
-					// The window (MaxAckPending) keeps deliveries within the
-					// slots; this only guards the configured limit in this
-					// process.
-					select {
-					case slots <- struct{}{}:
-					case <-ctx.Done():
-						l.settle(dv.Release, dv)
-						return
-					}
-					inFlight.Go(func() {
-						defer func() { <-slots }()
-						l.handle(ctx, invokeCtx, dv)
-					})
-				})
-				if err != nil {
-					l.log.WarnContext(ctx, "pull jobs", "consumer", u.name, "err", err)
-					sleep(ctx, time.Second)
-				}
-			}
-		})
-	}
-	pullers.Wait()
-	l.drain(&inFlight, cutOff)
-}
-
-// drain waits for in-flight invocations, cutting them off after
-// DrainTimeout.
-func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc) {
-	done := make(chan struct{})
-	go func() { inFlight.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(l.cfg.DrainTimeout):
-		l.log.Warn("drain timeout: handing back jobs still running", "drain_timeout", l.cfg.DrainTimeout)
-		cutOff()
-		<-done
-	}
-}
-
-// pace moves the shared window every PaceEvery for the load it sees, and
-// makes the consumer's server-enforced cap follow it. The cached cap is
-// forgotten now and then, since another process may have written it.
-func (l *functionLoop) pace(ctx context.Context) {
-	tick := time.NewTicker(l.cfg.PaceEvery)
-	defer tick.Stop()
-	for n := 0; ; n++ {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if n%10 == 0 && l.pool == nil {
-			l.cons.RefreshMaxInFlight()
-		}
-		load, err := l.load(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				l.log.Warn("read load", "err", err)
-			}
-			continue
-		}
-		now := l.cfg.Now()
-		cold, warm := l.cold.take()
-		counts := l.counts.take()
-		mine := l.report(now)
-		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
-			p.ColdStarts += cold
-			p.WarmStarts += warm
-			p.Counts.Add(counts)
-			reported := putReport(p, l.id, mine, now)
-			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{} || reported
-		})
-		if err != nil {
-			l.cold.giveBack(cold, warm)
-			l.counts.giveBack(counts)
-			if ctx.Err() == nil {
-				l.log.Warn("move window", "err", err)
-			}
-			continue
-		}
-		l.storePacing(&p)
-		if mine.Idle() {
-			l.announced.Store(false) // the report is gone: announce again before the next start
-		}
-		if l.pool == nil { // a pool's leader caps pooled functions
-			if err := l.cons.SetMaxInFlight(ctx, l.consumerCap(&p, now)); err != nil && ctx.Err() == nil {
-				l.log.Warn("apply window", "err", err)
-			}
-		}
-		if err := l.removeFinished(ctx); err != nil && ctx.Err() == nil {
-			l.log.Warn("remove finished jobs", "err", err)
-		}
-		l.gauges.backlog.Store(int64(load.Backlog))
-		l.gauges.inFlight.Store(int64(load.InFlight))
-		l.gauges.window.Store(int64(p.Window))
-		l.gauges.setLearned(p)
-		if n%10 == 0 {
-			if since, err := l.oldest(ctx); err == nil {
-				l.gauges.oldestAge.Store(int64(max(0, now.Sub(since))))
-			} else if errors.Is(err, buffer.ErrNotFound) {
-				l.gauges.oldestAge.Store(0)
-			}
-		}
-	}
-}
-
-// keepWarm sends a round of keep-warm pings every KeepWarm.Every while the
-// function has no work. Processes claim each round in the shared pacing
-// state, so only one of them sends it. Pings take places in the window as
-// invocations do, so that with the jobs that come meanwhile they stay
-// within it: a round sends as many as there is room for then, none if
-// there is none; in a pool, no more than the function's share of it.
-func (l *functionLoop) keepWarm(ctx context.Context) {
-	kw := l.fn.KeepWarm
-	tick := time.NewTicker(kw.Every)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		load, err := l.load(ctx)
-		if err != nil || load.Backlog > 0 || load.InFlight > 0 {
-			continue // busy: real work keeps it warm
-		}
-		// A round is claimed until it ends (at most the function's
-		// timeout, should its process die meanwhile); the next is due an
-		// interval after this one began, and not before it ended: a round
-		// slower than the interval must not overlap the next, sent by
-		// another process.
-		now := l.cfg.Now()
-		claimed := false
-		if _, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
-			claimed = now.Sub(p.LastWarm) >= kw.Every*9/10
-			if claimed {
-				p.LastWarm = now.Add(l.fn.Timeout)
-			}
-			return claimed
-		}); err != nil || !claimed {
-			continue
-		}
-		limit := 0
-		if l.pool != nil && !l.pool.implicit {
-			// The function's share of its pool, which its consumers' caps
-			// hold; a fair function's own pool is its window.
-			limit = load.MaxInFlight
-		}
-		n := 0
-		if l.pool == nil || l.pool.implicit || limit > 0 {
-			n = l.inv.startPings(kw.Instances, limit)
-		}
-		if n == 0 {
-			l.log.Debug("keep-warm round skipped: no room in the window")
-			l.endWarmRound(ctx, now)
-			continue
-		}
-		var wg sync.WaitGroup
-		for range n {
-			wg.Go(func() {
-				defer l.inv.pingsDone(1)
-				pingCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
-				defer cancel()
-				if _, err := l.fn.Invoker.Invoke(pingCtx, &Invocation{Function: l.fn.Name, Warmup: true}); err != nil && ctx.Err() == nil {
-					l.log.Debug("keep-warm ping failed", "err", err)
-				}
-			})
-		}
-		wg.Wait()
-		l.endWarmRound(ctx, now)
-		l.log.Debug("keep-warm round sent", "instances", n)
-	}
-}
-
-// endWarmRound gives up the claim of the keep-warm round that began at
-// began: the next is due an interval after that.
-func (l *functionLoop) endWarmRound(ctx context.Context, began time.Time) {
-	l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool { //nolint:errcheck // at worst the claim lapses after the timeout
-		p.LastWarm = began
-		return true
-	})
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}
-
-// fairLanes are a fair function's lanes, each once, the default lane first.
-func fairLanes(lanes []buffer.Lane) []*buffer.Lane {
-	out := []*buffer.Lane{{}}
-	seen := map[string]bool{}
-	for _, l := range lanes {
-		key := l.Tenant + "~" + buffer.PriorityName(l.Priority)
-		if l.Default() || seen[key] {
-			continue
-		}
-		seen[key] = true
-		out = append(out, &l)
-	}
-	return out
 }

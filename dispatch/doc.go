@@ -15,4 +15,10 @@
 // [Response] (a throttle as 429, a function error as a failing status with
 // the platform's words in Response.Error, a cold start as
 // Response.ColdStart), so the loop judges them all alike.
+//
+// The code follows that order: dispatcher.go holds the configuration,
+// [New] and [Dispatcher.Run], which sets up the loops; functionloop.go the
+// loop that pulls and paces one function's jobs; attempt.go what happens
+// to one delivered job; pool.go and lanes.go the loops that share a window
+// between functions and between tenants; keepwarm.go the keep-warm pings.
 package dispatch

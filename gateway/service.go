@@ -164,8 +164,8 @@ type Config struct {
 	Streams StreamLimits
 }
 
-// Service implements sluice.v1's JobService and FunctionService. It is safe
-// for concurrent use.
+// Service implements sluice.v1's JobService, FunctionService and
+// DeadLetterService. It is safe for concurrent use.
 type Service struct {
 	sluicev1.UnimplementedJobServiceServer
 	sluicev1.UnimplementedFunctionServiceServer
@@ -350,63 +350,21 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string, priority sluicev1.Priority) (job *sluicev1.Job, replayed bool, err error) {
 	ctx, span := s.tracer.Start(ctx, "submit "+function, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("sluice.function", function)))
-	defer func() {
-		outcome := submitOutcome(err, replayed)
-		if span.IsRecording() {
-			span.SetAttributes(attribute.String("sluice.outcome", outcome))
-			if job != nil {
-				span.SetAttributes(attribute.String("sluice.job.id", job.Id))
-			}
-			if err != nil {
-				span.SetStatus(otelcodes.Error, status.Convert(err).Message())
-			}
-		}
-		span.End()
-		if attrs, known := s.submitAttrs[function]; known { // no attribute values from unknown names
-			s.submitted.Add(ctx, 1, attrs[outcome])
-		}
-	}()
+	defer func() { s.endSubmit(ctx, span, function, job, replayed, err) }()
 	f, err := s.functionFor(ctx, function)
 	if err != nil {
 		return nil, false, err
 	}
-	if size := int64(len(payload.GetData())); size > f.MaxPayload {
-		return nil, false, withDetails(codes.InvalidArgument,
-			fmt.Sprintf("payload is %d bytes; function %q accepts at most %d", size, f.Name, f.MaxPayload),
-			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadTooLarge})
-	}
-	if ct := payload.GetContentType(); len(ct) > buffer.MaxContentTypeBytes {
-		return nil, false, status.Errorf(codes.InvalidArgument, "content type is %d bytes; at most %d are accepted", len(ct), buffer.MaxContentTypeBytes)
-	}
-	if data := payload.GetData(); f.JSONPayload && len(data) > 0 && !json.Valid(data) {
-		return nil, false, withDetails(codes.InvalidArgument,
-			fmt.Sprintf("function %q takes only JSON payloads, and this one is not valid JSON", f.Name),
-			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadNotJSON})
+	if err := checkPayload(f, payload); err != nil {
+		return nil, false, err
 	}
 	if key, err = idempotencyKey(ctx, key); err != nil {
 		return nil, false, err
 	}
 	tenant := tenantName(ctx)
-	opts := []buffer.SubmitOption{buffer.WithTenant(tenant)}
-	if _, known := sluicev1.Priority_name[int32(priority)]; !known {
-		return nil, false, status.Errorf(codes.InvalidArgument, "priority %d is none of HIGH, NORMAL or LOW", priority)
-	}
-	if priority == sluicev1.Priority_PRIORITY_UNSPECIFIED {
-		p, ok := buffer.ParsePriority(fromMetadata(ctx, "", MetadataPriority))
-		if !ok {
-			return nil, false, status.Error(codes.InvalidArgument, "Sluice-Priority must be high, normal or low")
-		}
-		priority = p
-	}
-	opts = append(opts, buffer.WithPriority(priority))
-	if callbackURL = fromMetadata(ctx, callbackURL, MetadataCallbackURL); callbackURL != "" {
-		if s.callbacks == nil {
-			return nil, false, status.Error(codes.InvalidArgument, "this gateway delivers no callbacks: it has no callback signing secret configured")
-		}
-		if err := s.callbacks.CheckURL(callbackURL); err != nil {
-			return nil, false, status.Errorf(codes.InvalidArgument, "callback URL refused: %v", err)
-		}
-		opts = append(opts, buffer.WithCallback(callbackURL))
+	opts, err := s.submitOptions(ctx, tenant, callbackURL, priority)
+	if err != nil {
+		return nil, false, err
 	}
 	start, slot, err := s.admit(ctx, f)
 	if err != nil {
@@ -423,6 +381,86 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 			}
 		}()
 	}
+	job, replayed, err = s.store(ctx, f, tenant, key, payload, opts)
+	if err != nil {
+		return nil, false, err
+	}
+	if !replayed && !start.IsZero() {
+		job.EstimatedStartTime = timestamppb.New(start)
+	}
+	return job, replayed, nil
+}
+
+// endSubmit ends a submit's span, with its outcome and job, and counts
+// the submit by function and outcome.
+func (s *Service) endSubmit(ctx context.Context, span trace.Span, function string, job *sluicev1.Job, replayed bool, err error) {
+	outcome := submitOutcome(err, replayed)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("sluice.outcome", outcome))
+		if job != nil {
+			span.SetAttributes(attribute.String("sluice.job.id", job.Id))
+		}
+		if err != nil {
+			span.SetStatus(otelcodes.Error, status.Convert(err).Message())
+		}
+	}
+	span.End()
+	if attrs, known := s.submitAttrs[function]; known { // no attribute values from unknown names
+		s.submitted.Add(ctx, 1, attrs[outcome])
+	}
+}
+
+// checkPayload refuses a payload function f does not take: too large, with
+// too long a content type, or not JSON when f takes only JSON.
+func checkPayload(f Function, payload *httpbody.HttpBody) error {
+	if size := int64(len(payload.GetData())); size > f.MaxPayload {
+		return withDetails(codes.InvalidArgument,
+			fmt.Sprintf("payload is %d bytes; function %q accepts at most %d", size, f.Name, f.MaxPayload),
+			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadTooLarge})
+	}
+	if ct := payload.GetContentType(); len(ct) > buffer.MaxContentTypeBytes {
+		return status.Errorf(codes.InvalidArgument, "content type is %d bytes; at most %d are accepted", len(ct), buffer.MaxContentTypeBytes)
+	}
+	if data := payload.GetData(); f.JSONPayload && len(data) > 0 && !json.Valid(data) {
+		return withDetails(codes.InvalidArgument,
+			fmt.Sprintf("function %q takes only JSON payloads, and this one is not valid JSON", f.Name),
+			&errdetails.ErrorInfo{Domain: errorDomain, Reason: ReasonPayloadNotJSON})
+	}
+	return nil
+}
+
+// submitOptions are the buffer's options for a job of tenant: its
+// priority (the request's, or else the Sluice-Priority header's) and its
+// callback URL (likewise, or Sluice-Callback-Url), checked.
+func (s *Service) submitOptions(ctx context.Context, tenant, callbackURL string, priority sluicev1.Priority) ([]buffer.SubmitOption, error) {
+	opts := []buffer.SubmitOption{buffer.WithTenant(tenant)}
+	if _, known := sluicev1.Priority_name[int32(priority)]; !known {
+		return nil, status.Errorf(codes.InvalidArgument, "priority %d is none of HIGH, NORMAL or LOW", priority)
+	}
+	if priority == sluicev1.Priority_PRIORITY_UNSPECIFIED {
+		p, ok := buffer.ParsePriority(fromMetadata(ctx, "", MetadataPriority))
+		if !ok {
+			return nil, status.Error(codes.InvalidArgument, "Sluice-Priority must be high, normal or low")
+		}
+		priority = p
+	}
+	opts = append(opts, buffer.WithPriority(priority))
+	if callbackURL = fromMetadata(ctx, callbackURL, MetadataCallbackURL); callbackURL != "" {
+		if s.callbacks == nil {
+			return nil, status.Error(codes.InvalidArgument, "this gateway delivers no callbacks: it has no callback signing secret configured")
+		}
+		if err := s.callbacks.CheckURL(callbackURL); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "callback URL refused: %v", err)
+		}
+		opts = append(opts, buffer.WithCallback(callbackURL))
+	}
+	return opts, nil
+}
+
+// store stores the job in the buffer, once per idempotency key when key
+// is not empty, and turns the buffer's errors into the API's: replayed
+// says the key's job was stored before.
+func (s *Service) store(ctx context.Context, f Function, tenant, key string, payload *httpbody.HttpBody, opts []buffer.SubmitOption) (job *sluicev1.Job, replayed bool, err error) {
 	if key == "" {
 		job, err = s.jobs.Submit(ctx, f.Name, payload.GetData(), payload.GetContentType(), opts...)
 	} else {
@@ -455,16 +493,12 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 		// of the key), so this is not expected; answer as for a new key.
 		return nil, false, s.internal(ctx, "submit job", fmt.Errorf("idempotent submit returned a job of tenant %q", job.Tenant))
 	}
-	if !replayed && !start.IsZero() {
-		job.EstimatedStartTime = timestamppb.New(start)
-	}
 	return job, replayed, nil
 }
 
 // instrumentation is the name the gateway's tracer and meter go by.
 const instrumentation = "github.com/sluicehq/sluice/gateway"
 
-// submitOutcome names how a submit ended, for its span and metric.
 // submitOutcomes are the values submitOutcome returns.
 var submitOutcomes = []string{"accepted", "replayed", "refused", "invalid", "error"}
 
@@ -478,6 +512,7 @@ func submitAttributeSets(function string) map[string]metric.AddOption {
 	return sets
 }
 
+// submitOutcome names how a submit ended, for its span and metric.
 func submitOutcome(err error, replayed bool) string {
 	switch status.Code(err) {
 	case codes.OK:

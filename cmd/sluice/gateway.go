@@ -131,6 +131,9 @@ func fitSizes(functions []FunctionConfig, queue *buffer.Queue, natsMax int64) er
 }
 
 // startGateway sets everything up and starts listening; Run serves.
+// The steps run in the order their parts depend on one another: NATS, the
+// buffer on it, callbacks and functions over the buffer, the service and
+// dispatcher over those, and last the listeners and servers in front.
 func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *slog.Logger) (_ *gatewayProcess, err error) {
 	p := &gatewayProcess{log: log, opts: opts}
 	defer func() {
@@ -141,105 +144,170 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	if p.tls, err = serverTLSConfig(opts.TLSCert, opts.TLSKey, opts.TLSClientCA); err != nil {
 		return nil, err
 	}
-	if opts.NATSURL == "" {
+	if err := p.connectNATS(cfg); err != nil {
+		return nil, err
+	}
+	if p.tel, err = newTelemetry(ctx, opts.TracerProvider); err != nil {
+		return nil, err
+	}
+	if err := p.openQueue(ctx, cfg); err != nil {
+		return nil, err
+	}
+	policy, err := p.newCallbacks(cfg)
+	if err != nil {
+		return nil, err
+	}
+	gwFuncs, dispFuncs, err := p.setUpFunctions(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.newService(cfg, policy, gwFuncs); err != nil {
+		return nil, err
+	}
+	p.dispatcher, err = dispatch.New(dispatch.Config{
+		Source: p.queue, Functions: dispFuncs, Pools: dispatchPools(cfg.Pools), TenantWeights: tenantWeights(cfg.Tenants),
+		Logger: log, DrainTimeout: opts.DrainTimeout,
+		TracerProvider: p.tel.tracer, MeterProvider: p.tel.meter,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := p.listen(); err != nil {
+		return nil, err
+	}
+	if err := p.newGRPCServers(); err != nil {
+		return nil, err
+	}
+	if err := p.newHTTPServer(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// connectNATS connects to the NATS at --nats-url, or, without one, starts
+// an embedded JetStream in the data directory and connects to that.
+func (p *gatewayProcess) connectNATS(cfg *Config) error {
+	var err error
+	if p.opts.NATSURL == "" {
 		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
-			StoreDir:     opts.DataDir,
+			StoreDir:     p.opts.DataDir,
 			NoSyncAlways: cfg.Buffer.Durability == "interval",
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		p.nc, err = p.embedded.Connect()
 	} else {
 		// A connection cut silently (no RST) is noticed by missed pings:
 		// with the client's defaults (every 2 minutes, 2 missed) a gateway
 		// could wait four minutes before moving to another server.
-		p.nc, err = nats.Connect(opts.NATSURL, nats.Name("sluice"), nats.MaxReconnects(-1),
+		p.nc, err = nats.Connect(p.opts.NATSURL, nats.Name("sluice"), nats.MaxReconnects(-1),
 			nats.PingInterval(natsPingInterval), nats.MaxPingsOutstanding(natsMaxPingsOut))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS: %w", err)
+		return fmt.Errorf("connect to NATS: %w", err)
 	}
-	if p.tel, err = newTelemetry(ctx, opts.TracerProvider); err != nil {
-		return nil, err
-	}
-	tp, mp := p.tel.tracer, p.tel.meter
+	return nil
+}
+
+// openQueue opens the job buffer on the NATS connection, warning first of
+// settings that risk losing jobs, and registers the buffer's metrics.
+func (p *gatewayProcess) openQueue(ctx context.Context, cfg *Config) error {
 	if cfg.Buffer.Durability == "interval" {
-		log.Warn("buffer.durability is interval: an OS crash or power loss can lose accepted jobs")
+		p.log.Warn("buffer.durability is interval: an OS crash or power loss can lose accepted jobs")
 	}
-	replicas := max(opts.Replicas, 1)
-	if replicas == 1 && opts.NATSURL != "" && p.nc.ConnectedClusterName() != "" {
-		log.Warn("NATS is a cluster but --replicas is 1: every job is kept on one node's disk, and losing that node loses them; run with --replicas=3",
+	replicas := max(p.opts.Replicas, 1)
+	if replicas == 1 && p.opts.NATSURL != "" && p.nc.ConnectedClusterName() != "" {
+		p.log.Warn("NATS is a cluster but --replicas is 1: every job is kept on one node's disk, and losing that node loses them; run with --replicas=3",
 			"nats_cluster", p.nc.ConnectedClusterName(), "nats_server", p.nc.ConnectedServerName())
 	}
-	queue, err := buffer.Open(ctx, p.nc, buffer.Config{
+	queue, err := buffer.Open(ctx, p.nc, bufferConfig(cfg.Buffer, replicas, p.log))
+	if errors.Is(err, buffer.ErrDurability) {
+		return fmt.Errorf("--replicas=%d: %w", replicas, err)
+	}
+	if err != nil {
+		return err
+	}
+	p.queue = queue
+	if err := registerBatchMetrics(p.tel.meter, queue); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	if err := registerStoreMetrics(p.tel.meter, queue); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}
+
+// bufferConfig is the buffer section as the buffer takes it.
+func bufferConfig(b BufferConfig, replicas int, log *slog.Logger) buffer.Config {
+	return buffer.Config{
 		Logger:              log,
 		Replicas:            replicas,
-		MaxJobs:             int64(cfg.Buffer.MaxJobs),
-		MaxBytes:            int64(cfg.Buffer.MaxBytes),
-		Retention:           time.Duration(cfg.Buffer.JobRetention),
-		IdempotencyWindow:   time.Duration(cfg.Buffer.IdempotencyWindow),
-		DeadLetterRetention: time.Duration(cfg.Buffer.DeadLetterRetention),
+		MaxJobs:             int64(b.MaxJobs),
+		MaxBytes:            int64(b.MaxBytes),
+		Retention:           time.Duration(b.JobRetention),
+		IdempotencyWindow:   time.Duration(b.IdempotencyWindow),
+		DeadLetterRetention: time.Duration(b.DeadLetterRetention),
 		Stores: buffer.StoreLimits{
-			StateBytes:       int64(cfg.Buffer.StateMaxBytes),
-			IdempotencyBytes: int64(cfg.Buffer.IdempotencyMaxBytes),
-			DeadLetterBytes:  int64(cfg.Buffer.DeadLetterMaxBytes),
-			CallbackBytes:    int64(cfg.Buffer.CallbackMaxBytes),
-			HighWater:        cfg.Buffer.HighWater,
+			StateBytes:       int64(b.StateMaxBytes),
+			IdempotencyBytes: int64(b.IdempotencyMaxBytes),
+			DeadLetterBytes:  int64(b.DeadLetterMaxBytes),
+			CallbackBytes:    int64(b.CallbackMaxBytes),
+			HighWater:        b.HighWater,
 		},
 		Batch: buffer.BatchConfig{
-			MaxBatch:    int(cfg.Buffer.GroupCommit.MaxBatch),
-			MaxInFlight: int(cfg.Buffer.GroupCommit.InFlight),
-			Linger:      time.Duration(cfg.Buffer.GroupCommit.Linger),
+			MaxBatch:    int(b.GroupCommit.MaxBatch),
+			MaxInFlight: int(b.GroupCommit.InFlight),
+			Linger:      time.Duration(b.GroupCommit.Linger),
 		},
-	})
-	if errors.Is(err, buffer.ErrDurability) {
-		return nil, fmt.Errorf("--replicas=%d: %w", replicas, err)
 	}
+}
+
+// newCallbacks sets up callback delivery when callback secrets are
+// configured, and returns the policy the gateway checks callback URLs
+// with; without secrets there are no callbacks, and the policy is nil.
+func (p *gatewayProcess) newCallbacks(cfg *Config) (gateway.CallbackPolicy, error) {
+	cb := cfg.Callbacks
+	if len(cb.Secrets) == 0 {
+		return nil, nil
+	}
+	guard, keys, err := callbackParts(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := registerBatchMetrics(mp, queue); err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
+	p.callbacks, err = dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
+		Source:  p.queue,
+		Sender:  &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys},
+		Timeout: time.Duration(cb.Timeout),
+		Retry: dispatch.RetryPolicy{
+			MaxAttempts:    int(cb.MaxAttempts),
+			InitialBackoff: time.Duration(cb.InitialBackoff),
+			MaxBackoff:     time.Duration(cb.MaxBackoff),
+		},
+		Concurrency:       int(cb.Concurrency),
+		TenantConcurrency: int(cb.TenantConcurrency),
+		MaxPending:        int(cb.MaxPending),
+		Logger:            p.log,
+	})
+	if err != nil {
+		return nil, err
 	}
-	if err := registerStoreMetrics(mp, queue); err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
-	}
-	var policy gateway.CallbackPolicy
-	if cb := cfg.Callbacks; len(cb.Secrets) > 0 {
-		guard, keys, err := callbackParts(cfg)
-		if err != nil {
-			return nil, err
-		}
-		policy = guard
-		p.callbacks, err = dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
-			Source:  queue,
-			Sender:  &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys},
-			Timeout: time.Duration(cb.Timeout),
-			Retry: dispatch.RetryPolicy{
-				MaxAttempts:    int(cb.MaxAttempts),
-				InitialBackoff: time.Duration(cb.InitialBackoff),
-				MaxBackoff:     time.Duration(cb.MaxBackoff),
-			},
-			Concurrency:       int(cb.Concurrency),
-			TenantConcurrency: int(cb.TenantConcurrency),
-			MaxPending:        int(cb.MaxPending),
-			Logger:            log,
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
+	return guard, nil
+}
 
+// setUpFunctions checks the functions' sizes against the buffer, sets up
+// their targets, and returns each function as the gateway and as dispatch
+// take it.
+func (p *gatewayProcess) setUpFunctions(ctx context.Context, cfg *Config) ([]gateway.Function, []dispatch.Function, error) {
 	// The targets may settle a function's concurrency (a Lambda function's
 	// reserved concurrency): from here on, functions is the configuration.
 	functions := slices.Clone(cfg.Functions)
-	if err := fitSizes(functions, queue, p.nc.MaxPayload()); err != nil {
-		return nil, err
+	if err := fitSizes(functions, p.queue, p.nc.MaxPayload()); err != nil {
+		return nil, nil, err
 	}
-	invokers, err := setUpTargets(ctx, functions, p.nc, opts.NATSURL != "", log)
+	invokers, err := setUpTargets(ctx, functions, p.nc, p.opts.NATSURL != "", p.log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var gwFuncs []gateway.Function
 	var dispFuncs []dispatch.Function
@@ -249,62 +317,79 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			df.Lanes = fairLanes(f, cfg.Tenants)
 		}
 		df.Invoker = invokers[i]
-		gwFuncs = append(gwFuncs, gateway.Function{
-			Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
-			JSONPayload:   f.Target != nil && f.Target.Lambda != nil,
-			InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
-			MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.gateway(),
-			Pool: f.Pool, PoolConcurrency: poolConcurrency(cfg.Pools, f.Pool), RatePerSecond: df.RatePerSecond,
-		})
+		gwFuncs = append(gwFuncs, gatewayFunction(f, df, cfg.Pools))
 		dispFuncs = append(dispFuncs, df)
 	}
+	return gwFuncs, dispFuncs, nil
+}
+
+// gatewayFunction is a configured function as the gateway takes it. The
+// pacing and rate come from df, the function as dispatch takes it, so
+// that the gateway reports what dispatch does.
+func gatewayFunction(f FunctionConfig, df dispatch.Function, pools []PoolConfig) gateway.Function {
+	return gateway.Function{
+		Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
+		JSONPayload:   f.Target != nil && f.Target.Lambda != nil,
+		InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
+		MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.gateway(),
+		Pool: f.Pool, PoolConcurrency: poolConcurrency(pools, f.Pool), RatePerSecond: df.RatePerSecond,
+	}
+}
+
+// newService makes the gateway service over the buffer.
+func (p *gatewayProcess) newService(cfg *Config, policy gateway.CallbackPolicy, functions []gateway.Function) error {
 	tenants, err := gatewayTenants(cfg.Tenants)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if len(tenants) == 0 {
-		log.Warn("no tenants configured: the API is open, no API key is asked for, and every caller can read every job")
+		p.log.Warn("no tenants configured: the API is open, no API key is asked for, and every caller can read every job")
 	}
-	svc, err := gateway.NewService(gateway.Config{
+	queue := p.queue
+	p.svc, err = gateway.NewService(gateway.Config{
 		Jobs: queue, Dispatch: queue, Watcher: queue, DeadLetters: queue, Callbacks: policy,
-		Functions: gwFuncs, Tenants: tenants, Logger: log,
-		TracerProvider: tp, MeterProvider: mp,
+		Functions: functions, Tenants: tenants, Logger: p.log,
+		TracerProvider: p.tel.tracer, MeterProvider: p.tel.meter,
 		Streams: cfg.Streams.gateway(),
 	})
-	if err != nil {
-		return nil, err
-	}
-	p.svc = svc
-	p.queue = queue
-	p.dispatcher, err = dispatch.New(dispatch.Config{
-		Source: queue, Functions: dispFuncs, Pools: dispatchPools(cfg.Pools), TenantWeights: tenantWeights(cfg.Tenants),
-		Logger: log, DrainTimeout: opts.DrainTimeout,
-		TracerProvider: tp, MeterProvider: mp,
-	})
-	if err != nil {
-		return nil, err
-	}
+	return err
+}
 
-	if p.grpcLn, err = net.Listen("tcp", opts.GRPCAddr); err != nil {
-		return nil, fmt.Errorf("--grpc-addr: %w", err)
+// listen binds the gRPC and HTTP listeners; HTTPAddr and GRPCAddr are
+// where they ended up (a port of 0 picks one).
+func (p *gatewayProcess) listen() error {
+	var err error
+	if p.grpcLn, err = net.Listen("tcp", p.opts.GRPCAddr); err != nil {
+		return fmt.Errorf("--grpc-addr: %w", err)
 	}
-	if p.httpLn, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("--http-addr: %w", err)
+	if p.httpLn, err = net.Listen("tcp", p.opts.HTTPAddr); err != nil {
+		return fmt.Errorf("--http-addr: %w", err)
 	}
 	p.GRPCAddr, p.HTTPAddr = p.grpcLn.Addr(), p.httpLn.Addr()
+	return nil
+}
+
+// otelGRPCOptions instrument both gRPC servers and REST's client of one.
+func (p *gatewayProcess) otelGRPCOptions() []otelgrpc.Option {
+	return []otelgrpc.Option{
+		otelgrpc.WithTracerProvider(p.tel.tracer), otelgrpc.WithMeterProvider(p.tel.meter),
+		otelgrpc.WithPropagators(propagation.TraceContext{}),
+	}
+}
+
+// newGRPCServers makes the public gRPC server and the in-memory one REST
+// calls through, and connects REST's client to the latter.
+func (p *gatewayProcess) newGRPCServers() error {
 	// Both gRPC servers take the same configuration and options; only
 	// the public one adds transport credentials.
 	grpcCfg := gateway.GRPCConfig{}
-	otelOpts := []otelgrpc.Option{
-		otelgrpc.WithTracerProvider(tp), otelgrpc.WithMeterProvider(mp),
-		otelgrpc.WithPropagators(propagation.TraceContext{}),
-	}
+	otelOpts := p.otelGRPCOptions()
 	grpcOpts := []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...))}
 	publicOpts := grpcOpts
 	if p.tls != nil {
 		publicOpts = append(slices.Clip(grpcOpts), grpc.Creds(credentials.NewTLS(p.tls)))
 	}
-	grpcSrv, hs := gateway.NewGRPCServer(svc, grpcCfg, publicOpts...)
+	grpcSrv, hs := gateway.NewGRPCServer(p.svc, grpcCfg, publicOpts...)
 	p.grpcSrv, p.health = grpcSrv, hs
 	// restSrv's health service is reachable only by REST, which does not
 	// expose it; the public one reports draining. Every REST stream (a
@@ -314,23 +399,30 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	// everyone's.
 	restCfg := grpcCfg
 	restCfg.MaxConcurrentStreams = math.MaxUint32
-	p.restSrv, _ = gateway.NewGRPCServer(svc, restCfg, grpcOpts...)
+	p.restSrv, _ = gateway.NewGRPCServer(p.svc, restCfg, grpcOpts...)
 	p.restLn = bufconn.Listen(restBufferSize)
+	var err error
 	p.restConn, err = grpc.NewClient("passthrough:///sluice-rest",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return p.restLn.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
-		return nil, fmt.Errorf("connect REST to gRPC: %w", err)
+		return fmt.Errorf("connect REST to gRPC: %w", err)
 	}
+	return nil
+}
+
+// newHTTPServer makes the HTTP server: metrics, health and readiness
+// probes, and REST over the gRPC services.
+func (p *gatewayProcess) newHTTPServer(ctx context.Context) error {
 	// Unary calls run in process; only streams cross the in-memory
 	// connection.
-	rest, err := gateway.NewRESTHandler(ctx, gateway.NewInProcessConn(svc, p.restConn), svc)
+	rest, err := gateway.NewRESTHandler(ctx, gateway.NewInProcessConn(p.svc, p.restConn), p.svc)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	readHeaderTimeout := opts.ReadHeaderTimeout
+	readHeaderTimeout := p.opts.ReadHeaderTimeout
 	if readHeaderTimeout == 0 {
 		readHeaderTimeout = defaultReadHeaderTimeout
 	}
@@ -339,7 +431,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 	top.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }) //nolint:errcheck // the prober may have gone
 	top.HandleFunc("GET /readyz", p.readyz)
 	top.Handle("/", otelhttp.NewHandler(rest, "sluice.rest",
-		otelhttp.WithTracerProvider(tp), otelhttp.WithMeterProvider(mp),
+		otelhttp.WithTracerProvider(p.tel.tracer), otelhttp.WithMeterProvider(p.tel.meter),
 		otelhttp.WithPropagators(propagation.TraceContext{}),
 		// server.address and server.port from the listener, not from the
 		// client's Host header: a label value per Host sent would be a
@@ -351,10 +443,10 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    gateway.DefaultMaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
 		TLSConfig:         p.tls.Clone(), // its own: Serve adds to NextProtos
 	}
-	return p, nil
+	return nil
 }
 
 // readyz answers 200 while the gateway takes work: not shutting down,
