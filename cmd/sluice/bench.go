@@ -85,10 +85,8 @@ type burstFlags struct {
 	protocol                                       string
 }
 
-// runBenchBurst submits a burst of jobs through Sluice to a simulated
-// platform and, in the same run, the same burst straight at a fresh one the
-// way a typical client does, and compares both with the ideal drain time.
-func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// parseBurstFlags parses and checks the flags of `sluice bench burst`.
+func parseBurstFlags(args []string, stderr io.Writer) (burstFlags, error) {
 	fs := flag.NewFlagSet("bench burst", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var b burstFlags
@@ -107,16 +105,27 @@ func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.BoolVar(&b.direct, "direct", true, "also drive the burst straight at a fresh platform, as a typical client does")
 	fs.IntVar(&b.retries, "direct-retries", 3, "retries of the direct client, with exponential backoff")
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return b, err
 	}
 	if b.jobs < 1 || b.concurrency < 1 || b.initial < 1 || b.gateways < 1 || b.submitters < 1 || b.perMinute < 0 || b.fnConcurrency < 0 || b.payload < 0 {
-		return errors.New("bench burst: counts must be positive")
+		return b, errors.New("bench burst: counts must be positive")
 	}
 	if b.fnConcurrency == 0 {
 		b.fnConcurrency = b.concurrency
 	}
 	if b.protocol != "grpc" && b.protocol != "rest" {
-		return fmt.Errorf("bench burst: --protocol %q is neither grpc nor rest", b.protocol)
+		return b, fmt.Errorf("bench burst: --protocol %q is neither grpc nor rest", b.protocol)
+	}
+	return b, nil
+}
+
+// runBenchBurst submits a burst of jobs through Sluice to a simulated
+// platform and, in the same run, the same burst straight at a fresh one the
+// way a typical client does, and compares both with the ideal drain time.
+func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	b, err := parseBurstFlags(args, stderr)
+	if err != nil {
+		return err
 	}
 	dir, removeDir, err := benchScratch()
 	if err != nil {
