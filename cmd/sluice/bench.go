@@ -247,9 +247,6 @@ func getFunctionStatus(ctx context.Context, gateway, function string) (*function
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
 	var fn struct { // the REST API answers with the Function itself
 		Status *functionStatus `json:"status"`
 	}
@@ -262,13 +259,21 @@ func getFunctionStatus(ctx context.Context, gateway, function string) (*function
 	return fn.Status, nil
 }
 
-// benchGet GETs url; the caller closes the body.
+// benchGet GETs url and wants 200; the caller closes the body.
 func benchGet(ctx context.Context, url string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	return http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return resp, nil
 }
 
 // indent puts each line of text but the first four spaces in, as an
