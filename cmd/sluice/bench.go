@@ -2,7 +2,7 @@ package main
 
 import (
 	"bytes"
-	"cmp"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,9 +24,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/genproto/googleapis/api/httpbody"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
@@ -35,29 +32,48 @@ import (
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
-// runBench runs one of the benchmarks.
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	benches := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"burst":    runBenchBurst,
-		"ingress":  runBenchIngress,
-		"pipeline": runBenchPipeline,
-		"invoke":   runBenchInvoke,
-		"queued":   runBenchQueued,
-		"pools":    runBenchPools,
-		"fairness": runBenchFairness,
-		"pacing":   runBenchPacing,
-		// The JetStream the others start, in a process of its own.
-		"jetstream": runBenchJetStream,
+// benchmarks are the `sluice bench` commands, in the order usage lists
+// them.
+var benchmarks = []struct {
+	name, summary string
+	run           func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}{
+	{"burst", "measure a burst through Sluice against the same burst sent directly", runBenchBurst},
+	{"ingress", "measure durable submits over gRPC and REST against JetStream's own rate", runBenchIngress},
+	{"pipeline", "measure jobs completed per second end to end, the backlog bounded", runBenchPipeline},
+	{"invoke", "measure what :invoke adds to a call to an idle, instant function", runBenchInvoke},
+	{"queued", "show the gateway's memory and GetJob's latency do not grow with the queue", runBenchQueued},
+	{"pools", "run three functions sharing a concurrency pool across gateway processes", runBenchPools},
+	{"fairness", "run a fair function: one tenant's few jobs against another's backlog", runBenchFairness},
+	{"pacing", "run bursts against platforms that differ from the config, row by row", runBenchPacing},
+}
+
+// benchUsage lists the benchmarks, for sluice's usage text.
+func benchUsage() string {
+	var b strings.Builder
+	for _, bm := range benchmarks {
+		fmt.Fprintf(&b, "  %-37s%s\n", "sluice bench "+bm.name+" [flags]", bm.summary)
 	}
+	return b.String()
+}
+
+// runBench runs one of the benchmarks, or the JetStream the others start
+// (bench jetstream), in a process of its own.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// The load generator collects garbage as a gateway does; the JetStream
 	// process (bench jetstream) as an embedded JetStream does.
 	tuneGC(len(args) > 0 && args[0] == "jetstream")
-	if len(args) > 0 {
-		if run, ok := benches[args[0]]; ok {
-			return run(ctx, args[1:], stdout, stderr)
-		}
+	if len(args) > 0 && args[0] == "jetstream" {
+		return runBenchJetStream(ctx, args[1:], stdout, stderr)
 	}
-	return errors.New("bench: name a benchmark: burst, ingress, pipeline, invoke, queued, pools, fairness or pacing")
+	var names []string
+	for _, bm := range benchmarks {
+		if len(args) > 0 && args[0] == bm.name {
+			return bm.run(ctx, args[1:], stdout, stderr)
+		}
+		names = append(names, bm.name)
+	}
+	return fmt.Errorf("bench: name a benchmark: %s or %s", strings.Join(names[:len(names)-1], ", "), names[len(names)-1])
 }
 
 // burstFlags configure `sluice bench burst`.
@@ -69,10 +85,8 @@ type burstFlags struct {
 	protocol                                       string
 }
 
-// runBenchBurst submits a burst of jobs through Sluice to a simulated
-// platform and, in the same run, the same burst straight at a fresh one the
-// way a typical client does, and compares both with the ideal drain time.
-func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// parseBurstFlags parses and checks the flags of `sluice bench burst`.
+func parseBurstFlags(args []string, stderr io.Writer) (burstFlags, error) {
 	fs := flag.NewFlagSet("bench burst", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var b burstFlags
@@ -91,16 +105,27 @@ func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.BoolVar(&b.direct, "direct", true, "also drive the burst straight at a fresh platform, as a typical client does")
 	fs.IntVar(&b.retries, "direct-retries", 3, "retries of the direct client, with exponential backoff")
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return b, err
 	}
 	if b.jobs < 1 || b.concurrency < 1 || b.initial < 1 || b.gateways < 1 || b.submitters < 1 || b.perMinute < 0 || b.fnConcurrency < 0 || b.payload < 0 {
-		return errors.New("bench burst: counts must be positive")
+		return b, errors.New("bench burst: counts must be positive")
 	}
 	if b.fnConcurrency == 0 {
 		b.fnConcurrency = b.concurrency
 	}
 	if b.protocol != "grpc" && b.protocol != "rest" {
-		return fmt.Errorf("bench burst: --protocol %q is neither grpc nor rest", b.protocol)
+		return b, fmt.Errorf("bench burst: --protocol %q is neither grpc nor rest", b.protocol)
+	}
+	return b, nil
+}
+
+// runBenchBurst submits a burst of jobs through Sluice to a simulated
+// platform and, in the same run, the same burst straight at a fresh one the
+// way a typical client does, and compares both with the ideal drain time.
+func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	b, err := parseBurstFlags(args, stderr)
+	if err != nil {
+		return err
 	}
 	dir, removeDir, err := benchScratch()
 	if err != nil {
@@ -222,9 +247,6 @@ func getFunctionStatus(ctx context.Context, gateway, function string) (*function
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
 	var fn struct { // the REST API answers with the Function itself
 		Status *functionStatus `json:"status"`
 	}
@@ -237,13 +259,21 @@ func getFunctionStatus(ctx context.Context, gateway, function string) (*function
 	return fn.Status, nil
 }
 
-// benchGet GETs url; the caller closes the body.
+// benchGet GETs url and wants 200; the caller closes the body.
 func benchGet(ctx context.Context, url string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	return http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return resp, nil
 }
 
 // indent puts each line of text but the first four spaces in, as an
@@ -255,73 +285,46 @@ func indent(text string) string {
 // benchSluice runs the burst through Sluice: gateway processes on one
 // embedded NATS, the platform in a process of its own.
 func benchSluice(ctx context.Context, b sluiceRun, dir string, stderr io.Writer) (*burstResult, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	var children sync.WaitGroup
-	defer children.Wait() // after cancel has stopped them
-	defer cancel()
+	fnAddr, stopPlatform, err := startOwnPlatform(ctx, stderr, b.platform)
+	if err != nil {
+		return nil, err
+	}
+	defer stopPlatform() // after the gateways, which call it
+	set, err := startReplicaSet(ctx, dir, "functions:\n  - "+indent(b.config("http://"+fnAddr+"/")), b.gateways, b.logLevel, stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer set.Close()
 
-	fnAddr, err := startPlatform(ctx, &children, stderr, b.platform)
+	start := time.Now()
+	ids, err := submitBurst(ctx, set, b)
 	if err != nil {
 		return nil, err
 	}
-	nats, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats"), Listen: true})
-	if err != nil {
+	res := &burstResult{submit: time.Since(start)}
+	if err := waitInvocations(ctx, "http://"+fnAddr+"/stats", b.jobs); err != nil {
 		return nil, err
 	}
-	defer func() {
-		// The gateways stop before the NATS they use.
-		cancel()
-		children.Wait()
-		nats.Shutdown()
-	}()
-	config := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(config, []byte("functions:\n  - "+indent(b.config("http://"+fnAddr+"/"))), 0o600); err != nil {
+	if err := readOutcomes(ctx, set.Queue, ids, start, res); err != nil {
 		return nil, err
 	}
-	var gateways, grpcAddrs []string
-	for i := range b.gateways {
-		httpAddr, err1 := freeAddr()
-		grpcAddr, err2 := freeAddr()
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, err
-		}
-		if err := startChild(ctx, &children, stderr, "serve", "--config", config, "--nats-url", nats.ClientURL(),
-			"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", cmp.Or(b.logLevel, "warn"), "--data-dir", filepath.Join(dir, fmt.Sprint("gw", i))); err != nil {
-			return nil, err
-		}
-		gateways = append(gateways, "http://"+httpAddr)
-		grpcAddrs = append(grpcAddrs, grpcAddr)
-	}
-	for _, gw := range gateways {
-		if err := waitHTTP(ctx, gw+"/v1/functions", 30*time.Second); err != nil {
+	if b.status {
+		if res.status, err = getFunctionStatus(ctx, set.HTTP[0], b.function); err != nil {
 			return nil, err
 		}
 	}
-	nc, err := nats.Connect()
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
-	queue, err := buffer.Open(ctx, nc, buffer.Config{})
-	if err != nil {
-		return nil, err
-	}
+	res.stats, err = fnStats(ctx, "http://"+fnAddr+"/stats")
+	return res, err
+}
 
-	// Submit as fast as Sluice accepts, honouring its Retry-After.
+// submitBurst submits the burst's jobs as fast as Sluice accepts them,
+// honouring its Retry-After, spread over the gateways, and returns their
+// IDs.
+func submitBurst(ctx context.Context, set *replicaSet, b sluiceRun) ([]string, error) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: b.submitters}, Timeout: 30 * time.Second}
-	var grpcClients []sluicev1.JobServiceClient
-	for _, addr := range grpcAddrs {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return nil, err
-		}
-		defer conn.Close()
-		grpcClients = append(grpcClients, sluicev1.NewJobServiceClient(conn))
-	}
 	payload := bytes.Repeat([]byte("x"), b.payload)
 	ids := make([]string, b.jobs)
 	var next atomic.Int64
-	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	for range b.submitters {
 		g.Go(func() error {
@@ -329,9 +332,9 @@ func benchSluice(ctx context.Context, b sluiceRun, dir string, stderr io.Writer)
 				var id string
 				var err error
 				if b.protocol == "grpc" {
-					id, err = submitGRPC(gctx, grpcClients[i%len(grpcClients)], b.function, payload)
+					id, err = submitGRPC(gctx, set.Clients[i%len(set.Clients)], b.function, payload)
 				} else {
-					id, err = submitREST(gctx, client, gateways[i%len(gateways)], b.function, payload)
+					id, err = submitREST(gctx, client, set.HTTP[i%len(set.HTTP)], b.function, payload)
 				}
 				if err != nil {
 					return err
@@ -344,34 +347,39 @@ func benchSluice(ctx context.Context, b sluiceRun, dir string, stderr io.Writer)
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	res := &burstResult{submit: time.Since(start)}
+	return ids, nil
+}
 
-	// Wait, cheaply, until the platform has run as many invocations as there
-	// are jobs, then read every job's state (again while any is unfinished).
+// waitInvocations waits, cheaply, until the platform (its stats at
+// statsURL) has run n invocations.
+func waitInvocations(ctx context.Context, statsURL string, n int) error {
 	for {
-		st, err := fnStats(ctx, "http://"+fnAddr+"/stats")
+		st, err := fnStats(ctx, statsURL)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if st.Invocations >= b.jobs {
-			break
+		if st.Invocations >= n {
+			return nil
 		}
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
 		}
 	}
+}
+
+// readOutcomes reads every job's state, again while any is unfinished, and
+// counts the outcomes into res, with the drain time from start.
+func readOutcomes(ctx context.Context, queue *buffer.Queue, ids []string, start time.Time, res *burstResult) error {
 	pending := ids
 	for len(pending) > 0 {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 		var still []string
 		for _, id := range pending {
 			job, err := queue.Get(ctx, id)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if !buffer.Terminal(job.State) {
 				still = append(still, id)
@@ -389,13 +397,7 @@ func benchSluice(ctx context.Context, b sluiceRun, dir string, stderr io.Writer)
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
-	if b.status {
-		if res.status, err = getFunctionStatus(ctx, gateways[0], b.function); err != nil {
-			return nil, err
-		}
-	}
-	res.stats, err = fnStats(ctx, "http://"+fnAddr+"/stats")
-	return res, err
+	return nil
 }
 
 // submitREST submits one job over REST, waiting out 429 and 503.
@@ -506,30 +508,6 @@ func benchDirect(ctx context.Context, b burstFlags, platform []string, stderr io
 func startChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) error {
 	_, err := startChildCmd(ctx, wg, stderr, args...)
 	return err
-}
-
-// startReplicas starts n gateways (sluice serve) with one config on one
-// JetStream, each with a data directory of its own under dir, and returns
-// their gRPC addresses once each is ready. They stop with ctx; children
-// tracks them.
-func startReplicas(ctx context.Context, children *sync.WaitGroup, stderr io.Writer, dir, config, natsURL string, n int) ([]string, error) {
-	var grpcAddrs []string
-	for i := range n {
-		httpAddr, err1 := freeAddr()
-		grpcAddr, err2 := freeAddr()
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, err
-		}
-		if err := startChild(ctx, children, stderr, "serve", "--config", config, "--nats-url", natsURL,
-			"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn", "--data-dir", filepath.Join(dir, fmt.Sprint("gw", i))); err != nil {
-			return nil, err
-		}
-		if err := waitHTTP(ctx, "http://"+httpAddr+"/readyz", 30*time.Second); err != nil {
-			return nil, err
-		}
-		grpcAddrs = append(grpcAddrs, grpcAddr)
-	}
-	return grpcAddrs, nil
 }
 
 // startChildCmd is startChild, returning the running command.

@@ -24,12 +24,10 @@ import (
 type ingressFlags struct {
 	concurrency, payload int
 	duration, warmup     time.Duration
-	natsURL, durability  string
-	debugAddr            string
-	natsDebugAddr        string
-	minRatio, restRatio  float64
-	maxP99               time.Duration
-	maxBatch, inFlight   int
+	stackFlags
+	minRatio, restRatio float64
+	maxP99              time.Duration
+	maxBatch, inFlight  int
 }
 
 // benchPath is one way in that a benchmark measures.
@@ -43,9 +41,8 @@ type benchPath struct {
 // so that what is measured is ingress alone.
 const benchFunction = "bench"
 
-// runBenchIngress measures durable submits over gRPC and REST against
-// JetStream's own one-message-per-publish rate, in the same run.
-func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// parseIngressFlags parses and checks the flags of `sluice bench ingress`.
+func parseIngressFlags(args []string, stderr io.Writer) (ingressFlags, error) {
 	fs := flag.NewFlagSet("bench ingress", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var b ingressFlags
@@ -53,36 +50,43 @@ func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Write
 	fs.IntVar(&b.payload, "payload", 1024, "payload size in bytes")
 	fs.DurationVar(&b.duration, "duration", 10*time.Second, "how long each path is measured")
 	fs.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured load before each path")
-	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
-	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
-	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
-	fs.StringVar(&b.natsDebugAddr, "nats-debug-addr", "", "serve the JetStream process's profiler here")
+	b.stackFlags.register(fs)
 	fs.IntVar(&b.maxBatch, "max-batch", 200, "the gateway's buffer.group_commit.max_batch")
 	fs.IntVar(&b.inFlight, "batches-in-flight", 2, "the gateway's buffer.group_commit.in_flight")
 	fs.Float64Var(&b.minRatio, "min-ratio", 0, "fail unless gRPC ingress is at least this multiple of the baseline")
 	fs.Float64Var(&b.restRatio, "min-rest-ratio", 0, "fail unless REST ingress is at least this multiple of gRPC's")
 	fs.DurationVar(&b.maxP99, "max-p99", 0, "fail if gRPC ingress p99 latency exceeds this (0: no limit)")
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return b, err
 	}
 	if b.concurrency < 1 || b.payload < 1 || b.duration <= 0 {
-		return errors.New("bench ingress: --concurrency, --payload and --duration must be positive")
+		return b, errors.New("bench ingress: --concurrency, --payload and --duration must be positive")
 	}
 	if b.durability != "always" && b.durability != "interval" {
-		return fmt.Errorf("bench ingress: --durability %q is neither always nor interval", b.durability)
+		return b, fmt.Errorf("bench ingress: --durability %q is neither always nor interval", b.durability)
+	}
+	return b, nil
+}
+
+// runBenchIngress measures durable submits over gRPC and REST against
+// JetStream's own one-message-per-publish rate, in the same run.
+func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	b, err := parseIngressFlags(args, stderr)
+	if err != nil {
+		return err
 	}
 	dir, removeDir, err := benchScratch()
 	if err != nil {
 		return err
 	}
 	defer removeDir()
-	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, natsDebugAddr: b.natsDebugAddr, config: fmt.Sprintf(`functions:
+	stack, err := startBenchStack(ctx, b.options(dir, fmt.Sprintf(`functions:
   - name: %s
     url: http://127.0.0.1:9/
     paused: true
     max_payload: %d
 buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
-`, benchFunction, max(b.payload, 1024), b.durability, b.maxBatch, b.inFlight)}, stderr)
+`, benchFunction, max(b.payload, 1024), b.durability, b.maxBatch, b.inFlight)), stderr)
 	if err != nil {
 		return err
 	}
@@ -113,15 +117,7 @@ buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {ma
 		return err
 	}
 	defer sub.Close()
-	grpcSubmit := func(ctx context.Context, w int) error {
-		_, err := sub.GRPC(ctx, w)
-		return err
-	}
-	paths := []benchPath{
-		{"sluice gRPC", b.concurrency, grpcSubmit},
-		{"sluice REST", b.concurrency, sub.REST},
-		{"sluice gRPC, one client", 1, grpcSubmit},
-	}
+
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "path\tclients\tsubmits\tper second\tp50 ms\tp99 ms\tp99.9 ms\tvs baseline\tCPU µs/submit: gateway / JetStream / client\tmachine: busy, µs/submit\tmean batch\t")
 	row := func(name string, clients int, r *loadResult, cpu, batch string) {
@@ -132,42 +128,68 @@ buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {ma
 	fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.2f\t%s\t%d\t\n", "JetStream, atomic batches (the ceiling)", b.concurrency,
 		ceiling.ops*ceilingBatch, ceiling.perSecond()*float64(ceilingBatch), ms(ceiling.quantile(0.5)), ms(ceiling.quantile(0.99)),
 		ms(ceiling.quantile(0.999)), ceiling.perSecond()*float64(ceilingBatch)/baseline.perSecond(), ceilingCPU, ceilingBatch)
+	results, err := measurePaths(ctx, stack, b, sub, row)
+	if err != nil {
+		return err
+	}
+	tw.Flush()
+	return checkIngress(stdout, b, results, baseline.perSecond(), ceiling.perSecond()*float64(ceilingBatch))
+}
+
+// measurePaths measures each way in through the gateway, after a warm-up
+// and with the job stream emptied, and prints each as a row.
+func measurePaths(ctx context.Context, stack *benchStack, b ingressFlags, sub *submitters, row func(name string, clients int, r *loadResult, cpu, batch string)) (map[string]*loadResult, error) {
+	grpcSubmit := func(ctx context.Context, w int) error {
+		_, err := sub.GRPC(ctx, w)
+		return err
+	}
+	paths := []benchPath{
+		{"sluice gRPC", b.concurrency, grpcSubmit},
+		{"sluice REST", b.concurrency, sub.REST},
+		{"sluice gRPC, one client", 1, grpcSubmit},
+	}
 	results := map[string]*loadResult{}
 	for _, p := range paths {
 		if err := purgeJobs(ctx, stack.JS); err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := runLoad(ctx, p.clients, b.warmup, p.op); err != nil {
-			return fmt.Errorf("%s: %w", p.name, err)
+			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 		batches0, err := stack.BatchCounts(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		cpu0, err := stack.CPU()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		r, err := runLoad(ctx, p.clients, b.duration, p.op)
 		if err != nil {
-			return fmt.Errorf("%s: %w", p.name, err)
+			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 		cpu1, err := stack.CPU()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		batches1, err := stack.BatchCounts(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		results[p.name] = r
 		row(p.name, p.clients, r, cpuColumns(cpu0, cpu1, r.ops), meanBatch(batches0, batches1, "jobs"))
 	}
-	tw.Flush()
+	return results, nil
+}
+
+// checkIngress prints the ratios and fails a run below --min-ratio or
+// --min-rest-ratio or above --max-p99; baseline and ceiling are their
+// submits per second.
+func checkIngress(stdout io.Writer, b ingressFlags, results map[string]*loadResult, baseline, ceiling float64) error {
 	grpcR, restR := results["sluice gRPC"], results["sluice REST"]
-	ratio := grpcR.perSecond() / baseline.perSecond()
+	ratio := grpcR.perSecond() / baseline
 	fmt.Fprintf(stdout, "\ngRPC / baseline: %.2f   gRPC / ceiling: %.2f   REST / gRPC: %.2f   one client's p50: %s ms\n",
-		ratio, grpcR.perSecond()/(ceiling.perSecond()*float64(ceilingBatch)), restR.perSecond()/grpcR.perSecond(),
+		ratio, grpcR.perSecond()/ceiling, restR.perSecond()/grpcR.perSecond(),
 		ms(results["sluice gRPC, one client"].quantile(0.5)))
 	var fails []string
 	if b.minRatio > 0 && ratio < b.minRatio {

@@ -14,12 +14,10 @@ import (
 
 // invokeFlags configure `sluice bench invoke`.
 type invokeFlags struct {
-	clients, payload    int
-	duration, warmup    time.Duration
-	natsURL, durability string
-	maxOverhead         time.Duration
-	debugAddr           string // the gateway's profiler
-	natsDebugAddr       string // the JetStream process's
+	clients, payload int
+	duration, warmup time.Duration
+	stackFlags
+	maxOverhead time.Duration
 }
 
 // runBenchInvoke measures what Sluice adds to a call: the same payload sent
@@ -34,10 +32,7 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&b.payload, "payload", 1024, "payload size in bytes")
 	fs.DurationVar(&b.duration, "duration", 10*time.Second, "how long each path is measured")
 	fs.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured calls before each path")
-	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
-	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
-	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
-	fs.StringVar(&b.natsDebugAddr, "nats-debug-addr", "", "serve the JetStream process's profiler here")
+	b.stackFlags.register(fs)
 	fs.DurationVar(&b.maxOverhead, "max-overhead", 0, "fail if Sluice's p50 exceeds the direct p50 by more than this (0: no limit)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -56,14 +51,14 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer stopPlatform()
-	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, natsDebugAddr: b.natsDebugAddr, config: fmt.Sprintf(`functions:
+	stack, err := startBenchStack(ctx, b.options(dir, fmt.Sprintf(`functions:
   - name: %s
     url: http://%s/
     concurrency: %d
     timeout: 10s
     max_payload: %d
 buffer: {durability: %s}
-`, benchFunction, fnAddr, max(b.clients, 8), max(b.payload, 1024), b.durability)}, stderr)
+`, benchFunction, fnAddr, max(b.clients, 8), max(b.payload, 1024), b.durability)), stderr)
 	if err != nil {
 		return err
 	}

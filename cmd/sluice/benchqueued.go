@@ -23,17 +23,13 @@ import (
 type queuedFlags struct {
 	jobs, payload, submitters, sample int
 	readFor, readWarmup               time.Duration
-	natsURL, durability, debugAddr    string
-	natsDebugAddr                     string
-	maxRSS                            int64
-	maxGetRatio                       float64
+	stackFlags
+	maxRSS      int64
+	maxGetRatio float64
 }
 
-// runBenchQueued fills a paused function's queue through the gateway and
-// shows that the gateway's memory does not grow with it (the jobs live in
-// JetStream) and that reading a job costs the same with the queue full as
-// with it empty.
-func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// parseQueuedFlags parses and checks the flags of `sluice bench queued`.
+func parseQueuedFlags(args []string, stderr io.Writer) (queuedFlags, error) {
 	fs := flag.NewFlagSet("bench queued", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var b queuedFlags
@@ -43,17 +39,26 @@ func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&b.sample, "sample", 1000, "jobs whose reads are timed")
 	fs.DurationVar(&b.readFor, "read-for", 20*time.Second, "how long GetJob is timed, empty and full")
 	fs.DurationVar(&b.readWarmup, "read-warmup", time.Second, "unmeasured GetJob reads before each timed run")
-	fs.StringVar(&b.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
-	fs.StringVar(&b.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
-	fs.StringVar(&b.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
-	fs.StringVar(&b.natsDebugAddr, "nats-debug-addr", "", "serve the JetStream process's profiler here")
+	b.stackFlags.register(fs)
 	fs.Int64Var(&b.maxRSS, "max-rss-mib", 0, "fail if the gateway's RSS exceeds this many MiB (0: no limit)")
 	fs.Float64Var(&b.maxGetRatio, "max-get-ratio", 0, "fail if GetJob p99 full / empty exceeds this (0: no limit)")
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return b, err
 	}
 	if b.jobs < 1 || b.payload < 1 || b.submitters < 1 || b.sample < 1 || b.readFor <= 0 || b.readWarmup < 0 {
-		return errors.New("bench queued: counts and --read-for must be positive")
+		return b, errors.New("bench queued: counts and --read-for must be positive")
+	}
+	return b, nil
+}
+
+// runBenchQueued fills a paused function's queue through the gateway and
+// shows that the gateway's memory does not grow with it (the jobs live in
+// JetStream) and that reading a job costs the same with the queue full as
+// with it empty.
+func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	b, err := parseQueuedFlags(args, stderr)
+	if err != nil {
+		return err
 	}
 	dir, removeDir, err := benchScratch()
 	if err != nil {
@@ -61,13 +66,13 @@ func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer removeDir()
 	maxBytes := int64(b.jobs+b.sample) * int64(b.payload+512) * 2
-	stack, err := startBenchStack(ctx, stackOptions{dir: dir, natsURL: b.natsURL, durability: b.durability, debugAddr: b.debugAddr, natsDebugAddr: b.natsDebugAddr, config: fmt.Sprintf(`functions:
+	stack, err := startBenchStack(ctx, b.options(dir, fmt.Sprintf(`functions:
   - name: %s
     url: http://127.0.0.1:9/
     paused: true
     max_payload: %d
 buffer: {max_jobs: %d, max_bytes: %d, durability: %s}
-`, benchFunction, max(b.payload, 1024), 2*(b.jobs+b.sample), maxBytes, b.durability)}, stderr)
+`, benchFunction, max(b.payload, 1024), 2*(b.jobs+b.sample), maxBytes, b.durability)), stderr)
 	if err != nil {
 		return err
 	}
@@ -80,119 +85,158 @@ buffer: {max_jobs: %d, max_bytes: %d, durability: %s}
 		return err
 	}
 	defer closeClients()
-	payload := bytes.Repeat([]byte("x"), b.payload)
-	submitN := func(n int, keep func(string)) error {
-		var next atomic.Int64
-		g, gctx := errgroup.WithContext(ctx)
-		for w := range min(b.submitters, n) {
-			g.Go(func() error {
-				for int(next.Add(1)) <= n {
-					resp, err := clients[w%len(clients)].SubmitJob(gctx, &sluicev1.SubmitJobRequest{
-						Function: benchFunction,
-						Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: payload},
-					})
-					if err != nil {
-						return err
-					}
-					if keep != nil {
-						keep(resp.GetJob().GetId())
-					}
-				}
-				return nil
-			})
-		}
-		return g.Wait()
-	}
-	var mu sync.Mutex
-	var ids []string
-	if err := submitN(b.sample, func(id string) { mu.Lock(); ids = append(ids, id); mu.Unlock() }); err != nil {
-		return err
-	}
-	// Both timed runs start alike, after reads that warm what the reads
-	// touch: what is timed is reading with the queue empty or full, not the
-	// first reads after a million writes.
-	getJobs := func() (*loadResult, error) {
-		get := func(ctx context.Context, w int) error {
-			resp, err := clients[w%len(clients)].GetJob(ctx, &sluicev1.GetJobRequest{Id: ids[rand.N(len(ids))]})
-			job := resp.GetJob()
-			if err == nil && job.GetState() != sluicev1.Job_QUEUED {
-				err = fmt.Errorf("job %s is %v, want QUEUED", job.GetId(), job.GetState())
-			}
-			return err
-		}
-		if b.readWarmup > 0 {
-			if _, err := runLoad(ctx, 8, b.readWarmup, get); err != nil {
-				return nil, err
-			}
-		}
-		return runLoad(ctx, 8, b.readFor, get)
-	}
-	empty, err := getJobs()
-	if err != nil {
-		return fmt.Errorf("GetJob, empty queue: %w", err)
-	}
-	rssEmpty, err := stack.GatewayRSS()
+	r := &queuedRun{b: b, stack: stack, clients: clients, payload: bytes.Repeat([]byte("x"), b.payload)}
+	m, err := r.measure(ctx)
 	if err != nil {
 		return err
 	}
+	return m.report(stdout, b)
+}
 
-	// Fill, watching the gateway's memory as the queue grows.
+// queuedRun is one run of `sluice bench queued`.
+type queuedRun struct {
+	b       queuedFlags
+	stack   *benchStack
+	clients []sluicev1.JobServiceClient
+	payload []byte
+	ids     []string // the jobs whose reads are timed
+}
+
+// queuedMeasures are what a queuedRun measured.
+type queuedMeasures struct {
+	empty, full                *loadResult
+	rssEmpty, rssFull, rssPeak int64
+	natsRSS                    int64
+	fill                       time.Duration
+	pending                    uint64 // the function's queue, full
+}
+
+// measure times reads with the queue empty, fills it, and times them
+// again.
+func (r *queuedRun) measure(ctx context.Context) (*queuedMeasures, error) {
+	var m queuedMeasures
+	var mu sync.Mutex
+	if err := r.submitN(ctx, r.b.sample, func(id string) { mu.Lock(); r.ids = append(r.ids, id); mu.Unlock() }); err != nil {
+		return nil, err
+	}
+	var err error
+	if m.empty, err = r.getJobs(ctx); err != nil {
+		return nil, fmt.Errorf("GetJob, empty queue: %w", err)
+	}
+	if m.rssEmpty, err = r.stack.GatewayRSS(); err != nil {
+		return nil, err
+	}
+	if m.fill, m.rssPeak, err = r.fill(ctx, m.rssEmpty); err != nil {
+		return nil, fmt.Errorf("fill: %w", err)
+	}
+	if m.rssFull, err = r.stack.GatewayRSS(); err != nil {
+		return nil, err
+	}
+	if m.full, err = r.getJobs(ctx); err != nil {
+		return nil, fmt.Errorf("GetJob, full queue: %w", err)
+	}
+	cons, err := r.stack.JS.Consumer(ctx, "SLUICE_JOBS", "sluice-dispatch-"+benchFunction)
+	if err != nil {
+		return nil, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.pending = info.NumPending
+	if m.natsRSS, err = r.stack.NATSRSS(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// submitN submits n jobs from up to b.submitters clients, passing each
+// job's ID to keep if it is set.
+func (r *queuedRun) submitN(ctx context.Context, n int, keep func(string)) error {
+	var next atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for w := range min(r.b.submitters, n) {
+		g.Go(func() error {
+			for int(next.Add(1)) <= n {
+				resp, err := r.clients[w%len(r.clients)].SubmitJob(gctx, &sluicev1.SubmitJobRequest{
+					Function: benchFunction,
+					Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: r.payload},
+				})
+				if err != nil {
+					return err
+				}
+				if keep != nil {
+					keep(resp.GetJob().GetId())
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// getJobs times GetJob on the sampled jobs. Both timed runs start alike,
+// after reads that warm what the reads touch: what is timed is reading
+// with the queue empty or full, not the first reads after a million
+// writes.
+func (r *queuedRun) getJobs(ctx context.Context) (*loadResult, error) {
+	get := func(ctx context.Context, w int) error {
+		resp, err := r.clients[w%len(r.clients)].GetJob(ctx, &sluicev1.GetJobRequest{Id: r.ids[rand.N(len(r.ids))]})
+		job := resp.GetJob()
+		if err == nil && job.GetState() != sluicev1.Job_QUEUED {
+			err = fmt.Errorf("job %s is %v, want QUEUED", job.GetId(), job.GetState())
+		}
+		return err
+	}
+	if r.b.readWarmup > 0 {
+		if _, err := runLoad(ctx, 8, r.b.readWarmup, get); err != nil {
+			return nil, err
+		}
+	}
+	return runLoad(ctx, 8, r.b.readFor, get)
+}
+
+// fill submits b.jobs, watching the gateway's memory as the queue grows:
+// how long it took, and the peak (at least rss0).
+func (r *queuedRun) fill(ctx context.Context, rss0 int64) (time.Duration, int64, error) {
 	var peak atomic.Int64
-	peak.Store(rssEmpty)
+	peak.Store(rss0)
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	var sampler sync.WaitGroup
 	sampler.Go(func() {
 		for sleepCtx(sampleCtx, 250*time.Millisecond) == nil {
-			if rss, err := stack.GatewayRSS(); err == nil && rss > peak.Load() {
+			if rss, err := r.stack.GatewayRSS(); err == nil && rss > peak.Load() {
 				peak.Store(rss)
 			}
 		}
 	})
 	start := time.Now()
-	err = submitN(b.jobs, nil)
+	err := r.submitN(ctx, r.b.jobs, nil)
 	fill := time.Since(start)
 	stopSampling()
 	sampler.Wait()
-	if err != nil {
-		return fmt.Errorf("fill: %w", err)
-	}
-	rssFull, err := stack.GatewayRSS()
-	if err != nil {
-		return err
-	}
-	full, err := getJobs()
-	if err != nil {
-		return fmt.Errorf("GetJob, full queue: %w", err)
-	}
-	cons, err := stack.JS.Consumer(ctx, "SLUICE_JOBS", "sluice-dispatch-"+benchFunction)
-	if err != nil {
-		return err
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return err
-	}
-	natsRSS, err := stack.NATSRSS()
-	if err != nil {
-		return err
-	}
+	return fill, peak.Load(), err
+}
 
+// report prints what was measured and fails a run over --max-rss-mib or
+// --max-get-ratio.
+func (m *queuedMeasures) report(stdout io.Writer, b queuedFlags) error {
 	mib := func(n int64) string { return fmt.Sprintf("%.0f", float64(n)/(1<<20)) }
-	fmt.Fprintf(stdout, "filled %d jobs in %s (%.0f/s); the function's queue holds %d\n\n", b.jobs, fill.Round(time.Millisecond),
-		float64(b.jobs)/fill.Seconds(), info.NumPending)
+	fmt.Fprintf(stdout, "filled %d jobs in %s (%.0f/s); the function's queue holds %d\n\n", b.jobs, m.fill.Round(time.Millisecond),
+		float64(b.jobs)/m.fill.Seconds(), m.pending)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "queue\tgateway RSS MiB\tGetJob reads\tp50 ms\tp99 ms\tp99.9 ms\t")
-	fmt.Fprintf(tw, "empty (%d jobs)\t%s\t%d\t%s\t%s\t%s\t\n", b.sample, mib(rssEmpty), empty.ops, ms(empty.quantile(0.5)), ms(empty.quantile(0.99)), ms(empty.quantile(0.999)))
-	fmt.Fprintf(tw, "full (%d jobs)\t%s\t%d\t%s\t%s\t%s\t\n", info.NumPending, mib(rssFull), full.ops, ms(full.quantile(0.5)), ms(full.quantile(0.99)), ms(full.quantile(0.999)))
+	fmt.Fprintf(tw, "empty (%d jobs)\t%s\t%d\t%s\t%s\t%s\t\n", b.sample, mib(m.rssEmpty), m.empty.ops, ms(m.empty.quantile(0.5)), ms(m.empty.quantile(0.99)), ms(m.empty.quantile(0.999)))
+	fmt.Fprintf(tw, "full (%d jobs)\t%s\t%d\t%s\t%s\t%s\t\n", m.pending, mib(m.rssFull), m.full.ops, ms(m.full.quantile(0.5)), ms(m.full.quantile(0.99)), ms(m.full.quantile(0.999)))
 	tw.Flush()
-	ratio := float64(full.quantile(0.99)) / float64(empty.quantile(0.99))
-	fmt.Fprintf(stdout, "\ngateway RSS peak while filling: %s MiB; GetJob p99 full / empty: %.2f\n", mib(peak.Load()), ratio)
-	if natsRSS > 0 {
-		fmt.Fprintf(stdout, "the JetStream process holding the jobs: %s MiB (with `sluice serve` on its embedded JetStream, one process holds both)\n", mib(natsRSS))
+	ratio := float64(m.full.quantile(0.99)) / float64(m.empty.quantile(0.99))
+	fmt.Fprintf(stdout, "\ngateway RSS peak while filling: %s MiB; GetJob p99 full / empty: %.2f\n", mib(m.rssPeak), ratio)
+	if m.natsRSS > 0 {
+		fmt.Fprintf(stdout, "the JetStream process holding the jobs: %s MiB (with `sluice serve` on its embedded JetStream, one process holds both)\n", mib(m.natsRSS))
 	}
 	var fails []error
-	if b.maxRSS > 0 && peak.Load() > b.maxRSS<<20 {
-		fails = append(fails, fmt.Errorf("gateway RSS peaked at %s MiB, above %d", mib(peak.Load()), b.maxRSS))
+	if b.maxRSS > 0 && m.rssPeak > b.maxRSS<<20 {
+		fails = append(fails, fmt.Errorf("gateway RSS peaked at %s MiB, above %d", mib(m.rssPeak), b.maxRSS))
 	}
 	if b.maxGetRatio > 0 && ratio > b.maxGetRatio {
 		fails = append(fails, fmt.Errorf("GetJob p99 full / empty %.2f is above %.2f", ratio, b.maxGetRatio))

@@ -64,6 +64,25 @@ type stackOptions struct {
 	natsDebugAddr string
 }
 
+// stackFlags are the flags of the benchmarks that run a benchStack
+// (ingress, pipeline, invoke, queued): which JetStream, and profilers.
+type stackFlags struct {
+	natsURL, durability, debugAddr, natsDebugAddr string
+}
+
+func (f *stackFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.natsURL, "nats-url", "", "a NATS server to use instead of an embedded one")
+	fs.StringVar(&f.durability, "durability", "always", "the embedded server's durability: always (fsync before ack) or interval")
+	fs.StringVar(&f.debugAddr, "gateway-debug-addr", "", "serve the gateway's profiler here (see serve --debug-addr)")
+	fs.StringVar(&f.natsDebugAddr, "nats-debug-addr", "", "serve the JetStream process's profiler here")
+}
+
+// options are the stackOptions the flags give, for a stack in dir whose
+// gateway runs config.
+func (f *stackFlags) options(dir, config string) stackOptions {
+	return stackOptions{dir: dir, natsURL: f.natsURL, durability: f.durability, debugAddr: f.debugAddr, natsDebugAddr: f.natsDebugAddr, config: config}
+}
+
 // startBenchStack starts the JetStream and the gateway, and returns once
 // the gateway answers.
 func startBenchStack(ctx context.Context, o stackOptions, stderr io.Writer) (_ *benchStack, err error) {
@@ -92,21 +111,12 @@ func startBenchStack(ctx context.Context, o stackOptions, stderr io.Writer) (_ *
 	if err := os.WriteFile(config, []byte(o.config), 0o600); err != nil {
 		return nil, err
 	}
-	httpAddr, err1 := freeAddr()
-	grpcAddr, err2 := freeAddr()
-	if err := errors.Join(err1, err2); err != nil {
-		return nil, err
-	}
-	args := []string{"serve", "--config", config, "--nats-url", natsURL,
-		"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", "warn", "--data-dir", filepath.Join(o.dir, "gw")}
-	if o.debugAddr != "" {
-		args = append(args, "--debug-addr", o.debugAddr)
-	}
-	s.Gateway, err = startChildCmd(ctx, &s.children, stderr, args...)
+	gw, err := startGatewayChild(ctx, &s.children, stderr, gatewaySpec{config: config, natsURL: natsURL,
+		dataDir: filepath.Join(o.dir, "gw"), debugAddr: o.debugAddr})
 	if err != nil {
 		return nil, err
 	}
-	s.HTTP, s.GRPCAddr = "http://"+httpAddr, grpcAddr
+	s.Gateway, s.HTTP, s.GRPCAddr = gw.Cmd, gw.HTTP, gw.GRPCAddr
 	return s, waitHTTP(ctx, s.HTTP+"/readyz", 30*time.Second)
 }
 
@@ -295,33 +305,6 @@ func (s *benchStack) CPU() (cpuTimes, error) {
 	return t, errors.Join(err1, err2, err3, err4)
 }
 
-// machineCPU reads the machine's busy and total CPU time, summed over its
-// cores, from /proc/stat (Linux).
-func machineCPU() (busy, all time.Duration, err error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0, err
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	fields := strings.Fields(line)
-	if len(fields) < 9 || fields[0] != "cpu" {
-		return 0, 0, errors.New("malformed /proc/stat")
-	}
-	// user nice system idle iowait irq softirq steal, in USER_HZ ticks.
-	var ticks [8]int64
-	for i := range ticks {
-		if ticks[i], err = strconv.ParseInt(fields[i+1], 10, 64); err != nil {
-			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
-		}
-	}
-	idle := ticks[3] + ticks[4]
-	var sum int64
-	for _, t := range ticks {
-		sum += t
-	}
-	return time.Duration(sum-idle) * 10 * time.Millisecond, time.Duration(sum) * 10 * time.Millisecond, nil
-}
-
 // machineLoad formats the machine's CPU between two readings: how busy its
 // cores were, and its busy CPU time per operation in µs.
 func machineLoad(from, to cpuTimes, ops int) string {
@@ -339,42 +322,6 @@ func perOp(from, to cpuTimes, ops int) string {
 		return strconv.FormatFloat(float64(d.Microseconds())/float64(max(ops, 1)), 'f', 0, 64)
 	}
 	return us(to.gateway-from.gateway) + " / " + us(to.nats-from.nats) + " / " + us(to.self-from.self)
-}
-
-// processCPU reads a process's user plus system CPU time (Linux).
-func processCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, in parentheses, may hold spaces: count from after it.
-	_, rest, ok := strings.Cut(string(b), ") ")
-	fields := strings.Fields(rest)
-	if !ok || len(fields) < 13 {
-		return 0, errors.New("malformed /proc stat")
-	}
-	// utime and stime, fields 14 and 15 of stat, in USER_HZ ticks (100/s).
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
-}
-
-// processRSS reads a process's resident set size (Linux).
-func processRSS(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS in /proc status")
 }
 
 // loadResult is what a closed-loop load measured.
@@ -427,58 +374,3 @@ func runLoad(ctx context.Context, workers int, d time.Duration, op func(ctx cont
 
 // ms formats a latency in milliseconds.
 func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 2, 64) }
-
-// batchCounts are group commit's counters as the gateway's /metrics shows
-// them, by kind (jobs, states).
-type batchCounts map[string]struct{ batches, writes float64 }
-
-// BatchCounts scrapes the gateway's group commit counters.
-func (s *benchStack) BatchCounts(ctx context.Context) (batchCounts, error) {
-	resp, err := benchGet(ctx, s.HTTP+"/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := batchCounts{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		var field *float64
-		c := struct{ batches, writes float64 }{}
-		kind := ""
-		for _, k := range []string{"jobs", "states"} {
-			if strings.Contains(line, `sluice_kind="`+k+`"`) {
-				kind = k
-			}
-		}
-		if kind == "" {
-			continue
-		}
-		c = out[kind]
-		switch {
-		case strings.HasPrefix(line, "sluice_buffer_batches_total{"):
-			field = &c.batches
-		case strings.HasPrefix(line, "sluice_buffer_batched_writes_total{"):
-			field = &c.writes
-		default:
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			return nil, fmt.Errorf("/metrics: %q: %w", line, err)
-		}
-		*field = v
-		out[kind] = c
-	}
-	return out, sc.Err()
-}
-
-// meanBatch formats the mean batch size between two scrapes.
-func meanBatch(from, to batchCounts, kind string) string {
-	b, w := to[kind].batches-from[kind].batches, to[kind].writes-from[kind].writes
-	if b == 0 {
-		return "-"
-	}
-	return strconv.FormatFloat(w/b, 'f', 1, 64)
-}

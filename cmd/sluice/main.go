@@ -24,14 +24,13 @@ import (
 	"github.com/sluicehq/sluice/gateway"
 )
 
-const usage = `Sluice buffers requests for serverless functions and dispatches them at a pace the functions can take.
+var usage = `Sluice buffers requests for serverless functions and dispatches them at a pace the functions can take.
 
 Usage:
   sluice serve --config FILE [flags]   run the gateway
   sluice dev [flags]                   run the gateway with a demo function "echo"; no setup needed
   sluice fnsim [flags]                 run the simulated serverless platform on its own
-  sluice bench burst [flags]           measure a burst through Sluice against the same burst sent directly
-  sluice submit FUNCTION [--data TEXT|@FILE|-] [--wait 10s] [--idempotency-key K] [--count N]
+` + benchUsage() + `  sluice submit FUNCTION [--data TEXT|@FILE|-] [--wait 10s] [--idempotency-key K] [--count N]
   sluice get JOB_ID | wait JOB_ID | cancel JOB_ID
   sluice dlq list FUNCTION | dlq redrive FUNCTION [JOB_ID ...]
   sluice functions                     the functions with live stats

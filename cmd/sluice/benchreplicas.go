@@ -1,0 +1,142 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+)
+
+// gatewaySpec is one gateway process (sluice serve) as a benchmark starts it.
+type gatewaySpec struct {
+	config  string // the YAML file
+	natsURL string // the JetStream it uses
+	dataDir string // its --data-dir
+	// logLevel is its --log-level; "" means warn.
+	logLevel string
+	// debugAddr, if set, serves its profiler.
+	debugAddr string
+}
+
+// gatewayChild is a started gateway process.
+type gatewayChild struct {
+	// HTTP is its REST base URL; GRPCAddr its gRPC address.
+	HTTP, GRPCAddr string
+	Cmd            *exec.Cmd
+}
+
+// startGatewayChild starts a gateway process on free loopback ports; it stops
+// with ctx, and wg tracks it. It does not wait for it to be ready.
+func startGatewayChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, g gatewaySpec) (gatewayChild, error) {
+	httpAddr, err1 := freeAddr()
+	grpcAddr, err2 := freeAddr()
+	if err := errors.Join(err1, err2); err != nil {
+		return gatewayChild{}, err
+	}
+	args := []string{"serve", "--config", g.config, "--nats-url", g.natsURL,
+		"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", cmp.Or(g.logLevel, "warn"), "--data-dir", g.dataDir}
+	if g.debugAddr != "" {
+		args = append(args, "--debug-addr", g.debugAddr)
+	}
+	cmd, err := startChildCmd(ctx, wg, stderr, args...)
+	if err != nil {
+		return gatewayChild{}, err
+	}
+	return gatewayChild{HTTP: "http://" + httpAddr, GRPCAddr: grpcAddr, Cmd: cmd}, nil
+}
+
+// replicaSet is what the burst, pacing, pools and fairness benchmarks run:
+// gateway processes with one config on one JetStream embedded in the
+// benchmark's process, with a gRPC client to each and the benchmark's own
+// view of the buffer.
+type replicaSet struct {
+	// HTTP are the gateways' REST base URLs; Clients their gRPC clients,
+	// in the same order.
+	HTTP    []string
+	Clients []sluicev1.JobServiceClient
+	// Queue is the benchmark's own view of the buffer.
+	Queue *buffer.Queue
+
+	nats     *buffer.Embedded
+	nc       *nats.Conn
+	conns    []*grpc.ClientConn
+	cancel   context.CancelFunc
+	children sync.WaitGroup // the gateways
+}
+
+// startReplicaSet starts an embedded JetStream storing under dir, and n
+// gateways running config (the YAML's text), each with a data directory of
+// its own under dir and logging at logLevel ("": warn) to stderr; it
+// returns once every gateway is ready.
+func startReplicaSet(ctx context.Context, dir, config string, n int, logLevel string, stderr io.Writer) (_ *replicaSet, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	r := &replicaSet{cancel: cancel}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
+	if r.nats, err = buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats"), Listen: true}); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		return nil, err
+	}
+	var gateways []gatewayChild
+	for i := range n {
+		g, err := startGatewayChild(ctx, &r.children, stderr, gatewaySpec{config: path, natsURL: r.nats.ClientURL(),
+			dataDir: filepath.Join(dir, fmt.Sprint("gw", i)), logLevel: logLevel})
+		if err != nil {
+			return nil, err
+		}
+		gateways = append(gateways, g)
+	}
+	for _, g := range gateways {
+		if err := waitHTTP(ctx, g.HTTP+"/readyz", 30*time.Second); err != nil {
+			return nil, err
+		}
+		conn, err := grpc.NewClient(g.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		r.conns = append(r.conns, conn)
+		r.HTTP = append(r.HTTP, g.HTTP)
+		r.Clients = append(r.Clients, sluicev1.NewJobServiceClient(conn))
+	}
+	if r.nc, err = r.nats.Connect(); err != nil {
+		return nil, err
+	}
+	if r.Queue, err = buffer.Open(ctx, r.nc, buffer.Config{}); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Close stops the gateways, then the JetStream they use.
+func (r *replicaSet) Close() {
+	for _, c := range r.conns {
+		c.Close()
+	}
+	if r.nc != nil {
+		r.nc.Close()
+	}
+	r.cancel()
+	r.children.Wait()
+	if r.nats != nil {
+		r.nats.Shutdown()
+	}
+}
