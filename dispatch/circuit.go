@@ -15,7 +15,8 @@ import (
 // open nothing is dispatched to the function and queued jobs wait without
 // spending attempts; after a cooldown one probe job is let through
 // (half-open): its success closes the circuit, its failure reopens it for
-// twice as long. The zero value is on, with the defaults below.
+// twice as long. The zero value is on, with [DefaultCircuitPolicy]'s
+// settings.
 type CircuitPolicy struct {
 	// Disabled turns the breaker off: every job is tried whatever the
 	// function's health.
@@ -36,21 +37,28 @@ type CircuitPolicy struct {
 	MaxCooldown time.Duration
 }
 
+// DefaultCircuitPolicy returns what each zero field of a CircuitPolicy
+// means.
+func DefaultCircuitPolicy() CircuitPolicy {
+	return CircuitPolicy{FailureRatio: 0.5, MinAttempts: 10, Window: 30 * time.Second, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute}
+}
+
 func (c *CircuitPolicy) setDefaults() {
+	d := DefaultCircuitPolicy()
 	if c.FailureRatio == 0 {
-		c.FailureRatio = 0.5
+		c.FailureRatio = d.FailureRatio
 	}
 	if c.MinAttempts == 0 {
-		c.MinAttempts = 10
+		c.MinAttempts = d.MinAttempts
 	}
 	if c.Window == 0 {
-		c.Window = 30 * time.Second
+		c.Window = d.Window
 	}
 	if c.Cooldown == 0 {
-		c.Cooldown = 5 * time.Second
+		c.Cooldown = d.Cooldown
 	}
 	if c.MaxCooldown == 0 {
-		c.MaxCooldown = 5 * time.Minute
+		c.MaxCooldown = d.MaxCooldown
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/gateway"
@@ -145,6 +146,22 @@ type CallbacksConfig struct {
 	// gateway processes, those waiting for a retry included. Default 64 ×
 	// concurrency.
 	MaxPending Count `yaml:"max_pending"`
+}
+
+// deliverer is callback delivery as dispatch takes it, but for its source,
+// sender and logger, which the process makes.
+func (cb *CallbacksConfig) deliverer() dispatch.CallbackConfig {
+	return dispatch.CallbackConfig{
+		Timeout: time.Duration(cb.Timeout),
+		Retry: dispatch.RetryPolicy{
+			MaxAttempts:    int(cb.MaxAttempts),
+			InitialBackoff: time.Duration(cb.InitialBackoff),
+			MaxBackoff:     time.Duration(cb.MaxBackoff),
+		},
+		Concurrency:       int(cb.Concurrency),
+		TenantConcurrency: int(cb.TenantConcurrency),
+		MaxPending:        int(cb.MaxPending),
+	}
 }
 
 // FunctionConfig is one function. Only name and its target (url, or
@@ -322,7 +339,7 @@ type ScalingConfig struct {
 type RateConfig struct {
 	// PerSecond is the most starts per second. Required.
 	PerSecond float64 `yaml:"per_second"`
-	// Burst is how many may start at once. Default 1.
+	// Burst is how many may start at once. Default 1 (dispatch's).
 	Burst Count `yaml:"burst"`
 }
 
@@ -373,6 +390,30 @@ type BufferConfig struct {
 	HighWater float64 `yaml:"high_water"`
 }
 
+// queue is the buffer as buffer.Open takes it, but for its logger and
+// replicas, which are the process's.
+func (b *BufferConfig) queue() buffer.Config {
+	return buffer.Config{
+		MaxJobs:             int64(b.MaxJobs),
+		MaxBytes:            int64(b.MaxBytes),
+		Retention:           time.Duration(b.JobRetention),
+		IdempotencyWindow:   time.Duration(b.IdempotencyWindow),
+		DeadLetterRetention: time.Duration(b.DeadLetterRetention),
+		Stores: buffer.StoreLimits{
+			StateBytes:       int64(b.StateMaxBytes),
+			IdempotencyBytes: int64(b.IdempotencyMaxBytes),
+			DeadLetterBytes:  int64(b.DeadLetterMaxBytes),
+			CallbackBytes:    int64(b.CallbackMaxBytes),
+			HighWater:        b.HighWater,
+		},
+		Batch: buffer.BatchConfig{
+			MaxBatch:    int(b.GroupCommit.MaxBatch),
+			MaxInFlight: int(b.GroupCommit.InFlight),
+			Linger:      time.Duration(b.GroupCommit.Linger),
+		},
+	}
+}
+
 // GroupCommitConfig tunes group commit: concurrent submits (and job state
 // writes) stored as JetStream atomic batches, one fsync per batch.
 type GroupCommitConfig struct {
@@ -393,10 +434,8 @@ const (
 	maxConcurrency     = 10_000
 	defaultTimeout     = 30 * time.Second
 	maxTimeout         = time.Hour
-	defaultMaxPayload  = 1 << 20
 	defaultIdleReap    = 10 * time.Minute
 	defaultMaxAge      = 6 * time.Hour
-	defaultMaxAttempts = 5
 	// defaultKeepWarmEvery stays under the idle time after which common
 	// platforms reap environments (5 to 15 minutes).
 	defaultKeepWarmEvery = 4 * time.Minute
@@ -631,7 +670,7 @@ func (c *Config) setDefaultsAndCheck() error {
 			bad("timeout", "%s is out of range: more than 0 and at most %s", time.Duration(f.Timeout), maxTimeout)
 		}
 		if f.MaxPayload == 0 {
-			f.MaxPayload = defaultMaxPayload
+			f.MaxPayload = gateway.DefaultMaxPayload
 		}
 		if f.MaxPayload > maxMaxPayload {
 			bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
@@ -645,20 +684,21 @@ func (c *Config) setDefaultsAndCheck() error {
 			f.MaxAge = Duration(defaultMaxAge)
 		}
 		r := &f.Retry
+		retry := dispatch.DefaultRetryPolicy()
 		if r.MaxAttempts == 0 {
-			r.MaxAttempts = defaultMaxAttempts
+			r.MaxAttempts = Count(retry.MaxAttempts)
 		}
 		if r.InitialBackoff == 0 {
-			r.InitialBackoff = Duration(time.Second)
+			r.InitialBackoff = Duration(retry.InitialBackoff)
 		}
 		if r.MaxBackoff == 0 {
-			r.MaxBackoff = Duration(5 * time.Minute)
+			r.MaxBackoff = Duration(retry.MaxBackoff)
 		}
 		if r.MaxBackoff < r.InitialBackoff {
 			bad("retry.max_backoff", "%s is shorter than initial_backoff (%s)", time.Duration(r.MaxBackoff), time.Duration(r.InitialBackoff))
 		}
 		if r.Multiplier == 0 {
-			r.Multiplier = 2
+			r.Multiplier = retry.Multiplier
 		}
 		if r.Multiplier < 1 || math.IsInf(r.Multiplier, 0) || math.IsNaN(r.Multiplier) {
 			bad("retry.multiplier", "%v is not a number of at least 1", r.Multiplier)
@@ -686,23 +726,24 @@ func (c *Config) setDefaultsAndCheck() error {
 			enabled := true
 			cb.Enabled = &enabled
 		}
+		circuit := dispatch.DefaultCircuitPolicy()
 		if cb.FailureRatio == 0 {
-			cb.FailureRatio = 0.5
+			cb.FailureRatio = circuit.FailureRatio
 		}
 		if cb.FailureRatio < 0 || cb.FailureRatio > 1 || math.IsNaN(cb.FailureRatio) {
 			bad("circuit_breaker.failure_ratio", "%v is out of range: more than 0, at most 1", cb.FailureRatio)
 		}
 		if cb.MinAttempts == 0 {
-			cb.MinAttempts = 10
+			cb.MinAttempts = Count(circuit.MinAttempts)
 		}
 		if cb.Window == 0 {
-			cb.Window = Duration(30 * time.Second)
+			cb.Window = Duration(circuit.Window)
 		}
 		if cb.Cooldown == 0 {
-			cb.Cooldown = Duration(5 * time.Second)
+			cb.Cooldown = Duration(circuit.Cooldown)
 		}
 		if cb.MaxCooldown == 0 {
-			cb.MaxCooldown = Duration(5 * time.Minute)
+			cb.MaxCooldown = Duration(circuit.MaxCooldown)
 		}
 		if cb.MaxCooldown < cb.Cooldown {
 			bad("circuit_breaker.max_cooldown", "%s is shorter than cooldown (%s)", time.Duration(cb.MaxCooldown), time.Duration(cb.Cooldown))
@@ -723,9 +764,6 @@ func (c *Config) setDefaultsAndCheck() error {
 		if r := f.Rate; r != nil {
 			if r.PerSecond <= 0 || math.IsInf(r.PerSecond, 0) || math.IsNaN(r.PerSecond) {
 				bad("rate.per_second", "%v is not a positive number", r.PerSecond)
-			}
-			if r.Burst == 0 {
-				r.Burst = 1
 			}
 		}
 		if kw := f.KeepWarm; kw != nil {
@@ -751,13 +789,13 @@ func (c *Config) setDefaultsAndCheck() error {
 		errs = append(errs, fmt.Errorf("buffer.durability: %q is neither always nor interval", b.Durability))
 	}
 	if b.JobRetention == 0 {
-		b.JobRetention = Duration(24 * time.Hour)
+		b.JobRetention = Duration(buffer.DefaultRetention)
 	}
 	if b.IdempotencyWindow == 0 {
-		b.IdempotencyWindow = Duration(24 * time.Hour)
+		b.IdempotencyWindow = Duration(buffer.DefaultIdempotencyWindow)
 	}
 	if b.DeadLetterRetention == 0 {
-		b.DeadLetterRetention = Duration(7 * 24 * time.Hour)
+		b.DeadLetterRetention = Duration(buffer.DefaultDeadLetterRetention)
 	}
 	if b.IdempotencyWindow > b.JobRetention {
 		// A repeat that finds its key but not the job's state would run
@@ -770,12 +808,12 @@ func (c *Config) setDefaultsAndCheck() error {
 	}
 	gc := &b.GroupCommit
 	if gc.MaxBatch == 0 {
-		gc.MaxBatch = 200
-	} else if gc.MaxBatch > 1000 {
-		errs = append(errs, fmt.Errorf("buffer.group_commit.max_batch: %d is more than the server's limit of 1000", gc.MaxBatch))
+		gc.MaxBatch = buffer.DefaultMaxBatch
+	} else if gc.MaxBatch > buffer.MaxBatchLimit {
+		errs = append(errs, fmt.Errorf("buffer.group_commit.max_batch: %d is more than the server's limit of %d", gc.MaxBatch, buffer.MaxBatchLimit))
 	}
 	if gc.InFlight == 0 {
-		gc.InFlight = 2
+		gc.InFlight = buffer.DefaultMaxInFlight
 	} else if gc.InFlight > 64 {
 		errs = append(errs, fmt.Errorf("buffer.group_commit.in_flight: %d is more than 64", gc.InFlight))
 	}
@@ -1019,16 +1057,17 @@ func (cb *CallbacksConfig) setDefaultsAndCheck() error {
 		}
 	}
 	if cb.Timeout == 0 {
-		cb.Timeout = Duration(10 * time.Second)
+		cb.Timeout = Duration(dispatch.DefaultCallbackTimeout)
 	}
 	if cb.MaxAttempts == 0 {
-		cb.MaxAttempts = 10
+		cb.MaxAttempts = dispatch.DefaultCallbackMaxAttempts
 	}
+	retry := dispatch.DefaultRetryPolicy()
 	if cb.InitialBackoff == 0 {
-		cb.InitialBackoff = Duration(time.Second)
+		cb.InitialBackoff = Duration(retry.InitialBackoff)
 	}
 	if cb.MaxBackoff == 0 {
-		cb.MaxBackoff = Duration(5 * time.Minute)
+		cb.MaxBackoff = Duration(retry.MaxBackoff)
 	}
 	if cb.MaxBackoff < cb.InitialBackoff {
 		errs = append(errs, fmt.Errorf("callbacks.max_backoff: %s is shorter than initial_backoff (%s)", time.Duration(cb.MaxBackoff), time.Duration(cb.InitialBackoff)))
