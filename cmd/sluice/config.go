@@ -655,132 +655,172 @@ func (c *Config) setDefaultsAndCheck() error {
 			}
 			seen[f.Name] = i
 		}
-		f.checkTarget(bad)
-		f.concurrencyGiven = f.Concurrency != 0
-		if f.Concurrency == 0 {
-			f.Concurrency = defaultConcurrency
-		}
-		if f.Concurrency > maxConcurrency {
-			bad("concurrency", "%d is out of range: 1 to %d", f.Concurrency, maxConcurrency)
-		}
-		if f.Timeout == 0 {
-			f.Timeout = Duration(defaultTimeout)
-		}
-		if time.Duration(f.Timeout) > maxTimeout {
-			bad("timeout", "%s is out of range: more than 0 and at most %s", time.Duration(f.Timeout), maxTimeout)
-		}
-		if f.MaxPayload == 0 {
-			f.MaxPayload = gateway.DefaultMaxPayload
-		}
-		if f.MaxPayload > maxMaxPayload {
-			bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
-		} else if f.Target != nil && f.Target.Lambda != nil && f.MaxPayload > dispatch.LambdaMaxPayload {
-			bad("max_payload", "%d bytes is more than a synchronous Lambda invocation takes (%d)", f.MaxPayload, dispatch.LambdaMaxPayload)
-		}
-		if f.IdleReap == 0 {
-			f.IdleReap = Duration(defaultIdleReap)
-		}
-		if f.MaxAge == 0 {
-			f.MaxAge = Duration(defaultMaxAge)
-		}
-		r := &f.Retry
-		retry := dispatch.DefaultRetryPolicy()
-		if r.MaxAttempts == 0 {
-			r.MaxAttempts = Count(retry.MaxAttempts)
-		}
-		if r.InitialBackoff == 0 {
-			r.InitialBackoff = Duration(retry.InitialBackoff)
-		}
-		if r.MaxBackoff == 0 {
-			r.MaxBackoff = Duration(retry.MaxBackoff)
-		}
-		if r.MaxBackoff < r.InitialBackoff {
-			bad("retry.max_backoff", "%s is shorter than initial_backoff (%s)", time.Duration(r.MaxBackoff), time.Duration(r.InitialBackoff))
-		}
-		if r.Multiplier == 0 {
-			r.Multiplier = retry.Multiplier
-		}
-		if r.Multiplier < 1 || math.IsInf(r.Multiplier, 0) || math.IsNaN(r.Multiplier) {
-			bad("retry.multiplier", "%v is not a number of at least 1", r.Multiplier)
-		}
-		switch r.Jitter {
-		case "":
-			r.Jitter = "full"
-		case "full", "none":
-		default:
-			bad("retry.jitter", "%q is neither full nor none", r.Jitter)
-		}
-		if f.Adaptive == nil {
-			adaptive := true
-			f.Adaptive = &adaptive
-		}
-		switch f.RetryAfter {
-		case "":
-			f.RetryAfter = "job"
-		case "job", "function":
-		default:
-			bad("retry_after", "%q is neither job nor function", f.RetryAfter)
-		}
-		cb := &f.CircuitBreaker
-		if cb.Enabled == nil {
-			enabled := true
-			cb.Enabled = &enabled
-		}
-		circuit := dispatch.DefaultCircuitPolicy()
-		if cb.FailureRatio == 0 {
-			cb.FailureRatio = circuit.FailureRatio
-		}
-		if cb.FailureRatio < 0 || cb.FailureRatio > 1 || math.IsNaN(cb.FailureRatio) {
-			bad("circuit_breaker.failure_ratio", "%v is out of range: more than 0, at most 1", cb.FailureRatio)
-		}
-		if cb.MinAttempts == 0 {
-			cb.MinAttempts = Count(circuit.MinAttempts)
-		}
-		if cb.Window == 0 {
-			cb.Window = Duration(circuit.Window)
-		}
-		if cb.Cooldown == 0 {
-			cb.Cooldown = Duration(circuit.Cooldown)
-		}
-		if cb.MaxCooldown == 0 {
-			cb.MaxCooldown = Duration(circuit.MaxCooldown)
-		}
-		if cb.MaxCooldown < cb.Cooldown {
-			bad("circuit_breaker.max_cooldown", "%s is shorter than cooldown (%s)", time.Duration(cb.MaxCooldown), time.Duration(cb.Cooldown))
-		}
-		if sc := f.Scaling; sc != nil {
-			if sc.PerMinute == 0 {
-				bad("scaling.per_minute", "missing: how many environments the platform adds per minute")
-			}
-			if sc.Initial == 0 || sc.Initial > f.Concurrency {
-				sc.Initial = f.Concurrency
-			}
-		}
-		if in := f.Ingress; in != nil {
-			if err := in.check(); err != nil {
-				bad("ingress.per_second", "%v", err)
-			}
-		}
-		if r := f.Rate; r != nil {
-			if r.PerSecond <= 0 || math.IsInf(r.PerSecond, 0) || math.IsNaN(r.PerSecond) {
-				bad("rate.per_second", "%v is not a positive number", r.PerSecond)
-			}
-		}
-		if kw := f.KeepWarm; kw != nil {
-			if kw.Instances == 0 {
-				bad("keep_warm.instances", "missing: how many environments to hold warm")
-			} else if kw.Instances > f.Concurrency {
-				bad("keep_warm.instances", "%d is more than the function's concurrency of %d", kw.Instances, f.Concurrency)
-			}
-			if kw.Every == 0 {
-				kw.Every = Duration(defaultKeepWarmEvery)
-			}
-			if kw.Every >= f.IdleReap {
-				bad("keep_warm.every", "%s is not shorter than idle_reap (%s): the environments would be reaped between pings", time.Duration(kw.Every), time.Duration(f.IdleReap))
-			}
+		f.setDefaultsAndCheck(bad)
+	}
+	errs = append(errs, c.Buffer.setDefaultsAndCheck(), c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen), c.checkPools())
+	for i, f := range c.Functions {
+		// An unfinished job's state must outlive it.
+		if f.MaxAge >= c.Buffer.JobRetention {
+			errs = append(errs, fmt.Errorf("buffer.job_retention: %s is not longer than functions[%d] (%s).max_age (%s)",
+				time.Duration(c.Buffer.JobRetention), i, f.Name, time.Duration(f.MaxAge)))
 		}
 	}
-	b := &c.Buffer
+	return errors.Join(errs...)
+}
+
+// badField reports a setting that is wrong: its name within the section
+// checked, and why.
+type badField func(name, format string, args ...any)
+
+// setDefaultsAndCheck fills in the function's defaults and reports what is
+// wrong with it, but for its name, which is checked against the others.
+func (f *FunctionConfig) setDefaultsAndCheck(bad badField) {
+	f.checkTarget(bad)
+	f.concurrencyGiven = f.Concurrency != 0
+	if f.Concurrency == 0 {
+		f.Concurrency = defaultConcurrency
+	}
+	if f.Concurrency > maxConcurrency {
+		bad("concurrency", "%d is out of range: 1 to %d", f.Concurrency, maxConcurrency)
+	}
+	if f.Timeout == 0 {
+		f.Timeout = Duration(defaultTimeout)
+	}
+	if time.Duration(f.Timeout) > maxTimeout {
+		bad("timeout", "%s is out of range: more than 0 and at most %s", time.Duration(f.Timeout), maxTimeout)
+	}
+	if f.MaxPayload == 0 {
+		f.MaxPayload = gateway.DefaultMaxPayload
+	}
+	if f.MaxPayload > maxMaxPayload {
+		bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
+	} else if f.Target != nil && f.Target.Lambda != nil && f.MaxPayload > dispatch.LambdaMaxPayload {
+		bad("max_payload", "%d bytes is more than a synchronous Lambda invocation takes (%d)", f.MaxPayload, dispatch.LambdaMaxPayload)
+	}
+	if f.IdleReap == 0 {
+		f.IdleReap = Duration(defaultIdleReap)
+	}
+	if f.MaxAge == 0 {
+		f.MaxAge = Duration(defaultMaxAge)
+	}
+	f.Retry.setDefaultsAndCheck(bad)
+	if f.Adaptive == nil {
+		adaptive := true
+		f.Adaptive = &adaptive
+	}
+	switch f.RetryAfter {
+	case "":
+		f.RetryAfter = "job"
+	case "job", "function":
+	default:
+		bad("retry_after", "%q is neither job nor function", f.RetryAfter)
+	}
+	f.CircuitBreaker.setDefaultsAndCheck(bad)
+	f.setPacingDefaultsAndCheck(bad)
+}
+
+// setDefaultsAndCheck fills in the retry policy's defaults, which are
+// dispatch's, and reports what is wrong with it.
+func (r *RetryConfig) setDefaultsAndCheck(bad badField) {
+	retry := dispatch.DefaultRetryPolicy()
+	if r.MaxAttempts == 0 {
+		r.MaxAttempts = Count(retry.MaxAttempts)
+	}
+	if r.InitialBackoff == 0 {
+		r.InitialBackoff = Duration(retry.InitialBackoff)
+	}
+	if r.MaxBackoff == 0 {
+		r.MaxBackoff = Duration(retry.MaxBackoff)
+	}
+	if r.MaxBackoff < r.InitialBackoff {
+		bad("retry.max_backoff", "%s is shorter than initial_backoff (%s)", time.Duration(r.MaxBackoff), time.Duration(r.InitialBackoff))
+	}
+	if r.Multiplier == 0 {
+		r.Multiplier = retry.Multiplier
+	}
+	if r.Multiplier < 1 || math.IsInf(r.Multiplier, 0) || math.IsNaN(r.Multiplier) {
+		bad("retry.multiplier", "%v is not a number of at least 1", r.Multiplier)
+	}
+	switch r.Jitter {
+	case "":
+		r.Jitter = "full"
+	case "full", "none":
+	default:
+		bad("retry.jitter", "%q is neither full nor none", r.Jitter)
+	}
+}
+
+// setDefaultsAndCheck fills in the circuit breaker's defaults, which are
+// dispatch's, and reports what is wrong with it.
+func (cb *CircuitBreakerConfig) setDefaultsAndCheck(bad badField) {
+	circuit := dispatch.DefaultCircuitPolicy()
+	if cb.Enabled == nil {
+		enabled := true
+		cb.Enabled = &enabled
+	}
+	if cb.FailureRatio == 0 {
+		cb.FailureRatio = circuit.FailureRatio
+	}
+	if cb.FailureRatio < 0 || cb.FailureRatio > 1 || math.IsNaN(cb.FailureRatio) {
+		bad("circuit_breaker.failure_ratio", "%v is out of range: more than 0, at most 1", cb.FailureRatio)
+	}
+	if cb.MinAttempts == 0 {
+		cb.MinAttempts = Count(circuit.MinAttempts)
+	}
+	if cb.Window == 0 {
+		cb.Window = Duration(circuit.Window)
+	}
+	if cb.Cooldown == 0 {
+		cb.Cooldown = Duration(circuit.Cooldown)
+	}
+	if cb.MaxCooldown == 0 {
+		cb.MaxCooldown = Duration(circuit.MaxCooldown)
+	}
+	if cb.MaxCooldown < cb.Cooldown {
+		bad("circuit_breaker.max_cooldown", "%s is shorter than cooldown (%s)", time.Duration(cb.MaxCooldown), time.Duration(cb.Cooldown))
+	}
+}
+
+// setPacingDefaultsAndCheck fills in and checks what paces the function:
+// its scaling, ingress, rate and keep-warm settings.
+func (f *FunctionConfig) setPacingDefaultsAndCheck(bad badField) {
+	if sc := f.Scaling; sc != nil {
+		if sc.PerMinute == 0 {
+			bad("scaling.per_minute", "missing: how many environments the platform adds per minute")
+		}
+		if sc.Initial == 0 || sc.Initial > f.Concurrency {
+			sc.Initial = f.Concurrency
+		}
+	}
+	if in := f.Ingress; in != nil {
+		if err := in.check(); err != nil {
+			bad("ingress.per_second", "%v", err)
+		}
+	}
+	if r := f.Rate; r != nil {
+		if r.PerSecond <= 0 || math.IsInf(r.PerSecond, 0) || math.IsNaN(r.PerSecond) {
+			bad("rate.per_second", "%v is not a positive number", r.PerSecond)
+		}
+	}
+	if kw := f.KeepWarm; kw != nil {
+		if kw.Instances == 0 {
+			bad("keep_warm.instances", "missing: how many environments to hold warm")
+		} else if kw.Instances > f.Concurrency {
+			bad("keep_warm.instances", "%d is more than the function's concurrency of %d", kw.Instances, f.Concurrency)
+		}
+		if kw.Every == 0 {
+			kw.Every = Duration(defaultKeepWarmEvery)
+		}
+		if kw.Every >= f.IdleReap {
+			bad("keep_warm.every", "%s is not shorter than idle_reap (%s): the environments would be reaped between pings", time.Duration(kw.Every), time.Duration(f.IdleReap))
+		}
+	}
+}
+
+// setDefaultsAndCheck fills in the buffer's defaults, which are buffer's,
+// and reports what is wrong with it.
+func (b *BufferConfig) setDefaultsAndCheck() error {
+	var errs []error
 	switch b.Durability {
 	case "":
 		b.Durability = "always"
@@ -820,14 +860,6 @@ func (c *Config) setDefaultsAndCheck() error {
 	if gc.Linger < 0 || time.Duration(gc.Linger) > time.Second {
 		errs = append(errs, fmt.Errorf("buffer.group_commit.linger: %s is out of range: 0 to 1s", time.Duration(gc.Linger)))
 	}
-	errs = append(errs, c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen), c.checkPools())
-	for i, f := range c.Functions {
-		// An unfinished job's state must outlive it.
-		if f.MaxAge >= b.JobRetention {
-			errs = append(errs, fmt.Errorf("buffer.job_retention: %s is not longer than functions[%d] (%s).max_age (%s)",
-				time.Duration(b.JobRetention), i, f.Name, time.Duration(f.MaxAge)))
-		}
-	}
 	return errors.Join(errs...)
 }
 
@@ -844,7 +876,7 @@ var reservedSubjects = []string{"sluice.", "$", "_INBOX."}
 
 // checkTarget checks the function's target, whichever way it is given,
 // and sets Target from url.
-func (f *FunctionConfig) checkTarget(bad func(name, format string, args ...any)) {
+func (f *FunctionConfig) checkTarget(bad badField) {
 	t := f.Target
 	switch {
 	case t == nil && f.URL == "":
