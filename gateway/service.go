@@ -164,8 +164,8 @@ type Config struct {
 	Streams StreamLimits
 }
 
-// Service implements sluice.v1's JobService and FunctionService. It is safe
-// for concurrent use.
+// Service implements sluice.v1's JobService, FunctionService and
+// DeadLetterService. It is safe for concurrent use.
 type Service struct {
 	sluicev1.UnimplementedJobServiceServer
 	sluicev1.UnimplementedFunctionServiceServer
@@ -205,9 +205,6 @@ var (
 	_ sluicev1.FunctionServiceServer   = (*Service)(nil)
 	_ sluicev1.DeadLetterServiceServer = (*Service)(nil)
 )
-
-// Tenants reports whether the gateway asks for API keys.
-func (s *Service) Tenants() bool { return len(s.tenantsByKey) > 0 }
 
 // NewService checks cfg and returns the service.
 func NewService(cfg Config) (*Service, error) {
