@@ -303,8 +303,6 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// stoppedOr is nil when ctx ended (a stop during setup is no failure), and
-// err otherwise.
 // setupRetryMax caps the wait between attempts of waitOutUnavailable.
 const setupRetryMax = 2 * time.Second
 
@@ -331,6 +329,8 @@ func waitOutUnavailable[T any](ctx context.Context, log *slog.Logger, what strin
 	}
 }
 
+// stoppedOr is nil when ctx ended (a stop during setup is no failure), and
+// err otherwise.
 func stoppedOr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return nil
