@@ -172,27 +172,9 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		log.Warn("NATS is a cluster but --replicas is 1: every job is kept on one node's disk, and losing that node loses them; run with --replicas=3",
 			"nats_cluster", p.nc.ConnectedClusterName(), "nats_server", p.nc.ConnectedServerName())
 	}
-	queue, err := buffer.Open(ctx, p.nc, buffer.Config{
-		Logger:              log,
-		Replicas:            replicas,
-		MaxJobs:             int64(cfg.Buffer.MaxJobs),
-		MaxBytes:            int64(cfg.Buffer.MaxBytes),
-		Retention:           time.Duration(cfg.Buffer.JobRetention),
-		IdempotencyWindow:   time.Duration(cfg.Buffer.IdempotencyWindow),
-		DeadLetterRetention: time.Duration(cfg.Buffer.DeadLetterRetention),
-		Stores: buffer.StoreLimits{
-			StateBytes:       int64(cfg.Buffer.StateMaxBytes),
-			IdempotencyBytes: int64(cfg.Buffer.IdempotencyMaxBytes),
-			DeadLetterBytes:  int64(cfg.Buffer.DeadLetterMaxBytes),
-			CallbackBytes:    int64(cfg.Buffer.CallbackMaxBytes),
-			HighWater:        cfg.Buffer.HighWater,
-		},
-		Batch: buffer.BatchConfig{
-			MaxBatch:    int(cfg.Buffer.GroupCommit.MaxBatch),
-			MaxInFlight: int(cfg.Buffer.GroupCommit.InFlight),
-			Linger:      time.Duration(cfg.Buffer.GroupCommit.Linger),
-		},
-	})
+	bufCfg := cfg.Buffer.queue()
+	bufCfg.Logger, bufCfg.Replicas = log, replicas
+	queue, err := buffer.Open(ctx, p.nc, bufCfg)
 	if errors.Is(err, buffer.ErrDurability) {
 		return nil, fmt.Errorf("--replicas=%d: %w", replicas, err)
 	}
@@ -212,20 +194,10 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 			return nil, err
 		}
 		policy = guard
-		p.callbacks, err = dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
-			Source:  queue,
-			Sender:  &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys},
-			Timeout: time.Duration(cb.Timeout),
-			Retry: dispatch.RetryPolicy{
-				MaxAttempts:    int(cb.MaxAttempts),
-				InitialBackoff: time.Duration(cb.InitialBackoff),
-				MaxBackoff:     time.Duration(cb.MaxBackoff),
-			},
-			Concurrency:       int(cb.Concurrency),
-			TenantConcurrency: int(cb.TenantConcurrency),
-			MaxPending:        int(cb.MaxPending),
-			Logger:            log,
-		})
+		cbCfg := cb.deliverer()
+		cbCfg.Source, cbCfg.Logger = queue, log
+		cbCfg.Sender = &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys}
+		p.callbacks, err = dispatch.NewCallbackDeliverer(cbCfg)
 		if err != nil {
 			return nil, err
 		}
