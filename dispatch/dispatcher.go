@@ -85,8 +85,8 @@ type KeepWarm struct {
 // function's dispatch window where every gateway process shares it.
 type Source interface {
 	Consumer(ctx context.Context, cfg buffer.ConsumerConfig) (*buffer.Consumer, error)
-	Pacing(ctx context.Context, function string) (buffer.Pacing, error)
-	UpdatePacing(ctx context.Context, function string, change func(*buffer.Pacing) bool) (buffer.Pacing, error)
+	Pacing(ctx context.Context, function string) (buffer.PacingState, error)
+	UpdatePacing(ctx context.Context, function string, change func(*buffer.PacingState) bool) (buffer.PacingState, error)
 	Pool(ctx context.Context, pool string) (buffer.Pool, error)
 	UpdatePool(ctx context.Context, pool string, change func(*buffer.Pool) bool) (buffer.Pool, error)
 }
@@ -203,7 +203,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	for _, f := range d.cfg.Functions {
 		// Start from the window the processes already share, if any, so
 		// that joining them does not reset it.
-		shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (buffer.Pacing, error) {
+		shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (buffer.PacingState, error) {
 			return d.cfg.Source.Pacing(ctx, f.Name)
 		})
 		if err != nil {
@@ -362,7 +362,7 @@ type functionLoop struct {
 	pool       *poolLoop // nil outside a pool, unless fair
 	lanes      []*laneUnit
 
-	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
+	pacing atomic.Pointer[buffer.PacingState] // the shared window as last seen
 }
 
 func (l *functionLoop) run(ctx context.Context) {
@@ -442,7 +442,7 @@ func (l *functionLoop) pace(ctx context.Context) {
 		cold, warm := l.cold.take()
 		counts := l.counts.take()
 		mine := l.report(now)
-		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
 			p.ColdStarts += cold
 			p.WarmStarts += warm
 			p.Counts.Add(counts)
@@ -509,7 +509,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		// not overlap the next, sent by another process.
 		now := l.cfg.Now()
 		claimed := false
-		if _, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+		if _, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
 			claimed = now.Sub(p.LastWarm) >= kw.Every*9/10
 			if claimed {
 				p.LastWarm = now.Add(l.fn.Timeout)
@@ -554,7 +554,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 // interval from now.
 func (l *functionLoop) endWarmRound(ctx context.Context) {
 	now := l.cfg.Now()
-	l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool { //nolint:errcheck // at worst the claim lapses after the timeout
+	l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool { //nolint:errcheck // at worst the claim lapses after the timeout
 		p.LastWarm = now
 		return true
 	})

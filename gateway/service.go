@@ -54,7 +54,7 @@ var _ Enqueuer = (*buffer.Queue)(nil)
 // Dispatch reads the dispatch state every gateway process shares.
 type Dispatch interface {
 	// Pacing returns a function's shared window.
-	Pacing(ctx context.Context, function string) (buffer.Pacing, error)
+	Pacing(ctx context.Context, function string) (buffer.PacingState, error)
 	// FunctionLoad returns its backlog and in-flight count;
 	// buffer.ErrNotFound before dispatch has started for it.
 	FunctionLoad(ctx context.Context, function string) (buffer.Load, error)
