@@ -77,12 +77,21 @@ type BatchConfig struct {
 	perMessage bool // the server stores no atomic batches
 }
 
+// Defaults and bounds of BatchConfig.
+const (
+	DefaultMaxBatch    = 200
+	DefaultMaxInFlight = 2
+	// MaxBatchLimit is the NATS server's limit on the messages of one
+	// atomic batch.
+	MaxBatchLimit = 1000
+)
+
 func (c *BatchConfig) setDefaults() {
 	if c.MaxBatch == 0 {
-		c.MaxBatch = 200
+		c.MaxBatch = DefaultMaxBatch
 	}
 	if c.MaxInFlight == 0 {
-		c.MaxInFlight = 2
+		c.MaxInFlight = DefaultMaxInFlight
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second

@@ -15,10 +15,11 @@ import (
 // window, keyed by function name, shared by every gateway process.
 const PacingBucket = "sluice-pacing"
 
-// Pacing is one function's dispatch window as every gateway process sees
-// it. The dispatcher owns its meaning; buffer only stores it, changing it by
+// PacingState is one function's dispatch window as every gateway process
+// sees it: state, where dispatch.Pacing is the policy that moves it. The
+// dispatcher owns its meaning; buffer only stores it, changing it by
 // compare-and-set so that concurrent processes make one ramp, not several.
-type Pacing struct {
+type PacingState struct {
 	// Window is how many invocations may be in flight, across processes.
 	Window float64 `json:"window"`
 	// Ceiling is the concurrency limit learned from throttles: how many
@@ -50,7 +51,7 @@ type Pacing struct {
 	Took time.Duration `json:"took,omitempty"`
 	// Procs is what each gateway process dispatching the function last
 	// reported of itself, by process ID: the platform's in-flight count and
-	// start rate are their sums. A pointer, so that Pacing stays
+	// start rate are their sums. A pointer, so that PacingState stays
 	// comparable.
 	Procs *ProcLoads `json:"procs,omitempty"`
 	// RampStart is when the current ramp began; zero while not ramping.
@@ -104,7 +105,7 @@ type ProcLoad struct {
 // StartRate is the rate of invocation starts dispatch keeps to now,
 // across processes: the configured one or the learned one, whichever is
 // lower, ignoring either while it is 0; 0 for no limit.
-func (p *Pacing) StartRate(configured float64) float64 {
+func (p *PacingState) StartRate(configured float64) float64 {
 	switch {
 	case configured <= 0:
 		return max(p.LearnedRate, 0)
@@ -119,14 +120,14 @@ func (p *Pacing) StartRate(configured float64) float64 {
 func (r ProcLoad) Idle() bool { return r.Invoking == 0 && r.Held == 0 && r.Starts == 0 }
 
 // Scalars is p without Procs, for comparing what a change did to the rest.
-func (p Pacing) Scalars() Pacing {
+func (p PacingState) Scalars() PacingState {
 	p.Procs = nil
 	return p
 }
 
 // Others sums the reports of every process but self that reported since
 // then; procs is how many those are.
-func (p *Pacing) Others(self string, since time.Time) (o ProcLoad, procs int) {
+func (p *PacingState) Others(self string, since time.Time) (o ProcLoad, procs int) {
 	if p.Procs == nil {
 		return o, 0
 	}
@@ -162,7 +163,7 @@ func (c *Counts) Add(o Counts) {
 	c.Throttles += o.Throttles
 }
 
-// Circuit states, as Pacing stores them; the zero value is closed.
+// Circuit states, as PacingState stores them; the zero value is closed.
 const (
 	CircuitClosed   = ""
 	CircuitOpen     = "open"
@@ -187,21 +188,21 @@ type Circuit struct {
 	Opens int64 `json:"opens,omitempty"`
 }
 
-// Pacing returns the function's shared window; the zero Pacing if none has
-// been written yet.
-func (q *Queue) Pacing(ctx context.Context, function string) (Pacing, error) {
+// Pacing returns the function's shared window; the zero PacingState if none
+// has been written yet.
+func (q *Queue) Pacing(ctx context.Context, function string) (PacingState, error) {
 	p, _, err := q.pacing(ctx, function)
 	return p, err
 }
 
-func (q *Queue) pacing(ctx context.Context, function string) (Pacing, uint64, error) {
-	return readDoc[Pacing](ctx, q.pacingKV, function, "pacing of "+function)
+func (q *Queue) pacing(ctx context.Context, function string) (PacingState, uint64, error) {
+	return readDoc[PacingState](ctx, q.pacingKV, function, "pacing of "+function)
 }
 
 // UpdatePacing applies change to the function's shared window with
 // compare-and-set, retrying when another process changed it in between.
 // change reports whether it changed anything; if not, nothing is written.
-func (q *Queue) UpdatePacing(ctx context.Context, function string, change func(*Pacing) bool) (Pacing, error) {
+func (q *Queue) UpdatePacing(ctx context.Context, function string, change func(*PacingState) bool) (PacingState, error) {
 	return updateDoc(ctx, q.pacingKV, function, "pacing of "+function, change)
 }
 
@@ -465,6 +466,6 @@ func (c *Consumer) RefreshMaxInFlight() {
 
 // PauseDelay is how long a throttled job waits before it is delivered
 // again, at least: until the function's pause ends.
-func PauseDelay(p Pacing, now time.Time) time.Duration {
+func PauseDelay(p PacingState, now time.Time) time.Duration {
 	return max(0, p.PausedUntil.Sub(now))
 }

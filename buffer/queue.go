@@ -90,24 +90,33 @@ type Config struct {
 	Batch BatchConfig
 }
 
+// Defaults of Config.
+const (
+	DefaultMaxJobs             = 1_000_000
+	DefaultMaxBytes            = 1 << 30
+	DefaultRetention           = 24 * time.Hour
+	DefaultIdempotencyWindow   = 24 * time.Hour
+	DefaultDeadLetterRetention = 7 * 24 * time.Hour
+)
+
 func (c *Config) setDefaults() {
 	if c.MaxJobs == 0 {
-		c.MaxJobs = 1_000_000
+		c.MaxJobs = DefaultMaxJobs
 	}
 	if c.MaxBytes == 0 {
-		c.MaxBytes = 1 << 30
+		c.MaxBytes = DefaultMaxBytes
 	}
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
 	if c.Retention == 0 {
-		c.Retention = 24 * time.Hour
+		c.Retention = DefaultRetention
 	}
 	if c.IdempotencyWindow == 0 {
-		c.IdempotencyWindow = 24 * time.Hour
+		c.IdempotencyWindow = DefaultIdempotencyWindow
 	}
 	if c.DeadLetterRetention == 0 {
-		c.DeadLetterRetention = 7 * 24 * time.Hour
+		c.DeadLetterRetention = DefaultDeadLetterRetention
 	}
 	c.Stores.setDefaults(c.MaxBytes)
 }

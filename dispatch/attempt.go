@@ -285,7 +285,7 @@ func (l *functionLoop) learnFromThrottle(inv *invocation) {
 	if l.fn.Pacing.Adaptive && !ev.takenAbove {
 		l.inv.refusedWith(ev.inFlight)
 	}
-	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
 		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, ev, now)
 	})
 	if err != nil {

@@ -13,7 +13,7 @@ func BenchmarkStepWindow(b *testing.B) {
 	cfg := &Pacing{Initial: 10, PerMinute: 500, Adaptive: true}
 	cfg.setDefaults(100)
 	now := time.Now()
-	p := &buffer.Pacing{}
+	p := &buffer.PacingState{}
 	load := buffer.Load{Backlog: 5000, InFlight: 10, MaxInFlight: 10}
 	b.ReportAllocs()
 	for b.Loop() {

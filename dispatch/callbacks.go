@@ -32,13 +32,16 @@ type CallbackConfig struct {
 	Source CallbackSource
 	// Sender POSTs them. Required.
 	Sender CallbackSender
-	// Timeout cuts off one delivery attempt. Zero means 10s.
+	// Timeout cuts off one delivery attempt. Zero means
+	// [DefaultCallbackTimeout].
 	Timeout time.Duration
 	// Retry says when a failed delivery is tried again. MaxAttempts zero
-	// means 10; the other fields default as in RetryPolicy.
+	// means [DefaultCallbackMaxAttempts], more than a job's: a receiver's
+	// outage is not the function's; the other fields default as in
+	// [DefaultRetryPolicy].
 	Retry RetryPolicy
 	// Concurrency is the most deliveries in flight in this process. Zero
-	// means 32.
+	// means [DefaultCallbackConcurrency].
 	Concurrency int
 	// TenantConcurrency is the most of one tenant's deliveries in flight in
 	// this process, so that receivers that are slow or never answer cost
@@ -71,10 +74,10 @@ func NewCallbackDeliverer(cfg CallbackConfig) (*CallbackDeliverer, error) {
 		return nil, errors.New("dispatch: callbacks need a source and a sender")
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 10 * time.Second
+		cfg.Timeout = DefaultCallbackTimeout
 	}
 	if cfg.Retry.MaxAttempts == 0 {
-		cfg.Retry.MaxAttempts = 10
+		cfg.Retry.MaxAttempts = DefaultCallbackMaxAttempts
 	}
 	cfg.Retry.setDefaults()
 	if cfg.Concurrency == 0 {
@@ -96,8 +99,12 @@ func NewCallbackDeliverer(cfg CallbackConfig) (*CallbackDeliverer, error) {
 		tenants: tenantGate{limit: cfg.TenantConcurrency, inFlight: map[string]int{}, handedBack: map[string]int{}}}, nil
 }
 
-// DefaultCallbackConcurrency is CallbackConfig.Concurrency's default.
-const DefaultCallbackConcurrency = 32
+// Defaults of CallbackConfig.
+const (
+	DefaultCallbackTimeout     = 10 * time.Second
+	DefaultCallbackMaxAttempts = 10
+	DefaultCallbackConcurrency = 32
+)
 
 // tenantGate holds each tenant's deliveries in flight in this process to
 // its share, and counts the callbacks it handed back for it, which are no

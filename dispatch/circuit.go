@@ -15,7 +15,8 @@ import (
 // open nothing is dispatched to the function and queued jobs wait without
 // spending attempts; after a cooldown one probe job is let through
 // (half-open): its success closes the circuit, its failure reopens it for
-// twice as long. The zero value is on, with the defaults below.
+// twice as long. The zero value is on, with [DefaultCircuitPolicy]'s
+// settings.
 type CircuitPolicy struct {
 	// Disabled turns the breaker off: every job is tried whatever the
 	// function's health.
@@ -36,21 +37,28 @@ type CircuitPolicy struct {
 	MaxCooldown time.Duration
 }
 
+// DefaultCircuitPolicy returns what each zero field of a CircuitPolicy
+// means.
+func DefaultCircuitPolicy() CircuitPolicy {
+	return CircuitPolicy{FailureRatio: 0.5, MinAttempts: 10, Window: 30 * time.Second, Cooldown: 5 * time.Second, MaxCooldown: 5 * time.Minute}
+}
+
 func (c *CircuitPolicy) setDefaults() {
+	d := DefaultCircuitPolicy()
 	if c.FailureRatio == 0 {
-		c.FailureRatio = 0.5
+		c.FailureRatio = d.FailureRatio
 	}
 	if c.MinAttempts == 0 {
-		c.MinAttempts = 10
+		c.MinAttempts = d.MinAttempts
 	}
 	if c.Window == 0 {
-		c.Window = 30 * time.Second
+		c.Window = d.Window
 	}
 	if c.Cooldown == 0 {
-		c.Cooldown = 5 * time.Second
+		c.Cooldown = d.Cooldown
 	}
 	if c.MaxCooldown == 0 {
-		c.MaxCooldown = 5 * time.Minute
+		c.MaxCooldown = d.MaxCooldown
 	}
 }
 
@@ -95,7 +103,7 @@ func (o *outcomes) add(p *CircuitPolicy, now time.Time, failed bool) (open bool,
 
 // openCircuit opens a closed circuit. It reports whether it changed
 // anything (another process may have opened it first).
-func openCircuit(p *buffer.Pacing, policy *CircuitPolicy, now time.Time, failures, total int) bool {
+func openCircuit(p *buffer.PacingState, policy *CircuitPolicy, now time.Time, failures, total int) bool {
 	c := &p.Circuit
 	if c.State != buffer.CircuitClosed {
 		return false
@@ -109,7 +117,7 @@ func openCircuit(p *buffer.Pacing, policy *CircuitPolicy, now time.Time, failure
 // claimProbe turns an open circuit whose cooldown has passed half-open, for
 // one probe that must end by lease; also a half-open one whose probe's
 // lease lapsed. It reports whether the caller got the probe.
-func claimProbe(p *buffer.Pacing, now time.Time, lease time.Duration) bool {
+func claimProbe(p *buffer.PacingState, now time.Time, lease time.Duration) bool {
 	c := &p.Circuit
 	if c.State == buffer.CircuitClosed || now.Before(c.Until) {
 		return false
@@ -120,7 +128,7 @@ func claimProbe(p *buffer.Pacing, now time.Time, lease time.Duration) bool {
 }
 
 // probeSucceeded closes the circuit.
-func probeSucceeded(p *buffer.Pacing, now time.Time) bool {
+func probeSucceeded(p *buffer.PacingState, now time.Time) bool {
 	c := &p.Circuit
 	if c.State == buffer.CircuitClosed {
 		return false
@@ -134,7 +142,7 @@ func probeSucceeded(p *buffer.Pacing, now time.Time) bool {
 // reason does not say why the probe failed: every tenant that may use the
 // function reads it, and the probe's job, with the function's answer to
 // it, is one tenant's. The process's log has the answer.
-func probeFailed(p *buffer.Pacing, policy *CircuitPolicy, now time.Time) bool {
+func probeFailed(p *buffer.PacingState, policy *CircuitPolicy, now time.Time) bool {
 	c := &p.Circuit
 	if c.State != buffer.CircuitHalfOpen {
 		return false
@@ -173,7 +181,7 @@ func (l *functionLoop) admit(runCtx context.Context, dv *buffer.Delivery, expire
 		if !now.Before(c.Until) {
 			ctx, cancel := context.WithTimeout(runCtx, 10*time.Second)
 			claimed := false
-			p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+			p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
 				claimed = claimProbe(p, now, l.fn.Timeout+15*time.Second)
 				return claimed
 			})
@@ -213,18 +221,18 @@ func (l *functionLoop) judge(probe, failed bool, reason string) (failedProbe boo
 		return false
 	}
 	now := l.cfg.Now()
-	var change func(*buffer.Pacing) bool
+	var change func(*buffer.PacingState) bool
 	switch {
 	case probe && failed:
-		change = func(p *buffer.Pacing) bool { return probeFailed(p, &l.fn.Circuit, now) }
+		change = func(p *buffer.PacingState) bool { return probeFailed(p, &l.fn.Circuit, now) }
 	case probe:
-		change = func(p *buffer.Pacing) bool { return probeSucceeded(p, now) }
+		change = func(p *buffer.PacingState) bool { return probeSucceeded(p, now) }
 	default:
 		open, failures, total := l.recent.add(&l.fn.Circuit, now, failed)
 		if !open {
 			return false
 		}
-		change = func(p *buffer.Pacing) bool { return openCircuit(p, &l.fn.Circuit, now, failures, total) }
+		change = func(p *buffer.PacingState) bool { return openCircuit(p, &l.fn.Circuit, now, failures, total) }
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -32,7 +32,7 @@ func TestCircuitReasonCarriesNoJobsError(t *testing.T) {
 		Circuit: dispatch.CircuitPolicy{MinAttempts: 2, Cooldown: 50 * time.Millisecond, MaxCooldown: 100 * time.Millisecond},
 	}, time.Second)
 	// Opened by failures, then reopened by a failed probe.
-	var p buffer.Pacing
+	var p buffer.PacingState
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		var err error
 		if p, err = q.Pacing(t.Context(), "f"); err != nil {

@@ -15,7 +15,7 @@ import (
 // outage runs 40 jobs against a function that answers 503 (no Retry-After:
 // a failure, not a throttle) for its first 2 seconds, then 200, and returns
 // the jobs as they ended and the function's shared pacing.
-func outage(t *testing.T, circuit dispatch.CircuitPolicy) ([]*sluicev1.Job, buffer.Pacing) {
+func outage(t *testing.T, circuit dispatch.CircuitPolicy) ([]*sluicev1.Job, buffer.PacingState) {
 	t.Helper()
 	fn := &switchable{}
 	fn.status.Store(http.StatusServiceUnavailable)

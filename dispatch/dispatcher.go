@@ -83,8 +83,8 @@ type KeepWarm struct {
 // function's dispatch window where every gateway process shares it.
 type Source interface {
 	Consumer(ctx context.Context, cfg buffer.ConsumerConfig) (*buffer.Consumer, error)
-	Pacing(ctx context.Context, function string) (buffer.Pacing, error)
-	UpdatePacing(ctx context.Context, function string, change func(*buffer.Pacing) bool) (buffer.Pacing, error)
+	Pacing(ctx context.Context, function string) (buffer.PacingState, error)
+	UpdatePacing(ctx context.Context, function string, change func(*buffer.PacingState) bool) (buffer.PacingState, error)
 	Pool(ctx context.Context, pool string) (buffer.Pool, error)
 	UpdatePool(ctx context.Context, pool string, change func(*buffer.Pool) bool) (buffer.Pool, error)
 }
@@ -217,7 +217,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string) (*functionLoop, error) {
 	// Start from the window the processes already share, if any, so
 	// that joining them does not reset it.
-	shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (buffer.Pacing, error) {
+	shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (buffer.PacingState, error) {
 		return d.cfg.Source.Pacing(ctx, f.Name)
 	})
 	if err != nil {

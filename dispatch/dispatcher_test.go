@@ -156,6 +156,7 @@ func TestFailures(t *testing.T) {
 			ids := submit(t, q, "f", 1)
 			startDispatcher(t, q, dispatch.Function{
 				Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 1, Timeout: 200 * time.Millisecond,
+				Retry: dispatch.RetryPolicy{MaxAttempts: 1},
 			}, time.Second)
 			job := waitJob(t, q, ids[0], 10*time.Second)
 			if job.State != sluicev1.Job_FAILED || job.Error != tc.wantError || job.Result.GetHttpStatus() != tc.wantStatus {
@@ -173,6 +174,7 @@ func TestUnreachableFunctionFailsWithoutAddress(t *testing.T) {
 	ids := submit(t, q, "f", 1)
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: url}, Concurrency: 1, Timeout: time.Second,
+		Retry: dispatch.RetryPolicy{MaxAttempts: 1},
 	}, time.Second)
 	job := waitJob(t, q, ids[0], 10*time.Second)
 	if job.State != sluicev1.Job_FAILED || job.Error != "could not connect to the function" {

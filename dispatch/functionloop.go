@@ -37,7 +37,7 @@ type functionLoop struct {
 	pool       *poolLoop // nil outside a pool, unless fair
 	lanes      []*laneUnit
 
-	pacing atomic.Pointer[buffer.Pacing] // the shared window as last seen
+	pacing atomic.Pointer[buffer.PacingState] // the shared window as last seen
 }
 
 // run pulls the function's jobs, from each of its lanes, and invokes
@@ -120,7 +120,7 @@ func (l *functionLoop) pace(ctx context.Context) {
 		cold, warm := l.cold.take()
 		counts := l.counts.take()
 		mine := l.report(now)
-		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
 			p.ColdStarts += cold
 			p.WarmStarts += warm
 			p.Counts.Add(counts)

@@ -356,7 +356,7 @@ func (l *functionLoop) report(now time.Time) buffer.ProcLoad {
 // says something new: an idle process that said so already writes
 // nothing. It removes other processes' stale reports on the way and
 // reports whether it changed p.
-func putReport(p *buffer.Pacing, self string, mine buffer.ProcLoad, now time.Time) bool {
+func putReport(p *buffer.PacingState, self string, mine buffer.ProcLoad, now time.Time) bool {
 	idle := mine.Idle()
 	var prev buffer.ProcLoad
 	var had bool
@@ -400,7 +400,7 @@ func (l *functionLoop) announce(ctx context.Context) {
 	now := l.cfg.Now()
 	mine := l.report(now)
 	mine.Held = max(mine.Held, 1) // the job about to start
-	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.Pacing) bool {
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
 		return putReport(p, l.id, mine, now)
 	})
 	if err != nil {
@@ -420,7 +420,7 @@ func (l *functionLoop) announce(ctx context.Context) {
 // Across processes the consumer's cap keeps the window, give or take the
 // jobs aside; a room less what the others last reported would be
 // exact only as long as their reports are fresh, and a stale one stalls.
-func (l *functionLoop) storePacing(p *buffer.Pacing) {
+func (l *functionLoop) storePacing(p *buffer.PacingState) {
 	l.pacing.Store(p)
 	_, procs := p.Others(l.id, l.cfg.Now().Add(-reportFresh))
 	l.inv.setRoom(int(p.Window))
@@ -451,7 +451,7 @@ func (l *functionLoop) storePacing(p *buffer.Pacing) {
 // other processes about (any report in the last reportStale) it does not:
 // they would learn of those jobs a report late, and together put more than
 // the window at the platform.
-func (l *functionLoop) consumerCap(p *buffer.Pacing, now time.Time) int {
+func (l *functionLoop) consumerCap(p *buffer.PacingState, now time.Time) int {
 	window := int(p.Window)
 	if _, others := p.Others(l.id, now.Add(-reportStale)); others == 0 {
 		aside := int(l.aside.Load())

@@ -18,7 +18,7 @@ func pacingFor(concurrency int, cfg Pacing) *Pacing {
 
 func TestWindowRampsAtScalingRate(t *testing.T) {
 	cfg := pacingFor(50, Pacing{Initial: 10, PerMinute: 600, RampLag: time.Nanosecond})
-	var p buffer.Pacing
+	var p buffer.PacingState
 	busy := buffer.Load{Backlog: 1000, InFlight: 10}
 	stepWindow(&p, cfg, 50, busy, t0)
 	if p.Window != 10 {
@@ -46,7 +46,7 @@ func TestWindowRampsAtScalingRate(t *testing.T) {
 
 func TestWindowWaitsForSaturationAndDecaysWhenIdle(t *testing.T) {
 	cfg := pacingFor(50, Pacing{Initial: 10, PerMinute: 600, IdleReap: 10 * time.Minute, RampLag: time.Nanosecond})
-	var p buffer.Pacing
+	var p buffer.PacingState
 	// Work, but not enough to fill the window: no growth.
 	stepWindow(&p, cfg, 50, buffer.Load{Backlog: 0, InFlight: 4}, t0)
 	stepWindow(&p, cfg, 50, buffer.Load{Backlog: 0, InFlight: 4}, t0.Add(5*time.Second))
@@ -69,7 +69,7 @@ func TestWindowWaitsForSaturationAndDecaysWhenIdle(t *testing.T) {
 // saturatedSteps steps the window every d for the given time with a
 // backlog that fills whatever window there is, and returns how long it
 // took the window to reach want (or -1).
-func saturatedSteps(p *buffer.Pacing, cfg *Pacing, concurrency int, from time.Time, d, within time.Duration, want float64) time.Duration {
+func saturatedSteps(p *buffer.PacingState, cfg *Pacing, concurrency int, from time.Time, d, within time.Duration, want float64) time.Duration {
 	for t := time.Duration(0); t <= within; t += d {
 		stepWindow(p, cfg, concurrency, buffer.Load{Backlog: 1000, InFlight: int(p.Window)}, from.Add(t))
 		if p.Window >= want {
@@ -85,7 +85,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	}
 	t.Run("the ceiling drops to what was in flight, at once", func(t *testing.T) {
 		cfg := pacingFor(100, Pacing{Adaptive: true})
-		var p buffer.Pacing
+		var p buffer.PacingState
 		stepWindow(&p, cfg, 100, buffer.Load{Backlog: 3000}, t0)
 		if p.Window != 100 {
 			t.Fatalf("first window = %v, want the concurrency", p.Window)
@@ -108,7 +108,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("a limit restored is found within seconds", func(t *testing.T) {
 		cfg := pacingFor(100, Pacing{Adaptive: true})
-		p := buffer.Pacing{Window: 50}
+		p := buffer.PacingState{Window: 50}
 		throttleWindow(&p, cfg, 100, ev(20), t0)
 		if p.ProbeAfter < minProbeAfter || p.ProbeAfter > time.Second {
 			t.Errorf("probe after %v, want between %v and 1s for 20 in flight at 100ms", p.ProbeAfter, minProbeAfter)
@@ -120,7 +120,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("growth never outruns the scaling rate", func(t *testing.T) {
 		cfg := pacingFor(100, Pacing{Adaptive: true, Initial: 100, PerMinute: 600, RampLag: time.Nanosecond})
-		p := buffer.Pacing{Window: 50}
+		p := buffer.PacingState{Window: 50}
 		throttleWindow(&p, cfg, 100, ev(20), t0)
 		took := saturatedSteps(&p, cfg, 100, t0, 100*time.Millisecond, 10*time.Second, 50)
 		// 600/min is 10 a second: 30 more take at least 3s.
@@ -130,7 +130,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("not adaptive halves and earns growth back", func(t *testing.T) {
 		cfg := pacingFor(100, Pacing{})
-		p := buffer.Pacing{Window: 100}
+		p := buffer.PacingState{Window: 100}
 		throttleWindow(&p, cfg, 100, ev(40), t0)
 		throttleWindow(&p, cfg, 100, ev(40), t0.Add(10*time.Millisecond))
 		if p.Window != 50 {
@@ -147,7 +147,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("refused with fewer in flight than were just taken: a rate", func(t *testing.T) {
 		cfg := pacingFor(100, Pacing{Adaptive: true})
-		p := buffer.Pacing{Window: 100}
+		p := buffer.PacingState{Window: 100}
 		e := ev(12)
 		e.takenAbove, e.startRate = true, 200
 		throttleWindow(&p, cfg, 100, e, t0)
@@ -171,7 +171,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("refused with nothing in flight pauses the function", func(t *testing.T) {
 		cfg := pacingFor(100, Pacing{Adaptive: true})
-		p := buffer.Pacing{Window: 10}
+		p := buffer.PacingState{Window: 10}
 		throttleWindow(&p, cfg, 100, throttleEvidence{retryAfter: 2 * time.Second, given: true}, t0)
 		if !p.PausedUntil.Equal(t0.Add(2*time.Second)) || p.Window != 1 {
 			t.Errorf("paused until %v, window %v; want 2s and 1", p.PausedUntil, p.Window)
@@ -179,7 +179,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("RetryAfterFunction pauses for every throttle, capped", func(t *testing.T) {
 		cfg := pacingFor(100, Pacing{Adaptive: true, RetryAfter: RetryAfterFunction})
-		p := buffer.Pacing{Window: 100}
+		p := buffer.PacingState{Window: 100}
 		e := ev(40)
 		e.retryAfter = time.Hour
 		throttleWindow(&p, cfg, 100, e, t0)

@@ -10,10 +10,11 @@ import (
 )
 
 // RetryPolicy says which failed attempts are tried again and when. The
-// zero value tries each job once.
+// zero value is [DefaultRetryPolicy]: five attempts, waits from 1s
+// doubling up to 5m, with full jitter.
 type RetryPolicy struct {
-	// MaxAttempts is the most attempts a job gets, throttles not counted.
-	// Zero means 1: no retries.
+	// MaxAttempts is the most attempts a job gets, throttles not counted;
+	// 1 tries each job once. Zero means 5.
 	MaxAttempts int
 	// InitialBackoff is the wait before the second attempt. Zero means 1s.
 	InitialBackoff time.Duration
@@ -27,18 +28,24 @@ type RetryPolicy struct {
 	NoJitter bool
 }
 
+// DefaultRetryPolicy returns what each zero field of a RetryPolicy means.
+func DefaultRetryPolicy() RetryPolicy {
+	return RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, Multiplier: 2}
+}
+
 func (r *RetryPolicy) setDefaults() {
+	d := DefaultRetryPolicy()
 	if r.MaxAttempts == 0 {
-		r.MaxAttempts = 1
+		r.MaxAttempts = d.MaxAttempts
 	}
 	if r.InitialBackoff == 0 {
-		r.InitialBackoff = time.Second
+		r.InitialBackoff = d.InitialBackoff
 	}
 	if r.MaxBackoff == 0 {
-		r.MaxBackoff = 5 * time.Minute
+		r.MaxBackoff = d.MaxBackoff
 	}
 	if r.Multiplier == 0 {
-		r.Multiplier = 2
+		r.Multiplier = d.Multiplier
 	}
 }
 

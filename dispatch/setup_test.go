@@ -28,9 +28,9 @@ type flakySource struct {
 	consumer atomic.Int32
 }
 
-func (s *flakySource) Pacing(ctx context.Context, function string) (buffer.Pacing, error) {
+func (s *flakySource) Pacing(ctx context.Context, function string) (buffer.PacingState, error) {
 	if s.pacing.Add(1) <= s.failures {
-		return buffer.Pacing{}, fmt.Errorf("buffer: read pacing of %s: %w", function, s.err)
+		return buffer.PacingState{}, fmt.Errorf("buffer: read pacing of %s: %w", function, s.err)
 	}
 	return s.Queue.Pacing(ctx, function)
 }

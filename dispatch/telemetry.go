@@ -142,7 +142,7 @@ type gauges struct {
 
 // setLearned records what p has learned from throttles: its concurrency
 // limit and its start rate.
-func (g *gauges) setLearned(p buffer.Pacing) {
+func (g *gauges) setLearned(p buffer.PacingState) {
 	g.learnedLimit.Store(int64(p.Ceiling))
 	g.learnedRate.Store(math.Float64bits(p.LearnedRate))
 }

@@ -54,7 +54,7 @@ var _ Enqueuer = (*buffer.Queue)(nil)
 // Dispatch reads the dispatch state every gateway process shares.
 type Dispatch interface {
 	// Pacing returns a function's shared window.
-	Pacing(ctx context.Context, function string) (buffer.Pacing, error)
+	Pacing(ctx context.Context, function string) (buffer.PacingState, error)
 	// FunctionLoad returns its backlog and in-flight count;
 	// buffer.ErrNotFound before dispatch has started for it.
 	FunctionLoad(ctx context.Context, function string) (buffer.Load, error)
@@ -205,9 +205,6 @@ var (
 	_ sluicev1.FunctionServiceServer   = (*Service)(nil)
 	_ sluicev1.DeadLetterServiceServer = (*Service)(nil)
 )
-
-// Tenants reports whether the gateway asks for API keys.
-func (s *Service) Tenants() bool { return len(s.tenantsByKey) > 0 }
 
 // NewService checks cfg and returns the service.
 func NewService(cfg Config) (*Service, error) {

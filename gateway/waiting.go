@@ -44,7 +44,7 @@ func (s *Service) explainWait(ctx context.Context, job *sluicev1.Job) {
 }
 
 // waitingReason is what holds a queued job of f, most binding first.
-func waitingReason(job *sluicev1.Job, p buffer.Pacing, load buffer.Load, f Function, now time.Time) string {
+func waitingReason(job *sluicev1.Job, p buffer.PacingState, load buffer.Load, f Function, now time.Time) string {
 	limit := f.Concurrency
 	window := int(p.Window)
 	if window == 0 {

@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/gateway"
@@ -145,6 +146,22 @@ type CallbacksConfig struct {
 	// gateway processes, those waiting for a retry included. Default 64 ×
 	// concurrency.
 	MaxPending Count `yaml:"max_pending"`
+}
+
+// deliverer is callback delivery as dispatch takes it, but for its source,
+// sender and logger, which the process makes.
+func (cb *CallbacksConfig) deliverer() dispatch.CallbackConfig {
+	return dispatch.CallbackConfig{
+		Timeout: time.Duration(cb.Timeout),
+		Retry: dispatch.RetryPolicy{
+			MaxAttempts:    int(cb.MaxAttempts),
+			InitialBackoff: time.Duration(cb.InitialBackoff),
+			MaxBackoff:     time.Duration(cb.MaxBackoff),
+		},
+		Concurrency:       int(cb.Concurrency),
+		TenantConcurrency: int(cb.TenantConcurrency),
+		MaxPending:        int(cb.MaxPending),
+	}
 }
 
 // FunctionConfig is one function. Only name and its target (url, or
@@ -322,7 +339,7 @@ type ScalingConfig struct {
 type RateConfig struct {
 	// PerSecond is the most starts per second. Required.
 	PerSecond float64 `yaml:"per_second"`
-	// Burst is how many may start at once. Default 1.
+	// Burst is how many may start at once. Default 1 (dispatch's).
 	Burst Count `yaml:"burst"`
 }
 
@@ -373,6 +390,30 @@ type BufferConfig struct {
 	HighWater float64 `yaml:"high_water"`
 }
 
+// queue is the buffer as buffer.Open takes it, but for its logger and
+// replicas, which are the process's.
+func (b *BufferConfig) queue() buffer.Config {
+	return buffer.Config{
+		MaxJobs:             int64(b.MaxJobs),
+		MaxBytes:            int64(b.MaxBytes),
+		Retention:           time.Duration(b.JobRetention),
+		IdempotencyWindow:   time.Duration(b.IdempotencyWindow),
+		DeadLetterRetention: time.Duration(b.DeadLetterRetention),
+		Stores: buffer.StoreLimits{
+			StateBytes:       int64(b.StateMaxBytes),
+			IdempotencyBytes: int64(b.IdempotencyMaxBytes),
+			DeadLetterBytes:  int64(b.DeadLetterMaxBytes),
+			CallbackBytes:    int64(b.CallbackMaxBytes),
+			HighWater:        b.HighWater,
+		},
+		Batch: buffer.BatchConfig{
+			MaxBatch:    int(b.GroupCommit.MaxBatch),
+			MaxInFlight: int(b.GroupCommit.InFlight),
+			Linger:      time.Duration(b.GroupCommit.Linger),
+		},
+	}
+}
+
 // GroupCommitConfig tunes group commit: concurrent submits (and job state
 // writes) stored as JetStream atomic batches, one fsync per batch.
 type GroupCommitConfig struct {
@@ -393,10 +434,8 @@ const (
 	maxConcurrency     = 10_000
 	defaultTimeout     = 30 * time.Second
 	maxTimeout         = time.Hour
-	defaultMaxPayload  = 1 << 20
 	defaultIdleReap    = 10 * time.Minute
 	defaultMaxAge      = 6 * time.Hour
-	defaultMaxAttempts = 5
 	// defaultKeepWarmEvery stays under the idle time after which common
 	// platforms reap environments (5 to 15 minutes).
 	defaultKeepWarmEvery = 4 * time.Minute
@@ -616,133 +655,172 @@ func (c *Config) setDefaultsAndCheck() error {
 			}
 			seen[f.Name] = i
 		}
-		f.checkTarget(bad)
-		f.concurrencyGiven = f.Concurrency != 0
-		if f.Concurrency == 0 {
-			f.Concurrency = defaultConcurrency
-		}
-		if f.Concurrency > maxConcurrency {
-			bad("concurrency", "%d is out of range: 1 to %d", f.Concurrency, maxConcurrency)
-		}
-		if f.Timeout == 0 {
-			f.Timeout = Duration(defaultTimeout)
-		}
-		if time.Duration(f.Timeout) > maxTimeout {
-			bad("timeout", "%s is out of range: more than 0 and at most %s", time.Duration(f.Timeout), maxTimeout)
-		}
-		if f.MaxPayload == 0 {
-			f.MaxPayload = defaultMaxPayload
-		}
-		if f.MaxPayload > maxMaxPayload {
-			bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
-		} else if f.Target != nil && f.Target.Lambda != nil && f.MaxPayload > dispatch.LambdaMaxPayload {
-			bad("max_payload", "%d bytes is more than a synchronous Lambda invocation takes (%d)", f.MaxPayload, dispatch.LambdaMaxPayload)
-		}
-		if f.IdleReap == 0 {
-			f.IdleReap = Duration(defaultIdleReap)
-		}
-		if f.MaxAge == 0 {
-			f.MaxAge = Duration(defaultMaxAge)
-		}
-		r := &f.Retry
-		if r.MaxAttempts == 0 {
-			r.MaxAttempts = defaultMaxAttempts
-		}
-		if r.InitialBackoff == 0 {
-			r.InitialBackoff = Duration(time.Second)
-		}
-		if r.MaxBackoff == 0 {
-			r.MaxBackoff = Duration(5 * time.Minute)
-		}
-		if r.MaxBackoff < r.InitialBackoff {
-			bad("retry.max_backoff", "%s is shorter than initial_backoff (%s)", time.Duration(r.MaxBackoff), time.Duration(r.InitialBackoff))
-		}
-		if r.Multiplier == 0 {
-			r.Multiplier = 2
-		}
-		if r.Multiplier < 1 || math.IsInf(r.Multiplier, 0) || math.IsNaN(r.Multiplier) {
-			bad("retry.multiplier", "%v is not a number of at least 1", r.Multiplier)
-		}
-		switch r.Jitter {
-		case "":
-			r.Jitter = "full"
-		case "full", "none":
-		default:
-			bad("retry.jitter", "%q is neither full nor none", r.Jitter)
-		}
-		if f.Adaptive == nil {
-			adaptive := true
-			f.Adaptive = &adaptive
-		}
-		switch f.RetryAfter {
-		case "":
-			f.RetryAfter = "job"
-		case "job", "function":
-		default:
-			bad("retry_after", "%q is neither job nor function", f.RetryAfter)
-		}
-		cb := &f.CircuitBreaker
-		if cb.Enabled == nil {
-			enabled := true
-			cb.Enabled = &enabled
-		}
-		if cb.FailureRatio == 0 {
-			cb.FailureRatio = 0.5
-		}
-		if cb.FailureRatio < 0 || cb.FailureRatio > 1 || math.IsNaN(cb.FailureRatio) {
-			bad("circuit_breaker.failure_ratio", "%v is out of range: more than 0, at most 1", cb.FailureRatio)
-		}
-		if cb.MinAttempts == 0 {
-			cb.MinAttempts = 10
-		}
-		if cb.Window == 0 {
-			cb.Window = Duration(30 * time.Second)
-		}
-		if cb.Cooldown == 0 {
-			cb.Cooldown = Duration(5 * time.Second)
-		}
-		if cb.MaxCooldown == 0 {
-			cb.MaxCooldown = Duration(5 * time.Minute)
-		}
-		if cb.MaxCooldown < cb.Cooldown {
-			bad("circuit_breaker.max_cooldown", "%s is shorter than cooldown (%s)", time.Duration(cb.MaxCooldown), time.Duration(cb.Cooldown))
-		}
-		if sc := f.Scaling; sc != nil {
-			if sc.PerMinute == 0 {
-				bad("scaling.per_minute", "missing: how many environments the platform adds per minute")
-			}
-			if sc.Initial == 0 || sc.Initial > f.Concurrency {
-				sc.Initial = f.Concurrency
-			}
-		}
-		if in := f.Ingress; in != nil {
-			if err := in.check(); err != nil {
-				bad("ingress.per_second", "%v", err)
-			}
-		}
-		if r := f.Rate; r != nil {
-			if r.PerSecond <= 0 || math.IsInf(r.PerSecond, 0) || math.IsNaN(r.PerSecond) {
-				bad("rate.per_second", "%v is not a positive number", r.PerSecond)
-			}
-			if r.Burst == 0 {
-				r.Burst = 1
-			}
-		}
-		if kw := f.KeepWarm; kw != nil {
-			if kw.Instances == 0 {
-				bad("keep_warm.instances", "missing: how many environments to hold warm")
-			} else if kw.Instances > f.Concurrency {
-				bad("keep_warm.instances", "%d is more than the function's concurrency of %d", kw.Instances, f.Concurrency)
-			}
-			if kw.Every == 0 {
-				kw.Every = Duration(defaultKeepWarmEvery)
-			}
-			if kw.Every >= f.IdleReap {
-				bad("keep_warm.every", "%s is not shorter than idle_reap (%s): the environments would be reaped between pings", time.Duration(kw.Every), time.Duration(f.IdleReap))
-			}
+		f.setDefaultsAndCheck(bad)
+	}
+	errs = append(errs, c.Buffer.setDefaultsAndCheck(), c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen), c.checkPools())
+	for i, f := range c.Functions {
+		// An unfinished job's state must outlive it.
+		if f.MaxAge >= c.Buffer.JobRetention {
+			errs = append(errs, fmt.Errorf("buffer.job_retention: %s is not longer than functions[%d] (%s).max_age (%s)",
+				time.Duration(c.Buffer.JobRetention), i, f.Name, time.Duration(f.MaxAge)))
 		}
 	}
-	b := &c.Buffer
+	return errors.Join(errs...)
+}
+
+// badField reports a setting that is wrong: its name within the section
+// checked, and why.
+type badField func(name, format string, args ...any)
+
+// setDefaultsAndCheck fills in the function's defaults and reports what is
+// wrong with it, but for its name, which is checked against the others.
+func (f *FunctionConfig) setDefaultsAndCheck(bad badField) {
+	f.checkTarget(bad)
+	f.concurrencyGiven = f.Concurrency != 0
+	if f.Concurrency == 0 {
+		f.Concurrency = defaultConcurrency
+	}
+	if f.Concurrency > maxConcurrency {
+		bad("concurrency", "%d is out of range: 1 to %d", f.Concurrency, maxConcurrency)
+	}
+	if f.Timeout == 0 {
+		f.Timeout = Duration(defaultTimeout)
+	}
+	if time.Duration(f.Timeout) > maxTimeout {
+		bad("timeout", "%s is out of range: more than 0 and at most %s", time.Duration(f.Timeout), maxTimeout)
+	}
+	if f.MaxPayload == 0 {
+		f.MaxPayload = gateway.DefaultMaxPayload
+	}
+	if f.MaxPayload > maxMaxPayload {
+		bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
+	} else if f.Target != nil && f.Target.Lambda != nil && f.MaxPayload > dispatch.LambdaMaxPayload {
+		bad("max_payload", "%d bytes is more than a synchronous Lambda invocation takes (%d)", f.MaxPayload, dispatch.LambdaMaxPayload)
+	}
+	if f.IdleReap == 0 {
+		f.IdleReap = Duration(defaultIdleReap)
+	}
+	if f.MaxAge == 0 {
+		f.MaxAge = Duration(defaultMaxAge)
+	}
+	f.Retry.setDefaultsAndCheck(bad)
+	if f.Adaptive == nil {
+		adaptive := true
+		f.Adaptive = &adaptive
+	}
+	switch f.RetryAfter {
+	case "":
+		f.RetryAfter = "job"
+	case "job", "function":
+	default:
+		bad("retry_after", "%q is neither job nor function", f.RetryAfter)
+	}
+	f.CircuitBreaker.setDefaultsAndCheck(bad)
+	f.setPacingDefaultsAndCheck(bad)
+}
+
+// setDefaultsAndCheck fills in the retry policy's defaults, which are
+// dispatch's, and reports what is wrong with it.
+func (r *RetryConfig) setDefaultsAndCheck(bad badField) {
+	retry := dispatch.DefaultRetryPolicy()
+	if r.MaxAttempts == 0 {
+		r.MaxAttempts = Count(retry.MaxAttempts)
+	}
+	if r.InitialBackoff == 0 {
+		r.InitialBackoff = Duration(retry.InitialBackoff)
+	}
+	if r.MaxBackoff == 0 {
+		r.MaxBackoff = Duration(retry.MaxBackoff)
+	}
+	if r.MaxBackoff < r.InitialBackoff {
+		bad("retry.max_backoff", "%s is shorter than initial_backoff (%s)", time.Duration(r.MaxBackoff), time.Duration(r.InitialBackoff))
+	}
+	if r.Multiplier == 0 {
+		r.Multiplier = retry.Multiplier
+	}
+	if r.Multiplier < 1 || math.IsInf(r.Multiplier, 0) || math.IsNaN(r.Multiplier) {
+		bad("retry.multiplier", "%v is not a number of at least 1", r.Multiplier)
+	}
+	switch r.Jitter {
+	case "":
+		r.Jitter = "full"
+	case "full", "none":
+	default:
+		bad("retry.jitter", "%q is neither full nor none", r.Jitter)
+	}
+}
+
+// setDefaultsAndCheck fills in the circuit breaker's defaults, which are
+// dispatch's, and reports what is wrong with it.
+func (cb *CircuitBreakerConfig) setDefaultsAndCheck(bad badField) {
+	circuit := dispatch.DefaultCircuitPolicy()
+	if cb.Enabled == nil {
+		enabled := true
+		cb.Enabled = &enabled
+	}
+	if cb.FailureRatio == 0 {
+		cb.FailureRatio = circuit.FailureRatio
+	}
+	if cb.FailureRatio < 0 || cb.FailureRatio > 1 || math.IsNaN(cb.FailureRatio) {
+		bad("circuit_breaker.failure_ratio", "%v is out of range: more than 0, at most 1", cb.FailureRatio)
+	}
+	if cb.MinAttempts == 0 {
+		cb.MinAttempts = Count(circuit.MinAttempts)
+	}
+	if cb.Window == 0 {
+		cb.Window = Duration(circuit.Window)
+	}
+	if cb.Cooldown == 0 {
+		cb.Cooldown = Duration(circuit.Cooldown)
+	}
+	if cb.MaxCooldown == 0 {
+		cb.MaxCooldown = Duration(circuit.MaxCooldown)
+	}
+	if cb.MaxCooldown < cb.Cooldown {
+		bad("circuit_breaker.max_cooldown", "%s is shorter than cooldown (%s)", time.Duration(cb.MaxCooldown), time.Duration(cb.Cooldown))
+	}
+}
+
+// setPacingDefaultsAndCheck fills in and checks what paces the function:
+// its scaling, ingress, rate and keep-warm settings.
+func (f *FunctionConfig) setPacingDefaultsAndCheck(bad badField) {
+	if sc := f.Scaling; sc != nil {
+		if sc.PerMinute == 0 {
+			bad("scaling.per_minute", "missing: how many environments the platform adds per minute")
+		}
+		if sc.Initial == 0 || sc.Initial > f.Concurrency {
+			sc.Initial = f.Concurrency
+		}
+	}
+	if in := f.Ingress; in != nil {
+		if err := in.check(); err != nil {
+			bad("ingress.per_second", "%v", err)
+		}
+	}
+	if r := f.Rate; r != nil {
+		if r.PerSecond <= 0 || math.IsInf(r.PerSecond, 0) || math.IsNaN(r.PerSecond) {
+			bad("rate.per_second", "%v is not a positive number", r.PerSecond)
+		}
+	}
+	if kw := f.KeepWarm; kw != nil {
+		if kw.Instances == 0 {
+			bad("keep_warm.instances", "missing: how many environments to hold warm")
+		} else if kw.Instances > f.Concurrency {
+			bad("keep_warm.instances", "%d is more than the function's concurrency of %d", kw.Instances, f.Concurrency)
+		}
+		if kw.Every == 0 {
+			kw.Every = Duration(defaultKeepWarmEvery)
+		}
+		if kw.Every >= f.IdleReap {
+			bad("keep_warm.every", "%s is not shorter than idle_reap (%s): the environments would be reaped between pings", time.Duration(kw.Every), time.Duration(f.IdleReap))
+		}
+	}
+}
+
+// setDefaultsAndCheck fills in the buffer's defaults, which are buffer's,
+// and reports what is wrong with it.
+func (b *BufferConfig) setDefaultsAndCheck() error {
+	var errs []error
 	switch b.Durability {
 	case "":
 		b.Durability = "always"
@@ -751,13 +829,13 @@ func (c *Config) setDefaultsAndCheck() error {
 		errs = append(errs, fmt.Errorf("buffer.durability: %q is neither always nor interval", b.Durability))
 	}
 	if b.JobRetention == 0 {
-		b.JobRetention = Duration(24 * time.Hour)
+		b.JobRetention = Duration(buffer.DefaultRetention)
 	}
 	if b.IdempotencyWindow == 0 {
-		b.IdempotencyWindow = Duration(24 * time.Hour)
+		b.IdempotencyWindow = Duration(buffer.DefaultIdempotencyWindow)
 	}
 	if b.DeadLetterRetention == 0 {
-		b.DeadLetterRetention = Duration(7 * 24 * time.Hour)
+		b.DeadLetterRetention = Duration(buffer.DefaultDeadLetterRetention)
 	}
 	if b.IdempotencyWindow > b.JobRetention {
 		// A repeat that finds its key but not the job's state would run
@@ -770,25 +848,17 @@ func (c *Config) setDefaultsAndCheck() error {
 	}
 	gc := &b.GroupCommit
 	if gc.MaxBatch == 0 {
-		gc.MaxBatch = 200
-	} else if gc.MaxBatch > 1000 {
-		errs = append(errs, fmt.Errorf("buffer.group_commit.max_batch: %d is more than the server's limit of 1000", gc.MaxBatch))
+		gc.MaxBatch = buffer.DefaultMaxBatch
+	} else if gc.MaxBatch > buffer.MaxBatchLimit {
+		errs = append(errs, fmt.Errorf("buffer.group_commit.max_batch: %d is more than the server's limit of %d", gc.MaxBatch, buffer.MaxBatchLimit))
 	}
 	if gc.InFlight == 0 {
-		gc.InFlight = 2
+		gc.InFlight = buffer.DefaultMaxInFlight
 	} else if gc.InFlight > 64 {
 		errs = append(errs, fmt.Errorf("buffer.group_commit.in_flight: %d is more than 64", gc.InFlight))
 	}
 	if gc.Linger < 0 || time.Duration(gc.Linger) > time.Second {
 		errs = append(errs, fmt.Errorf("buffer.group_commit.linger: %s is out of range: 0 to 1s", time.Duration(gc.Linger)))
-	}
-	errs = append(errs, c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen), c.checkPools())
-	for i, f := range c.Functions {
-		// An unfinished job's state must outlive it.
-		if f.MaxAge >= b.JobRetention {
-			errs = append(errs, fmt.Errorf("buffer.job_retention: %s is not longer than functions[%d] (%s).max_age (%s)",
-				time.Duration(b.JobRetention), i, f.Name, time.Duration(f.MaxAge)))
-		}
 	}
 	return errors.Join(errs...)
 }
@@ -806,7 +876,7 @@ var reservedSubjects = []string{"sluice.", "$", "_INBOX."}
 
 // checkTarget checks the function's target, whichever way it is given,
 // and sets Target from url.
-func (f *FunctionConfig) checkTarget(bad func(name, format string, args ...any)) {
+func (f *FunctionConfig) checkTarget(bad badField) {
 	t := f.Target
 	switch {
 	case t == nil && f.URL == "":
@@ -1019,16 +1089,17 @@ func (cb *CallbacksConfig) setDefaultsAndCheck() error {
 		}
 	}
 	if cb.Timeout == 0 {
-		cb.Timeout = Duration(10 * time.Second)
+		cb.Timeout = Duration(dispatch.DefaultCallbackTimeout)
 	}
 	if cb.MaxAttempts == 0 {
-		cb.MaxAttempts = 10
+		cb.MaxAttempts = dispatch.DefaultCallbackMaxAttempts
 	}
+	retry := dispatch.DefaultRetryPolicy()
 	if cb.InitialBackoff == 0 {
-		cb.InitialBackoff = Duration(time.Second)
+		cb.InitialBackoff = Duration(retry.InitialBackoff)
 	}
 	if cb.MaxBackoff == 0 {
-		cb.MaxBackoff = Duration(5 * time.Minute)
+		cb.MaxBackoff = Duration(retry.MaxBackoff)
 	}
 	if cb.MaxBackoff < cb.InitialBackoff {
 		errs = append(errs, fmt.Errorf("callbacks.max_backoff: %s is shorter than initial_backoff (%s)", time.Duration(cb.MaxBackoff), time.Duration(cb.InitialBackoff)))

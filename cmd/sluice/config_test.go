@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/gateway"
 )
 
 func TestParseConfigDefaults(t *testing.T) {
@@ -29,7 +30,7 @@ buffer:
 		t.Fatal(err)
 	}
 	r, th := cfg.Functions[0], cfg.Functions[1]
-	if r.Concurrency != defaultConcurrency || time.Duration(r.Timeout) != defaultTimeout || r.MaxPayload != defaultMaxPayload {
+	if r.Concurrency != defaultConcurrency || time.Duration(r.Timeout) != defaultTimeout || r.MaxPayload != gateway.DefaultMaxPayload {
 		t.Errorf("resize = %+v, want the defaults", r)
 	}
 	if th.Concurrency != 3 || time.Duration(th.Timeout) != 2*time.Minute || th.MaxPayload != 256<<10 {

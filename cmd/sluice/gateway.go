@@ -221,7 +221,9 @@ func (p *gatewayProcess) openQueue(ctx context.Context, cfg *Config) error {
 		p.log.Warn("NATS is a cluster but --replicas is 1: every job is kept on one node's disk, and losing that node loses them; run with --replicas=3",
 			"nats_cluster", p.nc.ConnectedClusterName(), "nats_server", p.nc.ConnectedServerName())
 	}
-	queue, err := buffer.Open(ctx, p.nc, bufferConfig(cfg.Buffer, replicas, p.log))
+	bufCfg := cfg.Buffer.queue()
+	bufCfg.Logger, bufCfg.Replicas = p.log, replicas
+	queue, err := buffer.Open(ctx, p.nc, bufCfg)
 	if errors.Is(err, buffer.ErrDurability) {
 		return fmt.Errorf("--replicas=%d: %w", replicas, err)
 	}
@@ -238,31 +240,6 @@ func (p *gatewayProcess) openQueue(ctx context.Context, cfg *Config) error {
 	return nil
 }
 
-// bufferConfig is the buffer section as the buffer takes it.
-func bufferConfig(b BufferConfig, replicas int, log *slog.Logger) buffer.Config {
-	return buffer.Config{
-		Logger:              log,
-		Replicas:            replicas,
-		MaxJobs:             int64(b.MaxJobs),
-		MaxBytes:            int64(b.MaxBytes),
-		Retention:           time.Duration(b.JobRetention),
-		IdempotencyWindow:   time.Duration(b.IdempotencyWindow),
-		DeadLetterRetention: time.Duration(b.DeadLetterRetention),
-		Stores: buffer.StoreLimits{
-			StateBytes:       int64(b.StateMaxBytes),
-			IdempotencyBytes: int64(b.IdempotencyMaxBytes),
-			DeadLetterBytes:  int64(b.DeadLetterMaxBytes),
-			CallbackBytes:    int64(b.CallbackMaxBytes),
-			HighWater:        b.HighWater,
-		},
-		Batch: buffer.BatchConfig{
-			MaxBatch:    int(b.GroupCommit.MaxBatch),
-			MaxInFlight: int(b.GroupCommit.InFlight),
-			Linger:      time.Duration(b.GroupCommit.Linger),
-		},
-	}
-}
-
 // newCallbacks sets up callback delivery when callback secrets are
 // configured, and returns the policy the gateway checks callback URLs
 // with; without secrets there are no callbacks, and the policy is nil.
@@ -275,20 +252,10 @@ func (p *gatewayProcess) newCallbacks(cfg *Config) (gateway.CallbackPolicy, erro
 	if err != nil {
 		return nil, err
 	}
-	p.callbacks, err = dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
-		Source:  p.queue,
-		Sender:  &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys},
-		Timeout: time.Duration(cb.Timeout),
-		Retry: dispatch.RetryPolicy{
-			MaxAttempts:    int(cb.MaxAttempts),
-			InitialBackoff: time.Duration(cb.InitialBackoff),
-			MaxBackoff:     time.Duration(cb.MaxBackoff),
-		},
-		Concurrency:       int(cb.Concurrency),
-		TenantConcurrency: int(cb.TenantConcurrency),
-		MaxPending:        int(cb.MaxPending),
-		Logger:            p.log,
-	})
+	cbCfg := cb.deliverer()
+	cbCfg.Source, cbCfg.Logger = p.queue, p.log
+	cbCfg.Sender = &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys}
+	p.callbacks, err = dispatch.NewCallbackDeliverer(cbCfg)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,33 @@
+package dispatch
+
+import "testing"
+
+// TestZeroValuesTakeTheDefaults holds the zero policies to the exported
+// defaults that `sluice serve`'s configuration reads, so that a default
+// changed on one side only fails here.
+func TestZeroValuesTakeTheDefaults(t *testing.T) {
+	var retry RetryPolicy
+	retry.setDefaults()
+	if want := DefaultRetryPolicy(); retry != want {
+		t.Errorf("zero RetryPolicy = %+v, want DefaultRetryPolicy() %+v", retry, want)
+	}
+	var circuit CircuitPolicy
+	circuit.setDefaults()
+	if want := DefaultCircuitPolicy(); circuit != want {
+		t.Errorf("zero CircuitPolicy = %+v, want DefaultCircuitPolicy() %+v", circuit, want)
+	}
+	d, err := NewCallbackDeliverer(CallbackConfig{Source: nopCallbackSource{}, Sender: nopCallbackSender{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultRetryPolicy()
+	want.MaxAttempts = DefaultCallbackMaxAttempts
+	if got := d.cfg; got.Timeout != DefaultCallbackTimeout || got.Retry != want || got.Concurrency != DefaultCallbackConcurrency {
+		t.Errorf("zero CallbackConfig: timeout %v, retry %+v, concurrency %d; want %v, %+v, %d",
+			got.Timeout, got.Retry, got.Concurrency, DefaultCallbackTimeout, want, DefaultCallbackConcurrency)
+	}
+}
+
+type nopCallbackSource struct{ CallbackSource }
+
+type nopCallbackSender struct{ CallbackSender }
