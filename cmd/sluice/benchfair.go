@@ -204,10 +204,10 @@ tenants:
 	fmt.Fprintf(stdout, "fnsim: %d invocations, max concurrent %d (limit %d)\n", st.Invocations, st.MaxConcurrent, concurrency)
 	var errs []error
 	if drained >= (backlog-aDone0)/2 {
-		errs = append(errs, fmt.Errorf("A drained %d of %d before B finished: not less than half", drained, backlog-aDone0))
+		errs = append(errs, fmt.Errorf("tenant A drained %d of %d before B finished: not less than half", drained, backlog-aDone0))
 	}
 	if backlog-aStartedAfter <= 0 {
-		errs = append(errs, errors.New("A's backlog drained before its high-priority jobs started"))
+		errs = append(errs, errors.New("tenant A's backlog drained before its high-priority jobs started"))
 	}
 	if st.MaxConcurrent > concurrency {
 		errs = append(errs, fmt.Errorf("fnsim saw %d at once, over %d", st.MaxConcurrent, concurrency))
