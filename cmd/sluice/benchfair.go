@@ -206,10 +206,10 @@ func (f *fairRun) check(stdout io.Writer) error {
 	fmt.Fprintf(stdout, "fnsim: %d invocations, max concurrent %d (limit %d)\n", st.Invocations, st.MaxConcurrent, b.concurrency)
 	var errs []error
 	if f.drained >= (b.backlog-f.aDone0)/2 {
-		errs = append(errs, fmt.Errorf("A drained %d of %d before B finished: not less than half", f.drained, b.backlog-f.aDone0))
+		errs = append(errs, fmt.Errorf("tenant A drained %d of %d before B finished: not less than half", f.drained, b.backlog-f.aDone0))
 	}
 	if b.backlog-f.aStartedAfter <= 0 {
-		errs = append(errs, errors.New("A's backlog drained before its high-priority jobs started"))
+		errs = append(errs, errors.New("tenant A's backlog drained before its high-priority jobs started"))
 	}
 	if st.MaxConcurrent > b.concurrency {
 		errs = append(errs, fmt.Errorf("fnsim saw %d at once, over %d", st.MaxConcurrent, b.concurrency))

@@ -544,23 +544,6 @@ func (g *clusterGateway) kill() {
 	}
 }
 
-// stop stops the gateway with SIGTERM, as an orchestrator does.
-func (g *clusterGateway) stop() {
-	g.alive.Store(false)
-	if g.cmd != nil {
-		g.cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck // it may have gone
-		done := make(chan struct{})
-		go func() { g.cmd.Wait(); close(done) }() //nolint:errcheck // stopped
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			g.cmd.Process.Kill() //nolint:errcheck // it may have gone
-			<-done
-		}
-		g.cmd = nil
-	}
-}
-
 // clusterLimit is the concurrency limit of the harness's function.
 const clusterLimit = 20
 

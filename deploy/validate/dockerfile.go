@@ -9,11 +9,11 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/moby/buildkit/frontend/dockerfile/dockerignore"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/patternmatcher"
+	"github.com/moby/patternmatcher/ignorefile"
 )
 
 // checkDockerfile parses a Dockerfile with BuildKit's own parser, runs the
@@ -114,7 +114,7 @@ func checkDockerContext(repoRoot, ignoreFile string) []error {
 	if err != nil {
 		return []error{err}
 	}
-	patterns, err := dockerignore.ReadAll(f)
+	patterns, err := ignorefile.ReadAll(f)
 	f.Close()
 	if err != nil {
 		return []error{fmt.Errorf("%s: %w", ignoreFile, err)}

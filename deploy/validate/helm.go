@@ -7,11 +7,13 @@ import (
 	"slices"
 	"strings"
 
-	"helm.sh/helm/v3/pkg/chart/loader"
-	"helm.sh/helm/v3/pkg/chartutil"
-	"helm.sh/helm/v3/pkg/engine"
-	"helm.sh/helm/v3/pkg/lint"
-	"helm.sh/helm/v3/pkg/lint/support"
+	"helm.sh/helm/v4/pkg/chart/common"
+	"helm.sh/helm/v4/pkg/chart/common/util"
+	"helm.sh/helm/v4/pkg/chart/v2/lint"
+	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
+	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
+	"helm.sh/helm/v4/pkg/engine"
 )
 
 // kubeVersion is the Kubernetes version the chart is linted and rendered
@@ -23,17 +25,17 @@ const kubeVersion = "v1.25.0"
 func lintChart(chartDir, valuesFile string) []error {
 	vals := map[string]any{}
 	if valuesFile != "" {
-		v, err := chartutil.ReadValuesFile(valuesFile)
+		v, err := common.ReadValuesFile(valuesFile)
 		if err != nil {
 			return []error{err}
 		}
 		vals = v
 	}
-	kv, err := chartutil.ParseKubeVersion(kubeVersion)
+	kv, err := common.ParseKubeVersion(kubeVersion)
 	if err != nil {
 		return []error{err}
 	}
-	l := lint.AllWithKubeVersion(chartDir, vals, "sluice", kv)
+	l := lint.RunAll(chartDir, vals, "sluice", lint.WithKubeVersion(kv))
 	var errs []error
 	for _, m := range l.Messages {
 		if m.Severity >= support.WarningSev {
@@ -52,21 +54,21 @@ func renderChart(chartDir, valuesFile string) (map[string]string, error) {
 	}
 	vals := map[string]any{}
 	if valuesFile != "" {
-		if vals, err = chartutil.ReadValuesFile(valuesFile); err != nil {
+		if vals, err = common.ReadValuesFile(valuesFile); err != nil {
 			return nil, err
 		}
 	}
-	kv, err := chartutil.ParseKubeVersion(kubeVersion)
+	kv, err := common.ParseKubeVersion(kubeVersion)
 	if err != nil {
 		return nil, err
 	}
-	caps := chartutil.DefaultCapabilities.Copy()
+	caps := common.DefaultCapabilities.Copy()
 	caps.KubeVersion = *kv
 	if !chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, kv.String()) {
 		return nil, fmt.Errorf("chart's kubeVersion %q excludes %s", ch.Metadata.KubeVersion, kv)
 	}
-	opts := chartutil.ReleaseOptions{Name: "sluice", Namespace: "sluice", Revision: 1, IsInstall: true}
-	rv, err := chartutil.ToRenderValues(ch, vals, opts, caps)
+	opts := common.ReleaseOptions{Name: "sluice", Namespace: "sluice", Revision: 1, IsInstall: true}
+	rv, err := util.ToRenderValues(ch, vals, opts, caps)
 	if err != nil {
 		return nil, err
 	}

@@ -106,260 +106,305 @@ func stripComments(doc string) string {
 // exist, volumes that are declared, a non-root read-only container, and a
 // grace period that covers the shutdown delay and the drain.
 func checkManifests(ms []manifest) []error {
-	var errs []error
-	bad := func(m manifest, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", m, fmt.Sprintf(format, args...)))
+	var c checks
+	inv := c.metadata(ms)
+	if len(inv.deploys) != 1 {
+		return append(c.errs, fmt.Errorf("want exactly one Deployment, got %d", len(inv.deploys)))
 	}
-	var (
-		deploys  []*appsv1.Deployment
-		services []*corev1.Service
-		rendered = map[string]bool{} // "ConfigMap/name", "Secret/name"
-		seen     = map[string]bool{}
-	)
+	dm := inv.deploys[0]
+	d := dm.Obj.(*appsv1.Deployment)
+	containerPorts := c.deployment(dm, d, inv.rendered)
+	// Everything else refers to the Deployment or its pods.
+	for _, m := range ms {
+		c.referrer(m, dm, d, inv.services, containerPorts)
+	}
+	return c.errs
+}
+
+// checks collects what checkManifests finds wrong.
+type checks struct{ errs []error }
+
+func (c *checks) bad(m manifest, format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("%s: %s", m, fmt.Sprintf(format, args...)))
+}
+
+func (c *checks) add(errs ...error) { c.errs = append(c.errs, errs...) }
+
+// inventory is what the rendered objects hold that others refer to.
+type inventory struct {
+	deploys  []manifest // each one's Obj is an *appsv1.Deployment
+	services []*corev1.Service
+	rendered map[string]bool // "ConfigMap/name", "Secret/name"
+}
+
+// metadata checks every object's name and labels, that none is rendered
+// twice, and takes the inventory.
+func (c *checks) metadata(ms []manifest) inventory {
+	inv := inventory{rendered: map[string]bool{}}
+	seen := map[string]bool{}
 	for _, m := range ms {
 		acc, ok := m.Obj.(interface {
 			GetName() string
 			GetLabels() map[string]string
 		})
 		if !ok {
-			bad(m, "has no object metadata")
+			c.bad(m, "has no object metadata")
 			continue
 		}
 		kind := m.Obj.GetObjectKind().GroupVersionKind().Kind
 		key := kind + "/" + acc.GetName()
 		if seen[key] {
-			bad(m, "rendered twice")
+			c.bad(m, "rendered twice")
 		}
 		seen[key] = true
 		if acc.GetName() == "" {
-			bad(m, "metadata.name: required")
+			c.bad(m, "metadata.name: required")
 		}
 		nameErrs := validation.IsDNS1123Subdomain(acc.GetName())
 		if kind == "Service" {
 			nameErrs = validation.IsDNS1035Label(acc.GetName())
 		}
 		for _, e := range nameErrs {
-			bad(m, "metadata.name %q: %s", acc.GetName(), e)
+			c.bad(m, "metadata.name %q: %s", acc.GetName(), e)
 		}
-		errs = append(errs, labelErrs(m, "metadata.labels", acc.GetLabels())...)
+		c.add(labelErrs(m, "metadata.labels", acc.GetLabels())...)
 		switch o := m.Obj.(type) {
 		case *appsv1.Deployment:
-			deploys = append(deploys, o)
+			inv.deploys = append(inv.deploys, m)
 		case *corev1.Service:
-			services = append(services, o)
+			inv.services = append(inv.services, o)
 		case *corev1.ConfigMap:
-			rendered["ConfigMap/"+o.Name] = true
+			inv.rendered["ConfigMap/"+o.Name] = true
 		case *corev1.Secret:
-			rendered["Secret/"+o.Name] = true
+			inv.rendered["Secret/"+o.Name] = true
 		}
 	}
-	if len(deploys) != 1 {
-		return append(errs, fmt.Errorf("want exactly one Deployment, got %d", len(deploys)))
-	}
-	d := deploys[0]
-	var dm manifest
-	for _, m := range ms {
-		if m.Obj == d {
-			dm = m
-		}
-	}
+	return inv
+}
+
+// deployment checks the Deployment d (from dm) and returns its containers'
+// named ports.
+func (c *checks) deployment(dm manifest, d *appsv1.Deployment, rendered map[string]bool) map[string]int32 {
 	podLabels := labels.Set(d.Spec.Template.Labels)
 	containerPorts := map[string]int32{}
-
-	// Deployment.
 	if d.Spec.Selector == nil || len(d.Spec.Selector.MatchLabels)+len(d.Spec.Selector.MatchExpressions) == 0 {
-		bad(dm, "spec.selector: required")
+		c.bad(dm, "spec.selector: required")
 	} else if sel, err := metaSelector(d.Spec.Selector); err != nil {
-		bad(dm, "spec.selector: %v", err)
+		c.bad(dm, "spec.selector: %v", err)
 	} else if !sel.Matches(podLabels) {
-		bad(dm, "spec.selector does not select the pod template's labels %v", podLabels)
+		c.bad(dm, "spec.selector does not select the pod template's labels %v", podLabels)
 	}
-	errs = append(errs, labelErrs(dm, "spec.template.metadata.labels", d.Spec.Template.Labels)...)
+	c.add(labelErrs(dm, "spec.template.metadata.labels", d.Spec.Template.Labels)...)
 	pod := d.Spec.Template.Spec
 	if len(pod.Containers) == 0 {
-		bad(dm, "spec.template.spec.containers: required")
+		c.bad(dm, "spec.template.spec.containers: required")
 	}
-	volumes := map[string]bool{}
-	for i, v := range pod.Volumes {
-		if volumes[v.Name] {
-			bad(dm, "volumes[%d]: duplicate name %q", i, v.Name)
-		}
-		volumes[v.Name] = true
-		for _, e := range validation.IsDNS1123Label(v.Name) {
-			bad(dm, "volumes[%d].name %q: %s", i, v.Name, e)
-		}
-		switch {
-		case v.ConfigMap != nil:
-			if v.ConfigMap.Name == "" {
-				bad(dm, "volumes[%d].configMap.name: required", i)
-			}
-		case v.Secret != nil:
-			if v.Secret.SecretName == "" {
-				bad(dm, "volumes[%d].secret.secretName: required", i)
-			}
-		case v.EmptyDir != nil, v.Projected != nil:
-		default:
-			bad(dm, "volumes[%d] %q: no source, or one this check does not know", i, v.Name)
-		}
-	}
+	volumes := c.volumes(dm, pod.Volumes)
 	if psc := pod.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
-		bad(dm, "spec.template.spec.securityContext.runAsNonRoot: must be true")
+		c.bad(dm, "spec.template.spec.securityContext.runAsNonRoot: must be true")
 	} else if psc.RunAsUser != nil && *psc.RunAsUser == 0 {
-		bad(dm, "spec.template.spec.securityContext.runAsUser: must not be 0 (root)")
+		c.bad(dm, "spec.template.spec.securityContext.runAsUser: must not be 0 (root)")
 	}
-	for i, c := range pod.Containers {
-		at := fmt.Sprintf("containers[%d]", i)
-		if c.Name == "" {
-			bad(dm, "%s.name: required", at)
-		}
-		for _, e := range validation.IsDNS1123Label(c.Name) {
-			bad(dm, "%s.name %q: %s", at, c.Name, e)
-		}
-		if c.Image == "" || strings.ContainsAny(c.Image, " \t") || strings.HasSuffix(c.Image, ":") {
-			bad(dm, "%s.image %q: not an image reference", at, c.Image)
-		}
-		for j, p := range c.Ports {
-			if p.Name != "" {
-				for _, e := range validation.IsValidPortName(p.Name) {
-					bad(dm, "%s.ports[%d].name %q: %s", at, j, p.Name, e)
-				}
-				if _, dup := containerPorts[p.Name]; dup {
-					bad(dm, "%s.ports[%d].name %q: duplicate", at, j, p.Name)
-				}
-				containerPorts[p.Name] = p.ContainerPort
-			}
-			for _, e := range validation.IsValidPortNum(int(p.ContainerPort)) {
-				bad(dm, "%s.ports[%d].containerPort: %s", at, j, e)
-			}
-		}
-		for j, vm := range c.VolumeMounts {
-			if !volumes[vm.Name] {
-				bad(dm, "%s.volumeMounts[%d]: no volume named %q", at, j, vm.Name)
-			}
-			if !strings.HasPrefix(vm.MountPath, "/") {
-				bad(dm, "%s.volumeMounts[%d].mountPath %q: must be absolute", at, j, vm.MountPath)
-			}
-		}
-		for _, np := range []struct {
-			name  string
-			probe *corev1.Probe
-		}{{"readinessProbe", c.ReadinessProbe}, {"livenessProbe", c.LivenessProbe}} {
-			name, p := np.name, np.probe
-			if p == nil {
-				bad(dm, "%s.%s: required", at, name)
-				continue
-			}
-			switch {
-			case p.HTTPGet != nil:
-				errs = append(errs, portRefErrs(dm, at+"."+name+".httpGet.port", p.HTTPGet.Port.String(), containerPorts)...)
-				if !strings.HasPrefix(p.HTTPGet.Path, "/") {
-					bad(dm, "%s.%s.httpGet.path %q: must start with /", at, name, p.HTTPGet.Path)
-				}
-			case p.TCPSocket != nil:
-				errs = append(errs, portRefErrs(dm, at+"."+name+".tcpSocket.port", p.TCPSocket.Port.String(), containerPorts)...)
-			case p.GRPC != nil, p.Exec != nil:
-			default:
-				bad(dm, "%s.%s: no handler", at, name)
-			}
-		}
-		sc := c.SecurityContext
-		if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-			bad(dm, "%s.securityContext.readOnlyRootFilesystem: must be true", at)
-		}
-		if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-			bad(dm, "%s.securityContext.allowPrivilegeEscalation: must be false", at)
-		}
-		if sc != nil && sc.RunAsUser != nil && *sc.RunAsUser == 0 {
-			bad(dm, "%s.securityContext.runAsUser: must not be 0 (root)", at)
-		}
-		if c.Name == "sluice" {
-			errs = append(errs, checkSluiceArgs(dm, c, pod.TerminationGracePeriodSeconds)...)
+	for i, ctr := range pod.Containers {
+		c.container(dm, fmt.Sprintf("containers[%d]", i), ctr, volumes, containerPorts)
+		if ctr.Name == "sluice" {
+			c.add(checkSluiceArgs(dm, ctr, pod.TerminationGracePeriodSeconds)...)
 		}
 	}
 	for _, v := range pod.Volumes {
 		if v.ConfigMap != nil && !rendered["ConfigMap/"+v.ConfigMap.Name] {
-			bad(dm, "volume %q: ConfigMap %q is not rendered by the chart", v.Name, v.ConfigMap.Name)
+			c.bad(dm, "volume %q: ConfigMap %q is not rendered by the chart", v.Name, v.ConfigMap.Name)
 		}
 	}
+	return containerPorts
+}
 
-	// Everything else refers to the Deployment or its pods.
-	for _, m := range ms {
-		switch o := m.Obj.(type) {
-		case *corev1.Service:
-			if len(o.Spec.Selector) == 0 || !labels.SelectorFromSet(o.Spec.Selector).Matches(podLabels) {
-				bad(m, "spec.selector %v does not select the Deployment's pods", o.Spec.Selector)
+// volumes checks the pod's volumes and returns their names.
+func (c *checks) volumes(dm manifest, vs []corev1.Volume) map[string]bool {
+	volumes := map[string]bool{}
+	for i, v := range vs {
+		if volumes[v.Name] {
+			c.bad(dm, "volumes[%d]: duplicate name %q", i, v.Name)
+		}
+		volumes[v.Name] = true
+		for _, e := range validation.IsDNS1123Label(v.Name) {
+			c.bad(dm, "volumes[%d].name %q: %s", i, v.Name, e)
+		}
+		switch {
+		case v.ConfigMap != nil:
+			if v.ConfigMap.Name == "" {
+				c.bad(dm, "volumes[%d].configMap.name: required", i)
 			}
-			if len(o.Spec.Ports) == 0 {
-				bad(m, "spec.ports: required")
+		case v.Secret != nil:
+			if v.Secret.SecretName == "" {
+				c.bad(dm, "volumes[%d].secret.secretName: required", i)
 			}
-			for i, p := range o.Spec.Ports {
-				if len(o.Spec.Ports) > 1 && p.Name == "" {
-					bad(m, "spec.ports[%d].name: required when there are several ports", i)
-				}
-				for _, e := range validation.IsValidPortNum(int(p.Port)) {
-					bad(m, "spec.ports[%d].port: %s", i, e)
-				}
-				errs = append(errs, portRefErrs(m, fmt.Sprintf("spec.ports[%d].targetPort", i), p.TargetPort.String(), containerPorts)...)
+		case v.EmptyDir != nil, v.Projected != nil:
+		default:
+			c.bad(dm, "volumes[%d] %q: no source, or one this check does not know", i, v.Name)
+		}
+	}
+	return volumes
+}
+
+// container checks the container at `at` of the Deployment's pod, and adds
+// its named ports to containerPorts.
+func (c *checks) container(dm manifest, at string, ctr corev1.Container, volumes map[string]bool, containerPorts map[string]int32) {
+	if ctr.Name == "" {
+		c.bad(dm, "%s.name: required", at)
+	}
+	for _, e := range validation.IsDNS1123Label(ctr.Name) {
+		c.bad(dm, "%s.name %q: %s", at, ctr.Name, e)
+	}
+	if ctr.Image == "" || strings.ContainsAny(ctr.Image, " \t") || strings.HasSuffix(ctr.Image, ":") {
+		c.bad(dm, "%s.image %q: not an image reference", at, ctr.Image)
+	}
+	for j, p := range ctr.Ports {
+		if p.Name != "" {
+			for _, e := range validation.IsValidPortName(p.Name) {
+				c.bad(dm, "%s.ports[%d].name %q: %s", at, j, p.Name, e)
 			}
-		case *policyv1.PodDisruptionBudget:
-			if (o.Spec.MinAvailable == nil) == (o.Spec.MaxUnavailable == nil) {
-				bad(m, "spec: exactly one of minAvailable and maxUnavailable")
+			if _, dup := containerPorts[p.Name]; dup {
+				c.bad(dm, "%s.ports[%d].name %q: duplicate", at, j, p.Name)
 			}
-			if sel, err := metaSelector(o.Spec.Selector); err != nil || sel.Empty() || !sel.Matches(podLabels) {
-				bad(m, "spec.selector does not select the Deployment's pods")
+			containerPorts[p.Name] = p.ContainerPort
+		}
+		for _, e := range validation.IsValidPortNum(int(p.ContainerPort)) {
+			c.bad(dm, "%s.ports[%d].containerPort: %s", at, j, e)
+		}
+	}
+	for j, vm := range ctr.VolumeMounts {
+		if !volumes[vm.Name] {
+			c.bad(dm, "%s.volumeMounts[%d]: no volume named %q", at, j, vm.Name)
+		}
+		if !strings.HasPrefix(vm.MountPath, "/") {
+			c.bad(dm, "%s.volumeMounts[%d].mountPath %q: must be absolute", at, j, vm.MountPath)
+		}
+	}
+	c.probe(dm, at+".readinessProbe", ctr.ReadinessProbe, containerPorts)
+	c.probe(dm, at+".livenessProbe", ctr.LivenessProbe, containerPorts)
+	sc := ctr.SecurityContext
+	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		c.bad(dm, "%s.securityContext.readOnlyRootFilesystem: must be true", at)
+	}
+	if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		c.bad(dm, "%s.securityContext.allowPrivilegeEscalation: must be false", at)
+	}
+	if sc != nil && sc.RunAsUser != nil && *sc.RunAsUser == 0 {
+		c.bad(dm, "%s.securityContext.runAsUser: must not be 0 (root)", at)
+	}
+}
+
+// probe checks a required probe at `at`: a handler, and a port that the
+// containers declare.
+func (c *checks) probe(dm manifest, at string, p *corev1.Probe, containerPorts map[string]int32) {
+	switch {
+	case p == nil:
+		c.bad(dm, "%s: required", at)
+	case p.HTTPGet != nil:
+		c.add(portRefErrs(dm, at+".httpGet.port", p.HTTPGet.Port.String(), containerPorts)...)
+		if !strings.HasPrefix(p.HTTPGet.Path, "/") {
+			c.bad(dm, "%s.httpGet.path %q: must start with /", at, p.HTTPGet.Path)
+		}
+	case p.TCPSocket != nil:
+		c.add(portRefErrs(dm, at+".tcpSocket.port", p.TCPSocket.Port.String(), containerPorts)...)
+	case p.GRPC != nil, p.Exec != nil:
+	default:
+		c.bad(dm, "%s: no handler", at)
+	}
+}
+
+// referrer checks an object that refers to the Deployment d (from dm) or its
+// pods: a Service, PodDisruptionBudget, HorizontalPodAutoscaler or
+// ServiceMonitor. Any other object it leaves alone.
+func (c *checks) referrer(m, dm manifest, d *appsv1.Deployment, services []*corev1.Service, containerPorts map[string]int32) {
+	podLabels := labels.Set(d.Spec.Template.Labels)
+	switch o := m.Obj.(type) {
+	case *corev1.Service:
+		if len(o.Spec.Selector) == 0 || !labels.SelectorFromSet(o.Spec.Selector).Matches(podLabels) {
+			c.bad(m, "spec.selector %v does not select the Deployment's pods", o.Spec.Selector)
+		}
+		if len(o.Spec.Ports) == 0 {
+			c.bad(m, "spec.ports: required")
+		}
+		for i, p := range o.Spec.Ports {
+			if len(o.Spec.Ports) > 1 && p.Name == "" {
+				c.bad(m, "spec.ports[%d].name: required when there are several ports", i)
 			}
-		case *autoscalingv2.HorizontalPodAutoscaler:
-			ref := o.Spec.ScaleTargetRef
-			if ref.Kind != "Deployment" || ref.APIVersion != "apps/v1" || ref.Name != d.Name {
-				bad(m, "spec.scaleTargetRef %s %s/%s is not the Deployment %s", ref.APIVersion, ref.Kind, ref.Name, d.Name)
+			for _, e := range validation.IsValidPortNum(int(p.Port)) {
+				c.bad(m, "spec.ports[%d].port: %s", i, e)
 			}
-			if o.Spec.MinReplicas == nil || *o.Spec.MinReplicas < 1 {
-				bad(m, "spec.minReplicas: at least 1")
-			} else if *o.Spec.MinReplicas > o.Spec.MaxReplicas {
-				bad(m, "spec.minReplicas %d > maxReplicas %d", *o.Spec.MinReplicas, o.Spec.MaxReplicas)
-			}
-			if len(o.Spec.Metrics) == 0 {
-				bad(m, "spec.metrics: required")
-			}
-			for i, mt := range o.Spec.Metrics {
-				if mt.Type == autoscalingv2.ResourceMetricSourceType && mt.Resource != nil &&
-					mt.Resource.Target.Type == autoscalingv2.UtilizationMetricType {
-					for _, c := range pod.Containers {
-						if _, ok := c.Resources.Requests[mt.Resource.Name]; !ok {
-							bad(m, "spec.metrics[%d]: %s utilization needs a %s request on container %q", i, mt.Resource.Name, mt.Resource.Name, c.Name)
-						}
-					}
-				}
-			}
-			if d.Spec.Replicas != nil {
-				bad(dm, "spec.replicas: must be left to the HorizontalPodAutoscaler")
-			}
-		case *monitoringv1.ServiceMonitor:
-			sel, err := metaSelector(&o.Spec.Selector)
-			var svc *corev1.Service
-			for _, s := range services {
-				if err == nil && !sel.Empty() && sel.Matches(labels.Set(s.Labels)) {
-					svc = s
-				}
-			}
-			if svc == nil {
-				bad(m, "spec.selector selects none of the chart's Services")
-				continue
-			}
-			if len(o.Spec.Endpoints) == 0 {
-				bad(m, "spec.endpoints: required")
-			}
-			for i, ep := range o.Spec.Endpoints {
-				if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port }) {
-					bad(m, "spec.endpoints[%d].port %q: Service %s has no such port", i, ep.Port, svc.Name)
-				}
-				if ep.Path != "/metrics" {
-					bad(m, "spec.endpoints[%d].path %q: Sluice serves /metrics", i, ep.Path)
+			c.add(portRefErrs(m, fmt.Sprintf("spec.ports[%d].targetPort", i), p.TargetPort.String(), containerPorts)...)
+		}
+	case *policyv1.PodDisruptionBudget:
+		if (o.Spec.MinAvailable == nil) == (o.Spec.MaxUnavailable == nil) {
+			c.bad(m, "spec: exactly one of minAvailable and maxUnavailable")
+		}
+		if sel, err := metaSelector(o.Spec.Selector); err != nil || sel.Empty() || !sel.Matches(podLabels) {
+			c.bad(m, "spec.selector does not select the Deployment's pods")
+		}
+	case *autoscalingv2.HorizontalPodAutoscaler:
+		c.autoscaler(m, o, dm, d)
+	case *monitoringv1.ServiceMonitor:
+		c.serviceMonitor(m, o, services)
+	}
+}
+
+// autoscaler checks that the HorizontalPodAutoscaler scales the Deployment d
+// (from dm) on metrics its pods can give, and alone.
+func (c *checks) autoscaler(m manifest, o *autoscalingv2.HorizontalPodAutoscaler, dm manifest, d *appsv1.Deployment) {
+	ref := o.Spec.ScaleTargetRef
+	if ref.Kind != "Deployment" || ref.APIVersion != "apps/v1" || ref.Name != d.Name {
+		c.bad(m, "spec.scaleTargetRef %s %s/%s is not the Deployment %s", ref.APIVersion, ref.Kind, ref.Name, d.Name)
+	}
+	if o.Spec.MinReplicas == nil || *o.Spec.MinReplicas < 1 {
+		c.bad(m, "spec.minReplicas: at least 1")
+	} else if *o.Spec.MinReplicas > o.Spec.MaxReplicas {
+		c.bad(m, "spec.minReplicas %d > maxReplicas %d", *o.Spec.MinReplicas, o.Spec.MaxReplicas)
+	}
+	if len(o.Spec.Metrics) == 0 {
+		c.bad(m, "spec.metrics: required")
+	}
+	for i, mt := range o.Spec.Metrics {
+		if mt.Type == autoscalingv2.ResourceMetricSourceType && mt.Resource != nil &&
+			mt.Resource.Target.Type == autoscalingv2.UtilizationMetricType {
+			for _, ctr := range d.Spec.Template.Spec.Containers {
+				if _, ok := ctr.Resources.Requests[mt.Resource.Name]; !ok {
+					c.bad(m, "spec.metrics[%d]: %s utilization needs a %s request on container %q", i, mt.Resource.Name, mt.Resource.Name, ctr.Name)
 				}
 			}
 		}
 	}
-	return errs
+	if d.Spec.Replicas != nil {
+		c.bad(dm, "spec.replicas: must be left to the HorizontalPodAutoscaler")
+	}
+}
+
+// serviceMonitor checks that the ServiceMonitor scrapes /metrics on a port
+// of one of the chart's Services.
+func (c *checks) serviceMonitor(m manifest, o *monitoringv1.ServiceMonitor, services []*corev1.Service) {
+	sel, err := metaSelector(&o.Spec.Selector)
+	var svc *corev1.Service
+	for _, s := range services {
+		if err == nil && !sel.Empty() && sel.Matches(labels.Set(s.Labels)) {
+			svc = s
+		}
+	}
+	if svc == nil {
+		c.bad(m, "spec.selector selects none of the chart's Services")
+		return
+	}
+	if len(o.Spec.Endpoints) == 0 {
+		c.bad(m, "spec.endpoints: required")
+	}
+	for i, ep := range o.Spec.Endpoints {
+		if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port }) {
+			c.bad(m, "spec.endpoints[%d].port %q: Service %s has no such port", i, ep.Port, svc.Name)
+		}
+		if ep.Path != "/metrics" {
+			c.bad(m, "spec.endpoints[%d].path %q: Sluice serves /metrics", i, ep.Path)
+		}
+	}
 }
 
 func metaSelector(s *metav1.LabelSelector) (labels.Selector, error) {

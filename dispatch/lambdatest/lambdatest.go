@@ -8,8 +8,8 @@
 // invocations it ever had in flight, and every failure.
 //
 // The emulator binary is found, in order, at $SLUICE_LAMBDA_RIE, as
-// aws-lambda-rie on $PATH, or built with `go tool -n aws-lambda-rie` (it is a
-// tool of the module, pinned in go.mod). Where none works the test fails
+// aws-lambda-rie on $PATH, or built with `go tool -modfile=tools/go.mod -n
+// aws-lambda-rie` (a tool of the repository, pinned in tools/go.mod). Where none works the test fails
 // when $CI is "true" and is skipped otherwise. The emulator runs on Linux
 // only.
 //
@@ -194,23 +194,44 @@ func findEmulator() (string, error) {
 	if p, err := exec.LookPath("aws-lambda-rie"); err == nil {
 		return p, nil
 	}
-	out, err := goCommand("tool", "-n", "aws-lambda-rie").Output()
+	rie, err := buildTool("aws-lambda-rie")
+	if err != nil {
+		return "", fmt.Errorf("no aws-lambda-rie on $PATH or in $SLUICE_LAMBDA_RIE, and building it failed: %v", err)
+	}
+	return rie, nil
+}
+
+// buildTool builds a tool pinned in the repository's tools/go.mod (the
+// gateway's go.mod lists no tools) and returns its path in the build cache.
+func buildTool(name string) (string, error) {
+	gomod, err := goOutput("env", "GOMOD")
+	if err != nil {
+		return "", err
+	}
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside the sluice module")
+	}
+	modfile := filepath.Join(filepath.Dir(gomod), "tools", "go.mod")
+	return goOutput("tool", "-modfile="+modfile, "-n", name)
+}
+
+// goOutput runs the go command and returns what it printed, trimmed.
+func goOutput(args ...string) (string, error) {
+	out, err := goCommand(args...).Output()
 	if err != nil {
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) && len(exitErr.Stderr) > 0 {
-			err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(exitErr.Stderr))
+			err = fmt.Errorf("go %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(exitErr.Stderr))
 		}
-		return "", fmt.Errorf("no aws-lambda-rie on $PATH or in $SLUICE_LAMBDA_RIE, and `go tool -n aws-lambda-rie` failed: %v", err)
+		return "", err
 	}
 	return strings.TrimSpace(string(out)), nil
 }
 
+// goCommand is the go command on $PATH (go test puts its own toolchain's
+// first), building static binaries without VCS stamps.
 func goCommand(args ...string) *exec.Cmd {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // the toolchain the test was built with
-	}
-	cmd := exec.Command(goBin, args...)
+	cmd := exec.Command("go", args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
 	return cmd
 }
