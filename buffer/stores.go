@@ -115,24 +115,41 @@ var ErrStoreFull = fmt.Errorf("%w: a store the accepted jobs need is past its hi
 // readings cost one request per store, and submits consult them.
 const storesEvery = time.Second
 
-// storeGauge caches the stores' usage.
+// storeGauge caches the stores' usage. One caller at a time renews a
+// stale reading; the others go on with the last one meanwhile, so that
+// submits, which consult it, never queue behind the requests it makes.
 type storeGauge struct {
-	mu   sync.Mutex
-	at   time.Time
-	read []StoreUsage
-	err  error
+	mu         sync.Mutex
+	at         time.Time
+	read       []StoreUsage
+	err        error
+	refreshing bool
 }
 
 // Stores reports how full each store is, read at most once a second.
 func (q *Queue) Stores(ctx context.Context) ([]StoreUsage, error) {
 	g := &q.gauge
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	if now := time.Now(); now.Sub(g.at) >= storesEvery {
-		g.read, g.err = q.readStores(ctx)
-		g.at = now
+	read, err := g.read, g.err
+	renew := time.Since(g.at) >= storesEvery && !g.refreshing
+	first := g.at.IsZero()
+	if renew {
+		g.refreshing = true
 	}
-	return g.read, g.err
+	g.mu.Unlock()
+	if !renew && !first {
+		return read, err
+	}
+	if !renew {
+		// The first reading is still being made: this caller makes its own
+		// rather than going on with none.
+		return q.readStores(ctx)
+	}
+	read, err = q.readStores(ctx)
+	g.mu.Lock()
+	g.read, g.err, g.at, g.refreshing = read, err, time.Now(), false
+	g.mu.Unlock()
+	return read, err
 }
 
 func (q *Queue) readStores(ctx context.Context) ([]StoreUsage, error) {
