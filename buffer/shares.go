@@ -53,15 +53,11 @@ func (q *Queue) overShare(ctx context.Context, g *shareGauge, name, tenant, func
 	if err != nil {
 		return false
 	}
-	var limit int64
-	for _, u := range stores {
-		if u.Name == name {
-			if u.Fill() < shareFrom {
-				return false
-			}
-			limit = u.MaxBytes
-		}
+	u, ok := storeUsage(stores, name)
+	if !ok || u.Fill() < shareFrom {
+		return false
 	}
+	limit := u.MaxBytes
 	if limit <= 0 {
 		return false
 	}

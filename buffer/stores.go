@@ -116,8 +116,9 @@ var ErrStoreFull = fmt.Errorf("%w: a store the accepted jobs need is past its hi
 const storesEvery = time.Second
 
 // storeGauge caches the stores' usage. One caller at a time renews a
-// stale reading; the others go on with the last one meanwhile, so that
-// submits, which consult it, never queue behind the requests it makes.
+// stale reading; the others go on with the last one (none, before the
+// first) meanwhile, so that submits, which consult it, never queue behind
+// the requests it makes.
 type storeGauge struct {
 	mu         sync.Mutex
 	at         time.Time
@@ -132,18 +133,14 @@ func (q *Queue) Stores(ctx context.Context) ([]StoreUsage, error) {
 	g.mu.Lock()
 	read, err := g.read, g.err
 	renew := time.Since(g.at) >= storesEvery && !g.refreshing
-	first := g.at.IsZero()
 	if renew {
 		g.refreshing = true
 	}
 	g.mu.Unlock()
-	if !renew && !first {
-		return read, err
-	}
 	if !renew {
-		// The first reading is still being made: this caller makes its own
-		// rather than going on with none.
-		return q.readStores(ctx)
+		// Until the first reading is made there is none: every caller
+		// takes no reading as no news.
+		return read, err
 	}
 	read, err = q.readStores(ctx)
 	g.mu.Lock()
@@ -182,11 +179,28 @@ func (q *Queue) Pressure(ctx context.Context) error {
 		return nil
 	}
 	for _, u := range stores {
-		if (u.Name == StoreState || u.Name == StoreIdempotency) && u.Fill() >= q.limits.HighWater {
+		if q.pastHighWater(u) {
 			return fmt.Errorf("%w: %s store %.0f%% full", ErrStoreFull, u.Name, 100*u.Fill())
 		}
 	}
 	return nil
+}
+
+// pastHighWater says whether u is a store accepted jobs still write to
+// (job state, idempotency keys) and is past its high water mark.
+func (q *Queue) pastHighWater(u StoreUsage) bool {
+	return (u.Name == StoreState || u.Name == StoreIdempotency) && u.Fill() >= q.limits.HighWater
+}
+
+// storeUsage is the reading of the store named name; ok false when there
+// is none.
+func storeUsage(stores []StoreUsage, name string) (_ StoreUsage, ok bool) {
+	for _, u := range stores {
+		if u.Name == name {
+			return u, true
+		}
+	}
+	return StoreUsage{}, false
 }
 
 // storeNearlyFull is the fill from which FullStores names a store: past it
@@ -200,12 +214,8 @@ func (q *Queue) stateTight(ctx context.Context) bool {
 	if err != nil {
 		return false
 	}
-	for _, u := range stores {
-		if u.Name == StoreState {
-			return u.Fill() >= q.limits.HighWater
-		}
-	}
-	return false
+	u, ok := storeUsage(stores, StoreState)
+	return ok && q.pastHighWater(u)
 }
 
 // FullStores says, one line each, which stores refuse writes or submits
@@ -218,7 +228,7 @@ func (q *Queue) FullStores(ctx context.Context) []string {
 	var out []string
 	for _, u := range stores {
 		switch fill := u.Fill(); {
-		case (u.Name == StoreState || u.Name == StoreIdempotency) && fill >= q.limits.HighWater:
+		case q.pastHighWater(u):
 			out = append(out, fmt.Sprintf("store %s: %.0f%% full, past its high water mark: submits are refused", u.Name, 100*fill))
 		case fill >= storeNearlyFull:
 			out = append(out, fmt.Sprintf("store %s: %.0f%% full", u.Name, 100*fill))
