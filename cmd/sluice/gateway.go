@@ -673,6 +673,14 @@ func (p *gatewayProcess) close() {
 	if p.restConn != nil {
 		p.restConn.Close()
 	}
+	// A gRPC server starts its stream workers when it is made: one made by
+	// a start that failed later, or never served, must be stopped too.
+	// (After Run's graceful stop this does nothing.)
+	for _, srv := range []*grpc.Server{p.grpcSrv, p.restSrv} {
+		if srv != nil {
+			srv.Stop()
+		}
+	}
 	for _, ln := range []net.Listener{p.httpLn, p.grpcLn} {
 		if ln != nil {
 			ln.Close()
