@@ -77,8 +77,16 @@ func (d *Delivery) park(ctx context.Context, full *storeFullError) error {
 	msg.Header.Set(headerJobID, job.Id)
 	msg.Header.Set(headerRedrives, strconv.Itoa(int(job.Redrives)))
 	id := job.Id + ".parked." + strconv.Itoa(int(job.Redrives))
-	if _, err := d.q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+	ack, err := d.q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+	if err != nil {
 		return fmt.Errorf("buffer: park finish of %s: %w", job.Id, classifyPublishError(err))
+	}
+	if ack.Duplicate {
+		// Parked before, by a delivery of this job that came back: that
+		// park wrote the note, and RunParked may have stored what was
+		// pending and cleared it since. Writing it again would leave it
+		// standing for good.
+		return nil
 	}
 	// The parked message is what counts; the note in the state is for
 	// readers, and a job whose note could not be written is parked all
