@@ -506,25 +506,68 @@ func benchDirect(ctx context.Context, b burstFlags, platform []string, stderr io
 // startChild runs this binary with args until ctx ends, then stops it with
 // SIGTERM; wg tracks it.
 func startChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) error {
-	_, err := startChildCmd(ctx, wg, stderr, args...)
+	_, _, err := startChildCmd(ctx, wg, stderr, args...)
 	return err
 }
 
-// startChildCmd is startChild, returning the running command.
-func startChildCmd(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) (*exec.Cmd, error) {
+// startChildCmd is startChild, returning the running command and a channel
+// closed once it has exited.
+func startChildCmd(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) (*exec.Cmd, <-chan struct{}, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cmd := exec.CommandContext(ctx, self, args...)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", args[0], err)
+		return nil, nil, fmt.Errorf("start %s: %w", args[0], err)
 	}
-	wg.Go(func() { cmd.Wait() }) //nolint:errcheck // stopped on purpose
-	return cmd, nil
+	exited := make(chan struct{})
+	wg.Go(func() {
+		defer close(exited)
+		cmd.Wait() //nolint:errcheck // stopped on purpose
+	})
+	return cmd, exited, nil
+}
+
+// childStarts is how many times startListening starts a child whose
+// picked ports another process took first.
+const childStarts = 3
+
+// listeningChild says how a child of this binary that listens is started:
+// the arguments and the URL that answers 200 once it is ready, both given
+// the loopback addresses it is to listen on.
+type listeningChild struct {
+	ports    int
+	args     func(addrs []string) []string
+	readyURL func(addrs []string) string
+}
+
+// startListening starts a child on loopback ports picked free just before
+// it starts and waits until it is ready. Another process may take a picked
+// port between the pick and the child's listen, and the child then exits
+// at once: it is started again on fresh ports, up to childStarts times.
+func startListening(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, c listeningChild) (*exec.Cmd, []string, error) {
+	var err error
+	for range childStarts {
+		addrs := make([]string, c.ports)
+		for i := range addrs {
+			if addrs[i], err = freeAddr(); err != nil {
+				return nil, nil, err
+			}
+		}
+		cmd, exited, err := startChildCmd(ctx, wg, stderr, c.args(addrs)...)
+		if err != nil {
+			return nil, nil, err
+		}
+		err = waitHTTP(ctx, c.readyURL(addrs), 30*time.Second, exited)
+		if !errors.Is(err, errChildExited) {
+			return cmd, addrs, err
+		}
+	}
+	return nil, nil, err
 }
 
 func freeAddr() (string, error) {
@@ -539,14 +582,17 @@ func freeAddr() (string, error) {
 // startPlatform runs a simulated platform in a child process and returns
 // its address once it answers.
 func startPlatform(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, flags []string) (string, error) {
-	addr, err := freeAddr()
+	_, addrs, err := startListening(ctx, wg, stderr, listeningChild{
+		ports: 1,
+		args: func(a []string) []string {
+			return append([]string{"fnsim", "--addr", a[0], "--log-level", "warn"}, flags...)
+		},
+		readyURL: func(a []string) string { return "http://" + a[0] + "/stats" },
+	})
 	if err != nil {
 		return "", err
 	}
-	if err := startChild(ctx, wg, stderr, append([]string{"fnsim", "--addr", addr, "--log-level", "warn"}, flags...)...); err != nil {
-		return "", err
-	}
-	return addr, waitHTTP(ctx, "http://"+addr+"/stats", 30*time.Second)
+	return addrs[0], nil
 }
 
 // startOwnPlatform is startPlatform for a command whose platform lives on
@@ -562,8 +608,13 @@ func startOwnPlatform(ctx context.Context, stderr io.Writer, flags []string) (ad
 	return addr, stop, nil
 }
 
-// waitHTTP polls url until it answers 200.
-func waitHTTP(ctx context.Context, url string, within time.Duration) error {
+// errChildExited is waitHTTP's answer when the child it waits for exits
+// first.
+var errChildExited = errors.New("exited before it was ready")
+
+// waitHTTP polls url until it answers 200, or until exited (if not nil)
+// is closed.
+func waitHTTP(ctx context.Context, url string, within time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(within)
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -581,6 +632,8 @@ func waitHTTP(ctx context.Context, url string, within time.Duration) error {
 		}
 		select {
 		case <-time.After(50 * time.Millisecond):
+		case <-exited:
+			return fmt.Errorf("%s: %w", url, errChildExited)
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
@@ -38,24 +37,25 @@ type gatewayChild struct {
 	Cmd            *exec.Cmd
 }
 
-// startGatewayChild starts a gateway process on free loopback ports; it stops
-// with ctx, and wg tracks it. It does not wait for it to be ready.
+// startGatewayChild starts a gateway process on free loopback ports and
+// returns once it is ready; it stops with ctx, and wg tracks it.
 func startGatewayChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, g gatewaySpec) (gatewayChild, error) {
-	httpAddr, err1 := freeAddr()
-	grpcAddr, err2 := freeAddr()
-	if err := errors.Join(err1, err2); err != nil {
-		return gatewayChild{}, err
-	}
-	args := []string{"serve", "--config", g.config, "--nats-url", g.natsURL,
-		"--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--log-level", cmp.Or(g.logLevel, "warn"), "--data-dir", g.dataDir}
-	if g.debugAddr != "" {
-		args = append(args, "--debug-addr", g.debugAddr)
-	}
-	cmd, err := startChildCmd(ctx, wg, stderr, args...)
+	cmd, addrs, err := startListening(ctx, wg, stderr, listeningChild{
+		ports: 2, // HTTP, gRPC
+		args: func(a []string) []string {
+			args := []string{"serve", "--config", g.config, "--nats-url", g.natsURL, "--http-addr", a[0], "--grpc-addr", a[1],
+				"--log-level", cmp.Or(g.logLevel, "warn"), "--data-dir", g.dataDir}
+			if g.debugAddr != "" {
+				args = append(args, "--debug-addr", g.debugAddr)
+			}
+			return args
+		},
+		readyURL: func(a []string) string { return "http://" + a[0] + "/readyz" },
+	})
 	if err != nil {
 		return gatewayChild{}, err
 	}
-	return gatewayChild{HTTP: "http://" + httpAddr, GRPCAddr: grpcAddr, Cmd: cmd}, nil
+	return gatewayChild{HTTP: "http://" + addrs[0], GRPCAddr: addrs[1], Cmd: cmd}, nil
 }
 
 // replicaSet is what the burst, pacing, pools and fairness benchmarks run:
@@ -96,19 +96,22 @@ func startReplicaSet(ctx context.Context, dir, config string, n int, logLevel st
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		return nil, err
 	}
-	var gateways []gatewayChild
+	// The gateways start side by side: each waits for JetStream and for
+	// its streams and consumers.
+	gateways := make([]gatewayChild, n)
+	errs := make([]error, n)
+	var starting sync.WaitGroup
 	for i := range n {
-		g, err := startGatewayChild(ctx, &r.children, stderr, gatewaySpec{config: path, natsURL: r.nats.ClientURL(),
-			dataDir: filepath.Join(dir, fmt.Sprint("gw", i)), logLevel: logLevel})
-		if err != nil {
-			return nil, err
-		}
-		gateways = append(gateways, g)
+		starting.Go(func() {
+			gateways[i], errs[i] = startGatewayChild(ctx, &r.children, stderr, gatewaySpec{config: path, natsURL: r.nats.ClientURL(),
+				dataDir: filepath.Join(dir, fmt.Sprint("gw", i)), logLevel: logLevel})
+		})
+	}
+	starting.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	for _, g := range gateways {
-		if err := waitHTTP(ctx, g.HTTP+"/readyz", 30*time.Second); err != nil {
-			return nil, err
-		}
 		conn, err := grpc.NewClient(g.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return nil, err

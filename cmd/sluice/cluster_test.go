@@ -527,7 +527,7 @@ func (g *clusterGateway) start(tb testing.TB) {
 		tb.Fatal(err)
 	}
 	g.cmd = cmd
-	if err := waitHTTP(tb.Context(), "http://"+g.httpAddr+"/readyz", 60*time.Second); err != nil {
+	if err := waitHTTP(tb.Context(), "http://"+g.httpAddr+"/readyz", 60*time.Second, nil); err != nil {
 		b, _ := os.ReadFile(g.log)
 		tb.Fatalf("gateway: %v\n%s", err, b)
 	}
@@ -616,11 +616,7 @@ func startClusterStackWith(tb testing.TB, o clusterStackOptions) *clusterStack {
 		}
 	})
 	for i := range gateways {
-		httpAddr, err1 := freeAddr()
-		grpcAddr, err2 := freeAddr()
-		if err := errors.Join(err1, err2); err != nil {
-			tb.Fatal(err)
-		}
+		httpAddr, grpcAddr := stableAddr(tb), stableAddr(tb) // a killed gateway restarts on them
 		urls := s.nats.URLs()
 		var proxies []*cutProxy
 		if i < proxied {

@@ -48,7 +48,7 @@ func TestCrashLosesNothing(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		if err := waitHTTP(t.Context(), "http://"+httpAddr+"/v1/functions", 30*time.Second); err != nil {
+		if err := waitHTTP(t.Context(), "http://"+httpAddr+"/v1/functions", 30*time.Second, nil); err != nil {
 			t.Fatal(err)
 		}
 		return cmd
