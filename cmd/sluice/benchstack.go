@@ -78,7 +78,7 @@ func (f *stackFlags) register(fs *flag.FlagSet) {
 }
 
 // options are the stackOptions the flags give, for a stack in dir whose
-// gateway runs config.
+// gateway runs
 func (f *stackFlags) options(dir, config string) stackOptions {
 	return stackOptions{dir: dir, natsURL: f.natsURL, durability: f.durability, debugAddr: f.debugAddr, natsDebugAddr: f.natsDebugAddr, config: config}
 }

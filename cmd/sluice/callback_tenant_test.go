@@ -13,8 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -138,15 +137,11 @@ func sameJob(t *testing.T, event map[string]any, id, tenant string) bool {
 // acmeExtra to acme's entry.
 func startCallbackTenantGateway(t *testing.T, fnURL, extra string, acmeExtra ...string) *testGateway {
 	t.Helper()
-	var doc yaml.Node
-	if err := yaml.Unmarshal([]byte(callbackTenantYAML(fnURL, extra, acmeExtra...)), &doc); err != nil {
+	cfg, err := config.ParseConfig([]byte(callbackTenantYAML(fnURL, extra, acmeExtra...)))
+	if err != nil {
 		t.Fatal(err)
 	}
-	var cfg Config // defaults and checks are startTestGatewayConfig's
-	if err := decodeFields(doc.Content[0], &cfg, ""); err != nil {
-		t.Fatal(err)
-	}
-	return startTestGatewayConfig(t, t.TempDir(), &cfg)
+	return startTestGatewayConfig(t, t.TempDir(), cfg)
 }
 
 func callbackTenantYAML(fnURL, extra string, acmeExtra ...string) string {
@@ -249,7 +244,7 @@ func TestParseConfigTenantCallbackSecrets(t *testing.T) {
 		{"bolt's derived one", "callbacks: {secrets: [" + gw + "]}\n", "    callback_secrets: [" + deriveTenantSecret(t, gw, "bolt") + "]", `tenant "bolt"'s derived secret 1 is the same as tenant "acme"'s signing secret 1`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(callbackTenantYAML("http://127.0.0.1:9/", tt.callbacks, tt.acme)))
+			_, err := config.ParseConfig([]byte(callbackTenantYAML("http://127.0.0.1:9/", tt.callbacks, tt.acme)))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error = %v, want one saying %q", err, tt.want)
 			}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -17,9 +18,9 @@ func TestClientCommands(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{Duration: 10 * time.Millisecond})
 	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(400) }))
 	defer broken.Close()
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "echo", URL: fnURL}, {Name: "broken", URL: broken.URL}},
-		Tenants:   []TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}, {Name: "broken", URL: broken.URL}},
+		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
 	})
 	sluice := func(args ...string) (string, error) {
 		t.Helper()

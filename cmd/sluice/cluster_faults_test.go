@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -117,7 +118,7 @@ func TestClusterReplicasChecks(t *testing.T) {
 		t.Skip("starts a NATS cluster")
 	}
 	c := startTestCluster(t)
-	cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: "http://127.0.0.1:1/"}}}
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: "http://127.0.0.1:1/"}}}
 	var logs syncBuffer
 	startTestGatewayLogs(t, cfg, gatewayOptions{NATSURL: c.URLs(), Replicas: 1}, &logs)
 	if !strings.Contains(logs.String(), "NATS is a cluster but --replicas is 1") {
@@ -155,7 +156,7 @@ func TestSubmitRefusedWhileNATSDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, fnURL := startFunction(t, fnsim.Config{})
-	cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: fnURL}}}
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}}}
 	g := startTestGatewayLogs(t, cfg, gatewayOptions{NATSURL: srv.ClientURL()}, io.Discard)
 	// One job done: the dispatcher is past its start-up. (A gateway that
 	// loses NATS while its dispatcher starts exits, after 5s.)

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/net/html"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -343,16 +344,16 @@ func TestDashboard(t *testing.T) {
 	browser := chromium(t)
 	_, echoURL := startFunction(t, fnsim.Config{Duration: 100 * time.Millisecond})
 	_, brokenURL := startFunction(t, fnsim.Config{ErrorRate: 1})
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{Functions: []FunctionConfig{
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{
 		// A window that starts at 2 and grows by one every 2s: under a
 		// steady 50 jobs/s it stays full, with a backlog, and below its
 		// limit of 6.
-		{Name: "echo", URL: echoURL, Concurrency: 6, Scaling: &ScalingConfig{Initial: 2, PerMinute: 30}, Pool: "shared", Reserved: 3},
+		{Name: "echo", URL: echoURL, Concurrency: 6, Scaling: &config.ScalingConfig{Initial: 2, PerMinute: 30}, Pool: "shared", Reserved: 3},
 		// Fails every job at once; its circuit opens after two failures
 		// and stays open well past the test.
-		{Name: "broken", URL: brokenURL, Concurrency: 2, Retry: RetryConfig{MaxAttempts: 1}, Pool: "shared", Reserved: 1,
-			CircuitBreaker: CircuitBreakerConfig{MinAttempts: 2, Cooldown: Duration(3 * time.Minute), MaxCooldown: Duration(5 * time.Minute)}},
-	}, Pools: []PoolConfig{{Name: "shared", Concurrency: 10}}})
+		{Name: "broken", URL: brokenURL, Concurrency: 2, Retry: config.RetryConfig{MaxAttempts: 1}, Pool: "shared", Reserved: 1,
+			CircuitBreaker: config.CircuitBreakerConfig{MinAttempts: 2, Cooldown: config.Duration(3 * time.Minute), MaxCooldown: config.Duration(5 * time.Minute)}},
+	}, Pools: []config.PoolConfig{{Name: "shared", Concurrency: 10}}})
 	site := delayList(t, g.base, 300*time.Millisecond)
 
 	// broken: two jobs fail and are dead-lettered, opening the circuit; a
@@ -615,9 +616,9 @@ func TestDashboard(t *testing.T) {
 func TestDashboardAsksForAPIKey(t *testing.T) {
 	browser := chromium(t)
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "f", URL: fnURL}},
-		Tenants:   []TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}},
+		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
 	})
 	p := readPage(t, dumpDOM(t, browser, g.base+"/", 1500*time.Millisecond))
 	auth := find(p.doc, "data-field", "auth")

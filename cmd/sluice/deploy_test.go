@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 )
 
 // The files under deploy/ are checked offline by deploy/validate (Helm,
@@ -59,7 +61,7 @@ func checkFlags(t *testing.T, where, command string, args []string) {
 
 func TestDeployCompose(t *testing.T) {
 	dir := filepath.Join("..", "..", "deploy", "compose")
-	if _, err := LoadConfig(filepath.Join(dir, "sluice.yaml")); err != nil {
+	if _, err := config.LoadConfig(filepath.Join(dir, "sluice.yaml")); err != nil {
 		t.Error(err)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "compose.yaml"))
@@ -115,7 +117,7 @@ func TestDeployHelmChart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ParseConfig(cfg); err != nil {
+		if _, err := config.ParseConfig(cfg); err != nil {
 			t.Errorf("%s: config: %v", f, err)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -61,12 +62,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	fnSrv := &http.Server{Handler: fnsim.New(sim.cfg), ReadHeaderTimeout: 10 * time.Second}
-	cfg := &Config{Functions: []FunctionConfig{{
+	cfg := &config.Config{Functions: []config.FunctionConfig{{
 		Name:        "echo",
 		URL:         "http://" + fnLn.Addr().String() + "/",
-		Concurrency: Count(max(1, sim.cfg.Concurrency)),
+		Concurrency: config.Count(max(1, sim.cfg.Concurrency)),
 	}}}
-	if err := cfg.setDefaultsAndCheck(); err != nil {
+	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		return err
 	}
 	tuneGC(true)

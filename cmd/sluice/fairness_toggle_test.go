@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 )
 
 // toggleFunction is an HTTP function that keeps, per job, what it did: a
@@ -100,11 +102,11 @@ func TestFairnessToggleLosesNoneRunsNoneTwice(t *testing.T) {
 	srv := httptest.NewServer(fn)
 	t.Cleanup(srv.Close)
 	dir := t.TempDir()
-	config := func(fair bool) *Config {
-		return &Config{
-			Functions: []FunctionConfig{{
+	config := func(fair bool) *config.Config {
+		return &config.Config{
+			Functions: []config.FunctionConfig{{
 				Name: "f", URL: srv.URL, Concurrency: 2, Fairness: fair,
-				Retry: RetryConfig{MaxAttempts: 3, InitialBackoff: Duration(2 * time.Second), Jitter: "none"},
+				Retry: config.RetryConfig{MaxAttempts: 3, InitialBackoff: config.Duration(2 * time.Second), Jitter: "none"},
 			}},
 		}
 	}

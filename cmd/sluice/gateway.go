@@ -28,9 +28,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 
-	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -111,7 +111,7 @@ type gatewayProcess struct {
 // queue stores them in on this NATS server (natsMax is its max_payload),
 // and gives a function without max_result the default, or what fits if
 // that is less.
-func fitSizes(functions []FunctionConfig, queue *buffer.Queue, natsMax int64) error {
+func fitSizes(functions []config.FunctionConfig, queue *buffer.Queue, natsMax int64) error {
 	maxPayload, maxResult := queue.MaxPayloadBytes(), queue.MaxResultBytes()
 	for i := range functions {
 		f := &functions[i]
@@ -121,7 +121,7 @@ func fitSizes(functions []FunctionConfig, queue *buffer.Queue, natsMax int64) er
 		}
 		switch {
 		case f.MaxResult == 0:
-			f.MaxResult = ByteSize(min(dispatch.DefaultMaxResponseBytes, maxResult))
+			f.MaxResult = config.ByteSize(min(dispatch.DefaultMaxResponseBytes, maxResult))
 		case int64(f.MaxResult) > maxResult:
 			return fmt.Errorf("functions (%s).max_result: %d bytes does not fit the NATS server's max_payload of %d: a job's state holds its result and the job; at most %d",
 				f.Name, f.MaxResult, natsMax, maxResult)
@@ -134,7 +134,7 @@ func fitSizes(functions []FunctionConfig, queue *buffer.Queue, natsMax int64) er
 // The steps run in the order their parts depend on one another: NATS, the
 // buffer on it, callbacks and functions over the buffer, the service and
 // dispatcher over those, and last the listeners and servers in front.
-func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *slog.Logger) (_ *gatewayProcess, err error) {
+func startGateway(ctx context.Context, cfg *config.Config, opts gatewayOptions, log *slog.Logger) (_ *gatewayProcess, err error) {
 	p := &gatewayProcess{log: log, opts: opts}
 	defer func() {
 		if err != nil {
@@ -165,7 +165,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 		return nil, err
 	}
 	p.dispatcher, err = dispatch.New(dispatch.Config{
-		Source: p.queue, Functions: dispFuncs, Pools: dispatchPools(cfg.Pools), TenantWeights: tenantWeights(cfg.Tenants),
+		Source: p.queue, Functions: dispFuncs, Pools: config.DispatchPools(cfg.Pools), TenantWeights: config.TenantWeights(cfg.Tenants),
 		Logger: log, DrainTimeout: opts.DrainTimeout,
 		TracerProvider: p.tel.tracer, MeterProvider: p.tel.meter,
 	})
@@ -186,7 +186,7 @@ func startGateway(ctx context.Context, cfg *Config, opts gatewayOptions, log *sl
 
 // connectNATS connects to the NATS at --nats-url, or, without one, starts
 // an embedded JetStream in the data directory and connects to that.
-func (p *gatewayProcess) connectNATS(cfg *Config) error {
+func (p *gatewayProcess) connectNATS(cfg *config.Config) error {
 	var err error
 	if p.opts.NATSURL == "" {
 		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
@@ -212,7 +212,7 @@ func (p *gatewayProcess) connectNATS(cfg *Config) error {
 
 // openQueue opens the job buffer on the NATS connection, warning first of
 // settings that risk losing jobs, and registers the buffer's metrics.
-func (p *gatewayProcess) openQueue(ctx context.Context, cfg *Config) error {
+func (p *gatewayProcess) openQueue(ctx context.Context, cfg *config.Config) error {
 	if cfg.Buffer.Durability == "interval" {
 		p.log.Warn("buffer.durability is interval: an OS crash or power loss can lose accepted jobs")
 	}
@@ -221,7 +221,7 @@ func (p *gatewayProcess) openQueue(ctx context.Context, cfg *Config) error {
 		p.log.Warn("NATS is a cluster but --replicas is 1: every job is kept on one node's disk, and losing that node loses them; run with --replicas=3",
 			"nats_cluster", p.nc.ConnectedClusterName(), "nats_server", p.nc.ConnectedServerName())
 	}
-	bufCfg := cfg.Buffer.queue()
+	bufCfg := cfg.Buffer.Queue()
 	bufCfg.Logger, bufCfg.Replicas = p.log, replicas
 	queue, err := buffer.Open(ctx, p.nc, bufCfg)
 	if errors.Is(err, buffer.ErrDurability) {
@@ -243,16 +243,16 @@ func (p *gatewayProcess) openQueue(ctx context.Context, cfg *Config) error {
 // newCallbacks sets up callback delivery when callback secrets are
 // configured, and returns the policy the gateway checks callback URLs
 // with; without secrets there are no callbacks, and the policy is nil.
-func (p *gatewayProcess) newCallbacks(cfg *Config) (gateway.CallbackPolicy, error) {
+func (p *gatewayProcess) newCallbacks(cfg *config.Config) (gateway.CallbackPolicy, error) {
 	cb := cfg.Callbacks
 	if len(cb.Secrets) == 0 {
 		return nil, nil
 	}
-	guard, keys, err := callbackParts(cfg)
+	guard, keys, err := config.CallbackParts(cfg)
 	if err != nil {
 		return nil, err
 	}
-	cbCfg := cb.deliverer()
+	cbCfg := cb.Deliverer()
 	cbCfg.Source, cbCfg.Logger = p.queue, p.log
 	cbCfg.Sender = &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys}
 	p.callbacks, err = dispatch.NewCallbackDeliverer(cbCfg)
@@ -265,7 +265,7 @@ func (p *gatewayProcess) newCallbacks(cfg *Config) (gateway.CallbackPolicy, erro
 // setUpFunctions checks the functions' sizes against the buffer, sets up
 // their targets, and returns each function as the gateway and as dispatch
 // take it.
-func (p *gatewayProcess) setUpFunctions(ctx context.Context, cfg *Config) ([]gateway.Function, []dispatch.Function, error) {
+func (p *gatewayProcess) setUpFunctions(ctx context.Context, cfg *config.Config) ([]gateway.Function, []dispatch.Function, error) {
 	// The targets may settle a function's concurrency (a Lambda function's
 	// reserved concurrency): from here on, functions is the configuration.
 	functions := slices.Clone(cfg.Functions)
@@ -279,33 +279,20 @@ func (p *gatewayProcess) setUpFunctions(ctx context.Context, cfg *Config) ([]gat
 	var gwFuncs []gateway.Function
 	var dispFuncs []dispatch.Function
 	for i, f := range functions {
-		df := dispatchFunction(f)
+		df := config.DispatchFunction(f)
 		if f.Fairness {
-			df.Lanes = fairLanes(f, cfg.Tenants)
+			df.Lanes = config.FairLanes(f, cfg.Tenants)
 		}
 		df.Invoker = invokers[i]
-		gwFuncs = append(gwFuncs, gatewayFunction(f, df, cfg.Pools))
+		gwFuncs = append(gwFuncs, config.GatewayFunction(f, df, cfg.Pools))
 		dispFuncs = append(dispFuncs, df)
 	}
 	return gwFuncs, dispFuncs, nil
 }
 
-// gatewayFunction is a configured function as the gateway takes it. The
-// pacing and rate come from df, the function as dispatch takes it, so
-// that the gateway reports what dispatch does.
-func gatewayFunction(f FunctionConfig, df dispatch.Function, pools []PoolConfig) gateway.Function {
-	return gateway.Function{
-		Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
-		JSONPayload:   f.Target != nil && f.Target.Lambda != nil,
-		InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
-		MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.gateway(),
-		Pool: f.Pool, PoolConcurrency: poolConcurrency(pools, f.Pool), RatePerSecond: df.RatePerSecond,
-	}
-}
-
 // newService makes the gateway service over the buffer.
-func (p *gatewayProcess) newService(cfg *Config, policy gateway.CallbackPolicy, functions []gateway.Function) error {
-	tenants, err := gatewayTenants(cfg.Tenants)
+func (p *gatewayProcess) newService(cfg *config.Config, policy gateway.CallbackPolicy, functions []gateway.Function) error {
+	tenants, err := config.GatewayTenants(cfg.Tenants)
 	if err != nil {
 		return err
 	}
@@ -317,7 +304,7 @@ func (p *gatewayProcess) newService(cfg *Config, policy gateway.CallbackPolicy, 
 		Jobs: queue, Dispatch: queue, Watcher: queue, DeadLetters: queue, Callbacks: policy,
 		Functions: functions, Tenants: tenants, Logger: p.log,
 		TracerProvider: p.tel.tracer, MeterProvider: p.tel.meter,
-		Streams: cfg.Streams.gateway(),
+		Streams: cfg.Streams.Gateway(),
 	})
 	return err
 }
@@ -458,93 +445,6 @@ const (
 // restBufferSize is the buffer, in each direction, of the in-memory
 // connection from REST to its gRPC server.
 const restBufferSize = 1 << 20
-
-// dispatchFunction is a configured function as dispatch takes it, but for
-// its invoker, which setUpTargets makes.
-func dispatchFunction(f FunctionConfig) dispatch.Function {
-	df := dispatch.Function{
-		Name:        f.Name,
-		Concurrency: int(f.Concurrency),
-		Timeout:     time.Duration(f.Timeout),
-		Pacing: dispatch.Pacing{
-			Initial:  int(f.Concurrency),
-			IdleReap: time.Duration(f.IdleReap),
-			Adaptive: f.Adaptive == nil || *f.Adaptive,
-		},
-	}
-	if f.RetryAfter == "function" {
-		df.Pacing.RetryAfter = dispatch.RetryAfterFunction
-	}
-	if sc := f.Scaling; sc != nil {
-		df.Pacing.Initial, df.Pacing.PerMinute = int(sc.Initial), int(sc.PerMinute)
-	}
-	if r := f.Rate; r != nil {
-		df.RatePerSecond, df.RateBurst = r.PerSecond, int(r.Burst)
-	}
-	if kw := f.KeepWarm; kw != nil {
-		df.KeepWarm = dispatch.KeepWarm{Instances: int(kw.Instances), Every: time.Duration(kw.Every)}
-	}
-	df.Retry = dispatch.RetryPolicy{
-		MaxAttempts:    int(f.Retry.MaxAttempts),
-		InitialBackoff: time.Duration(f.Retry.InitialBackoff),
-		MaxBackoff:     time.Duration(f.Retry.MaxBackoff),
-		Multiplier:     f.Retry.Multiplier,
-		NoJitter:       f.Retry.Jitter == "none",
-	}
-	df.MaxAge = time.Duration(f.MaxAge)
-	df.Paused = f.Paused
-	df.Pool, df.Reserved = f.Pool, int(f.Reserved)
-	df.PriorityAging = time.Duration(f.PriorityAging)
-	cb := f.CircuitBreaker
-	df.Circuit = dispatch.CircuitPolicy{
-		Disabled:     cb.Enabled != nil && !*cb.Enabled,
-		FailureRatio: cb.FailureRatio,
-		MinAttempts:  int(cb.MinAttempts),
-		Window:       time.Duration(cb.Window),
-		Cooldown:     time.Duration(cb.Cooldown),
-		MaxCooldown:  time.Duration(cb.MaxCooldown),
-	}
-	return df
-}
-
-// gateway is the limit as the gateway takes it; the zero Ingress for nil.
-func (in *IngressConfig) gateway() gateway.Ingress {
-	if in == nil {
-		return gateway.Ingress{}
-	}
-	return gateway.Ingress{PerSecond: in.PerSecond, Burst: int(in.Burst), MaxQueued: int64(in.MaxQueued)}
-}
-
-// gatewayTenants are the configured tenants as the gateway takes them.
-func gatewayTenants(tenants []TenantConfig) ([]gateway.Tenant, error) {
-	var out []gateway.Tenant
-	for _, t := range tenants {
-		gt := gateway.Tenant{Name: t.Name, Functions: t.Functions, Ingress: t.Ingress.gateway()}
-		for _, k := range t.APIKeys {
-			h, err := gateway.ParseKeyHash(k)
-			if err != nil {
-				return nil, fmt.Errorf("tenants (%s).api_keys: %w", t.Name, err)
-			}
-			gt.KeyHashes = append(gt.KeyHashes, h)
-		}
-		out = append(out, gt)
-	}
-	return out, nil
-}
-
-// callbackParts builds what checks callback URLs and what signs callbacks:
-// each tenant's with its own secrets.
-func callbackParts(cfg *Config) (*callback.Guard, *callback.Keyring, error) {
-	guard, err := callback.NewGuard(cfg.Callbacks.AllowCIDRs)
-	if err != nil {
-		return nil, nil, fmt.Errorf("callbacks.allow_cidrs: %w", err)
-	}
-	keys, err := cfg.callbackKeys()
-	if err != nil {
-		return nil, nil, err
-	}
-	return guard, keys, nil
-}
 
 // dialTarget turns a listener's address into one a client can dial: a
 // wildcard host becomes loopback.
@@ -726,53 +626,4 @@ func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
 		return fmt.Errorf("debug server: %w", err)
 	}
 	return nil
-}
-
-// dispatchPools are the configured pools as dispatch takes them.
-func dispatchPools(pools []PoolConfig) []dispatch.Pool {
-	out := make([]dispatch.Pool, 0, len(pools))
-	for _, p := range pools {
-		out = append(out, dispatch.Pool{Name: p.Name, Concurrency: int(p.Concurrency)})
-	}
-	return out
-}
-
-// poolConcurrency is the configured concurrency of the named pool; 0 for
-// none.
-func poolConcurrency(pools []PoolConfig, name string) int {
-	for _, p := range pools {
-		if p.Name == name {
-			return int(p.Concurrency)
-		}
-	}
-	return 0
-}
-
-// tenantWeights are the tenants' weights for fair functions, by name.
-func tenantWeights(tenants []TenantConfig) map[string]int {
-	out := make(map[string]int, len(tenants))
-	for _, t := range tenants {
-		if t.Weight > 0 {
-			out[t.Name] = int(t.Weight)
-		}
-	}
-	return out
-}
-
-// fairLanes are the lanes of a fair function: one per priority for each
-// tenant that may use it, and for jobs without a tenant.
-func fairLanes(f FunctionConfig, tenants []TenantConfig) []buffer.Lane {
-	names := []string{""}
-	for _, t := range tenants {
-		if t.Functions == nil || slices.Contains(t.Functions, f.Name) {
-			names = append(names, t.Name)
-		}
-	}
-	var out []buffer.Lane
-	for _, n := range names {
-		for _, p := range []sluicev1.Priority{sluicev1.Priority_HIGH, sluicev1.Priority_NORMAL, sluicev1.Priority_LOW} {
-			out = append(out, buffer.Lane{Tenant: n, Priority: p})
-		}
-	}
-	return out
 }

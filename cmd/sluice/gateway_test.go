@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -39,13 +40,13 @@ type testGateway struct {
 
 // startTestGateway runs a gateway with the given functions on an embedded
 // JetStream in dataDir until the test ends or stop is called.
-func startTestGateway(t testing.TB, dataDir string, functions ...FunctionConfig) *testGateway {
+func startTestGateway(t testing.TB, dataDir string, functions ...config.FunctionConfig) *testGateway {
 	t.Helper()
-	return startTestGatewayConfig(t, dataDir, &Config{Functions: functions})
+	return startTestGatewayConfig(t, dataDir, &config.Config{Functions: functions})
 }
 
-// startTestGatewayConfig is startTestGateway with a whole config.
-func startTestGatewayConfig(t testing.TB, dataDir string, cfg *Config) *testGateway {
+// startTestGatewayConfig is startTestGateway with a whole
+func startTestGatewayConfig(t testing.TB, dataDir string, cfg *config.Config) *testGateway {
 	t.Helper()
 	return startTestGatewayOptions(t, dataDir, cfg, gatewayOptions{})
 }
@@ -53,9 +54,9 @@ func startTestGatewayConfig(t testing.TB, dataDir string, cfg *Config) *testGate
 // startTestGatewayOptions is startTestGatewayConfig with options, such as
 // TLS files; the addresses, data directory and drain timeout are the
 // test's.
-func startTestGatewayOptions(t testing.TB, dataDir string, cfg *Config, opts gatewayOptions) *testGateway {
+func startTestGatewayOptions(t testing.TB, dataDir string, cfg *config.Config, opts gatewayOptions) *testGateway {
 	t.Helper()
-	if err := cfg.setDefaultsAndCheck(); err != nil {
+	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -180,7 +181,7 @@ func waitREST(t *testing.T, g *testGateway, id string, within time.Duration) job
 
 func TestRESTEndToEnd(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{Duration: 20 * time.Millisecond})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 
 	for _, tc := range []struct {
 		name, contentType string
@@ -256,7 +257,7 @@ func startBlockedFunction(t *testing.T) string {
 }
 
 func TestResultWhilePending(t *testing.T) {
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "slow", URL: startBlockedFunction(t)})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "slow", URL: startBlockedFunction(t)})
 
 	resp := post(t, g.base+"/v1/functions/slow/jobs", "text/plain", []byte("x"))
 	id := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
@@ -269,7 +270,7 @@ func TestResultWhilePending(t *testing.T) {
 
 func TestGRPCEndToEnd(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 	conn := g.grpcConn(t)
 	jobs := sluicev1.NewJobServiceClient(conn)
 	ctx := t.Context()
@@ -304,7 +305,7 @@ func TestGRPCEndToEnd(t *testing.T) {
 	}
 
 	fns, err := sluicev1.NewFunctionServiceClient(conn).ListFunctions(ctx, &sluicev1.ListFunctionsRequest{})
-	if err != nil || len(fns.GetFunctions()) != 1 || fns.GetFunctions()[0].GetConcurrency() != defaultConcurrency {
+	if err != nil || len(fns.GetFunctions()) != 1 || fns.GetFunctions()[0].GetConcurrency() != config.DefaultConcurrency {
 		t.Errorf("ListFunctions = %v, %v", fns, err)
 	}
 
@@ -337,7 +338,7 @@ func TestGRPCEndToEnd(t *testing.T) {
 
 func TestConcurrencyCap(t *testing.T) {
 	sim, fnURL := startFunction(t, fnsim.Config{Duration: 30 * time.Millisecond})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "capped", URL: fnURL, Concurrency: 4})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "capped", URL: fnURL, Concurrency: 4})
 	var ids []string
 	for i := range 40 {
 		resp := post(t, g.base+"/v1/functions/capped/jobs", "text/plain", fmt.Appendf(nil, "%d", i))
@@ -370,7 +371,7 @@ func TestRestartRunsQueuedJobs(t *testing.T) {
 	// handed back, returns after the ack wait: the timeout plus 15s. A 1s
 	// timeout keeps that inside the wait below (with the 30s default it
 	// failed about one run in 50).
-	fn := FunctionConfig{Name: "slow", URL: fnURL, Concurrency: 1, Timeout: Duration(time.Second)}
+	fn := config.FunctionConfig{Name: "slow", URL: fnURL, Concurrency: 1, Timeout: config.Duration(time.Second)}
 
 	first := startTestGateway(t, dir, fn)
 	var ids []string
@@ -408,8 +409,8 @@ func TestBadRequests(t *testing.T) {
 	t.Cleanup(failing.Close)
 	_, fnURL := startFunction(t, fnsim.Config{})
 	g := startTestGateway(t, t.TempDir(),
-		FunctionConfig{Name: "echo", URL: fnURL, MaxPayload: 1024},
-		FunctionConfig{Name: "failing", URL: failing.URL, Retry: RetryConfig{MaxAttempts: 1}})
+		config.FunctionConfig{Name: "echo", URL: fnURL, MaxPayload: 1024},
+		config.FunctionConfig{Name: "failing", URL: failing.URL, Retry: config.RetryConfig{MaxAttempts: 1}})
 
 	resp := post(t, g.base+"/v1/functions/failing/jobs", "text/plain", []byte("x"))
 	failedID := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
@@ -491,9 +492,9 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestFullBufferRefusesWithRetryAfter(t *testing.T) {
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "stuck", URL: startBlockedFunction(t), Concurrency: 1}},
-		Buffer:    BufferConfig{MaxJobs: 2},
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "stuck", URL: startBlockedFunction(t), Concurrency: 1}},
+		Buffer:    config.BufferConfig{MaxJobs: 2},
 	})
 
 	// One job running, one waiting: the buffer holds both until they finish.
@@ -579,9 +580,9 @@ func TestDev(t *testing.T) {
 }
 
 func TestFunctionStatusShowsLiveWindow(t *testing.T) {
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{Functions: []FunctionConfig{{
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{
 		Name: "ramp", URL: startBlockedFunction(t), Concurrency: 10,
-		Scaling: &ScalingConfig{Initial: 2, PerMinute: 60},
+		Scaling: &config.ScalingConfig{Initial: 2, PerMinute: 60},
 	}}})
 	for range 5 {
 		post(t, g.base+"/v1/functions/ramp/jobs", "text/plain", []byte("x"))
@@ -626,7 +627,7 @@ func TestCancel(t *testing.T) {
 		}
 	}))
 	t.Cleanup(fn.Close)
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "one", URL: fn.URL, Concurrency: 1})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "one", URL: fn.URL, Concurrency: 1})
 	submitID := func() string {
 		resp := post(t, g.base+"/v1/functions/one/jobs", "text/plain", []byte("x"))
 		return strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
@@ -721,9 +722,9 @@ func TestInvokeAndWait(t *testing.T) {
 	}))
 	t.Cleanup(failing.Close)
 	g := startTestGateway(t, t.TempDir(),
-		FunctionConfig{Name: "fast", URL: fastURL},
-		FunctionConfig{Name: "stuck", URL: startBlockedFunction(t)},
-		FunctionConfig{Name: "failing", URL: failing.URL})
+		config.FunctionConfig{Name: "fast", URL: fastURL},
+		config.FunctionConfig{Name: "stuck", URL: startBlockedFunction(t)},
+		config.FunctionConfig{Name: "failing", URL: failing.URL})
 
 	t.Run("invoke answers with the function's response when it is in time", func(t *testing.T) {
 		resp := post(t, g.base+"/v1/functions/fast:invoke?wait=10s", "application/json", []byte(`{"n":1}`))
@@ -811,9 +812,9 @@ func TestWatchJob(t *testing.T) {
 		io.WriteString(w, "done")
 	}))
 	t.Cleanup(flaky.Close)
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
 		Name: "flaky", URL: flaky.URL,
-		Retry: RetryConfig{InitialBackoff: Duration(200 * time.Millisecond), Jitter: "none"},
+		Retry: config.RetryConfig{InitialBackoff: config.Duration(200 * time.Millisecond), Jitter: "none"},
 	})
 
 	t.Run("grpc", func(t *testing.T) {
@@ -862,8 +863,8 @@ func TestWatchJob(t *testing.T) {
 // returns.
 func TestStopLeavesNoGRPCGoroutines(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	cfg := &Config{Functions: []FunctionConfig{{Name: "echo", URL: fnURL}}}
-	if err := cfg.setDefaultsAndCheck(); err != nil {
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}}}
+	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
 	p, err := startGateway(t.Context(), cfg, gatewayOptions{

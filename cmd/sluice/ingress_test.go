@@ -30,6 +30,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -109,7 +110,7 @@ func submitBody(t testing.TB, g *testGateway, function string, body io.Reader, s
 // error and store no job.
 func TestRESTPayloadLimit(t *testing.T) {
 	sim, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 
 	for _, tc := range []struct {
 		name    string
@@ -216,7 +217,7 @@ func heapPeak() (stop func() uint64) {
 // allocated meanwhile stay far below what the clients offered.
 func TestRefusedBodyIsNotBuffered(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 	const bodySize, sequential, concurrent = 64 * mib, 2, 6
 	const requests = sequential + concurrent
 	before := jobsPublished(t, g)
@@ -288,7 +289,7 @@ func TestRefusedBodyIsNotBuffered(t *testing.T) {
 // RESOURCE_EXHAUSTED. Neither stores a job.
 func TestGRPCPayloadLimit(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
 	// The server's default MaxRecvMsgSize: the largest limit and 64 KiB.
 	const maxMsg = mib + 64<<10
@@ -341,7 +342,7 @@ func TestGRPCPayloadLimit(t *testing.T) {
 // stream ahead of authentication.
 func TestGRPCHeaderLimit(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
 	submit := func(header int) error {
 		ctx := metadata.AppendToOutgoingContext(t.Context(), "x-padding", strings.Repeat("p", header))
@@ -367,9 +368,9 @@ func TestGRPCHeaderLimit(t *testing.T) {
 
 // runGateway runs a gateway with opts (on loopback ports and an embedded
 // JetStream in a temporary directory) until the test ends.
-func runGateway(t *testing.T, cfg *Config, opts gatewayOptions) *gatewayProcess {
+func runGateway(t *testing.T, cfg *config.Config, opts gatewayOptions) *gatewayProcess {
 	t.Helper()
-	if err := cfg.setDefaultsAndCheck(); err != nil {
+	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
 	opts.HTTPAddr, opts.GRPCAddr, opts.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
@@ -395,12 +396,12 @@ func runGateway(t *testing.T, cfg *Config, opts gatewayOptions) *gatewayProcess 
 // MaxHeaderBytes gets 431.
 func TestHTTPServerLimits(t *testing.T) {
 	const readHeaderTimeout = 300 * time.Millisecond
-	p := runGateway(t, &Config{Functions: []FunctionConfig{{Name: "echo", URL: "http://127.0.0.1:1"}}},
+	p := runGateway(t, &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: "http://127.0.0.1:1"}}},
 		gatewayOptions{ReadHeaderTimeout: readHeaderTimeout})
 	base := "http://" + p.HTTPAddr.String()
 
 	t.Run("configured", func(t *testing.T) {
-		d := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"}).httpSrv
+		d := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"}).httpSrv
 		if d.ReadHeaderTimeout != defaultReadHeaderTimeout || d.ReadTimeout <= 0 || d.IdleTimeout <= 0 || d.MaxHeaderBytes != 64<<10 {
 			t.Errorf("by default ReadHeaderTimeout %v, ReadTimeout %v, IdleTimeout %v, MaxHeaderBytes %d; want %v, set, set, 64 KiB",
 				d.ReadHeaderTimeout, d.ReadTimeout, d.IdleTimeout, d.MaxHeaderBytes, defaultReadHeaderTimeout)
@@ -646,7 +647,7 @@ func TestGRPCKeepalive(t *testing.T) {
 // TestRESTRefusals covers refusals the fuzz test found wanting: each gets a
 // 4xx JSON error and stores no job.
 func TestRESTRefusals(t *testing.T) {
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"})
 	for _, tc := range []struct {
 		name, method, path string
 		header             http.Header
@@ -774,13 +775,13 @@ func FuzzSubmitREST(f *testing.F) {
 	sim := fnsim.New(fnsim.Config{})
 	fn := httptest.NewServer(sim)
 	f.Cleanup(fn.Close)
-	g := startTestGatewayConfig(f, f.TempDir(), &Config{
-		Functions: []FunctionConfig{
+	g := startTestGatewayConfig(f, f.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{
 			{Name: "echo", URL: fn.URL},
 			{Name: "small", URL: fn.URL, MaxPayload: 64},
 		},
 		// Fuzzing makes many jobs; no need to fsync each.
-		Buffer: BufferConfig{Durability: "interval"},
+		Buffer: config.BufferConfig{Durability: "interval"},
 	})
 	client := &http.Client{
 		Timeout: 30 * time.Second,

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -52,10 +53,10 @@ func TestDeadLettersOverREST(t *testing.T) {
 	fn.status.Store(500)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{
-		Name: "f", URL: srv.URL, Concurrency: 4, Timeout: Duration(time.Second),
-		Retry:          RetryConfig{MaxAttempts: 3, InitialBackoff: Duration(10 * time.Millisecond), MaxBackoff: Duration(20 * time.Millisecond)},
-		CircuitBreaker: CircuitBreakerConfig{Enabled: new(false)},
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+		Name: "f", URL: srv.URL, Concurrency: 4, Timeout: config.Duration(time.Second),
+		Retry:          config.RetryConfig{MaxAttempts: 3, InitialBackoff: config.Duration(10 * time.Millisecond), MaxBackoff: config.Duration(20 * time.Millisecond)},
+		CircuitBreaker: config.CircuitBreakerConfig{Enabled: new(false)},
 	})
 	var ids []string
 	for i := range 3 {
@@ -194,10 +195,10 @@ func TestCallbacks(t *testing.T) {
 	rsrv := httptest.NewServer(recv)
 	defer rsrv.Close()
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "f", URL: fnURL}},
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}},
 		// Signed with both during a rotation; loopback allowed for the test.
-		Callbacks: CallbacksConfig{Secrets: []string{secret, oldSecret}, AllowCIDRs: []string{"127.0.0.0/8"}},
+		Callbacks: config.CallbacksConfig{Secrets: []string{secret, oldSecret}, AllowCIDRs: []string{"127.0.0.0/8"}},
 	})
 	req, _ := http.NewRequest(http.MethodPost, g.base+"/v1/functions/f/jobs", strings.NewReader(`{"n":1}`))
 	req.Header.Set("Content-Type", "application/json")
@@ -248,10 +249,10 @@ func TestCallbacks(t *testing.T) {
 
 func TestCallbacksRefusedWithoutSecretOrToLoopback(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	plain := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "f", URL: fnURL})
-	guarded := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "f", URL: fnURL}},
-		Callbacks: CallbacksConfig{Secrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))}},
+	plain := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
+	guarded := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}},
+		Callbacks: config.CallbacksConfig{Secrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))}},
 	})
 	for _, c := range []struct {
 		g   *testGateway
@@ -282,10 +283,10 @@ func TestCircuitStateInFunctionStatus(t *testing.T) {
 	fn.status.Store(502)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{
-		Name: "f", URL: srv.URL, Concurrency: 2, Timeout: Duration(time.Second),
-		Retry:          RetryConfig{MaxAttempts: 5, InitialBackoff: Duration(10 * time.Millisecond), MaxBackoff: Duration(20 * time.Millisecond)},
-		CircuitBreaker: CircuitBreakerConfig{MinAttempts: 4, Cooldown: Duration(time.Minute)},
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+		Name: "f", URL: srv.URL, Concurrency: 2, Timeout: config.Duration(time.Second),
+		Retry:          config.RetryConfig{MaxAttempts: 5, InitialBackoff: config.Duration(10 * time.Millisecond), MaxBackoff: config.Duration(20 * time.Millisecond)},
+		CircuitBreaker: config.CircuitBreakerConfig{MinAttempts: 4, Cooldown: config.Duration(time.Minute)},
 	})
 	for range 6 {
 		post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -155,17 +156,17 @@ func runCallbackSecret(args []string, stdout, stderr io.Writer) error {
 	if *path == "" || *tenant == "" {
 		return errors.New("callback-secret: give --config and --tenant")
 	}
-	cfg, err := LoadConfig(*path)
+	cfg, err := config.LoadConfig(*path)
 	if err != nil {
 		return err
 	}
 	if len(cfg.Callbacks.Secrets) == 0 {
 		return errors.New("callback-secret: the config has no callbacks.secrets, so callbacks are off")
 	}
-	if !slices.ContainsFunc(cfg.Tenants, func(t TenantConfig) bool { return t.Name == *tenant }) {
+	if !slices.ContainsFunc(cfg.Tenants, func(t config.TenantConfig) bool { return t.Name == *tenant }) {
 		return fmt.Errorf("callback-secret: %q is not a tenant in %s", *tenant, *path)
 	}
-	keys, err := cfg.callbackKeys()
+	keys, err := cfg.CallbackKeys()
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -28,8 +29,8 @@ func TestExternalNATS(t *testing.T) {
 	}
 	t.Cleanup(srv.Shutdown)
 	_, fnURL := startFunction(t, fnsim.Config{})
-	cfg := &Config{Functions: []FunctionConfig{{Name: "echo", URL: fnURL}}}
-	if err := cfg.setDefaultsAndCheck(); err != nil {
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}}}
+	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
 	p, err := startGateway(t.Context(), cfg, gatewayOptions{
@@ -64,8 +65,8 @@ func TestIdempotencyAcrossGateways(t *testing.T) {
 	fnURL := startBlockedFunction(t) // jobs stay put: only the submits matter
 	var gateways []*testGateway
 	for range 2 {
-		cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: fnURL, Concurrency: 1}}}
-		if err := cfg.setDefaultsAndCheck(); err != nil {
+		cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL, Concurrency: 1}}}
+		if err := cfg.SetDefaultsAndCheck(); err != nil {
 			t.Fatal(err)
 		}
 		p, err := startGateway(t.Context(), cfg, gatewayOptions{

@@ -9,6 +9,8 @@ import (
 	"os"
 	"runtime/debug"
 	"time"
+
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 )
 
 func registerGatewayFlags(fs *flag.FlagSet, o *gatewayOptions) {
@@ -67,7 +69,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := LoadConfig(configFile)
+	cfg, err := config.LoadConfig(configFile)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -42,9 +43,9 @@ func startStockNATS(t *testing.T) *buffer.Embedded {
 
 // startGatewayOn starts a gateway with cfg against the NATS server at url;
 // it runs until the test ends.
-func startGatewayOn(t *testing.T, url string, cfg *Config) (*testGateway, error) {
+func startGatewayOn(t *testing.T, url string, cfg *config.Config) (*testGateway, error) {
 	t.Helper()
-	if err := cfg.setDefaultsAndCheck(); err != nil {
+	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -98,8 +99,8 @@ func TestOversizedResultFailsOnlyItsJob(t *testing.T) {
 	}))
 	t.Cleanup(fn.Close)
 	srv := startStockNATS(t)
-	cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: fn.URL, Concurrency: jobs, MaxPayload: 64 << 10, Timeout: Duration(5 * time.Second)}}}
-	cfg.Buffer.GroupCommit.Linger = Duration(50 * time.Millisecond)
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fn.URL, Concurrency: jobs, MaxPayload: 64 << 10, Timeout: config.Duration(5 * time.Second)}}}
+	cfg.Buffer.GroupCommit.Linger = config.Duration(50 * time.Millisecond)
 	g, err := startGatewayOn(t, srv.ClientURL(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +203,7 @@ func TestStartupChecksSizesAgainstNATS(t *testing.T) {
 		{"max_result at the limit", 1024, maxResult, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := &Config{Functions: []FunctionConfig{{Name: "f", URL: fnURL, MaxPayload: ByteSize(tc.maxPayload), MaxResult: ByteSize(tc.maxResult)}}}
+			cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL, MaxPayload: config.ByteSize(tc.maxPayload), MaxResult: config.ByteSize(tc.maxResult)}}}
 			_, err := startGatewayOn(t, srv.ClientURL(), cfg)
 			switch {
 			case tc.wantErr == "" && err != nil:
@@ -212,7 +213,7 @@ func TestStartupChecksSizesAgainstNATS(t *testing.T) {
 			}
 		})
 	}
-	functions := []FunctionConfig{{Name: "f"}}
+	functions := []config.FunctionConfig{{Name: "f"}}
 	if err := fitSizes(functions, q, stockMaxPayload); err != nil || int64(functions[0].MaxResult) != maxResult {
 		t.Errorf("max_result unset: %d, %v; want the most a job's state holds, %d", functions[0].MaxResult, err, maxResult)
 	}
@@ -222,7 +223,7 @@ func TestStartupChecksSizesAgainstNATS(t *testing.T) {
 // one over 256 bytes is refused.
 func TestContentTypeIsBounded(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "echo", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 	at := "text/plain; x=" + strings.Repeat("a", 256-len("text/plain; x="))
 	over := at + "a"
 	for ct, want := range map[string]int{at: http.StatusAccepted, over: http.StatusBadRequest} {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -33,14 +34,14 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 		w.Write([]byte("ok"))
 	}))
 	defer small.Close()
-	cfg := &Config{
-		Functions: []FunctionConfig{{Name: "big", URL: big.URL, Concurrency: 8}, {Name: "small", URL: small.URL, Concurrency: 2}},
-		Tenants: []TenantConfig{
+	cfg := &config.Config{
+		Functions: []config.FunctionConfig{{Name: "big", URL: big.URL, Concurrency: 8}, {Name: "small", URL: small.URL, Concurrency: 2}},
+		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
 			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}},
 		},
 		// 30 MiB of stores (and 8 MiB of pacing) on a 40 MiB JetStream.
-		Buffer: BufferConfig{
+		Buffer: config.BufferConfig{
 			MaxBytes: 8 << 20, StateMaxBytes: 8 << 20, IdempotencyMaxBytes: 2 << 20,
 			DeadLetterMaxBytes: 6 << 20, CallbackMaxBytes: 6 << 20,
 		},

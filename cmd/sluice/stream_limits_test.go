@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -82,9 +83,9 @@ func watchTransport(t *testing.T) *http.Client {
 // answered 429 with Retry-After at once, not left waiting (#19 item 3).
 func TestWatchesOfOneTenantLeaveRoomForAnother(t *testing.T) {
 	fn := startBlockedFunction(t)
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "f", URL: fn}},
-		Tenants: []TenantConfig{
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "f", URL: fn}},
+		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
 			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}},
 		},
@@ -131,9 +132,9 @@ func TestWatchesOfOneTenantLeaveRoomForAnother(t *testing.T) {
 // bounded per connection (#19 item 17).
 func TestUnauthenticatedStreamsAreBoundedPerConnection(t *testing.T) {
 	const perConnection = 4 // the default
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "f", URL: startBlockedFunction(t)}},
-		Tenants:   []TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "f", URL: startBlockedFunction(t)}},
+		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
 	})
 	conn := g.grpcConn(t)
 	health := healthpb.NewHealthClient(conn)
@@ -231,13 +232,13 @@ func newConn(t *testing.T, g *testGateway) *grpc.ClientConn {
 func TestWatchLimitsAtTheirEdges(t *testing.T) {
 	fn := startBlockedFunction(t)
 	pki := newTestPKI(t)
-	g := startTestGatewayOptions(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "f", URL: fn}},
-		Tenants: []TenantConfig{
+	g := startTestGatewayOptions(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "f", URL: fn}},
+		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
 			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}},
 		},
-		Streams: StreamsConfig{Watches: 5, WatchesPerTenant: 3, WatchesPerConnection: 2},
+		Streams: config.StreamsConfig{Watches: 5, WatchesPerTenant: 3, WatchesPerConnection: 2},
 	}, gatewayOptions{TLSCert: pki.serverCert, TLSKey: pki.serverKey})
 	h2 := func() *http.Client { return httpsClient(t, pki.clientTLS(nil)) }
 	submitAs := func(key string) string {
@@ -331,10 +332,10 @@ func TestWatchLimitsAtTheirEdges(t *testing.T) {
 // connection and in all, health Watch and reflection together (#19 item
 // 17).
 func TestUnauthenticatedStreamLimitsAtTheirEdges(t *testing.T) {
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{{Name: "f", URL: startBlockedFunction(t)}},
-		Tenants:   []TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
-		Streams:   StreamsConfig{Unauthenticated: 3, UnauthenticatedPerConnection: 2},
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{{Name: "f", URL: startBlockedFunction(t)}},
+		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
+		Streams:   config.StreamsConfig{Unauthenticated: 3, UnauthenticatedPerConnection: 2},
 	})
 	healthWatch := func(conn *grpc.ClientConn) error {
 		ctx, cancel := context.WithCancel(t.Context())
@@ -380,17 +381,17 @@ func TestUnauthenticatedStreamLimitsAtTheirEdges(t *testing.T) {
 }
 
 func TestParseStreamsConfig(t *testing.T) {
-	cfg, err := ParseConfig([]byte(`
+	cfg, err := config.ParseConfig([]byte(`
 functions: [{name: f, url: "http://127.0.0.1:9000"}]
 streams: {watches: 7, watches_per_tenant: 6, watches_per_connection: 5, unauthenticated: 4, unauthenticated_per_connection: 3}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := cfg.Streams.gateway(), (gateway.StreamLimits{Watches: 7, WatchesPerTenant: 6, WatchesPerConnection: 5, Unauthenticated: 4, UnauthenticatedPerConnection: 3}); got != want {
+	if got, want := cfg.Streams.Gateway(), (gateway.StreamLimits{Watches: 7, WatchesPerTenant: 6, WatchesPerConnection: 5, Unauthenticated: 4, UnauthenticatedPerConnection: 3}); got != want {
 		t.Errorf("streams = %+v; want %+v", got, want)
 	}
-	if _, err := ParseConfig([]byte("functions: [{name: f, url: \"http://127.0.0.1:9000\"}]\nstreams: {watches_per_tenant: 0}\n")); err == nil || !strings.Contains(err.Error(), "streams.watches_per_tenant") {
+	if _, err := config.ParseConfig([]byte("functions: [{name: f, url: \"http://127.0.0.1:9000\"}]\nstreams: {watches_per_tenant: 0}\n")); err == nil || !strings.Contains(err.Error(), "streams.watches_per_tenant") {
 		t.Errorf("streams.watches_per_tenant: 0: %v; want an error naming it", err)
 	}
 }

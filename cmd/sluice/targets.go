@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/nats-io/nats.go"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch"
 )
 
@@ -29,13 +30,13 @@ const lambdaLookupTimeout = 5 * time.Second
 // the function's concurrency in functions; it logs where each Lambda
 // function's limit came from. NATS targets share nc, which must reach a
 // NATS server that services can connect to (external).
-func setUpTargets(ctx context.Context, functions []FunctionConfig, nc *nats.Conn, external bool, log *slog.Logger) ([]dispatch.Invoker, error) {
+func setUpTargets(ctx context.Context, functions []config.FunctionConfig, nc *nats.Conn, external bool, log *slog.Logger) ([]dispatch.Invoker, error) {
 	invokers := make([]dispatch.Invoker, len(functions))
 	for i := range functions {
 		f := &functions[i]
 		switch t := f.Target; {
 		case t == nil || t.HTTP != nil:
-			invokers[i] = httpInvoker(*f)
+			invokers[i] = config.HTTPInvoker(*f)
 		case t.Lambda != nil:
 			client, err := newLambdaClient(ctx, t.Lambda)
 			if err != nil {
@@ -54,26 +55,10 @@ func setUpTargets(ctx context.Context, functions []FunctionConfig, nc *nats.Conn
 	return invokers, nil
 }
 
-// httpInvoker is the invoker of a function with an http target, or a url
-// and no target (a configuration not yet checked).
-func httpInvoker(f FunctionConfig) *dispatch.HTTPInvoker {
-	if f.Target == nil || f.Target.HTTP == nil {
-		return &dispatch.HTTPInvoker{URL: f.URL, MaxResponseBytes: int64(f.MaxResult)}
-	}
-	inv := &dispatch.HTTPInvoker{URL: f.Target.HTTP.URL, MaxResponseBytes: int64(f.MaxResult)}
-	if len(f.Target.HTTP.Headers) > 0 {
-		inv.Header = make(http.Header, len(f.Target.HTTP.Headers))
-		for k, v := range f.Target.HTTP.Headers {
-			inv.Header.Set(k, v)
-		}
-	}
-	return inv
-}
-
 // newLambdaClient makes a Lambda API client from the AWS SDK's default
 // configuration chain, in the target's region (or its ARN's) and with its
 // endpoint, if it names them.
-func newLambdaClient(ctx context.Context, l *LambdaTargetConfig) (*lambda.Client, error) {
+func newLambdaClient(ctx context.Context, l *config.LambdaTargetConfig) (*lambda.Client, error) {
 	region := l.Region
 	if region == "" {
 		if a, err := arn.Parse(l.Function); err == nil {
@@ -107,10 +92,10 @@ func newLambdaClient(ctx context.Context, l *LambdaTargetConfig) (*lambda.Client
 // concurrency when none is configured and the function has one, and logs
 // where the limit came from. A failed lookup (no permission, an emulator)
 // leaves the default.
-func lambdaConcurrency(ctx context.Context, f *FunctionConfig, client *lambda.Client, log *slog.Logger) {
+func lambdaConcurrency(ctx context.Context, f *config.FunctionConfig, client *lambda.Client, log *slog.Logger) {
 	l := f.Target.Lambda
 	log = log.With("function", f.Name, "lambda_function", l.Function, "qualifier", l.Qualifier, "region", client.Options().Region)
-	if f.concurrencyGiven {
+	if f.ConcurrencyGiven() {
 		log.Info("Lambda target", "concurrency", int(f.Concurrency), "concurrency_from", "config")
 		return
 	}
@@ -136,24 +121,7 @@ func lambdaConcurrency(ctx context.Context, f *FunctionConfig, client *lambda.Cl
 		log.Warn("Lambda target: the function's reserved concurrency is 0, so Lambda throttles every invocation; using the default",
 			"concurrency", int(f.Concurrency), "concurrency_from", "default")
 	default:
-		setConcurrency(f, Count(min(int(*out.ReservedConcurrentExecutions), maxConcurrency)))
+		f.SetConcurrency(config.Count(min(int(*out.ReservedConcurrentExecutions), config.MaxConcurrency)))
 		log.Info("Lambda target", "concurrency", int(f.Concurrency), "concurrency_from", "the function's reserved concurrency (GetFunctionConcurrency)")
-	}
-}
-
-// setConcurrency replaces a function's defaulted concurrency, and the
-// settings that default to it or must stay within it.
-func setConcurrency(f *FunctionConfig, c Count) {
-	old := f.Concurrency
-	f.Concurrency = c
-	if f.Scaling != nil && (f.Scaling.Initial == old || f.Scaling.Initial > c) {
-		sc := *f.Scaling // the caller's config keeps its own
-		sc.Initial = c
-		f.Scaling = &sc
-	}
-	if f.KeepWarm != nil && f.KeepWarm.Instances > c {
-		kw := *f.KeepWarm
-		kw.Instances = c
-		f.KeepWarm = &kw
 	}
 }

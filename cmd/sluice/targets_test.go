@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/lambdatest"
 )
 
@@ -75,10 +76,10 @@ func submit(t *testing.T, g *testGateway, function, contentType, payload string)
 func TestLambdaTargetEmulatorBurst(t *testing.T) {
 	awsTestEnv(t)
 	emu := lambdatest.Start(t)
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
 		Name:        "thumbs",
 		Concurrency: 1,
-		Target:      &TargetConfig{Lambda: &LambdaTargetConfig{Function: lambdatest.FunctionName, Endpoint: emu.URL}},
+		Target:      &config.TargetConfig{Lambda: &config.LambdaTargetConfig{Function: lambdatest.FunctionName, Endpoint: emu.URL}},
 	})
 
 	// Lambda takes JSON only: anything else is refused at submit.
@@ -181,11 +182,11 @@ func TestLambdaTargetOutcomes(t *testing.T) {
 	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
 	var logs syncBuffer
-	cfg := &Config{Functions: []FunctionConfig{
-		{Name: "broken", Concurrency: 2, Retry: RetryConfig{MaxAttempts: 2, InitialBackoff: Duration(10 * time.Millisecond)},
-			Target: &TargetConfig{Lambda: &LambdaTargetConfig{Function: "broken", Endpoint: srv.URL}}},
-		{Name: "busy", Concurrency: 2, Target: &TargetConfig{Lambda: &LambdaTargetConfig{Function: "busy", Endpoint: srv.URL}}},
-		{Name: "reserved", Target: &TargetConfig{Lambda: &LambdaTargetConfig{Function: "arn:aws:lambda:eu-west-1:123456789012:function:reserved:live", Endpoint: srv.URL}}},
+	cfg := &config.Config{Functions: []config.FunctionConfig{
+		{Name: "broken", Concurrency: 2, Retry: config.RetryConfig{MaxAttempts: 2, InitialBackoff: config.Duration(10 * time.Millisecond)},
+			Target: &config.TargetConfig{Lambda: &config.LambdaTargetConfig{Function: "broken", Endpoint: srv.URL}}},
+		{Name: "busy", Concurrency: 2, Target: &config.TargetConfig{Lambda: &config.LambdaTargetConfig{Function: "busy", Endpoint: srv.URL}}},
+		{Name: "reserved", Target: &config.TargetConfig{Lambda: &config.LambdaTargetConfig{Function: "arn:aws:lambda:eu-west-1:123456789012:function:reserved:live", Endpoint: srv.URL}}},
 	}}
 	g := startTestGatewayLogs(t, cfg, gatewayOptions{}, &logs)
 
@@ -230,9 +231,9 @@ func TestLambdaTargetOutcomes(t *testing.T) {
 func base64Tail(s string) string { return base64.StdEncoding.EncodeToString([]byte(s + "\n")) }
 
 // startTestGatewayLogs is startTestGatewayOptions with its logs in logs.
-func startTestGatewayLogs(t *testing.T, cfg *Config, opts gatewayOptions, logs io.Writer) *testGateway {
+func startTestGatewayLogs(t *testing.T, cfg *config.Config, opts gatewayOptions, logs io.Writer) *testGateway {
 	t.Helper()
-	if err := cfg.setDefaultsAndCheck(); err != nil {
+	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
 	opts.HTTPAddr, opts.GRPCAddr, opts.DrainTimeout = "127.0.0.1:0", "127.0.0.1:0", 100*time.Millisecond
@@ -285,8 +286,8 @@ func TestNATSTargetEndToEnd(t *testing.T) {
 	addService("resize", "svc.resize")
 
 	// Without --nats-url no service could reach the embedded server.
-	embeddedCfg := &Config{Functions: []FunctionConfig{{Name: "resize", Target: &TargetConfig{NATS: &NATSTargetConfig{Subject: "svc.resize"}}}}}
-	if err := embeddedCfg.setDefaultsAndCheck(); err != nil {
+	embeddedCfg := &config.Config{Functions: []config.FunctionConfig{{Name: "resize", Target: &config.TargetConfig{NATS: &config.NATSTargetConfig{Subject: "svc.resize"}}}}}
+	if err := embeddedCfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := startGateway(t.Context(), embeddedCfg, gatewayOptions{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir()},
@@ -295,9 +296,9 @@ func TestNATSTargetEndToEnd(t *testing.T) {
 	}
 
 	var logs syncBuffer
-	g := startTestGatewayLogs(t, &Config{Functions: []FunctionConfig{
-		{Name: "resize", Timeout: Duration(5 * time.Second), Target: &TargetConfig{NATS: &NATSTargetConfig{Subject: "svc.resize"}}},
-		{Name: "crop", Retry: RetryConfig{MaxAttempts: 1}, Target: &TargetConfig{NATS: &NATSTargetConfig{Subject: "svc.crop"}}},
+	g := startTestGatewayLogs(t, &config.Config{Functions: []config.FunctionConfig{
+		{Name: "resize", Timeout: config.Duration(5 * time.Second), Target: &config.TargetConfig{NATS: &config.NATSTargetConfig{Subject: "svc.resize"}}},
+		{Name: "crop", Retry: config.RetryConfig{MaxAttempts: 1}, Target: &config.TargetConfig{NATS: &config.NATSTargetConfig{Subject: "svc.crop"}}},
 	}}, gatewayOptions{NATSURL: srv.ClientURL()}, &logs)
 
 	id := submit(t, g, "resize", "image/png", "cat.png")
@@ -335,8 +336,8 @@ func TestHTTPTargetHeaders(t *testing.T) {
 		fmt.Fprintf(w, "key=%s job=%s", r.Header.Get("X-Api-Key"), r.Header.Get("Sluice-Job-Id"))
 	}))
 	t.Cleanup(fn.Close)
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "keyed",
-		Target: &TargetConfig{HTTP: &HTTPTargetConfig{URL: fn.URL, Headers: map[string]string{"x-api-key": "k-123"}}}})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "keyed",
+		Target: &config.TargetConfig{HTTP: &config.HTTPTargetConfig{URL: fn.URL, Headers: map[string]string{"x-api-key": "k-123"}}}})
 	id := submit(t, g, "keyed", "text/plain", "x")
 	if j := waitREST(t, g, id, 10*time.Second); j.State != "SUCCEEDED" || string(j.Result.Body) != "key=k-123 job="+id {
 		t.Errorf("job = %+v", j)

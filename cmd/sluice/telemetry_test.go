@@ -14,6 +14,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -33,7 +34,7 @@ func TestOneTraceAcrossGatewayAndFunction(t *testing.T) {
 	defer fn.Close()
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	g := startTestGatewayOptions(t, t.TempDir(), &Config{Functions: []FunctionConfig{{Name: "f", URL: fn.URL}}},
+	g := startTestGatewayOptions(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fn.URL}}},
 		gatewayOptions{TracerProvider: tp})
 	resp := post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	var job jobJSON
@@ -136,9 +137,9 @@ func sample(samples map[string]float64, name, fn string, labels ...string) (floa
 // as the platform counts them.
 func TestMetricsDuringBurst(t *testing.T) {
 	sim, fnURL := startFunction(t, fnsim.Config{Concurrency: 6, InitialBurst: 2, ScalePerMinute: 240, ColdStart: 50 * time.Millisecond, Duration: 40 * time.Millisecond})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
 		Name: "f", URL: fnURL, Concurrency: 10,
-		Scaling: &ScalingConfig{Initial: 2, PerMinute: 600},
+		Scaling: &config.ScalingConfig{Initial: 2, PerMinute: 600},
 	})
 	for range 150 {
 		post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
@@ -183,7 +184,7 @@ func TestMetricsDuringBurst(t *testing.T) {
 
 func TestHealthAndReadiness(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayOptions(t, t.TempDir(), &Config{Functions: []FunctionConfig{{Name: "f", URL: fnURL}}},
+	g := startTestGatewayOptions(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}}},
 		gatewayOptions{ShutdownDelay: 500 * time.Millisecond})
 	for _, path := range []string{"/healthz", "/readyz"} {
 		if resp, body := get(t, g.base+path); resp.StatusCode != http.StatusOK {

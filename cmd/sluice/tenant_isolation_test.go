@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -21,13 +22,13 @@ import (
 // item 16).
 func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{
 			{Name: "f", URL: fnURL, Pool: "p"},
 			{Name: "hidden", URL: fnURL, Pool: "p"},
 		},
-		Pools: []PoolConfig{{Name: "p", Concurrency: 4}},
-		Tenants: []TenantConfig{
+		Pools: []config.PoolConfig{{Name: "p", Concurrency: 4}},
+		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
 			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}, Functions: []string{"f"}},
 		},
@@ -88,7 +89,7 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 // it; the detail goes to the log (#19 item 16).
 func TestReadyzKeepsInternalErrorsToTheLog(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "f", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
 	if resp, body := get(t, g.base+"/readyz"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz: %d %s", resp.StatusCode, body)
 	}
@@ -116,7 +117,7 @@ func TestReadyzKeepsInternalErrorsToTheLog(t *testing.T) {
 // as Host: each new one would be a new series (#19 item 16).
 func TestHTTPMetricsIgnoreTheHostHeader(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "f", URL: fnURL})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
 	for i := range 5 {
 		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, g.base+"/v1/functions", nil)
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -53,14 +54,14 @@ func call(t *testing.T, method, url, key, body string, headers ...string) (int, 
 	return resp.StatusCode, resp.Header, b
 }
 
-func tenantGateway(t *testing.T, fnURL string, functions ...FunctionConfig) *testGateway {
+func tenantGateway(t *testing.T, fnURL string, functions ...config.FunctionConfig) *testGateway {
 	t.Helper()
 	if len(functions) == 0 {
-		functions = []FunctionConfig{{Name: "f", URL: fnURL}, {Name: "g", URL: fnURL}}
+		functions = []config.FunctionConfig{{Name: "f", URL: fnURL}, {Name: "g", URL: fnURL}}
 	}
-	return startTestGatewayConfig(t, t.TempDir(), &Config{
+	return startTestGatewayConfig(t, t.TempDir(), &config.Config{
 		Functions: functions,
-		Tenants: []TenantConfig{
+		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
 			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}, Functions: []string{functions[0].Name}},
 		},
@@ -102,7 +103,7 @@ func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
 	srv := httptest.NewServer(fail)
 	defer srv.Close()
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := tenantGateway(t, fnURL, FunctionConfig{Name: "f", URL: srv.URL}, FunctionConfig{Name: "slow", URL: fnURL})
+	g := tenantGateway(t, fnURL, config.FunctionConfig{Name: "f", URL: srv.URL}, config.FunctionConfig{Name: "slow", URL: fnURL})
 
 	code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", keyA, `{"secret":"acme's"}`)
 	if code != http.StatusAccepted {
@@ -199,14 +200,14 @@ func waitTenantJob(t *testing.T, g *testGateway, id, key string) jobJSON {
 
 func TestRateLimitsAnswer429WithRetryAfter(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayConfig(t, t.TempDir(), &Config{
-		Functions: []FunctionConfig{
-			{Name: "f", URL: fnURL, Ingress: &IngressConfig{PerSecond: 0.5, Burst: 2}},
+	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+		Functions: []config.FunctionConfig{
+			{Name: "f", URL: fnURL, Ingress: &config.IngressConfig{PerSecond: 0.5, Burst: 2}},
 			{Name: "g", URL: fnURL},
 		},
-		Tenants: []TenantConfig{
+		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
-			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}, Ingress: &IngressConfig{PerSecond: 0.25, Burst: 1}},
+			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}, Ingress: &config.IngressConfig{PerSecond: 0.25, Burst: 1}},
 		},
 	})
 	// Function f: a burst of 2, then one every 2s.
@@ -252,9 +253,9 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 		}
 	}))
 	defer blocked.Close()
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{
-		Name: "f", URL: blocked.URL, Concurrency: 1, Timeout: Duration(30 * time.Second),
-		Ingress: &IngressConfig{MaxQueued: 3},
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+		Name: "f", URL: blocked.URL, Concurrency: 1, Timeout: config.Duration(30 * time.Second),
+		Ingress: &config.IngressConfig{MaxQueued: 3},
 	})
 	var ids []string
 	deadline := time.Now().Add(5 * time.Second)
@@ -310,7 +311,7 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 
 func TestSubmitRefusedWhenItCouldNotStartWithinMaxAge(t *testing.T) {
 	_, fnURL := startFunction(t, fnsim.Config{Duration: 300 * time.Millisecond})
-	g := startTestGateway(t, t.TempDir(), FunctionConfig{Name: "f", URL: fnURL, Concurrency: 1, MaxAge: Duration(time.Second)})
+	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL, Concurrency: 1, MaxAge: config.Duration(time.Second)})
 	var ids []string
 	for range 8 {
 		code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", "", `{}`)

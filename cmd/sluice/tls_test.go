@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -276,7 +277,7 @@ func checkFreshGRPCJob(t *testing.T, jobs sluicev1.JobServiceClient, key string)
 func TestTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayOptions(t, t.TempDir(), &Config{Functions: []FunctionConfig{{Name: "echo", URL: fnURL}}},
+	g := startTestGatewayOptions(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}}},
 		gatewayOptions{TLSCert: pki.serverCert, TLSKey: pki.serverKey})
 	if !strings.HasPrefix(g.base, "https://") {
 		t.Fatalf("REST base %s, want https", g.base)
@@ -305,7 +306,7 @@ func TestTLS(t *testing.T) {
 func TestMutualTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayOptions(t, t.TempDir(), &Config{Functions: []FunctionConfig{{Name: "echo", URL: fnURL}}},
+	g := startTestGatewayOptions(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}}},
 		gatewayOptions{TLSCert: pki.serverCert, TLSKey: pki.serverKey, TLSClientCA: pki.caFile})
 	good := pki.clientTLS(&pki.client)
 

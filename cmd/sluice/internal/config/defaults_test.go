@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"testing"
@@ -21,7 +21,7 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	df := dispatchFunction(cfg.Functions[0])
+	df := DispatchFunction(cfg.Functions[0])
 	if want := dispatch.DefaultRetryPolicy(); df.Retry != want {
 		t.Errorf("retry = %+v through YAML, dispatch.DefaultRetryPolicy() = %+v", df.Retry, want)
 	}
@@ -32,7 +32,7 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 	zeroOr(t, "priority aging", df.PriorityAging, dispatch.DefaultPriorityAging)
 	zeroOr(t, "max payload", int64(cfg.Functions[0].MaxPayload), int64(gateway.DefaultMaxPayload))
 
-	q := cfg.Buffer.queue()
+	q := cfg.Buffer.Queue()
 	zeroOr(t, "buffer max jobs", q.MaxJobs, int64(buffer.DefaultMaxJobs))
 	zeroOr(t, "buffer max bytes", q.MaxBytes, int64(buffer.DefaultMaxBytes))
 	zeroOr(t, "buffer job retention", q.Retention, buffer.DefaultRetention)
@@ -47,7 +47,7 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 	zeroOr(t, "buffer callback max bytes", q.Stores.CallbackBytes, q.MaxBytes)
 	zeroOr(t, "buffer high water", q.Stores.HighWater, buffer.DefaultHighWater)
 
-	cb := cfg.Callbacks.deliverer()
+	cb := cfg.Callbacks.Deliverer()
 	retry := dispatch.DefaultRetryPolicy()
 	retry.MaxAttempts = dispatch.DefaultCallbackMaxAttempts
 	zeroOr(t, "callbacks timeout", cb.Timeout, dispatch.DefaultCallbackTimeout)
@@ -59,7 +59,7 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 	zeroOr(t, "callbacks tenant concurrency", cb.TenantConcurrency, max(cb.Concurrency/4, 1))
 	zeroOr(t, "callbacks max pending", cb.MaxPending, 64*cb.Concurrency)
 
-	if got := cfg.Streams.gateway(); got != (gateway.StreamLimits{}) {
+	if got := cfg.Streams.Gateway(); got != (gateway.StreamLimits{}) {
 		t.Errorf("streams = %+v through YAML, want zeros, which take gateway's defaults", got)
 	}
 }

@@ -1,9 +1,6 @@
-package main
+package config
 
 import (
-	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +27,7 @@ buffer:
 		t.Fatal(err)
 	}
 	r, th := cfg.Functions[0], cfg.Functions[1]
-	if r.Concurrency != defaultConcurrency || time.Duration(r.Timeout) != defaultTimeout || r.MaxPayload != gateway.DefaultMaxPayload {
+	if r.Concurrency != DefaultConcurrency || time.Duration(r.Timeout) != defaultTimeout || r.MaxPayload != gateway.DefaultMaxPayload {
 		t.Errorf("resize = %+v, want the defaults", r)
 	}
 	if th.Concurrency != 3 || time.Duration(th.Timeout) != 2*time.Minute || th.MaxPayload != 256<<10 {
@@ -68,7 +65,7 @@ buffer: {dead_letter_retention: 720h}
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, b, c := dispatchFunction(cfg.Functions[0]).Circuit, dispatchFunction(cfg.Functions[1]).Circuit, dispatchFunction(cfg.Functions[2]).Circuit
+	a, b, c := DispatchFunction(cfg.Functions[0]).Circuit, DispatchFunction(cfg.Functions[1]).Circuit, DispatchFunction(cfg.Functions[2]).Circuit
 	if a.Disabled || a.FailureRatio != 0.5 || a.MinAttempts != 10 || a.Window != 30*time.Second || a.Cooldown != 5*time.Second || a.MaxCooldown != 5*time.Minute {
 		t.Errorf("default circuit breaker = %+v", a)
 	}
@@ -81,19 +78,6 @@ buffer: {dead_letter_retention: 720h}
 	cb := cfg.Callbacks
 	if time.Duration(cb.Timeout) != 10*time.Second || cb.MaxAttempts != 10 || cb.Concurrency != 32 || time.Duration(cfg.Buffer.DeadLetterRetention) != 720*time.Hour {
 		t.Errorf("callbacks = %+v, dead letter retention %v", cb, time.Duration(cfg.Buffer.DeadLetterRetention))
-	}
-}
-
-func TestHashKey(t *testing.T) {
-	var out bytes.Buffer
-	if err := run(t.Context(), []string{"hash-key", "test-key-0123456789"}, &out, &out); err != nil || out.String() != "sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d\n" {
-		t.Errorf("hash-key = %q, %v", out.String(), err)
-	}
-	if err := runHashKey(nil, strings.NewReader("test-key-0123456789\n"), &out); err != nil || !strings.HasSuffix(out.String(), "394d\n") {
-		t.Errorf("hash-key from stdin = %q, %v", out.String(), err)
-	}
-	if err := runHashKey([]string{"short"}, nil, &out); err == nil {
-		t.Error("hash-key took a 5-character key")
 	}
 }
 
@@ -213,17 +197,17 @@ functions:
 	if h := fs[0].Target.HTTP; h == nil || h.URL != "https://fn.example.com/short" || fs[0].Target.Lambda != nil {
 		t.Errorf("url: target = %+v, want http with the url", fs[0].Target)
 	}
-	if inv := httpInvoker(fs[0]); inv.URL != "https://fn.example.com/short" || inv.Header != nil {
+	if inv := HTTPInvoker(fs[0]); inv.URL != "https://fn.example.com/short" || inv.Header != nil {
 		t.Errorf("url: invoker = %+v", inv)
 	}
-	if inv := httpInvoker(fs[1]); inv.URL != "https://fn.example.com/web" || inv.Header.Get("X-Api-Key") != "k-1" || inv.Header.Get("Content-Type") != "application/json" {
+	if inv := HTTPInvoker(fs[1]); inv.URL != "https://fn.example.com/web" || inv.Header.Get("X-Api-Key") != "k-1" || inv.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("http target: invoker = %+v", inv)
 	}
 	if l := fs[2].Target.Lambda; l == nil || l.Function != "arn:aws:lambda:eu-west-1:123456789012:function:thumbs" || l.Qualifier != "live" || l.Region != "eu-west-1" ||
 		l.Endpoint != "http://127.0.0.1:9000" || !fs[2].concurrencyGiven || fs[2].Concurrency != 5 {
 		t.Errorf("lambda target = %+v, concurrency %d (given %v)", l, fs[2].Concurrency, fs[2].concurrencyGiven)
 	}
-	if fs[3].concurrencyGiven || fs[3].Concurrency != defaultConcurrency {
+	if fs[3].concurrencyGiven || fs[3].Concurrency != DefaultConcurrency {
 		t.Errorf("lambda target without concurrency: %d (given %v); want the default, not given", fs[3].Concurrency, fs[3].concurrencyGiven)
 	}
 	if n := fs[4].Target.NATS; n == nil || n.Subject != "svc.resize" || time.Duration(fs[4].Timeout) != 5*time.Second {
@@ -233,7 +217,7 @@ functions:
 	// reserved concurrency, without touching the parsed configuration.
 	f := FunctionConfig{Concurrency: 10, Scaling: &ScalingConfig{Initial: 10, PerMinute: 60}, KeepWarm: &KeepWarmConfig{Instances: 8}}
 	g := f
-	setConcurrency(&g, 4)
+	g.SetConcurrency(4)
 	if g.Concurrency != 4 || g.Scaling.Initial != 4 || g.KeepWarm.Instances != 4 || f.Scaling.Initial != 10 || f.KeepWarm.Instances != 8 {
 		t.Errorf("setConcurrency: %+v %+v %+v; original %+v %+v", g, g.Scaling, g.KeepWarm, f.Scaling, f.KeepWarm)
 	}
@@ -248,24 +232,6 @@ func TestParseByteSize(t *testing.T) {
 	for _, in := range []string{"", "-1", "1.5MiB", "MiB", "1PiB", "99999999999GiB"} {
 		if _, err := parseByteSize(in); err == nil {
 			t.Errorf("parseByteSize(%q) succeeded, want an error", in)
-		}
-	}
-}
-
-func TestServeRejectsBadConfig(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(path, []byte("functions:\n  - name: a\n    url: http://x/\n    concurrency: 0\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	err := run(t.Context(), []string{"serve", "--config", path, "--data-dir", dir}, &stderr, &stderr)
-	if err == nil || !strings.Contains(err.Error(), "sluice.yaml") || !strings.Contains(err.Error(), "concurrency") {
-		t.Errorf("serve with a bad config: %v, want an error naming the file and the field", err)
-	}
-	for _, args := range [][]string{{"serve"}, {"serve", "--config", filepath.Join(dir, "missing.yaml")}, {"nonsense"}, {}} {
-		if err := run(t.Context(), args, &stderr, &stderr); err == nil {
-			t.Errorf("run %q succeeded, want an error", args)
 		}
 	}
 }
@@ -290,7 +256,7 @@ functions:
 	if err != nil {
 		t.Fatal(err)
 	}
-	paced, plain := dispatchFunction(cfg.Functions[0]), dispatchFunction(cfg.Functions[1])
+	paced, plain := DispatchFunction(cfg.Functions[0]), DispatchFunction(cfg.Functions[1])
 	if paced.Pacing.Initial != 10 || paced.Pacing.PerMinute != 600 || paced.Pacing.Adaptive || paced.Pacing.IdleReap != 10*time.Minute ||
 		paced.RatePerSecond != 200 || paced.RateBurst != 20 || paced.KeepWarm.Instances != 2 || paced.KeepWarm.Every != 4*time.Minute ||
 		paced.Retry.MaxAttempts != 3 || paced.Retry.InitialBackoff != 2*time.Second || paced.Retry.MaxBackoff != time.Minute ||
@@ -301,7 +267,7 @@ functions:
 		plain.Retry.Multiplier != 2 || plain.Retry.NoJitter || plain.MaxAge != 6*time.Hour {
 		t.Errorf("plain retry = %+v, max age %v; want the defaults 5, 1s, 5m, 2, full jitter, 6h", plain.Retry, plain.MaxAge)
 	}
-	if plain.Pacing.Initial != defaultConcurrency || plain.Pacing.PerMinute != 0 || !plain.Pacing.Adaptive || plain.KeepWarm.Instances != 0 || plain.RatePerSecond != 0 ||
+	if plain.Pacing.Initial != DefaultConcurrency || plain.Pacing.PerMinute != 0 || !plain.Pacing.Adaptive || plain.KeepWarm.Instances != 0 || plain.RatePerSecond != 0 ||
 		plain.Pacing.RetryAfter != dispatch.RetryAfterJob {
 		t.Errorf("plain = %+v, want the window at concurrency, adaptive, Retry-After pausing the job, no keep-warm, no rate", plain)
 	}
