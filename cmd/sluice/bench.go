@@ -503,14 +503,8 @@ func benchDirect(ctx context.Context, b burstFlags, platform []string, stderr io
 	return res, err
 }
 
-// startChild runs this binary with args until ctx ends, then stops it with
-// SIGTERM; wg tracks it.
-func startChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) error {
-	_, _, err := startChildCmd(ctx, wg, stderr, args...)
-	return err
-}
-
-// startChildCmd is startChild, returning the running command and a channel
+// startChildCmd runs this binary with args until ctx ends, then stops it
+// with SIGTERM; wg tracks it. It returns the running command and a channel
 // closed once it has exited.
 func startChildCmd(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) (*exec.Cmd, <-chan struct{}, error) {
 	self, err := os.Executable()
