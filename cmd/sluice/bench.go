@@ -29,6 +29,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -62,7 +63,7 @@ func benchUsage() string {
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// The load generator collects garbage as a gateway does; the JetStream
 	// process (bench jetstream) as an embedded JetStream does.
-	tuneGC(len(args) > 0 && args[0] == "jetstream")
+	server.TuneGC(len(args) > 0 && args[0] == "jetstream")
 	if len(args) > 0 && args[0] == "jetstream" {
 		return runBenchJetStream(ctx, args[1:], stdout, stderr)
 	}

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+
+	"github.com/sluicehq/sluice/buffer/buffertest"
 )
 
 // TestMain lets the test binary stand in for the sluice binary: the burst
@@ -40,7 +42,7 @@ func TestBenchBurstSmall(t *testing.T) {
 	}
 	t.Setenv("SLUICE_TEST_AS_MAIN", "1")
 	var out bytes.Buffer
-	var errs syncBuffer // written by the children's output copiers
+	var errs buffertest.LockedBuffer // written by the children's output copiers
 	err := run(t.Context(), []string{"bench", "burst", "--jobs", "200", "--concurrency", "10", "--initial", "2",
 		"--per-minute", "600", "--duration", "20ms", "--cold-start", "50ms", "--gateways", "3", "--submitters", "8"}, &out, &errs)
 	if err != nil {

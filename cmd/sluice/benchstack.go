@@ -29,6 +29,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/loadgen"
 )
 
@@ -186,7 +187,7 @@ func runBenchJetStream(ctx context.Context, args []string, stdout, stderr io.Wri
 	defer e.Shutdown()
 	fmt.Fprintln(stdout, e.ClientURL())
 	if *debugAddr != "" {
-		return serveDebug(ctx, *debugAddr, slog.New(slog.NewTextHandler(stderr, nil)))
+		return server.ServeDebug(ctx, *debugAddr, slog.New(slog.NewTextHandler(stderr, nil)))
 	}
 	<-ctx.Done()
 	return nil

@@ -10,22 +10,26 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
 
+// clientKey is the API key of the tenant the client tests act as.
+const clientKey = "key-of-tenant-acme-0123456789"
+
 func TestClientCommands(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{Duration: 10 * time.Millisecond})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{Duration: 10 * time.Millisecond})
 	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(400) }))
 	defer broken.Close()
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}, {Name: "broken", URL: broken.URL}},
-		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
+		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(clientKey)}}},
 	})
 	sluice := func(args ...string) (string, error) {
 		t.Helper()
 		var out, errOut bytes.Buffer
-		args = append(args, "--server", g.GRPCAddr.String(), "--api-key", keyA)
+		args = append(args, "--server", g.GRPCAddr.String(), "--api-key", clientKey)
 		err := run(t.Context(), args, &out, &errOut)
 		return out.String(), err
 	}

@@ -2,9 +2,7 @@ package main
 
 import (
 	"errors"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -14,8 +12,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
-	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 )
 
 // The fault runs of issue #8: each starts a three-node JetStream cluster
@@ -119,13 +119,17 @@ func TestClusterReplicasChecks(t *testing.T) {
 	}
 	c := startTestCluster(t)
 	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: "http://127.0.0.1:1/"}}}
-	var logs syncBuffer
-	startTestGatewayLogs(t, cfg, gatewayOptions{NATSURL: c.URLs(), Replicas: 1}, &logs)
+	var logs buffertest.LockedBuffer
+	p, err := servertest.New(t, "", cfg, server.Options{NATSURL: c.URLs(), Replicas: 1}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	servertest.Run(t, p)
 	if !strings.Contains(logs.String(), "NATS is a cluster but --replicas is 1") {
 		t.Errorf("no warning about R1 on a cluster in:\n%s", logs.String())
 	}
 
-	_, err := startGateway(t.Context(), cfg, gatewayOptions{
+	_, err = server.New(t.Context(), cfg, server.Options{
 		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: c.URLs(), Replicas: 3,
 	}, slog.New(slog.DiscardHandler))
 	if !errors.Is(err, buffer.ErrDurability) || !strings.Contains(err.Error(), "--replicas=3") ||
@@ -146,31 +150,4 @@ func TestClusterReplicasChecks(t *testing.T) {
 		t.Errorf("the refused gateway changed %s to %d replicas", buffer.StreamName, r)
 	}
 
-}
-
-// TestSubmitRefusedWhileNATSDown checks that a submit JetStream cannot
-// take, because NATS is gone, is refused with 503 and Retry-After, not 500.
-func TestSubmitRefusedWhileNATSDown(t *testing.T) {
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, fnURL := startFunction(t, fnsim.Config{})
-	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}}}
-	g := startTestGatewayLogs(t, cfg, gatewayOptions{NATSURL: srv.ClientURL()}, io.Discard)
-	// One job done: the dispatcher is past its start-up. (A gateway that
-	// loses NATS while its dispatcher starts exits, after 5s.)
-	resp := post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
-	if j := waitREST(t, g, strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"), 10*time.Second); j.State != "SUCCEEDED" {
-		t.Fatalf("job = %+v", j)
-	}
-	srv.Shutdown()
-	start := time.Now()
-	resp = post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	t.Logf("refused after %s: %d %s", time.Since(start).Round(time.Millisecond), resp.StatusCode, body)
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Errorf("submit with NATS down: %d, Retry-After %q: %s; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
-	}
 }

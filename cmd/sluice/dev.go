@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -23,7 +24,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		o   gatewayOptions
+		o   server.Options
 		lf  logFlags
 		sim fnsimFlags
 	)
@@ -37,7 +38,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if o.NATSURL != "" {
 		return errors.New("dev: --nats-url is for sluice serve; dev always runs an embedded JetStream")
 	}
-	if err := checkGatewayFlags(o); err != nil {
+	o.Replicas = 1 // one embedded server keeps one copy
+	if err := o.Check(); err != nil {
 		return err
 	}
 	log, err := lf.logger(stderr)
@@ -70,14 +72,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		return err
 	}
-	tuneGC(true)
-	p, err := startGateway(ctx, cfg, o, log)
+	server.TuneGC(true)
+	p, err := server.New(ctx, cfg, o, log)
 	if err != nil {
 		fnLn.Close()
 		return err
 	}
 	var curlTLS string // what curl needs for the listener's TLS
-	switch p.tlsMode() {
+	switch p.TLSMode() {
 	case "on":
 		curlTLS = " --cacert CA.pem"
 	case "mutual":
@@ -89,7 +91,7 @@ Try:
   curl%[4]s -si -X POST %[5]s://%[1]s/v1/functions/echo/jobs -H 'Content-Type: application/json' -d '{"hello":"world"}'
   curl%[4]s -s %[5]s://%[1]s/v1/jobs/JOB_ID/result
 Stop with Ctrl-C.
-`, dialTarget(p.HTTPAddr), dialTarget(p.GRPCAddr), sim.cfg.Duration, curlTLS, p.restScheme())
+`, server.DialTarget(p.HTTPAddr), server.DialTarget(p.GRPCAddr), sim.cfg.Duration, curlTLS, p.RESTScheme())
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -1,10 +1,8 @@
-package main
+package server_test
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -17,6 +15,8 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -28,24 +28,11 @@ func TestExternalNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
-	_, fnURL := startFunction(t, fnsim.Config{})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
 	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}}}
-	if err := cfg.SetDefaultsAndCheck(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := startGateway(t.Context(), cfg, gatewayOptions{
-		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: srv.ClientURL(), DrainTimeout: time.Second,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}
-	done := make(chan error, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	g := servertest.Start(t, "", cfg, server.Options{NATSURL: srv.ClientURL()})
 
-	resp := post(t, g.base+"/v1/functions/echo/jobs", "text/plain", []byte("via tcp"))
+	resp := post(t, g.Base+"/v1/functions/echo/jobs", "text/plain", []byte("via tcp"))
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("submit: %d", resp.StatusCode)
 	}
@@ -63,23 +50,10 @@ func TestIdempotencyAcrossGateways(t *testing.T) {
 	}
 	t.Cleanup(srv.Shutdown)
 	fnURL := startBlockedFunction(t) // jobs stay put: only the submits matter
-	var gateways []*testGateway
+	var gateways []*servertest.Gateway
 	for range 2 {
 		cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL, Concurrency: 1}}}
-		if err := cfg.SetDefaultsAndCheck(); err != nil {
-			t.Fatal(err)
-		}
-		p, err := startGateway(t.Context(), cfg, gatewayOptions{
-			HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: srv.ClientURL(), DrainTimeout: 100 * time.Millisecond,
-		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		gateways = append(gateways, &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()})
+		gateways = append(gateways, servertest.Start(t, "", cfg, server.Options{NATSURL: srv.ClientURL()}))
 	}
 
 	const submits, keys = 200, 20
@@ -88,7 +62,7 @@ func TestIdempotencyAcrossGateways(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range submits {
 		wg.Go(func() {
-			req, _ := http.NewRequest(http.MethodPost, gateways[i%2].base+"/v1/functions/f/jobs", strings.NewReader("x"))
+			req, _ := http.NewRequest(http.MethodPost, gateways[i%2].Base+"/v1/functions/f/jobs", strings.NewReader("x"))
 			req.Header.Set("Idempotency-Key", fmt.Sprint("order-", i%keys))
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
@@ -119,12 +93,39 @@ func TestIdempotencyAcrossGateways(t *testing.T) {
 	}
 
 	// The gRPC field means the same, and the key space is per function.
-	client := sluicev1.NewJobServiceClient(gateways[1].grpcConn(t))
+	client := sluicev1.NewJobServiceClient(gateways[1].GRPCConn(t))
 	resp, err := client.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "f", IdempotencyKey: "order-3"})
 	if err != nil || "/v1/jobs/"+resp.GetJob().GetId() != locations[3] || !resp.GetReplayed() {
 		t.Errorf("gRPC submit with order-3 = %v, %v; want the job at %s, replayed", resp, err, locations[3])
 	}
 	if _, err := client.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "f", IdempotencyKey: "bad\x00key"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("a key with a control character: %v, want INVALID_ARGUMENT", err)
+	}
+}
+
+// TestSubmitRefusedWhileNATSDown checks that a submit JetStream cannot
+// take, because NATS is gone, is refused with 503 and Retry-After, not 500.
+func TestSubmitRefusedWhileNATSDown(t *testing.T) {
+	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}}}
+	g := startTestGatewayLogs(t, cfg, server.Options{NATSURL: srv.ClientURL()}, io.Discard)
+	// One job done: the dispatcher is past its start-up. (A gateway that
+	// loses NATS while its dispatcher starts exits, after 5s.)
+	resp := post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	if j := waitREST(t, g, strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"), 10*time.Second); j.State != "SUCCEEDED" {
+		t.Fatalf("job = %+v", j)
+	}
+	srv.Shutdown()
+	start := time.Now()
+	resp = post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	t.Logf("refused after %s: %d %s", time.Since(start).Round(time.Millisecond), resp.StatusCode, body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("submit with NATS down: %d, Retry-After %q: %s; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
 }

@@ -1,13 +1,11 @@
-package main
+package server_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -31,6 +29,8 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -45,9 +45,9 @@ const mib = 1 << 20
 // jobsPublished is how many job messages the gateway's buffer has ever
 // stored: the job stream's last sequence number. A refused submit must
 // leave it as it was.
-func jobsPublished(t testing.TB, g *testGateway) uint64 {
+func jobsPublished(t testing.TB, g *servertest.Gateway) uint64 {
 	t.Helper()
-	js, err := jetstream.New(g.nc)
+	js, err := jetstream.New(g.NATS())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,9 +85,9 @@ func decodeRESTError(t testing.TB, contentType string, body []byte) string {
 
 // submitBody POSTs body to function's jobs; size < 0 sends it chunked,
 // without a Content-Length.
-func submitBody(t testing.TB, g *testGateway, function string, body io.Reader, size int64) (int, http.Header, []byte) {
+func submitBody(t testing.TB, g *servertest.Gateway, function string, body io.Reader, size int64) (int, http.Header, []byte) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), "POST", g.base+"/v1/functions/"+function+"/jobs", body)
+	req, err := http.NewRequestWithContext(t.Context(), "POST", g.Base+"/v1/functions/"+function+"/jobs", body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,8 +109,8 @@ func submitBody(t testing.TB, g *testGateway, function string, body io.Reader, s
 // limit, with Content-Length and chunked: those over it get 413 with a JSON
 // error and store no job.
 func TestRESTPayloadLimit(t *testing.T) {
-	sim, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
+	sim, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 
 	for _, tc := range []struct {
 		name    string
@@ -216,8 +216,8 @@ func heapPeak() (stop func() uint64) {
 // held about the limit, not the body: the heap's peak and all that was
 // allocated meanwhile stay far below what the clients offered.
 func TestRefusedBodyIsNotBuffered(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 	const bodySize, sequential, concurrent = 64 * mib, 2, 6
 	const requests = sequential + concurrent
 	before := jobsPublished(t, g)
@@ -226,7 +226,7 @@ func TestRefusedBodyIsNotBuffered(t *testing.T) {
 	send := func() {
 		// zeros allocates nothing: the client holds no body either.
 		body := countingReader{io.LimitReader(zeros{}, bodySize), &written}
-		req, err := http.NewRequestWithContext(t.Context(), "POST", g.base+"/v1/functions/echo/jobs", body)
+		req, err := http.NewRequestWithContext(t.Context(), "POST", g.Base+"/v1/functions/echo/jobs", body)
 		if err != nil {
 			t.Error(err)
 			return
@@ -288,9 +288,9 @@ func TestRefusedBodyIsNotBuffered(t *testing.T) {
 // largest message the server receives, which gRPC refuses with
 // RESOURCE_EXHAUSTED. Neither stores a job.
 func TestGRPCPayloadLimit(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
-	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
+	jobs := sluicev1.NewJobServiceClient(g.GRPCConn(t))
 	// The server's default MaxRecvMsgSize: the largest limit and 64 KiB.
 	const maxMsg = mib + 64<<10
 
@@ -341,9 +341,9 @@ func TestGRPCPayloadLimit(t *testing.T) {
 // them: a client cannot make the gateway hold megabytes of metadata per
 // stream ahead of authentication.
 func TestGRPCHeaderLimit(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
-	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
+	jobs := sluicev1.NewJobServiceClient(g.GRPCConn(t))
 	submit := func(header int) error {
 		ctx := metadata.AppendToOutgoingContext(t.Context(), "x-padding", strings.Repeat("p", header))
 		_, err := jobs.SubmitJob(ctx, &sluicev1.SubmitJobRequest{
@@ -366,48 +366,24 @@ func TestGRPCHeaderLimit(t *testing.T) {
 	t.Logf("1 MiB of headers: %v", err)
 }
 
-// runGateway runs a gateway with opts (on loopback ports and an embedded
-// JetStream in a temporary directory) until the test ends.
-func runGateway(t *testing.T, cfg *config.Config, opts gatewayOptions) *gatewayProcess {
-	t.Helper()
-	if err := cfg.SetDefaultsAndCheck(); err != nil {
-		t.Fatal(err)
-	}
-	opts.HTTPAddr, opts.GRPCAddr, opts.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
-	p, err := startGateway(t.Context(), cfg, opts, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway Run: %v", err)
-		}
-	})
-	return p
-}
-
 // TestHTTPServerLimits checks the REST server's timeouts and header limit
 // as configured, and two of them at work: a client that trickles in its
 // headers is cut off after ReadHeaderTimeout, and one whose headers exceed
 // MaxHeaderBytes gets 431.
 func TestHTTPServerLimits(t *testing.T) {
 	const readHeaderTimeout = 300 * time.Millisecond
-	p := runGateway(t, &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: "http://127.0.0.1:1"}}},
-		gatewayOptions{ReadHeaderTimeout: readHeaderTimeout})
+	p := servertest.Start(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: "http://127.0.0.1:1"}}},
+		server.Options{ReadHeaderTimeout: readHeaderTimeout})
 	base := "http://" + p.HTTPAddr.String()
 
 	t.Run("configured", func(t *testing.T) {
-		d := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"}).httpSrv
-		if d.ReadHeaderTimeout != defaultReadHeaderTimeout || d.ReadTimeout <= 0 || d.IdleTimeout <= 0 || d.MaxHeaderBytes != 64<<10 {
+		d := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"}).HTTPServer()
+		if d.ReadHeaderTimeout != server.DefaultReadHeaderTimeout || d.ReadTimeout <= 0 || d.IdleTimeout <= 0 || d.MaxHeaderBytes != 64<<10 {
 			t.Errorf("by default ReadHeaderTimeout %v, ReadTimeout %v, IdleTimeout %v, MaxHeaderBytes %d; want %v, set, set, 64 KiB",
-				d.ReadHeaderTimeout, d.ReadTimeout, d.IdleTimeout, d.MaxHeaderBytes, defaultReadHeaderTimeout)
+				d.ReadHeaderTimeout, d.ReadTimeout, d.IdleTimeout, d.MaxHeaderBytes, server.DefaultReadHeaderTimeout)
 		}
-		if p.httpSrv.ReadHeaderTimeout != readHeaderTimeout {
-			t.Errorf("ReadHeaderTimeout %v; want the option's %v", p.httpSrv.ReadHeaderTimeout, readHeaderTimeout)
+		if p.HTTPServer().ReadHeaderTimeout != readHeaderTimeout {
+			t.Errorf("ReadHeaderTimeout %v; want the option's %v", p.HTTPServer().ReadHeaderTimeout, readHeaderTimeout)
 		}
 	})
 
@@ -473,18 +449,6 @@ func TestHTTPServerLimits(t *testing.T) {
 			t.Errorf("80 KiB header: %d; want 431", resp.StatusCode)
 		}
 	})
-}
-
-func TestReadHeaderTimeoutFlag(t *testing.T) {
-	for _, args := range [][]string{
-		{"serve", "--config", "sluice.yaml", "--read-header-timeout", "0s"},
-		{"dev", "--read-header-timeout", "-1s"},
-	} {
-		err := run(t.Context(), args, io.Discard, io.Discard)
-		if err == nil || !strings.Contains(err.Error(), "--read-header-timeout: must be positive") {
-			t.Errorf("%q: %v; want an error naming --read-header-timeout", args, err)
-		}
-	}
 }
 
 // h2Conn is a raw HTTP/2 connection to a gRPC server, for sending what no
@@ -647,7 +611,7 @@ func TestGRPCKeepalive(t *testing.T) {
 // TestRESTRefusals covers refusals the fuzz test found wanting: each gets a
 // 4xx JSON error and stores no job.
 func TestRESTRefusals(t *testing.T) {
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: "http://127.0.0.1:1"})
 	for _, tc := range []struct {
 		name, method, path string
 		header             http.Header
@@ -670,7 +634,7 @@ func TestRESTRefusals(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := jobsPublished(t, g)
-			req, err := http.NewRequestWithContext(t.Context(), tc.method, g.base+tc.path, strings.NewReader("x"))
+			req, err := http.NewRequestWithContext(t.Context(), tc.method, g.Base+tc.path, strings.NewReader("x"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -775,7 +739,7 @@ func FuzzSubmitREST(f *testing.F) {
 	sim := fnsim.New(fnsim.Config{})
 	fn := httptest.NewServer(sim)
 	f.Cleanup(fn.Close)
-	g := startTestGatewayConfig(f, f.TempDir(), &config.Config{
+	g := servertest.StartConfig(f, f.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{
 			{Name: "echo", URL: fn.URL},
 			{Name: "small", URL: fn.URL, MaxPayload: 64},
@@ -795,7 +759,7 @@ func FuzzSubmitREST(f *testing.F) {
 			copy(padded, body)
 			body = padded
 		}
-		target := g.base + "/v1/functions/" + function + "/jobs"
+		target := g.Base + "/v1/functions/" + function + "/jobs"
 		if query != "" {
 			target += "?" + query
 		}
@@ -805,7 +769,7 @@ func FuzzSubmitREST(f *testing.F) {
 		if _, err := url.Parse(target); err != nil || strings.Contains(query, " ") {
 			// Not a URL a client could send: send the same with the name
 			// and query escaped.
-			target = g.base + "/v1/functions/" + url.PathEscape(function) + "/jobs"
+			target = g.Base + "/v1/functions/" + url.PathEscape(function) + "/jobs"
 			if query != "" {
 				target += "?" + url.QueryEscape(query)
 			}
@@ -853,7 +817,7 @@ func FuzzSubmitREST(f *testing.F) {
 			if "/v1/jobs/"+job.ID != loc || (job.Function != "echo" && job.Function != "small") {
 				t.Fatalf("POST %q: 202 with Location %q and job %+v", target, loc, job)
 			}
-			got, gb := get(t, g.base+loc)
+			got, gb := get(t, g.Base+loc)
 			if got.StatusCode != http.StatusOK || decodeJob(t, gb).ID != job.ID {
 				t.Fatalf("GET %s after 202: %d %s", loc, got.StatusCode, gb)
 			}

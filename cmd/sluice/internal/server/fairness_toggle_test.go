@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"fmt"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 )
 
 // toggleFunction is an HTTP function that keeps, per job, what it did: a
@@ -112,7 +113,7 @@ func TestFairnessToggleLosesNoneRunsNoneTwice(t *testing.T) {
 	}
 	type submitted struct{ id, kind string }
 	var all []submitted
-	submitPhase := func(g *testGateway, phase int) {
+	submitPhase := func(g *servertest.Gateway, phase int) {
 		priorities := []string{"normal", "high", "low"}
 		for i := range 18 {
 			kind := "fast"
@@ -122,7 +123,7 @@ func TestFairnessToggleLosesNoneRunsNoneTwice(t *testing.T) {
 			case 1:
 				kind = "slow"
 			}
-			code, h, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", "",
+			code, h, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "",
 				fmt.Sprintf("%s phase %d job %d", kind, phase, i), "Sluice-Priority", priorities[i%3])
 			if code != http.StatusAccepted {
 				t.Fatalf("submit: %d %s", code, body)
@@ -148,23 +149,23 @@ func TestFairnessToggleLosesNoneRunsNoneTwice(t *testing.T) {
 		}
 	}
 
-	g := startTestGatewayConfig(t, dir, config(true))
+	g := servertest.StartConfig(t, dir, config(true))
 	submitPhase(g, 1)
 	waitForMix()
-	g.stop()
+	g.Stop()
 
-	g = startTestGatewayConfig(t, dir, config(false))
+	g = servertest.StartConfig(t, dir, config(false))
 	submitPhase(g, 2)
 	waitForMix()
-	g.stop()
+	g.Stop()
 
-	g = startTestGatewayConfig(t, dir, config(true))
+	g = servertest.StartConfig(t, dir, config(true))
 	submitPhase(g, 3)
 
 	deadline := time.Now().Add(90 * time.Second)
 	for _, s := range all {
 		for {
-			code, _, body := call(t, http.MethodGet, g.base+"/v1/jobs/"+s.id, "", "")
+			code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+s.id, "", "")
 			if code != http.StatusOK {
 				t.Fatalf("GET job %s: %d %s", s.id, code, body)
 			}

@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -20,7 +19,6 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -35,52 +33,14 @@ import (
 	"github.com/sluicehq/sluice/gateway"
 )
 
-// gatewayOptions are the settings of `sluice serve` that come from flags.
-type gatewayOptions struct {
-	HTTPAddr string
-	GRPCAddr string
-	NATSURL  string // empty: start an embedded JetStream in DataDir
-	// Replicas is the replica count of Sluice's streams and buckets.
-	// Zero means 1.
-	Replicas     int
-	DataDir      string
-	DrainTimeout time.Duration
-	// TLSCert and TLSKey name PEM files, the certificate (chain) and key
-	// both listeners serve TLS with. Empty: plaintext.
-	TLSCert, TLSKey string
-	// TLSClientCA names a PEM bundle of CA certificates. With it both
-	// listeners require client certificates signed by one of them
-	// (mutual TLS). It needs TLSCert and TLSKey.
-	TLSClientCA string
-	// ReadHeaderTimeout is how long a REST client may take to send a
-	// request's headers before the connection is closed: the guard against
-	// clients that trickle them in to hold connections open (slowloris).
-	// Zero means 10s.
-	ReadHeaderTimeout time.Duration
-	// ShutdownDelay is how long, on shutdown, the gateway keeps serving
-	// after /readyz and the gRPC health turn not-ready, so that load
-	// balancers stop sending before the servers stop taking requests.
-	ShutdownDelay time.Duration
-	// DebugAddr, if set, is where Go's profiler is served, apart from the
-	// API: profiles reveal internals and cost CPU, so never on a public
-	// port.
-	DebugAddr string
-	// TracerProvider, if set, takes the spans instead of one configured
-	// from the OTEL_* environment (tests set it).
-	TracerProvider trace.TracerProvider
-}
-
-// defaultReadHeaderTimeout is gatewayOptions.ReadHeaderTimeout's default.
-const defaultReadHeaderTimeout = 10 * time.Second
-
-// gatewayProcess is one running Sluice gateway: ingress servers, the
+// Gateway is one running Sluice gateway: ingress servers, the
 // dispatcher, and the JetStream connection (and embedded server) they share.
-type gatewayProcess struct {
+type Gateway struct {
 	// HTTPAddr and GRPCAddr are where the servers listen.
 	HTTPAddr, GRPCAddr net.Addr
 
 	log      *slog.Logger
-	opts     gatewayOptions
+	opts     Options
 	tls      *tls.Config      // both listeners'; nil: plaintext
 	embedded *buffer.Embedded // nil with an external NATS
 	nc       *nats.Conn
@@ -130,12 +90,12 @@ func fitSizes(functions []config.FunctionConfig, queue *buffer.Queue, natsMax in
 	return nil
 }
 
-// startGateway sets everything up and starts listening; Run serves.
+// New sets everything up and starts listening; Run serves.
 // The steps run in the order their parts depend on one another: NATS, the
 // buffer on it, callbacks and functions over the buffer, the service and
 // dispatcher over those, and last the listeners and servers in front.
-func startGateway(ctx context.Context, cfg *config.Config, opts gatewayOptions, log *slog.Logger) (_ *gatewayProcess, err error) {
-	p := &gatewayProcess{log: log, opts: opts}
+func New(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger) (_ *Gateway, err error) {
+	p := &Gateway{log: log, opts: opts}
 	defer func() {
 		if err != nil {
 			p.close()
@@ -186,7 +146,7 @@ func startGateway(ctx context.Context, cfg *config.Config, opts gatewayOptions, 
 
 // connectNATS connects to the NATS at --nats-url, or, without one, starts
 // an embedded JetStream in the data directory and connects to that.
-func (p *gatewayProcess) connectNATS(cfg *config.Config) error {
+func (p *Gateway) connectNATS(cfg *config.Config) error {
 	var err error
 	if p.opts.NATSURL == "" {
 		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
@@ -212,7 +172,7 @@ func (p *gatewayProcess) connectNATS(cfg *config.Config) error {
 
 // openQueue opens the job buffer on the NATS connection, warning first of
 // settings that risk losing jobs, and registers the buffer's metrics.
-func (p *gatewayProcess) openQueue(ctx context.Context, cfg *config.Config) error {
+func (p *Gateway) openQueue(ctx context.Context, cfg *config.Config) error {
 	if cfg.Buffer.Durability == "interval" {
 		p.log.Warn("buffer.durability is interval: an OS crash or power loss can lose accepted jobs")
 	}
@@ -243,7 +203,7 @@ func (p *gatewayProcess) openQueue(ctx context.Context, cfg *config.Config) erro
 // newCallbacks sets up callback delivery when callback secrets are
 // configured, and returns the policy the gateway checks callback URLs
 // with; without secrets there are no callbacks, and the policy is nil.
-func (p *gatewayProcess) newCallbacks(cfg *config.Config) (gateway.CallbackPolicy, error) {
+func (p *Gateway) newCallbacks(cfg *config.Config) (gateway.CallbackPolicy, error) {
 	cb := cfg.Callbacks
 	if len(cb.Secrets) == 0 {
 		return nil, nil
@@ -265,7 +225,7 @@ func (p *gatewayProcess) newCallbacks(cfg *config.Config) (gateway.CallbackPolic
 // setUpFunctions checks the functions' sizes against the buffer, sets up
 // their targets, and returns each function as the gateway and as dispatch
 // take it.
-func (p *gatewayProcess) setUpFunctions(ctx context.Context, cfg *config.Config) ([]gateway.Function, []dispatch.Function, error) {
+func (p *Gateway) setUpFunctions(ctx context.Context, cfg *config.Config) ([]gateway.Function, []dispatch.Function, error) {
 	// The targets may settle a function's concurrency (a Lambda function's
 	// reserved concurrency): from here on, functions is the configuration.
 	functions := slices.Clone(cfg.Functions)
@@ -291,7 +251,7 @@ func (p *gatewayProcess) setUpFunctions(ctx context.Context, cfg *config.Config)
 }
 
 // newService makes the gateway service over the buffer.
-func (p *gatewayProcess) newService(cfg *config.Config, policy gateway.CallbackPolicy, functions []gateway.Function) error {
+func (p *Gateway) newService(cfg *config.Config, policy gateway.CallbackPolicy, functions []gateway.Function) error {
 	tenants, err := config.GatewayTenants(cfg.Tenants)
 	if err != nil {
 		return err
@@ -311,7 +271,7 @@ func (p *gatewayProcess) newService(cfg *config.Config, policy gateway.CallbackP
 
 // listen binds the gRPC and HTTP listeners; HTTPAddr and GRPCAddr are
 // where they ended up (a port of 0 picks one).
-func (p *gatewayProcess) listen() error {
+func (p *Gateway) listen() error {
 	var err error
 	if p.grpcLn, err = net.Listen("tcp", p.opts.GRPCAddr); err != nil {
 		return fmt.Errorf("--grpc-addr: %w", err)
@@ -324,7 +284,7 @@ func (p *gatewayProcess) listen() error {
 }
 
 // otelGRPCOptions instrument both gRPC servers and REST's client of one.
-func (p *gatewayProcess) otelGRPCOptions() []otelgrpc.Option {
+func (p *Gateway) otelGRPCOptions() []otelgrpc.Option {
 	return []otelgrpc.Option{
 		otelgrpc.WithTracerProvider(p.tel.tracer), otelgrpc.WithMeterProvider(p.tel.meter),
 		otelgrpc.WithPropagators(propagation.TraceContext{}),
@@ -333,7 +293,7 @@ func (p *gatewayProcess) otelGRPCOptions() []otelgrpc.Option {
 
 // newGRPCServers makes the public gRPC server and the in-memory one REST
 // calls through, and connects REST's client to the latter.
-func (p *gatewayProcess) newGRPCServers() error {
+func (p *Gateway) newGRPCServers() error {
 	// Both gRPC servers take the same configuration and options; only
 	// the public one adds transport credentials.
 	grpcCfg := gateway.GRPCConfig{}
@@ -369,7 +329,7 @@ func (p *gatewayProcess) newGRPCServers() error {
 
 // newHTTPServer makes the HTTP server: metrics, health and readiness
 // probes, and REST over the gRPC services.
-func (p *gatewayProcess) newHTTPServer(ctx context.Context) error {
+func (p *Gateway) newHTTPServer(ctx context.Context) error {
 	// Unary calls run in process; only streams cross the in-memory
 	// connection.
 	rest, err := gateway.NewRESTHandler(ctx, gateway.NewInProcessConn(p.svc, p.restConn), p.svc)
@@ -378,7 +338,7 @@ func (p *gatewayProcess) newHTTPServer(ctx context.Context) error {
 	}
 	readHeaderTimeout := p.opts.ReadHeaderTimeout
 	if readHeaderTimeout == 0 {
-		readHeaderTimeout = defaultReadHeaderTimeout
+		readHeaderTimeout = DefaultReadHeaderTimeout
 	}
 	top := http.NewServeMux()
 	top.Handle("GET /metrics", p.tel.metrics)
@@ -407,7 +367,7 @@ func (p *gatewayProcess) newHTTPServer(ctx context.Context) error {
 // JetStream reachable and Sluice's streams in place; 503 with the reason
 // otherwise, in general words: whoever can reach the port reads it, and
 // the log has the detail.
-func (p *gatewayProcess) readyz(w http.ResponseWriter, r *http.Request) {
+func (p *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	var reason string
@@ -446,9 +406,9 @@ const (
 // connection from REST to its gRPC server.
 const restBufferSize = 1 << 20
 
-// dialTarget turns a listener's address into one a client can dial: a
+// DialTarget turns a listener's address into one a client can dial: a
 // wildcard host becomes loopback.
-func dialTarget(a net.Addr) string {
+func DialTarget(a net.Addr) string {
 	tcp, ok := a.(*net.TCPAddr)
 	if !ok || !tcp.IP.IsUnspecified() {
 		return a.String()
@@ -458,9 +418,9 @@ func dialTarget(a net.Addr) string {
 
 // Run serves until ctx ends, then stops taking requests, lets the
 // dispatcher finish or hand back in-flight work, and closes the buffer.
-func (p *gatewayProcess) Run(ctx context.Context) error {
+func (p *Gateway) Run(ctx context.Context) error {
 	defer p.close()
-	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String(), "tls", p.tlsMode())
+	p.log.Info("sluice gateway serving", "http", p.HTTPAddr.String(), "grpc", p.GRPCAddr.String(), "tls", p.TLSMode())
 	g, gctx := errgroup.WithContext(ctx)
 	if err := p.svc.Watch(gctx); err != nil {
 		if ctx.Err() != nil {
@@ -494,7 +454,7 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 	g.Go(func() error { return p.dispatcher.Run(gctx) })
 	g.Go(func() error { return p.queue.RunParked(gctx, p.log) })
 	if p.opts.DebugAddr != "" {
-		g.Go(func() error { return serveDebug(gctx, p.opts.DebugAddr, p.log) })
+		g.Go(func() error { return ServeDebug(gctx, p.opts.DebugAddr, p.log) })
 	}
 	if p.callbacks != nil {
 		g.Go(func() error { return p.callbacks.Run(gctx) })
@@ -526,7 +486,7 @@ func (p *gatewayProcess) Run(ctx context.Context) error {
 
 // tlsMode describes the listeners' transport security: "off", "on", or
 // "mutual" when clients must present certificates.
-func (p *gatewayProcess) tlsMode() string {
+func (p *Gateway) TLSMode() string {
 	switch c := p.tls; {
 	case c == nil:
 		return "off"
@@ -537,7 +497,7 @@ func (p *gatewayProcess) tlsMode() string {
 }
 
 // restScheme is the scheme of REST URLs: http or https.
-func (p *gatewayProcess) restScheme() string {
+func (p *Gateway) RESTScheme() string {
 	if p.tls != nil {
 		return "https"
 	}
@@ -563,8 +523,8 @@ func stopGRPC(ctx context.Context, servers ...*grpc.Server) {
 	wg.Wait()
 }
 
-// close releases whatever startGateway set up, in reverse order.
-func (p *gatewayProcess) close() {
+// close releases whatever New set up, in reverse order.
+func (p *Gateway) close() {
 	if p.tel != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		p.tel.shutdown(ctx) //nolint:errcheck // best effort: flush spans not yet exported
@@ -608,22 +568,12 @@ func (p *gatewayProcess) close() {
 	}
 }
 
-// serveDebug serves net/http/pprof on addr until ctx ends.
-func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: defaultReadHeaderTimeout}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	log.Info("profiler serving", "debug_addr", addr)
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("debug server: %w", err)
-	}
-	return nil
-}
+// Serving reports whether Run has begun serving and has not begun to shut
+// down: what /readyz answers before it looks at the buffer.
+func (p *Gateway) Serving() bool { return p.ready.Load() }
+
+// Queue is the buffer the gateway submits to and dispatches from.
+func (p *Gateway) Queue() *buffer.Queue { return p.queue }
+
+// NATS is the gateway's connection to JetStream.
+func (p *Gateway) NATS() *nats.Conn { return p.nc }

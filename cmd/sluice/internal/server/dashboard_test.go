@@ -1,6 +1,6 @@
 //go:build unix
 
-package main
+package server_test
 
 import (
 	"bytes"
@@ -24,6 +24,7 @@ import (
 	"golang.org/x/net/html"
 
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -342,9 +343,9 @@ func delayList(t *testing.T, base string, delay time.Duration) string {
 
 func TestDashboard(t *testing.T) {
 	browser := chromium(t)
-	_, echoURL := startFunction(t, fnsim.Config{Duration: 100 * time.Millisecond})
-	_, brokenURL := startFunction(t, fnsim.Config{ErrorRate: 1})
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{
+	_, echoURL := servertest.StartFunction(t, fnsim.Config{Duration: 100 * time.Millisecond})
+	_, brokenURL := servertest.StartFunction(t, fnsim.Config{ErrorRate: 1})
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{
 		// A window that starts at 2 and grows by one every 2s: under a
 		// steady 50 jobs/s it stays full, with a backlog, and below its
 		// limit of 6.
@@ -354,13 +355,13 @@ func TestDashboard(t *testing.T) {
 		{Name: "broken", URL: brokenURL, Concurrency: 2, Retry: config.RetryConfig{MaxAttempts: 1}, Pool: "shared", Reserved: 1,
 			CircuitBreaker: config.CircuitBreakerConfig{MinAttempts: 2, Cooldown: config.Duration(3 * time.Minute), MaxCooldown: config.Duration(5 * time.Minute)}},
 	}, Pools: []config.PoolConfig{{Name: "shared", Concurrency: 10}}})
-	site := delayList(t, g.base, 300*time.Millisecond)
+	site := delayList(t, g.Base, 300*time.Millisecond)
 
 	// broken: two jobs fail and are dead-lettered, opening the circuit; a
 	// third is held by it.
 	var failedID string
 	for i := range 2 {
-		resp := post(t, g.base+"/v1/functions/broken/jobs", "text/plain", []byte("x"))
+		resp := post(t, g.Base+"/v1/functions/broken/jobs", "text/plain", []byte("x"))
 		id := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
 		if j := waitREST(t, g, id, 10*time.Second); j.State != "FAILED" {
 			t.Fatalf("broken job %d ended %s, want FAILED", i, j.State)
@@ -368,21 +369,21 @@ func TestDashboard(t *testing.T) {
 		failedID = id
 	}
 	waitFor(t, 10*time.Second, "broken's circuit to open", func() bool {
-		return fnStateOf(t, g.base, "broken").Status.Circuit.State == "OPEN"
+		return fnStateOf(t, g.Base, "broken").Status.Circuit.State == "OPEN"
 	})
-	post(t, g.base+"/v1/functions/broken/jobs", "text/plain", []byte("x"))
+	post(t, g.Base+"/v1/functions/broken/jobs", "text/plain", []byte("x"))
 
 	// echo: a steady stream, faster than its window drains.
-	l := startLoad(t, g.base+"/v1/functions/echo/jobs", 20*time.Millisecond, 1000)
+	l := startLoad(t, g.Base+"/v1/functions/echo/jobs", 20*time.Millisecond, 1000)
 	waitFor(t, 20*time.Second, "a backlog with jobs in flight", func() bool {
-		f := fnStateOf(t, g.base, "echo")
+		f := fnStateOf(t, g.Base, "echo")
 		return f.Status.Backlog >= 10 && f.Status.InFlight > 0
 	})
 
 	t.Run("under load", func(t *testing.T) {
-		before := fnStateOf(t, g.base, "echo")
+		before := fnStateOf(t, g.Base, "echo")
 		p := readPage(t, dumpDOM(t, browser, site+"/", 3*time.Second))
-		after := fnStateOf(t, g.base, "echo")
+		after := fnStateOf(t, g.Base, "echo")
 		fig := p.figures["echo"]
 		if fig == nil {
 			t.Fatalf("the page shows no function echo; figures %v", p.figures)
@@ -425,7 +426,7 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("the load submitted only %d jobs", len(ids))
 	}
 	waitFor(t, 60*time.Second, "echo to finish every job", func() bool {
-		f := fnStateOf(t, g.base, "echo")
+		f := fnStateOf(t, g.Base, "echo")
 		return f.Status.Backlog == 0 && f.Status.InFlight == 0 && f.Status.Succeeded == int64(len(ids))
 	})
 
@@ -437,9 +438,9 @@ func TestDashboard(t *testing.T) {
 		var p page
 		var want map[string]fnState
 		for try := 0; ; try++ {
-			before := map[string]fnState{"echo": fnStateOf(t, g.base, "echo"), "broken": fnStateOf(t, g.base, "broken")}
+			before := map[string]fnState{"echo": fnStateOf(t, g.Base, "echo"), "broken": fnStateOf(t, g.Base, "broken")}
 			p = readPage(t, dumpDOM(t, browser, site+"/", 2500*time.Millisecond))
-			after := map[string]fnState{"echo": fnStateOf(t, g.base, "echo"), "broken": fnStateOf(t, g.base, "broken")}
+			after := map[string]fnState{"echo": fnStateOf(t, g.Base, "echo"), "broken": fnStateOf(t, g.Base, "broken")}
 			if before["echo"] == after["echo"] && before["broken"] == after["broken"] {
 				want = after
 				break
@@ -528,7 +529,7 @@ func TestDashboard(t *testing.T) {
 			{"failed", failedID},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				_, body := get(t, g.base+"/v1/jobs/"+tc.id)
+				_, body := get(t, g.Base+"/v1/jobs/"+tc.id)
 				var job struct {
 					jobJSON
 					Throttles int `json:"throttles"`
@@ -615,12 +616,12 @@ func TestDashboard(t *testing.T) {
 
 func TestDashboardAsksForAPIKey(t *testing.T) {
 	browser := chromium(t)
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}},
 		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
 	})
-	p := readPage(t, dumpDOM(t, browser, g.base+"/", 1500*time.Millisecond))
+	p := readPage(t, dumpDOM(t, browser, g.Base+"/", 1500*time.Millisecond))
 	auth := find(p.doc, "data-field", "auth")
 	if auth == nil {
 		t.Fatal("the page has no API key form")

@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -21,8 +22,8 @@ import (
 // pool members it may not use, not counts of every tenant's jobs (#19
 // item 16).
 func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{
 			{Name: "f", URL: fnURL, Pool: "p"},
 			{Name: "hidden", URL: fnURL, Pool: "p"},
@@ -33,7 +34,7 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}, Functions: []string{"f"}},
 		},
 	})
-	code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", keyA, `{}`)
+	code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", keyA, `{}`)
 	if code != http.StatusAccepted {
 		t.Fatalf("acme's submit: %d %s", code, body)
 	}
@@ -56,11 +57,11 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 	// The pool's leader writes its members, and dispatch its counts, a
 	// moment after.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		code, _, body = call(t, http.MethodGet, g.base+"/v1/functions/f", keyA, "")
+		code, _, body = call(t, http.MethodGet, g.Base+"/v1/functions/f", keyA, "")
 		if err := json.Unmarshal(body, &fn); code != http.StatusOK || err != nil {
 			t.Fatalf("acme's GET function: %d %s (%v)", code, body, err)
 		}
-		p, err := g.queue.Pacing(t.Context(), "f")
+		p, err := g.Queue().Pacing(t.Context(), "f")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,7 +72,7 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 			t.Fatalf("acme's view of f: %s, succeeded %d; want both pool members, which acme may use, and acme's job counted", body, p.Counts.Succeeded)
 		}
 	}
-	code, _, body = call(t, http.MethodGet, g.base+"/v1/functions/f", keyB, "")
+	code, _, body = call(t, http.MethodGet, g.Base+"/v1/functions/f", keyB, "")
 	fn.Status.Pool.Members = nil
 	if err := json.Unmarshal(body, &fn); code != http.StatusOK || err != nil {
 		t.Fatalf("bolt's GET function: %d %s (%v)", code, body, err)
@@ -88,12 +89,12 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 // /readyz says why it is not ready in words fit for anyone who can reach
 // it; the detail goes to the log (#19 item 16).
 func TestReadyzKeepsInternalErrorsToTheLog(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
-	if resp, body := get(t, g.base+"/readyz"); resp.StatusCode != http.StatusOK {
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
+	if resp, body := get(t, g.Base+"/readyz"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz: %d %s", resp.StatusCode, body)
 	}
-	js, err := jetstream.New(g.nc)
+	js, err := jetstream.New(g.NATS())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func TestReadyzKeepsInternalErrorsToTheLog(t *testing.T) {
 	if err := js.DeleteStream(ctx, buffer.CallbackStream); err != nil {
 		t.Fatal(err)
 	}
-	resp, body := get(t, g.base+"/readyz")
+	resp, body := get(t, g.Base+"/readyz")
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz with a stream gone: %d %s; want 503", resp.StatusCode, body)
 	}
@@ -116,10 +117,10 @@ func TestReadyzKeepsInternalErrorsToTheLog(t *testing.T) {
 // The REST server's metrics take no label value from what a client sends
 // as Host: each new one would be a new series (#19 item 16).
 func TestHTTPMetricsIgnoreTheHostHeader(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
 	for i := range 5 {
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, g.base+"/v1/functions", nil)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, g.Base+"/v1/functions", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"bufio"
@@ -15,6 +15,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -34,9 +36,9 @@ func TestOneTraceAcrossGatewayAndFunction(t *testing.T) {
 	defer fn.Close()
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	g := startTestGatewayOptions(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fn.URL}}},
-		gatewayOptions{TracerProvider: tp})
-	resp := post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	g := servertest.Start(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fn.URL}}},
+		server.Options{TracerProvider: tp})
+	resp := post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	var job jobJSON
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("submit: %d", resp.StatusCode)
@@ -92,9 +94,9 @@ func decodeJobBody(t *testing.T, resp *http.Response) jobJSON {
 }
 
 // scrape reads /metrics into sample name{labels} → value.
-func scrape(t *testing.T, g *testGateway) map[string]float64 {
+func scrape(t *testing.T, g *servertest.Gateway) map[string]float64 {
 	t.Helper()
-	resp, body := get(t, g.base+"/metrics")
+	resp, body := get(t, g.Base+"/metrics")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/metrics: %d", resp.StatusCode)
 	}
@@ -136,13 +138,13 @@ func sample(samples map[string]float64, name, fn string, labels ...string) (floa
 // /metrics shows the window moving, and throttles and cold starts counted
 // as the platform counts them.
 func TestMetricsDuringBurst(t *testing.T) {
-	sim, fnURL := startFunction(t, fnsim.Config{Concurrency: 6, InitialBurst: 2, ScalePerMinute: 240, ColdStart: 50 * time.Millisecond, Duration: 40 * time.Millisecond})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+	sim, fnURL := servertest.StartFunction(t, fnsim.Config{Concurrency: 6, InitialBurst: 2, ScalePerMinute: 240, ColdStart: 50 * time.Millisecond, Duration: 40 * time.Millisecond})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{
 		Name: "f", URL: fnURL, Concurrency: 10,
 		Scaling: &config.ScalingConfig{Initial: 2, PerMinute: 600},
 	})
 	for range 150 {
-		post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+		post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	}
 	windows := map[float64]bool{}
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -183,22 +185,22 @@ func TestMetricsDuringBurst(t *testing.T) {
 }
 
 func TestHealthAndReadiness(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayOptions(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}}},
-		gatewayOptions{ShutdownDelay: 500 * time.Millisecond})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.Start(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}}},
+		server.Options{ShutdownDelay: 500 * time.Millisecond})
 	for _, path := range []string{"/healthz", "/readyz"} {
-		if resp, body := get(t, g.base+path); resp.StatusCode != http.StatusOK {
+		if resp, body := get(t, g.Base+path); resp.StatusCode != http.StatusOK {
 			t.Errorf("%s: %d %s", path, resp.StatusCode, body)
 		}
 	}
 	stopped := make(chan struct{})
-	go func() { g.stop(); close(stopped) }()
+	go func() { g.Stop(); close(stopped) }()
 	// During the shutdown delay: not ready, but still serving.
 	time.Sleep(150 * time.Millisecond)
-	if resp, body := get(t, g.base+"/readyz"); resp.StatusCode != http.StatusServiceUnavailable {
+	if resp, body := get(t, g.Base+"/readyz"); resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("/readyz while shutting down: %d %s; want 503", resp.StatusCode, body)
 	}
-	if resp, _ := get(t, g.base+"/healthz"); resp.StatusCode != http.StatusOK {
+	if resp, _ := get(t, g.Base+"/healthz"); resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz during the shutdown delay: %d; want 200", resp.StatusCode)
 	}
 	select {
@@ -206,7 +208,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the gateway did not stop")
 	}
-	if _, err := http.Get(g.base + "/healthz"); err == nil {
+	if _, err := http.Get(g.Base + "/healthz"); err == nil {
 		t.Error("the gateway still answers after stopping")
 	}
 }

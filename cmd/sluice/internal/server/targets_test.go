@@ -1,7 +1,6 @@
-package main
+package server_test
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -19,7 +18,10 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/lambdatest"
 )
 
@@ -48,9 +50,9 @@ type historyJSON struct {
 	} `json:"history"`
 }
 
-func jobHistory(t *testing.T, g *testGateway, id string) historyJSON {
+func jobHistory(t *testing.T, g *servertest.Gateway, id string) historyJSON {
 	t.Helper()
-	resp, body := get(t, g.base+"/v1/jobs/"+id)
+	resp, body := get(t, g.Base+"/v1/jobs/"+id)
 	var h historyJSON
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &h) != nil {
 		t.Fatalf("GET job: %d %s", resp.StatusCode, body)
@@ -58,9 +60,9 @@ func jobHistory(t *testing.T, g *testGateway, id string) historyJSON {
 	return h
 }
 
-func submit(t *testing.T, g *testGateway, function, contentType, payload string) string {
+func submit(t *testing.T, g *servertest.Gateway, function, contentType, payload string) string {
 	t.Helper()
-	resp := post(t, g.base+"/v1/functions/"+function+"/jobs", contentType, []byte(payload))
+	resp := post(t, g.Base+"/v1/functions/"+function+"/jobs", contentType, []byte(payload))
 	if resp.StatusCode != http.StatusAccepted {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("submit to %s: %d %s", function, resp.StatusCode, b)
@@ -76,14 +78,14 @@ func submit(t *testing.T, g *testGateway, function, contentType, payload string)
 func TestLambdaTargetEmulatorBurst(t *testing.T) {
 	awsTestEnv(t)
 	emu := lambdatest.Start(t)
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{
 		Name:        "thumbs",
 		Concurrency: 1,
 		Target:      &config.TargetConfig{Lambda: &config.LambdaTargetConfig{Function: lambdatest.FunctionName, Endpoint: emu.URL}},
 	})
 
 	// Lambda takes JSON only: anything else is refused at submit.
-	resp := post(t, g.base+"/v1/functions/thumbs/jobs", "text/plain", []byte("not json"))
+	resp := post(t, g.Base+"/v1/functions/thumbs/jobs", "text/plain", []byte("not json"))
 	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "takes only JSON") {
 		t.Errorf("a non-JSON submit: %d %s; want 400 saying it takes only JSON", resp.StatusCode, b)
 	}
@@ -181,14 +183,14 @@ func TestLambdaTargetOutcomes(t *testing.T) {
 	}}
 	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
-	var logs syncBuffer
+	var logs buffertest.LockedBuffer
 	cfg := &config.Config{Functions: []config.FunctionConfig{
 		{Name: "broken", Concurrency: 2, Retry: config.RetryConfig{MaxAttempts: 2, InitialBackoff: config.Duration(10 * time.Millisecond)},
 			Target: &config.TargetConfig{Lambda: &config.LambdaTargetConfig{Function: "broken", Endpoint: srv.URL}}},
 		{Name: "busy", Concurrency: 2, Target: &config.TargetConfig{Lambda: &config.LambdaTargetConfig{Function: "busy", Endpoint: srv.URL}}},
 		{Name: "reserved", Target: &config.TargetConfig{Lambda: &config.LambdaTargetConfig{Function: "arn:aws:lambda:eu-west-1:123456789012:function:reserved:live", Endpoint: srv.URL}}},
 	}}
-	g := startTestGatewayLogs(t, cfg, gatewayOptions{}, &logs)
+	g := startTestGatewayLogs(t, cfg, server.Options{}, &logs)
 
 	broken := submit(t, g, "broken", "application/json", `{"w":0}`)
 	if j := waitREST(t, g, broken, 15*time.Second); j.State != "FAILED" || j.Attempts != 2 ||
@@ -207,7 +209,7 @@ func TestLambdaTargetOutcomes(t *testing.T) {
 		t.Errorf("history = %+v; want two throttles naming Lambda's reason, then a success", h)
 	}
 
-	resp, body := get(t, g.base+"/v1/functions/reserved")
+	resp, body := get(t, g.Base+"/v1/functions/reserved")
 	var fn struct {
 		Concurrency int `json:"concurrency"`
 	}
@@ -230,25 +232,19 @@ func TestLambdaTargetOutcomes(t *testing.T) {
 
 func base64Tail(s string) string { return base64.StdEncoding.EncodeToString([]byte(s + "\n")) }
 
-// startTestGatewayLogs is startTestGatewayOptions with its logs in logs.
-func startTestGatewayLogs(t *testing.T, cfg *config.Config, opts gatewayOptions, logs io.Writer) *testGateway {
+// startTestGatewayLogs is servertest.Start with its logs in logs; its data
+// directory is the test's, unless it runs on an external NATS.
+func startTestGatewayLogs(t *testing.T, cfg *config.Config, opts server.Options, logs io.Writer) *servertest.Gateway {
 	t.Helper()
-	if err := cfg.SetDefaultsAndCheck(); err != nil {
-		t.Fatal(err)
-	}
-	opts.HTTPAddr, opts.GRPCAddr, opts.DrainTimeout = "127.0.0.1:0", "127.0.0.1:0", 100*time.Millisecond
+	dataDir := ""
 	if opts.NATSURL == "" {
-		opts.DataDir = t.TempDir()
+		dataDir = t.TempDir()
 	}
-	p, err := startGateway(t.Context(), cfg, opts, slog.New(slog.NewTextHandler(logs, nil)))
+	p, err := servertest.New(t, dataDir, cfg, opts, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}
+	return servertest.Run(t, p)
 }
 
 // TestNATSTargetEndToEnd runs jobs through a gateway on an external NATS
@@ -290,16 +286,16 @@ func TestNATSTargetEndToEnd(t *testing.T) {
 	if err := embeddedCfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := startGateway(t.Context(), embeddedCfg, gatewayOptions{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir()},
+	if _, err := server.New(t.Context(), embeddedCfg, server.Options{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir()},
 		slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil || !strings.Contains(err.Error(), "functions (resize).target.nats: needs --nats-url") {
 		t.Errorf("a NATS target on the embedded server: %v; want an error asking for --nats-url", err)
 	}
 
-	var logs syncBuffer
+	var logs buffertest.LockedBuffer
 	g := startTestGatewayLogs(t, &config.Config{Functions: []config.FunctionConfig{
 		{Name: "resize", Timeout: config.Duration(5 * time.Second), Target: &config.TargetConfig{NATS: &config.NATSTargetConfig{Subject: "svc.resize"}}},
 		{Name: "crop", Retry: config.RetryConfig{MaxAttempts: 1}, Target: &config.TargetConfig{NATS: &config.NATSTargetConfig{Subject: "svc.crop"}}},
-	}}, gatewayOptions{NATSURL: srv.ClientURL()}, &logs)
+	}}, server.Options{NATSURL: srv.ClientURL()}, &logs)
 
 	id := submit(t, g, "resize", "image/png", "cat.png")
 	if j := waitREST(t, g, id, 10*time.Second); j.State != "SUCCEEDED" || string(j.Result.Body) != "resized cat.png for "+id || j.Result.ContentType != "text/plain" {
@@ -336,7 +332,7 @@ func TestHTTPTargetHeaders(t *testing.T) {
 		fmt.Fprintf(w, "key=%s job=%s", r.Header.Get("X-Api-Key"), r.Header.Get("Sluice-Job-Id"))
 	}))
 	t.Cleanup(fn.Close)
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "keyed",
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "keyed",
 		Target: &config.TargetConfig{HTTP: &config.HTTPTargetConfig{URL: fn.URL, Headers: map[string]string{"x-api-key": "k-123"}}}})
 	id := submit(t, g, "keyed", "text/plain", "x")
 	if j := waitREST(t, g, id, 10*time.Second); j.State != "SUCCEEDED" || string(j.Result.Body) != "key=k-123 job="+id {

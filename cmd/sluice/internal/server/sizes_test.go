@@ -1,11 +1,9 @@
-package main
+package server_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -22,6 +20,8 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -43,26 +43,13 @@ func startStockNATS(t *testing.T) *buffer.Embedded {
 
 // startGatewayOn starts a gateway with cfg against the NATS server at url;
 // it runs until the test ends.
-func startGatewayOn(t *testing.T, url string, cfg *config.Config) (*testGateway, error) {
+func startGatewayOn(t *testing.T, url string, cfg *config.Config) (*servertest.Gateway, error) {
 	t.Helper()
-	if err := cfg.SetDefaultsAndCheck(); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	p, err := startGateway(t.Context(), cfg, gatewayOptions{
-		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: url, DrainTimeout: 100 * time.Millisecond,
-	}, log)
+	p, err := servertest.New(t, "", cfg, server.Options{NATSURL: url}, nil)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return &testGateway{gatewayProcess: p, base: "http://" + p.HTTPAddr.String()}, nil
+	return servertest.Run(t, p), nil
 }
 
 // TestOversizedResultFailsOnlyItsJob: on a stock NATS server, a function
@@ -112,7 +99,7 @@ func TestOversizedResultFailsOnlyItsJob(t *testing.T) {
 		if i == 0 {
 			payload = "big"
 		}
-		resp := post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte(payload))
+		resp := post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte(payload))
 		if resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("submit %d: %d", i, resp.StatusCode)
 		}
@@ -190,7 +177,7 @@ func TestStartupChecksSizesAgainstNATS(t *testing.T) {
 	if maxPayload != stockMaxPayload-96<<10 || maxResult >= dispatch.DefaultMaxResponseBytes {
 		t.Fatalf("on a stock server: payloads up to %d, results up to %d; want 1MiB-96KiB, and less than the default result limit", maxPayload, maxResult)
 	}
-	_, fnURL := startFunction(t, fnsim.Config{})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
 	for _, tc := range []struct {
 		name                  string
 		maxPayload, maxResult int64
@@ -214,7 +201,7 @@ func TestStartupChecksSizesAgainstNATS(t *testing.T) {
 		})
 	}
 	functions := []config.FunctionConfig{{Name: "f"}}
-	if err := fitSizes(functions, q, stockMaxPayload); err != nil || int64(functions[0].MaxResult) != maxResult {
+	if err := server.FitSizes(functions, q, stockMaxPayload); err != nil || int64(functions[0].MaxResult) != maxResult {
 		t.Errorf("max_result unset: %d, %v; want the most a job's state holds, %d", functions[0].MaxResult, err, maxResult)
 	}
 }
@@ -222,16 +209,16 @@ func TestStartupChecksSizesAgainstNATS(t *testing.T) {
 // TestContentTypeIsBounded: a payload's content type is kept with the job;
 // one over 256 bytes is refused.
 func TestContentTypeIsBounded(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 	at := "text/plain; x=" + strings.Repeat("a", 256-len("text/plain; x="))
 	over := at + "a"
 	for ct, want := range map[string]int{at: http.StatusAccepted, over: http.StatusBadRequest} {
-		if resp := post(t, g.base+"/v1/functions/echo/jobs", ct, []byte("x")); resp.StatusCode != want {
+		if resp := post(t, g.Base+"/v1/functions/echo/jobs", ct, []byte("x")); resp.StatusCode != want {
 			t.Errorf("REST content type of %d bytes: %d, want %d", len(ct), resp.StatusCode, want)
 		}
 	}
-	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+	jobs := sluicev1.NewJobServiceClient(g.GRPCConn(t))
 	for ct, want := range map[string]codes.Code{at: codes.OK, over: codes.InvalidArgument} {
 		_, err := jobs.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "echo", Payload: &httpbody.HttpBody{ContentType: ct, Data: []byte("x")}})
 		if status.Code(err) != want {

@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"runtime/debug"
@@ -27,10 +27,10 @@ func TestTuneGC(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Setenv("GOGC", c.gogc)
-			debug.SetGCPercent(100) // tuneGC changes it, or leaves it at 100
-			tuneGC(c.embedded)
+			debug.SetGCPercent(100) // TuneGC changes it, or leaves it at 100
+			TuneGC(c.embedded)
 			if got := current(); got != c.want {
-				t.Errorf("GOGC after tuneGC = %d, want %d", got, c.want)
+				t.Errorf("GOGC after TuneGC = %d, want %d", got, c.want)
 			}
 		})
 	}

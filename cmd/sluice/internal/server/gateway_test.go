@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"bytes"
@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -28,83 +27,10 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
-
-// testGateway is a gateway process on loopback ports for one test.
-type testGateway struct {
-	*gatewayProcess
-	base string // REST base URL
-	stop func()
-}
-
-// startTestGateway runs a gateway with the given functions on an embedded
-// JetStream in dataDir until the test ends or stop is called.
-func startTestGateway(t testing.TB, dataDir string, functions ...config.FunctionConfig) *testGateway {
-	t.Helper()
-	return startTestGatewayConfig(t, dataDir, &config.Config{Functions: functions})
-}
-
-// startTestGatewayConfig is startTestGateway with a whole
-func startTestGatewayConfig(t testing.TB, dataDir string, cfg *config.Config) *testGateway {
-	t.Helper()
-	return startTestGatewayOptions(t, dataDir, cfg, gatewayOptions{})
-}
-
-// startTestGatewayOptions is startTestGatewayConfig with options, such as
-// TLS files; the addresses, data directory and drain timeout are the
-// test's.
-func startTestGatewayOptions(t testing.TB, dataDir string, cfg *config.Config, opts gatewayOptions) *testGateway {
-	t.Helper()
-	if err := cfg.SetDefaultsAndCheck(); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	opts.HTTPAddr, opts.GRPCAddr, opts.DataDir, opts.DrainTimeout = "127.0.0.1:0", "127.0.0.1:0", dataDir, 100*time.Millisecond
-	p, err := startGateway(t.Context(), cfg, opts, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	g := &testGateway{gatewayProcess: p, base: p.restScheme() + "://" + p.HTTPAddr.String()}
-	var stopped bool
-	g.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway Run: %v", err)
-		}
-	}
-	t.Cleanup(g.stop)
-	return g
-}
-
-func (g *testGateway) grpcConn(t *testing.T) *grpc.ClientConn {
-	t.Helper()
-	conn, err := grpc.NewClient(g.GRPCAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
-// startFunction serves a simulated function until the test ends.
-func startFunction(t *testing.T, cfg fnsim.Config) (*fnsim.Function, string) {
-	t.Helper()
-	sim := fnsim.New(cfg)
-	srv := httptest.NewServer(sim)
-	t.Cleanup(srv.Close)
-	return sim, srv.URL
-}
 
 func post(t *testing.T, url, contentType string, body []byte) *http.Response {
 	t.Helper()
@@ -159,11 +85,11 @@ func decodeJob(t *testing.T, b []byte) jobJSON {
 }
 
 // waitREST polls GET /v1/jobs/{id} until the job is finished.
-func waitREST(t *testing.T, g *testGateway, id string, within time.Duration) jobJSON {
+func waitREST(t *testing.T, g *servertest.Gateway, id string, within time.Duration) jobJSON {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		resp, body := get(t, g.base+"/v1/jobs/"+id)
+		resp, body := get(t, g.Base+"/v1/jobs/"+id)
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET job %s: %d %s", id, resp.StatusCode, body)
 		}
@@ -180,8 +106,8 @@ func waitREST(t *testing.T, g *testGateway, id string, within time.Duration) job
 }
 
 func TestRESTEndToEnd(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{Duration: 20 * time.Millisecond})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{Duration: 20 * time.Millisecond})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
 
 	for _, tc := range []struct {
 		name, contentType string
@@ -193,7 +119,7 @@ func TestRESTEndToEnd(t *testing.T) {
 		{"empty", "application/json", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := post(t, g.base+"/v1/functions/echo/jobs", tc.contentType, tc.payload)
+			resp := post(t, g.Base+"/v1/functions/echo/jobs", tc.contentType, tc.payload)
 			body, _ := io.ReadAll(resp.Body)
 			if resp.StatusCode != http.StatusAccepted {
 				t.Fatalf("submit: %d %s, want 202", resp.StatusCode, body)
@@ -214,7 +140,7 @@ func TestRESTEndToEnd(t *testing.T) {
 				t.Errorf("job result = %+v, want 200 echoing the payload", done.Result)
 			}
 
-			resp, result := get(t, g.base+"/v1/jobs/"+job.ID+"/result")
+			resp, result := get(t, g.Base+"/v1/jobs/"+job.ID+"/result")
 			if resp.StatusCode != http.StatusOK || !bytes.Equal(result, tc.payload) || resp.Header.Get("Content-Type") != tc.contentType {
 				t.Errorf("result = %d %q (%s), want 200 %q (%s)",
 					resp.StatusCode, result, resp.Header.Get("Content-Type"), tc.payload, tc.contentType)
@@ -223,13 +149,13 @@ func TestRESTEndToEnd(t *testing.T) {
 	}
 
 	t.Run("functions", func(t *testing.T) {
-		resp, body := get(t, g.base+"/v1/functions")
+		resp, body := get(t, g.Base+"/v1/functions")
 		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"name":"echo"`) {
 			t.Errorf("GET /v1/functions = %d %s", resp.StatusCode, body)
 		}
 	})
 	t.Run("openapi", func(t *testing.T) {
-		resp, body := get(t, g.base+"/openapi.json")
+		resp, body := get(t, g.Base+"/openapi.json")
 		var doc struct {
 			Paths map[string]any `json:"paths"`
 		}
@@ -257,11 +183,11 @@ func startBlockedFunction(t *testing.T) string {
 }
 
 func TestResultWhilePending(t *testing.T) {
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "slow", URL: startBlockedFunction(t)})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "slow", URL: startBlockedFunction(t)})
 
-	resp := post(t, g.base+"/v1/functions/slow/jobs", "text/plain", []byte("x"))
+	resp := post(t, g.Base+"/v1/functions/slow/jobs", "text/plain", []byte("x"))
 	id := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
-	res, _ := get(t, g.base+"/v1/jobs/"+id+"/result")
+	res, _ := get(t, g.Base+"/v1/jobs/"+id+"/result")
 	if res.StatusCode != http.StatusAccepted || res.Header.Get("Retry-After") != "1" || res.Header.Get("Location") != "/v1/jobs/"+id {
 		t.Errorf("pending result = %d, Retry-After %q, Location %q; want 202, 1, /v1/jobs/%s",
 			res.StatusCode, res.Header.Get("Retry-After"), res.Header.Get("Location"), id)
@@ -269,9 +195,9 @@ func TestResultWhilePending(t *testing.T) {
 }
 
 func TestGRPCEndToEnd(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
-	conn := g.grpcConn(t)
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "echo", URL: fnURL})
+	conn := g.GRPCConn(t)
 	jobs := sluicev1.NewJobServiceClient(conn)
 	ctx := t.Context()
 
@@ -337,11 +263,11 @@ func TestGRPCEndToEnd(t *testing.T) {
 }
 
 func TestConcurrencyCap(t *testing.T) {
-	sim, fnURL := startFunction(t, fnsim.Config{Duration: 30 * time.Millisecond})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "capped", URL: fnURL, Concurrency: 4})
+	sim, fnURL := servertest.StartFunction(t, fnsim.Config{Duration: 30 * time.Millisecond})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "capped", URL: fnURL, Concurrency: 4})
 	var ids []string
 	for i := range 40 {
-		resp := post(t, g.base+"/v1/functions/capped/jobs", "text/plain", fmt.Appendf(nil, "%d", i))
+		resp := post(t, g.Base+"/v1/functions/capped/jobs", "text/plain", fmt.Appendf(nil, "%d", i))
 		if resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("submit %d: %d", i, resp.StatusCode)
 		}
@@ -366,29 +292,29 @@ func TestConcurrencyCap(t *testing.T) {
 
 func TestRestartRunsQueuedJobs(t *testing.T) {
 	dir := t.TempDir()
-	sim, fnURL := startFunction(t, fnsim.Config{Duration: 50 * time.Millisecond})
+	sim, fnURL := servertest.StartFunction(t, fnsim.Config{Duration: 50 * time.Millisecond})
 	// A job delivered to the first gateway just as it stopped, and never
 	// handed back, returns after the ack wait: the timeout plus 15s. A 1s
 	// timeout keeps that inside the wait below (with the 30s default it
 	// failed about one run in 50).
 	fn := config.FunctionConfig{Name: "slow", URL: fnURL, Concurrency: 1, Timeout: config.Duration(time.Second)}
 
-	first := startTestGateway(t, dir, fn)
+	first := servertest.StartFunctions(t, dir, fn)
 	var ids []string
 	for i := range 20 {
-		resp := post(t, first.base+"/v1/functions/slow/jobs", "text/plain", fmt.Appendf(nil, "%d", i))
+		resp := post(t, first.Base+"/v1/functions/slow/jobs", "text/plain", fmt.Appendf(nil, "%d", i))
 		if resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("submit %d: %d", i, resp.StatusCode)
 		}
 		ids = append(ids, strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"))
 	}
-	first.stop()
+	first.Stop()
 	ranBefore := sim.Stats().Invocations
 	if ranBefore >= len(ids) {
 		t.Fatalf("all %d jobs ran before the stop; the test needs some still queued", ranBefore)
 	}
 
-	second := startTestGateway(t, dir, fn)
+	second := servertest.StartFunctions(t, dir, fn)
 	for _, id := range ids {
 		if j := waitREST(t, second, id, 30*time.Second); j.State != "SUCCEEDED" {
 			t.Fatalf("after restart job %s = %+v, want SUCCEEDED", id, j)
@@ -407,12 +333,12 @@ func TestBadRequests(t *testing.T) {
 		http.Error(w, "no", http.StatusInternalServerError)
 	}))
 	t.Cleanup(failing.Close)
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGateway(t, t.TempDir(),
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartFunctions(t, t.TempDir(),
 		config.FunctionConfig{Name: "echo", URL: fnURL, MaxPayload: 1024},
 		config.FunctionConfig{Name: "failing", URL: failing.URL, Retry: config.RetryConfig{MaxAttempts: 1}})
 
-	resp := post(t, g.base+"/v1/functions/failing/jobs", "text/plain", []byte("x"))
+	resp := post(t, g.Base+"/v1/functions/failing/jobs", "text/plain", []byte("x"))
 	failedID := strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
 	waitREST(t, g, failedID, 10*time.Second)
 
@@ -433,7 +359,7 @@ func TestBadRequests(t *testing.T) {
 		{"unknown route", "GET", "/v1/nothing", nil, 404, "Not Found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, err := http.NewRequest(tc.method, g.base+tc.path, tc.body)
+			req, err := http.NewRequest(tc.method, g.Base+tc.path, tc.body)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -450,14 +376,14 @@ func TestBadRequests(t *testing.T) {
 	}
 
 	t.Run("payload exactly at limit", func(t *testing.T) {
-		resp := post(t, g.base+"/v1/functions/echo/jobs", "application/octet-stream", make([]byte, 1024))
+		resp := post(t, g.Base+"/v1/functions/echo/jobs", "application/octet-stream", make([]byte, 1024))
 		if resp.StatusCode != http.StatusAccepted {
 			t.Errorf("1024-byte payload: %d, want 202", resp.StatusCode)
 		}
 	})
 
 	t.Run("grpc", func(t *testing.T) {
-		jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+		jobs := sluicev1.NewJobServiceClient(g.GRPCConn(t))
 		for _, tc := range []struct {
 			name string
 			call func() error
@@ -492,23 +418,23 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestFullBufferRefusesWithRetryAfter(t *testing.T) {
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "stuck", URL: startBlockedFunction(t), Concurrency: 1}},
 		Buffer:    config.BufferConfig{MaxJobs: 2},
 	})
 
 	// One job running, one waiting: the buffer holds both until they finish.
 	for i := range 2 {
-		if resp := post(t, g.base+"/v1/functions/stuck/jobs", "text/plain", []byte("x")); resp.StatusCode != http.StatusAccepted {
+		if resp := post(t, g.Base+"/v1/functions/stuck/jobs", "text/plain", []byte("x")); resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("submit %d: %d, want 202", i, resp.StatusCode)
 		}
 	}
-	resp := post(t, g.base+"/v1/functions/stuck/jobs", "text/plain", []byte("x"))
+	resp := post(t, g.Base+"/v1/functions/stuck/jobs", "text/plain", []byte("x"))
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "buffer is full") {
 		t.Errorf("third submit = %d, Retry-After %q, %s; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
-	_, err := sluicev1.NewJobServiceClient(g.grpcConn(t)).SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "stuck"})
+	_, err := sluicev1.NewJobServiceClient(g.GRPCConn(t)).SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "stuck"})
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("gRPC submit to a full buffer: %v, want UNAVAILABLE", err)
 	}
@@ -519,73 +445,13 @@ type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
-// syncBuffer is a bytes.Buffer safe to write from one goroutine and read
-// from another.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// TestDev runs `sluice dev` as the README's quickstart does, on free ports,
-// and submits a job to its demo function.
-func TestDev(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	var stdout, stderr syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"dev", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--fn-duration", "10ms"}, &stdout, &stderr)
-	}()
-	restURL := regexp.MustCompile(`REST on (http://\S+),`)
-	var base string
-	for deadline := time.Now().Add(20 * time.Second); base == ""; time.Sleep(10 * time.Millisecond) {
-		if m := restURL.FindStringSubmatch(stdout.String()); m != nil {
-			base = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("dev printed no REST address; stdout %q, stderr %q", stdout.String(), stderr.String())
-		}
-	}
-	resp := post(t, base+"/v1/functions/echo/jobs", "application/json", []byte(`{"hello":"world"}`))
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("submit to dev: %d", resp.StatusCode)
-	}
-	loc := resp.Header.Get("Location")
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		res, body := get(t, base+loc+"/result")
-		if res.StatusCode == http.StatusOK {
-			if string(body) != `{"hello":"world"}` {
-				t.Errorf("dev echo result = %q", body)
-			}
-			break
-		}
-		if res.StatusCode != http.StatusAccepted || time.Now().After(deadline) {
-			t.Fatalf("dev result: %d %s", res.StatusCode, body)
-		}
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("dev exited with %v; stderr %s", err, stderr.String())
-	}
-}
-
 func TestFunctionStatusShowsLiveWindow(t *testing.T) {
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{
 		Name: "ramp", URL: startBlockedFunction(t), Concurrency: 10,
 		Scaling: &config.ScalingConfig{Initial: 2, PerMinute: 60},
 	}}})
 	for range 5 {
-		post(t, g.base+"/v1/functions/ramp/jobs", "text/plain", []byte("x"))
+		post(t, g.Base+"/v1/functions/ramp/jobs", "text/plain", []byte("x"))
 	}
 	var fn struct {
 		InitialWindow    int        `json:"initialWindow"`
@@ -593,7 +459,7 @@ func TestFunctionStatusShowsLiveWindow(t *testing.T) {
 		Status           liveStatus `json:"status"`
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		resp, body := get(t, g.base+"/v1/functions/ramp")
+		resp, body := get(t, g.Base+"/v1/functions/ramp")
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET function: %d %s", resp.StatusCode, body)
 		}
@@ -627,13 +493,13 @@ func TestCancel(t *testing.T) {
 		}
 	}))
 	t.Cleanup(fn.Close)
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "one", URL: fn.URL, Concurrency: 1})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "one", URL: fn.URL, Concurrency: 1})
 	submitID := func() string {
-		resp := post(t, g.base+"/v1/functions/one/jobs", "text/plain", []byte("x"))
+		resp := post(t, g.Base+"/v1/functions/one/jobs", "text/plain", []byte("x"))
 		return strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/")
 	}
 	cancel := func(id string) (int, string) {
-		resp := post(t, g.base+"/v1/jobs/"+id+":cancel", "application/json", nil)
+		resp := post(t, g.Base+"/v1/jobs/"+id+":cancel", "application/json", nil)
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body)
 	}
@@ -701,9 +567,9 @@ type liveStatus struct {
 	} `json:"circuit"`
 }
 
-func fnStatusOf(t *testing.T, g *testGateway, name string) liveStatus {
+func fnStatusOf(t *testing.T, g *servertest.Gateway, name string) liveStatus {
 	t.Helper()
-	resp, body := get(t, g.base+"/v1/functions/"+name)
+	resp, body := get(t, g.Base+"/v1/functions/"+name)
 	var fn struct {
 		Status liveStatus `json:"status"`
 	}
@@ -714,34 +580,34 @@ func fnStatusOf(t *testing.T, g *testGateway, name string) liveStatus {
 }
 
 func TestInvokeAndWait(t *testing.T) {
-	_, fastURL := startFunction(t, fnsim.Config{Duration: 300 * time.Millisecond})
+	_, fastURL := servertest.StartFunction(t, fnsim.Config{Duration: 300 * time.Millisecond})
 	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusUnprocessableEntity)
 		io.WriteString(w, "bad order")
 	}))
 	t.Cleanup(failing.Close)
-	g := startTestGateway(t, t.TempDir(),
+	g := servertest.StartFunctions(t, t.TempDir(),
 		config.FunctionConfig{Name: "fast", URL: fastURL},
 		config.FunctionConfig{Name: "stuck", URL: startBlockedFunction(t)},
 		config.FunctionConfig{Name: "failing", URL: failing.URL})
 
 	t.Run("invoke answers with the function's response when it is in time", func(t *testing.T) {
-		resp := post(t, g.base+"/v1/functions/fast:invoke?wait=10s", "application/json", []byte(`{"n":1}`))
+		resp := post(t, g.Base+"/v1/functions/fast:invoke?wait=10s", "application/json", []byte(`{"n":1}`))
 		body, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != http.StatusOK || string(body) != `{"n":1}` || resp.Header.Get("Content-Type") != "application/json" {
 			t.Errorf("invoke = %d %q (%s), want 200 with the echo", resp.StatusCode, body, resp.Header.Get("Content-Type"))
 		}
 	})
 	t.Run("invoke passes on the function's error answer", func(t *testing.T) {
-		resp := post(t, g.base+"/v1/functions/failing:invoke", "text/plain", []byte("x"))
+		resp := post(t, g.Base+"/v1/functions/failing:invoke", "text/plain", []byte("x"))
 		body, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != http.StatusUnprocessableEntity || string(body) != "bad order" {
 			t.Errorf("invoke = %d %q, want the function's 422", resp.StatusCode, body)
 		}
 	})
 	t.Run("invoke answers 202 with the job when it is not", func(t *testing.T) {
-		resp := post(t, g.base+"/v1/functions/stuck:invoke?wait=200ms", "text/plain", []byte("x"))
+		resp := post(t, g.Base+"/v1/functions/stuck:invoke?wait=200ms", "text/plain", []byte("x"))
 		body, _ := io.ReadAll(resp.Body)
 		job := decodeJob(t, body)
 		if resp.StatusCode != http.StatusAccepted || resp.Header.Get("Location") != "/v1/jobs/"+job.ID || resp.Header.Get("Retry-After") == "" || job.State == "" {
@@ -754,10 +620,10 @@ func TestInvokeAndWait(t *testing.T) {
 		}
 	})
 	t.Run("get waits for the job to finish", func(t *testing.T) {
-		resp := post(t, g.base+"/v1/functions/fast/jobs", "text/plain", []byte("x"))
+		resp := post(t, g.Base+"/v1/functions/fast/jobs", "text/plain", []byte("x"))
 		loc := resp.Header.Get("Location")
 		start := time.Now()
-		res, body := get(t, g.base+loc+"?wait=30s")
+		res, body := get(t, g.Base+loc+"?wait=30s")
 		if j := decodeJob(t, body); res.StatusCode != http.StatusOK || j.State != "SUCCEEDED" {
 			t.Errorf("GET ?wait=30s = %d %s, want the finished job", res.StatusCode, body)
 		}
@@ -766,9 +632,9 @@ func TestInvokeAndWait(t *testing.T) {
 		}
 	})
 	t.Run("get answers with the state at the timeout", func(t *testing.T) {
-		resp := post(t, g.base+"/v1/functions/stuck/jobs", "text/plain", []byte("x"))
+		resp := post(t, g.Base+"/v1/functions/stuck/jobs", "text/plain", []byte("x"))
 		start := time.Now()
-		res, body := get(t, g.base+resp.Header.Get("Location")+"?wait=300ms")
+		res, body := get(t, g.Base+resp.Header.Get("Location")+"?wait=300ms")
 		if j := decodeJob(t, body); res.StatusCode != http.StatusOK || (j.State != "QUEUED" && j.State != "RUNNING") {
 			t.Errorf("GET ?wait=300ms = %d %s, want the unfinished job", res.StatusCode, body)
 		}
@@ -777,7 +643,7 @@ func TestInvokeAndWait(t *testing.T) {
 		}
 	})
 	t.Run("grpc", func(t *testing.T) {
-		resp, err := sluicev1.NewJobServiceClient(g.grpcConn(t)).InvokeFunction(t.Context(), &sluicev1.InvokeFunctionRequest{
+		resp, err := sluicev1.NewJobServiceClient(g.GRPCConn(t)).InvokeFunction(t.Context(), &sluicev1.InvokeFunctionRequest{
 			Function: "fast", Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte("hi")},
 		})
 		if err != nil || resp.GetJob().GetState() != sluicev1.Job_SUCCEEDED || string(resp.GetBody().GetData()) != "hi" {
@@ -785,7 +651,7 @@ func TestInvokeAndWait(t *testing.T) {
 		}
 	})
 	t.Run("grpc with a priority", func(t *testing.T) {
-		client := sluicev1.NewJobServiceClient(g.grpcConn(t))
+		client := sluicev1.NewJobServiceClient(g.GRPCConn(t))
 		resp, err := client.InvokeFunction(t.Context(), &sluicev1.InvokeFunctionRequest{
 			Function: "fast", Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte("hi")}, Priority: sluicev1.Priority_HIGH,
 		})
@@ -812,13 +678,13 @@ func TestWatchJob(t *testing.T) {
 		io.WriteString(w, "done")
 	}))
 	t.Cleanup(flaky.Close)
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{
 		Name: "flaky", URL: flaky.URL,
 		Retry: config.RetryConfig{InitialBackoff: config.Duration(200 * time.Millisecond), Jitter: "none"},
 	})
 
 	t.Run("grpc", func(t *testing.T) {
-		client := sluicev1.NewJobServiceClient(g.grpcConn(t))
+		client := sluicev1.NewJobServiceClient(g.GRPCConn(t))
 		sub, err := client.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "flaky"})
 		if err != nil {
 			t.Fatal(err)
@@ -848,8 +714,8 @@ func TestWatchJob(t *testing.T) {
 		}
 	})
 	t.Run("rest", func(t *testing.T) {
-		resp := post(t, g.base+"/v1/functions/flaky/jobs", "text/plain", []byte("x"))
-		res, body := get(t, g.base+resp.Header.Get("Location")+":watch")
+		resp := post(t, g.Base+"/v1/functions/flaky/jobs", "text/plain", []byte("x"))
+		res, body := get(t, g.Base+resp.Header.Get("Location")+":watch")
 		lines := strings.Split(strings.TrimSpace(string(body)), "\n")
 		if res.StatusCode != http.StatusOK || len(lines) < 2 || !strings.Contains(lines[len(lines)-1], `"state":"SUCCEEDED"`) {
 			t.Errorf("REST watch = %d, %d lines, last %s", res.StatusCode, len(lines), lines[len(lines)-1])
@@ -862,12 +728,12 @@ func TestWatchJob(t *testing.T) {
 // closes REST's client connection: no gRPC goroutine is left once Run
 // returns.
 func TestStopLeavesNoGRPCGoroutines(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
 	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}}}
 	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		t.Fatal(err)
 	}
-	p, err := startGateway(t.Context(), cfg, gatewayOptions{
+	p, err := server.New(t.Context(), cfg, server.Options{
 		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir(), DrainTimeout: 100 * time.Millisecond,
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {

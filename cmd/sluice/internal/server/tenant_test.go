@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"encoding/json"
@@ -18,6 +18,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -54,12 +55,12 @@ func call(t *testing.T, method, url, key, body string, headers ...string) (int, 
 	return resp.StatusCode, resp.Header, b
 }
 
-func tenantGateway(t *testing.T, fnURL string, functions ...config.FunctionConfig) *testGateway {
+func tenantGateway(t *testing.T, fnURL string, functions ...config.FunctionConfig) *servertest.Gateway {
 	t.Helper()
 	if len(functions) == 0 {
 		functions = []config.FunctionConfig{{Name: "f", URL: fnURL}, {Name: "g", URL: fnURL}}
 	}
-	return startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	return servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: functions,
 		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
@@ -69,7 +70,7 @@ func tenantGateway(t *testing.T, fnURL string, functions ...config.FunctionConfi
 }
 
 func TestAPIKeys(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
 	g := tenantGateway(t, fnURL)
 	for _, tc := range []struct{ name, auth string }{
 		{"missing", ""},
@@ -77,12 +78,12 @@ func TestAPIKeys(t *testing.T) {
 		{"not bearer", "Basic " + keyA},
 		{"no key", "Bearer "},
 	} {
-		code, h, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", "", `{}`, "Authorization", tc.auth)
+		code, h, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", `{}`, "Authorization", tc.auth)
 		if code != http.StatusUnauthorized || !strings.Contains(string(body), `"message"`) || !strings.HasPrefix(h.Get("WWW-Authenticate"), "Bearer") {
 			t.Errorf("%s: %d %s (WWW-Authenticate %q), want 401 with a message and a Bearer challenge", tc.name, code, body, h.Get("WWW-Authenticate"))
 		}
 	}
-	conn := g.grpcConn(t)
+	conn := g.GRPCConn(t)
 	jobs := sluicev1.NewJobServiceClient(conn)
 	_, err := jobs.SubmitJob(t.Context(), &sluicev1.SubmitJobRequest{Function: "f"})
 	if status.Code(err) != codes.Unauthenticated {
@@ -92,7 +93,7 @@ func TestAPIKeys(t *testing.T) {
 	if _, err := jobs.SubmitJob(ctx, &sluicev1.SubmitJobRequest{Function: "f"}); err != nil {
 		t.Errorf("gRPC with a key: %v", err)
 	}
-	if code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", keyA, `{}`); code != http.StatusAccepted {
+	if code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", keyA, `{}`); code != http.StatusAccepted {
 		t.Errorf("REST with a key: %d %s", code, body)
 	}
 }
@@ -102,10 +103,10 @@ func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
 	fail.status.Store(400) // fails at once: a dead letter to look at
 	srv := httptest.NewServer(fail)
 	defer srv.Close()
-	_, fnURL := startFunction(t, fnsim.Config{})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
 	g := tenantGateway(t, fnURL, config.FunctionConfig{Name: "f", URL: srv.URL}, config.FunctionConfig{Name: "slow", URL: fnURL})
 
-	code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", keyA, `{"secret":"acme's"}`)
+	code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", keyA, `{"secret":"acme's"}`)
 	if code != http.StatusAccepted {
 		t.Fatalf("submit: %d %s", code, body)
 	}
@@ -130,29 +131,29 @@ func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
 			{http.MethodPost, "/v1/jobs/%s:cancel", "{}"},
 			{http.MethodDelete, "/v1/functions/f/deadletters/%s", ""},
 		} {
-			codeB, _, bodyB := call(t, op.method, g.base+strings.Replace(op.path, "%s", id, 1), keyB, op.body, hdrs...)
-			codeGhost, _, bodyGhost := call(t, op.method, g.base+strings.Replace(op.path, "%s", ghost, 1), keyB, op.body, hdrs...)
+			codeB, _, bodyB := call(t, op.method, g.Base+strings.Replace(op.path, "%s", id, 1), keyB, op.body, hdrs...)
+			codeGhost, _, bodyGhost := call(t, op.method, g.Base+strings.Replace(op.path, "%s", ghost, 1), keyB, op.body, hdrs...)
 			if codeB != http.StatusNotFound || codeGhost != http.StatusNotFound ||
 				strings.ReplaceAll(string(bodyB), id, ghost) != string(bodyGhost) {
 				t.Errorf("bolt %s %s with %v: %d %s; for a job that does not exist: %d %s; want the same 404", op.method, op.path, hdrs, codeB, bodyB, codeGhost, bodyGhost)
 			}
 		}
 		// Redrive and the list of dead letters pass over acme's.
-		code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", keyB, `{"ids":["`+id+`"]}`, hdrs...)
+		code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/deadletters:redrive", keyB, `{"ids":["`+id+`"]}`, hdrs...)
 		if code != http.StatusOK || !strings.Contains(string(body), `"notFoundIds":["`+id+`"]`) {
 			t.Errorf("bolt redriving acme's dead letter: %d %s; want it not found", code, body)
 		}
-		if _, _, body := call(t, http.MethodGet, g.base+"/v1/functions/f/deadletters", keyB, "", hdrs...); strings.Contains(string(body), id) {
+		if _, _, body := call(t, http.MethodGet, g.Base+"/v1/functions/f/deadletters", keyB, "", hdrs...); strings.Contains(string(body), id) {
 			t.Errorf("bolt's dead letters list acme's job: %s", body)
 		}
 	}
 	// Acme still sees and owns it.
-	if _, _, body := call(t, http.MethodGet, g.base+"/v1/functions/f/deadletters", keyA, ""); !strings.Contains(string(body), id) || !strings.Contains(string(body), `"tenant":"acme"`) {
+	if _, _, body := call(t, http.MethodGet, g.Base+"/v1/functions/f/deadletters", keyA, ""); !strings.Contains(string(body), id) || !strings.Contains(string(body), `"tenant":"acme"`) {
 		t.Errorf("acme's dead letters = %s; want its job", body)
 	}
 
 	// Over gRPC, with forged metadata.
-	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+	jobs := sluicev1.NewJobServiceClient(g.GRPCConn(t))
 	ctxB := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+keyB, "tenant", "acme", "sluice-tenant", "acme")
 	if _, err := jobs.GetJob(ctxB, &sluicev1.GetJobRequest{Id: id}); status.Code(err) != codes.NotFound {
 		t.Errorf("gRPC GetJob of acme's job as bolt: %v, want NOT_FOUND", err)
@@ -169,26 +170,26 @@ func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
 	}
 
 	// Bolt may use only "f": "slow" does not exist for it.
-	if code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/slow/jobs", keyB, `{}`); code != http.StatusNotFound {
+	if code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/slow/jobs", keyB, `{}`); code != http.StatusNotFound {
 		t.Errorf("bolt submitting to a function it may not use: %d %s, want 404", code, body)
 	}
-	if _, _, body := call(t, http.MethodGet, g.base+"/v1/functions", keyB, ""); strings.Contains(string(body), `"slow"`) {
+	if _, _, body := call(t, http.MethodGet, g.Base+"/v1/functions", keyB, ""); strings.Contains(string(body), `"slow"`) {
 		t.Errorf("bolt's function list shows a function it may not use: %s", body)
 	}
 
 	// Idempotency keys are each tenant's own.
-	_, _, a := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", keyA, `{}`, "Idempotency-Key", "order-1")
-	_, hb, b := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", keyB, `{}`, "Idempotency-Key", "order-1")
+	_, _, a := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", keyA, `{}`, "Idempotency-Key", "order-1")
+	_, hb, b := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", keyB, `{}`, "Idempotency-Key", "order-1")
 	if decodeJob(t, a).ID == decodeJob(t, b).ID || hb.Get("Idempotent-Replayed") != "" {
 		t.Errorf("the same Idempotency-Key from two tenants gave one job")
 	}
 }
 
-func waitTenantJob(t *testing.T, g *testGateway, id, key string) jobJSON {
+func waitTenantJob(t *testing.T, g *servertest.Gateway, id, key string) jobJSON {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		code, _, body := call(t, http.MethodGet, g.base+"/v1/jobs/"+id+"?wait=5s", key, "")
+		code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+id+"?wait=5s", key, "")
 		if code != http.StatusOK {
 			t.Fatalf("GET job: %d %s", code, body)
 		}
@@ -199,8 +200,8 @@ func waitTenantJob(t *testing.T, g *testGateway, id, key string) jobJSON {
 }
 
 func TestRateLimitsAnswer429WithRetryAfter(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{
 			{Name: "f", URL: fnURL, Ingress: &config.IngressConfig{PerSecond: 0.5, Burst: 2}},
 			{Name: "g", URL: fnURL},
@@ -212,20 +213,20 @@ func TestRateLimitsAnswer429WithRetryAfter(t *testing.T) {
 	})
 	// Function f: a burst of 2, then one every 2s.
 	for i := range 2 {
-		if code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", keyA, `{}`); code != http.StatusAccepted {
+		if code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", keyA, `{}`); code != http.StatusAccepted {
 			t.Fatalf("submit %d within the burst: %d %s", i, code, body)
 		}
 	}
-	code, h, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", keyA, `{}`)
+	code, h, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", keyA, `{}`)
 	ra, _ := strconv.Atoi(h.Get("Retry-After"))
 	if code != http.StatusTooManyRequests || ra < 1 || ra > 2 || !strings.Contains(string(body), `over the submit rate limit of function \"f\"`) {
 		t.Errorf("over f's rate: %d, Retry-After %q, %s; want 429 and 1–2s (one token per 2s)", code, h.Get("Retry-After"), body)
 	}
 	// Tenant bolt: one, then one every 4s, whatever the function.
-	if code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/g/jobs", keyB, `{}`); code != http.StatusAccepted {
+	if code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/g/jobs", keyB, `{}`); code != http.StatusAccepted {
 		t.Fatalf("bolt's first submit: %d %s", code, body)
 	}
-	jobs := sluicev1.NewJobServiceClient(g.grpcConn(t))
+	jobs := sluicev1.NewJobServiceClient(g.GRPCConn(t))
 	ctxB := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+keyB)
 	_, err := jobs.SubmitJob(ctxB, &sluicev1.SubmitJobRequest{Function: "g", Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte("x")}})
 	st := status.Convert(err)
@@ -239,7 +240,7 @@ func TestRateLimitsAnswer429WithRetryAfter(t *testing.T) {
 		t.Errorf("bolt over its rate over gRPC: %v, RetryInfo %v; want RESOURCE_EXHAUSTED, 3–4s", err, delay)
 	}
 	// Acme is not held back by bolt's limit.
-	if code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/g/jobs", keyA, `{}`); code != http.StatusAccepted {
+	if code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/g/jobs", keyA, `{}`); code != http.StatusAccepted {
 		t.Errorf("acme after bolt hit its limit: %d %s", code, body)
 	}
 }
@@ -253,14 +254,14 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 		}
 	}))
 	defer blocked.Close()
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{
 		Name: "f", URL: blocked.URL, Concurrency: 1, Timeout: config.Duration(30 * time.Second),
 		Ingress: &config.IngressConfig{MaxQueued: 3},
 	})
 	var ids []string
 	deadline := time.Now().Add(5 * time.Second)
 	for len(ids) < 3 {
-		code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", "", `{}`)
+		code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", `{}`)
 		if code != http.StatusAccepted {
 			t.Fatalf("submit %d of 3: %d %s", len(ids)+1, code, body)
 		}
@@ -271,7 +272,7 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 	var h http.Header
 	var body []byte
 	for time.Now().Before(deadline) {
-		code, h, body = call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", "", `{}`)
+		code, h, body = call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", `{}`)
 		if code != http.StatusAccepted {
 			break
 		}
@@ -286,7 +287,7 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 	}
 	// A queued job says what holds it: the one slot is taken.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		_, _, body := call(t, http.MethodGet, g.base+"/v1/jobs/"+ids[2], "", "")
+		_, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+ids[2], "", "")
 		var job struct {
 			State         string `json:"state"`
 			WaitingReason string `json:"waitingReason"`
@@ -310,11 +311,11 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 }
 
 func TestSubmitRefusedWhenItCouldNotStartWithinMaxAge(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{Duration: 300 * time.Millisecond})
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL, Concurrency: 1, MaxAge: config.Duration(time.Second)})
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{Duration: 300 * time.Millisecond})
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL, Concurrency: 1, MaxAge: config.Duration(time.Second)})
 	var ids []string
 	for range 8 {
-		code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", "", `{}`)
+		code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", `{}`)
 		if code != http.StatusAccepted {
 			t.Fatalf("submit: %d %s", code, body)
 		}
@@ -323,14 +324,14 @@ func TestSubmitRefusedWhenItCouldNotStartWithinMaxAge(t *testing.T) {
 	// Once the gateway has seen the function drain (about 3/s), a ninth
 	// job would wait more than its 1s max age behind the backlog.
 	waitREST(t, g, ids[1], 10*time.Second)
-	code, h, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", "", `{}`)
+	code, h, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", `{}`)
 	if code != http.StatusTooManyRequests || h.Get("Retry-After") == "" || !strings.Contains(string(body), "would not start within its max age of 1s") {
 		t.Errorf("submit behind a backlog longer than max_age: %d %s; want 429 saying why", code, body)
 	}
 	// When the backlog has drained, submits are accepted again, with an
 	// estimated start.
 	waitREST(t, g, ids[len(ids)-1], 20*time.Second)
-	code, _, body = call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", "", `{}`)
+	code, _, body = call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", `{}`)
 	var job struct {
 		EstimatedStartTime string `json:"estimatedStartTime"`
 	}

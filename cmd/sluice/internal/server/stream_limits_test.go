@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"bufio"
@@ -23,6 +23,8 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -83,7 +85,7 @@ func watchTransport(t *testing.T) *http.Client {
 // answered 429 with Retry-After at once, not left waiting (#19 item 3).
 func TestWatchesOfOneTenantLeaveRoomForAnother(t *testing.T) {
 	fn := startBlockedFunction(t)
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "f", URL: fn}},
 		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
@@ -91,7 +93,7 @@ func TestWatchesOfOneTenantLeaveRoomForAnother(t *testing.T) {
 		},
 	})
 	submitAs := func(key string) string {
-		code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/jobs", key, `{}`)
+		code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", key, `{}`)
 		if code != http.StatusAccepted {
 			t.Fatalf("submit: %d %s", code, body)
 		}
@@ -105,7 +107,7 @@ func TestWatchesOfOneTenantLeaveRoomForAnother(t *testing.T) {
 	eg.SetLimit(64)
 	for i := range acmeMost {
 		eg.Go(func() error {
-			w, _, err := openRESTWatch(t, client, g.base, acmeJob, keyA, 30*time.Second)
+			w, _, err := openRESTWatch(t, client, g.Base, acmeJob, keyA, 30*time.Second)
 			if err == nil && w.code != http.StatusOK {
 				err = fmt.Errorf("%d %s", w.code, w.first)
 			}
@@ -118,11 +120,11 @@ func TestWatchesOfOneTenantLeaveRoomForAnother(t *testing.T) {
 	if err := eg.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	w, _, err := openRESTWatch(t, client, g.base, boltJob, keyB, 5*time.Second)
+	w, _, err := openRESTWatch(t, client, g.Base, boltJob, keyB, 5*time.Second)
 	if err != nil || w.code != http.StatusOK || !strings.Contains(w.first, boltJob) {
 		t.Fatalf("bolt's watch while acme holds %d: %+v, %v; want it open with bolt's job", acmeMost, w, err)
 	}
-	w, _, err = openRESTWatch(t, client, g.base, acmeJob, keyA, 5*time.Second)
+	w, _, err = openRESTWatch(t, client, g.Base, acmeJob, keyA, 5*time.Second)
 	if err != nil || w.code != http.StatusTooManyRequests || w.header.Get("Retry-After") == "" {
 		t.Fatalf("acme's watch %d: %+v, %v; want 429 with Retry-After at once", acmeMost+1, w, err)
 	}
@@ -132,11 +134,11 @@ func TestWatchesOfOneTenantLeaveRoomForAnother(t *testing.T) {
 // bounded per connection (#19 item 17).
 func TestUnauthenticatedStreamsAreBoundedPerConnection(t *testing.T) {
 	const perConnection = 4 // the default
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "f", URL: startBlockedFunction(t)}},
 		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
 	})
-	conn := g.grpcConn(t)
+	conn := g.GRPCConn(t)
 	health := healthpb.NewHealthClient(conn)
 	var streams []context.CancelFunc
 	defer func() {
@@ -216,7 +218,7 @@ func openGRPCWatch(t *testing.T, conn *grpc.ClientConn, id, key string) (func(),
 	return cancel, nil
 }
 
-func newConn(t *testing.T, g *testGateway) *grpc.ClientConn {
+func newConn(t *testing.T, g *servertest.Gateway) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(g.GRPCAddr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -231,19 +233,19 @@ func newConn(t *testing.T, g *testGateway) *grpc.ClientConn {
 // back (#19 item 3).
 func TestWatchLimitsAtTheirEdges(t *testing.T) {
 	fn := startBlockedFunction(t)
-	pki := newTestPKI(t)
-	g := startTestGatewayOptions(t, t.TempDir(), &config.Config{
+	pki := servertest.NewPKI(t)
+	g := servertest.Start(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "f", URL: fn}},
 		Tenants: []config.TenantConfig{
 			{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}},
 			{Name: "bolt", APIKeys: []string{gateway.HashKey(keyB)}},
 		},
 		Streams: config.StreamsConfig{Watches: 5, WatchesPerTenant: 3, WatchesPerConnection: 2},
-	}, gatewayOptions{TLSCert: pki.serverCert, TLSKey: pki.serverKey})
-	h2 := func() *http.Client { return httpsClient(t, pki.clientTLS(nil)) }
+	}, server.Options{TLSCert: pki.ServerCert, TLSKey: pki.ServerKey})
+	h2 := func() *http.Client { return httpsClient(t, pki.ClientTLS(nil)) }
 	submitAs := func(key string) string {
 		t.Helper()
-		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, g.base+"/v1/functions/f/jobs", strings.NewReader("{}"))
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, g.Base+"/v1/functions/f/jobs", strings.NewReader("{}"))
 		req.Header.Set("Authorization", "Bearer "+key)
 		resp, err := h2().Do(req)
 		if err != nil {
@@ -269,7 +271,7 @@ func TestWatchLimitsAtTheirEdges(t *testing.T) {
 			t.Errorf("%s: %+v, %v; want 429 with Retry-After, saying %q", what, w, err, want)
 		}
 	}
-	grpcCreds := credentials.NewTLS(pki.clientTLS(nil))
+	grpcCreds := credentials.NewTLS(pki.ClientTLS(nil))
 	tlsConn := func() *grpc.ClientConn {
 		conn, err := grpc.NewClient(g.GRPCAddr.String(), grpc.WithTransportCredentials(grpcCreds))
 		if err != nil {
@@ -295,11 +297,11 @@ func TestWatchLimitsAtTheirEdges(t *testing.T) {
 	// connection REST's streams cross.
 	bolt := h2()
 	for i := range 2 {
-		if w, _, err := openRESTWatch(t, bolt, g.base, boltJob, keyB, 5*time.Second); err != nil || w.code != http.StatusOK {
+		if w, _, err := openRESTWatch(t, bolt, g.Base, boltJob, keyB, 5*time.Second); err != nil || w.code != http.StatusOK {
 			t.Fatalf("bolt's REST watch %d on one HTTP/2 connection: %+v %v", i+1, w, err)
 		}
 	}
-	w, _, err := openRESTWatch(t, bolt, g.base, boltJob, keyB, 5*time.Second)
+	w, _, err := openRESTWatch(t, bolt, g.Base, boltJob, keyB, 5*time.Second)
 	restRefused("bolt's third REST watch on one HTTP/2 connection", w, err, "this connection has 2 job watches open")
 
 	// Per tenant: 3, over gRPC and REST together.
@@ -308,7 +310,7 @@ func TestWatchLimitsAtTheirEdges(t *testing.T) {
 	}
 	_, err = openGRPCWatch(t, tlsConn(), acmeJob, keyA)
 	grpcRefused("acme's fourth watch", err, `tenant "acme" has 3 job watches open`)
-	w, _, err = openRESTWatch(t, h2(), g.base, acmeJob, keyA, 5*time.Second)
+	w, _, err = openRESTWatch(t, h2(), g.Base, acmeJob, keyA, 5*time.Second)
 	restRefused("acme's fourth watch, over REST", w, err, `tenant \"acme\" has 3 job watches open`)
 
 	// In all: 5 (acme 3, bolt 2).
@@ -332,7 +334,7 @@ func TestWatchLimitsAtTheirEdges(t *testing.T) {
 // connection and in all, health Watch and reflection together (#19 item
 // 17).
 func TestUnauthenticatedStreamLimitsAtTheirEdges(t *testing.T) {
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "f", URL: startBlockedFunction(t)}},
 		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(keyA)}}},
 		Streams:   config.StreamsConfig{Unauthenticated: 3, UnauthenticatedPerConnection: 2},

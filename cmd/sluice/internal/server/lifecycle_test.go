@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -53,14 +54,14 @@ func TestDeadLettersOverREST(t *testing.T) {
 	fn.status.Store(500)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{
 		Name: "f", URL: srv.URL, Concurrency: 4, Timeout: config.Duration(time.Second),
 		Retry:          config.RetryConfig{MaxAttempts: 3, InitialBackoff: config.Duration(10 * time.Millisecond), MaxBackoff: config.Duration(20 * time.Millisecond)},
 		CircuitBreaker: config.CircuitBreakerConfig{Enabled: new(false)},
 	})
 	var ids []string
 	for i := range 3 {
-		resp := post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte{'a' + byte(i)})
+		resp := post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte{'a' + byte(i)})
 		var job jobJSON
 		if err := json.NewDecoder(resp.Body).Decode(&job); err != nil || resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("submit: %d, %v", resp.StatusCode, err)
@@ -72,13 +73,13 @@ func TestDeadLettersOverREST(t *testing.T) {
 			t.Fatalf("job = %+v; want FAILED after 3 attempts", job)
 		}
 	}
-	if _, body := get(t, g.base+"/v1/jobs/"+ids[0]); !strings.Contains(string(body), `"deadLetterTime":"`) {
+	if _, body := get(t, g.Base+"/v1/jobs/"+ids[0]); !strings.Contains(string(body), `"deadLetterTime":"`) {
 		t.Errorf("job %s does not say it is dead-lettered: %s", ids[0], body)
 	}
 
 	// Two pages: 2 with payloads, then 1.
 	var page deadLettersJSON
-	resp, body := get(t, g.base+"/v1/functions/f/deadletters?pageSize=2&includePayload=true")
+	resp, body := get(t, g.Base+"/v1/functions/f/deadletters?pageSize=2&includePayload=true")
 	if err := json.Unmarshal(body, &page); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("list: %d %s", resp.StatusCode, body)
 	}
@@ -89,30 +90,30 @@ func TestDeadLettersOverREST(t *testing.T) {
 	if dl.Reason != "function answered HTTP 500 (attempt 3 of 3)" || len(dl.Job.History) != 3 || dl.Job.History[2].HTTPStatus != 500 {
 		t.Errorf("dead letter = %+v; want its reason and every attempt", dl)
 	}
-	_, body = get(t, g.base+"/v1/functions/f/deadletters?pageSize=2&pageToken="+page.NextPageToken)
+	_, body = get(t, g.Base+"/v1/functions/f/deadletters?pageSize=2&pageToken="+page.NextPageToken)
 	var rest deadLettersJSON
 	if err := json.Unmarshal(body, &rest); err != nil || len(rest.DeadLetters) != 1 || rest.NextPageToken != "" {
 		t.Fatalf("second page = %s; want the last one", body)
 	}
-	if resp, _ := get(t, g.base+"/v1/functions/f/deadletters?pageSize=501"); resp.StatusCode != http.StatusBadRequest {
+	if resp, _ := get(t, g.Base+"/v1/functions/f/deadletters?pageSize=501"); resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("page size 501: %d, want 400", resp.StatusCode)
 	}
-	if resp, _ := get(t, g.base+"/v1/functions/f/deadletters?pageToken=bogus"); resp.StatusCode != http.StatusBadRequest {
+	if resp, _ := get(t, g.Base+"/v1/functions/f/deadletters?pageToken=bogus"); resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("bogus page token: %d, want 400", resp.StatusCode)
 	}
 
 	// Discard one; discarding it again is 404.
-	if code, _, body := call(t, http.MethodDelete, g.base+"/v1/functions/f/deadletters/"+ids[2], "", ""); code != http.StatusOK {
+	if code, _, body := call(t, http.MethodDelete, g.Base+"/v1/functions/f/deadletters/"+ids[2], "", ""); code != http.StatusOK {
 		t.Fatalf("delete: %d %s", code, body)
 	}
-	if code, _, _ := call(t, http.MethodDelete, g.base+"/v1/functions/f/deadletters/"+ids[2], "", ""); code != http.StatusNotFound {
+	if code, _, _ := call(t, http.MethodDelete, g.Base+"/v1/functions/f/deadletters/"+ids[2], "", ""); code != http.StatusNotFound {
 		t.Errorf("second delete: %d, want 404", code)
 	}
 
 	// Fix the function and redrive all that are left.
 	fn.status.Store(200)
 	calls := fn.calls.Load()
-	code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", "", `{}`)
+	code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/deadletters:redrive", "", `{}`)
 	var redriven struct {
 		Jobs []jobJSON `json:"jobs"`
 	}
@@ -124,17 +125,17 @@ func TestDeadLettersOverREST(t *testing.T) {
 		if job.State != "SUCCEEDED" || job.Attempts != 1 {
 			t.Errorf("redriven job = %+v; want SUCCEEDED on a fresh attempt", job)
 		}
-		if _, body := get(t, g.base+"/v1/jobs/"+id); !strings.Contains(string(body), `"redrives":1`) || !strings.Contains(string(body), `"REDRIVEN"`) {
+		if _, body := get(t, g.Base+"/v1/jobs/"+id); !strings.Contains(string(body), `"redrives":1`) || !strings.Contains(string(body), `"REDRIVEN"`) {
 			t.Errorf("redriven job's history does not show the redrive: %s", body)
 		}
 	}
 	if got := fn.calls.Load() - calls; got != 2 {
 		t.Errorf("the function ran %d times after the redrive; want once per redriven job", got)
 	}
-	if code, _, body := call(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", "", `{"ids":["`+ids[2]+`"]}`); code != http.StatusOK || !strings.Contains(string(body), ids[2]) {
+	if code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/deadletters:redrive", "", `{"ids":["`+ids[2]+`"]}`); code != http.StatusOK || !strings.Contains(string(body), ids[2]) {
 		t.Errorf("redrive of a discarded one: %d %s; want it among notFoundIds", code, body)
 	}
-	if code, _, _ := call(t, http.MethodPost, g.base+"/v1/functions/f/deadletters:redrive", "", `{"ids":["nope"]}`); code != http.StatusBadRequest {
+	if code, _, _ := call(t, http.MethodPost, g.Base+"/v1/functions/f/deadletters:redrive", "", `{"ids":["nope"]}`); code != http.StatusBadRequest {
 		t.Errorf("redrive of a malformed ID: %d, want 400", code)
 	}
 	if st := fnStatusOf(t, g, "f"); st.DeadLetters != "" && st.DeadLetters != "0" {
@@ -194,13 +195,13 @@ func TestCallbacks(t *testing.T) {
 	recv := &receiver{secret: oldSecret} // a receiver that has not rotated yet
 	rsrv := httptest.NewServer(recv)
 	defer rsrv.Close()
-	_, fnURL := startFunction(t, fnsim.Config{})
-	g := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}},
 		// Signed with both during a rotation; loopback allowed for the test.
 		Callbacks: config.CallbacksConfig{Secrets: []string{secret, oldSecret}, AllowCIDRs: []string{"127.0.0.0/8"}},
 	})
-	req, _ := http.NewRequest(http.MethodPost, g.base+"/v1/functions/f/jobs", strings.NewReader(`{"n":1}`))
+	req, _ := http.NewRequest(http.MethodPost, g.Base+"/v1/functions/f/jobs", strings.NewReader(`{"n":1}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Sluice-Callback-Url", rsrv.URL+"/hook")
 	resp, err := http.DefaultClient.Do(req)
@@ -234,7 +235,7 @@ func TestCallbacks(t *testing.T) {
 
 	// Callback URLs the guard refuses, at submit time.
 	for _, u := range []string{"http://169.254.169.254/latest/meta-data/", "ftp://example.com/", "http://[::1/"} {
-		req, _ := http.NewRequest(http.MethodPost, g.base+"/v1/functions/f/jobs", strings.NewReader(`{}`))
+		req, _ := http.NewRequest(http.MethodPost, g.Base+"/v1/functions/f/jobs", strings.NewReader(`{}`))
 		req.Header.Set("Sluice-Callback-Url", u)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -248,14 +249,14 @@ func TestCallbacks(t *testing.T) {
 }
 
 func TestCallbacksRefusedWithoutSecretOrToLoopback(t *testing.T) {
-	_, fnURL := startFunction(t, fnsim.Config{})
-	plain := startTestGateway(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
-	guarded := startTestGatewayConfig(t, t.TempDir(), &config.Config{
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	plain := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{Name: "f", URL: fnURL})
+	guarded := servertest.StartConfig(t, t.TempDir(), &config.Config{
 		Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}},
 		Callbacks: config.CallbacksConfig{Secrets: []string{"whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))}},
 	})
 	for _, c := range []struct {
-		g   *testGateway
+		g   *servertest.Gateway
 		url string
 	}{
 		{plain, "https://example.com/hook"},
@@ -264,7 +265,7 @@ func TestCallbacksRefusedWithoutSecretOrToLoopback(t *testing.T) {
 		{guarded, "http://10.0.0.1/hook"},
 		{guarded, "http://169.254.169.254/"},
 	} {
-		req, _ := http.NewRequest(http.MethodPost, c.g.base+"/v1/functions/f/jobs", strings.NewReader(`{}`))
+		req, _ := http.NewRequest(http.MethodPost, c.g.Base+"/v1/functions/f/jobs", strings.NewReader(`{}`))
 		req.Header.Set("Sluice-Callback-Url", c.url)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -283,13 +284,13 @@ func TestCircuitStateInFunctionStatus(t *testing.T) {
 	fn.status.Store(502)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
-	g := startTestGateway(t, t.TempDir(), config.FunctionConfig{
+	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{
 		Name: "f", URL: srv.URL, Concurrency: 2, Timeout: config.Duration(time.Second),
 		Retry:          config.RetryConfig{MaxAttempts: 5, InitialBackoff: config.Duration(10 * time.Millisecond), MaxBackoff: config.Duration(20 * time.Millisecond)},
 		CircuitBreaker: config.CircuitBreakerConfig{MinAttempts: 4, Cooldown: config.Duration(time.Minute)},
 	})
 	for range 6 {
-		post(t, g.base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+		post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -1,4 +1,4 @@
-package main
+package server_test
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -46,11 +48,11 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 			DeadLetterMaxBytes: 6 << 20, CallbackMaxBytes: 6 << 20,
 		},
 	}
-	g := startTestGatewayOptions(t, t.TempDir(), cfg, gatewayOptions{NATSURL: srv.ClientURL()})
-	p := g.gatewayProcess
+	g := servertest.Start(t, t.TempDir(), cfg, server.Options{NATSURL: srv.ClientURL()})
+	p := g.Gateway
 
 	submit := func(key, function string) (code int, id, retryAfter, body string) {
-		code, h, b := call(t, http.MethodPost, g.base+"/v1/functions/"+function+"/jobs", key, `{"n":1}`)
+		code, h, b := call(t, http.MethodPost, g.Base+"/v1/functions/"+function+"/jobs", key, `{"n":1}`)
 		return code, strings.TrimPrefix(h.Get("Location"), "/v1/jobs/"), h.Get("Retry-After"), string(b)
 	}
 	// bolt's work is queued behind a slow function while acme floods.
@@ -126,7 +128,7 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 			kept++
 		}
 	}
-	stores, err := p.queue.Stores(t.Context())
+	stores, err := p.Queue().Stores(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +138,7 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 	}
 	t.Logf("acme's %d jobs all finished: %d with their result, %d with it left out (the state store past its high water); stores: %s",
 		len(acmeJobs), kept, lean, strings.Join(fills, ", "))
-	_, metrics := get(t, g.base+"/metrics")
+	_, metrics := get(t, g.Base+"/metrics")
 	for _, want := range [][2]string{
 		{"sluice_store_fill_ratio{", `sluice_store="state"} 0.9`}, {"sluice_store_used_bytes{", `sluice_store="state"}`},
 		{"sluice_store_limit_bytes{", `sluice_store="dead_letters"} 6.291456e+06`}, {"sluice_store_parked_finishes{", "} 0"},
@@ -149,7 +151,7 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 			t.Errorf("/metrics has no %s…%s", want[0], want[1])
 		}
 	}
-	_, body := get(t, g.base+"/readyz")
+	_, body := get(t, g.Base+"/readyz")
 	t.Logf("/readyz: %s", strings.ReplaceAll(strings.TrimSpace(string(body)), "\n", "; "))
 	if !strings.Contains(string(body), "store state") {
 		t.Errorf("/readyz = %q; want it to name the full state store", body)
@@ -157,11 +159,11 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 }
 
 // waitRESTKey waits for a job to end, reading it with an API key.
-func waitRESTKey(t *testing.T, g *testGateway, key, id string, within time.Duration) jobJSON {
+func waitRESTKey(t *testing.T, g *servertest.Gateway, key, id string, within time.Duration) jobJSON {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		code, _, body := call(t, http.MethodGet, g.base+"/v1/jobs/"+id, key, "")
+		code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+id, key, "")
 		if code != http.StatusOK {
 			t.Fatalf("GET job %s: %d %s", id, code, body)
 		}
