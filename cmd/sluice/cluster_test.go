@@ -23,7 +23,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,6 +40,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -270,13 +270,12 @@ func stablePort(tb testing.TB) int {
 	}
 	const first = 10000
 	if low-first < 1000 {
-		addr, err := freeAddr() // no room below the range: take the kernel's choice
+		ln, err := net.Listen("tcp", "127.0.0.1:0") // no room below the range: take the kernel's choice
 		if err != nil {
 			tb.Fatal(err)
 		}
-		_, p, _ := net.SplitHostPort(addr)
-		port, _ := strconv.Atoi(p)
-		return port
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
 	}
 	for range 1000 {
 		port := first + rand.IntN(low-first)
@@ -527,7 +526,7 @@ func (g *clusterGateway) start(tb testing.TB) {
 		tb.Fatal(err)
 	}
 	g.cmd = cmd
-	if err := waitHTTP(tb.Context(), "http://"+g.httpAddr+"/readyz", 60*time.Second, nil); err != nil {
+	if err := bench.WaitHTTP(tb.Context(), "http://"+g.httpAddr+"/readyz", 60*time.Second, nil); err != nil {
 		b, _ := os.ReadFile(g.log)
 		tb.Fatalf("gateway: %v\n%s", err, b)
 	}

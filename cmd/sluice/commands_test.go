@@ -219,3 +219,15 @@ func TestTLSFlagErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestUsageListsEveryCommand(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"--help"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range commands() {
+		if !strings.Contains(out.String(), "sluice "+c.name) {
+			t.Errorf("usage does not list %s:\n%s", c.name, out.String())
+		}
+	}
+}

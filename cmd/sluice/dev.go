@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -25,14 +27,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.SetOutput(stderr)
 	var (
 		o   server.Options
-		lf  logFlags
-		sim fnsimFlags
+		lf  cli.LogFlags
+		sim bench.FnsimFlags
 	)
 	fs.StringVar(&o.DataDir, "data-dir", "", "where the embedded JetStream stores jobs; empty: a temporary directory removed on exit")
 	registerGatewayFlags(fs, &o)
-	lf.register(fs)
-	sim.register(fs, "fn-")
-	if err := parseFlags(fs, args); err != nil {
+	lf.Register(fs)
+	sim.Register(fs, "fn-")
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if o.NATSURL != "" {
@@ -42,7 +44,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := o.Check(); err != nil {
 		return err
 	}
-	log, err := lf.logger(stderr)
+	log, err := lf.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -59,15 +61,15 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if err := sim.check("fn-"); err != nil {
+	if err := sim.Check("fn-"); err != nil {
 		fnLn.Close()
 		return err
 	}
-	fnSrv := &http.Server{Handler: fnsim.New(sim.cfg), ReadHeaderTimeout: 10 * time.Second}
+	fnSrv := &http.Server{Handler: fnsim.New(sim.Config), ReadHeaderTimeout: 10 * time.Second}
 	cfg := &config.Config{Functions: []config.FunctionConfig{{
 		Name:        "echo",
 		URL:         "http://" + fnLn.Addr().String() + "/",
-		Concurrency: config.Count(max(1, sim.cfg.Concurrency)),
+		Concurrency: config.Count(max(1, sim.Config.Concurrency)),
 	}}}
 	if err := cfg.SetDefaultsAndCheck(); err != nil {
 		return err
@@ -91,7 +93,7 @@ Try:
   curl%[4]s -si -X POST %[5]s://%[1]s/v1/functions/echo/jobs -H 'Content-Type: application/json' -d '{"hello":"world"}'
   curl%[4]s -s %[5]s://%[1]s/v1/jobs/JOB_ID/result
 Stop with Ctrl-C.
-`, server.DialTarget(p.HTTPAddr), server.DialTarget(p.GRPCAddr), sim.cfg.Duration, curlTLS, p.RESTScheme())
+`, server.DialTarget(p.HTTPAddr), server.DialTarget(p.GRPCAddr), sim.Config.Duration, curlTLS, p.RESTScheme())
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -1,47 +1,25 @@
 // Command sluice is the Sluice gateway: it buffers jobs for serverless
 // functions in NATS JetStream and dispatches them at a pace the functions
-// can take.
+// can take. Run "sluice help" for its commands.
 //
-//	sluice serve --config sluice.yaml   run the gateway
-//	sluice dev                          run it with a demo function, no setup
-//	sluice fnsim                        run the simulated function alone
+// This package only wires: each command's work is in a package of its own
+// under internal/ (config, server, client, bench, cli).
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
 
-	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
-	"github.com/sluicehq/sluice/gateway"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/client"
 )
-
-var usage = `Sluice buffers requests for serverless functions and dispatches them at a pace the functions can take.
-
-Usage:
-  sluice serve --config FILE [flags]   run the gateway
-  sluice dev [flags]                   run the gateway with a demo function "echo"; no setup needed
-  sluice fnsim [flags]                 run the simulated serverless platform on its own
-` + benchUsage() + `  sluice submit FUNCTION [--data TEXT|@FILE|-] [--wait 10s] [--idempotency-key K] [--count N]
-  sluice get JOB_ID | wait JOB_ID | cancel JOB_ID
-  sluice dlq list FUNCTION | dlq redrive FUNCTION [JOB_ID ...]
-  sluice functions                     the functions with live stats
-                                       (client commands: --server, --api-key or SLUICE_API_KEY, --tls*, --json)
-  sluice hash-key [KEY]                print the digest of an API key, for a tenant's api_keys (KEY from stdin if not given)
-  sluice callback-secret --config FILE --tenant NAME
-                                       print the secrets that sign the tenant's callbacks, for its receivers
-
-Run "sluice COMMAND -h" for a command's flags.
-`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -55,123 +33,97 @@ func main() {
 	}
 }
 
+// stdio is a command's standard streams.
+type stdio struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
+// command is one sluice command, as usage lists it and as run finds it.
+type command struct {
+	name     string // the words after "sluice", e.g. "bench burst"
+	synopsis string // what follows the name in usage
+	summary  string
+	run      func(ctx context.Context, args []string, std stdio) error
+}
+
+// commands are sluice's commands, in the order usage lists them.
+func commands() []command {
+	cmds := []command{
+		{"serve", "--config FILE [flags]", "run the gateway",
+			func(ctx context.Context, args []string, std stdio) error { return runServe(ctx, args, std.err) }},
+		{"dev", "[flags]", `run the gateway with a demo function "echo"; no setup needed`,
+			func(ctx context.Context, args []string, std stdio) error { return runDev(ctx, args, std.out, std.err) }},
+		{"fnsim", "[flags]", "run the simulated serverless platform on its own",
+			func(ctx context.Context, args []string, std stdio) error { return bench.RunFnsim(ctx, args, std.err) }},
+	}
+	for _, b := range bench.Commands() {
+		cmds = append(cmds, command{"bench " + b.Name, "[flags]", b.Summary,
+			func(ctx context.Context, args []string, std stdio) error { return b.Run(ctx, args, std.out, std.err) }})
+	}
+	for _, c := range []struct{ name, synopsis, summary string }{
+		{"submit", "FUNCTION [--data TEXT|@FILE|-] [--wait 10s] [--idempotency-key K] [--count N]", "submit a job (or N), and wait for it if asked"},
+		{"get", "JOB_ID", "print a job"},
+		{"wait", "JOB_ID", "wait for a job to finish, and print it"},
+		{"cancel", "JOB_ID", "cancel a job"},
+		{"dlq", "list FUNCTION | redrive FUNCTION [JOB_ID ...]", "list or redrive a function's dead letters"},
+		{"functions", "", "the functions with live stats"},
+	} {
+		cmds = append(cmds, command{c.name, c.synopsis, c.summary,
+			func(ctx context.Context, args []string, std stdio) error {
+				return client.Run(ctx, c.name, args, std.in, std.out, std.err)
+			}})
+	}
+	return append(cmds,
+		command{"hash-key", "[KEY]", "print the digest of an API key, for a tenant's api_keys (KEY from stdin if not given)",
+			func(_ context.Context, args []string, std stdio) error { return runHashKey(args, std.in, std.out) }},
+		command{"callback-secret", "--config FILE --tenant NAME", "print the secrets that sign the tenant's callbacks, for its receivers",
+			func(_ context.Context, args []string, std stdio) error {
+				return runCallbackSecret(args, std.out, std.err)
+			}},
+	)
+}
+
+// usage is sluice's usage text, made from its commands.
+func usage() string {
+	var b strings.Builder
+	b.WriteString("Sluice buffers requests for serverless functions and dispatches them at a pace the functions can take.\n\nUsage:\n")
+	for _, c := range commands() {
+		line := strings.TrimSpace("sluice " + c.name + " " + c.synopsis)
+		if len(line) > 37 {
+			fmt.Fprintf(&b, "  %s\n  %-37s%s\n", line, "", c.summary)
+			continue
+		}
+		fmt.Fprintf(&b, "  %-37s%s\n", line, c.summary)
+	}
+	b.WriteString("  sluice help                          this text\n\n" +
+		"The client commands (submit to functions) take --server, --api-key or SLUICE_API_KEY, --tls* and --json.\n" +
+		"Run \"sluice COMMAND -h\" for a command's flags.\n")
+	return b.String()
+}
+
 // run executes one sluice command until it finishes or ctx ends.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage())
 		return errors.New("no command given")
 	}
-	switch cmd, rest := args[0], args[1:]; cmd {
-	case "serve":
-		return runServe(ctx, rest, stderr)
-	case "dev":
-		return runDev(ctx, rest, stdout, stderr)
-	case "fnsim":
-		return runFnsim(ctx, rest, stderr)
-	case "bench":
-		return runBench(ctx, rest, stdout, stderr)
-	case "hash-key":
-		return runHashKey(rest, os.Stdin, stdout)
-	case "callback-secret":
-		return runCallbackSecret(rest, stdout, stderr)
-	case "submit", "get", "wait", "cancel", "dlq", "functions":
-		return runClient(ctx, cmd, rest, os.Stdin, stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return nil
-	default:
-		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("unknown command %q", cmd)
-	}
-}
-
-// logFlags are the logging flags every command takes.
-type logFlags struct {
-	format string
-	level  slog.Level
-}
-
-func (l *logFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
-	fs.TextVar(&l.level, "log-level", slog.LevelInfo, "least severe level logged: debug, info, warn or error")
-}
-
-func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
-	opts := &slog.HandlerOptions{Level: l.level}
-	switch l.format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format: %q is neither text nor json", l.format)
-}
-
-// parseFlags parses args, rejecting stray positional arguments.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
-	}
-	return nil
-}
-
-// runHashKey prints the digest of an API key, the form a tenant's api_keys
-// take. Reading the key from stdin keeps it out of shell history.
-func runHashKey(args []string, stdin io.Reader, stdout io.Writer) error {
-	var key string
-	switch len(args) {
-	case 0:
-		line, err := bufio.NewReader(io.LimitReader(stdin, 4096)).ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("hash-key: read the key from stdin: %w", err)
+	std := stdio{in: os.Stdin, out: stdout, err: stderr}
+	for _, c := range commands() {
+		words := strings.Fields(c.name)
+		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
+			return c.run(ctx, args[len(words):], std)
 		}
-		key = strings.TrimRight(line, "\r\n")
-	case 1:
-		key = args[0]
-	default:
-		return errors.New("hash-key: give one key, or none to read it from stdin")
 	}
-	if len(key) < 16 {
-		return errors.New("hash-key: a key must be at least 16 characters; use a random one, e.g. `openssl rand -base64 32`")
+	switch args[0] {
+	case "bench":
+		// Not a benchmark usage lists: bench's own child processes (bench
+		// jetstream), or a name it does not know, which it reports.
+		return bench.Run(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage())
+		return nil
 	}
-	fmt.Fprintln(stdout, gateway.HashKey(key))
-	return nil
-}
-
-// runCallbackSecret prints the secrets that sign a tenant's callbacks, one
-// a line in signing order: what the tenant's receivers check signatures
-// with. They are its callback_secrets, or else derived from the gateway's
-// callbacks.secrets, so they follow the gateway's rotation.
-func runCallbackSecret(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("callback-secret", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "", "the gateway's configuration file (required)")
-	tenant := fs.String("tenant", "", "the tenant's name, as in tenants[].name (required)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if *path == "" || *tenant == "" {
-		return errors.New("callback-secret: give --config and --tenant")
-	}
-	cfg, err := config.LoadConfig(*path)
-	if err != nil {
-		return err
-	}
-	if len(cfg.Callbacks.Secrets) == 0 {
-		return errors.New("callback-secret: the config has no callbacks.secrets, so callbacks are off")
-	}
-	if !slices.ContainsFunc(cfg.Tenants, func(t config.TenantConfig) bool { return t.Name == *tenant }) {
-		return fmt.Errorf("callback-secret: %q is not a tenant in %s", *tenant, *path)
-	}
-	keys, err := cfg.CallbackKeys()
-	if err != nil {
-		return err
-	}
-	for _, s := range keys.Secrets(*tenant) {
-		fmt.Fprintln(stdout, s)
-	}
-	return nil
+	fmt.Fprint(stderr, usage())
+	return fmt.Errorf("unknown command %q", args[0])
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 )
@@ -29,15 +30,15 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var (
 		o          server.Options
-		lf         logFlags
+		lf         cli.LogFlags
 		configFile string
 	)
 	fs.StringVar(&configFile, "config", "", "YAML file naming the functions (required)")
 	fs.StringVar(&o.DataDir, "data-dir", "./sluice-data", "where the embedded JetStream stores jobs")
 	registerGatewayFlags(fs, &o)
 	fs.IntVar(&o.Replicas, "replicas", 1, "replica count of Sluice's JetStream streams and buckets: 3 on a three-node NATS cluster, 1 embedded; every gateway must agree, and an existing stream with another count stops start-up")
-	lf.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	lf.Register(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if err := o.Check(); err != nil {
@@ -46,7 +47,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if configFile == "" {
 		return errors.New("serve: --config is required: a YAML file naming the functions")
 	}
-	log, err := lf.logger(stderr)
+	log, err := lf.Logger(stderr)
 	if err != nil {
 		return err
 	}

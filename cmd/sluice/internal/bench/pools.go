@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -37,7 +38,7 @@ func parsePoolsFlags(args []string, stderr io.Writer) (poolsFlags, error) {
 	fs.DurationVar(&b.handler, "duration", 100*time.Millisecond, "handler run time per invocation")
 	fs.DurationVar(&b.jitter, "jitter", 50*time.Millisecond, "handler run time spread: ± this much")
 	fs.DurationVar(&b.sample, "sample", 10*time.Millisecond, "how often the platform is sampled (and JetStream every 4th time)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return b, err
 	}
 	if b.pool < 3 || b.reserved < 0 || 3*b.reserved > b.pool || b.concurrency < 1 || b.gateways < 1 || b.big < 1 || b.small < 1 || b.submitters < 1 {

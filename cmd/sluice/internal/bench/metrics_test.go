@@ -1,11 +1,9 @@
-package main
+package bench
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 )
 
@@ -39,17 +37,5 @@ other_total{sluice_kind="jobs"} 99
 	}
 	if m := meanBatch(got, got, "jobs"); m != "-" {
 		t.Errorf("no batches between scrapes: %s, want -", m)
-	}
-}
-
-func TestUsageListsEveryBenchmark(t *testing.T) {
-	var out bytes.Buffer
-	if err := run(t.Context(), []string{"--help"}, &out, &out); err != nil {
-		t.Fatal(err)
-	}
-	for _, bm := range benchmarks {
-		if !strings.Contains(out.String(), "sluice bench "+bm.name+" [flags]") {
-			t.Errorf("usage does not list bench %s:\n%s", bm.name, out.String())
-		}
 	}
 }

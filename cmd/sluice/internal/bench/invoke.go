@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"text/tabwriter"
 	"time"
+
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
 // invokeFlags configure `sluice bench invoke`.
@@ -34,7 +36,7 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured calls before each path")
 	b.stackFlags.register(fs)
 	fs.DurationVar(&b.maxOverhead, "max-overhead", 0, "fail if Sluice's p50 exceeds the direct p50 by more than this (0: no limit)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if b.clients < 1 || b.payload < 1 || b.duration <= 0 {

@@ -1,4 +1,4 @@
-package main
+package client
 
 import (
 	"bytes"
@@ -30,7 +30,7 @@ func TestClientCommands(t *testing.T) {
 		t.Helper()
 		var out, errOut bytes.Buffer
 		args = append(args, "--server", g.GRPCAddr.String(), "--api-key", clientKey)
-		err := run(t.Context(), args, &out, &errOut)
+		err := Run(t.Context(), args[0], args[1:], nil, &out, &errOut)
 		return out.String(), err
 	}
 
@@ -83,7 +83,7 @@ func TestClientCommands(t *testing.T) {
 		t.Errorf("functions = %q, %v", out, err)
 	}
 	var out2, errOut bytes.Buffer
-	err = run(t.Context(), []string{"get", job.ID, "--server", g.GRPCAddr.String(), "--api-key", "wrong-key-0123456789"}, &out2, &errOut)
+	err = Run(t.Context(), "get", []string{job.ID, "--server", g.GRPCAddr.String(), "--api-key", "wrong-key-0123456789"}, nil, &out2, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "API key not recognised") {
 		t.Errorf("get with a wrong key: %v, want UNAUTHENTICATED", err)
 	}

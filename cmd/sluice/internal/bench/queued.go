@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 	"google.golang.org/genproto/googleapis/api/httpbody"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
 // queuedFlags configure `sluice bench queued`.
@@ -42,7 +43,7 @@ func parseQueuedFlags(args []string, stderr io.Writer) (queuedFlags, error) {
 	b.stackFlags.register(fs)
 	fs.Int64Var(&b.maxRSS, "max-rss-mib", 0, "fail if the gateway's RSS exceeds this many MiB (0: no limit)")
 	fs.Float64Var(&b.maxGetRatio, "max-get-ratio", 0, "fail if GetJob p99 full / empty exceeds this (0: no limit)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return b, err
 	}
 	if b.jobs < 1 || b.payload < 1 || b.submitters < 1 || b.sample < 1 || b.readFor <= 0 || b.readWarmup < 0 {

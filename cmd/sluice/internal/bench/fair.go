@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -39,7 +40,7 @@ func parseFairnessFlags(args []string, stderr io.Writer) (fairnessFlags, error) 
 	fs.IntVar(&b.gateways, "gateways", 2, "gateway processes sharing one NATS")
 	fs.IntVar(&b.submitters, "submitters", 32, "concurrent submitting clients")
 	fs.DurationVar(&b.handler, "duration", 100*time.Millisecond, "handler run time per invocation")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return b, err
 	}
 	if b.backlog < 2 || b.few < 1 || b.high < 1 || b.concurrency < 2 || b.gateways < 1 || b.submitters < 1 {

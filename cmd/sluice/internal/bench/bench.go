@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -29,38 +29,34 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
-// benchmarks are the `sluice bench` commands, in the order usage lists
-// them.
-var benchmarks = []struct {
-	name, summary string
-	run           func(ctx context.Context, args []string, stdout, stderr io.Writer) error
-}{
-	{"burst", "measure a burst through Sluice against the same burst sent directly", runBenchBurst},
-	{"ingress", "measure durable submits over gRPC and REST against JetStream's own rate", runBenchIngress},
-	{"pipeline", "measure jobs completed per second end to end, the backlog bounded", runBenchPipeline},
-	{"invoke", "measure what :invoke adds to a call to an idle, instant function", runBenchInvoke},
-	{"queued", "show the gateway's memory and GetJob's latency do not grow with the queue", runBenchQueued},
-	{"pools", "run three functions sharing a concurrency pool across gateway processes", runBenchPools},
-	{"fairness", "run a fair function: one tenant's few jobs against another's backlog", runBenchFairness},
-	{"pacing", "run bursts against platforms that differ from the config, row by row", runBenchPacing},
+// Command is one `sluice bench` command.
+type Command struct {
+	Name, Summary string
+	Run           func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
-// benchUsage lists the benchmarks, for sluice's usage text.
-func benchUsage() string {
-	var b strings.Builder
-	for _, bm := range benchmarks {
-		fmt.Fprintf(&b, "  %-37s%s\n", "sluice bench "+bm.name+" [flags]", bm.summary)
+// Commands are the benchmarks, in the order usage lists them.
+func Commands() []Command {
+	return []Command{
+		{"burst", "measure a burst through Sluice against the same burst sent directly", runBenchBurst},
+		{"ingress", "measure durable submits over gRPC and REST against JetStream's own rate", runBenchIngress},
+		{"pipeline", "measure jobs completed per second end to end, the backlog bounded", runBenchPipeline},
+		{"invoke", "measure what :invoke adds to a call to an idle, instant function", runBenchInvoke},
+		{"queued", "show the gateway's memory and GetJob's latency do not grow with the queue", runBenchQueued},
+		{"pools", "run three functions sharing a concurrency pool across gateway processes", runBenchPools},
+		{"fairness", "run a fair function: one tenant's few jobs against another's backlog", runBenchFairness},
+		{"pacing", "run bursts against platforms that differ from the config, row by row", runBenchPacing},
 	}
-	return b.String()
 }
 
-// runBench runs one of the benchmarks, or the JetStream the others start
+// Run runs one of the benchmarks, or the JetStream the others start
 // (bench jetstream), in a process of its own.
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// The load generator collects garbage as a gateway does; the JetStream
 	// process (bench jetstream) as an embedded JetStream does.
 	server.TuneGC(len(args) > 0 && args[0] == "jetstream")
@@ -68,11 +64,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runBenchJetStream(ctx, args[1:], stdout, stderr)
 	}
 	var names []string
-	for _, bm := range benchmarks {
-		if len(args) > 0 && args[0] == bm.name {
-			return bm.run(ctx, args[1:], stdout, stderr)
+	for _, bm := range Commands() {
+		if len(args) > 0 && args[0] == bm.Name {
+			return bm.Run(ctx, args[1:], stdout, stderr)
 		}
-		names = append(names, bm.name)
+		names = append(names, bm.Name)
 	}
 	return fmt.Errorf("bench: name a benchmark: %s or %s", strings.Join(names[:len(names)-1], ", "), names[len(names)-1])
 }
@@ -105,7 +101,7 @@ func parseBurstFlags(args []string, stderr io.Writer) (burstFlags, error) {
 	fs.IntVar(&b.payload, "payload", 256, "payload size in bytes")
 	fs.BoolVar(&b.direct, "direct", true, "also drive the burst straight at a fresh platform, as a typical client does")
 	fs.IntVar(&b.retries, "direct-retries", 3, "retries of the direct client, with exponential backoff")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return b, err
 	}
 	if b.jobs < 1 || b.concurrency < 1 || b.initial < 1 || b.gateways < 1 || b.submitters < 1 || b.perMinute < 0 || b.fnConcurrency < 0 || b.payload < 0 {
@@ -557,7 +553,7 @@ func startListening(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, c
 		if err != nil {
 			return nil, nil, err
 		}
-		err = waitHTTP(ctx, c.readyURL(addrs), 30*time.Second, exited)
+		err = WaitHTTP(ctx, c.readyURL(addrs), 30*time.Second, exited)
 		if !errors.Is(err, errChildExited) {
 			return cmd, addrs, err
 		}
@@ -603,13 +599,13 @@ func startOwnPlatform(ctx context.Context, stderr io.Writer, flags []string) (ad
 	return addr, stop, nil
 }
 
-// errChildExited is waitHTTP's answer when the child it waits for exits
+// errChildExited is WaitHTTP's answer when the child it waits for exits
 // first.
 var errChildExited = errors.New("exited before it was ready")
 
-// waitHTTP polls url until it answers 200, or until exited (if not nil)
+// WaitHTTP polls url until it answers 200, or until exited (if not nil)
 // is closed.
-func waitHTTP(ctx context.Context, url string, within time.Duration, exited <-chan struct{}) error {
+func WaitHTTP(ctx context.Context, url string, within time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(within)
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

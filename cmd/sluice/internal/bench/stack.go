@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -29,8 +29,9 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/loadgen"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
-	"github.com/sluicehq/sluice/cmd/sluice/loadgen"
 )
 
 // benchStack is what the ingress, pipeline, invoke and queued benchmarks
@@ -177,7 +178,7 @@ func runBenchJetStream(ctx context.Context, args []string, stdout, stderr io.Wri
 	dir := fs.String("store-dir", "", "where JetStream stores (required)")
 	durability := fs.String("durability", "always", "always (fsync before ack) or interval")
 	debugAddr := fs.String("debug-addr", "", "serve Go's profiler here")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	e, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: *dir, Listen: true, NoSyncAlways: *durability == "interval"})

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -191,7 +192,7 @@ func runBenchPacing(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Float64Var(&maxThrottled, "max-throttled", 0, "fail a row whose throttled share of invocations (throttled / (invocations + throttled)) is above this fraction; 0: no check")
 	fs.StringVar(&logLevel, "gateway-log-level", "warn", "the gateways' log level; their logs go to stderr")
 	fs.Float64Var(&maxDrainRatio, "max-drain-ratio", 0, "fail a row whose drain / ideal is above this; 0: no check")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	all := pacingRows(handler)
@@ -219,7 +220,7 @@ func runBenchPacing(ctx context.Context, args []string, stdout, stderr io.Writer
 		jobs, handler, submitters)
 	for _, r := range rows {
 		fmt.Fprintf(stdout, "  %-27s sluice {%s}, %d gateway(s); platform %s\n", r.name,
-			strings.TrimSuffix(r.keys(", "), ", "), max(r.gateways, 1), strings.Join((&fnsimFlags{cfg: r.platform}).args(), " "))
+			strings.TrimSuffix(r.keys(", "), ", "), max(r.gateways, 1), strings.Join((&FnsimFlags{Config: r.platform}).args(), " "))
 	}
 	fmt.Fprintln(stdout)
 
@@ -282,7 +283,7 @@ func runPacingRow(ctx context.Context, r pacingRow, n, submitters int, logLevel 
 	defer cancel()
 	res, err := benchSluice(ctx, sluiceRun{
 		jobs: n, submitters: submitters, payload: 256, protocol: "grpc", gateways: max(r.gateways, 1),
-		platform: (&fnsimFlags{cfg: r.platform}).args(), function: r.name, config: r.config, status: true, logLevel: logLevel,
+		platform: (&FnsimFlags{Config: r.platform}).args(), function: r.name, config: r.config, status: true, logLevel: logLevel,
 	}, dir, stderr)
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))

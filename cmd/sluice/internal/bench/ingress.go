@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
 // ingressFlags configure `sluice bench ingress`.
@@ -56,7 +57,7 @@ func parseIngressFlags(args []string, stderr io.Writer) (ingressFlags, error) {
 	fs.Float64Var(&b.minRatio, "min-ratio", 0, "fail unless gRPC ingress is at least this multiple of the baseline")
 	fs.Float64Var(&b.restRatio, "min-rest-ratio", 0, "fail unless REST ingress is at least this multiple of gRPC's")
 	fs.DurationVar(&b.maxP99, "max-p99", 0, "fail if gRPC ingress p99 latency exceeds this (0: no limit)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return b, err
 	}
 	if b.concurrency < 1 || b.payload < 1 || b.duration <= 0 {

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
 // pipelineFlags configure `sluice bench pipeline`.
@@ -51,7 +52,7 @@ func parsePipelineFlags(args []string, stderr io.Writer) (pipelineFlags, error) 
 	fs.IntVar(&b.maxBatch, "max-batch", 200, "the gateway's buffer.group_commit.max_batch")
 	fs.IntVar(&b.inFlight, "batches-in-flight", 2, "the gateway's buffer.group_commit.in_flight")
 	fs.Float64Var(&b.minPerSecond, "min-per-second", 0, "fail unless at least this many jobs complete per second")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return b, err
 	}
 	if b.submitters < 1 || b.payload < 1 || b.fnConcurrency < 1 || b.maxBacklog < 1 || b.duration <= 0 {

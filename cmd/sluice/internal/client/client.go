@@ -1,4 +1,6 @@
-package main
+// Package client is the client side of the sluice command: submit, get,
+// wait, cancel, dlq and functions, over gRPC.
+package client
 
 import (
 	"context"
@@ -133,9 +135,9 @@ func printJob(w io.Writer, job *sluicev1.Job) {
 	}
 }
 
-// runClient runs one client command: submit, get, wait, cancel, dlq or
+// Run runs one client command: submit, get, wait, cancel, dlq or
 // functions.
-func runClient(ctx context.Context, cmd string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+func Run(ctx context.Context, cmd string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c clientFlags

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -12,16 +12,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
-// fnsimFlags configure the simulated platform.
-type fnsimFlags struct {
-	cfg fnsim.Config
+// FnsimFlags configure the simulated platform (sluice fnsim, and the
+// demo function of sluice dev).
+type FnsimFlags struct {
+	Config fnsim.Config
 }
 
-func (f *fnsimFlags) register(fs *flag.FlagSet, prefix string) {
-	c := &f.cfg
+// Register registers the flags on fs, each name after prefix.
+func (f *FnsimFlags) Register(fs *flag.FlagSet, prefix string) {
+	c := &f.Config
 	fs.IntVar(&c.Concurrency, prefix+"concurrency", 5, "most invocations in flight (environments); more get 429; 0: no limit")
 	fs.IntVar(&c.InitialBurst, prefix+"initial", 0, "environments that may start at once; 0: the concurrency limit (no ramp)")
 	fs.IntVar(&c.ScalePerMinute, prefix+"per-minute", 0, "environments added per minute once the initial ones are all busy; 0: no ramp")
@@ -39,8 +42,9 @@ func (f *fnsimFlags) register(fs *flag.FlagSet, prefix string) {
 	fs.DurationVar(&c.RetryAfter, prefix+"retry-after", time.Second, "the Retry-After sent with a 429, rounded up to whole seconds")
 }
 
-func (f *fnsimFlags) check(prefix string) error {
-	c := f.cfg
+// Check checks the flags registered with prefix.
+func (f *FnsimFlags) Check(prefix string) error {
+	c := f.Config
 	switch {
 	case c.Concurrency < 0 || c.InitialBurst < 0 || c.ScalePerMinute < 0:
 		return errors.New("--" + prefix + "concurrency, --" + prefix + "initial and --" + prefix + "per-minute must not be negative")
@@ -72,8 +76,8 @@ func (f *fnsimFlags) check(prefix string) error {
 // child process: the inverse of register, for the fields a benchmark sets
 // (concurrency, ramp, cold start, handler time and jitter, schedule, rate
 // and Retry-After). Zero fields are left out, so they keep their defaults.
-func (f *fnsimFlags) args() []string {
-	c := f.cfg
+func (f *FnsimFlags) args() []string {
+	c := f.Config
 	a := []string{"--concurrency=" + strconv.Itoa(c.Concurrency), "--duration=" + c.Duration.String()}
 	add := func(set bool, name, value string) {
 		if set {
@@ -126,24 +130,24 @@ func (v *scheduleValue) Set(text string) error {
 
 func formatStep(s fnsim.Step) string { return s.After.String() + ":" + strconv.Itoa(s.Concurrency) }
 
-func runFnsim(ctx context.Context, args []string, stderr io.Writer) error {
+func RunFnsim(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fnsim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		sim  fnsimFlags
-		lf   logFlags
+		sim  FnsimFlags
+		lf   cli.LogFlags
 		addr string
 	)
 	fs.StringVar(&addr, "addr", "127.0.0.1:9000", "listen address")
-	sim.register(fs, "")
-	lf.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	sim.Register(fs, "")
+	lf.Register(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	if err := sim.check(""); err != nil {
+	if err := sim.Check(""); err != nil {
 		return err
 	}
-	log, err := lf.logger(stderr)
+	log, err := lf.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -151,10 +155,10 @@ func runFnsim(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: fnsim.New(sim.cfg), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: fnsim.New(sim.Config), ReadHeaderTimeout: 10 * time.Second}
 	log.Info("simulated function serving; GET /stats for its counts", "addr", ln.Addr().String(),
-		"concurrency", sim.cfg.Concurrency, "duration", sim.cfg.Duration, "cold_start", sim.cfg.ColdStart,
-		"schedule", (*scheduleValue)(&sim.cfg.Schedule).String(), "rate", sim.cfg.RatePerSecond, "retry_after", !sim.cfg.OmitRetryAfter)
+		"concurrency", sim.Config.Concurrency, "duration", sim.Config.Duration, "cold_start", sim.Config.ColdStart,
+		"schedule", (*scheduleValue)(&sim.Config.Schedule).String(), "rate", sim.Config.RatePerSecond, "retry_after", !sim.Config.OmitRetryAfter)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the shutdown goroutine if Serve fails first
 	go func() {

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"flag"
@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -36,14 +37,14 @@ func TestFnsimFlags(t *testing.T) {
 		{name: "zero Retry-After", args: []string{"--retry-after", "0s"}, wantErr: "--retry-after must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var sim fnsimFlags
+			var sim FnsimFlags
 			fs := flag.NewFlagSet("fnsim", flag.ContinueOnError)
 			fs.SetOutput(io.Discard)
-			sim.register(fs, "")
-			defaults := sim.cfg
-			err := parseFlags(fs, tc.args)
+			sim.Register(fs, "")
+			defaults := sim.Config
+			err := cli.ParseFlags(fs, tc.args)
 			if err == nil {
-				err = sim.check("")
+				err = sim.Check("")
 			}
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -56,20 +57,20 @@ func TestFnsimFlags(t *testing.T) {
 			}
 			want := defaults
 			tc.want(&want)
-			if !reflect.DeepEqual(sim.cfg, want) {
-				t.Errorf("config %+v, want %+v", sim.cfg, want)
+			if !reflect.DeepEqual(sim.Config, want) {
+				t.Errorf("config %+v, want %+v", sim.Config, want)
 			}
 
 			// args gives the same config back, as the child process of a
 			// benchmark parses it.
-			var again fnsimFlags
+			var again FnsimFlags
 			fs2 := flag.NewFlagSet("fnsim", flag.ContinueOnError)
-			again.register(fs2, "")
-			if err := parseFlags(fs2, sim.args()); err != nil {
+			again.Register(fs2, "")
+			if err := cli.ParseFlags(fs2, sim.args()); err != nil {
 				t.Fatalf("args %q: %v", sim.args(), err)
 			}
-			if !reflect.DeepEqual(again.cfg, sim.cfg) {
-				t.Errorf("args %q give %+v, want %+v", sim.args(), again.cfg, sim.cfg)
+			if !reflect.DeepEqual(again.Config, sim.Config) {
+				t.Errorf("args %q give %+v, want %+v", sim.args(), again.Config, sim.Config)
 			}
 		})
 	}
