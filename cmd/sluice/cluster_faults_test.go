@@ -1,21 +1,11 @@
 package main
 
 import (
-	"errors"
-	"log/slog"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/sluicehq/sluice/buffer"
-	"github.com/sluicehq/sluice/buffer/buffertest"
-	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
-	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
-	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 )
 
 // The fault runs of issue #8: each starts a three-node JetStream cluster
@@ -59,16 +49,16 @@ func TestClusterFaultKillStreamLeader(t *testing.T) {
 	jobs, outage := faultScale(t)
 	s := startClusterStack(t, 3, 0)
 	runFault(t, s, "kill -9 of the SLUICE_JOBS leader node", jobs, func() {
-		leader, err := s.nats.streamLeader(t.Context(), buffer.StreamName)
+		leader, err := s.nats.StreamLeader(t.Context(), buffer.StreamName)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("killing %s, the leader of %s", leader.cfg.Name, buffer.StreamName)
-		leader.kill()
+		t.Logf("killing %s, the leader of %s", leader.Name(), buffer.StreamName)
+		leader.Kill()
 		time.Sleep(outage)
-		leader.start(t)
+		leader.Start(t)
 	})
-	s.nats.waitHealthy(time.Minute)
+	s.nats.WaitHealthy(time.Minute)
 }
 
 // TestClusterFaultNetworkCut cuts one gateway off NATS during a burst: its
@@ -102,52 +92,10 @@ func TestClusterFaultRollingRestart(t *testing.T) {
 	jobs, _ := faultScale(t)
 	s := startClusterStack(t, 3, 0)
 	runFault(t, s, "rolling restart of the 3 NATS nodes", jobs, func() {
-		for _, n := range s.nats.nodes {
-			n.stop()
-			n.start(t)
-			s.nats.waitHealthy(2 * time.Minute)
+		for _, n := range s.nats.Nodes() {
+			n.Stop()
+			n.Start(t)
+			s.nats.WaitHealthy(2 * time.Minute)
 		}
 	})
-}
-
-// TestClusterReplicasChecks checks --replicas against a real cluster: R1 on
-// a cluster is warned about, and a gateway whose --replicas contradicts the
-// streams already there refuses to start, changing nothing.
-func TestClusterReplicasChecks(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a NATS cluster")
-	}
-	c := startTestCluster(t)
-	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: "http://127.0.0.1:1/"}}}
-	var logs buffertest.LockedBuffer
-	p, err := servertest.New(t, "", cfg, server.Options{NATSURL: c.URLs(), Replicas: 1}, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	servertest.Run(t, p)
-	if !strings.Contains(logs.String(), "NATS is a cluster but --replicas is 1") {
-		t.Errorf("no warning about R1 on a cluster in:\n%s", logs.String())
-	}
-
-	_, err = server.New(t.Context(), cfg, server.Options{
-		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: c.URLs(), Replicas: 3,
-	}, slog.New(slog.DiscardHandler))
-	if !errors.Is(err, buffer.ErrDurability) || !strings.Contains(err.Error(), "--replicas=3") ||
-		!strings.Contains(err.Error(), "has 1 replicas") {
-		t.Fatalf("gateway with --replicas=3 on R1 streams: %v, want ErrDurability naming --replicas", err)
-	}
-	nc, err := nats.Connect(c.URLs())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	st, err := js.Stream(t.Context(), buffer.StreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r := st.CachedInfo().Config.Replicas; r != 1 {
-		t.Errorf("the refused gateway changed %s to %d replicas", buffer.StreamName, r)
-	}
-
 }

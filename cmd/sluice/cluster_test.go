@@ -1,25 +1,19 @@
 package main
 
-// A test harness for Sluice in cluster mode: a real three-node JetStream
-// cluster on loopback (each node a child process, so that it can be killed
-// with SIGKILL, storing with sync_interval always), gateway replicas as
-// child processes, the simulated platform in the test process, TCP proxies
-// that can cut a gateway off NATS, and a workload that records every
+// Fault runs of Sluice in cluster mode: gateway replicas as child
+// processes of this binary on a real three-node JetStream cluster
+// (clustertest), the simulated platform in the test process, proxies that
+// can cut a gateway off NATS, and a workload that records every
 // acknowledged submit and every invocation the function sees.
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -30,9 +24,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -41,459 +32,9 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
-
-// envNATSNode, when set to a JSON natsNodeConfig, makes the test binary a
-// NATS cluster node instead: the harness starts its nodes that way. It is
-// checked in init, before TestMain, so no other code runs in a node.
-const envNATSNode = "SLUICE_TEST_NATS_NODE"
-
-func init() {
-	if cfg := os.Getenv(envNATSNode); cfg != "" {
-		os.Exit(runTestNATSNode(cfg))
-	}
-}
-
-// natsNodeConfig describes one node of the test cluster.
-type natsNodeConfig struct {
-	Name                           string
-	Port, ClusterPort, MonitorPort int
-	Routes                         []string // nats-route://127.0.0.1:port of every node
-	StoreDir                       string
-}
-
-// runTestNATSNode runs a cluster node until SIGTERM, which stops it through
-// lame duck mode (as the deployment files do), or SIGKILL.
-func runTestNATSNode(js string) int {
-	var c natsNodeConfig
-	if err := json.Unmarshal([]byte(js), &c); err != nil {
-		fmt.Fprintln(os.Stderr, "nats node:", err)
-		return 2
-	}
-	if err := os.MkdirAll(c.StoreDir, 0o700); err != nil {
-		fmt.Fprintln(os.Stderr, "nats node:", err)
-		return 2
-	}
-	opts := &server.Options{
-		ServerName: c.Name,
-		Host:       "127.0.0.1",
-		Port:       c.Port,
-		HTTPHost:   "127.0.0.1",
-		HTTPPort:   c.MonitorPort,
-		JetStream:  true,
-		StoreDir:   c.StoreDir,
-		SyncAlways: true, // sync_interval: always
-		MaxPayload: 8 << 20,
-		Cluster: server.ClusterOpts{
-			Name: "sluice-test", Host: "127.0.0.1", Port: c.ClusterPort,
-			// Clients keep to the URLs they were given, so that a gateway
-			// behind a proxy cannot go around it.
-			NoAdvertise: true,
-		},
-		Routes:              server.RoutesFromStr(strings.Join(c.Routes, ",")),
-		NoSigs:              true,
-		LogFile:             filepath.Join(c.StoreDir, "..", c.Name+".log"),
-		Logtime:             true,
-		LameDuckDuration:    3 * time.Second,
-		LameDuckGracePeriod: time.Second,
-	}
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "nats node:", err)
-		return 2
-	}
-	srv.ConfigureLogger()
-	srv.Start()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	srv.LameDuckShutdown()
-	srv.WaitForShutdown()
-	return 0
-}
-
-// natsNode is one node of a testCluster.
-type natsNode struct {
-	cfg    natsNodeConfig
-	cmd    *exec.Cmd     // nil while stopped
-	exited chan struct{} // closed when cmd has exited
-}
-
-// URL is the node's client URL.
-func (n *natsNode) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.cfg.Port) }
-
-func (n *natsNode) start(tb testing.TB) {
-	tb.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b, _ := json.Marshal(n.cfg)
-	cmd := exec.Command(self)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphans if the test dies
-	cmd.Env = append(os.Environ(), envNATSNode+"="+string(b))
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }() //nolint:errcheck // exits are seen through exited
-	n.cmd, n.exited = cmd, exited
-}
-
-// dead reports whether the node was started and has exited since.
-func (n *natsNode) dead() bool {
-	if n.cmd == nil {
-		return false
-	}
-	select {
-	case <-n.exited:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill stops the node with SIGKILL.
-func (n *natsNode) kill() {
-	if n.cmd != nil {
-		n.cmd.Process.Kill() //nolint:errcheck // it may have gone
-		<-n.exited
-		n.cmd = nil
-	}
-}
-
-// stop stops the node with SIGTERM (lame duck mode, then shutdown).
-func (n *natsNode) stop() {
-	if n.cmd != nil {
-		n.cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck // it may have gone
-		select {
-		case <-n.exited:
-		case <-time.After(30 * time.Second):
-			n.cmd.Process.Kill() //nolint:errcheck // it may have gone
-			<-n.exited
-		}
-		n.cmd = nil
-	}
-}
-
-// healthy reports whether the node's /healthz answers 200: it is up, and
-// its JetStream assets are current.
-func (n *natsNode) healthy(ctx context.Context) bool {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/healthz", n.cfg.MonitorPort), nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
-
-// testCluster is a three-node JetStream cluster on loopback.
-type testCluster struct {
-	tb    testing.TB
-	dir   string
-	nodes []*natsNode
-}
-
-// startTestCluster starts three nodes and waits until all are healthy. A
-// node that cannot bind its ports (another process took one between the
-// harness choosing it and the node binding it) exits at once; the cluster is
-// then started again on other ports.
-func startTestCluster(tb testing.TB) *testCluster {
-	tb.Helper()
-	c := &testCluster{tb: tb}
-	tb.Cleanup(func() {
-		c.killAll()
-		if tb.Failed() {
-			c.dumpLogs()
-		}
-	})
-	const attempts = 3
-	for attempt := 1; ; attempt++ {
-		c.dir = tb.TempDir()
-		c.nodes = nil
-		var routes []string
-		for i := range 3 {
-			n := &natsNode{cfg: natsNodeConfig{
-				Name: fmt.Sprintf("n%d", i+1), Port: stablePort(tb), ClusterPort: stablePort(tb), MonitorPort: stablePort(tb),
-				StoreDir: filepath.Join(c.dir, fmt.Sprintf("n%d", i+1), "jetstream"),
-			}}
-			routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", n.cfg.ClusterPort))
-			c.nodes = append(c.nodes, n)
-		}
-		for _, n := range c.nodes {
-			n.cfg.Routes = routes
-			n.start(tb)
-		}
-		err := c.awaitHealthy(60 * time.Second)
-		if err == nil {
-			return c
-		}
-		if !errors.Is(err, errNodeExited) || attempt == attempts {
-			tb.Fatal(err)
-		}
-		tb.Logf("starting the NATS cluster again on other ports: %v", err)
-		c.dumpLogs()
-		c.killAll()
-	}
-}
-
-// killAll kills every running node.
-func (c *testCluster) killAll() {
-	for _, n := range c.nodes {
-		n.kill()
-	}
-}
-
-// usedStablePorts are the ports stablePort handed out in this process, so
-// that a restarted cluster does not get a port a killed one still holds.
-var usedStablePorts sync.Map
-
-// stableAddr is "127.0.0.1:" and a stablePort.
-func stableAddr(tb testing.TB) string {
-	tb.Helper()
-	return fmt.Sprintf("127.0.0.1:%d", stablePort(tb))
-}
-
-// stablePort returns a free loopback port for a process that a test restarts
-// on the same port (a NATS node, a gateway), chosen below the kernel's
-// ephemeral range: a port from that range may, while the process is down,
-// become the local end of any outgoing connection on the machine (go test
-// runs other packages' tests alongside).
-func stablePort(tb testing.TB) int {
-	tb.Helper()
-	low := 32768 // Linux's default start of the ephemeral range
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		fmt.Sscan(string(b), &low)
-	}
-	const first = 10000
-	if low-first < 1000 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0") // no room below the range: take the kernel's choice
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().(*net.TCPAddr).Port
-	}
-	for range 1000 {
-		port := first + rand.IntN(low-first)
-		if _, taken := usedStablePorts.LoadOrStore(port, true); taken {
-			continue
-		}
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return port
-	}
-	tb.Fatalf("no free port in [%d, %d)", first, low)
-	return 0
-}
-
-// URLs is every node's client URL, comma-separated, as --nats-url takes them.
-func (c *testCluster) URLs() string {
-	var urls []string
-	for _, n := range c.nodes {
-		urls = append(urls, n.URL())
-	}
-	return strings.Join(urls, ",")
-}
-
-// errNodeExited is awaitHealthy's error when a started node has exited.
-var errNodeExited = errors.New("NATS node exited")
-
-// waitHealthy waits until every running node is healthy.
-func (c *testCluster) waitHealthy(within time.Duration) {
-	c.tb.Helper()
-	if err := c.awaitHealthy(within); err != nil {
-		c.tb.Fatal(err)
-	}
-}
-
-// awaitHealthy waits until every running node is healthy, and fails at once
-// if one of them has exited.
-func (c *testCluster) awaitHealthy(within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for {
-		ok := true
-		for _, n := range c.nodes {
-			if n.dead() {
-				return fmt.Errorf("%w: %s", errNodeExited, n.cfg.Name)
-			}
-			if n.cmd != nil && !n.healthy(context.Background()) {
-				ok = false
-			}
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("NATS cluster not healthy within %s", within)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// node returns the node with that server name.
-func (c *testCluster) node(name string) *natsNode {
-	for _, n := range c.nodes {
-		if n.cfg.Name == name {
-			return n
-		}
-	}
-	return nil
-}
-
-// streamLeader returns the node leading the stream.
-func (c *testCluster) streamLeader(ctx context.Context, stream string) (*natsNode, error) {
-	nc, err := nats.Connect(c.URLs())
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return nil, err
-	}
-	info := s.CachedInfo()
-	if info.Cluster == nil || c.node(info.Cluster.Leader) == nil {
-		return nil, fmt.Errorf("stream %s has no known leader: %+v", stream, info.Cluster)
-	}
-	return c.node(info.Cluster.Leader), nil
-}
-
-// dumpLogs prints the tail of every node's log.
-func (c *testCluster) dumpLogs() {
-	for _, n := range c.nodes {
-		b, err := os.ReadFile(filepath.Join(c.dir, n.cfg.Name, n.cfg.Name+".log"))
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(string(b), "\n")
-		c.tb.Logf("NATS node %s, last lines of its log:\n%s", n.cfg.Name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
-	}
-}
-
-// cutProxy forwards TCP connections to a target until cut: then it drops
-// every connection it holds and refuses new ones (dropMode), or keeps them
-// open and forwards nothing (blackhole mode), until restored.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-
-	mu        sync.Mutex
-	cut       bool
-	blackhole bool
-	conns     map[net.Conn]bool
-}
-
-func startCutProxy(tb testing.TB, target string) *cutProxy {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	tb.Cleanup(func() { ln.Close(); p.closeAll() })
-	go p.serve()
-	return p
-}
-
-func (p *cutProxy) URL() string { return "nats://" + p.ln.Addr().String() }
-
-func (p *cutProxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		cut := p.cut
-		p.mu.Unlock()
-		if cut {
-			c.Close()
-			continue
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[up] = true, true
-		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
-	}
-}
-
-// pipe copies from src to dst, holding bytes back while blackholed.
-func (p *cutProxy) pipe(dst, src net.Conn) {
-	defer func() {
-		dst.Close()
-		src.Close()
-		p.mu.Lock()
-		delete(p.conns, dst)
-		delete(p.conns, src)
-		p.mu.Unlock()
-	}()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			for {
-				p.mu.Lock()
-				hold := p.cut && p.blackhole
-				p.mu.Unlock()
-				if !hold {
-					break
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			// Whatever arrived during a blackhole is held back and
-			// delivered after it, as TCP retransmits across a short
-			// partition.
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// Cut drops the connections (or, with blackhole, silences them).
-func (p *cutProxy) Cut(blackhole bool) {
-	p.mu.Lock()
-	p.cut, p.blackhole = true, blackhole
-	p.mu.Unlock()
-	if !blackhole {
-		p.closeAll()
-	}
-}
-
-// Restore forwards again.
-func (p *cutProxy) Restore() {
-	p.mu.Lock()
-	p.cut = false
-	p.mu.Unlock()
-}
-
-func (p *cutProxy) closeAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.Close()
-	}
-}
 
 // clusterGateway is a `sluice serve` child process.
 type clusterGateway struct {
@@ -549,9 +90,9 @@ const clusterLimit = 20
 // clusterStack is the cluster, the gateways and the platform.
 type clusterStack struct {
 	tb       testing.TB
-	nats     *testCluster
+	nats     *clustertest.Cluster
 	gateways []*clusterGateway
-	proxies  [][]*cutProxy // by gateway; nil for a gateway connected directly
+	proxies  [][]*clustertest.CutProxy // by gateway; nil for a gateway connected directly
 	sim      *fnsim.Function
 }
 
@@ -576,7 +117,7 @@ func startClusterStackWith(tb testing.TB, o clusterStackOptions) *clusterStack {
 	if o.limit == 0 {
 		o.limit = clusterLimit
 	}
-	s := &clusterStack{tb: tb, nats: startTestCluster(tb)}
+	s := &clusterStack{tb: tb, nats: clustertest.Start(tb)}
 	// No concurrency limit on the platform: what it sees in flight is what
 	// Sluice let through, and is checked against Sluice's limit.
 	sc := fnsim.Config{Duration: 20 * time.Millisecond, Jitter: 10 * time.Millisecond}
@@ -615,13 +156,13 @@ func startClusterStackWith(tb testing.TB, o clusterStackOptions) *clusterStack {
 		}
 	})
 	for i := range gateways {
-		httpAddr, grpcAddr := stableAddr(tb), stableAddr(tb) // a killed gateway restarts on them
+		httpAddr, grpcAddr := clustertest.StableAddr(tb), clustertest.StableAddr(tb) // a killed gateway restarts on them
 		urls := s.nats.URLs()
-		var proxies []*cutProxy
+		var proxies []*clustertest.CutProxy
 		if i < proxied {
 			var pu []string
-			for _, n := range s.nats.nodes {
-				p := startCutProxy(tb, strings.TrimPrefix(n.URL(), "nats://"))
+			for _, n := range s.nats.Nodes() {
+				p := clustertest.StartCutProxy(tb, strings.TrimPrefix(n.URL(), "nats://"))
 				proxies = append(proxies, p)
 				pu = append(pu, p.URL())
 			}

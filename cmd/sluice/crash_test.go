@@ -17,6 +17,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
 
@@ -36,7 +37,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	if err := os.WriteFile(config, fmt.Appendf(nil, "functions:\n  - name: f\n    url: %s\n    concurrency: 20\n    timeout: 1s\n", fn.URL), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	httpAddr, grpcAddr := stableAddr(t), stableAddr(t) // the gateway restarts on them
+	httpAddr, grpcAddr := clustertest.StableAddr(t), clustertest.StableAddr(t) // the gateway restarts on them
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

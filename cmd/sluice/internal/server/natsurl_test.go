@@ -1,8 +1,10 @@
 package server_test
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -12,8 +14,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -128,4 +135,46 @@ func TestSubmitRefusedWhileNATSDown(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("submit with NATS down: %d, Retry-After %q: %s; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
+}
+
+// TestClusterReplicasChecks checks --replicas against a real cluster: R1 on
+// a cluster is warned about, and a gateway whose --replicas contradicts the
+// streams already there refuses to start, changing nothing.
+func TestClusterReplicasChecks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS cluster")
+	}
+	c := clustertest.Start(t)
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: "http://127.0.0.1:1/"}}}
+	var logs buffertest.LockedBuffer
+	p, err := servertest.New(t, "", cfg, server.Options{NATSURL: c.URLs(), Replicas: 1}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	servertest.Run(t, p)
+	if !strings.Contains(logs.String(), "NATS is a cluster but --replicas is 1") {
+		t.Errorf("no warning about R1 on a cluster in:\n%s", logs.String())
+	}
+
+	_, err = server.New(t.Context(), cfg, server.Options{
+		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: c.URLs(), Replicas: 3,
+	}, slog.New(slog.DiscardHandler))
+	if !errors.Is(err, buffer.ErrDurability) || !strings.Contains(err.Error(), "--replicas=3") ||
+		!strings.Contains(err.Error(), "has 1 replicas") {
+		t.Fatalf("gateway with --replicas=3 on R1 streams: %v, want ErrDurability naming --replicas", err)
+	}
+	nc, err := nats.Connect(c.URLs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(t.Context(), buffer.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.CachedInfo().Config.Replicas; r != 1 {
+		t.Errorf("the refused gateway changed %s to %d replicas", buffer.StreamName, r)
+	}
+
 }
