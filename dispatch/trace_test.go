@@ -1,7 +1,6 @@
 package dispatch_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
@@ -33,7 +32,7 @@ func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer fn.Close()
-	var logs lockedBuffer
+	var logs buffertest.LockedBuffer
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	q := buffertest.Queue(t, buffer.Config{})
@@ -90,22 +89,4 @@ func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
 	if wantHeader := "00-" + want.String() + "-" + attempt.SpanContext().SpanID().String() + "-01"; traceparent != wantHeader {
 		t.Errorf("function got traceparent %q, want %q", traceparent, wantHeader)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
