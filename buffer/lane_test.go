@@ -1,6 +1,7 @@
 package buffer_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -95,10 +96,13 @@ func TestPooledConsumerLifecycle(t *testing.T) {
 	if err := c.SetPooledCap(ctx, 2, load); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // it resumes a moment later
-	if load, err = c.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 2 {
-		t.Fatalf("after SetPooledCap(2): %+v, %v", load, err)
-	}
+	// It resumes a moment later.
+	buffertest.WaitForNoError(t, 5*time.Second, "resumed with a cap of 2 after SetPooledCap(2)", func() error {
+		if load, err = c.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 2 {
+			return fmt.Errorf("load %+v, %v", load, err)
+		}
+		return nil
+	})
 	if err := c.SetPooledCap(ctx, 0, load); err != nil {
 		t.Fatal(err)
 	}
@@ -136,12 +140,15 @@ func TestFunctionJoiningAPoolIsPausedUntilItsLeaderCounts(t *testing.T) {
 	if err := c.SetPooledCap(ctx, 4, buffer.Load{MaxInFlight: 50, Paused: true}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
 	c2, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 50, AckWait: time.Minute, Pooled: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if load, err := c2.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 4 {
-		t.Fatalf("bound again: %+v, %v; want the leader's cap of 4, running", load, err)
-	}
+	// The leader's resume takes effect a moment later.
+	buffertest.WaitForNoError(t, 5*time.Second, "bound again: the leader's cap of 4, running", func() error {
+		if load, err := c2.Load(ctx); err != nil || load.Paused || load.MaxInFlight != 4 {
+			return fmt.Errorf("load %+v, %v", load, err)
+		}
+		return nil
+	})
 }

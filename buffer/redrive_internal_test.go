@@ -92,7 +92,8 @@ func TestRedriveWhileOldMessageUnacknowledgedRunsOnce(t *testing.T) {
 	time.Sleep(ackWait + 100*time.Millisecond) // the old message is due again
 
 	// Two dispatchers take what is delivered, each preparing its job
-	// before either finishes it.
+	// before either finishes it. They go on for several ack waits, not
+	// until the first run: a second run is what must not happen.
 	runs := 0
 	deadline := time.Now().Add(5 * ackWait)
 	for time.Now().Before(deadline) {

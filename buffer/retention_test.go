@@ -1,6 +1,7 @@
 package buffer_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -56,24 +57,23 @@ func TestFinishedJobsAreRemovedUpToTheAckFloor(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	removeFinished := func() {
+	// Acks are not waited for: the floor moves a moment later.
+	removeFinishedUntil := func(what string, left uint64) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			// Acks are not waited for: the floor moves a moment later.
+		buffertest.WaitForNoError(t, 5*time.Second, what, func() error {
 			if _, err := c.Load(ctx); err != nil {
 				t.Fatal(err)
 			}
 			if err := c.RemoveFinished(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if streamMsgs(t, js) <= 8 || time.Now().After(deadline) {
-				return
+			if n := streamMsgs(t, js); n > left {
+				return fmt.Errorf("%d messages", n)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 	}
-	removeFinished()
+	removeFinishedUntil("the finished messages below the ack floor removed", 8)
 	// The two below the unfinished one are gone; it and the seven after it
 	// (finished, above the floor) stay.
 	if n := streamMsgs(t, js); n != 8 {
@@ -85,19 +85,7 @@ func TestFinishedJobsAreRemovedUpToTheAckFloor(t *testing.T) {
 	if err := ds[2].Succeed(ctx, &sluicev1.JobResult{HttpStatus: 200}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for streamMsgs(t, js) != 0 && time.Now().Before(deadline) {
-		if _, err := c.Load(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.RemoveFinished(ctx); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := streamMsgs(t, js); n != 0 {
-		t.Errorf("all finished: %d messages left, want 0", n)
-	}
+	removeFinishedUntil("every message removed, all finished", 0)
 	for _, d := range ds {
 		if job, err := q.Get(ctx, d.JobID); err != nil || job.State != sluicev1.Job_SUCCEEDED {
 			t.Errorf("job %s: %v, %v", d.JobID, job.GetState(), err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -51,7 +52,8 @@ func (h *hook) seen() ([]string, []bool, []string) {
 }
 
 // runCallbacks finishes one job with a callback to h, delivers callbacks
-// until want calls arrived (or 10s), and waits a little for any extra one.
+// until want calls arrived (failing the test after 10s), and waits a
+// little for any extra one.
 func runCallbacks(t *testing.T, h *hook, want int) []string {
 	t.Helper()
 	srv := httptest.NewServer(h)
@@ -69,11 +71,10 @@ func runCallbacks(t *testing.T, h *hook, want int) []string {
 		Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 4, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond},
 	}, nil)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if ids, _, _ := h.seen(); len(ids) >= want || time.Now().After(deadline) {
-			break
-		}
-	}
+	buffertest.WaitFor(t, 10*time.Second, fmt.Sprintf("%d calls of the receiver", want), func() bool {
+		ids, _, _ := h.seen()
+		return len(ids) >= want
+	})
 	time.Sleep(200 * time.Millisecond) // room for a call too many
 	ids, verified, types := h.seen()
 	for i := range ids {

@@ -36,7 +36,7 @@ func TestCancelAsTheAttemptStarts(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				calls.Add(1)
 				received <- struct{}{}
-				time.Sleep(time.Second)
+				time.Sleep(time.Second) // the function's work, during which the cancel comes
 				w.Write([]byte("done")) //nolint:errcheck
 			}))
 			defer srv.Close()
@@ -60,19 +60,12 @@ func TestCancelAsTheAttemptStarts(t *testing.T) {
 			}
 			// Once dispatch has the function's answer, the job says what
 			// happened: one attempt, cancelled while running, no result.
-			deadline := time.Now().Add(10 * time.Second)
-			var job *sluicev1.Job
-			for {
-				if job, err = q.Get(t.Context(), ids[0]); err != nil {
-					t.Fatal(err)
-				}
-				if job.Attempts > 0 || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			time.Sleep(1500 * time.Millisecond) // the outcome would have been written by now
-			if job, err = q.Get(t.Context(), ids[0]); err != nil {
+			waitJobWhere(t, q, ids[0], 10*time.Second, "with its attempt counted", func(j *sluicev1.Job) bool { return j.Attempts > 0 })
+			// The function answers a second after it got the request; the
+			// discarded outcome would have been written by now.
+			time.Sleep(1500 * time.Millisecond)
+			job, err := q.Get(t.Context(), ids[0])
+			if err != nil {
 				t.Fatal(err)
 			}
 			if job.State != sluicev1.Job_CANCELLED || job.Attempts != 1 || job.StartTime == nil || job.Result != nil ||

@@ -2,6 +2,7 @@ package dispatch_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -33,18 +34,16 @@ func TestCircuitReasonCarriesNoJobsError(t *testing.T) {
 	}, time.Second)
 	// Opened by failures, then reopened by a failed probe.
 	var p buffer.PacingState
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	buffertest.WaitForNoError(t, 20*time.Second, "the circuit reopened by a failed probe", func() error {
 		var err error
 		if p, err = q.Pacing(t.Context(), "f"); err != nil {
 			t.Fatal(err)
 		}
 		if p.Circuit.Opens >= 2 && p.Circuit.State == buffer.CircuitOpen {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("circuit %+v; want it reopened by a failed probe", p.Circuit)
-		}
-	}
+		return fmt.Errorf("circuit %+v", p.Circuit)
+	})
 	if strings.Contains(p.Circuit.Reason, "acme") || !strings.Contains(p.Circuit.Reason, "probe") {
 		t.Errorf("circuit reason %q; want it to say the probe failed, without the probe job's error", p.Circuit.Reason)
 	}

@@ -110,9 +110,7 @@ func TestThrottlesNeverDeadLetter(t *testing.T) {
 		Retry: dispatch.RetryPolicy{MaxAttempts: 1},
 	}, time.Second)
 	// Many more throttles than attempts allowed.
-	for fn.calls.Load() < 10 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, 20*time.Second, "10 throttled calls", func() bool { return fn.calls.Load() >= 10 })
 	fn.status.Store(200)
 	for _, id := range ids {
 		job := waitJob(t, q, id, 20*time.Second)
@@ -124,34 +122,30 @@ func TestThrottlesNeverDeadLetter(t *testing.T) {
 		t.Errorf("dead letters = %d, %v; want none", n, err)
 	}
 	// The shared totals count every throttle (they are shared every 100ms).
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	buffertest.WaitForNoError(t, 5*time.Second, "shared totals of at least 10 throttles, 2 succeeded, none dead-lettered", func() error {
 		p, err := q.Pacing(t.Context(), "f")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if p.Counts.Throttles >= 10 && p.Counts.Succeeded == 2 && p.Counts.DeadLettered == 0 {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("totals = %+v; want at least 10 throttles, 2 succeeded, none dead-lettered", p.Counts)
-		}
-	}
+		return fmt.Errorf("totals %+v", p.Counts)
+	})
 }
 
 func waitDeadLetters(t *testing.T, q *buffer.Queue, function string, n int) buffer.DeadLetterPage {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		page, err := q.DeadLetters(t.Context(), function, "", 0, 100, false)
-		if err != nil {
+	var page buffer.DeadLetterPage
+	buffertest.WaitForNoError(t, 10*time.Second, fmt.Sprintf("%d dead letters of %s", n, function), func() error {
+		var err error
+		if page, err = q.DeadLetters(t.Context(), function, "", 0, 100, false); err != nil {
 			t.Fatal(err)
 		}
-		if len(page.Letters) >= n {
-			return page
+		if len(page.Letters) < n {
+			return fmt.Errorf("%d of them", len(page.Letters))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d dead letters after 10s, want %d", len(page.Letters), n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+	return page
 }

@@ -61,23 +61,28 @@ func submit(t *testing.T, q *buffer.Queue, function string, n int) []string {
 	return ids
 }
 
-// waitJob polls until the job reaches a terminal state, or fails the test.
+// waitJob waits for the job to reach a terminal state, and returns it.
 func waitJob(t *testing.T, q *buffer.Queue, id string, within time.Duration) *sluicev1.Job {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		job, err := q.Get(t.Context(), id)
-		if err != nil {
+	return waitJobWhere(t, q, id, within, "finished", func(j *sluicev1.Job) bool { return buffer.Terminal(j.State) })
+}
+
+// waitJobWhere waits for the job to be as cond says, which what describes
+// ("running"), and returns it.
+func waitJobWhere(t *testing.T, q *buffer.Queue, id string, within time.Duration, what string, cond func(*sluicev1.Job) bool) *sluicev1.Job {
+	t.Helper()
+	var job *sluicev1.Job
+	buffertest.WaitForNoError(t, within, "job "+id+" "+what, func() error {
+		var err error
+		if job, err = q.Get(t.Context(), id); err != nil {
 			t.Fatal(err)
 		}
-		if buffer.Terminal(job.State) {
-			return job
+		if !cond(job) {
+			return fmt.Errorf("%v after %d attempts, pending %q", job.State, job.Attempts, job.Pending)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s still %v after %v", id, job.State, within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+	return job
 }
 
 func TestConcurrencyNeverExceedsLimit(t *testing.T) {
@@ -193,16 +198,7 @@ func TestShutdownHandsBackRunningJobs(t *testing.T) {
 	stop := startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: slow.URL}, Concurrency: 1, Timeout: 2 * time.Minute,
 	}, 100*time.Millisecond)
-	for {
-		job, err := q.Get(t.Context(), ids[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if job.State == sluicev1.Job_RUNNING {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitJobWhere(t, q, ids[0], 10*time.Second, "running", func(j *sluicev1.Job) bool { return j.State == sluicev1.Job_RUNNING })
 	stop()
 	job, err := q.Get(t.Context(), ids[0])
 	if err != nil || job.State != sluicev1.Job_QUEUED {
@@ -231,7 +227,7 @@ func TestPausedFunctionKeepsItsJobs(t *testing.T) {
 		Pacing: dispatch.Pacing{Initial: 4}, KeepWarm: dispatch.KeepWarm{Instances: 1, Every: 10 * time.Millisecond}, Paused: true}
 	ids := submit(t, q, "resize", 3)
 	stop := startDispatcher(t, q, fn, time.Second)
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // time for calls that must not come, keep-warm ones every 10ms among them
 	stop()
 	if n := calls.Load(); n != 0 {
 		t.Errorf("paused function was called %d times", n)

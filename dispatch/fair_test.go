@@ -102,23 +102,18 @@ func TestTenantFairness(t *testing.T) {
 	startPooled(t, q, []dispatch.Function{{
 		Name: "shared", Invoker: inv, Concurrency: 20, Timeout: 5 * time.Second, Lanes: fairLanes("a", "b"),
 	}}, nil)
-	deadline := time.Now().Add(30 * time.Second)
-	for started, _ := inv.counts("a"); started < 20; started, _ = inv.counts("a") {
-		if time.Now().After(deadline) {
-			t.Fatalf("a started %d jobs", started)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, 30*time.Second, "20 of tenant a's jobs started", func() bool {
+		started, _ := inv.counts("a")
+		return started >= 20
+	})
 	_, aDoneBefore := inv.counts("a")
 	backlog := 5000 - aDoneBefore
 	submittedAt := time.Now()
 	bIDs := submitGroup(t, q, "shared", "b", 50, buffer.WithTenant("b"))
-	for _, done := inv.counts("b"); done < 50; _, done = inv.counts("b") {
-		if time.Now().After(deadline) {
-			t.Fatalf("b finished %d of 50 jobs", done)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, 30*time.Second, "all 50 of tenant b's jobs finished", func() bool {
+		_, done := inv.counts("b")
+		return done >= 50
+	})
 	took := time.Since(submittedAt)
 	_, aDone := inv.counts("a")
 	drained := aDone - aDoneBefore
@@ -146,20 +141,15 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	startPooled(t, q, []dispatch.Function{{
 		Name: "prio", Invoker: inv, Concurrency: 10, Timeout: 5 * time.Second, Lanes: fairLanes(),
 	}}, nil)
-	deadline := time.Now().Add(30 * time.Second)
-	for started, _ := inv.counts("normal"); started < 10; started, _ = inv.counts("normal") {
-		if time.Now().After(deadline) {
-			t.Fatalf("normal started %d jobs", started)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, 30*time.Second, "10 normal jobs started", func() bool {
+		started, _ := inv.counts("normal")
+		return started >= 10
+	})
 	high := submitGroup(t, q, "prio", "high", 20, buffer.WithPriority(sluicev1.Priority_HIGH))
-	for started, _ := inv.counts("high"); started < 20; started, _ = inv.counts("high") {
-		if time.Now().After(deadline) {
-			t.Fatalf("high started %d of 20 jobs", started)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, 30*time.Second, "all 20 high-priority jobs started", func() bool {
+		started, _ := inv.counts("high")
+		return started >= 20
+	})
 	normalStarted, _ := inv.counts("normal")
 	t.Logf("all 20 high-priority jobs started while %d of the 1000 normal ones had started (%d still waiting)", normalStarted, 1000-normalStarted)
 	if st := inv.sim.Stats(); st.MaxConcurrent > 10 {
@@ -188,13 +178,10 @@ func TestLowPriorityAges(t *testing.T) {
 		Name: "aging", Invoker: inv, Concurrency: 10, Timeout: 5 * time.Second, Lanes: fairLanes(),
 		PriorityAging: 500 * time.Millisecond,
 	}}, nil)
-	deadline := time.Now().Add(30 * time.Second)
-	for started, _ := inv.counts("low"); started < 5; started, _ = inv.counts("low") {
-		if time.Now().After(deadline) {
-			t.Fatalf("low started %d of 5 jobs", started)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, 30*time.Second, "all 5 low-priority jobs started", func() bool {
+		started, _ := inv.counts("low")
+		return started >= 5
+	})
 	highStarted, _ := inv.counts("high")
 	t.Logf("the 5 low-priority jobs started with %d of 1500 high ones started", highStarted)
 	if highStarted >= 1500 {

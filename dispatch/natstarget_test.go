@@ -31,7 +31,7 @@ func startResizeService(t *testing.T) *NATSInvoker {
 			case "crash":
 				r.Error("E_OOM", "out of memory", nil)
 			case "slow":
-				time.Sleep(time.Second)
+				time.Sleep(time.Second) // past the caller's timeout
 				r.Respond([]byte("late"))
 			default:
 				h := r.Headers()

@@ -31,7 +31,7 @@ func (o *otherPlatform) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if o.busy >= o.limit {
 		o.throttled++
 		o.mu.Unlock()
-		time.Sleep(rand.N(o.throttleLatencyTo))
+		time.Sleep(rand.N(o.throttleLatencyTo)) // a 429 takes a moment of its own
 		w.WriteHeader(http.StatusTooManyRequests)
 		return
 	}
@@ -44,7 +44,7 @@ func (o *otherPlatform) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	time.Sleep(run)
 	w.WriteHeader(http.StatusOK)
 	go func() {
-		time.Sleep(o.releaseAfter)
+		time.Sleep(o.releaseAfter) // the environment stays busy a while after it answered
 		o.mu.Lock()
 		o.busy--
 		o.mu.Unlock()

@@ -1,6 +1,7 @@
 package dispatch_test
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -61,10 +62,17 @@ func TestPacedBurstMatchedLimits(t *testing.T) {
 	if st.Throttled != 0 {
 		t.Errorf("platform throttled %d requests; matched pacing should cause none", st.Throttled)
 	}
-	time.Sleep(200 * time.Millisecond) // the counts are shared every PaceEvery
-	if p, err := q.Pacing(t.Context(), "f"); err != nil || p.ColdStarts != int64(st.ColdStarts) || p.WarmStarts != int64(st.Invocations-st.ColdStarts) {
-		t.Errorf("shared counts: %d cold, %d warm (%v); the platform saw %d cold starts in %d invocations", p.ColdStarts, p.WarmStarts, err, st.ColdStarts, st.Invocations)
-	}
+	// The counts are shared every PaceEvery.
+	buffertest.WaitForNoError(t, 5*time.Second, fmt.Sprintf("shared counts of the platform's %d cold starts in %d invocations", st.ColdStarts, st.Invocations), func() error {
+		p, err := q.Pacing(t.Context(), "f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.ColdStarts != int64(st.ColdStarts) || p.WarmStarts != int64(st.Invocations-st.ColdStarts) {
+			return fmt.Errorf("%d cold, %d warm", p.ColdStarts, p.WarmStarts)
+		}
+		return nil
+	})
 	if st.MaxConcurrent > 10 || st.MaxConcurrent < 8 {
 		t.Errorf("max concurrent %d; want the ramp to reach near the limit of 10 and never pass it", st.MaxConcurrent)
 	}

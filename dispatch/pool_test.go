@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http/httptest"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -229,22 +228,14 @@ func TestPoolReservedShareComesBack(t *testing.T) {
 		{Name: "late", Invoker: poolInvoker{plat, "late"}, Concurrency: 20, Timeout: 5 * time.Second, Pool: "p", Reserved: 8},
 	}
 	startPooled(t, q, fns, []dispatch.Pool{{Name: "p", Concurrency: 20}})
-	deadline := time.Now().Add(20 * time.Second)
-	for plat.inFlight["big"].Load() < 19 {
-		if time.Now().After(deadline) {
-			t.Fatalf("big never borrowed the pool: %d in flight", plat.inFlight["big"].Load())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, 20*time.Second, "big borrowing the pool, 19 in flight", func() bool { return plat.inFlight["big"].Load() >= 19 })
 	submitted := time.Now()
 	submitMany(t, q, "late", 200)
-	var mu sync.Mutex
+	// Looked at every 2ms, not WaitFor's 10: how soon is what is measured.
 	reached := time.Duration(0)
 	for time.Since(submitted) < 3*time.Second {
 		if plat.inFlight["late"].Load() >= 8 {
-			mu.Lock()
 			reached = time.Since(submitted)
-			mu.Unlock()
 			break
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -270,33 +261,31 @@ func TestThrottlesShrinkThePool(t *testing.T) {
 		Name: "tight", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 30, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Adaptive: true}, Pool: "account", Reserved: 5,
 	}}, []dispatch.Pool{{Name: "account", Concurrency: 30}})
+	// The pool's limit is sampled at each look while the jobs run.
 	lowest := 30.0
-	deadline := time.Now().Add(30 * time.Second)
-	for _, id := range ids {
-		for {
-			p, err := q.Pool(t.Context(), "account")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if p.Limit > 0 {
-				lowest = min(lowest, p.Limit)
-			}
-			job, err := q.Get(t.Context(), id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if buffer.Terminal(job.State) {
-				if job.State != sluicev1.Job_SUCCEEDED {
-					t.Fatalf("job %s ended %v", id, job.State)
-				}
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("job %s still %v", id, job.State)
-			}
-			time.Sleep(10 * time.Millisecond)
+	left := ids
+	buffertest.WaitForNoError(t, 30*time.Second, "every job finished", func() error {
+		p, err := q.Pool(t.Context(), "account")
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		if p.Limit > 0 {
+			lowest = min(lowest, p.Limit)
+		}
+		for ; len(left) > 0; left = left[1:] {
+			job, err := q.Get(t.Context(), left[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !buffer.Terminal(job.State) {
+				return fmt.Errorf("job %s still %v, %d left", left[0], job.State, len(left))
+			}
+			if job.State != sluicev1.Job_SUCCEEDED {
+				t.Fatalf("job %s ended %v", left[0], job.State)
+			}
+		}
+		return nil
+	})
 	st := sim.Stats()
 	t.Logf("pool limit fell to %.0f of 30; platform: %d throttled, max concurrent %d", lowest, st.Throttled, st.MaxConcurrent)
 	if st.Throttled == 0 || lowest >= 30 {

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,7 +53,7 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 	}
 	// A job's state says FAILED before its dead letter is stored or parked.
 	parked := map[string]string{} // job ID: tenant
-	for deadline := time.Now().Add(10 * time.Second); len(parked) != 2; time.Sleep(20 * time.Millisecond) {
+	buffertest.WaitForNoError(t, 10*time.Second, "the 2 jobs the store had no room for saying their dead letter is pending", func() error {
 		clear(parked)
 		for i, id := range ids {
 			job, err := q.Get(t.Context(), id)
@@ -62,10 +64,11 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 				parked[id] = tenants[i]
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d jobs say a dead letter is pending; want the 2 the store had no room for", len(parked))
+		if len(parked) != 2 {
+			return fmt.Errorf("%d say so", len(parked))
 		}
-	}
+		return nil
+	})
 	if n, err := q.ParkedCount(t.Context()); err != nil || n != 2 {
 		t.Fatalf("ParkedCount = %d, %v; want 2", n, err)
 	}
@@ -96,20 +99,7 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 		delete(parked, stored)
 	}
 	for _, id := range ids {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			job, err := q.Get(t.Context(), id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if job.Pending == "" {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("job %s still says %q", id, job.Pending)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitJobWhere(t, q, id, 10*time.Second, "with no dead letter pending", func(j *sluicev1.Job) bool { return j.Pending == "" })
 	}
 }
 
@@ -117,22 +107,21 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 // tenant) to be stored, and returns its job's ID.
 func waitStored(t *testing.T, q *buffer.Queue, parked map[string]string) string {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	var stored string
+	buffertest.WaitFor(t, 15*time.Second, fmt.Sprintf("one of the parked dead letters %v stored", parked), func() bool {
 		for id, tenant := range parked {
 			page, err := q.DeadLetters(t.Context(), "f", tenant, 0, 10, false)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if len(page.Letters) == 1 && page.Letters[0].Job.Id == id {
-				return id
+				stored = id
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("none of the parked dead letters %v stored", parked)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
+	return stored
 }
 
 // One tenant's failures must not take the whole dead-letter store: past
@@ -162,10 +151,21 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 		return ids
 	}
 	// Tenant a alone fills half the store; the reading of how full it is
-	// is renewed each second.
+	// is renewed at most once a second, by whoever asks for it then.
 	fail("a", 5)
 	waitTenantLetters(t, q, "a", 5)
-	time.Sleep(1100 * time.Millisecond)
+	buffertest.WaitForNoError(t, 5*time.Second, "a reading of the dead-letter store with tenant a's 5 letters", func() error {
+		stores, err := q.Stores(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range stores {
+			if u.Name == buffer.StoreDeadLetters && u.Bytes >= uint64(5*len(payload)) {
+				return nil
+			}
+		}
+		return fmt.Errorf("read %+v", stores)
+	})
 	more := fail("a", 3)
 	waitTenantLetters(t, q, "a", 8)
 	b := fail("b", 3)
@@ -216,20 +216,18 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 // and returns them with their payloads.
 func waitTenantLetters(t *testing.T, q *buffer.Queue, tenant string, n int) []*sluicev1.DeadLetter {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		page, err := q.DeadLetters(t.Context(), "f", tenant, 0, 100, true)
-		if err != nil {
+	var page buffer.DeadLetterPage
+	buffertest.WaitForNoError(t, 15*time.Second, fmt.Sprintf("%d dead letters of tenant %s", n, tenant), func() error {
+		var err error
+		if page, err = q.DeadLetters(t.Context(), "f", tenant, 0, 100, true); err != nil {
 			t.Fatal(err)
 		}
-		if len(page.Letters) == n {
-			return page.Letters
+		if len(page.Letters) != n {
+			return fmt.Errorf("%d of them", len(page.Letters))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tenant %s has %d dead letters; want %d", tenant, len(page.Letters), n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return page.Letters
 }
 
 // One tenant's receivers that never answer must not hold up another
@@ -237,7 +235,9 @@ func waitTenantLetters(t *testing.T, q *buffer.Queue, tenant string, n int) []*s
 // flight, and callbacks waiting for a retry hold no delivery. (#19 item 1)
 func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
 	release := make(chan struct{})
+	var silentCalls atomic.Int32
 	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		silentCalls.Add(1)
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -253,14 +253,17 @@ func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
 	defer fn.Close()
 
 	q := buffertest.Queue(t, buffer.Config{})
-	submitWith := func(tenant, url string, n int) {
+	submitWith := func(tenant, url string, n int) (ids []string) {
 		for range n {
-			if _, err := q.Submit(t.Context(), "f", []byte("x"), "text/plain", buffer.WithTenant(tenant), buffer.WithCallback(url)); err != nil {
+			job, err := q.Submit(t.Context(), "f", []byte("x"), "text/plain", buffer.WithTenant(tenant), buffer.WithCallback(url))
+			if err != nil {
 				t.Fatal(err)
 			}
+			ids = append(ids, job.Id)
 		}
+		return ids
 	}
-	submitWith("noisy", silent.URL, 20)
+	noisy := submitWith("noisy", silent.URL, 20)
 	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 4, Timeout: time.Second}, time.Second)
 	// Each silent attempt takes the whole timeout; every one of the noisy
 	// tenant's is then retried after a backoff.
@@ -271,7 +274,10 @@ func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
 		Concurrency: 4,
 	}, func() { close(release) })
 	// The noisy tenant's callbacks are stored and taken first.
-	time.Sleep(500 * time.Millisecond)
+	for _, id := range noisy {
+		waitJob(t, q, id, 10*time.Second)
+	}
+	buffertest.WaitFor(t, 10*time.Second, "a noisy callback held by its silent receiver", func() bool { return silentCalls.Load() > 0 })
 	submitWith("quiet", good.URL, 5)
 	deadline := time.After(5 * time.Second)
 	for n := range 5 {

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -42,13 +43,16 @@ func TestRedriveAllIsBoundedPerCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	var again string
-	if _, err := c.Fetch(t.Context(), 1, 5*time.Second, func(d *buffer.Delivery) {
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := c.Consume(ctx, 1, func(d *buffer.Delivery) {
 		again = d.JobID
 		if err := d.Fail(t.Context(), "failed again", nil); err != nil {
-			t.Fatal(err)
+			t.Error(err)
 		}
+		cancel()
 	}); err != nil || again == "" {
-		t.Fatalf("fetch a redriven job: %q, %v", again, err)
+		t.Fatalf("take a redriven job: %q, %v", again, err)
 	}
 	if _, err := s.RedriveDeadLetters(t.Context(), &sluicev1.RedriveDeadLettersRequest{Function: "f", PageToken: r.NextPageToken, Ids: ids[:1]}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("IDs with a page token: %v, want InvalidArgument", err)

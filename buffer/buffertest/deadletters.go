@@ -1,8 +1,10 @@
 package buffertest
 
 import (
+	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,32 +42,49 @@ func DeadLetters(tb testing.TB, q *buffer.Queue, function, tenant string, n int)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for failed := 0; failed < n; {
-		var ds []*buffer.Delivery
-		if _, err := c.Fetch(tb.Context(), min(n-failed, 500), 5*time.Second, func(d *buffer.Delivery) { ds = append(ds, d) }); err != nil {
-			tb.Fatal(err)
-		}
-		if len(ds) == 0 {
-			tb.Fatalf("%d of %d jobs of %s delivered", failed, n, function)
-		}
-		errs := make(chan error, len(ds))
-		var wg sync.WaitGroup
-		for w := range workers {
-			wg.Go(func() {
-				for i := w; i < len(ds); i += workers {
-					if err := ds[i].Fail(tb.Context(), "failed for the test", nil); err != nil {
-						errs <- err
-						return
-					}
+	if n == 0 {
+		return ids
+	}
+	// Consume hands the jobs over one by one; the workers fail them, and
+	// the last one stops it.
+	ctx, cancel := context.WithTimeout(tb.Context(), time.Minute)
+	defer cancel()
+	var (
+		failed   atomic.Int64
+		failOnce sync.Once
+		failErr  error
+	)
+	deliveries := make(chan *buffer.Delivery)
+	for range workers {
+		wg.Go(func() {
+			for d := range deliveries {
+				if err := d.Fail(tb.Context(), "failed for the test", nil); err != nil {
+					failOnce.Do(func() { failErr = err })
+					cancel()
+					continue
 				}
-			})
+				if failed.Add(1) == int64(n) {
+					cancel()
+				}
+			}
+		})
+	}
+	err = c.Consume(ctx, min(n, 500), func(d *buffer.Delivery) {
+		select {
+		case deliveries <- d:
+		case <-ctx.Done(): // one too many: left to its ack wait
 		}
-		wg.Wait()
-		close(errs)
-		if err := <-errs; err != nil {
-			tb.Fatal(err)
-		}
-		failed += len(ds)
+	})
+	close(deliveries)
+	wg.Wait()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if failErr != nil {
+		tb.Fatal(failErr)
+	}
+	if got := failed.Load(); got < int64(n) {
+		tb.Fatalf("%d of %d jobs of %s delivered and failed within a minute", got, n, function)
 	}
 	return ids
 }

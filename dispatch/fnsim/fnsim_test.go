@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/buffer/buffertest"
 )
 
 type fakeClock struct{ t time.Time }
@@ -106,9 +108,7 @@ func TestHTTP(t *testing.T) {
 		}
 		done <- resp
 	}()
-	for f.Stats().InFlight == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	buffertest.WaitFor(t, 5*time.Second, "the first request in flight", func() bool { return f.Stats().InFlight > 0 })
 	resp, err := http.Post(srv.URL, "text/plain", strings.NewReader("too many"))
 	if err != nil {
 		t.Fatal(err)
