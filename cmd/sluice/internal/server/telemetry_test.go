@@ -3,6 +3,8 @@ package server_test
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -14,6 +16,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -100,6 +103,11 @@ func scrape(t *testing.T, g *servertest.Gateway) map[string]float64 {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/metrics: %d", resp.StatusCode)
 	}
+	return parseMetrics(body)
+}
+
+// parseMetrics reads Prometheus text into sample name{labels} → value.
+func parseMetrics(body []byte) map[string]float64 {
 	out := map[string]float64{}
 	sc := bufio.NewScanner(bytes.NewReader(body))
 	sc.Buffer(nil, 1<<20)
@@ -115,6 +123,25 @@ func scrape(t *testing.T, g *servertest.Gateway) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// scrapeQuietly is scrape for a goroutine other than the test's: it reads
+// nothing (an empty map) where scrape would fail the test.
+func scrapeQuietly(ctx context.Context, g *servertest.Gateway) map[string]float64 {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.Base+"/metrics", nil)
+	if err != nil {
+		return nil
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	return parseMetrics(body)
 }
 
 // sample is the value of the sample whose name starts with name and whose
@@ -143,19 +170,36 @@ func TestMetricsDuringBurst(t *testing.T) {
 		Name: "f", URL: fnURL, Concurrency: 10,
 		Scaling: &config.ScalingConfig{Initial: 2, PerMinute: 600},
 	})
+	// The window is watched from before the first submit: under load, the
+	// submits alone can take as long as the window's climb.
+	var (
+		mu      sync.Mutex
+		windows = map[float64]bool{}
+	)
+	watching, stopWatching := context.WithCancel(t.Context())
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for watching.Err() == nil {
+			if w, ok := sample(scrapeQuietly(watching, g), "sluice_dispatch_window", "f"); ok {
+				mu.Lock()
+				windows[w] = true
+				mu.Unlock()
+			}
+			time.Sleep(20 * time.Millisecond) // between scrapes: the window moves every 100 ms at most
+		}
+	}()
 	for range 150 {
 		post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	}
-	windows := map[float64]bool{}
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		m := scrape(t, g)
-		if w, ok := sample(m, "sluice_dispatch_window", "f"); ok {
-			windows[w] = true
-		}
-		if depth, _ := sample(m, "sluice_queue_depth", "f"); depth == 0 && sim.Stats().Invocations >= 150 {
-			break
-		}
-	}
+	buffertest.WaitFor(t, 60*time.Second, "the burst's 150 jobs run and the queue empty", func() bool {
+		depth, _ := sample(scrape(t, g), "sluice_queue_depth", "f")
+		return depth == 0 && sim.Stats().Invocations >= 150
+	})
+	stopWatching()
+	<-watched
+	mu.Lock()
+	defer mu.Unlock()
 	if len(windows) < 2 {
 		t.Errorf("the window took the values %v during the burst; want it to move", windows)
 	}
