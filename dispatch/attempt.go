@@ -19,6 +19,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // Holding a throttled job in this process, instead of handing it back to
@@ -120,7 +121,7 @@ func (l *functionLoop) waitOutPause(runCtx context.Context, dv *buffer.Delivery)
 
 // invocation is one call of the function for a job, and what came of it.
 type invocation struct {
-	resp       *Response
+	resp       *target.Response
 	err        error
 	rec        *sluicev1.Attempt
 	span       trace.Span
@@ -184,7 +185,7 @@ func (l *functionLoop) invoke(runCtx, ctx, bookCtx context.Context, dv *buffer.D
 	if job.Attempts == 0 && job.Throttles == 0 && first {
 		l.tel.queueWait.Record(ctx, inv.started.Sub(queuedSince(job)).Seconds(), l.attrs.fn)
 	}
-	inv.resp, inv.err = l.fn.Invoker.Invoke(invokeCtx, &Invocation{
+	inv.resp, inv.err = l.fn.Invoker.Invoke(invokeCtx, &target.Invocation{
 		JobID:       dv.JobID,
 		Function:    l.fn.Name,
 		Attempt:     int(attempt),
@@ -439,7 +440,7 @@ func queuedSince(job *sluicev1.Job) time.Time {
 
 // answerReason says why an answer that was no success failed, for the
 // attempt's error field.
-func answerReason(resp *Response) string {
+func answerReason(resp *target.Response) string {
 	if resp.Error != "" {
 		return resp.Error
 	}
@@ -464,8 +465,8 @@ func describeInvokeError(err error, timeout time.Duration) string {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Sprintf("function did not answer within its timeout of %s", timeout)
-	case errors.Is(err, ErrResponseTooLarge):
-		return strings.TrimPrefix(err.Error(), "dispatch: ")
+	case errors.Is(err, target.ErrResponseTooLarge):
+		return strings.TrimPrefix(err.Error(), "target: ")
 	case errors.As(err, &netErr) && netErr.Timeout():
 		return fmt.Sprintf("function did not answer within its timeout of %s", timeout)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // tenantHook records, per call, which of the named secrets verify it.
@@ -66,7 +67,7 @@ func TestCallbackSignedWithItsTenantsSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}, time.Second)
+	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}, time.Second)
 	guard, err := callback.NewGuard([]string{"127.0.0.0/8"})
 	if err != nil {
 		t.Fatal(err)

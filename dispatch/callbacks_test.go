@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 var testSecret = "whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{3}, 32))
@@ -65,7 +66,7 @@ func runCallbacks(t *testing.T, h *hook, want int) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}, time.Second)
+	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}, time.Second)
 	startCallbacks(t, dispatch.CallbackConfig{
 		Source:  q,
 		Timeout: time.Second,

@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // A cancel that lands once the function has the request, but before the
@@ -42,7 +43,7 @@ func TestCancelAsTheAttemptStarts(t *testing.T) {
 			defer srv.Close()
 			ids := submit(t, q, "slow", 1)
 			startDispatcher(t, q, dispatch.Function{
-				Name: "slow", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 1, Timeout: 5 * time.Second,
+				Name: "slow", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: 5 * time.Second,
 			}, 5*time.Second)
 			select {
 			case <-received:

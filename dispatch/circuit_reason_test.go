@@ -11,14 +11,15 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // tellingInvoker fails every invocation with an error in the function's
 // own words, which may name what is in the job.
 type tellingInvoker struct{}
 
-func (tellingInvoker) Invoke(context.Context, *dispatch.Invocation) (*dispatch.Response, error) {
-	return &dispatch.Response{Status: http.StatusInternalServerError, Error: "order 4711 of acme: card declined"}, nil
+func (tellingInvoker) Invoke(context.Context, *target.Invocation) (*target.Response, error) {
+	return &target.Response{Status: http.StatusInternalServerError, Error: "order 4711 of acme: card declined"}, nil
 }
 
 // The circuit's reason is every tenant's to read (GetFunction, a queued

@@ -10,6 +10,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // outage runs 40 jobs against a function that answers 503 (no Retry-After:
@@ -24,7 +25,7 @@ func outage(t *testing.T, circuit dispatch.CircuitPolicy) ([]*sluicev1.Job, buff
 	q := buffertest.Queue(t, buffer.Config{})
 	ids := submit(t, q, "f", 40)
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 4, Timeout: time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 4, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 3, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
 		Circuit: circuit,
 	}, time.Second)

@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // switchable answers every call with the status it is set to.
@@ -37,7 +38,7 @@ func TestExhaustedJobIsDeadLetteredAndRedriveRunsItAgain(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{})
 	ids := submit(t, q, "f", 3)
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 3, Timeout: time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 3, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond},
 		Circuit: dispatch.CircuitPolicy{Disabled: true}, // this test counts attempts, not outages
 	}, time.Second)
@@ -106,7 +107,7 @@ func TestThrottlesNeverDeadLetter(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{})
 	ids := submit(t, q, "f", 2)
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 2, Timeout: time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 2, Timeout: time.Second,
 		Retry: dispatch.RetryPolicy{MaxAttempts: 1},
 	}, time.Second)
 	// Many more throttles than attempts allowed.

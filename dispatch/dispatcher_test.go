@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // startDispatcher runs a dispatcher for one function until the test ends,
@@ -93,7 +94,7 @@ func TestConcurrencyNeverExceedsLimit(t *testing.T) {
 
 	ids := submit(t, q, "echo", 40)
 	startDispatcher(t, q, dispatch.Function{
-		Name: "echo", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 3, Timeout: 5 * time.Second,
+		Name: "echo", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 3, Timeout: 5 * time.Second,
 	}, time.Second)
 
 	for i, id := range ids {
@@ -117,7 +118,7 @@ func TestLimitHoldsAcrossDispatchers(t *testing.T) {
 	defer srv.Close()
 
 	ids := submit(t, q, "echo", 40)
-	fn := dispatch.Function{Name: "echo", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second}
+	fn := dispatch.Function{Name: "echo", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second}
 	// Two dispatchers, as two gateway processes would run: the limit of 2
 	// is held by the server, not doubled.
 	startDispatcher(t, q, fn, time.Second)
@@ -160,7 +161,7 @@ func TestFailures(t *testing.T) {
 			defer srv.Close()
 			ids := submit(t, q, "f", 1)
 			startDispatcher(t, q, dispatch.Function{
-				Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 1, Timeout: 200 * time.Millisecond,
+				Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: 200 * time.Millisecond,
 				Retry: dispatch.RetryPolicy{MaxAttempts: 1},
 			}, time.Second)
 			job := waitJob(t, q, ids[0], 10*time.Second)
@@ -178,7 +179,7 @@ func TestUnreachableFunctionFailsWithoutAddress(t *testing.T) {
 	srv.Close() // nothing listens there now
 	ids := submit(t, q, "f", 1)
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: url}, Concurrency: 1, Timeout: time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: url}, Concurrency: 1, Timeout: time.Second,
 		Retry: dispatch.RetryPolicy{MaxAttempts: 1},
 	}, time.Second)
 	job := waitJob(t, q, ids[0], 10*time.Second)
@@ -196,7 +197,7 @@ func TestShutdownHandsBackRunningJobs(t *testing.T) {
 	defer slow.Close()
 	ids := submit(t, q, "f", 1)
 	stop := startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: slow.URL}, Concurrency: 1, Timeout: 2 * time.Minute,
+		Name: "f", Invoker: &target.HTTP{URL: slow.URL}, Concurrency: 1, Timeout: 2 * time.Minute,
 	}, 100*time.Millisecond)
 	waitJobWhere(t, q, ids[0], 10*time.Second, "running", func(j *sluicev1.Job) bool { return j.State == sluicev1.Job_RUNNING })
 	stop()
@@ -210,7 +211,7 @@ func TestShutdownHandsBackRunningJobs(t *testing.T) {
 	fastSrv := httptest.NewServer(fast)
 	defer fastSrv.Close()
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fastSrv.URL}, Concurrency: 1, Timeout: 2 * time.Minute,
+		Name: "f", Invoker: &target.HTTP{URL: fastSrv.URL}, Concurrency: 1, Timeout: 2 * time.Minute,
 	}, time.Second)
 	job = waitJob(t, q, ids[0], 5*time.Second)
 	if job.State != sluicev1.Job_SUCCEEDED || job.Attempts != 2 || fast.JobInvocations(ids[0]) != 1 {
@@ -223,7 +224,7 @@ func TestPausedFunctionKeepsItsJobs(t *testing.T) {
 	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
 	defer srv.Close()
-	fn := dispatch.Function{Name: "resize", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 4, Timeout: time.Second,
+	fn := dispatch.Function{Name: "resize", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 4, Timeout: time.Second,
 		Pacing: dispatch.Pacing{Initial: 4}, KeepWarm: dispatch.KeepWarm{Instances: 1, Every: 10 * time.Millisecond}, Paused: true}
 	ids := submit(t, q, "resize", 3)
 	stop := startDispatcher(t, q, fn, time.Second)
@@ -263,7 +264,7 @@ func TestResultContentTypeIsBounded(t *testing.T) {
 	}))
 	defer srv.Close()
 	ids := submit(t, q, "f", 2)
-	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second}, time.Second)
+	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second}, time.Second)
 	for i, want := range []string{at, ""} {
 		job := waitJob(t, q, ids[i], 10*time.Second)
 		if job.State != sluicev1.Job_SUCCEEDED || job.Result.GetContentType() != want {

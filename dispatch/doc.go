@@ -9,12 +9,17 @@
 // slot semaphore, and globally by the consumer's MaxAckPending, which the
 // JetStream server applies across every gateway process.
 //
-// Three invokers reach functions: [HTTPInvoker] POSTs to a URL,
-// [LambdaInvoker] calls the AWS Lambda Invoke API and [NATSInvoker] sends a
-// NATS request to a service. Each maps its platform's answers onto a
-// [Response] (a throttle as 429, a function error as a failing status with
-// the platform's words in Response.Error, a cold start as
-// Response.ColdStart), so the loop judges them all alike.
+// The invokers that reach functions live in package [target], one per
+// platform a function's configuration names as its target: [target.HTTP]
+// POSTs to a URL, [target.Lambda] calls the AWS Lambda Invoke API and
+// [target.NATS] sends a NATS request to a service. Each maps its
+// platform's answers onto a [target.Response] (a throttle as 429, a
+// function error as a failing status with the platform's words in
+// Response.Error, a cold start as Response.ColdStart), so the loop judges
+// them all alike. This package reads those answers: whether an attempt
+// succeeded, failed or was throttled, whether to retry it (retry.go), and
+// how the pacing window moves (pacing.go). [Invoker], the interface the
+// loop calls, is declared here, in invoker.go.
 //
 // The code follows that order: dispatcher.go holds the configuration,
 // [New] and [Dispatcher.Run], which sets up the loops; functionloop.go the

@@ -14,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // laneInvoker invokes a simulated function (fnsim, each job taking took)
@@ -33,12 +34,12 @@ func newLaneInvoker(t *testing.T, took time.Duration) *laneInvoker {
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 	return &laneInvoker{
-		inner: &dispatch.HTTPInvoker{URL: srv.URL}, sim: sim,
+		inner: &target.HTTP{URL: srv.URL}, sim: sim,
 		started: map[string]int{}, done: map[string]int{}, startAt: map[string]time.Time{},
 	}
 }
 
-func (i *laneInvoker) Invoke(ctx context.Context, inv *dispatch.Invocation) (*dispatch.Response, error) {
+func (i *laneInvoker) Invoke(ctx context.Context, inv *target.Invocation) (*target.Response, error) {
 	group := string(inv.Payload)
 	i.mu.Lock()
 	i.started[group]++

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // keepWarm sends a round of keep-warm pings every KeepWarm.Every while the
@@ -65,7 +66,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 				defer l.inv.pingsDone(1)
 				pingCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
 				defer cancel()
-				if _, err := l.fn.Invoker.Invoke(pingCtx, &Invocation{Function: l.fn.Name, Warmup: true}); err != nil && ctx.Err() == nil {
+				if _, err := l.fn.Invoker.Invoke(pingCtx, &target.Invocation{Function: l.fn.Name, Warmup: true}); err != nil && ctx.Err() == nil {
 					l.log.Debug("keep-warm ping failed", "err", err)
 				}
 			})

@@ -11,6 +11,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // countingFunction is an HTTP function that holds every request, job or
@@ -32,7 +33,7 @@ func (f *countingFunction) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer f.inFlight.Add(-1)
 	for m := f.most.Load(); n > m && !f.most.CompareAndSwap(m, n); m = f.most.Load() {
 	}
-	if r.Header.Get(dispatch.HeaderWarmup) == "1" {
+	if r.Header.Get(target.HeaderWarmup) == "1" {
 		f.pings.Add(1)
 		if f.firstPingSeen.CompareAndSwap(false, true) {
 			close(f.firstPing)
@@ -57,7 +58,7 @@ func TestKeepWarmPingsFitInTheWindow(t *testing.T) {
 	defer srv.Close()
 	q := buffertest.Queue(t, buffer.Config{})
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: concurrency, Timeout: 5 * time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: concurrency, Timeout: 5 * time.Second,
 		KeepWarm: dispatch.KeepWarm{Instances: concurrency, Every: 50 * time.Millisecond},
 	}, time.Second)
 	select {
@@ -89,8 +90,8 @@ func TestKeepWarmPingsFitInThePool(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{})
 	busy := submitMany(t, q, "busy", 40)
 	startPooled(t, q, []dispatch.Function{
-		{Name: "busy", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: pool, Timeout: 5 * time.Second, Pool: "account"},
-		{Name: "idle", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: pool, Timeout: 5 * time.Second, Pool: "account",
+		{Name: "busy", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: pool, Timeout: 5 * time.Second, Pool: "account"},
+		{Name: "idle", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: pool, Timeout: 5 * time.Second, Pool: "account",
 			KeepWarm: dispatch.KeepWarm{Instances: pool, Every: 50 * time.Millisecond}},
 	}, []dispatch.Pool{{Name: "account", Concurrency: pool}})
 	for _, id := range busy {

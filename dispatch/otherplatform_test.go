@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // otherPlatform is a platform unlike fnsim, so that pacing is not fitted to
@@ -79,7 +80,7 @@ func TestPacingOnAnotherPlatform(t *testing.T) {
 	baseSrv := httptest.NewServer(base)
 	start := time.Now()
 	_, jobs := runBurst(t, 200, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: baseSrv.URL}, Concurrency: 12, Timeout: 5 * time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: baseSrv.URL}, Concurrency: 12, Timeout: 5 * time.Second,
 	})
 	baseline := time.Since(start) * 800 / 200
 	baseSrv.Close()
@@ -112,7 +113,7 @@ func runOther(t *testing.T, plat *otherPlatform, baseline time.Duration) {
 	}()
 	start := time.Now()
 	_, jobs := runBurst(t, 800, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 30, Timeout: 5 * time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 30, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Adaptive: true},
 	})
 	took := time.Since(start)

@@ -14,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // runBurst submits n jobs, dispatches them with each fn (one dispatcher
@@ -52,7 +53,7 @@ func TestPacedBurstMatchedLimits(t *testing.T) {
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
 	q, jobs := runBurst(t, 300, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 10, Timeout: 5 * time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 10, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Initial: 2, PerMinute: 600},
 	})
 	st := sim.Stats()
@@ -86,7 +87,7 @@ func TestPacedBurstUnknownLimit(t *testing.T) {
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
 	_, jobs := runBurst(t, 600, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 20, Timeout: 5 * time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 20, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Initial: 4, PerMinute: 600, Adaptive: true},
 	})
 	st := sim.Stats()
@@ -125,7 +126,7 @@ func TestPacedWindowIsGlobal(t *testing.T) {
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
 	fn := dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 5, Timeout: 5 * time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 5, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Initial: 2, PerMinute: 1200},
 	}
 	_, jobs := runBurst(t, 300, fn, fn, fn)
@@ -143,7 +144,7 @@ func TestKeepWarmHoldsInstancesWhileIdle(t *testing.T) {
 	defer srv.Close()
 	q := buffertest.Queue(t, buffer.Config{})
 	fn := dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 10, Timeout: time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 10, Timeout: time.Second,
 		KeepWarm: dispatch.KeepWarm{Instances: 3, Every: 100 * time.Millisecond},
 	}
 	// Two processes: each round is sent by one of them.
@@ -174,7 +175,7 @@ func TestRateLimitSpacesStarts(t *testing.T) {
 	}))
 	defer srv.Close()
 	runBurst(t, 8, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 8, Timeout: 5 * time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 8, Timeout: 5 * time.Second,
 		RatePerSecond: 20, RateBurst: 1,
 	})
 	mu.Lock()
@@ -194,7 +195,7 @@ func TestRateLimitIsGlobal(t *testing.T) {
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
 	fn := dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 20, Timeout: 5 * time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 20, Timeout: 5 * time.Second,
 		RatePerSecond: 30, RateBurst: 3,
 	}
 	start := time.Now()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // Pacing describes how fast a function's platform can take invocations.
@@ -398,7 +399,7 @@ func isRateThrottle(ev throttleEvidence) bool {
 // throttleOf tells whether the platform refused an invocation for capacity
 // (429, or 503 with Retry-After), how long it asked us to wait, and
 // whether it said.
-func throttleOf(resp *Response, now time.Time) (wait time.Duration, given, throttled bool) {
+func throttleOf(resp *target.Response, now time.Time) (wait time.Duration, given, throttled bool) {
 	retryAfter, given := parseRetryAfter(resp.RetryAfter, now)
 	switch {
 	case resp.Status == http.StatusTooManyRequests:

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 var t0 = time.Unix(1_800_000_000, 0)
@@ -193,17 +194,17 @@ func TestThrottleOf(t *testing.T) {
 	now := t0
 	for _, tc := range []struct {
 		name      string
-		resp      Response
+		resp      target.Response
 		throttled bool
 		wait      time.Duration
 	}{
-		{"429 with seconds", Response{Status: 429, RetryAfter: "3"}, true, 3 * time.Second},
-		{"429 without Retry-After", Response{Status: 429}, true, time.Second},
-		{"429 with a date", Response{Status: 429, RetryAfter: now.Add(7 * time.Second).UTC().Format(http.TimeFormat)}, true, 7 * time.Second},
-		{"503 with Retry-After", Response{Status: 503, RetryAfter: "2"}, true, 2 * time.Second},
-		{"503 without Retry-After is a failure", Response{Status: 503}, false, 0},
-		{"500", Response{Status: 500, RetryAfter: "2"}, false, 0},
-		{"429 with garbage", Response{Status: 429, RetryAfter: "soon"}, true, time.Second},
+		{"429 with seconds", target.Response{Status: 429, RetryAfter: "3"}, true, 3 * time.Second},
+		{"429 without Retry-After", target.Response{Status: 429}, true, time.Second},
+		{"429 with a date", target.Response{Status: 429, RetryAfter: now.Add(7 * time.Second).UTC().Format(http.TimeFormat)}, true, 7 * time.Second},
+		{"503 with Retry-After", target.Response{Status: 503, RetryAfter: "2"}, true, 2 * time.Second},
+		{"503 without Retry-After is a failure", target.Response{Status: 503}, false, 0},
+		{"500", target.Response{Status: 500, RetryAfter: "2"}, false, 0},
+		{"429 with garbage", target.Response{Status: 429, RetryAfter: "soon"}, true, time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			wait, _, throttled := throttleOf(&tc.resp, now)

@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // poolPlatform counts invocations in flight per function and in all,
@@ -42,7 +43,7 @@ type poolInvoker struct {
 	fn string
 }
 
-func (i poolInvoker) Invoke(ctx context.Context, inv *dispatch.Invocation) (*dispatch.Response, error) {
+func (i poolInvoker) Invoke(ctx context.Context, inv *target.Invocation) (*target.Response, error) {
 	p := i.p
 	p.inFlight[i.fn].Add(1)
 	p.started[i.fn].Add(1)
@@ -56,7 +57,7 @@ func (i poolInvoker) Invoke(ctx context.Context, inv *dispatch.Invocation) (*dis
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	return &dispatch.Response{Status: 200}, nil
+	return &target.Response{Status: 200}, nil
 }
 
 // submitMany stores n jobs for function, many at once (submits are
@@ -258,7 +259,7 @@ func TestThrottlesShrinkThePool(t *testing.T) {
 	defer srv.Close()
 	ids := submitMany(t, q, "tight", 300)
 	startPooled(t, q, []dispatch.Function{{
-		Name: "tight", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 30, Timeout: 5 * time.Second,
+		Name: "tight", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 30, Timeout: 5 * time.Second,
 		Pacing: dispatch.Pacing{Adaptive: true}, Pool: "account", Reserved: 5,
 	}}, []dispatch.Pool{{Name: "account", Concurrency: 30}})
 	// The pool's limit is sampled at each look while the jobs run.

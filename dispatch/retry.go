@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"time"
+
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // RetryPolicy says which failed attempts are tried again and when. The
@@ -87,5 +89,5 @@ func retryableStatus(status int) bool {
 // if tried again: timeouts and connection failures may; a response too
 // large to keep will not get smaller.
 func retryableError(err error) bool {
-	return !errors.Is(err, ErrResponseTooLarge) && !errors.Is(err, context.Canceled)
+	return !errors.Is(err, target.ErrResponseTooLarge) && !errors.Is(err, context.Canceled)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // flaky answers each attempt with the next status in its script (the last
@@ -30,7 +31,7 @@ func (f *flaky) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	n := len(f.at)
 	f.at = append(f.at, time.Now())
-	f.attempts = append(f.attempts, r.Header.Get(dispatch.HeaderAttempt))
+	f.attempts = append(f.attempts, r.Header.Get(target.HeaderAttempt))
 	f.mu.Unlock()
 	status := f.script[min(n, len(f.script)-1)]
 	if f.retryAfter != "" {
@@ -52,7 +53,7 @@ func runFlaky(t *testing.T, f *flaky, retry dispatch.RetryPolicy, maxAge time.Du
 	q := buffertest.Queue(t, buffer.Config{})
 	ids := submit(t, q, "f", 1)
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
 		Retry: retry, MaxAge: maxAge,
 	}, time.Second)
 	return waitJob(t, q, ids[0], 20*time.Second)

@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // flakySource is a real queue whose pacing reads and consumer set-ups fail
@@ -51,7 +52,7 @@ func TestRunWaitsOutJetStreamUnavailableAtStart(t *testing.T) {
 	src := &flakySource{Queue: q, failures: 2, err: nats.ErrNoResponders}
 	d, err := dispatch.New(dispatch.Config{
 		Source:       src,
-		Functions:    []dispatch.Function{{Name: "echo", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second}},
+		Functions:    []dispatch.Function{{Name: "echo", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second}},
 		DrainTimeout: time.Second,
 	})
 	if err != nil {
@@ -79,7 +80,7 @@ func TestRunStopsOnASetupErrorWaitingWillNotMend(t *testing.T) {
 	boom := errors.New("boom")
 	d, err := dispatch.New(dispatch.Config{
 		Source:    &flakySource{Queue: q, failures: 1, err: boom},
-		Functions: []dispatch.Function{{Name: "echo", Invoker: &dispatch.HTTPInvoker{URL: "http://127.0.0.1:9/"}, Concurrency: 1, Timeout: time.Second}},
+		Functions: []dispatch.Function{{Name: "echo", Invoker: &target.HTTP{URL: "http://127.0.0.1:9/"}, Concurrency: 1, Timeout: time.Second}},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // A dead letter the full dead-letter store refuses must not keep its job
@@ -41,7 +42,7 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 		ids = append(ids, job.Id)
 	}
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
 		Circuit: dispatch.CircuitPolicy{Disabled: true},
 	}, time.Second)
@@ -134,7 +135,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 	defer srv.Close()
 	q := buffertest.Queue(t, buffer.Config{Stores: buffer.StoreLimits{DeadLetterBytes: 300 << 10}})
 	startDispatcher(t, q, dispatch.Function{
-		Name: "f", Invoker: &dispatch.HTTPInvoker{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
+		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
 		Circuit: dispatch.CircuitPolicy{Disabled: true},
 	}, time.Second)
@@ -264,7 +265,7 @@ func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
 		return ids
 	}
 	noisy := submitWith("noisy", silent.URL, 20)
-	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 4, Timeout: time.Second}, time.Second)
+	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: 4, Timeout: time.Second}, time.Second)
 	// Each silent attempt takes the whole timeout; every one of the noisy
 	// tenant's is then retried after a backoff.
 	startCallbacks(t, dispatch.CallbackConfig{

@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // A job submitted inside a span is invoked in a span of the same trace, and
@@ -45,7 +46,7 @@ func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
 	}
 	d, err := dispatch.New(dispatch.Config{
 		Source:         q,
-		Functions:      []dispatch.Function{{Name: "f", Invoker: &dispatch.HTTPInvoker{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}},
+		Functions:      []dispatch.Function{{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}},
 		TracerProvider: tp,
 		Logger:         slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})

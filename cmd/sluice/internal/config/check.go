@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -109,8 +110,8 @@ func (f *FunctionConfig) setDefaultsAndCheck(bad badField) {
 	}
 	if f.MaxPayload > maxMaxPayload {
 		bad("max_payload", "%d bytes is out of range: 1 byte to 4MiB", f.MaxPayload)
-	} else if f.Target != nil && f.Target.Lambda != nil && f.MaxPayload > dispatch.LambdaMaxPayload {
-		bad("max_payload", "%d bytes is more than a synchronous Lambda invocation takes (%d)", f.MaxPayload, dispatch.LambdaMaxPayload)
+	} else if f.Target != nil && f.Target.Lambda != nil && f.MaxPayload > target.LambdaMaxPayload {
+		bad("max_payload", "%d bytes is more than a synchronous Lambda invocation takes (%d)", f.MaxPayload, target.LambdaMaxPayload)
 	}
 	if f.IdleReap == 0 {
 		f.IdleReap = Duration(defaultIdleReap)

@@ -143,7 +143,7 @@ type FunctionConfig struct {
 	MaxPayload ByteSize `yaml:"max_payload"`
 	// MaxResult is the largest function response kept as a job's result; a
 	// larger one fails the job, not retried, with an error saying so.
-	// Default 1MiB (dispatch.DefaultMaxResponseBytes), or what a job's
+	// Default 1MiB (dispatch/target.DefaultMaxResponseBytes), or what a job's
 	// state can hold on the NATS server if that is less; a larger setting
 	// than that is refused at start-up.
 	MaxResult ByteSize `yaml:"max_result"`

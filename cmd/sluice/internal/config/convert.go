@@ -10,6 +10,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -225,11 +226,11 @@ func (c *Config) CallbackKeys() (*callback.Keyring, error) {
 
 // HTTPInvoker is the invoker of a function with an http target, or a url
 // and no target (a configuration not yet checked).
-func HTTPInvoker(f FunctionConfig) *dispatch.HTTPInvoker {
+func HTTPInvoker(f FunctionConfig) *target.HTTP {
 	if f.Target == nil || f.Target.HTTP == nil {
-		return &dispatch.HTTPInvoker{URL: f.URL, MaxResponseBytes: int64(f.MaxResult)}
+		return &target.HTTP{URL: f.URL, MaxResponseBytes: int64(f.MaxResult)}
 	}
-	inv := &dispatch.HTTPInvoker{URL: f.Target.HTTP.URL, MaxResponseBytes: int64(f.MaxResult)}
+	inv := &target.HTTP{URL: f.Target.HTTP.URL, MaxResponseBytes: int64(f.MaxResult)}
 	if len(f.Target.HTTP.Headers) > 0 {
 		inv.Header = make(http.Header, len(f.Target.HTTP.Headers))
 		for k, v := range f.Target.HTTP.Headers {

@@ -30,6 +30,7 @@ import (
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -81,7 +82,7 @@ func fitSizes(functions []config.FunctionConfig, queue *buffer.Queue, natsMax in
 		}
 		switch {
 		case f.MaxResult == 0:
-			f.MaxResult = config.ByteSize(min(dispatch.DefaultMaxResponseBytes, maxResult))
+			f.MaxResult = config.ByteSize(min(target.DefaultMaxResponseBytes, maxResult))
 		case int64(f.MaxResult) > maxResult:
 			return fmt.Errorf("functions (%s).max_result: %d bytes does not fit the NATS server's max_payload of %d: a job's state holds its result and the job; at most %d",
 				f.Name, f.MaxResult, natsMax, maxResult)

@@ -22,8 +22,8 @@ import (
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
-	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // stockMaxPayload is a stock nats-server's max_payload: 1 MB.
@@ -67,7 +67,7 @@ func TestOversizedResultFailsOnlyItsJob(t *testing.T) {
 	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		payload, _ := io.ReadAll(r.Body)
 		mu.Lock()
-		runs[r.Header.Get(dispatch.HeaderJobID)]++
+		runs[r.Header.Get(target.HeaderJobID)]++
 		if count++; count == jobs {
 			close(all)
 		}
@@ -174,7 +174,7 @@ func TestStartupChecksSizesAgainstNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	maxPayload, maxResult := q.MaxPayloadBytes(), q.MaxResultBytes()
-	if maxPayload != stockMaxPayload-96<<10 || maxResult >= dispatch.DefaultMaxResponseBytes {
+	if maxPayload != stockMaxPayload-96<<10 || maxResult >= target.DefaultMaxResponseBytes {
 		t.Fatalf("on a stock server: payloads up to %d, results up to %d; want 1MiB-96KiB, and less than the default result limit", maxPayload, maxResult)
 	}
 	_, fnURL := servertest.StartFunction(t, fnsim.Config{})

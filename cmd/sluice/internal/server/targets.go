@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // lambdaLookupTimeout bounds the start-up read of a Lambda function's
@@ -43,12 +44,12 @@ func setUpTargets(ctx context.Context, functions []config.FunctionConfig, nc *na
 				return nil, fmt.Errorf("functions (%s).target.lambda: %w", f.Name, err)
 			}
 			lambdaConcurrency(ctx, f, client, log)
-			invokers[i] = &dispatch.LambdaInvoker{Client: client, Function: t.Lambda.Function, Qualifier: t.Lambda.Qualifier, MaxResponseBytes: int64(f.MaxResult)}
+			invokers[i] = &target.Lambda{Client: client, Function: t.Lambda.Function, Qualifier: t.Lambda.Qualifier, MaxResponseBytes: int64(f.MaxResult)}
 		case t.NATS != nil:
 			if !external {
 				return nil, fmt.Errorf("functions (%s).target.nats: needs --nats-url: the embedded NATS server takes no outside connections, so no service could answer on %q", f.Name, t.NATS.Subject)
 			}
-			invokers[i] = &dispatch.NATSInvoker{Conn: nc, Subject: t.NATS.Subject, MaxResponseBytes: int64(f.MaxResult)}
+			invokers[i] = &target.NATS{Conn: nc, Subject: t.NATS.Subject, MaxResponseBytes: int64(f.MaxResult)}
 			log.Info("NATS target", "function", f.Name, "subject", t.NATS.Subject, "timeout", time.Duration(f.Timeout))
 		}
 	}
@@ -82,8 +83,8 @@ func newLambdaClient(ctx context.Context, l *config.LambdaTargetConfig) (*lambda
 		}
 		o.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
 			// Every Lambda function of a region shares its endpoint.
-			t.MaxIdleConnsPerHost = dispatch.MaxIdleConnsPerHost
-			t.IdleConnTimeout = dispatch.IdleConnTimeout
+			t.MaxIdleConnsPerHost = target.MaxIdleConnsPerHost
+			t.IdleConnTimeout = target.IdleConnTimeout
 		})
 	}), nil
 }

@@ -1,4 +1,4 @@
-package dispatch
+package target
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 )
 
-// NATSInvoker invokes a NATS service by request-reply on a subject: a
+// NATS invokes a NATS service by request-reply on a subject: a
 // service built with nats.go's micro package, or anything that answers
 // requests there. The request carries the payload as its data, and headers
 // Content-Type, Sluice-Job-Id, Sluice-Attempt (Sluice-Warmup: 1 for a
@@ -34,7 +34,7 @@ import (
 //   - no reply in time: an error, a failed attempt with no answer.
 //
 // It is safe for concurrent use.
-type NATSInvoker struct {
+type NATS struct {
 	// Conn is the connection requests go out on. Required.
 	Conn *nats.Conn
 	// Subject is the service's subject. Required.
@@ -44,14 +44,12 @@ type NATSInvoker struct {
 	MaxResponseBytes int64
 }
 
-var _ Invoker = (*NATSInvoker)(nil)
-
 // noRespondersRetryAfter is how long a function pauses when no service
 // listens on its subject.
 const noRespondersRetryAfter = "1"
 
 // Invoke sends one request and waits for its reply until ctx ends.
-func (n *NATSInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, error) {
+func (n *NATS) Invoke(ctx context.Context, inv *Invocation) (*Response, error) {
 	msg := nats.NewMsg(n.Subject)
 	msg.Data = inv.Payload
 	if inv.ContentType != "" {
@@ -77,7 +75,7 @@ func (n *NATSInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, e
 			Error:      "no NATS service is listening on the function's subject",
 		}, nil
 	case err != nil:
-		return nil, fmt.Errorf("dispatch: NATS request: %w", err)
+		return nil, fmt.Errorf("target: NATS request: %w", err)
 	}
 	if err := checkResponseSize(len(reply.Data), responseLimit(n.MaxResponseBytes)); err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package dispatch
+package target
 
 import (
 	"bytes"
@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
-	"unicode"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -20,7 +18,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 )
 
-// LambdaClient is the part of the AWS Lambda API a [LambdaInvoker] calls.
+// LambdaClient is the part of the AWS Lambda API a [Lambda] calls.
 // *lambda.Client implements it.
 type LambdaClient interface {
 	Invoke(ctx context.Context, in *lambda.InvokeInput, optFns ...func(*lambda.Options)) (*lambda.InvokeOutput, error)
@@ -36,7 +34,7 @@ const LambdaMaxPayload = 6 << 20
 // The ping's client context also carries Sluice-Warmup: 1.
 var LambdaWarmupEvent = []byte(`{"sluice_warmup":true}`)
 
-// LambdaInvoker invokes an AWS Lambda function synchronously
+// Lambda invokes an AWS Lambda function synchronously
 // (RequestResponse) through the Lambda Invoke API, one API call per attempt:
 // it turns the SDK's own retries off, so that a throttle reaches the pacing
 // window instead of being retried blindly, and a failure counts as one
@@ -62,7 +60,7 @@ var LambdaWarmupEvent = []byte(`{"sluice_warmup":true}`)
 //
 // Only when the API gave no answer (the network failed, ctx ended) does
 // Invoke return an error. It is safe for concurrent use.
-type LambdaInvoker struct {
+type Lambda struct {
 	// Client calls the Lambda API. Required.
 	Client LambdaClient
 	// Function is the function's name, ARN or partial ARN. Required.
@@ -75,10 +73,8 @@ type LambdaInvoker struct {
 	MaxResponseBytes int64
 }
 
-var _ Invoker = (*LambdaInvoker)(nil)
-
 // Invoke calls the function once with inv's payload and reads its answer.
-func (l *LambdaInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response, error) {
+func (l *Lambda) Invoke(ctx context.Context, inv *Invocation) (*Response, error) {
 	custom := map[string]string{}
 	propagation.TraceContext{}.Inject(ctx, propagation.MapCarrier(custom))
 	payload := inv.Payload
@@ -91,7 +87,7 @@ func (l *LambdaInvoker) Invoke(ctx context.Context, inv *Invocation) (*Response,
 	}
 	clientContext, err := json.Marshal(map[string]any{"custom": custom})
 	if err != nil {
-		return nil, fmt.Errorf("dispatch: lambda client context: %w", err)
+		return nil, fmt.Errorf("target: lambda client context: %w", err)
 	}
 	in := &lambda.InvokeInput{
 		FunctionName:   aws.String(l.Function),
@@ -206,18 +202,4 @@ func lambdaErrorType(payload []byte) string {
 		return ""
 	}
 	return printable(fe.ErrorType)
-}
-
-// printable keeps a platform's word short and on one line.
-func printable(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsPrint(r) {
-			return r
-		}
-		return -1
-	}, s)
-	if r := []rune(s); len(r) > 100 {
-		s = string(r[:100]) + "…"
-	}
-	return s
 }
