@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
@@ -95,18 +96,18 @@ func runBenchFairness(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	dir, removeDir, err := benchScratch()
+	dir, removeDir, err := harness.ScratchDir()
 	if err != nil {
 		return err
 	}
 	defer removeDir()
 	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
-	ln, stopServing, err := serveLoopback(p)
+	ln, stopServing, err := harness.ServeLoopback(p)
 	if err != nil {
 		return err
 	}
 	defer stopServing()
-	set, err := startReplicaSet(ctx, dir, fmt.Sprintf(`functions:
+	set, err := harness.StartReplicaSet(ctx, dir, fmt.Sprintf(`functions:
   - name: shared
     url: http://%s/
     concurrency: %d
@@ -244,7 +245,7 @@ func (f *fairRun) submit(ctx context.Context, group, key string, n int, priority
 // ctx ends.
 func pollEvery(ctx context.Context, interval time.Duration, cond func() bool) error {
 	for !cond() {
-		if err := sleepCtx(ctx, interval); err != nil {
+		if err := harness.Sleep(ctx, interval); err != nil {
 			return err
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -210,7 +211,7 @@ func runBenchPacing(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	dir, removeDir, err := benchScratch()
+	dir, removeDir, err := harness.ScratchDir()
 	if err != nil {
 		return err
 	}
@@ -220,7 +221,7 @@ func runBenchPacing(ctx context.Context, args []string, stdout, stderr io.Writer
 		jobs, handler, submitters)
 	for _, r := range rows {
 		fmt.Fprintf(stdout, "  %-27s sluice {%s}, %d gateway(s); platform %s\n", r.name,
-			strings.TrimSuffix(r.keys(", "), ", "), max(r.gateways, 1), strings.Join((&FnsimFlags{Config: r.platform}).args(), " "))
+			strings.TrimSuffix(r.keys(", "), ", "), max(r.gateways, 1), strings.Join((&harness.FnsimFlags{Config: r.platform}).Args(), " "))
 	}
 	fmt.Fprintln(stdout)
 
@@ -283,7 +284,7 @@ func runPacingRow(ctx context.Context, r pacingRow, n, submitters int, logLevel 
 	defer cancel()
 	res, err := benchSluice(ctx, sluiceRun{
 		jobs: n, submitters: submitters, payload: 256, protocol: "grpc", gateways: max(r.gateways, 1),
-		platform: (&FnsimFlags{Config: r.platform}).args(), function: r.name, config: r.config, status: true, logLevel: logLevel,
+		platform: (&harness.FnsimFlags{Config: r.platform}).Args(), function: r.name, config: r.config, status: true, logLevel: logLevel,
 	}, dir, stderr)
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -76,7 +77,7 @@ type poolRun struct {
 	jobs    map[string]int
 	sims    map[string]*fnsim.Function
 	counter poolCounter
-	set     *replicaSet
+	set     *harness.ReplicaSet
 	// queue is the function of each job, interleaved; next is the next to
 	// submit.
 	queue []string
@@ -102,7 +103,7 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	dir, removeDir, err := benchScratch()
+	dir, removeDir, err := harness.ScratchDir()
 	if err != nil {
 		return err
 	}
@@ -114,7 +115,7 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 		r.sims[n] = fnsim.New(fnsim.Config{Duration: b.handler, Jitter: b.jitter})
 		mux.Handle("/"+n, r.counter.wrap(r.sims[n]))
 	}
-	ln, stopServing, err := serveLoopback(mux)
+	ln, stopServing, err := harness.ServeLoopback(mux)
 	if err != nil {
 		return err
 	}
@@ -125,7 +126,7 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(&cfg, "  - name: %s\n    url: http://%s/%s\n    concurrency: %d\n    pool: account\n    reserved: %d\n    timeout: 30s\n",
 			n, ln.Addr(), n, b.concurrency, b.reserved)
 	}
-	if r.set, err = startReplicaSet(ctx, dir, cfg.String(), b.gateways, "", stderr); err != nil {
+	if r.set, err = harness.StartReplicaSet(ctx, dir, cfg.String(), b.gateways, "", stderr); err != nil {
 		return err
 	}
 	defer r.set.Close()
@@ -158,7 +159,7 @@ func (r *poolRun) submitAll(ctx context.Context) chan error {
 		for range r.b.submitters {
 			g.Go(func() error {
 				for i := int(r.next.Add(1) - 1); i < len(r.queue); i = int(r.next.Add(1) - 1) {
-					if _, err := submitGRPC(gctx, r.set.Clients[i%len(r.set.Clients)], r.queue[i], []byte("{}")); err != nil {
+					if _, err := harness.SubmitGRPC(gctx, r.set.Clients[i%len(r.set.Clients)], r.queue[i], []byte("{}")); err != nil {
 						return err
 					}
 				}
