@@ -35,14 +35,35 @@ type Command struct {
 // Commands are the benchmarks, in the order usage lists them.
 func Commands() []Command {
 	return []Command{
-		{"burst", "measure a burst through Sluice against the same burst sent directly", runBenchBurst},
-		{"ingress", "measure durable submits over gRPC and REST against JetStream's own rate", runBenchIngress},
-		{"pipeline", "measure jobs completed per second end to end, the backlog bounded", runBenchPipeline},
-		{"invoke", "measure what :invoke adds to a call to an idle, instant function", runBenchInvoke},
-		{"queued", "show the gateway's memory and GetJob's latency do not grow with the queue", runBenchQueued},
-		{"pools", "run three functions sharing a concurrency pool across gateway processes", runBenchPools},
-		{"fairness", "run a fair function: one tenant's few jobs against another's backlog", runBenchFairness},
-		{"pacing", "run bursts against platforms that differ from the config, row by row", runBenchPacing},
+		{"burst", "measure a burst through Sluice against the same burst sent directly", benchmark(parseBurstFlags, runBenchBurst)},
+		{"ingress", "measure durable submits over gRPC and REST against JetStream's own rate", benchmark(parseIngressFlags, runBenchIngress)},
+		{"pipeline", "measure jobs completed per second end to end, the backlog bounded", benchmark(parsePipelineFlags, runBenchPipeline)},
+		{"invoke", "measure what :invoke adds to a call to an idle, instant function", benchmark(parseInvokeFlags, runBenchInvoke)},
+		{"queued", "show the gateway's memory and GetJob's latency do not grow with the queue", benchmark(parseQueuedFlags, runBenchQueued)},
+		{"pools", "run three functions sharing a concurrency pool across gateway processes", benchmark(parsePoolsFlags, runBenchPools)},
+		{"fairness", "run a fair function: one tenant's few jobs against another's backlog", benchmark(parseFairnessFlags, runBenchFairness)},
+		{"pacing", "run bursts against platforms that differ from the config, row by row", benchmark(parsePacingFlags, runBenchPacing)},
+	}
+}
+
+// benchmark makes a Command's Run of a benchmark's two halves: parse
+// parses and checks its flags (F), and run runs it with them in dir, a
+// scratch directory removed after it (harness.ScratchDir).
+func benchmark[F any](
+	parse func(args []string, stderr io.Writer) (F, error),
+	run func(ctx context.Context, flags F, dir string, stdout, stderr io.Writer) error,
+) func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		flags, err := parse(args, stderr)
+		if err != nil {
+			return err
+		}
+		dir, removeDir, err := harness.ScratchDir()
+		if err != nil {
+			return err
+		}
+		defer removeDir()
+		return run(ctx, flags, dir, stdout, stderr)
 	}
 }
 
@@ -111,17 +132,7 @@ func parseBurstFlags(args []string, stderr io.Writer) (burstFlags, error) {
 // runBenchBurst submits a burst of jobs through Sluice to a simulated
 // platform and, in the same run, the same burst straight at a fresh one the
 // way a typical client does, and compares both with the ideal drain time.
-func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parseBurstFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := harness.ScratchDir()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
-
+func runBenchBurst(ctx context.Context, b burstFlags, dir string, stdout, stderr io.Writer) error {
 	platform := []string{
 		"--concurrency", strconv.Itoa(b.fnConcurrency), "--initial", strconv.Itoa(b.initial),
 		"--per-minute", strconv.Itoa(b.perMinute), "--cold-start", b.coldStart.String(), "--duration", b.handler.String(),

@@ -91,16 +91,7 @@ const fairKeyA, fairKeyB = "bench-key-tenant-a-0123456789", "bench-key-tenant-b-
 // few jobs, and then A a few high-priority ones; it reports how much of A's
 // backlog had drained when B's jobs had all finished, and when A's
 // high-priority jobs had all started.
-func runBenchFairness(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parseFairnessFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := harness.ScratchDir()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
+func runBenchFairness(ctx context.Context, b fairnessFlags, dir string, stdout, stderr io.Writer) error {
 	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
 	ln, stopServing, err := harness.ServeLoopback(p)
 	if err != nil {

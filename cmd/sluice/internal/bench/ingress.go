@@ -68,16 +68,7 @@ func parseIngressFlags(args []string, stderr io.Writer) (ingressFlags, error) {
 
 // runBenchIngress measures durable submits over gRPC and REST against
 // JetStream's own one-message-per-publish rate, in the same run.
-func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parseIngressFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := harness.ScratchDir()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
+func runBenchIngress(ctx context.Context, b ingressFlags, dir string, stdout, stderr io.Writer) error {
 	stack, err := harness.StartStack(ctx, b.StackFlags, dir, fmt.Sprintf(`functions:
   - name: %s
     url: http://127.0.0.1:9/

@@ -23,11 +23,8 @@ type invokeFlags struct {
 	maxOverhead time.Duration
 }
 
-// runBenchInvoke measures what Sluice adds to a call: the same payload sent
-// straight to an idle, instant function on a simulated platform, and
-// through `POST /v1/functions/{f}:invoke?wait=`, which stores the job,
-// dispatches it and answers with the function's response.
-func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// parseInvokeFlags parses and checks the flags of `sluice bench invoke`.
+func parseInvokeFlags(args []string, stderr io.Writer) (invokeFlags, error) {
 	fs := flag.NewFlagSet("bench invoke", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var b invokeFlags
@@ -38,17 +35,19 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 	b.StackFlags.Register(fs)
 	fs.DurationVar(&b.maxOverhead, "max-overhead", 0, "fail if Sluice's p50 exceeds the direct p50 by more than this (0: no limit)")
 	if err := cli.ParseFlags(fs, args); err != nil {
-		return err
+		return b, err
 	}
 	if b.clients < 1 || b.payload < 1 || b.duration <= 0 {
-		return errors.New("bench invoke: --concurrency, --payload and --duration must be positive")
+		return b, errors.New("bench invoke: --concurrency, --payload and --duration must be positive")
 	}
-	dir, removeDir, err := harness.ScratchDir()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
+	return b, nil
+}
 
+// runBenchInvoke measures what Sluice adds to a call: the same payload sent
+// straight to an idle, instant function on a simulated platform, and
+// through `POST /v1/functions/{f}:invoke?wait=`, which stores the job,
+// dispatches it and answers with the function's response.
+func runBenchInvoke(ctx context.Context, b invokeFlags, dir string, stdout, stderr io.Writer) error {
 	fnAddr, stopPlatform, err := harness.StartOwnPlatform(ctx, stderr, []string{"--concurrency", "0", "--duration", "0s", "--cold-start", "0s"})
 	if err != nil {
 		return err

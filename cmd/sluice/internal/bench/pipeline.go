@@ -66,17 +66,7 @@ func parsePipelineFlags(args []string, stderr io.Writer) (pipelineFlags, error) 
 // over gRPC, buffered, dispatched to an instant function on a simulated
 // platform, and their results stored; with the backlog held under a bound,
 // so that what is measured is a rate the pipeline sustains.
-func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parsePipelineFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := harness.ScratchDir()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
-
+func runBenchPipeline(ctx context.Context, b pipelineFlags, dir string, stdout, stderr io.Writer) error {
 	fnAddr, stopPlatform, err := harness.StartOwnPlatform(ctx, stderr, []string{"--concurrency", strconv.Itoa(b.fnConcurrency),
 		"--duration", "0s", "--cold-start", "0s"})
 	if err != nil {

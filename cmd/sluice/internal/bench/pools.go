@@ -98,17 +98,7 @@ type poolStats struct {
 // platform, and samples what runs: the pool's total, each function's in
 // flight while all have backlogs, and the first function's once the others
 // run dry.
-func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parsePoolsFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := harness.ScratchDir()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
-
+func runBenchPools(ctx context.Context, b poolsFlags, dir string, stdout, stderr io.Writer) error {
 	r := &poolRun{b: b, jobs: map[string]int{"alpha": b.big, "beta": b.small, "gamma": b.small}, sims: map[string]*fnsim.Function{}}
 	mux := http.NewServeMux()
 	for _, n := range poolNames {

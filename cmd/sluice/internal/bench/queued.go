@@ -57,16 +57,7 @@ func parseQueuedFlags(args []string, stderr io.Writer) (queuedFlags, error) {
 // shows that the gateway's memory does not grow with it (the jobs live in
 // JetStream) and that reading a job costs the same with the queue full as
 // with it empty.
-func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parseQueuedFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := harness.ScratchDir()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
+func runBenchQueued(ctx context.Context, b queuedFlags, dir string, stdout, stderr io.Writer) error {
 	maxBytes := int64(b.jobs+b.sample) * int64(b.payload+512) * 2
 	stack, err := harness.StartStack(ctx, b.StackFlags, dir, fmt.Sprintf(`functions:
   - name: %s
