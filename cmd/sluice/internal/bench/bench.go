@@ -17,8 +17,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
@@ -307,27 +305,16 @@ func submitBurst(ctx context.Context, set *harness.ReplicaSet, b sluiceRun) ([]s
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: b.submitters}, Timeout: 30 * time.Second}
 	payload := bytes.Repeat([]byte("x"), b.payload)
 	ids := make([]string, b.jobs)
-	var next atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	for range b.submitters {
-		g.Go(func() error {
-			for i := int(next.Add(1) - 1); i < b.jobs; i = int(next.Add(1) - 1) {
-				var id string
-				var err error
-				if b.protocol == "grpc" {
-					id, err = harness.SubmitGRPC(gctx, set.Clients[i%len(set.Clients)], b.function, payload)
-				} else {
-					id, err = harness.SubmitREST(gctx, client, set.HTTP[i%len(set.HTTP)], b.function, payload)
-				}
-				if err != nil {
-					return err
-				}
-				ids[i] = id
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	err := harness.RunN(ctx, b.submitters, b.jobs, func(ctx context.Context, i int) error {
+		var err error
+		if b.protocol == "grpc" {
+			ids[i], err = harness.SubmitGRPC(ctx, set.Clients[i%len(set.Clients)], b.function, payload)
+		} else {
+			ids[i], err = harness.SubmitREST(ctx, client, set.HTTP[i%len(set.HTTP)], b.function, payload)
+		}
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	return ids, nil

@@ -9,10 +9,8 @@ import (
 	"io"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/grpc/metadata"
 
@@ -213,23 +211,14 @@ func (f *fairRun) check(stdout io.Writer) error {
 // submit submits n jobs of the group as the tenant whose key is key, from
 // b.submitters clients spread over the gateways.
 func (f *fairRun) submit(ctx context.Context, group, key string, n int, priority sluicev1.Priority) error {
-	var next atomic.Int64
-	g, gctx := errgroup.WithContext(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key))
-	for range f.b.submitters {
-		g.Go(func() error {
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				_, err := f.clients[i%len(f.clients)].SubmitJob(gctx, &sluicev1.SubmitJobRequest{
-					Function: "shared", Priority: priority,
-					Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte(group)},
-				})
-				if err != nil {
-					return err
-				}
-			}
-			return nil
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+	return harness.RunN(ctx, f.b.submitters, n, func(ctx context.Context, i int) error {
+		_, err := f.clients[i%len(f.clients)].SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+			Function: "shared", Priority: priority,
+			Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte(group)},
 		})
-	}
-	return g.Wait()
+		return err
+	})
 }
 
 // pollEvery calls cond every interval, first at once, until it holds or

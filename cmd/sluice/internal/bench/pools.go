@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -78,10 +76,10 @@ type poolRun struct {
 	sims    map[string]*fnsim.Function
 	counter poolCounter
 	set     *harness.ReplicaSet
-	// queue is the function of each job, interleaved; next is the next to
-	// submit.
+	// queue is the function of each job, interleaved; taken counts those
+	// a submitter has taken to submit.
 	queue []string
-	next  atomic.Int64
+	taken atomic.Int64
 	start time.Time
 }
 
@@ -145,18 +143,11 @@ func runBenchPools(ctx context.Context, b poolsFlags, dir string, stdout, stderr
 func (r *poolRun) submitAll(ctx context.Context) chan error {
 	submitted := make(chan error, 1)
 	go func() {
-		g, gctx := errgroup.WithContext(ctx)
-		for range r.b.submitters {
-			g.Go(func() error {
-				for i := int(r.next.Add(1) - 1); i < len(r.queue); i = int(r.next.Add(1) - 1) {
-					if _, err := harness.SubmitGRPC(gctx, r.set.Clients[i%len(r.set.Clients)], r.queue[i], []byte("{}")); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-		}
-		submitted <- g.Wait()
+		submitted <- harness.RunN(ctx, r.b.submitters, len(r.queue), func(ctx context.Context, i int) error {
+			r.taken.Add(1)
+			_, err := harness.SubmitGRPC(ctx, r.set.Clients[i%len(r.set.Clients)], r.queue[i], []byte("{}"))
+			return err
+		})
 	}()
 	return submitted
 }
@@ -211,7 +202,7 @@ func (r *poolRun) observe(ctx context.Context, st *poolStats) (done bool, err er
 	}
 	backlogged := true
 	for _, n := range poolNames {
-		backlogged = backlogged && r.jobs[n]-ran[n] > r.b.pool && int(r.next.Load()) > len(r.queue)/2
+		backlogged = backlogged && r.jobs[n]-ran[n] > r.b.pool && int(r.taken.Load()) > len(r.queue)/2
 	}
 	if backlogged {
 		if err := r.observeShared(ctx, st, in); err != nil {

@@ -13,7 +13,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/genproto/googleapis/api/httpbody"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
@@ -146,26 +145,16 @@ func (r *queuedRun) measure(ctx context.Context) (*queuedMeasures, error) {
 // submitN submits n jobs from up to b.submitters clients, passing each
 // job's ID to keep if it is set.
 func (r *queuedRun) submitN(ctx context.Context, n int, keep func(string)) error {
-	var next atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	for w := range min(r.b.submitters, n) {
-		g.Go(func() error {
-			for int(next.Add(1)) <= n {
-				resp, err := r.clients[w%len(r.clients)].SubmitJob(gctx, &sluicev1.SubmitJobRequest{
-					Function: harness.BenchFunction,
-					Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: r.payload},
-				})
-				if err != nil {
-					return err
-				}
-				if keep != nil {
-					keep(resp.GetJob().GetId())
-				}
-			}
-			return nil
+	return harness.RunN(ctx, r.b.submitters, n, func(ctx context.Context, i int) error {
+		resp, err := r.clients[i%len(r.clients)].SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+			Function: harness.BenchFunction,
+			Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: r.payload},
 		})
-	}
-	return g.Wait()
+		if err == nil && keep != nil {
+			keep(resp.GetJob().GetId())
+		}
+		return err
+	})
 }
 
 // getJobs times GetJob on the sampled jobs. Both timed runs start alike,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -56,6 +57,25 @@ func RunLoad(ctx context.Context, workers int, d time.Duration, op func(ctx cont
 	r.Ops = len(r.lat)
 	slices.Sort(r.lat)
 	return r, nil
+}
+
+// RunN calls op for each i from 0 to n-1 from up to workers goroutines,
+// each taking the next i as soon as its last call returned. The first
+// error stops it (and ends the ctx op was given).
+func RunN(ctx context.Context, workers, n int, op func(ctx context.Context, i int) error) error {
+	var next atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for range min(workers, n) {
+		g.Go(func() error {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				if err := op(gctx, i); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // Millis formats a latency in milliseconds, for a table.
