@@ -31,7 +31,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
-	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -67,7 +67,7 @@ func (g *clusterGateway) start(tb testing.TB) {
 		tb.Fatal(err)
 	}
 	g.cmd = cmd
-	if err := bench.WaitHTTP(tb.Context(), "http://"+g.httpAddr+"/readyz", 60*time.Second, nil); err != nil {
+	if err := harness.WaitHTTP(tb.Context(), "http://"+g.httpAddr+"/readyz", 60*time.Second, nil); err != nil {
 		b, _ := os.ReadFile(g.log)
 		tb.Fatalf("gateway: %v\n%s", err, b)
 	}

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
-	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -50,7 +50,7 @@ func TestCrashLosesNothing(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		if err := bench.WaitHTTP(t.Context(), "http://"+httpAddr+"/v1/functions", 30*time.Second, nil); err != nil {
+		if err := harness.WaitHTTP(t.Context(), "http://"+httpAddr+"/v1/functions", 30*time.Second, nil); err != nil {
 			t.Fatal(err)
 		}
 		return cmd

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
@@ -28,7 +28,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var (
 		o   server.Options
 		lf  cli.LogFlags
-		sim bench.FnsimFlags
+		sim harness.FnsimFlags
 	)
 	fs.StringVar(&o.DataDir, "data-dir", "", "where the embedded JetStream stores jobs; empty: a temporary directory removed on exit")
 	registerGatewayFlags(fs, &o)

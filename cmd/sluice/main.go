@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/client"
 )
 
@@ -55,7 +56,7 @@ func commands() []command {
 		{"dev", "[flags]", `run the gateway with a demo function "echo"; no setup needed`,
 			func(ctx context.Context, args []string, std stdio) error { return runDev(ctx, args, std.out, std.err) }},
 		{"fnsim", "[flags]", "run the simulated serverless platform on its own",
-			func(ctx context.Context, args []string, std stdio) error { return bench.RunFnsim(ctx, args, std.err) }},
+			func(ctx context.Context, args []string, std stdio) error { return harness.RunFnsim(ctx, args, std.err) }},
 	}
 	for _, b := range bench.Commands() {
 		cmds = append(cmds, command{"bench " + b.Name, "[flags]", b.Summary,

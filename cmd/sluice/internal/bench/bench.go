@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bytes"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,25 +9,16 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-	"google.golang.org/genproto/googleapis/api/httpbody"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -43,14 +33,35 @@ type Command struct {
 // Commands are the benchmarks, in the order usage lists them.
 func Commands() []Command {
 	return []Command{
-		{"burst", "measure a burst through Sluice against the same burst sent directly", runBenchBurst},
-		{"ingress", "measure durable submits over gRPC and REST against JetStream's own rate", runBenchIngress},
-		{"pipeline", "measure jobs completed per second end to end, the backlog bounded", runBenchPipeline},
-		{"invoke", "measure what :invoke adds to a call to an idle, instant function", runBenchInvoke},
-		{"queued", "show the gateway's memory and GetJob's latency do not grow with the queue", runBenchQueued},
-		{"pools", "run three functions sharing a concurrency pool across gateway processes", runBenchPools},
-		{"fairness", "run a fair function: one tenant's few jobs against another's backlog", runBenchFairness},
-		{"pacing", "run bursts against platforms that differ from the config, row by row", runBenchPacing},
+		{"burst", "measure a burst through Sluice against the same burst sent directly", benchmark(parseBurstFlags, runBenchBurst)},
+		{"ingress", "measure durable submits over gRPC and REST against JetStream's own rate", benchmark(parseIngressFlags, runBenchIngress)},
+		{"pipeline", "measure jobs completed per second end to end, the backlog bounded", benchmark(parsePipelineFlags, runBenchPipeline)},
+		{"invoke", "measure what :invoke adds to a call to an idle, instant function", benchmark(parseInvokeFlags, runBenchInvoke)},
+		{"queued", "show the gateway's memory and GetJob's latency do not grow with the queue", benchmark(parseQueuedFlags, runBenchQueued)},
+		{"pools", "run three functions sharing a concurrency pool across gateway processes", benchmark(parsePoolsFlags, runBenchPools)},
+		{"fairness", "run a fair function: one tenant's few jobs against another's backlog", benchmark(parseFairnessFlags, runBenchFairness)},
+		{"pacing", "run bursts against platforms that differ from the config, row by row", benchmark(parsePacingFlags, runBenchPacing)},
+	}
+}
+
+// benchmark makes a Command's Run of a benchmark's two halves: parse
+// parses and checks its flags (F), and run runs it with them in dir, a
+// scratch directory removed after it (harness.ScratchDir).
+func benchmark[F any](
+	parse func(args []string, stderr io.Writer) (F, error),
+	run func(ctx context.Context, flags F, dir string, stdout, stderr io.Writer) error,
+) func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		flags, err := parse(args, stderr)
+		if err != nil {
+			return err
+		}
+		dir, removeDir, err := harness.ScratchDir()
+		if err != nil {
+			return err
+		}
+		defer removeDir()
+		return run(ctx, flags, dir, stdout, stderr)
 	}
 }
 
@@ -61,7 +72,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// process (bench jetstream) as an embedded JetStream does.
 	server.TuneGC(len(args) > 0 && args[0] == "jetstream")
 	if len(args) > 0 && args[0] == "jetstream" {
-		return runBenchJetStream(ctx, args[1:], stdout, stderr)
+		return harness.RunJetStream(ctx, args[1:], stdout, stderr)
 	}
 	var names []string
 	for _, bm := range Commands() {
@@ -119,17 +130,7 @@ func parseBurstFlags(args []string, stderr io.Writer) (burstFlags, error) {
 // runBenchBurst submits a burst of jobs through Sluice to a simulated
 // platform and, in the same run, the same burst straight at a fresh one the
 // way a typical client does, and compares both with the ideal drain time.
-func runBenchBurst(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parseBurstFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := benchScratch()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
-
+func runBenchBurst(ctx context.Context, b burstFlags, dir string, stdout, stderr io.Writer) error {
 	platform := []string{
 		"--concurrency", strconv.Itoa(b.fnConcurrency), "--initial", strconv.Itoa(b.initial),
 		"--per-minute", strconv.Itoa(b.perMinute), "--cold-start", b.coldStart.String(), "--duration", b.handler.String(),
@@ -239,7 +240,7 @@ type functionStatus struct {
 // REST API (gateway is its base URL).
 func getFunctionStatus(ctx context.Context, gateway, function string) (*functionStatus, error) {
 	url := gateway + "/v1/functions/" + function
-	resp, err := benchGet(ctx, url)
+	resp, err := harness.Get(ctx, url)
 	if err != nil {
 		return nil, err
 	}
@@ -256,23 +257,6 @@ func getFunctionStatus(ctx context.Context, gateway, function string) (*function
 	return fn.Status, nil
 }
 
-// benchGet GETs url and wants 200; the caller closes the body.
-func benchGet(ctx context.Context, url string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return resp, nil
-}
-
 // indent puts each line of text but the first four spaces in, as an
 // entry of the YAML list under functions: needs.
 func indent(text string) string {
@@ -282,12 +266,12 @@ func indent(text string) string {
 // benchSluice runs the burst through Sluice: gateway processes on one
 // embedded NATS, the platform in a process of its own.
 func benchSluice(ctx context.Context, b sluiceRun, dir string, stderr io.Writer) (*burstResult, error) {
-	fnAddr, stopPlatform, err := startOwnPlatform(ctx, stderr, b.platform)
+	fnAddr, stopPlatform, err := harness.StartOwnPlatform(ctx, stderr, b.platform)
 	if err != nil {
 		return nil, err
 	}
 	defer stopPlatform() // after the gateways, which call it
-	set, err := startReplicaSet(ctx, dir, "functions:\n  - "+indent(b.config("http://"+fnAddr+"/")), b.gateways, b.logLevel, stderr)
+	set, err := harness.StartReplicaSet(ctx, dir, "functions:\n  - "+indent(b.config("http://"+fnAddr+"/")), b.gateways, b.logLevel, stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -310,38 +294,27 @@ func benchSluice(ctx context.Context, b sluiceRun, dir string, stderr io.Writer)
 			return nil, err
 		}
 	}
-	res.stats, err = fnStats(ctx, "http://"+fnAddr+"/stats")
+	res.stats, err = harness.PlatformStats(ctx, "http://"+fnAddr+"/stats")
 	return res, err
 }
 
 // submitBurst submits the burst's jobs as fast as Sluice accepts them,
 // honouring its Retry-After, spread over the gateways, and returns their
 // IDs.
-func submitBurst(ctx context.Context, set *replicaSet, b sluiceRun) ([]string, error) {
+func submitBurst(ctx context.Context, set *harness.ReplicaSet, b sluiceRun) ([]string, error) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: b.submitters}, Timeout: 30 * time.Second}
 	payload := bytes.Repeat([]byte("x"), b.payload)
 	ids := make([]string, b.jobs)
-	var next atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	for range b.submitters {
-		g.Go(func() error {
-			for i := int(next.Add(1) - 1); i < b.jobs; i = int(next.Add(1) - 1) {
-				var id string
-				var err error
-				if b.protocol == "grpc" {
-					id, err = submitGRPC(gctx, set.Clients[i%len(set.Clients)], b.function, payload)
-				} else {
-					id, err = submitREST(gctx, client, set.HTTP[i%len(set.HTTP)], b.function, payload)
-				}
-				if err != nil {
-					return err
-				}
-				ids[i] = id
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	err := harness.RunN(ctx, b.submitters, b.jobs, func(ctx context.Context, i int) error {
+		var err error
+		if b.protocol == "grpc" {
+			ids[i], err = harness.SubmitGRPC(ctx, set.Clients[i%len(set.Clients)], b.function, payload)
+		} else {
+			ids[i], err = harness.SubmitREST(ctx, client, set.HTTP[i%len(set.HTTP)], b.function, payload)
+		}
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	return ids, nil
@@ -351,14 +324,14 @@ func submitBurst(ctx context.Context, set *replicaSet, b sluiceRun) ([]string, e
 // statsURL) has run n invocations.
 func waitInvocations(ctx context.Context, statsURL string, n int) error {
 	for {
-		st, err := fnStats(ctx, statsURL)
+		st, err := harness.PlatformStats(ctx, statsURL)
 		if err != nil {
 			return err
 		}
 		if st.Invocations >= n {
 			return nil
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -397,60 +370,6 @@ func readOutcomes(ctx context.Context, queue *buffer.Queue, ids []string, start 
 	return nil
 }
 
-// submitREST submits one job over REST, waiting out 429 and 503.
-func submitREST(ctx context.Context, client *http.Client, gateway, function string, payload []byte) (string, error) {
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, gateway+"/v1/functions/"+function+"/jobs", bytes.NewReader(payload))
-		if err != nil {
-			return "", err
-		}
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err := client.Do(req)
-		if err != nil {
-			return "", err
-		}
-		io.Copy(io.Discard, resp.Body) //nolint:errcheck // only the headers matter
-		resp.Body.Close()
-		switch resp.StatusCode {
-		case http.StatusAccepted:
-			return strings.TrimPrefix(resp.Header.Get("Location"), "/v1/jobs/"), nil
-		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
-			secs, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
-			sleep := time.Duration(max(secs, 1)) * time.Second
-			select {
-			case <-time.After(sleep):
-			case <-ctx.Done():
-				return "", ctx.Err()
-			}
-		default:
-			return "", fmt.Errorf("submit: %s", resp.Status)
-		}
-	}
-}
-
-// submitGRPC submits one job over gRPC, waiting out RESOURCE_EXHAUSTED and
-// UNAVAILABLE.
-func submitGRPC(ctx context.Context, client sluicev1.JobServiceClient, function string, payload []byte) (string, error) {
-	for {
-		resp, err := client.SubmitJob(ctx, &sluicev1.SubmitJobRequest{
-			Function: function,
-			Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: payload},
-		})
-		switch status.Code(err) {
-		case codes.OK:
-			return resp.GetJob().GetId(), nil
-		case codes.ResourceExhausted, codes.Unavailable:
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-				return "", ctx.Err()
-			}
-		default:
-			return "", err
-		}
-	}
-}
-
 // benchDirect sends the whole burst at once straight at a fresh platform,
 // as a client without Sluice does: every request at once, retried on 429s
 // and errors with exponential backoff and full jitter.
@@ -459,7 +378,7 @@ func benchDirect(ctx context.Context, b burstFlags, platform []string, stderr io
 	var children sync.WaitGroup
 	defer children.Wait() // after cancel has stopped them
 	defer cancel()
-	fnAddr, err := startPlatform(ctx, &children, stderr, platform)
+	fnAddr, err := harness.StartPlatform(ctx, &children, stderr, platform)
 	if err != nil {
 		return nil, err
 	}
@@ -496,179 +415,6 @@ func benchDirect(ctx context.Context, b burstFlags, platform []string, stderr io
 	}
 	wg.Wait()
 	res := &burstResult{completed: int(completed.Load()), failed: int(failed.Load()), drain: time.Since(start)}
-	res.stats, err = fnStats(ctx, "http://"+fnAddr+"/stats")
+	res.stats, err = harness.PlatformStats(ctx, "http://"+fnAddr+"/stats")
 	return res, err
-}
-
-// startChildCmd runs this binary with args until ctx ends, then stops it
-// with SIGTERM; wg tracks it. It returns the running command and a channel
-// closed once it has exited.
-func startChildCmd(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, args ...string) (*exec.Cmd, <-chan struct{}, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, nil, err
-	}
-	cmd := exec.CommandContext(ctx, self, args...)
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 30 * time.Second
-	if err := cmd.Start(); err != nil {
-		return nil, nil, fmt.Errorf("start %s: %w", args[0], err)
-	}
-	exited := make(chan struct{})
-	wg.Go(func() {
-		defer close(exited)
-		cmd.Wait() //nolint:errcheck // stopped on purpose
-	})
-	return cmd, exited, nil
-}
-
-// childStarts is how many times startListening starts a child whose
-// picked ports another process took first.
-const childStarts = 3
-
-// listeningChild says how a child of this binary that listens is started:
-// the arguments and the URL that answers 200 once it is ready, both given
-// the loopback addresses it is to listen on.
-type listeningChild struct {
-	ports    int
-	args     func(addrs []string) []string
-	readyURL func(addrs []string) string
-}
-
-// startListening starts a child on loopback ports picked free just before
-// it starts and waits until it is ready. Another process may take a picked
-// port between the pick and the child's listen, and the child then exits
-// at once: it is started again on fresh ports, up to childStarts times.
-func startListening(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, c listeningChild) (*exec.Cmd, []string, error) {
-	var err error
-	for range childStarts {
-		addrs := make([]string, c.ports)
-		for i := range addrs {
-			if addrs[i], err = freeAddr(); err != nil {
-				return nil, nil, err
-			}
-		}
-		cmd, exited, err := startChildCmd(ctx, wg, stderr, c.args(addrs)...)
-		if err != nil {
-			return nil, nil, err
-		}
-		err = WaitHTTP(ctx, c.readyURL(addrs), 30*time.Second, exited)
-		if !errors.Is(err, errChildExited) {
-			return cmd, addrs, err
-		}
-	}
-	return nil, nil, err
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-// startPlatform runs a simulated platform in a child process and returns
-// its address once it answers.
-func startPlatform(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, flags []string) (string, error) {
-	_, addrs, err := startListening(ctx, wg, stderr, listeningChild{
-		ports: 1,
-		args: func(a []string) []string {
-			return append([]string{"fnsim", "--addr", a[0], "--log-level", "warn"}, flags...)
-		},
-		readyURL: func(a []string) string { return "http://" + a[0] + "/stats" },
-	})
-	if err != nil {
-		return "", err
-	}
-	return addrs[0], nil
-}
-
-// startOwnPlatform is startPlatform for a command whose platform lives on
-// its own: stop ends it and waits for it to exit.
-func startOwnPlatform(ctx context.Context, stderr io.Writer, flags []string) (addr string, stop func(), err error) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	stop = func() { cancel(); wg.Wait() }
-	if addr, err = startPlatform(ctx, &wg, stderr, flags); err != nil {
-		stop()
-		return "", nil, err
-	}
-	return addr, stop, nil
-}
-
-// errChildExited is WaitHTTP's answer when the child it waits for exits
-// first.
-var errChildExited = errors.New("exited before it was ready")
-
-// WaitHTTP polls url until it answers 200, or until exited (if not nil)
-// is closed.
-func WaitHTTP(ctx context.Context, url string, within time.Duration, exited <-chan struct{}) error {
-	deadline := time.Now().Add(within)
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not answer within %s", url, within)
-		}
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-exited:
-			return fmt.Errorf("%s: %w", url, errChildExited)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-func fnStats(ctx context.Context, url string) (fnsim.Stats, error) {
-	var st fnsim.Stats
-	resp, err := benchGet(ctx, url)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
-
-// raiseFileLimit lifts the open-file limit to its hard maximum: the direct
-// client opens a connection per request.
-func raiseFileLimit() {
-	var lim syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) //nolint:errcheck // best effort
-	}
-}
-
-// benchScratch makes a benchmark's scratch directory, and lifts the
-// open-file limit, which load generators with many connections need.
-func benchScratch() (dir string, remove func(), err error) {
-	dir, err = os.MkdirTemp("", "sluice-bench-")
-	if err != nil {
-		return "", nil, err
-	}
-	raiseFileLimit()
-	return dir, func() { os.RemoveAll(dir) }, nil
-}
-
-// serveLoopback serves h on a fresh loopback port until stop is called.
-func serveLoopback(h http.Handler) (ln net.Listener, stop func(), err error) {
-	ln, err = net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, nil, err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln) //nolint:errcheck // ends when stop closes it
-	return ln, func() { srv.Close() }, nil
 }

@@ -9,14 +9,13 @@ import (
 	"io"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/grpc/metadata"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/gateway"
@@ -90,23 +89,14 @@ const fairKeyA, fairKeyB = "bench-key-tenant-a-0123456789", "bench-key-tenant-b-
 // few jobs, and then A a few high-priority ones; it reports how much of A's
 // backlog had drained when B's jobs had all finished, and when A's
 // high-priority jobs had all started.
-func runBenchFairness(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parseFairnessFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := benchScratch()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
+func runBenchFairness(ctx context.Context, b fairnessFlags, dir string, stdout, stderr io.Writer) error {
 	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
-	ln, stopServing, err := serveLoopback(p)
+	ln, stopServing, err := harness.ServeLoopback(p)
 	if err != nil {
 		return err
 	}
 	defer stopServing()
-	set, err := startReplicaSet(ctx, dir, fmt.Sprintf(`functions:
+	set, err := harness.StartReplicaSet(ctx, dir, fmt.Sprintf(`functions:
   - name: shared
     url: http://%s/
     concurrency: %d
@@ -221,30 +211,21 @@ func (f *fairRun) check(stdout io.Writer) error {
 // submit submits n jobs of the group as the tenant whose key is key, from
 // b.submitters clients spread over the gateways.
 func (f *fairRun) submit(ctx context.Context, group, key string, n int, priority sluicev1.Priority) error {
-	var next atomic.Int64
-	g, gctx := errgroup.WithContext(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key))
-	for range f.b.submitters {
-		g.Go(func() error {
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				_, err := f.clients[i%len(f.clients)].SubmitJob(gctx, &sluicev1.SubmitJobRequest{
-					Function: "shared", Priority: priority,
-					Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte(group)},
-				})
-				if err != nil {
-					return err
-				}
-			}
-			return nil
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+	return harness.RunN(ctx, f.b.submitters, n, func(ctx context.Context, i int) error {
+		_, err := f.clients[i%len(f.clients)].SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+			Function: "shared", Priority: priority,
+			Payload: &httpbody.HttpBody{ContentType: "text/plain", Data: []byte(group)},
 		})
-	}
-	return g.Wait()
+		return err
+	})
 }
 
 // pollEvery calls cond every interval, first at once, until it holds or
 // ctx ends.
 func pollEvery(ctx context.Context, interval time.Duration, cond func() bool) error {
 	for !cond() {
-		if err := sleepCtx(ctx, interval); err != nil {
+		if err := harness.Sleep(ctx, interval); err != nil {
 			return err
 		}
 	}

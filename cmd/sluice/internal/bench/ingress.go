@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
@@ -25,7 +26,7 @@ import (
 type ingressFlags struct {
 	concurrency, payload int
 	duration, warmup     time.Duration
-	stackFlags
+	harness.StackFlags
 	minRatio, restRatio float64
 	maxP99              time.Duration
 	maxBatch, inFlight  int
@@ -38,10 +39,6 @@ type benchPath struct {
 	op      func(ctx context.Context, worker int) error
 }
 
-// benchFunction is the function the ingress benchmarks submit to: paused,
-// so that what is measured is ingress alone.
-const benchFunction = "bench"
-
 // parseIngressFlags parses and checks the flags of `sluice bench ingress`.
 func parseIngressFlags(args []string, stderr io.Writer) (ingressFlags, error) {
 	fs := flag.NewFlagSet("bench ingress", flag.ContinueOnError)
@@ -51,7 +48,7 @@ func parseIngressFlags(args []string, stderr io.Writer) (ingressFlags, error) {
 	fs.IntVar(&b.payload, "payload", 1024, "payload size in bytes")
 	fs.DurationVar(&b.duration, "duration", 10*time.Second, "how long each path is measured")
 	fs.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured load before each path")
-	b.stackFlags.register(fs)
+	b.StackFlags.Register(fs)
 	fs.IntVar(&b.maxBatch, "max-batch", 200, "the gateway's buffer.group_commit.max_batch")
 	fs.IntVar(&b.inFlight, "batches-in-flight", 2, "the gateway's buffer.group_commit.in_flight")
 	fs.Float64Var(&b.minRatio, "min-ratio", 0, "fail unless gRPC ingress is at least this multiple of the baseline")
@@ -63,42 +60,33 @@ func parseIngressFlags(args []string, stderr io.Writer) (ingressFlags, error) {
 	if b.concurrency < 1 || b.payload < 1 || b.duration <= 0 {
 		return b, errors.New("bench ingress: --concurrency, --payload and --duration must be positive")
 	}
-	if b.durability != "always" && b.durability != "interval" {
-		return b, fmt.Errorf("bench ingress: --durability %q is neither always nor interval", b.durability)
+	if b.Durability != "always" && b.Durability != "interval" {
+		return b, fmt.Errorf("bench ingress: --durability %q is neither always nor interval", b.Durability)
 	}
 	return b, nil
 }
 
 // runBenchIngress measures durable submits over gRPC and REST against
 // JetStream's own one-message-per-publish rate, in the same run.
-func runBenchIngress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parseIngressFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := benchScratch()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
-	stack, err := startBenchStack(ctx, b.options(dir, fmt.Sprintf(`functions:
+func runBenchIngress(ctx context.Context, b ingressFlags, dir string, stdout, stderr io.Writer) error {
+	stack, err := harness.StartStack(ctx, b.StackFlags, dir, fmt.Sprintf(`functions:
   - name: %s
     url: http://127.0.0.1:9/
     paused: true
     max_payload: %d
 buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
-`, benchFunction, max(b.payload, 1024), b.durability, b.maxBatch, b.inFlight)), stderr)
+`, harness.BenchFunction, max(b.payload, 1024), b.Durability, b.maxBatch, b.inFlight), stderr)
 	if err != nil {
 		return err
 	}
 	defer stack.Close()
 
 	where := "embedded JetStream, fsync before every ack"
-	if b.durability == "interval" {
+	if b.Durability == "interval" {
 		where = "embedded JetStream, fsync every 2 minutes"
 	}
-	if b.natsURL != "" {
-		where = "JetStream at " + b.natsURL + " (its own sync_interval)"
+	if b.NATSURL != "" {
+		where = "JetStream at " + b.NATSURL + " (its own sync_interval)"
 	}
 	fmt.Fprintf(stdout, "ingress: %d concurrent clients, %d-byte payloads, %s per path after %s warm-up; %s\n\n",
 		b.concurrency, b.payload, b.duration, b.warmup, where)
@@ -121,25 +109,25 @@ buffer: {max_jobs: 100000000, max_bytes: 4GiB, durability: %s, group_commit: {ma
 
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "path\tclients\tsubmits\tper second\tp50 ms\tp99 ms\tp99.9 ms\tvs baseline\tCPU µs/submit: gateway / JetStream / client\tmachine: busy, µs/submit\tmean batch\t")
-	row := func(name string, clients int, r *loadResult, cpu, batch string) {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.2f\t%s\t%s\t\n", name, clients, r.ops, r.perSecond(),
-			ms(r.quantile(0.5)), ms(r.quantile(0.99)), ms(r.quantile(0.999)), r.perSecond()/baseline.perSecond(), cpu, batch)
+	row := func(name string, clients int, r *harness.LoadResult, cpu, batch string) {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.2f\t%s\t%s\t\n", name, clients, r.Ops, r.PerSecond(),
+			harness.Millis(r.Quantile(0.5)), harness.Millis(r.Quantile(0.99)), harness.Millis(r.Quantile(0.999)), r.PerSecond()/baseline.PerSecond(), cpu, batch)
 	}
 	row("JetStream, one message per publish", b.concurrency, baseline, baselineCPU, "1")
 	fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%.2f\t%s\t%d\t\n", "JetStream, atomic batches (the ceiling)", b.concurrency,
-		ceiling.ops*ceilingBatch, ceiling.perSecond()*float64(ceilingBatch), ms(ceiling.quantile(0.5)), ms(ceiling.quantile(0.99)),
-		ms(ceiling.quantile(0.999)), ceiling.perSecond()*float64(ceilingBatch)/baseline.perSecond(), ceilingCPU, ceilingBatch)
+		ceiling.Ops*ceilingBatch, ceiling.PerSecond()*float64(ceilingBatch), harness.Millis(ceiling.Quantile(0.5)), harness.Millis(ceiling.Quantile(0.99)),
+		harness.Millis(ceiling.Quantile(0.999)), ceiling.PerSecond()*float64(ceilingBatch)/baseline.PerSecond(), ceilingCPU, ceilingBatch)
 	results, err := measurePaths(ctx, stack, b, sub, row)
 	if err != nil {
 		return err
 	}
 	tw.Flush()
-	return checkIngress(stdout, b, results, baseline.perSecond(), ceiling.perSecond()*float64(ceilingBatch))
+	return checkIngress(stdout, b, results, baseline.PerSecond(), ceiling.PerSecond()*float64(ceilingBatch))
 }
 
 // measurePaths measures each way in through the gateway, after a warm-up
 // and with the job stream emptied, and prints each as a row.
-func measurePaths(ctx context.Context, stack *benchStack, b ingressFlags, sub *submitters, row func(name string, clients int, r *loadResult, cpu, batch string)) (map[string]*loadResult, error) {
+func measurePaths(ctx context.Context, stack *harness.Stack, b ingressFlags, sub *harness.Submitters, row func(name string, clients int, r *harness.LoadResult, cpu, batch string)) (map[string]*harness.LoadResult, error) {
 	grpcSubmit := func(ctx context.Context, w int) error {
 		_, err := sub.GRPC(ctx, w)
 		return err
@@ -149,12 +137,12 @@ func measurePaths(ctx context.Context, stack *benchStack, b ingressFlags, sub *s
 		{"sluice REST", b.concurrency, sub.REST},
 		{"sluice gRPC, one client", 1, grpcSubmit},
 	}
-	results := map[string]*loadResult{}
+	results := map[string]*harness.LoadResult{}
 	for _, p := range paths {
 		if err := purgeJobs(ctx, stack.JS); err != nil {
 			return nil, err
 		}
-		if _, err := runLoad(ctx, p.clients, b.warmup, p.op); err != nil {
+		if _, err := harness.RunLoad(ctx, p.clients, b.warmup, p.op); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 		batches0, err := stack.BatchCounts(ctx)
@@ -165,7 +153,7 @@ func measurePaths(ctx context.Context, stack *benchStack, b ingressFlags, sub *s
 		if err != nil {
 			return nil, err
 		}
-		r, err := runLoad(ctx, p.clients, b.duration, p.op)
+		r, err := harness.RunLoad(ctx, p.clients, b.duration, p.op)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
@@ -178,7 +166,7 @@ func measurePaths(ctx context.Context, stack *benchStack, b ingressFlags, sub *s
 			return nil, err
 		}
 		results[p.name] = r
-		row(p.name, p.clients, r, cpuColumns(cpu0, cpu1, r.ops), meanBatch(batches0, batches1, "jobs"))
+		row(p.name, p.clients, r, cpuColumns(cpu0, cpu1, r.Ops), harness.MeanBatch(batches0, batches1, "jobs"))
 	}
 	return results, nil
 }
@@ -186,20 +174,20 @@ func measurePaths(ctx context.Context, stack *benchStack, b ingressFlags, sub *s
 // checkIngress prints the ratios and fails a run below --min-ratio or
 // --min-rest-ratio or above --max-p99; baseline and ceiling are their
 // submits per second.
-func checkIngress(stdout io.Writer, b ingressFlags, results map[string]*loadResult, baseline, ceiling float64) error {
+func checkIngress(stdout io.Writer, b ingressFlags, results map[string]*harness.LoadResult, baseline, ceiling float64) error {
 	grpcR, restR := results["sluice gRPC"], results["sluice REST"]
-	ratio := grpcR.perSecond() / baseline
+	ratio := grpcR.PerSecond() / baseline
 	fmt.Fprintf(stdout, "\ngRPC / baseline: %.2f   gRPC / ceiling: %.2f   REST / gRPC: %.2f   one client's p50: %s ms\n",
-		ratio, grpcR.perSecond()/ceiling, restR.perSecond()/grpcR.perSecond(),
-		ms(results["sluice gRPC, one client"].quantile(0.5)))
+		ratio, grpcR.PerSecond()/ceiling, restR.PerSecond()/grpcR.PerSecond(),
+		harness.Millis(results["sluice gRPC, one client"].Quantile(0.5)))
 	var fails []string
 	if b.minRatio > 0 && ratio < b.minRatio {
 		fails = append(fails, fmt.Sprintf("gRPC / baseline %.2f is below the floor of %.2f", ratio, b.minRatio))
 	}
-	if b.restRatio > 0 && restR.perSecond()/grpcR.perSecond() < b.restRatio {
-		fails = append(fails, fmt.Sprintf("REST / gRPC %.2f is below the floor of %.2f", restR.perSecond()/grpcR.perSecond(), b.restRatio))
+	if b.restRatio > 0 && restR.PerSecond()/grpcR.PerSecond() < b.restRatio {
+		fails = append(fails, fmt.Sprintf("REST / gRPC %.2f is below the floor of %.2f", restR.PerSecond()/grpcR.PerSecond(), b.restRatio))
 	}
-	if p99 := grpcR.quantile(0.99); b.maxP99 > 0 && p99 > b.maxP99 {
+	if p99 := grpcR.Quantile(0.99); b.maxP99 > 0 && p99 > b.maxP99 {
 		fails = append(fails, fmt.Sprintf("gRPC p99 %s is above the ceiling of %s", p99, b.maxP99))
 	}
 	if len(fails) > 0 {
@@ -211,7 +199,7 @@ func checkIngress(stdout io.Writer, b ingressFlags, results map[string]*loadResu
 // baselinePublish publishes the payload straight to a stream of its own on
 // the same JetStream, one message per publish, each waiting for its ack:
 // what a client storing its own jobs would get.
-func baselinePublish(ctx context.Context, stack *benchStack, b ingressFlags, payload []byte) (*loadResult, string, error) {
+func baselinePublish(ctx context.Context, stack *harness.Stack, b ingressFlags, payload []byte) (*harness.LoadResult, string, error) {
 	const name = "SLUICE_BENCH_BASELINE"
 	stream, err := stack.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: name, Subjects: []string{"sluice-bench.baseline.>"}, Storage: jetstream.FileStorage,
@@ -238,7 +226,7 @@ func baselinePublish(ctx context.Context, stack *benchStack, b ingressFlags, pay
 // what any gateway that group-commits the submits of b.concurrency clients
 // could store at most, since half of them wait for the batch in flight while
 // the other half form the next one. Its latencies are the batches' commits.
-func batchCeiling(ctx context.Context, stack *benchStack, b ingressFlags, payload []byte, n int) (*loadResult, string, error) {
+func batchCeiling(ctx context.Context, stack *harness.Stack, b ingressFlags, payload []byte, n int) (*harness.LoadResult, string, error) {
 	const name = "SLUICE_BENCH_CEILING"
 	stream, err := stack.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: name, Subjects: []string{"sluice-bench.ceiling.>"}, Storage: jetstream.FileStorage,
@@ -291,15 +279,15 @@ func batchCeiling(ctx context.Context, stack *benchStack, b ingressFlags, payloa
 
 // cpuColumns are a row's two CPU columns: the three processes' CPU per
 // operation, and the whole machine's load.
-func cpuColumns(from, to cpuTimes, ops int) string {
-	return perOp(from, to, ops) + "\t" + machineLoad(from, to, ops)
+func cpuColumns(from, to harness.CPUTimes, ops int) string {
+	return harness.PerOp(from, to, ops) + "\t" + harness.MachineLoad(from, to, ops)
 }
 
 // measureStream runs op from workers goroutines for b.warmup, empties the
 // stream, and runs it again for b.duration: what that measured, with the
 // CPU spent per message stored (opMessages to an op).
-func measureStream(ctx context.Context, stack *benchStack, stream jetstream.Stream, b ingressFlags, workers, opMessages int, op func(context.Context, int) error) (*loadResult, string, error) {
-	if _, err := runLoad(ctx, workers, b.warmup, op); err != nil {
+func measureStream(ctx context.Context, stack *harness.Stack, stream jetstream.Stream, b ingressFlags, workers, opMessages int, op func(context.Context, int) error) (*harness.LoadResult, string, error) {
+	if _, err := harness.RunLoad(ctx, workers, b.warmup, op); err != nil {
 		return nil, "", err
 	}
 	if err := stream.Purge(ctx); err != nil {
@@ -309,12 +297,12 @@ func measureStream(ctx context.Context, stack *benchStack, stream jetstream.Stre
 	if err != nil {
 		return nil, "", err
 	}
-	r, err := runLoad(ctx, workers, b.duration, op)
+	r, err := harness.RunLoad(ctx, workers, b.duration, op)
 	if err != nil {
 		return nil, "", err
 	}
 	cpu1, err := stack.CPU()
-	return r, cpuColumns(cpu0, cpu1, r.ops*opMessages), err
+	return r, cpuColumns(cpu0, cpu1, r.Ops*opMessages), err
 }
 
 // purgeJobs empties the job stream, so that each path starts alike.

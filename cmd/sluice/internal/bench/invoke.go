@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
@@ -18,15 +19,12 @@ import (
 type invokeFlags struct {
 	clients, payload int
 	duration, warmup time.Duration
-	stackFlags
+	harness.StackFlags
 	maxOverhead time.Duration
 }
 
-// runBenchInvoke measures what Sluice adds to a call: the same payload sent
-// straight to an idle, instant function on a simulated platform, and
-// through `POST /v1/functions/{f}:invoke?wait=`, which stores the job,
-// dispatches it and answers with the function's response.
-func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// parseInvokeFlags parses and checks the flags of `sluice bench invoke`.
+func parseInvokeFlags(args []string, stderr io.Writer) (invokeFlags, error) {
 	fs := flag.NewFlagSet("bench invoke", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var b invokeFlags
@@ -34,33 +32,35 @@ func runBenchInvoke(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&b.payload, "payload", 1024, "payload size in bytes")
 	fs.DurationVar(&b.duration, "duration", 10*time.Second, "how long each path is measured")
 	fs.DurationVar(&b.warmup, "warmup", time.Second, "unmeasured calls before each path")
-	b.stackFlags.register(fs)
+	b.StackFlags.Register(fs)
 	fs.DurationVar(&b.maxOverhead, "max-overhead", 0, "fail if Sluice's p50 exceeds the direct p50 by more than this (0: no limit)")
 	if err := cli.ParseFlags(fs, args); err != nil {
-		return err
+		return b, err
 	}
 	if b.clients < 1 || b.payload < 1 || b.duration <= 0 {
-		return errors.New("bench invoke: --concurrency, --payload and --duration must be positive")
+		return b, errors.New("bench invoke: --concurrency, --payload and --duration must be positive")
 	}
-	dir, removeDir, err := benchScratch()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
+	return b, nil
+}
 
-	fnAddr, stopPlatform, err := startOwnPlatform(ctx, stderr, []string{"--concurrency", "0", "--duration", "0s", "--cold-start", "0s"})
+// runBenchInvoke measures what Sluice adds to a call: the same payload sent
+// straight to an idle, instant function on a simulated platform, and
+// through `POST /v1/functions/{f}:invoke?wait=`, which stores the job,
+// dispatches it and answers with the function's response.
+func runBenchInvoke(ctx context.Context, b invokeFlags, dir string, stdout, stderr io.Writer) error {
+	fnAddr, stopPlatform, err := harness.StartOwnPlatform(ctx, stderr, []string{"--concurrency", "0", "--duration", "0s", "--cold-start", "0s"})
 	if err != nil {
 		return err
 	}
 	defer stopPlatform()
-	stack, err := startBenchStack(ctx, b.options(dir, fmt.Sprintf(`functions:
+	stack, err := harness.StartStack(ctx, b.StackFlags, dir, fmt.Sprintf(`functions:
   - name: %s
     url: http://%s/
     concurrency: %d
     timeout: 10s
     max_payload: %d
 buffer: {durability: %s}
-`, benchFunction, fnAddr, max(b.clients, 8), max(b.payload, 1024), b.durability)), stderr)
+`, harness.BenchFunction, fnAddr, max(b.clients, 8), max(b.payload, 1024), b.Durability), stderr)
 	if err != nil {
 		return err
 	}
@@ -78,14 +78,14 @@ buffer: {durability: %s}
 	}
 	paths := []benchPath{
 		{"direct to the function", b.clients, call("http://" + fnAddr + "/")},
-		{"through Sluice, :invoke?wait=10s", b.clients, call(stack.HTTP + "/v1/functions/" + benchFunction + ":invoke?wait=10s")},
+		{"through Sluice, :invoke?wait=10s", b.clients, call(stack.HTTP + "/v1/functions/" + harness.BenchFunction + ":invoke?wait=10s")},
 	}
-	var results []*loadResult
+	var results []*harness.LoadResult
 	for _, p := range paths {
-		if _, err := runLoad(ctx, p.clients, b.warmup, p.op); err != nil {
+		if _, err := harness.RunLoad(ctx, p.clients, b.warmup, p.op); err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
-		r, err := runLoad(ctx, p.clients, b.duration, p.op)
+		r, err := harness.RunLoad(ctx, p.clients, b.duration, p.op)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
@@ -95,12 +95,12 @@ buffer: {durability: %s}
 	fmt.Fprintln(tw, "path\tcalls\tper second\tp50 ms\tp90 ms\tp99 ms\t")
 	for i, p := range paths {
 		r := results[i]
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t\n", p.name, r.ops, r.perSecond(), ms(r.quantile(0.5)), ms(r.quantile(0.9)), ms(r.quantile(0.99)))
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t\n", p.name, r.Ops, r.PerSecond(), harness.Millis(r.Quantile(0.5)), harness.Millis(r.Quantile(0.9)), harness.Millis(r.Quantile(0.99)))
 	}
 	tw.Flush()
 	direct, sluice := results[0], results[1]
-	overhead := sluice.quantile(0.5) - direct.quantile(0.5)
-	fmt.Fprintf(stdout, "\noverhead at p50: %s ms; at p99: %s ms\n", ms(overhead), ms(sluice.quantile(0.99)-direct.quantile(0.99)))
+	overhead := sluice.Quantile(0.5) - direct.Quantile(0.5)
+	fmt.Fprintf(stdout, "\noverhead at p50: %s ms; at p99: %s ms\n", harness.Millis(overhead), harness.Millis(sluice.Quantile(0.99)-direct.Quantile(0.99)))
 	if b.maxOverhead > 0 && overhead > b.maxOverhead {
 		return fmt.Errorf("bench invoke: p50 overhead %s is above the ceiling of %s", overhead, b.maxOverhead)
 	}

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -171,78 +172,80 @@ type pacingResult struct {
 	err   error
 }
 
+// pacingFlags configure `sluice bench pacing`.
+type pacingFlags struct {
+	jobs, submitters            int
+	handler                     time.Duration
+	logLevel                    string
+	maxThrottled, maxDrainRatio float64
+	// rows are the rows --rows picks, in the matrix's order.
+	rows []pacingRow
+}
+
+// parsePacingFlags parses and checks the flags of `sluice bench pacing`.
+func parsePacingFlags(args []string, stderr io.Writer) (pacingFlags, error) {
+	fs := flag.NewFlagSet("bench pacing", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var b pacingFlags
+	var rowList string
+	fs.IntVar(&b.jobs, "jobs", 3000, "jobs in each row's burst (limit-drops runs 4/3 as many, to outlast its schedule)")
+	fs.DurationVar(&b.handler, "duration", 100*time.Millisecond, "handler run time per invocation (the jitter row: ±4/5 of it)")
+	fs.StringVar(&rowList, "rows", "", "comma-separated rows to run, in the matrix's order; empty: all")
+	fs.IntVar(&b.submitters, "submitters", 64, "concurrent submitting clients")
+	fs.Float64Var(&b.maxThrottled, "max-throttled", 0, "fail a row whose throttled share of invocations (throttled / (invocations + throttled)) is above this fraction; 0: no check")
+	fs.StringVar(&b.logLevel, "gateway-log-level", "warn", "the gateways' log level; their logs go to stderr")
+	fs.Float64Var(&b.maxDrainRatio, "max-drain-ratio", 0, "fail a row whose drain / ideal is above this; 0: no check")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return b, err
+	}
+	switch {
+	case b.jobs < 1 || b.submitters < 1:
+		return b, errors.New("bench pacing: --jobs and --submitters must be positive")
+	case b.handler <= 0:
+		return b, errors.New("bench pacing: --duration must be positive")
+	case b.maxThrottled < 0 || b.maxThrottled > 1:
+		return b, errors.New("bench pacing: --max-throttled must be a fraction between 0 and 1")
+	case b.maxDrainRatio < 0:
+		return b, errors.New("bench pacing: --max-drain-ratio must not be negative")
+	}
+	var err error
+	b.rows, err = selectRows(pacingRows(b.handler), rowList)
+	return b, err
+}
+
 // runBenchPacing runs a burst through Sluice against a matrix of platform
 // behaviours (limits below the configured concurrency, with or without
 // Retry-After, limits that change, a rate limit, jitter, slow cold starts,
 // several gateways), each row with a fresh platform, JetStream and
 // gateways, and compares each drain with its ideal.
-func runBenchPacing(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench pacing", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		jobs, submitters            int
-		handler                     time.Duration
-		rowList, logLevel           string
-		maxThrottled, maxDrainRatio float64
-	)
-	fs.IntVar(&jobs, "jobs", 3000, "jobs in each row's burst (limit-drops runs 4/3 as many, to outlast its schedule)")
-	fs.DurationVar(&handler, "duration", 100*time.Millisecond, "handler run time per invocation (the jitter row: ±4/5 of it)")
-	fs.StringVar(&rowList, "rows", "", "comma-separated rows to run, in the matrix's order; empty: all")
-	fs.IntVar(&submitters, "submitters", 64, "concurrent submitting clients")
-	fs.Float64Var(&maxThrottled, "max-throttled", 0, "fail a row whose throttled share of invocations (throttled / (invocations + throttled)) is above this fraction; 0: no check")
-	fs.StringVar(&logLevel, "gateway-log-level", "warn", "the gateways' log level; their logs go to stderr")
-	fs.Float64Var(&maxDrainRatio, "max-drain-ratio", 0, "fail a row whose drain / ideal is above this; 0: no check")
-	if err := cli.ParseFlags(fs, args); err != nil {
-		return err
-	}
-	all := pacingRows(handler)
-	switch {
-	case jobs < 1 || submitters < 1:
-		return errors.New("bench pacing: --jobs and --submitters must be positive")
-	case handler <= 0:
-		return errors.New("bench pacing: --duration must be positive")
-	case maxThrottled < 0 || maxThrottled > 1:
-		return errors.New("bench pacing: --max-throttled must be a fraction between 0 and 1")
-	case maxDrainRatio < 0:
-		return errors.New("bench pacing: --max-drain-ratio must not be negative")
-	}
-	rows, err := selectRows(all, rowList)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := benchScratch()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
-
+func runBenchPacing(ctx context.Context, b pacingFlags, dir string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "bench pacing: %d jobs a row, handler %s, submitted over gRPC by %d clients; each row its own platform (fnsim), embedded JetStream and gateway(s)\n",
-		jobs, handler, submitters)
-	for _, r := range rows {
+		b.jobs, b.handler, b.submitters)
+	for _, r := range b.rows {
 		fmt.Fprintf(stdout, "  %-27s sluice {%s}, %d gateway(s); platform %s\n", r.name,
-			strings.TrimSuffix(r.keys(", "), ", "), max(r.gateways, 1), strings.Join((&FnsimFlags{Config: r.platform}).args(), " "))
+			strings.TrimSuffix(r.keys(", "), ", "), max(r.gateways, 1), strings.Join((&harness.FnsimFlags{Config: r.platform}).Args(), " "))
 	}
 	fmt.Fprintln(stdout)
 
 	var results []pacingResult
-	for i, r := range rows {
+	for i, r := range b.rows {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n := jobs
+		n := b.jobs
 		if r.jobsScale > 0 {
-			n = int(math.Round(float64(jobs) * r.jobsScale))
+			n = int(math.Round(float64(b.jobs) * r.jobsScale))
 		}
 		pr := pacingResult{row: r, jobs: n, ideal: idealDrain(r.model(), n)}
-		fmt.Fprintf(stderr, "bench pacing: row %d of %d, %s: %d jobs, ideal drain %s\n", i+1, len(rows), r.name, n, pr.ideal.Round(10*time.Millisecond))
-		pr.res, pr.err = runPacingRow(ctx, r, n, submitters, logLevel, pr.ideal, filepath.Join(dir, r.name), stderr)
+		fmt.Fprintf(stderr, "bench pacing: row %d of %d, %s: %d jobs, ideal drain %s\n", i+1, len(b.rows), r.name, n, pr.ideal.Round(10*time.Millisecond))
+		pr.res, pr.err = runPacingRow(ctx, r, n, b.submitters, b.logLevel, pr.ideal, filepath.Join(dir, r.name), stderr)
 		results = append(results, pr)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	printPacing(stdout, results)
-	return checkPacing(results, maxThrottled, maxDrainRatio)
+	return checkPacing(results, b.maxThrottled, b.maxDrainRatio)
 }
 
 // selectRows picks the rows named in list (comma-separated), in the
@@ -283,7 +286,7 @@ func runPacingRow(ctx context.Context, r pacingRow, n, submitters int, logLevel 
 	defer cancel()
 	res, err := benchSluice(ctx, sluiceRun{
 		jobs: n, submitters: submitters, payload: 256, protocol: "grpc", gateways: max(r.gateways, 1),
-		platform: (&FnsimFlags{Config: r.platform}).args(), function: r.name, config: r.config, status: true, logLevel: logLevel,
+		platform: (&harness.FnsimFlags{Config: r.platform}).Args(), function: r.name, config: r.config, status: true, logLevel: logLevel,
 	}, dir, stderr)
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))

@@ -17,6 +17,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
@@ -24,7 +25,7 @@ import (
 type pipelineFlags struct {
 	submitters, payload, fnConcurrency, maxBacklog int
 	duration, warmup                               time.Duration
-	stackFlags
+	harness.StackFlags
 	minPerSecond       float64
 	maxBatch, inFlight int
 }
@@ -48,7 +49,7 @@ func parsePipelineFlags(args []string, stderr io.Writer) (pipelineFlags, error) 
 	fs.IntVar(&b.maxBacklog, "max-backlog", 20_000, "submitters pause while more jobs than this are unfinished")
 	fs.DurationVar(&b.duration, "duration", 60*time.Second, "how long the measured run lasts")
 	fs.DurationVar(&b.warmup, "warmup", 5*time.Second, "unmeasured run before it")
-	b.stackFlags.register(fs)
+	b.StackFlags.Register(fs)
 	fs.IntVar(&b.maxBatch, "max-batch", 200, "the gateway's buffer.group_commit.max_batch")
 	fs.IntVar(&b.inFlight, "batches-in-flight", 2, "the gateway's buffer.group_commit.in_flight")
 	fs.Float64Var(&b.minPerSecond, "min-per-second", 0, "fail unless at least this many jobs complete per second")
@@ -65,31 +66,21 @@ func parsePipelineFlags(args []string, stderr io.Writer) (pipelineFlags, error) 
 // over gRPC, buffered, dispatched to an instant function on a simulated
 // platform, and their results stored; with the backlog held under a bound,
 // so that what is measured is a rate the pipeline sustains.
-func runBenchPipeline(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parsePipelineFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := benchScratch()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
-
-	fnAddr, stopPlatform, err := startOwnPlatform(ctx, stderr, []string{"--concurrency", strconv.Itoa(b.fnConcurrency),
+func runBenchPipeline(ctx context.Context, b pipelineFlags, dir string, stdout, stderr io.Writer) error {
+	fnAddr, stopPlatform, err := harness.StartOwnPlatform(ctx, stderr, []string{"--concurrency", strconv.Itoa(b.fnConcurrency),
 		"--duration", "0s", "--cold-start", "0s"})
 	if err != nil {
 		return err
 	}
 	defer stopPlatform()
-	stack, err := startBenchStack(ctx, b.options(dir, fmt.Sprintf(`functions:
+	stack, err := harness.StartStack(ctx, b.StackFlags, dir, fmt.Sprintf(`functions:
   - name: %s
     url: http://%s/
     concurrency: %d
     timeout: 30s
     max_payload: %d
 buffer: {max_jobs: %d, max_bytes: %d, durability: %s, group_commit: {max_batch: %d, in_flight: %d}}
-`, benchFunction, fnAddr, b.fnConcurrency, max(b.payload, 1024), pipelineMaxJobs, pipelineMaxBytes, b.durability, b.maxBatch, b.inFlight)), stderr)
+`, harness.BenchFunction, fnAddr, b.fnConcurrency, max(b.payload, 1024), pipelineMaxJobs, pipelineMaxBytes, b.Durability, b.maxBatch, b.inFlight), stderr)
 	if err != nil {
 		return err
 	}
@@ -127,8 +118,8 @@ buffer: {max_jobs: %d, max_bytes: %d, durability: %s, group_commit: {max_batch: 
 // pipelineRun is one run of `sluice bench pipeline`.
 type pipelineRun struct {
 	b     pipelineFlags
-	stack *benchStack
-	sub   *submitters
+	stack *harness.Stack
+	sub   *harness.Submitters
 	// jobs and states are the job stream and the state bucket's; cons the
 	// function's consumer.
 	jobs, states jetstream.Stream
@@ -142,7 +133,7 @@ type pipelineRun struct {
 
 // newPipelineRun finds the streams and the consumer, and connects the
 // submitters.
-func newPipelineRun(ctx context.Context, b pipelineFlags, stack *benchStack) (*pipelineRun, error) {
+func newPipelineRun(ctx context.Context, b pipelineFlags, stack *harness.Stack) (*pipelineRun, error) {
 	r := &pipelineRun{b: b, stack: stack}
 	var err error
 	if r.jobs, err = stack.JS.Stream(ctx, buffer.StreamName); err != nil {
@@ -151,7 +142,7 @@ func newPipelineRun(ctx context.Context, b pipelineFlags, stack *benchStack) (*p
 	if r.states, err = stack.JS.Stream(ctx, "KV_"+buffer.StateBucket); err != nil {
 		return nil, err
 	}
-	if r.cons, err = r.jobs.Consumer(ctx, buffer.ConsumerName(benchFunction)); err != nil {
+	if r.cons, err = r.jobs.Consumer(ctx, buffer.ConsumerName(harness.BenchFunction)); err != nil {
 		return nil, err
 	}
 	r.sub, err = stack.Submitters(ctx, 4, 0, bytes.Repeat([]byte("x"), b.payload))
@@ -174,8 +165,8 @@ type pipelineMark struct {
 	at                 time.Time
 	submitted, backlog int64
 	jobSeq, stateSeq   uint64
-	cpu                cpuTimes
-	batches            batchCounts
+	cpu                harness.CPUTimes
+	batches            harness.BatchCounts
 	gatewayRSS         int64
 }
 
@@ -203,7 +194,7 @@ func (r *pipelineRun) measure(ctx context.Context) (start, stop pipelineMark, er
 	submitters := r.submit(gctx, time.Now().Add(r.b.warmup+r.b.duration))
 	g.Go(func() error {
 		defer close(stopSampling)
-		if err := sleepCtx(gctx, r.b.warmup); err != nil {
+		if err := harness.Sleep(gctx, r.b.warmup); err != nil {
 			return err
 		}
 		var err error
@@ -211,7 +202,7 @@ func (r *pipelineRun) measure(ctx context.Context) (start, stop pipelineMark, er
 			return err
 		}
 		r.measuring.Store(true)
-		if err := sleepCtx(gctx, r.b.duration); err != nil {
+		if err := harness.Sleep(gctx, r.b.duration); err != nil {
 			return err
 		}
 		r.measuring.Store(false)
@@ -286,9 +277,9 @@ func (r *pipelineRun) report(stdout io.Writer, start, stop pipelineMark) float64
 		fmt.Fprintf(stdout, "writes per job: %.2f job messages per job submitted, %.2f state entries per job completed\n",
 			float64(stop.jobSeq-start.jobSeq)/float64(stop.submitted-start.submitted), float64(stop.stateSeq-start.stateSeq)/float64(completed))
 		fmt.Fprintf(stdout, "group commit: %s submits per batch, %s state writes per batch (mean)\n",
-			meanBatch(start.batches, stop.batches, "jobs"), meanBatch(start.batches, stop.batches, "states"))
+			harness.MeanBatch(start.batches, stop.batches, "jobs"), harness.MeanBatch(start.batches, stop.batches, "states"))
 		fmt.Fprintf(stdout, "CPU µs per job: gateway / JetStream / clients %s; the machine (every process, the platform's too): %s per job; gateway RSS %.0f MiB at the end\n",
-			perOp(start.cpu, stop.cpu, int(completed)), machineLoad(start.cpu, stop.cpu, int(completed)), float64(stop.gatewayRSS)/(1<<20))
+			harness.PerOp(start.cpu, stop.cpu, int(completed)), harness.MachineLoad(start.cpu, stop.cpu, int(completed)), float64(stop.gatewayRSS)/(1<<20))
 	}
 	return perSecond
 }
@@ -338,18 +329,8 @@ func waitDrained(ctx context.Context, unfinished func(context.Context) (int64, e
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d jobs still unfinished %s after the load stopped", n, within)
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
 		}
-	}
-}
-
-// sleepCtx sleeps for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	select {
-	case <-time.After(d):
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }

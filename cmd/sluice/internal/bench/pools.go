@@ -11,8 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
@@ -76,11 +75,11 @@ type poolRun struct {
 	jobs    map[string]int
 	sims    map[string]*fnsim.Function
 	counter poolCounter
-	set     *replicaSet
-	// queue is the function of each job, interleaved; next is the next to
-	// submit.
+	set     *harness.ReplicaSet
+	// queue is the function of each job, interleaved; taken counts those
+	// a submitter has taken to submit.
 	queue []string
-	next  atomic.Int64
+	taken atomic.Int64
 	start time.Time
 }
 
@@ -97,24 +96,14 @@ type poolStats struct {
 // platform, and samples what runs: the pool's total, each function's in
 // flight while all have backlogs, and the first function's once the others
 // run dry.
-func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parsePoolsFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := benchScratch()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
-
+func runBenchPools(ctx context.Context, b poolsFlags, dir string, stdout, stderr io.Writer) error {
 	r := &poolRun{b: b, jobs: map[string]int{"alpha": b.big, "beta": b.small, "gamma": b.small}, sims: map[string]*fnsim.Function{}}
 	mux := http.NewServeMux()
 	for _, n := range poolNames {
 		r.sims[n] = fnsim.New(fnsim.Config{Duration: b.handler, Jitter: b.jitter})
 		mux.Handle("/"+n, r.counter.wrap(r.sims[n]))
 	}
-	ln, stopServing, err := serveLoopback(mux)
+	ln, stopServing, err := harness.ServeLoopback(mux)
 	if err != nil {
 		return err
 	}
@@ -125,7 +114,7 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(&cfg, "  - name: %s\n    url: http://%s/%s\n    concurrency: %d\n    pool: account\n    reserved: %d\n    timeout: 30s\n",
 			n, ln.Addr(), n, b.concurrency, b.reserved)
 	}
-	if r.set, err = startReplicaSet(ctx, dir, cfg.String(), b.gateways, "", stderr); err != nil {
+	if r.set, err = harness.StartReplicaSet(ctx, dir, cfg.String(), b.gateways, "", stderr); err != nil {
 		return err
 	}
 	defer r.set.Close()
@@ -154,18 +143,11 @@ func runBenchPools(ctx context.Context, args []string, stdout, stderr io.Writer)
 func (r *poolRun) submitAll(ctx context.Context) chan error {
 	submitted := make(chan error, 1)
 	go func() {
-		g, gctx := errgroup.WithContext(ctx)
-		for range r.b.submitters {
-			g.Go(func() error {
-				for i := int(r.next.Add(1) - 1); i < len(r.queue); i = int(r.next.Add(1) - 1) {
-					if _, err := submitGRPC(gctx, r.set.Clients[i%len(r.set.Clients)], r.queue[i], []byte("{}")); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-		}
-		submitted <- g.Wait()
+		submitted <- harness.RunN(ctx, r.b.submitters, len(r.queue), func(ctx context.Context, i int) error {
+			r.taken.Add(1)
+			_, err := harness.SubmitGRPC(ctx, r.set.Clients[i%len(r.set.Clients)], r.queue[i], []byte("{}"))
+			return err
+		})
 	}()
 	return submitted
 }
@@ -220,7 +202,7 @@ func (r *poolRun) observe(ctx context.Context, st *poolStats) (done bool, err er
 	}
 	backlogged := true
 	for _, n := range poolNames {
-		backlogged = backlogged && r.jobs[n]-ran[n] > r.b.pool && int(r.next.Load()) > len(r.queue)/2
+		backlogged = backlogged && r.jobs[n]-ran[n] > r.b.pool && int(r.taken.Load()) > len(r.queue)/2
 	}
 	if backlogged {
 		if err := r.observeShared(ctx, st, in); err != nil {

@@ -13,10 +13,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/genproto/googleapis/api/httpbody"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
@@ -24,7 +24,7 @@ import (
 type queuedFlags struct {
 	jobs, payload, submitters, sample int
 	readFor, readWarmup               time.Duration
-	stackFlags
+	harness.StackFlags
 	maxRSS      int64
 	maxGetRatio float64
 }
@@ -40,7 +40,7 @@ func parseQueuedFlags(args []string, stderr io.Writer) (queuedFlags, error) {
 	fs.IntVar(&b.sample, "sample", 1000, "jobs whose reads are timed")
 	fs.DurationVar(&b.readFor, "read-for", 20*time.Second, "how long GetJob is timed, empty and full")
 	fs.DurationVar(&b.readWarmup, "read-warmup", time.Second, "unmeasured GetJob reads before each timed run")
-	b.stackFlags.register(fs)
+	b.StackFlags.Register(fs)
 	fs.Int64Var(&b.maxRSS, "max-rss-mib", 0, "fail if the gateway's RSS exceeds this many MiB (0: no limit)")
 	fs.Float64Var(&b.maxGetRatio, "max-get-ratio", 0, "fail if GetJob p99 full / empty exceeds this (0: no limit)")
 	if err := cli.ParseFlags(fs, args); err != nil {
@@ -56,24 +56,15 @@ func parseQueuedFlags(args []string, stderr io.Writer) (queuedFlags, error) {
 // shows that the gateway's memory does not grow with it (the jobs live in
 // JetStream) and that reading a job costs the same with the queue full as
 // with it empty.
-func runBenchQueued(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	b, err := parseQueuedFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	dir, removeDir, err := benchScratch()
-	if err != nil {
-		return err
-	}
-	defer removeDir()
+func runBenchQueued(ctx context.Context, b queuedFlags, dir string, stdout, stderr io.Writer) error {
 	maxBytes := int64(b.jobs+b.sample) * int64(b.payload+512) * 2
-	stack, err := startBenchStack(ctx, b.options(dir, fmt.Sprintf(`functions:
+	stack, err := harness.StartStack(ctx, b.StackFlags, dir, fmt.Sprintf(`functions:
   - name: %s
     url: http://127.0.0.1:9/
     paused: true
     max_payload: %d
 buffer: {max_jobs: %d, max_bytes: %d, durability: %s}
-`, benchFunction, max(b.payload, 1024), 2*(b.jobs+b.sample), maxBytes, b.durability)), stderr)
+`, harness.BenchFunction, max(b.payload, 1024), 2*(b.jobs+b.sample), maxBytes, b.Durability), stderr)
 	if err != nil {
 		return err
 	}
@@ -97,7 +88,7 @@ buffer: {max_jobs: %d, max_bytes: %d, durability: %s}
 // queuedRun is one run of `sluice bench queued`.
 type queuedRun struct {
 	b       queuedFlags
-	stack   *benchStack
+	stack   *harness.Stack
 	clients []sluicev1.JobServiceClient
 	payload []byte
 	ids     []string // the jobs whose reads are timed
@@ -105,7 +96,7 @@ type queuedRun struct {
 
 // queuedMeasures are what a queuedRun measured.
 type queuedMeasures struct {
-	empty, full                *loadResult
+	empty, full                *harness.LoadResult
 	rssEmpty, rssFull, rssPeak int64
 	natsRSS                    int64
 	fill                       time.Duration
@@ -136,7 +127,7 @@ func (r *queuedRun) measure(ctx context.Context) (*queuedMeasures, error) {
 	if m.full, err = r.getJobs(ctx); err != nil {
 		return nil, fmt.Errorf("GetJob, full queue: %w", err)
 	}
-	cons, err := r.stack.JS.Consumer(ctx, "SLUICE_JOBS", "sluice-dispatch-"+benchFunction)
+	cons, err := r.stack.JS.Consumer(ctx, "SLUICE_JOBS", "sluice-dispatch-"+harness.BenchFunction)
 	if err != nil {
 		return nil, err
 	}
@@ -154,33 +145,23 @@ func (r *queuedRun) measure(ctx context.Context) (*queuedMeasures, error) {
 // submitN submits n jobs from up to b.submitters clients, passing each
 // job's ID to keep if it is set.
 func (r *queuedRun) submitN(ctx context.Context, n int, keep func(string)) error {
-	var next atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	for w := range min(r.b.submitters, n) {
-		g.Go(func() error {
-			for int(next.Add(1)) <= n {
-				resp, err := r.clients[w%len(r.clients)].SubmitJob(gctx, &sluicev1.SubmitJobRequest{
-					Function: benchFunction,
-					Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: r.payload},
-				})
-				if err != nil {
-					return err
-				}
-				if keep != nil {
-					keep(resp.GetJob().GetId())
-				}
-			}
-			return nil
+	return harness.RunN(ctx, r.b.submitters, n, func(ctx context.Context, i int) error {
+		resp, err := r.clients[i%len(r.clients)].SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+			Function: harness.BenchFunction,
+			Payload:  &httpbody.HttpBody{ContentType: "application/octet-stream", Data: r.payload},
 		})
-	}
-	return g.Wait()
+		if err == nil && keep != nil {
+			keep(resp.GetJob().GetId())
+		}
+		return err
+	})
 }
 
 // getJobs times GetJob on the sampled jobs. Both timed runs start alike,
 // after reads that warm what the reads touch: what is timed is reading
 // with the queue empty or full, not the first reads after a million
 // writes.
-func (r *queuedRun) getJobs(ctx context.Context) (*loadResult, error) {
+func (r *queuedRun) getJobs(ctx context.Context) (*harness.LoadResult, error) {
 	get := func(ctx context.Context, w int) error {
 		resp, err := r.clients[w%len(r.clients)].GetJob(ctx, &sluicev1.GetJobRequest{Id: r.ids[rand.N(len(r.ids))]})
 		job := resp.GetJob()
@@ -190,11 +171,11 @@ func (r *queuedRun) getJobs(ctx context.Context) (*loadResult, error) {
 		return err
 	}
 	if r.b.readWarmup > 0 {
-		if _, err := runLoad(ctx, 8, r.b.readWarmup, get); err != nil {
+		if _, err := harness.RunLoad(ctx, 8, r.b.readWarmup, get); err != nil {
 			return nil, err
 		}
 	}
-	return runLoad(ctx, 8, r.b.readFor, get)
+	return harness.RunLoad(ctx, 8, r.b.readFor, get)
 }
 
 // fill submits b.jobs, watching the gateway's memory as the queue grows:
@@ -205,7 +186,7 @@ func (r *queuedRun) fill(ctx context.Context, rss0 int64) (time.Duration, int64,
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	var sampler sync.WaitGroup
 	sampler.Go(func() {
-		for sleepCtx(sampleCtx, 250*time.Millisecond) == nil {
+		for harness.Sleep(sampleCtx, 250*time.Millisecond) == nil {
 			if rss, err := r.stack.GatewayRSS(); err == nil && rss > peak.Load() {
 				peak.Store(rss)
 			}
@@ -227,10 +208,10 @@ func (m *queuedMeasures) report(stdout io.Writer, b queuedFlags) error {
 		float64(b.jobs)/m.fill.Seconds(), m.pending)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "queue\tgateway RSS MiB\tGetJob reads\tp50 ms\tp99 ms\tp99.9 ms\t")
-	fmt.Fprintf(tw, "empty (%d jobs)\t%s\t%d\t%s\t%s\t%s\t\n", b.sample, mib(m.rssEmpty), m.empty.ops, ms(m.empty.quantile(0.5)), ms(m.empty.quantile(0.99)), ms(m.empty.quantile(0.999)))
-	fmt.Fprintf(tw, "full (%d jobs)\t%s\t%d\t%s\t%s\t%s\t\n", m.pending, mib(m.rssFull), m.full.ops, ms(m.full.quantile(0.5)), ms(m.full.quantile(0.99)), ms(m.full.quantile(0.999)))
+	fmt.Fprintf(tw, "empty (%d jobs)\t%s\t%d\t%s\t%s\t%s\t\n", b.sample, mib(m.rssEmpty), m.empty.Ops, harness.Millis(m.empty.Quantile(0.5)), harness.Millis(m.empty.Quantile(0.99)), harness.Millis(m.empty.Quantile(0.999)))
+	fmt.Fprintf(tw, "full (%d jobs)\t%s\t%d\t%s\t%s\t%s\t\n", m.pending, mib(m.rssFull), m.full.Ops, harness.Millis(m.full.Quantile(0.5)), harness.Millis(m.full.Quantile(0.99)), harness.Millis(m.full.Quantile(0.999)))
 	tw.Flush()
-	ratio := float64(m.full.quantile(0.99)) / float64(m.empty.quantile(0.99))
+	ratio := float64(m.full.Quantile(0.99)) / float64(m.empty.Quantile(0.99))
 	fmt.Fprintf(stdout, "\ngateway RSS peak while filling: %s MiB; GetJob p99 full / empty: %.2f\n", mib(m.rssPeak), ratio)
 	if m.natsRSS > 0 {
 		fmt.Fprintf(stdout, "the JetStream process holding the jobs: %s MiB (with `sluice serve` on its embedded JetStream, one process holds both)\n", mib(m.natsRSS))

@@ -1,4 +1,4 @@
-package bench
+package harness
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 // scrapeMetrics reads the metric families that url (a /metrics endpoint)
 // shows, by name.
 func scrapeMetrics(ctx context.Context, url string) (map[string]*dto.MetricFamily, error) {
-	resp, err := benchGet(ctx, url)
+	resp, err := Get(ctx, url)
 	if err != nil {
 		return nil, err
 	}
@@ -42,17 +42,17 @@ func sumBy(families map[string]*dto.MetricFamily, name, label string) map[string
 	return sums
 }
 
-// batchCounts are group commit's counters as the gateway's /metrics shows
+// BatchCounts are group commit's counters as the gateway's /metrics shows
 // them, by kind (jobs, states).
-type batchCounts map[string]struct{ batches, writes float64 }
+type BatchCounts map[string]struct{ batches, writes float64 }
 
 // BatchCounts scrapes the gateway's group commit counters.
-func (s *benchStack) BatchCounts(ctx context.Context) (batchCounts, error) {
+func (s *Stack) BatchCounts(ctx context.Context) (BatchCounts, error) {
 	families, err := scrapeMetrics(ctx, s.HTTP+"/metrics")
 	if err != nil {
 		return nil, err
 	}
-	out := batchCounts{}
+	out := BatchCounts{}
 	batches := sumBy(families, "sluice_buffer_batches_total", "sluice_kind")
 	writes := sumBy(families, "sluice_buffer_batched_writes_total", "sluice_kind")
 	for _, kind := range []string{"jobs", "states"} {
@@ -65,8 +65,8 @@ func (s *benchStack) BatchCounts(ctx context.Context) (batchCounts, error) {
 	return out, nil
 }
 
-// meanBatch formats the mean batch size between two scrapes.
-func meanBatch(from, to batchCounts, kind string) string {
+// MeanBatch formats the mean batch size between two scrapes.
+func MeanBatch(from, to BatchCounts, kind string) string {
 	b, w := to[kind].batches-from[kind].batches, to[kind].writes-from[kind].writes
 	if b == 0 {
 		return "-"

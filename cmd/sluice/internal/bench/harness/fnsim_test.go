@@ -1,4 +1,4 @@
-package bench
+package harness
 
 import (
 	"flag"
@@ -66,11 +66,11 @@ func TestFnsimFlags(t *testing.T) {
 			var again FnsimFlags
 			fs2 := flag.NewFlagSet("fnsim", flag.ContinueOnError)
 			again.Register(fs2, "")
-			if err := cli.ParseFlags(fs2, sim.args()); err != nil {
-				t.Fatalf("args %q: %v", sim.args(), err)
+			if err := cli.ParseFlags(fs2, sim.Args()); err != nil {
+				t.Fatalf("args %q: %v", sim.Args(), err)
 			}
 			if !reflect.DeepEqual(again.Config, sim.Config) {
-				t.Errorf("args %q give %+v, want %+v", sim.args(), again.Config, sim.Config)
+				t.Errorf("args %q give %+v, want %+v", sim.Args(), again.Config, sim.Config)
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-package bench
+package harness
 
 import (
 	"cmp"
@@ -58,11 +58,11 @@ func startGatewayChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer
 	return gatewayChild{HTTP: "http://" + addrs[0], GRPCAddr: addrs[1], Cmd: cmd}, nil
 }
 
-// replicaSet is what the burst, pacing, pools and fairness benchmarks run:
+// ReplicaSet is what the burst, pacing, pools and fairness benchmarks run:
 // gateway processes with one config on one JetStream embedded in the
 // benchmark's process, with a gRPC client to each and the benchmark's own
 // view of the buffer.
-type replicaSet struct {
+type ReplicaSet struct {
 	// HTTP are the gateways' REST base URLs; Clients their gRPC clients,
 	// in the same order.
 	HTTP    []string
@@ -77,13 +77,13 @@ type replicaSet struct {
 	children sync.WaitGroup // the gateways
 }
 
-// startReplicaSet starts an embedded JetStream storing under dir, and n
+// StartReplicaSet starts an embedded JetStream storing under dir, and n
 // gateways running config (the YAML's text), each with a data directory of
 // its own under dir and logging at logLevel ("": warn) to stderr; it
 // returns once every gateway is ready.
-func startReplicaSet(ctx context.Context, dir, config string, n int, logLevel string, stderr io.Writer) (_ *replicaSet, err error) {
+func StartReplicaSet(ctx context.Context, dir, config string, n int, logLevel string, stderr io.Writer) (_ *ReplicaSet, err error) {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &replicaSet{cancel: cancel}
+	r := &ReplicaSet{cancel: cancel}
 	defer func() {
 		if err != nil {
 			r.Close()
@@ -130,7 +130,7 @@ func startReplicaSet(ctx context.Context, dir, config string, n int, logLevel st
 }
 
 // Close stops the gateways, then the JetStream they use.
-func (r *replicaSet) Close() {
+func (r *ReplicaSet) Close() {
 	for _, c := range r.conns {
 		c.Close()
 	}

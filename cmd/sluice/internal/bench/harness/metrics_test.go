@@ -1,4 +1,4 @@
-package bench
+package harness
 
 import (
 	"fmt"
@@ -23,19 +23,19 @@ other_total{sluice_kind="jobs"} 99
 `)
 	}))
 	defer srv.Close()
-	s := &benchStack{HTTP: srv.URL}
+	s := &Stack{HTTP: srv.URL}
 	got, err := s.BatchCounts(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	zero := batchCounts{}
-	if m := meanBatch(zero, got, "jobs"); m != "25.0" {
+	zero := BatchCounts{}
+	if m := MeanBatch(zero, got, "jobs"); m != "25.0" {
 		t.Errorf("jobs: mean batch %s, want 25.0", m)
 	}
-	if m := meanBatch(zero, got, "states"); m != "10.0" {
+	if m := MeanBatch(zero, got, "states"); m != "10.0" {
 		t.Errorf("states: mean batch %s, want 10.0", m)
 	}
-	if m := meanBatch(got, got, "jobs"); m != "-" {
+	if m := MeanBatch(got, got, "jobs"); m != "-" {
 		t.Errorf("no batches between scrapes: %s, want -", m)
 	}
 }

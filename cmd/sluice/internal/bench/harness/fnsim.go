@@ -1,4 +1,4 @@
-package bench
+package harness
 
 import (
 	"context"
@@ -72,11 +72,12 @@ func (f *FnsimFlags) Check(prefix string) error {
 	return nil
 }
 
-// args are the flags of `sluice fnsim` that give cfg, for a platform in a
-// child process: the inverse of register, for the fields a benchmark sets
-// (concurrency, ramp, cold start, handler time and jitter, schedule, rate
-// and Retry-After). Zero fields are left out, so they keep their defaults.
-func (f *FnsimFlags) args() []string {
+// Args are the flags of `sluice fnsim` that give f.Config, for a platform
+// in a child process (StartPlatform): the inverse of Register, for the
+// fields a benchmark sets (concurrency, ramp, cold start, handler time and
+// jitter, schedule, rate and Retry-After). Zero fields are left out, so
+// they keep their defaults.
+func (f *FnsimFlags) Args() []string {
 	c := f.Config
 	a := []string{"--concurrency=" + strconv.Itoa(c.Concurrency), "--duration=" + c.Duration.String()}
 	add := func(set bool, name, value string) {
@@ -130,6 +131,8 @@ func (v *scheduleValue) Set(text string) error {
 
 func formatStep(s fnsim.Step) string { return s.After.String() + ":" + strconv.Itoa(s.Concurrency) }
 
+// RunFnsim runs `sluice fnsim`: a simulated platform serving one function,
+// as its flags configure it, until ctx ends.
 func RunFnsim(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fnsim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
