@@ -2,6 +2,8 @@ module github.com/sluicehq/sluice
 
 go 1.26.7
 
+toolchain go1.27.3
+
 require (
 	github.com/aws/aws-lambda-go v1.55.1
 	github.com/aws/aws-sdk-go-v2 v1.48.0

@@ -2,6 +2,8 @@ module github.com/sluicehq/sluice/tools
 
 go 1.26.7
 
+toolchain go1.27.3
+
 tool (
 	github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie
 	github.com/bufbuild/buf/cmd/buf

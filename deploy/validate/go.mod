@@ -2,6 +2,8 @@ module github.com/sluicehq/sluice/deploy/validate
 
 go 1.26.8
 
+toolchain go1.27.3
+
 require (
 	github.com/compose-spec/compose-go/v2 v2.16.2
 	github.com/moby/buildkit v0.34.2
