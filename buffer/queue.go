@@ -181,13 +181,14 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err := q.openJobStream(ctx, cfg, maxMsg); err != nil {
 		return nil, err
 	}
-	if err := q.openStateBucket(ctx, cfg); err != nil {
+	// State writes are group-committed too.
+	if q.state, q.stateLog, err = q.openBucket(ctx, stateBucketConfig(cfg), true); err != nil {
 		return nil, err
 	}
 	if q.pacingKV, err = ensureKeyValue(ctx, js, pacingBucketConfig(cfg)); err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
 	}
-	if err := q.openIdempotencyBucket(ctx, cfg); err != nil {
+	if q.idemKV, q.idemLog, err = q.openBucket(ctx, idempotencyBucketConfig(cfg), false); err != nil {
 		return nil, err
 	}
 	if q.dead, err = ensureStream(ctx, js, deadLetterStreamConfig(cfg, maxMsg)); err != nil {
@@ -243,10 +244,9 @@ func jobStreamConfig(cfg Config, maxMsg int32) jetstream.StreamConfig {
 	}
 }
 
-// openStateBucket creates or updates the bucket of job state, lets it take
-// atomic batches, and keeps its stream for direct reads.
-func (q *Queue) openStateBucket(ctx context.Context, cfg Config) error {
-	state, err := ensureKeyValue(ctx, q.js, jetstream.KeyValueConfig{
+// stateBucketConfig is the configuration of the bucket of job state.
+func stateBucketConfig(cfg Config) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
 		Bucket:      StateBucket,
 		Description: "Sluice: job state by job ID",
 		History:     1,
@@ -254,20 +254,7 @@ func (q *Queue) openStateBucket(ctx context.Context, cfg Config) error {
 		MaxBytes:    cfg.Stores.StateBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
-	})
-	if err != nil {
-		return fmt.Errorf("buffer: create bucket %s: %w", StateBucket, err)
 	}
-	// State writes are group-committed too.
-	if err := allowAtomicPublish(ctx, q.js, "KV_"+StateBucket); err != nil {
-		return fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
-	}
-	stateLog, err := q.js.Stream(ctx, "KV_"+StateBucket)
-	if err != nil {
-		return fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
-	}
-	q.state, q.stateLog = state, stateLog
-	return nil
 }
 
 // pacingBucketConfig is the configuration of the bucket of dispatch
@@ -283,10 +270,10 @@ func pacingBucketConfig(cfg Config) jetstream.KeyValueConfig {
 	}
 }
 
-// openIdempotencyBucket creates or updates the bucket of job IDs by
-// idempotency key, and keeps its stream for its usage.
-func (q *Queue) openIdempotencyBucket(ctx context.Context, cfg Config) error {
-	idem, err := ensureKeyValue(ctx, q.js, jetstream.KeyValueConfig{
+// idempotencyBucketConfig is the configuration of the bucket of job IDs by
+// idempotency key.
+func idempotencyBucketConfig(cfg Config) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
 		Bucket:      IdempotencyBucket,
 		Description: "Sluice: job ID by function and idempotency key",
 		History:     1,
@@ -294,16 +281,27 @@ func (q *Queue) openIdempotencyBucket(ctx context.Context, cfg Config) error {
 		MaxBytes:    cfg.Stores.IdempotencyBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
-	})
-	if err != nil {
-		return fmt.Errorf("buffer: create bucket %s: %w", IdempotencyBucket, err)
 	}
-	idemLog, err := q.js.Stream(ctx, "KV_"+IdempotencyBucket)
+}
+
+// openBucket creates or updates a bucket, lets it take atomic batches when
+// atomic is set, and returns it with its stream, which the queue reads
+// directly (job state) or for its usage.
+func (q *Queue) openBucket(ctx context.Context, cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, jetstream.Stream, error) {
+	kv, err := ensureKeyValue(ctx, q.js, cfg)
 	if err != nil {
-		return fmt.Errorf("buffer: bucket %s: %w", IdempotencyBucket, err)
+		return nil, nil, fmt.Errorf("buffer: create bucket %s: %w", cfg.Bucket, err)
 	}
-	q.idemKV, q.idemLog = idem, idemLog
-	return nil
+	if atomic {
+		if err := allowAtomicPublish(ctx, q.js, "KV_"+cfg.Bucket); err != nil {
+			return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	log, err := q.js.Stream(ctx, "KV_"+cfg.Bucket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, log, nil
 }
 
 // NewJobID returns a random job ID: 128 bits from crypto/rand in base32.

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/internal/instrument"
 )
 
 // instrumentation is the name dispatch's tracer and meter go by.
@@ -152,45 +153,23 @@ func (g *gauges) setLearned(p buffer.PacingState) {
 // are collected.
 func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poolLoop) error {
 	m := mp.Meter(instrumentation)
-	depth, err := m.Int64ObservableGauge("sluice.queue.depth", metric.WithUnit("{job}"),
-		metric.WithDescription("Jobs waiting to be dispatched."))
-	if err != nil {
-		return err
-	}
-	oldest, err := m.Float64ObservableGauge("sluice.queue.oldest_age", metric.WithUnit("s"),
-		metric.WithDescription("Age of the oldest job not yet finished."))
-	if err != nil {
-		return err
-	}
-	inFlight, err := m.Int64ObservableGauge("sluice.dispatch.in_flight", metric.WithUnit("{invocation}"),
-		metric.WithDescription("Invocations in flight, across gateway processes."))
-	if err != nil {
-		return err
-	}
-	window, err := m.Int64ObservableGauge("sluice.dispatch.window", metric.WithUnit("{invocation}"),
-		metric.WithDescription("Invocations allowed in flight now: the paced window."))
-	if err != nil {
-		return err
-	}
-	limit, err := m.Int64ObservableGauge("sluice.dispatch.limit", metric.WithUnit("{invocation}"),
-		metric.WithDescription("The function's configured concurrency limit."))
-	if err != nil {
-		return err
-	}
-	learnedLimit, err := m.Int64ObservableGauge("sluice.dispatch.learned_limit", metric.WithUnit("{invocation}"),
-		metric.WithDescription("The concurrency limit learned from the platform's throttles; 0 while none is known."))
-	if err != nil {
-		return err
-	}
-	learnedRate, err := m.Float64ObservableGauge("sluice.dispatch.learned_rate", metric.WithUnit("{invocation}/s"),
-		metric.WithDescription("Invocation starts per second learned from throttles that came while fewer than the learned limit were in flight; 0 while none is known."))
-	if err != nil {
+	b := instrument.NewBuilder(m)
+	depth := b.Int64Gauge("sluice.queue.depth", "{job}", "Jobs waiting to be dispatched.")
+	oldest := b.Float64Gauge("sluice.queue.oldest_age", "s", "Age of the oldest job not yet finished.")
+	inFlight := b.Int64Gauge("sluice.dispatch.in_flight", "{invocation}", "Invocations in flight, across gateway processes.")
+	window := b.Int64Gauge("sluice.dispatch.window", "{invocation}", "Invocations allowed in flight now: the paced window.")
+	limit := b.Int64Gauge("sluice.dispatch.limit", "{invocation}", "The function's configured concurrency limit.")
+	learnedLimit := b.Int64Gauge("sluice.dispatch.learned_limit", "{invocation}",
+		"The concurrency limit learned from the platform's throttles; 0 while none is known.")
+	learnedRate := b.Float64Gauge("sluice.dispatch.learned_rate", "{invocation}/s",
+		"Invocation starts per second learned from throttles that came while fewer than the learned limit were in flight; 0 while none is known.")
+	if err := b.Err(); err != nil {
 		return err
 	}
 	if err := registerPoolGauges(m, pools); err != nil {
 		return err
 	}
-	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	return b.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for _, l := range loops {
 			fn := l.attrs.fn
 			o.ObserveInt64(depth, l.gauges.backlog.Load(), fn)
@@ -203,7 +182,6 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poo
 		}
 		return nil
 	}, depth, oldest, inFlight, window, limit, learnedLimit, learnedRate)
-	return err
 }
 
 // registerPoolGauges reports each pool's state as this process last saw it
@@ -213,35 +191,15 @@ func registerPoolGauges(m metric.Meter, pools []*poolLoop) error {
 	if len(pools) == 0 {
 		return nil
 	}
-	limit, err := m.Int64ObservableGauge("sluice.pool.limit", metric.WithUnit("{invocation}"),
-		metric.WithDescription("Invocations a pool allows in flight now, across its functions and gateway processes."))
-	if err != nil {
-		return err
-	}
-	gauge := func(name, desc string) (metric.Int64ObservableGauge, error) {
-		return m.Int64ObservableGauge(name, metric.WithUnit("{invocation}"), metric.WithDescription(desc))
-	}
-	inFlight, err := gauge("sluice.pool.in_flight", "A pooled function's invocations in flight.")
-	if err != nil {
-		return err
-	}
-	granted, err := gauge("sluice.pool.granted", "A pooled function's share of its pool now: the cap the leader aims at.")
-	if err != nil {
-		return err
-	}
-	reserved, err := gauge("sluice.pool.reserved", "A pooled function's reserved share.")
-	if err != nil {
-		return err
-	}
-	borrowed, err := gauge("sluice.pool.borrowed", "A pooled function's invocations in flight above its reserved share.")
-	if err != nil {
-		return err
-	}
-	lent, err := gauge("sluice.pool.lent", "A pooled function's reserved slots it does not use, free for the others.")
-	if err != nil {
-		return err
-	}
-	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	b := instrument.NewBuilder(m)
+	gauge := func(name, desc string) metric.Int64ObservableGauge { return b.Int64Gauge(name, "{invocation}", desc) }
+	limit := gauge("sluice.pool.limit", "Invocations a pool allows in flight now, across its functions and gateway processes.")
+	inFlight := gauge("sluice.pool.in_flight", "A pooled function's invocations in flight.")
+	granted := gauge("sluice.pool.granted", "A pooled function's share of its pool now: the cap the leader aims at.")
+	reserved := gauge("sluice.pool.reserved", "A pooled function's reserved share.")
+	borrowed := gauge("sluice.pool.borrowed", "A pooled function's invocations in flight above its reserved share.")
+	lent := gauge("sluice.pool.lent", "A pooled function's reserved slots it does not use, free for the others.")
+	return b.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for _, pl := range pools {
 			st := pl.seen.Load()
 			o.ObserveInt64(limit, int64(st.Limit), pl.attrs)
@@ -257,5 +215,4 @@ func registerPoolGauges(m metric.Meter, pools []*poolLoop) error {
 		}
 		return nil
 	}, limit, inFlight, granted, reserved, borrowed, lent)
-	return err
 }

@@ -53,22 +53,8 @@ func (c *Config) SetDefaultsAndCheck() error {
 	var errs []error
 	for i := range c.Functions {
 		f := &c.Functions[i]
-		field := fmt.Sprintf("functions[%d]", i)
-		if f.Name != "" {
-			field = fmt.Sprintf("functions[%d] (%s)", i, f.Name)
-		}
-		bad := func(name, format string, args ...any) {
-			errs = append(errs, fmt.Errorf("%s.%s: %s", field, name, fmt.Sprintf(format, args...)))
-		}
-		switch {
-		case f.Name == "":
-			bad("name", "missing")
-		case !functionName.MatchString(f.Name):
-			bad("name", "%q is not allowed: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 64", f.Name)
-		default:
-			if j, dup := seen[f.Name]; dup {
-				bad("name", "%q is already the name of functions[%d]", f.Name, j)
-			}
+		bad := entryBad(&errs, "functions", i, f.Name)
+		if checkName(bad, "functions", f.Name, seen) {
 			seen[f.Name] = i
 		}
 		f.setDefaultsAndCheck(bad)
@@ -87,6 +73,37 @@ func (c *Config) SetDefaultsAndCheck() error {
 // badField reports a setting that is wrong: its name within the section
 // checked, and why.
 type badField func(name, format string, args ...any)
+
+// entryBad is the badField of list[i], an entry named name (functions,
+// tenants, pools): it adds to errs "list[i] (name).setting: why", or
+// "list[i].setting: why" while the entry has no name.
+func entryBad(errs *[]error, list string, i int, name string) badField {
+	field := fmt.Sprintf("%s[%d]", list, i)
+	if name != "" {
+		field = fmt.Sprintf("%s[%d] (%s)", list, i, name)
+	}
+	return func(setting, format string, args ...any) {
+		*errs = append(*errs, fmt.Errorf("%s.%s: %s", field, setting, fmt.Sprintf(format, args...)))
+	}
+}
+
+// checkName reports what is wrong with the name of an entry of list: it is
+// missing, not allowed, or already in seen (the names before it, to their
+// index). It returns whether the name is allowed; the caller records it.
+func checkName(bad badField, list, name string, seen map[string]int) bool {
+	switch {
+	case name == "":
+		bad("name", "missing")
+	case !functionName.MatchString(name):
+		bad("name", "%q is not allowed: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 64", name)
+	default:
+		if j, dup := seen[name]; dup {
+			bad("name", "%q is already the name of %s[%d]", name, list, j)
+		}
+		return true
+	}
+	return false
+}
 
 // setDefaultsAndCheck fills in the function's defaults and reports what is
 // wrong with it, but for its name, which is checked against the others.
@@ -409,22 +426,8 @@ func (c *Config) checkTenants(functions map[string]int) error {
 	names := make(map[string]int)
 	keys := make(map[string]string)
 	for i, t := range c.Tenants {
-		field := fmt.Sprintf("tenants[%d]", i)
-		if t.Name != "" {
-			field = fmt.Sprintf("tenants[%d] (%s)", i, t.Name)
-		}
-		bad := func(name, format string, args ...any) {
-			errs = append(errs, fmt.Errorf("%s.%s: %s", field, name, fmt.Sprintf(format, args...)))
-		}
-		switch {
-		case t.Name == "":
-			bad("name", "missing")
-		case !functionName.MatchString(t.Name):
-			bad("name", "%q is not allowed: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 64", t.Name)
-		default:
-			if j, dup := names[t.Name]; dup {
-				bad("name", "%q is already the name of tenants[%d]", t.Name, j)
-			}
+		bad := entryBad(&errs, "tenants", i, t.Name)
+		if checkName(bad, "tenants", t.Name, names) {
 			names[t.Name] = i
 		}
 		if len(t.APIKeys) == 0 {
@@ -514,26 +517,17 @@ func (c *Config) checkPools() error {
 	var errs []error
 	byName := make(map[string]int)
 	for i, p := range c.Pools {
-		field := fmt.Sprintf("pools[%d]", i)
-		if p.Name != "" {
-			field = fmt.Sprintf("pools[%d] (%s)", i, p.Name)
-		}
-		switch {
-		case p.Name == "":
-			errs = append(errs, fmt.Errorf("%s.name: missing", field))
-		case !functionName.MatchString(p.Name):
-			errs = append(errs, fmt.Errorf("%s.name: %q is not allowed: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 64", field, p.Name))
-		default:
-			if j, dup := byName[p.Name]; dup {
-				errs = append(errs, fmt.Errorf("%s.name: %q is already the name of pools[%d]", field, p.Name, j))
-			} else {
+		bad := entryBad(&errs, "pools", i, p.Name)
+		if checkName(bad, "pools", p.Name, byName) {
+			// The first pool of a name is the one its functions join.
+			if _, dup := byName[p.Name]; !dup {
 				byName[p.Name] = i
 			}
 		}
 		if p.Concurrency == 0 {
-			errs = append(errs, fmt.Errorf("%s.concurrency: missing: the pool's total in flight", field))
+			bad("concurrency", "missing: the pool's total in flight")
 		} else if p.Concurrency > MaxConcurrency {
-			errs = append(errs, fmt.Errorf("%s.concurrency: %d is out of range: 1 to %d", field, p.Concurrency, MaxConcurrency))
+			bad("concurrency", "%d is out of range: 1 to %d", p.Concurrency, MaxConcurrency)
 		}
 	}
 	members := make([]int, len(c.Pools))

@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/internal/instrument"
 )
 
 // telemetry is one gateway process's OpenTelemetry: its tracer provider
@@ -115,27 +116,16 @@ func otlpFromEnv(ctx context.Context) (sdktrace.SpanExporter, error) {
 // batches were stored and how many writes they held, for submitted jobs
 // and for job state changes; their ratio is the mean batch size.
 func registerBatchMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
-	m := mp.Meter("github.com/sluicehq/sluice/buffer")
-	batches, err := m.Int64ObservableCounter("sluice.buffer.batches", metric.WithUnit("{batch}"),
-		metric.WithDescription("Atomic batches stored by group commit, by kind: jobs (submits) or states (job state changes)."))
-	if err != nil {
-		return err
-	}
-	writes, err := m.Int64ObservableCounter("sluice.buffer.batched_writes", metric.WithUnit("{write}"),
-		metric.WithDescription("Writes stored in those batches, by kind."))
-	if err != nil {
-		return err
-	}
-	refused, err := m.Int64ObservableCounter("sluice.buffer.batch_fallbacks", metric.WithUnit("{batch}"),
-		metric.WithDescription("Batches refused as a whole and retried write by write, by kind."))
-	if err != nil {
-		return err
-	}
+	b := instrument.NewBuilder(mp.Meter("github.com/sluicehq/sluice/buffer"))
+	batches := b.Int64Counter("sluice.buffer.batches", "{batch}",
+		"Atomic batches stored by group commit, by kind: jobs (submits) or states (job state changes).")
+	writes := b.Int64Counter("sluice.buffer.batched_writes", "{write}", "Writes stored in those batches, by kind.")
+	refused := b.Int64Counter("sluice.buffer.batch_fallbacks", "{batch}", "Batches refused as a whole and retried write by write, by kind.")
 	kinds := []metric.ObserveOption{
 		metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.kind", "jobs"))),
 		metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.kind", "states"))),
 	}
-	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	return b.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		jobs, states := queue.BatchStats()
 		for i, st := range []buffer.BatchStats{jobs, states} {
 			o.ObserveInt64(batches, st.Batches, kinds[i])
@@ -144,35 +134,19 @@ func registerBatchMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
 		}
 		return nil
 	}, batches, writes, refused)
-	return err
 }
 
 // registerStoreMetrics exports how full each JetStream store is, and how
 // many finished jobs wait for room in a full one, so that an operator sees
 // a store filling before it refuses work.
 func registerStoreMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
-	m := mp.Meter("github.com/sluicehq/sluice/buffer")
-	used, err := m.Int64ObservableGauge("sluice.store.used", metric.WithUnit("By"),
-		metric.WithDescription("Bytes held by each store: jobs, state, idempotency, dead_letters, callbacks."))
-	if err != nil {
-		return err
-	}
-	limit, err := m.Int64ObservableGauge("sluice.store.limit", metric.WithUnit("By"),
-		metric.WithDescription("Each store's size limit."))
-	if err != nil {
-		return err
-	}
-	fill, err := m.Float64ObservableGauge("sluice.store.fill", metric.WithUnit("1"),
-		metric.WithDescription("Each store's fill, 0 to 1, the larger of bytes and messages against their limits: at 1 the store refuses writes (submits are refused from buffer.high_water on for state and idempotency)."))
-	if err != nil {
-		return err
-	}
-	parked, err := m.Int64ObservableGauge("sluice.store.parked_finishes", metric.WithUnit("{job}"),
-		metric.WithDescription("Finished jobs whose dead letter or callback waits for room in its full store."))
-	if err != nil {
-		return err
-	}
-	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+	b := instrument.NewBuilder(mp.Meter("github.com/sluicehq/sluice/buffer"))
+	used := b.Int64Gauge("sluice.store.used", "By", "Bytes held by each store: jobs, state, idempotency, dead_letters, callbacks.")
+	limit := b.Int64Gauge("sluice.store.limit", "By", "Each store's size limit.")
+	fill := b.Float64Gauge("sluice.store.fill", "1",
+		"Each store's fill, 0 to 1, the larger of bytes and messages against their limits: at 1 the store refuses writes (submits are refused from buffer.high_water on for state and idempotency).")
+	parked := b.Int64Gauge("sluice.store.parked_finishes", "{job}", "Finished jobs whose dead letter or callback waits for room in its full store.")
+	return b.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		stores, err := queue.Stores(ctx)
 		if err != nil {
 			return nil // JetStream away: no reading, rather than a wrong one
@@ -188,5 +162,4 @@ func registerStoreMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
 		}
 		return nil
 	}, used, limit, fill, parked)
-	return err
 }
