@@ -3,10 +3,7 @@ package dispatch_test
 import (
 	"context"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,16 +20,7 @@ import (
 // A job submitted inside a span is invoked in a span of the same trace, and
 // the function gets that trace as traceparent.
 func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
-	var (
-		mu          sync.Mutex
-		traceparent string
-	)
-	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		traceparent = r.Header.Get("traceparent")
-		mu.Unlock()
-	}))
-	defer fn.Close()
+	fnURL, traceparentSent := buffertest.HeaderFunction(t, "traceparent")
 	var logs buffertest.LockedBuffer
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
@@ -46,7 +34,7 @@ func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
 	}
 	d, err := dispatch.New(dispatch.Config{
 		Source:         q,
-		Functions:      []dispatch.Function{{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}},
+		Functions:      []dispatch.Function{{Name: "f", Invoker: &target.HTTP{URL: fnURL}, Concurrency: 1, Timeout: time.Second}},
 		TracerProvider: tp,
 		Logger:         slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
@@ -85,8 +73,7 @@ func TestAttemptJoinsTheSubmitTrace(t *testing.T) {
 	if !strings.Contains(line, `"job_id":"`+job.Id+`"`) || !strings.Contains(line, `"trace_id":"`+want.String()+`"`) {
 		t.Errorf("log line about the job = %q; want its job_id and trace_id", line)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	traceparent := traceparentSent()
 	if wantHeader := "00-" + want.String() + "-" + attempt.SpanContext().SpanID().String() + "-01"; traceparent != wantHeader {
 		t.Errorf("function got traceparent %q, want %q", traceparent, wantHeader)
 	}

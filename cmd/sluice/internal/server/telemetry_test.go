@@ -6,7 +6,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,19 +26,10 @@ import (
 // function: one trace. (REST calls the services in process: no RPC span
 // in between.)
 func TestOneTraceAcrossGatewayAndFunction(t *testing.T) {
-	var (
-		mu          sync.Mutex
-		traceparent string
-	)
-	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		traceparent = r.Header.Get("traceparent")
-		mu.Unlock()
-	}))
-	defer fn.Close()
+	fnURL, traceparentSent := buffertest.HeaderFunction(t, "traceparent")
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
-	g := servertest.Start(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fn.URL}}},
+	g := servertest.Start(t, t.TempDir(), &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}}},
 		server.Options{TracerProvider: tp})
 	resp := post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	var job jobJSON
@@ -80,8 +70,7 @@ func TestOneTraceAcrossGatewayAndFunction(t *testing.T) {
 	if invoke.Parent().SpanID() != submit.SpanContext().SpanID() {
 		t.Errorf("the attempt's parent is %s; want the submit span %s", invoke.Parent().SpanID(), submit.SpanContext().SpanID())
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	traceparent := traceparentSent()
 	if !strings.HasPrefix(traceparent, "00-"+id.String()+"-"+invoke.SpanContext().SpanID().String()) {
 		t.Errorf("function got traceparent %q; want trace %s under the attempt span", traceparent, id)
 	}
