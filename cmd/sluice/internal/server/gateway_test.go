@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -84,25 +85,32 @@ func decodeJob(t *testing.T, b []byte) jobJSON {
 	return j
 }
 
-// waitREST polls GET /v1/jobs/{id} until the job is finished.
+// waitREST polls GET /v1/jobs/{id}, without an API key, until the job is
+// finished; see waitRESTKey.
 func waitREST(t *testing.T, g *servertest.Gateway, id string, within time.Duration) jobJSON {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		resp, body := get(t, g.Base+"/v1/jobs/"+id)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET job %s: %d %s", id, resp.StatusCode, body)
+	return waitRESTKey(t, g, "", id, within)
+}
+
+// waitRESTKey polls GET /v1/jobs/{id} with an API key (none if key is "")
+// until the job is finished, and returns it; it fails the test if the job
+// is not finished within the given time.
+func waitRESTKey(t *testing.T, g *servertest.Gateway, key, id string, within time.Duration) jobJSON {
+	t.Helper()
+	var j jobJSON
+	buffertest.WaitForNoError(t, within, "job "+id+" finished", func() error {
+		code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+id, key, "")
+		if code != http.StatusOK {
+			t.Fatalf("GET job %s: %d %s", id, code, body)
 		}
-		j := decodeJob(t, body)
+		j = decodeJob(t, body)
 		switch j.State {
 		case "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED":
-			return j
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s still %s after %v", id, j.State, within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("still %s", j.State)
+	})
+	return j
 }
 
 func TestRESTEndToEnd(t *testing.T) {

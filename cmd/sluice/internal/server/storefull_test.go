@@ -157,24 +157,3 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 		t.Errorf("/readyz = %q; want it to name the full state store", body)
 	}
 }
-
-// waitRESTKey waits for a job to end, reading it with an API key.
-func waitRESTKey(t *testing.T, g *servertest.Gateway, key, id string, within time.Duration) jobJSON {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+id, key, "")
-		if code != http.StatusOK {
-			t.Fatalf("GET job %s: %d %s", id, code, body)
-		}
-		j := decodeJob(t, body)
-		switch j.State {
-		case "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED":
-			return j
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s still %s after %v", id, j.State, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}

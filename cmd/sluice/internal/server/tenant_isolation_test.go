@@ -38,7 +38,7 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 	if code != http.StatusAccepted {
 		t.Fatalf("acme's submit: %d %s", code, body)
 	}
-	if j := waitTenantJob(t, g, decodeJob(t, body).ID, keyA); j.State != "SUCCEEDED" {
+	if j := waitRESTKey(t, g, keyA, decodeJob(t, body).ID, 10*time.Second); j.State != "SUCCEEDED" {
 		t.Fatalf("acme's job ended %s", j.State)
 	}
 	type member struct {

@@ -111,7 +111,7 @@ func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
 		t.Fatalf("submit: %d %s", code, body)
 	}
 	id := decodeJob(t, body).ID
-	if j := waitTenantJob(t, g, id, keyA); j.State != "FAILED" {
+	if j := waitRESTKey(t, g, keyA, id, 10*time.Second); j.State != "FAILED" {
 		t.Fatalf("acme's job ended %s, want FAILED (and dead-lettered)", j.State)
 	}
 	// What tenant B gets for a job that does not exist, to compare with.
@@ -182,20 +182,6 @@ func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
 	_, hb, b := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", keyB, `{}`, "Idempotency-Key", "order-1")
 	if decodeJob(t, a).ID == decodeJob(t, b).ID || hb.Get("Idempotent-Replayed") != "" {
 		t.Errorf("the same Idempotency-Key from two tenants gave one job")
-	}
-}
-
-func waitTenantJob(t *testing.T, g *servertest.Gateway, id, key string) jobJSON {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+id+"?wait=5s", key, "")
-		if code != http.StatusOK {
-			t.Fatalf("GET job: %d %s", code, body)
-		}
-		if j := decodeJob(t, body); j.State != "QUEUED" && j.State != "RUNNING" || time.Now().After(deadline) {
-			return j
-		}
 	}
 }
 
