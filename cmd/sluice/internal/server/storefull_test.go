@@ -32,7 +32,7 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 	big := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(bigResult) }))
 	defer big.Close()
 	small := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // the function's work
 		w.Write([]byte("ok"))
 	}))
 	defer small.Close()

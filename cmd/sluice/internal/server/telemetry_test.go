@@ -3,6 +3,7 @@ package server_test
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -49,21 +51,25 @@ func TestOneTraceAcrossGatewayAndFunction(t *testing.T) {
 	}
 
 	byName := map[string]sdktrace.ReadOnlySpan{}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		for _, s := range spans.Ended() {
-			byName[s.Name()] = s
-		}
-		if byName["invoke f"] != nil || time.Now().After(deadline) {
-			break
-		}
-	}
-	rest, submit, invoke := byName["POST /v1/"], byName["submit f"], byName["invoke f"]
-	if rest == nil || submit == nil || invoke == nil {
+	spanNames := func() []string {
 		names := make([]string, 0, len(byName))
 		for n := range byName {
 			names = append(names, n)
 		}
-		t.Fatalf("spans %v; want the REST request, the submit and the attempt", names)
+		return names
+	}
+	buffertest.WaitForNoError(t, 5*time.Second, `the attempt's span, "invoke f"`, func() error {
+		for _, s := range spans.Ended() {
+			byName[s.Name()] = s
+		}
+		if byName["invoke f"] == nil {
+			return fmt.Errorf("spans %v", spanNames())
+		}
+		return nil
+	})
+	rest, submit, invoke := byName["POST /v1/"], byName["submit f"], byName["invoke f"]
+	if rest == nil || submit == nil || invoke == nil {
+		t.Fatalf("spans %v; want the REST request, the submit and the attempt", spanNames())
 	}
 	id := rest.SpanContext().TraceID()
 	for _, s := range []sdktrace.ReadOnlySpan{submit, invoke} {
@@ -147,15 +153,16 @@ func TestMetricsDuringBurst(t *testing.T) {
 		post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	}
 	windows := map[float64]bool{}
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	buffertest.WaitForNoError(t, 60*time.Second, "the burst done", func() error {
 		m := scrape(t, g)
 		if w, ok := sample(m, "sluice_dispatch_window", "f"); ok {
 			windows[w] = true
 		}
-		if depth, _ := sample(m, "sluice_queue_depth", "f"); depth == 0 && sim.Stats().Invocations >= 150 {
-			break
+		if depth, _ := sample(m, "sluice_queue_depth", "f"); depth != 0 || sim.Stats().Invocations < 150 {
+			return fmt.Errorf("queue depth %v, %d invocations of 150", depth, sim.Stats().Invocations)
 		}
-	}
+		return nil
+	})
 	if len(windows) < 2 {
 		t.Errorf("the window took the values %v during the burst; want it to move", windows)
 	}
@@ -195,11 +202,13 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	stopped := make(chan struct{})
 	go func() { g.Stop(); close(stopped) }()
-	// During the shutdown delay: not ready, but still serving.
-	time.Sleep(150 * time.Millisecond)
-	if resp, body := get(t, g.Base+"/readyz"); resp.StatusCode != http.StatusServiceUnavailable {
-		t.Errorf("/readyz while shutting down: %d %s; want 503", resp.StatusCode, body)
-	}
+	// During the shutdown delay (500ms): not ready, but still serving.
+	buffertest.WaitForNoError(t, 400*time.Millisecond, "/readyz answering 503 once shutting down", func() error {
+		if resp, body := get(t, g.Base+"/readyz"); resp.StatusCode != http.StatusServiceUnavailable {
+			return fmt.Errorf("%d %s", resp.StatusCode, body)
+		}
+		return nil
+	})
 	if resp, _ := get(t, g.Base+"/healthz"); resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz during the shutdown delay: %d; want 200", resp.StatusCode)
 	}
