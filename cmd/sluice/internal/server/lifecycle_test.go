@@ -79,12 +79,22 @@ func TestDeadLettersOverREST(t *testing.T) {
 		t.Errorf("job %s does not say it is dead-lettered: %s", ids[0], body)
 	}
 
-	// Two pages: 2 with payloads, then 1.
+	// Two pages: 2 with payloads, then 1. A job is written FAILED first,
+	// then copied to the dead letters: the list may lag by a moment.
 	var page deadLettersJSON
-	resp, body := get(t, g.Base+"/v1/functions/f/deadletters?pageSize=2&includePayload=true")
-	if err := json.Unmarshal(body, &page); err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("list: %d %s", resp.StatusCode, body)
-	}
+	var body []byte
+	buffertest.WaitForNoError(t, 10*time.Second, "the list counting all 3 dead letters", func() error {
+		var resp *http.Response
+		resp, body = get(t, g.Base+"/v1/functions/f/deadletters?pageSize=2&includePayload=true")
+		page = deadLettersJSON{}
+		if err := json.Unmarshal(body, &page); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("list: %d %s", resp.StatusCode, body)
+		}
+		if page.Total != "3" {
+			return fmt.Errorf("first page %s", body)
+		}
+		return nil
+	})
 	if len(page.DeadLetters) != 2 || page.NextPageToken == "" || page.Total != "3" || len(page.DeadLetters[0].Payload) != 1 {
 		t.Fatalf("first page = %s; want 2 of 3 with payloads and a next page", body)
 	}
