@@ -153,13 +153,18 @@ func TestMetricsDuringBurst(t *testing.T) {
 		post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	}
 	windows := map[float64]bool{}
+	// The burst is done when the queue is empty, every job was invoked, and
+	// every invocation's outcome is counted: the last ones are counted a
+	// moment after fnsim has answered them.
 	buffertest.WaitForNoError(t, 60*time.Second, "the burst done", func() error {
 		m := scrape(t, g)
 		if w, ok := sample(m, "sluice_dispatch_window", "f"); ok {
 			windows[w] = true
 		}
-		if depth, _ := sample(m, "sluice_queue_depth", "f"); depth != 0 || sim.Stats().Invocations < 150 {
-			return fmt.Errorf("queue depth %v, %d invocations of 150", depth, sim.Stats().Invocations)
+		depth, _ := sample(m, "sluice_queue_depth", "f")
+		succeeded, _ := sample(m, "sluice_invocations_total", "f", `sluice_outcome="succeeded"`)
+		if n := sim.Stats().Invocations; depth != 0 || n < 150 || int(succeeded) != n {
+			return fmt.Errorf("queue depth %v, %d invocations of 150, %v counted succeeded", depth, n, succeeded)
 		}
 		return nil
 	})
