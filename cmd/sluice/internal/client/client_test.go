@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -67,12 +68,10 @@ func TestClientCommands(t *testing.T) {
 	// A job is written FAILED first, then copied to the dead letters: the
 	// list may lag its state by a moment.
 	var list string
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	buffertest.WaitFor(t, 10*time.Second, "the failed job in dlq list, or an error", func() bool {
 		list, err = sluice("dlq", "list", "broken")
-		if err != nil || strings.Contains(list, dead) || time.Now().After(deadline) {
-			break
-		}
-	}
+		return err != nil || strings.Contains(list, dead)
+	})
 	if err != nil || !strings.Contains(list, dead) || !strings.Contains(list, "function answered HTTP 400") {
 		t.Errorf("dlq list = %q, %v; want the failed job and its reason", list, err)
 	}

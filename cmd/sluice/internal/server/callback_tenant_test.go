@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -36,20 +38,19 @@ func submitWithCallback(t *testing.T, g *servertest.Gateway, key, callbackURL st
 // ones, and returns what it accepted.
 func waitCallbacks(t *testing.T, name string, r *receiver, ok, bad int) []map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		got, _, refused := r.events()
+	var got []map[string]any
+	buffertest.WaitForNoError(t, 15*time.Second, name, func() error {
+		var refused []error
+		got, _, refused = r.events()
 		if len(got) > ok || len(refused) > bad {
 			t.Fatalf("%s: accepted %d callbacks (want %d), refused %d (want %d): %v", name, len(got), ok, len(refused), bad, refused)
 		}
 		if len(got) == ok && len(refused) == bad {
-			return got
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: accepted %d callbacks (want %d), refused %d (want %d) after 15s: %v", name, len(got), ok, len(refused), bad, refused)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("accepted %d callbacks (want %d), refused %d (want %d): %v", len(got), ok, len(refused), bad, refused)
+	})
+	return got
 }
 
 func jobOf(t *testing.T, event map[string]any) (id, tenant string) {

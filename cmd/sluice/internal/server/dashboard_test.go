@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/net/html"
 
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -255,17 +256,6 @@ func fnStateOf(t *testing.T, base, name string) fnState {
 	return f
 }
 
-// waitFor polls cond every 50ms until it holds, failing the test after
-// within.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(within); !cond(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %v waiting for %s", within, what)
-		}
-	}
-}
-
 // load submits a job every interval until stopped, from its own goroutine.
 type load struct {
 	stop    chan struct{}
@@ -368,14 +358,14 @@ func TestDashboard(t *testing.T) {
 		}
 		failedID = id
 	}
-	waitFor(t, 10*time.Second, "broken's circuit to open", func() bool {
+	buffertest.WaitFor(t, 10*time.Second, "broken's circuit to open", func() bool {
 		return fnStateOf(t, g.Base, "broken").Status.Circuit.State == "OPEN"
 	})
 	post(t, g.Base+"/v1/functions/broken/jobs", "text/plain", []byte("x"))
 
 	// echo: a steady stream, faster than its window drains.
 	l := startLoad(t, g.Base+"/v1/functions/echo/jobs", 20*time.Millisecond, 1000)
-	waitFor(t, 20*time.Second, "a backlog with jobs in flight", func() bool {
+	buffertest.WaitFor(t, 20*time.Second, "a backlog with jobs in flight", func() bool {
 		f := fnStateOf(t, g.Base, "echo")
 		return f.Status.Backlog >= 10 && f.Status.InFlight > 0
 	})
@@ -428,7 +418,7 @@ func TestDashboard(t *testing.T) {
 	if len(ids) < 20 {
 		t.Fatalf("the load submitted only %d jobs", len(ids))
 	}
-	waitFor(t, 60*time.Second, "echo to finish every job", func() bool {
+	buffertest.WaitFor(t, 60*time.Second, "echo to finish every job", func() bool {
 		f := fnStateOf(t, g.Base, "echo")
 		return f.Status.Backlog == 0 && f.Status.InFlight == 0 && f.Status.Succeeded == int64(len(ids))
 	})

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -84,25 +85,32 @@ func decodeJob(t *testing.T, b []byte) jobJSON {
 	return j
 }
 
-// waitREST polls GET /v1/jobs/{id} until the job is finished.
+// waitREST polls GET /v1/jobs/{id}, without an API key, until the job is
+// finished; see waitRESTKey.
 func waitREST(t *testing.T, g *servertest.Gateway, id string, within time.Duration) jobJSON {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		resp, body := get(t, g.Base+"/v1/jobs/"+id)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET job %s: %d %s", id, resp.StatusCode, body)
+	return waitRESTKey(t, g, "", id, within)
+}
+
+// waitRESTKey polls GET /v1/jobs/{id} with an API key (none if key is "")
+// until the job is finished, and returns it; it fails the test if the job
+// is not finished within the given time.
+func waitRESTKey(t *testing.T, g *servertest.Gateway, key, id string, within time.Duration) jobJSON {
+	t.Helper()
+	var j jobJSON
+	buffertest.WaitForNoError(t, within, "job "+id+" finished", func() error {
+		code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+id, key, "")
+		if code != http.StatusOK {
+			t.Fatalf("GET job %s: %d %s", id, code, body)
 		}
-		j := decodeJob(t, body)
+		j = decodeJob(t, body)
 		switch j.State {
 		case "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED":
-			return j
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s still %s after %v", id, j.State, within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("still %s", j.State)
+	})
+	return j
 }
 
 func TestRESTEndToEnd(t *testing.T) {
@@ -210,15 +218,16 @@ func TestGRPCEndToEnd(t *testing.T) {
 	}
 	id := sub.GetJob().GetId()
 	var job *sluicev1.Job
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	buffertest.WaitForNoError(t, 10*time.Second, "job "+id+" SUCCEEDED over gRPC", func() error {
 		r, err := jobs.GetJob(ctx, &sluicev1.GetJobRequest{Id: id})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if job = r.GetJob(); job.State == sluicev1.Job_SUCCEEDED || time.Now().After(deadline) {
-			break
+		if job = r.GetJob(); job.State != sluicev1.Job_SUCCEEDED {
+			return fmt.Errorf("still %v", job.State)
 		}
-	}
+		return nil
+	})
 	if job.State != sluicev1.Job_SUCCEEDED || job.Attempts != 1 {
 		t.Fatalf("job = %v, want SUCCEEDED after one attempt", job)
 	}
@@ -458,7 +467,7 @@ func TestFunctionStatusShowsLiveWindow(t *testing.T) {
 		ScalingPerMinute int        `json:"scalingPerMinute"`
 		Status           liveStatus `json:"status"`
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	buffertest.WaitForNoError(t, 10*time.Second, "status showing 2 in flight, 3 waiting, ramping", func() error {
 		resp, body := get(t, g.Base+"/v1/functions/ramp")
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET function: %d %s", resp.StatusCode, body)
@@ -467,12 +476,10 @@ func TestFunctionStatusShowsLiveWindow(t *testing.T) {
 			t.Fatal(err)
 		}
 		if fn.Status.InFlight == 2 && fn.Status.Backlog == "3" && strings.HasPrefix(fn.Status.Reason, "ramping") {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status never showed 2 in flight, 3 waiting, ramping: last %s", body)
-		}
-	}
+		return fmt.Errorf("status %s", body)
+	})
 	if fn.Status.Window != 2 || fn.InitialWindow != 2 || fn.ScalingPerMinute != 60 {
 		t.Errorf("function = %+v; want window 2 of initial 2, ramping at 60/min", fn)
 	}
@@ -504,17 +511,11 @@ func TestCancel(t *testing.T) {
 		return resp.StatusCode, string(body)
 	}
 	running, queued := submitID(), submitID()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	buffertest.WaitFor(t, 10*time.Second, "the first job started", func() bool {
 		mu.Lock()
-		n := invoked[running]
-		mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first job never started")
-		}
-	}
+		defer mu.Unlock()
+		return invoked[running] == 1
+	})
 
 	if code, body := cancel(queued); code != http.StatusOK || !strings.Contains(body, `"state":"CANCELLED"`) || !strings.Contains(body, "cancelled before it ran") {
 		t.Errorf("cancel queued job: %d %s", code, body)
@@ -532,15 +533,12 @@ func TestCancel(t *testing.T) {
 	// The running attempt ends; its outcome is discarded, and the
 	// cancelled queued job is removed without being invoked.
 	close(release)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		st := fnStatusOf(t, g, "one")
-		if st.InFlight == 0 && st.Backlog == "0" {
-			break
+	buffertest.WaitForNoError(t, 10*time.Second, "the queue emptied", func() error {
+		if st := fnStatusOf(t, g, "one"); st.InFlight != 0 || st.Backlog != "0" {
+			return fmt.Errorf("status %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the queue never emptied: %+v", st)
-		}
-	}
+		return nil
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if invoked[queued] != 0 {
@@ -768,16 +766,12 @@ func TestStopLeavesNoGRPCGoroutines(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("gateway Run did not return 30s after its context ended; gRPC goroutines:\n%s", grpcGoroutines())
 	}
-	var left string
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if left = grpcGoroutines(); left == "" {
-			return
+	buffertest.WaitForNoError(t, 5*time.Second, "no gRPC goroutine left after the gateway stopped", func() error {
+		if left := grpcGoroutines(); left != "" {
+			return fmt.Errorf("gRPC goroutines are left:\n%s", left)
 		}
-		if time.Now().After(deadline) {
-			break
-		}
-	}
-	t.Errorf("after the gateway stopped, gRPC goroutines are left:\n%s", left)
+		return nil
+	})
 }
 
 // grpcGoroutines returns the stacks of goroutines of gRPC (servers,

@@ -28,6 +28,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -156,19 +157,18 @@ func TestRESTPayloadLimit(t *testing.T) {
 	}
 
 	// The two accepted jobs run; nothing else does.
-	for deadline := time.Now().Add(10 * time.Second); sim.Stats().Invocations < 2; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the accepted jobs never ran: %+v", sim.Stats())
+	buffertest.WaitForNoError(t, 10*time.Second, "the accepted jobs ran", func() error {
+		if st := sim.Stats(); st.Invocations < 2 {
+			return fmt.Errorf("function stats %+v", st)
 		}
-	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if st := fnStatusOf(t, g, "echo"); st.Backlog == "0" && st.InFlight == 0 {
-			break
+		return nil
+	})
+	buffertest.WaitForNoError(t, 10*time.Second, "the backlog emptied", func() error {
+		if st := fnStatusOf(t, g, "echo"); st.Backlog != "0" || st.InFlight != 0 {
+			return fmt.Errorf("status %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backlog never emptied: %+v", fnStatusOf(t, g, "echo"))
-		}
-	}
+		return nil
+	})
 	if n := sim.Stats().Invocations; n != 2 {
 		t.Errorf("%d invocations after 2 accepted and 3 refused submits; want 2", n)
 	}
@@ -577,7 +577,7 @@ func TestGRPCKeepalive(t *testing.T) {
 		c := dialH2(t, serve(t, gateway.GRPCConfig{KeepaliveMinTime: 100 * time.Millisecond}))
 		for i := range 6 {
 			if i > 0 {
-				time.Sleep(150 * time.Millisecond)
+				time.Sleep(150 * time.Millisecond) // the pace under test, just above MinTime
 			}
 			c.ping(t)
 			if f, ok := c.next(http2.FramePing, 5*time.Second); !ok || !f.Ack {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -77,12 +79,22 @@ func TestDeadLettersOverREST(t *testing.T) {
 		t.Errorf("job %s does not say it is dead-lettered: %s", ids[0], body)
 	}
 
-	// Two pages: 2 with payloads, then 1.
+	// Two pages: 2 with payloads, then 1. A job is written FAILED first,
+	// then copied to the dead letters: the list may lag by a moment.
 	var page deadLettersJSON
-	resp, body := get(t, g.Base+"/v1/functions/f/deadletters?pageSize=2&includePayload=true")
-	if err := json.Unmarshal(body, &page); err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("list: %d %s", resp.StatusCode, body)
-	}
+	var body []byte
+	buffertest.WaitForNoError(t, 10*time.Second, "the list counting all 3 dead letters", func() error {
+		var resp *http.Response
+		resp, body = get(t, g.Base+"/v1/functions/f/deadletters?pageSize=2&includePayload=true")
+		page = deadLettersJSON{}
+		if err := json.Unmarshal(body, &page); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("list: %d %s", resp.StatusCode, body)
+		}
+		if page.Total != "3" {
+			return fmt.Errorf("first page %s", body)
+		}
+		return nil
+	})
 	if len(page.DeadLetters) != 2 || page.NextPageToken == "" || page.Total != "3" || len(page.DeadLetters[0].Payload) != 1 {
 		t.Fatalf("first page = %s; want 2 of 3 with payloads and a next page", body)
 	}
@@ -143,15 +155,12 @@ func TestDeadLettersOverREST(t *testing.T) {
 	}
 	// The running totals: 3 jobs dead-lettered after 2 retries each, then
 	// 2 of them redriven and succeeded. They are shared every 100ms.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		st := fnStatusOf(t, g, "f")
-		if st.Succeeded == "2" && st.DeadLettered == "3" && st.Retries == "6" {
-			break
+	buffertest.WaitForNoError(t, 5*time.Second, "totals of succeeded 2, dead-lettered 3, retries 6", func() error {
+		if st := fnStatusOf(t, g, "f"); st.Succeeded != "2" || st.DeadLettered != "3" || st.Retries != "6" {
+			return fmt.Errorf("succeeded %s, dead-lettered %s, retries %s", st.Succeeded, st.DeadLettered, st.Retries)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("totals = succeeded %s, dead-lettered %s, retries %s; want 2, 3, 6", st.Succeeded, st.DeadLettered, st.Retries)
-		}
-	}
+		return nil
+	})
 }
 
 // receiver is a callback endpoint that checks signatures as a receiver
@@ -214,23 +223,19 @@ func TestCallbacks(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("submit with callback: %d", resp.StatusCode)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		got, ids, bad := recv.events()
+	var got []map[string]any
+	var ids []string
+	buffertest.WaitFor(t, 15*time.Second, "a callback", func() bool {
+		var bad []error
+		got, ids, bad = recv.events()
 		if len(bad) > 0 {
 			t.Fatalf("receiver refused callbacks: %v", bad)
 		}
-		if len(got) > 0 {
-			data, _ := got[0]["data"].(map[string]any)
-			if got[0]["type"] != "job.succeeded" || data["id"] != job.ID || data["state"] != "SUCCEEDED" || ids[0] != "msg_"+job.ID+"_0" {
-				t.Errorf("callback = %v (webhook-id %s); want job %s succeeded", got[0], ids[0], job.ID)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no callback within 15s")
-		}
-		time.Sleep(20 * time.Millisecond)
+		return len(got) > 0
+	})
+	data, _ := got[0]["data"].(map[string]any)
+	if got[0]["type"] != "job.succeeded" || data["id"] != job.ID || data["state"] != "SUCCEEDED" || ids[0] != "msg_"+job.ID+"_0" {
+		t.Errorf("callback = %v (webhook-id %s); want job %s succeeded", got[0], ids[0], job.ID)
 	}
 
 	// Callback URLs the guard refuses, at submit time.
@@ -292,22 +297,18 @@ func TestCircuitStateInFunctionStatus(t *testing.T) {
 	for range 6 {
 		post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st := fnStatusOf(t, g, "f")
-		if st.Circuit.State == "OPEN" {
-			if !strings.HasPrefix(st.Reason, "paused: circuit open") || !strings.Contains(st.Circuit.Reason, "of the last") {
-				t.Errorf("status = %+v; want it to say dispatch is paused, and why", st)
-			}
-			break
+	var st liveStatus
+	buffertest.WaitForNoError(t, 10*time.Second, "the circuit open", func() error {
+		if st = fnStatusOf(t, g, "f"); st.Circuit.State != "OPEN" {
+			return fmt.Errorf("status %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("circuit never opened: %+v", st)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if !strings.HasPrefix(st.Reason, "paused: circuit open") || !strings.Contains(st.Circuit.Reason, "of the last") {
+		t.Errorf("status = %+v; want it to say dispatch is paused, and why", st)
 	}
 	calls := fn.calls.Load()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // time enough for calls the open circuit must hold back
 	if extra := fn.calls.Load() - calls; extra > 2 {
 		t.Errorf("%d calls while the circuit was open; at most the 2 already in flight may finish", extra)
 	}

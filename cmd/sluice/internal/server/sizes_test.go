@@ -19,6 +19,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -124,20 +125,17 @@ func TestOversizedResultFailsOnlyItsJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	buffertest.WaitForNoError(t, 5*time.Second, "every job's message acknowledged, none delivered again", func() error {
 		var pending, redelivered int
 		for info := range stream.ListConsumers(t.Context()).Info() {
 			pending += info.NumAckPending
 			redelivered += info.NumRedelivered
 		}
-		if pending == 0 && redelivered == 0 {
-			break
+		if pending != 0 || redelivered != 0 {
+			return fmt.Errorf("%d jobs' messages not acknowledged, %d delivered again", pending, redelivered)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d jobs' messages not acknowledged, %d delivered again", pending, redelivered)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	for i, id := range ids {

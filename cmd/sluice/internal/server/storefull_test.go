@@ -32,7 +32,7 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 	big := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(bigResult) }))
 	defer big.Close()
 	small := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // the function's work
 		w.Write([]byte("ok"))
 	}))
 	defer small.Close()
@@ -155,26 +155,5 @@ func TestStorageFilledByOneTenant(t *testing.T) {
 	t.Logf("/readyz: %s", strings.ReplaceAll(strings.TrimSpace(string(body)), "\n", "; "))
 	if !strings.Contains(string(body), "store state") {
 		t.Errorf("/readyz = %q; want it to name the full state store", body)
-	}
-}
-
-// waitRESTKey waits for a job to end, reading it with an API key.
-func waitRESTKey(t *testing.T, g *servertest.Gateway, key, id string, within time.Duration) jobJSON {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+id, key, "")
-		if code != http.StatusOK {
-			t.Fatalf("GET job %s: %d %s", id, code, body)
-		}
-		j := decodeJob(t, body)
-		switch j.State {
-		case "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED":
-			return j
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s still %s after %v", id, j.State, within)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -181,13 +182,7 @@ func TestUnauthenticatedStreamsAreBoundedPerConnection(t *testing.T) {
 	// A watch that ends gives its place back.
 	streams[0]()
 	health = healthpb.NewHealthClient(conn)
-	var lastErr error
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if lastErr = watch(); lastErr == nil {
-			return
-		}
-	}
-	t.Fatalf("health watch after one of %d ended: %v", perConnection, lastErr)
+	buffertest.WaitForNoError(t, 5*time.Second, fmt.Sprintf("a health watch after one of %d ended", perConnection), watch)
 }
 
 // retryDelay is the RetryInfo delay an error carries; 0 for none.
@@ -319,15 +314,10 @@ func TestWatchLimitsAtTheirEdges(t *testing.T) {
 
 	// A watch that ends gives its place back.
 	closeFirst()
-	var lastErr error
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if _, lastErr = openGRPCWatch(t, conn1, acmeJob, keyA); lastErr == nil {
-			break
-		}
-	}
-	if lastErr != nil {
-		t.Errorf("acme's watch after one of its watches ended: %v", lastErr)
-	}
+	buffertest.WaitForNoError(t, 5*time.Second, "acme's watch after one of its watches ended", func() error {
+		_, err := openGRPCWatch(t, conn1, acmeJob, keyA)
+		return err
+	})
 }
 
 // The limits of streams without an API key hold at their edges: per

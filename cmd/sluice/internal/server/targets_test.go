@@ -309,13 +309,12 @@ func TestNATSTargetEndToEnd(t *testing.T) {
 	// No service on svc.crop yet: the job is throttled, not failed, and
 	// runs once a service starts.
 	waiting := submit(t, g, "crop", "text/plain", "dog.png")
-	deadline := time.Now().Add(10 * time.Second)
-	for jobHistory(t, g, waiting).Throttles == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no throttle recorded: %+v", jobHistory(t, g, waiting))
+	buffertest.WaitForNoError(t, 10*time.Second, "a throttle recorded", func() error {
+		if h := jobHistory(t, g, waiting); h.Throttles == 0 {
+			return fmt.Errorf("job %+v", h)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if h := jobHistory(t, g, waiting); h.State == "FAILED" || h.Attempts != 0 || h.History[0].Outcome != "THROTTLED" || h.History[0].HTTPStatus != 503 ||
 		!strings.Contains(h.History[0].Error, "no NATS service") {
 		t.Errorf("with no responders: %+v; want throttles, no attempt spent", h)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -42,21 +43,25 @@ func TestOneTraceAcrossGatewayAndFunction(t *testing.T) {
 	}
 
 	byName := map[string]sdktrace.ReadOnlySpan{}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		for _, s := range spans.Ended() {
-			byName[s.Name()] = s
-		}
-		if byName["invoke f"] != nil || time.Now().After(deadline) {
-			break
-		}
-	}
-	rest, submit, invoke := byName["POST /v1/"], byName["submit f"], byName["invoke f"]
-	if rest == nil || submit == nil || invoke == nil {
+	spanNames := func() []string {
 		names := make([]string, 0, len(byName))
 		for n := range byName {
 			names = append(names, n)
 		}
-		t.Fatalf("spans %v; want the REST request, the submit and the attempt", names)
+		return names
+	}
+	buffertest.WaitForNoError(t, 5*time.Second, `the attempt's span, "invoke f"`, func() error {
+		for _, s := range spans.Ended() {
+			byName[s.Name()] = s
+		}
+		if byName["invoke f"] == nil {
+			return fmt.Errorf("spans %v", spanNames())
+		}
+		return nil
+	})
+	rest, submit, invoke := byName["POST /v1/"], byName["submit f"], byName["invoke f"]
+	if rest == nil || submit == nil || invoke == nil {
+		t.Fatalf("spans %v; want the REST request, the submit and the attempt", spanNames())
 	}
 	id := rest.SpanContext().TraceID()
 	for _, s := range []sdktrace.ReadOnlySpan{submit, invoke} {
@@ -181,9 +186,17 @@ func TestMetricsDuringBurst(t *testing.T) {
 	for range 150 {
 		post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
 	}
-	buffertest.WaitFor(t, 60*time.Second, "the burst's 150 jobs run and the queue empty", func() bool {
-		depth, _ := sample(scrape(t, g), "sluice_queue_depth", "f")
-		return depth == 0 && sim.Stats().Invocations >= 150
+	// The burst is done when the queue is empty, every job was invoked, and
+	// every invocation's outcome is counted: the last ones are counted a
+	// moment after fnsim has answered them.
+	buffertest.WaitForNoError(t, 60*time.Second, "the burst done", func() error {
+		m := scrape(t, g)
+		depth, _ := sample(m, "sluice_queue_depth", "f")
+		succeeded, _ := sample(m, "sluice_invocations_total", "f", `sluice_outcome="succeeded"`)
+		if n := sim.Stats().Invocations; depth != 0 || n < 150 || int(succeeded) != n {
+			return fmt.Errorf("queue depth %v, %d invocations of 150, %v counted succeeded", depth, n, succeeded)
+		}
+		return nil
 	})
 	stopWatching()
 	<-watched
@@ -228,11 +241,13 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	stopped := make(chan struct{})
 	go func() { g.Stop(); close(stopped) }()
-	// During the shutdown delay: not ready, but still serving.
-	time.Sleep(150 * time.Millisecond)
-	if resp, body := get(t, g.Base+"/readyz"); resp.StatusCode != http.StatusServiceUnavailable {
-		t.Errorf("/readyz while shutting down: %d %s; want 503", resp.StatusCode, body)
-	}
+	// During the shutdown delay (500ms): not ready, but still serving.
+	buffertest.WaitForNoError(t, 400*time.Millisecond, "/readyz answering 503 once shutting down", func() error {
+		if resp, body := get(t, g.Base+"/readyz"); resp.StatusCode != http.StatusServiceUnavailable {
+			return fmt.Errorf("%d %s", resp.StatusCode, body)
+		}
+		return nil
+	})
 	if resp, _ := get(t, g.Base+"/healthz"); resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz during the shutdown delay: %d; want 200", resp.StatusCode)
 	}

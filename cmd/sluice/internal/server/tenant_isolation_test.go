@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -38,7 +39,7 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 	if code != http.StatusAccepted {
 		t.Fatalf("acme's submit: %d %s", code, body)
 	}
-	if j := waitTenantJob(t, g, decodeJob(t, body).ID, keyA); j.State != "SUCCEEDED" {
+	if j := waitRESTKey(t, g, keyA, decodeJob(t, body).ID, 10*time.Second); j.State != "SUCCEEDED" {
 		t.Fatalf("acme's job ended %s", j.State)
 	}
 	type member struct {
@@ -56,7 +57,7 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 	}
 	// The pool's leader writes its members, and dispatch its counts, a
 	// moment after.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	buffertest.WaitForNoError(t, 10*time.Second, "acme's view of f showing both pool members, which acme may use, and acme's job counted", func() error {
 		code, _, body = call(t, http.MethodGet, g.Base+"/v1/functions/f", keyA, "")
 		if err := json.Unmarshal(body, &fn); code != http.StatusOK || err != nil {
 			t.Fatalf("acme's GET function: %d %s (%v)", code, body, err)
@@ -65,13 +66,11 @@ func TestTenantSeesOnlyItsOwnFunctionState(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(fn.Status.Pool.Members) == 2 && p.Counts.Succeeded == 1 {
-			break
+		if len(fn.Status.Pool.Members) != 2 || p.Counts.Succeeded != 1 {
+			return fmt.Errorf("acme's view of f: %s, succeeded %d", body, p.Counts.Succeeded)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("acme's view of f: %s, succeeded %d; want both pool members, which acme may use, and acme's job counted", body, p.Counts.Succeeded)
-		}
-	}
+		return nil
+	})
 	code, _, body = call(t, http.MethodGet, g.Base+"/v1/functions/f", keyB, "")
 	fn.Status.Pool.Members = nil
 	if err := json.Unmarshal(body, &fn); code != http.StatusOK || err != nil {

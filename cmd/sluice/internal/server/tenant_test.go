@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -111,7 +113,7 @@ func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
 		t.Fatalf("submit: %d %s", code, body)
 	}
 	id := decodeJob(t, body).ID
-	if j := waitTenantJob(t, g, id, keyA); j.State != "FAILED" {
+	if j := waitRESTKey(t, g, keyA, id, 10*time.Second); j.State != "FAILED" {
 		t.Fatalf("acme's job ended %s, want FAILED (and dead-lettered)", j.State)
 	}
 	// What tenant B gets for a job that does not exist, to compare with.
@@ -185,20 +187,6 @@ func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
 	}
 }
 
-func waitTenantJob(t *testing.T, g *servertest.Gateway, id, key string) jobJSON {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		code, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+id+"?wait=5s", key, "")
-		if code != http.StatusOK {
-			t.Fatalf("GET job: %d %s", code, body)
-		}
-		if j := decodeJob(t, body); j.State != "QUEUED" && j.State != "RUNNING" || time.Now().After(deadline) {
-			return j
-		}
-	}
-}
-
 func TestRateLimitsAnswer429WithRetryAfter(t *testing.T) {
 	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
 	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
@@ -259,7 +247,6 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 		Ingress: &config.IngressConfig{MaxQueued: 3},
 	})
 	var ids []string
-	deadline := time.Now().Add(5 * time.Second)
 	for len(ids) < 3 {
 		code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", `{}`)
 		if code != http.StatusAccepted {
@@ -271,14 +258,14 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 	var code int
 	var h http.Header
 	var body []byte
-	for time.Now().Before(deadline) {
+	buffertest.WaitForNoError(t, 5*time.Second, "a submit to the full queue refused", func() error {
 		code, h, body = call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", `{}`)
-		if code != http.StatusAccepted {
-			break
+		if code == http.StatusAccepted {
+			ids = append(ids, decodeJob(t, body).ID)
+			return fmt.Errorf("job %d accepted", len(ids))
 		}
-		ids = append(ids, decodeJob(t, body).ID)
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	if code != http.StatusTooManyRequests || h.Get("Retry-After") == "" || !strings.Contains(string(body), `has `) {
 		t.Fatalf("submit to a full queue: %d (Retry-After %q) %s; want 429 with Retry-After", code, h.Get("Retry-After"), body)
 	}
@@ -286,7 +273,7 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 		t.Errorf("%d jobs accepted with max_queued 3", len(ids))
 	}
 	// A queued job says what holds it: the one slot is taken.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	buffertest.WaitForNoError(t, 5*time.Second, "the queued job saying the window of 1 is full", func() error {
 		_, _, body := call(t, http.MethodGet, g.Base+"/v1/jobs/"+ids[2], "", "")
 		var job struct {
 			State         string `json:"state"`
@@ -295,13 +282,11 @@ func TestFullFunctionQueueAnswers429AndKeepsAccepted(t *testing.T) {
 		if err := json.Unmarshal(body, &job); err != nil {
 			t.Fatal(err)
 		}
-		if job.State == "QUEUED" && strings.Contains(job.WaitingReason, "concurrency window full: 1 of 1 in flight") {
-			break
+		if job.State != "QUEUED" || !strings.Contains(job.WaitingReason, "concurrency window full: 1 of 1 in flight") {
+			return fmt.Errorf("queued job = %s", body)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queued job = %s; want it to say the window of 1 is full", body)
-		}
-	}
+		return nil
+	})
 	close(release)
 	for _, id := range ids {
 		if j := waitREST(t, g, id, 20*time.Second); j.State != "SUCCEEDED" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -109,8 +111,8 @@ func checkFreshRESTJob(t *testing.T, client *http.Client, base, key string) {
 		t.Errorf("REST over TLS spoke %s, want HTTP/2", resp.Proto)
 	}
 	id := decodeJob(t, body).ID
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var job jobJSON
+	buffertest.WaitForNoError(t, 10*time.Second, "job "+id+" SUCCEEDED over TLS", func() error {
 		resp, err := client.Get(base + "/v1/jobs/" + id + "?wait=10s")
 		if err != nil {
 			t.Fatal(err)
@@ -120,16 +122,13 @@ func checkFreshRESTJob(t *testing.T, client *http.Client, base, key string) {
 		if err != nil || resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET job over TLS: %d %s, %v", resp.StatusCode, body, err)
 		}
-		job := decodeJob(t, body)
-		if job.State == "SUCCEEDED" {
-			if job.Result == nil || !bytes.Equal(job.Result.Body, []byte("over TLS")) {
-				t.Errorf("job result = %+v, want the payload echoed", job.Result)
-			}
-			return
+		if job = decodeJob(t, body); job.State != "SUCCEEDED" {
+			return fmt.Errorf("job is %s", job.State)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s is %s, want SUCCEEDED", id, job.State)
-		}
+		return nil
+	})
+	if job.Result == nil || !bytes.Equal(job.Result.Body, []byte("over TLS")) {
+		t.Errorf("job result = %+v, want the payload echoed", job.Result)
 	}
 }
 
@@ -143,18 +142,16 @@ func checkFreshGRPCJob(t *testing.T, jobs sluicev1.JobServiceClient, key string)
 	if sub.GetReplayed() {
 		t.Errorf("gRPC submit with key %q was replayed: the refused call before it made a job", key)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	buffertest.WaitForNoError(t, 10*time.Second, "job "+sub.GetJob().GetId()+" SUCCEEDED over gRPC with TLS", func() error {
 		r, err := jobs.GetJob(t.Context(), &sluicev1.GetJobRequest{Id: sub.GetJob().GetId(), Wait: durationpb.New(10 * time.Second)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if job := r.GetJob(); job.GetState() == sluicev1.Job_SUCCEEDED {
-			return
-		} else if time.Now().After(deadline) {
-			t.Fatalf("job %s is %v, want SUCCEEDED", job.GetId(), job.GetState())
+		if st := r.GetJob().GetState(); st != sluicev1.Job_SUCCEEDED {
+			return fmt.Errorf("job is %v", st)
 		}
-	}
+		return nil
+	})
 }
 
 // TestTLS serves both listeners over TLS: clients that trust the CA submit

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -91,17 +92,18 @@ func Run(tb testing.TB, p *server.Gateway) *Gateway {
 		}
 	}
 	tb.Cleanup(g.stop)
-	for deadline := time.Now().Add(10 * time.Second); !p.Serving(); time.Sleep(5 * time.Millisecond) {
+	buffertest.WaitFor(tb, 10*time.Second, "gateway serving after its start", func() bool {
+		if p.Serving() {
+			return true
+		}
 		select {
-		case err := <-done:
+		case err := <-done: // fail at once, not after the 10s
 			stopped = true
 			tb.Fatalf("gateway Run ended before it served: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			tb.Fatal("gateway: not serving within 10s of its start")
-		}
-	}
+		return false
+	})
 	return g
 }
 
