@@ -1,13 +1,15 @@
 // Package gateway is Sluice's ingress: the gRPC services that accept and
-// report on jobs, and the REST API that grpc-gateway derives from them.
+// report on jobs (JobService, FunctionService, DeadLetterService), and what
+// decides whether a call is let in: tenants and their API keys, submit rate
+// limits, max_queued and max age, and the limits on open streams.
 //
-// The REST handler is registered against a gRPC client connection rather
-// than in-process, so that everything the gRPC server enforces (limits now,
-// interceptors later) applies to REST callers too. Errors are translated
-// once, here: buffer's sentinels become gRPC codes, which grpc-gateway turns
-// into HTTP statuses, with google.rpc.ErrorInfo and RetryInfo details where
-// a code alone does not say enough (413, Retry-After).
+// The REST API, and the dashboard page served with it, are in package rest
+// (gateway/rest): grpc-gateway in front of these services, calling them
+// through the same interceptor as gRPC callers, so that everything enforced
+// here applies to REST callers too.
 //
-// The REST handler also serves the [Dashboard] at /: a page embedded in the
-// binary that shows what the REST API says, live, to whoever may read it.
+// Errors are translated once, here: buffer's sentinels become gRPC codes,
+// with google.rpc.ErrorInfo and RetryInfo details where a code alone does
+// not say enough; package rest turns those into HTTP statuses (413, 409,
+// Retry-After).
 package gateway

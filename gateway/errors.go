@@ -1,17 +1,16 @@
 package gateway
 
 // Errors are made and translated here, once: buffer's errors become gRPC
-// statuses with a short message a caller can act on (never internal text),
-// and statuses become HTTP statuses for REST. grpc-gateway's default
-// mapping (RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, NOT_FOUND 404,
+// statuses with a short message a caller can act on (never internal text).
+// Package rest turns those statuses into HTTP statuses: grpc-gateway's
+// default mapping (RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, NOT_FOUND 404,
 // UNAUTHENTICATED 401, INVALID_ARGUMENT 400, ...) holds, except where an
-// ErrorInfo reason says more (httpStatusOf).
+// ErrorInfo reason below says more.
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -98,24 +97,4 @@ func overLimit(retryAfter time.Duration, format string, args ...any) error {
 	retryAfter = min(max(retryAfter, minRetryAfter), maxRetryAfter)
 	return withDetails(codes.ResourceExhausted, fmt.Sprintf(format, args...)+fmt.Sprintf("; retry after %s", retryAfter.Round(time.Second)),
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)})
-}
-
-// httpStatusOf is the HTTP status for st where its ErrorInfo reason says
-// more than its code (0 to keep grpc-gateway's mapping of the code), and
-// the Retry-After its RetryInfo asks for (0 for none; at least 1s).
-func httpStatusOf(st *status.Status) (code int, retryAfter time.Duration) {
-	for _, d := range st.Details() {
-		switch d := d.(type) {
-		case *errdetails.ErrorInfo:
-			switch d.GetReason() {
-			case ReasonPayloadTooLarge:
-				code = http.StatusRequestEntityTooLarge
-			case ReasonJobNotSucceeded, ReasonJobFinished:
-				code = http.StatusConflict
-			}
-		case *errdetails.RetryInfo:
-			retryAfter = max(d.GetRetryDelay().AsDuration(), time.Second)
-		}
-	}
-	return code, retryAfter
 }

@@ -6,10 +6,27 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 )
+
+// jobJSONOptions are the REST API's JSON options: every field, zero or not,
+// so that a job's JSON has the same fields whatever its state. The REST
+// marshaler (package rest) writes every other message with the same.
+var jobJSONOptions = protojson.MarshalOptions{EmitDefaultValues: true}
+
+// JobJSON is the job as the REST API writes it: protojson with
+// EmitDefaultValues, every field present whatever the job's state. A queued
+// job, the answer to a REST submit, is written without reflection, byte
+// for byte as protojson would write it.
+func JobJSON(job *sluicev1.Job) ([]byte, error) {
+	if b, ok := appendQueuedJobJSON(make([]byte, 0, 512), job); ok {
+		return b, nil
+	}
+	return jobJSONOptions.Marshal(job)
+}
 
 // appendQueuedJobJSON appends j as JSON exactly as protojson writes it with
 // EmitDefaultValues (the REST marshaler's options), for the jobs a REST

@@ -329,7 +329,7 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 		return nil, s.notSucceeded(job)
 	}
 	// Pending: REST callers get the job in the body, as from a submit.
-	b, err := jobJSON(job)
+	b, err := JobJSON(job)
 	if err != nil {
 		return nil, s.internal(ctx, "encode job", err)
 	}

@@ -152,6 +152,16 @@ func (s *Service) openUnauthenticated(ctx context.Context) (release func(), err 
 // believed.
 const metadataRESTConnection = "sluice-rest-connection"
 
+// RESTConnectionMetadata is the metadata with which the REST handler
+// (package rest) opens a stream for a request that came on the HTTP
+// connection from remoteAddr. Every REST stream reaches the services over
+// one in-memory gRPC connection; this names the HTTP connection instead,
+// for [StreamLimits.WatchesPerConnection]. It carries a token only this
+// Service knows: the same metadata from any other caller is not believed.
+func (s *Service) RESTConnectionMetadata(remoteAddr string) metadata.MD {
+	return metadata.Pairs(metadataRESTConnection, s.bridgeToken+" "+remoteAddr)
+}
+
 // connectionOf names the client connection of a call: for one REST made,
 // the HTTP connection it came on; otherwise the gRPC connection's two
 // ends.

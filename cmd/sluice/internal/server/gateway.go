@@ -32,6 +32,7 @@ import (
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
+	"github.com/sluicehq/sluice/gateway/rest"
 )
 
 // Gateway is one running Sluice gateway: ingress servers, the
@@ -333,7 +334,7 @@ func (p *Gateway) newGRPCServers() error {
 func (p *Gateway) newHTTPServer(ctx context.Context) error {
 	// Unary calls run in process; only streams cross the in-memory
 	// connection.
-	rest, err := gateway.NewRESTHandler(ctx, gateway.NewInProcessConn(p.svc, p.restConn), p.svc)
+	restHandler, err := rest.NewHandler(ctx, rest.NewInProcessConn(p.svc, p.restConn), p.svc)
 	if err != nil {
 		return err
 	}
@@ -345,7 +346,7 @@ func (p *Gateway) newHTTPServer(ctx context.Context) error {
 	top.Handle("GET /metrics", p.tel.metrics)
 	top.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }) //nolint:errcheck // the prober may have gone
 	top.HandleFunc("GET /readyz", p.readyz)
-	top.Handle("/", otelhttp.NewHandler(rest, "sluice.rest",
+	top.Handle("/", otelhttp.NewHandler(restHandler, "sluice.rest",
 		otelhttp.WithTracerProvider(p.tel.tracer), otelhttp.WithMeterProvider(p.tel.meter),
 		otelhttp.WithPropagators(propagation.TraceContext{}),
 		// server.address and server.port from the listener, not from the

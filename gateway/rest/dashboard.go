@@ -1,4 +1,4 @@
-package gateway
+package rest
 
 import (
 	"bytes"
@@ -97,7 +97,7 @@ func NewDashboard() *Dashboard {
 		return nil
 	})
 	if err != nil || d.files["/"].body == nil {
-		panic(fmt.Sprintf("gateway: embedded dashboard: %v", err))
+		panic(fmt.Sprintf("rest: embedded dashboard: %v", err))
 	}
 	return d
 }

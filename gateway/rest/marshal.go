@@ -1,4 +1,4 @@
-package gateway
+package rest
 
 import (
 	"errors"
@@ -10,19 +10,14 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/gateway"
 )
 
 // jsonOptions are the REST API's: every field, zero or not, so that a
-// job's JSON has the same fields whatever its state.
+// job's JSON has the same fields whatever its state. [gateway.JobJSON]
+// writes jobs with the same options; TestMarshalerWritesJobsAsJobJSON
+// holds the two together.
 var jsonOptions = protojson.MarshalOptions{EmitDefaultValues: true}
-
-// jobJSON is the job as the REST API writes it.
-func jobJSON(job *sluicev1.Job) ([]byte, error) {
-	if b, ok := appendQueuedJobJSON(make([]byte, 0, 512), job); ok {
-		return b, nil
-	}
-	return jsonOptions.Marshal(job)
-}
 
 // payloadMarshaler is JSON for every message except google.api.HttpBody,
 // which travels raw in both directions: a submitted payload is the request
@@ -49,14 +44,14 @@ func (m *payloadMarshaler) ContentType(v any) string {
 	return m.JSONPb.ContentType(v)
 }
 
-// Marshal writes an HttpBody's bytes as they are, and a queued job without
-// reflection (appendQueuedJobJSON).
+// Marshal writes an HttpBody's bytes as they are, and a job as
+// [gateway.JobJSON] does (a queued one without reflection).
 func (m *payloadMarshaler) Marshal(v any) ([]byte, error) {
 	switch v := v.(type) {
 	case *httpbody.HttpBody:
 		return v.GetData(), nil
 	case *sluicev1.Job:
-		return jobJSON(v)
+		return gateway.JobJSON(v)
 	}
 	return m.JSONPb.Marshal(v)
 }

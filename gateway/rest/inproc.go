@@ -1,4 +1,4 @@
-package gateway
+package rest
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/gateway"
 )
 
 // InProcessConn is a gRPC client connection to the Sluice services in this
@@ -35,7 +36,7 @@ var _ grpc.ClientConnInterface = (*InProcessConn)(nil)
 
 // NewInProcessConn serves svc's unary methods in process, and sends
 // streaming calls to streams (a real connection to a server of svc).
-func NewInProcessConn(svc *Service, streams grpc.ClientConnInterface) *InProcessConn {
+func NewInProcessConn(svc *gateway.Service, streams grpc.ClientConnInterface) *InProcessConn {
 	c := &InProcessConn{methods: map[string]inProcessMethod{}, interceptor: svc.UnaryInterceptor(), streams: streams}
 	for _, sd := range []*grpc.ServiceDesc{
 		&sluicev1.JobService_ServiceDesc, &sluicev1.FunctionService_ServiceDesc, &sluicev1.DeadLetterService_ServiceDesc,

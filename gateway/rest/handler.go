@@ -1,4 +1,4 @@
-package gateway
+package rest
 
 import (
 	"context"
@@ -10,10 +10,12 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -23,12 +25,15 @@ import (
 	"github.com/sluicehq/sluice/api"
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/gateway"
 )
 
-// NewRESTHandler serves the REST API by calling the gRPC services over
-// conn, plus GET /openapi.json and the [Dashboard] at GET /. limits gives
-// each function's payload limit.
-func NewRESTHandler(ctx context.Context, conn grpc.ClientConnInterface, limits *Service) (http.Handler, error) {
+// NewHandler serves the REST API by calling the gRPC services over conn
+// (an [InProcessConn], or any connection to a server of svc), plus
+// GET /openapi.json and the [Dashboard] at GET /. svc, the services conn
+// reaches, gives each function's payload limit and names the HTTP
+// connection of each stream (see [gateway.Service.RESTConnectionMetadata]).
+func NewHandler(ctx context.Context, conn grpc.ClientConnInterface, svc *gateway.Service) (http.Handler, error) {
 	marshaler := newPayloadMarshaler()
 	gw := runtime.NewServeMux(
 		// Raw payloads under any content type, JSON included: the submit
@@ -47,27 +52,27 @@ func NewRESTHandler(ctx context.Context, conn grpc.ClientConnInterface, limits *
 			if !strings.HasSuffix(r.URL.Path, ":watch") {
 				return nil
 			}
-			return metadata.Pairs(metadataRESTConnection, limits.bridgeToken+" "+r.RemoteAddr)
+			return svc.RESTConnectionMetadata(r.RemoteAddr)
 		}),
 		// gRPC metadata is the gateway's business, not the REST caller's.
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 	)
 	if err := sluicev1.RegisterJobServiceHandlerClient(ctx, gw, sluicev1.NewJobServiceClient(conn)); err != nil {
-		return nil, fmt.Errorf("gateway: register job service: %w", err)
+		return nil, fmt.Errorf("rest: register job service: %w", err)
 	}
 	if err := sluicev1.RegisterFunctionServiceHandlerClient(ctx, gw, sluicev1.NewFunctionServiceClient(conn)); err != nil {
-		return nil, fmt.Errorf("gateway: register function service: %w", err)
+		return nil, fmt.Errorf("rest: register function service: %w", err)
 	}
 	if err := sluicev1.RegisterDeadLetterServiceHandlerClient(ctx, gw, sluicev1.NewDeadLetterServiceClient(conn)); err != nil {
-		return nil, fmt.Errorf("gateway: register dead-letter service: %w", err)
+		return nil, fmt.Errorf("rest: register dead-letter service: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(api.OpenAPI) //nolint:errcheck // nothing to do if the client left
 	})
-	mux.Handle("/v1/", limitBody(limits, requireUTF8(metadataHeaders(withStreamWriter(gw)))))
+	mux.Handle("/v1/", limitBody(svc, requireUTF8(metadataHeaders(withStreamWriter(gw)))))
 	dashboard := NewDashboard()
 	mux.Handle("GET /{$}", dashboard)
 	mux.Handle("GET /dashboard/", dashboard)
@@ -80,11 +85,11 @@ func NewRESTHandler(ctx context.Context, conn grpc.ClientConnInterface, limits *
 func incomingHeader(key string) (string, bool) {
 	switch http.CanonicalHeaderKey(key) {
 	case "Idempotency-Key":
-		return MetadataIdempotencyKey, true
+		return gateway.MetadataIdempotencyKey, true
 	case "Sluice-Callback-Url":
-		return MetadataCallbackURL, true
+		return gateway.MetadataCallbackURL, true
 	case "Sluice-Priority":
-		return MetadataPriority, true
+		return gateway.MetadataPriority, true
 	}
 	return runtime.DefaultHeaderMatcher(key)
 }
@@ -135,9 +140,9 @@ func metadataHeaders(next http.Handler) http.Handler {
 // limitBody caps each request body at the payload limit of the function it
 // names, refusing with 413 before reading when Content-Length is already
 // over it.
-func limitBody(limits *Service, next http.Handler) http.Handler {
+func limitBody(svc *gateway.Service, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		limit := limits.MaxPayload(functionInPath(r.URL.Path))
+		limit := svc.MaxPayload(functionInPath(r.URL.Path))
 		if r.ContentLength > limit {
 			writeTooLarge(w, r.ContentLength, limit)
 			return
@@ -288,6 +293,26 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retryAfter.Seconds()))))
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: httpStatus, Err: st.Err()})
+}
+
+// httpStatusOf is the HTTP status for st where its ErrorInfo reason says
+// more than its code (0 to keep grpc-gateway's mapping of the code), and
+// the Retry-After its RetryInfo asks for (0 for none; at least 1s).
+func httpStatusOf(st *status.Status) (code int, retryAfter time.Duration) {
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			switch d.GetReason() {
+			case gateway.ReasonPayloadTooLarge:
+				code = http.StatusRequestEntityTooLarge
+			case gateway.ReasonJobNotSucceeded, gateway.ReasonJobFinished:
+				code = http.StatusConflict
+			}
+		case *errdetails.RetryInfo:
+			retryAfter = max(d.GetRetryDelay().AsDuration(), time.Second)
+		}
+	}
+	return code, retryAfter
 }
 
 // streamWriterKey is the context key of a streaming call's
