@@ -19,6 +19,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -125,7 +126,7 @@ type invocation struct {
 	err        error
 	rec        *sluicev1.Attempt
 	span       trace.Span
-	ticket     sendTicket
+	ticket     pacing.Ticket
 	started    time.Time
 	took       time.Duration
 	throttled  bool
@@ -143,8 +144,8 @@ func (l *functionLoop) invoke(runCtx, ctx, bookCtx context.Context, dv *buffer.D
 		l.settle(dv.Release, dv)
 		return nil, false
 	}
-	others, _ := l.pacing.Load().Others(l.id, l.cfg.Now().Add(-reportFresh))
-	ticket, err := l.inv.acquire(runCtx, others.Invoking, l.cfg.Now)
+	others, _ := l.pacing.Load().Others(l.id, l.cfg.Now().Add(-pacing.ReportFresh))
+	ticket, err := l.inv.Acquire(runCtx, others.Invoking, l.cfg.Now)
 	if err != nil {
 		l.settle(dv.Release, dv)
 		return nil, false
@@ -194,9 +195,9 @@ func (l *functionLoop) invoke(runCtx, ctx, bookCtx context.Context, dv *buffer.D
 	})
 	inv.took = time.Since(inv.started)
 	if inv.err == nil {
-		inv.retryAfter, inv.given, inv.throttled = throttleOf(inv.resp, l.cfg.Now())
+		inv.retryAfter, inv.given, inv.throttled = pacing.ThrottleOf(inv.resp, l.cfg.Now())
 	}
-	l.inv.done(ticket, inv.throttled, inv.took)
+	l.inv.Done(ticket, inv.throttled, inv.took)
 	beginOnce.Do(func() {}) // too late to start it now
 	if beginStarted {
 		switch beginErr := <-began; {
@@ -280,14 +281,14 @@ func (l *functionLoop) learnFromThrottle(inv *invocation) {
 	defer cancel()
 	l.countThrottle()
 	now := l.cfg.Now()
-	others, _ := l.pacing.Load().Others(l.id, now.Add(-reportFresh))
-	ev := l.inv.evidence(inv.ticket, others.Starts)
-	ev.retryAfter, ev.given = inv.retryAfter, inv.given
-	if l.fn.Pacing.Adaptive && !ev.takenAbove {
-		l.inv.refusedWith(ev.inFlight)
+	others, _ := l.pacing.Load().Others(l.id, now.Add(-pacing.ReportFresh))
+	ev := l.inv.Evidence(inv.ticket, others.Starts)
+	ev.RetryAfter, ev.Given = inv.retryAfter, inv.given
+	if l.fn.Pacing.Adaptive && !ev.TakenAbove {
+		l.inv.RefusedWith(ev.InFlight)
 	}
 	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
-		return throttleWindow(p, &l.fn.Pacing, l.fn.Concurrency, ev, now)
+		return pacing.Throttle(p, &l.fn.Pacing, l.fn.Concurrency, ev, now)
 	})
 	if err != nil {
 		l.log.Error("shrink window after throttle", "err", err)
@@ -307,8 +308,8 @@ func (l *functionLoop) learnFromThrottle(inv *invocation) {
 		}
 	}
 	if l.log.Enabled(ctx, slog.LevelDebug) {
-		l.log.Debug("throttled by the platform", "in_flight", ev.inFlight, "taken_above", ev.takenAbove,
-			"start_rate", ev.startRate, "window", p.Window, "ceiling", p.Ceiling, "learned_rate", p.LearnedRate)
+		l.log.Debug("throttled by the platform", "in_flight", ev.InFlight, "taken_above", ev.TakenAbove,
+			"start_rate", ev.StartRate, "window", p.Window, "ceiling", p.Ceiling, "learned_rate", p.LearnedRate)
 	}
 }
 
@@ -356,7 +357,7 @@ func (l *functionLoop) conclude(ctx context.Context, dv *buffer.Delivery, inv *i
 	reason := answerReason(resp)
 	log().Warn("function answered with an error", "attempt", attempt, "status", resp.Status, "reason", reason)
 	rec.Error = reason
-	retryAfter, _ := parseRetryAfter(resp.RetryAfter, l.cfg.Now())
+	retryAfter, _ := pacing.ParseRetryAfter(resp.RetryAfter, l.cfg.Now())
 	l.failed(dv, attempt, reason, result, retryableStatus(resp.Status), retryAfter)
 }
 

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 )
 
 // Function is one dispatch target and its limits.
@@ -28,7 +29,7 @@ type Function struct {
 	// Timeout cuts off one invocation. Required.
 	Timeout time.Duration
 	// Pacing matches the dispatch window to the platform's scaling.
-	Pacing Pacing
+	Pacing pacing.Policy
 	// RatePerSecond, if positive, caps invocation starts per second
 	// across every gateway process together, with bursts of up to
 	// RateBurst (default 1): each process keeps to its share, the rate
@@ -156,7 +157,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		if f.Circuit.FailureRatio < 0 || f.Circuit.FailureRatio > 1 || f.Circuit.MinAttempts < 0 || f.Circuit.Window < 0 || f.Circuit.Cooldown < 0 || f.Circuit.MaxCooldown < 0 {
 			return nil, fmt.Errorf("dispatch: function %q: circuit breaker values must not be negative, and its failure ratio at most 1", f.Name)
 		}
-		f.Pacing.setDefaults(f.Concurrency)
+		f.Pacing.SetDefaults(f.Concurrency)
 		f.Retry.setDefaults()
 		f.Circuit.setDefaults()
 	}
@@ -242,7 +243,7 @@ func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string)
 		attrs: newLoopAttrs(f.Name),
 	}
 	l.id = id
-	l.inv = newInvocations(window, f.Concurrency)
+	l.inv = pacing.NewInvocations(window, f.Concurrency)
 	l.limiter = rate.NewLimiter(rate.Inf, 1)
 	l.storePacing(&shared)
 	return l, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -225,7 +226,7 @@ func TestPausedFunctionKeepsItsJobs(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
 	defer srv.Close()
 	fn := dispatch.Function{Name: "resize", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 4, Timeout: time.Second,
-		Pacing: dispatch.Pacing{Initial: 4}, KeepWarm: dispatch.KeepWarm{Instances: 1, Every: 10 * time.Millisecond}, Paused: true}
+		Pacing: pacing.Policy{Initial: 4}, KeepWarm: dispatch.KeepWarm{Instances: 1, Every: 10 * time.Millisecond}, Paused: true}
 	ids := submit(t, q, "resize", 3)
 	stop := startDispatcher(t, q, fn, time.Second)
 	time.Sleep(500 * time.Millisecond) // time for calls that must not come, keep-warm ones every 10ms among them

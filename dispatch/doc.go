@@ -17,13 +17,22 @@
 // function error as a failing status with the platform's words in
 // Response.Error, a cold start as Response.ColdStart), so the loop judges
 // them all alike. This package reads those answers: whether an attempt
-// succeeded, failed or was throttled, whether to retry it (retry.go), and
-// how the pacing window moves (pacing.go). [Invoker], the interface the
-// loop calls, is declared here, in invoker.go.
+// succeeded, failed or was throttled, and whether to retry it (retry.go).
+// [Invoker], the interface the loop calls, is declared here, in invoker.go.
+//
+// How far the window of invocations in flight may open is decided in
+// package [pacing]: its [pacing.Policy] is a function's Pacing, its pure
+// functions move the shared [buffer.PacingState] for the load seen and for
+// each throttle, and its [pacing.Invocations] tracks this process's
+// invocations, gating them to the window and gathering the evidence a
+// throttle is judged by. The loops here read and write that state through
+// the buffer, and turn the window into a consumer cap and a start rate.
 //
 // The code follows that order: dispatcher.go holds the configuration,
 // [New] and [Dispatcher.Run], which sets up the loops; functionloop.go the
-// loop that pulls and paces one function's jobs; attempt.go what happens
-// to one delivered job; pool.go and lanes.go the loops that share a window
+// loop that pulls and paces one function's jobs; share.go this process's
+// report of its share of the window, and how it keeps to the window the
+// processes share; attempt.go what happens to one delivered job; circuit.go
+// the circuit breaker; pool.go and lanes.go the loops that share a window
 // between functions and between tenants; keepwarm.go the keep-warm pings.
 package dispatch

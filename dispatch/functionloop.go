@@ -11,6 +11,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 )
 
 // functionLoop pulls and invokes one function's jobs, and paces them. Its
@@ -21,10 +22,10 @@ type functionLoop struct {
 	src     Source
 	cfg     *Config
 	log     *slog.Logger
-	limiter *rate.Limiter // this process's share of the start rate; Inf for none
-	id      string        // this process, in the shared pacing state
-	inv     *invocations  // in flight here, and the evidence throttles are judged by
-	aside   atomic.Int64  // jobs delivered and not at the platform: held back after a throttle, or recording their outcome
+	limiter *rate.Limiter       // this process's share of the start rate; Inf for none
+	id      string              // this process, in the shared pacing state
+	inv     *pacing.Invocations // in flight here, and the evidence throttles are judged by
+	aside   atomic.Int64        // jobs delivered and not at the platform: held back after a throttle, or recording their outcome
 
 	announceMu sync.Mutex  // one announcement at a time
 	announced  atomic.Bool // this process's report is in the shared state
@@ -124,8 +125,8 @@ func (l *functionLoop) pace(ctx context.Context) {
 			p.ColdStarts += cold
 			p.WarmStarts += warm
 			p.Counts.Add(counts)
-			reported := putReport(p, l.id, mine, now)
-			return stepWindow(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{} || reported
+			reported := pacing.PutReport(p, l.id, mine, now)
+			return pacing.Step(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{} || reported
 		})
 		if err != nil {
 			l.cold.giveBack(cold, warm)

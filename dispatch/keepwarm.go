@@ -53,7 +53,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		}
 		n := 0
 		if l.pool == nil || l.pool.implicit || limit > 0 {
-			n = l.inv.startPings(kw.Instances, limit)
+			n = l.inv.StartPings(kw.Instances, limit)
 		}
 		if n == 0 {
 			l.log.Debug("keep-warm round skipped: no room in the window")
@@ -63,7 +63,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		var wg sync.WaitGroup
 		for range n {
 			wg.Go(func() {
-				defer l.inv.pingsDone(1)
+				defer l.inv.PingsDone(1)
 				pingCtx, cancel := context.WithTimeout(ctx, l.fn.Timeout)
 				defer cancel()
 				if _, err := l.fn.Invoker.Invoke(pingCtx, &target.Invocation{Function: l.fn.Name, Warmup: true}); err != nil && ctx.Err() == nil {

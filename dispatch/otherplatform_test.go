@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -114,7 +115,7 @@ func runOther(t *testing.T, plat *otherPlatform, baseline time.Duration) {
 	start := time.Now()
 	_, jobs := runBurst(t, 800, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 30, Timeout: 5 * time.Second,
-		Pacing: dispatch.Pacing{Adaptive: true},
+		Pacing: pacing.Policy{Adaptive: true},
 	})
 	took := time.Since(start)
 	if ok, _ := countStates(jobs); ok != len(jobs) {

@@ -14,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -54,7 +55,7 @@ func TestPacedBurstMatchedLimits(t *testing.T) {
 	defer srv.Close()
 	q, jobs := runBurst(t, 300, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 10, Timeout: 5 * time.Second,
-		Pacing: dispatch.Pacing{Initial: 2, PerMinute: 600},
+		Pacing: pacing.Policy{Initial: 2, PerMinute: 600},
 	})
 	st := sim.Stats()
 	if ok, _ := countStates(jobs); ok != len(jobs) {
@@ -88,7 +89,7 @@ func TestPacedBurstUnknownLimit(t *testing.T) {
 	defer srv.Close()
 	_, jobs := runBurst(t, 600, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 20, Timeout: 5 * time.Second,
-		Pacing: dispatch.Pacing{Initial: 4, PerMinute: 600, Adaptive: true},
+		Pacing: pacing.Policy{Initial: 4, PerMinute: 600, Adaptive: true},
 	})
 	st := sim.Stats()
 	ok, throttles := countStates(jobs)
@@ -127,7 +128,7 @@ func TestPacedWindowIsGlobal(t *testing.T) {
 	defer srv.Close()
 	fn := dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 5, Timeout: 5 * time.Second,
-		Pacing: dispatch.Pacing{Initial: 2, PerMinute: 1200},
+		Pacing: pacing.Policy{Initial: 2, PerMinute: 1200},
 	}
 	_, jobs := runBurst(t, 300, fn, fn, fn)
 	if ok, _ := countStates(jobs); ok != len(jobs) {

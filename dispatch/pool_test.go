@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -260,7 +261,7 @@ func TestThrottlesShrinkThePool(t *testing.T) {
 	ids := submitMany(t, q, "tight", 300)
 	startPooled(t, q, []dispatch.Function{{
 		Name: "tight", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 30, Timeout: 5 * time.Second,
-		Pacing: dispatch.Pacing{Adaptive: true}, Pool: "account", Reserved: 5,
+		Pacing: pacing.Policy{Adaptive: true}, Pool: "account", Reserved: 5,
 	}}, []dispatch.Pool{{Name: "account", Concurrency: 30}})
 	// The pool's limit is sampled at each look while the jobs run.
 	lowest := 30.0

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -91,7 +92,7 @@ func TestTargetsNoAnswer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if retryAfter, _, throttled := throttleOf(resp, time.Now()); !throttled || retryAfter != time.Second || resp.Error == "" {
+		if retryAfter, _, throttled := pacing.ThrottleOf(resp, time.Now()); !throttled || retryAfter != time.Second || resp.Error == "" {
 			t.Errorf("no responders = %+v: throttled %v after %v; want a throttle of 1s", resp, throttled, retryAfter)
 		}
 	})

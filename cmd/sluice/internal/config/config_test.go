@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -260,7 +260,7 @@ functions:
 	if paced.Pacing.Initial != 10 || paced.Pacing.PerMinute != 600 || paced.Pacing.Adaptive || paced.Pacing.IdleReap != 10*time.Minute ||
 		paced.RatePerSecond != 200 || paced.RateBurst != 20 || paced.KeepWarm.Instances != 2 || paced.KeepWarm.Every != 4*time.Minute ||
 		paced.Retry.MaxAttempts != 3 || paced.Retry.InitialBackoff != 2*time.Second || paced.Retry.MaxBackoff != time.Minute ||
-		paced.Retry.Multiplier != 3 || !paced.Retry.NoJitter || paced.MaxAge != time.Hour || paced.Pacing.RetryAfter != dispatch.RetryAfterFunction {
+		paced.Retry.Multiplier != 3 || !paced.Retry.NoJitter || paced.MaxAge != time.Hour || paced.Pacing.RetryAfter != pacing.RetryAfterFunction {
 		t.Errorf("paced = %+v", paced)
 	}
 	if plain.Retry.MaxAttempts != 5 || plain.Retry.InitialBackoff != time.Second || plain.Retry.MaxBackoff != 5*time.Minute ||
@@ -268,7 +268,7 @@ functions:
 		t.Errorf("plain retry = %+v, max age %v; want the defaults 5, 1s, 5m, 2, full jitter, 6h", plain.Retry, plain.MaxAge)
 	}
 	if plain.Pacing.Initial != DefaultConcurrency || plain.Pacing.PerMinute != 0 || !plain.Pacing.Adaptive || plain.KeepWarm.Instances != 0 || plain.RatePerSecond != 0 ||
-		plain.Pacing.RetryAfter != dispatch.RetryAfterJob {
+		plain.Pacing.RetryAfter != pacing.RetryAfterJob {
 		t.Errorf("plain = %+v, want the window at concurrency, adaptive, Retry-After pausing the job, no keep-warm, no rate", plain)
 	}
 	for _, tc := range []struct{ name, config, want string }{

@@ -10,6 +10,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -34,14 +35,14 @@ func DispatchFunction(f FunctionConfig) dispatch.Function {
 		Name:        f.Name,
 		Concurrency: int(f.Concurrency),
 		Timeout:     time.Duration(f.Timeout),
-		Pacing: dispatch.Pacing{
+		Pacing: pacing.Policy{
 			Initial:  int(f.Concurrency),
 			IdleReap: time.Duration(f.IdleReap),
 			Adaptive: f.Adaptive == nil || *f.Adaptive,
 		},
 	}
 	if f.RetryAfter == "function" {
-		df.Pacing.RetryAfter = dispatch.RetryAfterFunction
+		df.Pacing.RetryAfter = pacing.RetryAfterFunction
 	}
 	if sc := f.Scaling; sc != nil {
 		df.Pacing.Initial, df.Pacing.PerMinute = int(sc.Initial), int(sc.PerMinute)

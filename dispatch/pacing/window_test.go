@@ -1,4 +1,4 @@
-package dispatch
+package pacing
 
 import (
 	"math"
@@ -12,16 +12,16 @@ import (
 
 var t0 = time.Unix(1_800_000_000, 0)
 
-func pacingFor(concurrency int, cfg Pacing) *Pacing {
-	cfg.setDefaults(concurrency)
+func pacingFor(concurrency int, cfg Policy) *Policy {
+	cfg.SetDefaults(concurrency)
 	return &cfg
 }
 
 func TestWindowRampsAtScalingRate(t *testing.T) {
-	cfg := pacingFor(50, Pacing{Initial: 10, PerMinute: 600, RampLag: time.Nanosecond})
+	cfg := pacingFor(50, Policy{Initial: 10, PerMinute: 600, RampLag: time.Nanosecond})
 	var p buffer.PacingState
 	busy := buffer.Load{Backlog: 1000, InFlight: 10}
-	stepWindow(&p, cfg, 50, busy, t0)
+	Step(&p, cfg, 50, busy, t0)
 	if p.Window != 10 {
 		t.Fatalf("first window = %v, want the initial 10", p.Window)
 	}
@@ -35,7 +35,7 @@ func TestWindowRampsAtScalingRate(t *testing.T) {
 		{time.Minute, 50},      //
 	} {
 		busy.InFlight = int(p.Window)
-		stepWindow(&p, cfg, 50, busy, t0.Add(tc.after))
+		Step(&p, cfg, 50, busy, t0.Add(tc.after))
 		if p.Window < tc.want-0.01 || p.Window > tc.want+0.01 {
 			t.Errorf("window after %v = %.2f, want %v", tc.after, p.Window, tc.want)
 		}
@@ -46,22 +46,22 @@ func TestWindowRampsAtScalingRate(t *testing.T) {
 }
 
 func TestWindowWaitsForSaturationAndDecaysWhenIdle(t *testing.T) {
-	cfg := pacingFor(50, Pacing{Initial: 10, PerMinute: 600, IdleReap: 10 * time.Minute, RampLag: time.Nanosecond})
+	cfg := pacingFor(50, Policy{Initial: 10, PerMinute: 600, IdleReap: 10 * time.Minute, RampLag: time.Nanosecond})
 	var p buffer.PacingState
 	// Work, but not enough to fill the window: no growth.
-	stepWindow(&p, cfg, 50, buffer.Load{Backlog: 0, InFlight: 4}, t0)
-	stepWindow(&p, cfg, 50, buffer.Load{Backlog: 0, InFlight: 4}, t0.Add(5*time.Second))
+	Step(&p, cfg, 50, buffer.Load{Backlog: 0, InFlight: 4}, t0)
+	Step(&p, cfg, 50, buffer.Load{Backlog: 0, InFlight: 4}, t0.Add(5*time.Second))
 	if p.Window != 10 {
 		t.Fatalf("window without backlog = %v, want 10", p.Window)
 	}
 	// A burst ramps it, then it idles past the reap time.
-	stepWindow(&p, cfg, 50, buffer.Load{Backlog: 500, InFlight: 10}, t0.Add(6*time.Second))
-	stepWindow(&p, cfg, 50, buffer.Load{Backlog: 500, InFlight: 10}, t0.Add(8*time.Second))
+	Step(&p, cfg, 50, buffer.Load{Backlog: 500, InFlight: 10}, t0.Add(6*time.Second))
+	Step(&p, cfg, 50, buffer.Load{Backlog: 500, InFlight: 10}, t0.Add(8*time.Second))
 	if math.Abs(p.Window-30) > 0.01 {
 		t.Fatalf("window after a 2s ramp = %v, want 30", p.Window)
 	}
-	stepWindow(&p, cfg, 50, buffer.Load{}, t0.Add(9*time.Second))
-	stepWindow(&p, cfg, 50, buffer.Load{}, t0.Add(9*time.Second+10*time.Minute))
+	Step(&p, cfg, 50, buffer.Load{}, t0.Add(9*time.Second))
+	Step(&p, cfg, 50, buffer.Load{}, t0.Add(9*time.Second+10*time.Minute))
 	if p.Window != 10 || p.Reason != ReasonIdle {
 		t.Fatalf("after idling past the reap time window = %v (%s), want 10 (idle)", p.Window, p.Reason)
 	}
@@ -70,9 +70,9 @@ func TestWindowWaitsForSaturationAndDecaysWhenIdle(t *testing.T) {
 // saturatedSteps steps the window every d for the given time with a
 // backlog that fills whatever window there is, and returns how long it
 // took the window to reach want (or -1).
-func saturatedSteps(p *buffer.PacingState, cfg *Pacing, concurrency int, from time.Time, d, within time.Duration, want float64) time.Duration {
+func saturatedSteps(p *buffer.PacingState, cfg *Policy, concurrency int, from time.Time, d, within time.Duration, want float64) time.Duration {
 	for t := time.Duration(0); t <= within; t += d {
-		stepWindow(p, cfg, concurrency, buffer.Load{Backlog: 1000, InFlight: int(p.Window)}, from.Add(t))
+		Step(p, cfg, concurrency, buffer.Load{Backlog: 1000, InFlight: int(p.Window)}, from.Add(t))
 		if p.Window >= want {
 			return t
 		}
@@ -81,19 +81,19 @@ func saturatedSteps(p *buffer.PacingState, cfg *Pacing, concurrency int, from ti
 }
 
 func TestThrottleTeachesTheLimit(t *testing.T) {
-	ev := func(inFlight int) throttleEvidence {
-		return throttleEvidence{inFlight: inFlight, took: 100 * time.Millisecond, retryAfter: time.Second, given: true}
+	ev := func(inFlight int) Evidence {
+		return Evidence{InFlight: inFlight, Took: 100 * time.Millisecond, RetryAfter: time.Second, Given: true}
 	}
 	t.Run("the ceiling drops to what was in flight, at once", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{Adaptive: true})
+		cfg := pacingFor(100, Policy{Adaptive: true})
 		var p buffer.PacingState
-		stepWindow(&p, cfg, 100, buffer.Load{Backlog: 3000}, t0)
+		Step(&p, cfg, 100, buffer.Load{Backlog: 3000}, t0)
 		if p.Window != 100 {
 			t.Fatalf("first window = %v, want the concurrency", p.Window)
 		}
-		throttleWindow(&p, cfg, 100, ev(40), t0.Add(time.Millisecond))
+		Throttle(&p, cfg, 100, ev(40), t0.Add(time.Millisecond))
 		// Later refusals of the same burst were sent with more in flight.
-		throttleWindow(&p, cfg, 100, ev(73), t0.Add(2*time.Millisecond))
+		Throttle(&p, cfg, 100, ev(73), t0.Add(2*time.Millisecond))
 		if p.Ceiling != 40 || p.Window != 40 {
 			t.Fatalf("after throttles at 40 and 73 in flight: ceiling %d, window %v; want 40, 40", p.Ceiling, p.Window)
 		}
@@ -102,15 +102,15 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 		}
 		// Without scaling the next step must not put the window back at
 		// the configured concurrency.
-		stepWindow(&p, cfg, 100, buffer.Load{Backlog: 3000, InFlight: 40}, t0.Add(100*time.Millisecond))
+		Step(&p, cfg, 100, buffer.Load{Backlog: 3000, InFlight: 40}, t0.Add(100*time.Millisecond))
 		if p.Window != 40 || p.Reason != ReasonAtLearned {
 			t.Errorf("next step: window %v (%s), want 40 at the learned limit", p.Window, p.Reason)
 		}
 	})
 	t.Run("a limit restored is found within seconds", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{Adaptive: true})
+		cfg := pacingFor(100, Policy{Adaptive: true})
 		p := buffer.PacingState{Window: 50}
-		throttleWindow(&p, cfg, 100, ev(20), t0)
+		Throttle(&p, cfg, 100, ev(20), t0)
 		if p.ProbeAfter < minProbeAfter || p.ProbeAfter > time.Second {
 			t.Errorf("probe after %v, want between %v and 1s for 20 in flight at 100ms", p.ProbeAfter, minProbeAfter)
 		}
@@ -120,9 +120,9 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 		}
 	})
 	t.Run("growth never outruns the scaling rate", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{Adaptive: true, Initial: 100, PerMinute: 600, RampLag: time.Nanosecond})
+		cfg := pacingFor(100, Policy{Adaptive: true, Initial: 100, PerMinute: 600, RampLag: time.Nanosecond})
 		p := buffer.PacingState{Window: 50}
-		throttleWindow(&p, cfg, 100, ev(20), t0)
+		Throttle(&p, cfg, 100, ev(20), t0)
 		took := saturatedSteps(&p, cfg, 100, t0, 100*time.Millisecond, 10*time.Second, 50)
 		// 600/min is 10 a second: 30 more take at least 3s.
 		if took < 3*time.Second {
@@ -130,14 +130,14 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 		}
 	})
 	t.Run("not adaptive halves and earns growth back", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{})
+		cfg := pacingFor(100, Policy{})
 		p := buffer.PacingState{Window: 100}
-		throttleWindow(&p, cfg, 100, ev(40), t0)
-		throttleWindow(&p, cfg, 100, ev(40), t0.Add(10*time.Millisecond))
+		Throttle(&p, cfg, 100, ev(40), t0)
+		Throttle(&p, cfg, 100, ev(40), t0.Add(10*time.Millisecond))
 		if p.Window != 50 {
 			t.Fatalf("after one overload window = %v, want halved once to 50", p.Window)
 		}
-		stepWindow(&p, cfg, 100, buffer.Load{Backlog: 3000, InFlight: 50}, t0.Add(100*time.Millisecond))
+		Step(&p, cfg, 100, buffer.Load{Backlog: 3000, InFlight: 50}, t0.Add(100*time.Millisecond))
 		if p.Window > 51 {
 			t.Fatalf("next step: window %v, want it to stay shrunk", p.Window)
 		}
@@ -147,11 +147,11 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 		}
 	})
 	t.Run("refused with fewer in flight than were just taken: a rate", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{Adaptive: true})
+		cfg := pacingFor(100, Policy{Adaptive: true})
 		p := buffer.PacingState{Window: 100}
 		e := ev(12)
-		e.takenAbove, e.startRate = true, 200
-		throttleWindow(&p, cfg, 100, e, t0)
+		e.TakenAbove, e.StartRate = true, 200
+		Throttle(&p, cfg, 100, e, t0)
 		if p.LearnedRate != 200*rateMargin || p.Ceiling != 0 || p.Window != 100 {
 			t.Errorf("after a rate throttle: rate %v, ceiling %d, window %v; want a little under 200/s and the window untouched", p.LearnedRate, p.Ceiling, p.Window)
 		}
@@ -164,26 +164,26 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 		// It grows back once no throttle came for a while, and is
 		// forgotten at twice what was learned.
 		for d := time.Duration(0); d < 20*time.Second && p.LearnedRate > 0; d += 100 * time.Millisecond {
-			stepWindow(&p, cfg, 100, buffer.Load{Backlog: 100, InFlight: 20}, t0.Add(d))
+			Step(&p, cfg, 100, buffer.Load{Backlog: 100, InFlight: 20}, t0.Add(d))
 		}
 		if p.LearnedRate != 0 {
 			t.Errorf("learned rate %v after 20s without throttles, want forgotten", p.LearnedRate)
 		}
 	})
 	t.Run("refused with nothing in flight pauses the function", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{Adaptive: true})
+		cfg := pacingFor(100, Policy{Adaptive: true})
 		p := buffer.PacingState{Window: 10}
-		throttleWindow(&p, cfg, 100, throttleEvidence{retryAfter: 2 * time.Second, given: true}, t0)
+		Throttle(&p, cfg, 100, Evidence{RetryAfter: 2 * time.Second, Given: true}, t0)
 		if !p.PausedUntil.Equal(t0.Add(2*time.Second)) || p.Window != 1 {
 			t.Errorf("paused until %v, window %v; want 2s and 1", p.PausedUntil, p.Window)
 		}
 	})
 	t.Run("RetryAfterFunction pauses for every throttle, capped", func(t *testing.T) {
-		cfg := pacingFor(100, Pacing{Adaptive: true, RetryAfter: RetryAfterFunction})
+		cfg := pacingFor(100, Policy{Adaptive: true, RetryAfter: RetryAfterFunction})
 		p := buffer.PacingState{Window: 100}
 		e := ev(40)
-		e.retryAfter = time.Hour
-		throttleWindow(&p, cfg, 100, e, t0)
+		e.RetryAfter = time.Hour
+		Throttle(&p, cfg, 100, e, t0)
 		if !p.PausedUntil.Equal(t0.Add(DefaultMaxPause)) {
 			t.Errorf("paused until %v, want the pause capped at %v", p.PausedUntil, DefaultMaxPause)
 		}
@@ -207,30 +207,10 @@ func TestThrottleOf(t *testing.T) {
 		{"429 with garbage", target.Response{Status: 429, RetryAfter: "soon"}, true, time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			wait, _, throttled := throttleOf(&tc.resp, now)
+			wait, _, throttled := ThrottleOf(&tc.resp, now)
 			if throttled != tc.throttled || wait != tc.wait {
-				t.Errorf("throttleOf = %v, %v; want %v, %v", wait, throttled, tc.wait, tc.throttled)
+				t.Errorf("ThrottleOf = %v, %v; want %v, %v", wait, throttled, tc.wait, tc.throttled)
 			}
 		})
-	}
-}
-
-func TestColdStartsByLatency(t *testing.T) {
-	var c coldStarts
-	for range 10 {
-		c.observe(100*time.Millisecond, nil)
-	}
-	if !c.observe(600*time.Millisecond, nil) {
-		t.Error("600ms against a 100ms baseline was not judged cold")
-	}
-	if c.observe(150*time.Millisecond, nil) {
-		t.Error("150ms against a 100ms baseline was judged cold")
-	}
-	yes, no := true, false
-	if !c.observe(time.Millisecond, &yes) || c.observe(time.Hour, &no) {
-		t.Error("the platform's word did not win over latency")
-	}
-	if cold, warm := c.take(); cold != 2 || warm != 12 {
-		t.Errorf("counts = %d cold, %d warm; want 2, 12", cold, warm)
 	}
 }

@@ -1,4 +1,4 @@
-package dispatch
+package pacing
 
 import (
 	"math"
@@ -10,7 +10,7 @@ import (
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
-// Pacing describes how fast a function's platform can take invocations.
+// Policy describes how fast a function's platform can take invocations.
 // Every field is optional; the zero value dispatches up to the function's
 // concurrency at once and, when the platform throttles, learns its real
 // limit.
@@ -21,14 +21,14 @@ import (
 // throttle tells how many invocations were in flight when the platform
 // refused one; that number bounds its limit at that moment, so the
 // ceiling drops to it at once. After ProbeAfter without throttles (long
-// enough that probing costs about one throttle in a hundred invocations)
+// enough that probing costs about one throttle in a hundred Invocations)
 // the ceiling grows again, by 1, 2, 4, … per invocation time while there
 // is a backlog to use it, so a limit that was restored is found within
 // seconds; the ramp still bounds it when PerMinute is set. Throttles that
 // come while clearly fewer invocations are in flight than were recently
 // taken say that the platform limits starts per second, not invocations in
 // flight: dispatch then learns that rate instead and keeps to it.
-type Pacing struct {
+type Policy struct {
 	// Initial is how many invocations may start at once: the environments
 	// the platform has ready. Zero means the function's concurrency.
 	Initial int
@@ -81,7 +81,7 @@ const (
 const (
 	// DefaultMaxPause caps a Retry-After.
 	DefaultMaxPause = 5 * time.Minute
-	// defaultRampLag: see Pacing.RampLag.
+	// defaultRampLag: see Policy.RampLag.
 	defaultRampLag = 100 * time.Millisecond
 	// probeShare is the share of invocations probing may cost in
 	// throttles: growth waits for 1/probeShare invocations after a
@@ -104,7 +104,9 @@ const (
 	rateMargin = 0.95
 )
 
-func (p *Pacing) setDefaults(concurrency int) {
+// SetDefaults fills in the fields left zero, for a function whose
+// concurrency is concurrency; Initial above it is cut to it.
+func (p *Policy) SetDefaults(concurrency int) {
 	if p.Initial == 0 || p.Initial > concurrency {
 		p.Initial = concurrency
 	}
@@ -130,28 +132,29 @@ const (
 	ReasonWaitingDemand = "waiting: no backlog to grow for"
 )
 
-// throttleEvidence is what dispatch saw around one throttle.
-type throttleEvidence struct {
-	// inFlight is how many invocations were in flight at the platform,
+// Evidence is what dispatch saw around one throttle: [Invocations.Evidence]
+// gathers it, and the caller adds the throttle's Retry-After.
+type Evidence struct {
+	// InFlight is how many invocations were in flight at the platform,
 	// across processes, when the refused one was sent (not counting it).
-	inFlight int
-	// takenAbove: an invocation sent shortly before the refused one, with
+	InFlight int
+	// TakenAbove: an invocation sent shortly before the refused one, with
 	// clearly more in flight, was taken. A concurrency limit would have
 	// refused that one too.
-	takenAbove bool
-	// spreadSaysRate: recent throttles came at in-flight counts far apart
-	// while the start rate stayed put; inFlightSeen is the most of those
+	TakenAbove bool
+	// SpreadSaysRate: recent throttles came at in-flight counts far apart
+	// while the start rate stayed put; InFlightSeen is the most of those
 	// counts.
-	spreadSaysRate bool
-	inFlightSeen   int
-	// startRate is how many invocations per second the platform took over
+	SpreadSaysRate bool
+	InFlightSeen   int
+	// StartRate is how many invocations per second the platform took over
 	// the last second, across processes.
-	startRate float64
-	// took is a typical invocation's duration; zero while unknown.
-	took time.Duration
-	// retryAfter is the throttle's Retry-After (given or not: see given).
-	retryAfter time.Duration
-	given      bool
+	StartRate float64
+	// Took is a typical invocation's duration; zero while unknown.
+	Took time.Duration
+	// RetryAfter is the throttle's Retry-After (given or not: see Given).
+	RetryAfter time.Duration
+	Given      bool
 }
 
 // windowCap is the most the window may reach now: the concurrency, or the
@@ -163,10 +166,10 @@ func windowCap(p *buffer.PacingState, concurrency int) float64 {
 	return float64(concurrency)
 }
 
-// stepWindow moves the shared window for the load seen now. It is a pure
+// Step moves the shared window for the load seen now. It is a pure
 // function of its inputs, so every process computes the same ramp; it
 // reports whether it changed p.
-func stepWindow(p *buffer.PacingState, cfg *Pacing, concurrency int, load buffer.Load, now time.Time) bool {
+func Step(p *buffer.PacingState, cfg *Policy, concurrency int, load buffer.Load, now time.Time) bool {
 	before := p.Scalars()
 	if p.Window == 0 {
 		p.Window = float64(cfg.Initial)
@@ -191,7 +194,7 @@ func stepWindow(p *buffer.PacingState, cfg *Pacing, concurrency int, load buffer
 	// their outcome).
 	inFlight, starts, reported := load.InFlight, 0.0, p.Procs != nil
 	if reported {
-		all, _ := p.Others("", now.Add(-reportFresh))
+		all, _ := p.Others("", now.Add(-ReportFresh))
 		inFlight, starts = min(inFlight, all.Invoking), all.Starts
 	}
 	saturated := load.Backlog > 0 && float64(inFlight) >= math.Floor(p.Window)
@@ -220,7 +223,7 @@ func stepWindow(p *buffer.PacingState, cfg *Pacing, concurrency int, load buffer
 }
 
 // reason says, for people, why the window is where it is.
-func reason(p *buffer.PacingState, cfg *Pacing, concurrency int, saturated, busy bool, now time.Time) string {
+func reason(p *buffer.PacingState, cfg *Policy, concurrency int, saturated, busy bool, now time.Time) string {
 	switch {
 	case now.Before(p.PausedUntil):
 		return ReasonThrottled
@@ -248,7 +251,7 @@ func reason(p *buffer.PacingState, cfg *Pacing, concurrency int, saturated, busy
 // passed without one and while the window is in full use: adaptively by
 // 1, 2, 4, … per step, otherwise by one per step. A ceiling grown back to
 // the concurrency is forgotten.
-func growCeiling(p *buffer.PacingState, cfg *Pacing, concurrency int, saturated bool, now time.Time) {
+func growCeiling(p *buffer.PacingState, cfg *Policy, concurrency int, saturated bool, now time.Time) {
 	if p.Ceiling == 0 || !saturated || float64(p.Ceiling) > p.Window {
 		return
 	}
@@ -312,18 +315,18 @@ func probeAfter(perSecond float64) time.Duration {
 	return min(max(d, minProbeAfter), maxProbeAfter)
 }
 
-// throttleWindow learns from one throttle: it lowers the ceiling to what
+// Throttle learns from one throttle: it lowers the ceiling to what
 // was in flight (or halves it, without Adaptive), or learns a rate, and
 // pauses the function when the platform had no room even for one (or
 // always, with RetryAfterFunction). It reports whether it changed p.
-func throttleWindow(p *buffer.PacingState, cfg *Pacing, concurrency int, ev throttleEvidence, now time.Time) bool {
+func Throttle(p *buffer.PacingState, cfg *Policy, concurrency int, ev Evidence, now time.Time) bool {
 	before := p.Scalars()
-	if ev.took > 0 {
-		p.Took = ev.took
+	if ev.Took > 0 {
+		p.Took = ev.Took
 	}
-	pause := min(max(ev.retryAfter, 0), cfg.MaxPause)
-	if cfg.RetryAfter == RetryAfterFunction || ev.inFlight == 0 {
-		if !ev.given {
+	pause := min(max(ev.RetryAfter, 0), cfg.MaxPause)
+	if cfg.RetryAfter == RetryAfterFunction || ev.InFlight == 0 {
+		if !ev.Given {
 			pause = throttleWithout
 		}
 		if until := now.Add(pause); until.After(p.PausedUntil) {
@@ -348,24 +351,24 @@ func throttleWindow(p *buffer.PacingState, cfg *Pacing, concurrency int, ev thro
 		// Taken with more in flight a moment ago, refused with fewer now:
 		// not a limit on invocations in flight. Keep to the rate the
 		// platform took; a later throttle of the same kind only lowers it.
-		r := ev.startRate * rateMargin
+		r := ev.StartRate * rateMargin
 		if p.LearnedRate == 0 || r < p.LearnedRate || now.Sub(p.LastRateThrottle) >= took {
 			p.LearnedRate = r
 		}
 		p.RateBase = p.LearnedRate
 		p.LastRateThrottle, p.LastRateGrow = now, now
 		p.ProbeAfter = probeAfter(p.LearnedRate)
-		if ev.spreadSaysRate && p.Ceiling > 0 {
+		if ev.SpreadSaysRate && p.Ceiling > 0 {
 			// The rate binds, not the ceiling those throttles lowered:
 			// put it back where the counts they came at cannot reach.
-			p.Ceiling = max(p.Ceiling, min(concurrency, ev.inFlightSeen+max(1, ev.inFlightSeen/4)))
+			p.Ceiling = max(p.Ceiling, min(concurrency, ev.InFlightSeen+max(1, ev.InFlightSeen/4)))
 			p.CeilingBase = p.Ceiling
 		}
 	default:
-		// The platform refused with ev.inFlight in flight: its limit is at
+		// The platform refused with ev.InFlight in flight: its limit is at
 		// most that, now. Throttles of one overload each lower it to what
 		// they saw; it only rises by growth.
-		p.Ceiling = min(max(1, ev.inFlight), int(windowCap(p, concurrency)))
+		p.Ceiling = min(max(1, ev.InFlight), int(windowCap(p, concurrency)))
 		p.CeilingBase = p.Ceiling
 		p.LastThrottle, p.LastGrow = now, now
 		perSecond := float64(p.Ceiling) / took.Seconds()
@@ -392,15 +395,15 @@ func throttleWindow(p *buffer.PacingState, cfg *Pacing, concurrency int, ev thro
 // more in flight was taken, or recent throttles came at in-flight counts
 // far apart at one start rate. (Fewer in flight than the window alone is
 // no sign: a limit that fell looks the same.)
-func isRateThrottle(ev throttleEvidence) bool {
-	return (ev.takenAbove || ev.spreadSaysRate) && ev.startRate > 0
+func isRateThrottle(ev Evidence) bool {
+	return (ev.TakenAbove || ev.SpreadSaysRate) && ev.StartRate > 0
 }
 
-// throttleOf tells whether the platform refused an invocation for capacity
+// ThrottleOf tells whether the platform refused an invocation for capacity
 // (429, or 503 with Retry-After), how long it asked us to wait, and
 // whether it said.
-func throttleOf(resp *target.Response, now time.Time) (wait time.Duration, given, throttled bool) {
-	retryAfter, given := parseRetryAfter(resp.RetryAfter, now)
+func ThrottleOf(resp *target.Response, now time.Time) (wait time.Duration, given, throttled bool) {
+	retryAfter, given := ParseRetryAfter(resp.RetryAfter, now)
 	switch {
 	case resp.Status == http.StatusTooManyRequests:
 		if !given {
@@ -413,9 +416,9 @@ func throttleOf(resp *target.Response, now time.Time) (wait time.Duration, given
 	return 0, false, false
 }
 
-// parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date.
+// ParseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date.
 // It returns ok false for an empty or malformed value.
-func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
 	}

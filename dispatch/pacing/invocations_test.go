@@ -1,4 +1,4 @@
-package dispatch
+package pacing
 
 import (
 	"context"
@@ -9,11 +9,11 @@ import (
 func TestInvocationsGateAndEvidence(t *testing.T) {
 	clock := t0
 	now := func() time.Time { return clock }
-	v := newInvocations(3, 3)
+	v := NewInvocations(3, 3)
 	ctx := context.Background()
-	var taken []sendTicket
+	var taken []Ticket
 	for range 3 {
-		tk, err := v.acquire(ctx, 0, now)
+		tk, err := v.Acquire(ctx, 0, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -26,15 +26,15 @@ func TestInvocationsGateAndEvidence(t *testing.T) {
 	// No room: a fourth waits until one is done.
 	waitCtx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := v.acquire(waitCtx, 0, now); err == nil {
+	if _, err := v.Acquire(waitCtx, 0, now); err == nil {
 		t.Fatal("a fourth send found room in a window of 3")
 	}
-	got := make(chan sendTicket)
+	got := make(chan Ticket)
 	go func() {
-		tk, _ := v.acquire(ctx, 5, now)
+		tk, _ := v.Acquire(ctx, 5, now)
 		got <- tk
 	}()
-	v.done(taken[0], false, 100*time.Millisecond)
+	v.Done(taken[0], false, 100*time.Millisecond)
 	fourth := <-got
 	if fourth.level != 2+5 {
 		t.Errorf("send with 2 here and 5 elsewhere in flight saw %d", fourth.level)
@@ -43,38 +43,38 @@ func TestInvocationsGateAndEvidence(t *testing.T) {
 	// The fourth is refused with fewer in flight than the third was
 	// taken with a moment ago: a rate, not a concurrency limit, if the
 	// third was clearly above it.
-	ev := v.evidence(fourth, 0)
-	if ev.takenAbove || ev.inFlight != 7 {
+	ev := v.Evidence(fourth, 0)
+	if ev.TakenAbove || ev.InFlight != 7 {
 		t.Errorf("evidence %+v: nothing was taken clearly above 7", ev)
 	}
-	v.done(fourth, true, time.Millisecond)
-	v.setRoom(10)
-	lone, _ := v.acquire(ctx, 0, now) // 2 in flight here now
-	ev = v.evidence(lone, 100)
-	if ev.inFlight != 2 || ev.takenAbove {
+	v.Done(fourth, true, time.Millisecond)
+	v.SetRoom(10)
+	lone, _ := v.Acquire(ctx, 0, now) // 2 in flight here now
+	ev = v.Evidence(lone, 100)
+	if ev.InFlight != 2 || ev.TakenAbove {
 		t.Errorf("evidence %+v: want 2 in flight and nothing taken above 2+2", ev)
 	}
 	clock = clock.Add(time.Millisecond)
-	high, _ := v.acquire(ctx, 40, now) // taken with 43 in flight
-	v.done(high, false, 100*time.Millisecond)
+	high, _ := v.Acquire(ctx, 40, now) // taken with 43 in flight
+	v.Done(high, false, 100*time.Millisecond)
 	clock = clock.Add(time.Millisecond)
-	low, _ := v.acquire(ctx, 0, now)
-	ev = v.evidence(low, 100)
-	if !ev.takenAbove {
+	low, _ := v.Acquire(ctx, 0, now)
+	ev = v.Evidence(low, 100)
+	if !ev.TakenAbove {
 		t.Errorf("evidence %+v: a send taken with 43 in flight just before one refused with %d says rate", ev, low.level)
 	}
 	// Six taken (or still running) within a few milliseconds: a rate over
 	// the shortest span counted, a tenth of a second, plus 100 elsewhere.
-	if ev.startRate != 6/minGrowEvery.Seconds()+100 {
-		t.Errorf("start rate %v, want 6 in %v plus 100 elsewhere", ev.startRate, minGrowEvery)
+	if ev.StartRate != 6/minGrowEvery.Seconds()+100 {
+		t.Errorf("start rate %v, want 6 in %v plus 100 elsewhere", ev.StartRate, minGrowEvery)
 	}
-	if ev.took != 100*time.Millisecond {
-		t.Errorf("typical duration %v, want 100ms", ev.took)
+	if ev.Took != 100*time.Millisecond {
+		t.Errorf("typical duration %v, want 100ms", ev.Took)
 	}
 	// A second later the taken send is out of the horizon.
 	clock = clock.Add(2 * time.Second)
-	later, _ := v.acquire(ctx, 0, now)
-	if ev := v.evidence(later, 0); ev.takenAbove || ev.startRate != 1/minGrowEvery.Seconds() {
+	later, _ := v.Acquire(ctx, 0, now)
+	if ev := v.Evidence(later, 0); ev.TakenAbove || ev.StartRate != 1/minGrowEvery.Seconds() {
 		t.Errorf("evidence 2s later %+v: want nothing taken above and only itself in the rate", ev)
 	}
 }
@@ -92,17 +92,17 @@ func TestThrottleSpreadTellsRateFromConcurrency(t *testing.T) {
 		{"too few to tell", []int{27, 17}, []float64{205, 206}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := newInvocations(100, 100)
-			var ev throttleEvidence
+			v := NewInvocations(100, 100)
+			var ev Evidence
 			for i := range tc.inFlight {
-				ev = throttleEvidence{inFlight: tc.inFlight[i], startRate: tc.rates[i]}
+				ev = Evidence{InFlight: tc.inFlight[i], StartRate: tc.rates[i]}
 				v.judgeSpread(&ev, t0.Add(time.Duration(i)*300*time.Millisecond))
 			}
-			if ev.spreadSaysRate != tc.rate {
-				t.Errorf("spread says rate: %v, want %v", ev.spreadSaysRate, tc.rate)
+			if ev.SpreadSaysRate != tc.rate {
+				t.Errorf("spread says rate: %v, want %v", ev.SpreadSaysRate, tc.rate)
 			}
-			if tc.rate && ev.inFlightSeen != 28 {
-				t.Errorf("most in flight seen %d, want 28", ev.inFlightSeen)
+			if tc.rate && ev.InFlightSeen != 28 {
+				t.Errorf("most in flight seen %d, want 28", ev.InFlightSeen)
 			}
 		})
 	}

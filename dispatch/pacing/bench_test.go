@@ -1,4 +1,4 @@
-package dispatch
+package pacing
 
 import (
 	"testing"
@@ -10,15 +10,15 @@ import (
 // BenchmarkStepWindow is the pacer's step, run every PaceEvery per
 // function in each process.
 func BenchmarkStepWindow(b *testing.B) {
-	cfg := &Pacing{Initial: 10, PerMinute: 500, Adaptive: true}
-	cfg.setDefaults(100)
+	cfg := &Policy{Initial: 10, PerMinute: 500, Adaptive: true}
+	cfg.SetDefaults(100)
 	now := time.Now()
 	p := &buffer.PacingState{}
 	load := buffer.Load{Backlog: 5000, InFlight: 10, MaxInFlight: 10}
 	b.ReportAllocs()
 	for b.Loop() {
 		now = now.Add(100 * time.Millisecond)
-		stepWindow(p, cfg, 100, load, now)
+		Step(p, cfg, 100, load, now)
 		load.InFlight = min(int(p.Window), 100)
 		load.MaxInFlight = load.InFlight
 	}

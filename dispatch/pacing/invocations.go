@@ -1,22 +1,20 @@
-package dispatch
+package pacing
 
 import (
 	"context"
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/sluicehq/sluice/buffer"
 )
 
-// invocations tracks one function's invocations in this process: how many
+// Invocations tracks one function's invocations in this process: how many
 // are in flight at the platform, which the platform took or refused
 // recently and with how many in flight, and how long they take. It is the
 // evidence a throttle is judged by, and the gate that keeps this process's
 // invocations within the shared window even while jobs held back after a
 // throttle come due. It is safe for concurrent use.
-type invocations struct {
+type Invocations struct {
 	mu    sync.Mutex
 	room  int           // the most that may be in flight in this process now
 	inUse int           // in flight now, keep-warm pings included
@@ -65,14 +63,14 @@ type sentRecord struct {
 	refused bool
 }
 
-// sendTicket identifies one send until it is done.
-type sendTicket struct {
+// Ticket identifies one send until it is done.
+type Ticket struct {
 	seq   uint64
 	at    time.Time
 	level int
 }
 
-// Bounds of the send history: what takenAbove and startRate look back on.
+// Bounds of the send history: what Evidence.TakenAbove and Evidence.StartRate look back on.
 const (
 	sentKeep    = 2 * time.Second
 	sentMax     = 1 << 14
@@ -89,17 +87,19 @@ const (
 	maxExploreEvery = time.Millisecond
 )
 
-func newInvocations(room, concurrency int) *invocations {
-	return &invocations{
+// NewInvocations returns a tracker with room for room invocations in flight
+// in this process, of a function whose concurrency is concurrency.
+func NewInvocations(room, concurrency int) *Invocations {
+	return &Invocations{
 		room:         max(1, room),
 		wake:         make(chan struct{}),
 		exploreEvery: min(maxExploreEvery, exploreSpread/time.Duration(max(1, concurrency))),
 	}
 }
 
-// setRoom changes how many may be in flight in this process, waking
+// SetRoom changes how many may be in flight in this process, waking
 // senders waiting for room.
-func (v *invocations) setRoom(n int) {
+func (v *Invocations) SetRoom(n int) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	n = max(1, n)
@@ -113,26 +113,26 @@ func (v *invocations) setRoom(n int) {
 	}
 }
 
-func (v *invocations) broadcast() {
+func (v *Invocations) broadcast() {
 	close(v.wake)
 	v.wake = make(chan struct{})
 }
 
-// acquire waits for room in this process and records the send: others is
+// Acquire waits for room in this process and records the send: others is
 // how many other processes have in flight, as they last reported. It
 // returns ctx's error if ctx ends first.
-func (v *invocations) acquire(ctx context.Context, others int, now func() time.Time) (sendTicket, error) {
+func (v *Invocations) Acquire(ctx context.Context, others int, now func() time.Time) (Ticket, error) {
 	for {
 		v.mu.Lock()
 		if v.inUse < v.roomNow() {
-			t := sendTicket{at: now(), level: v.inUse + others}
+			t := Ticket{at: now(), level: v.inUse + others}
 			if t.level >= v.known {
 				// Spaced by the real clock: it is about the network.
 				real := time.Now()
 				if wait := v.exploreNext.Sub(real); wait > 0 {
 					v.mu.Unlock()
 					if sleep(ctx, wait); ctx.Err() != nil {
-						return sendTicket{}, ctx.Err()
+						return Ticket{}, ctx.Err()
 					}
 					continue
 				}
@@ -150,26 +150,26 @@ func (v *invocations) acquire(ctx context.Context, others int, now func() time.T
 		select {
 		case <-wake:
 		case <-ctx.Done():
-			return sendTicket{}, ctx.Err()
+			return Ticket{}, ctx.Err()
 		}
 	}
 }
 
 // roomNow is how many may be in flight now: the room, and while pings are
 // out, their cap. Call it with mu held.
-func (v *invocations) roomNow() int {
+func (v *Invocations) roomNow() int {
 	if v.pings > 0 && v.pingCap > 0 {
 		return min(v.room, v.pingCap)
 	}
 	return v.room
 }
 
-// startPings takes places for up to n keep-warm pings, without waiting:
+// StartPings takes places for up to n keep-warm pings, without waiting:
 // as many as there is room for now, and below limit if positive (a share
 // of a pool, which the function's jobs are then kept below too until the
-// pings end). It returns how many it took; pingsDone gives them back. One
+// pings end). It returns how many it took; PingsDone gives them back. One
 // round at a time: call it again only after the pings it took are done.
-func (v *invocations) startPings(n, limit int) int {
+func (v *Invocations) StartPings(n, limit int) int {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	room := v.room
@@ -187,8 +187,8 @@ func (v *invocations) startPings(n, limit int) int {
 	return n
 }
 
-// pingsDone gives back the places of n keep-warm pings that ended.
-func (v *invocations) pingsDone(n int) {
+// PingsDone gives back the places of n keep-warm pings that ended.
+func (v *Invocations) PingsDone(n int) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.inUse -= n
@@ -200,7 +200,7 @@ func (v *invocations) pingsDone(n int) {
 }
 
 // trim drops sends older than sentKeep, and the oldest beyond sentMax.
-func (v *invocations) trim(now time.Time) {
+func (v *Invocations) trim(now time.Time) {
 	cut := 0
 	for cut < len(v.sent) && (now.Sub(v.sent[cut].at) > sentKeep || len(v.sent)-cut >= sentMax) {
 		cut++
@@ -211,9 +211,9 @@ func (v *invocations) trim(now time.Time) {
 	}
 }
 
-// done ends a send: refused says the platform throttled it; took is how
+// Done ends a send: refused says the platform throttled it; took is how
 // long a taken one ran.
-func (v *invocations) done(t sendTicket, refused bool, took time.Duration) {
+func (v *Invocations) Done(t Ticket, refused bool, took time.Duration) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.inUse--
@@ -235,26 +235,26 @@ func (v *invocations) done(t sendTicket, refused bool, took time.Duration) {
 	v.broadcast()
 }
 
-// refusedWith lowers what the platform is known to take after it refused
+// RefusedWith lowers what the platform is known to take after it refused
 // a send with level in flight, and this process's room with it at once,
 // before the shared window follows.
-func (v *invocations) refusedWith(level int) {
+func (v *Invocations) RefusedWith(level int) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.known = min(v.known, level)
 	v.room = max(1, min(v.room, level))
 }
 
-// evidence is what this process saw around the refused send t, with the
+// Evidence is what this process saw around the refused send t, with the
 // other processes' in-flight count and start rate added.
-func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEvidence {
+func (v *Invocations) Evidence(t Ticket, otherStarts float64) Evidence {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	horizon := max(v.took, minGrowEvery)
-	ev := throttleEvidence{inFlight: max(0, t.level-v.refusedInFlight(t.at, horizon)), took: v.took}
+	ev := Evidence{InFlight: max(0, t.level-v.refusedInFlight(t.at, horizon)), Took: v.took}
 	// Clearly more: a platform counts a slot busy a little after it
 	// answered, and a request may pass another on the way.
-	above := ev.inFlight + max(3, ev.inFlight/2)
+	above := ev.InFlight + max(3, ev.InFlight/2)
 	taken, earliest := 0, t.at
 	for i := len(v.sent) - 1; i >= 0; i-- {
 		s := v.sent[i]
@@ -268,26 +268,26 @@ func (v *invocations) evidence(t sendTicket, otherStarts float64) throttleEviden
 		taken++
 		if s.at.Before(t.at) && t.at.Sub(s.at) <= horizon && s.level >= above &&
 			s.level-v.refusedInFlight(s.at, horizon) >= above {
-			ev.takenAbove = true
+			ev.TakenAbove = true
 		}
 	}
 	// Over the last second, or since sending began if that is later: a
 	// burst's first throttle must not read as a slow rate.
 	span := min(rateHorizon, max(t.at.Sub(earliest), minGrowEvery))
-	ev.startRate = float64(taken)/span.Seconds() + otherStarts
+	ev.StartRate = float64(taken)/span.Seconds() + otherStarts
 	v.judgeSpread(&ev, t.at)
 	return ev
 }
 
 // judgeSpread adds the throttle to the recent ones and says whether their
-// spread points to a rate limit; if so, ev.inFlightSeen is the most they
+// spread points to a rate limit; if so, ev.InFlightSeen is the most they
 // were refused at.
-func (v *invocations) judgeSpread(ev *throttleEvidence, at time.Time) {
+func (v *Invocations) judgeSpread(ev *Evidence, at time.Time) {
 	cut := 0
 	for cut < len(v.throttles) && at.Sub(v.throttles[cut].at) > spreadKeep {
 		cut++
 	}
-	v.throttles = append(v.throttles[cut:], throttleSample{at: at, inFlight: ev.inFlight, rate: ev.startRate})
+	v.throttles = append(v.throttles[cut:], throttleSample{at: at, inFlight: ev.InFlight, rate: ev.StartRate})
 	if n := len(v.throttles); n > 2*spreadSamples {
 		v.throttles = v.throttles[n-2*spreadSamples:]
 	}
@@ -301,14 +301,14 @@ func (v *invocations) judgeSpread(ev *throttleEvidence, at time.Time) {
 		minR, maxR = min(minR, s.rate), max(maxR, s.rate)
 	}
 	if minC > 0 && minR > 0 && float64(maxC) >= spreadInFlight*float64(minC) && maxR <= spreadRate*minR {
-		ev.spreadSaysRate, ev.inFlightSeen = true, maxC
+		ev.SpreadSaysRate, ev.InFlightSeen = true, maxC
 	}
 }
 
 // refusedInFlight counts this process's sends in flight at the instant
 // at that the platform refused: they were counted in flight then, but
 // never were at the platform. It looks back as far as horizon.
-func (v *invocations) refusedInFlight(at time.Time, horizon time.Duration) int {
+func (v *Invocations) refusedInFlight(at time.Time, horizon time.Duration) int {
 	n := 0
 	for i := len(v.sent) - 1; i >= 0; i-- {
 		s := v.sent[i]
@@ -325,9 +325,9 @@ func (v *invocations) refusedInFlight(at time.Time, horizon time.Duration) int {
 	return n
 }
 
-// report is this process's share, for the others: in flight now, and
+// Report is this process's share, for the others: in flight now, and
 // starts per second the platform took over the last second.
-func (v *invocations) report(now time.Time) (inFlight int, starts float64) {
+func (v *Invocations) Report(now time.Time) (inFlight int, starts float64) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	taken := 0
@@ -339,24 +339,18 @@ func (v *invocations) report(now time.Time) (inFlight int, starts float64) {
 	return v.inUse, float64(taken) / rateHorizon.Seconds()
 }
 
-// Reports of other processes older than reportFresh are not counted; older
-// than reportStale, they are removed.
+// Reports of other processes older than ReportFresh are not counted; older
+// than ReportStale, they are removed.
 const (
-	reportFresh = time.Second
-	reportStale = 10 * time.Second
+	ReportFresh = time.Second
+	ReportStale = 10 * time.Second
 )
 
-// report is this process's share of the function's dispatch now.
-func (l *functionLoop) report(now time.Time) buffer.ProcLoad {
-	inFlight, starts := l.inv.report(now)
-	return buffer.ProcLoad{Invoking: inFlight, Starts: starts, Held: int(l.aside.Load()), At: now}
-}
-
-// putReport writes this process's report into the shared state, when it
+// PutReport writes this process's report into the shared state, when it
 // says something new: an idle process that said so already writes
 // nothing. It removes other processes' stale reports on the way and
 // reports whether it changed p.
-func putReport(p *buffer.PacingState, self string, mine buffer.ProcLoad, now time.Time) bool {
+func PutReport(p *buffer.PacingState, self string, mine buffer.ProcLoad, now time.Time) bool {
 	idle := mine.Idle()
 	var prev buffer.ProcLoad
 	var had bool
@@ -364,13 +358,13 @@ func putReport(p *buffer.PacingState, self string, mine buffer.ProcLoad, now tim
 		prev, had = (*p.Procs)[self]
 	}
 	same := prev.Invoking == mine.Invoking && prev.Held == mine.Held && prev.Starts == mine.Starts
-	if (idle && (!had || same)) || (had && same && now.Sub(prev.At) < reportFresh/2) {
+	if (idle && (!had || same)) || (had && same && now.Sub(prev.At) < ReportFresh/2) {
 		return false
 	}
 	procs := buffer.ProcLoads{}
 	if p.Procs != nil {
 		for id, r := range *p.Procs {
-			if now.Sub(r.At) < reportStale {
+			if now.Sub(r.At) < ReportStale {
 				procs[id] = r
 			}
 		}
@@ -384,81 +378,12 @@ func putReport(p *buffer.PacingState, self string, mine buffer.ProcLoad, now tim
 	return true
 }
 
-// announce writes this process's report into the shared state before its
-// first start after being idle, so that the other processes count it (in
-// the window, and in their share of the rate) from their next step on,
-// and this one counts them from now.
-func (l *functionLoop) announce(ctx context.Context) {
-	if l.announced.Load() {
-		return
+// sleep waits for d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
 	}
-	l.announceMu.Lock()
-	defer l.announceMu.Unlock()
-	if l.announced.Load() {
-		return
-	}
-	now := l.cfg.Now()
-	mine := l.report(now)
-	mine.Held = max(mine.Held, 1) // the job about to start
-	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
-		return putReport(p, l.id, mine, now)
-	})
-	if err != nil {
-		if ctx.Err() == nil {
-			l.log.Warn("announce this process", "err", err)
-		}
-		return // the next pace step reports it
-	}
-	l.storePacing(&p)
-	l.announced.Store(true)
-}
-
-// storePacing keeps the shared state as last seen, and makes this
-// process's room and start rate follow it: the window (jobs held after a
-// throttle wait for room in it, so they cannot overrun it), and the start
-// rate (configured or learned) divided among the processes dispatching.
-// Across processes the consumer's cap keeps the window, give or take the
-// jobs aside; a room less what the others last reported would be
-// exact only as long as their reports are fresh, and a stale one stalls.
-func (l *functionLoop) storePacing(p *buffer.PacingState) {
-	l.pacing.Store(p)
-	_, procs := p.Others(l.id, l.cfg.Now().Add(-reportFresh))
-	l.inv.setRoom(int(p.Window))
-	limit, burst := rate.Inf, 1
-	if r := p.StartRate(l.fn.RatePerSecond); r > 0 {
-		share := float64(procs + 1)
-		limit = rate.Limit(r / share)
-		if r == l.fn.RatePerSecond {
-			// A token bucket lets its burst through on top of its rate in
-			// any one second: the processes' bursts together come off the
-			// rate, so that no second sees more starts than configured.
-			burst = max(1, int(float64(l.fn.RateBurst)/share))
-			limit = rate.Limit(max(r/share/2, (r-float64(burst)*share)/share))
-		}
-	}
-	if l.limiter.Limit() != limit || l.limiter.Burst() != burst {
-		l.limiter.SetLimit(limit)
-		l.limiter.SetBurst(burst)
-	}
-}
-
-// consumerCap is the server-enforced cap on the function's jobs delivered
-// and not finished: the window, never above the configured concurrency.
-// A process dispatching alone makes room besides for its jobs aside (held
-// back after a throttle, or recording their outcome), which keep their
-// places without taking the window's; they are rounded up to an eighth of
-// the window, so that the consumer is not rewritten for every one. With
-// other processes about (any report in the last reportStale) it does not:
-// they would learn of those jobs a report late, and together put more than
-// the window at the platform.
-func (l *functionLoop) consumerCap(p *buffer.PacingState, now time.Time) int {
-	window := int(p.Window)
-	if _, others := p.Others(l.id, now.Add(-reportStale)); others == 0 {
-		aside := int(l.aside.Load())
-		if step := max(1, window/8); aside%step != 0 {
-			aside += step - aside%step
-		}
-		window += aside
-	}
-	return max(1, min(l.fn.Concurrency, window))
 }
