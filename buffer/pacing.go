@@ -16,7 +16,7 @@ import (
 const PacingBucket = "sluice-pacing"
 
 // PacingState is one function's dispatch window as every gateway process
-// sees it: state, where dispatch.Pacing is the policy that moves it. The
+// sees it: state, where pacing.Policy (dispatch/pacing) is the policy that moves it. The
 // dispatcher owns its meaning; buffer only stores it, changing it by
 // compare-and-set so that concurrent processes make one ramp, not several.
 type PacingState struct {
