@@ -16,9 +16,10 @@ import (
 const PacingBucket = "sluice-pacing"
 
 // PacingState is one function's dispatch window as every gateway process
-// sees it: state, where pacing.Policy (dispatch/pacing) is the policy that moves it. The
-// dispatcher owns its meaning; buffer only stores it, changing it by
-// compare-and-set so that concurrent processes make one ramp, not several.
+// sees it: the state that pacing.Policy (in dispatch/pacing), the policy,
+// moves. The dispatcher owns its meaning; buffer only stores it, changing
+// it by compare-and-set so that concurrent processes make one ramp, not
+// several.
 type PacingState struct {
 	// Window is how many invocations may be in flight, across processes.
 	Window float64 `json:"window"`
