@@ -183,9 +183,26 @@ func TestMetricsDuringBurst(t *testing.T) {
 			time.Sleep(20 * time.Millisecond) // between scrapes: the window moves every 100 ms at most
 		}
 	}()
-	for range 150 {
-		post(t, g.Base+"/v1/functions/f/jobs", "text/plain", []byte("x"))
+	// A burst, not a trickle: sent one by one on a loaded machine, the
+	// submits come no faster than the platform runs them, and it never
+	// throttles.
+	var submits sync.WaitGroup
+	for range 10 {
+		submits.Go(func() {
+			for range 15 {
+				resp, err := http.Post(g.Base+"/v1/functions/f/jobs", "text/plain", strings.NewReader("x"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					t.Errorf("submit: %d", resp.StatusCode)
+				}
+			}
+		})
 	}
+	submits.Wait()
 	// The burst is done when the queue is empty, every job was invoked, and
 	// every invocation's outcome is counted: the last ones are counted a
 	// moment after fnsim has answered them.
