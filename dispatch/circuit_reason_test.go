@@ -11,6 +11,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -31,7 +32,7 @@ func TestCircuitReasonCarriesNoJobsError(t *testing.T) {
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: tellingInvoker{}, Concurrency: 2, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 100, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
-		Circuit: dispatch.CircuitPolicy{MinAttempts: 2, Cooldown: 50 * time.Millisecond, MaxCooldown: 100 * time.Millisecond},
+		Circuit: circuit.Policy{MinAttempts: 2, Cooldown: 50 * time.Millisecond, MaxCooldown: 100 * time.Millisecond},
 	}, time.Second)
 	// Opened by failures, then reopened by a failed probe.
 	var p buffer.PacingState

@@ -10,13 +10,14 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // outage runs 40 jobs against a function that answers 503 (no Retry-After:
 // a failure, not a throttle) for its first 2 seconds, then 200, and returns
 // the jobs as they ended and the function's shared pacing.
-func outage(t *testing.T, circuit dispatch.CircuitPolicy) ([]*sluicev1.Job, buffer.PacingState) {
+func outage(t *testing.T, circuit circuit.Policy) ([]*sluicev1.Job, buffer.PacingState) {
 	t.Helper()
 	fn := &switchable{}
 	fn.status.Store(http.StatusServiceUnavailable)
@@ -42,7 +43,7 @@ func outage(t *testing.T, circuit dispatch.CircuitPolicy) ([]*sluicev1.Job, buff
 }
 
 func TestCircuitBreakerKeepsAnOutageOutOfTheDeadLetters(t *testing.T) {
-	jobs, p := outage(t, dispatch.CircuitPolicy{MinAttempts: 5, Cooldown: 300 * time.Millisecond})
+	jobs, p := outage(t, circuit.Policy{MinAttempts: 5, Cooldown: 300 * time.Millisecond})
 	for _, job := range jobs {
 		if job.State != sluicev1.Job_SUCCEEDED || job.DeadLetterTime != nil {
 			t.Errorf("job %s ended %v after %d attempts (%s); want every job to succeed once the function recovers", job.Id, job.State, job.Attempts, job.Error)
@@ -56,7 +57,7 @@ func TestCircuitBreakerKeepsAnOutageOutOfTheDeadLetters(t *testing.T) {
 // Without the breaker, the same outage spends the jobs' attempts: the test
 // above would fail if the breaker did nothing.
 func TestWithoutCircuitBreakerAnOutageDeadLettersJobs(t *testing.T) {
-	jobs, _ := outage(t, dispatch.CircuitPolicy{Disabled: true})
+	jobs, _ := outage(t, circuit.Policy{Disabled: true})
 	dead := 0
 	for _, job := range jobs {
 		if job.DeadLetterTime != nil {

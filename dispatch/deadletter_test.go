@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -40,7 +41,7 @@ func TestExhaustedJobIsDeadLetteredAndRedriveRunsItAgain(t *testing.T) {
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 3, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond},
-		Circuit: dispatch.CircuitPolicy{Disabled: true}, // this test counts attempts, not outages
+		Circuit: circuit.Policy{Disabled: true}, // this test counts attempts, not outages
 	}, time.Second)
 
 	for _, id := range ids {

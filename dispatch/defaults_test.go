@@ -1,6 +1,10 @@
 package dispatch
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/sluicehq/sluice/dispatch/circuit"
+)
 
 // TestZeroValuesTakeTheDefaults holds the zero policies to the exported
 // defaults that `sluice serve`'s configuration reads, so that a default
@@ -11,10 +15,10 @@ func TestZeroValuesTakeTheDefaults(t *testing.T) {
 	if want := DefaultRetryPolicy(); retry != want {
 		t.Errorf("zero RetryPolicy = %+v, want DefaultRetryPolicy() %+v", retry, want)
 	}
-	var circuit CircuitPolicy
-	circuit.setDefaults()
-	if want := DefaultCircuitPolicy(); circuit != want {
-		t.Errorf("zero CircuitPolicy = %+v, want DefaultCircuitPolicy() %+v", circuit, want)
+	var breaker circuit.Policy
+	breaker.SetDefaults()
+	if want := circuit.DefaultPolicy(); breaker != want {
+		t.Errorf("zero circuit.Policy = %+v, want circuit.DefaultPolicy() %+v", breaker, want)
 	}
 	d, err := NewCallbackDeliverer(CallbackConfig{Source: nopCallbackSource{}, Sender: nopCallbackSender{}})
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 )
 
@@ -47,7 +48,7 @@ type Function struct {
 	MaxAge time.Duration
 	// Circuit says when dispatch to the function pauses because most
 	// attempts fail.
-	Circuit CircuitPolicy
+	Circuit circuit.Policy
 	// Paused stops dispatch in this process: its jobs are accepted and
 	// kept, none is invoked, no keep-warm ping is sent.
 	Paused bool
@@ -159,7 +160,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		}
 		f.Pacing.SetDefaults(f.Concurrency)
 		f.Retry.setDefaults()
-		f.Circuit.setDefaults()
+		f.Circuit.SetDefaults()
 	}
 	if err := checkPools(cfg.Pools, cfg.Functions); err != nil {
 		return nil, err

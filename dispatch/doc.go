@@ -28,11 +28,16 @@
 // throttle is judged by. The loops here read and write that state through
 // the buffer, and turn the window into a consumer cap and a start rate.
 //
+// The circuit breaker is package [circuit]: a function's [circuit.Policy]
+// (its Circuit), the recent outcomes that open it, and the changes of the
+// shared state that open it, let one probe through and close or reopen it.
+// circuit.go here holds jobs while it is open and judges each attempt.
+//
 // The code follows that order: dispatcher.go holds the configuration,
 // [New] and [Dispatcher.Run], which sets up the loops; functionloop.go the
 // loop that pulls and paces one function's jobs; share.go this process's
 // report of its share of the window, and how it keeps to the window the
 // processes share; attempt.go what happens to one delivered job; circuit.go
-// the circuit breaker; pool.go and lanes.go the loops that share a window
+// applies the circuit breaker; pool.go and lanes.go the loops that share a window
 // between functions and between tenants; keepwarm.go the keep-warm pings.
 package dispatch

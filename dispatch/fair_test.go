@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"golang.org/x/sync/errgroup"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 )
 
@@ -31,7 +32,7 @@ type functionLoop struct {
 	announced  atomic.Bool // this process's report is in the shared state
 	attrs      loopAttrs
 	cold       coldStarts
-	recent     outcomes // for the circuit breaker
+	recent     circuit.Outcomes // for the circuit breaker
 	counts     tally
 	tel        *telemetry
 	gauges     gauges

@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -44,7 +45,7 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
-		Circuit: dispatch.CircuitPolicy{Disabled: true},
+		Circuit: circuit.Policy{Disabled: true},
 	}, time.Second)
 
 	for _, id := range ids {
@@ -137,7 +138,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
-		Circuit: dispatch.CircuitPolicy{Disabled: true},
+		Circuit: circuit.Policy{Disabled: true},
 	}, time.Second)
 	payload := bytes.Repeat([]byte("x"), 30<<10)
 	fail := func(tenant string, n int) []string {

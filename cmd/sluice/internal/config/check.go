@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -184,30 +185,30 @@ func (r *RetryConfig) setDefaultsAndCheck(bad badField) {
 }
 
 // setDefaultsAndCheck fills in the circuit breaker's defaults, which are
-// dispatch's, and reports what is wrong with it.
+// dispatch/circuit's, and reports what is wrong with it.
 func (cb *CircuitBreakerConfig) setDefaultsAndCheck(bad badField) {
-	circuit := dispatch.DefaultCircuitPolicy()
+	def := circuit.DefaultPolicy()
 	if cb.Enabled == nil {
 		enabled := true
 		cb.Enabled = &enabled
 	}
 	if cb.FailureRatio == 0 {
-		cb.FailureRatio = circuit.FailureRatio
+		cb.FailureRatio = def.FailureRatio
 	}
 	if cb.FailureRatio < 0 || cb.FailureRatio > 1 || math.IsNaN(cb.FailureRatio) {
 		bad("circuit_breaker.failure_ratio", "%v is out of range: more than 0, at most 1", cb.FailureRatio)
 	}
 	if cb.MinAttempts == 0 {
-		cb.MinAttempts = Count(circuit.MinAttempts)
+		cb.MinAttempts = Count(def.MinAttempts)
 	}
 	if cb.Window == 0 {
-		cb.Window = Duration(circuit.Window)
+		cb.Window = Duration(def.Window)
 	}
 	if cb.Cooldown == 0 {
-		cb.Cooldown = Duration(circuit.Cooldown)
+		cb.Cooldown = Duration(def.Cooldown)
 	}
 	if cb.MaxCooldown == 0 {
-		cb.MaxCooldown = Duration(circuit.MaxCooldown)
+		cb.MaxCooldown = Duration(def.MaxCooldown)
 	}
 	if cb.MaxCooldown < cb.Cooldown {
 		bad("circuit_breaker.max_cooldown", "%s is shorter than cooldown (%s)", time.Duration(cb.MaxCooldown), time.Duration(cb.Cooldown))

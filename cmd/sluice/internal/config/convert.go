@@ -10,6 +10,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
@@ -65,7 +66,7 @@ func DispatchFunction(f FunctionConfig) dispatch.Function {
 	df.Pool, df.Reserved = f.Pool, int(f.Reserved)
 	df.PriorityAging = time.Duration(f.PriorityAging)
 	cb := f.CircuitBreaker
-	df.Circuit = dispatch.CircuitPolicy{
+	df.Circuit = circuit.Policy{
 		Disabled:     cb.Enabled != nil && !*cb.Enabled,
 		FailureRatio: cb.FailureRatio,
 		MinAttempts:  int(cb.MinAttempts),

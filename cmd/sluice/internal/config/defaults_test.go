@@ -6,6 +6,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -25,8 +26,8 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 	if want := dispatch.DefaultRetryPolicy(); df.Retry != want {
 		t.Errorf("retry = %+v through YAML, dispatch.DefaultRetryPolicy() = %+v", df.Retry, want)
 	}
-	if want := dispatch.DefaultCircuitPolicy(); df.Circuit != want {
-		t.Errorf("circuit breaker = %+v through YAML, dispatch.DefaultCircuitPolicy() = %+v", df.Circuit, want)
+	if want := circuit.DefaultPolicy(); df.Circuit != want {
+		t.Errorf("circuit breaker = %+v through YAML, circuit.DefaultPolicy() = %+v", df.Circuit, want)
 	}
 	zeroOr(t, "rate burst", df.RateBurst, 1)
 	zeroOr(t, "priority aging", df.PriorityAging, dispatch.DefaultPriorityAging)
