@@ -131,7 +131,11 @@ func (v *Invocations) Acquire(ctx context.Context, others int, now func() time.T
 				real := time.Now()
 				if wait := v.exploreNext.Sub(real); wait > 0 {
 					v.mu.Unlock()
-					if sleep(ctx, wait); ctx.Err() != nil {
+					timer := time.NewTimer(wait)
+					select {
+					case <-timer.C:
+					case <-ctx.Done():
+						timer.Stop()
 						return Ticket{}, ctx.Err()
 					}
 					continue
@@ -376,14 +380,4 @@ func PutReport(p *buffer.PacingState, self string, mine buffer.ProcLoad, now tim
 	}
 	p.Procs = &procs
 	return true
-}
-
-// sleep waits for d, or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }

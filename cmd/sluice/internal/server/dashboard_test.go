@@ -302,33 +302,28 @@ func (w *functionWatch) stop(t *testing.T) functionSpans {
 	return spans
 }
 
-// readFnState is fnStateOf for a goroutine other than the test's.
+// readFnState reads a function's status over the API; fnStateOf is it for the
+// test's own goroutine.
 func readFnState(ctx context.Context, base, name string) (fnState, error) {
 	var f fnState
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/functions/"+name, nil)
-	if err != nil {
+	resp, body, err := fetch(ctx, base+"/v1/functions/"+name)
+	switch {
+	case err != nil:
 		return f, err
+	case resp.StatusCode != http.StatusOK:
+		return f, fmt.Errorf("GET function %s: %d %s", name, resp.StatusCode, body)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return f, err
+	if err := json.Unmarshal(body, &f); err != nil {
+		return f, fmt.Errorf("decode function %s: %v: %s", name, err, body)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return f, fmt.Errorf("GET function %s: %d", name, resp.StatusCode)
-	}
-	return f, json.NewDecoder(resp.Body).Decode(&f)
+	return f, nil
 }
 
 func fnStateOf(t *testing.T, base, name string) fnState {
 	t.Helper()
-	resp, body := get(t, base+"/v1/functions/"+name)
-	var f fnState
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET function %s: %d %s", name, resp.StatusCode, body)
-	}
-	if err := json.Unmarshal(body, &f); err != nil {
-		t.Fatalf("decode function %s: %v: %s", name, err, body)
+	f, err := readFnState(t.Context(), base, name)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return f
 }

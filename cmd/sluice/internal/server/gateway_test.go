@@ -45,16 +45,27 @@ func post(t *testing.T, url, contentType string, body []byte) *http.Response {
 
 func get(t *testing.T, url string) (*http.Response, []byte) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	resp, body, err := fetch(t.Context(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return resp, body
+}
+
+// fetch GETs url and reads its body, closed: get for a goroutine other than
+// the test's, which must not fail the test.
+func fetch(ctx context.Context, url string) (*http.Response, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, body, err
 }
 
 // jobJSON is the REST form of a job, as a REST client would decode it.

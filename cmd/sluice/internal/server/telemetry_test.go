@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -122,16 +121,7 @@ func parseMetrics(body []byte) map[string]float64 {
 // scrapeQuietly is scrape for a goroutine other than the test's: it reads
 // nothing (an empty map) where scrape would fail the test.
 func scrapeQuietly(ctx context.Context, g *servertest.Gateway) map[string]float64 {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.Base+"/metrics", nil)
-	if err != nil {
-		return nil
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	resp, body, err := fetch(ctx, g.Base+"/metrics")
 	if err != nil || resp.StatusCode != http.StatusOK {
 		return nil
 	}
