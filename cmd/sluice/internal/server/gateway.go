@@ -172,6 +172,33 @@ func (p *Gateway) connectNATS(cfg *config.Config) error {
 	return nil
 }
 
+// jetStreamStartPatience is how long start-up waits for a JetStream whose
+// API does not answer in time: a cluster that has just formed or restarted
+// is still electing the leaders of its streams, and several gateways
+// creating replicated streams at once on a busy machine can outlast one
+// request's timeout (5s). Past it, start-up fails, as before.
+const jetStreamStartPatience = time.Minute
+
+// openBuffer opens the buffer, trying again while JetStream's API times
+// out, for up to jetStreamStartPatience: opening only creates or updates
+// streams and buckets, so a try that timed out after it took effect is
+// harmless. Any other error ends start-up at once.
+func (p *Gateway) openBuffer(ctx context.Context, cfg buffer.Config) (*buffer.Queue, error) {
+	giveUp := time.Now().Add(jetStreamStartPatience)
+	for wait := time.Second; ; wait = min(2*wait, 10*time.Second) {
+		queue, err := buffer.Open(ctx, p.nc, cfg)
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) || time.Now().Add(wait).After(giveUp) {
+			return queue, err
+		}
+		p.log.Warn("JetStream did not answer in time while opening the buffer; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
 // openQueue opens the job buffer on the NATS connection, warning first of
 // settings that risk losing jobs, and registers the buffer's metrics.
 func (p *Gateway) openQueue(ctx context.Context, cfg *config.Config) error {
@@ -185,7 +212,7 @@ func (p *Gateway) openQueue(ctx context.Context, cfg *config.Config) error {
 	}
 	bufCfg := cfg.Buffer.Queue()
 	bufCfg.Logger, bufCfg.Replicas = p.log, replicas
-	queue, err := buffer.Open(ctx, p.nc, bufCfg)
+	queue, err := p.openBuffer(ctx, bufCfg)
 	if errors.Is(err, buffer.ErrDurability) {
 		return fmt.Errorf("--replicas=%d: %w", replicas, err)
 	}
