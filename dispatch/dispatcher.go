@@ -242,6 +242,7 @@ func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string)
 		log:   d.log.With("function", f.Name),
 		tel:   d.tel,
 		attrs: newLoopAttrs(f.Name),
+		wake:  make(chan struct{}, 1),
 	}
 	l.id = id
 	l.inv = pacing.NewInvocations(window, f.Concurrency)
