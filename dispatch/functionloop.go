@@ -41,8 +41,10 @@ type functionLoop struct {
 
 	pacing atomic.Pointer[buffer.PacingState] // the shared window as last seen
 
-	wake    chan struct{} // a delivery came (capacity 1): see nudge
-	resting atomic.Bool   // the pace loop rests: see rest
+	wake     chan struct{}    // work came (capacity 1): see nudge
+	resting  atomic.Bool      // the pace loop rests: see rest
+	arrivals *buffer.Arrivals // tells of jobs stored while it rests
+	pulls    *pullGate        // shut while it rests
 }
 
 // run pulls the function's jobs, from each of its lanes, and invokes
@@ -59,7 +61,11 @@ func (l *functionLoop) run(ctx context.Context) {
 	for _, u := range l.lanes {
 		pullers.Go(func() {
 			for ctx.Err() == nil {
-				err := u.cons.Consume(ctx, l.fn.Concurrency, func(dv *buffer.Delivery) {
+				pullCtx := l.pulls.wait() // ends when the function rests
+				if pullCtx == nil {
+					break
+				}
+				err := u.cons.Consume(pullCtx, l.fn.Concurrency, func(dv *buffer.Delivery) {
 					l.nudge()
 					// The window (MaxAckPending) keeps deliveries within the
 					// slots; this only guards the configured limit in this
@@ -77,7 +83,7 @@ func (l *functionLoop) run(ctx context.Context) {
 				})
 				if err != nil {
 					l.log.WarnContext(ctx, "pull jobs", "consumer", u.name, "err", err)
-					sleep(ctx, time.Second)
+					sleep(pullCtx, time.Second)
 				}
 			}
 		})
@@ -103,7 +109,8 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 // pace moves the shared window every PaceEvery for the load it sees, and
 // makes the consumer's server-enforced cap follow it, while the function
 // has work anywhere. Once it has had none for restAfter rounds it rests:
-// no JetStream request, no write, until a delivery wakes it (see nudge).
+// no JetStream request, no write, until a job for it is stored or
+// delivered (see rest).
 func (l *functionLoop) pace(ctx context.Context) {
 	tick := time.NewTicker(l.cfg.PaceEvery)
 	defer tick.Stop()
@@ -118,7 +125,7 @@ func (l *functionLoop) pace(ctx context.Context) {
 			quiet = 0
 			continue
 		}
-		if quiet++; quiet < restAfter || !l.mayRest() {
+		if quiet++; quiet < restAfter {
 			continue
 		}
 		if !l.rest(ctx) {
@@ -135,22 +142,28 @@ func (l *functionLoop) pace(ctx context.Context) {
 // come one at a time does not rest between them.
 const restAfter = 10
 
-// mayRest says whether the function's pace loop may rest at all. A pooled
-// or fair function's consumers have caps its pool's leader sets, some of
-// them 0 while idle, so their deliveries cannot be counted on to wake it:
-// its loop goes on pacing.
-func (l *functionLoop) mayRest() bool { return l.pool == nil }
-
-// rest waits until a delivery wakes the loop, after one last round that
-// finds the function idle and leaves nothing unwritten: its report gone
-// from the shared state and every finished job's message removed. It
-// returns false if ctx ended. The wake is cleared before that round, so a
-// delivery during it or after it wakes the loop; none is lost.
+// rest waits until a job for the function is stored (by any process:
+// see [buffer.Arrivals]), after one last round that finds it idle and
+// leaves nothing unwritten: this process's report gone from the shared
+// state and every finished job's message removed. Meanwhile it pulls
+// nothing (see pullGate). It returns false if ctx ended. The watch begins
+// and the wake is cleared before that round, so a job stored during it or
+// after it wakes the loop: none is missed. A pooled or fair function's
+// consumers may have a cap of 0 while idle; its pool's leader, woken with
+// it, raises them.
 func (l *functionLoop) rest(ctx context.Context) bool {
 	select {
 	case <-l.wake:
 	default:
 	}
+	stopWatch, err := l.arrivals.Watch(ctx, l.fn.Name, l.nudge)
+	if err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("watch for jobs", "err", err)
+		}
+		return true
+	}
+	defer stopWatch()
 	if l.paceRound(ctx, 0) {
 		return true // work came meanwhile: no rest
 	}
@@ -165,6 +178,10 @@ func (l *functionLoop) rest(ctx context.Context) bool {
 	// spell may have reaped the ones it had.
 	l.inv.SetRoom(min(int(l.pacing.Load().Window), l.fn.Pacing.Initial))
 	l.gauges.oldestAge.Store(0)
+	// No pull either: a job delivered as they end is handed back, and
+	// its arrival, which the watch has seen, ends the rest.
+	l.pulls.shut()
+	defer l.pulls.open()
 	l.resting.Store(true)
 	defer l.resting.Store(false)
 	select {
@@ -175,11 +192,15 @@ func (l *functionLoop) rest(ctx context.Context) bool {
 	}
 }
 
-// nudge wakes the pace loop if it rests: a job was delivered.
+// nudge wakes the pace loop, and its pool's, if they rest: a job was
+// stored or delivered. It never blocks.
 func (l *functionLoop) nudge() {
 	select {
 	case l.wake <- struct{}{}:
 	default:
+	}
+	if l.pool != nil {
+		l.pool.nudge()
 	}
 }
 
