@@ -54,8 +54,8 @@ func (h *hook) seen() ([]string, []bool, []string) {
 }
 
 // runCallbacks finishes one job with a callback to h, delivers callbacks
-// until want calls arrived (failing the test after 10s), and waits a
-// little for any extra one.
+// until want calls arrived (failing the test after 10s), and gives an
+// extra one, which must not come, time to come.
 func runCallbacks(t *testing.T, h *hook, want int) []string {
 	t.Helper()
 	srv := httptest.NewServer(h)
@@ -75,7 +75,7 @@ func runCallbacks(t *testing.T, h *hook, want int) []string {
 		ids, _, _ := h.seen()
 		return len(ids) >= want
 	})
-	time.Sleep(200 * time.Millisecond) // room for a call too many
+	time.Sleep(200 * time.Millisecond) // time for a call too many, which must not come
 	ids, verified, types := h.seen()
 	for i := range ids {
 		if ids[i] != buffer.WebhookID(job) || !verified[i] || types[i] != "job.succeeded" {
