@@ -9,6 +9,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
@@ -173,10 +174,10 @@ func (c StreamsConfig) Gateway() gateway.StreamLimits {
 	}
 }
 
-// deliverer is callback delivery as dispatch takes it, but for its source,
-// sender and logger, which the process makes.
-func (cb *CallbacksConfig) Deliverer() dispatch.CallbackConfig {
-	return dispatch.CallbackConfig{
+// Deliverer is callback delivery as package delivery takes it, but for its
+// source, sender and logger, which the process makes.
+func (cb *CallbacksConfig) Deliverer() delivery.Config {
+	return delivery.Config{
 		Timeout: time.Duration(cb.Timeout),
 		Retry: dispatch.RetryPolicy{
 			MaxAttempts:    int(cb.MaxAttempts),
