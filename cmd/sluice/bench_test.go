@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/sluicehq/sluice/buffer/buffertest"
@@ -61,5 +62,34 @@ func TestBenchBurstSmall(t *testing.T) {
 	}
 	if got := benchValue(t, s, "throttled responses", 2); got == 0 {
 		t.Errorf("the direct client met no throttles; the burst should overwhelm the ramp")
+	}
+}
+
+// TestBenchScaleSmall runs bench scale at a small scale: the gateway
+// starts with its functions and tenants, is measured idle, and every first
+// job into an idle function reaches its function and succeeds. The figures
+// themselves are not checked: under -race and beside other tests they say
+// little.
+func TestBenchScaleSmall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	t.Setenv("SLUICE_TEST_AS_MAIN", "1")
+	var out bytes.Buffer
+	var errs buffertest.LockedBuffer // written by the children's output copiers
+	err := run(t.Context(), []string{"bench", "scale", "--functions", "50", "--tenants", "50", "--settle", "2s", "--idle", "2s",
+		"--first-jobs", "10", "--spacing", "50ms"}, &out, &errs)
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, errs.String())
+	}
+	t.Log("\n" + out.String())
+	s := out.String()
+	if !regexp.MustCompile(`(?m)^\s*gateway\s+\d+\.\d+\s+[1-9]\d*\s+[1-9]\d*\s*$`).MatchString(s) {
+		t.Errorf("no gateway row with CPU and memory in the idle table")
+	}
+	for _, want := range []string{"function calls before the first job: 0", "outcomes: 10 of 10 SUCCEEDED", "added with key_concurrency"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("no %q in the output", want)
+		}
 	}
 }

@@ -203,7 +203,7 @@ func (r *queuedRun) fill(ctx context.Context, rss0 int64) (time.Duration, int64,
 // report prints what was measured and fails a run over --max-rss-mib or
 // --max-get-ratio.
 func (m *queuedMeasures) report(stdout io.Writer, b queuedFlags) error {
-	mib := func(n int64) string { return fmt.Sprintf("%.0f", float64(n)/(1<<20)) }
+	mib := harness.MiB
 	fmt.Fprintf(stdout, "filled %d jobs in %s (%.0f/s); the function's queue holds %d\n\n", b.jobs, m.fill.Round(time.Millisecond),
 		float64(b.jobs)/m.fill.Seconds(), m.pending)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -54,25 +55,25 @@ type listeningChild struct {
 // it starts and waits until it is ready. Another process may take a picked
 // port between the pick and the child's listen, and the child then exits
 // at once: it is started again on fresh ports, up to childStarts times.
-func startListening(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, c listeningChild) (*exec.Cmd, []string, error) {
-	var err error
+// exited is closed once the child that answered has exited.
+func startListening(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, c listeningChild) (_ *exec.Cmd, _ []string, exited <-chan struct{}, err error) {
 	for range childStarts {
 		addrs := make([]string, c.ports)
 		for i := range addrs {
 			if addrs[i], err = freeAddr(); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 		}
 		cmd, exited, err := startChildCmd(ctx, wg, stderr, c.args(addrs)...)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		err = WaitHTTP(ctx, c.readyURL(addrs), 30*time.Second, exited)
 		if !errors.Is(err, errChildExited) {
-			return cmd, addrs, err
+			return cmd, addrs, exited, err
 		}
 	}
-	return nil, nil, err
+	return nil, nil, nil, err
 }
 
 func freeAddr() (string, error) {
@@ -114,4 +115,47 @@ func WaitHTTP(ctx context.Context, url string, within time.Duration, exited <-ch
 			return ctx.Err()
 		}
 	}
+}
+
+// Tail is a writer that passes what it is given on to W and keeps the
+// last bytes of it: what a child process said last before it exited, to
+// repeat in the error that reports its exit.
+type Tail struct {
+	W io.Writer
+	// Keep is how many bytes are kept; 0 means 4 KiB.
+	Keep int
+
+	mu   sync.Mutex
+	last []byte
+}
+
+// Write passes p on and keeps its end.
+func (t *Tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	t.last = append(t.last, p...)
+	if over := len(t.last) - t.keep(); over > 0 {
+		t.last = append(t.last[:0], t.last[over:]...)
+	}
+	t.mu.Unlock()
+	return t.W.Write(p)
+}
+
+// String is the kept end, from its first whole line.
+func (t *Tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := string(t.last)
+	if len(t.last) >= t.keep() { // cut: its first line may be a part
+		if _, rest, ok := strings.Cut(s, "\n"); ok {
+			s = rest
+		}
+	}
+	return strings.TrimRight(s, "\n")
+}
+
+func (t *Tail) keep() int {
+	if t.Keep <= 0 {
+		return 4 << 10
+	}
+	return t.Keep
 }

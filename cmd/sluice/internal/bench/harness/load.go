@@ -21,12 +21,15 @@ type LoadResult struct {
 func (r *LoadResult) PerSecond() float64 { return float64(r.Ops) / r.elapsed.Seconds() }
 
 // Quantile is the q-quantile of the latencies (nearest rank).
-func (r *LoadResult) Quantile(q float64) time.Duration {
-	if len(r.lat) == 0 {
+func (r *LoadResult) Quantile(q float64) time.Duration { return Quantile(r.lat, q) }
+
+// Quantile is the q-quantile (nearest rank) of sorted latencies; 0 if
+// there are none.
+func Quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
 		return 0
 	}
-	i := min(len(r.lat)-1, int(q*float64(len(r.lat))))
-	return r.lat[i]
+	return sorted[min(len(sorted)-1, int(q*float64(len(sorted))))]
 }
 
 // RunLoad calls op from workers goroutines, each calling again as soon as
@@ -80,3 +83,6 @@ func RunN(ctx context.Context, workers, n int, op func(ctx context.Context, i in
 
 // Millis formats a latency in milliseconds, for a table.
 func Millis(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 2, 64) }
+
+// MiB formats a size in bytes in whole MiB, for a table.
+func MiB(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 0, 64) }

@@ -13,7 +13,7 @@ import (
 // child process until ctx ends, and returns its address once it answers;
 // wg tracks it.
 func StartPlatform(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, flags []string) (string, error) {
-	_, addrs, err := startListening(ctx, wg, stderr, listeningChild{
+	_, addrs, _, err := startListening(ctx, wg, stderr, listeningChild{
 		ports: 1,
 		args: func(a []string) []string {
 			return append([]string{"fnsim", "--addr", a[0], "--log-level", "warn"}, flags...)

@@ -59,19 +59,40 @@ func parseProcStat(b []byte) ([]string, error) {
 	return fields, nil
 }
 
+// Memory is a process's resident memory, now (VmRSS) and at its peak
+// (VmHWM), in bytes.
+type Memory struct{ RSS, Peak int64 }
+
 // processRSS reads a process's resident set size.
 func processRSS(pid int) (int64, error) {
+	m, err := processMemory(pid)
+	return m.RSS, err
+}
+
+// processMemory reads a process's resident memory and its peak.
+func processMemory(pid int) (Memory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return Memory{}, err
 	}
+	var m Memory
+	fields := map[string]*int64{"VmRSS:": &m.RSS, "VmHWM:": &m.Peak}
 	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10, err
+		for name, v := range fields {
+			if rest, ok := strings.CutPrefix(line, name); ok {
+				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+				if err != nil {
+					return Memory{}, fmt.Errorf("/proc/%d/status: %s %w", pid, name, err)
+				}
+				*v = kb << 10
+				delete(fields, name)
+			}
 		}
 	}
-	return 0, errors.New("no VmRSS in /proc status")
+	if len(fields) > 0 {
+		return Memory{}, fmt.Errorf("/proc/%d/status: no VmRSS or VmHWM", pid)
+	}
+	return m, nil
 }
 
 // machineCPU reads the machine's busy and total CPU time, summed over its

@@ -45,6 +45,9 @@ func TestProcessReaders(t *testing.T) {
 	if rss, err := processRSS(os.Getpid()); err != nil || rss <= 0 {
 		t.Errorf("processRSS = %d, %v", rss, err)
 	}
+	if m, err := processMemory(os.Getpid()); err != nil || m.RSS <= 0 || m.Peak < m.RSS {
+		t.Errorf("processMemory = %+v, %v", m, err)
+	}
 	if busy, all, err := machineCPU(); err != nil || busy > all || all <= 0 {
 		t.Errorf("machineCPU = %s, %s, %v", busy, all, err)
 	}

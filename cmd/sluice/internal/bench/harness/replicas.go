@@ -21,8 +21,10 @@ import (
 
 // gatewaySpec is one gateway process (sluice serve) as a benchmark starts it.
 type gatewaySpec struct {
-	config  string // the YAML file
-	natsURL string // the JetStream it uses
+	config string // the YAML file
+	// natsURL is the JetStream it uses; "": one it embeds, storing in
+	// dataDir.
+	natsURL string
 	dataDir string // its --data-dir
 	// logLevel is its --log-level; "" means warn.
 	logLevel string
@@ -35,16 +37,21 @@ type gatewayChild struct {
 	// HTTP is its REST base URL; GRPCAddr its gRPC address.
 	HTTP, GRPCAddr string
 	Cmd            *exec.Cmd
+	// Exited is closed once it has exited.
+	Exited <-chan struct{}
 }
 
 // startGatewayChild starts a gateway process on free loopback ports and
 // returns once it is ready; it stops with ctx, and wg tracks it.
 func startGatewayChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer, g gatewaySpec) (gatewayChild, error) {
-	cmd, addrs, err := startListening(ctx, wg, stderr, listeningChild{
+	cmd, addrs, exited, err := startListening(ctx, wg, stderr, listeningChild{
 		ports: 2, // HTTP, gRPC
 		args: func(a []string) []string {
-			args := []string{"serve", "--config", g.config, "--nats-url", g.natsURL, "--http-addr", a[0], "--grpc-addr", a[1],
+			args := []string{"serve", "--config", g.config, "--http-addr", a[0], "--grpc-addr", a[1],
 				"--log-level", cmp.Or(g.logLevel, "warn"), "--data-dir", g.dataDir}
+			if g.natsURL != "" {
+				args = append(args, "--nats-url", g.natsURL)
+			}
 			if g.debugAddr != "" {
 				args = append(args, "--debug-addr", g.debugAddr)
 			}
@@ -55,7 +62,7 @@ func startGatewayChild(ctx context.Context, wg *sync.WaitGroup, stderr io.Writer
 	if err != nil {
 		return gatewayChild{}, err
 	}
-	return gatewayChild{HTTP: "http://" + addrs[0], GRPCAddr: addrs[1], Cmd: cmd}, nil
+	return gatewayChild{HTTP: "http://" + addrs[0], GRPCAddr: addrs[1], Cmd: cmd, Exited: exited}, nil
 }
 
 // ReplicaSet is what the burst, pacing, pools and fairness benchmarks run:

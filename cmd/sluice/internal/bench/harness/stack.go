@@ -28,19 +28,23 @@ import (
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 )
 
-// Stack is what the ingress, pipeline, invoke and queued benchmarks
-// measure: a JetStream (embedded in a process of its own, `bench
-// jetstream`, or the one at --nats-url) and one gateway process of its own
-// that uses it, so that the gateway's CPU and memory are its own.
+// Stack is what the ingress, pipeline, invoke, queued and scale
+// benchmarks measure: a JetStream (embedded in a process of its own,
+// `bench jetstream`, or the one at --nats-url, or embedded in the gateway
+// with StackFlags.InGateway) and one gateway process of its own that uses
+// it, so that the gateway's CPU and memory are its own.
 type Stack struct {
 	// HTTP is the gateway's REST base URL; GRPCAddr its gRPC address.
 	HTTP, GRPCAddr string
-	// Gateway is the gateway's process.
-	Gateway *exec.Cmd
+	// Gateway is the gateway's process; GatewayExited is closed once it
+	// has exited.
+	Gateway       *exec.Cmd
+	GatewayExited <-chan struct{}
 	// NC is the benchmark's own connection to the JetStream; JS over it.
+	// Both nil with StackFlags.InGateway.
 	NC *nats.Conn
 	JS jetstream.JetStream
-	// NATS is the JetStream's process; nil with --nats-url.
+	// NATS is the JetStream's process; nil with --nats-url or InGateway.
 	NATS *exec.Cmd
 
 	cancel       context.CancelFunc
@@ -61,6 +65,11 @@ type StackFlags struct {
 	// GatewayDebugAddr, if set, serves the gateway's profiler;
 	// NATSDebugAddr the JetStream process's.
 	GatewayDebugAddr, NATSDebugAddr string
+	// InGateway, with NATSURL empty, has the gateway embed its JetStream
+	// (sluice serve without --nats-url), as a gateway on its own does:
+	// no JetStream process, and no connection of the benchmark's own.
+	// A benchmark sets it; Register adds no flag for it.
+	InGateway bool
 }
 
 // Register registers the flags on fs.
@@ -85,16 +94,19 @@ func StartStack(ctx context.Context, f StackFlags, dir, config string, stderr io
 	natsURL := f.NATSURL
 	natsCtx, stopNATS := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopNATS = stopNATS
-	if natsURL == "" {
+	inGateway := f.InGateway && natsURL == ""
+	if natsURL == "" && !inGateway {
 		if natsURL, s.NATS, err = startJetStreamProcess(natsCtx, &s.natsChildren, filepath.Join(dir, "nats"), f.Durability, f.NATSDebugAddr, stderr); err != nil {
 			return nil, err
 		}
 	}
-	if s.NC, err = nats.Connect(natsURL, nats.Name("sluice-bench")); err != nil {
-		return nil, err
-	}
-	if s.JS, err = jetstream.New(s.NC); err != nil {
-		return nil, err
+	if !inGateway {
+		if s.NC, err = nats.Connect(natsURL, nats.Name("sluice-bench")); err != nil {
+			return nil, err
+		}
+		if s.JS, err = jetstream.New(s.NC); err != nil {
+			return nil, err
+		}
 	}
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
@@ -105,7 +117,7 @@ func StartStack(ctx context.Context, f StackFlags, dir, config string, stderr io
 	if err != nil {
 		return nil, err
 	}
-	s.Gateway, s.HTTP, s.GRPCAddr = gw.Cmd, gw.HTTP, gw.GRPCAddr
+	s.Gateway, s.GatewayExited, s.HTTP, s.GRPCAddr = gw.Cmd, gw.Exited, gw.HTTP, gw.GRPCAddr
 	return s, nil
 }
 
@@ -122,10 +134,17 @@ func (s *Stack) Close() {
 
 // NATSRSS is the JetStream process's resident memory; 0 with --nats-url.
 func (s *Stack) NATSRSS() (int64, error) {
+	m, err := s.NATSMemory()
+	return m.RSS, err
+}
+
+// NATSMemory is the JetStream process's resident memory and its peak;
+// zero without a JetStream process (--nats-url, InGateway).
+func (s *Stack) NATSMemory() (Memory, error) {
 	if s.NATS == nil {
-		return 0, nil
+		return Memory{}, nil
 	}
-	return processRSS(s.NATS.Process.Pid)
+	return processMemory(s.NATS.Process.Pid)
 }
 
 // startJetStreamProcess runs `sluice bench jetstream` storing into dir and
@@ -208,11 +227,19 @@ func (s *Stack) GRPCClients(n int) ([]sluicev1.JobServiceClient, func(), error) 
 // GatewayRSS is the gateway process's resident memory, from /proc.
 func (s *Stack) GatewayRSS() (int64, error) { return processRSS(s.Gateway.Process.Pid) }
 
+// GatewayMemory is the gateway process's resident memory and its peak.
+func (s *Stack) GatewayMemory() (Memory, error) { return processMemory(s.Gateway.Process.Pid) }
+
 // CPUTimes are the CPU times used so far by the gateway, the JetStream
 // process (0 with --nats-url) and this process (the load generator), and
 // by the whole machine: busy (every process, a simulated platform's too,
 // and the kernel's network work) and in all (busy and idle, every core).
 type CPUTimes struct{ gateway, nats, self, machineBusy, machineAll time.Duration }
+
+// Gateway and NATS are the gateway's and the JetStream process's CPU
+// times in t.
+func (t CPUTimes) Gateway() time.Duration { return t.gateway }
+func (t CPUTimes) NATS() time.Duration    { return t.nats }
 
 // CPU reads the three processes' CPU times and the machine's.
 func (s *Stack) CPU() (CPUTimes, error) {
@@ -230,11 +257,21 @@ func (s *Stack) CPU() (CPUTimes, error) {
 // MachineLoad formats the machine's CPU between two readings: how busy its
 // cores were, and its busy CPU time per operation in µs.
 func MachineLoad(from, to CPUTimes, ops int) string {
-	busy, all := to.machineBusy-from.machineBusy, to.machineAll-from.machineAll
-	if all <= 0 {
+	share, busy := MachineBusy(from, to)
+	if share < 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.0f%%, %d µs", 100*float64(busy)/float64(all), busy.Microseconds()/int64(max(ops, 1)))
+	return fmt.Sprintf("%.0f%%, %d µs", 100*share, busy.Microseconds()/int64(max(ops, 1)))
+}
+
+// MachineBusy is the machine's busy share of all its cores' time between
+// two readings (-1 if no time passed), and its busy CPU time.
+func MachineBusy(from, to CPUTimes) (share float64, busy time.Duration) {
+	busy, all := to.machineBusy-from.machineBusy, to.machineAll-from.machineAll
+	if all <= 0 {
+		return -1, busy
+	}
+	return float64(busy) / float64(all), busy
 }
 
 // PerOp formats the CPU used between two readings per operation, in µs:

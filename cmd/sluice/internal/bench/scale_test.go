@@ -1,0 +1,57 @@
+package bench
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
+	"github.com/sluicehq/sluice/gateway"
+)
+
+// TestScaleConfig checks that the config bench scale writes is one sluice
+// serve takes: every function at its own path of the bench's server, every
+// tenant with its key.
+func TestScaleConfig(t *testing.T) {
+	b, err := parseScaleFlags([]string{"--functions", "30", "--tenants", "20", "--first-jobs", "5"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.ParseConfig([]byte(scaleConfig(b, "127.0.0.1:1234")))
+	if err != nil {
+		t.Fatalf("the generated config: %v", err)
+	}
+	if len(cfg.Functions) != 30 || len(cfg.Tenants) != 20 {
+		t.Fatalf("%d functions and %d tenants, want 30 and 20", len(cfg.Functions), len(cfg.Tenants))
+	}
+	if f := cfg.Functions[7]; f.Name != scaleFunction(7) || f.URL != "http://127.0.0.1:1234/"+scaleFunction(7) || f.Concurrency != 10 {
+		t.Errorf("function 7: %s at %s, concurrency %d", f.Name, f.URL, f.Concurrency)
+	}
+	if keys := cfg.Tenants[19].APIKeys; len(keys) != 1 || keys[0] != gateway.HashKey(scaleKey(19)) {
+		t.Errorf("tenant 19's keys: %v, want the hash of %q", keys, scaleKey(19))
+	}
+}
+
+func TestParseScaleFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string // in the error; "" for none
+	}{
+		{nil, ""},
+		{[]string{"--jetstream", "process"}, ""},
+		{[]string{"--functions", "10", "--first-jobs", "11"}, "needs as many functions"},
+		{[]string{"--jetstream", "elsewhere"}, "neither gateway nor process"},
+		{[]string{"--idle", "0s"}, "must be positive"},
+		{[]string{"--tenants", "0"}, "must be positive"},
+	} {
+		b, err := parseScaleFlags(c.args, io.Discard)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v: %v", c.args, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%v: %v, want an error with %q", c.args, err, c.want)
+		case c.want == "" && b.InGateway != (b.jetstream == "gateway"):
+			t.Errorf("%v: InGateway %v with --jetstream %s", c.args, b.InGateway, b.jetstream)
+		}
+	}
+}
