@@ -57,38 +57,43 @@ func (l *functionLoop) run(ctx context.Context) {
 	defer cutOff()
 	var inFlight sync.WaitGroup
 
-	var pullers sync.WaitGroup
-	for _, u := range l.lanes {
-		pullers.Go(func() {
-			for ctx.Err() == nil {
-				pullCtx := l.pulls.wait() // ends when the function rests
-				if pullCtx == nil {
-					break
-				}
-				err := u.cons.Consume(pullCtx, l.fn.Concurrency, func(dv *buffer.Delivery) {
-					l.nudge()
-					// The window (MaxAckPending) keeps deliveries within the
-					// slots; this only guards the configured limit in this
-					// process.
-					select {
-					case slots <- struct{}{}:
-					case <-ctx.Done():
-						l.settle(dv.Release, dv)
-						return
-					}
-					inFlight.Go(func() {
-						defer func() { <-slots }()
-						l.handle(ctx, invokeCtx, dv)
-					})
-				})
-				if err != nil {
-					l.log.WarnContext(ctx, "pull jobs", "consumer", u.name, "err", err)
-					sleep(pullCtx, time.Second)
-				}
+	pull := func(u *laneUnit) {
+		for ctx.Err() == nil {
+			pullCtx := l.pulls.wait() // ends when the function rests
+			if pullCtx == nil {
+				break
 			}
-		})
+			err := u.cons.Consume(pullCtx, l.fn.Concurrency, func(dv *buffer.Delivery) {
+				l.nudge()
+				// The window (MaxAckPending) keeps deliveries within the
+				// slots; this only guards the configured limit in this
+				// process.
+				select {
+				case slots <- struct{}{}:
+				case <-ctx.Done():
+					l.settle(dv.Release, dv)
+					return
+				}
+				inFlight.Go(func() {
+					defer func() { <-slots }()
+					l.handle(ctx, invokeCtx, dv)
+				})
+			})
+			if err != nil {
+				l.log.WarnContext(ctx, "pull jobs", "consumer", u.name, "err", err)
+				sleep(pullCtx, time.Second)
+			}
+		}
 	}
-	pullers.Wait()
+	if len(l.lanes) == 1 {
+		pull(l.lanes[0]) // on this goroutine: one fewer for each function
+	} else {
+		var pullers sync.WaitGroup
+		for _, u := range l.lanes {
+			pullers.Go(func() { pull(u) })
+		}
+		pullers.Wait()
+	}
 	l.drain(&inFlight, cutOff)
 }
 
