@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/sluicehq/sluice/buffer/embedded"
 )
 
 // fakeStream answers every request on its subjects with answer(msg,
@@ -41,7 +43,7 @@ func plainAck(_ *nats.Msg, n uint64) string { return fmt.Sprintf(`{"stream":"FAK
 // with answer, and what it logs.
 func fakeBatcher(t *testing.T, answer func(m *nats.Msg, n uint64) string) (*batcher, *bytes.Buffer) {
 	t.Helper()
-	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir()})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +149,7 @@ func TestAtomicBatchesFromVersion(t *testing.T) {
 // atomic batches (as Open finds one older than 2.12) publishes each write
 // alone, and stores them all.
 func TestQueueWithoutAtomicBatches(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir()})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/embedded"
 )
 
 // The hot paths of a submit: the job's message built, and read back as a
@@ -41,7 +42,7 @@ func BenchmarkQueuedJobDecode(b *testing.B) {
 // disk before every ack, as Sluice runs by default.
 func benchQueue(b *testing.B, batch BatchConfig) (*Queue, *nats.Conn) {
 	b.Helper()
-	e, err := StartEmbedded(EmbeddedConfig{StoreDir: b.TempDir()})
+	e, err := embedded.Start(embedded.Config{StoreDir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}

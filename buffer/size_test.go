@@ -9,6 +9,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/embedded"
 )
 
 // stockMaxPayload is a stock nats-server's max_payload: 1 MB.
@@ -18,7 +19,7 @@ const stockMaxPayload = 1 << 20
 // stock server's max_payload.
 func stockQueue(t *testing.T, cfg buffer.Config) *buffer.Queue {
 	t.Helper()
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), MaxPayload: stockMaxPayload})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), MaxPayload: stockMaxPayload})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/embedded"
 )
 
 // oldJob publishes a job's message as an earlier Sluice did, and returns
@@ -30,7 +31,7 @@ func oldJob(t *testing.T, js jetstream.JetStream, payload string) string {
 // the jobs' payloads by ID.
 func workQueueServer(t *testing.T, waiting int) (*nats.Conn, jetstream.JetStream, map[string]string) {
 	t.Helper()
-	e, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir()})
+	e, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

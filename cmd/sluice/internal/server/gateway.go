@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/embedded"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch"
@@ -44,7 +45,7 @@ type Gateway struct {
 	log      *slog.Logger
 	opts     Options
 	tls      *tls.Config      // both listeners'; nil: plaintext
-	embedded *buffer.Embedded // nil with an external NATS
+	embedded *embedded.Server // nil with an external NATS
 	nc       *nats.Conn
 	httpLn   net.Listener
 	grpcLn   net.Listener
@@ -151,7 +152,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger
 func (p *Gateway) connectNATS(cfg *config.Config) error {
 	var err error
 	if p.opts.NATSURL == "" {
-		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
+		p.embedded, err = embedded.Start(embedded.Config{
 			StoreDir:     p.opts.DataDir,
 			NoSyncAlways: cfg.Buffer.Durability == "interval",
 		})

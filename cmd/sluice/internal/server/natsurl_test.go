@@ -20,6 +20,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/embedded"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
@@ -30,7 +31,7 @@ import (
 // TestExternalNATS runs a gateway against a NATS server it did not start,
 // as `sluice serve --nats-url` does.
 func TestExternalNATS(t *testing.T) {
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Listen: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +52,7 @@ func TestExternalNATS(t *testing.T) {
 // TestIdempotencyAcrossGateways submits the same keys at once through two
 // gateway processes sharing one NATS, over REST and gRPC.
 func TestIdempotencyAcrossGateways(t *testing.T) {
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Listen: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +114,7 @@ func TestIdempotencyAcrossGateways(t *testing.T) {
 // TestSubmitRefusedWhileNATSDown checks that a submit JetStream cannot
 // take, because NATS is gone, is refused with 503 and Retry-After, not 500.
 func TestSubmitRefusedWhileNATSDown(t *testing.T) {
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Listen: true})
 	if err != nil {
 		t.Fatal(err)
 	}
