@@ -8,13 +8,9 @@ import "testing"
 func TestZeroConfigTakesTheDefaults(t *testing.T) {
 	var c Config
 	c.setDefaults()
-	c.Batch.setDefaults()
 	if c.MaxJobs != DefaultMaxJobs || c.MaxBytes != DefaultMaxBytes || c.Retention != DefaultRetention ||
 		c.IdempotencyWindow != DefaultIdempotencyWindow || c.DeadLetterRetention != DefaultDeadLetterRetention {
 		t.Errorf("zero Config = %+v", c)
-	}
-	if c.Batch.MaxBatch != DefaultMaxBatch || c.Batch.MaxInFlight != DefaultMaxInFlight || c.Batch.Linger != 0 {
-		t.Errorf("zero BatchConfig = %+v", c.Batch)
 	}
 	if s := c.Stores; s.StateBytes != DefaultStateBytes || s.IdempotencyBytes != DefaultIdempotencyBytes ||
 		s.DeadLetterBytes != c.MaxBytes || s.CallbackBytes != c.MaxBytes || s.HighWater != DefaultHighWater {

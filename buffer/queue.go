@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
 )
 
 // Names of the JetStream resources Sluice owns.
@@ -47,6 +48,12 @@ const (
 
 // Sentinel errors.
 var (
+	// ErrCommitUnknown: a write's group commit was not answered in time, or
+	// answered for its last write only: whether it was stored is unknown.
+	ErrCommitUnknown = groupcommit.ErrCommitUnknown
+	// ErrTooLarge: a write is larger than the NATS server's max_payload,
+	// so it was not sent.
+	ErrTooLarge = groupcommit.ErrTooLarge
 	// ErrNotFound: no job has that ID (or its retention has passed).
 	ErrNotFound = errors.New("buffer: job not found")
 	// ErrFull: the job stream is at its configured limit and refuses new
@@ -86,8 +93,8 @@ type Config struct {
 	// limit, so that JetStream's storage never fills past what was
 	// reserved for them when they were made.
 	Stores StoreLimits
-	// Batch tunes group commit of submits.
-	Batch BatchConfig
+	// Batch tunes group commit of submits and state writes.
+	Batch groupcommit.Config
 }
 
 // Defaults of Config.
@@ -136,8 +143,8 @@ type Queue struct {
 	gauge     storeGauge
 	// deadShares and callbackShares read who holds what of those stores.
 	deadShares, callbackShares *shareGauge
-	batcher                    *batcher // job messages
-	stateBat                   *batcher // job state entries
+	batcher                    *groupcommit.Batcher // job messages
+	stateBat                   *groupcommit.Batcher // job state entries
 	now                        func() time.Time
 }
 
@@ -147,13 +154,12 @@ type Queue struct {
 // by one (group commit is off) and a warning is logged.
 func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	cfg.setDefaults()
-	cfg.Batch.log = cfg.Logger
-	if cfg.Batch.log == nil {
-		cfg.Batch.log = slog.Default()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
-	if v := nc.ConnectedServerVersion(); !atomicBatches(v) {
-		cfg.Batch.perMessage = true
-		cfg.Batch.log.Warn("the NATS server stores no atomic batches (it is older than 2.12): writes are published one by one; group commit is off",
+	if v := nc.ConnectedServerVersion(); !groupcommit.AtomicBatches(v) {
+		cfg.Batch.PerMessage = true
+		cfg.Logger.Warn("the NATS server stores no atomic batches (it is older than 2.12): writes are published one by one; group commit is off",
 			"nats_server", nc.ConnectedServerName(), "nats_version", v)
 	}
 	if err := cfg.Stores.Check(); err != nil {
@@ -199,7 +205,7 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	}
 	q.deadShares = &shareGauge{stream: q.dead, prefix: DeadLetterPrefix}
 	q.callbackShares = &shareGauge{stream: q.callbacks, prefix: CallbackPrefix}
-	q.batcher, q.stateBat = newBatcher(nc, cfg.Batch), newBatcher(nc, cfg.Batch)
+	q.batcher, q.stateBat = groupcommit.New(nc, cfg.Batch, cfg.Logger), groupcommit.New(nc, cfg.Batch, cfg.Logger)
 	// Dead letters stored before their subjects named the tenant.
 	if err := q.moveLegacyDeadLetters(ctx, legacyDeadLetters("*")); err != nil {
 		return nil, err
@@ -488,7 +494,7 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 	}
 	// The submit's trace goes on in dispatch, from the message.
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(msg.Header))
-	if _, err := q.batcher.publish(ctx, msg); err != nil {
+	if _, err := q.batcher.Publish(ctx, msg); err != nil {
 		return nil, classifyPublishError(err)
 	}
 	return job, nil
@@ -876,7 +882,7 @@ func (q *Queue) putState(ctx context.Context, id string, value []byte, rev uint6
 	msg := nats.NewMsg(stateSubject(id))
 	msg.Data = value
 	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
-	return q.stateBat.publish(ctx, msg)
+	return q.stateBat.Publish(ctx, msg)
 }
 
 // isConflict reports whether a KV write lost a compare-and-set race.
@@ -906,6 +912,12 @@ func timeHeader(h nats.Header, key string) time.Time {
 		return time.Time{}
 	}
 	return t
+}
+
+// BatchStats reports what group commit has done with submitted jobs'
+// messages (jobs) and with job state entries (states).
+func (q *Queue) BatchStats() (jobs, states groupcommit.Stats) {
+	return q.batcher.Stats(), q.stateBat.Stats()
 }
 
 // Ready reports whether JetStream answers and Sluice's streams are in

@@ -8,6 +8,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
@@ -205,7 +206,7 @@ func (b *BufferConfig) Queue() buffer.Config {
 			CallbackBytes:    int64(b.CallbackMaxBytes),
 			HighWater:        b.HighWater,
 		},
-		Batch: buffer.BatchConfig{
+		Batch: groupcommit.Config{
 			MaxBatch:    int(b.GroupCommit.MaxBatch),
 			MaxInFlight: int(b.GroupCommit.InFlight),
 			Linger:      time.Duration(b.GroupCommit.Linger),
