@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // Callbacks waiting to be delivered are kept in a work-queue stream, one
@@ -87,7 +88,7 @@ func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
 	}
 	data := job
 	if r := job.GetResult(); len(r.GetBody()) > maxCallbackResultBytes ||
-		(len(r.GetBody()) > 0 && q.overShare(ctx, q.callbackShares, StoreCallbacks, job.Tenant, job.Function)) {
+		(len(r.GetBody()) > 0 && q.callbackShares.Over(ctx, job.Tenant, job.Function)) {
 		data = proto.CloneOf(job)
 		data.Result.Body = nil
 		event.ResultOmitted = true
@@ -109,9 +110,9 @@ func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
 		msg.Header.Set(headerTenant, job.Tenant) // whose secrets sign it; its share of the store and deliveries
 	}
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
-		return fullStore(StoreCallbacks, fmt.Errorf("buffer: store callback of %s: %w", job.Id, classifyPublishError(err)))
+		return store.MarkFull(store.Callbacks, fmt.Errorf("buffer: store callback of %s: %w", job.Id, store.PublishError(err)))
 	}
-	q.callbackShares.add(job.Tenant, job.Function, len(body))
+	q.callbackShares.Add(job.Tenant, job.Function, len(body))
 	return nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/provision"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // Dead letters are kept in their own stream, one message per job: a
@@ -128,7 +130,7 @@ func (q *Queue) publishDeadLetter(ctx context.Context, job *sluicev1.Job, payloa
 	if r := kept.GetResult(); len(r.GetBody()) > maxDeadResultBytes {
 		r.Body = r.Body[:maxDeadResultBytes]
 	}
-	if len(payload) > 0 && q.overShare(ctx, q.deadShares, StoreDeadLetters, job.Tenant, job.Function) {
+	if len(payload) > 0 && q.deadShares.Over(ctx, job.Tenant, job.Function) {
 		payload = nil
 		kept.Notice = leanDeadLetter
 		q.update(ctx, job.Id, nil, nil, func(j *sluicev1.Job) error { //nolint:errcheck // the dead letter says it too
@@ -152,9 +154,9 @@ func (q *Queue) publishDeadLetter(ctx context.Context, job *sluicev1.Job, payloa
 	}
 	msgID := job.Id + ".dead." + strconv.Itoa(int(job.Redrives))
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return fullStore(StoreDeadLetters, fmt.Errorf("buffer: dead-letter job %s: %w", job.Id, classifyPublishError(err)))
+		return store.MarkFull(store.DeadLetters, fmt.Errorf("buffer: dead-letter job %s: %w", job.Id, store.PublishError(err)))
 	}
-	q.deadShares.add(job.Tenant, job.Function, len(b))
+	q.deadShares.Add(job.Tenant, job.Function, len(b))
 	return nil
 }
 
@@ -215,11 +217,11 @@ func (q *Queue) moveLegacyDeadLetters(ctx context.Context, filter string) error 
 		switch _, err := q.dead.GetLastMsgForSubject(ctx, to); {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			m := nats.NewMsg(to)
-			m.Header = copyHeader(msg.Header) // the letter's own headers
+			m.Header = provision.CopyHeader(msg.Header) // the letter's own headers
 			m.Data = msg.Data
 			msgID := job.Id + ".dead." + strconv.Itoa(int(job.Redrives)) + ".moved"
 			if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID)); err != nil {
-				if err := classifyPublishError(err); errors.Is(err, ErrFull) {
+				if err := store.PublishError(err); errors.Is(err, ErrFull) {
 					return nil
 				}
 				return fmt.Errorf("buffer: move dead letter %s: %w", job.Id, err)
@@ -504,7 +506,7 @@ func (q *Queue) requeue(ctx context.Context, job *sluicev1.Job, payload []byte) 
 	msg := jobMsg(job, payload)
 	msgID := job.Id + ".redrive." + strconv.Itoa(int(job.Redrives))
 	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
-		return classifyPublishError(err)
+		return store.PublishError(err)
 	}
 	return nil
 }

@@ -1,6 +1,10 @@
 package buffer
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/sluicehq/sluice/buffer/store"
+)
 
 // TestZeroConfigTakesTheDefaults holds a zero Config to the exported
 // defaults that `sluice serve`'s configuration reads, so that a default
@@ -12,8 +16,8 @@ func TestZeroConfigTakesTheDefaults(t *testing.T) {
 		c.IdempotencyWindow != DefaultIdempotencyWindow || c.DeadLetterRetention != DefaultDeadLetterRetention {
 		t.Errorf("zero Config = %+v", c)
 	}
-	if s := c.Stores; s.StateBytes != DefaultStateBytes || s.IdempotencyBytes != DefaultIdempotencyBytes ||
-		s.DeadLetterBytes != c.MaxBytes || s.CallbackBytes != c.MaxBytes || s.HighWater != DefaultHighWater {
-		t.Errorf("zero StoreLimits = %+v", s)
+	if s := c.Stores; s.StateBytes != store.DefaultStateBytes || s.IdempotencyBytes != store.DefaultIdempotencyBytes ||
+		s.DeadLetterBytes != c.MaxBytes || s.CallbackBytes != c.MaxBytes || s.HighWater != store.DefaultHighWater {
+		t.Errorf("zero store.Limits = %+v", s)
 	}
 }

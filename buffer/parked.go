@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // A finished job leads to a dead letter (FAILED, EXPIRED) and a callback
@@ -44,29 +45,7 @@ const (
 
 // storeFullError is a finished job's dead letter or callback refused by a
 // full store.
-type storeFullError struct {
-	store string // StoreDeadLetters or StoreCallbacks
-	err   error
-}
-
-func (e *storeFullError) Error() string { return e.err.Error() }
-func (e *storeFullError) Unwrap() error { return e.err }
-
-// pendingText is what a parked job's state says it waits for.
-func (e *storeFullError) pendingText() string {
-	if e.store == StoreDeadLetters {
-		return "dead letter: the dead-letter store is full; it is stored once there is room"
-	}
-	return "callback: the callback store is full; it is delivered once there is room"
-}
-
-// fullStore marks err, a publish to store, as a full store's refusal.
-func fullStore(store string, err error) error {
-	if errors.Is(err, ErrFull) {
-		return &storeFullError{store: store, err: err}
-	}
-	return err
-}
+type storeFullError = store.FullError
 
 // park keeps what a finished job still leads to, which a full store
 // refused, for RunParked to store later, and says so in the job's state.
@@ -79,7 +58,7 @@ func (d *Delivery) park(ctx context.Context, full *storeFullError) error {
 	id := job.Id + ".parked." + strconv.Itoa(int(job.Redrives))
 	ack, err := d.q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
 	if err != nil {
-		return fmt.Errorf("buffer: park finish of %s: %w", job.Id, classifyPublishError(err))
+		return fmt.Errorf("buffer: park finish of %s: %w", job.Id, store.PublishError(err))
 	}
 	if ack.Duplicate {
 		// Parked before, by a delivery of this job that came back: that
@@ -92,7 +71,7 @@ func (d *Delivery) park(ctx context.Context, full *storeFullError) error {
 	// readers, and a job whose note could not be written is parked all
 	// the same.
 	d.change(ctx, func(j *sluicev1.Job) error { //nolint:errcheck // see above
-		j.Pending = full.pendingText()
+		j.Pending = full.PendingText()
 		return nil
 	})
 	return nil

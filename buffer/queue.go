@@ -20,6 +20,8 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
+	"github.com/sluicehq/sluice/buffer/provision"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // Names of the JetStream resources Sluice owns.
@@ -41,7 +43,7 @@ const (
 	headerCreateTime  = "Sluice-Create-Time"
 	headerContentTyp  = "Content-Type"
 	headerCallbackURL = "Sluice-Callback-Url"
-	headerTenant      = "Sluice-Tenant"
+	headerTenant      = store.TenantHeader
 	// headerRedrives is on a redriven job's message: which redrive it is.
 	headerRedrives = "Sluice-Redrives"
 )
@@ -58,7 +60,7 @@ var (
 	ErrNotFound = errors.New("buffer: job not found")
 	// ErrFull: the job stream is at its configured limit and refuses new
 	// jobs rather than evict accepted ones.
-	ErrFull = errors.New("buffer: queue full")
+	ErrFull = store.ErrFull
 	// ErrInvalidID: the string cannot be a job ID.
 	ErrInvalidID = errors.New("buffer: malformed job id")
 	// ErrFinished: the job already reached a terminal state.
@@ -92,7 +94,7 @@ type Config struct {
 	// Stores bounds the other streams and buckets: every one has a size
 	// limit, so that JetStream's storage never fills past what was
 	// reserved for them when they were made.
-	Stores StoreLimits
+	Stores store.Limits
 	// Batch tunes group commit of submits and state writes.
 	Batch groupcommit.Config
 }
@@ -125,7 +127,7 @@ func (c *Config) setDefaults() {
 	if c.DeadLetterRetention == 0 {
 		c.DeadLetterRetention = DefaultDeadLetterRetention
 	}
-	c.Stores.setDefaults(c.MaxBytes)
+	c.Stores.SetDefaults(c.MaxBytes)
 }
 
 // Queue is the durable job buffer. It is safe for concurrent use.
@@ -139,10 +141,9 @@ type Queue struct {
 	pacingKV  jetstream.KeyValue
 	idemKV    jetstream.KeyValue
 	idemLog   jetstream.Stream // the idempotency bucket's stream, for its usage
-	limits    StoreLimits
-	gauge     storeGauge
+	gauge     *store.Gauge
 	// deadShares and callbackShares read who holds what of those stores.
-	deadShares, callbackShares *shareGauge
+	deadShares, callbackShares *store.Shares
 	batcher                    *groupcommit.Batcher // job messages
 	stateBat                   *groupcommit.Batcher // job state entries
 	now                        func() time.Time
@@ -166,7 +167,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		return nil, err
 	}
 	q, err := open(ctx, nc, cfg)
-	return q, explainStorage(err, cfg)
+	return q, cfg.Stores.ExplainReservation(err, cfg.MaxBytes, cfg.Replicas)
 }
 
 // open creates or updates, in turn, the job stream, the buckets and the
@@ -180,31 +181,35 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if maxMsg == 0 {
 		maxMsg = int32(nc.MaxPayload())
 	}
-	if err := migrateWorkQueue(ctx, js, cfg.Replicas); err != nil {
+	up := provision.Upgrade{JS: js, Stream: StreamName, Jobs: SubjectPrefix + ">", Replicas: cfg.Replicas, Step: testHookUpgrade}
+	if err := up.Begin(ctx); err != nil {
 		return nil, err
 	}
-	q := &Queue{js: js, limits: cfg.Stores, now: time.Now}
-	if err := q.openJobStream(ctx, cfg, maxMsg); err != nil {
+	q := &Queue{js: js, now: time.Now}
+	if err := q.openJobStream(ctx, cfg, maxMsg, up); err != nil {
 		return nil, err
 	}
 	// State writes are group-committed too.
 	if q.state, q.stateLog, err = q.openBucket(ctx, stateBucketConfig(cfg), true); err != nil {
 		return nil, err
 	}
-	if q.pacingKV, err = ensureKeyValue(ctx, js, pacingBucketConfig(cfg)); err != nil {
+	if q.pacingKV, err = provision.KeyValue(ctx, js, pacingBucketConfig(cfg)); err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
 	}
 	if q.idemKV, q.idemLog, err = q.openBucket(ctx, idempotencyBucketConfig(cfg), false); err != nil {
 		return nil, err
 	}
-	if q.dead, err = ensureStream(ctx, js, deadLetterStreamConfig(cfg, maxMsg)); err != nil {
+	if q.dead, err = provision.Stream(ctx, js, deadLetterStreamConfig(cfg, maxMsg)); err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", DeadLetterStream, err)
 	}
-	if q.callbacks, err = ensureStream(ctx, js, callbackStreamConfig(cfg)); err != nil {
+	if q.callbacks, err = provision.Stream(ctx, js, callbackStreamConfig(cfg)); err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", CallbackStream, err)
 	}
-	q.deadShares = &shareGauge{stream: q.dead, prefix: DeadLetterPrefix}
-	q.callbackShares = &shareGauge{stream: q.callbacks, prefix: CallbackPrefix}
+	q.gauge = store.NewGauge(cfg.Stores.HighWater, store.Stream{Name: store.Jobs, Stream: q.stream},
+		store.Stream{Name: store.State, Stream: q.stateLog}, store.Stream{Name: store.Idempotency, Stream: q.idemLog},
+		store.Stream{Name: store.DeadLetters, Stream: q.dead}, store.Stream{Name: store.Callbacks, Stream: q.callbacks})
+	q.deadShares = store.NewShares(q.gauge, store.DeadLetters, q.dead, DeadLetterPrefix)
+	q.callbackShares = store.NewShares(q.gauge, store.Callbacks, q.callbacks, CallbackPrefix)
 	q.batcher, q.stateBat = groupcommit.New(nc, cfg.Batch, cfg.Logger), groupcommit.New(nc, cfg.Batch, cfg.Logger)
 	// Dead letters stored before their subjects named the tenant.
 	if err := q.moveLegacyDeadLetters(ctx, legacyDeadLetters("*")); err != nil {
@@ -213,15 +218,18 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	return q, nil
 }
 
+// testHookUpgrade, if set, is called at each step of an upgrade.
+var testHookUpgrade func(step string)
+
 // openJobStream creates or updates the stream of queued jobs and finishes
 // any upgrade of it that an older Sluice left undone.
-func (q *Queue) openJobStream(ctx context.Context, cfg Config, maxMsg int32) error {
-	stream, err := ensureStream(ctx, q.js, jobStreamConfig(cfg, maxMsg))
+func (q *Queue) openJobStream(ctx context.Context, cfg Config, maxMsg int32, up provision.Upgrade) error {
+	stream, err := provision.Stream(ctx, q.js, jobStreamConfig(cfg, maxMsg))
 	if err != nil {
 		return fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
 	}
 	q.stream = stream
-	return finishUpgrade(ctx, q.js, stream)
+	return up.Finish(ctx, stream)
 }
 
 // jobStreamConfig is the configuration of the stream of queued jobs;
@@ -270,7 +278,7 @@ func pacingBucketConfig(cfg Config) jetstream.KeyValueConfig {
 		Bucket:      PacingBucket,
 		Description: "Sluice: dispatch window by function",
 		History:     1,
-		MaxBytes:    pacingBucketBytes,
+		MaxBytes:    store.PacingBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 	}
@@ -294,12 +302,12 @@ func idempotencyBucketConfig(cfg Config) jetstream.KeyValueConfig {
 // atomic is set, and returns it with its stream, which the queue reads
 // directly (job state) or for its usage.
 func (q *Queue) openBucket(ctx context.Context, cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, jetstream.Stream, error) {
-	kv, err := ensureKeyValue(ctx, q.js, cfg)
+	kv, err := provision.KeyValue(ctx, q.js, cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("buffer: create bucket %s: %w", cfg.Bucket, err)
 	}
 	if atomic {
-		if err := allowAtomicPublish(ctx, q.js, "KV_"+cfg.Bucket); err != nil {
+		if err := provision.AllowAtomicPublish(ctx, q.js, "KV_"+cfg.Bucket); err != nil {
 			return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
 		}
 	}
@@ -495,7 +503,7 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 	// The submit's trace goes on in dispatch, from the message.
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(msg.Header))
 	if _, err := q.batcher.Publish(ctx, msg); err != nil {
-		return nil, classifyPublishError(err)
+		return nil, store.PublishError(err)
 	}
 	return job, nil
 }
@@ -564,21 +572,8 @@ func applySubmitOptions(opts []SubmitOption) submitOptions {
 	return o
 }
 
-// errCodeStoreFull is nats-server's JSStreamStoreFailedF: with DiscardNew,
-// "maximum messages exceeded" and "maximum bytes exceeded" come back as it.
-const errCodeStoreFull jetstream.ErrorCode = 10077
-
-// classifyPublishError turns the stream's refusal for being at its limits
-// into ErrFull.
-func classifyPublishError(err error) error {
-	var apiErr *jetstream.APIError
-	// 10077 is JSStreamStoreFailedF: with DiscardNew, "maximum messages
-	// exceeded" and "maximum bytes exceeded" come back as this code.
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFull {
-		return fmt.Errorf("%w: %s", ErrFull, apiErr.Description)
-	}
-	return fmt.Errorf("buffer: publish job: %w", err)
-}
+// errCodeStoreFull: a write refused for its stream being at its limits.
+const errCodeStoreFull = store.ErrCodeFull
 
 // Get returns the job's current state. It returns [ErrInvalidID] for a
 // string that cannot be a job ID and [ErrNotFound] for an unknown job.
@@ -697,7 +692,7 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 		// is for a running job, whose delivery may be long gone.
 		// A full callback store is not the caller's failure: the job is
 		// cancelled, and dispatch, finding it so, parks its callback.
-		var full *storeFullError
+		var full *store.FullError
 		if err := q.afterFinish(ctx, snap.job, nil, true); err != nil && !errors.As(err, &full) {
 			return nil, err
 		}

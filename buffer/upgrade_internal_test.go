@@ -12,6 +12,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/provision"
 )
 
 // oldJob publishes a job's message as an earlier Sluice did, and returns
@@ -85,8 +86,8 @@ func checkUpgraded(t *testing.T, q *Queue, js jetstream.JetStream, payloadOf map
 			t.Errorf("job %s delivered with payload %q, want %q", id, got[id], p)
 		}
 	}
-	if _, err := js.Stream(t.Context(), upgradeStream); err == nil {
-		t.Errorf("stream %s left behind", upgradeStream)
+	if _, err := js.Stream(t.Context(), provision.UpgradeStream); err == nil {
+		t.Errorf("stream %s left behind", provision.UpgradeStream)
 	}
 }
 

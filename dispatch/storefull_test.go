@@ -15,6 +15,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/store"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -31,7 +32,7 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 	defer srv.Close()
 	// Room for one 30 KiB dead letter, not two. Each job is another
 	// tenant's, none over its share: the store is simply full.
-	q := buffertest.Queue(t, buffer.Config{Stores: buffer.StoreLimits{DeadLetterBytes: 48 << 10}})
+	q := buffertest.Queue(t, buffer.Config{Stores: store.Limits{DeadLetterBytes: 48 << 10}})
 	payload := bytes.Repeat([]byte("x"), 30<<10)
 	tenants := []string{"t0", "t1", "t2"}
 	var ids []string
@@ -134,7 +135,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 	fn.status.Store(http.StatusInternalServerError)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
-	q := buffertest.Queue(t, buffer.Config{Stores: buffer.StoreLimits{DeadLetterBytes: 300 << 10}})
+	q := buffertest.Queue(t, buffer.Config{Stores: store.Limits{DeadLetterBytes: 300 << 10}})
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
@@ -162,7 +163,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, u := range stores {
-			if u.Name == buffer.StoreDeadLetters && u.Bytes >= uint64(5*len(payload)) {
+			if u.Name == store.DeadLetters && u.Bytes >= uint64(5*len(payload)) {
 				return nil
 			}
 		}

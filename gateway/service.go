@@ -29,6 +29,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // Enqueuer stores jobs and reads their state.
@@ -470,7 +471,7 @@ func (s *Service) store(ctx context.Context, f Function, tenant, key string, pay
 	switch {
 	case errors.Is(err, buffer.ErrFull):
 		msg := "the job buffer is full; retry later"
-		if errors.Is(err, buffer.ErrStoreFull) {
+		if errors.Is(err, store.ErrHighWater) {
 			msg = "the job stores are full; retry later"
 		}
 		retry := s.admission.retryAfterFor(f.Name, 1, time.Now())

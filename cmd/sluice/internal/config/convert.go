@@ -9,6 +9,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
+	"github.com/sluicehq/sluice/buffer/store"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
@@ -199,7 +200,7 @@ func (b *BufferConfig) Queue() buffer.Config {
 		Retention:           time.Duration(b.JobRetention),
 		IdempotencyWindow:   time.Duration(b.IdempotencyWindow),
 		DeadLetterRetention: time.Duration(b.DeadLetterRetention),
-		Stores: buffer.StoreLimits{
+		Stores: store.Limits{
 			StateBytes:       int64(b.StateMaxBytes),
 			IdempotencyBytes: int64(b.IdempotencyMaxBytes),
 			DeadLetterBytes:  int64(b.DeadLetterMaxBytes),

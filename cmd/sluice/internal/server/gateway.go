@@ -28,6 +28,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch"
@@ -214,7 +215,7 @@ func (p *Gateway) openQueue(ctx context.Context, cfg *config.Config) error {
 	bufCfg := cfg.Buffer.Queue()
 	bufCfg.Logger, bufCfg.Replicas = p.log, replicas
 	queue, err := p.openBuffer(ctx, bufCfg)
-	if errors.Is(err, buffer.ErrDurability) {
+	if errors.Is(err, provision.ErrDurability) {
 		return fmt.Errorf("--replicas=%d: %w", replicas, err)
 	}
 	if err != nil {

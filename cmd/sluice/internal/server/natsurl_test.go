@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
@@ -160,7 +161,7 @@ func TestClusterReplicasChecks(t *testing.T) {
 	_, err = server.New(t.Context(), cfg, server.Options{
 		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: c.URLs(), Replicas: 3,
 	}, slog.New(slog.DiscardHandler))
-	if !errors.Is(err, buffer.ErrDurability) || !strings.Contains(err.Error(), "--replicas=3") ||
+	if !errors.Is(err, provision.ErrDurability) || !strings.Contains(err.Error(), "--replicas=3") ||
 		!strings.Contains(err.Error(), "has 1 replicas") {
 		t.Fatalf("gateway with --replicas=3 on R1 streams: %v, want ErrDurability naming --replicas", err)
 	}
