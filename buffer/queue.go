@@ -2,7 +2,6 @@ package buffer
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -19,7 +18,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/callbacks"
+	"github.com/sluicehq/sluice/buffer/deadletter"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
+	"github.com/sluicehq/sluice/buffer/jobid"
 	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/buffer/store"
 )
@@ -42,7 +44,7 @@ const (
 	headerJobID       = "Sluice-Job-Id"
 	headerCreateTime  = "Sluice-Create-Time"
 	headerContentTyp  = "Content-Type"
-	headerCallbackURL = "Sluice-Callback-Url"
+	headerCallbackURL = callbacks.URLHeader
 	headerTenant      = store.TenantHeader
 	// headerRedrives is on a redriven job's message: which redrive it is.
 	headerRedrives = "Sluice-Redrives"
@@ -57,12 +59,12 @@ var (
 	// so it was not sent.
 	ErrTooLarge = groupcommit.ErrTooLarge
 	// ErrNotFound: no job has that ID (or its retention has passed).
-	ErrNotFound = errors.New("buffer: job not found")
+	ErrNotFound = jobid.ErrNotFound
 	// ErrFull: the job stream is at its configured limit and refuses new
 	// jobs rather than evict accepted ones.
 	ErrFull = store.ErrFull
 	// ErrInvalidID: the string cannot be a job ID.
-	ErrInvalidID = errors.New("buffer: malformed job id")
+	ErrInvalidID = jobid.ErrInvalid
 	// ErrFinished: the job already reached a terminal state.
 	ErrFinished = errors.New("buffer: job already finished")
 )
@@ -132,21 +134,21 @@ func (c *Config) setDefaults() {
 
 // Queue is the durable job buffer. It is safe for concurrent use.
 type Queue struct {
-	js        jetstream.JetStream
-	stream    jetstream.Stream
-	dead      jetstream.Stream
-	callbacks jetstream.Stream
-	state     jetstream.KeyValue
-	stateLog  jetstream.Stream // the state bucket's stream, read directly
-	pacingKV  jetstream.KeyValue
-	idemKV    jetstream.KeyValue
-	idemLog   jetstream.Stream // the idempotency bucket's stream, for its usage
-	gauge     *store.Gauge
-	// deadShares and callbackShares read who holds what of those stores.
-	deadShares, callbackShares *store.Shares
-	batcher                    *groupcommit.Batcher // job messages
-	stateBat                   *groupcommit.Batcher // job state entries
-	now                        func() time.Time
+	js            jetstream.JetStream
+	stream        jetstream.Stream
+	dead          jetstream.Stream
+	callbacks     jetstream.Stream
+	state         jetstream.KeyValue
+	stateLog      jetstream.Stream // the state bucket's stream, read directly
+	pacingKV      jetstream.KeyValue
+	idemKV        jetstream.KeyValue
+	idemLog       jetstream.Stream // the idempotency bucket's stream, for its usage
+	gauge         *store.Gauge
+	deadStore     *deadletter.Store
+	callbackStore *callbacks.Store
+	batcher       *groupcommit.Batcher // job messages
+	stateBat      *groupcommit.Batcher // job state entries
+	now           func() time.Time
 }
 
 // Open creates or updates the job stream and the state bucket on the
@@ -199,20 +201,22 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if q.idemKV, q.idemLog, err = q.openBucket(ctx, idempotencyBucketConfig(cfg), false); err != nil {
 		return nil, err
 	}
-	if q.dead, err = provision.Stream(ctx, js, deadLetterStreamConfig(cfg, maxMsg)); err != nil {
-		return nil, fmt.Errorf("buffer: create stream %s: %w", DeadLetterStream, err)
+	dl := deadletter.Limits{Retention: cfg.DeadLetterRetention, MaxLetters: cfg.MaxJobs, MaxBytes: cfg.Stores.DeadLetterBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
+	if q.dead, err = provision.Stream(ctx, js, deadletter.StreamConfig(dl)); err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", deadletter.Stream, err)
 	}
-	if q.callbacks, err = provision.Stream(ctx, js, callbackStreamConfig(cfg)); err != nil {
-		return nil, fmt.Errorf("buffer: create stream %s: %w", CallbackStream, err)
+	cl := callbacks.Limits{MaxAge: cfg.Retention, MaxCallbacks: cfg.MaxJobs, MaxBytes: cfg.Stores.CallbackBytes, Replicas: cfg.Replicas}
+	if q.callbacks, err = provision.Stream(ctx, js, callbacks.StreamConfig(cl)); err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", callbacks.Stream, err)
 	}
 	q.gauge = store.NewGauge(cfg.Stores.HighWater, store.Stream{Name: store.Jobs, Stream: q.stream},
 		store.Stream{Name: store.State, Stream: q.stateLog}, store.Stream{Name: store.Idempotency, Stream: q.idemLog},
 		store.Stream{Name: store.DeadLetters, Stream: q.dead}, store.Stream{Name: store.Callbacks, Stream: q.callbacks})
-	q.deadShares = store.NewShares(q.gauge, store.DeadLetters, q.dead, DeadLetterPrefix)
-	q.callbackShares = store.NewShares(q.gauge, store.Callbacks, q.callbacks, CallbackPrefix)
+	q.deadStore = deadletter.New(js, q.dead, q.gauge)
+	q.callbackStore = callbacks.New(js, q.callbacks, q.gauge)
 	q.batcher, q.stateBat = groupcommit.New(nc, cfg.Batch, cfg.Logger), groupcommit.New(nc, cfg.Batch, cfg.Logger)
 	// Dead letters stored before their subjects named the tenant.
-	if err := q.moveLegacyDeadLetters(ctx, legacyDeadLetters("*")); err != nil {
+	if err := q.deadStore.MoveLegacy(ctx); err != nil {
 		return nil, err
 	}
 	return q, nil
@@ -318,23 +322,11 @@ func (q *Queue) openBucket(ctx context.Context, cfg jetstream.KeyValueConfig, at
 	return kv, log, nil
 }
 
-// NewJobID returns a random job ID: 128 bits from crypto/rand in base32.
-func NewJobID() string { return rand.Text() }
+// NewJobID returns a random job ID: see [jobid.New].
+func NewJobID() string { return jobid.New() }
 
-// ValidJobID reports whether s has the form of a job ID: 26 characters of
-// base32's alphabet (A–Z, 2–7), as [NewJobID] makes them. Checked on every
-// read and every delivery, so by hand rather than by regular expression.
-func ValidJobID(s string) bool {
-	if len(s) != 26 {
-		return false
-	}
-	for i := range len(s) {
-		if c := s[i]; (c < 'A' || c > 'Z') && (c < '2' || c > '7') {
-			return false
-		}
-	}
-	return true
-}
+// ValidJobID reports whether s has the form of a job ID: see [jobid.Valid].
+func ValidJobID(s string) bool { return jobid.Valid(s) }
 
 // Subject is the subject a job's message is published on: one per job, so
 // that a queued job can be read by its ID alone.
@@ -606,7 +598,7 @@ func (q *Queue) GetRevision(ctx context.Context, id string) (*sluicev1.Job, uint
 	job, rev, err = q.get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		// A dead letter outlives its job's state entry.
-		job, err = q.deadLetterJob(ctx, id)
+		job, err = q.deadStore.Job(ctx, id)
 	}
 	return job, rev, err
 }

@@ -1,6 +1,10 @@
 package buffer
 
-import "github.com/nats-io/nats.go/jetstream"
+import (
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/buffer/deadletter"
+)
 
 // Sizes. Every form a job is stored in must fit the NATS server's
 // max_payload (and its stream's MaxMsgSize): its message (the payload and
@@ -28,7 +32,7 @@ const jobReserve = 32 << 10
 // payload, its dead letter: the job and up to 64 KiB of the function's
 // response. (A job message's headers take less: IDs, content type,
 // callback URL, tenant, trace context.) 96 KiB.
-const PayloadOverhead = maxDeadResultBytes + jobReserve
+const PayloadOverhead = deadletter.MaxResultBytes + jobReserve
 
 // MaxPayloadBytes is the largest payload a job can carry on this queue: its
 // message and its dead letter then fit their streams and the NATS server's

@@ -15,6 +15,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/deadletter"
 	"github.com/sluicehq/sluice/buffer/store"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
@@ -199,7 +200,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 		if len(dl.Payload) > 0 {
 			continue
 		}
-		if _, _, err := q.Redrive(t.Context(), "f", "a", []string{dl.Job.Id}); !errors.Is(err, buffer.ErrPayloadNotKept) {
+		if _, _, err := q.Redrive(t.Context(), "f", "a", []string{dl.Job.Id}); !errors.Is(err, deadletter.ErrPayloadNotKept) {
 			t.Errorf("redrive of a dead letter without its payload: %v; want ErrPayloadNotKept", err)
 		}
 		break
@@ -219,7 +220,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 // and returns them with their payloads.
 func waitTenantLetters(t *testing.T, q *buffer.Queue, tenant string, n int) []*sluicev1.DeadLetter {
 	t.Helper()
-	var page buffer.DeadLetterPage
+	var page deadletter.Page
 	buffertest.WaitForNoError(t, 15*time.Second, fmt.Sprintf("%d dead letters of tenant %s", n, tenant), func() error {
 		var err error
 		if page, err = q.DeadLetters(t.Context(), "f", tenant, 0, 100, true); err != nil {
