@@ -22,6 +22,8 @@ import (
 	"github.com/sluicehq/sluice/buffer/deadletter"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/buffer/jobid"
+	"github.com/sluicehq/sluice/buffer/jsapi"
+	"github.com/sluicehq/sluice/buffer/parked"
 	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/buffer/store"
 )
@@ -242,7 +244,7 @@ func jobStreamConfig(cfg Config, maxMsg int32) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Sluice: queued jobs, one message per job until it finishes",
-		Subjects:    []string{SubjectPrefix + ">", ParkedPrefix + ">"},
+		Subjects:    []string{SubjectPrefix + ">", parked.Prefix + ">"},
 		// Limits, not work-queue, retention: a work queue removes each
 		// acknowledged message on its own, one fsync'd tombstone per job.
 		// Dispatch removes finished jobs' messages in batches instead
@@ -712,29 +714,12 @@ func (q *Queue) takenUp(ctx context.Context, msg *jetstream.RawStreamMsg) bool {
 			return true
 		}
 		info := cons.CachedInfo()
-		if subjectMatches(info.Config.FilterSubject, msg.Subject) &&
+		if jsapi.SubjectMatches(info.Config.FilterSubject, msg.Subject) &&
 			info.Delivered.Stream >= msg.Sequence && info.AckFloor.Stream < msg.Sequence {
 			return true
 		}
 	}
 	return false
-}
-
-// subjectMatches reports whether a NATS subject matches filter, with its
-// wildcards: * for one token, > for one or more at the end.
-func subjectMatches(filter, subject string) bool {
-	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
-	for i, tok := range f {
-		switch {
-		case tok == ">":
-			return len(s) > i
-		case i >= len(s):
-			return false
-		case tok != "*" && tok != s[i]:
-			return false
-		}
-	}
-	return len(f) == len(s)
 }
 
 // ignore is err, or nil if it is target.
@@ -777,7 +762,7 @@ func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, erro
 	// what KeyValue.Get does, without checking the key again by regular
 	// expression (ValidJobID did), which cost a twentieth of dispatch's CPU.
 	msg, err := q.stateLog.GetLastMsgForSubject(ctx, stateSubject(id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && deletedEntry(msg.Header) {
+	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && jsapi.Deleted(msg.Header) {
 		return nil, 0, ErrNotFound
 	}
 	if err != nil {
@@ -788,23 +773,6 @@ func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, erro
 		return nil, 0, fmt.Errorf("buffer: decode job %s: %w", id, err)
 	}
 	return job, msg.Sequence, nil
-}
-
-// deletedEntry reports whether a bucket message's headers mark its key
-// deleted or purged (by an operation, or by JetStream's TTL markers), as
-// KeyValue.Get reads them.
-func deletedEntry(h nats.Header) bool {
-	if len(h) == 0 {
-		return false
-	}
-	if op := h.Get("KV-Operation"); op != "" {
-		return op == "DEL" || op == "PURGE"
-	}
-	switch h.Get(jetstream.MarkerReasonHeader) {
-	case "MaxAge", "Purge", "Remove":
-		return true
-	}
-	return false
 }
 
 // snapshot is a job's state as last read or written, with its revision,
@@ -873,16 +841,7 @@ func (q *Queue) putState(ctx context.Context, id string, value []byte, rev uint6
 }
 
 // isConflict reports whether a KV write lost a compare-and-set race.
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	// 10071 is JSStreamWrongLastSequenceErrF: the revision moved on.
-	// 10164, JSStreamWrongLastSequenceConstantErr, is what the server
-	// answers instead around a leader change (seen in the fault runs).
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10071 || apiErr.ErrorCode == 10164)
-}
+func isConflict(err error) bool { return jsapi.Conflict(err) }
 
 // Terminal reports whether a job in state s is finished for good.
 func Terminal(s sluicev1.Job_State) bool {
