@@ -2,8 +2,6 @@ package buffer
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,7 +19,9 @@ import (
 	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/buffer/deadletter"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
+	"github.com/sluicehq/sluice/buffer/idempotency"
 	"github.com/sluicehq/sluice/buffer/jobid"
+	"github.com/sluicehq/sluice/buffer/jobstate"
 	"github.com/sluicehq/sluice/buffer/jsapi"
 	"github.com/sluicehq/sluice/buffer/parked"
 	"github.com/sluicehq/sluice/buffer/provision"
@@ -36,9 +36,9 @@ const (
 	// follows it.
 	SubjectPrefix = "sluice.jobs."
 	// StateBucket is the key-value bucket holding each job's state.
-	StateBucket = "sluice-jobs"
+	StateBucket = jobstate.Bucket
 	// IdempotencyBucket maps a function's idempotency keys to job IDs.
-	IdempotencyBucket = "sluice-idempotency"
+	IdempotencyBucket = idempotency.Bucket
 )
 
 // Headers on a job message.
@@ -190,17 +190,24 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{js: js, now: time.Now}
-	if err := q.openJobStream(ctx, cfg, maxMsg, up); err != nil {
+	jobs := provision.JobStream{Name: StreamName, Subjects: []string{SubjectPrefix + ">", parked.Prefix + ">"},
+		MaxJobs: cfg.MaxJobs, MaxBytes: cfg.MaxBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
+	// The stream of queued jobs, and any upgrade of it that an older
+	// Sluice left undone.
+	if q.stream, err = provision.Stream(ctx, js, jobs.Config()); err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
+	}
+	if err := up.Finish(ctx, q.stream); err != nil {
 		return nil, err
 	}
 	// State writes are group-committed too.
-	if q.state, q.stateLog, err = q.openBucket(ctx, stateBucketConfig(cfg), true); err != nil {
+	if q.state, q.stateLog, err = provision.Bucket(ctx, js, jobstate.BucketConfig(cfg.Retention, cfg.Stores.StateBytes, cfg.Replicas), true); err != nil {
 		return nil, err
 	}
-	if q.pacingKV, err = provision.KeyValue(ctx, js, pacingBucketConfig(cfg)); err != nil {
+	if q.pacingKV, err = provision.KeyValue(ctx, js, provision.PacingBucketConfig(PacingBucket, cfg.Replicas)); err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
 	}
-	if q.idemKV, q.idemLog, err = q.openBucket(ctx, idempotencyBucketConfig(cfg), false); err != nil {
+	if q.idemKV, q.idemLog, err = provision.Bucket(ctx, js, idempotency.BucketConfig(cfg.IdempotencyWindow, cfg.Stores.IdempotencyBytes, cfg.Replicas), false); err != nil {
 		return nil, err
 	}
 	dl := deadletter.Limits{Retention: cfg.DeadLetterRetention, MaxLetters: cfg.MaxJobs, MaxBytes: cfg.Stores.DeadLetterBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
@@ -226,103 +233,6 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 
 // testHookUpgrade, if set, is called at each step of an upgrade.
 var testHookUpgrade func(step string)
-
-// openJobStream creates or updates the stream of queued jobs and finishes
-// any upgrade of it that an older Sluice left undone.
-func (q *Queue) openJobStream(ctx context.Context, cfg Config, maxMsg int32, up provision.Upgrade) error {
-	stream, err := provision.Stream(ctx, q.js, jobStreamConfig(cfg, maxMsg))
-	if err != nil {
-		return fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
-	}
-	q.stream = stream
-	return up.Finish(ctx, stream)
-}
-
-// jobStreamConfig is the configuration of the stream of queued jobs;
-// maxMsg bounds one message.
-func jobStreamConfig(cfg Config, maxMsg int32) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        StreamName,
-		Description: "Sluice: queued jobs, one message per job until it finishes",
-		Subjects:    []string{SubjectPrefix + ">", parked.Prefix + ">"},
-		// Limits, not work-queue, retention: a work queue removes each
-		// acknowledged message on its own, one fsync'd tombstone per job.
-		// Dispatch removes finished jobs' messages in batches instead
-		// (Consumer.RemoveFinished), one fsync for many.
-		Retention: jetstream.LimitsPolicy,
-		Storage:   jetstream.FileStorage,
-		// Discard new: a full buffer refuses new jobs, never evicts
-		// accepted ones. No MaxAge for the same reason.
-		Discard:    jetstream.DiscardNew,
-		MaxMsgs:    cfg.MaxJobs,
-		MaxBytes:   cfg.MaxBytes,
-		MaxMsgSize: maxMsg,
-		Replicas:   cfg.Replicas,
-		Duplicates: 10 * time.Minute,
-		// Group commit stores concurrent submits as atomic batches.
-		AllowAtomicPublish: true,
-	}
-}
-
-// stateBucketConfig is the configuration of the bucket of job state.
-func stateBucketConfig(cfg Config) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      StateBucket,
-		Description: "Sluice: job state by job ID",
-		History:     1,
-		TTL:         cfg.Retention,
-		MaxBytes:    cfg.Stores.StateBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	}
-}
-
-// pacingBucketConfig is the configuration of the bucket of dispatch
-// windows.
-func pacingBucketConfig(cfg Config) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      PacingBucket,
-		Description: "Sluice: dispatch window by function",
-		History:     1,
-		MaxBytes:    store.PacingBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	}
-}
-
-// idempotencyBucketConfig is the configuration of the bucket of job IDs by
-// idempotency key.
-func idempotencyBucketConfig(cfg Config) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      IdempotencyBucket,
-		Description: "Sluice: job ID by function and idempotency key",
-		History:     1,
-		TTL:         cfg.IdempotencyWindow,
-		MaxBytes:    cfg.Stores.IdempotencyBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	}
-}
-
-// openBucket creates or updates a bucket, lets it take atomic batches when
-// atomic is set, and returns it with its stream, which the queue reads
-// directly (job state) or for its usage.
-func (q *Queue) openBucket(ctx context.Context, cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, jetstream.Stream, error) {
-	kv, err := provision.KeyValue(ctx, q.js, cfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("buffer: create bucket %s: %w", cfg.Bucket, err)
-	}
-	if atomic {
-		if err := provision.AllowAtomicPublish(ctx, q.js, "KV_"+cfg.Bucket); err != nil {
-			return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
-		}
-	}
-	log, err := q.js.Stream(ctx, "KV_"+cfg.Bucket)
-	if err != nil {
-		return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
-	}
-	return kv, log, nil
-}
 
 // NewJobID returns a random job ID: see [jobid.New].
 func NewJobID() string { return jobid.New() }
@@ -367,100 +277,12 @@ func (q *Queue) Submit(ctx context.Context, function string, payload []byte, con
 // for function within the idempotency window creates the job; every other
 // returns that job (created false), also when they arrive at once or
 // through other gateway processes. If the first submit failed, a later one
-// creates the job.
+// creates the job. See [idempotency.Submit].
 func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string, opts ...SubmitOption) (job *sluicev1.Job, created bool, err error) {
-	k := idempotencyKey(function, key)
 	o := applySubmitOptions(opts)
-	for {
-		id := NewJobID()
-		rev, err := q.idemKV.Create(ctx, k, []byte(id))
-		if err == nil {
-			job, err := q.publish(ctx, function, id, payload, contentType, o, true)
-			if err != nil {
-				if refused(err) {
-					// Surely not stored: let a retry of this submit create
-					// the job at once.
-					q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
-				}
-				// Otherwise (no answer in a leader election, the caller
-				// gone while its batch was in flight) the job may be stored
-				// all the same: keep the claim, so that a retry returns that
-				// job if it was, and stores it under the same ID after
-				// claimPatience if it was not. Releasing it gave two jobs for
-				// one key in a rolling restart of NATS.
-				return nil, false, err
-			}
-			return job, true, nil
-		}
-		if !isConflict(err) {
-			return nil, false, fmt.Errorf("buffer: claim idempotency key: %w", err)
-		}
-		entry, err := q.idemKV.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // released meanwhile: claim it again
-		}
-		if err != nil {
-			return nil, false, fmt.Errorf("buffer: read idempotency key: %w", err)
-		}
-		job, err := q.awaitStored(ctx, string(entry.Value()), entry.Created())
-		if err == nil {
-			return job, false, nil
-		}
-		if !errors.Is(err, ErrNotFound) {
-			return nil, false, err
-		}
-		// The first submit claimed the key and has not stored its job
-		// within claimPatience: it crashed, or its publish is stuck. Store
-		// the job under the claimed ID: the key keeps its one job ID
-		// whatever happens, and should the stuck publish land after all,
-		// JetStream's duplicate window (keyed by the job ID) drops one of
-		// the two messages. (Releasing the key and claiming it anew gave two
-		// jobs for one key when a stuck publish landed late, in a rolling
-		// restart of NATS.)
-		job, err = q.publish(ctx, function, string(entry.Value()), payload, contentType, o, true)
-		if err != nil {
-			return nil, false, err
-		}
-		return job, true, nil
-	}
-}
-
-// refused reports whether a publish error means the message was surely
-// not stored: JetStream answered with a refusal (a full buffer among them),
-// as opposed to no answer, or none waited for.
-func refused(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.Is(err, ErrFull) || errors.Is(err, ErrTooLarge) || (errors.As(err, &apiErr) && apiErr.Code != 503)
-}
-
-// claimPatience is how long after claiming an idempotency key a submit
-// may still store its job; past it, a claim without a job is abandoned.
-const claimPatience = 15 * time.Second
-
-// awaitStored waits, briefly, for the job that another submit of the same
-// idempotency key, which claimed it at claimed, is storing right now. The
-// wait is counted from the claim, not from now: a retry whose deadline is
-// shorter than the patience must still get to take an abandoned key over.
-func (q *Queue) awaitStored(ctx context.Context, id string, claimed time.Time) (*sluicev1.Job, error) {
-	const step = 10 * time.Millisecond
-	for deadline := claimed.Add(claimPatience); ; {
-		job, err := q.Get(ctx, id)
-		if !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
-			return job, err
-		}
-		select {
-		case <-time.After(step):
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-// idempotencyKey is the bucket key for a function's idempotency key: a
-// digest, so that any string the client chose is a valid key.
-func idempotencyKey(function, key string) string {
-	sum := sha256.Sum256([]byte(function + "\x00" + key))
-	return hex.EncodeToString(sum[:])
+	return idempotency.Submit(ctx, q.idemKV, function, key, func(id string) (*sluicev1.Job, error) {
+		return q.publish(ctx, function, id, payload, contentType, o, true)
+	}, q.Get)
 }
 
 // publish stores a new job's message and returns the job, QUEUED.
@@ -754,25 +576,9 @@ func headerPriorityOf(h nats.Header) sluicev1.Priority {
 	return sluicev1.Priority_PRIORITY_UNSPECIFIED
 }
 
+// get reads the job's state entry: see [jobstate.Get].
 func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, error) {
-	if !ValidJobID(id) {
-		return nil, 0, ErrInvalidID
-	}
-	// The entry's last message, read straight from the bucket's stream:
-	// what KeyValue.Get does, without checking the key again by regular
-	// expression (ValidJobID did), which cost a twentieth of dispatch's CPU.
-	msg, err := q.stateLog.GetLastMsgForSubject(ctx, stateSubject(id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && jsapi.Deleted(msg.Header) {
-		return nil, 0, ErrNotFound
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("buffer: read job %s: %w", id, err)
-	}
-	job := new(sluicev1.Job)
-	if err := proto.Unmarshal(msg.Data, job); err != nil {
-		return nil, 0, fmt.Errorf("buffer: decode job %s: %w", id, err)
-	}
-	return job, msg.Sequence, nil
+	return jobstate.Get(ctx, q.stateLog, id)
 }
 
 // snapshot is a job's state as last read or written, with its revision,
@@ -812,7 +618,7 @@ func (q *Queue) update(ctx context.Context, id string, from *snapshot, seed func
 		if err != nil {
 			return nil, fmt.Errorf("buffer: encode job: %w", err)
 		}
-		newRev, err := q.putState(ctx, id, b, rev)
+		newRev, err := jobstate.Put(ctx, q.stateBat, id, b, rev)
 		if err == nil {
 			return &snapshot{job: job, rev: newRev}, nil
 		}
@@ -823,21 +629,6 @@ func (q *Queue) update(ctx context.Context, id string, from *snapshot, seed func
 			return nil, ctx.Err()
 		}
 	}
-}
-
-// stateSubject is the subject of a job's state entry in the state
-// bucket's stream.
-func stateSubject(id string) string { return "$KV." + StateBucket + "." + id }
-
-// putState writes a job's state entry if its revision is still rev (0: it
-// has none yet), coalesced with concurrent writes into atomic batches, and
-// returns the entry's new revision. A lost race is an error isConflict
-// recognises.
-func (q *Queue) putState(ctx context.Context, id string, value []byte, rev uint64) (uint64, error) {
-	msg := nats.NewMsg(stateSubject(id))
-	msg.Data = value
-	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
-	return q.stateBat.Publish(ctx, msg)
 }
 
 // isConflict reports whether a KV write lost a compare-and-set race.
@@ -869,13 +660,5 @@ func (q *Queue) BatchStats() (jobs, states groupcommit.Stats) {
 // Ready reports whether JetStream answers and Sluice's streams are in
 // place: nil when the queue can take and hand out jobs.
 func (q *Queue) Ready(ctx context.Context) error {
-	for _, s := range []jetstream.Stream{q.stream, q.dead, q.callbacks} {
-		if _, err := s.Info(ctx); err != nil {
-			return fmt.Errorf("buffer: stream %s: %w", s.CachedInfo().Config.Name, err)
-		}
-	}
-	if _, err := q.state.Status(ctx); err != nil {
-		return fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
-	}
-	return nil
+	return provision.Ready(ctx, q.state, q.stream, q.dead, q.callbacks)
 }

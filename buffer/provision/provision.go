@@ -10,8 +10,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // Creating or updating a stream that already has the wanted configuration
@@ -138,4 +141,87 @@ func checkBucketDurability(ctx context.Context, js jetstream.JetStream, cfg jets
 		return err
 	}
 	return checkDurability(s.CachedInfo().Config, jetstream.StreamConfig{Replicas: cfg.Replicas, Storage: cfg.Storage})
+}
+
+// Bucket creates or updates a bucket, lets it take atomic batches when
+// atomic is set, and returns it with its stream, which a caller may read
+// directly (job state) or for its usage.
+func Bucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, jetstream.Stream, error) {
+	kv, err := KeyValue(ctx, js, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("buffer: create bucket %s: %w", cfg.Bucket, err)
+	}
+	if atomic {
+		if err := AllowAtomicPublish(ctx, js, "KV_"+cfg.Bucket); err != nil {
+			return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	log, err := js.Stream(ctx, "KV_"+cfg.Bucket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, log, nil
+}
+
+// JobStream sizes the stream of queued jobs.
+type JobStream struct {
+	Name     string
+	Subjects []string
+	// MaxJobs and MaxBytes bound what it holds; MaxMsgSize bounds one
+	// job's message.
+	MaxJobs, MaxBytes int64
+	MaxMsgSize        int32
+	Replicas          int
+}
+
+// Config is the configuration of the stream of queued jobs.
+func (j JobStream) Config() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        j.Name,
+		Description: "Sluice: queued jobs, one message per job until it finishes",
+		Subjects:    j.Subjects,
+		// Limits, not work-queue, retention: a work queue removes each
+		// acknowledged message on its own, one fsync'd tombstone per job.
+		// Dispatch removes finished jobs' messages in batches instead
+		// (Consumer.RemoveFinished), one fsync for many.
+		Retention: jetstream.LimitsPolicy,
+		Storage:   jetstream.FileStorage,
+		// Discard new: a full buffer refuses new jobs, never evicts
+		// accepted ones. No MaxAge for the same reason.
+		Discard:    jetstream.DiscardNew,
+		MaxMsgs:    j.MaxJobs,
+		MaxBytes:   j.MaxBytes,
+		MaxMsgSize: j.MaxMsgSize,
+		Replicas:   j.Replicas,
+		Duplicates: 10 * time.Minute,
+		// Group commit stores concurrent submits as atomic batches.
+		AllowAtomicPublish: true,
+	}
+}
+
+// PacingBucketConfig is the configuration of the bucket of dispatch
+// windows, named name.
+func PacingBucketConfig(name string, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      name,
+		Description: "Sluice: dispatch window by function",
+		History:     1,
+		MaxBytes:    store.PacingBytes,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	}
+}
+
+// Ready reports whether JetStream answers and the streams and the bucket
+// kv are in place.
+func Ready(ctx context.Context, kv jetstream.KeyValue, streams ...jetstream.Stream) error {
+	for _, s := range streams {
+		if _, err := s.Info(ctx); err != nil {
+			return fmt.Errorf("buffer: stream %s: %w", s.CachedInfo().Config.Name, err)
+		}
+	}
+	if _, err := kv.Status(ctx); err != nil {
+		return fmt.Errorf("buffer: bucket %s: %w", kv.Bucket(), err)
+	}
+	return nil
 }

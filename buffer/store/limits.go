@@ -128,3 +128,13 @@ func (l Limits) ExplainReservation(err error, jobBytes int64, replicas int) erro
 // errCodeInsufficientResources is nats-server's JSInsufficientResourcesErr:
 // a stream's limits cannot be reserved on the server's storage.
 const errCodeInsufficientResources jetstream.ErrorCode = 10047
+
+// MaxMsgBytes is the largest message that can be stored in s: its
+// MaxMsgSize, if it has one, within maxPayload, the server's max_payload.
+func MaxMsgBytes(maxPayload int64, s jetstream.Stream) int64 {
+	limit := maxPayload
+	if m := s.CachedInfo().Config.MaxMsgSize; m > 0 {
+		limit = min(limit, int64(m))
+	}
+	return limit
+}
