@@ -210,11 +210,11 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if q.idemKV, q.idemLog, err = provision.Bucket(ctx, js, idempotency.BucketConfig(cfg.IdempotencyWindow, cfg.Stores.IdempotencyBytes, cfg.Replicas), false); err != nil {
 		return nil, err
 	}
-	dl := deadletter.Limits{Retention: cfg.DeadLetterRetention, MaxLetters: cfg.MaxJobs, MaxBytes: cfg.Stores.DeadLetterBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
+	dl := provision.StreamLimits{MaxAge: cfg.DeadLetterRetention, MaxMsgs: cfg.MaxJobs, MaxBytes: cfg.Stores.DeadLetterBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
 	if q.dead, err = provision.Stream(ctx, js, deadletter.StreamConfig(dl)); err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", deadletter.Stream, err)
 	}
-	cl := callbacks.Limits{MaxAge: cfg.Retention, MaxCallbacks: cfg.MaxJobs, MaxBytes: cfg.Stores.CallbackBytes, Replicas: cfg.Replicas}
+	cl := provision.StreamLimits{MaxAge: cfg.Retention, MaxMsgs: cfg.MaxJobs, MaxBytes: cfg.Stores.CallbackBytes, Replicas: cfg.Replicas}
 	if q.callbacks, err = provision.Stream(ctx, js, callbacks.StreamConfig(cl)); err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", callbacks.Stream, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/buffer/store"
 )
 
@@ -46,32 +47,16 @@ const (
 // reads it with GET /v1/jobs/{id}/result.
 const maxResultBytes = 256 << 10
 
-// Limits bound the callback stream.
-type Limits struct {
-	// MaxAge is how long a callback is kept undelivered.
-	MaxAge time.Duration
-	// MaxCallbacks and MaxBytes bound what the stream holds.
-	MaxCallbacks, MaxBytes int64
-	Replicas               int
-}
-
-// StreamConfig is the configuration of the callback stream.
-func StreamConfig(l Limits) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
+// StreamConfig is the configuration of the callback stream: l.MaxAge is
+// how long a callback is kept undelivered, the job retention (a callback
+// not delivered within it is of no use: the job it names is gone).
+func StreamConfig(l provision.StreamLimits) jetstream.StreamConfig {
+	return l.Apply(jetstream.StreamConfig{
 		Name:        Stream,
 		Description: "Sluice: callbacks of finished jobs not yet delivered",
 		Subjects:    []string{Prefix + ">"},
 		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Discard:     jetstream.DiscardNew,
-		// A callback not delivered within the job retention is of no use:
-		// the job it names is gone.
-		MaxAge:     l.MaxAge,
-		MaxMsgs:    l.MaxCallbacks,
-		MaxBytes:   l.MaxBytes,
-		Replicas:   l.Replicas,
-		Duplicates: 10 * time.Minute,
-	}
+	})
 }
 
 // Event is the JSON body a callback receiver gets, in the shape

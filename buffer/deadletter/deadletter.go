@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,36 +35,17 @@ const (
 // the job's state keeps all of it until its retention passes.
 const MaxResultBytes = 64 << 10
 
-// Limits bound the dead-letter stream.
-type Limits struct {
-	// Retention is how long a dead letter is kept.
-	Retention time.Duration
-	// MaxLetters and MaxBytes bound what the stream holds; MaxMsgSize
-	// bounds one letter.
-	MaxLetters, MaxBytes int64
-	MaxMsgSize           int32
-	Replicas             int
-}
-
-// StreamConfig is the configuration of the dead-letter stream.
-func StreamConfig(l Limits) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
+// StreamConfig is the configuration of the dead-letter stream: l.MaxAge
+// is how long a dead letter is kept. Discard new, as for jobs: when full,
+// dead-lettering fails and the job stays in the work queue rather than an
+// older dead letter being dropped.
+func StreamConfig(l provision.StreamLimits) jetstream.StreamConfig {
+	return l.Apply(jetstream.StreamConfig{
 		Name:        Stream,
 		Description: "Sluice: jobs that failed or expired, kept for inspection and redrive",
 		Subjects:    []string{Prefix + ">"},
 		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.FileStorage,
-		// Discard new, as for jobs: when full, dead-lettering fails and the
-		// job stays in the work queue rather than an older dead letter
-		// being dropped.
-		Discard:    jetstream.DiscardNew,
-		MaxAge:     l.Retention,
-		MaxMsgs:    l.MaxLetters,
-		MaxBytes:   l.MaxBytes,
-		MaxMsgSize: l.MaxMsgSize,
-		Replicas:   l.Replicas,
-		Duplicates: 10 * time.Minute,
-	}
+	})
 }
 
 // Subject is the subject of a job's dead letter:

@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/buffer/jobid"
 	"github.com/sluicehq/sluice/buffer/jsapi"
+	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/buffer/store"
 )
 
@@ -26,15 +27,7 @@ const Bucket = "sluice-idempotency"
 // BucketConfig is the configuration of the bucket of job IDs by
 // idempotency key: a key is kept for window, the bucket holds maxBytes.
 func BucketConfig(window time.Duration, maxBytes int64, replicas int) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "Sluice: job ID by function and idempotency key",
-		History:     1,
-		TTL:         window,
-		MaxBytes:    maxBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	}
+	return provision.BucketConfig(Bucket, "Sluice: job ID by function and idempotency key", window, maxBytes, replicas)
 }
 
 // Submit submits a job for function with an idempotency key, claimed in

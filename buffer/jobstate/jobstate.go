@@ -19,6 +19,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/buffer/jobid"
 	"github.com/sluicehq/sluice/buffer/jsapi"
+	"github.com/sluicehq/sluice/buffer/provision"
 )
 
 // Bucket is the key-value bucket holding each job's state.
@@ -27,15 +28,7 @@ const Bucket = "sluice-jobs"
 // BucketConfig is the configuration of the bucket of job state: an entry
 // is kept for retention after its last change, the bucket holds maxBytes.
 func BucketConfig(retention time.Duration, maxBytes int64, replicas int) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "Sluice: job state by job ID",
-		History:     1,
-		TTL:         retention,
-		MaxBytes:    maxBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	}
+	return provision.BucketConfig(Bucket, "Sluice: job state by job ID", retention, maxBytes, replicas)
 }
 
 // Get reads the job's state entry, from the bucket's stream log, and its

@@ -202,14 +202,44 @@ func (j JobStream) Config() jetstream.StreamConfig {
 // PacingBucketConfig is the configuration of the bucket of dispatch
 // windows, named name.
 func PacingBucketConfig(name string, replicas int) jetstream.KeyValueConfig {
+	return BucketConfig(name, "Sluice: dispatch window by function", 0, store.PacingBytes, replicas)
+}
+
+// BucketConfig is the configuration of one of Sluice's buckets: one value
+// a key, kept for ttl after its last change (0: for good), on file
+// storage, maxBytes at most.
+func BucketConfig(name, description string, ttl time.Duration, maxBytes int64, replicas int) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket:      name,
-		Description: "Sluice: dispatch window by function",
+		Description: description,
 		History:     1,
-		MaxBytes:    store.PacingBytes,
+		TTL:         ttl,
+		MaxBytes:    maxBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
 	}
+}
+
+// StreamLimits bound a stream that keeps what finished jobs lead to (dead
+// letters, callbacks).
+type StreamLimits struct {
+	// MaxAge is how long a message is kept.
+	MaxAge time.Duration
+	// MaxMsgs and MaxBytes bound what the stream holds; MaxMsgSize, if
+	// set, bounds one message.
+	MaxMsgs, MaxBytes int64
+	MaxMsgSize        int32
+	Replicas          int
+}
+
+// Apply sets the limits on cfg, and what such streams share: file
+// storage, a ten-minute duplicate window, and, when full, the refusal of
+// new messages (the job that leads to one waits) rather than dropping old
+// ones.
+func (l StreamLimits) Apply(cfg jetstream.StreamConfig) jetstream.StreamConfig {
+	cfg.Storage, cfg.Discard, cfg.Duplicates = jetstream.FileStorage, jetstream.DiscardNew, 10*time.Minute
+	cfg.MaxAge, cfg.MaxMsgs, cfg.MaxBytes, cfg.MaxMsgSize, cfg.Replicas = l.MaxAge, l.MaxMsgs, l.MaxBytes, l.MaxMsgSize, l.Replicas
+	return cfg
 }
 
 // Ready reports whether JetStream answers and the streams and the bucket
