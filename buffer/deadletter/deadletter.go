@@ -73,7 +73,7 @@ func tenantLetters(function, tenant string) string {
 func functionLetters(function string) string { return Prefix + function + ".>" }
 
 // Before, a dead letter's subject named no tenant:
-// sluice.dead.<function>.<id>. Open moves such letters to their subjects
+// sluice.dead.<function>.<id>. buffer.Open moves such letters to their subjects
 // of now ([Store.MoveLegacy]); until it has (a letter an older replica
 // stored since, or one a full stream left where it was), they are read
 // where they are.
