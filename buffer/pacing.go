@@ -279,6 +279,11 @@ func (c *Consumer) Load(ctx context.Context) (Load, error) {
 	}
 	c.ackFloor.Store(info.AckFloor.Stream)
 	c.delivered.Store(info.Delivered.Stream)
+	// The cap as the server has it: another process may have written it
+	// since this one did, and SetMaxInFlight writes only what differs.
+	c.mu.Lock()
+	c.maxInFlight = info.Config.MaxAckPending
+	c.mu.Unlock()
 	if !info.TimeStamp.IsZero() {
 		c.serverOffset.Store(time.Until(info.TimeStamp))
 	}
@@ -365,8 +370,9 @@ func (q *Queue) FunctionLoad(ctx context.Context, function string) (Load, error)
 // RemoveFinished removes the messages of the function's finished jobs, up
 // to the ack floor Load last read (every job at or below it is finished),
 // in one purge: one fsync for all of them, where a work queue spends one per
-// job. Finished jobs above the floor wait for a later call.
-func (c *Consumer) RemoveFinished(ctx context.Context) error {
+// job. Finished jobs above the floor wait for a later call. Unless all is
+// set, it waits to have a batch (see removeBatch).
+func (c *Consumer) RemoveFinished(ctx context.Context, all bool) error {
 	floor := c.ackFloor.Load()
 	if floor <= c.removedTo.Load() {
 		return nil
@@ -374,7 +380,7 @@ func (c *Consumer) RemoveFinished(ctx context.Context) error {
 	// Each purge costs the server a pass and an fsync: batch them, a
 	// thousand finished jobs or a second's worth at least.
 	now := time.Now().UnixNano()
-	if floor-c.removedTo.Load() < removeBatch && time.Duration(now-c.removedAt.Load()) < removeEvery {
+	if !all && floor-c.removedTo.Load() < removeBatch && time.Duration(now-c.removedAt.Load()) < removeEvery {
 		return nil
 	}
 	c.removedAt.Store(now)
@@ -456,14 +462,6 @@ func (c *Consumer) SetPooledCap(ctx context.Context, n int, load Load) error {
 
 // resumeIn is how soon a paused consumer resumes, by the server's clock.
 const resumeIn = 20 * time.Millisecond
-
-// RefreshMaxInFlight forgets the cached cap, so the next SetMaxInFlight
-// writes even an unchanged value: another process may have changed it.
-func (c *Consumer) RefreshMaxInFlight() {
-	c.mu.Lock()
-	c.maxInFlight = 0
-	c.mu.Unlock()
-}
 
 // PauseDelay is how long a throttled job waits before it is delivered
 // again, at least: until the function's pause ends.

@@ -64,7 +64,7 @@ func TestFinishedJobsAreRemovedUpToTheAckFloor(t *testing.T) {
 			if _, err := c.Load(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if err := c.RemoveFinished(ctx); err != nil {
+			if err := c.RemoveFinished(ctx, false); err != nil {
 				t.Fatal(err)
 			}
 			if n := streamMsgs(t, js); n > left {

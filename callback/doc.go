@@ -16,5 +16,8 @@
 // address is refused too. Redirects are never followed.
 //
 // A [Sender] POSTs the signed JSON and reports a failure as an [*Error]
-// that says whether trying again could help.
+// that says whether trying again could help. The gateway's deliverer of
+// stored callbacks, which retries them and keeps each tenant to its share,
+// is package callback/delivery, apart so that this package needs neither
+// the buffer nor dispatch.
 package callback

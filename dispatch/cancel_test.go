@@ -24,11 +24,11 @@ import (
 // RUNNING is the same in the end.
 func TestCancelAsTheAttemptStarts(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		after time.Duration // from the function's receipt of the request to the cancel
+		name    string
+		running bool // the cancel waits for the job to say RUNNING
 	}{
-		{"before RUNNING is written", 0},
-		{"once RUNNING", 600 * time.Millisecond},
+		{"before RUNNING is written", false},
+		{"once RUNNING", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := buffertest.Queue(t, buffer.Config{})
@@ -50,7 +50,9 @@ func TestCancelAsTheAttemptStarts(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("the function got no request")
 			}
-			time.Sleep(tc.after)
+			if tc.running {
+				waitJobWhere(t, q, ids[0], 5*time.Second, "running", func(j *sluicev1.Job) bool { return j.State == sluicev1.Job_RUNNING })
+			}
 			answer, err := q.Cancel(t.Context(), ids[0])
 			if err != nil {
 				t.Fatal(err)
@@ -62,8 +64,9 @@ func TestCancelAsTheAttemptStarts(t *testing.T) {
 			// Once dispatch has the function's answer, the job says what
 			// happened: one attempt, cancelled while running, no result.
 			waitJobWhere(t, q, ids[0], 10*time.Second, "with its attempt counted", func(j *sluicev1.Job) bool { return j.Attempts > 0 })
-			// The function answers a second after it got the request; the
-			// discarded outcome would have been written by now.
+			// The function answers a second after it got the request: time
+			// for its outcome to be written over the cancel, which must not
+			// happen.
 			time.Sleep(1500 * time.Millisecond)
 			job, err := q.Get(t.Context(), ids[0])
 			if err != nil {

@@ -20,18 +20,4 @@ func TestZeroValuesTakeTheDefaults(t *testing.T) {
 	if want := circuit.DefaultPolicy(); breaker != want {
 		t.Errorf("zero circuit.Policy = %+v, want circuit.DefaultPolicy() %+v", breaker, want)
 	}
-	d, err := NewCallbackDeliverer(CallbackConfig{Source: nopCallbackSource{}, Sender: nopCallbackSender{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := DefaultRetryPolicy()
-	want.MaxAttempts = DefaultCallbackMaxAttempts
-	if got := d.cfg; got.Timeout != DefaultCallbackTimeout || got.Retry != want || got.Concurrency != DefaultCallbackConcurrency {
-		t.Errorf("zero CallbackConfig: timeout %v, retry %+v, concurrency %d; want %v, %+v, %d",
-			got.Timeout, got.Retry, got.Concurrency, DefaultCallbackTimeout, want, DefaultCallbackConcurrency)
-	}
 }
-
-type nopCallbackSource struct{ CallbackSource }
-
-type nopCallbackSender struct{ CallbackSender }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -89,6 +90,7 @@ type Source interface {
 	UpdatePacing(ctx context.Context, function string, change func(*buffer.PacingState) bool) (buffer.PacingState, error)
 	Pool(ctx context.Context, pool string) (buffer.Pool, error)
 	UpdatePool(ctx context.Context, pool string, change func(*buffer.Pool) bool) (buffer.Pool, error)
+	NewArrivals(watches int) *buffer.Arrivals
 }
 
 var _ Source = (*buffer.Queue)(nil)
@@ -199,18 +201,23 @@ func New(cfg Config) (*Dispatcher, error) {
 // JetStream unavailable for a while (see waitOutUnavailable) is waited out.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	id := processID()
+	arrivals := d.cfg.Source.NewArrivals(len(d.cfg.Functions))
 	loops := make([]*functionLoop, 0, len(d.cfg.Functions))
 	for _, f := range d.cfg.Functions {
 		l, err := d.newFunctionLoop(ctx, f, id)
 		if err != nil {
 			return stoppedOr(ctx, err)
 		}
+		l.arrivals = arrivals
 		loops = append(loops, l)
 	}
 	pools := d.newPoolLoops(loops, id)
 	if err := registerGauges(d.cfg.MeterProvider, loops, pools); err != nil {
 		return fmt.Errorf("dispatch: metrics: %w", err)
 	}
+	var woken sync.WaitGroup
+	woken.Go(func() { arrivals.Run(ctx) }) // wakes resting loops
+	defer woken.Wait()
 	return runLoops(ctx, loops, pools)
 }
 
@@ -242,6 +249,7 @@ func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string)
 		log:   d.log.With("function", f.Name),
 		tel:   d.tel,
 		attrs: newLoopAttrs(f.Name),
+		wake:  make(chan struct{}, 1),
 	}
 	l.id = id
 	l.inv = pacing.NewInvocations(window, f.Concurrency)
@@ -327,6 +335,7 @@ func runLoops(ctx context.Context, loops []*functionLoop, pools []*poolLoop) err
 			l.log.Info("dispatch paused by configuration; jobs are kept until it resumes")
 			continue
 		}
+		l.pulls = newPullGate(ctx)
 		paceCtx, stopPacing := context.WithCancel(ctx)
 		g.Go(func() error { l.pace(paceCtx); return nil })
 		if l.fn.KeepWarm.Instances > 0 {

@@ -40,6 +40,11 @@ type functionLoop struct {
 	lanes      []*laneUnit
 
 	pacing atomic.Pointer[buffer.PacingState] // the shared window as last seen
+
+	wake     chan struct{}    // work came (capacity 1): see nudge
+	resting  atomic.Bool      // the pace loop rests: see rest
+	arrivals *buffer.Arrivals // tells of jobs stored while it rests
+	pulls    *pullGate        // shut while it rests
 }
 
 // run pulls the function's jobs, from each of its lanes, and invokes
@@ -56,7 +61,12 @@ func (l *functionLoop) run(ctx context.Context) {
 	for _, u := range l.lanes {
 		pullers.Go(func() {
 			for ctx.Err() == nil {
-				err := u.cons.Consume(ctx, l.fn.Concurrency, func(dv *buffer.Delivery) {
+				pullCtx := l.pulls.wait() // ends when the function rests
+				if pullCtx == nil {
+					break
+				}
+				err := u.cons.Consume(pullCtx, l.fn.Concurrency, func(dv *buffer.Delivery) {
+					l.nudge()
 					// The window (MaxAckPending) keeps deliveries within the
 					// slots; this only guards the configured limit in this
 					// process.
@@ -73,7 +83,7 @@ func (l *functionLoop) run(ctx context.Context) {
 				})
 				if err != nil {
 					l.log.WarnContext(ctx, "pull jobs", "consumer", u.name, "err", err)
-					sleep(ctx, time.Second)
+					sleep(pullCtx, time.Second)
 				}
 			}
 		})
@@ -97,70 +107,157 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 }
 
 // pace moves the shared window every PaceEvery for the load it sees, and
-// makes the consumer's server-enforced cap follow it. The cached cap is
-// forgotten now and then, since another process may have written it.
+// makes the consumer's server-enforced cap follow it, while the function
+// has work anywhere. Once it has had none for restAfter rounds it rests:
+// no JetStream request, no write, until a job for it is stored or
+// delivered (see rest).
 func (l *functionLoop) pace(ctx context.Context) {
 	tick := time.NewTicker(l.cfg.PaceEvery)
 	defer tick.Stop()
+	quiet := 0 // rounds in a row that found no work
 	for n := 0; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		if n%10 == 0 && l.pool == nil {
-			l.cons.RefreshMaxInFlight()
-		}
-		load, err := l.load(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				l.log.Warn("read load", "err", err)
-			}
+		if l.paceRound(ctx, n) {
+			quiet = 0
 			continue
 		}
-		now := l.cfg.Now()
-		cold, warm := l.cold.take()
-		counts := l.counts.take()
-		mine := l.report(now)
-		p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
-			p.ColdStarts += cold
-			p.WarmStarts += warm
-			p.Counts.Add(counts)
-			reported := pacing.PutReport(p, l.id, mine, now)
-			return pacing.Step(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{} || reported
-		})
-		if err != nil {
-			l.cold.giveBack(cold, warm)
-			l.counts.giveBack(counts)
-			if ctx.Err() == nil {
-				l.log.Warn("move window", "err", err)
-			}
+		if quiet++; quiet < restAfter {
 			continue
 		}
-		l.storePacing(&p)
-		if mine.Idle() {
-			l.announced.Store(false) // the report is gone: announce again before the next start
+		if !l.rest(ctx) {
+			return
 		}
-		if l.pool == nil { // a pool's leader caps pooled functions
-			if err := l.cons.SetMaxInFlight(ctx, l.consumerCap(&p, now)); err != nil && ctx.Err() == nil {
-				l.log.Warn("apply window", "err", err)
-			}
+		tick.Reset(l.cfg.PaceEvery)
+		quiet, n = 0, 0
+		l.paceRound(ctx, n) // at once: the window may have changed while at rest (idle reap)
+	}
+}
+
+// restAfter is how many rounds in a row without work anywhere a function's
+// pace loop waits before it rests: a second, so that a function whose jobs
+// come one at a time does not rest between them.
+const restAfter = 10
+
+// rest waits until a job for the function is stored (by any process:
+// see [buffer.Arrivals]), after one last round that finds it idle and
+// leaves nothing unwritten: this process's report gone from the shared
+// state and every finished job's message removed. Meanwhile it pulls
+// nothing (see pullGate). It returns false if ctx ended. The watch begins
+// and the wake is cleared before that round, so a job stored during it or
+// after it wakes the loop: none is missed. A pooled or fair function's
+// consumers may have a cap of 0 while idle; its pool's leader, woken with
+// it, raises them.
+func (l *functionLoop) rest(ctx context.Context) bool {
+	select {
+	case <-l.wake:
+	default:
+	}
+	stopWatch, err := l.arrivals.Watch(ctx, l.fn.Name, l.nudge)
+	if err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("watch for jobs", "err", err)
 		}
-		if err := l.removeFinished(ctx); err != nil && ctx.Err() == nil {
+		return true
+	}
+	defer stopWatch()
+	if l.paceRound(ctx, 0) {
+		return true // work came meanwhile: no rest
+	}
+	if err := l.removeFinished(ctx, true); err != nil {
+		if ctx.Err() == nil {
 			l.log.Warn("remove finished jobs", "err", err)
 		}
-		l.gauges.backlog.Store(int64(load.Backlog))
-		l.gauges.inFlight.Store(int64(load.InFlight))
-		l.gauges.window.Store(int64(p.Window))
-		l.gauges.setLearned(p)
-		if n%10 == 0 {
-			if since, err := l.oldest(ctx); err == nil {
-				l.gauges.oldestAge.Store(int64(max(0, now.Sub(since))))
-			} else if errors.Is(err, buffer.ErrNotFound) {
-				l.gauges.oldestAge.Store(0)
-			}
+		return true
+	}
+	// Until the first round after the wake, starts keep to the window
+	// the platform gives a function without environments at most: an idle
+	// spell may have reaped the ones it had.
+	l.inv.SetRoom(min(int(l.pacing.Load().Window), l.fn.Pacing.Initial))
+	l.gauges.oldestAge.Store(0)
+	// No pull either: a job delivered as they end is handed back, and
+	// its arrival, which the watch has seen, ends the rest.
+	l.pulls.shut()
+	defer l.pulls.open()
+	l.resting.Store(true)
+	defer l.resting.Store(false)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-l.wake:
+		return true
+	}
+}
+
+// nudge wakes the pace loop, and its pool's, if they rest: a job was
+// stored or delivered. It never blocks.
+func (l *functionLoop) nudge() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	if l.pool != nil {
+		l.pool.nudge()
+	}
+}
+
+// paceRound reads the function's load, moves the shared window for it and
+// applies it. It reports whether the function has work anywhere, or this
+// round could not finish its business (so the loop must not rest).
+func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
+	load, err := l.load(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("read load", "err", err)
+		}
+		return true
+	}
+	now := l.cfg.Now()
+	cold, warm := l.cold.take()
+	counts := l.counts.take()
+	mine := l.report(now)
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
+		p.ColdStarts += cold
+		p.WarmStarts += warm
+		p.Counts.Add(counts)
+		reported := pacing.PutReport(p, l.id, mine, now)
+		return pacing.Step(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{} || reported
+	})
+	if err != nil {
+		l.cold.giveBack(cold, warm)
+		l.counts.giveBack(counts)
+		if ctx.Err() == nil {
+			l.log.Warn("move window", "err", err)
+		}
+		return true
+	}
+	l.storePacing(&p)
+	if mine.Idle() {
+		l.announced.Store(false) // the report is gone: announce again before the next start
+	}
+	if l.pool == nil { // a pool's leader caps pooled functions
+		if err := l.cons.SetMaxInFlight(ctx, l.consumerCap(&p, now)); err != nil && ctx.Err() == nil {
+			l.log.Warn("apply window", "err", err)
 		}
 	}
+	if err := l.removeFinished(ctx, false); err != nil && ctx.Err() == nil {
+		l.log.Warn("remove finished jobs", "err", err)
+	}
+	l.gauges.backlog.Store(int64(load.Backlog))
+	l.gauges.inFlight.Store(int64(load.InFlight))
+	l.gauges.window.Store(int64(p.Window))
+	l.gauges.setLearned(p)
+	if n%10 == 0 {
+		if since, err := l.oldest(ctx); err == nil {
+			l.gauges.oldestAge.Store(int64(max(0, now.Sub(since))))
+		} else if errors.Is(err, buffer.ErrNotFound) {
+			l.gauges.oldestAge.Store(0)
+		}
+	}
+	return load.Backlog > 0 || load.InFlight > 0 || !mine.Idle()
 }
 
 // sleep waits d, or until ctx ends.

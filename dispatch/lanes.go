@@ -151,11 +151,12 @@ func (l *functionLoop) load(ctx context.Context) (buffer.Load, error) {
 	return sum, nil
 }
 
-// removeFinished removes the messages of finished jobs, lane by lane.
-func (l *functionLoop) removeFinished(ctx context.Context) error {
+// removeFinished removes the messages of finished jobs, lane by lane: in
+// batches (see [buffer.Consumer.RemoveFinished]), or all of them now.
+func (l *functionLoop) removeFinished(ctx context.Context, now bool) error {
 	var errs []error
 	for _, u := range l.lanes {
-		errs = append(errs, u.cons.RemoveFinished(ctx))
+		errs = append(errs, u.cons.RemoveFinished(ctx, now))
 	}
 	return errors.Join(errs...)
 }

@@ -43,7 +43,7 @@ func (o *otherPlatform) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.mu.Unlock()
 	// Skewed: mostly near minRun, now and then much longer.
 	run := o.minRun + time.Duration(rand.ExpFloat64()*float64(o.extraRun))
-	time.Sleep(run)
+	time.Sleep(run) // the function's work
 	w.WriteHeader(http.StatusOK)
 	go func() {
 		time.Sleep(o.releaseAfter) // the environment stays busy a while after it answered

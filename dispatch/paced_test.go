@@ -151,8 +151,10 @@ func TestKeepWarmHoldsInstancesWhileIdle(t *testing.T) {
 	// Two processes: each round is sent by one of them.
 	startDispatcher(t, q, fn, time.Second)
 	startDispatcher(t, q, fn, time.Second)
-	// The platform reaps an environment idle for a second: ten rounds'
-	// worth, so that a loaded machine's late round is no reap.
+	// Two seconds idle: time for reaps, which the pings must prevent, and
+	// for pings by both processes at once, which must not come. The
+	// platform reaps an environment idle for a second: ten rounds' worth,
+	// so that a loaded machine's late round is no reap.
 	time.Sleep(2 * time.Second)
 	st := sim.Stats()
 	if st.Environments != 3 || st.Invocations != 0 {

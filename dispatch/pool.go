@@ -77,6 +77,7 @@ type poolLoop struct {
 	round    int // rounds run; owned by run's goroutine
 
 	seen atomic.Pointer[buffer.Pool] // the pool's state as last read or written
+	wake chan struct{}               // a member's work came (capacity 1): see nudge
 }
 
 // processID names this process in pool leases.
@@ -97,9 +98,13 @@ func newPoolLoop(p Pool, members []*functionLoop, cfg *Config, log *slog.Logger,
 		m.pool = pl
 	}
 	pl.seen.Store(&buffer.Pool{})
+	pl.wake = make(chan struct{}, 1)
 	return pl
 }
 
+// run shares the pool every PaceEvery while any of its members has work,
+// and rests while every member's pace loop does: its members' jobs wake
+// it (see nudge).
 func (pl *poolLoop) run(ctx context.Context) {
 	tick := time.NewTicker(pl.cfg.PaceEvery)
 	defer tick.Stop()
@@ -109,9 +114,62 @@ func (pl *poolLoop) run(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if err := pl.step(ctx); err != nil && ctx.Err() == nil {
-			pl.log.Warn("share pool", "err", err)
+		pl.stepOrWarn(ctx)
+		if !pl.membersResting() {
+			continue
 		}
+		tick.Stop()
+		if !pl.rest(ctx) {
+			return
+		}
+		tick.Reset(pl.cfg.PaceEvery)
+		pl.stepOrWarn(ctx) // at once: a member's job may wait for a cap
+	}
+}
+
+func (pl *poolLoop) stepOrWarn(ctx context.Context) {
+	if err := pl.step(ctx); err != nil && ctx.Err() == nil {
+		pl.log.Warn("share pool", "err", err)
+	}
+}
+
+// rest waits for a member's work, after one more round that finds every
+// member resting, so that the caps are those of an idle pool. It returns
+// false if ctx ended. The wake is cleared before that round: a member
+// woken during or after it wakes the pool.
+func (pl *poolLoop) rest(ctx context.Context) bool {
+	select {
+	case <-pl.wake:
+	default:
+	}
+	pl.stepOrWarn(ctx)
+	if !pl.membersResting() {
+		return true
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-pl.wake:
+		return true
+	}
+}
+
+// membersResting says whether every member's pace loop rests (a paused
+// member's does not run).
+func (pl *poolLoop) membersResting() bool {
+	for _, m := range pl.members {
+		if !m.resting.Load() && !m.fn.Paused {
+			return false
+		}
+	}
+	return true
+}
+
+// nudge wakes the pool's loop if it rests. It never blocks.
+func (pl *poolLoop) nudge() {
+	select {
+	case pl.wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -146,7 +146,7 @@ func TestPoolSharesFairlyAndNeverExceeds(t *testing.T) {
 				if time.Now().After(deadline) {
 					t.Fatalf("alpha started %d of %d jobs within a minute", plat.started["alpha"].Load(), jobs["alpha"])
 				}
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond) // between samples
 				samples++
 				in := map[string]int64{}
 				backlogged := true

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -232,63 +231,4 @@ func waitTenantLetters(t *testing.T, q *buffer.Queue, tenant string, n int) []*s
 		return nil
 	})
 	return page.Letters
-}
-
-// One tenant's receivers that never answer must not hold up another
-// tenant's callbacks: each tenant has a share of the deliveries in
-// flight, and callbacks waiting for a retry hold no delivery. (#19 item 1)
-func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
-	release := make(chan struct{})
-	var silentCalls atomic.Int32
-	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		silentCalls.Add(1)
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(silent.Close) // after the deliverer stops, which releases its requests
-	answered := make(chan string, 100)
-	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		answered <- r.Header.Get("webhook-id")
-	}))
-	defer good.Close()
-	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) }))
-	defer fn.Close()
-
-	q := buffertest.Queue(t, buffer.Config{})
-	submitWith := func(tenant, url string, n int) (ids []string) {
-		for range n {
-			job, err := q.Submit(t.Context(), "f", []byte("x"), "text/plain", buffer.WithTenant(tenant), buffer.WithCallback(url))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, job.Id)
-		}
-		return ids
-	}
-	noisy := submitWith("noisy", silent.URL, 20)
-	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: 4, Timeout: time.Second}, time.Second)
-	// Each silent attempt takes the whole timeout; every one of the noisy
-	// tenant's is then retried after a backoff.
-	startCallbacks(t, dispatch.CallbackConfig{
-		Source:      q,
-		Timeout:     10 * time.Second,
-		Retry:       dispatch.RetryPolicy{MaxAttempts: 10, InitialBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second},
-		Concurrency: 4,
-	}, func() { close(release) })
-	// The noisy tenant's callbacks are stored and taken first.
-	for _, id := range noisy {
-		waitJob(t, q, id, 10*time.Second)
-	}
-	buffertest.WaitFor(t, 10*time.Second, "a noisy callback held by its silent receiver", func() bool { return silentCalls.Load() > 0 })
-	submitWith("quiet", good.URL, 5)
-	deadline := time.After(5 * time.Second)
-	for n := range 5 {
-		select {
-		case <-answered:
-		case <-deadline:
-			t.Fatalf("%d of the quiet tenant's 5 callbacks delivered in 5s; the noisy tenant's silent receiver held up the rest", n)
-		}
-	}
 }

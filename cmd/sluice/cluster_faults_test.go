@@ -55,7 +55,7 @@ func TestClusterFaultKillStreamLeader(t *testing.T) {
 		}
 		t.Logf("killing %s, the leader of %s", leader.Name(), buffer.StreamName)
 		leader.Kill()
-		time.Sleep(outage)
+		time.Sleep(outage) // the fault lasts this long
 		leader.Start(t)
 	})
 	s.nats.WaitHealthy(time.Minute)
@@ -76,7 +76,7 @@ func TestClusterFaultNetworkCut(t *testing.T) {
 				for _, p := range s.proxies[0] {
 					p.Cut(blackhole)
 				}
-				time.Sleep(outage)
+				time.Sleep(outage) // the fault lasts this long
 				for _, p := range s.proxies[0] {
 					p.Restore()
 				}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/genproto/googleapis/api/httpbody"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 )
 
 // TestClusterSizing measures what one gateway replica sustains against a
@@ -85,9 +86,7 @@ func TestClusterSizing(t *testing.T) {
 	start := time.Now()
 	w.run(t.Context(), jobs)
 	submitted := time.Since(start)
-	for d.sim.Stats().Invocations < jobs {
-		time.Sleep(50 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, 5*time.Minute, fmt.Sprintf("all %d jobs invoked", jobs), func() bool { return d.sim.Stats().Invocations >= jobs })
 	took := time.Since(start)
 	fmt.Fprintf(faultOut, "sizing: dispatch, one replica: %d jobs submitted in %s and all invoked within %s of the first submit: %.0f invocations/s (submits and dispatch on the same replica); max concurrent %d; RSS %d MiB\n",
 		jobs, submitted.Round(time.Millisecond), took.Round(time.Millisecond), float64(jobs)/took.Seconds(), d.sim.Stats().MaxConcurrent, rssMiB(t, d.gateways[0].cmd.Process.Pid))

@@ -242,7 +242,7 @@ func (w *workload) submit(ctx context.Context, first int, key string) string {
 		w.refused[status.Code(err).String()]++
 		w.refusedAt = append(w.refusedAt, time.Now())
 		w.mu.Unlock()
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // a client's pause before it tries again
 	}
 	return ""
 }
@@ -321,7 +321,9 @@ func (r faultReport) String() string {
 }
 
 // settle waits until every acknowledged job is terminal (or within has
-// passed) and counts the outcome.
+// passed) and counts the outcome. It is not buffertest.WaitFor: a job not
+// settled in time fails nothing here, it is counted as stuck or lost, and
+// the report says so.
 func (w *workload) settle(ctx context.Context, fault string, within time.Duration) faultReport {
 	w.mu.Lock()
 	acked := slices.Clone(w.acked)
@@ -361,7 +363,7 @@ func (w *workload) settle(ctx context.Context, fault string, within time.Duratio
 		}
 		pending = still
 		if len(pending) > 0 {
-			time.Sleep(500 * time.Millisecond)
+			time.Sleep(500 * time.Millisecond) // between rounds of reads of every pending job
 		}
 	}
 	invoked := 0

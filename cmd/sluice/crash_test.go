@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -91,9 +92,7 @@ func TestCrashLosesNothing(t *testing.T) {
 		})
 	}
 	// Kill it once the function has run a few hundred jobs.
-	for sim.Stats().Invocations < 300 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	buffertest.WaitFor(t, time.Minute, "300 jobs run before the kill", func() bool { return sim.Stats().Invocations >= 300 })
 	if err := gw.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -102,24 +101,22 @@ func TestCrashLosesNothing(t *testing.T) {
 	wg.Wait()
 	gw = start()
 
-	deadline := time.Now().Add(2 * time.Minute)
-	for _, id := range acked {
-		for {
+	succeeded := 0 // acked[:succeeded] did
+	buffertest.WaitForNoError(t, 2*time.Minute, "every acknowledged job succeeded", func() error {
+		for ; succeeded < len(acked); succeeded++ {
+			id := acked[succeeded]
 			resp, err := client.GetJob(t.Context(), &sluicev1.GetJobRequest{Id: id}, grpc.WaitForReady(true))
 			if err != nil {
 				t.Fatalf("acknowledged job %s: %v", id, err)
 			}
-			if st := resp.GetJob().GetState(); st == sluicev1.Job_SUCCEEDED {
-				break
-			} else if st != sluicev1.Job_QUEUED && st != sluicev1.Job_RUNNING {
+			if st := resp.GetJob().GetState(); st == sluicev1.Job_QUEUED || st == sluicev1.Job_RUNNING {
+				return fmt.Errorf("job %s still %v, %d of %d succeeded", id, st, succeeded, len(acked))
+			} else if st != sluicev1.Job_SUCCEEDED {
 				t.Fatalf("acknowledged job %s ended %v", id, st)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("acknowledged job %s never finished", id)
-			}
-			time.Sleep(20 * time.Millisecond)
 		}
-	}
+		return nil
+	})
 	twice := 0
 	for _, id := range acked {
 		if sim.JobInvocations(id) > 1 {

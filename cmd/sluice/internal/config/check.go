@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -490,10 +491,10 @@ func (cb *CallbacksConfig) setDefaultsAndCheck() error {
 		}
 	}
 	if cb.Timeout == 0 {
-		cb.Timeout = Duration(dispatch.DefaultCallbackTimeout)
+		cb.Timeout = Duration(delivery.DefaultTimeout)
 	}
 	if cb.MaxAttempts == 0 {
-		cb.MaxAttempts = dispatch.DefaultCallbackMaxAttempts
+		cb.MaxAttempts = delivery.DefaultMaxAttempts
 	}
 	retry := dispatch.DefaultRetryPolicy()
 	if cb.InitialBackoff == 0 {
@@ -506,7 +507,7 @@ func (cb *CallbacksConfig) setDefaultsAndCheck() error {
 		errs = append(errs, fmt.Errorf("callbacks.max_backoff: %s is shorter than initial_backoff (%s)", time.Duration(cb.MaxBackoff), time.Duration(cb.InitialBackoff)))
 	}
 	if cb.Concurrency == 0 {
-		cb.Concurrency = dispatch.DefaultCallbackConcurrency
+		cb.Concurrency = delivery.DefaultConcurrency
 	}
 	if cb.TenantConcurrency > cb.Concurrency {
 		errs = append(errs, fmt.Errorf("callbacks.tenant_concurrency: %d is more than concurrency (%d)", cb.TenantConcurrency, cb.Concurrency))

@@ -11,6 +11,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/buffer/store"
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
@@ -175,10 +176,10 @@ func (c StreamsConfig) Gateway() gateway.StreamLimits {
 	}
 }
 
-// deliverer is callback delivery as dispatch takes it, but for its source,
-// sender and logger, which the process makes.
-func (cb *CallbacksConfig) Deliverer() dispatch.CallbackConfig {
-	return dispatch.CallbackConfig{
+// Deliverer is callback delivery as package delivery takes it, but for its
+// source, sender and logger, which the process makes.
+func (cb *CallbacksConfig) Deliverer() delivery.Config {
+	return delivery.Config{
 		Timeout: time.Duration(cb.Timeout),
 		Retry: dispatch.RetryPolicy{
 			MaxAttempts:    int(cb.MaxAttempts),

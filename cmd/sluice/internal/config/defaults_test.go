@@ -7,6 +7,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/buffer/store"
+	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/gateway"
@@ -52,13 +53,13 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 
 	cb := cfg.Callbacks.Deliverer()
 	retry := dispatch.DefaultRetryPolicy()
-	retry.MaxAttempts = dispatch.DefaultCallbackMaxAttempts
-	zeroOr(t, "callbacks timeout", cb.Timeout, dispatch.DefaultCallbackTimeout)
+	retry.MaxAttempts = delivery.DefaultMaxAttempts
+	zeroOr(t, "callbacks timeout", cb.Timeout, delivery.DefaultTimeout)
 	zeroOr(t, "callbacks max attempts", cb.Retry.MaxAttempts, retry.MaxAttempts)
 	zeroOr(t, "callbacks initial backoff", cb.Retry.InitialBackoff, retry.InitialBackoff)
 	zeroOr(t, "callbacks max backoff", cb.Retry.MaxBackoff, retry.MaxBackoff)
 	zeroOr(t, "callbacks multiplier", cb.Retry.Multiplier, retry.Multiplier)
-	zeroOr(t, "callbacks concurrency", cb.Concurrency, dispatch.DefaultCallbackConcurrency)
+	zeroOr(t, "callbacks concurrency", cb.Concurrency, delivery.DefaultConcurrency)
 	zeroOr(t, "callbacks tenant concurrency", cb.TenantConcurrency, max(cb.Concurrency/4, 1))
 	zeroOr(t, "callbacks max pending", cb.MaxPending, 64*cb.Concurrency)
 

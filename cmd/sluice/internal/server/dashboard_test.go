@@ -395,7 +395,7 @@ func delayList(t *testing.T, base string, delay time.Duration) string {
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v1/functions" {
-			time.Sleep(delay)
+			time.Sleep(delay) // a slow server's answer
 		}
 		proxy.ServeHTTP(w, r)
 	}))

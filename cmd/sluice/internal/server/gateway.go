@@ -30,6 +30,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/embedded"
 	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -64,7 +65,7 @@ type Gateway struct {
 	restSrv    *grpc.Server
 	restConn   *grpc.ClientConn
 	dispatcher *dispatch.Dispatcher
-	callbacks  *dispatch.CallbackDeliverer // nil without callback secrets
+	callbacks  *delivery.Deliverer // nil without callback secrets
 	svc        *gateway.Service
 	queue      *buffer.Queue
 	tel        *telemetry
@@ -246,7 +247,7 @@ func (p *Gateway) newCallbacks(cfg *config.Config) (gateway.CallbackPolicy, erro
 	cbCfg := cb.Deliverer()
 	cbCfg.Source, cbCfg.Logger = p.queue, p.log
 	cbCfg.Sender = &callback.Sender{Client: guard.Client(time.Duration(cb.Timeout)), Keys: keys}
-	p.callbacks, err = dispatch.NewCallbackDeliverer(cbCfg)
+	p.callbacks, err = delivery.New(cbCfg)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/buffertest"
 )
 
 // echoService answers SubmitJob with a job whose ID is the payload's size
@@ -44,7 +45,7 @@ func (s *echoService) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequ
 		<-ctx.Done()
 		return nil, ctx.Err()
 	case f == "slow":
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // the server's work
 	case len(f) > 5 && f[:5] == "fail:":
 		code, _ := strconv.Atoi(f[5:])
 		return nil, status.Error(codes.Code(code), "refused: "+f)
@@ -205,14 +206,14 @@ func TestGRPCConnMaxConcurrentStreams(t *testing.T) {
 // When the server goes, the calls in flight and later ones fail with
 // Unavailable, and none hangs.
 func TestGRPCConnServerGone(t *testing.T) {
-	_, srv, addr := startEcho(t)
+	svc, srv, addr := startEcho(t)
 	c := dial(t, addr)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := submit(t.Context(), c, "block", 10)
 		errc <- err
 	}()
-	time.Sleep(50 * time.Millisecond)
+	buffertest.WaitFor(t, 5*time.Second, "the call in flight at the server", func() bool { return svc.running.Load() > 0 })
 	srv.Stop()
 	select {
 	case err := <-errc:

@@ -1,10 +1,11 @@
-package dispatch_test
+package delivery_test
 
 import (
-	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,8 +15,8 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
-	"github.com/sluicehq/sluice/dispatch/target"
 )
 
 // tenantHook records, per call, which of the named secrets verify it.
@@ -53,8 +54,6 @@ func TestCallbackSignedWithItsTenantsSecret(t *testing.T) {
 	}
 	hookSrv := httptest.NewServer(h)
 	defer hookSrv.Close()
-	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) }))
-	defer fn.Close()
 
 	if _, err := q.Submit(t.Context(), "f", []byte("x"), "text/plain", buffer.WithTenant("acme"), buffer.WithCallback(hookSrv.URL)); err != nil {
 		t.Fatal(err)
@@ -68,12 +67,12 @@ func TestCallbackSignedWithItsTenantsSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}, time.Second)
+	finishJobs(t, q, 1)
 	guard, err := callback.NewGuard([]string{"127.0.0.0/8"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := dispatch.NewCallbackDeliverer(dispatch.CallbackConfig{
+	d, err := delivery.New(delivery.Config{
 		Source:  q,
 		Sender:  &callback.Sender{Client: guard.Client(time.Second), Keys: keys},
 		Timeout: time.Second,
@@ -81,15 +80,7 @@ func TestCallbackSignedWithItsTenantsSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runUntilCleanup(t, d.Run, nil)
 	seen := map[string]bool{}
 	for range 2 {
 		select {
@@ -108,5 +99,68 @@ func TestCallbackSignedWithItsTenantsSecret(t *testing.T) {
 	}
 	if !seen["acme"] || !seen["bolt"] {
 		t.Errorf("callbacks verified: %v; want one of acme's and one of bolt's", seen)
+	}
+}
+
+// One tenant's receivers that never answer must not hold up another
+// tenant's callbacks: each tenant has a share of the deliveries in
+// flight, and callbacks waiting for a retry hold no delivery. (#19 item 1)
+func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
+	release := make(chan struct{})
+	var silentCalls atomic.Int32
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		silentCalls.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(silent.Close) // after the deliverer stops, which releases its requests
+	answered := make(chan string, 100)
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		answered <- r.Header.Get("webhook-id")
+	}))
+	defer good.Close()
+
+	q := buffertest.Queue(t, buffer.Config{})
+	submitWith := func(tenant, url string, n int) (ids []string) {
+		for range n {
+			job, err := q.Submit(t.Context(), "f", []byte("x"), "text/plain", buffer.WithTenant(tenant), buffer.WithCallback(url))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, job.Id)
+		}
+		return ids
+	}
+	noisy := submitWith("noisy", silent.URL, 20)
+	finishJobs(t, q, 4)
+	// Each silent attempt takes the whole timeout; every one of the noisy
+	// tenant's is then retried after a backoff.
+	startCallbacks(t, delivery.Config{
+		Source:      q,
+		Timeout:     10 * time.Second,
+		Retry:       dispatch.RetryPolicy{MaxAttempts: 10, InitialBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second},
+		Concurrency: 4,
+	}, func() { close(release) })
+	// The noisy tenant's callbacks are stored and taken first.
+	for _, id := range noisy {
+		buffertest.WaitForNoError(t, 10*time.Second, "job "+id+" finished", func() error {
+			job, err := q.Get(t.Context(), id)
+			if err == nil && !buffer.Terminal(job.State) {
+				err = fmt.Errorf("%v", job.State)
+			}
+			return err
+		})
+	}
+	buffertest.WaitFor(t, 10*time.Second, "a noisy callback held by its silent receiver", func() bool { return silentCalls.Load() > 0 })
+	submitWith("quiet", good.URL, 5)
+	deadline := time.After(5 * time.Second)
+	for n := range 5 {
+		select {
+		case <-answered:
+		case <-deadline:
+			t.Fatalf("%d of the quiet tenant's 5 callbacks delivered in 5s; the noisy tenant's silent receiver held up the rest", n)
+		}
 	}
 }

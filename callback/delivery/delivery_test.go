@@ -1,4 +1,4 @@
-package dispatch_test
+package delivery_test
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
@@ -54,21 +55,19 @@ func (h *hook) seen() ([]string, []bool, []string) {
 }
 
 // runCallbacks finishes one job with a callback to h, delivers callbacks
-// until want calls arrived (failing the test after 10s), and waits a
-// little for any extra one.
+// until want calls arrived (failing the test after 10s), and gives an
+// extra one, which must not come, time to come.
 func runCallbacks(t *testing.T, h *hook, want int) []string {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) }))
-	defer fn.Close()
 	q := buffertest.Queue(t, buffer.Config{})
 	job, err := q.Submit(t.Context(), "f", []byte("x"), "text/plain", buffer.WithCallback(srv.URL))
 	if err != nil {
 		t.Fatal(err)
 	}
-	startDispatcher(t, q, dispatch.Function{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: 1, Timeout: time.Second}, time.Second)
-	startCallbacks(t, dispatch.CallbackConfig{
+	finishJobs(t, q, 1)
+	startCallbacks(t, delivery.Config{
 		Source:  q,
 		Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 4, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond},
@@ -77,7 +76,7 @@ func runCallbacks(t *testing.T, h *hook, want int) []string {
 		ids, _, _ := h.seen()
 		return len(ids) >= want
 	})
-	time.Sleep(200 * time.Millisecond) // room for a call too many
+	time.Sleep(200 * time.Millisecond) // time for a call too many, which must not come
 	ids, verified, types := h.seen()
 	for i := range ids {
 		if ids[i] != callbacks.WebhookID(job) || !verified[i] || types[i] != "job.succeeded" {
@@ -109,7 +108,7 @@ func TestCallbackNotRetriedWhenRefused(t *testing.T) {
 // allowed to reach loopback, until the test ends; before it waits for the
 // deliverer to stop, it runs beforeStop (if any), to release what
 // deliveries may be waiting on.
-func startCallbacks(t *testing.T, cfg dispatch.CallbackConfig, beforeStop func()) {
+func startCallbacks(t *testing.T, cfg delivery.Config, beforeStop func()) {
 	t.Helper()
 	guard, err := callback.NewGuard([]string{"127.0.0.0/8"})
 	if err != nil {
@@ -120,13 +119,37 @@ func startCallbacks(t *testing.T, cfg dispatch.CallbackConfig, beforeStop func()
 		t.Fatal(err)
 	}
 	cfg.Sender = &callback.Sender{Client: guard.Client(cfg.Timeout), Keys: keys}
-	d, err := dispatch.NewCallbackDeliverer(cfg)
+	d, err := delivery.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
+	runUntilCleanup(t, d.Run, beforeStop)
+}
+
+// finishJobs runs function f's jobs, concurrency at a time, on a function
+// that answers "ok", until the test ends: a job with a callback then
+// leaves one to deliver.
+func finishJobs(t *testing.T, q *buffer.Queue, concurrency int) {
+	t.Helper()
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) }))
+	t.Cleanup(fn.Close)
+	d, err := dispatch.New(dispatch.Config{
+		Source:       q,
+		Functions:    []dispatch.Function{{Name: "f", Invoker: &target.HTTP{URL: fn.URL}, Concurrency: concurrency, Timeout: time.Second}},
+		DrainTimeout: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, d.Run, nil)
+}
+
+// runUntilCleanup runs run until the test ends; then it runs beforeStop
+// (if any), ends run's context and waits for it to return nil.
+func runUntilCleanup(t *testing.T, run func(context.Context) error, beforeStop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
+	go func() { done <- run(ctx) }()
 	t.Cleanup(func() {
 		if beforeStop != nil {
 			beforeStop()

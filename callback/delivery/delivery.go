@@ -1,48 +1,58 @@
-package dispatch
+// Package delivery POSTs the stored callbacks of finished jobs to their
+// URLs, signed by package [callback], retrying with backoff, and keeps each
+// tenant to its share of the deliveries in flight.
+//
+// It is a package of its own, not part of [callback], so that a receiver
+// that verifies callbacks with [callback.Verify] does not build the buffer
+// (NATS) and dispatch (the function targets) this package needs.
+package delivery
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/callback"
+	"github.com/sluicehq/sluice/dispatch"
 )
 
-// CallbackSource hands out the stored callbacks of finished jobs.
-type CallbackSource interface {
+// Source hands out the stored callbacks of finished jobs.
+type Source interface {
 	ConsumeCallbacks(ctx context.Context, maxPending int, ackWait time.Duration, handle func(*callbacks.Callback)) error
 }
 
-var _ CallbackSource = (*buffer.Queue)(nil)
+var _ Source = (*buffer.Queue)(nil)
 
-// CallbackSender delivers one callback, signed with its tenant's secrets;
+// Sender delivers one callback, signed with its tenant's secrets;
 // a *callback.Error says whether a failure is worth retrying.
-type CallbackSender interface {
+type Sender interface {
 	Send(ctx context.Context, tenant, url, msgID string, body []byte, now time.Time) error
 }
 
-var _ CallbackSender = (*callback.Sender)(nil)
+var _ Sender = (*callback.Sender)(nil)
 
-// CallbackConfig describes a CallbackDeliverer.
-type CallbackConfig struct {
+// Config describes a Deliverer.
+type Config struct {
 	// Source is where callbacks come from. Required.
-	Source CallbackSource
+	Source Source
 	// Sender POSTs them. Required.
-	Sender CallbackSender
+	Sender Sender
 	// Timeout cuts off one delivery attempt. Zero means
-	// [DefaultCallbackTimeout].
+	// [DefaultTimeout].
 	Timeout time.Duration
 	// Retry says when a failed delivery is tried again. MaxAttempts zero
-	// means [DefaultCallbackMaxAttempts], more than a job's: a receiver's
-	// outage is not the function's; the other fields default as in
-	// [DefaultRetryPolicy].
-	Retry RetryPolicy
+	// means [DefaultMaxAttempts], more than a job's: a receiver's outage is
+	// not the function's; the other fields default as in
+	// [dispatch.DefaultRetryPolicy].
+	Retry dispatch.RetryPolicy
 	// Concurrency is the most deliveries in flight in this process. Zero
-	// means [DefaultCallbackConcurrency].
+	// means [DefaultConcurrency].
 	Concurrency int
 	// TenantConcurrency is the most of one tenant's deliveries in flight in
 	// this process, so that receivers that are slow or never answer cost
@@ -60,29 +70,30 @@ type CallbackConfig struct {
 	Now func() time.Time
 }
 
-// CallbackDeliverer POSTs finished jobs to their callback URLs, retrying
+// Deliverer POSTs finished jobs to their callback URLs, retrying
 // with backoff, until each is delivered, refused for good, or out of
 // attempts.
-type CallbackDeliverer struct {
-	cfg     CallbackConfig
+type Deliverer struct {
+	cfg     Config
 	log     *slog.Logger
 	tenants tenantGate
 }
 
-// NewCallbackDeliverer checks cfg and returns a CallbackDeliverer.
-func NewCallbackDeliverer(cfg CallbackConfig) (*CallbackDeliverer, error) {
+// New checks cfg and returns a Deliverer.
+func New(cfg Config) (*Deliverer, error) {
 	if cfg.Source == nil || cfg.Sender == nil {
-		return nil, errors.New("dispatch: callbacks need a source and a sender")
+		return nil, errors.New("delivery: callbacks need a source and a sender")
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = DefaultCallbackTimeout
+		cfg.Timeout = DefaultTimeout
 	}
-	if cfg.Retry.MaxAttempts == 0 {
-		cfg.Retry.MaxAttempts = DefaultCallbackMaxAttempts
-	}
-	cfg.Retry.setDefaults()
+	retry := dispatch.DefaultRetryPolicy()
+	cfg.Retry.MaxAttempts = cmp.Or(cfg.Retry.MaxAttempts, DefaultMaxAttempts)
+	cfg.Retry.InitialBackoff = cmp.Or(cfg.Retry.InitialBackoff, retry.InitialBackoff)
+	cfg.Retry.MaxBackoff = cmp.Or(cfg.Retry.MaxBackoff, retry.MaxBackoff)
+	cfg.Retry.Multiplier = cmp.Or(cfg.Retry.Multiplier, retry.Multiplier)
 	if cfg.Concurrency == 0 {
-		cfg.Concurrency = DefaultCallbackConcurrency
+		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.TenantConcurrency == 0 {
 		cfg.TenantConcurrency = max(cfg.Concurrency/4, 1)
@@ -96,15 +107,15 @@ func NewCallbackDeliverer(cfg CallbackConfig) (*CallbackDeliverer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &CallbackDeliverer{cfg: cfg, log: cfg.Logger.With("component", "callbacks"),
+	return &Deliverer{cfg: cfg, log: cfg.Logger.With("component", "callbacks"),
 		tenants: tenantGate{limit: cfg.TenantConcurrency, inFlight: map[string]int{}, handedBack: map[string]int{}}}, nil
 }
 
-// Defaults of CallbackConfig.
+// Defaults of Config.
 const (
-	DefaultCallbackTimeout     = 10 * time.Second
-	DefaultCallbackMaxAttempts = 10
-	DefaultCallbackConcurrency = 32
+	DefaultTimeout     = 10 * time.Second
+	DefaultMaxAttempts = 10
+	DefaultConcurrency = 32
 )
 
 // tenantGate holds each tenant's deliveries in flight in this process to
@@ -165,7 +176,7 @@ const handBackDelay = 500 * time.Millisecond
 
 // Run delivers callbacks until ctx ends, then waits for the deliveries in
 // flight (each bounded by Timeout) and returns nil.
-func (d *CallbackDeliverer) Run(ctx context.Context) error {
+func (d *Deliverer) Run(ctx context.Context) error {
 	slots := make(chan struct{}, d.cfg.Concurrency)
 	var inFlight sync.WaitGroup
 	defer inFlight.Wait()
@@ -193,14 +204,17 @@ func (d *CallbackDeliverer) Run(ctx context.Context) error {
 		})
 		if err != nil {
 			d.log.WarnContext(ctx, "pull callbacks", "err", err)
-			sleep(ctx, time.Second)
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
 		}
 	}
 	return nil
 }
 
 // deliver makes one attempt at a callback and decides what follows.
-func (d *CallbackDeliverer) deliver(ctx context.Context, cb *callbacks.Callback) {
+func (d *Deliverer) deliver(ctx context.Context, cb *callbacks.Callback) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
 	defer cancel()
 	attempt := d.tenants.attempt(cb)
@@ -224,7 +238,7 @@ func (d *CallbackDeliverer) deliver(ctx context.Context, cb *callbacks.Callback)
 		d.tenants.forget(cb.WebhookID)
 		d.settle(cb, cb.Drop())
 	default:
-		delay := d.cfg.Retry.delay(attempt, 0)
+		delay := jittered(d.cfg.Retry, attempt)
 		log.Info("callback failed; retrying", "err", err, "delay", delay)
 		d.settle(cb, cb.Retry(delay))
 	}
@@ -232,8 +246,19 @@ func (d *CallbackDeliverer) deliver(ctx context.Context, cb *callbacks.Callback)
 
 // settle logs a failure to acknowledge a callback: it then comes back
 // after its ack wait, and is tried again.
-func (d *CallbackDeliverer) settle(cb *callbacks.Callback, err error) {
+func (d *Deliverer) settle(cb *callbacks.Callback, err error) {
 	if err != nil {
 		d.log.Error("settle callback; it will be delivered again", "webhook_id", cb.WebhookID, "err", err)
 	}
+}
+
+// jittered is the wait after the given failed attempt: the policy's
+// backoff, drawn from zero to it unless NoJitter, as dispatch waits
+// between a job's attempts (a receiver bids no Retry-After).
+func jittered(r dispatch.RetryPolicy, attempt int) time.Duration {
+	d := r.Backoff(attempt)
+	if !r.NoJitter && d > 0 {
+		d = rand.N(d + 1)
+	}
+	return d
 }
