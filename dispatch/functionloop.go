@@ -174,6 +174,12 @@ func (l *functionLoop) rest(ctx context.Context) bool {
 		}
 		return true
 	}
+	if err := l.withdraw(ctx); err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("withdraw this process's report", "err", err)
+		}
+		return true
+	}
 	// Until the first round after the wake, starts keep to the window
 	// the platform gives a function without environments at most: an idle
 	// spell may have reaped the ones it had.
@@ -258,7 +264,30 @@ func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
 			l.gauges.oldestAge.Store(0)
 		}
 	}
-	return load.Backlog > 0 || load.InFlight > 0 || !mine.Idle()
+	// Starts in the last second do not keep it busy: at rest it starts
+	// none, and it takes its report back (see withdraw).
+	return load.Backlog > 0 || load.InFlight > 0 || mine.Invoking > 0 || mine.Held > 0
+}
+
+// withdraw takes this process's report out of the shared state, if it is
+// there: a process at rest starts nothing, and it announces itself again
+// before its next start.
+func (l *functionLoop) withdraw(ctx context.Context) error {
+	if !l.announced.Load() {
+		return nil
+	}
+	l.announceMu.Lock()
+	defer l.announceMu.Unlock()
+	now := l.cfg.Now()
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
+		return pacing.PutReport(p, l.id, buffer.ProcLoad{At: now}, now)
+	})
+	if err != nil {
+		return err
+	}
+	l.storePacing(&p)
+	l.announced.Store(false)
+	return nil
 }
 
 // sleep waits d, or until ctx ends.

@@ -3,6 +3,7 @@ package dispatch_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/http/httptest"
 	"os"
 	"sync/atomic"
@@ -128,5 +129,43 @@ func TestIdleFunctionsCostNoJetStreamRequest(t *testing.T) {
 			t.Errorf("%s was called %d times for one job, want 1", tc.what, got)
 		}
 		waitQuiet(t, traffic, 50*paceEvery, "no JetStream request for 1s once "+tc.what+" is idle again")
+	}
+}
+
+// Jobs submitted one at a time, spaced around the moment an idle function
+// goes to rest, each into whichever of two dispatching processes, are all
+// run, once each: none is stored in the instant a function begins to rest
+// and left waiting.
+func TestJobsStoredAsFunctionsGoToRestAreNotMissed(t *testing.T) {
+	s := buffertest.Start(t, "")
+	fn := newCountingFunction(0)
+	srv := httptest.NewServer(fn)
+	defer srv.Close()
+	const paceEvery = 2 * time.Millisecond // rests after 20ms without work
+	var q *buffer.Queue
+	for range 2 { // two gateway processes
+		pq, err := buffer.Open(t.Context(), s.Connect(t), buffer.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q = pq
+		runDispatch(t, dispatch.Config{
+			Source: pq, PaceEvery: paceEvery, DrainTimeout: time.Second,
+			Functions: []dispatch.Function{
+				{Name: "plain", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second},
+				{Name: "pooled", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 2, Timeout: 5 * time.Second, Pool: "p"},
+			},
+			Pools: []dispatch.Pool{{Name: "p", Concurrency: 2}},
+		})
+	}
+	for i := range 40 {
+		for _, function := range []string{"plain", "pooled"} {
+			ids := submit(t, q, function, 1)
+			succeeds(t, q, ids, fmt.Sprintf("job %d of %s", i, function))
+		}
+		time.Sleep(time.Duration(rand.N(150)) * time.Millisecond) // a client's pause: around the rest's onset
+	}
+	if got := fn.jobs.Load(); got != 80 {
+		t.Errorf("the function was called %d times for 80 jobs, want 80", got)
 	}
 }
