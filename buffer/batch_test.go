@@ -9,6 +9,8 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
 )
 
 // submitAll submits n jobs at once and returns the IDs acknowledged and the
@@ -82,7 +84,7 @@ func TestLoneSubmitIsNotDelayed(t *testing.T) {
 
 func TestBatchRefusalFailsOnlyTheSubmitsThatCannotBeStored(t *testing.T) {
 	// A linger long enough that every submit lands in one batch.
-	q := buffertest.Queue(t, buffer.Config{MaxMessageBytes: 4096, Batch: buffer.BatchConfig{Linger: 200 * time.Millisecond, MaxInFlight: 1}})
+	q := buffertest.Queue(t, buffer.Config{MaxMessageBytes: 4096, Batch: groupcommit.Config{Linger: 200 * time.Millisecond, MaxInFlight: 1}})
 	in := payloads(20, 100)
 	in[7] = bytes.Repeat([]byte{'x'}, 8192) // larger than the stream takes
 	ids, errs := submitAll(t, q, in)
@@ -99,7 +101,7 @@ func TestBatchRefusalFailsOnlyTheSubmitsThatCannotBeStored(t *testing.T) {
 }
 
 func TestFullBufferAcknowledgesOnlyWhatItStored(t *testing.T) {
-	q := buffertest.Queue(t, buffer.Config{MaxJobs: 30, Batch: buffer.BatchConfig{Linger: 50 * time.Millisecond, MaxInFlight: 1}})
+	q := buffertest.Queue(t, buffer.Config{MaxJobs: 30, Batch: groupcommit.Config{Linger: 50 * time.Millisecond, MaxInFlight: 1}})
 	ids, errs := submitAll(t, q, payloads(100, 64))
 	if len(ids) != 30 || len(errs) != 70 {
 		t.Fatalf("%d acknowledged, %d refused: want 30 and 70", len(ids), len(errs))
@@ -113,7 +115,7 @@ func TestFullBufferAcknowledgesOnlyWhatItStored(t *testing.T) {
 }
 
 func TestStateWritesAreGroupCommittedAndRacesStillLose(t *testing.T) {
-	q := buffertest.Queue(t, buffer.Config{Batch: buffer.BatchConfig{Linger: 50 * time.Millisecond, MaxInFlight: 1}})
+	q := buffertest.Queue(t, buffer.Config{Batch: groupcommit.Config{Linger: 50 * time.Millisecond, MaxInFlight: 1}})
 	ids, errs := submitAll(t, q, payloads(50, 16))
 	if len(errs) > 0 {
 		t.Fatal(errs[0])
@@ -158,5 +160,46 @@ func TestStateWritesAreGroupCommittedAndRacesStillLose(t *testing.T) {
 		if job, err := q.Get(t.Context(), id); err != nil || job.State.String() != "CANCELLED" {
 			t.Errorf("job %s: %v, %v", id, job.GetState(), err)
 		}
+	}
+}
+
+// TestQueueWithoutAtomicBatches: a queue on a server that stores no
+// atomic batches (as Open finds one older than 2.12) publishes each write
+// alone, and stores them all.
+func TestQueueWithoutAtomicBatches(t *testing.T) {
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	q, err := buffer.Open(t.Context(), nc, buffer.Config{Batch: groupcommit.Config{PerMessage: true, Linger: 50 * time.Millisecond, MaxInFlight: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	ids := make([]string, 50)
+	for i := range ids {
+		wg.Go(func() {
+			job, err := q.Submit(t.Context(), "f", []byte("x"), "")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i] = job.Id
+		})
+	}
+	wg.Wait()
+	for _, id := range ids {
+		if _, err := q.Get(t.Context(), id); err != nil {
+			t.Errorf("job %s: %v", id, err)
+		}
+	}
+	if jobs, _ := q.BatchStats(); jobs.Batches != 0 {
+		t.Errorf("stats %+v: want no atomic batch", jobs)
 	}
 }

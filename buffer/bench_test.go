@@ -11,6 +11,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
 )
 
 // The hot paths of a submit: the job's message built, and read back as a
@@ -39,9 +41,9 @@ func BenchmarkQueuedJobDecode(b *testing.B) {
 
 // benchQueue opens a queue on a fresh embedded JetStream that flushes to
 // disk before every ack, as Sluice runs by default.
-func benchQueue(b *testing.B, batch BatchConfig) (*Queue, *nats.Conn) {
+func benchQueue(b *testing.B, batch groupcommit.Config) (*Queue, *nats.Conn) {
 	b.Helper()
-	e, err := StartEmbedded(EmbeddedConfig{StoreDir: b.TempDir()})
+	e, err := embedded.Start(embedded.Config{StoreDir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -66,12 +68,12 @@ func BenchmarkDurableSubmit(b *testing.B) {
 	payload := bytes.Repeat([]byte("x"), 1024)
 	for _, tc := range []struct {
 		name    string
-		batch   BatchConfig
+		batch   groupcommit.Config
 		callers int
 	}{
-		{"group-commit/callers=200", BatchConfig{}, 200},
-		{"one-per-publish/callers=200", BatchConfig{MaxBatch: 1, MaxInFlight: 200}, 200},
-		{"group-commit/callers=1", BatchConfig{}, 1},
+		{"group-commit/callers=200", groupcommit.Config{}, 200},
+		{"one-per-publish/callers=200", groupcommit.Config{MaxBatch: 1, MaxInFlight: 200}, 200},
+		{"group-commit/callers=1", groupcommit.Config{}, 1},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			q, _ := benchQueue(b, tc.batch)

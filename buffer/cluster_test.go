@@ -16,6 +16,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/provision"
 )
 
 // TestOpenRefusesContradictingStreams checks that Open refuses, and leaves
@@ -84,7 +85,7 @@ func TestOpenRefusesContradictingStreams(t *testing.T) {
 			}
 			tc.prepare(t, js)
 			_, err = buffer.Open(t.Context(), nc, tc.cfg)
-			if !errors.Is(err, buffer.ErrDurability) {
+			if !errors.Is(err, provision.ErrDurability) {
 				t.Fatalf("Open = %v, want ErrDurability", err)
 			}
 			for _, w := range tc.want {

@@ -9,6 +9,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/deadletter"
 )
 
 // #19 item 18: a page of one tenant's dead letters costs reads in
@@ -106,16 +107,16 @@ func TestRedriveAllInBoundedCalls(t *testing.T) {
 // before the subjects named the tenant, as an older Sluice stored them.
 func legacyLetters(t *testing.T, js jetstream.JetStream, tenant string, ids []string) {
 	t.Helper()
-	s, err := js.Stream(t.Context(), buffer.DeadLetterStream)
+	s, err := js.Stream(t.Context(), deadletter.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range ids {
-		msg, err := s.GetLastMsgForSubject(t.Context(), buffer.DeadLetterSubject("f", tenant, id))
+		msg, err := s.GetLastMsgForSubject(t.Context(), deadletter.Subject("f", tenant, id))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := js.Publish(t.Context(), buffer.DeadLetterPrefix+"f."+id, msg.Data); err != nil {
+		if _, err := js.Publish(t.Context(), deadletter.Prefix+"f."+id, msg.Data); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.DeleteMsg(t.Context(), msg.Sequence); err != nil {
@@ -181,8 +182,8 @@ func TestDeadLettersOfTheEarlierLayout(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, _ := js.Stream(t.Context(), buffer.DeadLetterStream)
-		if msg, err := s.GetMsg(t.Context(), 1, jetstream.WithGetMsgSubject(buffer.DeadLetterPrefix+"*.*")); err == nil {
+		s, _ := js.Stream(t.Context(), deadletter.Stream)
+		if msg, err := s.GetMsg(t.Context(), 1, jetstream.WithGetMsgSubject(deadletter.Prefix+"*.*")); err == nil {
 			t.Errorf("a letter left in the layout of before: %s", msg.Subject)
 		}
 		check(t, q, acme)

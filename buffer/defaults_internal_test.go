@@ -1,6 +1,10 @@
 package buffer
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/sluicehq/sluice/buffer/store"
+)
 
 // TestZeroConfigTakesTheDefaults holds a zero Config to the exported
 // defaults that `sluice serve`'s configuration reads, so that a default
@@ -8,16 +12,12 @@ import "testing"
 func TestZeroConfigTakesTheDefaults(t *testing.T) {
 	var c Config
 	c.setDefaults()
-	c.Batch.setDefaults()
 	if c.MaxJobs != DefaultMaxJobs || c.MaxBytes != DefaultMaxBytes || c.Retention != DefaultRetention ||
 		c.IdempotencyWindow != DefaultIdempotencyWindow || c.DeadLetterRetention != DefaultDeadLetterRetention {
 		t.Errorf("zero Config = %+v", c)
 	}
-	if c.Batch.MaxBatch != DefaultMaxBatch || c.Batch.MaxInFlight != DefaultMaxInFlight || c.Batch.Linger != 0 {
-		t.Errorf("zero BatchConfig = %+v", c.Batch)
-	}
-	if s := c.Stores; s.StateBytes != DefaultStateBytes || s.IdempotencyBytes != DefaultIdempotencyBytes ||
-		s.DeadLetterBytes != c.MaxBytes || s.CallbackBytes != c.MaxBytes || s.HighWater != DefaultHighWater {
-		t.Errorf("zero StoreLimits = %+v", s)
+	if s := c.Stores; s.StateBytes != store.DefaultStateBytes || s.IdempotencyBytes != store.DefaultIdempotencyBytes ||
+		s.DeadLetterBytes != c.MaxBytes || s.CallbackBytes != c.MaxBytes || s.HighWater != store.DefaultHighWater {
+		t.Errorf("zero store.Limits = %+v", s)
 	}
 }

@@ -2,9 +2,6 @@ package buffer
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +16,16 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/callbacks"
+	"github.com/sluicehq/sluice/buffer/deadletter"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
+	"github.com/sluicehq/sluice/buffer/idempotency"
+	"github.com/sluicehq/sluice/buffer/jobid"
+	"github.com/sluicehq/sluice/buffer/jobstate"
+	"github.com/sluicehq/sluice/buffer/jsapi"
+	"github.com/sluicehq/sluice/buffer/parked"
+	"github.com/sluicehq/sluice/buffer/provision"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // Names of the JetStream resources Sluice owns.
@@ -29,9 +36,9 @@ const (
 	// follows it.
 	SubjectPrefix = "sluice.jobs."
 	// StateBucket is the key-value bucket holding each job's state.
-	StateBucket = "sluice-jobs"
+	StateBucket = jobstate.Bucket
 	// IdempotencyBucket maps a function's idempotency keys to job IDs.
-	IdempotencyBucket = "sluice-idempotency"
+	IdempotencyBucket = idempotency.Bucket
 )
 
 // Headers on a job message.
@@ -39,21 +46,27 @@ const (
 	headerJobID       = "Sluice-Job-Id"
 	headerCreateTime  = "Sluice-Create-Time"
 	headerContentTyp  = "Content-Type"
-	headerCallbackURL = "Sluice-Callback-Url"
-	headerTenant      = "Sluice-Tenant"
+	headerCallbackURL = callbacks.URLHeader
+	headerTenant      = store.TenantHeader
 	// headerRedrives is on a redriven job's message: which redrive it is.
 	headerRedrives = "Sluice-Redrives"
 )
 
 // Sentinel errors.
 var (
+	// ErrCommitUnknown: a write's group commit was not answered in time, or
+	// answered for its last write only: whether it was stored is unknown.
+	ErrCommitUnknown = groupcommit.ErrCommitUnknown
+	// ErrTooLarge: a write is larger than the NATS server's max_payload,
+	// so it was not sent.
+	ErrTooLarge = groupcommit.ErrTooLarge
 	// ErrNotFound: no job has that ID (or its retention has passed).
-	ErrNotFound = errors.New("buffer: job not found")
+	ErrNotFound = jobid.ErrNotFound
 	// ErrFull: the job stream is at its configured limit and refuses new
 	// jobs rather than evict accepted ones.
-	ErrFull = errors.New("buffer: queue full")
+	ErrFull = store.ErrFull
 	// ErrInvalidID: the string cannot be a job ID.
-	ErrInvalidID = errors.New("buffer: malformed job id")
+	ErrInvalidID = jobid.ErrInvalid
 	// ErrFinished: the job already reached a terminal state.
 	ErrFinished = errors.New("buffer: job already finished")
 )
@@ -85,9 +98,9 @@ type Config struct {
 	// Stores bounds the other streams and buckets: every one has a size
 	// limit, so that JetStream's storage never fills past what was
 	// reserved for them when they were made.
-	Stores StoreLimits
-	// Batch tunes group commit of submits.
-	Batch BatchConfig
+	Stores store.Limits
+	// Batch tunes group commit of submits and state writes.
+	Batch groupcommit.Config
 }
 
 // Defaults of Config.
@@ -118,27 +131,26 @@ func (c *Config) setDefaults() {
 	if c.DeadLetterRetention == 0 {
 		c.DeadLetterRetention = DefaultDeadLetterRetention
 	}
-	c.Stores.setDefaults(c.MaxBytes)
+	c.Stores.SetDefaults(c.MaxBytes)
 }
 
 // Queue is the durable job buffer. It is safe for concurrent use.
 type Queue struct {
-	js        jetstream.JetStream
-	stream    jetstream.Stream
-	dead      jetstream.Stream
-	callbacks jetstream.Stream
-	state     jetstream.KeyValue
-	stateLog  jetstream.Stream // the state bucket's stream, read directly
-	pacingKV  jetstream.KeyValue
-	idemKV    jetstream.KeyValue
-	idemLog   jetstream.Stream // the idempotency bucket's stream, for its usage
-	limits    StoreLimits
-	gauge     storeGauge
-	// deadShares and callbackShares read who holds what of those stores.
-	deadShares, callbackShares *shareGauge
-	batcher                    *batcher // job messages
-	stateBat                   *batcher // job state entries
-	now                        func() time.Time
+	js            jetstream.JetStream
+	stream        jetstream.Stream
+	dead          jetstream.Stream
+	callbacks     jetstream.Stream
+	state         jetstream.KeyValue
+	stateLog      jetstream.Stream // the state bucket's stream, read directly
+	pacingKV      jetstream.KeyValue
+	idemKV        jetstream.KeyValue
+	idemLog       jetstream.Stream // the idempotency bucket's stream, for its usage
+	gauge         *store.Gauge
+	deadStore     *deadletter.Store
+	callbackStore *callbacks.Store
+	batcher       *groupcommit.Batcher // job messages
+	stateBat      *groupcommit.Batcher // job state entries
+	now           func() time.Time
 }
 
 // Open creates or updates the job stream and the state bucket on the
@@ -147,20 +159,19 @@ type Queue struct {
 // by one (group commit is off) and a warning is logged.
 func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	cfg.setDefaults()
-	cfg.Batch.log = cfg.Logger
-	if cfg.Batch.log == nil {
-		cfg.Batch.log = slog.Default()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
-	if v := nc.ConnectedServerVersion(); !atomicBatches(v) {
-		cfg.Batch.perMessage = true
-		cfg.Batch.log.Warn("the NATS server stores no atomic batches (it is older than 2.12): writes are published one by one; group commit is off",
+	if v := nc.ConnectedServerVersion(); !groupcommit.AtomicBatches(v) {
+		cfg.Batch.PerMessage = true
+		cfg.Logger.Warn("the NATS server stores no atomic batches (it is older than 2.12): writes are published one by one; group commit is off",
 			"nats_server", nc.ConnectedServerName(), "nats_version", v)
 	}
 	if err := cfg.Stores.Check(); err != nil {
 		return nil, err
 	}
 	q, err := open(ctx, nc, cfg)
-	return q, explainStorage(err, cfg)
+	return q, cfg.Stores.ExplainReservation(err, cfg.MaxBytes, cfg.Replicas)
 }
 
 // open creates or updates, in turn, the job stream, the buckets and the
@@ -174,153 +185,60 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if maxMsg == 0 {
 		maxMsg = int32(nc.MaxPayload())
 	}
-	if err := migrateWorkQueue(ctx, js, cfg.Replicas); err != nil {
+	up := provision.Upgrade{JS: js, Stream: StreamName, Jobs: SubjectPrefix + ">", Replicas: cfg.Replicas, Step: testHookUpgrade}
+	if err := up.Begin(ctx); err != nil {
 		return nil, err
 	}
-	q := &Queue{js: js, limits: cfg.Stores, now: time.Now}
-	if err := q.openJobStream(ctx, cfg, maxMsg); err != nil {
+	q := &Queue{js: js, now: time.Now}
+	jobs := provision.JobStream{Name: StreamName, Subjects: []string{SubjectPrefix + ">", parked.Prefix + ">"},
+		MaxJobs: cfg.MaxJobs, MaxBytes: cfg.MaxBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
+	// The stream of queued jobs, and any upgrade of it that an older
+	// Sluice left undone.
+	if q.stream, err = provision.Stream(ctx, js, jobs.Config()); err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
+	}
+	if err := up.Finish(ctx, q.stream); err != nil {
 		return nil, err
 	}
 	// State writes are group-committed too.
-	if q.state, q.stateLog, err = q.openBucket(ctx, stateBucketConfig(cfg), true); err != nil {
+	if q.state, q.stateLog, err = provision.Bucket(ctx, js, jobstate.BucketConfig(cfg.Retention, cfg.Stores.StateBytes, cfg.Replicas), true); err != nil {
 		return nil, err
 	}
-	if q.pacingKV, err = ensureKeyValue(ctx, js, pacingBucketConfig(cfg)); err != nil {
+	if q.pacingKV, err = provision.KeyValue(ctx, js, provision.PacingBucketConfig(PacingBucket, cfg.Replicas)); err != nil {
 		return nil, fmt.Errorf("buffer: create bucket %s: %w", PacingBucket, err)
 	}
-	if q.idemKV, q.idemLog, err = q.openBucket(ctx, idempotencyBucketConfig(cfg), false); err != nil {
+	if q.idemKV, q.idemLog, err = provision.Bucket(ctx, js, idempotency.BucketConfig(cfg.IdempotencyWindow, cfg.Stores.IdempotencyBytes, cfg.Replicas), false); err != nil {
 		return nil, err
 	}
-	if q.dead, err = ensureStream(ctx, js, deadLetterStreamConfig(cfg, maxMsg)); err != nil {
-		return nil, fmt.Errorf("buffer: create stream %s: %w", DeadLetterStream, err)
+	dl := provision.StreamLimits{MaxAge: cfg.DeadLetterRetention, MaxMsgs: cfg.MaxJobs, MaxBytes: cfg.Stores.DeadLetterBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
+	if q.dead, err = provision.Stream(ctx, js, deadletter.StreamConfig(dl)); err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", deadletter.Stream, err)
 	}
-	if q.callbacks, err = ensureStream(ctx, js, callbackStreamConfig(cfg)); err != nil {
-		return nil, fmt.Errorf("buffer: create stream %s: %w", CallbackStream, err)
+	cl := provision.StreamLimits{MaxAge: cfg.Retention, MaxMsgs: cfg.MaxJobs, MaxBytes: cfg.Stores.CallbackBytes, Replicas: cfg.Replicas}
+	if q.callbacks, err = provision.Stream(ctx, js, callbacks.StreamConfig(cl)); err != nil {
+		return nil, fmt.Errorf("buffer: create stream %s: %w", callbacks.Stream, err)
 	}
-	q.deadShares = &shareGauge{stream: q.dead, prefix: DeadLetterPrefix}
-	q.callbackShares = &shareGauge{stream: q.callbacks, prefix: CallbackPrefix}
-	q.batcher, q.stateBat = newBatcher(nc, cfg.Batch), newBatcher(nc, cfg.Batch)
+	q.gauge = store.NewGauge(cfg.Stores.HighWater, store.Stream{Name: store.Jobs, Stream: q.stream},
+		store.Stream{Name: store.State, Stream: q.stateLog}, store.Stream{Name: store.Idempotency, Stream: q.idemLog},
+		store.Stream{Name: store.DeadLetters, Stream: q.dead}, store.Stream{Name: store.Callbacks, Stream: q.callbacks})
+	q.deadStore = deadletter.New(js, q.dead, q.gauge)
+	q.callbackStore = callbacks.New(js, q.callbacks, q.gauge)
+	q.batcher, q.stateBat = groupcommit.New(nc, cfg.Batch, cfg.Logger), groupcommit.New(nc, cfg.Batch, cfg.Logger)
 	// Dead letters stored before their subjects named the tenant.
-	if err := q.moveLegacyDeadLetters(ctx, legacyDeadLetters("*")); err != nil {
+	if err := q.deadStore.MoveLegacy(ctx); err != nil {
 		return nil, err
 	}
 	return q, nil
 }
 
-// openJobStream creates or updates the stream of queued jobs and finishes
-// any upgrade of it that an older Sluice left undone.
-func (q *Queue) openJobStream(ctx context.Context, cfg Config, maxMsg int32) error {
-	stream, err := ensureStream(ctx, q.js, jobStreamConfig(cfg, maxMsg))
-	if err != nil {
-		return fmt.Errorf("buffer: create stream %s: %w", StreamName, err)
-	}
-	q.stream = stream
-	return finishUpgrade(ctx, q.js, stream)
-}
+// testHookUpgrade, if set, is called at each step of an upgrade.
+var testHookUpgrade func(step string)
 
-// jobStreamConfig is the configuration of the stream of queued jobs;
-// maxMsg bounds one message.
-func jobStreamConfig(cfg Config, maxMsg int32) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        StreamName,
-		Description: "Sluice: queued jobs, one message per job until it finishes",
-		Subjects:    []string{SubjectPrefix + ">", ParkedPrefix + ">"},
-		// Limits, not work-queue, retention: a work queue removes each
-		// acknowledged message on its own, one fsync'd tombstone per job.
-		// Dispatch removes finished jobs' messages in batches instead
-		// (Consumer.RemoveFinished), one fsync for many.
-		Retention: jetstream.LimitsPolicy,
-		Storage:   jetstream.FileStorage,
-		// Discard new: a full buffer refuses new jobs, never evicts
-		// accepted ones. No MaxAge for the same reason.
-		Discard:    jetstream.DiscardNew,
-		MaxMsgs:    cfg.MaxJobs,
-		MaxBytes:   cfg.MaxBytes,
-		MaxMsgSize: maxMsg,
-		Replicas:   cfg.Replicas,
-		Duplicates: 10 * time.Minute,
-		// Group commit stores concurrent submits as atomic batches.
-		AllowAtomicPublish: true,
-	}
-}
+// NewJobID returns a random job ID: see [jobid.New].
+func NewJobID() string { return jobid.New() }
 
-// stateBucketConfig is the configuration of the bucket of job state.
-func stateBucketConfig(cfg Config) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      StateBucket,
-		Description: "Sluice: job state by job ID",
-		History:     1,
-		TTL:         cfg.Retention,
-		MaxBytes:    cfg.Stores.StateBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	}
-}
-
-// pacingBucketConfig is the configuration of the bucket of dispatch
-// windows.
-func pacingBucketConfig(cfg Config) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      PacingBucket,
-		Description: "Sluice: dispatch window by function",
-		History:     1,
-		MaxBytes:    pacingBucketBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	}
-}
-
-// idempotencyBucketConfig is the configuration of the bucket of job IDs by
-// idempotency key.
-func idempotencyBucketConfig(cfg Config) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      IdempotencyBucket,
-		Description: "Sluice: job ID by function and idempotency key",
-		History:     1,
-		TTL:         cfg.IdempotencyWindow,
-		MaxBytes:    cfg.Stores.IdempotencyBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	}
-}
-
-// openBucket creates or updates a bucket, lets it take atomic batches when
-// atomic is set, and returns it with its stream, which the queue reads
-// directly (job state) or for its usage.
-func (q *Queue) openBucket(ctx context.Context, cfg jetstream.KeyValueConfig, atomic bool) (jetstream.KeyValue, jetstream.Stream, error) {
-	kv, err := ensureKeyValue(ctx, q.js, cfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("buffer: create bucket %s: %w", cfg.Bucket, err)
-	}
-	if atomic {
-		if err := allowAtomicPublish(ctx, q.js, "KV_"+cfg.Bucket); err != nil {
-			return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
-		}
-	}
-	log, err := q.js.Stream(ctx, "KV_"+cfg.Bucket)
-	if err != nil {
-		return nil, nil, fmt.Errorf("buffer: bucket %s: %w", cfg.Bucket, err)
-	}
-	return kv, log, nil
-}
-
-// NewJobID returns a random job ID: 128 bits from crypto/rand in base32.
-func NewJobID() string { return rand.Text() }
-
-// ValidJobID reports whether s has the form of a job ID: 26 characters of
-// base32's alphabet (A–Z, 2–7), as [NewJobID] makes them. Checked on every
-// read and every delivery, so by hand rather than by regular expression.
-func ValidJobID(s string) bool {
-	if len(s) != 26 {
-		return false
-	}
-	for i := range len(s) {
-		if c := s[i]; (c < 'A' || c > 'Z') && (c < '2' || c > '7') {
-			return false
-		}
-	}
-	return true
-}
+// ValidJobID reports whether s has the form of a job ID: see [jobid.Valid].
+func ValidJobID(s string) bool { return jobid.Valid(s) }
 
 // Subject is the subject a job's message is published on: one per job, so
 // that a queued job can be read by its ID alone.
@@ -359,100 +277,12 @@ func (q *Queue) Submit(ctx context.Context, function string, payload []byte, con
 // for function within the idempotency window creates the job; every other
 // returns that job (created false), also when they arrive at once or
 // through other gateway processes. If the first submit failed, a later one
-// creates the job.
+// creates the job. See [idempotency.Submit].
 func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []byte, contentType string, opts ...SubmitOption) (job *sluicev1.Job, created bool, err error) {
-	k := idempotencyKey(function, key)
 	o := applySubmitOptions(opts)
-	for {
-		id := NewJobID()
-		rev, err := q.idemKV.Create(ctx, k, []byte(id))
-		if err == nil {
-			job, err := q.publish(ctx, function, id, payload, contentType, o, true)
-			if err != nil {
-				if refused(err) {
-					// Surely not stored: let a retry of this submit create
-					// the job at once.
-					q.idemKV.Delete(context.WithoutCancel(ctx), k, jetstream.LastRevision(rev)) //nolint:errcheck // a later submit finds the job missing and takes the key over
-				}
-				// Otherwise (no answer in a leader election, the caller
-				// gone while its batch was in flight) the job may be stored
-				// all the same: keep the claim, so that a retry returns that
-				// job if it was, and stores it under the same ID after
-				// claimPatience if it was not. Releasing it gave two jobs for
-				// one key in a rolling restart of NATS.
-				return nil, false, err
-			}
-			return job, true, nil
-		}
-		if !isConflict(err) {
-			return nil, false, fmt.Errorf("buffer: claim idempotency key: %w", err)
-		}
-		entry, err := q.idemKV.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // released meanwhile: claim it again
-		}
-		if err != nil {
-			return nil, false, fmt.Errorf("buffer: read idempotency key: %w", err)
-		}
-		job, err := q.awaitStored(ctx, string(entry.Value()), entry.Created())
-		if err == nil {
-			return job, false, nil
-		}
-		if !errors.Is(err, ErrNotFound) {
-			return nil, false, err
-		}
-		// The first submit claimed the key and has not stored its job
-		// within claimPatience: it crashed, or its publish is stuck. Store
-		// the job under the claimed ID: the key keeps its one job ID
-		// whatever happens, and should the stuck publish land after all,
-		// JetStream's duplicate window (keyed by the job ID) drops one of
-		// the two messages. (Releasing the key and claiming it anew gave two
-		// jobs for one key when a stuck publish landed late, in a rolling
-		// restart of NATS.)
-		job, err = q.publish(ctx, function, string(entry.Value()), payload, contentType, o, true)
-		if err != nil {
-			return nil, false, err
-		}
-		return job, true, nil
-	}
-}
-
-// refused reports whether a publish error means the message was surely
-// not stored: JetStream answered with a refusal (a full buffer among them),
-// as opposed to no answer, or none waited for.
-func refused(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.Is(err, ErrFull) || errors.Is(err, ErrTooLarge) || (errors.As(err, &apiErr) && apiErr.Code != 503)
-}
-
-// claimPatience is how long after claiming an idempotency key a submit
-// may still store its job; past it, a claim without a job is abandoned.
-const claimPatience = 15 * time.Second
-
-// awaitStored waits, briefly, for the job that another submit of the same
-// idempotency key, which claimed it at claimed, is storing right now. The
-// wait is counted from the claim, not from now: a retry whose deadline is
-// shorter than the patience must still get to take an abandoned key over.
-func (q *Queue) awaitStored(ctx context.Context, id string, claimed time.Time) (*sluicev1.Job, error) {
-	const step = 10 * time.Millisecond
-	for deadline := claimed.Add(claimPatience); ; {
-		job, err := q.Get(ctx, id)
-		if !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
-			return job, err
-		}
-		select {
-		case <-time.After(step):
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-// idempotencyKey is the bucket key for a function's idempotency key: a
-// digest, so that any string the client chose is a valid key.
-func idempotencyKey(function, key string) string {
-	sum := sha256.Sum256([]byte(function + "\x00" + key))
-	return hex.EncodeToString(sum[:])
+	return idempotency.Submit(ctx, q.idemKV, function, key, func(id string) (*sluicev1.Job, error) {
+		return q.publish(ctx, function, id, payload, contentType, o, true)
+	}, q.Get)
 }
 
 // publish stores a new job's message and returns the job, QUEUED.
@@ -488,8 +318,8 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 	}
 	// The submit's trace goes on in dispatch, from the message.
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(msg.Header))
-	if _, err := q.batcher.publish(ctx, msg); err != nil {
-		return nil, classifyPublishError(err)
+	if _, err := q.batcher.Publish(ctx, msg); err != nil {
+		return nil, store.PublishError(err)
 	}
 	return job, nil
 }
@@ -558,21 +388,8 @@ func applySubmitOptions(opts []SubmitOption) submitOptions {
 	return o
 }
 
-// errCodeStoreFull is nats-server's JSStreamStoreFailedF: with DiscardNew,
-// "maximum messages exceeded" and "maximum bytes exceeded" come back as it.
-const errCodeStoreFull jetstream.ErrorCode = 10077
-
-// classifyPublishError turns the stream's refusal for being at its limits
-// into ErrFull.
-func classifyPublishError(err error) error {
-	var apiErr *jetstream.APIError
-	// 10077 is JSStreamStoreFailedF: with DiscardNew, "maximum messages
-	// exceeded" and "maximum bytes exceeded" come back as this code.
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFull {
-		return fmt.Errorf("%w: %s", ErrFull, apiErr.Description)
-	}
-	return fmt.Errorf("buffer: publish job: %w", err)
-}
+// errCodeStoreFull: a write refused for its stream being at its limits.
+const errCodeStoreFull = store.ErrCodeFull
 
 // Get returns the job's current state. It returns [ErrInvalidID] for a
 // string that cannot be a job ID and [ErrNotFound] for an unknown job.
@@ -605,7 +422,7 @@ func (q *Queue) GetRevision(ctx context.Context, id string) (*sluicev1.Job, uint
 	job, rev, err = q.get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		// A dead letter outlives its job's state entry.
-		job, err = q.deadLetterJob(ctx, id)
+		job, err = q.deadStore.Job(ctx, id)
 	}
 	return job, rev, err
 }
@@ -691,7 +508,7 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 		// is for a running job, whose delivery may be long gone.
 		// A full callback store is not the caller's failure: the job is
 		// cancelled, and dispatch, finding it so, parks its callback.
-		var full *storeFullError
+		var full *store.FullError
 		if err := q.afterFinish(ctx, snap.job, nil, true); err != nil && !errors.As(err, &full) {
 			return nil, err
 		}
@@ -719,29 +536,12 @@ func (q *Queue) takenUp(ctx context.Context, msg *jetstream.RawStreamMsg) bool {
 			return true
 		}
 		info := cons.CachedInfo()
-		if subjectMatches(info.Config.FilterSubject, msg.Subject) &&
+		if jsapi.SubjectMatches(info.Config.FilterSubject, msg.Subject) &&
 			info.Delivered.Stream >= msg.Sequence && info.AckFloor.Stream < msg.Sequence {
 			return true
 		}
 	}
 	return false
-}
-
-// subjectMatches reports whether a NATS subject matches filter, with its
-// wildcards: * for one token, > for one or more at the end.
-func subjectMatches(filter, subject string) bool {
-	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
-	for i, tok := range f {
-		switch {
-		case tok == ">":
-			return len(s) > i
-		case i >= len(s):
-			return false
-		case tok != "*" && tok != s[i]:
-			return false
-		}
-	}
-	return len(f) == len(s)
 }
 
 // ignore is err, or nil if it is target.
@@ -776,42 +576,9 @@ func headerPriorityOf(h nats.Header) sluicev1.Priority {
 	return sluicev1.Priority_PRIORITY_UNSPECIFIED
 }
 
+// get reads the job's state entry: see [jobstate.Get].
 func (q *Queue) get(ctx context.Context, id string) (*sluicev1.Job, uint64, error) {
-	if !ValidJobID(id) {
-		return nil, 0, ErrInvalidID
-	}
-	// The entry's last message, read straight from the bucket's stream:
-	// what KeyValue.Get does, without checking the key again by regular
-	// expression (ValidJobID did), which cost a twentieth of dispatch's CPU.
-	msg, err := q.stateLog.GetLastMsgForSubject(ctx, stateSubject(id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && deletedEntry(msg.Header) {
-		return nil, 0, ErrNotFound
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("buffer: read job %s: %w", id, err)
-	}
-	job := new(sluicev1.Job)
-	if err := proto.Unmarshal(msg.Data, job); err != nil {
-		return nil, 0, fmt.Errorf("buffer: decode job %s: %w", id, err)
-	}
-	return job, msg.Sequence, nil
-}
-
-// deletedEntry reports whether a bucket message's headers mark its key
-// deleted or purged (by an operation, or by JetStream's TTL markers), as
-// KeyValue.Get reads them.
-func deletedEntry(h nats.Header) bool {
-	if len(h) == 0 {
-		return false
-	}
-	if op := h.Get("KV-Operation"); op != "" {
-		return op == "DEL" || op == "PURGE"
-	}
-	switch h.Get(jetstream.MarkerReasonHeader) {
-	case "MaxAge", "Purge", "Remove":
-		return true
-	}
-	return false
+	return jobstate.Get(ctx, q.stateLog, id)
 }
 
 // snapshot is a job's state as last read or written, with its revision,
@@ -851,7 +618,7 @@ func (q *Queue) update(ctx context.Context, id string, from *snapshot, seed func
 		if err != nil {
 			return nil, fmt.Errorf("buffer: encode job: %w", err)
 		}
-		newRev, err := q.putState(ctx, id, b, rev)
+		newRev, err := jobstate.Put(ctx, q.stateBat, id, b, rev)
 		if err == nil {
 			return &snapshot{job: job, rev: newRev}, nil
 		}
@@ -864,32 +631,8 @@ func (q *Queue) update(ctx context.Context, id string, from *snapshot, seed func
 	}
 }
 
-// stateSubject is the subject of a job's state entry in the state
-// bucket's stream.
-func stateSubject(id string) string { return "$KV." + StateBucket + "." + id }
-
-// putState writes a job's state entry if its revision is still rev (0: it
-// has none yet), coalesced with concurrent writes into atomic batches, and
-// returns the entry's new revision. A lost race is an error isConflict
-// recognises.
-func (q *Queue) putState(ctx context.Context, id string, value []byte, rev uint64) (uint64, error) {
-	msg := nats.NewMsg(stateSubject(id))
-	msg.Data = value
-	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
-	return q.stateBat.publish(ctx, msg)
-}
-
 // isConflict reports whether a KV write lost a compare-and-set race.
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	// 10071 is JSStreamWrongLastSequenceErrF: the revision moved on.
-	// 10164, JSStreamWrongLastSequenceConstantErr, is what the server
-	// answers instead around a leader change (seen in the fault runs).
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10071 || apiErr.ErrorCode == 10164)
-}
+func isConflict(err error) bool { return jsapi.Conflict(err) }
 
 // Terminal reports whether a job in state s is finished for good.
 func Terminal(s sluicev1.Job_State) bool {
@@ -908,16 +651,14 @@ func timeHeader(h nats.Header, key string) time.Time {
 	return t
 }
 
+// BatchStats reports what group commit has done with submitted jobs'
+// messages (jobs) and with job state entries (states).
+func (q *Queue) BatchStats() (jobs, states groupcommit.Stats) {
+	return q.batcher.Stats(), q.stateBat.Stats()
+}
+
 // Ready reports whether JetStream answers and Sluice's streams are in
 // place: nil when the queue can take and hand out jobs.
 func (q *Queue) Ready(ctx context.Context) error {
-	for _, s := range []jetstream.Stream{q.stream, q.dead, q.callbacks} {
-		if _, err := s.Info(ctx); err != nil {
-			return fmt.Errorf("buffer: stream %s: %w", s.CachedInfo().Config.Name, err)
-		}
-	}
-	if _, err := q.state.Status(ctx); err != nil {
-		return fmt.Errorf("buffer: bucket %s: %w", StateBucket, err)
-	}
-	return nil
+	return provision.Ready(ctx, q.state, q.stream, q.dead, q.callbacks)
 }

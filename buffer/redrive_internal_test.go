@@ -9,12 +9,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/embedded"
 )
 
 // openTestQueue opens a Queue on a fresh embedded JetStream server.
 func openTestQueue(t *testing.T, cfg Config) *Queue {
 	t.Helper()
-	e, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir()})
+	e, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

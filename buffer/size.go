@@ -1,6 +1,9 @@
 package buffer
 
-import "github.com/nats-io/nats.go/jetstream"
+import (
+	"github.com/sluicehq/sluice/buffer/deadletter"
+	"github.com/sluicehq/sluice/buffer/store"
+)
 
 // Sizes. Every form a job is stored in must fit the NATS server's
 // max_payload (and its stream's MaxMsgSize): its message (the payload and
@@ -28,13 +31,14 @@ const jobReserve = 32 << 10
 // payload, its dead letter: the job and up to 64 KiB of the function's
 // response. (A job message's headers take less: IDs, content type,
 // callback URL, tenant, trace context.) 96 KiB.
-const PayloadOverhead = maxDeadResultBytes + jobReserve
+const PayloadOverhead = deadletter.MaxResultBytes + jobReserve
 
 // MaxPayloadBytes is the largest payload a job can carry on this queue: its
 // message and its dead letter then fit their streams and the NATS server's
 // max_payload. Larger payloads must be refused before they are submitted.
 func (q *Queue) MaxPayloadBytes() int64 {
-	return min(q.maxMsgBytes(q.stream), q.maxMsgBytes(q.dead)) - PayloadOverhead
+	limit := q.js.Conn().MaxPayload()
+	return min(store.MaxMsgBytes(limit, q.stream), store.MaxMsgBytes(limit, q.dead)) - PayloadOverhead
 }
 
 // MaxResultBytes is the largest function response a job's state can hold
@@ -42,15 +46,5 @@ func (q *Queue) MaxPayloadBytes() int64 {
 // limit. A larger response must not be stored: its write would be refused,
 // and the job's outcome lost.
 func (q *Queue) MaxResultBytes() int64 {
-	return q.maxMsgBytes(q.stateLog) - jobReserve
-}
-
-// maxMsgBytes is the largest message that can be stored in s: its
-// MaxMsgSize, if it has one, within the server's max_payload.
-func (q *Queue) maxMsgBytes(s jetstream.Stream) int64 {
-	limit := q.js.Conn().MaxPayload()
-	if m := s.CachedInfo().Config.MaxMsgSize; m > 0 {
-		limit = min(limit, int64(m))
-	}
-	return limit
+	return store.MaxMsgBytes(q.js.Conn().MaxPayload(), q.stateLog) - jobReserve
 }

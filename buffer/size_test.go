@@ -9,6 +9,8 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
 )
 
 // stockMaxPayload is a stock nats-server's max_payload: 1 MB.
@@ -18,7 +20,7 @@ const stockMaxPayload = 1 << 20
 // stock server's max_payload.
 func stockQueue(t *testing.T, cfg buffer.Config) *buffer.Queue {
 	t.Helper()
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), MaxPayload: stockMaxPayload})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), MaxPayload: stockMaxPayload})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +41,7 @@ func stockQueue(t *testing.T, cfg buffer.Config) *buffer.Queue {
 // server takes is refused by the client before anything is sent; the
 // submits batched with it are stored all the same.
 func TestOversizedWriteDoesNotFailItsBatchMates(t *testing.T) {
-	q := stockQueue(t, buffer.Config{Batch: buffer.BatchConfig{Linger: 200 * time.Millisecond, MaxInFlight: 1}})
+	q := stockQueue(t, buffer.Config{Batch: groupcommit.Config{Linger: 200 * time.Millisecond, MaxInFlight: 1}})
 	in := payloads(20, 100)
 	in[7] = bytes.Repeat([]byte{'x'}, stockMaxPayload) // with its headers, over the server's max_payload
 	ids, errs := submitAll(t, q, in)

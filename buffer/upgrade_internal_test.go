@@ -11,6 +11,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/provision"
 )
 
 // oldJob publishes a job's message as an earlier Sluice did, and returns
@@ -30,7 +32,7 @@ func oldJob(t *testing.T, js jetstream.JetStream, payload string) string {
 // the jobs' payloads by ID.
 func workQueueServer(t *testing.T, waiting int) (*nats.Conn, jetstream.JetStream, map[string]string) {
 	t.Helper()
-	e, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir()})
+	e, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,8 +86,8 @@ func checkUpgraded(t *testing.T, q *Queue, js jetstream.JetStream, payloadOf map
 			t.Errorf("job %s delivered with payload %q, want %q", id, got[id], p)
 		}
 	}
-	if _, err := js.Stream(t.Context(), upgradeStream); err == nil {
-		t.Errorf("stream %s left behind", upgradeStream)
+	if _, err := js.Stream(t.Context(), provision.UpgradeStream); err == nil {
+		t.Errorf("stream %s left behind", provision.UpgradeStream)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/deadletter"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -136,9 +137,9 @@ func TestThrottlesNeverDeadLetter(t *testing.T) {
 	})
 }
 
-func waitDeadLetters(t *testing.T, q *buffer.Queue, function string, n int) buffer.DeadLetterPage {
+func waitDeadLetters(t *testing.T, q *buffer.Queue, function string, n int) deadletter.Page {
 	t.Helper()
-	var page buffer.DeadLetterPage
+	var page deadletter.Page
 	buffertest.WaitForNoError(t, 10*time.Second, fmt.Sprintf("%d dead letters of %s", n, function), func() error {
 		var err error
 		if page, err = q.DeadLetters(t.Context(), function, "", 0, 100, false); err != nil {

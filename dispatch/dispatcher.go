@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/arrivals"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 )
@@ -90,7 +91,7 @@ type Source interface {
 	UpdatePacing(ctx context.Context, function string, change func(*buffer.PacingState) bool) (buffer.PacingState, error)
 	Pool(ctx context.Context, pool string) (buffer.Pool, error)
 	UpdatePool(ctx context.Context, pool string, change func(*buffer.Pool) bool) (buffer.Pool, error)
-	NewArrivals(watches int) *buffer.Arrivals
+	NewArrivals(watches int) *arrivals.Arrivals
 }
 
 var _ Source = (*buffer.Queue)(nil)

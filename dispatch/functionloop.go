@@ -11,6 +11,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/arrivals"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 )
@@ -41,10 +42,10 @@ type functionLoop struct {
 
 	pacing atomic.Pointer[buffer.PacingState] // the shared window as last seen
 
-	wake     chan struct{}    // work came (capacity 1): see nudge
-	resting  atomic.Bool      // the pace loop rests: see rest
-	arrivals *buffer.Arrivals // tells of jobs stored while it rests
-	pulls    *pullGate        // shut while it rests
+	wake     chan struct{}      // work came (capacity 1): see nudge
+	resting  atomic.Bool        // the pace loop rests: see rest
+	arrivals *arrivals.Arrivals // tells of jobs stored while it rests
+	pulls    *pullGate          // shut while it rests
 }
 
 // run pulls the function's jobs, from each of its lanes, and invokes
@@ -148,7 +149,7 @@ func (l *functionLoop) pace(ctx context.Context) {
 const restAfter = 10
 
 // rest waits until a job for the function is stored (by any process:
-// see [buffer.Arrivals]), after one last round that finds it idle and
+// see [arrivals.Arrivals]), after one last round that finds it idle and
 // leaves nothing unwritten: this process's report gone from the shared
 // state and every finished job's message removed. Meanwhile it pulls
 // nothing (see pullGate). It returns false if ctx ended. The watch begins

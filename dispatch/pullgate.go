@@ -8,7 +8,7 @@ import (
 // pullGate stops a function's pulls while its pace loop rests, and lets
 // them run again when it wakes. A resting function makes no pull request
 // and gets no heartbeat: what wakes it is the arrival of a job (see
-// [buffer.Arrivals]), which every process sees.
+// buffer/arrivals), which every process sees.
 type pullGate struct {
 	parent context.Context // the pullers', which outlives every rest
 

@@ -14,6 +14,8 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/deadletter"
+	"github.com/sluicehq/sluice/buffer/store"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -30,7 +32,7 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 	defer srv.Close()
 	// Room for one 30 KiB dead letter, not two. Each job is another
 	// tenant's, none over its share: the store is simply full.
-	q := buffertest.Queue(t, buffer.Config{Stores: buffer.StoreLimits{DeadLetterBytes: 48 << 10}})
+	q := buffertest.Queue(t, buffer.Config{Stores: store.Limits{DeadLetterBytes: 48 << 10}})
 	payload := bytes.Repeat([]byte("x"), 30<<10)
 	tenants := []string{"t0", "t1", "t2"}
 	var ids []string
@@ -133,7 +135,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 	fn.status.Store(http.StatusInternalServerError)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
-	q := buffertest.Queue(t, buffer.Config{Stores: buffer.StoreLimits{DeadLetterBytes: 300 << 10}})
+	q := buffertest.Queue(t, buffer.Config{Stores: store.Limits{DeadLetterBytes: 300 << 10}})
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
 		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
@@ -161,7 +163,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, u := range stores {
-			if u.Name == buffer.StoreDeadLetters && u.Bytes >= uint64(5*len(payload)) {
+			if u.Name == store.DeadLetters && u.Bytes >= uint64(5*len(payload)) {
 				return nil
 			}
 		}
@@ -197,7 +199,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 		if len(dl.Payload) > 0 {
 			continue
 		}
-		if _, _, err := q.Redrive(t.Context(), "f", "a", []string{dl.Job.Id}); !errors.Is(err, buffer.ErrPayloadNotKept) {
+		if _, _, err := q.Redrive(t.Context(), "f", "a", []string{dl.Job.Id}); !errors.Is(err, deadletter.ErrPayloadNotKept) {
 			t.Errorf("redrive of a dead letter without its payload: %v; want ErrPayloadNotKept", err)
 		}
 		break
@@ -217,7 +219,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 // and returns them with their payloads.
 func waitTenantLetters(t *testing.T, q *buffer.Queue, tenant string, n int) []*sluicev1.DeadLetter {
 	t.Helper()
-	var page buffer.DeadLetterPage
+	var page deadletter.Page
 	buffertest.WaitForNoError(t, 15*time.Second, fmt.Sprintf("%d dead letters of tenant %s", n, tenant), func() error {
 		var err error
 		if page, err = q.DeadLetters(t.Context(), "f", tenant, 0, 100, true); err != nil {

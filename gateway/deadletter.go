@@ -12,6 +12,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/deadletter"
 )
 
 // Dead-letter page sizes.
@@ -80,7 +81,7 @@ func (s *Service) RedriveDeadLetters(ctx context.Context, req *sluicev1.RedriveD
 		}
 	}
 	jobs, notFound, err := s.dead.Redrive(ctx, f.Name, tenantName(ctx), req.GetIds())
-	if errors.Is(err, buffer.ErrPayloadNotKept) {
+	if errors.Is(err, deadletter.ErrPayloadNotKept) {
 		return nil, status.Error(codes.FailedPrecondition, strings.TrimPrefix(err.Error(), "buffer: "))
 	}
 	if err != nil {

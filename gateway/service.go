@@ -29,6 +29,8 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/deadletter"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // Enqueuer stores jobs and reads their state.
@@ -68,7 +70,7 @@ var _ Dispatch = (*buffer.Queue)(nil)
 type DeadLetters interface {
 	// DeadLetters returns a page of the tenant's, oldest first, from
 	// position from (0 for the first).
-	DeadLetters(ctx context.Context, function, tenant string, from uint64, limit int, withPayload bool) (buffer.DeadLetterPage, error)
+	DeadLetters(ctx context.Context, function, tenant string, from uint64, limit int, withPayload bool) (deadletter.Page, error)
 	// DeadLetterCount is how many the function has, of all tenants.
 	DeadLetterCount(ctx context.Context, function string) (int64, error)
 	// Redrive queues the tenant's named ones again; it returns those
@@ -76,7 +78,7 @@ type DeadLetters interface {
 	Redrive(ctx context.Context, function, tenant string, ids []string) ([]*sluicev1.Job, []string, error)
 	// RedriveAll queues up to limit of the tenant's again, oldest first,
 	// of those from position from up to until (both 0 to start).
-	RedriveAll(ctx context.Context, function, tenant string, from, until uint64, limit int) (buffer.RedrivePage, error)
+	RedriveAll(ctx context.Context, function, tenant string, from, until uint64, limit int) (deadletter.RedrivePage, error)
 	// DeleteDeadLetter discards one of the tenant's; buffer.ErrNotFound if
 	// there is none.
 	DeleteDeadLetter(ctx context.Context, function, tenant, id string) error
@@ -470,7 +472,7 @@ func (s *Service) store(ctx context.Context, f Function, tenant, key string, pay
 	switch {
 	case errors.Is(err, buffer.ErrFull):
 		msg := "the job buffer is full; retry later"
-		if errors.Is(err, buffer.ErrStoreFull) {
+		if errors.Is(err, store.ErrHighWater) {
 			msg = "the job stores are full; retry later"
 		}
 		retry := s.admission.retryAfterFor(f.Name, 1, time.Now())

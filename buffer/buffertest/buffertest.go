@@ -8,11 +8,12 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/embedded"
 )
 
 // Server is an embedded JetStream server for one test.
 type Server struct {
-	*buffer.Embedded
+	*embedded.Server
 	// StoreDir is where it keeps its files; a new Server on the same
 	// directory sees the same streams.
 	StoreDir string
@@ -25,18 +26,18 @@ func Start(tb testing.TB, dir string) *Server {
 	if dir == "" {
 		dir = tb.TempDir()
 	}
-	e, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: dir})
+	e, err := embedded.Start(embedded.Config{StoreDir: dir})
 	if err != nil {
 		tb.Fatalf("start embedded JetStream: %v", err)
 	}
 	tb.Cleanup(e.Shutdown)
-	return &Server{Embedded: e, StoreDir: dir}
+	return &Server{Server: e, StoreDir: dir}
 }
 
 // Connect opens a connection to s, closed when the test ends.
 func (s *Server) Connect(tb testing.TB) *nats.Conn {
 	tb.Helper()
-	nc, err := s.Embedded.Connect()
+	nc, err := s.Server.Connect()
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -17,13 +17,14 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/dispatch"
 )
 
 // Source hands out the stored callbacks of finished jobs.
 type Source interface {
-	ConsumeCallbacks(ctx context.Context, maxPending int, ackWait time.Duration, handle func(*buffer.Callback)) error
+	ConsumeCallbacks(ctx context.Context, maxPending int, ackWait time.Duration, handle func(*callbacks.Callback)) error
 }
 
 var _ Source = (*buffer.Queue)(nil)
@@ -156,7 +157,7 @@ func (g *tenantGate) leave(tenant string) {
 
 // attempt is the delivery attempt a callback's delivery count stands for,
 // less the times this process handed it back.
-func (g *tenantGate) attempt(cb *buffer.Callback) int {
+func (g *tenantGate) attempt(cb *callbacks.Callback) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return max(cb.Attempt-g.handedBack[cb.WebhookID], 1)
@@ -181,7 +182,7 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	defer inFlight.Wait()
 	for ctx.Err() == nil {
 		// Past AckWait an unfinished callback goes to another process.
-		err := d.cfg.Source.ConsumeCallbacks(ctx, d.cfg.MaxPending, d.cfg.Timeout+15*time.Second, func(cb *buffer.Callback) {
+		err := d.cfg.Source.ConsumeCallbacks(ctx, d.cfg.MaxPending, d.cfg.Timeout+15*time.Second, func(cb *callbacks.Callback) {
 			if !d.tenants.enter(cb.Tenant, cb.WebhookID) {
 				// Its tenant has its share in flight: not this tenant's
 				// turn, and not an attempt.
@@ -213,7 +214,7 @@ func (d *Deliverer) Run(ctx context.Context) error {
 }
 
 // deliver makes one attempt at a callback and decides what follows.
-func (d *Deliverer) deliver(ctx context.Context, cb *buffer.Callback) {
+func (d *Deliverer) deliver(ctx context.Context, cb *callbacks.Callback) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
 	defer cancel()
 	attempt := d.tenants.attempt(cb)
@@ -245,7 +246,7 @@ func (d *Deliverer) deliver(ctx context.Context, cb *buffer.Callback) {
 
 // settle logs a failure to acknowledge a callback: it then comes back
 // after its ack wait, and is tried again.
-func (d *Deliverer) settle(cb *buffer.Callback, err error) {
+func (d *Deliverer) settle(cb *callbacks.Callback, err error) {
 	if err != nil {
 		d.log.Error("settle callback; it will be delivered again", "webhook_id", cb.WebhookID, "err", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
@@ -36,7 +37,7 @@ type hook struct {
 
 func (h *hook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	var event buffer.CallbackEvent
+	var event callbacks.Event
 	json.Unmarshal(body, &event) //nolint:errcheck // an empty type fails the test
 	h.mu.Lock()
 	n := len(h.ids)
@@ -78,8 +79,8 @@ func runCallbacks(t *testing.T, h *hook, want int) []string {
 	time.Sleep(200 * time.Millisecond) // time for a call too many, which must not come
 	ids, verified, types := h.seen()
 	for i := range ids {
-		if ids[i] != buffer.WebhookID(job) || !verified[i] || types[i] != "job.succeeded" {
-			t.Errorf("call %d: webhook-id %s, signature valid %v, type %q; want %s, valid, job.succeeded", i, ids[i], verified[i], types[i], buffer.WebhookID(job))
+		if ids[i] != callbacks.WebhookID(job) || !verified[i] || types[i] != "job.succeeded" {
+			t.Errorf("call %d: webhook-id %s, signature valid %v, type %q; want %s, valid, job.succeeded", i, ids[i], verified[i], types[i], callbacks.WebhookID(job))
 		}
 	}
 	return ids

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
@@ -58,7 +59,7 @@ func TestCallbackSignedWithItsTenantsSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A callback as an older gateway stored it: the tenant only in the job.
-	old := nats.NewMsg(buffer.CallbackPrefix + "f.OLDJOB")
+	old := nats.NewMsg(callbacks.Prefix + "f.OLDJOB")
 	old.Header.Set("Sluice-Callback-Url", hookSrv.URL)
 	old.Header.Set("Sluice-Webhook-Id", "msg_OLDJOB_0")
 	old.Data = []byte(`{"type":"job.succeeded","timestamp":"2026-01-01T00:00:00Z","data":{"id":"OLDJOB","tenant":"bolt","state":"SUCCEEDED"}}`)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
@@ -283,12 +284,12 @@ func (b *BufferConfig) setDefaultsAndCheck() error {
 	}
 	gc := &b.GroupCommit
 	if gc.MaxBatch == 0 {
-		gc.MaxBatch = buffer.DefaultMaxBatch
-	} else if gc.MaxBatch > buffer.MaxBatchLimit {
-		errs = append(errs, fmt.Errorf("buffer.group_commit.max_batch: %d is more than the server's limit of %d", gc.MaxBatch, buffer.MaxBatchLimit))
+		gc.MaxBatch = groupcommit.DefaultMaxBatch
+	} else if gc.MaxBatch > groupcommit.MaxBatchLimit {
+		errs = append(errs, fmt.Errorf("buffer.group_commit.max_batch: %d is more than the server's limit of %d", gc.MaxBatch, groupcommit.MaxBatchLimit))
 	}
 	if gc.InFlight == 0 {
-		gc.InFlight = buffer.DefaultMaxInFlight
+		gc.InFlight = groupcommit.DefaultMaxInFlight
 	} else if gc.InFlight > 64 {
 		errs = append(errs, fmt.Errorf("buffer.group_commit.in_flight: %d is more than 64", gc.InFlight))
 	}

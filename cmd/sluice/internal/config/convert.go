@@ -8,6 +8,8 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
+	"github.com/sluicehq/sluice/buffer/store"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
@@ -199,14 +201,14 @@ func (b *BufferConfig) Queue() buffer.Config {
 		Retention:           time.Duration(b.JobRetention),
 		IdempotencyWindow:   time.Duration(b.IdempotencyWindow),
 		DeadLetterRetention: time.Duration(b.DeadLetterRetention),
-		Stores: buffer.StoreLimits{
+		Stores: store.Limits{
 			StateBytes:       int64(b.StateMaxBytes),
 			IdempotencyBytes: int64(b.IdempotencyMaxBytes),
 			DeadLetterBytes:  int64(b.DeadLetterMaxBytes),
 			CallbackBytes:    int64(b.CallbackMaxBytes),
 			HighWater:        b.HighWater,
 		},
-		Batch: buffer.BatchConfig{
+		Batch: groupcommit.Config{
 			MaxBatch:    int(b.GroupCommit.MaxBatch),
 			MaxInFlight: int(b.GroupCommit.InFlight),
 			Linger:      time.Duration(b.GroupCommit.Linger),

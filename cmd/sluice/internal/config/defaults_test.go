@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
+	"github.com/sluicehq/sluice/buffer/store"
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
@@ -40,14 +42,14 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 	zeroOr(t, "buffer job retention", q.Retention, buffer.DefaultRetention)
 	zeroOr(t, "buffer idempotency window", q.IdempotencyWindow, buffer.DefaultIdempotencyWindow)
 	zeroOr(t, "buffer dead letter retention", q.DeadLetterRetention, buffer.DefaultDeadLetterRetention)
-	zeroOr(t, "buffer group commit max batch", q.Batch.MaxBatch, buffer.DefaultMaxBatch)
-	zeroOr(t, "buffer group commit in flight", q.Batch.MaxInFlight, buffer.DefaultMaxInFlight)
+	zeroOr(t, "buffer group commit max batch", q.Batch.MaxBatch, groupcommit.DefaultMaxBatch)
+	zeroOr(t, "buffer group commit in flight", q.Batch.MaxInFlight, groupcommit.DefaultMaxInFlight)
 	zeroOr(t, "buffer group commit linger", q.Batch.Linger, time.Duration(0))
-	zeroOr(t, "buffer state max bytes", q.Stores.StateBytes, int64(buffer.DefaultStateBytes))
-	zeroOr(t, "buffer idempotency max bytes", q.Stores.IdempotencyBytes, int64(buffer.DefaultIdempotencyBytes))
+	zeroOr(t, "buffer state max bytes", q.Stores.StateBytes, int64(store.DefaultStateBytes))
+	zeroOr(t, "buffer idempotency max bytes", q.Stores.IdempotencyBytes, int64(store.DefaultIdempotencyBytes))
 	zeroOr(t, "buffer dead letter max bytes", q.Stores.DeadLetterBytes, q.MaxBytes)
 	zeroOr(t, "buffer callback max bytes", q.Stores.CallbackBytes, q.MaxBytes)
-	zeroOr(t, "buffer high water", q.Stores.HighWater, buffer.DefaultHighWater)
+	zeroOr(t, "buffer high water", q.Stores.HighWater, store.DefaultHighWater)
 
 	cb := cfg.Callbacks.Deliverer()
 	retry := dispatch.DefaultRetryPolicy()

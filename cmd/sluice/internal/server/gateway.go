@@ -27,6 +27,8 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
@@ -45,7 +47,7 @@ type Gateway struct {
 	log      *slog.Logger
 	opts     Options
 	tls      *tls.Config      // both listeners'; nil: plaintext
-	embedded *buffer.Embedded // nil with an external NATS
+	embedded *embedded.Server // nil with an external NATS
 	nc       *nats.Conn
 	httpLn   net.Listener
 	grpcLn   net.Listener
@@ -152,7 +154,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger
 func (p *Gateway) connectNATS(cfg *config.Config) error {
 	var err error
 	if p.opts.NATSURL == "" {
-		p.embedded, err = buffer.StartEmbedded(buffer.EmbeddedConfig{
+		p.embedded, err = embedded.Start(embedded.Config{
 			StoreDir:     p.opts.DataDir,
 			NoSyncAlways: cfg.Buffer.Durability == "interval",
 		})
@@ -214,7 +216,7 @@ func (p *Gateway) openQueue(ctx context.Context, cfg *config.Config) error {
 	bufCfg := cfg.Buffer.Queue()
 	bufCfg.Logger, bufCfg.Replicas = p.log, replicas
 	queue, err := p.openBuffer(ctx, bufCfg)
-	if errors.Is(err, buffer.ErrDurability) {
+	if errors.Is(err, provision.ErrDurability) {
 		return fmt.Errorf("--replicas=%d: %w", replicas, err)
 	}
 	if err != nil {

@@ -20,6 +20,8 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/embedded"
+	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/clustertest"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
@@ -30,7 +32,7 @@ import (
 // TestExternalNATS runs a gateway against a NATS server it did not start,
 // as `sluice serve --nats-url` does.
 func TestExternalNATS(t *testing.T) {
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Listen: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +53,7 @@ func TestExternalNATS(t *testing.T) {
 // TestIdempotencyAcrossGateways submits the same keys at once through two
 // gateway processes sharing one NATS, over REST and gRPC.
 func TestIdempotencyAcrossGateways(t *testing.T) {
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Listen: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestIdempotencyAcrossGateways(t *testing.T) {
 // TestSubmitRefusedWhileNATSDown checks that a submit JetStream cannot
 // take, because NATS is gone, is refused with 503 and Retry-After, not 500.
 func TestSubmitRefusedWhileNATSDown(t *testing.T) {
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Listen: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +161,7 @@ func TestClusterReplicasChecks(t *testing.T) {
 	_, err = server.New(t.Context(), cfg, server.Options{
 		HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", NATSURL: c.URLs(), Replicas: 3,
 	}, slog.New(slog.DiscardHandler))
-	if !errors.Is(err, buffer.ErrDurability) || !strings.Contains(err.Error(), "--replicas=3") ||
+	if !errors.Is(err, provision.ErrDurability) || !strings.Contains(err.Error(), "--replicas=3") ||
 		!strings.Contains(err.Error(), "has 1 replicas") {
 		t.Fatalf("gateway with --replicas=3 on R1 streams: %v, want ErrDurability naming --replicas", err)
 	}

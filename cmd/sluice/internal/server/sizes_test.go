@@ -20,6 +20,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/embedded"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -32,9 +33,9 @@ const stockMaxPayload = 1 << 20
 
 // startStockNATS starts a NATS server with a stock max_payload that
 // gateways reach over TCP, as with --nats-url.
-func startStockNATS(t *testing.T) *buffer.Embedded {
+func startStockNATS(t *testing.T) *embedded.Server {
 	t.Helper()
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true, MaxPayload: stockMaxPayload})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Listen: true, MaxPayload: stockMaxPayload})
 	if err != nil {
 		t.Fatal(err)
 	}

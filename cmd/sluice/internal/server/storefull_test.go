@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/embedded"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
@@ -23,7 +23,7 @@ import (
 // with a clear 503 and Retry-After. (#19 item 2)
 func TestStorageFilledByOneTenant(t *testing.T) {
 	const maxStore = 40 << 20
-	srv, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: t.TempDir(), Listen: true, MaxStore: maxStore})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Listen: true, MaxStore: maxStore})
 	if err != nil {
 		t.Fatal(err)
 	}

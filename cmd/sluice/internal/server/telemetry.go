@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/internal/instrument"
 )
 
@@ -127,7 +128,7 @@ func registerBatchMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
 	}
 	return b.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		jobs, states := queue.BatchStats()
-		for i, st := range []buffer.BatchStats{jobs, states} {
+		for i, st := range []groupcommit.Stats{jobs, states} {
 			o.ObserveInt64(batches, st.Batches, kinds[i])
 			o.ObserveInt64(writes, st.Messages, kinds[i])
 			o.ObserveInt64(refused, st.Fallbacks, kinds[i])

@@ -11,8 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/callbacks"
+
 	"github.com/sluicehq/sluice/cmd/sluice/internal/config"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -99,14 +100,14 @@ func TestReadyzKeepsInternalErrorsToTheLog(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	if err := js.DeleteStream(ctx, buffer.CallbackStream); err != nil {
+	if err := js.DeleteStream(ctx, callbacks.Stream); err != nil {
 		t.Fatal(err)
 	}
 	resp, body := get(t, g.Base+"/readyz")
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz with a stream gone: %d %s; want 503", resp.StatusCode, body)
 	}
-	for _, internal := range []string{buffer.CallbackStream, "nats", "stream", "buffer:"} {
+	for _, internal := range []string{callbacks.Stream, "nats", "stream", "buffer:"} {
 		if strings.Contains(string(body), internal) {
 			t.Errorf("/readyz answered %q: internal detail (%q) for anyone who can reach it", body, internal)
 		}

@@ -17,6 +17,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/embedded"
 )
 
 // gatewaySpec is one gateway process (sluice serve) as a benchmark starts it.
@@ -77,7 +78,7 @@ type ReplicaSet struct {
 	// Queue is the benchmark's own view of the buffer.
 	Queue *buffer.Queue
 
-	nats     *buffer.Embedded
+	nats     *embedded.Server
 	nc       *nats.Conn
 	conns    []*grpc.ClientConn
 	cancel   context.CancelFunc
@@ -96,7 +97,7 @@ func StartReplicaSet(ctx context.Context, dir, config string, n int, logLevel st
 			r.Close()
 		}
 	}()
-	if r.nats, err = buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats"), Listen: true}); err != nil {
+	if r.nats, err = embedded.Start(embedded.Config{StoreDir: filepath.Join(dir, "nats"), Listen: true}); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dir, "sluice.yaml")

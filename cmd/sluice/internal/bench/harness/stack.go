@@ -23,7 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/embedded"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 )
@@ -188,7 +188,7 @@ func RunJetStream(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	e, err := buffer.StartEmbedded(buffer.EmbeddedConfig{StoreDir: *dir, Listen: true, NoSyncAlways: *durability == "interval"})
+	e, err := embedded.Start(embedded.Config{StoreDir: *dir, Listen: true, NoSyncAlways: *durability == "interval"})
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,6 @@
-package buffer
+// Package arrivals tells dispatch of jobs stored for the functions it
+// watches while they rest.
+package arrivals
 
 import (
 	"context"
@@ -20,19 +22,21 @@ import (
 // so a thousand resting functions cost the server a thousand entries in
 // its interest table and nothing more.
 type Arrivals struct {
-	nc *nats.Conn
-	ch chan *nats.Msg
+	nc       *nats.Conn
+	subjects func(function string) string // every job message's of function
+	ch       chan *nats.Msg
 
 	mu      sync.Mutex
 	watches map[*nats.Subscription]func()
 }
 
-// NewArrivals returns an Arrivals for up to watches watches at once; Run
-// must run for it to tell of any.
-func (q *Queue) NewArrivals(watches int) *Arrivals {
+// New returns an Arrivals on nc for up to watches watches at once, where
+// subjects matches every job message of a function; Run must run for it
+// to tell of any.
+func New(nc *nats.Conn, subjects func(function string) string, watches int) *Arrivals {
 	// Each watch takes one message at most, and a cancelled watch may
 	// leave one behind: room for both, so NATS never drops one.
-	return &Arrivals{nc: q.js.Conn(), ch: make(chan *nats.Msg, 2*watches+16), watches: map[*nats.Subscription]func(){}}
+	return &Arrivals{nc: nc, subjects: subjects, ch: make(chan *nats.Msg, 2*watches+16), watches: map[*nats.Subscription]func(){}}
 }
 
 // watchTimeout bounds the wait for the server to confirm a watch.
@@ -45,7 +49,7 @@ const watchTimeout = 10 * time.Second
 // moment it takes the interest to reach that server may not be. cancel
 // ends the watch; it is safe to call after notify.
 func (a *Arrivals) Watch(ctx context.Context, function string, notify func()) (cancel func(), err error) {
-	sub, err := a.nc.ChanSubscribe(functionSubjects(function), a.ch)
+	sub, err := a.nc.ChanSubscribe(a.subjects(function), a.ch)
 	if err != nil {
 		return nil, fmt.Errorf("buffer: watch arrivals of %s: %w", function, err)
 	}

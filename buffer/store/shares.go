@@ -1,4 +1,4 @@
-package buffer
+package store
 
 import (
 	"context"
@@ -37,8 +37,11 @@ type holdings struct {
 	functions map[string]uint64
 }
 
-// shareGauge reads and caches one store's holdings.
-type shareGauge struct {
+// Shares reads and caches who holds what of one store, and says who is
+// past their share.
+type Shares struct {
+	name   string // the store's, as the Gauge reads it
+	gauge  *Gauge
 	stream jetstream.Stream
 	prefix string // subject prefix; the function's name follows it
 	mu     sync.Mutex
@@ -46,14 +49,17 @@ type shareGauge struct {
 	held   holdings
 }
 
-// overShare says whether tenant or function holds more than its share of
-// the store named name, which q.Stores reports.
-func (q *Queue) overShare(ctx context.Context, g *shareGauge, name, tenant, function string) bool {
-	stores, err := q.Stores(ctx)
-	if err != nil {
-		return false
-	}
-	u, ok := storeUsage(stores, name)
+// NewShares reads the holdings of the store named name, held in stream on
+// subjects that start with prefix and then the function's name; gauge
+// reads how full it is.
+func NewShares(gauge *Gauge, name string, stream jetstream.Stream, prefix string) *Shares {
+	return &Shares{name: name, gauge: gauge, stream: stream, prefix: prefix}
+}
+
+// Over says whether tenant or function holds more than its share of the
+// store.
+func (g *Shares) Over(ctx context.Context, tenant, function string) bool {
+	u, ok := g.gauge.usage(ctx, g.name)
 	if !ok || u.Fill() < shareFrom {
 		return false
 	}
@@ -79,8 +85,8 @@ func over(held map[string]uint64, key string, limit int64) bool {
 	return held[key] > uint64(limit)/uint64(n)
 }
 
-// add counts what this process just stored, until the next reading.
-func (g *shareGauge) add(tenant, function string, size int) {
+// Add counts what this process just stored, until the next reading.
+func (g *Shares) Add(tenant, function string, size int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.held.tenants != nil {
@@ -89,7 +95,7 @@ func (g *shareGauge) add(tenant, function string, size int) {
 	}
 }
 
-func (g *shareGauge) read(ctx context.Context) (holdings, error) {
+func (g *Shares) read(ctx context.Context) (holdings, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if time.Since(g.at) < sharesEvery && g.held.tenants != nil {
@@ -108,7 +114,7 @@ const scanBatch = 1000
 
 // scan reads the headers of every message in the store, not their bodies,
 // and sums their sizes by tenant and by function.
-func (g *shareGauge) scan(ctx context.Context) (holdings, error) {
+func (g *Shares) scan(ctx context.Context) (holdings, error) {
 	held := holdings{tenants: map[string]uint64{}, functions: map[string]uint64{}}
 	cons, err := g.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{HeadersOnly: true})
 	if err != nil {
@@ -128,7 +134,7 @@ func (g *shareGauge) scan(ctx context.Context) (holdings, error) {
 			n++
 			size, _ := strconv.ParseUint(msg.Headers().Get(nats.MsgSize), 10, 64)
 			size += uint64(len(msg.Subject()))
-			tenant := msg.Headers().Get(headerTenant)
+			tenant := msg.Headers().Get(TenantHeader)
 			function, _, _ := strings.Cut(strings.TrimPrefix(msg.Subject(), g.prefix), ".")
 			held.tenants[tenant] += size
 			held.functions[tenant+"\x00"+function] += size

@@ -1,4 +1,6 @@
-package buffer
+// Package embedded runs NATS with JetStream inside the gateway's process,
+// for `sluice serve` without --nats-url, `sluice dev`, and tests.
+package embedded
 
 import (
 	"errors"
@@ -9,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// EmbeddedConfig describes an in-process NATS server with JetStream.
-type EmbeddedConfig struct {
+// Config describes an in-process NATS server with JetStream.
+type Config struct {
 	// StoreDir is where JetStream keeps its files. Required.
 	StoreDir string
 	// MaxPayload is the largest message the server accepts, in bytes.
@@ -30,14 +32,14 @@ type EmbeddedConfig struct {
 	NoSyncAlways bool
 }
 
-// Embedded is a running in-process NATS server with JetStream.
-type Embedded struct {
+// Server is a running in-process NATS server with JetStream.
+type Server struct {
 	srv *server.Server
 }
 
-// StartEmbedded starts an in-process NATS server with JetStream on file
+// Start starts an in-process NATS server with JetStream on file
 // storage, flushing to disk before every acknowledgement unless told not to.
-func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+func Start(cfg Config) (*Server, error) {
 	if cfg.StoreDir == "" {
 		return nil, errors.New("buffer: embedded server needs a store directory")
 	}
@@ -66,11 +68,11 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		srv.Shutdown()
 		return nil, errors.New("buffer: embedded server did not become ready in 10s")
 	}
-	return &Embedded{srv: srv}, nil
+	return &Server{srv: srv}, nil
 }
 
 // Connect opens a client connection to the embedded server.
-func (e *Embedded) Connect(opts ...nats.Option) (*nats.Conn, error) {
+func (e *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	opts = append([]nats.Option{nats.InProcessServer(e.srv), nats.Name("sluice")}, opts...)
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
@@ -80,10 +82,10 @@ func (e *Embedded) Connect(opts ...nats.Option) (*nats.Conn, error) {
 }
 
 // ClientURL is the server's TCP address, when it was started with Listen.
-func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
+func (e *Server) ClientURL() string { return e.srv.ClientURL() }
 
 // Shutdown stops the server and waits until it has stopped.
-func (e *Embedded) Shutdown() {
+func (e *Server) Shutdown() {
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()
 }

@@ -1,4 +1,4 @@
-package buffer
+package groupcommit
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/sluicehq/sluice/buffer/embedded"
 )
 
 // fakeStream answers every request on its subjects with answer(msg,
@@ -39,9 +41,9 @@ func plainAck(_ *nats.Msg, n uint64) string { return fmt.Sprintf(`{"stream":"FAK
 
 // fakeBatcher is a batcher on a fresh server, whose subjects fake.> answer
 // with answer, and what it logs.
-func fakeBatcher(t *testing.T, answer func(m *nats.Msg, n uint64) string) (*batcher, *bytes.Buffer) {
+func fakeBatcher(t *testing.T, answer func(m *nats.Msg, n uint64) string) (*Batcher, *bytes.Buffer) {
 	t.Helper()
-	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir()})
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,19 +56,19 @@ func fakeBatcher(t *testing.T, answer func(m *nats.Msg, n uint64) string) (*batc
 	fakeStream(t, nc, "fake.>", answer)
 	var logged bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logged, nil))
-	return newBatcher(nc, BatchConfig{Linger: 100 * time.Millisecond, MaxInFlight: 1, Timeout: 2 * time.Second, log: log}), &logged
+	return New(nc, Config{Linger: 100 * time.Millisecond, MaxInFlight: 1, Timeout: 2 * time.Second}, log), &logged
 }
 
 // publishAll publishes n messages to fake.> at once, and counts the
 // outcomes.
-func publishAll(t *testing.T, b *batcher, n int) (stored int, unknown int, other []error) {
+func publishAll(t *testing.T, b *Batcher, n int) (stored int, unknown int, other []error) {
 	var (
 		wg sync.WaitGroup
 		mu sync.Mutex
 	)
 	for i := range n {
 		wg.Go(func() {
-			_, err := b.publish(t.Context(), nats.NewMsg(fmt.Sprint("fake.", i)))
+			_, err := b.Publish(t.Context(), nats.NewMsg(fmt.Sprint("fake.", i)))
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -97,7 +99,7 @@ func TestPlainAckOfABatchIsNotTakenForTheBatch(t *testing.T) {
 	if stored, unknown, other := publishAll(t, b, 5); stored != 5 || unknown != 0 || len(other) > 0 {
 		t.Errorf("after a plain ack, 5 writes: %d stored, %d unknown, other errors %v; want all 5 stored one by one", stored, unknown, other)
 	}
-	if st := b.stats.snapshot(); st.Batches != 0 {
+	if st := b.Stats(); st.Batches != 0 {
 		t.Errorf("stats %+v: no batch was stored as one", st)
 	}
 }
@@ -137,49 +139,8 @@ func TestAtomicBatchesFromVersion(t *testing.T) {
 		"":            false,
 		"garbage":     false,
 	} {
-		if got := atomicBatches(v); got != want {
-			t.Errorf("atomicBatches(%q) = %v, want %v", v, got, want)
+		if got := AtomicBatches(v); got != want {
+			t.Errorf("AtomicBatches(%q) = %v, want %v", v, got, want)
 		}
-	}
-}
-
-// TestQueueWithoutAtomicBatches: a queue on a server that stores no
-// atomic batches (as Open finds one older than 2.12) publishes each write
-// alone, and stores them all.
-func TestQueueWithoutAtomicBatches(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	q, err := Open(t.Context(), nc, Config{Batch: BatchConfig{perMessage: true, Linger: 50 * time.Millisecond, MaxInFlight: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	ids := make([]string, 50)
-	for i := range ids {
-		wg.Go(func() {
-			job, err := q.Submit(t.Context(), "f", []byte("x"), "")
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			ids[i] = job.Id
-		})
-	}
-	wg.Wait()
-	for _, id := range ids {
-		if _, err := q.Get(t.Context(), id); err != nil {
-			t.Errorf("job %s: %v", id, err)
-		}
-	}
-	if jobs, _ := q.BatchStats(); jobs.Batches != 0 {
-		t.Errorf("stats %+v: want no atomic batch", jobs)
 	}
 }

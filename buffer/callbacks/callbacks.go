@@ -1,4 +1,8 @@
-package buffer
+// Package callbacks keeps the callbacks of finished jobs until they are
+// delivered: one message each in a work-queue stream of their own
+// ([Store]), the JSON a receiver gets ([Event]), and their delivery from
+// that stream ([Callback]).
+package callbacks
 
 import (
 	"bytes"
@@ -16,49 +20,48 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/provision"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // Callbacks waiting to be delivered are kept in a work-queue stream, one
 // message per finished job (per redrive), so that a callback survives the
 // gateway that published it and is retried until it is delivered.
 const (
-	// CallbackStream holds callbacks not yet delivered.
-	CallbackStream = "SLUICE_CALLBACKS"
-	// CallbackPrefix starts every callback's subject; the function's name
-	// and the job's ID follow it.
-	CallbackPrefix = "sluice.callbacks."
-	// CallbackConsumerName is the durable consumer that delivers callbacks.
-	CallbackConsumerName = "sluice-callbacks"
+	// Stream holds callbacks not yet delivered.
+	Stream = "SLUICE_CALLBACKS"
+	// Prefix starts every callback's subject; the function's name and the
+	// job's ID follow it.
+	Prefix = "sluice.callbacks."
+	// ConsumerName is the durable consumer that delivers callbacks.
+	ConsumerName = "sluice-callbacks"
+	// URLHeader carries the callback URL, on a callback and on its job's
+	// message.
+	URLHeader = "Sluice-Callback-Url"
 
 	headerWebhookID = "Sluice-Webhook-Id"
 )
 
-// maxCallbackResultBytes bounds the function's response carried in a
+// maxResultBytes bounds the function's response carried in a
 // callback; a larger one is left out (result_omitted), and the receiver
 // reads it with GET /v1/jobs/{id}/result.
-const maxCallbackResultBytes = 256 << 10
+const maxResultBytes = 256 << 10
 
-func callbackStreamConfig(cfg Config) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        CallbackStream,
+// StreamConfig is the configuration of the callback stream: l.MaxAge is
+// how long a callback is kept undelivered, the job retention (a callback
+// not delivered within it is of no use: the job it names is gone).
+func StreamConfig(l provision.StreamLimits) jetstream.StreamConfig {
+	return l.Apply(jetstream.StreamConfig{
+		Name:        Stream,
 		Description: "Sluice: callbacks of finished jobs not yet delivered",
-		Subjects:    []string{CallbackPrefix + ">"},
+		Subjects:    []string{Prefix + ">"},
 		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Discard:     jetstream.DiscardNew,
-		// A callback not delivered within the job retention is of no use:
-		// the job it names is gone.
-		MaxAge:     cfg.Retention,
-		MaxMsgs:    cfg.MaxJobs,
-		MaxBytes:   cfg.Stores.CallbackBytes,
-		Replicas:   cfg.Replicas,
-		Duplicates: 10 * time.Minute,
-	}
+	})
 }
 
-// CallbackEvent is the JSON body a callback receiver gets, in the shape
+// Event is the JSON body a callback receiver gets, in the shape
 // Standard Webhooks recommends: a type, a timestamp and the data.
-type CallbackEvent struct {
+type Event struct {
 	// Type is "job." and the job's terminal state in lower case, e.g.
 	// "job.succeeded".
 	Type string `json:"type"`
@@ -77,17 +80,30 @@ func WebhookID(job *sluicev1.Job) string {
 	return "msg_" + job.Id + "_" + strconv.Itoa(int(job.Redrives))
 }
 
-// publishCallback stores a finished job's callback to be delivered. The
-// message ID makes it once per job and redrive, however often a finish is
-// seen again within the stream's duplicate window.
-func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
-	event := CallbackEvent{
+// Store is the callback stream.
+type Store struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	shares *store.Shares
+}
+
+// New is the Store over stream, the callback stream ([StreamConfig]);
+// gauge reads how full it is, for the shares of it.
+func New(js jetstream.JetStream, stream jetstream.Stream, gauge *store.Gauge) *Store {
+	return &Store{js: js, stream: stream, shares: store.NewShares(gauge, store.Callbacks, stream, Prefix)}
+}
+
+// Publish stores a finished job's callback to be delivered. The message
+// ID makes it once per job and redrive, however often a finish is seen
+// again within the stream's duplicate window.
+func (s *Store) Publish(ctx context.Context, job *sluicev1.Job) error {
+	event := Event{
 		Type:      "job." + strings.ToLower(job.State.String()),
 		Timestamp: job.GetFinishTime().AsTime(),
 	}
 	data := job
-	if r := job.GetResult(); len(r.GetBody()) > maxCallbackResultBytes ||
-		(len(r.GetBody()) > 0 && q.overShare(ctx, q.callbackShares, StoreCallbacks, job.Tenant, job.Function)) {
+	if r := job.GetResult(); len(r.GetBody()) > maxResultBytes ||
+		(len(r.GetBody()) > 0 && s.shares.Over(ctx, job.Tenant, job.Function)) {
 		data = proto.CloneOf(job)
 		data.Result.Body = nil
 		event.ResultOmitted = true
@@ -101,17 +117,17 @@ func (q *Queue) publishCallback(ctx context.Context, job *sluicev1.Job) error {
 		return fmt.Errorf("buffer: encode callback of %s: %w", job.Id, err)
 	}
 	id := WebhookID(job)
-	msg := nats.NewMsg(CallbackPrefix + job.Function + "." + job.Id)
+	msg := nats.NewMsg(Prefix + job.Function + "." + job.Id)
 	msg.Data = body
-	msg.Header.Set(headerCallbackURL, job.CallbackUrl)
+	msg.Header.Set(URLHeader, job.CallbackUrl)
 	msg.Header.Set(headerWebhookID, id)
 	if job.Tenant != "" {
-		msg.Header.Set(headerTenant, job.Tenant) // whose secrets sign it; its share of the store and deliveries
+		msg.Header.Set(store.TenantHeader, job.Tenant) // whose secrets sign it; its share of the store and deliveries
 	}
-	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
-		return fullStore(StoreCallbacks, fmt.Errorf("buffer: store callback of %s: %w", job.Id, classifyPublishError(err)))
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+		return store.MarkFull(store.Callbacks, fmt.Errorf("buffer: store callback of %s: %w", job.Id, store.PublishError(err)))
 	}
-	q.callbackShares.add(job.Tenant, job.Function, len(body))
+	s.shares.Add(job.Tenant, job.Function, len(body))
 	return nil
 }
 
@@ -126,7 +142,7 @@ type Callback struct {
 	// Tenant is the tenant of the job, whose secrets sign it; "" for a
 	// gateway without tenants.
 	Tenant string
-	// Body is the JSON to POST: a [CallbackEvent].
+	// Body is the JSON to POST: an [Event].
 	Body []byte
 	// Attempt counts deliveries of it, from 1.
 	Attempt int
@@ -152,16 +168,17 @@ func ackErr(err error, op string) error {
 	return nil
 }
 
-// callbackBuffered bounds the callbacks a process pulls ahead of handling.
-const callbackBuffered = 64
+// Buffered is how many callbacks a process pulls ahead of handling them,
+// of maxPending unfinished at once.
+func Buffered(maxPending int) int { return min(maxPending, 64) }
 
-// ConsumeCallbacks delivers stored callbacks to handle as they come, at
-// most maxPending unfinished at once across every gateway process (those
-// waiting to be retried included), until ctx ends. A callback handle
-// leaves unfinished comes back after ackWait.
-func (q *Queue) ConsumeCallbacks(ctx context.Context, maxPending int, ackWait time.Duration, handle func(*Callback)) error {
-	cons, err := q.callbacks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       CallbackConsumerName,
+// Consumer is the consumer that delivers the stored callbacks, at most
+// maxPending unfinished at once across every gateway process (those
+// waiting to be retried included). A callback left unfinished comes back
+// after ackWait.
+func (s *Store) Consumer(ctx context.Context, maxPending int, ackWait time.Duration) (jetstream.Consumer, error) {
+	cons, err := s.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
 		Description:   "Sluice: callback delivery",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
@@ -170,25 +187,28 @@ func (q *Queue) ConsumeCallbacks(ctx context.Context, maxPending int, ackWait ti
 		MaxWaiting:    512,
 	})
 	if err != nil {
-		return fmt.Errorf("buffer: callback consumer: %w", err)
+		return nil, fmt.Errorf("buffer: callback consumer: %w", err)
 	}
-	return consume(ctx, cons, min(maxPending, callbackBuffered), func(msg jetstream.Msg) {
-		cb := &Callback{
-			msg:       msg,
-			URL:       msg.Headers().Get(headerCallbackURL),
-			WebhookID: msg.Headers().Get(headerWebhookID),
-			Tenant:    msg.Headers().Get(headerTenant),
-			Body:      msg.Data(),
-			Attempt:   1,
-		}
-		if cb.Tenant == "" {
-			cb.Tenant = callbackTenant(cb.Body)
-		}
-		if md, err := msg.Metadata(); err == nil {
-			cb.Attempt, cb.Stored = int(md.NumDelivered), md.Timestamp
-		}
-		handle(cb)
-	})
+	return cons, nil
+}
+
+// FromMsg is the callback msg, from the [Store.Consumer], holds.
+func FromMsg(msg jetstream.Msg) *Callback {
+	cb := &Callback{
+		msg:       msg,
+		URL:       msg.Headers().Get(URLHeader),
+		WebhookID: msg.Headers().Get(headerWebhookID),
+		Tenant:    msg.Headers().Get(store.TenantHeader),
+		Body:      msg.Data(),
+		Attempt:   1,
+	}
+	if cb.Tenant == "" {
+		cb.Tenant = callbackTenant(cb.Body)
+	}
+	if md, err := msg.Metadata(); err == nil {
+		cb.Attempt, cb.Stored = int(md.NumDelivered), md.Timestamp
+	}
+	return cb
 }
 
 // callbackTenant reads the job's tenant from a callback's body, for

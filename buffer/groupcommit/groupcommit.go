@@ -1,4 +1,12 @@
-package buffer
+// Package groupcommit stores concurrent writes to one stream as JetStream
+// atomic batches: group commit. With fsync before ack, JetStream stores messages published
+// one at a time at the disk's fsync rate, however many publishers wait. An
+// atomic batch is stored with one fsync for all its messages. So concurrent
+// submits are coalesced: while a batch is being committed, the submits that
+// arrive wait, and the next batch takes all of them (up to MaxBatch). A lone
+// submit finds no batch in flight and goes at once, alone; under load the
+// batches grow by themselves. Each job is still its own message.
+package groupcommit
 
 import (
 	"context"
@@ -17,14 +25,6 @@ import (
 	"github.com/nats-io/nuid"
 )
 
-// Group commit. With fsync before ack, JetStream stores messages published
-// one at a time at the disk's fsync rate, however many publishers wait. An
-// atomic batch is stored with one fsync for all its messages. So concurrent
-// submits are coalesced: while a batch is being committed, the submits that
-// arrive wait, and the next batch takes all of them (up to MaxBatch). A lone
-// submit finds no batch in flight and goes at once, alone; under load the
-// batches grow by themselves. Each job is still its own message.
-
 // Headers of JetStream's atomic batch publish (nats-server 2.12 and later).
 const (
 	headerBatchID     = "Nats-Batch-Id"
@@ -37,10 +37,10 @@ const (
 // at most four digits, the commit mark).
 const batchHeaderBytes = 128
 
-// atomicBatches reports whether a NATS server of that version (as its INFO
+// AtomicBatches reports whether a NATS server of that version (as its INFO
 // gives it, "2.12.1" say) stores atomic batches: 2.12 and later. An older
 // one ignores the batch headers and stores each message on its own.
-func atomicBatches(version string) bool {
+func AtomicBatches(version string) bool {
 	major, rest, _ := strings.Cut(strings.TrimPrefix(version, "v"), ".")
 	minor, _, _ := strings.Cut(rest, ".")
 	minor, _, _ = strings.Cut(minor, "-")
@@ -55,8 +55,8 @@ func atomicBatches(version string) bool {
 	return ma > 2 || ma == 2 && mi >= 12
 }
 
-// BatchConfig tunes group commit. The zero value is the default.
-type BatchConfig struct {
+// Config tunes group commit. The zero value is the default.
+type Config struct {
 	// MaxBatch is the most submits stored in one atomic batch. 1 turns
 	// group commit off. Default 200; the server's limit is 1,000.
 	MaxBatch int
@@ -72,12 +72,12 @@ type BatchConfig struct {
 	// Timeout bounds one batch's commit. Default 10s.
 	Timeout time.Duration
 
-	// Set by Open.
-	log        *slog.Logger
-	perMessage bool // the server stores no atomic batches
+	// PerMessage publishes every write on its own, all at once, as for a
+	// NATS server that stores no atomic batches (older than 2.12).
+	PerMessage bool
 }
 
-// Defaults and bounds of BatchConfig.
+// Defaults and bounds of Config.
 const (
 	DefaultMaxBatch    = 200
 	DefaultMaxInFlight = 2
@@ -86,7 +86,7 @@ const (
 	MaxBatchLimit = 1000
 )
 
-func (c *BatchConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	if c.MaxBatch == 0 {
 		c.MaxBatch = DefaultMaxBatch
 	}
@@ -107,14 +107,14 @@ var ErrCommitUnknown = errors.New("buffer: no answer to the batch commit; its wr
 // max_payload), so it was not sent. Nothing else fails with it.
 var ErrTooLarge = errors.New("buffer: write larger than the NATS server's max_payload; not sent")
 
-// batcher coalesces concurrent publishes into atomic batches. Its flusher
+// Batcher coalesces concurrent publishes into atomic batches. Its flusher
 // goroutine runs only while publishes wait and exits when none do; each
 // batch's commit runs in a goroutine of its own that ends when the commit
 // is answered or times out (and, publishing one by one, the goroutines of
 // its publishes with it).
-type batcher struct {
+type Batcher struct {
 	nc    *nats.Conn
-	cfg   BatchConfig
+	cfg   Config
 	log   *slog.Logger
 	slots chan struct{} // one per batch committing
 	// perMessage: the server stores no atomic batches (older than 2.12,
@@ -147,22 +147,24 @@ type batchStats struct {
 	batches, messages, fallbacks atomic.Int64
 }
 
-func newBatcher(nc *nats.Conn, cfg BatchConfig) *batcher {
+// New returns a Batcher publishing on nc, which logs to log (nil:
+// slog.Default()) when it finds the server stores no atomic batches.
+func New(nc *nats.Conn, cfg Config, log *slog.Logger) *Batcher {
 	cfg.setDefaults()
-	b := &batcher{nc: nc, cfg: cfg, log: cfg.log, slots: make(chan struct{}, cfg.MaxInFlight)}
-	if b.log == nil {
-		b.log = slog.Default()
+	if log == nil {
+		log = slog.Default()
 	}
-	b.perMessage.Store(cfg.perMessage)
+	b := &Batcher{nc: nc, cfg: cfg, log: log, slots: make(chan struct{}, cfg.MaxInFlight)}
+	b.perMessage.Store(cfg.PerMessage)
 	return b
 }
 
-// publish stores msg, in a batch with whatever else is waiting, and returns
+// Publish stores msg, in a batch with whatever else is waiting, and returns
 // once it is stored (with its stream sequence) or surely not stored (the
 // reason). ctx bounds the wait: a publish abandoned after its batch was
 // sent may still be stored. All messages given to one batcher must go to
 // one stream.
-func (b *batcher) publish(ctx context.Context, msg *nats.Msg) (uint64, error) {
+func (b *Batcher) Publish(ctx context.Context, msg *nats.Msg) (uint64, error) {
 	p := &pendingPublish{msg: msg, done: make(chan published, 1)}
 	b.mu.Lock()
 	b.waiting = append(b.waiting, p)
@@ -182,7 +184,7 @@ func (b *batcher) publish(ctx context.Context, msg *nats.Msg) (uint64, error) {
 
 // flush sends batches while publishes wait, each as soon as a commit slot
 // is free, and returns when none wait.
-func (b *batcher) flush() {
+func (b *Batcher) flush() {
 	for {
 		b.slots <- struct{}{}
 		if b.cfg.Linger > 0 {
@@ -216,7 +218,7 @@ func (b *batcher) flush() {
 }
 
 // commit stores batch and tells each of its publishes the outcome.
-func (b *batcher) commit(batch []*pendingPublish) {
+func (b *Batcher) commit(batch []*pendingPublish) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
 	if b.perMessage.Load() {
@@ -288,7 +290,7 @@ func (b *batcher) commit(batch []*pendingPublish) {
 
 // publishEach stores each message of batch the ordinary way, all at once,
 // and returns when every one is answered.
-func (b *batcher) publishEach(ctx context.Context, batch []*pendingPublish) {
+func (b *Batcher) publishEach(ctx context.Context, batch []*pendingPublish) {
 	if len(batch) == 1 {
 		batch[0].done <- b.publishOne(ctx, batch[0].msg)
 		return
@@ -316,7 +318,7 @@ func msgSize(msg *nats.Msg) int64 {
 }
 
 // publishOne stores one message the ordinary way.
-func (b *batcher) publishOne(ctx context.Context, msg *nats.Msg) published {
+func (b *Batcher) publishOne(ctx context.Context, msg *nats.Msg) published {
 	resp, err := b.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		return published{err: requestError(err)}
@@ -356,7 +358,7 @@ func (e *unbatchedAck) Unwrap() error { return ErrCommitUnknown }
 // returns the last message's stream sequence; an [*unsentError] if the
 // batch failed before its commit was sent, and an [*unbatchedAck] (with
 // the last message's sequence) if the server's answer is not for the batch.
-func (b *batcher) publishAtomic(ctx context.Context, batch []*pendingPublish) (uint64, error) {
+func (b *Batcher) publishAtomic(ctx context.Context, batch []*pendingPublish) (uint64, error) {
 	id := nuid.Next()
 	for i, p := range batch {
 		m := *p.msg
@@ -439,8 +441,8 @@ func readAck(data []byte) (pubAck, error) {
 	return ack, nil
 }
 
-// BatchStats counts what group commit has done since the queue opened.
-type BatchStats struct {
+// Stats counts what group commit has done since the batcher was made.
+type Stats struct {
 	// Batches is how many atomic batches were stored.
 	Batches int64
 	// Messages is how many writes those batches held.
@@ -450,12 +452,8 @@ type BatchStats struct {
 	Fallbacks int64
 }
 
-func (s *batchStats) snapshot() BatchStats {
-	return BatchStats{Batches: s.batches.Load(), Messages: s.messages.Load(), Fallbacks: s.fallbacks.Load()}
-}
-
-// BatchStats reports what group commit has done with submitted jobs'
-// messages (jobs) and with job state entries (states).
-func (q *Queue) BatchStats() (jobs, states BatchStats) {
-	return q.batcher.stats.snapshot(), q.stateBat.stats.snapshot()
+// Stats reports what the batcher has done.
+func (b *Batcher) Stats() Stats {
+	s := &b.stats
+	return Stats{Batches: s.batches.Load(), Messages: s.messages.Load(), Fallbacks: s.fallbacks.Load()}
 }
