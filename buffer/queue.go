@@ -86,6 +86,13 @@ type Config struct {
 	MaxMessageBytes int32
 	// Replicas is the stream's and bucket's replica count. Default 1.
 	Replicas int
+	// MaxConsumers is the most consumers the job stream may have: one per
+	// function, one per lane of a fair function, one for parked finishes.
+	// It is set on the stream because JetStream's own default (a server's
+	// default_max_consumers, 1,000 unless configured) would stop a gateway
+	// with a thousand functions; an account limit below it makes the
+	// stream's creation fail. Default 10,000.
+	MaxConsumers int
 	// Retention is how long a job's state is kept after its last change.
 	// Default 24h.
 	Retention time.Duration
@@ -107,6 +114,7 @@ type Config struct {
 const (
 	DefaultMaxJobs             = 1_000_000
 	DefaultMaxBytes            = 1 << 30
+	DefaultMaxConsumers        = 10_000
 	DefaultRetention           = 24 * time.Hour
 	DefaultIdempotencyWindow   = 24 * time.Hour
 	DefaultDeadLetterRetention = 7 * 24 * time.Hour
@@ -121,6 +129,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Replicas == 0 {
 		c.Replicas = 1
+	}
+	if c.MaxConsumers == 0 {
+		c.MaxConsumers = DefaultMaxConsumers
 	}
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention
@@ -191,7 +202,7 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	}
 	q := &Queue{js: js, now: time.Now}
 	jobs := provision.JobStream{Name: StreamName, Subjects: []string{SubjectPrefix + ">", parked.Prefix + ">"},
-		MaxJobs: cfg.MaxJobs, MaxBytes: cfg.MaxBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
+		MaxJobs: cfg.MaxJobs, MaxBytes: cfg.MaxBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas, MaxConsumers: cfg.MaxConsumers}
 	// The stream of queued jobs, and any upgrade of it that an older
 	// Sluice left undone.
 	if q.stream, err = provision.Stream(ctx, js, jobs.Config()); err != nil {

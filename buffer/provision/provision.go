@@ -52,7 +52,16 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 		have.Storage == want.Storage && have.Discard == want.Discard && have.MaxMsgs == want.MaxMsgs &&
 		have.MaxBytes == want.MaxBytes && have.MaxMsgSize == want.MaxMsgSize && have.Replicas == want.Replicas &&
 		have.Duplicates == want.Duplicates && have.Description == want.Description && have.MaxAge == want.MaxAge &&
-		have.AllowAtomicPublish == want.AllowAtomicPublish
+		have.AllowAtomicPublish == want.AllowAtomicPublish && maxConsumers(have) == maxConsumers(want)
+}
+
+// maxConsumers is a stream's consumer limit, -1 for none set (which the
+// server stores for 0).
+func maxConsumers(c jetstream.StreamConfig) int {
+	if c.MaxConsumers <= 0 {
+		return -1
+	}
+	return c.MaxConsumers
 }
 
 // KeyValue creates the bucket, or updates it if its settings differ.
@@ -172,6 +181,8 @@ type JobStream struct {
 	MaxJobs, MaxBytes int64
 	MaxMsgSize        int32
 	Replicas          int
+	// MaxConsumers bounds the consumers that pull from it: dispatch's.
+	MaxConsumers int
 }
 
 // Config is the configuration of the stream of queued jobs.
@@ -196,6 +207,7 @@ func (j JobStream) Config() jetstream.StreamConfig {
 		Duplicates: 10 * time.Minute,
 		// Group commit stores concurrent submits as atomic batches.
 		AllowAtomicPublish: true,
+		MaxConsumers:       j.MaxConsumers,
 	}
 }
 

@@ -62,7 +62,7 @@ func (c *Config) SetDefaultsAndCheck() error {
 		}
 		f.setDefaultsAndCheck(bad)
 	}
-	errs = append(errs, c.Buffer.setDefaultsAndCheck(), c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen), c.checkPools())
+	errs = append(errs, c.Buffer.setDefaultsAndCheck(), c.Callbacks.setDefaultsAndCheck(), c.checkTenants(seen), c.checkPools(), c.checkConsumers())
 	for i, f := range c.Functions {
 		// An unfinished job's state must outlive it.
 		if f.MaxAge >= c.Buffer.JobRetention {
@@ -71,6 +71,29 @@ func (c *Config) SetDefaultsAndCheck() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkConsumers checks that the job stream's consumer limit has room for
+// the consumers dispatch makes: one per function (a fair function's is its
+// default lane's), one per other lane of a fair function, and one for
+// parked finishes.
+func (c *Config) checkConsumers() error {
+	limit := int(c.Buffer.MaxConsumers)
+	if limit == 0 {
+		limit = buffer.DefaultMaxConsumers
+	}
+	need := 1
+	for _, f := range c.Functions {
+		if f.Fairness {
+			need += len(FairLanes(f, c.Tenants)) // the default lane's is the function's own
+		} else {
+			need++
+		}
+	}
+	if need > limit {
+		return fmt.Errorf("buffer.max_consumers: %d is fewer than the %d consumers these functions need (one per function, one per other lane of a fair function: each priority of each tenant that may use it, and one for parked finishes)", limit, need)
+	}
+	return nil
 }
 
 // badField reports a setting that is wrong: its name within the section

@@ -315,6 +315,9 @@ type BufferConfig struct {
 	MaxJobs Count `yaml:"max_jobs"`
 	// MaxBytes is the most payload bytes buffered at once. Default 1GiB.
 	MaxBytes ByteSize `yaml:"max_bytes"`
+	// MaxConsumers is the most consumers the job stream may have: one per
+	// function, one per lane of a fair function. Default 10,000.
+	MaxConsumers Count `yaml:"max_consumers"`
 	// Durability is "always" (default): the embedded JetStream flushes to
 	// disk before acknowledging each write; or "interval": it flushes every
 	// two minutes, faster, but an OS crash or power loss can lose accepted

@@ -198,6 +198,7 @@ func (b *BufferConfig) Queue() buffer.Config {
 	return buffer.Config{
 		MaxJobs:             int64(b.MaxJobs),
 		MaxBytes:            int64(b.MaxBytes),
+		MaxConsumers:        int(b.MaxConsumers),
 		Retention:           time.Duration(b.JobRetention),
 		IdempotencyWindow:   time.Duration(b.IdempotencyWindow),
 		DeadLetterRetention: time.Duration(b.DeadLetterRetention),

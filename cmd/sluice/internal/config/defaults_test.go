@@ -39,6 +39,7 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 	q := cfg.Buffer.Queue()
 	zeroOr(t, "buffer max jobs", q.MaxJobs, int64(buffer.DefaultMaxJobs))
 	zeroOr(t, "buffer max bytes", q.MaxBytes, int64(buffer.DefaultMaxBytes))
+	zeroOr(t, "buffer max consumers", q.MaxConsumers, buffer.DefaultMaxConsumers)
 	zeroOr(t, "buffer job retention", q.Retention, buffer.DefaultRetention)
 	zeroOr(t, "buffer idempotency window", q.IdempotencyWindow, buffer.DefaultIdempotencyWindow)
 	zeroOr(t, "buffer dead letter retention", q.DeadLetterRetention, buffer.DefaultDeadLetterRetention)
