@@ -40,16 +40,24 @@ type ConsumerConfig struct {
 	// Lane, if set, pulls only that lane of the function's jobs, for
 	// fair dispatch; nil pulls all of them in the order they came.
 	Lane *Lane
+	// IdleLife, if set, keeps the consumer only while its jobs are pulled:
+	// the server removes it once nothing has pulled for this long, and it
+	// is made again when jobs wait for it (see [Consumer.Load]) or it is
+	// pulled from. A removed consumer's finished jobs must have been
+	// removed first (RemoveFinished), or the new one delivers them again,
+	// to be skipped as finished. Zero keeps it for good.
+	IdleLife time.Duration
 }
 
 // Consumer pulls one function's jobs. It is safe for concurrent use.
 type Consumer struct {
-	q    *Queue
-	cons jetstream.Consumer
-	cfg  ConsumerConfig
+	q   *Queue
+	cfg ConsumerConfig
 
 	mu          sync.Mutex
-	maxInFlight int // last MaxAckPending written, 0 if unknown
+	cons        jetstream.Consumer // nil until made, and once removed while idle (see IdleLife)
+	want        int                // the cap to make it with: the last asked for
+	maxInFlight int                // last MaxAckPending written or read, 0 if unknown
 
 	ackFloor  atomic.Uint64 // the consumer's ack floor as Load last read it
 	delivered atomic.Uint64 // the last stream sequence it delivered, likewise
@@ -63,34 +71,120 @@ type Consumer struct {
 // ConsumerName is the durable consumer that dispatches function's jobs.
 func ConsumerName(function string) string { return "sluice-dispatch-" + function }
 
-// Consumer creates or updates the durable consumer for a function's jobs.
+// Consumer creates or updates the durable consumer for a function's jobs;
+// with IdleLife, it binds to one that exists and leaves it to be made when
+// jobs come otherwise.
 func (q *Queue) Consumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
-	if cfg.Function == "" || cfg.MaxInFlight < 1 || cfg.AckWait <= 0 {
+	if cfg.Function == "" || cfg.MaxInFlight < 1 || cfg.AckWait <= 0 || cfg.IdleLife < 0 {
 		return nil, fmt.Errorf("buffer: consumer config %+v: function, max in flight and ack wait are required", cfg)
 	}
-	c := &Consumer{q: q, cfg: cfg}
+	c := &Consumer{q: q, cfg: cfg, want: cfg.MaxInFlight}
 	if cfg.Lane == nil || cfg.Lane.Default() {
 		if err := q.startAfreshIfRelaid(ctx, cfg.Function, c.filter()); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.Pooled {
-		return c, c.bindPooled(ctx)
+	if cfg.IdleLife > 0 {
+		_, err := q.stream.Consumer(ctx, c.name())
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return c, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("buffer: consumer for %s: %w", cfg.Function, err)
+		}
 	}
-	cons, err := q.stream.CreateOrUpdateConsumer(ctx, c.jsConfig(cfg.MaxInFlight))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.make(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// make creates the consumer, or binds to it and brings its settings up to
+// date. c.mu is held.
+func (c *Consumer) make(ctx context.Context) error {
+	if c.cfg.Pooled {
+		return c.bindPooled(ctx)
+	}
+	cons, err := c.q.stream.CreateOrUpdateConsumer(ctx, c.jsConfig(c.want))
 	if err != nil {
-		return nil, fmt.Errorf("buffer: consumer for %s: %w", cfg.Function, err)
+		return fmt.Errorf("buffer: consumer for %s: %w", c.cfg.Function, err)
 	}
 	if cons.CachedInfo().Paused {
 		// Left paused by a pool's leader (the function was pooled or fair
 		// before): an update keeps a pause, so lift it. The pulls to come
 		// wake its delivery.
-		if _, err := q.js.ResumeConsumer(ctx, StreamName, c.name()); err != nil {
-			return nil, fmt.Errorf("buffer: resume consumer for %s: %w", cfg.Function, err)
+		if _, err := c.q.js.ResumeConsumer(ctx, StreamName, c.name()); err != nil {
+			return fmt.Errorf("buffer: resume consumer for %s: %w", c.cfg.Function, err)
 		}
 	}
-	c.cons, c.maxInFlight = cons, cfg.MaxInFlight
-	return c, nil
+	c.cons, c.maxInFlight = cons, c.want
+	return nil
+}
+
+// bound is the consumer, made first if it does not exist (yet, or any
+// more).
+func (c *Consumer) bound(ctx context.Context) (jetstream.Consumer, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cons == nil {
+		if err := c.make(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return c.cons, nil
+}
+
+// gone forgets the consumer if err says the server has it no more (removed
+// while idle: see IdleLife), so that it is made again when needed; it
+// reports whether it did.
+func (c *Consumer) gone(err error) bool {
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrConsumerDoesNotExist) && !errors.Is(err, jetstream.ErrConsumerDeleted) {
+		return false
+	}
+	c.mu.Lock()
+	c.cons, c.maxInFlight = nil, 0
+	c.mu.Unlock()
+	return true
+}
+
+// info reads the consumer's state, making the consumer first if it does
+// not exist and jobs wait for it; nil when it does not and none does.
+func (c *Consumer) info(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	for range 2 {
+		c.mu.Lock()
+		cons := c.cons
+		c.mu.Unlock()
+		if cons == nil {
+			if waiting, err := c.q.holds(ctx, c.filter()); err != nil || !waiting {
+				return nil, err
+			}
+			var err error
+			if cons, err = c.bound(ctx); err != nil {
+				return nil, err
+			}
+		}
+		info, err := cons.Info(ctx)
+		if c.gone(err) {
+			continue // removed while idle just now: jobs may have come since
+		}
+		return info, err
+	}
+	return nil, fmt.Errorf("buffer: consumer for %s: removed as it was made", c.cfg.Function)
+}
+
+// holds reports whether any job message matches filter (finished ones not
+// yet removed included).
+func (q *Queue) holds(ctx context.Context, filter string) (bool, error) {
+	_, err := q.stream.GetLastMsgForSubject(ctx, filter)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, nil
+	}
+	return false, fmt.Errorf("buffer: jobs on %s: %w", filter, err)
 }
 
 // startAfreshIfRelaid removes the function's consumers when its own reads
@@ -164,7 +258,8 @@ const pooledMark = " (pooled)"
 // resumes it at its next round.
 func (c *Consumer) reconfigure(ctx context.Context) error {
 	have := c.cons.CachedInfo().Config
-	if have.FilterSubject == c.filter() && have.AckWait == c.cfg.AckWait && strings.HasSuffix(have.Description, pooledMark) {
+	if have.FilterSubject == c.filter() && have.AckWait == c.cfg.AckWait && have.InactiveThreshold == c.cfg.IdleLife &&
+		strings.HasSuffix(have.Description, pooledMark) {
 		return nil
 	}
 	if _, err := c.q.js.PauseConsumer(ctx, StreamName, c.name(), pausedUntil); err != nil {
@@ -243,7 +338,8 @@ func (c *Consumer) jsConfig(maxInFlight int) jetstream.ConsumerConfig {
 		// Attempts are counted in the job's state, not by redeliveries.
 		MaxDeliver: -1,
 		// Each process keeps a pull or two open; leave headroom for many.
-		MaxWaiting: 512,
+		MaxWaiting:        512,
+		InactiveThreshold: c.cfg.IdleLife,
 	}
 }
 
@@ -260,7 +356,14 @@ func (c *Consumer) Consume(ctx context.Context, maxBuffered int, handle func(*De
 		// SetPooledCap.
 		opts = append(opts, jetstream.PullExpiry(time.Second))
 	}
-	err := consume(ctx, c.cons, maxBuffered, func(msg jetstream.Msg) { handle(newDelivery(c.q, msg)) }, opts...)
+	cons, err := c.bound(ctx)
+	if err != nil {
+		return err
+	}
+	err = consume(ctx, cons, maxBuffered, func(msg jetstream.Msg) { handle(newDelivery(c.q, msg)) }, opts...)
+	if c.gone(err) {
+		return fmt.Errorf("buffer: consume %s: removed meanwhile; it is made again at the next pull: %w", c.cfg.Function, err)
+	}
 	if err != nil {
 		return fmt.Errorf("buffer: consume %s: %w", c.cfg.Function, err)
 	}

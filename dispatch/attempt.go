@@ -19,6 +19,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
@@ -105,7 +106,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 // the function to wait (its place in the window with it); a long pause
 // hands it back. It reports whether to go on.
 func (l *functionLoop) waitOutPause(runCtx context.Context, dv *buffer.Delivery) bool {
-	pause := buffer.PauseDelay(*l.pacing.Load(), l.cfg.Now())
+	pause := shared.PauseDelay(*l.pacing.Load(), l.cfg.Now())
 	if pause <= 0 {
 		return true
 	}
@@ -244,7 +245,7 @@ func (l *functionLoop) hold(runCtx context.Context, dv *buffer.Delivery, inv *in
 		backoff := min(holdMax, holdFirst<<min(throttles-1, 10))
 		wait = backoff/2 + rand.N(backoff/2+1)
 	}
-	wait = max(wait, buffer.PauseDelay(*l.pacing.Load(), l.cfg.Now()))
+	wait = max(wait, shared.PauseDelay(*l.pacing.Load(), l.cfg.Now()))
 	if dv.Begun() || wait > maxHold || wait > l.fn.Timeout/2 {
 		l.log.Info("throttled by the platform; job handed back, attempt not counted",
 			"job_id", dv.JobID, "trace_id", traceID(dv), "status", inv.resp.Status, "reason", inv.resp.Error, "retry_after", wait)
@@ -287,7 +288,7 @@ func (l *functionLoop) learnFromThrottle(inv *invocation) {
 	if l.fn.Pacing.Adaptive && !ev.TakenAbove {
 		l.inv.RefusedWith(ev.InFlight)
 	}
-	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *shared.PacingState) bool {
 		return pacing.Throttle(p, &l.fn.Pacing, l.fn.Concurrency, ev, now)
 	})
 	if err != nil {
@@ -347,7 +348,7 @@ func (l *functionLoop) conclude(ctx context.Context, dv *buffer.Delivery, inv *i
 	}
 	if resp.Status >= 200 && resp.Status < 300 {
 		rec.Outcome = sluicev1.Attempt_SUCCEEDED
-		l.counts.add(func(c *buffer.Counts) { c.Succeeded++ })
+		l.counts.add(func(c *shared.Counts) { c.Succeeded++ })
 		if l.log.Enabled(ctx, slog.LevelDebug) {
 			log().Debug("invocation succeeded", "attempt", attempt, "status", resp.Status)
 		}

@@ -6,6 +6,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 )
 
@@ -19,13 +20,13 @@ func (l *functionLoop) admit(runCtx context.Context, dv *buffer.Delivery, expire
 	for {
 		now := l.cfg.Now()
 		c := l.pacing.Load().Circuit
-		if c.State == buffer.CircuitClosed {
+		if c.State == shared.CircuitClosed {
 			return false, true
 		}
 		if !now.Before(c.Until) {
 			ctx, cancel := context.WithTimeout(runCtx, 10*time.Second)
 			claimed := false
-			p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
+			p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *shared.PacingState) bool {
 				claimed = circuit.ClaimProbe(p, now, l.fn.Timeout+15*time.Second)
 				return claimed
 			})
@@ -38,7 +39,7 @@ func (l *functionLoop) admit(runCtx context.Context, dv *buffer.Delivery, expire
 			case claimed:
 				l.jobLog(dv).Info("circuit half-open: letting one probe job through")
 				return true, true
-			case err == nil && c.State == buffer.CircuitClosed:
+			case err == nil && c.State == shared.CircuitClosed:
 				return false, true
 			}
 		}
@@ -65,18 +66,18 @@ func (l *functionLoop) judge(probe, failed bool, reason string) (failedProbe boo
 		return false
 	}
 	now := l.cfg.Now()
-	var change func(*buffer.PacingState) bool
+	var change func(*shared.PacingState) bool
 	switch {
 	case probe && failed:
-		change = func(p *buffer.PacingState) bool { return circuit.ProbeFailed(p, &l.fn.Circuit, now) }
+		change = func(p *shared.PacingState) bool { return circuit.ProbeFailed(p, &l.fn.Circuit, now) }
 	case probe:
-		change = func(p *buffer.PacingState) bool { return circuit.ProbeSucceeded(p, now) }
+		change = func(p *shared.PacingState) bool { return circuit.ProbeSucceeded(p, now) }
 	default:
 		open, failures, total := l.recent.Add(&l.fn.Circuit, now, failed)
 		if !open {
 			return false
 		}
-		change = func(p *buffer.PacingState) bool { return circuit.Open(p, &l.fn.Circuit, now, failures, total) }
+		change = func(p *shared.PacingState) bool { return circuit.Open(p, &l.fn.Circuit, now, failures, total) }
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -105,7 +106,7 @@ func (l *functionLoop) probeFailed(dv *buffer.Delivery, rec *sluicev1.Attempt) {
 }
 
 func stateName(s string) string {
-	if s == buffer.CircuitClosed {
+	if s == shared.CircuitClosed {
 		return "closed"
 	}
 	return s

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -35,13 +36,13 @@ func TestCircuitReasonCarriesNoJobsError(t *testing.T) {
 		Circuit: circuit.Policy{MinAttempts: 2, Cooldown: 50 * time.Millisecond, MaxCooldown: 100 * time.Millisecond},
 	}, time.Second)
 	// Opened by failures, then reopened by a failed probe.
-	var p buffer.PacingState
+	var p shared.PacingState
 	buffertest.WaitForNoError(t, 20*time.Second, "the circuit reopened by a failed probe", func() error {
 		var err error
 		if p, err = q.Pacing(t.Context(), "f"); err != nil {
 			t.Fatal(err)
 		}
-		if p.Circuit.Opens >= 2 && p.Circuit.State == buffer.CircuitOpen {
+		if p.Circuit.Opens >= 2 && p.Circuit.State == shared.CircuitOpen {
 			return nil
 		}
 		return fmt.Errorf("circuit %+v", p.Circuit)

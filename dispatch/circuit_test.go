@@ -9,6 +9,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -17,7 +18,7 @@ import (
 // outage runs 40 jobs against a function that answers 503 (no Retry-After:
 // a failure, not a throttle) for its first 2 seconds, then 200, and returns
 // the jobs as they ended and the function's shared pacing.
-func outage(t *testing.T, circuit circuit.Policy) ([]*sluicev1.Job, buffer.PacingState) {
+func outage(t *testing.T, circuit circuit.Policy) ([]*sluicev1.Job, shared.PacingState) {
 	t.Helper()
 	fn := &switchable{}
 	fn.status.Store(http.StatusServiceUnavailable)
@@ -49,7 +50,7 @@ func TestCircuitBreakerKeepsAnOutageOutOfTheDeadLetters(t *testing.T) {
 			t.Errorf("job %s ended %v after %d attempts (%s); want every job to succeed once the function recovers", job.Id, job.State, job.Attempts, job.Error)
 		}
 	}
-	if p.Circuit.Opens < 2 || p.Circuit.State != buffer.CircuitClosed {
+	if p.Circuit.Opens < 2 || p.Circuit.State != shared.CircuitClosed {
 		t.Errorf("circuit = %+v; want it opened, reopened by a failed probe, and closed at the end", p.Circuit)
 	}
 }

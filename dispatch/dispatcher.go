@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/arrivals"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 )
@@ -87,10 +88,10 @@ type KeepWarm struct {
 // function's dispatch window where every gateway process shares it.
 type Source interface {
 	Consumer(ctx context.Context, cfg buffer.ConsumerConfig) (*buffer.Consumer, error)
-	Pacing(ctx context.Context, function string) (buffer.PacingState, error)
-	UpdatePacing(ctx context.Context, function string, change func(*buffer.PacingState) bool) (buffer.PacingState, error)
-	Pool(ctx context.Context, pool string) (buffer.Pool, error)
-	UpdatePool(ctx context.Context, pool string, change func(*buffer.Pool) bool) (buffer.Pool, error)
+	Pacing(ctx context.Context, function string) (shared.PacingState, error)
+	UpdatePacing(ctx context.Context, function string, change func(*shared.PacingState) bool) (shared.PacingState, error)
+	Pool(ctx context.Context, pool string) (shared.Pool, error)
+	UpdatePool(ctx context.Context, pool string, change func(*shared.Pool) bool) (shared.Pool, error)
 	NewArrivals(watches int) *arrivals.Arrivals
 }
 
@@ -227,7 +228,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string) (*functionLoop, error) {
 	// Start from the window the processes already share, if any, so
 	// that joining them does not reset it.
-	shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (buffer.PacingState, error) {
+	shared, err := waitOutUnavailable(ctx, d.log, "read the shared pacing of "+f.Name, func() (shared.PacingState, error) {
 		return d.cfg.Source.Pacing(ctx, f.Name)
 	})
 	if err != nil {
@@ -279,6 +280,10 @@ func (d *Dispatcher) laneUnits(ctx context.Context, f Function, window int) ([]*
 				// function's consumers.
 				Pooled: f.Pool != "" || lane != nil,
 				Lane:   lane,
+				// The server keeps a consumer only while it is pulled
+				// from: a resting function holds none. A paused one's
+				// stays, for its backlog on the status pages.
+				IdleLife: idleLife(f),
 			})
 		})
 		if err != nil {
@@ -345,6 +350,19 @@ func runLoops(ctx context.Context, loops []*functionLoop, pools []*poolLoop) err
 		g.Go(func() error { defer stopPacing(); l.run(ctx); return nil })
 	}
 	return g.Wait()
+}
+
+// ConsumerIdleLife is how long a resting function's consumers are kept
+// before the server removes them; the next job makes them again.
+const ConsumerIdleLife = 30 * time.Second
+
+// idleLife is the idle life of f's consumers: none while dispatch of f is
+// paused, so that its backlog stays in view.
+func idleLife(f Function) time.Duration {
+	if f.Paused {
+		return 0
+	}
+	return ConsumerIdleLife
 }
 
 // fairLanes are a fair function's lanes, each once, the default lane first.

@@ -22,7 +22,7 @@
 //
 // How far the window of invocations in flight may open is decided in
 // package [pacing]: its [pacing.Policy] is a function's Pacing, its pure
-// functions move the shared [buffer.PacingState] for the load seen and for
+// functions move the shared [shared.PacingState] for the load seen and for
 // each throttle, and its [pacing.Invocations] tracks this process's
 // invocations, gating them to the window and gathering the evidence a
 // throttle is judged by. The loops here read and write that state through

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/arrivals"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 )
@@ -40,7 +41,7 @@ type functionLoop struct {
 	pool       *poolLoop // nil outside a pool, unless fair
 	lanes      []*laneUnit
 
-	pacing atomic.Pointer[buffer.PacingState] // the shared window as last seen
+	pacing atomic.Pointer[shared.PacingState] // the shared window as last seen
 
 	wake     chan struct{}      // work came (capacity 1): see nudge
 	resting  atomic.Bool        // the pace loop rests: see rest
@@ -80,7 +81,7 @@ func (l *functionLoop) run(ctx context.Context) {
 					l.handle(ctx, invokeCtx, dv)
 				})
 			})
-			if err != nil {
+			if err != nil && pullCtx.Err() == nil {
 				l.log.WarnContext(ctx, "pull jobs", "consumer", u.name, "err", err)
 				sleep(pullCtx, time.Second)
 			}
@@ -118,6 +119,9 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 // no JetStream request, no write, until a job for it is stored or
 // delivered (see rest).
 func (l *functionLoop) pace(ctx context.Context) {
+	if !l.rest(ctx) { // at once: most functions have no work at start
+		return
+	}
 	tick := time.NewTicker(l.cfg.PaceEvery)
 	defer tick.Stop()
 	quiet := 0 // rounds in a row that found no work
@@ -158,6 +162,7 @@ const restAfter = 10
 // consumers may have a cap of 0 while idle; its pool's leader, woken with
 // it, raises them.
 func (l *functionLoop) rest(ctx context.Context) bool {
+	defer l.pulls.open() // on waking, or finding work
 	select {
 	case <-l.wake:
 	default:
@@ -193,7 +198,6 @@ func (l *functionLoop) rest(ctx context.Context) bool {
 	// No pull either: a job delivered as they end is handed back, and
 	// its arrival, which the watch has seen, ends the rest.
 	l.pulls.shut()
-	defer l.pulls.open()
 	l.resting.Store(true)
 	defer l.resting.Store(false)
 	select {
@@ -231,12 +235,12 @@ func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
 	cold, warm := l.cold.take()
 	counts := l.counts.take()
 	mine := l.report(now)
-	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *shared.PacingState) bool {
 		p.ColdStarts += cold
 		p.WarmStarts += warm
 		p.Counts.Add(counts)
 		reported := pacing.PutReport(p, l.id, mine, now)
-		return pacing.Step(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != buffer.Counts{} || reported
+		return pacing.Step(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != shared.Counts{} || reported
 	})
 	if err != nil {
 		l.cold.giveBack(cold, warm)
@@ -284,8 +288,8 @@ func (l *functionLoop) withdraw(ctx context.Context) error {
 	l.announceMu.Lock()
 	defer l.announceMu.Unlock()
 	now := l.cfg.Now()
-	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
-		return pacing.PutReport(p, l.id, buffer.ProcLoad{At: now}, now)
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *shared.PacingState) bool {
+		return pacing.PutReport(p, l.id, shared.ProcLoad{At: now}, now)
 	})
 	if err != nil {
 		return err

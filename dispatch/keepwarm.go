@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -36,7 +36,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 		// another process.
 		now := l.cfg.Now()
 		claimed := false
-		if _, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
+		if _, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *shared.PacingState) bool {
 			claimed = now.Sub(p.LastWarm) >= kw.Every*9/10
 			if claimed {
 				p.LastWarm = now.Add(l.fn.Timeout)
@@ -80,7 +80,7 @@ func (l *functionLoop) keepWarm(ctx context.Context) {
 // endWarmRound gives up the claim of the keep-warm round that began at
 // began: the next is due an interval after that.
 func (l *functionLoop) endWarmRound(ctx context.Context, began time.Time) {
-	l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool { //nolint:errcheck // at worst the claim lapses after the timeout
+	l.src.UpdatePacing(ctx, l.fn.Name, func(p *shared.PacingState) bool { //nolint:errcheck // at worst the claim lapses after the timeout
 		p.LastWarm = began
 		return true
 	})

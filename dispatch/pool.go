@@ -17,6 +17,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 )
 
 // Pool is a concurrency limit shared by several functions: an account's
@@ -76,7 +77,7 @@ type poolLoop struct {
 	implicit bool
 	round    int // rounds run; owned by run's goroutine
 
-	seen atomic.Pointer[buffer.Pool] // the pool's state as last read or written
+	seen atomic.Pointer[shared.Pool] // the pool's state as last read or written
 	wake chan struct{}               // a member's work came (capacity 1): see nudge
 }
 
@@ -97,7 +98,7 @@ func newPoolLoop(p Pool, members []*functionLoop, cfg *Config, log *slog.Logger,
 		pl.reserve = append(pl.reserve, m.fn.Reserved)
 		m.pool = pl
 	}
-	pl.seen.Store(&buffer.Pool{})
+	pl.seen.Store(&shared.Pool{})
 	pl.wake = make(chan struct{}, 1)
 	return pl
 }
@@ -219,7 +220,7 @@ func (pl *poolLoop) step(ctx context.Context) error {
 	}
 	var grants []int
 	lost := false
-	st, err = pl.src.UpdatePool(ctx, pl.pool.Name, func(p *buffer.Pool) bool {
+	st, err = pl.src.UpdatePool(ctx, pl.pool.Name, func(p *shared.Pool) bool {
 		if p.Leader != pl.id && now.Before(p.LeaseUntil) {
 			lost = true
 			return false
@@ -232,9 +233,9 @@ func (pl *poolLoop) step(ctx context.Context) error {
 			pl.recover(p, now)
 		}
 		grants = allocate(int(p.Limit), shares)
-		p.Members = make(map[string]buffer.PoolMember, len(pl.members))
+		p.Members = make(map[string]shared.PoolMember, len(pl.members))
 		for i, m := range pl.members {
-			p.Members[m.fn.Name] = buffer.PoolMember{
+			p.Members[m.fn.Name] = shared.PoolMember{
 				Reserved: pl.reserve[i], Granted: grants[i], Cap: memberLoads[i].MaxInFlight,
 				InFlight: memberLoads[i].InFlight, Backlog: memberLoads[i].Backlog,
 			}
@@ -301,7 +302,7 @@ func (pl *poolLoop) refreshWaiting(ctx context.Context, units []*laneUnit, loads
 
 // recover moves the limit back toward the configured concurrency after
 // throttles (and to it after a change of configuration).
-func (pl *poolLoop) recover(p *buffer.Pool, now time.Time) {
+func (pl *poolLoop) recover(p *shared.Pool, now time.Time) {
 	conc := float64(pl.pool.Concurrency)
 	switch {
 	case p.Limit <= 0 || p.Limit > conc:
@@ -375,7 +376,7 @@ func (pl *poolLoop) apply(ctx context.Context, limit int, units []*laneUnit, gra
 // of what was in flight (by half at most), once per poolShrinkEvery, never
 // below one slot per member.
 func (pl *poolLoop) throttled(ctx context.Context, now time.Time) {
-	st, err := pl.src.UpdatePool(ctx, pl.pool.Name, func(p *buffer.Pool) bool {
+	st, err := pl.src.UpdatePool(ctx, pl.pool.Name, func(p *shared.Pool) bool {
 		if now.Sub(p.LastThrottle) < poolShrinkEvery {
 			return false
 		}

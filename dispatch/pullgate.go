@@ -18,11 +18,10 @@ type pullGate struct {
 	opened chan struct{} // closed when the gate opens
 }
 
-// newPullGate returns an open gate whose pulls end with parent.
+// newPullGate returns a shut gate whose pulls end with parent: a function
+// starts at rest, and pulls once its pace loop finds work.
 func newPullGate(parent context.Context) *pullGate {
-	g := &pullGate{parent: parent, opened: make(chan struct{})}
-	g.open()
-	return g
+	return &pullGate{parent: parent, opened: make(chan struct{})}
 }
 
 // open lets pulls run (again).

@@ -14,6 +14,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -29,9 +30,9 @@ type flakySource struct {
 	consumer atomic.Int32
 }
 
-func (s *flakySource) Pacing(ctx context.Context, function string) (buffer.PacingState, error) {
+func (s *flakySource) Pacing(ctx context.Context, function string) (shared.PacingState, error) {
 	if s.pacing.Add(1) <= s.failures {
-		return buffer.PacingState{}, fmt.Errorf("buffer: read pacing of %s: %w", function, s.err)
+		return shared.PacingState{}, fmt.Errorf("buffer: read pacing of %s: %w", function, s.err)
 	}
 	return s.Queue.Pacing(ctx, function)
 }

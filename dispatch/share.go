@@ -6,14 +6,14 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 )
 
 // report is this process's share of the function's dispatch now.
-func (l *functionLoop) report(now time.Time) buffer.ProcLoad {
+func (l *functionLoop) report(now time.Time) shared.ProcLoad {
 	inFlight, starts := l.inv.Report(now)
-	return buffer.ProcLoad{Invoking: inFlight, Starts: starts, Held: int(l.aside.Load()), At: now}
+	return shared.ProcLoad{Invoking: inFlight, Starts: starts, Held: int(l.aside.Load()), At: now}
 }
 
 // announce writes this process's report into the shared state before its
@@ -32,7 +32,7 @@ func (l *functionLoop) announce(ctx context.Context) {
 	now := l.cfg.Now()
 	mine := l.report(now)
 	mine.Held = max(mine.Held, 1) // the job about to start
-	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *buffer.PacingState) bool {
+	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *shared.PacingState) bool {
 		return pacing.PutReport(p, l.id, mine, now)
 	})
 	if err != nil {
@@ -52,7 +52,7 @@ func (l *functionLoop) announce(ctx context.Context) {
 // Across processes the consumer's cap keeps the window, give or take the
 // jobs aside; a room less what the others last reported would be
 // exact only as long as their reports are fresh, and a stale one stalls.
-func (l *functionLoop) storePacing(p *buffer.PacingState) {
+func (l *functionLoop) storePacing(p *shared.PacingState) {
 	l.pacing.Store(p)
 	_, procs := p.Others(l.id, l.cfg.Now().Add(-pacing.ReportFresh))
 	l.inv.SetRoom(int(p.Window))
@@ -83,7 +83,7 @@ func (l *functionLoop) storePacing(p *buffer.PacingState) {
 // other processes about (any report in the last pacing.ReportStale) it does not:
 // they would learn of those jobs a report late, and together put more than
 // the window at the platform.
-func (l *functionLoop) consumerCap(p *buffer.PacingState, now time.Time) int {
+func (l *functionLoop) consumerCap(p *shared.PacingState, now time.Time) int {
 	window := int(p.Window)
 	if _, others := p.Others(l.id, now.Add(-pacing.ReportStale)); others == 0 {
 		aside := int(l.aside.Load())

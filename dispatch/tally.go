@@ -3,7 +3,7 @@ package dispatch
 import (
 	"sync"
 
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 )
 
 // tally counts what this process's dispatch of a function did and has not
@@ -11,23 +11,23 @@ import (
 // use.
 type tally struct {
 	mu sync.Mutex
-	c  buffer.Counts
+	c  shared.Counts
 }
 
-func (t *tally) add(change func(*buffer.Counts)) {
+func (t *tally) add(change func(*shared.Counts)) {
 	t.mu.Lock()
 	change(&t.c)
 	t.mu.Unlock()
 }
 
 // take returns and clears the counts not yet shared.
-func (t *tally) take() buffer.Counts {
+func (t *tally) take() shared.Counts {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c := t.c
-	t.c = buffer.Counts{}
+	t.c = shared.Counts{}
 	return c
 }
 
 // giveBack returns counts that could not be shared, to try again.
-func (t *tally) giveBack(c buffer.Counts) { t.add(func(own *buffer.Counts) { own.Add(c) }) }
+func (t *tally) giveBack(c shared.Counts) { t.add(func(own *shared.Counts) { own.Add(c) }) }

@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/internal/instrument"
 )
 
@@ -111,19 +111,19 @@ func newLoopAttrs(function string) loopAttrs {
 // countDeadLettered counts a job sent to the dead letters, for reason
 // "failed" or "expired".
 func (l *functionLoop) countDeadLettered(reason string) {
-	l.counts.add(func(c *buffer.Counts) { c.DeadLettered++ })
+	l.counts.add(func(c *shared.Counts) { c.DeadLettered++ })
 	l.tel.deadLettered.Add(context.Background(), 1, metric.WithAttributes(attrFunction.String(l.fn.Name), attrReason.String(reason))) // rare: built per call
 }
 
 // countRetry counts a failed attempt that will be retried.
 func (l *functionLoop) countRetry() {
-	l.counts.add(func(c *buffer.Counts) { c.Retries++ })
+	l.counts.add(func(c *shared.Counts) { c.Retries++ })
 	l.tel.retries.Add(context.Background(), 1, l.attrs.fn)
 }
 
 // countThrottle counts a throttle received from the platform.
 func (l *functionLoop) countThrottle() {
-	l.counts.add(func(c *buffer.Counts) { c.Throttles++ })
+	l.counts.add(func(c *shared.Counts) { c.Throttles++ })
 	l.tel.throttles.Add(context.Background(), 1, l.attrs.fn)
 }
 
@@ -143,7 +143,7 @@ type gauges struct {
 
 // setLearned records what p has learned from throttles: its concurrency
 // limit and its start rate.
-func (g *gauges) setLearned(p buffer.PacingState) {
+func (g *gauges) setLearned(p shared.PacingState) {
 	g.learnedLimit.Store(int64(p.Ceiling))
 	g.learnedRate.Store(math.Float64bits(p.LearnedRate))
 }

@@ -30,6 +30,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/deadletter"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/buffer/store"
 )
 
@@ -56,12 +57,12 @@ var _ Enqueuer = (*buffer.Queue)(nil)
 // Dispatch reads the dispatch state every gateway process shares.
 type Dispatch interface {
 	// Pacing returns a function's shared window.
-	Pacing(ctx context.Context, function string) (buffer.PacingState, error)
+	Pacing(ctx context.Context, function string) (shared.PacingState, error)
 	// FunctionLoad returns its backlog and in-flight count;
 	// buffer.ErrNotFound before dispatch has started for it.
 	FunctionLoad(ctx context.Context, function string) (buffer.Load, error)
 	// Pool returns a concurrency pool's shared state.
-	Pool(ctx context.Context, pool string) (buffer.Pool, error)
+	Pool(ctx context.Context, pool string) (shared.Pool, error)
 }
 
 var _ Dispatch = (*buffer.Queue)(nil)
@@ -678,9 +679,9 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 	}
 	st.Circuit = describeCircuit(p.Circuit)
 	switch p.Circuit.State {
-	case buffer.CircuitOpen:
+	case shared.CircuitOpen:
 		st.Reason = "paused: circuit open (" + p.Circuit.Reason + ")"
-	case buffer.CircuitHalfOpen:
+	case shared.CircuitHalfOpen:
 		st.Reason = "paused: circuit half-open, one probe job let through"
 	}
 	if f.Pool != "" {
@@ -700,7 +701,7 @@ func (s *Service) status(ctx context.Context, f Function) (*sluicev1.FunctionSta
 
 // describePool is f's share of its pool and the pool's state: its total
 // in flight, and the members the request's tenant may use.
-func describePool(ctx context.Context, f Function, p buffer.Pool) *sluicev1.PoolShare {
+func describePool(ctx context.Context, f Function, p shared.Pool) *sluicev1.PoolShare {
 	me := p.Members[f.Name]
 	out := &sluicev1.PoolShare{
 		Name: f.Pool, Limit: int32(p.Limit), Concurrency: int32(f.PoolConcurrency),
@@ -724,13 +725,13 @@ func describePool(ctx context.Context, f Function, p buffer.Pool) *sluicev1.Pool
 	return out
 }
 
-func describeCircuit(c buffer.Circuit) *sluicev1.Circuit {
+func describeCircuit(c shared.Circuit) *sluicev1.Circuit {
 	out := &sluicev1.Circuit{State: sluicev1.Circuit_CLOSED, Reason: c.Reason}
 	switch c.State {
-	case buffer.CircuitOpen:
+	case shared.CircuitOpen:
 		out.State = sluicev1.Circuit_OPEN
 		out.OpenUntil = timestamppb.New(c.Until)
-	case buffer.CircuitHalfOpen:
+	case shared.CircuitHalfOpen:
 		out.State = sluicev1.Circuit_HALF_OPEN
 	}
 	if c.Cooldown > 0 {

@@ -11,6 +11,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 )
 
 // explainWait says, on a QUEUED job, what holds it and when it should
@@ -44,17 +45,17 @@ func (s *Service) explainWait(ctx context.Context, job *sluicev1.Job) {
 }
 
 // waitingReason is what holds a queued job of f, most binding first.
-func waitingReason(job *sluicev1.Job, p buffer.PacingState, load buffer.Load, f Function, now time.Time) string {
+func waitingReason(job *sluicev1.Job, p shared.PacingState, load buffer.Load, f Function, now time.Time) string {
 	limit := f.Concurrency
 	window := int(p.Window)
 	if window == 0 {
 		window = load.MaxInFlight
 	}
 	switch {
-	case p.Circuit.State == buffer.CircuitOpen:
+	case p.Circuit.State == shared.CircuitOpen:
 		return fmt.Sprintf("circuit breaker open until %s: most of the function's recent attempts failed (%s)",
 			p.Circuit.Until.UTC().Format(time.RFC3339), p.Circuit.Reason)
-	case p.Circuit.State == buffer.CircuitHalfOpen:
+	case p.Circuit.State == shared.CircuitHalfOpen:
 		return "circuit breaker half-open: one probe job is being tried before others are let through"
 	case p.PausedUntil.After(now):
 		return fmt.Sprintf("the platform asked to wait (Retry-After) until %s", p.PausedUntil.UTC().Format(time.RFC3339))

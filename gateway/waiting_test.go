@@ -7,6 +7,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 )
 
 func TestWaitingReason(t *testing.T) {
@@ -16,22 +17,22 @@ func TestWaitingReason(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		job  *sluicev1.Job
-		p    buffer.PacingState
+		p    shared.PacingState
 		load buffer.Load
 		want string
 	}{
-		{"circuit open", retrying, buffer.PacingState{Window: 5, Circuit: buffer.Circuit{State: buffer.CircuitOpen, Until: now.Add(time.Minute), Reason: "9 of the last 10 attempts failed"}}, buffer.Load{}, "circuit breaker open until 2026-11-27T12:01:00Z"},
-		{"half open", queued, buffer.PacingState{Window: 5, Circuit: buffer.Circuit{State: buffer.CircuitHalfOpen}}, buffer.Load{}, "half-open"},
-		{"retry-after", queued, buffer.PacingState{Window: 5, PausedUntil: now.Add(3 * time.Second)}, buffer.Load{InFlight: 5}, "Retry-After) until 2026-11-27T12:00:03Z"},
-		{"backoff", retrying, buffer.PacingState{Window: 5}, buffer.Load{InFlight: 1}, "backoff before retrying: attempt 2 failed (function answered HTTP 500)"},
-		{"ramp", queued, buffer.PacingState{Window: 4, RampStart: now.Add(-time.Second)}, buffer.Load{InFlight: 4}, "scaling ramp: 4 in flight, the window of 4 is growing toward the limit of 10"},
-		{"learned limit", queued, buffer.PacingState{Window: 6, Ceiling: 7}, buffer.Load{InFlight: 6}, "below the learned limit of 7"},
-		{"window full", queued, buffer.PacingState{Window: 10}, buffer.Load{InFlight: 10}, "concurrency window full: 10 of 10 in flight"},
-		{"learned rate", queued, buffer.PacingState{Window: 10, Ceiling: 10, LearnedRate: 182.4}, buffer.Load{InFlight: 3}, "paced at the learned rate of 182/s: the platform throttled while fewer than the learned limit were in flight"},
-		{"slow learned rate", queued, buffer.PacingState{Window: 10, Ceiling: 10, LearnedRate: 2.5}, buffer.Load{InFlight: 3}, "paced at the learned rate of 2.5/s"},
-		{"configured rate below learned", queued, buffer.PacingState{Window: 10, Ceiling: 10, LearnedRate: 400}, buffer.Load{InFlight: 3}, "paced at the configured rate of 200/s, below the learned rate of 400/s"},
-		{"learned rate, window full", queued, buffer.PacingState{Window: 10, LearnedRate: 182}, buffer.Load{InFlight: 10}, "concurrency window full: 10 of 10 in flight"},
-		{"room", queued, buffer.PacingState{Window: 10}, buffer.Load{InFlight: 3}, "next in line"},
+		{"circuit open", retrying, shared.PacingState{Window: 5, Circuit: shared.Circuit{State: shared.CircuitOpen, Until: now.Add(time.Minute), Reason: "9 of the last 10 attempts failed"}}, buffer.Load{}, "circuit breaker open until 2026-11-27T12:01:00Z"},
+		{"half open", queued, shared.PacingState{Window: 5, Circuit: shared.Circuit{State: shared.CircuitHalfOpen}}, buffer.Load{}, "half-open"},
+		{"retry-after", queued, shared.PacingState{Window: 5, PausedUntil: now.Add(3 * time.Second)}, buffer.Load{InFlight: 5}, "Retry-After) until 2026-11-27T12:00:03Z"},
+		{"backoff", retrying, shared.PacingState{Window: 5}, buffer.Load{InFlight: 1}, "backoff before retrying: attempt 2 failed (function answered HTTP 500)"},
+		{"ramp", queued, shared.PacingState{Window: 4, RampStart: now.Add(-time.Second)}, buffer.Load{InFlight: 4}, "scaling ramp: 4 in flight, the window of 4 is growing toward the limit of 10"},
+		{"learned limit", queued, shared.PacingState{Window: 6, Ceiling: 7}, buffer.Load{InFlight: 6}, "below the learned limit of 7"},
+		{"window full", queued, shared.PacingState{Window: 10}, buffer.Load{InFlight: 10}, "concurrency window full: 10 of 10 in flight"},
+		{"learned rate", queued, shared.PacingState{Window: 10, Ceiling: 10, LearnedRate: 182.4}, buffer.Load{InFlight: 3}, "paced at the learned rate of 182/s: the platform throttled while fewer than the learned limit were in flight"},
+		{"slow learned rate", queued, shared.PacingState{Window: 10, Ceiling: 10, LearnedRate: 2.5}, buffer.Load{InFlight: 3}, "paced at the learned rate of 2.5/s"},
+		{"configured rate below learned", queued, shared.PacingState{Window: 10, Ceiling: 10, LearnedRate: 400}, buffer.Load{InFlight: 3}, "paced at the configured rate of 200/s, below the learned rate of 400/s"},
+		{"learned rate, window full", queued, shared.PacingState{Window: 10, LearnedRate: 182}, buffer.Load{InFlight: 10}, "concurrency window full: 10 of 10 in flight"},
+		{"room", queued, shared.PacingState{Window: 10}, buffer.Load{InFlight: 3}, "next in line"},
 	} {
 		if got := waitingReason(tc.job, tc.p, tc.load, Function{Concurrency: 10, RatePerSecond: 200}, now); !strings.Contains(got, tc.want) {
 			t.Errorf("%s: %q, want it to contain %q", tc.name, got, tc.want)
@@ -51,7 +52,7 @@ func TestPaceRate(t *testing.T) {
 		{"configured lower", 50, 182.5, 50},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := (&buffer.PacingState{LearnedRate: tc.learned}).StartRate(tc.configured); got != tc.want {
+			if got := (&shared.PacingState{LearnedRate: tc.learned}).StartRate(tc.configured); got != tc.want {
 				t.Errorf("StartRate(%v) with %v learned = %v, want %v", tc.configured, tc.learned, got, tc.want)
 			}
 		})

@@ -1,6 +1,6 @@
 // Package circuit is a function's circuit breaker: the policy that says
 // when it opens, a process's record of recent Outcomes that judges it, and
-// the changes of the shared state (buffer.PacingState's Circuit) that open
+// the changes of the shared state (shared.PacingState's Circuit) that open
 // it, let one probe through, and close or reopen it. dispatch applies it
 // around each attempt; every change is a pure function of the state, made
 // by compare-and-set so that all gateway processes share one breaker.
@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 )
 
 // Policy says when a function's circuit breaker opens. While it is
@@ -108,12 +108,12 @@ func (o *Outcomes) Add(p *Policy, now time.Time, failed bool) (open bool, failur
 
 // Open opens a closed circuit. It reports whether it changed
 // anything (another process may have opened it first).
-func Open(p *buffer.PacingState, policy *Policy, now time.Time, failures, total int) bool {
+func Open(p *shared.PacingState, policy *Policy, now time.Time, failures, total int) bool {
 	c := &p.Circuit
-	if c.State != buffer.CircuitClosed {
+	if c.State != shared.CircuitClosed {
 		return false
 	}
-	c.State, c.Cooldown, c.Until, c.Changed = buffer.CircuitOpen, policy.Cooldown, now.Add(policy.Cooldown), now
+	c.State, c.Cooldown, c.Until, c.Changed = shared.CircuitOpen, policy.Cooldown, now.Add(policy.Cooldown), now
 	c.Opens++
 	c.Reason = fmt.Sprintf("%d of the last %d attempts failed", failures, total)
 	return true
@@ -122,24 +122,24 @@ func Open(p *buffer.PacingState, policy *Policy, now time.Time, failures, total 
 // ClaimProbe turns an open circuit whose cooldown has passed half-open, for
 // one probe that must end by lease; also a half-open one whose probe's
 // lease lapsed. It reports whether the caller got the probe.
-func ClaimProbe(p *buffer.PacingState, now time.Time, lease time.Duration) bool {
+func ClaimProbe(p *shared.PacingState, now time.Time, lease time.Duration) bool {
 	c := &p.Circuit
-	if c.State == buffer.CircuitClosed || now.Before(c.Until) {
+	if c.State == shared.CircuitClosed || now.Before(c.Until) {
 		return false
 	}
-	c.State, c.Until, c.Changed = buffer.CircuitHalfOpen, now.Add(lease), now
+	c.State, c.Until, c.Changed = shared.CircuitHalfOpen, now.Add(lease), now
 	c.Reason = "one probe job let through"
 	return true
 }
 
 // ProbeSucceeded closes the circuit.
-func ProbeSucceeded(p *buffer.PacingState, now time.Time) bool {
+func ProbeSucceeded(p *shared.PacingState, now time.Time) bool {
 	c := &p.Circuit
-	if c.State == buffer.CircuitClosed {
+	if c.State == shared.CircuitClosed {
 		return false
 	}
 	opens := c.Opens
-	*c = buffer.Circuit{Changed: now, Reason: "the probe job got an answer", Opens: opens}
+	*c = shared.Circuit{Changed: now, Reason: "the probe job got an answer", Opens: opens}
 	return true
 }
 
@@ -147,8 +147,8 @@ func ProbeSucceeded(p *buffer.PacingState, now time.Time) bool {
 // through, and whether it must: zero and false when the circuit is closed.
 // Jobs are spread over a second past the reopening, so that they do not
 // all come back at once.
-func Wait(c buffer.Circuit, now time.Time) (time.Duration, bool) {
-	if c.State == buffer.CircuitClosed {
+func Wait(c shared.Circuit, now time.Time) (time.Duration, bool) {
+	if c.State == shared.CircuitClosed {
 		return 0, false
 	}
 	return max(0, c.Until.Sub(now)) + rand.N(time.Second), true
@@ -158,13 +158,13 @@ func Wait(c buffer.Circuit, now time.Time) (time.Duration, bool) {
 // reason does not say why the probe failed: every tenant that may use the
 // function reads it, and the probe's job, with the function's answer to
 // it, is one tenant's. The process's log has the answer.
-func ProbeFailed(p *buffer.PacingState, policy *Policy, now time.Time) bool {
+func ProbeFailed(p *shared.PacingState, policy *Policy, now time.Time) bool {
 	c := &p.Circuit
-	if c.State != buffer.CircuitHalfOpen {
+	if c.State != shared.CircuitHalfOpen {
 		return false
 	}
 	c.Cooldown = min(max(2*c.Cooldown, policy.Cooldown), policy.MaxCooldown)
-	c.State, c.Until, c.Changed = buffer.CircuitOpen, now.Add(c.Cooldown), now
+	c.State, c.Until, c.Changed = shared.CircuitOpen, now.Add(c.Cooldown), now
 	c.Opens++
 	c.Reason = "the probe job failed"
 	return true

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 )
 
 // The recent outcomes open the circuit once enough of them failed, and
@@ -39,7 +39,7 @@ func TestOutcomesOpenAtTheFailureRatio(t *testing.T) {
 // success closing the circuit; each change only from the state it expects.
 func TestCircuitStates(t *testing.T) {
 	p := Policy{Cooldown: time.Second, MaxCooldown: 3 * time.Second}
-	var s buffer.PacingState
+	var s shared.PacingState
 	now := time.Unix(1000, 0)
 	if ClaimProbe(&s, now, time.Second) || ProbeFailed(&s, &p, now) || ProbeSucceeded(&s, now) {
 		t.Fatal("a closed circuit changed by a probe")
@@ -47,7 +47,7 @@ func TestCircuitStates(t *testing.T) {
 	if wait, must := Wait(s.Circuit, now); must || wait != 0 {
 		t.Fatalf("a closed circuit holds jobs for %v", wait)
 	}
-	if !Open(&s, &p, now, 5, 8) || s.Circuit.State != buffer.CircuitOpen || s.Circuit.Reason != "5 of the last 8 attempts failed" {
+	if !Open(&s, &p, now, 5, 8) || s.Circuit.State != shared.CircuitOpen || s.Circuit.Reason != "5 of the last 8 attempts failed" {
 		t.Fatalf("open: %+v", s.Circuit)
 	}
 	if Open(&s, &p, now, 5, 8) {
@@ -61,7 +61,7 @@ func TestCircuitStates(t *testing.T) {
 	}
 	for i, want := range []time.Duration{2 * time.Second, 3 * time.Second, 3 * time.Second} {
 		now = s.Circuit.Until
-		if !ClaimProbe(&s, now, time.Second) || s.Circuit.State != buffer.CircuitHalfOpen {
+		if !ClaimProbe(&s, now, time.Second) || s.Circuit.State != shared.CircuitHalfOpen {
 			t.Fatalf("probe %d not claimed after the cooldown: %+v", i+1, s.Circuit)
 		}
 		if ClaimProbe(&s, now, time.Second) {
@@ -73,7 +73,7 @@ func TestCircuitStates(t *testing.T) {
 	}
 	now = s.Circuit.Until
 	ClaimProbe(&s, now, time.Second)
-	if !ProbeSucceeded(&s, now) || s.Circuit.State != buffer.CircuitClosed || s.Circuit.Opens != 4 {
+	if !ProbeSucceeded(&s, now) || s.Circuit.State != shared.CircuitClosed || s.Circuit.Opens != 4 {
 		t.Errorf("after a good probe: %+v; want closed, with the 4 openings counted", s.Circuit)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 )
 
 // BenchmarkStepWindow is the pacer's step, run every PaceEvery per
@@ -13,7 +14,7 @@ func BenchmarkStepWindow(b *testing.B) {
 	cfg := &Policy{Initial: 10, PerMinute: 500, Adaptive: true}
 	cfg.SetDefaults(100)
 	now := time.Now()
-	p := &buffer.PacingState{}
+	p := &shared.PacingState{}
 	load := buffer.Load{Backlog: 5000, InFlight: 10, MaxInFlight: 10}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -4,7 +4,7 @@
 // A [Policy] is what the function's configuration says of its platform:
 // how many environments it has ready, how fast it adds more, whether to
 // learn its limits from its throttles, and what a Retry-After pauses. The
-// window itself lives in the shared [buffer.PacingState], so that every
+// window itself lives in the shared [shared.PacingState], so that every
 // gateway process dispatching the function keeps to one window; the
 // functions here move it and are pure, so that every process computes the
 // same ramp from the same inputs. [Step] moves it for the load seen now

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 )
 
 // Invocations tracks one function's invocations in this process: how many
@@ -354,9 +354,9 @@ const (
 // says something new: an idle process that said so already writes
 // nothing. It removes other processes' stale reports on the way and
 // reports whether it changed p.
-func PutReport(p *buffer.PacingState, self string, mine buffer.ProcLoad, now time.Time) bool {
+func PutReport(p *shared.PacingState, self string, mine shared.ProcLoad, now time.Time) bool {
 	idle := mine.Idle()
-	var prev buffer.ProcLoad
+	var prev shared.ProcLoad
 	var had bool
 	if p.Procs != nil {
 		prev, had = (*p.Procs)[self]
@@ -365,7 +365,7 @@ func PutReport(p *buffer.PacingState, self string, mine buffer.ProcLoad, now tim
 	if (idle && (!had || same)) || (had && same && now.Sub(prev.At) < ReportFresh/2) {
 		return false
 	}
-	procs := buffer.ProcLoads{}
+	procs := shared.ProcLoads{}
 	if p.Procs != nil {
 		for id, r := range *p.Procs {
 			if now.Sub(r.At) < ReportStale {

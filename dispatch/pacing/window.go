@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -159,7 +160,7 @@ type Evidence struct {
 
 // windowCap is the most the window may reach now: the concurrency, or the
 // ceiling throttles taught.
-func windowCap(p *buffer.PacingState, concurrency int) float64 {
+func windowCap(p *shared.PacingState, concurrency int) float64 {
 	if p.Ceiling > 0 {
 		return float64(min(concurrency, p.Ceiling))
 	}
@@ -169,7 +170,7 @@ func windowCap(p *buffer.PacingState, concurrency int) float64 {
 // Step moves the shared window for the load seen now. It is a pure
 // function of its inputs, so every process computes the same ramp; it
 // reports whether it changed p.
-func Step(p *buffer.PacingState, cfg *Policy, concurrency int, load buffer.Load, now time.Time) bool {
+func Step(p *shared.PacingState, cfg *Policy, concurrency int, load buffer.Load, now time.Time) bool {
 	before := p.Scalars()
 	if p.Window == 0 {
 		p.Window = float64(cfg.Initial)
@@ -223,7 +224,7 @@ func Step(p *buffer.PacingState, cfg *Policy, concurrency int, load buffer.Load,
 }
 
 // reason says, for people, why the window is where it is.
-func reason(p *buffer.PacingState, cfg *Policy, concurrency int, saturated, busy bool, now time.Time) string {
+func reason(p *shared.PacingState, cfg *Policy, concurrency int, saturated, busy bool, now time.Time) string {
 	switch {
 	case now.Before(p.PausedUntil):
 		return ReasonThrottled
@@ -251,7 +252,7 @@ func reason(p *buffer.PacingState, cfg *Policy, concurrency int, saturated, busy
 // passed without one and while the window is in full use: adaptively by
 // 1, 2, 4, … per step, otherwise by one per step. A ceiling grown back to
 // the concurrency is forgotten.
-func growCeiling(p *buffer.PacingState, cfg *Policy, concurrency int, saturated bool, now time.Time) {
+func growCeiling(p *shared.PacingState, cfg *Policy, concurrency int, saturated bool, now time.Time) {
 	if p.Ceiling == 0 || !saturated || float64(p.Ceiling) > p.Window {
 		return
 	}
@@ -275,7 +276,7 @@ func growCeiling(p *buffer.PacingState, cfg *Policy, concurrency int, saturated 
 // by 5%, 10%, 20%, … of the rate the throttle left. A rate grown to twice
 // that is forgotten: the limit it stood for is gone; so is one that has
 // not bound for maxProbeAfter.
-func growRate(p *buffer.PacingState, rateBound bool, now time.Time) {
+func growRate(p *shared.PacingState, rateBound bool, now time.Time) {
 	if p.LearnedRate == 0 {
 		return
 	}
@@ -300,7 +301,7 @@ func growRate(p *buffer.PacingState, rateBound bool, now time.Time) {
 
 // growEvery is the time between growth steps: an invocation's duration, so
 // that each step is seen before the next.
-func growEvery(p *buffer.PacingState) time.Duration {
+func growEvery(p *shared.PacingState) time.Duration {
 	return max(p.Took, minGrowEvery)
 }
 
@@ -319,7 +320,7 @@ func probeAfter(perSecond float64) time.Duration {
 // was in flight (or halves it, without Adaptive), or learns a rate, and
 // pauses the function when the platform had no room even for one (or
 // always, with RetryAfterFunction). It reports whether it changed p.
-func Throttle(p *buffer.PacingState, cfg *Policy, concurrency int, ev Evidence, now time.Time) bool {
+func Throttle(p *shared.PacingState, cfg *Policy, concurrency int, ev Evidence, now time.Time) bool {
 	before := p.Scalars()
 	if ev.Took > 0 {
 		p.Took = ev.Took

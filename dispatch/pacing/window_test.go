@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -19,7 +20,7 @@ func pacingFor(concurrency int, cfg Policy) *Policy {
 
 func TestWindowRampsAtScalingRate(t *testing.T) {
 	cfg := pacingFor(50, Policy{Initial: 10, PerMinute: 600, RampLag: time.Nanosecond})
-	var p buffer.PacingState
+	var p shared.PacingState
 	busy := buffer.Load{Backlog: 1000, InFlight: 10}
 	Step(&p, cfg, 50, busy, t0)
 	if p.Window != 10 {
@@ -47,7 +48,7 @@ func TestWindowRampsAtScalingRate(t *testing.T) {
 
 func TestWindowWaitsForSaturationAndDecaysWhenIdle(t *testing.T) {
 	cfg := pacingFor(50, Policy{Initial: 10, PerMinute: 600, IdleReap: 10 * time.Minute, RampLag: time.Nanosecond})
-	var p buffer.PacingState
+	var p shared.PacingState
 	// Work, but not enough to fill the window: no growth.
 	Step(&p, cfg, 50, buffer.Load{Backlog: 0, InFlight: 4}, t0)
 	Step(&p, cfg, 50, buffer.Load{Backlog: 0, InFlight: 4}, t0.Add(5*time.Second))
@@ -70,7 +71,7 @@ func TestWindowWaitsForSaturationAndDecaysWhenIdle(t *testing.T) {
 // saturatedSteps steps the window every d for the given time with a
 // backlog that fills whatever window there is, and returns how long it
 // took the window to reach want (or -1).
-func saturatedSteps(p *buffer.PacingState, cfg *Policy, concurrency int, from time.Time, d, within time.Duration, want float64) time.Duration {
+func saturatedSteps(p *shared.PacingState, cfg *Policy, concurrency int, from time.Time, d, within time.Duration, want float64) time.Duration {
 	for t := time.Duration(0); t <= within; t += d {
 		Step(p, cfg, concurrency, buffer.Load{Backlog: 1000, InFlight: int(p.Window)}, from.Add(t))
 		if p.Window >= want {
@@ -86,7 +87,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	}
 	t.Run("the ceiling drops to what was in flight, at once", func(t *testing.T) {
 		cfg := pacingFor(100, Policy{Adaptive: true})
-		var p buffer.PacingState
+		var p shared.PacingState
 		Step(&p, cfg, 100, buffer.Load{Backlog: 3000}, t0)
 		if p.Window != 100 {
 			t.Fatalf("first window = %v, want the concurrency", p.Window)
@@ -109,7 +110,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("a limit restored is found within seconds", func(t *testing.T) {
 		cfg := pacingFor(100, Policy{Adaptive: true})
-		p := buffer.PacingState{Window: 50}
+		p := shared.PacingState{Window: 50}
 		Throttle(&p, cfg, 100, ev(20), t0)
 		if p.ProbeAfter < minProbeAfter || p.ProbeAfter > time.Second {
 			t.Errorf("probe after %v, want between %v and 1s for 20 in flight at 100ms", p.ProbeAfter, minProbeAfter)
@@ -121,7 +122,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("growth never outruns the scaling rate", func(t *testing.T) {
 		cfg := pacingFor(100, Policy{Adaptive: true, Initial: 100, PerMinute: 600, RampLag: time.Nanosecond})
-		p := buffer.PacingState{Window: 50}
+		p := shared.PacingState{Window: 50}
 		Throttle(&p, cfg, 100, ev(20), t0)
 		took := saturatedSteps(&p, cfg, 100, t0, 100*time.Millisecond, 10*time.Second, 50)
 		// 600/min is 10 a second: 30 more take at least 3s.
@@ -131,7 +132,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("not adaptive halves and earns growth back", func(t *testing.T) {
 		cfg := pacingFor(100, Policy{})
-		p := buffer.PacingState{Window: 100}
+		p := shared.PacingState{Window: 100}
 		Throttle(&p, cfg, 100, ev(40), t0)
 		Throttle(&p, cfg, 100, ev(40), t0.Add(10*time.Millisecond))
 		if p.Window != 50 {
@@ -148,7 +149,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("refused with fewer in flight than were just taken: a rate", func(t *testing.T) {
 		cfg := pacingFor(100, Policy{Adaptive: true})
-		p := buffer.PacingState{Window: 100}
+		p := shared.PacingState{Window: 100}
 		e := ev(12)
 		e.TakenAbove, e.StartRate = true, 200
 		Throttle(&p, cfg, 100, e, t0)
@@ -172,7 +173,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("refused with nothing in flight pauses the function", func(t *testing.T) {
 		cfg := pacingFor(100, Policy{Adaptive: true})
-		p := buffer.PacingState{Window: 10}
+		p := shared.PacingState{Window: 10}
 		Throttle(&p, cfg, 100, Evidence{RetryAfter: 2 * time.Second, Given: true}, t0)
 		if !p.PausedUntil.Equal(t0.Add(2*time.Second)) || p.Window != 1 {
 			t.Errorf("paused until %v, window %v; want 2s and 1", p.PausedUntil, p.Window)
@@ -180,7 +181,7 @@ func TestThrottleTeachesTheLimit(t *testing.T) {
 	})
 	t.Run("RetryAfterFunction pauses for every throttle, capped", func(t *testing.T) {
 		cfg := pacingFor(100, Policy{Adaptive: true, RetryAfter: RetryAfterFunction})
-		p := buffer.PacingState{Window: 100}
+		p := shared.PacingState{Window: 100}
 		e := ev(40)
 		e.RetryAfter = time.Hour
 		Throttle(&p, cfg, 100, e, t0)
