@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/scale"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -41,7 +42,7 @@ func Commands() []Command {
 		{"pools", "run three functions sharing a concurrency pool across gateway processes", benchmark(parsePoolsFlags, runBenchPools)},
 		{"fairness", "run a fair function: one tenant's few jobs against another's backlog", benchmark(parseFairnessFlags, runBenchFairness)},
 		{"pacing", "run bursts against platforms that differ from the config, row by row", benchmark(parsePacingFlags, runBenchPacing)},
-		{"scale", "measure an idle gateway with many functions and tenants, and the first job into an idle function", benchmark(parseScaleFlags, runBenchScale)},
+		{"scale", "measure an idle gateway with many functions and tenants, and the first job into an idle function", benchmark(scale.ParseFlags, scale.Run)},
 	}
 }
 

@@ -1,4 +1,4 @@
-package bench
+package scale
 
 import (
 	"io"
@@ -13,7 +13,7 @@ import (
 // serve takes: every function at its own path of the bench's server, every
 // tenant with its key.
 func TestScaleConfig(t *testing.T) {
-	b, err := parseScaleFlags([]string{"--functions", "30", "--tenants", "20", "--first-jobs", "5"}, io.Discard)
+	b, err := ParseFlags([]string{"--functions", "30", "--tenants", "20", "--first-jobs", "5"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestParseScaleFlags(t *testing.T) {
 		{[]string{"--idle", "0s"}, "must be positive"},
 		{[]string{"--tenants", "0"}, "must be positive"},
 	} {
-		b, err := parseScaleFlags(c.args, io.Discard)
+		b, err := ParseFlags(c.args, io.Discard)
 		switch {
 		case c.want == "" && err != nil:
 			t.Errorf("%v: %v", c.args, err)

@@ -1,4 +1,6 @@
-package bench
+// Package scale is `sluice bench scale`: an idle gateway with many functions
+// and tenants, and the first job into an idle function.
+package scale
 
 import (
 	"context"
@@ -23,8 +25,8 @@ import (
 	"github.com/sluicehq/sluice/gateway"
 )
 
-// scaleFlags configure `sluice bench scale`.
-type scaleFlags struct {
+// Flags configure `sluice bench scale`.
+type Flags struct {
 	functions, tenants, concurrency, firstJobs int
 	settle, idle, spacing                      time.Duration
 	// jetstream is where the JetStream runs without --nats-url: "gateway"
@@ -50,15 +52,15 @@ added with key_concurrency.
 Flags:
 `
 
-// parseScaleFlags parses and checks the flags of `sluice bench scale`.
-func parseScaleFlags(args []string, stderr io.Writer) (scaleFlags, error) {
+// ParseFlags parses and checks the flags of `sluice bench scale`.
+func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs := flag.NewFlagSet("bench scale", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, scaleAbout)
 		fs.PrintDefaults()
 	}
-	var b scaleFlags
+	var b Flags
 	fs.IntVar(&b.functions, "functions", 1000, "functions configured")
 	fs.IntVar(&b.tenants, "tenants", 1000, "tenants configured, each with an API key")
 	fs.IntVar(&b.concurrency, "concurrency", 10, "each function's concurrency")
@@ -91,7 +93,7 @@ func scaleKey(i int) string      { return fmt.Sprintf("bench-scale-key-%05d-0123
 
 // scaleConfig is the gateway's config: b.functions functions, each
 // calling fnAddr at a path of its name, and b.tenants tenants.
-func scaleConfig(b scaleFlags, fnAddr string) string {
+func scaleConfig(b Flags, fnAddr string) string {
 	var c strings.Builder
 	c.WriteString("functions:\n")
 	for i := range b.functions {
@@ -105,9 +107,9 @@ func scaleConfig(b scaleFlags, fnAddr string) string {
 	return c.String()
 }
 
-// runBenchScale starts a gateway with b.functions functions and b.tenants
+// Run starts a gateway with b.functions functions and b.tenants
 // tenants, measures it idle, then times first jobs into idle functions.
-func runBenchScale(ctx context.Context, b scaleFlags, dir string, stdout, stderr io.Writer) error {
+func Run(ctx context.Context, b Flags, dir string, stdout, stderr io.Writer) error {
 	fns := newArrivals()
 	ln, stopServing, err := harness.ServeLoopback(fns)
 	if err != nil {
@@ -154,7 +156,7 @@ func runBenchScale(ctx context.Context, b scaleFlags, dir string, stdout, stderr
 
 // scaleRun is one run of `sluice bench scale`.
 type scaleRun struct {
-	b     scaleFlags
+	b     Flags
 	stack *harness.Stack
 	fns   *arrivals
 	tail  *harness.Tail
