@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/pacing"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -323,21 +324,21 @@ func (l *functionLoop) conclude(ctx context.Context, dv *buffer.Delivery, inv *i
 		reason := describeInvokeError(inv.err, l.fn.Timeout)
 		rec.Error = reason
 		log().Warn("invocation failed", "attempt", attempt, "reason", reason, "err", inv.err)
-		if l.judge(probe, retryableError(inv.err), reason) {
+		if l.judge(probe, retry.RetryableError(inv.err), reason) {
 			l.probeFailed(dv, rec)
 			return
 		}
-		l.failed(dv, attempt, reason, nil, retryableError(inv.err), 0)
+		l.failed(dv, attempt, reason, nil, retry.RetryableError(inv.err), 0)
 		return
 	}
 	rec.HttpStatus = int32(resp.Status)
-	failedStatus := (resp.Status < 200 || resp.Status >= 300) && retryableStatus(resp.Status)
+	failedStatus := (resp.Status < 200 || resp.Status >= 300) && retry.RetryableStatus(resp.Status)
 	if l.judge(probe, failedStatus, answerReason(resp)) {
 		rec.Error = answerReason(resp)
 		l.probeFailed(dv, rec)
 		return
 	}
-	if rec.ColdStart = l.cold.observe(inv.took, resp.ColdStart); rec.ColdStart {
+	if rec.ColdStart = l.cold.Observe(inv.took, resp.ColdStart); rec.ColdStart {
 		if l.log.Enabled(ctx, slog.LevelDebug) {
 			log().Debug("cold start", "attempt", attempt, "took", inv.took)
 		}
@@ -359,7 +360,7 @@ func (l *functionLoop) conclude(ctx context.Context, dv *buffer.Delivery, inv *i
 	log().Warn("function answered with an error", "attempt", attempt, "status", resp.Status, "reason", reason)
 	rec.Error = reason
 	retryAfter, _ := pacing.ParseRetryAfter(resp.RetryAfter, l.cfg.Now())
-	l.failed(dv, attempt, reason, result, retryableStatus(resp.Status), retryAfter)
+	l.failed(dv, attempt, reason, result, retry.RetryableStatus(resp.Status), retryAfter)
 }
 
 // finishSpan ends the invocation's span and counts it in the metrics.
@@ -398,7 +399,7 @@ func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, r
 		l.settle(func(ctx context.Context) error { return dv.Fail(ctx, reason, result) }, dv)
 		return
 	}
-	delay := l.fn.Retry.delay(attempt, retryAfter)
+	delay := l.fn.Retry.Delay(attempt, retryAfter)
 	l.countRetry()
 	l.jobLog(dv).Info("attempt failed; retrying", "attempt", attempt, "max_attempts", l.fn.Retry.MaxAttempts, "delay", delay)
 	l.settle(func(ctx context.Context) error { return dv.Retry(ctx, reason, result, delay) }, dv)

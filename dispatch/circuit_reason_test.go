@@ -13,6 +13,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -32,7 +33,7 @@ func TestCircuitReasonCarriesNoJobsError(t *testing.T) {
 	submit(t, q, "f", 6)
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: tellingInvoker{}, Concurrency: 2, Timeout: time.Second,
-		Retry:   dispatch.RetryPolicy{MaxAttempts: 100, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
+		Retry:   retry.Policy{MaxAttempts: 100, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
 		Circuit: circuit.Policy{MinAttempts: 2, Cooldown: 50 * time.Millisecond, MaxCooldown: 100 * time.Millisecond},
 	}, time.Second)
 	// Opened by failures, then reopened by a failed probe.

@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -28,7 +29,7 @@ func outage(t *testing.T, circuit circuit.Policy) ([]*sluicev1.Job, shared.Pacin
 	ids := submit(t, q, "f", 40)
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 4, Timeout: time.Second,
-		Retry:   dispatch.RetryPolicy{MaxAttempts: 3, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
+		Retry:   retry.Policy{MaxAttempts: 3, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
 		Circuit: circuit,
 	}, time.Second)
 	time.AfterFunc(2*time.Second, func() { fn.status.Store(http.StatusOK) })

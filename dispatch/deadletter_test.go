@@ -14,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/deadletter"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -41,7 +42,7 @@ func TestExhaustedJobIsDeadLetteredAndRedriveRunsItAgain(t *testing.T) {
 	ids := submit(t, q, "f", 3)
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 3, Timeout: time.Second,
-		Retry:   dispatch.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond},
+		Retry:   retry.Policy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond},
 		Circuit: circuit.Policy{Disabled: true}, // this test counts attempts, not outages
 	}, time.Second)
 
@@ -110,7 +111,7 @@ func TestThrottlesNeverDeadLetter(t *testing.T) {
 	ids := submit(t, q, "f", 2)
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 2, Timeout: time.Second,
-		Retry: dispatch.RetryPolicy{MaxAttempts: 1},
+		Retry: retry.Policy{MaxAttempts: 1},
 	}, time.Second)
 	// Many more throttles than attempts allowed.
 	buffertest.WaitFor(t, 20*time.Second, "10 throttled calls", func() bool { return fn.calls.Load() >= 10 })

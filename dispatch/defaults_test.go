@@ -4,16 +4,17 @@ import (
 	"testing"
 
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/retry"
 )
 
 // TestZeroValuesTakeTheDefaults holds the zero policies to the exported
 // defaults that `sluice serve`'s configuration reads, so that a default
 // changed on one side only fails here.
 func TestZeroValuesTakeTheDefaults(t *testing.T) {
-	var retry RetryPolicy
-	retry.setDefaults()
-	if want := DefaultRetryPolicy(); retry != want {
-		t.Errorf("zero RetryPolicy = %+v, want DefaultRetryPolicy() %+v", retry, want)
+	var policy retry.Policy
+	policy.SetDefaults()
+	if want := retry.DefaultPolicy(); policy != want {
+		t.Errorf("zero retry.Policy = %+v, want retry.DefaultPolicy() %+v", policy, want)
 	}
 	var breaker circuit.Policy
 	breaker.SetDefaults()

@@ -19,6 +19,8 @@ import (
 	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
+	"github.com/sluicehq/sluice/dispatch/retry"
+	"github.com/sluicehq/sluice/internal/gate"
 )
 
 // Function is one dispatch target and its limits.
@@ -44,7 +46,7 @@ type Function struct {
 	// KeepWarm holds environments warm while the function is idle.
 	KeepWarm KeepWarm
 	// Retry says which failed attempts are tried again, and when.
-	Retry RetryPolicy
+	Retry retry.Policy
 	// MaxAge ends a job not finished this long after it was accepted (or
 	// last redriven) as EXPIRED, throttles and retries included. Zero means
 	// no limit.
@@ -163,7 +165,7 @@ func New(cfg Config) (*Dispatcher, error) {
 			return nil, fmt.Errorf("dispatch: function %q: circuit breaker values must not be negative, and its failure ratio at most 1", f.Name)
 		}
 		f.Pacing.SetDefaults(f.Concurrency)
-		f.Retry.setDefaults()
+		f.Retry.SetDefaults()
 		f.Circuit.SetDefaults()
 	}
 	if err := checkPools(cfg.Pools, cfg.Functions); err != nil {
@@ -341,7 +343,7 @@ func runLoops(ctx context.Context, loops []*functionLoop, pools []*poolLoop) err
 			l.log.Info("dispatch paused by configuration; jobs are kept until it resumes")
 			continue
 		}
-		l.pulls = newPullGate(ctx)
+		l.pulls = gate.New(ctx) // shut: a function starts at rest, and pulls once its pace loop finds work
 		paceCtx, stopPacing := context.WithCancel(ctx)
 		g.Go(func() error { l.pace(paceCtx); return nil })
 		if l.fn.KeepWarm.Instances > 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 	"github.com/sluicehq/sluice/dispatch/pacing"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -163,7 +164,7 @@ func TestFailures(t *testing.T) {
 			ids := submit(t, q, "f", 1)
 			startDispatcher(t, q, dispatch.Function{
 				Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: 200 * time.Millisecond,
-				Retry: dispatch.RetryPolicy{MaxAttempts: 1},
+				Retry: retry.Policy{MaxAttempts: 1},
 			}, time.Second)
 			job := waitJob(t, q, ids[0], 10*time.Second)
 			if job.State != sluicev1.Job_FAILED || job.Error != tc.wantError || job.Result.GetHttpStatus() != tc.wantStatus {
@@ -181,7 +182,7 @@ func TestUnreachableFunctionFailsWithoutAddress(t *testing.T) {
 	ids := submit(t, q, "f", 1)
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: url}, Concurrency: 1, Timeout: time.Second,
-		Retry: dispatch.RetryPolicy{MaxAttempts: 1},
+		Retry: retry.Policy{MaxAttempts: 1},
 	}, time.Second)
 	job := waitJob(t, q, ids[0], 10*time.Second)
 	if job.State != sluicev1.Job_FAILED || job.Error != "could not connect to the function" {

@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
+	"github.com/sluicehq/sluice/internal/gate"
 )
 
 // functionLoop pulls and invokes one function's jobs, and paces them. Its
@@ -33,7 +34,7 @@ type functionLoop struct {
 	announceMu sync.Mutex  // one announcement at a time
 	announced  atomic.Bool // this process's report is in the shared state
 	attrs      loopAttrs
-	cold       coldStarts
+	cold       pacing.ColdStarts
 	recent     circuit.Outcomes // for the circuit breaker
 	counts     tally
 	tel        *telemetry
@@ -46,7 +47,7 @@ type functionLoop struct {
 	wake     chan struct{}      // work came (capacity 1): see nudge
 	resting  atomic.Bool        // the pace loop rests: see rest
 	arrivals *arrivals.Arrivals // tells of jobs stored while it rests
-	pulls    *pullGate          // shut while it rests
+	pulls    *gate.Gate         // shut while it rests
 }
 
 // run pulls the function's jobs, from each of its lanes, and invokes
@@ -61,7 +62,7 @@ func (l *functionLoop) run(ctx context.Context) {
 
 	pull := func(u *laneUnit) {
 		for ctx.Err() == nil {
-			pullCtx := l.pulls.wait() // ends when the function rests
+			pullCtx := l.pulls.Wait() // ends when the function rests
 			if pullCtx == nil {
 				break
 			}
@@ -156,13 +157,13 @@ const restAfter = 10
 // see [arrivals.Arrivals]), after one last round that finds it idle and
 // leaves nothing unwritten: this process's report gone from the shared
 // state and every finished job's message removed. Meanwhile it pulls
-// nothing (see pullGate). It returns false if ctx ended. The watch begins
+// nothing (see gate.Gate). It returns false if ctx ended. The watch begins
 // and the wake is cleared before that round, so a job stored during it or
 // after it wakes the loop: none is missed. A pooled or fair function's
 // consumers may have a cap of 0 while idle; its pool's leader, woken with
 // it, raises them.
 func (l *functionLoop) rest(ctx context.Context) bool {
-	defer l.pulls.open() // on waking, or finding work
+	defer l.pulls.Open() // on waking, or finding work
 	select {
 	case <-l.wake:
 	default:
@@ -197,7 +198,7 @@ func (l *functionLoop) rest(ctx context.Context) bool {
 	l.gauges.oldestAge.Store(0)
 	// No pull either: a job delivered as they end is handed back, and
 	// its arrival, which the watch has seen, ends the rest.
-	l.pulls.shut()
+	l.pulls.Shut()
 	l.resting.Store(true)
 	defer l.resting.Store(false)
 	select {
@@ -232,7 +233,7 @@ func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
 		return true
 	}
 	now := l.cfg.Now()
-	cold, warm := l.cold.take()
+	cold, warm := l.cold.Take()
 	counts := l.counts.take()
 	mine := l.report(now)
 	p, err := l.src.UpdatePacing(ctx, l.fn.Name, func(p *shared.PacingState) bool {
@@ -243,7 +244,7 @@ func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
 		return pacing.Step(p, &l.fn.Pacing, l.fn.Concurrency, load, now) || cold+warm > 0 || counts != shared.Counts{} || reported
 	})
 	if err != nil {
-		l.cold.giveBack(cold, warm)
+		l.cold.GiveBack(cold, warm)
 		l.counts.giveBack(counts)
 		if ctx.Err() == nil {
 			l.log.Warn("move window", "err", err)

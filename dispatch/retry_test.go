@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -46,7 +47,7 @@ func (f *flaky) calls() ([]time.Time, []string) {
 	return append([]time.Time(nil), f.at...), append([]string(nil), f.attempts...)
 }
 
-func runFlaky(t *testing.T, f *flaky, retry dispatch.RetryPolicy, maxAge time.Duration) *sluicev1.Job {
+func runFlaky(t *testing.T, f *flaky, retry retry.Policy, maxAge time.Duration) *sluicev1.Job {
 	t.Helper()
 	srv := httptest.NewServer(f)
 	defer srv.Close()
@@ -61,7 +62,7 @@ func runFlaky(t *testing.T, f *flaky, retry dispatch.RetryPolicy, maxAge time.Du
 
 func TestRetryThenSucceed(t *testing.T) {
 	f := &flaky{script: []int{500, 502, 200}}
-	retry := dispatch.RetryPolicy{MaxAttempts: 5, InitialBackoff: 200 * time.Millisecond, Multiplier: 2}
+	retry := retry.Policy{MaxAttempts: 5, InitialBackoff: 200 * time.Millisecond, Multiplier: 2}
 	job := runFlaky(t, f, retry, 0)
 	if job.State != sluicev1.Job_SUCCEEDED || job.Attempts != 3 {
 		t.Fatalf("job = %v, want SUCCEEDED after 3 attempts", job)
@@ -93,7 +94,7 @@ func TestRetryThenSucceed(t *testing.T) {
 
 func TestRetryExhaustsAttempts(t *testing.T) {
 	f := &flaky{script: []int{500}}
-	job := runFlaky(t, f, dispatch.RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond}, 0)
+	job := runFlaky(t, f, retry.Policy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond}, 0)
 	at, _ := f.calls()
 	if job.State != sluicev1.Job_FAILED || job.Attempts != 3 || len(at) != 3 {
 		t.Errorf("job = %v after %d calls; want FAILED after exactly 3 attempts", job, len(at))
@@ -107,7 +108,7 @@ func TestPermanentFailuresAreNotRetried(t *testing.T) {
 	for _, status := range []int{400, 404, 422, 501} {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
 			f := &flaky{script: []int{status, 200}}
-			job := runFlaky(t, f, dispatch.RetryPolicy{MaxAttempts: 5, InitialBackoff: 10 * time.Millisecond}, 0)
+			job := runFlaky(t, f, retry.Policy{MaxAttempts: 5, InitialBackoff: 10 * time.Millisecond}, 0)
 			if at, _ := f.calls(); job.State != sluicev1.Job_FAILED || job.Attempts != 1 || len(at) != 1 {
 				t.Errorf("job = %v after %d calls; want FAILED at once", job, len(at))
 			}
@@ -117,7 +118,7 @@ func TestPermanentFailuresAreNotRetried(t *testing.T) {
 
 func TestRetryHonoursRetryAfter(t *testing.T) {
 	f := &flaky{script: []int{500, 200}, retryAfter: "1"}
-	job := runFlaky(t, f, dispatch.RetryPolicy{MaxAttempts: 2, InitialBackoff: 10 * time.Millisecond}, 0)
+	job := runFlaky(t, f, retry.Policy{MaxAttempts: 2, InitialBackoff: 10 * time.Millisecond}, 0)
 	at, _ := f.calls()
 	if job.State != sluicev1.Job_SUCCEEDED || len(at) != 2 {
 		t.Fatalf("job = %v after %d calls", job, len(at))
@@ -129,14 +130,14 @@ func TestRetryHonoursRetryAfter(t *testing.T) {
 
 func TestJobExpiresAfterMaxAge(t *testing.T) {
 	f := &flaky{script: []int{503}}
-	job := runFlaky(t, f, dispatch.RetryPolicy{MaxAttempts: 1000, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, 400*time.Millisecond)
+	job := runFlaky(t, f, retry.Policy{MaxAttempts: 1000, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, 400*time.Millisecond)
 	if job.State != sluicev1.Job_EXPIRED || job.Error != "not finished within its max age of 400ms" {
 		t.Errorf("job = %v, want EXPIRED", job)
 	}
 }
 
 func TestBackoffGrowsToItsCap(t *testing.T) {
-	r := dispatch.RetryPolicy{InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, Multiplier: 2}
+	r := retry.Policy{InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, Multiplier: 2}
 	for attempt, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 5: 16 * time.Second, 9: 256 * time.Second, 10: 5 * time.Minute, 100: 5 * time.Minute} {
 		if got := r.Backoff(attempt); got != want {
 			t.Errorf("Backoff(%d) = %v, want %v", attempt, got, want)

@@ -18,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/store"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -45,7 +46,7 @@ func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
 	}
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
-		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
+		Retry:   retry.Policy{MaxAttempts: 1},
 		Circuit: circuit.Policy{Disabled: true},
 	}, time.Second)
 
@@ -138,7 +139,7 @@ func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
 	q := buffertest.Queue(t, buffer.Config{Stores: store.Limits{DeadLetterBytes: 300 << 10}})
 	startDispatcher(t, q, dispatch.Function{
 		Name: "f", Invoker: &target.HTTP{URL: srv.URL}, Concurrency: 1, Timeout: time.Second,
-		Retry:   dispatch.RetryPolicy{MaxAttempts: 1},
+		Retry:   retry.Policy{MaxAttempts: 1},
 		Circuit: circuit.Policy{Disabled: true},
 	}, time.Second)
 	payload := bytes.Repeat([]byte("x"), 30<<10)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer/buffertest"
 	"github.com/sluicehq/sluice/dispatch/pacing"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -46,7 +47,7 @@ func TestTargetsNoAnswer(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 		defer cancel()
 		resp, err := lambdaAt(srv.URL).Invoke(ctx, job)
-		if err == nil || !retryableError(err) {
+		if err == nil || !retry.RetryableError(err) {
 			t.Fatalf("Invoke past the deadline = %+v, %v; want a retryable error", resp, err)
 		}
 		if got := describeInvokeError(err, 200*time.Millisecond); !strings.Contains(got, "did not answer within its timeout") {
@@ -57,7 +58,7 @@ func TestTargetsNoAnswer(t *testing.T) {
 		gone := httptest.NewServer(http.NotFoundHandler())
 		gone.Close()
 		resp, err := lambdaAt(gone.URL).Invoke(t.Context(), job)
-		if err == nil || !retryableError(err) {
+		if err == nil || !retry.RetryableError(err) {
 			t.Fatalf("Invoke on a closed endpoint = %+v, %v; want a retryable error", resp, err)
 		}
 		if got := describeInvokeError(err, time.Second); got != "could not connect to the function" {
@@ -79,7 +80,7 @@ func TestTargetsNoAnswer(t *testing.T) {
 		defer cancel()
 		inv := &target.NATS{Conn: callConn, Subject: "svc.silent"}
 		resp, err := inv.Invoke(ctx, job)
-		if err == nil || !retryableError(err) {
+		if err == nil || !retry.RetryableError(err) {
 			t.Fatalf("silent service = %+v, %v; want a retryable error", resp, err)
 		}
 		if got := describeInvokeError(err, 100*time.Millisecond); !strings.Contains(got, "did not answer within its timeout") {

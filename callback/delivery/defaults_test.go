@@ -3,7 +3,7 @@ package delivery
 import (
 	"testing"
 
-	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/retry"
 )
 
 // TestZeroValuesTakeTheDefaults holds a zero Config to the exported
@@ -14,7 +14,7 @@ func TestZeroValuesTakeTheDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := dispatch.DefaultRetryPolicy()
+	want := retry.DefaultPolicy()
 	want.MaxAttempts = DefaultMaxAttempts
 	if got := d.cfg; got.Timeout != DefaultTimeout || got.Retry != want || got.Concurrency != DefaultConcurrency {
 		t.Errorf("zero Config: timeout %v, retry %+v, concurrency %d; want %v, %+v, %d",

@@ -12,14 +12,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/callback"
-	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/retry"
 )
 
 // Source hands out the stored callbacks of finished jobs.
@@ -49,8 +48,8 @@ type Config struct {
 	// Retry says when a failed delivery is tried again. MaxAttempts zero
 	// means [DefaultMaxAttempts], more than a job's: a receiver's outage is
 	// not the function's; the other fields default as in
-	// [dispatch.DefaultRetryPolicy].
-	Retry dispatch.RetryPolicy
+	// [retry.DefaultPolicy].
+	Retry retry.Policy
 	// Concurrency is the most deliveries in flight in this process. Zero
 	// means [DefaultConcurrency].
 	Concurrency int
@@ -87,11 +86,8 @@ func New(cfg Config) (*Deliverer, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	retry := dispatch.DefaultRetryPolicy()
 	cfg.Retry.MaxAttempts = cmp.Or(cfg.Retry.MaxAttempts, DefaultMaxAttempts)
-	cfg.Retry.InitialBackoff = cmp.Or(cfg.Retry.InitialBackoff, retry.InitialBackoff)
-	cfg.Retry.MaxBackoff = cmp.Or(cfg.Retry.MaxBackoff, retry.MaxBackoff)
-	cfg.Retry.Multiplier = cmp.Or(cfg.Retry.Multiplier, retry.Multiplier)
+	cfg.Retry.SetDefaults()
 	if cfg.Concurrency == 0 {
 		cfg.Concurrency = DefaultConcurrency
 	}
@@ -238,7 +234,7 @@ func (d *Deliverer) deliver(ctx context.Context, cb *callbacks.Callback) {
 		d.tenants.forget(cb.WebhookID)
 		d.settle(cb, cb.Drop())
 	default:
-		delay := jittered(d.cfg.Retry, attempt)
+		delay := d.cfg.Retry.Delay(attempt, 0) // a receiver bids no Retry-After
 		log.Info("callback failed; retrying", "err", err, "delay", delay)
 		d.settle(cb, cb.Retry(delay))
 	}
@@ -250,15 +246,4 @@ func (d *Deliverer) settle(cb *callbacks.Callback, err error) {
 	if err != nil {
 		d.log.Error("settle callback; it will be delivered again", "webhook_id", cb.WebhookID, "err", err)
 	}
-}
-
-// jittered is the wait after the given failed attempt: the policy's
-// backoff, drawn from zero to it unless NoJitter, as dispatch waits
-// between a job's attempts (a receiver bids no Retry-After).
-func jittered(r dispatch.RetryPolicy, attempt int) time.Duration {
-	d := r.Backoff(attempt)
-	if !r.NoJitter && d > 0 {
-		d = rand.N(d + 1)
-	}
-	return d
 }

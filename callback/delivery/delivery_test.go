@@ -19,6 +19,7 @@ import (
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
@@ -70,7 +71,7 @@ func runCallbacks(t *testing.T, h *hook, want int) []string {
 	startCallbacks(t, delivery.Config{
 		Source:  q,
 		Timeout: time.Second,
-		Retry:   dispatch.RetryPolicy{MaxAttempts: 4, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond},
+		Retry:   retry.Policy{MaxAttempts: 4, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond},
 	}, nil)
 	buffertest.WaitFor(t, 10*time.Second, fmt.Sprintf("%d calls of the receiver", want), func() bool {
 		ids, _, _ := h.seen()

@@ -16,7 +16,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/callbacks"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
-	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/dispatch/retry"
 )
 
 // tenantHook records, per call, which of the named secrets verify it.
@@ -140,7 +140,7 @@ func TestSilentReceiversHoldUpOnlyTheirTenant(t *testing.T) {
 	startCallbacks(t, delivery.Config{
 		Source:      q,
 		Timeout:     10 * time.Second,
-		Retry:       dispatch.RetryPolicy{MaxAttempts: 10, InitialBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second},
+		Retry:       retry.Policy{MaxAttempts: 10, InitialBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second},
 		Concurrency: 4,
 	}, func() { close(release) })
 	// The noisy tenant's callbacks are stored and taken first.

@@ -1,15 +1,15 @@
-package dispatch
+package pacing
 
 import (
 	"sync"
 	"time"
 )
 
-// coldStarts classifies invocations as cold or warm: by the platform's
+// ColdStarts classifies invocations as cold or warm: by the platform's
 // word where it gives one, otherwise by latency against the function's warm
 // baseline (a moving average of the invocations judged warm). It is safe
 // for concurrent use.
-type coldStarts struct {
+type ColdStarts struct {
 	mu       sync.Mutex
 	baseline time.Duration // moving average of warm durations
 	samples  int
@@ -22,8 +22,8 @@ type coldStarts struct {
 // about 100ms to seconds.
 const coldMargin = 100 * time.Millisecond
 
-// observe classifies one invocation and counts it.
-func (c *coldStarts) observe(took time.Duration, platform *bool) (cold bool) {
+// Observe classifies one invocation and counts it.
+func (c *ColdStarts) Observe(took time.Duration, platform *bool) (cold bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
@@ -44,8 +44,8 @@ func (c *coldStarts) observe(took time.Duration, platform *bool) (cold bool) {
 	return false
 }
 
-// take returns and clears the counts not yet shared.
-func (c *coldStarts) take() (cold, warm int64) {
+// Take returns and clears the counts not yet shared.
+func (c *ColdStarts) Take() (cold, warm int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cold, warm = c.cold, c.warm
@@ -53,8 +53,8 @@ func (c *coldStarts) take() (cold, warm int64) {
 	return cold, warm
 }
 
-// giveBack returns counts that could not be shared, to try again.
-func (c *coldStarts) giveBack(cold, warm int64) {
+// GiveBack returns counts that could not be shared, to try again.
+func (c *ColdStarts) GiveBack(cold, warm int64) {
 	c.mu.Lock()
 	c.cold += cold
 	c.warm += warm

@@ -1,4 +1,7 @@
-package dispatch
+// Package retry says which failed attempts of a job are tried again, and
+// when: the policy (attempts, exponential backoff with full jitter) and
+// which answers are worth another attempt.
+package retry
 
 import (
 	"context"
@@ -11,10 +14,10 @@ import (
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
-// RetryPolicy says which failed attempts are tried again and when. The
-// zero value is [DefaultRetryPolicy]: five attempts, waits from 1s
+// Policy says which failed attempts are tried again and when. The
+// zero value is [DefaultPolicy]: five attempts, waits from 1s
 // doubling up to 5m, with full jitter.
-type RetryPolicy struct {
+type Policy struct {
 	// MaxAttempts is the most attempts a job gets, throttles not counted;
 	// 1 tries each job once. Zero means 5.
 	MaxAttempts int
@@ -30,13 +33,14 @@ type RetryPolicy struct {
 	NoJitter bool
 }
 
-// DefaultRetryPolicy returns what each zero field of a RetryPolicy means.
-func DefaultRetryPolicy() RetryPolicy {
-	return RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, Multiplier: 2}
+// DefaultPolicy returns what each zero field of a Policy means.
+func DefaultPolicy() Policy {
+	return Policy{MaxAttempts: 5, InitialBackoff: time.Second, MaxBackoff: 5 * time.Minute, Multiplier: 2}
 }
 
-func (r *RetryPolicy) setDefaults() {
-	d := DefaultRetryPolicy()
+// SetDefaults sets each zero field to its default (see [DefaultPolicy]).
+func (r *Policy) SetDefaults() {
+	d := DefaultPolicy()
 	if r.MaxAttempts == 0 {
 		r.MaxAttempts = d.MaxAttempts
 	}
@@ -54,8 +58,8 @@ func (r *RetryPolicy) setDefaults() {
 // Backoff is the ceiling of the wait after the given failed attempt
 // (counted from 1): InitialBackoff × Multiplier^(attempt-1), capped at
 // MaxBackoff; zero fields take their defaults.
-func (r RetryPolicy) Backoff(attempt int) time.Duration {
-	r.setDefaults()
+func (r Policy) Backoff(attempt int) time.Duration {
+	r.SetDefaults()
 	d := float64(r.InitialBackoff) * math.Pow(r.Multiplier, float64(max(attempt-1, 0)))
 	if d >= float64(r.MaxBackoff) || math.IsInf(d, 0) || math.IsNaN(d) {
 		return r.MaxBackoff
@@ -63,9 +67,9 @@ func (r RetryPolicy) Backoff(attempt int) time.Duration {
 	return time.Duration(d)
 }
 
-// delay is the wait after the given failed attempt: the backoff, jittered,
+// Delay is the wait after the given failed attempt: the backoff, jittered,
 // and never shorter than the function's own Retry-After.
-func (r RetryPolicy) delay(attempt int, retryAfter time.Duration) time.Duration {
+func (r Policy) Delay(attempt int, retryAfter time.Duration) time.Duration {
 	d := r.Backoff(attempt)
 	if !r.NoJitter && d > 0 {
 		d = rand.N(d + 1)
@@ -73,9 +77,9 @@ func (r RetryPolicy) delay(attempt int, retryAfter time.Duration) time.Duration 
 	return max(d, min(retryAfter, r.MaxBackoff))
 }
 
-// retryableStatus reports whether an attempt answered with status may
+// RetryableStatus reports whether an attempt answered with status may
 // succeed if tried again: 5xx but 501 Not Implemented, and 408.
-func retryableStatus(status int) bool {
+func RetryableStatus(status int) bool {
 	switch {
 	case status == http.StatusNotImplemented:
 		return false
@@ -85,9 +89,9 @@ func retryableStatus(status int) bool {
 	return false
 }
 
-// retryableError reports whether an attempt that got no answer may succeed
+// RetryableError reports whether an attempt that got no answer may succeed
 // if tried again: timeouts and connection failures may; a response too
 // large to keep will not get smaller.
-func retryableError(err error) bool {
+func RetryableError(err error) bool {
 	return !errors.Is(err, target.ErrResponseTooLarge) && !errors.Is(err, context.Canceled)
 }

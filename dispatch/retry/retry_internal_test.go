@@ -1,4 +1,4 @@
-package dispatch
+package retry
 
 import (
 	"net/http"
@@ -19,8 +19,8 @@ func TestRetryableStatus(t *testing.T) {
 		http.StatusBadRequest:          false,
 		http.StatusNotFound:            false,
 	} {
-		if got := retryableStatus(status); got != want {
-			t.Errorf("retryableStatus(%d) = %v, want %v", status, got, want)
+		if got := RetryableStatus(status); got != want {
+			t.Errorf("RetryableStatus(%d) = %v, want %v", status, got, want)
 		}
 	}
 }

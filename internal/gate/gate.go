@@ -1,31 +1,32 @@
-package dispatch
+// Package gate lets work run while a gate is open and ends it while the
+// gate is shut: dispatch holds a resting function's pulls with one (a
+// resting function makes no pull request and gets no heartbeat; the arrival
+// of a job wakes it).
+package gate
 
 import (
 	"context"
 	"sync"
 )
 
-// pullGate stops a function's pulls while its pace loop rests, and lets
-// them run again when it wakes. A resting function makes no pull request
-// and gets no heartbeat: what wakes it is the arrival of a job (see
-// buffer/arrivals), which every process sees.
-type pullGate struct {
-	parent context.Context // the pullers', which outlives every rest
+// Gate hands out contexts that work runs under while it is open and that
+// end when it shuts. It is safe for concurrent use.
+type Gate struct {
+	parent context.Context // outlives every opening
 
 	mu     sync.Mutex
-	ctx    context.Context // pulls run under it while open; nil while shut
+	ctx    context.Context // work runs under it while open; nil while shut
 	cancel context.CancelFunc
 	opened chan struct{} // closed when the gate opens
 }
 
-// newPullGate returns a shut gate whose pulls end with parent: a function
-// starts at rest, and pulls once its pace loop finds work.
-func newPullGate(parent context.Context) *pullGate {
-	return &pullGate{parent: parent, opened: make(chan struct{})}
+// New returns a shut gate whose work ends with parent.
+func New(parent context.Context) *Gate {
+	return &Gate{parent: parent, opened: make(chan struct{})}
 }
 
-// open lets pulls run (again).
-func (g *pullGate) open() {
+// Open lets work run (again).
+func (g *Gate) Open() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.ctx != nil {
@@ -35,8 +36,8 @@ func (g *pullGate) open() {
 	close(g.opened)
 }
 
-// shut ends the pulls running, and holds new ones until open.
-func (g *pullGate) shut() {
+// Shut ends the work running, and holds new work until Open.
+func (g *Gate) Shut() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.ctx == nil {
@@ -47,9 +48,9 @@ func (g *pullGate) shut() {
 	g.opened = make(chan struct{})
 }
 
-// wait returns, once the gate is open, the context a pull runs under: it
+// Wait returns, once the gate is open, the context work runs under: it
 // ends when the gate shuts. It returns nil if parent ends first.
-func (g *pullGate) wait() context.Context {
+func (g *Gate) Wait() context.Context {
 	for {
 		g.mu.Lock()
 		ctx, opened := g.ctx, g.opened

@@ -17,8 +17,8 @@ import (
 	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
-	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -181,7 +181,7 @@ func (f *FunctionConfig) setDefaultsAndCheck(bad badField) {
 // setDefaultsAndCheck fills in the retry policy's defaults, which are
 // dispatch's, and reports what is wrong with it.
 func (r *RetryConfig) setDefaultsAndCheck(bad badField) {
-	retry := dispatch.DefaultRetryPolicy()
+	retry := retry.DefaultPolicy()
 	if r.MaxAttempts == 0 {
 		r.MaxAttempts = Count(retry.MaxAttempts)
 	}
@@ -519,7 +519,7 @@ func (cb *CallbacksConfig) setDefaultsAndCheck() error {
 	if cb.MaxAttempts == 0 {
 		cb.MaxAttempts = delivery.DefaultMaxAttempts
 	}
-	retry := dispatch.DefaultRetryPolicy()
+	retry := retry.DefaultPolicy()
 	if cb.InitialBackoff == 0 {
 		cb.InitialBackoff = Duration(retry.InitialBackoff)
 	}

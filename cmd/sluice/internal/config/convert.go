@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
 	"github.com/sluicehq/sluice/dispatch/pacing"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
 	"github.com/sluicehq/sluice/gateway"
 )
@@ -57,7 +58,7 @@ func DispatchFunction(f FunctionConfig) dispatch.Function {
 	if kw := f.KeepWarm; kw != nil {
 		df.KeepWarm = dispatch.KeepWarm{Instances: int(kw.Instances), Every: time.Duration(kw.Every)}
 	}
-	df.Retry = dispatch.RetryPolicy{
+	df.Retry = retry.Policy{
 		MaxAttempts:    int(f.Retry.MaxAttempts),
 		InitialBackoff: time.Duration(f.Retry.InitialBackoff),
 		MaxBackoff:     time.Duration(f.Retry.MaxBackoff),
@@ -181,7 +182,7 @@ func (c StreamsConfig) Gateway() gateway.StreamLimits {
 func (cb *CallbacksConfig) Deliverer() delivery.Config {
 	return delivery.Config{
 		Timeout: time.Duration(cb.Timeout),
-		Retry: dispatch.RetryPolicy{
+		Retry: retry.Policy{
 			MaxAttempts:    int(cb.MaxAttempts),
 			InitialBackoff: time.Duration(cb.InitialBackoff),
 			MaxBackoff:     time.Duration(cb.MaxBackoff),

@@ -10,6 +10,7 @@ import (
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/gateway"
 )
 
@@ -26,8 +27,8 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 	}
 
 	df := DispatchFunction(cfg.Functions[0])
-	if want := dispatch.DefaultRetryPolicy(); df.Retry != want {
-		t.Errorf("retry = %+v through YAML, dispatch.DefaultRetryPolicy() = %+v", df.Retry, want)
+	if want := retry.DefaultPolicy(); df.Retry != want {
+		t.Errorf("retry = %+v through YAML, retry.DefaultPolicy() = %+v", df.Retry, want)
 	}
 	if want := circuit.DefaultPolicy(); df.Circuit != want {
 		t.Errorf("circuit breaker = %+v through YAML, circuit.DefaultPolicy() = %+v", df.Circuit, want)
@@ -53,7 +54,7 @@ func TestYAMLDefaultsAreTheLibraries(t *testing.T) {
 	zeroOr(t, "buffer high water", q.Stores.HighWater, store.DefaultHighWater)
 
 	cb := cfg.Callbacks.Deliverer()
-	retry := dispatch.DefaultRetryPolicy()
+	retry := retry.DefaultPolicy()
 	retry.MaxAttempts = delivery.DefaultMaxAttempts
 	zeroOr(t, "callbacks timeout", cb.Timeout, delivery.DefaultTimeout)
 	zeroOr(t, "callbacks max attempts", cb.Retry.MaxAttempts, retry.MaxAttempts)
