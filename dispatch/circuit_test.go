@@ -21,8 +21,8 @@ import (
 // the jobs as they ended and the function's shared pacing.
 func outage(t *testing.T, circuit circuit.Policy) ([]*sluicev1.Job, shared.PacingState) {
 	t.Helper()
-	fn := &switchable{}
-	fn.status.Store(http.StatusServiceUnavailable)
+	fn := &buffertest.StatusFunction{}
+	fn.Status.Store(http.StatusServiceUnavailable)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
 	q := buffertest.Queue(t, buffer.Config{})
@@ -32,7 +32,7 @@ func outage(t *testing.T, circuit circuit.Policy) ([]*sluicev1.Job, shared.Pacin
 		Retry:   retry.Policy{MaxAttempts: 3, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
 		Circuit: circuit,
 	}, time.Second)
-	time.AfterFunc(2*time.Second, func() { fn.status.Store(http.StatusOK) })
+	time.AfterFunc(2*time.Second, func() { fn.Status.Store(http.StatusOK) })
 	jobs := make([]*sluicev1.Job, len(ids))
 	for i, id := range ids {
 		jobs[i] = waitJob(t, q, id, 60*time.Second)

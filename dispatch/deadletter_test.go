@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,24 +17,9 @@ import (
 	"github.com/sluicehq/sluice/dispatch/target"
 )
 
-// switchable answers every call with the status it is set to.
-type switchable struct {
-	status atomic.Int32
-	calls  atomic.Int32
-}
-
-func (s *switchable) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.calls.Add(1)
-	if st := int(s.status.Load()); st == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "0")
-	}
-	w.WriteHeader(int(s.status.Load()))
-	w.Write([]byte("answer")) //nolint:errcheck // the test reads what arrived
-}
-
 func TestExhaustedJobIsDeadLetteredAndRedriveRunsItAgain(t *testing.T) {
-	fn := &switchable{}
-	fn.status.Store(500)
+	fn := &buffertest.StatusFunction{}
+	fn.Status.Store(500)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
 	q := buffertest.Queue(t, buffer.Config{})
@@ -52,7 +36,7 @@ func TestExhaustedJobIsDeadLetteredAndRedriveRunsItAgain(t *testing.T) {
 			t.Fatalf("job = %v; want FAILED and dead-lettered after exactly 3 attempts", job)
 		}
 	}
-	if got := fn.calls.Load(); got != 9 {
+	if got := fn.Calls.Load(); got != 9 {
 		t.Errorf("function was called %d times; want 3 jobs × 3 attempts", got)
 	}
 	page := waitDeadLetters(t, q, "f", 3)
@@ -80,7 +64,7 @@ func TestExhaustedJobIsDeadLetteredAndRedriveRunsItAgain(t *testing.T) {
 	if err := q.DeleteDeadLetter(t.Context(), "f", "", ids[2]); err != buffer.ErrNotFound {
 		t.Errorf("second delete: %v, want ErrNotFound", err)
 	}
-	fn.status.Store(200)
+	fn.Status.Store(200)
 	jobs, notFound, err := q.Redrive(t.Context(), "f", "", []string{ids[0], ids[1], ids[2]})
 	if err != nil || len(jobs) != 2 || len(notFound) != 1 || notFound[0] != ids[2] {
 		t.Fatalf("Redrive = %v, not found %v, %v; want 2 redriven and the discarded one not found", jobs, notFound, err)
@@ -103,8 +87,8 @@ func TestExhaustedJobIsDeadLetteredAndRedriveRunsItAgain(t *testing.T) {
 }
 
 func TestThrottlesNeverDeadLetter(t *testing.T) {
-	fn := &switchable{}
-	fn.status.Store(http.StatusTooManyRequests)
+	fn := &buffertest.StatusFunction{}
+	fn.Status.Store(http.StatusTooManyRequests)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
 	q := buffertest.Queue(t, buffer.Config{})
@@ -114,8 +98,8 @@ func TestThrottlesNeverDeadLetter(t *testing.T) {
 		Retry: retry.Policy{MaxAttempts: 1},
 	}, time.Second)
 	// Many more throttles than attempts allowed.
-	buffertest.WaitFor(t, 20*time.Second, "10 throttled calls", func() bool { return fn.calls.Load() >= 10 })
-	fn.status.Store(200)
+	buffertest.WaitFor(t, 20*time.Second, "10 throttled calls", func() bool { return fn.Calls.Load() >= 10 })
+	fn.Status.Store(200)
 	for _, id := range ids {
 		job := waitJob(t, q, id, 20*time.Second)
 		if job.State != sluicev1.Job_SUCCEEDED || job.Attempts != 1 || job.Throttles < 1 || job.DeadLetterTime != nil {

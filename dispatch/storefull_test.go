@@ -27,8 +27,8 @@ import (
 // stop every job after it. The job is parked instead, says so, and its
 // dead letter is stored once there is room. (#19 item 1)
 func TestFullDeadLetterStoreParksTheJobAndFreesItsSlot(t *testing.T) {
-	fn := &switchable{}
-	fn.status.Store(http.StatusInternalServerError)
+	fn := &buffertest.StatusFunction{}
+	fn.Status.Store(http.StatusInternalServerError)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
 	// Room for one 30 KiB dead letter, not two. Each job is another
@@ -132,8 +132,8 @@ func waitStored(t *testing.T, q *buffer.Queue, parked map[string]string) string 
 // half full, a tenant over its share has its dead letters kept without
 // their payload, and another tenant's still have theirs. (#19 item 1)
 func TestDeadLetterStoreIsSharedBetweenTenants(t *testing.T) {
-	fn := &switchable{}
-	fn.status.Store(http.StatusInternalServerError)
+	fn := &buffertest.StatusFunction{}
+	fn.Status.Store(http.StatusInternalServerError)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
 	q := buffertest.Queue(t, buffer.Config{Stores: store.Limits{DeadLetterBytes: 300 << 10}})

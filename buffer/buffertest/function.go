@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -27,4 +28,22 @@ func HeaderFunction(tb testing.TB, header string) (url string, last func() strin
 		defer mu.Unlock()
 		return value
 	}
+}
+
+// StatusFunction is an HTTP function that answers every call with the
+// status the test sets in Status (429 with Retry-After: 0, so that a
+// throttle waits for nothing) and a short body, and counts the calls.
+type StatusFunction struct {
+	Status atomic.Int32
+	Calls  atomic.Int32
+}
+
+func (f *StatusFunction) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	f.Calls.Add(1)
+	status := int(f.Status.Load())
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "0")
+	}
+	w.WriteHeader(status)
+	w.Write([]byte("answer")) //nolint:errcheck // the test reads what arrived
 }

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,17 +19,6 @@ import (
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server/servertest"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
 )
-
-// failing answers with the status it is set to, and counts the calls.
-type failing struct {
-	status atomic.Int32
-	calls  atomic.Int32
-}
-
-func (f *failing) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	f.calls.Add(1)
-	w.WriteHeader(int(f.status.Load()))
-}
 
 type deadLettersJSON struct {
 	DeadLetters []struct {
@@ -52,8 +40,8 @@ type deadLettersJSON struct {
 }
 
 func TestDeadLettersOverREST(t *testing.T) {
-	fn := &failing{}
-	fn.status.Store(500)
+	fn := &buffertest.StatusFunction{}
+	fn.Status.Store(500)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
 	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{
@@ -123,8 +111,8 @@ func TestDeadLettersOverREST(t *testing.T) {
 	}
 
 	// Fix the function and redrive all that are left.
-	fn.status.Store(200)
-	calls := fn.calls.Load()
+	fn.Status.Store(200)
+	calls := fn.Calls.Load()
 	code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/deadletters:redrive", "", `{}`)
 	var redriven struct {
 		Jobs []jobJSON `json:"jobs"`
@@ -141,7 +129,7 @@ func TestDeadLettersOverREST(t *testing.T) {
 			t.Errorf("redriven job's history does not show the redrive: %s", body)
 		}
 	}
-	if got := fn.calls.Load() - calls; got != 2 {
+	if got := fn.Calls.Load() - calls; got != 2 {
 		t.Errorf("the function ran %d times after the redrive; want once per redriven job", got)
 	}
 	if code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/deadletters:redrive", "", `{"ids":["`+ids[2]+`"]}`); code != http.StatusOK || !strings.Contains(string(body), ids[2]) {
@@ -285,8 +273,8 @@ func TestCallbacksRefusedWithoutSecretOrToLoopback(t *testing.T) {
 }
 
 func TestCircuitStateInFunctionStatus(t *testing.T) {
-	fn := &failing{}
-	fn.status.Store(502)
+	fn := &buffertest.StatusFunction{}
+	fn.Status.Store(502)
 	srv := httptest.NewServer(fn)
 	defer srv.Close()
 	g := servertest.StartFunctions(t, t.TempDir(), config.FunctionConfig{
@@ -307,9 +295,9 @@ func TestCircuitStateInFunctionStatus(t *testing.T) {
 	if !strings.HasPrefix(st.Reason, "paused: circuit open") || !strings.Contains(st.Circuit.Reason, "of the last") {
 		t.Errorf("status = %+v; want it to say dispatch is paused, and why", st)
 	}
-	calls := fn.calls.Load()
+	calls := fn.Calls.Load()
 	time.Sleep(300 * time.Millisecond) // time enough for calls the open circuit must hold back
-	if extra := fn.calls.Load() - calls; extra > 2 {
+	if extra := fn.Calls.Load() - calls; extra > 2 {
 		t.Errorf("%d calls while the circuit was open; at most the 2 already in flight may finish", extra)
 	}
 	if st := fnStatusOf(t, g, "f"); st.DeadLetters != "0" {

@@ -101,8 +101,8 @@ func TestAPIKeys(t *testing.T) {
 }
 
 func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
-	fail := &failing{}
-	fail.status.Store(400) // fails at once: a dead letter to look at
+	fail := &buffertest.StatusFunction{}
+	fail.Status.Store(400) // fails at once: a dead letter to look at
 	srv := httptest.NewServer(fail)
 	defer srv.Close()
 	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
