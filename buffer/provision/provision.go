@@ -50,18 +50,20 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 func sameStream(have, want jetstream.StreamConfig) bool {
 	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
 		have.Storage == want.Storage && have.Discard == want.Discard && have.MaxMsgs == want.MaxMsgs &&
-		have.MaxBytes == want.MaxBytes && have.MaxMsgSize == want.MaxMsgSize && have.Replicas == want.Replicas &&
+		have.MaxBytes == want.MaxBytes && unset(have.MaxMsgSize) == unset(want.MaxMsgSize) && have.Replicas == want.Replicas &&
 		have.Duplicates == want.Duplicates && have.Description == want.Description && have.MaxAge == want.MaxAge &&
-		have.AllowAtomicPublish == want.AllowAtomicPublish && maxConsumers(have) == maxConsumers(want)
+		have.AllowAtomicPublish == want.AllowAtomicPublish && unset(have.MaxConsumers) == unset(want.MaxConsumers)
 }
 
-// maxConsumers is a stream's consumer limit, -1 for none set (which the
-// server stores for 0).
-func maxConsumers(c jetstream.StreamConfig) int {
-	if c.MaxConsumers <= 0 {
+// unset is a stream's limit as the server stores it: -1 for none, which a
+// config asks for with 0. Compared as written, a limit left unset would
+// differ at every start, and the stream be updated every time (an update
+// needs the stream's peers, which a fault may have taken away).
+func unset[T int | int32](limit T) T {
+	if limit <= 0 {
 		return -1
 	}
-	return c.MaxConsumers
+	return limit
 }
 
 // KeyValue creates the bucket, or updates it if its settings differ.

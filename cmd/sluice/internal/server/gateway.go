@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -182,18 +183,19 @@ func (p *Gateway) connectNATS(cfg *config.Config) error {
 // request's timeout (5s). Past it, start-up fails, as before.
 const jetStreamStartPatience = time.Minute
 
-// openBuffer opens the buffer, trying again while JetStream's API times
-// out, for up to jetStreamStartPatience: opening only creates or updates
-// streams and buckets, so a try that timed out after it took effect is
-// harmless. Any other error ends start-up at once.
+// openBuffer opens the buffer, trying again while JetStream is out of
+// reach, times out or has no peers to place a stream on, for up to
+// jetStreamStartPatience: opening only creates or updates streams and
+// buckets, so a try that timed out after it took effect is harmless. Any
+// other error ends start-up at once.
 func (p *Gateway) openBuffer(ctx context.Context, cfg buffer.Config) (*buffer.Queue, error) {
 	giveUp := time.Now().Add(jetStreamStartPatience)
 	for wait := time.Second; ; wait = min(2*wait, 10*time.Second) {
 		queue, err := buffer.Open(ctx, p.nc, cfg)
-		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) || time.Now().Add(wait).After(giveUp) {
+		if err == nil || ctx.Err() != nil || !passingAtStart(err) || time.Now().Add(wait).After(giveUp) {
 			return queue, err
 		}
-		p.log.Warn("JetStream did not answer in time while opening the buffer; trying again", "err", err, "in", wait)
+		p.log.Warn("JetStream could not open the buffer yet; trying again", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -201,6 +203,20 @@ func (p *Gateway) openBuffer(ctx context.Context, cfg buffer.Config) (*buffer.Qu
 		}
 	}
 }
+
+// passingAtStart says whether err, opening the buffer, is one a while may
+// mend: JetStream did not answer in time or is out of reach, or it has no
+// peers to place a replicated stream on (10005: a node is down, or a
+// cluster still forming).
+func passingAtStart(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || buffer.Unavailable(err) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jsNoSuitablePeers
+}
+
+// jsNoSuitablePeers is JetStream's error code for "no suitable peers for
+// placement".
+const jsNoSuitablePeers = 10005
 
 // openQueue opens the job buffer on the NATS connection, warning first of
 // settings that risk losing jobs, and registers the buffer's metrics.
