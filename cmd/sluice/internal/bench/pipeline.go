@@ -121,8 +121,10 @@ type pipelineRun struct {
 	stack *harness.Stack
 	sub   *harness.Submitters
 	// jobs and states are the job stream and the state bucket's; cons the
-	// function's consumer.
+	// function's consumer, once it exists (dispatch makes it when jobs
+	// come, and the server removes it once the function has rested 30s).
 	jobs, states jetstream.Stream
+	consMu       sync.Mutex
 	cons         jetstream.Consumer
 	// backlog is the last sample of the jobs unfinished, maxBacklog the
 	// most while measuring, submitted the jobs submitted.
@@ -142,9 +144,6 @@ func newPipelineRun(ctx context.Context, b pipelineFlags, stack *harness.Stack) 
 	if r.states, err = stack.JS.Stream(ctx, "KV_"+buffer.StateBucket); err != nil {
 		return nil, err
 	}
-	if r.cons, err = r.jobs.Consumer(ctx, buffer.ConsumerName(harness.BenchFunction)); err != nil {
-		return nil, err
-	}
 	r.sub, err = stack.Submitters(ctx, 4, 0, bytes.Repeat([]byte("x"), b.payload))
 	return r, err
 }
@@ -153,7 +152,23 @@ func newPipelineRun(ctx context.Context, b pipelineFlags, stack *harness.Stack) 
 // acknowledged, as a job's message is acknowledged only after its outcome
 // is stored.
 func (r *pipelineRun) unfinished(ctx context.Context) (int64, error) {
+	r.consMu.Lock()
+	defer r.consMu.Unlock()
+	if r.cons == nil {
+		cons, err := r.jobs.Consumer(ctx, buffer.ConsumerName(harness.BenchFunction))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return 0, nil // not made yet: no job has come
+		}
+		if err != nil {
+			return 0, err
+		}
+		r.cons = cons
+	}
 	info, err := r.cons.Info(ctx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		r.cons = nil // removed while the function rested
+		return 0, nil
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/dispatch/fnsim"
@@ -236,7 +237,7 @@ func (r *poolRun) observeShared(ctx context.Context, st *poolStats, in map[strin
 	total := 0
 	for _, n := range poolNames {
 		load, err := r.set.Queue.FunctionLoad(ctx, n)
-		if err != nil {
+		if err != nil && !errors.Is(err, buffer.ErrNotFound) { // none: the function rests, holding nothing
 			return err
 		}
 		st.held[n] = min(st.held[n], load.InFlight)
