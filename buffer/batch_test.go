@@ -9,7 +9,6 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
-	"github.com/sluicehq/sluice/buffer/embedded"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
 )
 
@@ -167,17 +166,7 @@ func TestStateWritesAreGroupCommittedAndRacesStillLose(t *testing.T) {
 // atomic batches (as Open finds one older than 2.12) publishes each write
 // alone, and stores them all.
 func TestQueueWithoutAtomicBatches(t *testing.T) {
-	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	q, err := buffer.Open(t.Context(), nc, buffer.Config{Batch: groupcommit.Config{PerMessage: true, Linger: 50 * time.Millisecond, MaxInFlight: 1}})
+	q, err := buffer.Open(t.Context(), buffertest.Start(t, "").Connect(t), buffer.Config{Batch: groupcommit.Config{PerMessage: true, Linger: 50 * time.Millisecond, MaxInFlight: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

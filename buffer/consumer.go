@@ -140,13 +140,19 @@ func (c *Consumer) bound(ctx context.Context) (jetstream.Consumer, error) {
 // while idle: see IdleLife), so that it is made again when needed; it
 // reports whether it did.
 func (c *Consumer) gone(err error) bool {
-	if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrConsumerDoesNotExist) && !errors.Is(err, jetstream.ErrConsumerDeleted) {
+	if !consumerGone(err) {
 		return false
 	}
 	c.mu.Lock()
 	c.cons, c.maxInFlight = nil, 0
 	c.mu.Unlock()
 	return true
+}
+
+// consumerGone says whether err means the server has the consumer no more.
+func consumerGone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDoesNotExist) ||
+		errors.Is(err, jetstream.ErrConsumerDeleted)
 }
 
 // info reads the consumer's state, making the consumer first if it does

@@ -196,7 +196,7 @@ func (c *Consumer) SetMaxInFlight(ctx context.Context, n int) error {
 	}
 	cfg := c.jsConfig(n)
 	if _, err := c.q.stream.UpdateConsumer(ctx, cfg); err != nil {
-		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDoesNotExist) {
+		if consumerGone(err) {
 			c.cons, c.maxInFlight = nil, 0 // removed while idle: made again with n
 			return nil
 		}

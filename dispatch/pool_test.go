@@ -86,19 +86,7 @@ func submitMany(t *testing.T, q *buffer.Queue, function string, n int, opts ...b
 
 func startPooled(t *testing.T, q *buffer.Queue, fns []dispatch.Function, pools []dispatch.Pool) {
 	t.Helper()
-	d, err := dispatch.New(dispatch.Config{Source: q, Functions: fns, Pools: pools, DrainTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runDispatch(t, dispatch.Config{Source: q, Functions: fns, Pools: pools, DrainTimeout: time.Second})
 }
 
 // TestPoolSharesFairlyAndNeverExceeds runs three functions in a pool of

@@ -210,8 +210,7 @@ func (p *Gateway) openBuffer(ctx context.Context, cfg buffer.Config) (*buffer.Qu
 // cluster still forming).
 func passingAtStart(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.Is(err, context.DeadlineExceeded) || buffer.Unavailable(err) ||
-		errors.As(err, &apiErr) && apiErr.ErrorCode == jsNoSuitablePeers
+	return buffer.Unavailable(err) || errors.As(err, &apiErr) && apiErr.ErrorCode == jsNoSuitablePeers
 }
 
 // jsNoSuitablePeers is JetStream's error code for "no suitable peers for
