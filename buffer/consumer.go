@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/keyed"
 )
 
 // ConsumerConfig describes how one function's jobs are pulled.
@@ -438,6 +439,8 @@ type Delivery struct {
 	Tenant string
 	// Priority is the job's priority; unset for normal.
 	Priority sluicev1.Priority
+	// ConcurrencyKey is the job's concurrency key; "" for none.
+	ConcurrencyKey string
 
 	begun     bool                // Begin was called: Release must put the state back.
 	redrives  int32               // which redrive of the job the message is of: 0 for the submit's
@@ -463,6 +466,8 @@ func newDelivery(q *Queue, msg jetstream.Msg) *Delivery {
 		Tenant:      h.Get(headerTenant),
 		Priority:    headerPriorityOf(h),
 		redrives:    headerRedrivesOf(h),
+
+		ConcurrencyKey: h.Get(keyed.Header),
 	}
 }
 
@@ -495,6 +500,8 @@ func (d *Delivery) seed() *sluicev1.Job {
 		CallbackUrl: d.CallbackURL,
 		Tenant:      d.Tenant,
 		Priority:    d.Priority,
+
+		ConcurrencyKey: d.ConcurrencyKey,
 	}
 }
 
@@ -764,6 +771,12 @@ func stateFull(err error) bool {
 func (d *Delivery) settleFinished(ctx context.Context, written bool) error {
 	if d.stale {
 		return d.ack()
+	}
+	// Its key's next job may go now. Should this fail, the message comes
+	// back after AckWait and this is tried again; done twice, it changes
+	// nothing.
+	if err := d.settleKey(ctx); err != nil {
+		return err
 	}
 	if d.last != nil && Terminal(d.last.job.State) {
 		err := d.q.afterFinish(ctx, d.last.job, d.Payload, written)

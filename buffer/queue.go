@@ -23,6 +23,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/jobid"
 	"github.com/sluicehq/sluice/buffer/jobstate"
 	"github.com/sluicehq/sluice/buffer/jsapi"
+	"github.com/sluicehq/sluice/buffer/keyed"
 	"github.com/sluicehq/sluice/buffer/parked"
 	"github.com/sluicehq/sluice/buffer/provision"
 	"github.com/sluicehq/sluice/buffer/store"
@@ -87,12 +88,18 @@ type Config struct {
 	// Replicas is the stream's and bucket's replica count. Default 1.
 	Replicas int
 	// MaxConsumers is the most consumers the job stream may have: one per
-	// function, one per lane of a fair function, one for parked finishes.
+	// function, one per lane of a fair function, one for parked finishes,
+	// one for keyed jobs.
 	// It is set on the stream because JetStream's own default (a server's
 	// default_max_consumers, 1,000 unless configured) would stop a gateway
 	// with a thousand functions; an account limit below it makes the
 	// stream's creation fail. Default 10,000.
 	MaxConsumers int
+	// KeyConcurrency is each function's key_concurrency: at most that
+	// many of one concurrency key's jobs in flight at once (see
+	// [WithConcurrencyKey]). A function not in it takes no keyed jobs;
+	// those it has waiting are released a thousand at a time.
+	KeyConcurrency map[string]int
 	// Retention is how long a job's state is kept after its last change.
 	// Default 24h.
 	Retention time.Duration
@@ -161,6 +168,7 @@ type Queue struct {
 	callbackStore *callbacks.Store
 	batcher       *groupcommit.Batcher // job messages
 	stateBat      *groupcommit.Batcher // job state entries
+	keys          *keyed.Gate          // keyed jobs' release
 	now           func() time.Time
 }
 
@@ -201,7 +209,7 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{js: js, now: time.Now}
-	jobs := provision.JobStream{Name: StreamName, Subjects: []string{SubjectPrefix + ">", parked.Prefix + ">"},
+	jobs := provision.JobStream{Name: StreamName, Subjects: []string{SubjectPrefix + ">", parked.Prefix + ">", keyed.Prefix + ">"},
 		MaxJobs: cfg.MaxJobs, MaxBytes: cfg.MaxBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas, MaxConsumers: cfg.MaxConsumers}
 	// The stream of queued jobs, and any upgrade of it that an older
 	// Sluice left undone.
@@ -221,6 +229,11 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if q.idemKV, q.idemLog, err = provision.Bucket(ctx, js, idempotency.BucketConfig(cfg.IdempotencyWindow, cfg.Stores.IdempotencyBytes, cfg.Replicas), false); err != nil {
 		return nil, err
 	}
+	keys, err := provision.KeyValue(ctx, js, keyed.BucketConfig(cfg.Replicas))
+	if err != nil {
+		return nil, fmt.Errorf("buffer: create bucket %s: %w", keyed.Bucket, err)
+	}
+	q.keys = q.keyGate(keys, cfg.KeyConcurrency)
 	dl := provision.StreamLimits{MaxAge: cfg.DeadLetterRetention, MaxMsgs: cfg.MaxJobs, MaxBytes: cfg.Stores.DeadLetterBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
 	if q.dead, err = provision.Stream(ctx, js, deadletter.StreamConfig(dl)); err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", deadletter.Stream, err)
@@ -261,7 +274,7 @@ func functionSubjects(function string) string { return SubjectPrefix + function 
 // jobSubjects match the message of the job with that (valid) ID, whatever
 // its function: in the default lane, and in any other.
 func jobSubjects(id string) []string {
-	return []string{SubjectPrefix + "*." + id, SubjectPrefix + "*.*." + id}
+	return []string{SubjectPrefix + "*." + id, SubjectPrefix + "*.*." + id, keyed.Prefix + "*.*." + id}
 }
 
 // queuedMsg reads the message of the job with that (valid) ID;
@@ -305,15 +318,16 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 		return nil, err
 	}
 	job := &sluicev1.Job{
-		Id:          id,
-		Function:    function,
-		State:       sluicev1.Job_QUEUED,
-		CreateTime:  timestamppb.New(q.now().UTC()),
-		ContentType: contentType,
-		PayloadSize: int64(len(payload)),
-		CallbackUrl: o.callbackURL,
-		Tenant:      o.tenant,
-		Priority:    o.priority,
+		Id:             id,
+		Function:       function,
+		State:          sluicev1.Job_QUEUED,
+		CreateTime:     timestamppb.New(q.now().UTC()),
+		ContentType:    contentType,
+		PayloadSize:    int64(len(payload)),
+		CallbackUrl:    o.callbackURL,
+		Tenant:         o.tenant,
+		Priority:       o.priority,
+		ConcurrencyKey: o.key,
 	}
 	// The message is the whole of a queued job: its state entry is first
 	// written when dispatch starts it, so a submit costs one fsync'd write.
@@ -338,7 +352,7 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 // jobMsg is the message that holds a queued job: its payload, and in
 // headers what its state is seeded from.
 func jobMsg(job *sluicev1.Job, payload []byte) *nats.Msg {
-	msg := nats.NewMsg(jobSubject(job.Function, LaneOf(job), job.Id))
+	msg := nats.NewMsg(msgSubject(job))
 	msg.Data = payload
 	msg.Header.Set(headerJobID, job.Id)
 	msg.Header.Set(headerCreateTime, job.GetCreateTime().AsTime().Format(time.RFC3339Nano))
@@ -357,7 +371,31 @@ func jobMsg(job *sluicev1.Job, payload []byte) *nats.Msg {
 	if job.Redrives > 0 {
 		msg.Header.Set(headerRedrives, strconv.Itoa(int(job.Redrives)))
 	}
+	if job.ConcurrencyKey != "" {
+		msg.Header.Set(keyed.Header, job.ConcurrencyKey)
+	}
 	return msg
+}
+
+// msgSubject is the subject of a job's message as it is stored: its
+// key's waiting subject for a keyed job (released to its lane's later),
+// its lane's otherwise.
+func msgSubject(job *sluicev1.Job) string {
+	if job.ConcurrencyKey != "" {
+		return keyed.Subject(job.Function, keyed.Hash(job.Tenant, job.ConcurrencyKey), job.Id)
+	}
+	return jobSubject(job.Function, LaneOf(job), job.Id)
+}
+
+// subjectFunction is the function a job message's subject names, waiting
+// for its key or not.
+func subjectFunction(subject string) string {
+	rest, ok := strings.CutPrefix(subject, keyed.Prefix)
+	if !ok {
+		rest = strings.TrimPrefix(subject, SubjectPrefix)
+	}
+	function, _, _ := strings.Cut(rest, ".")
+	return function
 }
 
 // SubmitOption sets something optional about a submitted job.
@@ -367,6 +405,16 @@ type submitOptions struct {
 	callbackURL string
 	tenant      string
 	priority    sluicev1.Priority
+	key         string
+}
+
+// WithConcurrencyKey gives the job a concurrency key: it waits until fewer
+// than its function's key_concurrency (Config.KeyConcurrency) of the
+// tenant's jobs with that key are in flight, first in first out within
+// the key. The key must pass [keyed.CheckKey]; checking it is the
+// caller's business.
+func WithConcurrencyKey(key string) SubmitOption {
+	return func(o *submitOptions) { o.key = key }
 }
 
 // WithPriority gives the job a priority within its tenant's share of a
@@ -533,7 +581,10 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*sluicev1.Job, error) {
 // consumers that may deliver msg: the function's, and its lane's for a
 // fair function. Where it cannot tell, it says yes.
 func (q *Queue) takenUp(ctx context.Context, msg *jetstream.RawStreamMsg) bool {
-	function, _, _ := strings.Cut(msg.Subject[len(SubjectPrefix):], ".")
+	if strings.HasPrefix(msg.Subject, keyed.Prefix) {
+		return false // waiting for its key: dispatch has not seen it
+	}
+	function := subjectFunction(msg.Subject)
 	names := []string{ConsumerName(function)}
 	if lane := (Lane{Tenant: msg.Header.Get(headerTenant), Priority: headerPriorityOf(msg.Header)}); !lane.Default() {
 		names = append(names, laneConsumerName(function, lane))
@@ -565,17 +616,17 @@ func ignore(err, target error) error {
 
 // queuedJob is the state of a job that only has its message.
 func queuedJob(msg *jetstream.RawStreamMsg) *sluicev1.Job {
-	function, _, _ := strings.Cut(msg.Subject[len(SubjectPrefix):], ".")
 	return &sluicev1.Job{
-		Id:          msg.Header.Get(headerJobID),
-		Function:    function,
-		State:       sluicev1.Job_QUEUED,
-		CreateTime:  timestamppb.New(timeHeader(msg.Header, headerCreateTime)),
-		ContentType: msg.Header.Get(headerContentTyp),
-		PayloadSize: int64(len(msg.Data)),
-		CallbackUrl: msg.Header.Get(headerCallbackURL),
-		Tenant:      msg.Header.Get(headerTenant),
-		Priority:    headerPriorityOf(msg.Header),
+		Id:             msg.Header.Get(headerJobID),
+		Function:       subjectFunction(msg.Subject),
+		ConcurrencyKey: msg.Header.Get(keyed.Header),
+		State:          sluicev1.Job_QUEUED,
+		CreateTime:     timestamppb.New(timeHeader(msg.Header, headerCreateTime)),
+		ContentType:    msg.Header.Get(headerContentTyp),
+		PayloadSize:    int64(len(msg.Data)),
+		CallbackUrl:    msg.Header.Get(headerCallbackURL),
+		Tenant:         msg.Header.Get(headerTenant),
+		Priority:       headerPriorityOf(msg.Header),
 	}
 }
 

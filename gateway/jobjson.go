@@ -42,7 +42,7 @@ func appendQueuedJobJSON(b []byte, j *sluicev1.Job) ([]byte, bool) {
 	case j == nil, !stateKnown, !priorityKnown,
 		j.Result != nil, len(j.History) > 0, j.StartTime != nil, j.FinishTime != nil,
 		j.DeadLetterTime != nil, j.RedriveTime != nil, len(j.ProtoReflect().GetUnknown()) > 0,
-		!utf8.ValidString(j.Id + j.Function + j.Error + j.ContentType + j.CallbackUrl + j.Tenant + j.WaitingReason + j.Pending + j.Notice):
+		!utf8.ValidString(j.Id + j.Function + j.Error + j.ContentType + j.CallbackUrl + j.Tenant + j.WaitingReason + j.Pending + j.Notice + j.ConcurrencyKey):
 		return b, false
 	}
 	created, ok := timestampJSON(j.CreateTime)
@@ -85,6 +85,8 @@ func appendQueuedJobJSON(b []byte, j *sluicev1.Job) ([]byte, bool) {
 	b = appendJSONString(b, j.Pending)
 	b = append(b, `,"notice":`...)
 	b = appendJSONString(b, j.Notice)
+	b = append(b, `,"concurrencyKey":`...)
+	b = appendJSONString(b, j.ConcurrencyKey)
 	return append(b, '}'), true
 }
 

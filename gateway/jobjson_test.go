@@ -36,6 +36,7 @@ func TestQueuedJobJSON(t *testing.T) {
 		"all zero":         {},
 		"tenant, callback": fresh(func(j *sluicev1.Job) { j.Tenant, j.CallbackUrl = "acme", "https://example.com/hook?a=1&b=<2>" }),
 		"high priority":    fresh(func(j *sluicev1.Job) { j.Priority = sluicev1.Priority_HIGH }),
+		"concurrency key":  fresh(func(j *sluicev1.Job) { j.ConcurrencyKey = "customer \"42\"" }),
 		"unspecified":      fresh(func(j *sluicev1.Job) { j.Priority, j.State = 0, 0 }),
 		"retrying":         fresh(func(j *sluicev1.Job) { j.Attempts, j.Throttles, j.Error = 2, 3, "function answered HTTP 500" }),
 		"redriven":         fresh(func(j *sluicev1.Job) { j.Redrives = 4 }),
@@ -115,7 +116,7 @@ func TestQueuedJobJSONKnowsEveryField(t *testing.T) {
 		names = append(names, fields.Get(i).JSONName())
 	}
 	const known = "id function state attempts createTime startTime finishTime result error contentType payloadSize " +
-		"throttles history deadLetterTime redrives callbackUrl redriveTime tenant estimatedStartTime waitingReason priority pending notice"
+		"throttles history deadLetterTime redrives callbackUrl redriveTime tenant estimatedStartTime waitingReason priority pending notice concurrencyKey"
 	if got := strings.Join(names, " "); got != known {
 		t.Errorf("Job's fields are now\n%s\nappendQueuedJobJSON knows\n%s", got, known)
 	}

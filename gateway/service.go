@@ -30,6 +30,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/deadletter"
+	"github.com/sluicehq/sluice/buffer/keyed"
 	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/buffer/store"
 )
@@ -108,6 +109,10 @@ type Function struct {
 	// JSONPayload refuses payloads that are not JSON (an empty one
 	// passes), for targets that take only JSON, such as AWS Lambda.
 	JSONPayload bool
+	// KeyConcurrency, if positive, lets its jobs carry a concurrency key,
+	// at most this many of one key's in flight at once; zero refuses
+	// keyed jobs.
+	KeyConcurrency int
 	// InitialWindow, ScalingPerMinute and Adaptive describe its pacing,
 	// for display.
 	InitialWindow    int
@@ -301,7 +306,10 @@ func (s *Service) MaxPayload(function string) int64 {
 
 // SubmitJob stores a job and returns it QUEUED.
 func (s *Service) SubmitJob(ctx context.Context, req *sluicev1.SubmitJobRequest) (*sluicev1.SubmitJobResponse, error) {
-	job, replayed, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl(), req.GetPriority())
+	job, replayed, err := s.submit(ctx, submission{
+		function: req.GetFunction(), payload: req.GetPayload(), idempotencyKey: req.GetIdempotencyKey(),
+		callbackURL: req.GetCallbackUrl(), priority: req.GetPriority(), concurrencyKey: req.GetConcurrencyKey(),
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +322,10 @@ const DefaultInvokeWait = 10 * time.Second
 // InvokeFunction submits a job and waits for it to finish, for callers that
 // want an answer now when there is capacity and a job handle when not.
 func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFunctionRequest) (*sluicev1.InvokeFunctionResponse, error) {
-	job, _, err := s.submit(ctx, req.GetFunction(), req.GetPayload(), req.GetIdempotencyKey(), req.GetCallbackUrl(), req.GetPriority())
+	job, _, err := s.submit(ctx, submission{
+		function: req.GetFunction(), payload: req.GetPayload(), idempotencyKey: req.GetIdempotencyKey(),
+		callbackURL: req.GetCallbackUrl(), priority: req.GetPriority(), concurrencyKey: req.GetConcurrencyKey(),
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -343,11 +354,22 @@ func (s *Service) InvokeFunction(ctx context.Context, req *sluicev1.InvokeFuncti
 	}, nil
 }
 
+// submission is what a submit asks for, as SubmitJob and InvokeFunction
+// carry it.
+type submission struct {
+	function                                    string
+	payload                                     *httpbody.HttpBody
+	idempotencyKey, callbackURL, concurrencyKey string
+	priority                                    sluicev1.Priority
+}
+
 // submit stores a job, once per idempotency key when one is given (in the
 // request, or for REST callers the Idempotency-Key header), with its
-// callback URL if one is given (likewise, or Sluice-Callback-Url), and
-// its priority (likewise, or Sluice-Priority).
-func (s *Service) submit(ctx context.Context, function string, payload *httpbody.HttpBody, key, callbackURL string, priority sluicev1.Priority) (job *sluicev1.Job, replayed bool, err error) {
+// callback URL if one is given (likewise, or Sluice-Callback-Url), its
+// priority (likewise, or Sluice-Priority) and its concurrency key
+// (likewise, or Sluice-Concurrency-Key).
+func (s *Service) submit(ctx context.Context, req submission) (job *sluicev1.Job, replayed bool, err error) {
+	function := req.function
 	ctx, span := s.tracer.Start(ctx, "submit "+function, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("sluice.function", function)))
 	defer func() { s.endSubmit(ctx, span, function, job, replayed, err) }()
@@ -355,17 +377,22 @@ func (s *Service) submit(ctx context.Context, function string, payload *httpbody
 	if err != nil {
 		return nil, false, err
 	}
-	if err := checkPayload(f, payload); err != nil {
+	if err := checkPayload(f, req.payload); err != nil {
 		return nil, false, err
 	}
-	if key, err = idempotencyKey(ctx, key); err != nil {
-		return nil, false, err
-	}
-	tenant := tenantName(ctx)
-	opts, err := s.submitOptions(ctx, tenant, callbackURL, priority)
+	key, err := idempotencyKey(ctx, req.idempotencyKey)
 	if err != nil {
 		return nil, false, err
 	}
+	tenant := tenantName(ctx)
+	opts, err := s.submitOptions(ctx, tenant, req.callbackURL, req.priority)
+	if err != nil {
+		return nil, false, err
+	}
+	if opts, err = withConcurrencyKey(ctx, f, req.concurrencyKey, opts); err != nil {
+		return nil, false, err
+	}
+	payload := req.payload
 	start, slot, err := s.admit(ctx, f)
 	if err != nil {
 		return nil, false, err
@@ -536,6 +563,8 @@ const (
 	MetadataCallbackURL = "sluice-callback-url"
 	// MetadataPriority carries the Sluice-Priority header.
 	MetadataPriority = "sluice-priority"
+	// MetadataConcurrencyKey carries the Sluice-Concurrency-Key header.
+	MetadataConcurrencyKey = "sluice-concurrency-key"
 )
 
 // fromMetadata is value, or when it is empty the request metadata's first
@@ -549,6 +578,22 @@ func fromMetadata(ctx context.Context, value, key string) string {
 		return v[0]
 	}
 	return ""
+}
+
+// withConcurrencyKey adds the request's concurrency key to opts: key, or
+// for REST callers the Sluice-Concurrency-Key header. A function without
+// key_concurrency refuses one, rather than run the job as if it had none.
+func withConcurrencyKey(ctx context.Context, f Function, key string, opts []buffer.SubmitOption) ([]buffer.SubmitOption, error) {
+	if key = fromMetadata(ctx, key, MetadataConcurrencyKey); key == "" {
+		return opts, nil
+	}
+	if f.KeyConcurrency == 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "function %q takes no concurrency key: it has no key_concurrency", f.Name)
+	}
+	if err := keyed.CheckKey(key); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return append(opts, buffer.WithConcurrencyKey(key)), nil
 }
 
 // idempotencyKey is the request's idempotency key: key, or for REST

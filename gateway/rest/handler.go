@@ -80,8 +80,8 @@ func NewHandler(ctx context.Context, conn grpc.ClientConnInterface, svc *gateway
 }
 
 // incomingHeader passes REST headers the services read on as gRPC
-// metadata: Idempotency-Key and Sluice-Callback-Url, besides
-// grpc-gateway's defaults.
+// metadata: Idempotency-Key, Sluice-Callback-Url, Sluice-Priority and
+// Sluice-Concurrency-Key, besides grpc-gateway's defaults.
 func incomingHeader(key string) (string, bool) {
 	switch http.CanonicalHeaderKey(key) {
 	case "Idempotency-Key":
@@ -90,6 +90,8 @@ func incomingHeader(key string) (string, bool) {
 		return gateway.MetadataCallbackURL, true
 	case "Sluice-Priority":
 		return gateway.MetadataPriority, true
+	case "Sluice-Concurrency-Key":
+		return gateway.MetadataConcurrencyKey, true
 	}
 	return runtime.DefaultHeaderMatcher(key)
 }
@@ -117,14 +119,15 @@ func requireUTF8(next http.Handler) http.Handler {
 	})
 }
 
-// metadataHeaders refuses with 400 a request whose Idempotency-Key or
-// Sluice-Callback-Url is not printable ASCII. Those headers reach the
-// services as gRPC metadata, which cannot carry anything else, and
+// metadataHeaders refuses with 400 a request whose Idempotency-Key,
+// Sluice-Callback-Url, Sluice-Priority or Sluice-Concurrency-Key is not
+// printable ASCII. Those headers reach the services as gRPC metadata,
+// which cannot carry anything else, and
 // grpc-gateway would drop them without a word: a submit would run without
 // the idempotency or the callback it asked for.
 func metadataHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, name := range []string{"Idempotency-Key", "Sluice-Callback-Url", "Sluice-Priority"} {
+		for _, name := range []string{"Idempotency-Key", "Sluice-Callback-Url", "Sluice-Priority", "Sluice-Concurrency-Key"} {
 			for _, v := range r.Header.Values(name) {
 				if strings.IndexFunc(v, func(c rune) bool { return c < ' ' || c > '~' }) >= 0 {
 					writeError(w, http.StatusBadRequest, codes.InvalidArgument,

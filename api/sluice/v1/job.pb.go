@@ -286,9 +286,11 @@ type Job struct {
 	Pending string `protobuf:"bytes,22,opt,name=pending,proto3" json:"pending,omitempty"`
 	// Anything Sluice could not keep of the job as it finished, e.g. a result
 	// left out because the job-state store was full. Empty when all was kept.
-	Notice        string `protobuf:"bytes,23,opt,name=notice,proto3" json:"notice,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Notice string `protobuf:"bytes,23,opt,name=notice,proto3" json:"notice,omitempty"`
+	// The concurrency key the job was submitted with; empty for none.
+	ConcurrencyKey string `protobuf:"bytes,24,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -482,6 +484,13 @@ func (x *Job) GetNotice() string {
 	return ""
 }
 
+func (x *Job) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
+}
+
 // Attempt is one invocation of a job and how it went.
 type Attempt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -665,9 +674,15 @@ type SubmitJobRequest struct {
 	CallbackUrl string `protobuf:"bytes,4,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
 	// The job's priority within the tenant's share of the function. Over
 	// REST, the Sluice-Priority header: high, normal or low.
-	Priority      Priority `protobuf:"varint,5,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Priority Priority `protobuf:"varint,5,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
+	// The job's concurrency key, for a function with key_concurrency: at
+	// most that many of one key's jobs (of this tenant) are in flight at
+	// once, first in first out within the key, while other keys' jobs go
+	// on. At most 256 printable characters. Over REST, the
+	// Sluice-Concurrency-Key header.
+	ConcurrencyKey string `protobuf:"bytes,6,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SubmitJobRequest) Reset() {
@@ -733,6 +748,13 @@ func (x *SubmitJobRequest) GetPriority() Priority {
 		return x.Priority
 	}
 	return Priority_PRIORITY_UNSPECIFIED
+}
+
+func (x *SubmitJobRequest) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
 }
 
 // SubmitJobResponse holds the stored job.
@@ -1112,9 +1134,11 @@ type InvokeFunctionRequest struct {
 	// As in SubmitJobRequest; over REST the Sluice-Callback-Url header.
 	CallbackUrl string `protobuf:"bytes,5,opt,name=callback_url,json=callbackUrl,proto3" json:"callback_url,omitempty"`
 	// As in SubmitJobRequest; over REST the Sluice-Priority header.
-	Priority      Priority `protobuf:"varint,6,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Priority Priority `protobuf:"varint,6,opt,name=priority,proto3,enum=sluice.v1.Priority" json:"priority,omitempty"`
+	// As in SubmitJobRequest; over REST the Sluice-Concurrency-Key header.
+	ConcurrencyKey string `protobuf:"bytes,7,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *InvokeFunctionRequest) Reset() {
@@ -1187,6 +1211,13 @@ func (x *InvokeFunctionRequest) GetPriority() Priority {
 		return x.Priority
 	}
 	return Priority_PRIORITY_UNSPECIFIED
+}
+
+func (x *InvokeFunctionRequest) GetConcurrencyKey() string {
+	if x != nil {
+		return x.ConcurrencyKey
+	}
+	return ""
 }
 
 // InvokeFunctionResponse holds the job and, once it finished with a
@@ -1352,7 +1383,7 @@ var File_sluice_v1_job_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x9b\t\n" +
+	"\x13sluice/v1/job.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xc9\t\n" +
 	"\x03Job\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x03R\x02id\x12\x1f\n" +
 	"\bfunction\x18\x02 \x01(\tB\x03\xe0A\x03R\bfunction\x12/\n" +
@@ -1380,7 +1411,8 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x0ewaiting_reason\x18\x14 \x01(\tB\x03\xe0A\x03R\rwaitingReason\x124\n" +
 	"\bpriority\x18\x15 \x01(\x0e2\x13.sluice.v1.PriorityB\x03\xe0A\x03R\bpriority\x12\x1d\n" +
 	"\apending\x18\x16 \x01(\tB\x03\xe0A\x03R\apending\x12\x1b\n" +
-	"\x06notice\x18\x17 \x01(\tB\x03\xe0A\x03R\x06notice\"n\n" +
+	"\x06notice\x18\x17 \x01(\tB\x03\xe0A\x03R\x06notice\x12,\n" +
+	"\x0fconcurrency_key\x18\x18 \x01(\tB\x03\xe0A\x03R\x0econcurrencyKey\"n\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -1413,13 +1445,14 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\vhttp_status\x18\x01 \x01(\x05R\n" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x12\n" +
-	"\x04body\x18\x03 \x01(\fR\x04body\"\xe0\x01\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\"\x89\x02\n" +
 	"\x10SubmitJobRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12.\n" +
 	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12!\n" +
 	"\fcallback_url\x18\x04 \x01(\tR\vcallbackUrl\x12/\n" +
-	"\bpriority\x18\x05 \x01(\x0e2\x13.sluice.v1.PriorityR\bpriority\"Q\n" +
+	"\bpriority\x18\x05 \x01(\x0e2\x13.sluice.v1.PriorityR\bpriority\x12'\n" +
+	"\x0fconcurrency_key\x18\x06 \x01(\tR\x0econcurrencyKey\"Q\n" +
 	"\x11SubmitJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12\x1a\n" +
 	"\breplayed\x18\x02 \x01(\bR\breplayed\"S\n" +
@@ -1437,14 +1470,15 @@ const file_sluice_v1_job_proto_rawDesc = "" +
 	"\x10CancelJobRequest\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\x02R\x02id\"5\n" +
 	"\x11CancelJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"\x94\x02\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\"\xbd\x02\n" +
 	"\x15InvokeFunctionRequest\x12\x1f\n" +
 	"\bfunction\x18\x01 \x01(\tB\x03\xe0A\x02R\bfunction\x12.\n" +
 	"\apayload\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\apayload\x12-\n" +
 	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12!\n" +
 	"\fcallback_url\x18\x05 \x01(\tR\vcallbackUrl\x12/\n" +
-	"\bpriority\x18\x06 \x01(\x0e2\x13.sluice.v1.PriorityR\bpriority\"\x94\x01\n" +
+	"\bpriority\x18\x06 \x01(\x0e2\x13.sluice.v1.PriorityR\bpriority\x12'\n" +
+	"\x0fconcurrency_key\x18\a \x01(\tR\x0econcurrencyKey\"\x94\x01\n" +
 	"\x16InvokeFunctionResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12(\n" +
 	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12.\n" +

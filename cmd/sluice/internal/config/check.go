@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/groupcommit"
+	"github.com/sluicehq/sluice/buffer/keyed"
 	"github.com/sluicehq/sluice/callback"
 	"github.com/sluicehq/sluice/callback/delivery"
 	"github.com/sluicehq/sluice/dispatch/circuit"
@@ -75,14 +76,14 @@ func (c *Config) SetDefaultsAndCheck() error {
 
 // checkConsumers checks that the job stream's consumer limit has room for
 // the consumers dispatch makes: one per function (a fair function's is its
-// default lane's), one per other lane of a fair function, and one for
-// parked finishes.
+// default lane's), one per other lane of a fair function, one for parked
+// finishes and one for keyed jobs waiting for their key.
 func (c *Config) checkConsumers() error {
 	limit := int(c.Buffer.MaxConsumers)
 	if limit == 0 {
 		limit = buffer.DefaultMaxConsumers
 	}
-	need := 1
+	need := 2
 	for _, f := range c.Functions {
 		if f.Fairness {
 			need += len(FairLanes(f, c.Tenants)) // the default lane's is the function's own
@@ -91,7 +92,7 @@ func (c *Config) checkConsumers() error {
 		}
 	}
 	if need > limit {
-		return fmt.Errorf("buffer.max_consumers: %d is fewer than the %d consumers these functions need (one per function, one per other lane of a fair function: each priority of each tenant that may use it, and one for parked finishes)", limit, need)
+		return fmt.Errorf("buffer.max_consumers: %d is fewer than the %d consumers these functions need (one per function, one per other lane of a fair function: each priority of each tenant that may use it, one for parked finishes and one for keyed jobs)", limit, need)
 	}
 	return nil
 }
@@ -176,6 +177,9 @@ func (f *FunctionConfig) setDefaultsAndCheck(bad badField) {
 	}
 	f.CircuitBreaker.setDefaultsAndCheck(bad)
 	f.setPacingDefaultsAndCheck(bad)
+	if f.KeyConcurrency > keyed.MaxConcurrency {
+		bad("key_concurrency", "%d is out of range: 1 to %d", f.KeyConcurrency, keyed.MaxConcurrency)
+	}
 }
 
 // setDefaultsAndCheck fills in the retry policy's defaults, which are

@@ -194,6 +194,11 @@ type FunctionConfig struct {
 	// one priority higher, and again after each further period, so a low
 	// one never starves. Default 1m.
 	PriorityAging Duration `yaml:"priority_aging"`
+	// KeyConcurrency, if set, lets the function's jobs carry a
+	// concurrency key (Sluice-Concurrency-Key): at most this many of one
+	// tenant's key's jobs are in flight at once, first in first out within
+	// the key. 1 to 1,000; default none, and a keyed submit is refused.
+	KeyConcurrency Count `yaml:"key_concurrency"`
 
 	concurrencyGiven bool // Concurrency was configured, not defaulted
 }

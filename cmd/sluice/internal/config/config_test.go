@@ -128,7 +128,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"tenant key not hashed", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [my-secret-key]\n", "tenants[0] (acme).api_keys[0]: \"my-secret-key\" is not sha256:<64 hex digits>"},
 		{"tenant key twice", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n  - name: bolt\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n", `tenants[1] (bolt).api_keys[0]: the same key is already tenant "acme"'s`},
 		{"tenant unknown function", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n    functions: [b]\n", `tenants[0] (acme).functions[0]: "b" is not a configured function`},
-		{"consumers past the limit", "functions:\n  - name: a\n    url: http://x/\n  - name: b\n    url: http://x/\n    fairness: true\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\nbuffer: {max_consumers: 7}\n", "buffer.max_consumers: 7 is fewer than the 8 consumers these functions need"},
+		{"consumers past the limit", "functions:\n  - name: a\n    url: http://x/\n  - name: b\n    url: http://x/\n    fairness: true\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\nbuffer: {max_consumers: 8}\n", "buffer.max_consumers: 8 is fewer than the 9 consumers these functions need"},
 		{"tenant empty functions", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n    functions: []\n", "tenants[0] (acme).functions: empty"},
 		{"duplicate tenant", "functions:\n  - name: a\n    url: http://x/\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n  - name: acme\n    api_keys: [sha256:1b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\n", `tenants[1] (acme).name: "acme" is already the name of tenants[0]`},
 		{"pool unknown", "functions:\n  - name: a\n    url: http://x/\n    pool: aws\n", `functions[0] (a).pool: "aws" is not a configured pool`},
@@ -299,8 +299,8 @@ functions:
 // for each of no tenant and acme, and parked finishes): 8 is enough, 7 is
 // not (TestParseConfigErrors).
 func TestMaxConsumersAtItsEdge(t *testing.T) {
-	config := "functions:\n  - name: a\n    url: http://x/\n  - name: b\n    url: http://x/\n    fairness: true\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\nbuffer: {max_consumers: 8}\n"
+	config := "functions:\n  - name: a\n    url: http://x/\n  - name: b\n    url: http://x/\n    fairness: true\ntenants:\n  - name: acme\n    api_keys: [sha256:0b026dcaf52dd2d7e8b377ed75182bfcc65497aff885b3a37dd1be1a75ca394d]\nbuffer: {max_consumers: 9}\n"
 	if _, err := ParseConfig([]byte(config)); err != nil {
-		t.Errorf("max_consumers: 8 for 8 consumers: %v", err)
+		t.Errorf("max_consumers: 9 for 9 consumers: %v", err)
 	}
 }

@@ -26,7 +26,7 @@ import (
 func GatewayFunction(f FunctionConfig, df dispatch.Function, pools []PoolConfig) gateway.Function {
 	return gateway.Function{
 		Name: f.Name, Concurrency: int(f.Concurrency), Timeout: time.Duration(f.Timeout), MaxPayload: int64(f.MaxPayload),
-		JSONPayload:   f.Target != nil && f.Target.Lambda != nil,
+		JSONPayload: f.Target != nil && f.Target.Lambda != nil, KeyConcurrency: int(f.KeyConcurrency),
 		InitialWindow: df.Pacing.Initial, ScalingPerMinute: df.Pacing.PerMinute, Adaptive: df.Pacing.Adaptive,
 		MaxAge: time.Duration(f.MaxAge), Ingress: f.Ingress.Gateway(),
 		Pool: f.Pool, PoolConcurrency: poolConcurrency(pools, f.Pool), RatePerSecond: df.RatePerSecond,
@@ -262,4 +262,16 @@ func (f *FunctionConfig) SetConcurrency(c Count) {
 		kw.Instances = c
 		f.KeepWarm = &kw
 	}
+}
+
+// KeyConcurrency is each function's key_concurrency, for the functions
+// that have one.
+func (c *Config) KeyConcurrency() map[string]int {
+	out := map[string]int{}
+	for _, f := range c.Functions {
+		if f.KeyConcurrency > 0 {
+			out[f.Name] = int(f.KeyConcurrency)
+		}
+	}
+	return out
 }

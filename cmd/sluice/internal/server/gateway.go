@@ -230,6 +230,7 @@ func (p *Gateway) openQueue(ctx context.Context, cfg *config.Config) error {
 	}
 	bufCfg := cfg.Buffer.Queue()
 	bufCfg.Logger, bufCfg.Replicas = p.log, replicas
+	bufCfg.KeyConcurrency = cfg.KeyConcurrency()
 	queue, err := p.openBuffer(ctx, bufCfg)
 	if errors.Is(err, provision.ErrDurability) {
 		return fmt.Errorf("--replicas=%d: %w", replicas, err)
@@ -500,6 +501,9 @@ func (p *Gateway) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return p.dispatcher.Run(gctx) })
 	g.Go(func() error { return p.queue.RunParked(gctx, p.log) })
+	// Always, not only with keyed functions: jobs stored while a
+	// function had key_concurrency are released after it no longer has.
+	g.Go(func() error { return p.queue.RunKeyed(gctx, p.log) })
 	if p.opts.DebugAddr != "" {
 		g.Go(func() error { return ServeDebug(gctx, p.opts.DebugAddr, p.log) })
 	}

@@ -1,0 +1,370 @@
+// Package keyed holds back a function's jobs by concurrency key: at most a
+// function's key_concurrency of one key's jobs are in flight at once,
+// across every gateway process, first in first out within the key, while
+// other keys' jobs go on.
+//
+// A keyed job is stored where dispatch does not read it: on its key's
+// waiting subject, sluice.keyed.<function>.<key hash>.<id>, in the job
+// stream. A key's slots are a set of held jobs in a bucket entry
+// (<function>.<key hash>), changed only by compare-and-set. A job is
+// released into dispatch (its function's subjects, in its lane) when it is
+// first among its key's waiting jobs and the set has room: it is added to
+// the set, then copied to dispatch, then its waiting message is removed.
+// When a released job reaches its end, whatever that is, it leaves the set
+// and the next waiting job takes its place in the same write.
+//
+// Every change of a set runs within a delivery that stays unacknowledged
+// until it is done: a waiting job's delivery from the consumer that every
+// process shares (see Run), or the dispatch delivery of the job that
+// ended. A process that dies midway leaves that delivery to come back, and
+// the settle it brings mends what was left half done: a held job whose
+// waiting message is still there is copied (the copy is deduplicated) and
+// removed.
+//
+// A key's set exists while the key has a job released; an empty set is
+// purged, its marker kept for a minute. Its size is bounded by the jobs in
+// the job stream, which is bounded itself.
+package keyed
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/buffer/jsapi"
+	"github.com/sluicehq/sluice/buffer/provision"
+)
+
+const (
+	// Prefix starts a waiting keyed job's subject in the job stream.
+	Prefix = "sluice.keyed."
+	// Bucket holds each key's set of released jobs.
+	Bucket = "sluice-keys"
+	// Header carries a job's concurrency key on its messages.
+	Header = "Sluice-Concurrency-Key"
+	// MaxConcurrency is the highest key_concurrency a function may have.
+	MaxConcurrency = 1000
+	// MaxKeyBytes is the longest concurrency key accepted.
+	MaxKeyBytes = 256
+	// markerTTL is how long the marker of a purged set is kept.
+	markerTTL = time.Minute
+)
+
+// CheckKey says what is wrong with a concurrency key, if anything.
+func CheckKey(key string) error {
+	if key == "" || len(key) > MaxKeyBytes || strings.IndexFunc(key, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return fmt.Errorf("concurrency key must be 1 to %d bytes of printable characters", MaxKeyBytes)
+	}
+	return nil
+}
+
+// Hash names a tenant's key in subjects and the bucket: keys are the
+// tenant's own, so that one tenant's jobs never wait behind another's
+// that happened to choose the same key.
+func Hash(tenant, key string) string {
+	sum := sha256.Sum256([]byte(tenant + "\x00" + key))
+	return hex.EncodeToString(sum[:16])
+}
+
+// Subject is the waiting subject of job id of function under key hash.
+func Subject(function, hash, id string) string {
+	return Prefix + function + "." + hash + "." + id
+}
+
+// Subjects matches every waiting job of function under key hash.
+func Subjects(function, hash string) string { return Prefix + function + "." + hash + ".*" }
+
+// Parse reads a waiting job's subject: its function and key hash.
+func Parse(subject string) (function, hash string, ok bool) {
+	rest, ok := strings.CutPrefix(subject, Prefix)
+	if !ok {
+		return "", "", false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 3 {
+		return "", "", false
+	}
+	return parts[0], parts[1], true
+}
+
+// BucketConfig is the configuration of the bucket of held sets.
+func BucketConfig(replicas int) jetstream.KeyValueConfig {
+	// No byte limit of its own (-1, as the server stores it): an entry
+	// lives while a job of its key is released, so the job stream's
+	// limits bound it.
+	cfg := provision.BucketConfig(Bucket, "Sluice: jobs in flight by function and concurrency key", 0, -1, replicas)
+	cfg.LimitMarkerTTL = markerTTL
+	return cfg
+}
+
+// Held is one released job of a key.
+type Held struct {
+	// ID is the job's ID.
+	ID string `json:"id"`
+	// Redrives is which run of the job it is: a redrive releases it anew.
+	Redrives int32 `json:"r,omitempty"`
+	// Seq is its waiting message's sequence in the job stream.
+	Seq uint64 `json:"seq"`
+}
+
+// Gate releases keyed jobs. Its fields are set before first use.
+type Gate struct {
+	// KV is the bucket of held sets.
+	KV jetstream.KeyValue
+	// Stream is the job stream.
+	Stream jetstream.Stream
+	// Limit is function's key_concurrency; 0 for a function that has
+	// none (any more): its waiting jobs are released MaxConcurrency at a
+	// time.
+	Limit func(function string) int
+	// Copy stores the dispatch copy of a waiting job's message,
+	// deduplicated by the job and its run, so that copying it twice stores
+	// one.
+	Copy func(ctx context.Context, msg *jetstream.RawStreamMsg) error
+	// ID and Redrives read a waiting message's job and run.
+	ID       func(msg *jetstream.RawStreamMsg) string
+	Redrives func(msg *jetstream.RawStreamMsg) int32
+}
+
+// Settle brings the set of function's key hash up to date: done, if not
+// nil, leaves it (its job ended), and waiting jobs, first come first, take
+// the room there is. With mend, it first finishes the release of held jobs
+// whose waiting message is still there (see the package comment).
+func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, mend bool) error {
+	limit := g.Limit(function)
+	if limit < 1 {
+		limit = MaxConcurrency
+	}
+	key := function + "." + hash
+	for {
+		held, rev, err := g.read(ctx, key)
+		if err != nil {
+			return err
+		}
+		if mend {
+			for _, h := range held {
+				if err := g.mend(ctx, h); err != nil {
+					return err
+				}
+			}
+			mend = false
+		}
+		keep := held[:0:0]
+		for _, h := range held {
+			if done == nil || h.ID != done.ID || h.Redrives != done.Redrives {
+				keep = append(keep, h)
+			}
+		}
+		next, err := g.waiting(ctx, function, hash, keep, limit-len(keep))
+		if err != nil {
+			return err
+		}
+		if len(next) == 0 && len(keep) == len(held) {
+			return nil // nothing to change
+		}
+		err = g.write(ctx, key, rev, append(keep, heldOf(g, next)...))
+		if jsapi.Conflict(err) {
+			continue // another process changed it meanwhile: read it again
+		}
+		if err != nil {
+			return fmt.Errorf("buffer: jobs in flight of a key of %s: %w", function, err)
+		}
+		for _, msg := range next {
+			if err := g.release(ctx, msg); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// read reads a key's set and its revision: none and 0 if it has none.
+func (g *Gate) read(ctx context.Context, key string) ([]Held, uint64, error) {
+	e, err := g.KV.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("buffer: read jobs in flight of key %s: %w", key, err)
+	}
+	var held []Held
+	if err := json.Unmarshal(e.Value(), &held); err != nil {
+		return nil, 0, fmt.Errorf("buffer: read jobs in flight of key %s: %w", key, err)
+	}
+	return held, e.Revision(), nil
+}
+
+// write replaces the set read at rev by held, and fails with a conflict
+// if it changed since.
+func (g *Gate) write(ctx context.Context, key string, rev uint64, held []Held) error {
+	if len(held) == 0 {
+		return g.KV.Purge(ctx, key, jetstream.LastRevision(rev), jetstream.PurgeTTL(markerTTL))
+	}
+	b, err := json.Marshal(held)
+	if err != nil {
+		return err
+	}
+	if rev == 0 {
+		_, err = g.KV.Create(ctx, key, b)
+	} else {
+		_, err = g.KV.Update(ctx, key, b, rev)
+	}
+	return err
+}
+
+// waiting returns up to room of the key's waiting jobs, first stored
+// first, that are not held already.
+func (g *Gate) waiting(ctx context.Context, function, hash string, held []Held, room int) ([]*jetstream.RawStreamMsg, error) {
+	var next []*jetstream.RawStreamMsg
+	for seq := uint64(1); len(next) < room; {
+		msg, err := g.Stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(Subjects(function, hash)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("buffer: read waiting jobs of a key of %s: %w", function, err)
+		}
+		seq = msg.Sequence + 1
+		if !holds(held, g.ID(msg)) {
+			next = append(next, msg)
+		}
+	}
+	return next, nil
+}
+
+func holds(held []Held, id string) bool {
+	for _, h := range held {
+		if h.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func heldOf(g *Gate, msgs []*jetstream.RawStreamMsg) []Held {
+	out := make([]Held, len(msgs))
+	for i, m := range msgs {
+		out[i] = Held{ID: g.ID(m), Redrives: g.Redrives(m), Seq: m.Sequence}
+	}
+	return out
+}
+
+// release copies a held job's waiting message to dispatch, then removes
+// it.
+func (g *Gate) release(ctx context.Context, msg *jetstream.RawStreamMsg) error {
+	if err := g.Copy(ctx, msg); err != nil {
+		return fmt.Errorf("buffer: release keyed job %s: %w", g.ID(msg), err)
+	}
+	if err := g.Stream.DeleteMsg(ctx, msg.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("buffer: release keyed job %s: %w", g.ID(msg), err)
+	}
+	return nil
+}
+
+// mend finishes the release of a held job whose waiting message is still
+// there: a process stopped between holding it and removing the message.
+func (g *Gate) mend(ctx context.Context, h Held) error {
+	msg, err := g.Stream.GetMsg(ctx, h.Seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // released in full
+	}
+	if err != nil {
+		return fmt.Errorf("buffer: read keyed job %s: %w", h.ID, err)
+	}
+	if !strings.HasPrefix(msg.Subject, Prefix) || g.ID(msg) != h.ID {
+		return nil
+	}
+	return g.release(ctx, msg)
+}
+
+// Consumption of the waiting jobs (see Run).
+const (
+	// ConsumerName is the durable consumer that every gateway process
+	// shares to see waiting jobs as they are stored.
+	ConsumerName = "sluice-keyed"
+	// settlers is how many waiting jobs a process settles at once.
+	settlers = 64
+	ackWait  = 30 * time.Second
+	retry    = time.Second
+)
+
+// Consume is how Run pulls the waiting jobs from their consumer: it calls
+// handle with each until ctx ends.
+type Consume func(ctx context.Context, cons jetstream.Consumer, maxBuffered int, handle func(jetstream.Msg), opts ...jetstream.PullMessagesOpt) error
+
+// Run settles each waiting job's key as the job is stored, releasing it if
+// its key has room, until ctx ends; it returns nil then. Every gateway
+// process runs it; they share the work. A job its key has no room for
+// stays waiting, and is released when one of its key's jobs ends.
+func (g *Gate) Run(ctx context.Context, log *slog.Logger, consume Consume) error {
+	for ctx.Err() == nil {
+		if err := g.run(ctx, log, consume); err != nil && ctx.Err() == nil {
+			log.Warn("keyed jobs: will try again", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(retry):
+			}
+		}
+	}
+	return nil
+}
+
+func (g *Gate) run(ctx context.Context, log *slog.Logger, consume Consume) error {
+	cons, err := g.Stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "Sluice: keyed jobs waiting for their key",
+		FilterSubject: Prefix + ">",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxAckPending: 4 * settlers,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return fmt.Errorf("buffer: keyed jobs' consumer: %w", err)
+	}
+	var busy sync.WaitGroup
+	defer busy.Wait()
+	slots := make(chan struct{}, settlers)
+	return consume(ctx, cons, settlers, func(msg jetstream.Msg) {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return // it comes back after the ack wait
+		}
+		busy.Go(func() {
+			defer func() { <-slots }()
+			g.settleMsg(ctx, log, msg)
+		})
+	})
+}
+
+// settleMsg settles the key of one waiting job's delivery; one delivered
+// before mends what its first settle may have left half done.
+func (g *Gate) settleMsg(ctx context.Context, log *slog.Logger, msg jetstream.Msg) {
+	function, hash, ok := Parse(msg.Subject())
+	md, err := msg.Metadata()
+	if !ok || err != nil {
+		msg.Term() //nolint:errcheck // not a waiting job: nothing to settle
+		return
+	}
+	if err := g.Settle(ctx, function, hash, nil, md.NumDelivered > 1); err != nil {
+		if ctx.Err() == nil {
+			log.Warn("keyed job not released yet", "function", function, "err", err)
+		}
+		msg.NakWithDelay(retry) //nolint:errcheck // it comes back after the ack wait at worst
+		return
+	}
+	// Released, or waiting for its key: either way its key's next
+	// settle takes it from here. Acknowledging keeps the message.
+	msg.Ack() //nolint:errcheck // a redelivery settles again, at no harm
+}

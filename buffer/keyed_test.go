@@ -1,0 +1,140 @@
+package buffer_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/buffertest"
+)
+
+// runKeyed runs q's release of keyed jobs until the test ends.
+func runKeyed(t *testing.T, q *buffer.Queue) {
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(context.Background())
+	wg.Go(func() { q.RunKeyed(ctx, slog.New(slog.DiscardHandler)) }) //nolint:errcheck // nil at the end
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// TestKeyedJobsWaitForTheirKey: with key_concurrency 1, a key's second job
+// is not delivered while its first is unfinished, whatever its tenant's
+// or other keys' jobs do; it is delivered once the first ends, first in
+// first out; the same key of another tenant is another key; a waiting job
+// reads and cancels as any other, and a cancelled one lets the next go.
+func TestKeyedJobsWaitForTheirKey(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{KeyConcurrency: map[string]int{"f": 1}})
+	runKeyed(t, q)
+	ctx := t.Context()
+	submit := func(body, tenant, key string) *sluicev1.Job {
+		t.Helper()
+		job, err := q.Submit(ctx, "f", []byte(body), "text/plain", buffer.WithTenant(tenant), buffer.WithConcurrencyKey(key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return job
+	}
+	k1 := submit("k1", "acme", "k")
+	k2 := submit("k2", "acme", "k")
+	k3 := submit("k3", "acme", "k")
+	other := submit("other", "acme", "other")
+	theirs := submit("theirs", "globex", "k")
+
+	got, err := q.Get(ctx, k2.Id)
+	if err != nil || got.State != sluicev1.Job_QUEUED || got.ConcurrencyKey != "k" || got.Function != "f" || got.Tenant != "acme" {
+		t.Fatalf("Get(waiting job) = %v, %v; want QUEUED, key k, f, acme", got, err)
+	}
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 10, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []*buffer.Delivery
+	buffertest.WaitFor(t, 10*time.Second, "the first job of each key delivered", func() bool {
+		ds, err := fetch(t, c, 10, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, ds...)
+		return len(held) >= 3
+	})
+	ids := func(ds []*buffer.Delivery) []string {
+		var out []string
+		for _, d := range ds {
+			out = append(out, d.JobID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := []string{k1.Id, other.Id, theirs.Id}
+	slices.Sort(want)
+	if ds, _ := fetch(t, c, 10, 300*time.Millisecond); len(ds) > 0 || !slices.Equal(ids(held), want) {
+		t.Fatalf("delivered %v, then %v; want %v alone: one per key and tenant", ids(held), ids(ds), want)
+	}
+	if held[slices.IndexFunc(held, func(d *buffer.Delivery) bool { return d.JobID == k1.Id })].ConcurrencyKey != "k" {
+		t.Error("a delivery does not carry its concurrency key")
+	}
+	if _, err := q.Cancel(ctx, k3.Id); err != nil {
+		t.Fatalf("cancel a waiting job: %v", err)
+	}
+
+	finish := func(d *buffer.Delivery) {
+		t.Helper()
+		if _, err := d.Prepare(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Succeed(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range held {
+		if d.JobID == k1.Id {
+			finish(d)
+		}
+	}
+	var next []*buffer.Delivery
+	buffertest.WaitFor(t, 10*time.Second, "k's second job delivered once its first finished", func() bool {
+		ds, err := fetch(t, c, 10, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next = append(next, ds...)
+		return len(next) > 0
+	})
+	if len(next) != 1 || next[0].JobID != k2.Id {
+		t.Fatalf("after k1: %v; want k2 alone", ids(next))
+	}
+	finish(next[0])
+	// k3 was cancelled: it is delivered, found finished, and skipped.
+	buffertest.WaitFor(t, 10*time.Second, "the cancelled k3 delivered", func() bool {
+		ds, err := fetch(t, c, 10, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ds) == 0 {
+			return false
+		}
+		if len(ds) != 1 || ds[0].JobID != k3.Id {
+			t.Fatalf("delivered %d jobs, the first %s; want k3 alone", len(ds), ds[0].JobID)
+		}
+		if _, err := ds[0].Prepare(ctx); !errors.Is(err, buffer.ErrFinished) {
+			t.Fatalf("Prepare(cancelled k3) = %v; want ErrFinished", err)
+		}
+		if err := ds[0].Skip(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return true
+	})
+	k4 := submit("k4", "acme", "k")
+	buffertest.WaitFor(t, 10*time.Second, "k4 delivered: the cancelled job let its slot go", func() bool {
+		ds, err := fetch(t, c, 10, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ds) == 1 && ds[0].JobID == k4.Id
+	})
+}
