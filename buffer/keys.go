@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/buffer/keyed"
 	"github.com/sluicehq/sluice/buffer/store"
 )
@@ -23,6 +26,14 @@ func (q *Queue) keyGate(kv jetstream.KeyValue, limits map[string]int) *keyed.Gat
 		Copy:     q.copyKeyed,
 		ID:       func(msg *jetstream.RawStreamMsg) string { return msg.Header.Get(headerJobID) },
 		Redrives: func(msg *jetstream.RawStreamMsg) int32 { return headerRedrivesOf(msg.Header) },
+		Exists: func(ctx context.Context, id string) (bool, error) {
+			_, _, err := q.GetRevision(ctx, id)
+			if errors.Is(err, ErrNotFound) {
+				return false, nil
+			}
+			return err == nil, err
+		},
+		Now: q.now,
 	}
 }
 
@@ -45,6 +56,30 @@ func (q *Queue) copyKeyed(ctx context.Context, waiting *jetstream.RawStreamMsg) 
 	return nil
 }
 
+// publishKeyed stores a keyed job's message: straight into its lane when
+// its key has room and nothing waiting, held in the key's set first (the
+// fast way: no waiting message, no copy); on its key's waiting subject
+// otherwise, for the key's next settle to release.
+func (q *Queue) publishKeyed(ctx context.Context, job *sluicev1.Job, msg *nats.Msg) error {
+	hash := keyed.Hash(job.Tenant, job.ConcurrencyKey)
+	claimed, err := q.keys.Claim(ctx, job.Function, hash, job.Id, q.now())
+	if err != nil {
+		return err
+	}
+	if claimed {
+		msg.Subject = jobSubject(job.Function, LaneOf(job), job.Id)
+	}
+	if _, err := q.batcher.Publish(ctx, msg); err != nil {
+		if claimed && groupcommit.Refused(err) {
+			// Surely not stored: give the slot back. Should that fail
+			// too, the claim is found unused once claimGrace has passed.
+			q.keys.Settle(context.WithoutCancel(ctx), job.Function, hash, &keyed.Held{ID: job.Id}, false) //nolint:errcheck // see above
+		}
+		return store.PublishError(err)
+	}
+	return nil
+}
+
 // RunKeyed releases keyed jobs as they are stored, each as soon as its key
 // has room, until ctx ends; it returns nil then: see [keyed.Gate.Run].
 // Every gateway process whose functions take keyed jobs runs it.
@@ -60,5 +95,6 @@ func (d *Delivery) settleKey(ctx context.Context) error {
 		return nil
 	}
 	done := &keyed.Held{ID: d.JobID, Redrives: d.redrives}
-	return d.q.keys.Settle(ctx, d.Function, keyed.Hash(d.Tenant, d.ConcurrencyKey), done, d.Redelivered())
+	_, err := d.q.keys.Settle(ctx, d.Function, keyed.Hash(d.Tenant, d.ConcurrencyKey), done, d.Redelivered())
+	return err
 }

@@ -343,6 +343,9 @@ func (q *Queue) publish(ctx context.Context, function, id string, payload []byte
 	}
 	// The submit's trace goes on in dispatch, from the message.
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(msg.Header))
+	if job.ConcurrencyKey != "" {
+		return job, q.publishKeyed(ctx, job, msg)
+	}
 	if _, err := q.batcher.Publish(ctx, msg); err != nil {
 		return nil, store.PublishError(err)
 	}

@@ -457,3 +457,11 @@ func (b *Batcher) Stats() Stats {
 	s := &b.stats
 	return Stats{Batches: s.batches.Load(), Messages: s.messages.Load(), Fallbacks: s.fallbacks.Load()}
 }
+
+// Refused reports whether an error of Publish means the message was surely
+// not stored: too large to send, or JetStream answered with a refusal (a
+// full stream among them), as opposed to no answer, or none waited for.
+func Refused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, ErrTooLarge) || (errors.As(err, &apiErr) && apiErr.Code != 503)
+}

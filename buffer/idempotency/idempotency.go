@@ -100,8 +100,7 @@ func Submit(ctx context.Context, kv jetstream.KeyValue, function, key string,
 // not stored: JetStream answered with a refusal (a full buffer among them),
 // as opposed to no answer, or none waited for.
 func refused(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.Is(err, store.ErrFull) || errors.Is(err, groupcommit.ErrTooLarge) || (errors.As(err, &apiErr) && apiErr.Code != 503)
+	return errors.Is(err, store.ErrFull) || groupcommit.Refused(err)
 }
 
 // claimPatience is how long after claiming an idempotency key a submit

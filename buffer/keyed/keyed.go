@@ -3,23 +3,29 @@
 // across every gateway process, first in first out within the key, while
 // other keys' jobs go on.
 //
-// A keyed job is stored where dispatch does not read it: on its key's
-// waiting subject, sluice.keyed.<function>.<key hash>.<id>, in the job
-// stream. A key's slots are a set of held jobs in a bucket entry
-// (<function>.<key hash>), changed only by compare-and-set. A job is
-// released into dispatch (its function's subjects, in its lane) when it is
-// first among its key's waiting jobs and the set has room: it is added to
-// the set, then copied to dispatch, then its waiting message is removed.
-// When a released job reaches its end, whatever that is, it leaves the set
-// and the next waiting job takes its place in the same write.
+// A key's slots are a set of held jobs in a bucket entry (<function>.<key
+// hash>), changed only by compare-and-set. A job whose key has room and
+// nothing waiting is held at its submit and stored straight into dispatch
+// (its function's subjects, in its lane): the fast way, which costs the
+// set's write and nothing more (see Claim). Any other is stored where
+// dispatch does not read it, on its key's waiting subject,
+// sluice.keyed.<function>.<key hash>.<id>, in the job stream, and released
+// into dispatch when it is first among its key's waiting jobs and the set
+// has room: it is added to the set, then copied to dispatch, then its
+// waiting message is removed. When a held job reaches its end, whatever
+// that is, it leaves the set and the next waiting job takes its place in
+// the same write.
 //
-// Every change of a set runs within a delivery that stays unacknowledged
-// until it is done: a waiting job's delivery from the consumer that every
-// process shares (see Run), or the dispatch delivery of the job that
-// ended. A process that dies midway leaves that delivery to come back, and
-// the settle it brings mends what was left half done: a held job whose
-// waiting message is still there is copied (the copy is deduplicated) and
-// removed.
+// Every release runs within a delivery that stays unacknowledged until it
+// is done: a waiting job's delivery from the consumer that every process
+// shares (see Run), or the dispatch delivery of the job that ended. A
+// process that dies midway leaves that delivery to come back, and the
+// settle it brings mends what was left half done: a held job whose waiting
+// message is still there is copied (the copy is deduplicated) and removed.
+// A job held at its submit whose message was never stored (its gateway
+// died between the two) is found out once claimGrace has passed, by the
+// next settle of its full key; a waiting job that finds its key full with
+// such a claim comes back to check once it may be told.
 //
 // A key's set exists while the key has a job released; an empty set is
 // purged, its marker kept for a minute. Its size is bounded by the jobs in
@@ -34,6 +40,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -58,6 +65,9 @@ const (
 	MaxKeyBytes = 256
 	// markerTTL is how long the marker of a purged set is kept.
 	markerTTL = time.Minute
+	// claimGrace is how long a job held at its submit may take to be
+	// stored: past it, a held job that does not exist never will.
+	claimGrace = time.Minute
 )
 
 // CheckKey says what is wrong with a concurrency key, if anything.
@@ -113,8 +123,17 @@ type Held struct {
 	ID string `json:"id"`
 	// Redrives is which run of the job it is: a redrive releases it anew.
 	Redrives int32 `json:"r,omitempty"`
-	// Seq is its waiting message's sequence in the job stream.
-	Seq uint64 `json:"seq"`
+	// Seq is its waiting message's sequence in the job stream; 0 for a
+	// job held at its submit, never waiting.
+	Seq uint64 `json:"seq,omitempty"`
+	// At is when a job without a waiting message was held (Unix ns).
+	At int64 `json:"at,omitempty"`
+}
+
+// unproven reports whether h, held at its submit, is too recent for its
+// job's absence to tell that it never will be stored.
+func (h Held) unproven(now time.Time) bool {
+	return h.Seq == 0 && now.Sub(time.Unix(0, h.At)) < claimGrace
 }
 
 // Gate releases keyed jobs. Its fields are set before first use.
@@ -134,27 +153,79 @@ type Gate struct {
 	// ID and Redrives read a waiting message's job and run.
 	ID       func(msg *jetstream.RawStreamMsg) string
 	Redrives func(msg *jetstream.RawStreamMsg) int32
+	// Exists reports whether a job exists: stored, queued or later.
+	Exists func(ctx context.Context, id string) (bool, error)
+	// Now is the time; time.Now if nil.
+	Now func() time.Time
+}
+
+func (g *Gate) now() time.Time {
+	if g.Now == nil {
+		return time.Now()
+	}
+	return g.Now()
+}
+
+func (g *Gate) limit(function string) int {
+	if n := g.Limit(function); n > 0 {
+		return n
+	}
+	return MaxConcurrency
+}
+
+// Claim holds job id in its key's set at its submit, if the key has room
+// and no job waiting (which goes first): the caller then stores the job
+// straight into dispatch, and gives the slot back with Settle if the store
+// was refused. held false: store it on its key's waiting subject. A key
+// contended by other writers is not fought over: the job waits.
+func (g *Gate) Claim(ctx context.Context, function, hash, id string, now time.Time) (held bool, err error) {
+	key := function + "." + hash
+	for range 3 {
+		set, rev, err := g.read(ctx, key)
+		if err != nil {
+			return false, err
+		}
+		if holds(set, id) {
+			return true, nil // held by an earlier store of this job
+		}
+		if len(set) >= g.limit(function) {
+			return false, nil
+		}
+		switch _, err := g.Stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(Subjects(function, hash))); {
+		case err == nil:
+			return false, nil // others wait: in line behind them
+		case !errors.Is(err, jetstream.ErrMsgNotFound):
+			return false, fmt.Errorf("buffer: read waiting jobs of a key of %s: %w", function, err)
+		}
+		err = g.write(ctx, key, rev, append(set, Held{ID: id, At: now.UnixNano()}))
+		if !jsapi.Conflict(err) {
+			if err != nil {
+				return false, fmt.Errorf("buffer: hold job %s for its key: %w", id, err)
+			}
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Settle brings the set of function's key hash up to date: done, if not
 // nil, leaves it (its job ended), and waiting jobs, first come first, take
 // the room there is. With mend, it first finishes the release of held jobs
-// whose waiting message is still there (see the package comment).
-func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, mend bool) error {
-	limit := g.Limit(function)
-	if limit < 1 {
-		limit = MaxConcurrency
-	}
-	key := function + "." + hash
+// whose waiting message is still there (see the package comment); a full
+// key drops held jobs that never were stored. recheck says the key is full
+// with a job held at its submit too recently to tell: a settle after
+// claimGrace can.
+func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, mend bool) (recheck bool, err error) {
+	limit, key := g.limit(function), function+"."+hash
 	for {
 		held, rev, err := g.read(ctx, key)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if mend {
 			for _, h := range held {
 				if err := g.mend(ctx, h); err != nil {
-					return err
+					return false, err
 				}
 			}
 			mend = false
@@ -165,27 +236,51 @@ func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, me
 				keep = append(keep, h)
 			}
 		}
+		if len(keep) >= limit {
+			if keep, err = g.dropNeverStored(ctx, keep); err != nil {
+				return false, err
+			}
+		}
 		next, err := g.waiting(ctx, function, hash, keep, limit-len(keep))
 		if err != nil {
-			return err
+			return false, err
 		}
 		if len(next) == 0 && len(keep) == len(held) {
-			return nil // nothing to change
+			return len(keep) >= limit && slices.ContainsFunc(keep, func(h Held) bool { return h.unproven(g.now()) }), nil
 		}
 		err = g.write(ctx, key, rev, append(keep, heldOf(g, next)...))
 		if jsapi.Conflict(err) {
 			continue // another process changed it meanwhile: read it again
 		}
 		if err != nil {
-			return fmt.Errorf("buffer: jobs in flight of a key of %s: %w", function, err)
+			return false, fmt.Errorf("buffer: jobs in flight of a key of %s: %w", function, err)
 		}
 		for _, msg := range next {
 			if err := g.release(ctx, msg); err != nil {
-				return err
+				return false, err
 			}
 		}
-		return nil
+		return false, nil
 	}
+}
+
+// dropNeverStored leaves out of held the jobs held at their submit, past
+// claimGrace, that do not exist: their gateway died before storing them.
+func (g *Gate) dropNeverStored(ctx context.Context, held []Held) ([]Held, error) {
+	keep := held[:0:0]
+	for _, h := range held {
+		if h.Seq == 0 && !h.unproven(g.now()) {
+			exists, err := g.Exists(ctx, h.ID)
+			if err != nil {
+				return nil, err
+			}
+			if !exists {
+				continue
+			}
+		}
+		keep = append(keep, h)
+	}
+	return keep, nil
 }
 
 // read reads a key's set and its revision: none and 0 if it has none.
@@ -274,6 +369,9 @@ func (g *Gate) release(ctx context.Context, msg *jetstream.RawStreamMsg) error {
 // mend finishes the release of a held job whose waiting message is still
 // there: a process stopped between holding it and removing the message.
 func (g *Gate) mend(ctx context.Context, h Held) error {
+	if h.Seq == 0 {
+		return nil // held at its submit: never waiting
+	}
 	msg, err := g.Stream.GetMsg(ctx, h.Seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil // released in full
@@ -326,7 +424,9 @@ func (g *Gate) run(ctx context.Context, log *slog.Logger, consume Consume) error
 		FilterSubject: Prefix + ">",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
-		MaxAckPending: 4 * settlers,
+		// Waiting jobs that come back to check a claim (see settleMsg)
+		// stay pending meanwhile; the job stream bounds how many.
+		MaxAckPending: -1,
 		MaxDeliver:    -1,
 	})
 	if err != nil {
@@ -357,11 +457,20 @@ func (g *Gate) settleMsg(ctx context.Context, log *slog.Logger, msg jetstream.Ms
 		msg.Term() //nolint:errcheck // not a waiting job: nothing to settle
 		return
 	}
-	if err := g.Settle(ctx, function, hash, nil, md.NumDelivered > 1); err != nil {
+	recheck, err := g.Settle(ctx, function, hash, nil, md.NumDelivered > 1)
+	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn("keyed job not released yet", "function", function, "err", err)
 		}
 		msg.NakWithDelay(retry) //nolint:errcheck // it comes back after the ack wait at worst
+		return
+	}
+	if recheck {
+		// Its key is full, with a job held at its submit whose gateway
+		// may have died before storing it: come back once that can be
+		// told. The waiting job's message stays; should it be released
+		// meanwhile, no redelivery comes.
+		msg.NakWithDelay(claimGrace) //nolint:errcheck // it comes back after the ack wait at worst
 		return
 	}
 	// Released, or waiting for its key: either way its key's next

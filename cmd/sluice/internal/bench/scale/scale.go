@@ -29,6 +29,11 @@ import (
 type Flags struct {
 	functions, tenants, concurrency, firstJobs int
 	settle, idle, spacing                      time.Duration
+	// The key burst: keyJobs jobs over keys keys to a function of
+	// concurrency keyWindow whose jobs take keyRun.
+	keyJobs, keys, keyWindow, keySubmitters int
+	keyRun                                  time.Duration
+	keyBaseline                             bool
 	// jetstream is where the JetStream runs without --nats-url: "gateway"
 	// (embedded in it) or "process" (`bench jetstream`).
 	jetstream string
@@ -46,8 +51,14 @@ Measures a gateway configured with many functions and tenants:
      submitted over gRPC (one tenant's API key) to a function not called
      before; the time from the submit's start to the function's request,
      which a server in this process receives. Every job must SUCCEED.
-A third phase, a burst spread over 10,000 keys with key_concurrency: 1, is
-added with key_concurrency.
+  3. key burst: --key-jobs jobs spread over --keys concurrency keys,
+     submitted at once over gRPC to one more function, "keyed" (concurrency
+     --key-window, key_concurrency 1), whose jobs take --key-run each; the
+     time until the function has run them all against what its window
+     alone allows, and, checked at the function, that no two jobs of one
+     key ran at once. Every job must SUCCEED. With --key-baseline, the same
+     jobs without keys go first to "unkeyed", a twin without
+     key_concurrency, as the baseline.
 
 Flags:
 `
@@ -68,6 +79,12 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.DurationVar(&b.idle, "idle", 30*time.Second, "the idle measurement's window")
 	fs.IntVar(&b.firstJobs, "first-jobs", 200, "rounds of a first job into an idle function (at most --functions)")
 	fs.DurationVar(&b.spacing, "spacing", 200*time.Millisecond, "pause between a round's function call and the next round's submit")
+	fs.IntVar(&b.keyJobs, "key-jobs", 10_000, "jobs in the key burst (0: no burst)")
+	fs.IntVar(&b.keys, "keys", 10_000, "distinct concurrency keys the burst's jobs are spread over")
+	fs.IntVar(&b.keyWindow, "key-window", 50, "the keyed function's concurrency")
+	fs.DurationVar(&b.keyRun, "key-run", 100*time.Millisecond, "how long the keyed function takes a job")
+	fs.IntVar(&b.keySubmitters, "key-submitters", 32, "concurrent gRPC submitters of the burst")
+	fs.BoolVar(&b.keyBaseline, "key-baseline", true, "before the key burst, the same jobs without keys to a function without key_concurrency, for comparison")
 	fs.StringVar(&b.jetstream, "jetstream", "gateway", "without --nats-url, where JetStream runs: gateway (embedded in it, as sluice serve alone) or process (a process of its own, measured too)")
 	b.StackFlags.Register(fs)
 	if err := cli.ParseFlags(fs, args); err != nil {
@@ -75,6 +92,9 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	}
 	if b.functions < 1 || b.tenants < 1 || b.concurrency < 1 || b.firstJobs < 0 || b.settle < 0 || b.idle <= 0 || b.spacing < 0 {
 		return b, errors.New("bench scale: counts and --idle must be positive, --first-jobs, --settle and --spacing not negative")
+	}
+	if b.keyJobs < 0 || b.keys < 1 || b.keyWindow < 1 || b.keySubmitters < 1 || b.keyRun < 0 {
+		return b, errors.New("bench scale: --keys, --key-window and --key-submitters must be positive, --key-jobs and --key-run not negative")
 	}
 	if b.firstJobs > b.functions {
 		return b, fmt.Errorf("bench scale: --first-jobs %d needs as many functions, not %d: each round uses one not called before", b.firstJobs, b.functions)
@@ -99,6 +119,9 @@ func scaleConfig(b Flags, fnAddr string) string {
 	for i := range b.functions {
 		fmt.Fprintf(&c, "  - name: %[1]s\n    url: http://%[2]s/%[1]s\n    concurrency: %[3]d\n    timeout: 30s\n", scaleFunction(i), fnAddr, b.concurrency)
 	}
+	if b.keyJobs > 0 {
+		c.WriteString(keyedConfig(b, fnAddr))
+	}
 	c.WriteString("tenants:\n")
 	for i := range b.tenants {
 		fmt.Fprintf(&c, "  - name: tenant-%05d\n    api_keys: [%q]\n", i, gateway.HashKey(scaleKey(i)))
@@ -111,7 +134,13 @@ func scaleConfig(b Flags, fnAddr string) string {
 // tenants, measures it idle, then times first jobs into idle functions.
 func Run(ctx context.Context, b Flags, dir string, stdout, stderr io.Writer) error {
 	fns := newArrivals()
-	ln, stopServing, err := harness.ServeLoopback(fns)
+	keyedFn := &keyedFunction{run: b.keyRun, running: map[string]int{}}
+	unkeyedFn := &keyedFunction{run: b.keyRun, running: map[string]int{}}
+	mux := http.NewServeMux()
+	mux.Handle("/", fns)
+	mux.Handle("/"+keyedFunctionName, keyedFn)
+	mux.Handle("/"+unkeyedFunctionName, unkeyedFn)
+	ln, stopServing, err := harness.ServeLoopback(mux)
 	if err != nil {
 		return err
 	}
@@ -147,11 +176,24 @@ func Run(ctx context.Context, b Flags, dir string, stdout, stderr io.Writer) err
 		return fmt.Errorf("bench scale: first jobs: %w", err)
 	}
 	first.report(stdout, r)
-	fmt.Fprintln(stdout, "\nkey burst (10,000 keys, key_concurrency: 1): not measured; added with key_concurrency")
 	if first.failed > 0 {
 		return fmt.Errorf("bench scale: first jobs: %d of %d did not succeed", first.failed, len(first.lat))
 	}
-	return nil
+	if b.keyJobs == 0 {
+		return nil
+	}
+	var base *keyMeasures
+	if b.keyBaseline {
+		if base, err = r.keyBurst(ctx, unkeyedFunctionName, unkeyedFn); err != nil {
+			return fmt.Errorf("bench scale: key burst's baseline: %w", err)
+		}
+	}
+	keys, err := r.keyBurst(ctx, keyedFunctionName, keyedFn)
+	if err != nil {
+		return fmt.Errorf("bench scale: key burst: %w", err)
+	}
+	reportKeyBurst(stdout, b, keys, base)
+	return keys.check(b)
 }
 
 // scaleRun is one run of `sluice bench scale`.

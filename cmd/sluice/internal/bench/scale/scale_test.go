@@ -11,7 +11,8 @@ import (
 
 // TestScaleConfig checks that the config bench scale writes is one sluice
 // serve takes: every function at its own path of the bench's server, every
-// tenant with its key.
+// tenant with its key, and the key burst's function last, with
+// key_concurrency 1.
 func TestScaleConfig(t *testing.T) {
 	b, err := ParseFlags([]string{"--functions", "30", "--tenants", "20", "--first-jobs", "5"}, io.Discard)
 	if err != nil {
@@ -21,8 +22,11 @@ func TestScaleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the generated config: %v", err)
 	}
-	if len(cfg.Functions) != 30 || len(cfg.Tenants) != 20 {
-		t.Fatalf("%d functions and %d tenants, want 30 and 20", len(cfg.Functions), len(cfg.Tenants))
+	if len(cfg.Functions) != 32 || len(cfg.Tenants) != 20 {
+		t.Fatalf("%d functions and %d tenants, want 32 (30, the keyed one and its twin) and 20", len(cfg.Functions), len(cfg.Tenants))
+	}
+	if f := cfg.Functions[30]; f.Name != keyedFunctionName || f.KeyConcurrency != 1 || f.Concurrency != 50 {
+		t.Errorf("the last function: %s, key_concurrency %d, concurrency %d; want keyed, 1, 50", f.Name, f.KeyConcurrency, f.Concurrency)
 	}
 	if f := cfg.Functions[7]; f.Name != scaleFunction(7) || f.URL != "http://127.0.0.1:1234/"+scaleFunction(7) || f.Concurrency != 10 {
 		t.Errorf("function 7: %s at %s, concurrency %d", f.Name, f.URL, f.Concurrency)
@@ -43,6 +47,8 @@ func TestParseScaleFlags(t *testing.T) {
 		{[]string{"--jetstream", "elsewhere"}, "neither gateway nor process"},
 		{[]string{"--idle", "0s"}, "must be positive"},
 		{[]string{"--tenants", "0"}, "must be positive"},
+		{[]string{"--keys", "0"}, "--keys, --key-window and --key-submitters must be positive"},
+		{[]string{"--key-jobs", "-1"}, "--key-jobs and --key-run not negative"},
 	} {
 		b, err := ParseFlags(c.args, io.Discard)
 		switch {
