@@ -3,6 +3,7 @@ package buffer_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/store"
 )
 
 // runKeyed runs q's release of keyed jobs until the test ends.
@@ -137,4 +139,29 @@ func TestKeyedJobsWaitForTheirKey(t *testing.T) {
 		}
 		return len(ds) == 1 && ds[0].JobID == k4.Id
 	})
+}
+
+// TestKeyedSubmitsStopAtTheJobStoresHighWater: a keyed submit is refused
+// once the job store is past its high water mark, keeping the room above
+// it for keyed jobs let go from waiting (each copied before its waiting
+// message goes); an unkeyed submit still takes that room.
+func TestKeyedSubmitsStopAtTheJobStoresHighWater(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{MaxJobs: 10, KeyConcurrency: map[string]int{"f": 1}})
+	ctx := t.Context()
+	for i := range 9 {
+		if _, err := q.Submit(ctx, "f", []byte("x"), "", buffer.WithConcurrencyKey(fmt.Sprint("k", i))); err != nil {
+			t.Fatalf("keyed submit %d of 9, below the high water mark (90%%): %v", i+1, err)
+		}
+	}
+	// Submits read the stores' fill at most once a second.
+	buffertest.WaitFor(t, 5*time.Second, "the stores read with the 9 jobs", func() bool {
+		usage, err := q.Stores(ctx)
+		return err == nil && slices.ContainsFunc(usage, func(u store.Usage) bool { return u.Name == store.Jobs && u.Msgs == 9 })
+	})
+	if _, err := q.Submit(ctx, "f", []byte("x"), "", buffer.WithConcurrencyKey("k-last")); !errors.Is(err, store.ErrHighWater) {
+		t.Fatalf("keyed submit at 9 of 10 jobs: %v; want ErrHighWater", err)
+	}
+	if _, err := q.Submit(ctx, "f", []byte("x"), ""); err != nil {
+		t.Fatalf("unkeyed submit past the high water mark, below max_jobs: %v", err)
+	}
 }

@@ -314,7 +314,11 @@ func (q *Queue) SubmitOnce(ctx context.Context, function, key string, payload []
 // a second publish of the job within the stream's duplicate window stores
 // nothing.
 func (q *Queue) publish(ctx context.Context, function, id string, payload []byte, contentType string, o submitOptions, dedupe bool) (*sluicev1.Job, error) {
-	if err := q.Pressure(ctx); err != nil {
+	pressure := q.gauge.Pressure
+	if o.key != "" {
+		pressure = q.gauge.KeyedPressure
+	}
+	if err := pressure(ctx); err != nil {
 		return nil, err
 	}
 	job := &sluicev1.Job{

@@ -131,6 +131,20 @@ func (g *Gauge) StateTight(ctx context.Context) bool {
 	return ok && g.pastHighWater(u)
 }
 
+// KeyedPressure is Pressure for a keyed submit, which also stops at the
+// job store's high water mark: a keyed job let go from waiting is copied
+// before its waiting message is removed, so it needs room for one more
+// message for a moment, which the room above the mark keeps for it.
+func (g *Gauge) KeyedPressure(ctx context.Context) error {
+	if err := g.Pressure(ctx); err != nil {
+		return err
+	}
+	if u, ok := g.usage(ctx, Jobs); ok && u.Fill() >= g.highWater {
+		return fmt.Errorf("%w: %s store %.0f%% full, and a keyed job needs room to be let go", ErrHighWater, u.Name, 100*u.Fill())
+	}
+	return nil
+}
+
 // Full says, one line each, which stores refuse writes or submits now;
 // none when all have room or they cannot be read.
 func (g *Gauge) Full(ctx context.Context) []string {
