@@ -28,6 +28,7 @@ import (
 // Flags configure `sluice bench scale`.
 type Flags struct {
 	functions, tenants, concurrency, firstJobs int
+	fair                                       int // functions with fairness, the first ones
 	settle, idle, spacing                      time.Duration
 	// The key burst: keyJobs jobs over keys keys to a function of
 	// concurrency keyWindow whose jobs take keyRun.
@@ -43,7 +44,8 @@ type Flags struct {
 // scaleAbout is `sluice bench scale -h`'s description, before the flags.
 const scaleAbout = `Usage: sluice bench scale [flags]
 
-Measures a gateway configured with many functions and tenants:
+Measures a gateway configured with many functions (--fair of them fair, with
+a lane for each tenant and priority) and tenants:
   1. idle: its CPU (user+system, % of one core) over --idle, after --settle
      past ready, and its resident memory (VmRSS at the end, VmHWM); with
      --jetstream process, the JetStream process's too.
@@ -75,6 +77,7 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.IntVar(&b.functions, "functions", 1000, "functions configured")
 	fs.IntVar(&b.tenants, "tenants", 1000, "tenants configured, each with an API key")
 	fs.IntVar(&b.concurrency, "concurrency", 10, "each function's concurrency")
+	fs.IntVar(&b.fair, "fair", 1, "functions with fairness: true (the first ones), each with a lane per tenant and priority")
 	fs.DurationVar(&b.settle, "settle", 20*time.Second, "time after the gateway is ready before the idle measurement, for start-up work to end")
 	fs.DurationVar(&b.idle, "idle", 30*time.Second, "the idle measurement's window")
 	fs.IntVar(&b.firstJobs, "first-jobs", 200, "rounds of a first job into an idle function (at most --functions)")
@@ -95,6 +98,9 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	}
 	if b.keyJobs < 0 || b.keys < 1 || b.keyWindow < 1 || b.keySubmitters < 1 || b.keyRun < 0 {
 		return b, errors.New("bench scale: --keys, --key-window and --key-submitters must be positive, --key-jobs and --key-run not negative")
+	}
+	if b.fair < 0 || b.fair > b.functions {
+		return b, fmt.Errorf("bench scale: --fair %d is out of range: 0 to --functions (%d)", b.fair, b.functions)
 	}
 	if b.firstJobs > b.functions {
 		return b, fmt.Errorf("bench scale: --first-jobs %d needs as many functions, not %d: each round uses one not called before", b.firstJobs, b.functions)
@@ -117,7 +123,7 @@ func scaleConfig(b Flags, fnAddr string) string {
 	var c strings.Builder
 	c.WriteString("functions:\n")
 	for i := range b.functions {
-		fmt.Fprintf(&c, "  - name: %[1]s\n    url: http://%[2]s/%[1]s\n    concurrency: %[3]d\n    timeout: 30s\n", scaleFunction(i), fnAddr, b.concurrency)
+		fmt.Fprintf(&c, "  - name: %[1]s\n    url: http://%[2]s/%[1]s\n    concurrency: %[3]d\n    timeout: 30s\n    fairness: %[4]t\n", scaleFunction(i), fnAddr, b.concurrency, i < b.fair)
 	}
 	if b.keyJobs > 0 {
 		c.WriteString(keyedConfig(b, fnAddr))
@@ -152,8 +158,8 @@ func Run(ctx context.Context, b Flags, dir string, stdout, stderr io.Writer) err
 	case b.jetstream == "process":
 		where = "in a process of its own (bench jetstream)"
 	}
-	fmt.Fprintf(stdout, "scale: %d functions (concurrency %d each), %d tenants with an API key each; JetStream %s, durability %s\n",
-		b.functions, b.concurrency, b.tenants, where, b.Durability)
+	fmt.Fprintf(stdout, "scale: %d functions (concurrency %d each; the first %d fair, a lane for each tenant and priority), %d tenants with an API key each; JetStream %s, durability %s\n",
+		b.functions, b.concurrency, b.fair, b.tenants, where, b.Durability)
 
 	tail := &harness.Tail{W: stderr}
 	start := time.Now()

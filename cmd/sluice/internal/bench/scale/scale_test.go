@@ -28,8 +28,11 @@ func TestScaleConfig(t *testing.T) {
 	if f := cfg.Functions[30]; f.Name != keyedFunctionName || f.KeyConcurrency != 1 || f.Concurrency != 50 {
 		t.Errorf("the last function: %s, key_concurrency %d, concurrency %d; want keyed, 1, 50", f.Name, f.KeyConcurrency, f.Concurrency)
 	}
-	if f := cfg.Functions[7]; f.Name != scaleFunction(7) || f.URL != "http://127.0.0.1:1234/"+scaleFunction(7) || f.Concurrency != 10 {
-		t.Errorf("function 7: %s at %s, concurrency %d", f.Name, f.URL, f.Concurrency)
+	if f := cfg.Functions[7]; f.Name != scaleFunction(7) || f.URL != "http://127.0.0.1:1234/"+scaleFunction(7) || f.Concurrency != 10 || f.Fairness {
+		t.Errorf("function 7: %s at %s, concurrency %d, fairness %v", f.Name, f.URL, f.Concurrency, f.Fairness)
+	}
+	if !cfg.Functions[0].Fairness {
+		t.Error("function 0 is not fair; --fair is 1 by default")
 	}
 	if keys := cfg.Tenants[19].APIKeys; len(keys) != 1 || keys[0] != gateway.HashKey(scaleKey(19)) {
 		t.Errorf("tenant 19's keys: %v, want the hash of %q", keys, scaleKey(19))
@@ -47,6 +50,7 @@ func TestParseScaleFlags(t *testing.T) {
 		{[]string{"--jetstream", "elsewhere"}, "neither gateway nor process"},
 		{[]string{"--idle", "0s"}, "must be positive"},
 		{[]string{"--tenants", "0"}, "must be positive"},
+		{[]string{"--functions", "5", "--first-jobs", "5", "--fair", "6"}, "--fair 6 is out of range"},
 		{[]string{"--keys", "0"}, "--keys, --key-window and --key-submitters must be positive"},
 		{[]string{"--key-jobs", "-1"}, "--key-jobs and --key-run not negative"},
 	} {
