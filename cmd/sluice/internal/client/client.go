@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/buffer"
 )
 
 // clientFlags are the flags of the client commands: where the gateway is,
@@ -118,6 +119,9 @@ func printJob(w io.Writer, job *sluicev1.Job) {
 		fmt.Fprintf(w, "  throttles %d", job.GetThrottles())
 	}
 	fmt.Fprintln(w)
+	if k := job.GetConcurrencyKey(); k != "" {
+		fmt.Fprintf(w, "  concurrency key: %s\n", k)
+	}
 	if r := job.GetWaitingReason(); r != "" {
 		fmt.Fprintf(w, "  waiting: %s\n", r)
 	}
@@ -143,15 +147,17 @@ func Run(ctx context.Context, cmd string, args []string, stdin io.Reader, stdout
 	var c clientFlags
 	c.register(fs)
 	var (
-		data, idemKey string
-		wait          time.Duration
-		count         int
+		data, priority string
+		wait           time.Duration
+		s              submitFlags
 	)
 	if cmd == "submit" {
 		fs.StringVar(&data, "data", "", "the payload: text, @FILE, or - for stdin (empty: no payload)")
-		fs.StringVar(&idemKey, "idempotency-key", "", "submit at most once per key (with --count, KEY-1, KEY-2, …)")
-		fs.DurationVar(&wait, "wait", 0, "wait up to this long (at most 60s) for the job to finish")
-		fs.IntVar(&count, "count", 1, "submit this many jobs with the same payload")
+		fs.StringVar(&s.idemKey, "idempotency-key", "", "submit at most once per key (with --count, KEY-1, KEY-2, …)")
+		fs.StringVar(&s.concurrencyKey, "concurrency-key", "", "the jobs' concurrency key, for a function with key_concurrency")
+		fs.StringVar(&priority, "priority", "", "the jobs' priority: high, normal or low")
+		fs.DurationVar(&s.wait, "wait", 0, "wait up to this long (at most 60s) for the job to finish")
+		fs.IntVar(&s.count, "count", 1, "submit this many jobs with the same payload")
 	}
 	if cmd == "wait" {
 		fs.DurationVar(&wait, "for", 60*time.Second, "how long to wait (at most 60s a call; repeated until then)")
@@ -182,17 +188,21 @@ func Run(ctx context.Context, cmd string, args []string, stdin io.Reader, stdout
 	}
 	switch cmd {
 	case "submit":
-		if err := need(1, "FUNCTION [--data TEXT|@FILE|-] [--wait 10s] [--idempotency-key K] [--count N]"); err != nil {
+		if err := need(1, "FUNCTION [--data TEXT|@FILE|-] [--wait 10s] [--idempotency-key K] [--concurrency-key K] [--priority P] [--count N]"); err != nil {
 			return err
 		}
-		if count < 1 {
+		if s.count < 1 {
 			return errors.New("--count: at least 1")
 		}
-		payload, contentType, err := readPayload(data, stdin)
-		if err != nil {
+		var ok bool
+		if s.priority, ok = buffer.ParsePriority(priority); !ok {
+			return fmt.Errorf("--priority %q: give high, normal or low", priority)
+		}
+		s.function = pos[0]
+		if s.payload, s.contentType, err = readPayload(data, stdin); err != nil {
 			return err
 		}
-		return submitJobs(ctx, &c, jobs, pos[0], payload, contentType, idemKey, wait, count, stdout, stderr)
+		return submitJobs(ctx, &c, jobs, s, stdout, stderr)
 	case "get", "cancel", "wait":
 		if err := need(1, "JOB_ID"); err != nil {
 			return err
@@ -264,19 +274,34 @@ func contentTypeOf(b []byte) string {
 	return "application/octet-stream"
 }
 
-func submitJobs(ctx context.Context, c *clientFlags, jobs sluicev1.JobServiceClient, function string, payload []byte, contentType, idemKey string, wait time.Duration, count int, stdout, stderr io.Writer) error {
-	body := &httpbody.HttpBody{ContentType: contentType, Data: payload}
+// submitFlags are what `sluice submit` submits.
+type submitFlags struct {
+	function, contentType, idemKey, concurrencyKey string
+	payload                                        []byte
+	priority                                       sluicev1.Priority
+	wait                                           time.Duration
+	count                                          int
+}
+
+func submitJobs(ctx context.Context, c *clientFlags, jobs sluicev1.JobServiceClient, s submitFlags, stdout, stderr io.Writer) error {
+	body := &httpbody.HttpBody{ContentType: s.contentType, Data: s.payload}
+	count := s.count
 	submitOne := func(i int) (*sluicev1.Job, error) {
-		key := idemKey
+		key := s.idemKey
 		if key != "" && count > 1 {
-			key = fmt.Sprintf("%s-%d", idemKey, i+1)
+			key = fmt.Sprintf("%s-%d", s.idemKey, i+1)
 		}
 		return rpc(ctx, c, func(ctx context.Context) (*sluicev1.Job, error) {
-			if wait > 0 {
-				r, err := jobs.InvokeFunction(ctx, &sluicev1.InvokeFunctionRequest{Function: function, Payload: body, IdempotencyKey: key, Wait: durationpb.New(wait)})
+			if s.wait > 0 {
+				r, err := jobs.InvokeFunction(ctx, &sluicev1.InvokeFunctionRequest{
+					Function: s.function, Payload: body, IdempotencyKey: key, Wait: durationpb.New(s.wait),
+					ConcurrencyKey: s.concurrencyKey, Priority: s.priority,
+				})
 				return r.GetJob(), err
 			}
-			r, err := jobs.SubmitJob(ctx, &sluicev1.SubmitJobRequest{Function: function, Payload: body, IdempotencyKey: key})
+			r, err := jobs.SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+				Function: s.function, Payload: body, IdempotencyKey: key, ConcurrencyKey: s.concurrencyKey, Priority: s.priority,
+			})
 			return r.GetJob(), err
 		})
 	}

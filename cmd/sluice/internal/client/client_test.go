@@ -24,7 +24,7 @@ func TestClientCommands(t *testing.T) {
 	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(400) }))
 	defer broken.Close()
 	g := servertest.StartConfig(t, t.TempDir(), &config.Config{
-		Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL}, {Name: "broken", URL: broken.URL}},
+		Functions: []config.FunctionConfig{{Name: "echo", URL: fnURL, KeyConcurrency: 1}, {Name: "broken", URL: broken.URL}},
 		Tenants:   []config.TenantConfig{{Name: "acme", APIKeys: []string{gateway.HashKey(clientKey)}}},
 	})
 	sluice := func(args ...string) (string, error) {
@@ -45,6 +45,16 @@ func TestClientCommands(t *testing.T) {
 	}
 	if out, err := sluice("get", job.ID); err != nil || !strings.Contains(out, job.ID+"  echo  SUCCEEDED  attempts 1") || !strings.Contains(out, "result: HTTP 200") {
 		t.Errorf("get = %q, %v", out, err)
+	}
+	if out, err := sluice("submit", "echo", "--concurrency-key", "customer-42", "--priority", "high", "--wait", "10s"); err != nil ||
+		!strings.Contains(out, "echo  SUCCEEDED") || !strings.Contains(out, "concurrency key: customer-42") {
+		t.Errorf("submit --concurrency-key --priority = %q, %v; want the job SUCCEEDED with its key", out, err)
+	}
+	if _, err := sluice("submit", "broken", "--concurrency-key", "k"); err == nil || !strings.Contains(err.Error(), "no key_concurrency") {
+		t.Errorf("submit --concurrency-key to a function without key_concurrency: %v; want its INVALID_ARGUMENT", err)
+	}
+	if _, err := sluice("submit", "echo", "--priority", "urgent"); err == nil || !strings.Contains(err.Error(), "high, normal or low") {
+		t.Errorf("submit --priority urgent: %v; want refused", err)
 	}
 	if _, err := sluice("cancel", job.ID); err == nil || !strings.Contains(err.Error(), "already ended") {
 		t.Errorf("cancel of a finished job: %v, want its FAILED_PRECONDITION message", err)
