@@ -130,7 +130,7 @@ func (q *Queue) redrive(ctx context.Context, dl *sluicev1.DeadLetter) (*sluicev1
 // An earlier message of the job may be there too, finished and not yet
 // removed: the message of this redrive carries its number.
 func (q *Queue) requeue(ctx context.Context, job *sluicev1.Job, payload []byte) error {
-	last, err := q.stream.GetLastMsgForSubject(ctx, jobSubject(job.Function, LaneOf(job), job.Id))
+	last, err := q.stream.GetLastMsgForSubject(ctx, msgSubject(job))
 	switch {
 	case err == nil && last.Header.Get(headerRedrives) == strconv.Itoa(int(job.Redrives)):
 		return nil

@@ -165,3 +165,57 @@ func TestKeyedSubmitsStopAtTheJobStoresHighWater(t *testing.T) {
 		t.Fatalf("unkeyed submit past the high water mark, below max_jobs: %v", err)
 	}
 }
+
+// TestRedrivenKeyedJobWaitsForItsKeyAgain: a keyed job redriven from the
+// dead letters waits for its key like a new one: not delivered while
+// another job of its key is in flight, delivered once that one ends.
+func TestRedrivenKeyedJobWaitsForItsKeyAgain(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{KeyConcurrency: map[string]int{"f": 1}})
+	runKeyed(t, q)
+	ctx := t.Context()
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 10, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(what string) *buffer.Delivery {
+		t.Helper()
+		var got *buffer.Delivery
+		buffertest.WaitFor(t, 10*time.Second, what, func() bool {
+			ds, err := fetch(t, c, 10, 100*time.Millisecond)
+			if err != nil || len(ds) > 1 {
+				t.Fatalf("fetch: %d, %v; want one at most", len(ds), err)
+			}
+			if len(ds) == 1 {
+				got = ds[0]
+			}
+			return got != nil
+		})
+		if _, err := got.Prepare(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	failed, err := q.Submit(ctx, "f", []byte("a"), "", buffer.WithConcurrencyKey("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next("the first job delivered").Fail(ctx, "broken", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Submit(ctx, "f", []byte("b"), "", buffer.WithConcurrencyKey("k")); err != nil {
+		t.Fatal(err)
+	}
+	running := next("the second job delivered, the first having let its key go")
+	if _, notFound, err := q.Redrive(ctx, "f", "", []string{failed.Id}); err != nil || len(notFound) > 0 {
+		t.Fatalf("Redrive = %v, %v", notFound, err)
+	}
+	if ds, _ := fetch(t, c, 10, 500*time.Millisecond); len(ds) > 0 {
+		t.Fatalf("the redriven job delivered while its key's other job runs")
+	}
+	if err := running.Succeed(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if d := next("the redriven job delivered once its key had room"); d.JobID != failed.Id {
+		t.Fatalf("delivered %s; want the redriven job", d.JobID)
+	}
+}
