@@ -231,3 +231,21 @@ func TestUsageListsEveryCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestDevListensOnLoopbackByDefault: sluice dev, whose API is open and
+// whose function is a demo, listens on loopback unless told otherwise;
+// sluice serve on every interface, as a server does.
+func TestDevListensOnLoopbackByDefault(t *testing.T) {
+	for cmd, want := range map[string][]string{
+		"dev":   {`(default "127.0.0.1:8080")`, `(default "127.0.0.1:9090")`},
+		"serve": {`(default ":8080")`, `(default ":9090")`},
+	} {
+		var out bytes.Buffer
+		run(t.Context(), []string{cmd, "--help"}, &out, &out) //nolint:errcheck // --help's error is flag.ErrHelp
+		for _, w := range want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("sluice %s --help does not say %s:\n%s", cmd, w, out.String())
+			}
+		}
+	}
+}

@@ -31,7 +31,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		sim harness.FnsimFlags
 	)
 	fs.StringVar(&o.DataDir, "data-dir", "", "where the embedded JetStream stores jobs; empty: a temporary directory removed on exit")
-	registerGatewayFlags(fs, &o)
+	// Loopback: dev's API is open (no tenants) and its function a demo,
+	// nothing to offer the network.
+	registerGatewayFlags(fs, &o, "127.0.0.1")
 	lf.Register(fs)
 	sim.Register(fs, "fn-")
 	if err := cli.ParseFlags(fs, args); err != nil {
@@ -75,6 +77,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	server.TuneGC(true)
+	server.SetMemoryLimitFromContainer(log)
 	p, err := server.New(ctx, cfg, o, log)
 	if err != nil {
 		fnLn.Close()

@@ -12,9 +12,11 @@ import (
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
 )
 
-func registerGatewayFlags(fs *flag.FlagSet, o *server.Options) {
-	fs.StringVar(&o.HTTPAddr, "http-addr", ":8080", "REST API listen address")
-	fs.StringVar(&o.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
+// registerGatewayFlags registers the flags serve and dev share; the
+// listeners' default addresses are on host ("" for every interface).
+func registerGatewayFlags(fs *flag.FlagSet, o *server.Options, host string) {
+	fs.StringVar(&o.HTTPAddr, "http-addr", host+":8080", "REST API listen address")
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", host+":9090", "gRPC listen address")
 	fs.StringVar(&o.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded JetStream in --data-dir")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long in-flight invocations may finish before their jobs are handed back")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM `file` with the certificate (chain) both listeners serve TLS with; needs --tls-key")
@@ -35,7 +37,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	)
 	fs.StringVar(&configFile, "config", "", "YAML file naming the functions (required)")
 	fs.StringVar(&o.DataDir, "data-dir", "./sluice-data", "where the embedded JetStream stores jobs")
-	registerGatewayFlags(fs, &o)
+	registerGatewayFlags(fs, &o, "")
 	fs.IntVar(&o.Replicas, "replicas", 1, "replica count of Sluice's JetStream streams and buckets: 3 on a three-node NATS cluster, 1 embedded; every gateway must agree, and an existing stream with another count stops start-up")
 	lf.Register(fs)
 	if err := cli.ParseFlags(fs, args); err != nil {
@@ -56,6 +58,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	server.TuneGC(o.NATSURL == "")
+	server.SetMemoryLimitFromContainer(log)
 	p, err := server.New(ctx, cfg, o, log)
 	if err != nil {
 		return err
