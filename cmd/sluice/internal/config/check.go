@@ -149,6 +149,7 @@ func (f *FunctionConfig) setDefaultsAndCheck(bad badField) {
 	if time.Duration(f.Timeout) > maxTimeout {
 		bad("timeout", "%s is out of range: more than 0 and at most %s", time.Duration(f.Timeout), maxTimeout)
 	}
+	f.maxPayloadGiven = f.MaxPayload != 0
 	if f.MaxPayload == 0 {
 		f.MaxPayload = gateway.DefaultMaxPayload
 	}

@@ -201,6 +201,7 @@ type FunctionConfig struct {
 	KeyConcurrency Count `yaml:"key_concurrency"`
 
 	concurrencyGiven bool // Concurrency was configured, not defaulted
+	maxPayloadGiven  bool // MaxPayload was configured, not defaulted
 }
 
 // TargetConfig is where a function's jobs go. Exactly one field is set.
@@ -373,3 +374,8 @@ type GroupCommitConfig struct {
 // rather than defaulted (a Lambda target then reads its reserved
 // concurrency instead).
 func (f *FunctionConfig) ConcurrencyGiven() bool { return f.concurrencyGiven }
+
+// MaxPayloadGiven says whether max_payload was configured: a default that
+// does not fit the NATS server gives way to what does, a configured value
+// does not.
+func (f *FunctionConfig) MaxPayloadGiven() bool { return f.maxPayloadGiven }

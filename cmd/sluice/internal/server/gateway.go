@@ -75,13 +75,23 @@ type Gateway struct {
 
 // fitSizes checks that each function's payloads and results fit what the
 // queue stores them in on this NATS server (natsMax is its max_payload),
-// and gives a function without max_result the default, or what fits if
-// that is less.
-func fitSizes(functions []config.FunctionConfig, queue *buffer.Queue, natsMax int64) error {
+// and gives a function without max_payload or max_result the default, or
+// what fits if that is less, saying so in log.
+func fitSizes(functions []config.FunctionConfig, queue *buffer.Queue, natsMax int64, log *slog.Logger) error {
 	maxPayload, maxResult := queue.MaxPayloadBytes(), queue.MaxResultBytes()
 	for i := range functions {
 		f := &functions[i]
-		if int64(f.MaxPayload) > maxPayload {
+		payload := int64(f.MaxPayload)
+		if payload == 0 {
+			payload = gateway.DefaultMaxPayload
+		}
+		if payload > maxPayload && !f.MaxPayloadGiven() {
+			// A stock server's max_payload (1MB) leaves less than the
+			// default for a payload, with the job and a response beside it.
+			log.Info("max_payload not set: taking the most this NATS server's max_payload leaves room for",
+				"function", f.Name, "max_payload", maxPayload, "default", payload, "nats_max_payload", natsMax)
+			f.MaxPayload = config.ByteSize(maxPayload)
+		} else if payload > maxPayload {
 			return fmt.Errorf("functions (%s).max_payload: %d bytes does not fit the NATS server's max_payload of %d: a job's dead letter holds its payload, the job and up to 64KiB of the function's response, %d bytes besides the payload; at most %d",
 				f.Name, f.MaxPayload, natsMax, buffer.PayloadOverhead, maxPayload)
 		}
@@ -277,7 +287,7 @@ func (p *Gateway) setUpFunctions(ctx context.Context, cfg *config.Config) ([]gat
 	// The targets may settle a function's concurrency (a Lambda function's
 	// reserved concurrency): from here on, functions is the configuration.
 	functions := slices.Clone(cfg.Functions)
-	if err := fitSizes(functions, p.queue, p.nc.MaxPayload()); err != nil {
+	if err := fitSizes(functions, p.queue, p.nc.MaxPayload(), p.log); err != nil {
 		return nil, nil, err
 	}
 	invokers, err := setUpTargets(ctx, functions, p.nc, p.opts.NATSURL != "", p.log)

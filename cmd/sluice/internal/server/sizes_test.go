@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -200,8 +201,42 @@ func TestStartupChecksSizesAgainstNATS(t *testing.T) {
 		})
 	}
 	functions := []config.FunctionConfig{{Name: "f"}}
-	if err := server.FitSizes(functions, q, stockMaxPayload); err != nil || int64(functions[0].MaxResult) != maxResult {
+	if err := server.FitSizes(functions, q, stockMaxPayload, slog.New(slog.DiscardHandler)); err != nil || int64(functions[0].MaxResult) != maxResult {
 		t.Errorf("max_result unset: %d, %v; want the most a job's state holds, %d", functions[0].MaxResult, err, maxResult)
+	}
+	if int64(functions[0].MaxPayload) != maxPayload {
+		t.Errorf("max_payload unset: %d; want the most a dead letter holds, %d", functions[0].MaxPayload, maxPayload)
+	}
+}
+
+// TestDefaultConfigRunsOnAStockNATS (#22 item 2): against a NATS server
+// with its stock max_payload (1MB), a gateway with the shortest config
+// starts, takes the largest payload that fits in place of the default
+// max_payload, says so in its log, and runs a job; a payload one byte
+// over is refused with 413.
+func TestDefaultConfigRunsOnAStockNATS(t *testing.T) {
+	srv := startStockNATS(t)
+	_, fnURL := servertest.StartFunction(t, fnsim.Config{})
+	var logs buffertest.LockedBuffer
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: fnURL}}}
+	p, err := servertest.New(t, "", cfg, server.Options{NATSURL: srv.ClientURL()}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatalf("the shortest config on a stock NATS: %v", err)
+	}
+	g := servertest.Run(t, p)
+	maxPayload := g.Queue().MaxPayloadBytes()
+	if !strings.Contains(logs.String(), "max_payload not set") || !strings.Contains(logs.String(), fmt.Sprint("max_payload=", maxPayload)) {
+		t.Errorf("the log does not say max_payload was taken from the server:\n%s", logs.String())
+	}
+	code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", strings.Repeat("x", int(maxPayload)))
+	if code != http.StatusAccepted {
+		t.Fatalf("a payload of the derived max_payload: %d %s", code, body)
+	}
+	if j := waitRESTKey(t, g, "", decodeJob(t, body).ID, 10*time.Second); j.State != "SUCCEEDED" {
+		t.Errorf("the job ended %s", j.State)
+	}
+	if code, _, body := call(t, http.MethodPost, g.Base+"/v1/functions/f/jobs", "", strings.Repeat("x", int(maxPayload)+1)); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a payload one byte over: %d %s; want 413", code, body)
 	}
 }
 
