@@ -100,6 +100,10 @@ type Config struct {
 	// [WithConcurrencyKey]). A function not in it takes no keyed jobs;
 	// those it has waiting are released a thousand at a time.
 	KeyConcurrency map[string]int
+	// JetStreamDomain, if set, is the JetStream domain the streams and
+	// buckets live in (a leaf node's hub, say); "" for the one NATS
+	// serves locally.
+	JetStreamDomain string
 	// Retention is how long a job's state is kept after its last change.
 	// Default 24h.
 	Retention time.Duration
@@ -197,6 +201,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 // dead-letter and callback streams, and returns the queue over them.
 func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	js, err := jetstream.New(nc)
+	if cfg.JetStreamDomain != "" {
+		js, err = jetstream.NewWithDomain(nc, cfg.JetStreamDomain)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("buffer: jetstream: %w", err)
 	}

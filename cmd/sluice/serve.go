@@ -38,6 +38,12 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&configFile, "config", "", "YAML file naming the functions (required)")
 	fs.StringVar(&o.DataDir, "data-dir", "./sluice-data", "where the embedded JetStream stores jobs")
 	registerGatewayFlags(fs, &o, "")
+	fs.StringVar(&o.NATSAuth.Creds, "nats-creds", "", "with --nats-url: a NATS `.creds` file (user JWT and NKey seed) to connect with")
+	fs.StringVar(&o.NATSAuth.NKey, "nats-nkey", "", "with --nats-url: a `file` holding an NKey seed to connect with")
+	fs.StringVar(&o.NATSAuth.TLSCA, "nats-tls-ca", "", "with --nats-url: PEM `file` of the CA certificates NATS's certificate must chain to (default: the system's)")
+	fs.StringVar(&o.NATSAuth.TLSCert, "nats-tls-cert", "", "with --nats-url: PEM `file` with the client certificate for a NATS that verifies clients; needs --nats-tls-key")
+	fs.StringVar(&o.NATSAuth.TLSKey, "nats-tls-key", "", "with --nats-url: PEM `file` with the key of --nats-tls-cert")
+	fs.StringVar(&o.NATSAuth.JSDomain, "nats-js-domain", "", "with --nats-url: the JetStream domain Sluice's streams live in (a leaf node's hub)")
 	fs.IntVar(&o.Replicas, "replicas", 1, "replica count of Sluice's JetStream streams and buckets: 3 on a three-node NATS cluster, 1 embedded; every gateway must agree, and an existing stream with another count stops start-up")
 	lf.Register(fs)
 	if err := cli.ParseFlags(fs, args); err != nil {

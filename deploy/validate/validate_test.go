@@ -132,6 +132,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"no NATS URL", "nats: {url: ''}\n", "nats.url"},
 		{"no functions", "config: {functions: []}\n", "config.functions"},
 		{"client CA without certificate", "tls: {clientCASecretName: ca}\n", "tls.clientCASecretName needs tls.secretName"},
+		{"NATS creds and NKey both", "nats: {credsSecret: a, nkeySecret: b}\n", "nats.credsSecret and nats.nkeySecret: give one"},
 		{"values not matching the schema", "replicaCount: two\n", "replicaCount"},
 		{"unknown value", "natss: {url: x}\n", "natss"},
 	} {
@@ -234,4 +235,29 @@ func TestDockerContextCheckRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantError(t, checkDockerContext(abs, f), "excludes gateway/")
+}
+
+// TestChartPassesNATSCredentials: with a secured NATS's values, the
+// gateway's args name the files of the Secrets the pod mounts, and the URL
+// comes from its Secret through the environment.
+func TestChartPassesNATSCredentials(t *testing.T) {
+	out, err := renderChart(chartDir, filepath.Join(chartDir, "ci", "nats-auth-values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := out["sluice/templates/deployment.yaml"]
+	for _, want := range []string{
+		"- --nats-url=$(SLUICE_NATS_URL)", "name: SLUICE_NATS_URL", "name: sluice-nats-url",
+		"- --nats-creds=/etc/sluice/nats/creds/nats.creds", "mountPath: /etc/sluice/nats/creds", "secretName: sluice-nats-creds",
+		"- --nats-tls-ca=/etc/sluice/nats/ca/ca.crt", "secretName: nats-ca",
+		"- --nats-tls-cert=/etc/sluice/nats/client/tls.crt", "- --nats-tls-key=/etc/sluice/nats/client/tls.key", "secretName: sluice-nats-client",
+		"- --nats-js-domain=hub",
+	} {
+		if !strings.Contains(d, want) {
+			t.Errorf("the deployment does not have %q:\n%s", want, d)
+		}
+	}
+	if strings.Contains(d, "--nats-nkey") {
+		t.Error("the deployment passes --nats-nkey without nats.nkeySecret")
+	}
 }

@@ -177,8 +177,12 @@ func (p *Gateway) connectNATS(cfg *config.Config) error {
 		// A connection cut silently (no RST) is noticed by missed pings:
 		// with the client's defaults (every 2 minutes, 2 missed) a gateway
 		// could wait four minutes before moving to another server.
-		p.nc, err = nats.Connect(p.opts.NATSURL, nats.Name("sluice"), nats.MaxReconnects(-1),
-			nats.PingInterval(natsPingInterval), nats.MaxPingsOutstanding(natsMaxPingsOut))
+		var auth []nats.Option
+		if auth, err = p.opts.NATSAuth.options(); err != nil {
+			return err
+		}
+		p.nc, err = nats.Connect(p.opts.NATSURL, append(auth, nats.Name("sluice"), nats.MaxReconnects(-1),
+			nats.PingInterval(natsPingInterval), nats.MaxPingsOutstanding(natsMaxPingsOut))...)
 	}
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
@@ -241,6 +245,7 @@ func (p *Gateway) openQueue(ctx context.Context, cfg *config.Config) error {
 	bufCfg := cfg.Buffer.Queue()
 	bufCfg.Logger, bufCfg.Replicas = p.log, replicas
 	bufCfg.KeyConcurrency = cfg.KeyConcurrency()
+	bufCfg.JetStreamDomain = p.opts.NATSAuth.JSDomain
 	queue, err := p.openBuffer(ctx, bufCfg)
 	if errors.Is(err, provision.ErrDurability) {
 		return fmt.Errorf("--replicas=%d: %w", replicas, err)

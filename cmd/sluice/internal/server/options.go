@@ -15,6 +15,9 @@ type Options struct {
 	HTTPAddr string
 	GRPCAddr string
 	NATSURL  string // empty: start an embedded JetStream in DataDir
+	// NATSAuth is how the gateway proves itself to the NATS at NATSURL,
+	// beyond what the URL carries.
+	NATSAuth NATSAuth
 	// Replicas is the replica count of Sluice's streams and buckets.
 	// Zero means 1.
 	Replicas     int
@@ -64,5 +67,5 @@ func (o Options) Check() error {
 	case o.ReadHeaderTimeout <= 0:
 		return errors.New("--read-header-timeout: must be positive")
 	}
-	return nil
+	return o.NATSAuth.check(o.NATSURL)
 }

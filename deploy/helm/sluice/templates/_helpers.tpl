@@ -58,3 +58,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.gateway.terminationGracePeriodSeconds }}
 {{- end }}
 {{- end }}
+
+{{/*
+The Secrets that hold the gateway's NATS credentials, by the folder each is
+mounted in under /etc/sluice/nats: YAML, a map, empty without any.
+*/}}
+{{- define "sluice.natsSecrets" -}}
+{{- with .Values.nats.credsSecret }}
+creds: {{ . }}
+{{- end }}
+{{- with .Values.nats.nkeySecret }}
+nkey: {{ . }}
+{{- end }}
+{{- with .Values.nats.tls.caSecret }}
+ca: {{ . }}
+{{- end }}
+{{- with .Values.nats.tls.clientSecret }}
+client: {{ . }}
+{{- end }}
+{{- end }}
