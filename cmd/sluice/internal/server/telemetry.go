@@ -50,7 +50,9 @@ func newTelemetry(ctx context.Context, tp trace.TracerProvider) (*telemetry, err
 	// A registry of its own per process, not Prometheus' global one: tests
 	// run several gateways in one process.
 	reg := prometheus.NewRegistry()
-	exporter, err := otelprom.New(otelprom.WithRegisterer(reg))
+	// No otel_scope_* labels: every series of Sluice's is its own, and
+	// the labels only lengthen each one and every query that joins them.
+	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
