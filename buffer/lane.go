@@ -78,6 +78,11 @@ func jobSubject(function string, l Lane, id string) string {
 	return SubjectPrefix + function + "." + id
 }
 
+// LaneSubjects matches every job message in lane l of function (as
+// published, for a watch of arrivals); for the default lane, those of no
+// other lane.
+func LaneSubjects(function string, l Lane) string { return laneSubjects(function, l) }
+
 // laneSubjects matches every job message in one lane of function.
 func laneSubjects(function string, l Lane) string {
 	if tok := l.token(); tok != "" {
