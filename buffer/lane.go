@@ -1,6 +1,8 @@
 package buffer
 
 import (
+	"context"
+	"fmt"
 	"strings"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
@@ -99,4 +101,21 @@ func laneConsumerName(function string, l Lane) string {
 		return ConsumerName(function)
 	}
 	return ConsumerName(function) + "~" + tok // no function name holds a tilde
+}
+
+// FunctionConsumers counts the consumers of function on the stream: its own
+// and its lanes', as the server has them now.
+func (q *Queue) FunctionConsumers(ctx context.Context, function string) (int, error) {
+	own := ConsumerName(function)
+	n := 0
+	names := q.stream.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if name == own || strings.HasPrefix(name, own+"~") {
+			n++
+		}
+	}
+	if err := names.Err(); err != nil {
+		return 0, fmt.Errorf("buffer: consumers of %s: %w", function, err)
+	}
+	return n, nil
 }

@@ -309,6 +309,7 @@ func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
 	if err := l.removeFinished(ctx, false); err != nil && ctx.Err() == nil {
 		l.log.Warn("remove finished jobs", "err", err)
 	}
+	l.gauges.lanes.Store(int64(len(units)))
 	l.gauges.backlog.Store(int64(load.Backlog))
 	l.gauges.inFlight.Store(int64(load.InFlight))
 	l.gauges.window.Store(int64(p.Window))
