@@ -64,7 +64,8 @@ type Function struct {
 	// work. Zero means none: it runs on what the others leave.
 	Reserved int
 	// Lanes, if any, make dispatch fair: each lane (tenant and priority)
-	// has a consumer of its own, first in first out within it; tenants
+	// has a consumer of its own while it has work (see laneUnit), first
+	// in first out within it; tenants
 	// with work share the function's window by their weights
 	// (Config.TenantWeights) and, within a tenant's part, higher priorities
 	// go first. The default lane (no tenant, normal) is always among them.
@@ -135,7 +136,8 @@ type Config struct {
 	MeterProvider metric.MeterProvider
 	// ConsumerIdleLife is how long a consumer nothing pulls from is kept
 	// (a resting function's, a retired lane's) before the server removes
-	// it. Zero means [ConsumerIdleLife].
+	// it. Zero means [ConsumerIdleLife]. Keep it well above a second,
+	// the life of a pull request: tests shorten it.
 	ConsumerIdleLife time.Duration
 }
 

@@ -63,6 +63,13 @@ const (
 // lowering; a slot lent out comes back when the borrower's invocation ends.
 // The leader is the only process that writes a pooled consumer's cap: other
 // processes bind to the consumer as it is, a new one is created paused.
+//
+// A fair function's lanes that are retired in the leader's process (see
+// laneUnit) are left out of its rounds once it has seen or made their cap
+// 0 with nothing in flight: they count for nothing, and stay so, as only
+// the leader raises a cap, which it does for a lane only once a job's
+// arrival has made it active again. A process taking the lead reads every
+// lane once, as the last leader may have left any cap raised.
 type poolLoop struct {
 	pool    Pool
 	members []*functionLoop
