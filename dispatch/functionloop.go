@@ -45,6 +45,7 @@ type functionLoop struct {
 	lanesMu    sync.Mutex    // guards the lanes' activity (see laneUnit) and toStart
 	toStart    []*laneUnit   // activated lanes whose pullers run is to start
 	laneStarts chan struct{} // toStart grew (capacity 1)
+	rechecks   []recheck     // lanes retired, to be read again; owned by the pace loop
 
 	pacing atomic.Pointer[shared.PacingState] // the shared window as last seen
 
@@ -177,6 +178,9 @@ func (l *functionLoop) pace(ctx context.Context) {
 		}
 		busy := l.paceRound(ctx, n)
 		l.retireQuiet(ctx) // lanes without work, while others may have some
+		if l.recheckRetired(ctx) {
+			busy = true // no rest while a lane retired just now is to be read again
+		}
 		if busy {
 			quiet = 0
 			continue
@@ -246,11 +250,23 @@ func (l *functionLoop) rest(ctx context.Context) bool {
 	l.pulls.Shut()
 	l.resting.Store(true)
 	defer l.resting.Store(false)
-	select {
-	case <-ctx.Done():
-		return false
-	case <-l.wake:
-		return true
+	// A job's message reaches the watch as it is routed, and the load as
+	// JetStream has stored it, a moment later: one routed just before the
+	// watch began may have been stored just after that round read the
+	// load. A second reading, a moment on, sees it (see retireGrace).
+	grace := time.NewTimer(retireGrace)
+	defer grace.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-l.wake:
+			return true
+		case <-grace.C:
+			if load, err := l.load(ctx); err != nil || load.Backlog > 0 || load.InFlight > 0 {
+				return true
+			}
+		}
 	}
 }
 

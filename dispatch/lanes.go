@@ -193,7 +193,49 @@ func (l *functionLoop) retireQuiet(ctx context.Context) {
 			u.stop = nil
 		}
 		l.lanesMu.Unlock()
+		l.rechecks = append(l.rechecks, recheck{u: u, at: time.Now()})
 	}
+}
+
+// retireGrace is how long after its retirement a lane is read once more.
+// A job's message reaches the watches as it is routed, and the stream's
+// count of it as JetStream has stored it, a moment later: one routed just
+// before the watch began and stored just after the lane was read could be
+// missed by both. It is not missed by a reading this much later.
+const retireGrace = 100 * time.Millisecond
+
+// recheck is a lane retired at a time, to be read again.
+type recheck struct {
+	u  *laneUnit
+	at time.Time
+}
+
+// recheckRetired reads again each lane retired retireGrace ago or more (see
+// retireGrace), and activates it if it has work after all. It reports
+// whether lanes retired since are still to be read: until they are, the
+// function must not rest. Only the pace loop calls it.
+func (l *functionLoop) recheckRetired(ctx context.Context) (pending bool) {
+	keep := l.rechecks[:0]
+	for _, r := range l.rechecks {
+		if time.Since(r.at) < retireGrace {
+			keep = append(keep, r)
+			continue
+		}
+		load, err := r.u.cons.Load(ctx)
+		if err != nil && ctx.Err() != nil {
+			keep = append(keep, r)
+			continue
+		}
+		if err != nil || load.Backlog > 0 || load.InFlight > 0 {
+			l.lanesMu.Lock()
+			l.activateLocked(r.u)
+			l.lanesMu.Unlock()
+			l.nudge()
+		}
+	}
+	clear(l.rechecks[len(keep):])
+	l.rechecks = keep
+	return len(l.rechecks) > 0
 }
 
 // watches are the watches for the next job in each of units.

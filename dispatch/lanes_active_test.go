@@ -114,6 +114,9 @@ func TestFairLanesHoldConsumersOnlyWhileTheyHaveWork(t *testing.T) {
 	if n := most.Load(); n < 1 || n > 4 {
 		t.Errorf("at most %d consumers of the function at once; want 1 to 4 (three busy lanes and the function's own), of 901", n)
 	}
+	if got := fn.most.Load(); got > 4 {
+		t.Errorf("%d invocations at once, over the function's concurrency of 4", got)
+	}
 	before := fn.jobs.Load()
 	succeeds(t, q, submitGroup(t, q, "fair", "late", 1, buffer.WithTenant(tenantName(150)), buffer.WithPriority(sluicev1.Priority_NORMAL)), "a job in a retired lane whose consumer is gone")
 	if got := fn.jobs.Load() - before; got != 1 {
@@ -178,6 +181,9 @@ func TestJobsStoredAsLanesRetireAreNotMissed(t *testing.T) {
 	buffertest.WaitFor(t, 10*time.Second, "every background job run", func() bool { return fn.jobs.Load() >= want })
 	if got := fn.jobs.Load(); got != want {
 		t.Errorf("the function was called %d times for %d jobs, want %d", got, want, want)
+	}
+	if got := fn.most.Load(); got > 4 {
+		t.Errorf("%d invocations at once, over the function's concurrency of 4", got)
 	}
 }
 
