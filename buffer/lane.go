@@ -1,6 +1,8 @@
 package buffer
 
 import (
+	"context"
+	"fmt"
 	"strings"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
@@ -78,6 +80,11 @@ func jobSubject(function string, l Lane, id string) string {
 	return SubjectPrefix + function + "." + id
 }
 
+// LaneSubjects matches every job message in lane l of function (as
+// published, for a watch of arrivals); for the default lane, those of no
+// other lane.
+func LaneSubjects(function string, l Lane) string { return laneSubjects(function, l) }
+
 // laneSubjects matches every job message in one lane of function.
 func laneSubjects(function string, l Lane) string {
 	if tok := l.token(); tok != "" {
@@ -94,4 +101,21 @@ func laneConsumerName(function string, l Lane) string {
 		return ConsumerName(function)
 	}
 	return ConsumerName(function) + "~" + tok // no function name holds a tilde
+}
+
+// FunctionConsumers counts the consumers of function on the stream: its own
+// and its lanes', as the server has them now.
+func (q *Queue) FunctionConsumers(ctx context.Context, function string) (int, error) {
+	own := ConsumerName(function)
+	n := 0
+	names := q.stream.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if name == own || strings.HasPrefix(name, own+"~") {
+			n++
+		}
+	}
+	if err := names.Err(); err != nil {
+		return 0, fmt.Errorf("buffer: consumers of %s: %w", function, err)
+	}
+	return n, nil
 }

@@ -152,3 +152,27 @@ func TestFunctionJoiningAPoolIsPausedUntilItsLeaderCounts(t *testing.T) {
 		return nil
 	})
 }
+
+// FunctionConsumers counts a function's own consumer and its lanes', and
+// no other function's.
+func TestFunctionConsumers(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	count := func(function string, want int) {
+		t.Helper()
+		if n, err := q.FunctionConsumers(ctx, function); err != nil || n != want {
+			t.Fatalf("FunctionConsumers(%s) = %d, %v; want %d", function, n, err, want)
+		}
+	}
+	count("f", 0)
+	for _, lane := range []*buffer.Lane{{}, {Tenant: "acme"}, {Tenant: "bolt", Priority: sluicev1.Priority_LOW}} {
+		if _, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute, Lane: lane}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "ff", MaxInFlight: 1, AckWait: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	count("f", 3)
+	count("ff", 1)
+}

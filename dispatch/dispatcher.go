@@ -64,7 +64,8 @@ type Function struct {
 	// work. Zero means none: it runs on what the others leave.
 	Reserved int
 	// Lanes, if any, make dispatch fair: each lane (tenant and priority)
-	// has a consumer of its own, first in first out within it; tenants
+	// has a consumer of its own while it has work (see laneUnit), first
+	// in first out within it; tenants
 	// with work share the function's window by their weights
 	// (Config.TenantWeights) and, within a tenant's part, higher priorities
 	// go first. The default lane (no tenant, normal) is always among them.
@@ -133,6 +134,11 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// MeterProvider takes dispatch's metrics. Nil means the global one.
 	MeterProvider metric.MeterProvider
+	// ConsumerIdleLife is how long a consumer nothing pulls from is kept
+	// (a resting function's, a retired lane's) before the server removes
+	// it. Zero means [ConsumerIdleLife]. Keep it well above a second,
+	// the life of a pull request: tests shorten it.
+	ConsumerIdleLife time.Duration
 }
 
 // Dispatcher invokes functions with their queued jobs.
@@ -186,6 +192,9 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 30 * time.Second
 	}
+	if cfg.ConsumerIdleLife <= 0 {
+		cfg.ConsumerIdleLife = ConsumerIdleLife
+	}
 	if cfg.TracerProvider == nil {
 		cfg.TracerProvider = otel.GetTracerProvider()
 	}
@@ -205,15 +214,19 @@ func New(cfg Config) (*Dispatcher, error) {
 // JetStream unavailable for a while (see waitOutUnavailable) is waited out.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	id := processID()
-	arrivals := d.cfg.Source.NewArrivals(len(d.cfg.Functions))
 	loops := make([]*functionLoop, 0, len(d.cfg.Functions))
+	watches := 0 // at most one for each function, and each of its lanes
 	for _, f := range d.cfg.Functions {
 		l, err := d.newFunctionLoop(ctx, f, id)
 		if err != nil {
 			return stoppedOr(ctx, err)
 		}
-		l.arrivals = arrivals
 		loops = append(loops, l)
+		watches += 1 + len(l.lanes)
+	}
+	arrivals := d.cfg.Source.NewArrivals(watches)
+	for _, l := range loops {
+		l.arrivals = arrivals
 	}
 	pools := d.newPoolLoops(loops, id)
 	if err := registerGauges(d.cfg.MeterProvider, loops, pools); err != nil {
@@ -254,6 +267,17 @@ func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string)
 		tel:   d.tel,
 		attrs: newLoopAttrs(f.Name),
 		wake:  make(chan struct{}, 1),
+
+		laneStarts: make(chan struct{}, 1),
+	}
+	// The default lane is always active; a fair function's others from
+	// their first job's arrival (see laneUnit), but a paused function's,
+	// whose backlogs the pool's leader keeps in view.
+	for i, u := range units {
+		if i == 0 || f.Paused {
+			u.active = true
+			l.toStart = append(l.toStart, u)
+		}
 	}
 	l.id = id
 	l.inv = pacing.NewInvocations(window, f.Concurrency)
@@ -285,7 +309,7 @@ func (d *Dispatcher) laneUnits(ctx context.Context, f Function, window int) ([]*
 				// The server keeps a consumer only while it is pulled
 				// from: a resting function holds none. A paused one's
 				// stays, for its backlog on the status pages.
-				IdleLife: idleLife(f),
+				IdleLife: d.idleLife(f),
 			})
 		})
 		if err != nil {
@@ -294,6 +318,7 @@ func (d *Dispatcher) laneUnits(ctx context.Context, f Function, window int) ([]*
 		u := &laneUnit{name: f.Name, cons: cons, lane: lane, weight: 1}
 		if lane != nil {
 			u.name = f.Name + "/" + lane.Tenant + "/" + buffer.PriorityName(lane.Priority)
+			u.subject = buffer.LaneSubjects(f.Name, *lane)
 			if w, ok := d.cfg.TenantWeights[lane.Tenant]; ok && w > 0 {
 				u.weight = w
 			}
@@ -354,17 +379,18 @@ func runLoops(ctx context.Context, loops []*functionLoop, pools []*poolLoop) err
 	return g.Wait()
 }
 
-// ConsumerIdleLife is how long a resting function's consumers are kept
-// before the server removes them; the next job makes them again.
+// ConsumerIdleLife is how long, by default, a resting function's consumers
+// (or a retired lane's) are kept before the server removes them; the next
+// job makes them again.
 const ConsumerIdleLife = 30 * time.Second
 
 // idleLife is the idle life of f's consumers: none while dispatch of f is
 // paused, so that its backlog stays in view.
-func idleLife(f Function) time.Duration {
+func (d *Dispatcher) idleLife(f Function) time.Duration {
 	if f.Paused {
 		return 0
 	}
-	return ConsumerIdleLife
+	return d.cfg.ConsumerIdleLife
 }
 
 // fairLanes are a fair function's lanes, each once, the default lane first.

@@ -39,8 +39,13 @@ type functionLoop struct {
 	counts     tally
 	tel        *telemetry
 	gauges     gauges
-	pool       *poolLoop // nil outside a pool, unless fair
-	lanes      []*laneUnit
+	pool       *poolLoop   // nil outside a pool, unless fair
+	lanes      []*laneUnit // the default lane first
+
+	lanesMu    sync.Mutex    // guards the lanes' activity (see laneUnit) and toStart
+	toStart    []*laneUnit   // activated lanes whose pullers run is to start
+	laneStarts chan struct{} // toStart grew (capacity 1)
+	rechecks   []recheck     // lanes retired, to be read again; owned by the pace loop
 
 	pacing atomic.Pointer[shared.PacingState] // the shared window as last seen
 
@@ -60,12 +65,16 @@ func (l *functionLoop) run(ctx context.Context) {
 	defer cutOff()
 	var inFlight sync.WaitGroup
 
-	pull := func(u *laneUnit) {
-		for ctx.Err() == nil {
-			pullCtx := l.pulls.Wait() // ends when the function rests
-			if pullCtx == nil {
-				break
+	// pull pulls u's jobs until laneCtx ends (u retires, or ctx ends),
+	// while the function does not rest.
+	pull := func(u *laneUnit, laneCtx context.Context) {
+		for laneCtx.Err() == nil {
+			gateCtx := l.pulls.Wait() // ends when the function rests
+			if gateCtx == nil || laneCtx.Err() != nil {
+				break // (a lane retired as it rested waits until it wakes)
 			}
+			pullCtx, cancel := context.WithCancel(gateCtx)
+			stop := context.AfterFunc(laneCtx, cancel)
 			err := u.cons.Consume(pullCtx, l.fn.Concurrency, func(dv *buffer.Delivery) {
 				l.nudge()
 				// The window (MaxAckPending) keeps deliveries within the
@@ -86,18 +95,52 @@ func (l *functionLoop) run(ctx context.Context) {
 				l.log.WarnContext(ctx, "pull jobs", "consumer", u.name, "err", err)
 				sleep(pullCtx, time.Second)
 			}
+			stop()
+			cancel()
 		}
 	}
-	if len(l.lanes) == 1 {
-		pull(l.lanes[0]) // on this goroutine: one fewer for each function
+	if !l.fair() {
+		pull(l.lanes[0], ctx) // on this goroutine: one fewer for each function
 	} else {
-		var pullers sync.WaitGroup
-		for _, u := range l.lanes {
-			pullers.Go(func() { pull(u) })
-		}
-		pullers.Wait()
+		l.runLanes(ctx, pull)
 	}
 	l.drain(&inFlight, cutOff)
+}
+
+// runLanes runs a puller for each active lane of a fair function, from
+// its activation to its retirement (see laneUnit), until ctx ends and they
+// have all returned.
+func (l *functionLoop) runLanes(ctx context.Context, pull func(u *laneUnit, laneCtx context.Context)) {
+	var pullers sync.WaitGroup
+	defer pullers.Wait()
+	defer func() {
+		// Those started once ctx ended end at once.
+		l.lanesMu.Lock()
+		defer l.lanesMu.Unlock()
+		for _, u := range l.lanes {
+			if u.stop != nil {
+				u.stop()
+				u.stop = nil
+			}
+		}
+	}()
+	for {
+		l.lanesMu.Lock()
+		for _, u := range l.toStart {
+			if u.active && u.stop == nil {
+				laneCtx, stop := context.WithCancel(ctx)
+				u.stop = stop
+				pullers.Go(func() { pull(u, laneCtx) })
+			}
+		}
+		l.toStart = nil
+		l.lanesMu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.laneStarts:
+		}
+	}
 }
 
 // drain waits for in-flight invocations, cutting them off after
@@ -120,7 +163,8 @@ func (l *functionLoop) drain(inFlight *sync.WaitGroup, cutOff context.CancelFunc
 // no JetStream request, no write, until a job for it is stored or
 // delivered (see rest).
 func (l *functionLoop) pace(ctx context.Context) {
-	if !l.rest(ctx) { // at once: most functions have no work at start
+	l.findWaitingLanes(ctx) // a fair function's: once, then their watches tell
+	if !l.rest(ctx) {       // at once: most functions have no work at start
 		return
 	}
 	tick := time.NewTicker(l.cfg.PaceEvery)
@@ -132,7 +176,12 @@ func (l *functionLoop) pace(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if l.paceRound(ctx, n) {
+		busy := l.paceRound(ctx, n)
+		l.retireQuiet(ctx) // lanes without work, while others may have some
+		if l.recheckRetired(ctx) {
+			busy = true // no rest while a lane retired just now is to be read again
+		}
+		if busy {
 			quiet = 0
 			continue
 		}
@@ -201,11 +250,23 @@ func (l *functionLoop) rest(ctx context.Context) bool {
 	l.pulls.Shut()
 	l.resting.Store(true)
 	defer l.resting.Store(false)
-	select {
-	case <-ctx.Done():
-		return false
-	case <-l.wake:
-		return true
+	// A job's message reaches the watch as it is routed, and the load as
+	// JetStream has stored it, a moment later: one routed just before the
+	// watch began may have been stored just after that round read the
+	// load. A second reading, a moment on, sees it (see retireGrace).
+	grace := time.NewTimer(retireGrace)
+	defer grace.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-l.wake:
+			return true
+		case <-grace.C:
+			if load, err := l.load(ctx); err != nil || load.Backlog > 0 || load.InFlight > 0 {
+				return true
+			}
+		}
 	}
 }
 
@@ -225,13 +286,14 @@ func (l *functionLoop) nudge() {
 // applies it. It reports whether the function has work anywhere, or this
 // round could not finish its business (so the loop must not rest).
 func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
-	load, err := l.load(ctx)
+	load, units, loads, err := l.loadLanes(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			l.log.Warn("read load", "err", err)
 		}
 		return true
 	}
+	l.countQuiet(units, loads)
 	now := l.cfg.Now()
 	cold, warm := l.cold.Take()
 	counts := l.counts.take()
@@ -263,6 +325,7 @@ func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
 	if err := l.removeFinished(ctx, false); err != nil && ctx.Err() == nil {
 		l.log.Warn("remove finished jobs", "err", err)
 	}
+	l.gauges.lanes.Store(int64(len(units)))
 	l.gauges.backlog.Store(int64(load.Backlog))
 	l.gauges.inFlight.Store(int64(load.InFlight))
 	l.gauges.window.Store(int64(p.Window))

@@ -11,6 +11,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/buffer/arrivals"
 )
 
 // DefaultPriorityAging is how long a fair function's job waits before it
@@ -19,14 +20,278 @@ const DefaultPriorityAging = time.Minute
 
 // laneUnit is one consumer of a function's jobs: the function's only one,
 // or one lane's of a fair function.
+//
+// A fair function's lane other than the default one exists, in each
+// process, while it has work: it is active (pulled from by a goroutine of
+// its own, and read each round by the pace loop and the pool's leader)
+// from a job's arrival in it until it has had none for restAfter rounds;
+// then it is retired, and a watch for its next job's arrival (see
+// [arrivals.Arrivals]) is all it holds. Its consumer, pulled from by none,
+// is left to the server to remove (see ConsumerIdleLife). So what a fair
+// function costs follows its busy tenants, not its configured ones.
 type laneUnit struct {
-	name   string
-	cons   *buffer.Consumer
-	lane   *buffer.Lane // nil: all the function's jobs, in the order they came
-	weight int          // its tenant's
+	name    string
+	subject string // its jobs' messages
+	cons    *buffer.Consumer
+	lane    *buffer.Lane // nil: all the function's jobs, in the order they came
+	weight  int          // its tenant's
 	// waitingSince is when its oldest waiting job was stored (Unix ns; 0
 	// for none or unknown), for aging. Owned by the pool's leader.
 	waitingSince atomic.Int64
+
+	// Guarded by the function loop's lanesMu.
+	active  bool               // pulled from and read in this process
+	stop    context.CancelFunc // ends its puller; nil while it has none
+	unwatch func()             // ends the watch for its next job while retired
+	arrived bool               // a job came since its retirement began
+	quiet   int                // rounds in a row its load showed no work
+
+	// capZero: this process, leading the pool, saw or made its cap 0 with
+	// nothing in flight, and has not raised it since, so that while
+	// retired it needs no reading to be counted. Owned by the pool's loop.
+	capZero bool
+}
+
+// fair reports whether the function has lanes of its own.
+func (l *functionLoop) fair() bool { return l.lanes[0].lane != nil }
+
+// activeLanes are the lanes pulled from and read in this process, the
+// default lane first.
+func (l *functionLoop) activeLanes() []*laneUnit {
+	if !l.fair() {
+		return l.lanes
+	}
+	l.lanesMu.Lock()
+	defer l.lanesMu.Unlock()
+	out := make([]*laneUnit, 0, 4)
+	for _, u := range l.lanes {
+		if u.active {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// roundLanes are the lanes the pool's leader reads and caps this round:
+// the active ones, and those retired whose cap may not be 0 (the leader
+// lowers it), the default lane first. Only the pool's loop calls it.
+func (l *functionLoop) roundLanes() []*laneUnit {
+	if !l.fair() {
+		return l.lanes
+	}
+	l.lanesMu.Lock()
+	defer l.lanesMu.Unlock()
+	out := make([]*laneUnit, 0, 4)
+	for _, u := range l.lanes {
+		if u.active || !u.capZero {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// activateLocked makes u active, if it is not, and has run start its
+// puller; lanesMu is held.
+func (l *functionLoop) activateLocked(u *laneUnit) {
+	if u.unwatch != nil {
+		u.unwatch()
+		u.unwatch = nil
+	}
+	if u.active {
+		return
+	}
+	u.active, u.quiet = true, 0
+	l.toStart = append(l.toStart, u)
+	select {
+	case l.laneStarts <- struct{}{}:
+	default:
+	}
+}
+
+// arrive is told of a job stored in u, by any process: u becomes active
+// (if retired), and the function's and its pool's loops wake.
+func (l *functionLoop) arrive(u *laneUnit) {
+	l.lanesMu.Lock()
+	u.arrived = true
+	l.activateLocked(u)
+	l.lanesMu.Unlock()
+	l.nudge()
+}
+
+// countQuiet counts, for each of units (active lanes), the rounds in a row
+// whose loads showed no work.
+func (l *functionLoop) countQuiet(units []*laneUnit, loads []buffer.Load) {
+	if !l.fair() {
+		return
+	}
+	l.lanesMu.Lock()
+	defer l.lanesMu.Unlock()
+	for i, u := range units {
+		if loads[i].Backlog == 0 && loads[i].InFlight == 0 {
+			u.quiet++
+		} else {
+			u.quiet = 0
+		}
+	}
+}
+
+// retireQuiet retires the lanes (the default one excepted) that have had
+// no work for restAfter rounds. For each, the watch for its next job
+// begins first; then it is read again, and retired only if it still has
+// no work and no job came meanwhile. So a job stored before the watch
+// began is seen by that reading, and one stored after it is told of by
+// the watch, which activates the lane again: none is missed. Its finished
+// jobs are removed before it retires, as its consumer is left to go.
+func (l *functionLoop) retireQuiet(ctx context.Context) {
+	if !l.fair() {
+		return
+	}
+	var quiet []*laneUnit
+	l.lanesMu.Lock()
+	for _, u := range l.lanes[1:] {
+		if u.active && u.quiet >= restAfter {
+			u.arrived = false
+			quiet = append(quiet, u)
+		}
+	}
+	l.lanesMu.Unlock()
+	if len(quiet) == 0 {
+		return
+	}
+	cancels, err := l.arrivals.WatchSubjects(ctx, l.watches(quiet))
+	if err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("watch for jobs in quiet lanes", "err", err)
+		}
+		l.lanesMu.Lock()
+		for _, u := range quiet {
+			u.quiet = 0 // try again in restAfter rounds
+		}
+		l.lanesMu.Unlock()
+		return
+	}
+	for i, u := range quiet {
+		load, err := u.cons.Load(ctx)
+		idle := err == nil && load.Backlog == 0 && load.InFlight == 0
+		if idle {
+			err = u.cons.RemoveFinished(ctx, true)
+			idle = err == nil
+		}
+		if err != nil && ctx.Err() == nil {
+			l.log.Warn("retire lane", "consumer", u.name, "err", err)
+		}
+		l.lanesMu.Lock()
+		if !idle || u.arrived || !u.active {
+			u.quiet = 0
+			l.lanesMu.Unlock()
+			cancels[i]()
+			continue
+		}
+		u.active, u.unwatch = false, cancels[i]
+		if u.stop != nil {
+			u.stop()
+			u.stop = nil
+		}
+		l.lanesMu.Unlock()
+		l.rechecks = append(l.rechecks, recheck{u: u, at: time.Now()})
+	}
+}
+
+// retireGrace is how long after its retirement a lane is read once more.
+// A job's message reaches the watches as it is routed, and the stream's
+// count of it as JetStream has stored it, a moment later: one routed just
+// before the watch began and stored just after the lane was read could be
+// missed by both. It is not missed by a reading this much later.
+const retireGrace = 100 * time.Millisecond
+
+// recheck is a lane retired at a time, to be read again.
+type recheck struct {
+	u  *laneUnit
+	at time.Time
+}
+
+// recheckRetired reads again each lane retired retireGrace ago or more (see
+// retireGrace), and activates it if it has work after all. It reports
+// whether lanes retired since are still to be read: until they are, the
+// function must not rest. Only the pace loop calls it.
+func (l *functionLoop) recheckRetired(ctx context.Context) (pending bool) {
+	keep := l.rechecks[:0]
+	for _, r := range l.rechecks {
+		if time.Since(r.at) < retireGrace {
+			keep = append(keep, r)
+			continue
+		}
+		load, err := r.u.cons.Load(ctx)
+		if err != nil && ctx.Err() != nil {
+			keep = append(keep, r)
+			continue
+		}
+		if err != nil || load.Backlog > 0 || load.InFlight > 0 {
+			l.lanesMu.Lock()
+			l.activateLocked(r.u)
+			l.lanesMu.Unlock()
+			l.nudge()
+		}
+	}
+	clear(l.rechecks[len(keep):])
+	l.rechecks = keep
+	return len(l.rechecks) > 0
+}
+
+// watches are the watches for the next job in each of units.
+func (l *functionLoop) watches(units []*laneUnit) []arrivals.Subject {
+	out := make([]arrivals.Subject, len(units))
+	for i, u := range units {
+		out[i] = arrivals.Subject{Subject: u.subject, Notify: func() { l.arrive(u) }}
+	}
+	return out
+}
+
+// findWaitingLanes begins the watches of a fair function's lanes (every
+// one but the default, at start none is active) and then activates those
+// that hold work already: stored, or left in flight, while no process
+// watched. It reads each lane once; a lane it cannot read, or cannot
+// watch, it activates, to be retired in the ordinary way.
+func (l *functionLoop) findWaitingLanes(ctx context.Context) {
+	if !l.fair() {
+		return
+	}
+	retired := l.lanes[1:]
+	cancels, err := l.arrivals.WatchSubjects(ctx, l.watches(retired))
+	if err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("watch for jobs in lanes", "err", err)
+		}
+		l.lanesMu.Lock()
+		for _, u := range retired {
+			l.activateLocked(u)
+		}
+		l.lanesMu.Unlock()
+		return
+	}
+	l.lanesMu.Lock()
+	for i, u := range retired {
+		if !u.active { // else its watch fired already
+			u.unwatch = cancels[i]
+		}
+	}
+	l.lanesMu.Unlock()
+	found := false
+	for _, u := range retired {
+		load, err := u.cons.Load(ctx)
+		if err != nil && ctx.Err() != nil {
+			return
+		}
+		if err != nil || load.Backlog > 0 || load.InFlight > 0 {
+			l.lanesMu.Lock()
+			l.activateLocked(u)
+			l.lanesMu.Unlock()
+			found = true
+		}
+	}
+	if found {
+		l.nudge()
+	}
 }
 
 // priorityClass orders priorities: 0 is dispatched first.
@@ -58,9 +323,12 @@ func (u *laneUnit) effectiveClass(aging time.Duration, now time.Time) int {
 // part goes to its lanes by priority after aging, higher first. With no
 // work at all, the default lane keeps one slot, so that a first job starts
 // without waiting for the leader.
-func (l *functionLoop) splitLanes(g int, loads []buffer.Load, now time.Time) []int {
-	out := make([]int, len(l.lanes))
-	if l.lanes[0].lane == nil {
+//
+// units are the lanes of this round (see roundLanes), the default first,
+// and loads theirs.
+func (l *functionLoop) splitLanes(g int, units []*laneUnit, loads []buffer.Load, now time.Time) []int {
+	out := make([]int, len(units))
+	if units[0].lane == nil {
 		out[0] = g
 		return out
 	}
@@ -70,7 +338,7 @@ func (l *functionLoop) splitLanes(g int, loads []buffer.Load, now time.Time) []i
 	}
 	var tenants []*tenant
 	byName := map[string]*tenant{}
-	for i, u := range l.lanes {
+	for i, u := range units {
 		t := byName[u.lane.Tenant]
 		if t == nil {
 			t = &tenant{weight: max(1, u.weight)}
@@ -105,10 +373,10 @@ func (l *functionLoop) splitLanes(g int, loads []buffer.Load, now time.Time) []i
 		// before aging, then the lane whose oldest job waited longest.
 		class := make(map[int]int, len(t.lanes))
 		for _, i := range t.lanes {
-			class[i] = l.lanes[i].effectiveClass(aging, now)
+			class[i] = units[i].effectiveClass(aging, now)
 		}
 		since := func(i int) int64 {
-			if s := l.lanes[i].waitingSince.Load(); s != 0 {
+			if s := units[i].waitingSince.Load(); s != 0 {
 				return s
 			}
 			return math.MaxInt64
@@ -117,7 +385,7 @@ func (l *functionLoop) splitLanes(g int, loads []buffer.Load, now time.Time) []i
 			if c := cmp.Compare(class[a], class[b]); c != 0 {
 				return c
 			}
-			if c := cmp.Compare(priorityClass(l.lanes[a].lane.Priority), priorityClass(l.lanes[b].lane.Priority)); c != 0 {
+			if c := cmp.Compare(priorityClass(units[a].lane.Priority), priorityClass(units[b].lane.Priority)); c != 0 {
 				return c
 			}
 			return cmp.Compare(since(a), since(b))
@@ -131,40 +399,50 @@ func (l *functionLoop) splitLanes(g int, loads []buffer.Load, now time.Time) []i
 		gave += t.given - rest
 	}
 	if gave == 0 && g > 0 {
-		out[0] = 1 // l.lanes[0] is the default lane
+		out[0] = 1 // units[0] is the default lane
 	}
 	return out
 }
 
-// load is the function's load: of all its lanes.
+// load is the function's load: of all its active lanes.
 func (l *functionLoop) load(ctx context.Context) (buffer.Load, error) {
-	var sum buffer.Load
-	for _, u := range l.lanes {
+	sum, _, _, err := l.loadLanes(ctx)
+	return sum, err
+}
+
+// loadLanes is the function's load, and its active lanes' each.
+func (l *functionLoop) loadLanes(ctx context.Context) (sum buffer.Load, units []*laneUnit, loads []buffer.Load, err error) {
+	units = l.activeLanes()
+	loads = make([]buffer.Load, len(units))
+	for i, u := range units {
 		load, err := u.cons.Load(ctx)
 		if err != nil {
-			return buffer.Load{}, err
+			return buffer.Load{}, nil, nil, err
 		}
+		loads[i] = load
 		sum.Backlog += load.Backlog
 		sum.InFlight += load.InFlight
 		sum.MaxInFlight += capOf(load)
 	}
-	return sum, nil
+	return sum, units, loads, nil
 }
 
-// removeFinished removes the messages of finished jobs, lane by lane: in
-// batches (see [buffer.Consumer.RemoveFinished]), or all of them now.
+// removeFinished removes the messages of finished jobs, active lane by
+// lane (a lane's are removed as it retires): in batches (see
+// [buffer.Consumer.RemoveFinished]), or all of them now.
 func (l *functionLoop) removeFinished(ctx context.Context, now bool) error {
 	var errs []error
-	for _, u := range l.lanes {
+	for _, u := range l.activeLanes() {
 		errs = append(errs, u.cons.RemoveFinished(ctx, now))
 	}
 	return errors.Join(errs...)
 }
 
-// oldest is when the oldest unfinished job of the function was stored.
+// oldest is when the oldest unfinished job of the function's active lanes
+// was stored.
 func (l *functionLoop) oldest(ctx context.Context) (time.Time, error) {
 	var first time.Time
-	for _, u := range l.lanes {
+	for _, u := range l.activeLanes() {
 		t, err := u.cons.Oldest(ctx)
 		if errors.Is(err, buffer.ErrNotFound) {
 			continue

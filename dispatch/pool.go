@@ -63,6 +63,13 @@ const (
 // lowering; a slot lent out comes back when the borrower's invocation ends.
 // The leader is the only process that writes a pooled consumer's cap: other
 // processes bind to the consumer as it is, a new one is created paused.
+//
+// A fair function's lanes that are retired in the leader's process (see
+// laneUnit) are left out of its rounds once it has seen or made their cap
+// 0 with nothing in flight: they count for nothing, and stay so, as only
+// the leader raises a cap, which it does for a lane only once a job's
+// arrival has made it active again. A process taking the lead reads every
+// lane once, as the last leader may have left any cap raised.
 type poolLoop struct {
 	pool    Pool
 	members []*functionLoop
@@ -187,13 +194,25 @@ func (pl *poolLoop) step(ctx context.Context) error {
 		pl.seen.Store(&st)
 		return nil
 	}
-	// Every consumer of the pool: one per function, or one per lane of a
-	// fair function.
+	if st.Leader != pl.id {
+		// Taking the lead: the caps of retired lanes are as the last
+		// leader left them, to be read (and lowered) once.
+		for _, m := range pl.members {
+			for _, u := range m.lanes {
+				u.capZero = false
+			}
+		}
+	}
+	// The consumers of the pool this round: one per function, or one per
+	// lane of a fair function that is active or whose cap may not be 0.
+	// The others, paused with nothing in flight, count for nothing.
 	var units []*laneUnit
 	var loads []buffer.Load
 	memberLoads := make([]buffer.Load, len(pl.members))
+	memberUnits := make([][]*laneUnit, len(pl.members))
 	for i, m := range pl.members {
-		for _, u := range m.lanes {
+		memberUnits[i] = m.roundLanes()
+		for _, u := range memberUnits[i] {
 			load, err := u.cons.Load(ctx)
 			if err != nil {
 				return err
@@ -254,16 +273,22 @@ func (pl *poolLoop) step(ctx context.Context) error {
 	var unitGrants []int
 	k := 0
 	for i, m := range pl.members {
-		n := len(m.lanes)
-		unitGrants = append(unitGrants, m.splitLanes(grants[i], loads[k:k+n], now)...)
+		n := len(memberUnits[i])
+		unitGrants = append(unitGrants, m.splitLanes(grants[i], memberUnits[i], loads[k:k+n], now)...)
 		k += n
 	}
 	caps := pl.apply(ctx, int(st.Limit), units, unitGrants, loads)
+	for i, u := range units {
+		// Only this leader raises a cap: one that is 0 with nothing in
+		// flight, and not to be raised (which may fail half done), stays
+		// so until it does.
+		u.capZero = caps[i] == 0 && unitGrants[i] == 0 && loads[i].InFlight == 0
+	}
 	// Record the caps now enforced, for the status pages.
 	k = 0
-	for _, m := range pl.members {
+	for i, m := range pl.members {
 		sum := 0
-		for range m.lanes {
+		for range memberUnits[i] {
 			sum += caps[k]
 			k++
 		}

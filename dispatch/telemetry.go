@@ -139,6 +139,9 @@ type gauges struct {
 	// is known.
 	learnedLimit atomic.Int64
 	learnedRate  atomic.Uint64
+	// lanes are a fair function's lanes active in this process (see
+	// laneUnit).
+	lanes atomic.Int64
 }
 
 // setLearned records what p has learned from throttles: its concurrency
@@ -163,6 +166,8 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poo
 		"The concurrency limit learned from the platform's throttles; 0 while none is known.")
 	learnedRate := b.Float64Gauge("sluice.dispatch.learned_rate", "{invocation}/s",
 		"Invocation starts per second learned from throttles that came while fewer than the learned limit were in flight; 0 while none is known.")
+	lanes := b.Int64Gauge("sluice.dispatch.lanes", "{lane}",
+		"A fair function's lanes active in this gateway process: the default lane and those with work, each with a consumer and a puller.")
 	if err := b.Err(); err != nil {
 		return err
 	}
@@ -179,9 +184,12 @@ func registerGauges(mp metric.MeterProvider, loops []*functionLoop, pools []*poo
 			o.ObserveInt64(limit, int64(l.fn.Concurrency), fn)
 			o.ObserveInt64(learnedLimit, l.gauges.learnedLimit.Load(), fn)
 			o.ObserveFloat64(learnedRate, math.Float64frombits(l.gauges.learnedRate.Load()), fn)
+			if l.fair() {
+				o.ObserveInt64(lanes, l.gauges.lanes.Load(), fn)
+			}
 		}
 		return nil
-	}, depth, oldest, inFlight, window, limit, learnedLimit, learnedRate)
+	}, depth, oldest, inFlight, window, limit, learnedLimit, learnedRate, lanes)
 }
 
 // registerPoolGauges reports each pool's state as this process last saw it

@@ -32,7 +32,8 @@ type Arrivals struct {
 
 // New returns an Arrivals on nc for up to watches watches at once, where
 // subjects matches every job message of a function; Run must run for it
-// to tell of any.
+// to tell of any. More watches than that at once may lose a message, as
+// NATS drops what a full channel cannot take.
 func New(nc *nats.Conn, subjects func(function string) string, watches int) *Arrivals {
 	// Each watch takes one message at most, and a cancelled watch may
 	// leave one behind: room for both, so NATS never drops one.
@@ -49,30 +50,59 @@ const watchTimeout = 10 * time.Second
 // moment it takes the interest to reach that server may not be. cancel
 // ends the watch; it is safe to call after notify.
 func (a *Arrivals) Watch(ctx context.Context, function string, notify func()) (cancel func(), err error) {
-	sub, err := a.nc.ChanSubscribe(a.subjects(function), a.ch)
+	cancels, err := a.WatchSubjects(ctx, []Subject{{Subject: a.subjects(function), Notify: notify}})
 	if err != nil {
-		return nil, fmt.Errorf("buffer: watch arrivals of %s: %w", function, err)
+		return nil, err
 	}
-	cancel = func() {
+	return cancels[0], nil
+}
+
+// Subject is one watch of WatchSubjects: Notify is called once, from Run,
+// when the next message on Subject (a NATS subject, wildcards allowed) is
+// published.
+type Subject struct {
+	Subject string
+	Notify  func()
+}
+
+// WatchSubjects begins the watches, as Watch does one (one lane's jobs,
+// say), and returns once the server has the interest of them all: one
+// round trip for any number. cancels[i] ends watches[i]. On error none is
+// left.
+func (a *Arrivals) WatchSubjects(ctx context.Context, watches []Subject) (cancels []func(), err error) {
+	cancelAll := func() {
+		for _, c := range cancels {
+			c()
+		}
+	}
+	for _, w := range watches {
+		sub, err := a.nc.ChanSubscribe(w.Subject, a.ch)
+		if err != nil {
+			cancelAll()
+			return nil, fmt.Errorf("buffer: watch arrivals on %s: %w", w.Subject, err)
+		}
+		cancel := func() {
+			a.mu.Lock()
+			delete(a.watches, sub)
+			a.mu.Unlock()
+			sub.Unsubscribe() //nolint:errcheck // closed already, or the connection is
+		}
+		cancels = append(cancels, cancel)
 		a.mu.Lock()
-		delete(a.watches, sub)
+		a.watches[sub] = w.Notify
 		a.mu.Unlock()
-		sub.Unsubscribe() //nolint:errcheck // closed already, or the connection is
-	}
-	a.mu.Lock()
-	a.watches[sub] = notify
-	a.mu.Unlock()
-	if err := sub.AutoUnsubscribe(1); err != nil {
-		cancel()
-		return nil, fmt.Errorf("buffer: watch arrivals of %s: %w", function, err)
+		if err := sub.AutoUnsubscribe(1); err != nil {
+			cancelAll()
+			return nil, fmt.Errorf("buffer: watch arrivals on %s: %w", w.Subject, err)
+		}
 	}
 	flushCtx, cancelFlush := context.WithTimeout(ctx, watchTimeout)
 	defer cancelFlush()
 	if err := a.nc.FlushWithContext(flushCtx); err != nil {
-		cancel()
-		return nil, fmt.Errorf("buffer: watch arrivals of %s: %w", function, err)
+		cancelAll()
+		return nil, fmt.Errorf("buffer: watch arrivals: %w", err)
 	}
-	return cancel, nil
+	return cancels, nil
 }
 
 // Run calls the watches' notify functions as their jobs arrive, until ctx

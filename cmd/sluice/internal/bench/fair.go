@@ -7,8 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/genproto/googleapis/api/httpbody"
@@ -25,6 +28,11 @@ import (
 type fairnessFlags struct {
 	backlog, few, high, concurrency, gateways, submitters int
 	handler                                               time.Duration
+	// tenants, if set, runs the weighted shares instead: that many
+	// tenants configured, active of them with a backlog of perTenant
+	// each, measured for at most measure.
+	tenants, active, perTenant int
+	measure                    time.Duration
 }
 
 // parseFairnessFlags parses and checks the flags of `sluice bench fairness`.
@@ -35,12 +43,27 @@ func parseFairnessFlags(args []string, stderr io.Writer) (fairnessFlags, error) 
 	fs.IntVar(&b.backlog, "backlog", 5000, "tenant A's backlog")
 	fs.IntVar(&b.few, "few", 50, "tenant B's jobs, submitted after A's")
 	fs.IntVar(&b.high, "high", 20, "tenant A's high-priority jobs, submitted after B's")
-	fs.IntVar(&b.concurrency, "concurrency", 20, "the function's concurrency")
+	fs.IntVar(&b.concurrency, "concurrency", 20, "the function's concurrency (with --tenants, by default twice the active tenants' weights, so that each share is whole slots)")
 	fs.IntVar(&b.gateways, "gateways", 2, "gateway processes sharing one NATS")
 	fs.IntVar(&b.submitters, "submitters", 32, "concurrent submitting clients")
 	fs.DurationVar(&b.handler, "duration", 100*time.Millisecond, "handler run time per invocation")
+	fs.IntVar(&b.tenants, "tenants", 0, "tenants configured, each with an API key: run the weighted shares of --active of them instead of tenants A and B")
+	fs.IntVar(&b.active, "active", 10, "with --tenants: tenants with a backlog (the i-th weighs 1+i%3)")
+	fs.IntVar(&b.perTenant, "per-tenant", 400, "with --tenants: each active tenant's backlog")
+	fs.DurationVar(&b.measure, "measure", 5*time.Second, "with --tenants: the longest span measured, once every backlog is stored")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return b, err
+	}
+	if b.tenants != 0 {
+		concurrencySet := false
+		fs.Visit(func(f *flag.Flag) { concurrencySet = concurrencySet || f.Name == "concurrency" })
+		if !concurrencySet {
+			b.concurrency = 0 // twice the active tenants' weights: see runBenchShares
+		}
+		if b.tenants < 0 || b.active < 1 || b.active > b.tenants || b.perTenant < 1 || b.measure <= 0 || b.concurrency < 0 || b.gateways < 1 || b.submitters < 1 {
+			return b, errors.New("bench fairness: --tenants N needs 1 ≤ --active ≤ N, and positive counts")
+		}
+		return b, nil
 	}
 	if b.backlog < 2 || b.few < 1 || b.high < 1 || b.concurrency < 2 || b.gateways < 1 || b.submitters < 1 {
 		return b, errors.New("bench fairness: counts must be positive")
@@ -90,6 +113,9 @@ const fairKeyA, fairKeyB = "bench-key-tenant-a-0123456789", "bench-key-tenant-b-
 // backlog had drained when B's jobs had all finished, and when A's
 // high-priority jobs had all started.
 func runBenchFairness(ctx context.Context, b fairnessFlags, dir string, stdout, stderr io.Writer) error {
+	if b.tenants > 0 {
+		return runBenchShares(ctx, b, dir, stdout, stderr)
+	}
 	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
 	ln, stopServing, err := harness.ServeLoopback(p)
 	if err != nil {
@@ -230,4 +256,153 @@ func pollEvery(ctx context.Context, interval time.Duration, cond func() bool) er
 		}
 	}
 	return nil
+}
+
+// shareTenant is one active tenant of the weighted-shares run.
+type shareTenant struct {
+	name, key string
+	weight    int
+}
+
+// shareTenants are the configured tenants of the weighted-shares run, and
+// the active ones among them: spread evenly, the j-th active weighing
+// 1+j%3.
+func shareTenants(b fairnessFlags) (config string, active []shareTenant) {
+	var yaml strings.Builder
+	yaml.WriteString("tenants:\n")
+	weights := map[int]int{}
+	for j := range b.active {
+		weights[j*b.tenants/b.active] = 1 + j%3
+	}
+	for i := range b.tenants {
+		t := shareTenant{name: fmt.Sprintf("t%04d", i), key: fmt.Sprintf("bench-key-tenant-%04d-0123456789", i), weight: 1}
+		if w, ok := weights[i]; ok {
+			t.weight = w
+			active = append(active, t)
+		}
+		fmt.Fprintf(&yaml, "  - name: %s\n    api_keys: [%q]\n    weight: %d\n", t.name, gateway.HashKey(t.key), t.weight)
+	}
+	return yaml.String(), active
+}
+
+// runBenchShares runs a fair function with b.tenants tenants configured,
+// b.active of them with a backlog each: it measures each active tenant's
+// invocations started while every one still had a backlog, against its
+// weighted share of the window, and the consumers the function holds.
+func runBenchShares(ctx context.Context, b fairnessFlags, dir string, stdout, stderr io.Writer) error {
+	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
+	ln, stopServing, err := harness.ServeLoopback(p)
+	if err != nil {
+		return err
+	}
+	defer stopServing()
+	tenants, active := shareTenants(b)
+	weights := 0
+	for _, t := range active {
+		weights += t.weight
+	}
+	if b.concurrency == 0 {
+		b.concurrency = 2 * weights
+	}
+	set, err := harness.StartReplicaSet(ctx, dir, fmt.Sprintf(`functions:
+  - name: shared
+    url: http://%s/
+    concurrency: %d
+    timeout: 30s
+    fairness: true
+%s`, ln.Addr(), b.concurrency, tenants), b.gateways, "", stderr)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	fmt.Fprintf(stdout, "fair function, concurrency %d, handler %s, %d gateway process(es); %d tenants configured (%d lanes), %d active with a backlog of %d each\n\n",
+		b.concurrency, b.handler, b.gateways, b.tenants, 3*(b.tenants+1), b.active, b.perTenant)
+
+	// The function's consumers on the stream, read every 100ms.
+	var most atomic.Int64
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	var watching sync.WaitGroup
+	defer watching.Wait()
+	defer stopWatching()
+	watching.Go(func() {
+		for {
+			if n, err := set.Queue.FunctionConsumers(watchCtx, "shared"); err == nil && int64(n) > most.Load() {
+				most.Store(int64(n))
+			}
+			if harness.Sleep(watchCtx, 100*time.Millisecond) != nil {
+				return
+			}
+		}
+	})
+	// The backlogs, stored side by side.
+	start := time.Now()
+	err = harness.RunN(ctx, b.submitters, b.active*b.perTenant, func(ctx context.Context, i int) error {
+		t := active[i%len(active)]
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+t.key)
+		_, err := set.Clients[i%len(set.Clients)].SubmitJob(ctx, &sluicev1.SubmitJobRequest{
+			Function: "shared",
+			Payload:  &httpbody.HttpBody{ContentType: "text/plain", Data: []byte(t.name)},
+		})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("submit: %w", err)
+	}
+	fmt.Fprintf(stdout, "%d jobs stored in %s\n", b.active*b.perTenant, time.Since(start).Round(time.Millisecond))
+	// From now until measure has passed or a tenant's backlog is nearly
+	// gone (less than the window's worth waits).
+	started0 := make([]int, len(active))
+	for i, t := range active {
+		started0[i], _ = p.counts(t.name)
+	}
+	from := time.Now()
+	started := make([]int, len(active))
+	if err := pollEvery(ctx, 5*time.Millisecond, func() bool {
+		low := false
+		for i, t := range active {
+			started[i], _ = p.counts(t.name)
+			low = low || b.perTenant-started[i] < b.concurrency
+		}
+		return low || time.Since(from) >= b.measure
+	}); err != nil {
+		return err
+	}
+	span := time.Since(from)
+	total := 0
+	for i := range active {
+		started[i] -= started0[i]
+		total += started[i]
+	}
+	fmt.Fprintf(stdout, "measured %s, every backlog still waiting: %d invocations started\n\n", span.Round(time.Millisecond), total)
+	fmt.Fprintf(stdout, "%-8s %6s %8s %9s %10s %9s\n", "tenant", "weight", "started", "observed", "weighted", "deviation")
+	worst := 0.0
+	var errs []error
+	for i, t := range active {
+		observed := float64(started[i]) / float64(max(total, 1))
+		want := float64(t.weight) / float64(weights)
+		dev := (observed - want) / want
+		worst = max(worst, math.Abs(dev))
+		fmt.Fprintf(stdout, "%-8s %6d %8d %8.1f%% %9.1f%% %+8.1f%%\n", t.name, t.weight, started[i], 100*observed, 100*want, 100*dev)
+		// The window is split in whole slots: a share may be one off.
+		if slots := math.Abs(observed-want) * float64(b.concurrency); slots > 1.25 {
+			errs = append(errs, fmt.Errorf("tenant %s ran %.1f slots of %d away from its weighted share", t.name, slots, b.concurrency))
+		}
+	}
+	fmt.Fprintf(stdout, "\nmax relative deviation from the weighted shares: %.1f%%\n", 100*worst)
+	stopWatching()
+	watching.Wait()
+	now, err := set.Queue.FunctionConsumers(ctx, "shared")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "consumers of the function on the stream: at most %d during the run, %d now (of %d lanes configured)\n", most.Load(), now, 3*(b.tenants+1))
+	st := p.sim.Stats()
+	fmt.Fprintf(stdout, "fnsim: %d invocations, max concurrent %d (limit %d)\n", st.Invocations, st.MaxConcurrent, b.concurrency)
+	if total == 0 {
+		errs = append(errs, errors.New("no invocation started in the span measured"))
+	}
+	if st.MaxConcurrent > b.concurrency {
+		errs = append(errs, fmt.Errorf("fnsim saw %d at once, over %d", st.MaxConcurrent, b.concurrency))
+	}
+	return errors.Join(errs...)
 }
