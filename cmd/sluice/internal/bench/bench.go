@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/fair"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/scale"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
@@ -40,7 +41,7 @@ func Commands() []Command {
 		{"invoke", "measure what :invoke adds to a call to an idle, instant function", benchmark(parseInvokeFlags, runBenchInvoke)},
 		{"queued", "show the gateway's memory and GetJob's latency do not grow with the queue", benchmark(parseQueuedFlags, runBenchQueued)},
 		{"pools", "run three functions sharing a concurrency pool across gateway processes", benchmark(parsePoolsFlags, runBenchPools)},
-		{"fairness", "run a fair function: one tenant's few jobs against another's backlog", benchmark(parseFairnessFlags, runBenchFairness)},
+		{"fairness", "run a fair function: one tenant's few jobs against another's backlog", benchmark(fair.ParseFlags, fair.Run)},
 		{"pacing", "run bursts against platforms that differ from the config, row by row", benchmark(parsePacingFlags, runBenchPacing)},
 		{"scale", "measure an idle gateway with many functions and tenants, and the first job into an idle function", benchmark(scale.ParseFlags, scale.Run)},
 	}

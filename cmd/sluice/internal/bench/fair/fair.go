@@ -1,4 +1,6 @@
-package bench
+// Package fair is `sluice bench fairness`: a fair function, one tenant's few jobs
+// against another's backlog, and weighted shares among many tenants.
+package fair
 
 import (
 	"bytes"
@@ -24,8 +26,8 @@ import (
 	"github.com/sluicehq/sluice/gateway"
 )
 
-// fairnessFlags configure `sluice bench fairness`.
-type fairnessFlags struct {
+// Flags configure `sluice bench fairness`.
+type Flags struct {
 	backlog, few, high, concurrency, gateways, submitters int
 	handler                                               time.Duration
 	// tenants, if set, runs the weighted shares instead: that many
@@ -35,11 +37,11 @@ type fairnessFlags struct {
 	measure                    time.Duration
 }
 
-// parseFairnessFlags parses and checks the flags of `sluice bench fairness`.
-func parseFairnessFlags(args []string, stderr io.Writer) (fairnessFlags, error) {
+// ParseFlags parses and checks the flags of `sluice bench fairness`.
+func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs := flag.NewFlagSet("bench fairness", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var b fairnessFlags
+	var b Flags
 	fs.IntVar(&b.backlog, "backlog", 5000, "tenant A's backlog")
 	fs.IntVar(&b.few, "few", 50, "tenant B's jobs, submitted after A's")
 	fs.IntVar(&b.high, "high", 20, "tenant A's high-priority jobs, submitted after B's")
@@ -107,12 +109,12 @@ func (p *groupPlatform) counts(group string) (started, done int) {
 // The tenants' API keys.
 const fairKeyA, fairKeyB = "bench-key-tenant-a-0123456789", "bench-key-tenant-b-0123456789"
 
-// runBenchFairness runs a fair function behind gateway processes against a
+// Run runs a fair function behind gateway processes against a
 // simulated platform (fnsim): tenant A stores a backlog, then tenant B a
 // few jobs, and then A a few high-priority ones; it reports how much of A's
 // backlog had drained when B's jobs had all finished, and when A's
 // high-priority jobs had all started.
-func runBenchFairness(ctx context.Context, b fairnessFlags, dir string, stdout, stderr io.Writer) error {
+func Run(ctx context.Context, b Flags, dir string, stdout, stderr io.Writer) error {
 	if b.tenants > 0 {
 		return runBenchShares(ctx, b, dir, stdout, stderr)
 	}
@@ -153,7 +155,7 @@ tenants:
 // fairRun is one run of `sluice bench fairness`, what it measured filled
 // in as it goes.
 type fairRun struct {
-	b       fairnessFlags
+	b       Flags
 	p       *groupPlatform
 	clients []sluicev1.JobServiceClient
 	// aDone0 are A's jobs done when its backlog was stored, drained those
@@ -267,7 +269,7 @@ type shareTenant struct {
 // shareTenants are the configured tenants of the weighted-shares run, and
 // the active ones among them: spread evenly, the j-th active weighing
 // 1+j%3.
-func shareTenants(b fairnessFlags) (config string, active []shareTenant) {
+func shareTenants(b Flags) (config string, active []shareTenant) {
 	var yaml strings.Builder
 	yaml.WriteString("tenants:\n")
 	weights := map[int]int{}
@@ -289,7 +291,7 @@ func shareTenants(b fairnessFlags) (config string, active []shareTenant) {
 // b.active of them with a backlog each: it measures each active tenant's
 // invocations started while every one still had a backlog, against its
 // weighted share of the window, and the consumers the function holds.
-func runBenchShares(ctx context.Context, b fairnessFlags, dir string, stdout, stderr io.Writer) error {
+func runBenchShares(ctx context.Context, b Flags, dir string, stdout, stderr io.Writer) error {
 	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
 	ln, stopServing, err := harness.ServeLoopback(p)
 	if err != nil {
