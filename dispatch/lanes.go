@@ -1,17 +1,14 @@
 package dispatch
 
 import (
-	"cmp"
 	"context"
 	"errors"
-	"math"
-	"slices"
 	"sync/atomic"
 	"time"
 
-	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/arrivals"
+	"github.com/sluicehq/sluice/dispatch/share"
 )
 
 // DefaultPriorityAging is how long a fair function's job waits before it
@@ -294,114 +291,30 @@ func (l *functionLoop) findWaitingLanes(ctx context.Context) {
 	}
 }
 
-// priorityClass orders priorities: 0 is dispatched first.
-func priorityClass(p sluicev1.Priority) int {
-	switch p {
-	case sluicev1.Priority_HIGH:
-		return 0
-	case sluicev1.Priority_LOW:
-		return 2
-	}
-	return 1
-}
-
-// effectiveClass is u's priority class after aging: one higher per aging
-// period its oldest job has waited, without bound, so that a job waiting
-// long enough goes before any fresher one.
-func (u *laneUnit) effectiveClass(aging time.Duration, now time.Time) int {
-	c := priorityClass(u.lane.Priority)
-	if since := u.waitingSince.Load(); since != 0 && aging > 0 {
-		c -= int(now.Sub(time.Unix(0, since)) / aging)
-	}
-	return c
-}
-
 // splitLanes divides the function's share g between its consumers: all of
-// it to the only one of a function that is not fair. For a fair one, the
-// tenants with work share it in proportion to their weights (none gets more
-// than it can use; what it leaves goes to the others), and each tenant's
-// part goes to its lanes by priority after aging, higher first. With no
-// work at all, the default lane keeps one slot, so that a first job starts
-// without waiting for the leader.
+// it to the only one of a function that is not fair; for a fair one, by
+// tenant weight and priority (see [share.Lanes]).
 //
 // units are the lanes of this round (see roundLanes), the default first,
 // and loads theirs.
 func (l *functionLoop) splitLanes(g int, units []*laneUnit, loads []buffer.Load, now time.Time) []int {
-	out := make([]int, len(units))
 	if units[0].lane == nil {
+		out := make([]int, len(units))
 		out[0] = g
 		return out
 	}
-	type tenant struct {
-		weight, want, given int
-		lanes               []int
-	}
-	var tenants []*tenant
-	byName := map[string]*tenant{}
+	lanes := make([]share.Lane, len(units))
 	for i, u := range units {
-		t := byName[u.lane.Tenant]
-		if t == nil {
-			t = &tenant{weight: max(1, u.weight)}
-			byName[u.lane.Tenant] = t
-			tenants = append(tenants, t)
+		lanes[i] = share.Lane{
+			Tenant: u.lane.Tenant, Weight: u.weight, Priority: u.lane.Priority,
+			WaitingSince: u.waitingSince.Load(), Want: loads[i].InFlight + loads[i].Backlog,
 		}
-		t.want += loads[i].InFlight + loads[i].Backlog
-		t.lanes = append(t.lanes, i)
-	}
-	left := g
-	for left > 0 {
-		var best *tenant
-		for _, t := range tenants {
-			// Lowest share per weight next: given/weight < best's.
-			if t.given < t.want && (best == nil || t.given*best.weight < best.given*t.weight) {
-				best = t
-			}
-		}
-		if best == nil {
-			break
-		}
-		best.given++
-		left--
 	}
 	aging := l.fn.PriorityAging
 	if aging == 0 {
 		aging = DefaultPriorityAging
 	}
-	gave := 0
-	for _, t := range tenants {
-		// Higher priority after aging first; between equals, the higher
-		// before aging, then the lane whose oldest job waited longest.
-		class := make(map[int]int, len(t.lanes))
-		for _, i := range t.lanes {
-			class[i] = units[i].effectiveClass(aging, now)
-		}
-		since := func(i int) int64 {
-			if s := units[i].waitingSince.Load(); s != 0 {
-				return s
-			}
-			return math.MaxInt64
-		}
-		slices.SortStableFunc(t.lanes, func(a, b int) int {
-			if c := cmp.Compare(class[a], class[b]); c != 0 {
-				return c
-			}
-			if c := cmp.Compare(priorityClass(units[a].lane.Priority), priorityClass(units[b].lane.Priority)); c != 0 {
-				return c
-			}
-			return cmp.Compare(since(a), since(b))
-		})
-		rest := t.given
-		for _, i := range t.lanes {
-			n := min(rest, loads[i].InFlight+loads[i].Backlog)
-			out[i] += n
-			rest -= n
-		}
-		gave += t.given - rest
-	}
-	if gave == 0 && g > 0 {
-		out[0] = 1 // units[0] is the default lane
-	}
-	return out
+	return share.Lanes(g, lanes, aging, now)
 }
 
 // load is the function's load: of all its active lanes.

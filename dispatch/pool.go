@@ -18,6 +18,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/shared"
+	"github.com/sluicehq/sluice/dispatch/share"
 )
 
 // Pool is a concurrency limit shared by several functions: an account's
@@ -224,7 +225,7 @@ func (pl *poolLoop) step(ctx context.Context) error {
 		}
 	}
 	pl.refreshWaiting(ctx, units, loads, now)
-	shares := make([]share, len(pl.members))
+	shares := make([]share.Claim, len(pl.members))
 	implicitLimit := 0
 	for i, m := range pl.members {
 		window := int(math.Floor(m.pacing.Load().Window))
@@ -235,7 +236,7 @@ func (pl *poolLoop) step(ctx context.Context) error {
 		if now.Before(m.pacing.Load().PausedUntil) || m.fn.Paused {
 			window = 1 // throttled or paused: hold one slot, lend the rest
 		}
-		shares[i] = share{reserved: pl.reserve[i], want: min(window, memberLoads[i].InFlight+memberLoads[i].Backlog)}
+		shares[i] = share.Claim{Reserved: pl.reserve[i], Want: min(window, memberLoads[i].InFlight+memberLoads[i].Backlog)}
 	}
 	var grants []int
 	lost := false
@@ -251,7 +252,7 @@ func (pl *poolLoop) step(ctx context.Context) error {
 		} else {
 			pl.recover(p, now)
 		}
-		grants = allocate(int(p.Limit), shares)
+		grants = share.Pool(int(p.Limit), shares)
 		p.Members = make(map[string]shared.PoolMember, len(pl.members))
 		for i, m := range pl.members {
 			p.Members[m.fn.Name] = shared.PoolMember{
@@ -423,48 +424,6 @@ func (pl *poolLoop) throttled(ctx context.Context, now time.Time) {
 		return
 	}
 	pl.seen.Store(&st)
-}
-
-// share is one member's claim on a pool: its reserved share and how many
-// slots it could use now.
-type share struct {
-	reserved, want int
-}
-
-// allocate divides limit between the shares: each gets one slot (so a
-// first job can start without waiting for the leader), then its reserved
-// share as far as it wants it (reserved shares scaled down if the limit
-// shrank below their sum), then what is left goes round the ones that
-// want more, one slot at a time, until it is gone or all are served.
-func allocate(limit int, shares []share) []int {
-	g := make([]int, len(shares))
-	totalReserved := 0
-	for _, s := range shares {
-		totalReserved += s.reserved
-	}
-	left := limit
-	for i, s := range shares {
-		r := s.reserved
-		if totalReserved > limit {
-			r = s.reserved * limit / totalReserved
-		}
-		g[i] = max(1, min(r, s.want))
-		left -= g[i]
-	}
-	for left > 0 {
-		gave := false
-		for i, s := range shares {
-			if left > 0 && g[i] < s.want {
-				g[i]++
-				left--
-				gave = true
-			}
-		}
-		if !gave {
-			break
-		}
-	}
-	return g
 }
 
 // checkPools checks the pools against the functions that name them.
