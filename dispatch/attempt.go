@@ -20,6 +20,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/shared"
+	"github.com/sluicehq/sluice/dispatch/metrics"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/dispatch/target"
@@ -64,7 +65,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 	}
 	if age := l.cfg.Now().Sub(queuedSince(job)); l.fn.MaxAge > 0 && age > l.fn.MaxAge {
 		reason := fmt.Sprintf("not finished within its max age of %s", l.fn.MaxAge)
-		l.countDeadLettered("expired")
+		l.countDeadLettered(metrics.ReasonExpired)
 		log().Warn("job expired", "age", age, "attempts", job.Attempts)
 		l.settle(func(ctx context.Context) error { return dv.Expire(ctx, reason) }, dv)
 		return
@@ -178,7 +179,7 @@ func (l *functionLoop) invoke(runCtx, ctx, bookCtx context.Context, dv *buffer.D
 	}
 	// The attempt's span continues the submit's trace; the invoker passes
 	// it on to the function as traceparent.
-	spanCtx, span := l.tel.tracer.Start(dv.TraceContext(ctx), "invoke "+l.fn.Name,
+	spanCtx, span := l.tel.Tracer.Start(dv.TraceContext(ctx), "invoke "+l.fn.Name,
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attrFunction.String(l.fn.Name), attrJobID.String(dv.JobID), attrAttempt.Int(int(attempt))))
 	invokeCtx, cancel := context.WithTimeout(spanCtx, l.fn.Timeout)
@@ -186,7 +187,7 @@ func (l *functionLoop) invoke(runCtx, ctx, bookCtx context.Context, dv *buffer.D
 	inv := &invocation{span: span, ticket: ticket, started: time.Now()}
 	dv.Invoked(inv.started)
 	if job.Attempts == 0 && job.Throttles == 0 && first {
-		l.tel.queueWait.Record(ctx, inv.started.Sub(queuedSince(job)).Seconds(), l.attrs.fn)
+		l.tel.QueueWait.Record(ctx, inv.started.Sub(queuedSince(job)).Seconds(), l.attrs.Fn)
 	}
 	inv.resp, inv.err = l.fn.Invoker.Invoke(invokeCtx, &target.Invocation{
 		JobID:       dv.JobID,
@@ -380,11 +381,11 @@ func (l *functionLoop) finishSpan(ctx context.Context, inv *invocation) {
 	if inv.span.IsRecording() {
 		inv.span.SetAttributes(attrOutcome.String(outcome), attrStatus.Int(int(rec.HttpStatus)), attrCold.Bool(rec.ColdStart))
 	}
-	attrs := l.attrs.outcome[outcome]
-	l.tel.invocations.Add(ctx, 1, attrs)
-	l.tel.duration.Record(ctx, inv.took.Seconds(), attrs)
+	attrs := l.attrs.Outcome[outcome]
+	l.tel.Invocations.Add(ctx, 1, attrs)
+	l.tel.Duration.Record(ctx, inv.took.Seconds(), attrs)
 	if rec.ColdStart {
-		l.tel.coldStarts.Add(ctx, 1, l.attrs.fn)
+		l.tel.ColdStarts.Add(ctx, 1, l.attrs.Fn)
 	}
 }
 
@@ -392,7 +393,7 @@ func (l *functionLoop) finishSpan(ctx context.Context, inv *invocation) {
 // and attempts remain, and otherwise fails the job.
 func (l *functionLoop) failed(dv *buffer.Delivery, attempt int, reason string, result *sluicev1.JobResult, retryable bool, retryAfter time.Duration) {
 	if !retryable || attempt >= l.fn.Retry.MaxAttempts {
-		l.countDeadLettered("failed")
+		l.countDeadLettered(metrics.ReasonFailed)
 		if retryable && l.fn.Retry.MaxAttempts > 1 {
 			reason += fmt.Sprintf(" (attempt %d of %d)", attempt, l.fn.Retry.MaxAttempts)
 		}

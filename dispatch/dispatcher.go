@@ -18,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/arrivals"
 	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/metrics"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/dispatch/retry"
 	"github.com/sluicehq/sluice/internal/gate"
@@ -145,7 +146,7 @@ type Config struct {
 type Dispatcher struct {
 	cfg Config
 	log *slog.Logger
-	tel *telemetry
+	tel *metrics.Instruments
 }
 
 // New checks cfg and returns a Dispatcher.
@@ -201,9 +202,12 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.MeterProvider == nil {
 		cfg.MeterProvider = otel.GetMeterProvider()
 	}
-	tel, err := newTelemetry(cfg.TracerProvider, cfg.MeterProvider)
+	tel, err := metrics.New(cfg.TracerProvider, cfg.MeterProvider)
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: metrics: %w", err)
+	}
+	for _, f := range cfg.Functions {
+		tel.Zero(context.Background(), metrics.NewFunction(f.Name)) // every counter of every function, from the start
 	}
 	return &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatch"), tel: tel}, nil
 }
@@ -229,7 +233,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		l.arrivals = arrivals
 	}
 	pools := d.newPoolLoops(loops, id)
-	if err := registerGauges(d.cfg.MeterProvider, loops, pools); err != nil {
+	fns, ps := gaugeSources(loops, pools)
+	if err := metrics.RegisterGauges(d.cfg.MeterProvider, fns, ps); err != nil {
 		return fmt.Errorf("dispatch: metrics: %w", err)
 	}
 	var woken sync.WaitGroup
@@ -265,7 +270,7 @@ func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string)
 		cfg:   &d.cfg,
 		log:   d.log.With("function", f.Name),
 		tel:   d.tel,
-		attrs: newLoopAttrs(f.Name),
+		attrs: metrics.NewFunction(f.Name),
 		wake:  make(chan struct{}, 1),
 
 		laneStarts: make(chan struct{}, 1),

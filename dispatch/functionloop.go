@@ -14,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/buffer/arrivals"
 	"github.com/sluicehq/sluice/buffer/shared"
 	"github.com/sluicehq/sluice/dispatch/circuit"
+	"github.com/sluicehq/sluice/dispatch/metrics"
 	"github.com/sluicehq/sluice/dispatch/pacing"
 	"github.com/sluicehq/sluice/internal/gate"
 )
@@ -33,12 +34,12 @@ type functionLoop struct {
 
 	announceMu sync.Mutex  // one announcement at a time
 	announced  atomic.Bool // this process's report is in the shared state
-	attrs      loopAttrs
+	attrs      metrics.Function
 	cold       pacing.ColdStarts
 	recent     circuit.Outcomes // for the circuit breaker
 	counts     tally
-	tel        *telemetry
-	gauges     gauges
+	tel        *metrics.Instruments
+	gauges     metrics.Gauges
 	pool       *poolLoop   // nil outside a pool, unless fair
 	lanes      []*laneUnit // the default lane first
 
@@ -244,7 +245,7 @@ func (l *functionLoop) rest(ctx context.Context) bool {
 	// the platform gives a function without environments at most: an idle
 	// spell may have reaped the ones it had.
 	l.inv.SetRoom(min(int(l.pacing.Load().Window), l.fn.Pacing.Initial))
-	l.gauges.oldestAge.Store(0)
+	l.gauges.OldestAge.Store(0)
 	// No pull either: a job delivered as they end is handed back, and
 	// its arrival, which the watch has seen, ends the rest.
 	l.pulls.Shut()
@@ -325,16 +326,16 @@ func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
 	if err := l.removeFinished(ctx, false); err != nil && ctx.Err() == nil {
 		l.log.Warn("remove finished jobs", "err", err)
 	}
-	l.gauges.lanes.Store(int64(len(units)))
-	l.gauges.backlog.Store(int64(load.Backlog))
-	l.gauges.inFlight.Store(int64(load.InFlight))
-	l.gauges.window.Store(int64(p.Window))
-	l.gauges.setLearned(p)
+	l.gauges.Lanes.Store(int64(len(units)))
+	l.gauges.Backlog.Store(int64(load.Backlog))
+	l.gauges.InFlight.Store(int64(load.InFlight))
+	l.gauges.Window.Store(int64(p.Window))
+	l.gauges.SetLearned(p)
 	if n%10 == 0 {
 		if since, err := l.oldest(ctx); err == nil {
-			l.gauges.oldestAge.Store(int64(max(0, now.Sub(since))))
+			l.gauges.OldestAge.Store(int64(max(0, now.Sub(since))))
 		} else if errors.Is(err, buffer.ErrNotFound) {
-			l.gauges.oldestAge.Store(0)
+			l.gauges.OldestAge.Store(0)
 		}
 	}
 	// Starts in the last second do not keep it busy: at rest it starts

@@ -18,6 +18,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/shared"
+	"github.com/sluicehq/sluice/dispatch/metrics"
 	"github.com/sluicehq/sluice/dispatch/share"
 )
 
@@ -100,7 +101,7 @@ func newPoolLoop(p Pool, members []*functionLoop, cfg *Config, log *slog.Logger,
 	pl := &poolLoop{
 		pool: p, members: members, src: cfg.Source, cfg: cfg, id: id,
 		log:   log.With("pool", p.Name),
-		attrs: metric.WithAttributeSet(attribute.NewSet(attrPool.String(p.Name))),
+		attrs: metric.WithAttributeSet(attribute.NewSet(metrics.AttrPool.String(p.Name))),
 	}
 	for _, m := range members {
 		pl.reserve = append(pl.reserve, m.fn.Reserved)

@@ -266,6 +266,11 @@ func NewService(cfg Config) (*Service, error) {
 		}
 		s.functions[f.Name] = f
 		s.submitAttrs[f.Name] = submitAttributeSets(f.Name)
+		for _, attrs := range s.submitAttrs[f.Name] {
+			// Every series from the start, at 0: the first refused
+			// submit is then an increase an alert sees.
+			s.submitted.Add(context.Background(), 0, attrs)
+		}
 		s.largest = max(s.largest, f.MaxPayload)
 		if l := f.Ingress.limiter(); l != nil {
 			s.admission.fnLimiters[f.Name] = l

@@ -267,3 +267,43 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Error("the gateway still answers after stopping")
 	}
 }
+
+// TestCountersAreZeroFromTheStart (#22 item 3): right after start, before
+// any job, /metrics has every counter of every function at 0, with each
+// label value it knows (outcomes, reasons), so that an alert on
+// increase() sees the first event; and no series carries otel_scope_*
+// labels.
+func TestCountersAreZeroFromTheStart(t *testing.T) {
+	g := servertest.StartFunctions(t, t.TempDir(),
+		config.FunctionConfig{Name: "f", URL: "http://127.0.0.1:9/"},
+		config.FunctionConfig{Name: "g", URL: "http://127.0.0.1:9/"})
+	resp, body := get(t, g.Base+"/metrics")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %d", resp.StatusCode)
+	}
+	if strings.Contains(string(body), "otel_scope_") {
+		t.Errorf("/metrics carries otel_scope_* labels:\n%s", body)
+	}
+	samples := parseMetrics(body)
+	for _, fn := range []string{"f", "g"} {
+		for _, c := range []struct {
+			name   string
+			labels []string
+		}{
+			{"sluice_invocations_total", []string{`sluice_outcome="succeeded"`}},
+			{"sluice_invocations_total", []string{`sluice_outcome="failed"`}},
+			{"sluice_invocations_total", []string{`sluice_outcome="throttled"`}},
+			{"sluice_throttles_total", nil},
+			{"sluice_cold_starts_total", nil},
+			{"sluice_retries_total", nil},
+			{"sluice_dead_letters_total", []string{`sluice_reason="failed"`}},
+			{"sluice_dead_letters_total", []string{`sluice_reason="expired"`}},
+			{"sluice_jobs_submitted_total", []string{`sluice_outcome="accepted"`}},
+			{"sluice_jobs_submitted_total", []string{`sluice_outcome="refused"`}},
+		} {
+			if v, ok := sample(samples, c.name, fn, c.labels...); !ok || v != 0 {
+				t.Errorf("%s{sluice_function=%q %v}: %v, %v; want a sample at 0", c.name, fn, c.labels, v, ok)
+			}
+		}
+	}
+}
