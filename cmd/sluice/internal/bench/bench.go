@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/buffer"
-	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/fair"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/scale"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 	"github.com/sluicehq/sluice/cmd/sluice/internal/server"
