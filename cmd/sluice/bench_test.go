@@ -67,7 +67,8 @@ func TestBenchBurstSmall(t *testing.T) {
 
 // TestBenchScaleSmall runs bench scale at a small scale: the gateway
 // starts with its functions and tenants, is measured idle, and every first
-// job into an idle function reaches its function and succeeds. The figures
+// job into an idle function reaches its function and succeeds, and so do
+// a small key burst's jobs, never two of a key at once. The figures
 // themselves are not checked: under -race and beside other tests they say
 // little.
 func TestBenchScaleSmall(t *testing.T) {
@@ -78,7 +79,7 @@ func TestBenchScaleSmall(t *testing.T) {
 	var out bytes.Buffer
 	var errs buffertest.LockedBuffer // written by the children's output copiers
 	err := run(t.Context(), []string{"bench", "scale", "--functions", "50", "--tenants", "50", "--settle", "2s", "--idle", "2s",
-		"--first-jobs", "10", "--spacing", "50ms"}, &out, &errs)
+		"--first-jobs", "10", "--spacing", "50ms", "--key-jobs", "200", "--keys", "100"}, &out, &errs)
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, errs.String())
 	}
@@ -87,7 +88,10 @@ func TestBenchScaleSmall(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^\s*gateway\s+\d+\.\d+\s+[1-9]\d*\s+[1-9]\d*\s*$`).MatchString(s) {
 		t.Errorf("no gateway row with CPU and memory in the idle table")
 	}
-	for _, want := range []string{"function calls before the first job: 0", "outcomes: 10 of 10 SUCCEEDED", "added with key_concurrency"} {
+	if !regexp.MustCompile(`SUCCEEDED\s+200 of 200\s+200 of 200`).MatchString(s) {
+		t.Errorf("the key burst's jobs, keyed and not, did not all succeed")
+	}
+	for _, want := range []string{"function calls before the first job: 0", "outcomes: 10 of 10 SUCCEEDED", "keyed drain ÷ unkeyed drain"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("no %q in the output", want)
 		}
