@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 )
 
@@ -106,16 +108,64 @@ func laneConsumerName(function string, l Lane) string {
 // FunctionConsumers counts the consumers of function on the stream: its own
 // and its lanes', as the server has them now.
 func (q *Queue) FunctionConsumers(ctx context.Context, function string) (int, error) {
+	lanes, err := q.LaneConsumers(ctx, function)
+	return len(lanes), err
+}
+
+// LaneConsumers returns the lanes of a fair function that have a consumer
+// on the server now, by Key (the default lane's is the function's own),
+// with one request that lists the stream's consumers' names.
+func (q *Queue) LaneConsumers(ctx context.Context, function string) (map[string]bool, error) {
 	own := ConsumerName(function)
-	n := 0
+	out := map[string]bool{}
 	names := q.stream.ConsumerNames(ctx)
 	for name := range names.Name() {
-		if name == own || strings.HasPrefix(name, own+"~") {
-			n++
+		switch {
+		case name == own:
+			out[Lane{}.Key()] = true
+		case strings.HasPrefix(name, own+"~"):
+			tenant, priority, _ := strings.Cut(strings.TrimPrefix(name, own+"~"), "~")
+			if tenant == "_" {
+				tenant = ""
+			}
+			if p, ok := ParsePriority(priority); ok {
+				out[Lane{Tenant: tenant, Priority: p}.Key()] = true
+			}
 		}
 	}
 	if err := names.Err(); err != nil {
-		return 0, fmt.Errorf("buffer: consumers of %s: %w", function, err)
+		return nil, fmt.Errorf("buffer: consumers of %s: %w", function, err)
 	}
-	return n, nil
+	return out, nil
+}
+
+// Key names a lane, its tenant's and priority's, the same for an
+// unspecified priority as for normal.
+func (l Lane) Key() string { return l.Tenant + "~" + PriorityName(l.Priority) }
+
+// LanesHolding returns the lanes of function (but the default one) that
+// hold a job message, by Key: waiting, in flight, or finished and not yet
+// removed.
+// It reads them with one request, whose answer grows with the messages
+// held, not with the lanes configured: for a fair function's start, when
+// most of its lanes hold nothing.
+func (q *Queue) LanesHolding(ctx context.Context, function string) (map[string]bool, error) {
+	info, err := q.stream.Info(ctx, jetstream.WithSubjectFilter(SubjectPrefix+function+".*.*"))
+	if err != nil {
+		return nil, fmt.Errorf("buffer: lanes of %s holding jobs: %w", function, err)
+	}
+	out := map[string]bool{}
+	for subject := range info.State.Subjects {
+		parts := strings.Split(strings.TrimPrefix(subject, SubjectPrefix+function+"."), ".")
+		tenant, priority, ok := strings.Cut(parts[0], "~")
+		p, known := ParsePriority(priority)
+		if !ok || !known || len(parts) != 2 {
+			continue
+		}
+		if tenant == "_" {
+			tenant = ""
+		}
+		out[Lane{Tenant: tenant, Priority: p}.Key()] = true
+	}
+	return out, nil
 }

@@ -2,6 +2,7 @@ package buffer_test
 
 import (
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -175,4 +176,46 @@ func TestFunctionConsumers(t *testing.T) {
 	}
 	count("f", 3)
 	count("ff", 1)
+}
+
+// TestLaneConsumersAndLanesHolding: which lanes of a function have a
+// consumer, and which hold a job, each read with one request, by Key;
+// another function's are not counted.
+func TestLaneConsumersAndLanesHolding(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{})
+	ctx := t.Context()
+	bolt := buffer.Lane{Tenant: "bolt", Priority: sluicev1.Priority_LOW}
+	for _, lane := range []*buffer.Lane{{}, &bolt} {
+		if _, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 1, AckWait: time.Minute, Lane: lane}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "ff", MaxInFlight: 1, AckWait: time.Minute, Lane: &buffer.Lane{Tenant: "acme"}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.LaneConsumers(ctx, "f")
+	if want := map[string]bool{buffer.Lane{}.Key(): true, bolt.Key(): true}; err != nil || !maps.Equal(got, want) {
+		t.Errorf("LaneConsumers(f) = %v, %v; want %v", got, err, want)
+	}
+	for _, o := range [][]buffer.SubmitOption{
+		{buffer.WithTenant("acme"), buffer.WithPriority(sluicev1.Priority_HIGH)},
+		{buffer.WithTenant("acme"), buffer.WithPriority(sluicev1.Priority_HIGH)},
+		{buffer.WithPriority(sluicev1.Priority_LOW)},
+		nil, // the default lane's: not among them
+	} {
+		if _, err := q.Submit(ctx, "f", []byte("x"), "", o...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.Submit(ctx, "ff", []byte("x"), "", buffer.WithTenant("bolt")); err != nil {
+		t.Fatal(err)
+	}
+	got, err = q.LanesHolding(ctx, "f")
+	want := map[string]bool{
+		buffer.Lane{Tenant: "acme", Priority: sluicev1.Priority_HIGH}.Key(): true,
+		buffer.Lane{Priority: sluicev1.Priority_LOW}.Key():                  true,
+	}
+	if err != nil || !maps.Equal(got, want) {
+		t.Errorf("LanesHolding(f) = %v, %v; want %v", got, err, want)
+	}
 }

@@ -97,6 +97,8 @@ type Source interface {
 	Pool(ctx context.Context, pool string) (shared.Pool, error)
 	UpdatePool(ctx context.Context, pool string, change func(*shared.Pool) bool) (shared.Pool, error)
 	NewArrivals(watches int) *arrivals.Arrivals
+	LanesHolding(ctx context.Context, function string) (map[string]bool, error)
+	LaneConsumers(ctx context.Context, function string) (map[string]bool, error)
 }
 
 var _ Source = (*buffer.Queue)(nil)

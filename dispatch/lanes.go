@@ -247,8 +247,9 @@ func (l *functionLoop) watches(units []*laneUnit) []arrivals.Subject {
 // findWaitingLanes begins the watches of a fair function's lanes (every
 // one but the default, at start none is active) and then activates those
 // that hold work already: stored, or left in flight, while no process
-// watched. It reads each lane once; a lane it cannot read, or cannot
-// watch, it activates, to be retired in the ordinary way.
+// watched. It asks which lanes hold jobs with one request (reading each
+// lane once should that fail); a lane it cannot read, or cannot watch, it
+// activates, to be retired in the ordinary way.
 func (l *functionLoop) findWaitingLanes(ctx context.Context) {
 	if !l.fair() {
 		return
@@ -273,8 +274,20 @@ func (l *functionLoop) findWaitingLanes(ctx context.Context) {
 		}
 	}
 	l.lanesMu.Unlock()
+	// One request finds the lanes that hold jobs; should it fail, each
+	// lane is read.
+	holding, holdingErr := l.src.LanesHolding(ctx, l.fn.Name)
 	found := false
 	for _, u := range retired {
+		if holdingErr == nil {
+			if holding[u.lane.Key()] {
+				l.lanesMu.Lock()
+				l.activateLocked(u)
+				l.lanesMu.Unlock()
+				found = true
+			}
+			continue
+		}
 		load, err := u.cons.Load(ctx)
 		if err != nil && ctx.Err() != nil {
 			return

@@ -198,10 +198,12 @@ func (pl *poolLoop) step(ctx context.Context) error {
 	}
 	if st.Leader != pl.id {
 		// Taking the lead: the caps of retired lanes are as the last
-		// leader left them, to be read (and lowered) once.
+		// leader left them, to be read (and lowered) once; a lane with no
+		// consumer has none (one made from now on starts paused).
 		for _, m := range pl.members {
+			exists, err := pl.src.LaneConsumers(ctx, m.fn.Name)
 			for _, u := range m.lanes {
-				u.capZero = false
+				u.capZero = err == nil && u.lane != nil && !exists[u.lane.Key()]
 			}
 		}
 	}
