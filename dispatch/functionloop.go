@@ -330,7 +330,7 @@ func (l *functionLoop) paceRound(ctx context.Context, n int) (busy bool) {
 	l.gauges.Backlog.Store(int64(load.Backlog))
 	l.gauges.InFlight.Store(int64(load.InFlight))
 	l.gauges.Window.Store(int64(p.Window))
-	l.gauges.SetLearned(p)
+	l.gauges.SetShared(p)
 	if n%10 == 0 {
 		if since, err := l.oldest(ctx); err == nil {
 			l.gauges.OldestAge.Store(int64(max(0, now.Sub(since))))

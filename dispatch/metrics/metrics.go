@@ -144,13 +144,21 @@ type Gauges struct {
 	LearnedRate  atomic.Uint64
 	// Lanes are a fair function's lanes active in this process.
 	Lanes atomic.Int64
+	// CircuitOpen is 1 while the circuit breaker holds dispatch (open,
+	// or half-open with a probe out), 0 while it is closed.
+	CircuitOpen atomic.Int64
 }
 
-// SetLearned records what p has learned from throttles: its concurrency
-// limit and its start rate.
-func (g *Gauges) SetLearned(p shared.PacingState) {
+// SetShared records what the shared state p says: the concurrency limit
+// and start rate learned from throttles, and the circuit breaker's state.
+func (g *Gauges) SetShared(p shared.PacingState) {
 	g.LearnedLimit.Store(int64(p.Ceiling))
 	g.LearnedRate.Store(math.Float64bits(p.LearnedRate))
+	open := int64(0)
+	if p.Circuit.State != shared.CircuitClosed {
+		open = 1
+	}
+	g.CircuitOpen.Store(open)
 }
 
 // FunctionGauges is one function as RegisterGauges reports it.
@@ -188,6 +196,8 @@ func RegisterGauges(mp metric.MeterProvider, fns []FunctionGauges, pools []PoolG
 		"Invocation starts per second learned from throttles that came while fewer than the learned limit were in flight; 0 while none is known.")
 	lanes := b.Int64Gauge("sluice.dispatch.lanes", "{lane}",
 		"A fair function's lanes active in this gateway process: the default lane and those with work, each with a consumer and a puller.")
+	circuitOpen := b.Int64Gauge("sluice.dispatch.circuit_open", "1",
+		"1 while the function's circuit breaker holds its dispatch (open or half-open), 0 while closed.")
 	if err := b.Err(); err != nil {
 		return err
 	}
@@ -204,12 +214,13 @@ func RegisterGauges(mp metric.MeterProvider, fns []FunctionGauges, pools []PoolG
 			o.ObserveInt64(limit, int64(f.Limit), f.Attrs)
 			o.ObserveInt64(learnedLimit, g.LearnedLimit.Load(), f.Attrs)
 			o.ObserveFloat64(learnedRate, math.Float64frombits(g.LearnedRate.Load()), f.Attrs)
+			o.ObserveInt64(circuitOpen, g.CircuitOpen.Load(), f.Attrs)
 			if f.Fair {
 				o.ObserveInt64(lanes, g.Lanes.Load(), f.Attrs)
 			}
 		}
 		return nil
-	}, depth, oldest, inFlight, window, limit, learnedLimit, learnedRate, lanes)
+	}, depth, oldest, inFlight, window, limit, learnedLimit, learnedRate, lanes, circuitOpen)
 }
 
 // registerPoolGauges reports each pool's state as this process last saw
