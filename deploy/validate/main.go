@@ -2,8 +2,11 @@
 // (helm lint, then helm template with each set of values, every object
 // decoded strictly into its Kubernetes API type and checked), the Compose
 // file (loaded against the Compose specification), the NATS server config
-// (parsed by nats-server itself) and the Dockerfile (BuildKit's parser and
-// build checks). It needs no cluster, no Docker and no network.
+// (parsed by nats-server itself), the Dockerfile (BuildKit's parser and
+// build checks), and the Prometheus alert rules (parsed as Prometheus does)
+// and Grafana dashboard (decoded strictly against Grafana's schema), each
+// query reading only series Sluice exports. It needs no cluster, no Docker
+// and no network.
 //
 //	cd deploy/validate && go run .
 //
@@ -30,7 +33,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "deploy: %d problem(s)\n", len(errs))
 		os.Exit(1)
 	}
-	fmt.Println("deploy: chart, compose file, NATS config and Dockerfile are valid")
+	fmt.Println("deploy: chart, compose file, NATS config, Dockerfile, alert rules and dashboard are valid")
 }
 
 // validateAll checks every deployment file under root/deploy.
@@ -51,5 +54,11 @@ func validateAll(root string) []error {
 	errs = append(errs, checkNATSConfig(filepath.Join(deploy, "nats", "nats-cluster.conf"), map[string]string{"SERVER_NAME": "nats-1"}, true)...)
 	errs = append(errs, checkDockerfile(filepath.Join(deploy, "Dockerfile"))...)
 	errs = append(errs, checkDockerContext(root, filepath.Join(deploy, "Dockerfile.dockerignore"))...)
+	known, err := knownMetrics(filepath.Join(root, "README.md"))
+	if err != nil {
+		return append(errs, err)
+	}
+	errs = append(errs, checkAlertRules(filepath.Join(chart, "files", "sluice-alerts.yaml"), known)...)
+	errs = append(errs, checkDashboard(filepath.Join(chart, "files", "sluice-dashboard.json"), known)...)
 	return errs
 }

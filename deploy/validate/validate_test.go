@@ -261,3 +261,77 @@ func TestChartPassesNATSCredentials(t *testing.T) {
 		t.Error("the deployment passes --nats-nkey without nats.nkeySecret")
 	}
 }
+
+// TestMonitoringChecksReject: the alert rules and the dashboard are held
+// to Prometheus's rule parser, Grafana's dashboard schema and the series
+// Sluice exports; each case breaks the shipped file one way.
+func TestMonitoringChecksReject(t *testing.T) {
+	known, err := knownMetrics(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"sluice_dead_letters_total", "sluice_invocation_duration_seconds_bucket", "sluice_pool_granted", "sluice_store_fill_ratio"} {
+		if !known[m] {
+			t.Errorf("knownMetrics misses %s", m)
+		}
+	}
+	rules, err := os.ReadFile(filepath.Join(chartDir, "files", "sluice-alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dash, err := os.ReadFile(filepath.Join(chartDir, "files", "sluice-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := checkAlertRules(filepath.Join(chartDir, "files", "sluice-alerts.yaml"), known); len(errs) > 0 {
+		t.Fatalf("the shipped rules: %v", errs)
+	}
+	for _, tt := range []struct{ name, file, old, new, want string }{
+		{"PromQL that does not parse", "rules", "max by (sluice_function) (sluice_queue_oldest_age_seconds) > 300", "max by (sluice_function) (sluice_queue_oldest_age_seconds > 300", "unclosed left parenthesis"},
+		{"a series Sluice does not export", "rules", "sluice_dispatch_circuit_open", "sluice_circuit_open", "reads sluice_circuit_open, which Sluice does not export"},
+		{"a bad duration", "rules", "for: 10m", "for: ten minutes", "ten minutes"},
+		{"an unknown dashboard field", "dash", `"gridPos": {`, `"gridPoz": {"h": 1}, "gridPos": {`, "gridPoz"},
+		{"a dashboard query reading an unknown series", "dash", "sluice_queue_depth{", "sluice_queue_size{", "reads sluice_queue_size"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			src, check := rules, checkAlertRules
+			name := "alerts.yaml"
+			if tt.file == "dash" {
+				src, check, name = dash, checkDashboard, "dashboard.json"
+			}
+			if !strings.Contains(string(src), tt.old) {
+				t.Fatalf("the shipped %s does not contain %q; fix the test", tt.file, tt.old)
+			}
+			f := filepath.Join(t.TempDir(), name)
+			if err := os.WriteFile(f, []byte(strings.Replace(string(src), tt.old, tt.new, 1)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			wantError(t, check(f, known), tt.want)
+		})
+	}
+}
+
+// TestChartShipsAlertsAndDashboard: with prometheusRule and
+// grafanaDashboard on, the chart makes a PrometheusRule of every rule in
+// files/sluice-alerts.yaml and a ConfigMap with the dashboard.
+func TestChartShipsAlertsAndDashboard(t *testing.T) {
+	out, err := renderChart(chartDir, filepath.Join(chartDir, "ci", "full-values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := out["sluice/templates/prometheusrule.yaml"]
+	for _, alert := range []string{"SluiceBacklogAging", "SluiceThrottled", "SluiceDeadLetters", "SluiceCircuitOpen", "SluiceStoreFilling", "SluiceStoreFull", "SluiceParkedFinishes"} {
+		if !strings.Contains(rule, "alert: "+alert) {
+			t.Errorf("the PrometheusRule has no %s:\n%s", alert, rule)
+		}
+	}
+	if !strings.Contains(rule, "release: prometheus") {
+		t.Error("the PrometheusRule does not carry prometheusRule.labels")
+	}
+	if dash := out["sluice/templates/grafana-dashboard.yaml"]; !strings.Contains(dash, `"uid": "sluice-overview"`) || !strings.Contains(dash, `grafana_dashboard: "1"`) {
+		t.Errorf("the dashboard ConfigMap:\n%s", dash)
+	}
+	if out, err := renderChart(chartDir, ""); err != nil || strings.TrimSpace(out["sluice/templates/prometheusrule.yaml"]) != "" {
+		t.Errorf("with the defaults the chart makes a PrometheusRule: %v", err)
+	}
+}
