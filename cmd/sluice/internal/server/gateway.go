@@ -117,7 +117,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger
 			p.close()
 		}
 	}()
-	if p.tls, err = serverTLSConfig(opts.TLSCert, opts.TLSKey, opts.TLSClientCA); err != nil {
+	if p.tls, err = serverTLSConfig(opts.TLSCert, opts.TLSKey, opts.TLSClientCA, log); err != nil {
 		return nil, err
 	}
 	if err := p.connectNATS(cfg); err != nil {

@@ -6,8 +6,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -230,21 +233,109 @@ func TestMutualTLS(t *testing.T) {
 // TestServerTLSConfig checks the settings serverTLSConfig chooses.
 func TestServerTLSConfig(t *testing.T) {
 	pki := servertest.NewPKI(t)
-	if c, err := server.ServerTLSConfig("", "", ""); c != nil || err != nil {
+	if c, err := server.ServerTLSConfig("", "", "", slog.New(slog.DiscardHandler)); c != nil || err != nil {
 		t.Errorf("no TLS flags: %v, %v; want nil, nil", c, err)
 	}
-	c, err := server.ServerTLSConfig(pki.ServerCert, pki.ServerKey, "")
+	c, err := server.ServerTLSConfig(pki.ServerCert, pki.ServerKey, "", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MinVersion != tls.VersionTLS12 || len(c.Certificates) != 1 || c.ClientAuth != tls.NoClientCert {
-		t.Errorf("TLS: min version %x, %d certificates, client auth %v; want TLS 1.2, 1, none", c.MinVersion, len(c.Certificates), c.ClientAuth)
+	if c.MinVersion != tls.VersionTLS12 || c.GetCertificate == nil || c.ClientAuth != tls.NoClientCert {
+		t.Errorf("TLS: min version %x, certificate from a reloader %v, client auth %v; want TLS 1.2, yes, none", c.MinVersion, c.GetCertificate != nil, c.ClientAuth)
 	}
-	c, err = server.ServerTLSConfig(pki.ServerCert, pki.ServerKey, pki.CAFile)
+	c, err = server.ServerTLSConfig(pki.ServerCert, pki.ServerKey, pki.CAFile, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.MinVersion != tls.VersionTLS12 || c.ClientAuth != tls.RequireAndVerifyClientCert || c.ClientCAs == nil {
 		t.Errorf("mutual TLS: min version %x, client auth %v, CAs %v; want TLS 1.2, required and verified", c.MinVersion, c.ClientAuth, c.ClientCAs)
 	}
+}
+
+// TestCertificateReloadedWithoutRestart (#22 item 5): a certificate
+// replaced on disk, as cert-manager rotates one, is what the next handshake
+// on either listener gets, without a restart; a pair caught halfway (the
+// new certificate beside the old key) leaves the last good one in service.
+func TestCertificateReloadedWithoutRestart(t *testing.T) {
+	first, second := servertest.NewPKI(t), servertest.NewPKI(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	install := func(certSrc, keySrc string) {
+		t.Helper()
+		for dst, src := range map[string]string{certFile: certSrc, keyFile: keySrc} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Written aside and renamed in, as a Secret's volume is updated.
+			if err := os.WriteFile(dst+".new", b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(dst+".new", dst); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	install(first.ServerCert, first.ServerKey)
+	var logs buffertest.LockedBuffer
+	cfg := &config.Config{Functions: []config.FunctionConfig{{Name: "f", URL: "http://127.0.0.1:9/"}}}
+	p, err := servertest.New(t, t.TempDir(), cfg, server.Options{TLSCert: certFile, TLSKey: keyFile}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := servertest.Run(t, p)
+	roots := first.Roots.Clone()
+	roots.AppendCertsFromPEM(mustRead(t, second.CAFile))
+	served := func(addr string, alpn string) string {
+		t.Helper()
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, NextProtos: []string{alpn}})
+		if err != nil {
+			t.Fatalf("handshake with %s: %v", addr, err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Issuer.CommonName + " " + conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	rest, grpcAddr := g.HTTPAddr.String(), g.GRPCAddr.String()
+	before := served(rest, "http/1.1")
+	if got := served(grpcAddr, "h2"); got != before {
+		t.Fatalf("the listeners serve different certificates: %s and %s", before, got)
+	}
+	// Halfway: the new certificate beside the old key does not load.
+	b, err := os.ReadFile(second.ServerCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := served(rest, "http/1.1"); got != before {
+		t.Errorf("with a certificate and key that do not match, served %s; want the previous %s", got, before)
+	}
+	if !strings.Contains(logs.String(), "does not load") {
+		t.Errorf("no warning of the pair that does not load:\n%s", logs.String())
+	}
+	install(second.ServerCert, second.ServerKey)
+	after := served(rest, "http/1.1")
+	if after == before {
+		t.Fatalf("after the rotation REST still serves %s", before)
+	}
+	if got := served(grpcAddr, "h2"); got != after {
+		t.Errorf("after the rotation gRPC serves %s; want %s", got, after)
+	}
+	// And the API answers over the new certificate.
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	resp, err := client.Get(g.Base + "/healthz")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /healthz after the rotation: %v", err)
+	}
+	resp.Body.Close()
+}
+
+func mustRead(t *testing.T, file string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
