@@ -77,6 +77,13 @@ func (q *Queue) publishKeyed(ctx context.Context, job *sluicev1.Job, msg *nats.M
 		}
 		return store.PublishError(err)
 	}
+	if !claimed {
+		// Waiting: let it go now if a slot freed meanwhile, so that no
+		// later submit finds the key with room while it waits (see
+		// keyed.Gate.Claim). Should this fail, the consumer of waiting
+		// jobs settles the key in a moment; the job is stored either way.
+		q.keys.Settle(ctx, job.Function, hash, nil, false) //nolint:errcheck // see above
+	}
 	return nil
 }
 

@@ -173,11 +173,18 @@ func (g *Gate) limit(function string) int {
 	return MaxConcurrency
 }
 
-// Claim holds job id in its key's set at its submit, if the key has room
-// and no job waiting (which goes first): the caller then stores the job
-// straight into dispatch, and gives the slot back with Settle if the store
-// was refused. held false: store it on its key's waiting subject. A key
-// contended by other writers is not fought over: the job waits.
+// Claim holds job id in its key's set at its submit, if the key has room:
+// the caller then stores the job straight into dispatch, and gives the
+// slot back with Settle if the store was refused. held false: store it on
+// its key's waiting subject, and then Settle the key before the submit
+// returns. A key contended by other writers is not fought over: the job
+// waits.
+//
+// A key with room has no job waiting whose submit has returned: each
+// settles its key after it is stored, which lets it go if there is room,
+// and every settle that frees a slot fills it from the waiting first. So
+// a job that finds room goes before none submitted before it, and Claim
+// need not look for waiting jobs (a request per submit).
 func (g *Gate) Claim(ctx context.Context, function, hash, id string, now time.Time) (held bool, err error) {
 	key := function + "." + hash
 	for range 3 {
@@ -190,12 +197,6 @@ func (g *Gate) Claim(ctx context.Context, function, hash, id string, now time.Ti
 		}
 		if len(set) >= g.limit(function) {
 			return false, nil
-		}
-		switch _, err := g.Stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(Subjects(function, hash))); {
-		case err == nil:
-			return false, nil // others wait: in line behind them
-		case !errors.Is(err, jetstream.ErrMsgNotFound):
-			return false, fmt.Errorf("buffer: read waiting jobs of a key of %s: %w", function, err)
 		}
 		err = g.write(ctx, key, rev, append(set, Held{ID: id, At: now.UnixNano()}))
 		if !jsapi.Conflict(err) {
