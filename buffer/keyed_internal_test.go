@@ -110,3 +110,52 @@ func TestKeyedClaimNeverStoredIsDropped(t *testing.T) {
 		t.Fatalf("past the grace: %d delivered; want the waiting job", len(ds))
 	}
 }
+
+// TestKeyedPlaceOfAFinishedJobIsFound: a job that finished without giving
+// its key's place back (its process stopped between acknowledging it and
+// settling its key) holds the place until claimGrace has passed since it
+// was held; then the next settle of the full key finds it finished, drops
+// it, and lets the waiting job go.
+func TestKeyedPlaceOfAFinishedJobIsFound(t *testing.T) {
+	q, c := keyedQueue(t)
+	ctx := t.Context()
+	now := time.Now()
+	q.keys.Now = func() time.Time { return now }
+	done, err := q.Submit(ctx, "f", []byte("x"), "", WithConcurrencyKey("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := fetchAll(t, c, 5, 2*time.Second)
+	if len(ds) != 1 {
+		t.Fatalf("%d delivered; want the first job", len(ds))
+	}
+	if _, err := ds[0].Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ds[0].Succeed(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Its place, as a stop between the acknowledgement and the settle
+	// leaves it: held again.
+	hash := keyed.Hash("", "k")
+	if held, err := q.keys.Claim(ctx, "f", hash, done.Id, now); err != nil || !held {
+		t.Fatalf("Claim = %v, %v", held, err)
+	}
+	waiting, err := q.Submit(ctx, "f", []byte("y"), "", WithConcurrencyKey("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recheck, err := q.keys.Settle(ctx, "f", hash, nil, false); err != nil || !recheck {
+		t.Fatalf("Settle within the grace = %v, %v; want the key full, to look again", recheck, err)
+	}
+	if ds := fetchAll(t, c, 5, 300*time.Millisecond); len(ds) != 0 {
+		t.Fatalf("%d delivered within the grace; want none", len(ds))
+	}
+	now = now.Add(time.Minute + time.Second)
+	if _, err := q.keys.Settle(ctx, "f", hash, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	if ds := fetchAll(t, c, 5, 2*time.Second); len(ds) != 1 || ds[0].JobID != waiting.Id {
+		t.Fatalf("past the grace: %d delivered; want the waiting job", len(ds))
+	}
+}

@@ -26,12 +26,15 @@ func (q *Queue) keyGate(kv jetstream.KeyValue, limits map[string]int) *keyed.Gat
 		Copy:     q.copyKeyed,
 		ID:       func(msg *jetstream.RawStreamMsg) string { return msg.Header.Get(headerJobID) },
 		Redrives: func(msg *jetstream.RawStreamMsg) int32 { return headerRedrivesOf(msg.Header) },
-		Exists: func(ctx context.Context, id string) (bool, error) {
-			_, _, err := q.GetRevision(ctx, id)
-			if errors.Is(err, ErrNotFound) {
-				return false, nil
+		Gone: func(ctx context.Context, id string, redrives int32) (bool, error) {
+			job, _, err := q.GetRevision(ctx, id)
+			switch {
+			case errors.Is(err, ErrNotFound):
+				return true, nil
+			case err != nil:
+				return false, err
 			}
-			return err == nil, err
+			return job.Redrives > redrives || job.Redrives == redrives && Terminal(job.State), nil
 		},
 		Now: q.now,
 	}

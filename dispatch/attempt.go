@@ -457,7 +457,10 @@ func answerReason(resp *target.Response) string {
 func (l *functionLoop) settle(step func(context.Context) error, dv *buffer.Delivery) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := step(ctx); err != nil {
+	switch err := step(ctx); {
+	case errors.Is(err, buffer.ErrKeyNotSettled):
+		l.jobLog(dv).Warn("job finished; its concurrency key's next job is let go by the key's next settle", "err", err)
+	case err != nil:
 		l.jobLog(dv).Error("record job outcome; it will be delivered again", "err", err)
 	}
 }

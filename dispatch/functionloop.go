@@ -88,7 +88,12 @@ func (l *functionLoop) run(ctx context.Context) {
 					return
 				}
 				inFlight.Go(func() {
-					defer func() { <-slots }()
+					// The place is free once the job's message is
+					// acknowledged, before what follows it (its key's
+					// next job) is settled.
+					release := sync.OnceFunc(func() { <-slots })
+					defer release()
+					dv.OnAck(release)
 					l.handle(ctx, invokeCtx, dv)
 				})
 			})

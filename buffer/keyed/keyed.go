@@ -22,10 +22,13 @@
 // process that dies midway leaves that delivery to come back, and the
 // settle it brings mends what was left half done: a held job whose waiting
 // message is still there is copied (the copy is deduplicated) and removed.
-// A job held at its submit whose message was never stored (its gateway
-// died between the two) is found out once claimGrace has passed, by the
-// next settle of its full key; a waiting job that finds its key full with
-// such a claim comes back to check once it may be told.
+// A job's place is given back after its delivery is acknowledged, so that
+// the window's slot is free meanwhile; a process that dies between the two
+// leaves a held job that has finished. That, and a job held at its submit
+// whose message was never stored (its gateway died between the two), is
+// found out by the next settle of its full key once claimGrace has passed
+// since it was held: a waiting job that finds its key full comes back to
+// look again, a minute later, then less and less often.
 //
 // A key's set exists while the key has a job released; an empty set is
 // purged, its marker kept for a minute. Its size is bounded by the jobs in
@@ -40,7 +43,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -65,9 +67,13 @@ const (
 	MaxKeyBytes = 256
 	// markerTTL is how long the marker of a purged set is kept.
 	markerTTL = time.Minute
-	// claimGrace is how long a job held at its submit may take to be
-	// stored: past it, a held job that does not exist never will.
+	// claimGrace is how long a held job may take to be stored, and its
+	// place to be given back after it finished: past it, a held job that
+	// does not exist never will, and one that finished lost its settle.
 	claimGrace = time.Minute
+	// maxRecheck bounds how long a waiting job whose key is full waits
+	// before it looks again for a lost place.
+	maxRecheck = 30 * time.Minute
 )
 
 // CheckKey says what is wrong with a concurrency key, if anything.
@@ -126,14 +132,15 @@ type Held struct {
 	// Seq is its waiting message's sequence in the job stream; 0 for a
 	// job held at its submit, never waiting.
 	Seq uint64 `json:"seq,omitempty"`
-	// At is when a job without a waiting message was held (Unix ns).
+	// At is when it was held (Unix ns).
 	At int64 `json:"at,omitempty"`
 }
 
-// unproven reports whether h, held at its submit, is too recent for its
-// job's absence to tell that it never will be stored.
-func (h Held) unproven(now time.Time) bool {
-	return h.Seq == 0 && now.Sub(time.Unix(0, h.At)) < claimGrace
+// recent reports whether h was held too recently for its job's absence,
+// or end, to tell that its place is lost: it may be on its way to being
+// stored, or its settle on its way.
+func (h Held) recent(now time.Time) bool {
+	return now.Sub(time.Unix(0, h.At)) < claimGrace
 }
 
 // Gate releases keyed jobs. Its fields are set before first use.
@@ -153,8 +160,9 @@ type Gate struct {
 	// ID and Redrives read a waiting message's job and run.
 	ID       func(msg *jetstream.RawStreamMsg) string
 	Redrives func(msg *jetstream.RawStreamMsg) int32
-	// Exists reports whether a job exists: stored, queued or later.
-	Exists func(ctx context.Context, id string) (bool, error)
+	// Gone reports whether run redrives of job id holds no place any
+	// more: the job does not exist, or that run of it has finished.
+	Gone func(ctx context.Context, id string, redrives int32) (bool, error)
 	// Now is the time; time.Now if nil.
 	Now func() time.Time
 }
@@ -213,9 +221,9 @@ func (g *Gate) Claim(ctx context.Context, function, hash, id string, now time.Ti
 // nil, leaves it (its job ended), and waiting jobs, first come first, take
 // the room there is. With mend, it first finishes the release of held jobs
 // whose waiting message is still there (see the package comment); a full
-// key drops held jobs that never were stored. recheck says the key is full
-// with a job held at its submit too recently to tell: a settle after
-// claimGrace can.
+// key drops held jobs that are gone (never stored, or finished) once
+// claimGrace has passed since they were held. recheck says the key is
+// still full and a job waits: a later settle may find a place lost.
 func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, mend bool) (recheck bool, err error) {
 	limit, key := g.limit(function), function+"."+hash
 	for {
@@ -238,7 +246,7 @@ func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, me
 			}
 		}
 		if len(keep) >= limit {
-			if keep, err = g.dropNeverStored(ctx, keep); err != nil {
+			if keep, err = g.dropGone(ctx, keep); err != nil {
 				return false, err
 			}
 		}
@@ -247,7 +255,7 @@ func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, me
 			return false, err
 		}
 		if len(next) == 0 && len(keep) == len(held) {
-			return len(keep) >= limit && slices.ContainsFunc(keep, func(h Held) bool { return h.unproven(g.now()) }), nil
+			return len(keep) >= limit, nil
 		}
 		err = g.write(ctx, key, rev, append(keep, heldOf(g, next)...))
 		if jsapi.Conflict(err) {
@@ -265,17 +273,18 @@ func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, me
 	}
 }
 
-// dropNeverStored leaves out of held the jobs held at their submit, past
-// claimGrace, that do not exist: their gateway died before storing them.
-func (g *Gate) dropNeverStored(ctx context.Context, held []Held) ([]Held, error) {
+// dropGone leaves out of held the jobs held longer than claimGrace that
+// hold no place any more: never stored (their gateway died first), or
+// finished (their process died before giving the place back).
+func (g *Gate) dropGone(ctx context.Context, held []Held) ([]Held, error) {
 	keep := held[:0:0]
 	for _, h := range held {
-		if h.Seq == 0 && !h.unproven(g.now()) {
-			exists, err := g.Exists(ctx, h.ID)
+		if !h.recent(g.now()) {
+			gone, err := g.Gone(ctx, h.ID, h.Redrives)
 			if err != nil {
 				return nil, err
 			}
-			if !exists {
+			if gone {
 				continue
 			}
 		}
@@ -350,7 +359,7 @@ func holds(held []Held, id string) bool {
 func heldOf(g *Gate, msgs []*jetstream.RawStreamMsg) []Held {
 	out := make([]Held, len(msgs))
 	for i, m := range msgs {
-		out[i] = Held{ID: g.ID(m), Redrives: g.Redrives(m), Seq: m.Sequence}
+		out[i] = Held{ID: g.ID(m), Redrives: g.Redrives(m), Seq: m.Sequence, At: g.now().UnixNano()}
 	}
 	return out
 }
@@ -467,11 +476,12 @@ func (g *Gate) settleMsg(ctx context.Context, log *slog.Logger, msg jetstream.Ms
 		return
 	}
 	if recheck {
-		// Its key is full, with a job held at its submit whose gateway
-		// may have died before storing it: come back once that can be
-		// told. The waiting job's message stays; should it be released
-		// meanwhile, no redelivery comes.
-		msg.NakWithDelay(claimGrace) //nolint:errcheck // it comes back after the ack wait at worst
+		// Its key is full: come back to look again, in case a place was
+		// lost (see the package comment), a minute later, then less and
+		// less often. Should it be let go meanwhile, its message goes,
+		// and no redelivery comes.
+		delay := min(claimGrace<<min(md.NumDelivered-1, 5), maxRecheck)
+		msg.NakWithDelay(delay) //nolint:errcheck // it comes back after the ack wait at worst
 		return
 	}
 	// Released, or waiting for its key: either way its key's next
