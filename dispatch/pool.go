@@ -186,6 +186,42 @@ func (pl *poolLoop) nudge() {
 // step runs one round: a follower only reads the pool's state; the leader
 // (or a process taking over a lapsed lease) re-divides it and applies the
 // caps.
+// takeLead prepares this process's first round as the pool's leader: the
+// caps of retired lanes are as the last leader left them, to be read (and
+// lowered) once; a lane with no consumer has none (one made from now on
+// starts paused).
+func (pl *poolLoop) takeLead(ctx context.Context) {
+	for _, m := range pl.members {
+		exists, err := pl.src.LaneConsumers(ctx, m.fn.Name)
+		for _, u := range m.lanes {
+			u.capZero = err == nil && u.lane != nil && !exists[u.lane.Key()]
+		}
+	}
+}
+
+// readRound reads the consumers of the pool this round: one per function,
+// or one per lane of a fair function that is active or whose cap may not
+// be 0 (the others, paused with nothing in flight, count for nothing). It
+// returns them and their loads, and each member's lanes and summed load.
+func (pl *poolLoop) readRound(ctx context.Context) (units []*laneUnit, loads []buffer.Load, memberUnits [][]*laneUnit, memberLoads []buffer.Load, err error) {
+	memberLoads = make([]buffer.Load, len(pl.members))
+	memberUnits = make([][]*laneUnit, len(pl.members))
+	for i, m := range pl.members {
+		memberUnits[i] = m.roundLanes()
+		for _, u := range memberUnits[i] {
+			load, err := u.cons.Load(ctx)
+			if err != nil {
+				return nil, nil, nil, nil, err
+			}
+			units, loads = append(units, u), append(loads, load)
+			memberLoads[i].InFlight += load.InFlight
+			memberLoads[i].Backlog += load.Backlog
+			memberLoads[i].MaxInFlight += capOf(load)
+		}
+	}
+	return units, loads, memberUnits, memberLoads, nil
+}
+
 func (pl *poolLoop) step(ctx context.Context) error {
 	now := pl.cfg.Now()
 	st, err := pl.src.Pool(ctx, pl.pool.Name)
@@ -197,35 +233,11 @@ func (pl *poolLoop) step(ctx context.Context) error {
 		return nil
 	}
 	if st.Leader != pl.id {
-		// Taking the lead: the caps of retired lanes are as the last
-		// leader left them, to be read (and lowered) once; a lane with no
-		// consumer has none (one made from now on starts paused).
-		for _, m := range pl.members {
-			exists, err := pl.src.LaneConsumers(ctx, m.fn.Name)
-			for _, u := range m.lanes {
-				u.capZero = err == nil && u.lane != nil && !exists[u.lane.Key()]
-			}
-		}
+		pl.takeLead(ctx)
 	}
-	// The consumers of the pool this round: one per function, or one per
-	// lane of a fair function that is active or whose cap may not be 0.
-	// The others, paused with nothing in flight, count for nothing.
-	var units []*laneUnit
-	var loads []buffer.Load
-	memberLoads := make([]buffer.Load, len(pl.members))
-	memberUnits := make([][]*laneUnit, len(pl.members))
-	for i, m := range pl.members {
-		memberUnits[i] = m.roundLanes()
-		for _, u := range memberUnits[i] {
-			load, err := u.cons.Load(ctx)
-			if err != nil {
-				return err
-			}
-			units, loads = append(units, u), append(loads, load)
-			memberLoads[i].InFlight += load.InFlight
-			memberLoads[i].Backlog += load.Backlog
-			memberLoads[i].MaxInFlight += capOf(load)
-		}
+	units, loads, memberUnits, memberLoads, err := pl.readRound(ctx)
+	if err != nil {
+		return err
 	}
 	pl.refreshWaiting(ctx, units, loads, now)
 	shares := make([]share.Claim, len(pl.members))

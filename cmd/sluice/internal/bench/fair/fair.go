@@ -351,45 +351,16 @@ func runBenchShares(ctx context.Context, b Flags, dir string, stdout, stderr io.
 		return fmt.Errorf("submit: %w", err)
 	}
 	fmt.Fprintf(stdout, "%d jobs stored in %s\n", b.active*b.perTenant, time.Since(start).Round(time.Millisecond))
-	// From now until measure has passed or a tenant's backlog is nearly
-	// gone (less than the window's worth waits).
-	started0 := make([]int, len(active))
-	for i, t := range active {
-		started0[i], _ = p.counts(t.name)
-	}
-	from := time.Now()
-	started := make([]int, len(active))
-	if err := pollEvery(ctx, 5*time.Millisecond, func() bool {
-		low := false
-		for i, t := range active {
-			started[i], _ = p.counts(t.name)
-			low = low || b.perTenant-started[i] < b.concurrency
-		}
-		return low || time.Since(from) >= b.measure
-	}); err != nil {
+	started, span, err := measureShares(ctx, b, p, active)
+	if err != nil {
 		return err
 	}
-	span := time.Since(from)
 	total := 0
-	for i := range active {
-		started[i] -= started0[i]
-		total += started[i]
+	for _, n := range started {
+		total += n
 	}
 	fmt.Fprintf(stdout, "measured %s, every backlog still waiting: %d invocations started\n\n", span.Round(time.Millisecond), total)
-	fmt.Fprintf(stdout, "%-8s %6s %8s %9s %10s %9s\n", "tenant", "weight", "started", "observed", "weighted", "deviation")
-	worst := 0.0
-	var errs []error
-	for i, t := range active {
-		observed := float64(started[i]) / float64(max(total, 1))
-		want := float64(t.weight) / float64(weights)
-		dev := (observed - want) / want
-		worst = max(worst, math.Abs(dev))
-		fmt.Fprintf(stdout, "%-8s %6d %8d %8.1f%% %9.1f%% %+8.1f%%\n", t.name, t.weight, started[i], 100*observed, 100*want, 100*dev)
-		// The window is split in whole slots: a share may be one off.
-		if slots := math.Abs(observed-want) * float64(b.concurrency); slots > 1.25 {
-			errs = append(errs, fmt.Errorf("tenant %s ran %.1f slots of %d away from its weighted share", t.name, slots, b.concurrency))
-		}
-	}
+	worst, errs := reportShares(stdout, b, active, started, total, weights)
 	fmt.Fprintf(stdout, "\nmax relative deviation from the weighted shares: %.1f%%\n", 100*worst)
 	stopWatching()
 	watching.Wait()
@@ -407,4 +378,50 @@ func runBenchShares(ctx context.Context, b Flags, dir string, stdout, stderr io.
 		errs = append(errs, fmt.Errorf("fnsim saw %d at once, over %d", st.MaxConcurrent, b.concurrency))
 	}
 	return errors.Join(errs...)
+}
+
+// measureShares counts each active tenant's invocations started from now
+// until b.measure has passed or a tenant's backlog is nearly gone (less
+// than the window's worth waits), and returns them with the time taken.
+func measureShares(ctx context.Context, b Flags, p *groupPlatform, active []shareTenant) ([]int, time.Duration, error) {
+	started0 := make([]int, len(active))
+	for i, t := range active {
+		started0[i], _ = p.counts(t.name)
+	}
+	from := time.Now()
+	started := make([]int, len(active))
+	if err := pollEvery(ctx, 5*time.Millisecond, func() bool {
+		low := false
+		for i, t := range active {
+			started[i], _ = p.counts(t.name)
+			low = low || b.perTenant-started[i] < b.concurrency
+		}
+		return low || time.Since(from) >= b.measure
+	}); err != nil {
+		return nil, 0, err
+	}
+	span := time.Since(from)
+	for i := range active {
+		started[i] -= started0[i]
+	}
+	return started, span, nil
+}
+
+// reportShares prints each active tenant's share of the invocations
+// started against its weighted share, and returns the largest relative
+// deviation and an error for each tenant more than 1.25 slots off (the
+// window is split in whole slots: a share may be one off).
+func reportShares(stdout io.Writer, b Flags, active []shareTenant, started []int, total, weights int) (worst float64, errs []error) {
+	fmt.Fprintf(stdout, "%-8s %6s %8s %9s %10s %9s\n", "tenant", "weight", "started", "observed", "weighted", "deviation")
+	for i, t := range active {
+		observed := float64(started[i]) / float64(max(total, 1))
+		want := float64(t.weight) / float64(weights)
+		dev := (observed - want) / want
+		worst = max(worst, math.Abs(dev))
+		fmt.Fprintf(stdout, "%-8s %6d %8d %8.1f%% %9.1f%% %+8.1f%%\n", t.name, t.weight, started[i], 100*observed, 100*want, 100*dev)
+		if slots := math.Abs(observed-want) * float64(b.concurrency); slots > 1.25 {
+			errs = append(errs, fmt.Errorf("tenant %s ran %.1f slots of %d away from its weighted share", t.name, slots, b.concurrency))
+		}
+	}
+	return worst, errs
 }
