@@ -16,19 +16,18 @@
 // that is, it leaves the set and the next waiting job takes its place in
 // the same write.
 //
-// Every release runs within a delivery that stays unacknowledged until it
-// is done: a waiting job's delivery from the consumer that every process
-// shares (see Run), or the dispatch delivery of the job that ended. A
-// process that dies midway leaves that delivery to come back, and the
-// settle it brings mends what was left half done: a held job whose waiting
-// message is still there is copied (the copy is deduplicated) and removed.
-// A job's place is given back after its delivery is acknowledged, so that
-// the window's slot is free meanwhile; a process that dies between the two
-// leaves a held job that has finished. That, and a job held at its submit
-// whose message was never stored (its gateway died between the two), is
-// found out by the next settle of its full key once claimGrace has passed
-// since it was held: a waiting job that finds its key full comes back to
-// look again, a minute later, then less and less often.
+// A waiting job's delivery, from the consumer that every process shares
+// (see Run), stays unacknowledged while it waits on a full key: it comes
+// back to look again a minute later, then less and less often (30 minutes
+// at most). A process that dies midway through a release leaves a held
+// job whose waiting message is still there; the next settle that mends (a
+// waiting job's delivery come back) copies it (the copy is deduplicated)
+// and removes the message. A job's place is given back after its dispatch
+// delivery is acknowledged, so that its window slot is free meanwhile; a
+// process that dies between the two leaves a held job that has finished.
+// That, and a job held at its submit whose message was never stored (its
+// gateway died between the two), is dropped by the next settle of its full
+// key once claimGrace has passed since it was held.
 //
 // A key's set exists while the key has a job released; an empty set is
 // purged, its marker kept for a minute. Its size is bounded by the jobs in
