@@ -146,9 +146,10 @@ type Config struct {
 
 // Dispatcher invokes functions with their queued jobs.
 type Dispatcher struct {
-	cfg Config
-	log *slog.Logger
-	tel *metrics.Instruments
+	cfg   Config
+	log   *slog.Logger
+	tel   *metrics.Instruments
+	attrs map[string]metrics.Function // each function's attribute sets, by name
 }
 
 // New checks cfg and returns a Dispatcher.
@@ -208,10 +209,12 @@ func New(cfg Config) (*Dispatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: metrics: %w", err)
 	}
+	attrs := make(map[string]metrics.Function, len(cfg.Functions))
 	for _, f := range cfg.Functions {
-		tel.Zero(context.Background(), metrics.NewFunction(f.Name)) // every counter of every function, from the start
+		attrs[f.Name] = metrics.NewFunction(f.Name)
+		tel.Zero(context.Background(), attrs[f.Name]) // every counter of every function, from the start
 	}
-	return &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatch"), tel: tel}, nil
+	return &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatch"), tel: tel, attrs: attrs}, nil
 }
 
 // Run dispatches until ctx ends, then lets in-flight invocations finish for
@@ -272,7 +275,7 @@ func (d *Dispatcher) newFunctionLoop(ctx context.Context, f Function, id string)
 		cfg:   &d.cfg,
 		log:   d.log.With("function", f.Name),
 		tel:   d.tel,
-		attrs: metrics.NewFunction(f.Name),
+		attrs: d.attrs[f.Name],
 		wake:  make(chan struct{}, 1),
 
 		laneStarts: make(chan struct{}, 1),

@@ -55,24 +55,19 @@ func (l *functionLoop) fair() bool { return l.lanes[0].lane != nil }
 // activeLanes are the lanes pulled from and read in this process, the
 // default lane first.
 func (l *functionLoop) activeLanes() []*laneUnit {
-	if !l.fair() {
-		return l.lanes
-	}
-	l.lanesMu.Lock()
-	defer l.lanesMu.Unlock()
-	out := make([]*laneUnit, 0, 4)
-	for _, u := range l.lanes {
-		if u.active {
-			out = append(out, u)
-		}
-	}
-	return out
+	return l.lanesWhere(func(u *laneUnit) bool { return u.active })
 }
 
 // roundLanes are the lanes the pool's leader reads and caps this round:
 // the active ones, and those retired whose cap may not be 0 (the leader
 // lowers it), the default lane first. Only the pool's loop calls it.
 func (l *functionLoop) roundLanes() []*laneUnit {
+	return l.lanesWhere(func(u *laneUnit) bool { return u.active || !u.capZero })
+}
+
+// lanesWhere are a fair function's lanes for which keep holds, in order,
+// read under lanesMu; a function that is not fair has its one.
+func (l *functionLoop) lanesWhere(keep func(*laneUnit) bool) []*laneUnit {
 	if !l.fair() {
 		return l.lanes
 	}
@@ -80,7 +75,7 @@ func (l *functionLoop) roundLanes() []*laneUnit {
 	defer l.lanesMu.Unlock()
 	out := make([]*laneUnit, 0, 4)
 	for _, u := range l.lanes {
-		if u.active || !u.capZero {
+		if keep(u) {
 			out = append(out, u)
 		}
 	}

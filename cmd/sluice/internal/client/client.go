@@ -4,8 +4,6 @@ package client
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -29,6 +27,7 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
 // clientFlags are the flags of the client commands: where the gateway is,
@@ -66,23 +65,9 @@ func envOr(name, def string) string {
 func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
 	if c.tls || c.caFile != "" || c.cert != "" {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-		if c.caFile != "" {
-			pem, err := os.ReadFile(c.caFile)
-			if err != nil {
-				return nil, fmt.Errorf("--tls-ca: %w", err)
-			}
-			cfg.RootCAs = x509.NewCertPool()
-			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in it", c.caFile)
-			}
-		}
-		if c.cert != "" || c.key != "" {
-			pair, err := tls.LoadX509KeyPair(c.cert, c.key)
-			if err != nil {
-				return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
-			}
-			cfg.Certificates = []tls.Certificate{pair}
+		cfg, err := cli.ClientTLS(c.caFile, c.cert, c.key, "--tls-ca", "--tls-cert/--tls-key")
+		if err != nil {
+			return nil, err
 		}
 		creds = credentials.NewTLS(cfg)
 	}

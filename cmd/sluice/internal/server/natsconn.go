@@ -1,13 +1,13 @@
 package server
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/sluicehq/sluice/cmd/sluice/internal/cli"
 )
 
 // NATSAuth is how the gateway proves itself to a NATS server of its own
@@ -72,23 +72,9 @@ func (a NATSAuth) options() ([]nats.Option, error) {
 	if a.TLSCA == "" && a.TLSCert == "" {
 		return opts, nil
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if a.TLSCA != "" {
-		pem, err := os.ReadFile(a.TLSCA)
-		if err != nil {
-			return nil, fmt.Errorf("--nats-tls-ca: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--nats-tls-ca %s: no PEM CERTIFICATE in it", a.TLSCA)
-		}
-	}
-	if a.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(a.TLSCert, a.TLSKey)
-		if err != nil {
-			return nil, fmt.Errorf("--nats-tls-cert %s, --nats-tls-key %s: %w", a.TLSCert, a.TLSKey, err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
+	cfg, err := cli.ClientTLS(a.TLSCA, a.TLSCert, a.TLSKey, "--nats-tls-ca", "--nats-tls-cert "+a.TLSCert+", --nats-tls-key "+a.TLSKey)
+	if err != nil {
+		return nil, err
 	}
 	return append(opts, nats.Secure(cfg)), nil
 }

@@ -118,28 +118,16 @@ func Run(ctx context.Context, b Flags, dir string, stdout, stderr io.Writer) err
 	if b.tenants > 0 {
 		return runBenchShares(ctx, b, dir, stdout, stderr)
 	}
-	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
-	ln, stopServing, err := harness.ServeLoopback(p)
-	if err != nil {
-		return err
-	}
-	defer stopServing()
-	set, err := harness.StartReplicaSet(ctx, dir, fmt.Sprintf(`functions:
-  - name: shared
-    url: http://%s/
-    concurrency: %d
-    timeout: 30s
-    fairness: true
-tenants:
+	p, set, stop, err := startFair(ctx, b, dir, fmt.Sprintf(`tenants:
   - name: a
     api_keys: [%q]
   - name: b
     api_keys: [%q]
-`, ln.Addr(), b.concurrency, gateway.HashKey(fairKeyA), gateway.HashKey(fairKeyB)), b.gateways, "", stderr)
+`, gateway.HashKey(fairKeyA), gateway.HashKey(fairKeyB)), stderr)
 	if err != nil {
 		return err
 	}
-	defer set.Close()
+	defer stop()
 	fmt.Fprintf(stdout, "fair function, concurrency %d, handler %s, %d gateway process(es); tenant A: backlog of %d, then tenant B: %d jobs, then A: %d high-priority jobs\n\n",
 		b.concurrency, b.handler, b.gateways, b.backlog, b.few, b.high)
 	f := &fairRun{b: b, p: p, clients: set.Clients}
@@ -292,12 +280,6 @@ func shareTenants(b Flags) (config string, active []shareTenant) {
 // invocations started while every one still had a backlog, against its
 // weighted share of the window, and the consumers the function holds.
 func runBenchShares(ctx context.Context, b Flags, dir string, stdout, stderr io.Writer) error {
-	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
-	ln, stopServing, err := harness.ServeLoopback(p)
-	if err != nil {
-		return err
-	}
-	defer stopServing()
 	tenants, active := shareTenants(b)
 	weights := 0
 	for _, t := range active {
@@ -306,17 +288,11 @@ func runBenchShares(ctx context.Context, b Flags, dir string, stdout, stderr io.
 	if b.concurrency == 0 {
 		b.concurrency = 2 * weights
 	}
-	set, err := harness.StartReplicaSet(ctx, dir, fmt.Sprintf(`functions:
-  - name: shared
-    url: http://%s/
-    concurrency: %d
-    timeout: 30s
-    fairness: true
-%s`, ln.Addr(), b.concurrency, tenants), b.gateways, "", stderr)
+	p, set, stop, err := startFair(ctx, b, dir, tenants, stderr)
 	if err != nil {
 		return err
 	}
-	defer set.Close()
+	defer stop()
 	fmt.Fprintf(stdout, "fair function, concurrency %d, handler %s, %d gateway process(es); %d tenants configured (%d lanes), %d active with a backlog of %d each\n\n",
 		b.concurrency, b.handler, b.gateways, b.tenants, 3*(b.tenants+1), b.active, b.perTenant)
 
@@ -424,4 +400,28 @@ func reportShares(stdout io.Writer, b Flags, active []shareTenant, started []int
 		}
 	}
 	return worst, errs
+}
+
+// startFair starts what both modes run: a simulated platform (fnsim, each
+// job's payload naming its group) and b.gateways gateway processes with one
+// fair function, "shared", of b.concurrency, and the tenants of
+// tenantsYAML. stop stops both.
+func startFair(ctx context.Context, b Flags, dir, tenantsYAML string, stderr io.Writer) (*groupPlatform, *harness.ReplicaSet, func(), error) {
+	p := &groupPlatform{sim: fnsim.New(fnsim.Config{Duration: b.handler}), started: map[string]int{}, done: map[string]int{}}
+	ln, stopServing, err := harness.ServeLoopback(p)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	set, err := harness.StartReplicaSet(ctx, dir, fmt.Sprintf(`functions:
+  - name: shared
+    url: http://%s/
+    concurrency: %d
+    timeout: 30s
+    fairness: true
+%s`, ln.Addr(), b.concurrency, tenantsYAML), b.gateways, "", stderr)
+	if err != nil {
+		stopServing()
+		return nil, nil, nil, err
+	}
+	return p, set, func() { set.Close(); stopServing() }, nil
 }
