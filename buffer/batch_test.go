@@ -61,7 +61,7 @@ func TestConcurrentSubmitsAreGroupCommitted(t *testing.T) {
 		t.Fatalf("%d submits failed, first: %v", len(errs), errs[0])
 	}
 	assertStored(t, q, ids)
-	st, _ := q.BatchStats()
+	st := q.BatchStats()["jobs"]
 	t.Logf("500 concurrent submits: %d batches holding %d jobs, the rest alone", st.Batches, st.Messages)
 	if st.Batches == 0 || st.Messages < 250 {
 		t.Errorf("stats %+v: want most of 500 concurrent submits stored in batches", st)
@@ -76,7 +76,7 @@ func TestLoneSubmitIsNotDelayed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st, _ := q.BatchStats(); st.Batches != 0 {
+	if st := q.BatchStats()["jobs"]; st.Batches != 0 {
 		t.Errorf("stats %+v: sequential submits should not be batched", st)
 	}
 }
@@ -94,7 +94,7 @@ func TestBatchRefusalFailsOnlyTheSubmitsThatCannotBeStored(t *testing.T) {
 		t.Errorf("error %q does not say the message was too large", errs[0])
 	}
 	assertStored(t, q, ids)
-	if st, _ := q.BatchStats(); st.Fallbacks != 1 {
+	if st := q.BatchStats()["jobs"]; st.Fallbacks != 1 {
 		t.Errorf("stats %+v: want the one refused batch retried job by job", st)
 	}
 }
@@ -145,7 +145,7 @@ func TestStateWritesAreGroupCommittedAndRacesStillLose(t *testing.T) {
 	if cancelled, already := cancelAll(ids[1:]); cancelled != 49 || already != 0 {
 		t.Errorf("49 cancels: %d cancelled, %d found finished", cancelled, already)
 	}
-	_, st := q.BatchStats()
+	st := q.BatchStats()["states"]
 	t.Logf("49 concurrent cancels: %d state batches holding %d writes", st.Batches, st.Messages)
 	if st.Batches == 0 || st.Fallbacks != 0 {
 		t.Errorf("state stats %+v: want concurrent state writes batched, none refused", st)
@@ -188,7 +188,7 @@ func TestQueueWithoutAtomicBatches(t *testing.T) {
 			t.Errorf("job %s: %v", id, err)
 		}
 	}
-	if jobs, _ := q.BatchStats(); jobs.Batches != 0 {
+	if jobs := q.BatchStats()["jobs"]; jobs.Batches != 0 {
 		t.Errorf("stats %+v: want no atomic batch", jobs)
 	}
 }

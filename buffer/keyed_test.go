@@ -219,3 +219,65 @@ func TestRedrivenKeyedJobWaitsForItsKeyAgain(t *testing.T) {
 		t.Fatalf("delivered %s; want the redriven job", d.JobID)
 	}
 }
+
+// TestKeyedSubmitsShareTheirKeysWrites: each keyed submit writes its key's
+// set, and concurrent ones are group-committed as submits are, rather
+// than each waiting for an fsync of its own; a key whose set was purged
+// (its marker still there) is held again.
+func TestKeyedSubmitsShareTheirKeysWrites(t *testing.T) {
+	q := buffertest.Queue(t, buffer.Config{KeyConcurrency: map[string]int{"f": 1}})
+	ctx := t.Context()
+	const n = 300
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			if _, err := q.Submit(ctx, "f", []byte("x"), "", buffer.WithConcurrencyKey(fmt.Sprint("k", i))); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := q.BatchStats()["keys"]
+	t.Logf("%d concurrent keyed submits: %d batches of keys' sets holding %d writes, the rest alone", n, st.Batches, st.Messages)
+	if st.Batches == 0 || st.Messages < n/2 {
+		t.Errorf("stats %+v: want most of %d concurrent keys' writes stored in batches", st, n)
+	}
+
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: n, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*buffer.Delivery
+	buffertest.WaitFor(t, 10*time.Second, "every keyed job delivered, each key having room", func() bool {
+		ds, err := fetch(t, c, n, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ds...)
+		return len(got) == n
+	})
+	for _, d := range got[:1] {
+		if _, err := d.Prepare(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Succeed(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again, err := q.Submit(ctx, "f", []byte("y"), "", buffer.WithConcurrencyKey(got[0].ConcurrencyKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buffertest.WaitFor(t, 10*time.Second, "a job of a key whose set was purged delivered", func() bool {
+		ds, err := fetch(t, c, 1, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ds) == 1 && ds[0].JobID == again.Id
+	})
+}

@@ -17,10 +17,12 @@ import (
 )
 
 // keyGate is the gate that releases the queue's keyed jobs (see package
-// keyed), each function's key_concurrency in limits.
-func (q *Queue) keyGate(kv jetstream.KeyValue, limits map[string]int) *keyed.Gate {
+// keyed): the keys' sets are read from sets, the bucket's stream, and
+// written through batcher; each function's key_concurrency is in limits.
+func (q *Queue) keyGate(sets jetstream.Stream, batcher *groupcommit.Batcher, limits map[string]int) *keyed.Gate {
 	return &keyed.Gate{
-		KV:       kv,
+		Sets:     sets,
+		Publish:  batcher.Publish,
 		Stream:   q.stream,
 		Limit:    func(function string) int { return limits[function] },
 		Copy:     q.copyKeyed,

@@ -172,6 +172,7 @@ type Queue struct {
 	callbackStore *callbacks.Store
 	batcher       *groupcommit.Batcher // job messages
 	stateBat      *groupcommit.Batcher // job state entries
+	keyBat        *groupcommit.Batcher // concurrency keys' sets
 	keys          *keyed.Gate          // keyed jobs' release
 	now           func() time.Time
 }
@@ -236,11 +237,11 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if q.idemKV, q.idemLog, err = provision.Bucket(ctx, js, idempotency.BucketConfig(cfg.IdempotencyWindow, cfg.Stores.IdempotencyBytes, cfg.Replicas), false); err != nil {
 		return nil, err
 	}
-	keys, err := provision.KeyValue(ctx, js, keyed.BucketConfig(cfg.Replicas))
+	// Keys' sets too.
+	_, keySets, err := provision.Bucket(ctx, js, keyed.BucketConfig(cfg.Replicas), true)
 	if err != nil {
-		return nil, fmt.Errorf("buffer: create bucket %s: %w", keyed.Bucket, err)
+		return nil, err
 	}
-	q.keys = q.keyGate(keys, cfg.KeyConcurrency)
 	dl := provision.StreamLimits{MaxAge: cfg.DeadLetterRetention, MaxMsgs: cfg.MaxJobs, MaxBytes: cfg.Stores.DeadLetterBytes, MaxMsgSize: maxMsg, Replicas: cfg.Replicas}
 	if q.dead, err = provision.Stream(ctx, js, deadletter.StreamConfig(dl)); err != nil {
 		return nil, fmt.Errorf("buffer: create stream %s: %w", deadletter.Stream, err)
@@ -255,6 +256,8 @@ func open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	q.deadStore = deadletter.New(js, q.dead, q.gauge)
 	q.callbackStore = callbacks.New(js, q.callbacks, q.gauge)
 	q.batcher, q.stateBat = groupcommit.New(nc, cfg.Batch, cfg.Logger), groupcommit.New(nc, cfg.Batch, cfg.Logger)
+	q.keyBat = groupcommit.New(nc, cfg.Batch, cfg.Logger)
+	q.keys = q.keyGate(keySets, q.keyBat, cfg.KeyConcurrency)
 	// Dead letters stored before their subjects named the tenant.
 	if err := q.deadStore.MoveLegacy(ctx); err != nil {
 		return nil, err
@@ -727,10 +730,11 @@ func timeHeader(h nats.Header, key string) time.Time {
 	return t
 }
 
-// BatchStats reports what group commit has done with submitted jobs'
-// messages (jobs) and with job state entries (states).
-func (q *Queue) BatchStats() (jobs, states groupcommit.Stats) {
-	return q.batcher.Stats(), q.stateBat.Stats()
+// BatchStats reports what group commit has done by kind of write: jobs
+// (submitted jobs' messages), states (job state entries) and keys
+// (concurrency keys' sets of jobs in flight).
+func (q *Queue) BatchStats() map[string]groupcommit.Stats {
+	return map[string]groupcommit.Stats{"jobs": q.batcher.Stats(), "states": q.stateBat.Stats(), "keys": q.keyBat.Stats()}
 }
 
 // Ready reports whether JetStream answers and Sluice's streams are in

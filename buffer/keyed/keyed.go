@@ -42,11 +42,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unicode"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/buffer/jsapi"
@@ -144,8 +146,15 @@ func (h Held) recent(now time.Time) bool {
 
 // Gate releases keyed jobs. Its fields are set before first use.
 type Gate struct {
-	// KV is the bucket of held sets.
-	KV jetstream.KeyValue
+	// Sets is the stream of the bucket of held sets, read directly: a
+	// purged set's marker has a revision the next write must name.
+	Sets jetstream.Stream
+	// Publish stores a write to the bucket, a message on its stream,
+	// coalesced with concurrent writes (group commit: a set is written at
+	// each keyed submit and each keyed job's end, and one fsync'd write
+	// apiece would bound keyed jobs by the disk's fsync rate). A lost
+	// compare-and-set is an error [jsapi.Conflict] recognises.
+	Publish func(ctx context.Context, msg *nats.Msg) (uint64, error)
 	// Stream is the job stream.
 	Stream jetstream.Stream
 	// Limit is function's key_concurrency; 0 for a function that has
@@ -292,39 +301,53 @@ func (g *Gate) dropGone(ctx context.Context, held []Held) ([]Held, error) {
 	return keep, nil
 }
 
-// read reads a key's set and its revision: none and 0 if it has none.
+// read reads a key's set and its revision: none and 0 if it never had
+// one, none and the marker's revision if it was purged.
 func (g *Gate) read(ctx context.Context, key string) ([]Held, uint64, error) {
-	e, err := g.KV.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	msg, err := g.Sets.GetLastMsgForSubject(ctx, setSubject(key))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, 0, nil
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("buffer: read jobs in flight of key %s: %w", key, err)
 	}
+	if jsapi.Deleted(msg.Header) {
+		return nil, msg.Sequence, nil
+	}
 	var held []Held
-	if err := json.Unmarshal(e.Value(), &held); err != nil {
+	if err := json.Unmarshal(msg.Data, &held); err != nil {
 		return nil, 0, fmt.Errorf("buffer: read jobs in flight of key %s: %w", key, err)
 	}
-	return held, e.Revision(), nil
+	return held, msg.Sequence, nil
 }
 
-// write replaces the set read at rev by held, and fails with a conflict
-// if it changed since.
+// write replaces the set read at rev by held (purging it, its marker
+// kept for markerTTL, when held is empty), and fails with a conflict if
+// it changed since.
 func (g *Gate) write(ctx context.Context, key string, rev uint64, held []Held) error {
+	msg := nats.NewMsg(setSubject(key))
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
 	if len(held) == 0 {
-		return g.KV.Purge(ctx, key, jetstream.LastRevision(rev), jetstream.PurgeTTL(markerTTL))
-	}
-	b, err := json.Marshal(held)
-	if err != nil {
-		return err
-	}
-	if rev == 0 {
-		_, err = g.KV.Create(ctx, key, b)
+		// What KeyValue.Purge with a TTL writes.
+		msg.Header.Set(kvOperation, "PURGE")
+		msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+		msg.Header.Set(jetstream.MsgTTLHeader, markerTTL.String())
 	} else {
-		_, err = g.KV.Update(ctx, key, b, rev)
+		b, err := json.Marshal(held)
+		if err != nil {
+			return err
+		}
+		msg.Data = b
 	}
+	_, err := g.Publish(ctx, msg)
 	return err
 }
+
+// kvOperation is the header of a bucket's delete and purge markers.
+const kvOperation = "KV-Operation"
+
+// setSubject is the subject of a key's set in its bucket's stream.
+func setSubject(key string) string { return "$KV." + Bucket + "." + key }
 
 // waiting returns up to room of the key's waiting jobs, first stored
 // first, that are not held already.

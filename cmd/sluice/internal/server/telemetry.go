@@ -22,7 +22,6 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/buffer"
-	"github.com/sluicehq/sluice/buffer/groupcommit"
 	"github.com/sluicehq/sluice/internal/instrument"
 )
 
@@ -126,19 +125,18 @@ func otlpFromEnv(ctx context.Context) (sdktrace.SpanExporter, error) {
 func registerBatchMetrics(mp metric.MeterProvider, queue *buffer.Queue) error {
 	b := instrument.NewBuilder(mp.Meter("github.com/sluicehq/sluice/buffer"))
 	batches := b.Int64Counter("sluice.buffer.batches", "{batch}",
-		"Atomic batches stored by group commit, by kind: jobs (submits) or states (job state changes).")
+		"Atomic batches stored by group commit, by kind: jobs (submits), states (job state changes) or keys (concurrency keys' jobs in flight).")
 	writes := b.Int64Counter("sluice.buffer.batched_writes", "{write}", "Writes stored in those batches, by kind.")
 	refused := b.Int64Counter("sluice.buffer.batch_fallbacks", "{batch}", "Batches refused as a whole and retried write by write, by kind.")
-	kinds := []metric.ObserveOption{
-		metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.kind", "jobs"))),
-		metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.kind", "states"))),
+	kinds := map[string]metric.ObserveOption{}
+	for kind := range queue.BatchStats() {
+		kinds[kind] = metric.WithAttributeSet(attribute.NewSet(attribute.String("sluice.kind", kind)))
 	}
 	return b.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		jobs, states := queue.BatchStats()
-		for i, st := range []groupcommit.Stats{jobs, states} {
-			o.ObserveInt64(batches, st.Batches, kinds[i])
-			o.ObserveInt64(writes, st.Messages, kinds[i])
-			o.ObserveInt64(refused, st.Fallbacks, kinds[i])
+		for kind, st := range queue.BatchStats() {
+			o.ObserveInt64(batches, st.Batches, kinds[kind])
+			o.ObserveInt64(writes, st.Messages, kinds[kind])
+			o.ObserveInt64(refused, st.Fallbacks, kinds[kind])
 		}
 		return nil
 	}, batches, writes, refused)

@@ -43,7 +43,7 @@ func sumBy(families map[string]*dto.MetricFamily, name, label string) map[string
 }
 
 // BatchCounts are group commit's counters as the gateway's /metrics shows
-// them, by kind (jobs, states).
+// them, by kind (jobs, states, keys).
 type BatchCounts map[string]struct{ batches, writes float64 }
 
 // BatchCounts scrapes the gateway's group commit counters.
@@ -55,7 +55,7 @@ func (s *Stack) BatchCounts(ctx context.Context) (BatchCounts, error) {
 	out := BatchCounts{}
 	batches := sumBy(families, "sluice_buffer_batches_total", "sluice_kind")
 	writes := sumBy(families, "sluice_buffer_batched_writes_total", "sluice_kind")
-	for _, kind := range []string{"jobs", "states"} {
+	for _, kind := range []string{"jobs", "states", "keys"} {
 		b, okB := batches[kind]
 		w, okW := writes[kind]
 		if okB || okW {

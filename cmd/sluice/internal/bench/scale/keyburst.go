@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
+	"github.com/sluicehq/sluice/cmd/sluice/internal/bench/harness"
 )
 
 // The functions the key burst goes to: keyed, the only one with
@@ -75,6 +76,7 @@ type keyMeasures struct {
 	calls, done    int
 	most, keyMost  int
 	succeeded, bad int
+	batches        string // mean group-commit batch: jobs / states / keys
 }
 
 // keyBurst submits b.keyJobs jobs over b.keys keys, b.keySubmitters at a
@@ -89,6 +91,10 @@ func (r *scaleRun) keyBurst(ctx context.Context, function string, fn *keyedFunct
 	}
 	defer closeClients()
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+scaleKey(0))
+	batches0, err := r.stack.BatchCounts(ctx)
+	if err != nil {
+		return nil, err
+	}
 	ids := make([]string, b.keyJobs)
 	var next atomic.Int64
 	var failed atomic.Value
@@ -139,6 +145,12 @@ func (r *scaleRun) keyBurst(ctx context.Context, function string, fn *keyedFunct
 	fn.mu.Lock()
 	m.calls, m.done, m.most, m.keyMost = fn.calls, fn.done, fn.most, fn.keyMost
 	fn.mu.Unlock()
+	batches1, err := r.stack.BatchCounts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.batches = fmt.Sprintf("%s / %s / %s", harness.MeanBatch(batches0, batches1, "jobs"),
+		harness.MeanBatch(batches0, batches1, "states"), harness.MeanBatch(batches0, batches1, "keys"))
 	return m, r.outcomes(ctx, clients, ids, m)
 }
 
@@ -195,6 +207,7 @@ func reportKeyBurst(stdout io.Writer, b Flags, keyed, base *keyMeasures) {
 	row("drain ÷ window's time", func(m *keyMeasures) string { return fmt.Sprintf("%.3f", m.drain.Seconds()/m.ideal.Seconds()) })
 	row("calls at the function", func(m *keyMeasures) string { return fmt.Sprint(m.calls) })
 	row("most running at once / of one key", func(m *keyMeasures) string { return fmt.Sprintf("%d / %d", m.most, m.keyMost) })
+	row("mean group-commit batch: jobs / states / keys", func(m *keyMeasures) string { return m.batches })
 	row("SUCCEEDED", func(m *keyMeasures) string { return fmt.Sprintf("%d of %d", m.succeeded, b.keyJobs) })
 	tw.Flush()
 	if base != nil {
