@@ -1,6 +1,7 @@
 // Package rest serves Sluice's REST API: grpc-gateway's HTTP and JSON
-// form of the gRPC services in package gateway, plus GET /openapi.json
-// and the [Dashboard].
+// form of the gRPC services in package gateway, plus its OpenAPI 3
+// document (GET /openapi.json; the generated Swagger 2.0 one at GET
+// /openapi-v2.json) and the [Dashboard].
 //
 // The handler ([NewHandler]) is registered against a gRPC client
 // connection rather than directly against the services, so that

@@ -29,10 +29,12 @@ import (
 )
 
 // NewHandler serves the REST API by calling the gRPC services over conn
-// (an [InProcessConn], or any connection to a server of svc), plus
-// GET /openapi.json and the [Dashboard] at GET /. svc, the services conn
-// reaches, gives each function's payload limit and names the HTTP
-// connection of each stream (see [gateway.Service.RESTConnectionMetadata]).
+// (an [InProcessConn], or any connection to a server of svc), plus its
+// OpenAPI 3 document at GET /openapi.json (and the Swagger 2.0 one
+// generated from the protos at GET /openapi-v2.json) and the [Dashboard]
+// at GET /. svc, the services conn reaches, gives each function's payload
+// limit and names the HTTP connection of each stream (see
+// [gateway.Service.RESTConnectionMetadata]).
 func NewHandler(ctx context.Context, conn grpc.ClientConnInterface, svc *gateway.Service) (http.Handler, error) {
 	marshaler := newPayloadMarshaler()
 	gw := runtime.NewServeMux(
@@ -67,16 +69,26 @@ func NewHandler(ctx context.Context, conn grpc.ClientConnInterface, svc *gateway
 	if err := sluicev1.RegisterDeadLetterServiceHandlerClient(ctx, gw, sluicev1.NewDeadLetterServiceClient(conn)); err != nil {
 		return nil, fmt.Errorf("rest: register dead-letter service: %w", err)
 	}
+	openAPI, err := api.OpenAPI()
+	if err != nil {
+		return nil, fmt.Errorf("rest: %w", err)
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(api.OpenAPI) //nolint:errcheck // nothing to do if the client left
-	})
+	mux.Handle("GET /openapi.json", serveJSON(openAPI))
+	mux.Handle("GET /openapi-v2.json", serveJSON(api.OpenAPIv2))
 	mux.Handle("/v1/", limitBody(svc, requireUTF8(metadataHeaders(withStreamWriter(gw)))))
 	dashboard := NewDashboard()
 	mux.Handle("GET /{$}", dashboard)
 	mux.Handle("GET /dashboard/", dashboard)
 	return mux, nil
+}
+
+// serveJSON answers with doc, a JSON document.
+func serveJSON(doc []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(doc) //nolint:errcheck // nothing to do if the client left
+	})
 }
 
 // incomingHeader passes REST headers the services read on as gRPC

@@ -174,12 +174,20 @@ func TestRESTEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("openapi", func(t *testing.T) {
-		resp, body := get(t, g.Base+"/openapi.json")
-		var doc struct {
-			Paths map[string]any `json:"paths"`
-		}
-		if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &doc) != nil || doc.Paths["/v1/functions/{function}/jobs"] == nil {
-			t.Errorf("GET /openapi.json = %d, paths %v", resp.StatusCode, doc.Paths)
+		for _, tc := range []struct{ path, version string }{
+			{"/openapi.json", "3.0.3"},
+			{"/openapi-v2.json", "2.0"},
+		} {
+			resp, body := get(t, g.Base+tc.path)
+			var doc struct {
+				OpenAPI string         `json:"openapi"`
+				Swagger string         `json:"swagger"`
+				Paths   map[string]any `json:"paths"`
+			}
+			if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &doc) != nil || doc.OpenAPI+doc.Swagger != tc.version ||
+				doc.Paths["/v1/functions/{function}/jobs"] == nil {
+				t.Errorf("GET %s = %d, version %q, paths %v; want %s with the submit route", tc.path, resp.StatusCode, doc.OpenAPI+doc.Swagger, doc.Paths, tc.version)
+			}
 		}
 	})
 }
