@@ -6,13 +6,18 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	sluicev1 "github.com/sluicehq/sluice/api/sluice/v1"
 	"github.com/sluicehq/sluice/buffer"
 	"github.com/sluicehq/sluice/buffer/buffertest"
+	"github.com/sluicehq/sluice/buffer/keyed"
 	"github.com/sluicehq/sluice/buffer/store"
 )
 
@@ -280,4 +285,97 @@ func TestKeyedSubmitsShareTheirKeysWrites(t *testing.T) {
 		}
 		return len(ds) == 1 && ds[0].JobID == again.Id
 	})
+}
+
+// TestEndingJobLooksForWaitingOnlyWhenSomeWait: a keyed job that ends
+// asks the job stream for its key's waiting jobs only when its key's set
+// says some wait; the job that waits is let go all the same, and once none
+// wait, the next end asks nothing again.
+func TestEndingJobLooksForWaitingOnlyWhenSomeWait(t *testing.T) {
+	s := buffertest.Start(t, "")
+	q, err := buffer.Open(t.Context(), s.Connect(t), buffer.Config{KeyConcurrency: map[string]int{"f": 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runKeyed(t, q)
+	var lookups atomic.Int64
+	spy := s.Connect(t)
+	if _, err := spy.Subscribe("$JS.API.STREAM.MSG.GET."+buffer.StreamName, func(m *nats.Msg) {
+		if strings.Contains(string(m.Data), keyed.Prefix) {
+			lookups.Add(1)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	c, err := q.Consumer(ctx, buffer.ConsumerConfig{Function: "f", MaxInFlight: 10, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(what string) *buffer.Delivery {
+		t.Helper()
+		var got *buffer.Delivery
+		buffertest.WaitFor(t, 10*time.Second, what, func() bool {
+			ds, err := fetch(t, c, 10, 100*time.Millisecond)
+			if err != nil || len(ds) > 1 {
+				t.Fatalf("fetch: %d, %v; want one at most", len(ds), err)
+			}
+			if len(ds) == 1 {
+				got = ds[0]
+			}
+			return got != nil
+		})
+		if _, err := got.Prepare(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	// lookupsDuring counts the lookups while f runs, and a moment after.
+	lookupsDuring := func(f func()) int64 {
+		t.Helper()
+		before := lookups.Load()
+		f()
+		if err := spy.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		return lookups.Load() - before
+	}
+	succeed := func(d *buffer.Delivery) func() {
+		return func() {
+			if err := d.Succeed(ctx, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	if _, err := q.Submit(ctx, "f", []byte("a"), "", buffer.WithConcurrencyKey("k")); err != nil {
+		t.Fatal(err)
+	}
+	first := next("the first job delivered")
+	if n := lookupsDuring(succeed(first)); n != 0 {
+		t.Errorf("a job whose key nobody waits for looked for waiting jobs %d times as it ended; want none", n)
+	}
+
+	if _, err := q.Submit(ctx, "f", []byte("b"), "", buffer.WithConcurrencyKey("k")); err != nil {
+		t.Fatal(err)
+	}
+	held := next("the second job delivered")
+	waiting, err := q.Submit(ctx, "f", []byte("c"), "", buffer.WithConcurrencyKey("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := lookupsDuring(succeed(held)); n == 0 {
+		t.Errorf("a job whose key a job waits for ended without looking for it")
+	}
+	released := next("the waiting job delivered once its key had room")
+	if released.JobID != waiting.Id {
+		t.Fatalf("delivered %s; want the waiting job %s", released.JobID, waiting.Id)
+	}
+	if n := lookupsDuring(succeed(released)); n != 0 {
+		t.Errorf("the last waiting job, let go, looked for waiting jobs %d times as it ended; want none", n)
+	}
 }

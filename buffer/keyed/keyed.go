@@ -29,8 +29,15 @@
 // gateway died between the two), is dropped by the next settle of its full
 // key once claimGrace has passed since it was held.
 //
-// A key's set exists while the key has a job released; an empty set is
-// purged, its marker kept for a minute. Its size is bounded by the jobs in
+// A set also marks whether jobs wait for its key: the settle of a job that
+// ends looks for waiting jobs only then, which spares a request to the job
+// stream per job of a key that nobody waits for (the common case). A job
+// that waits sets the mark in the settle it runs once stored, by
+// compare-and-set, so that a job ending at the same time either sees the
+// mark or makes that settle read the set again and find room.
+//
+// A key's set exists while the key has a job released or waiting; an
+// empty set is purged, its marker kept for a minute. Its size is bounded by the jobs in
 // the job stream, which is bounded itself.
 package keyed
 
@@ -124,6 +131,23 @@ func BucketConfig(replicas int) jetstream.KeyValueConfig {
 	return cfg
 }
 
+// set is a key's entry in the bucket: its released jobs, and whether jobs
+// wait for it. An entry written before the mark existed (a bare list of
+// held jobs) reads as marked: it is looked behind once and rewritten.
+type set struct {
+	Held    []Held `json:"held,omitempty"`
+	Waiting bool   `json:"waiting,omitempty"`
+}
+
+func (s *set) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '[' {
+		s.Waiting = true
+		return json.Unmarshal(b, &s.Held)
+	}
+	type plain set
+	return json.Unmarshal(b, (*plain)(s))
+}
+
 // Held is one released job of a key.
 type Held struct {
 	// ID is the job's ID.
@@ -200,21 +224,22 @@ func (g *Gate) limit(function string) int {
 // settles its key after it is stored, which lets it go if there is room,
 // and every settle that frees a slot fills it from the waiting first. So
 // a job that finds room goes before none submitted before it, and Claim
-// need not look for waiting jobs (a request per submit).
+// need not look for waiting jobs (a request per submit); it waits behind
+// them all the same while the set says some wait.
 func (g *Gate) Claim(ctx context.Context, function, hash, id string, now time.Time) (held bool, err error) {
 	key := function + "." + hash
 	for range 3 {
-		set, rev, err := g.read(ctx, key)
+		s, rev, err := g.read(ctx, key)
 		if err != nil {
 			return false, err
 		}
-		if holds(set, id) {
+		if holds(s.Held, id) {
 			return true, nil // held by an earlier store of this job
 		}
-		if len(set) >= g.limit(function) {
-			return false, nil
+		if len(s.Held) >= g.limit(function) || s.Waiting {
+			return false, nil // behind the jobs waiting, if any
 		}
-		err = g.write(ctx, key, rev, append(set, Held{ID: id, At: now.UnixNano()}))
+		err = g.write(ctx, key, rev, set{Held: append(s.Held, Held{ID: id, At: now.UnixNano()})})
 		if !jsapi.Conflict(err) {
 			if err != nil {
 				return false, fmt.Errorf("buffer: hold job %s for its key: %w", id, err)
@@ -230,25 +255,26 @@ func (g *Gate) Claim(ctx context.Context, function, hash, id string, now time.Ti
 // the room there is. With mend, it first finishes the release of held jobs
 // whose waiting message is still there (see the package comment); a full
 // key drops held jobs that are gone (never stored, or finished) once
-// claimGrace has passed since they were held. recheck says the key is
-// still full and a job waits: a later settle may find a place lost.
+// claimGrace has passed since they were held. A job that ends (done not
+// nil) looks for waiting jobs only if the set says some wait. recheck
+// says the key is still full: a later settle may find a place lost.
 func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, mend bool) (recheck bool, err error) {
 	limit, key := g.limit(function), function+"."+hash
 	for {
-		held, rev, err := g.read(ctx, key)
+		s, rev, err := g.read(ctx, key)
 		if err != nil {
 			return false, err
 		}
 		if mend {
-			for _, h := range held {
+			for _, h := range s.Held {
 				if err := g.mend(ctx, h); err != nil {
 					return false, err
 				}
 			}
 			mend = false
 		}
-		keep := held[:0:0]
-		for _, h := range held {
+		keep := s.Held[:0:0]
+		for _, h := range s.Held {
 			if done == nil || h.ID != done.ID || h.Redrives != done.Redrives {
 				keep = append(keep, h)
 			}
@@ -258,14 +284,19 @@ func (g *Gate) Settle(ctx context.Context, function, hash string, done *Held, me
 				return false, err
 			}
 		}
-		next, err := g.waiting(ctx, function, hash, keep, limit-len(keep))
-		if err != nil {
-			return false, err
+		// A job that ends looks for waiting ones only if the set says
+		// there are; any other settle is a waiting job's, and looks.
+		var next []*jetstream.RawStreamMsg
+		stillWaiting := false
+		if s.Waiting || done == nil {
+			if next, stillWaiting, err = g.waiting(ctx, function, hash, keep, limit-len(keep)); err != nil {
+				return false, err
+			}
 		}
-		if len(next) == 0 && len(keep) == len(held) {
+		if len(next) == 0 && len(keep) == len(s.Held) && stillWaiting == s.Waiting {
 			return len(keep) >= limit, nil
 		}
-		err = g.write(ctx, key, rev, append(keep, heldOf(g, next)...))
+		err = g.write(ctx, key, rev, set{Held: append(keep, heldOf(g, next)...), Waiting: stillWaiting})
 		if jsapi.Conflict(err) {
 			continue // another process changed it meanwhile: read it again
 		}
@@ -303,37 +334,37 @@ func (g *Gate) dropGone(ctx context.Context, held []Held) ([]Held, error) {
 
 // read reads a key's set and its revision: none and 0 if it never had
 // one, none and the marker's revision if it was purged.
-func (g *Gate) read(ctx context.Context, key string) ([]Held, uint64, error) {
+func (g *Gate) read(ctx context.Context, key string) (set, uint64, error) {
 	msg, err := g.Sets.GetLastMsgForSubject(ctx, setSubject(key))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, 0, nil
+		return set{}, 0, nil
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("buffer: read jobs in flight of key %s: %w", key, err)
+		return set{}, 0, fmt.Errorf("buffer: read jobs in flight of key %s: %w", key, err)
 	}
 	if jsapi.Deleted(msg.Header) {
-		return nil, msg.Sequence, nil
+		return set{}, msg.Sequence, nil
 	}
-	var held []Held
-	if err := json.Unmarshal(msg.Data, &held); err != nil {
-		return nil, 0, fmt.Errorf("buffer: read jobs in flight of key %s: %w", key, err)
+	var s set
+	if err := json.Unmarshal(msg.Data, &s); err != nil {
+		return set{}, 0, fmt.Errorf("buffer: read jobs in flight of key %s: %w", key, err)
 	}
-	return held, msg.Sequence, nil
+	return s, msg.Sequence, nil
 }
 
-// write replaces the set read at rev by held (purging it, its marker
-// kept for markerTTL, when held is empty), and fails with a conflict if
-// it changed since.
-func (g *Gate) write(ctx context.Context, key string, rev uint64, held []Held) error {
+// write replaces the set read at rev by s (purging it, its marker kept
+// for markerTTL, when it is empty), and fails with a conflict if it
+// changed since.
+func (g *Gate) write(ctx context.Context, key string, rev uint64, s set) error {
 	msg := nats.NewMsg(setSubject(key))
 	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
-	if len(held) == 0 {
+	if len(s.Held) == 0 && !s.Waiting {
 		// What KeyValue.Purge with a TTL writes.
 		msg.Header.Set(kvOperation, "PURGE")
 		msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 		msg.Header.Set(jetstream.MsgTTLHeader, markerTTL.String())
 	} else {
-		b, err := json.Marshal(held)
+		b, err := json.Marshal(s)
 		if err != nil {
 			return err
 		}
@@ -350,23 +381,25 @@ const kvOperation = "KV-Operation"
 func setSubject(key string) string { return "$KV." + Bucket + "." + key }
 
 // waiting returns up to room of the key's waiting jobs, first stored
-// first, that are not held already.
-func (g *Gate) waiting(ctx context.Context, function, hash string, held []Held, room int) ([]*jetstream.RawStreamMsg, error) {
-	var next []*jetstream.RawStreamMsg
-	for seq := uint64(1); len(next) < room; {
+// first, that are not held already, and whether more wait behind them.
+func (g *Gate) waiting(ctx context.Context, function, hash string, held []Held, room int) (next []*jetstream.RawStreamMsg, more bool, err error) {
+	for seq := uint64(1); ; {
 		msg, err := g.Stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(Subjects(function, hash)))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
+			return next, false, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("buffer: read waiting jobs of a key of %s: %w", function, err)
+			return nil, false, fmt.Errorf("buffer: read waiting jobs of a key of %s: %w", function, err)
 		}
 		seq = msg.Sequence + 1
-		if !holds(held, g.ID(msg)) {
-			next = append(next, msg)
+		if holds(held, g.ID(msg)) {
+			continue // released, its waiting message not removed yet
 		}
+		if len(next) == room {
+			return next, true, nil
+		}
+		next = append(next, msg)
 	}
-	return next, nil
 }
 
 func holds(held []Held, id string) bool {
