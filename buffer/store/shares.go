@@ -67,6 +67,10 @@ func (g *Shares) Over(ctx context.Context, tenant, function string) bool {
 	if limit <= 0 {
 		return false
 	}
+	// The holdings' maps are the cache's, which Add changes: read them
+	// under its lock.
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	held, err := g.read(ctx)
 	if err != nil {
 		return false // unread: the store's own limit still holds
@@ -95,9 +99,9 @@ func (g *Shares) Add(tenant, function string, size int) {
 	}
 }
 
+// read returns the holdings, read again if the last reading is older than
+// sharesEvery. g.mu is held.
 func (g *Shares) read(ctx context.Context) (holdings, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	if time.Since(g.at) < sharesEvery && g.held.tenants != nil {
 		return g.held, nil
 	}
