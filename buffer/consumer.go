@@ -442,8 +442,6 @@ type Delivery struct {
 	// ConcurrencyKey is the job's concurrency key; "" for none.
 	ConcurrencyKey string
 
-	onAck func() // see OnAck
-
 	begun     bool                // Begin was called: Release must put the state back.
 	redrives  int32               // which redrive of the job the message is of: 0 for the submit's
 	stale     bool                // the job was redriven since this message: it is not to run
@@ -792,11 +790,6 @@ func (d *Delivery) settleFinished(ctx context.Context, written bool) error {
 // does it.
 var ErrKeyNotSettled = errors.New("buffer: the job is finished, but its key's next job is not let go yet")
 
-// OnAck has f called once the job's message is acknowledged as finished,
-// before its concurrency key's next job is let go: a dispatcher frees the
-// job's place then.
-func (d *Delivery) OnAck(f func()) { d.onAck = f }
-
 // settleDone makes sure of what the finished job leads to and acknowledges
 // its message: the part of settleFinished that holds the job's place.
 func (d *Delivery) settleDone(ctx context.Context, written bool) error {
@@ -953,15 +946,7 @@ func (d *Delivery) ack() error {
 	if err := d.msg.Ack(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 		return fmt.Errorf("buffer: ack job %s: %w", d.JobID, err)
 	}
-	d.acked()
 	return nil
-}
-
-// acked tells OnAck's function, if any.
-func (d *Delivery) acked() {
-	if d.onAck != nil {
-		d.onAck()
-	}
 }
 
 // ackConfirmed removes the message of a dead-lettered job and waits for the
@@ -974,7 +959,6 @@ func (d *Delivery) ackConfirmed(ctx context.Context) error {
 	if err := d.msg.DoubleAck(ctx); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 		return fmt.Errorf("buffer: ack dead-lettered job %s: %w", d.JobID, err)
 	}
-	d.acked()
 	return nil
 }
 

@@ -44,7 +44,9 @@ const (
 
 // handle runs one attempt at one job and records its outcome. runCtx ends
 // when dispatch stops; ctx, later, when in-flight work is cut off.
-func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) {
+// answered is called once the function has answered, before the outcome
+// is recorded.
+func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery, answered func()) {
 	// Built on first use: most attempts log nothing.
 	log := l.lazyJobLog(dv)
 	if !l.waitOutPause(runCtx, dv) {
@@ -90,6 +92,7 @@ func (l *functionLoop) handle(runCtx, ctx context.Context, dv *buffer.Delivery) 
 		if !inv.throttled {
 			// Recording the outcome takes a write or two; the job's slot
 			// in the window is free for the next meanwhile.
+			answered()
 			l.aside.Add(1)
 			defer l.aside.Add(-1)
 			l.conclude(ctx, dv, inv, probe, log)

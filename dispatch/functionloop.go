@@ -31,6 +31,10 @@ type functionLoop struct {
 	id      string              // this process, in the shared pacing state
 	inv     *pacing.Invocations // in flight here, and the evidence throttles are judged by
 	aside   atomic.Int64        // jobs delivered and not at the platform: held back after a throttle, or recording their outcome
+	// outcomeRoom: the consumer's cap has room for jobs recording their
+	// outcome (see consumerCap), since jobs first did while this process
+	// dispatched alone.
+	outcomeRoom atomic.Bool
 
 	announceMu sync.Mutex  // one announcement at a time
 	announced  atomic.Bool // this process's report is in the shared state
@@ -88,13 +92,13 @@ func (l *functionLoop) run(ctx context.Context) {
 					return
 				}
 				inFlight.Go(func() {
-					// The place is free once the job's message is
-					// acknowledged, before what follows it (its key's
-					// next job) is settled.
+					// The slot is free once the function has answered:
+					// recording the outcome (its write, the message's
+					// acknowledgement, its key's next job) goes on beside
+					// the next job's invocation (see consumerCap).
 					release := sync.OnceFunc(func() { <-slots })
 					defer release()
-					dv.OnAck(release)
-					l.handle(ctx, invokeCtx, dv)
+					l.handle(ctx, invokeCtx, dv, release)
 				})
 			})
 			if err != nil && pullCtx.Err() == nil {

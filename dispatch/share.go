@@ -79,18 +79,39 @@ func (l *functionLoop) storePacing(p *shared.PacingState) {
 // A process dispatching alone makes room besides for its jobs aside (held
 // back after a throttle, or recording their outcome), which keep their
 // places without taking the window's; they are rounded up to an eighth of
-// the window, so that the consumer is not rewritten for every one. With
-// other processes about (any report in the last pacing.ReportStale) it does not:
-// they would learn of those jobs a report late, and together put more than
-// the window at the platform.
+// the window, so that the consumer is not rewritten for every one.
+//
+// Once jobs have recorded outcomes while it dispatched alone, it also
+// takes an eighth of the window more, beyond the configured concurrency:
+// a job recording its outcome (a write, then the acknowledgement) holds
+// its message after the function answered, and without that room the
+// next job would be delivered only once the acknowledgement reached the
+// server, every turn in the window a write and two round trips longer
+// than its invocation. Jobs beyond the window wait in the process for a
+// place (the invocations' gate keeps the platform within the window). The
+// room is kept until another process shows, so that the consumer is not
+// rewritten whenever none happens to be recording.
+//
+// With other processes about (any report in the last pacing.ReportStale)
+// it does neither: they would learn of those jobs a report late, and
+// together put more than the window at the platform.
 func (l *functionLoop) consumerCap(p *shared.PacingState, now time.Time) int {
 	window := int(p.Window)
-	if _, others := p.Others(l.id, now.Add(-pacing.ReportStale)); others == 0 {
-		aside := int(l.aside.Load())
-		if step := max(1, window/8); aside%step != 0 {
-			aside += step - aside%step
-		}
-		window += aside
+	if _, others := p.Others(l.id, now.Add(-pacing.ReportStale)); others > 0 {
+		l.outcomeRoom.Store(false)
+		return max(1, min(l.fn.Concurrency, window))
 	}
-	return max(1, min(l.fn.Concurrency, window))
+	step := max(1, window/8)
+	aside := int(l.aside.Load())
+	if aside > 0 {
+		l.outcomeRoom.Store(true)
+	}
+	if aside%step != 0 {
+		aside += step - aside%step
+	}
+	capped := max(1, min(l.fn.Concurrency, window+aside))
+	if l.outcomeRoom.Load() {
+		return capped + step
+	}
+	return capped
 }
