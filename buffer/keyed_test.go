@@ -182,24 +182,7 @@ func TestRedrivenKeyedJobWaitsForItsKeyAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next := func(what string) *buffer.Delivery {
-		t.Helper()
-		var got *buffer.Delivery
-		buffertest.WaitFor(t, 10*time.Second, what, func() bool {
-			ds, err := fetch(t, c, 10, 100*time.Millisecond)
-			if err != nil || len(ds) > 1 {
-				t.Fatalf("fetch: %d, %v; want one at most", len(ds), err)
-			}
-			if len(ds) == 1 {
-				got = ds[0]
-			}
-			return got != nil
-		})
-		if _, err := got.Prepare(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return got
-	}
+	next := nextDelivery(t, c)
 	failed, err := q.Submit(ctx, "f", []byte("a"), "", buffer.WithConcurrencyKey("k"))
 	if err != nil {
 		t.Fatal(err)
@@ -222,6 +205,29 @@ func TestRedrivenKeyedJobWaitsForItsKeyAgain(t *testing.T) {
 	}
 	if d := next("the redriven job delivered once its key had room"); d.JobID != failed.Id {
 		t.Fatalf("delivered %s; want the redriven job", d.JobID)
+	}
+}
+
+// nextDelivery returns a function that waits for c's next delivery, which
+// must come alone, and prepares it; what says what it is, for the error.
+func nextDelivery(t *testing.T, c *buffer.Consumer) func(what string) *buffer.Delivery {
+	return func(what string) *buffer.Delivery {
+		t.Helper()
+		var got *buffer.Delivery
+		buffertest.WaitFor(t, 10*time.Second, what, func() bool {
+			ds, err := fetch(t, c, 10, 100*time.Millisecond)
+			if err != nil || len(ds) > 1 {
+				t.Fatalf("fetch: %d, %v; want one at most", len(ds), err)
+			}
+			if len(ds) == 1 {
+				got = ds[0]
+			}
+			return got != nil
+		})
+		if _, err := got.Prepare(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return got
 	}
 }
 
@@ -315,24 +321,7 @@ func TestEndingJobLooksForWaitingOnlyWhenSomeWait(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next := func(what string) *buffer.Delivery {
-		t.Helper()
-		var got *buffer.Delivery
-		buffertest.WaitFor(t, 10*time.Second, what, func() bool {
-			ds, err := fetch(t, c, 10, 100*time.Millisecond)
-			if err != nil || len(ds) > 1 {
-				t.Fatalf("fetch: %d, %v; want one at most", len(ds), err)
-			}
-			if len(ds) == 1 {
-				got = ds[0]
-			}
-			return got != nil
-		})
-		if _, err := got.Prepare(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return got
-	}
+	next := nextDelivery(t, c)
 	// lookupsDuring counts the lookups while f runs, and a moment after.
 	lookupsDuring := func(f func()) int64 {
 		t.Helper()
