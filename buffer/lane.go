@@ -74,6 +74,20 @@ func (l Lane) token() string {
 	return t + "~" + PriorityName(l.Priority)
 }
 
+// parseLaneToken reads a lane's subject token (see token); ok is false
+// for anything token does not make.
+func parseLaneToken(tok string) (l Lane, ok bool) {
+	tenant, priority, found := strings.Cut(tok, "~")
+	p, known := ParsePriority(priority)
+	if !found || !known {
+		return Lane{}, false
+	}
+	if tenant == "_" {
+		tenant = ""
+	}
+	return Lane{Tenant: tenant, Priority: p}, true
+}
+
 // jobSubject is the subject of the job's message in lane l.
 func jobSubject(function string, l Lane, id string) string {
 	if tok := l.token(); tok != "" {
@@ -124,12 +138,8 @@ func (q *Queue) LaneConsumers(ctx context.Context, function string) (map[string]
 		case name == own:
 			out[Lane{}.Key()] = true
 		case strings.HasPrefix(name, own+"~"):
-			tenant, priority, _ := strings.Cut(strings.TrimPrefix(name, own+"~"), "~")
-			if tenant == "_" {
-				tenant = ""
-			}
-			if p, ok := ParsePriority(priority); ok {
-				out[Lane{Tenant: tenant, Priority: p}.Key()] = true
+			if l, ok := parseLaneToken(strings.TrimPrefix(name, own+"~")); ok {
+				out[l.Key()] = true
 			}
 		}
 	}
@@ -156,16 +166,10 @@ func (q *Queue) LanesHolding(ctx context.Context, function string) (map[string]b
 	}
 	out := map[string]bool{}
 	for subject := range info.State.Subjects {
-		parts := strings.Split(strings.TrimPrefix(subject, SubjectPrefix+function+"."), ".")
-		tenant, priority, ok := strings.Cut(parts[0], "~")
-		p, known := ParsePriority(priority)
-		if !ok || !known || len(parts) != 2 {
-			continue
+		tok, id, ok := strings.Cut(strings.TrimPrefix(subject, SubjectPrefix+function+"."), ".")
+		if l, known := parseLaneToken(tok); ok && known && !strings.Contains(id, ".") {
+			out[l.Key()] = true
 		}
-		if tenant == "_" {
-			tenant = ""
-		}
-		out[Lane{Tenant: tenant, Priority: p}.Key()] = true
 	}
 	return out, nil
 }

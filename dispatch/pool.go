@@ -183,9 +183,6 @@ func (pl *poolLoop) nudge() {
 	}
 }
 
-// step runs one round: a follower only reads the pool's state; the leader
-// (or a process taking over a lapsed lease) re-divides it and applies the
-// caps.
 // takeLead prepares this process's first round as the pool's leader: the
 // caps of retired lanes are as the last leader left them, to be read (and
 // lowered) once; a lane with no consumer has none (one made from now on
@@ -222,6 +219,9 @@ func (pl *poolLoop) readRound(ctx context.Context) (units []*laneUnit, loads []b
 	return units, loads, memberUnits, memberLoads, nil
 }
 
+// step runs one round: a follower only reads the pool's state; the leader
+// (or a process taking over a lapsed lease) re-divides it and applies the
+// caps.
 func (pl *poolLoop) step(ctx context.Context) error {
 	now := pl.cfg.Now()
 	st, err := pl.src.Pool(ctx, pl.pool.Name)

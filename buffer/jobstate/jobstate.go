@@ -56,7 +56,7 @@ func Get(ctx context.Context, log jetstream.Stream, id string) (*sluicev1.Job, u
 }
 
 // subject is the subject of a job's state entry in the bucket's stream.
-func subject(id string) string { return "$KV." + Bucket + "." + id }
+func subject(id string) string { return jsapi.KVSubject(Bucket, id) }
 
 // Put writes a job's state entry if its revision is still rev (0: it
 // has none yet), coalesced with concurrent writes into atomic batches, and

@@ -1,6 +1,7 @@
 // Package jsapi says what JetStream's answers mean to Sluice: no one to
 // answer ([Unavailable]), a lost compare-and-set ([Conflict]), a key-value
-// entry deleted ([Deleted]); and which subjects a filter matches.
+// entry deleted ([Deleted]); where a key-value entry lives on its bucket's
+// stream ([KVSubject]); and which subjects a filter matches.
 package jsapi
 
 import (
@@ -59,6 +60,14 @@ func Conflict(err error) bool {
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10071 || apiErr.ErrorCode == 10164)
 }
 
+// KVOperation is the header of a key-value bucket's delete and purge
+// markers: DEL or PURGE.
+const KVOperation = "KV-Operation"
+
+// KVSubject is the subject of key's entry in bucket, on the bucket's
+// stream: what a write of it is published to, and a read of it asks for.
+func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
 // Deleted reports whether a bucket message's headers mark its key
 // deleted or purged (by an operation, or by JetStream's TTL markers), as
 // KeyValue.Get reads them.
@@ -66,7 +75,7 @@ func Deleted(h nats.Header) bool {
 	if len(h) == 0 {
 		return false
 	}
-	if op := h.Get("KV-Operation"); op != "" {
+	if op := h.Get(KVOperation); op != "" {
 		return op == "DEL" || op == "PURGE"
 	}
 	switch h.Get(jetstream.MarkerReasonHeader) {

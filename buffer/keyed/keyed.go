@@ -37,8 +37,8 @@
 // mark or makes that settle read the set again and find room.
 //
 // A key's set exists while the key has a job released or waiting; an
-// empty set is purged, its marker kept for a minute. Its size is bounded by the jobs in
-// the job stream, which is bounded itself.
+// empty set is purged, its marker kept for a minute. Its size is bounded
+// by the jobs in the job stream, which is bounded itself.
 package keyed
 
 import (
@@ -360,7 +360,7 @@ func (g *Gate) write(ctx context.Context, key string, rev uint64, s set) error {
 	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
 	if len(s.Held) == 0 && !s.Waiting {
 		// What KeyValue.Purge with a TTL writes.
-		msg.Header.Set(kvOperation, "PURGE")
+		msg.Header.Set(jsapi.KVOperation, "PURGE")
 		msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 		msg.Header.Set(jetstream.MsgTTLHeader, markerTTL.String())
 	} else {
@@ -374,11 +374,8 @@ func (g *Gate) write(ctx context.Context, key string, rev uint64, s set) error {
 	return err
 }
 
-// kvOperation is the header of a bucket's delete and purge markers.
-const kvOperation = "KV-Operation"
-
 // setSubject is the subject of a key's set in its bucket's stream.
-func setSubject(key string) string { return "$KV." + Bucket + "." + key }
+func setSubject(key string) string { return jsapi.KVSubject(Bucket, key) }
 
 // waiting returns up to room of the key's waiting jobs, first stored
 // first, that are not held already, and whether more wait behind them.
